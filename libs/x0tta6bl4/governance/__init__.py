@@ -1,0 +1,71 @@
+"""Governance domain: quadratic-voting DAO over mesh actions (event-sourced, no I/O).
+
+* ``engine.GovernanceEngine``  commands (validate -> events -> apply) and queries
+* ``state.GovernanceState`` / ``state.fold``  reducer; state = fold(events)
+* ``events``   domain event dataclasses + JSON-safe (de)serialisation
+* ``tally``    quadratic arithmetic, outcome, early-close rule
+* ``decision`` decision matrix (confidence x severity -> how to approve)
+* ``signing``  canonical vote signing payload
+* ``errors``   GovernanceError hierarchy (each carries its gRPC code)
+"""
+
+from .clock import Clock, ManualClock
+from .decision import Decision, DecisionKind, DecisionPolicy, Severity, decide
+from .engine import GovernanceEngine, ProposalPage, ProposalResult, VoteResult
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    GovernanceError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from .events import (
+    EVENT_TYPES,
+    ExecutionFailed,
+    GovernanceEvent,
+    ProposalAutoApproved,
+    ProposalCanceled,
+    ProposalClosed,
+    ProposalCreated,
+    ProposalExecuted,
+    ProposalExpired,
+    VoteCast,
+    VoterRegistered,
+    event_from_dict,
+    event_to_dict,
+)
+from .model import (
+    LIMITS,
+    Action,
+    ActionKind,
+    CloseReason,
+    Limits,
+    Proposal,
+    ProposalState,
+    Tally,
+    VoteChoice,
+    Voter,
+    VoteRecord,
+    quadratic_weight,
+)
+from .signing import VOTE_DOMAIN, Verifier, default_vote_id, vote_signing_payload
+from .state import EventStreamError, GovernanceState, fold
+from .tally import compute_tally, evaluate, is_decided_early
+
+__all__ = [
+    "Clock", "ManualClock",
+    "Decision", "DecisionKind", "DecisionPolicy", "Severity", "decide",
+    "GovernanceEngine", "ProposalPage", "ProposalResult", "VoteResult",
+    "AlreadyExists", "FailedPrecondition", "GovernanceError", "InvalidArgument", "NotFound",
+    "PermissionDenied", "Unauthenticated",
+    "EVENT_TYPES", "ExecutionFailed", "GovernanceEvent", "ProposalAutoApproved", "ProposalCanceled",
+    "ProposalClosed", "ProposalCreated", "ProposalExecuted", "ProposalExpired", "VoteCast",
+    "VoterRegistered", "event_from_dict", "event_to_dict",
+    "LIMITS", "Action", "ActionKind", "CloseReason", "Limits", "Proposal", "ProposalState", "Tally",
+    "VoteChoice", "Voter", "VoteRecord", "quadratic_weight",
+    "VOTE_DOMAIN", "Verifier", "default_vote_id", "vote_signing_payload",
+    "EventStreamError", "GovernanceState", "fold",
+    "compute_tally", "evaluate", "is_decided_early",
+]
