@@ -1,0 +1,120 @@
+"""MeshCore: one node's complete, I/O-free protocol logic.
+
+Combines the :class:`~.neighbours.NeighbourTable` (HELLO, link quality,
+loss detection) with the :class:`~.routing.AodvRouter`.  Every entry point takes
+``now`` (ns, from an injected clock) and returns a :class:`~.routing.Output`.
+Used identically by the UDP agent, the in-memory simulator and the tests.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .neighbours import NS, NeighbourTable, PathLoss
+from .packets import HELLO, Packet
+from .routing import AodvConfig, AodvRouter, Event, Output, Send
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    hello_interval: float = 0.2
+    miss_count: int = 3
+    hello_jitter: float = 0.1  # HELLOs are sent up to this fraction *early*
+    tx_power_dbm: int = 0
+    aodv: AodvConfig = AodvConfig()
+
+
+class MeshCore:
+    def __init__(
+        self,
+        node_id: str,
+        config: CoreConfig | None = None,
+        *,
+        seed: int | None = None,
+        path_loss_db: PathLoss = 40.0,
+    ) -> None:
+        self.node_id = node_id
+        self.config = config or CoreConfig()
+        self.rng = random.Random(seed)
+        self.neighbours = NeighbourTable(
+            node_id,
+            hello_interval=self.config.hello_interval,
+            miss_count=self.config.miss_count,
+            tx_power_dbm=self.config.tx_power_dbm,
+            path_loss_db=path_loss_db,
+            rng=self.rng,
+        )
+        self.router = AodvRouter(node_id, self.config.aodv, rng=self.rng)
+        self.next_hello_ns: int | None = None
+
+    # ------------------------------------------------------------------ input
+    def handle(self, pkt: Packet, now: int) -> Output:
+        if pkt.sender == self.node_id:
+            return Output()
+        if pkt.type == HELLO:
+            link, is_new = self.neighbours.on_hello(pkt, now)
+            out = self.router.neighbour_up(pkt.sender, pkt.dest_seq, now)
+            if is_new:
+                out.events.insert(0, Event("neighbour_added", pkt.sender, {}))
+            return out
+        return self.router.handle(pkt, now)
+
+    def tick(self, now: int) -> Output:
+        out = Output()
+        for peer in self.neighbours.expire(now):
+            out.events.append(
+                Event("neighbour_lost", peer, {"silent_ms": round(self.neighbours.dead_interval_ns / 1e6, 1)})
+            )
+            out.extend(self.router.neighbour_lost(peer, now))
+        if self.next_hello_ns is None or now >= self.next_hello_ns:
+            out.sends.append(Send(None, self.make_hello(now)))
+            ival = self.neighbours.hello_interval_ns
+            self.next_hello_ns = now + int(ival * (1.0 - self.config.hello_jitter * self.rng.random()))
+        out.extend(self.router.tick(now))
+        return out
+
+    def make_hello(self, now: int) -> Packet:
+        return Packet(
+            HELLO,
+            self.node_id,
+            self.node_id,
+            "",
+            ttl=1,
+            origin_seq=self.neighbours.next_hello_seq(),
+            dest_seq=self.router.own_seq,
+            timestamp_ns=now,
+            body=self.neighbours.make_hello_body(now),
+        )
+
+    def link_down(self, peer: str, now: int) -> Output:
+        """Immediate loss of a neighbour (e.g. link administratively blocked)."""
+        out = Output()
+        if self.neighbours.remove(peer):
+            out.events.append(Event("neighbour_lost", peer, {"reason": "link_down"}))
+            out.extend(self.router.neighbour_lost(peer, now))
+        return out
+
+    # ------------------------------------------------------------------ data
+    def send_data(self, dest: str, payload: bytes, now: int, *, ack: bool = False) -> tuple[Output, Packet]:
+        return self.router.originate_data(dest, payload, now, ack=ack)
+
+    # ------------------------------------------------------------------ commands
+    def avoid(self, node: str, now: int) -> Output:
+        return self.router.avoid(node, now)
+
+    def unavoid(self, node: str, now: int) -> Output:
+        return self.router.unavoid(node, now)
+
+    def flush_routes(self, now: int) -> Output:
+        out = self.router.flush(now)
+        # re-install 1-hop routes to live neighbours right away
+        for peer, link in self.neighbours.links.items():
+            out.extend(self.router.neighbour_up(peer, link.aodv_seq, now))
+        return out
+
+    def next_deadline(self) -> float:
+        return self.neighbours.hello_interval / 10
+
+
+__all__ = ["MeshCore", "CoreConfig", "NS"]
