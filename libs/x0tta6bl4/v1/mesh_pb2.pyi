@@ -20,6 +20,8 @@ class MeshCommand(_message.Message):
         KIND_ROTATE_KEYS: _ClassVar[MeshCommand.Kind]
         KIND_FAULT: _ClassVar[MeshCommand.Kind]
         KIND_HEAL: _ClassVar[MeshCommand.Kind]
+        KIND_RESTART: _ClassVar[MeshCommand.Kind]
+        KIND_RELOAD_KEYS: _ClassVar[MeshCommand.Kind]
     KIND_UNSPECIFIED: MeshCommand.Kind
     KIND_AVOID_NODE: MeshCommand.Kind
     KIND_UNAVOID_NODE: MeshCommand.Kind
@@ -28,6 +30,8 @@ class MeshCommand(_message.Message):
     KIND_ROTATE_KEYS: MeshCommand.Kind
     KIND_FAULT: MeshCommand.Kind
     KIND_HEAL: MeshCommand.Kind
+    KIND_RESTART: MeshCommand.Kind
+    KIND_RELOAD_KEYS: MeshCommand.Kind
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,117 @@
+"""Plan: from an anomaly to a plan and, when auto-approved, an action request."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.bus.publisher import derive_id
+from x0tta6bl4.governance.decision import Decision, DecisionKind, DecisionPolicy, Severity, decide
+from x0tta6bl4.knowledge.outcomes import ActionStats, rank
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+K = events_pb2
+# Candidate actions per fault type, in default order of preference.
+FAULT_ACTIONS: dict[str, tuple[int, ...]] = {
+    "node_down": (K.ACTION_KIND_REROUTE, K.ACTION_KIND_RESTART),
+    "degrading_link": (K.ACTION_KIND_REROUTE, K.ACTION_KIND_RESTART),
+    "congestion": (K.ACTION_KIND_REROUTE,),
+    "high_latency": (K.ACTION_KIND_REROUTE,),
+    "packet_loss": (K.ACTION_KIND_REROUTE,),
+    "flapping": (K.ACTION_KIND_REROUTE, K.ACTION_KIND_RESTART),
+    "cpu_overload": (K.ACTION_KIND_RESTART, K.ACTION_KIND_REROUTE),
+    "memory_leak": (K.ACTION_KIND_RESTART,),
+    "compromised": (K.ACTION_KIND_ISOLATE, K.ACTION_KIND_ROTATE_KEYS),
+    "key_compromise": (K.ACTION_KIND_ROTATE_KEYS, K.ACTION_KIND_ISOLATE),
+}
+DEFAULT_ACTIONS = (K.ACTION_KIND_REROUTE,)
+
+EFFECT = {
+    K.ACTION_KIND_REROUTE: "neighbours avoid {node}; routes are rediscovered around it",
+    K.ACTION_KIND_ISOLATE: "{node}'s identity is revoked; its beacons are rejected and it is routed around",
+    K.ACTION_KIND_ROTATE_KEYS: "fresh ML-KEM-768/ML-DSA-65 keys for {node}; old keys retired after the overlap",
+    K.ACTION_KIND_RESTART: "{node}'s agent process is restarted and rejoins the mesh",
+    K.ACTION_KIND_DEPLOY: "blue-green deployment of a new agent version",
+    K.ACTION_KIND_CONFIG_CHANGE: "configuration change applied to {node}",
+}
+
+_SEVERITY = {
+    common_pb2.SEVERITY_LOW: Severity.LOW,
+    common_pb2.SEVERITY_MEDIUM: Severity.MEDIUM,
+    common_pb2.SEVERITY_HIGH: Severity.HIGH,
+    common_pb2.SEVERITY_CRITICAL: Severity.CRITICAL,
+}
+
+_DECISION = {
+    DecisionKind.AUTO_EXECUTE: K.DECISION_KIND_AUTO_EXECUTE,
+    DecisionKind.EMERGENCY_VOTE: K.DECISION_KIND_EMERGENCY_VOTE,
+    DecisionKind.STANDARD_VOTE: K.DECISION_KIND_STANDARD_VOTE,
+    DecisionKind.OBSERVE: K.DECISION_KIND_OBSERVE,
+}
+
+
+def action_name(kind: int) -> str:
+    return K.ActionKind.Name(kind).removeprefix("ACTION_KIND_").lower()
+
+
+@dataclass
+class TwinVerdict:
+    connectivity: float = 1.0
+    cascade: list[str] = field(default_factory=list)
+
+
+def candidate_actions(fault_type: str, knowledge: dict[str, ActionStats]) -> list[int]:
+    cands = list(FAULT_ACTIONS.get(fault_type, DEFAULT_ACTIONS))
+    order = rank([action_name(k) for k in cands], knowledge)
+    by_name = {action_name(k): k for k in cands}
+    return [by_name[n] for n in order]
+
+
+def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
+              knowledge: dict[str, ActionStats] | None = None,
+              twin: Callable[[int, str], TwinVerdict] | None = None) -> tuple[events_pb2.Plan, Decision]:
+    """Choose what to do about an anomaly (decision matrix + twin + knowledge)."""
+    decision = decide(anomaly.confidence, _SEVERITY.get(anomaly.severity, Severity.LOW), policy)
+    actions = candidate_actions(anomaly.fault_type, knowledge or {})
+    node = anomaly.root_cause
+    verdicts = {k: (twin(k, node) if twin else TwinVerdict()) for k in actions}
+    # Prefer an action the twin says keeps the mesh connected and triggers no cascade.
+    safe = [k for k in actions if not verdicts[k].cascade] or actions
+    chosen = safe[0]
+    specs = [events_pb2.ActionSpec(kind=k, target_node=node) for k in actions]
+    chosen_spec = specs[actions.index(chosen)]
+    plan = events_pb2.Plan(
+        meta=new_meta("planner", anomaly.meta.cycle_id),
+        plan_id=derive_id("plan", anomaly.meta.event_id),
+        incident_id=anomaly.incident_id,
+        fault_type=anomaly.fault_type,
+        root_cause=node,
+        confidence=anomaly.confidence,
+        severity=anomaly.severity,
+        decision=_DECISION[decision.kind],
+        action=chosen_spec,
+        alternatives=[s for s in specs if s is not chosen_spec],
+        expected_effect=EFFECT.get(chosen, "").format(node=node),
+        predicted_connectivity=verdicts[chosen].connectivity,
+        cascade_risk=verdicts[chosen].cascade,
+        rationale=decision.reason,
+        vote_duration_s=int(decision.vote_duration_s),
+        first_symptom_unix_ns=anomaly.first_symptom_unix_ns,
+    )
+    return plan, decision
+
+
+def action_request(plan: events_pb2.Plan, approved_by: str, proposal_id: str = "",
+                   timeout_s: float = 30.0) -> events_pb2.ActionRequest:
+    return events_pb2.ActionRequest(
+        meta=new_meta("planner" if approved_by == "auto" else "governance", plan.meta.cycle_id),
+        action_id=derive_id("action", plan.plan_id, proposal_id),
+        plan_id=plan.plan_id,
+        action=plan.action,
+        approved_by=approved_by,
+        proposal_id=proposal_id,
+        timeout_s=timeout_s,
+        first_symptom_unix_ns=plan.first_symptom_unix_ns,
+        incident_id=plan.incident_id,
+        fault_type=plan.fault_type,
+    )

