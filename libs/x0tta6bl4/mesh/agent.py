@@ -1,0 +1,508 @@
+"""Asyncio UDP node agent: a thin adapter around :class:`~.core.MeshCore`.
+
+One agent = one UDP socket.  It only accepts datagrams from its configured
+peers (``peers``: node id -> (host, port)), so a topology is enforced even on
+loopback.  Everything protocol-related lives in the pure core; the agent adds
+I/O, timers, counters, latency statistics, fault-injection impairments,
+security hooks, telemetry and event sinks, and commands.
+
+Sinks (``telemetry_sink``, ``event_sink``, ``on_deliver``) may be plain or
+async callables; exceptions raised by sinks are counted, never propagated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
+
+import psutil
+
+from .core import CoreConfig, MeshCore
+from .neighbours import PathLoss
+from .packets import CONTROL_TYPES, DATA, FLAG_ACK, FLAG_ACK_REQ, Packet, PacketError, decode, encode
+from .routing import Event, Output
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Signer = Callable[[Packet], Packet]
+Verifier = Callable[[Packet], bool]
+Sink = Callable[[dict], Any]
+
+MS = 1_000_000
+
+
+def structural_verifier(pkt: Packet) -> bool:
+    """Default verifier: the codec already validated the trailer's structure."""
+    return True
+
+
+def percentile(samples, q: float) -> float:
+    if not samples:
+        return 0.0
+    s = sorted(samples)
+    k = min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))
+    return float(s[k])
+
+
+@dataclass
+class Impairments:
+    drop_prob: float = 0.0  # inbound datagrams dropped with this probability
+    latency_ms: float = 0.0  # added to every outbound datagram
+    blocked: set[str] = field(default_factory=set)  # peers whose link is cut
+    paused: bool = False  # frozen: no rx, no tx, no timers (like SIGSTOP)
+
+    def clear(self) -> None:
+        self.drop_prob = 0.0
+        self.latency_ms = 0.0
+        self.blocked.clear()
+        self.paused = False
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, agent: "MeshAgent") -> None:
+        self.agent = agent
+
+    def datagram_received(self, data: bytes, addr) -> None:  # noqa: D401
+        self.agent._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.agent.counters["socket_errors"] += 1
+
+
+class MeshAgent:
+    def __init__(
+        self,
+        node_id: str,
+        bind: Address = ("127.0.0.1", 0),
+        peers: Mapping[str, Address] | None = None,
+        *,
+        config: CoreConfig | None = None,
+        seed: int | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
+        telemetry_sink: Sink | None = None,
+        event_sink: Sink | None = None,
+        on_deliver: Callable[[Packet], Any] | None = None,
+        telemetry_interval: float = 1.0,
+        tick_interval: float | None = None,
+        path_loss_db: PathLoss = 40.0,
+        ack_timeout: float = 2.0,
+    ) -> None:
+        self.node_id = node_id
+        self.bind = bind
+        self.config = config or CoreConfig()
+        self.seed = seed
+        self.clock = clock
+        self.signer = signer
+        self.verifier = verifier or structural_verifier
+        self.telemetry_sink = telemetry_sink
+        self.event_sink = event_sink
+        self.on_deliver = on_deliver
+        self.telemetry_interval = telemetry_interval
+        self.tick_interval = tick_interval or self.config.hello_interval / 10
+        self.path_loss_db = path_loss_db
+        self.ack_timeout_ns = int(ack_timeout * 1e9)
+        self.impair = Impairments()
+        self.rng = random.Random(seed)
+        self.core = MeshCore(node_id, self.config, seed=seed, path_loss_db=path_loss_db)
+        self.peers: dict[str, Address] = {}
+        self._addr_to_id: dict[Address, str] = {}
+        if peers:
+            self.set_peers(peers)
+        self.counters: Counter = Counter()
+        self.latency_ns: deque[int] = deque(maxlen=2000)  # one-way, DATA delivered here
+        self.rtt_by_dest: dict[str, deque[int]] = {}
+        self.deliveries: deque[tuple[int, str, int, int]] = deque(maxlen=20000)  # (now, origin, id, ts)
+        self.acks: deque[tuple[int, str, int, int]] = deque(maxlen=20000)  # (now, dest, id, ts)
+        self._pending_acks: dict[tuple[str, int], int] = {}
+        self._outcomes: deque[bool] = deque(maxlen=500)
+        self.recent_events: deque[dict] = deque(maxlen=1000)
+        self._event_budget: dict[str, tuple[int, int]] = {}
+        self._failed_auth_reported = 0
+        self._tp_last = (0, 0)  # (time ns, bytes)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._bg: set[asyncio.Task] = set()
+        self.running = False
+        self.killed = False
+        self._proc = psutil.Process()
+        self.started_ns = 0
+
+    # ================================================================ lifecycle
+    def set_peers(self, peers: Mapping[str, Address]) -> None:
+        self.peers = {p: (a[0], int(a[1])) for p, a in peers.items() if p != self.node_id}
+        self._addr_to_id = {a: p for p, a in self.peers.items()}
+
+    @property
+    def address(self) -> Address:
+        if self._transport is None:
+            return self.bind
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return (host, port)
+
+    async def start(self) -> "MeshAgent":
+        if self.running:
+            return self
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=self.bind)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        try:
+            import socket
+
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        except OSError:
+            pass
+        self.bind = self.address  # keep the real port for restarts
+        self.running = True
+        self.killed = False
+        self.started_ns = self.clock()
+        self._tp_last = (self.started_ns, 0)
+        self._tasks = [asyncio.create_task(self._tick_loop(), name=f"mesh-tick-{self.node_id}")]
+        if self.telemetry_sink is not None:
+            self._tasks.append(asyncio.create_task(self._telemetry_loop(), name=f"mesh-tel-{self.node_id}"))
+        return self
+
+    def kill(self) -> None:
+        """Abrupt stop (crash): socket closed, timers cancelled, state kept for inspection."""
+        self.running = False
+        self.killed = True
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def revive(self) -> "MeshAgent":
+        """Restart a killed agent on the same address with fresh protocol state."""
+        if self.running:
+            return self
+        self.core = MeshCore(self.node_id, self.config, seed=None, path_loss_db=self.path_loss_db)
+        self._pending_acks.clear()
+        return await self.start()
+
+    async def shutdown(self) -> None:
+        if self.running:
+            self._emit_event(Event("shutdown", self.node_id, {}))
+        self.kill()
+        self.killed = False
+        if self._bg:
+            await asyncio.gather(*list(self._bg), return_exceptions=True)
+
+    # ================================================================ commands
+    def avoid(self, node: str) -> None:
+        self._process(self.core.avoid(node, self.clock()))
+
+    def unavoid(self, node: str) -> None:
+        self._process(self.core.unavoid(node, self.clock()))
+
+    def flush_routes(self) -> None:
+        self._process(self.core.flush_routes(self.clock()))
+
+    async def command(self, cmd: Mapping[str, Any]) -> dict:
+        """Dispatch a command dict: {"kind": "avoid"|"unavoid"|"flush_routes"|"shutdown"|
+        "send"|"fault"|"heal", "peer": ..., "params": {...}}. Returns {"ok": bool, ...}."""
+        kind = str(cmd.get("kind", "")).lower().removeprefix("kind_")
+        peer = cmd.get("peer", "")
+        params = cmd.get("params") or {}
+        if kind in ("avoid", "avoid_node"):
+            self.avoid(peer)
+        elif kind in ("unavoid", "unavoid_node"):
+            self.unavoid(peer)
+        elif kind == "flush_routes":
+            self.flush_routes()
+        elif kind == "shutdown":
+            await self.shutdown()
+        elif kind == "send":
+            self.send(peer, str(params.get("payload", "")).encode(), ack=bool(params.get("ack", True)))
+        elif kind == "fault":
+            self.apply_fault(params)
+        elif kind == "heal":
+            self.impair.clear()
+        else:
+            return {"ok": False, "error": f"unknown command {kind!r}"}
+        return {"ok": True}
+
+    def apply_fault(self, params: Mapping[str, Any]) -> None:
+        t = params.get("type")
+        if t == "loss":
+            self.impair.drop_prob = float(params["pct"]) / 100.0
+        elif t == "latency":
+            self.impair.latency_ms = float(params["ms"])
+        elif t == "block":
+            self.block(str(params["peer"]))
+        elif t == "unblock":
+            self.impair.blocked.discard(str(params["peer"]))
+        elif t == "pause":
+            self.impair.paused = True
+        elif t == "resume":
+            self.impair.paused = False
+        else:
+            raise ValueError(f"unknown fault {t!r}")
+
+    def block(self, peer: str) -> None:
+        self.impair.blocked.add(peer)
+
+    # ================================================================ data
+    def send(self, dest: str, payload: bytes = b"", *, ack: bool = True) -> Packet | None:
+        if not self.running or self.impair.paused:
+            self.counters["dropped.not_running"] += 1
+            return None
+        now = self.clock()
+        out, pkt = self.core.send_data(dest, payload, now, ack=ack)
+        self.counters["sent"] += 1
+        self.counters["sent_bytes"] += len(payload)
+        if ack:
+            self._pending_acks[(dest, pkt.packet_id)] = now
+        self._process(out)
+        return pkt
+
+    # ================================================================ I/O
+    def _on_datagram(self, data: bytes, addr) -> None:
+        if not self.running:
+            return
+        if self.impair.paused:
+            self.counters["dropped.paused"] += 1
+            return
+        self.counters["rx_packets"] += 1
+        self.counters["rx_bytes"] += len(data)
+        peer = self._addr_to_id.get((addr[0], addr[1]))
+        if peer is None:
+            self.counters["dropped.unknown_peer"] += 1
+            self._security("security.unknown_peer", "", {"addr": f"{addr[0]}:{addr[1]}"})
+            return
+        if peer in self.impair.blocked:
+            self.counters["dropped.blocked"] += 1
+            return
+        if self.impair.drop_prob and self.rng.random() < self.impair.drop_prob:
+            self.counters["dropped.impair_loss"] += 1
+            return
+        try:
+            pkt = decode(data)
+        except PacketError as e:
+            self.counters["dropped.malformed"] += 1
+            self.counters[f"dropped.malformed.{e.reason}"] += 1
+            self._security("security.malformed", peer, {"reason": e.reason})
+            return
+        if pkt.sender != peer:
+            self.counters["dropped.spoofed_sender"] += 1
+            self._security("security.spoofed_sender", peer, {"claimed": pkt.sender})
+            return
+        if pkt.type in CONTROL_TYPES:
+            try:
+                ok = bool(self.verifier(pkt))
+            except Exception:  # a verifier bug must not kill the agent
+                ok = False
+            if not ok:
+                self.counters["dropped.bad_signature"] += 1
+                self.counters["failed_auth"] += 1
+                self._security("security.bad_signature", peer, {"type": pkt.type_name})
+                return
+        now = self.clock()
+        try:
+            out = self.core.handle(pkt, now)
+        except Exception:  # defensive: never crash on input
+            log.exception("core.handle failed on %s", pkt.type_name)
+            self.counters["dropped.internal_error"] += 1
+            return
+        self._process(out, now)
+
+    def _transmit(self, pkt: Packet, to: str | None) -> None:
+        if self._transport is None:
+            return
+        if pkt.type in CONTROL_TYPES and self.signer is not None:
+            pkt = self.signer(pkt)
+        try:
+            data = encode(pkt)
+        except PacketError as e:
+            self.counters[f"dropped.encode.{e.reason}"] += 1
+            return
+        targets = list(self.peers) if to is None else [to]
+        for t in targets:
+            addr = self.peers.get(t)
+            if addr is None:
+                self.counters["dropped.unknown_next_hop"] += 1
+                continue
+            if t in self.impair.blocked:
+                self.counters["dropped.blocked_tx"] += 1
+                continue
+            self.counters["tx_packets"] += 1
+            self.counters["tx_bytes"] += len(data)
+            if pkt.type in CONTROL_TYPES:
+                self.counters["control_tx_packets"] += 1
+                self.counters["control_tx_bytes"] += len(data)
+                self.counters[f"tx.{pkt.type_name}"] += 1
+            if self.impair.latency_ms > 0:
+                asyncio.get_running_loop().call_later(self.impair.latency_ms / 1000.0, self._sendto, data, addr)
+            else:
+                self._sendto(data, addr)
+
+    def _sendto(self, data: bytes, addr: Address) -> None:
+        if self._transport is not None and not self.impair.paused:
+            self._transport.sendto(data, addr)
+
+    def _process(self, out: Output, now: int | None = None) -> None:
+        now = self.clock() if now is None else now
+        for s in out.sends:
+            p = s.packet
+            if p.type == DATA and p.origin != self.node_id:
+                self.counters["forwarded"] += 1
+                self.counters["forwarded_bytes"] += len(p.body) if isinstance(p.body, bytes) else 0
+            self._transmit(p, s.to)
+        for p in out.delivered:
+            if p.type != DATA:
+                continue
+            if p.flags & FLAG_ACK:
+                self.counters["acked"] += 1
+                sent = self._pending_acks.pop((p.origin, p.packet_id), None)
+                rtt = now - p.timestamp_ns
+                self.rtt_by_dest.setdefault(p.origin, deque(maxlen=1000)).append(rtt)
+                self.acks.append((now, p.origin, p.packet_id, p.timestamp_ns))
+                if sent is not None:
+                    self._outcomes.append(True)
+                continue
+            self.counters["delivered"] += 1
+            self.counters["delivered_bytes"] += len(p.body) if isinstance(p.body, bytes) else 0
+            self.latency_ns.append(now - p.timestamp_ns)
+            self.deliveries.append((now, p.origin, p.packet_id, p.timestamp_ns))
+            if self.on_deliver is not None:
+                self._call(self.on_deliver, p)
+        for reason, _p in out.drops:
+            self.counters[f"dropped.{reason}"] += 1
+        for ev in out.events:
+            self._emit_event(ev)
+
+    # ================================================================ timers
+    async def _tick_loop(self) -> None:
+        while self.running:
+            try:
+                if not self.impair.paused:
+                    now = self.clock()
+                    self._process(self.core.tick(now), now)
+                    self._expire_acks(now)
+            except Exception:
+                log.exception("tick failed")
+                self.counters["internal_errors"] += 1
+            await asyncio.sleep(self.tick_interval)
+
+    def _expire_acks(self, now: int) -> None:
+        if not self._pending_acks:
+            return
+        lim = now - self.ack_timeout_ns
+        old = [k for k, t in self._pending_acks.items() if t < lim]
+        for k in old:
+            del self._pending_acks[k]
+            self._outcomes.append(False)
+            self.counters["ack_timeouts"] += 1
+
+    async def _telemetry_loop(self) -> None:
+        while self.running:
+            await asyncio.sleep(self.telemetry_interval)
+            if self.running and not self.impair.paused and self.telemetry_sink is not None:
+                self._call(self.telemetry_sink, self.telemetry())
+
+    # ================================================================ sinks
+    def _call(self, fn: Callable, arg: Any) -> None:
+        try:
+            res = fn(arg)
+            if inspect.isawaitable(res):
+                task = asyncio.ensure_future(res)
+                self._bg.add(task)
+                task.add_done_callback(self._bg_done)
+        except Exception:
+            self.counters["sink_errors"] += 1
+
+    def _bg_done(self, task: asyncio.Task) -> None:
+        self._bg.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.counters["sink_errors"] += 1
+
+    def _emit_event(self, ev: Event) -> None:
+        rec = {
+            "node_id": self.node_id,
+            "kind": ev.kind,
+            "peer": ev.peer,
+            "details": {k: str(v) for k, v in ev.details.items()},
+            "ts_ns": time.time_ns(),
+            "mono_ns": self.clock(),
+        }
+        self.recent_events.append(rec)
+        self.counters[f"events.{ev.kind}"] += 1
+        if self.event_sink is not None:
+            self._call(self.event_sink, rec)
+
+    def _security(self, kind: str, peer: str, details: dict) -> None:
+        """Security events, rate limited to 10/s per kind so floods cannot amplify."""
+        now = self.clock()
+        start, n = self._event_budget.get(kind, (now, 0))
+        if now - start > 1_000_000_000:
+            start, n = now, 0
+        self._event_budget[kind] = (start, n + 1)
+        if n < 10:
+            self._emit_event(Event(kind, peer, details))
+
+    # ================================================================ telemetry
+    def telemetry(self) -> dict:
+        now = self.clock()
+        c = self.counters
+        lat = [x / 1e6 for x in self.latency_ns]
+        if not lat:
+            lat = [x / 1e6 for d in self.rtt_by_dest.values() for x in d]
+        if self._outcomes:
+            loss_pct = 100.0 * sum(1 for o in self._outcomes if not o) / len(self._outcomes)
+        else:
+            links = self.core.neighbours.links.values()
+            loss_pct = 100.0 * (sum(l.loss_rate for l in links) / len(links)) if links else 0.0
+        tbytes = c["delivered_bytes"] + c["forwarded_bytes"]
+        t0, b0 = self._tp_last
+        dt = max(1e-9, (now - t0) / 1e9)
+        throughput = (tbytes - b0) * 8 / dt
+        self._tp_last = (now, tbytes)
+        failed = c["failed_auth"] - self._failed_auth_reported
+        self._failed_auth_reported = c["failed_auth"]
+        try:
+            cpu = self._proc.cpu_percent(None)
+            mem = self._proc.memory_percent()
+            rss = self._proc.memory_info().rss
+        except psutil.Error:
+            cpu = mem = 0.0
+            rss = 0
+        by_dest = {
+            d: {"p50_ms": percentile(v, 50) / 1e6, "p99_ms": percentile(v, 99) / 1e6, "n": len(v)}
+            for d, v in self.rtt_by_dest.items()
+        }
+        return {
+            "node_id": self.node_id,
+            "ts_ns": time.time_ns(),
+            "p99_latency_ms": round(percentile(lat, 99), 4),
+            "loss_pct": round(loss_pct, 3),
+            "throughput_bps": round(throughput, 1),
+            "peer_count": len(self.core.neighbours.links),
+            "route_count": self.core.router.route_count(),
+            "cpu_pct": cpu,
+            "mem_pct": round(mem, 3),
+            "rss_bytes": rss,
+            "links": self.core.neighbours.snapshot(now),
+            "neighbours": self.core.neighbours.peers(),
+            "failed_auth": failed,
+            "counters": {k: float(v) for k, v in sorted(c.items())},
+            "rtt_by_dest": by_dest,
+            "routes": self.core.router.table(),
+            "avoided": sorted(self.core.router.avoided),
+            "impairments": {
+                "drop_prob": self.impair.drop_prob,
+                "latency_ms": self.impair.latency_ms,
+                "blocked": sorted(self.impair.blocked),
+                "paused": self.impair.paused,
+            },
+            "reachable": self.running,
+        }
