@@ -267,7 +267,7 @@ class LoadedProgram:
 
 
 def _cflags(groups: set[str], formats: dict[str, TracepointFormat], extra: dict[str, int]) -> list[str]:
-    flags = ["-Wno-macro-redefined", "-Wno-unused-function"]
+    flags = ["-Wno-macro-redefined", "-Wno-unused-function", "-Wno-ignored-attributes"]
     flags += [f"-D{g}=1" for g in sorted(groups)]
     if "X0_HAVE_KFREE_SKB" in groups:
         f = formats["skb/kfree_skb"].fields
