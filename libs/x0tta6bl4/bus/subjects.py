@@ -22,6 +22,8 @@ MAPEK_VERIFIED = "mapek.verified"        # Verification: executor -> knowledge, 
 AUDIT = "audit.{service}.{event}"        # AuditEvent from every service
 DEAD_LETTER = "dlq.{consumer}"           # DeadLetter: poison messages, parked
 GOV_EVENTS = "gov.events.{kind}"         # governance event-sourced state
+KEYVAULT_RPC = "keyvault.rpc.{method}"   # keyvault's gRPC methods over NATS request/reply (queue group)
+GOVERNANCE_RPC = "governance.rpc.{method}"
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 

@@ -25,6 +25,7 @@ FAULT_ACTIONS: dict[str, tuple[int, ...]] = {
     "key_compromise": (K.ACTION_KIND_ROTATE_KEYS, K.ACTION_KIND_ISOLATE),
 }
 DEFAULT_ACTIONS = (K.ACTION_KIND_REROUTE,)
+MAX_AUTO_CASCADE = 2
 
 EFFECT = {
     K.ACTION_KIND_REROUTE: "neighbours avoid {node}; routes are rediscovered around it",
@@ -74,10 +75,14 @@ def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
     decision = decide(anomaly.confidence, _SEVERITY.get(anomaly.severity, Severity.LOW), policy)
     actions = candidate_actions(anomaly.fault_type, knowledge or {})
     node = anomaly.root_cause
-    verdicts = {k: (twin(k, node) if twin else TwinVerdict()) for k in actions}
-    # Prefer an action the twin says keeps the mesh connected and triggers no cascade.
-    safe = [k for k in actions if not verdicts[k].cascade] or actions
-    chosen = safe[0]
+    chosen = actions[0]
+    verdict = twin(chosen, node) if twin else TwinVerdict()
+    if decision.kind is DecisionKind.AUTO_EXECUTE and len(verdict.cascade) > MAX_AUTO_CASCADE:
+        # the spec: "if len(cascade) > 2: cascade risk, manual review required"
+        decision = Decision(DecisionKind.EMERGENCY_VOTE, policy.emergency_vote_duration_s,
+                            policy.emergency_quorum, policy.emergency_threshold,
+                            f"{decision.reason}; but the twin predicts a cascade of {len(verdict.cascade)} nodes: "
+                            "manual review (emergency vote)", decision.confidence, decision.severity)
     specs = [events_pb2.ActionSpec(kind=k, target_node=node) for k in actions]
     chosen_spec = specs[actions.index(chosen)]
     plan = events_pb2.Plan(
@@ -92,8 +97,8 @@ def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
         action=chosen_spec,
         alternatives=[s for s in specs if s is not chosen_spec],
         expected_effect=EFFECT.get(chosen, "").format(node=node),
-        predicted_connectivity=verdicts[chosen].connectivity,
-        cascade_risk=verdicts[chosen].cascade,
+        predicted_connectivity=verdict.connectivity,
+        cascade_risk=verdict.cascade,
         rationale=decision.reason,
         vote_duration_s=int(decision.vote_duration_s),
         first_symptom_unix_ns=anomaly.first_symptom_unix_ns,

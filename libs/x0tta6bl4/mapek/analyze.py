@@ -1,0 +1,100 @@
+"""Analyze: a TelemetryWindow -> Anomaly events with a root cause (no I/O).
+
+``RuleAnalyzer`` applies the spec's threshold table to the latest telemetry of
+every node and finds the root cause the way an operator would: an unreachable
+node is the cause of its neighbours' symptoms; a node rejected for bad
+signatures is a compromised node; otherwise the worst node of each connected
+group of symptomatic nodes is the source. ``x0tta6bl4.analysis`` provides the
+learned detector (GraphSAGE) behind the same ``analyze(window)`` call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.bus.publisher import derive_id
+from x0tta6bl4.mapek.health import SPEC_THRESHOLDS, classify_node
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+METRIC_FAULT = {
+    "p99_latency_ms": "congestion",
+    "loss_pct": "degrading_link",
+    "cpu_pct": "cpu_overload",
+    "mem_pct": "memory_leak",
+}
+
+
+class Analyzer(Protocol):
+    name: str
+
+    def analyze(self, window: events_pb2.TelemetryWindow) -> list[events_pb2.Anomaly]: ...
+
+
+def _exceedance(t: events_pb2.NodeTelemetry) -> tuple[float, str]:
+    """Summed normalised exceedance over the warning thresholds, and the worst metric."""
+    total, worst, worst_v = 0.0, "", 0.0
+    for metric, (warn, crit) in SPEC_THRESHOLDS.items():
+        v = max(getattr(t, metric) - warn, 0.0) / (crit - warn)
+        total += v
+        if v > worst_v:
+            worst, worst_v = metric, v
+    return total, worst
+
+
+def anomaly(window: events_pb2.TelemetryWindow, node: str, root: str, fault: str, score: float,
+            confidence: float, severity: int, features: list[str], affected: list[str],
+            detector: str) -> events_pb2.Anomaly:
+    incident = f"{root}.{fault}"
+    return events_pb2.Anomaly(
+        meta=new_meta("analyzer", window.meta.cycle_id, event_id=derive_id("anomaly", window.meta.event_id, incident)),
+        node_id=node, root_cause=root, fault_type=fault, anomaly_score=score, confidence=confidence,
+        severity=severity, top_features=features, affected_nodes=affected, detector=detector,
+        first_symptom_unix_ns=window.first_symptom_unix_ns or window.meta.ts_unix_ns, incident_id=incident)
+
+
+@dataclass
+class RuleAnalyzer:
+    name: str = "rules"
+
+    def analyze(self, window: events_pb2.TelemetryWindow) -> list[events_pb2.Anomaly]:
+        nodes = {t.node_id: t for t in window.nodes}
+        out: list[events_pb2.Anomaly] = []
+        explained: set[str] = set()
+        # 1. unreachable nodes are the root cause of their neighbours' trouble
+        for t in window.nodes:
+            if not t.reachable:
+                victims = sorted(n for n, o in nodes.items() if t.node_id in o.neighbours and n != t.node_id)
+                out.append(anomaly(window, t.node_id, t.node_id, "node_down", 1.0, 0.95,
+                                   common_pb2.SEVERITY_CRITICAL, ["reachable=false"], victims, self.name))
+                explained |= {t.node_id, *victims}
+        # 2. failed authentication -> compromised node
+        for t in window.nodes:
+            if t.failed_auth and t.node_id not in explained:
+                out.append(anomaly(window, t.node_id, t.node_id, "compromised", 0.9, 0.85,
+                                   common_pb2.SEVERITY_HIGH, [f"failed_auth={t.failed_auth}"], [], self.name))
+                explained.add(t.node_id)
+        # 3. threshold symptoms grouped by adjacency; the worst node of a group is its source
+        sick = {n: classify_node(t) for n, t in nodes.items()
+                if n not in explained and t.reachable and classify_node(t)[0] != common_pb2.HEALTH_HEALTHY}
+        seen: set[str] = set()
+        for start in sorted(sick):
+            if start in seen:
+                continue
+            group, stack = [], [start]
+            while stack:
+                n = stack.pop()
+                if n in seen:
+                    continue
+                seen.add(n)
+                group.append(n)
+                stack.extend(p for p in nodes[n].neighbours if p in sick and p not in seen)
+            root = max(group, key=lambda n: (_exceedance(nodes[n])[0], n))
+            health, reasons = sick[root]
+            score, metric = _exceedance(nodes[root])
+            critical = health == common_pb2.HEALTH_CRITICAL
+            out.append(anomaly(window, root, root, METRIC_FAULT.get(metric, "degraded"), min(1.0, 0.5 + score / 2),
+                               0.95 if critical else 0.7,
+                               common_pb2.SEVERITY_CRITICAL if critical else common_pb2.SEVERITY_MEDIUM,
+                               reasons, sorted(set(group) - {root}), self.name))
+        return out

@@ -1,0 +1,69 @@
+"""Verify: is the mesh back to normal after an action? (no I/O)
+
+Checks, per action:
+- every surviving node is reachable and its health is back to HEALTHY
+  (the spec's threshold table), except the node that was routed around/isolated;
+- nodes that were told to avoid the target no longer list it as a neighbour
+  in use (reroute/isolate);
+- the action's own steps all succeeded.
+MTTR is measured from the fault's first symptom to the moment these checks pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+K = events_pb2
+
+
+@dataclass
+class Outcome:
+    recovered: bool
+    passed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def check(action: events_pb2.ActionSpec, nodes: list[events_pb2.NodeTelemetry],
+          classify: Callable[[events_pb2.NodeTelemetry], tuple[int, list[str]]],
+          steps_ok: bool = True) -> Outcome:
+    out = Outcome(recovered=True)
+    target = action.target_node
+    removed = action.kind in (K.ACTION_KIND_REROUTE, K.ACTION_KIND_ISOLATE)
+    if not steps_ok:
+        out.failed.append("action steps failed")
+    survivors = [t for t in nodes if not (removed and t.node_id == target)]
+    if not survivors:
+        out.failed.append("no telemetry from any surviving node")
+    for t in survivors:
+        health, reasons = classify(t)
+        if not t.reachable:
+            out.failed.append(f"{t.node_id} unreachable")
+        elif health != common_pb2.HEALTH_HEALTHY:
+            out.failed.append(f"{t.node_id} {common_pb2.Health.Name(health).removeprefix('HEALTH_').lower()}: "
+                              + "; ".join(reasons))
+    if survivors and not any(f.startswith(tuple(t.node_id + " " for t in survivors)) for f in out.failed):
+        out.passed.append(f"{len(survivors)} surviving nodes healthy and reachable")
+    if action.kind == K.ACTION_KIND_RESTART:
+        if any(t.node_id == target and t.reachable for t in nodes):
+            out.passed.append(f"{target} rejoined")
+        else:
+            out.failed.append(f"{target} has not rejoined")
+    out.recovered = not out.failed
+    return out
+
+
+def verification(req: events_pb2.ActionRequest, outcome: Outcome, mttr_ms: float) -> events_pb2.Verification:
+    return events_pb2.Verification(
+        meta=new_meta("executor", req.meta.cycle_id),
+        action_id=req.action_id,
+        recovered=outcome.recovered,
+        mttr_ms=mttr_ms,
+        checks_failed=outcome.failed,
+        checks_passed=outcome.passed,
+        incident_id=req.incident_id,
+        fault_type=req.fault_type,
+        action=req.action,
+    )

@@ -1,0 +1,117 @@
+"""Planner: anomaly -> plan (decision matrix, twin, knowledge) -> action when auto-approved."""
+from __future__ import annotations
+
+import sys
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from pydantic import Field
+
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.app import Context, Service
+from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
+from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
+from x0tta6bl4.knowledge.outcomes import ActionStats, key as kkey
+from x0tta6bl4.mapek import plan as planning
+from x0tta6bl4.mapek.twin_adapter import twin_verdict
+from x0tta6bl4.v1 import events_pb2
+
+
+class PlannerSettings(CommonSettings):
+    emergency_vote_s: float = Field(300.0, gt=0, le=7 * 86400)
+    standard_vote_s: float = Field(3600.0, gt=0, le=7 * 86400)
+    action_timeout_s: float = Field(30.0, gt=0, le=3600)
+
+
+def build(settings: PlannerSettings) -> Service:
+    app = Service("planner", settings)
+    policy = DecisionPolicy(emergency_vote_duration_s=settings.emergency_vote_s,
+                            standard_vote_duration_s=settings.standard_vote_s)
+
+    async def knowledge_for(fault: str) -> dict[str, ActionStats]:
+        kv = await app.kv("knowledge")
+        out = {}
+        for kind in planning.FAULT_ACTIONS.get(fault, planning.DEFAULT_ACTIONS):
+            name = planning.action_name(kind)
+            try:
+                out[name] = ActionStats.from_json((await kv.get(kkey(fault, name))).value)
+            except KeyNotFoundError:
+                pass
+        return out
+
+    async def mesh_adjacency() -> dict[str, list[str]]:
+        kv = await app.kv("telemetry")
+        adj: dict[str, list[str]] = {}
+        try:
+            keys = await kv.keys()
+        except Exception:  # no keys yet
+            return adj
+        for k in keys:
+            try:
+                t = events_pb2.NodeTelemetry.FromString((await kv.get(k)).value)
+            except KeyNotFoundError:
+                continue
+            adj[t.node_id] = list(t.neighbours)
+        return adj
+
+    @app.subscriber("planner", events_pb2.Anomaly)
+    async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context) -> None:
+        incidents = await app.kv("incidents")
+        try:
+            await incidents.create(anomaly.incident_id, anomaly.meta.cycle_id.encode())
+        except KeyWrongLastSequenceError:
+            await ctx.audit("anomaly.duplicate", anomaly.incident_id, {"node": anomaly.node_id})
+            return
+        adjacency = await mesh_adjacency()
+        plan, decision = planning.make_plan(anomaly, policy, await knowledge_for(anomaly.fault_type),
+                                            lambda kind, node: twin_verdict(adjacency, kind, node))
+        await ctx.publish(subjects.MAPEK_PLAN, plan)
+        await ctx.audit("decision", plan.plan_id, {
+            "decision": decision.kind.value, "reason": decision.reason, "incident": plan.incident_id,
+            "action": planning.action_name(plan.action.kind), "target": plan.root_cause,
+            "confidence": f"{anomaly.confidence:.3f}",
+            "auto_approved": decision.kind is DecisionKind.AUTO_EXECUTE})
+        if decision.kind is DecisionKind.AUTO_EXECUTE:
+            await ctx.publish(subjects.MAPEK_ACTION,
+                              planning.action_request(plan, "auto", timeout_s=settings.action_timeout_s))
+        elif decision.kind is DecisionKind.OBSERVE:
+            await incidents.delete(anomaly.incident_id)
+
+    @app.subscriber("planner-knowledge", events_pb2.Verification)
+    async def on_verified(v: events_pb2.Verification, ctx: Context) -> None:
+        kv = await app.kv("knowledge")
+        name = planning.action_name(v.action.kind)
+        k = kkey(v.fault_type or "unknown", name)
+        for _ in range(10):  # optimistic concurrency with other replicas
+            try:
+                entry = await kv.get(k)
+                stats, rev = ActionStats.from_json(entry.value), entry.revision
+            except KeyNotFoundError:
+                stats, rev = ActionStats(v.fault_type or "unknown", name), 0
+            stats.record(v.recovered, v.mttr_ms, topology_size=int(v.meta.ts_unix_ns and 0))
+            try:
+                if rev:
+                    await kv.update(k, stats.to_json(), last=rev)
+                else:
+                    await kv.create(k, stats.to_json())
+                break
+            except KeyWrongLastSequenceError:
+                continue
+        await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": f"{v.mttr_ms:.0f}",
+                                                  "success_rate": f"{stats.success_rate:.2f}"})
+        incidents = await app.kv("incidents")
+        await incidents.delete(v.incident_id)
+
+    return app
+
+
+def main() -> None:
+    try:
+        settings = load_settings(PlannerSettings)
+    except ConfigError as e:
+        print(f"planner: config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    build(settings).run()
+
+
+if __name__ == "__main__":
+    main()
