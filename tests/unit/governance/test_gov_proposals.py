@@ -13,7 +13,6 @@ from x0tta6bl4.governance import (
     NotFound,
     ProposalCreated,
     ProposalState,
-    VoteChoice,
 )
 
 

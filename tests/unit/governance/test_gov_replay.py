@@ -16,7 +16,6 @@ from x0tta6bl4.governance import (
     GovernanceState,
     ManualClock,
     ProposalClosed,
-    ProposalCreated,
     ProposalState,
     Severity,
     VoteCast,
