@@ -144,8 +144,7 @@ class MLKEM768PrivateKey(_Private):
 
     def __init__(self, handle: Any, backend: Backend) -> None:
         self._handle, self._backend = handle, backend
-        raw = backend.mlkem768_public_bytes(handle)
-        self._pub = MLKEM768PublicKey(raw, backend.mlkem768_load_public(raw), backend)
+        self._pub = None  # built lazily: keygen should not pay for public-key parsing
 
     @classmethod
     def generate(cls, *, backend: Backend | None = None) -> MLKEM768PrivateKey:
@@ -160,7 +159,11 @@ class MLKEM768PrivateKey(_Private):
         return cls(be.mlkem768_load_private(data), be)
 
     def public_key(self) -> MLKEM768PublicKey:
-        return self._pub
+        pub = self._pub
+        if pub is None:
+            raw = self._backend.mlkem768_public_bytes(self._handle)
+            pub = self._pub = MLKEM768PublicKey(raw, self._backend.mlkem768_load_public(raw), self._backend)
+        return pub
 
     def decapsulate(self, ciphertext: bytes) -> bytes:
         ciphertext = to_bytes(ciphertext, "ML-KEM-768 ciphertext")
@@ -207,8 +210,7 @@ class MLDSA65PrivateKey(_Private):
 
     def __init__(self, handle: Any, backend: Backend) -> None:
         self._handle, self._backend = handle, backend
-        raw = backend.mldsa65_public_bytes(handle)
-        self._pub = MLDSA65PublicKey(raw, backend.mldsa65_load_public(raw), backend)
+        self._pub = None  # built lazily: keygen should not pay for public-key parsing
 
     @classmethod
     def generate(cls, *, backend: Backend | None = None) -> MLDSA65PrivateKey:
@@ -223,7 +225,11 @@ class MLDSA65PrivateKey(_Private):
         return cls(be.mldsa65_load_private(data), be)
 
     def public_key(self) -> MLDSA65PublicKey:
-        return self._pub
+        pub = self._pub
+        if pub is None:
+            raw = self._backend.mldsa65_public_bytes(self._handle)
+            pub = self._pub = MLDSA65PublicKey(raw, self._backend.mldsa65_load_public(raw), self._backend)
+        return pub
 
     def sign(self, data: bytes, context: bytes = b"") -> bytes:
         """FIPS 204 ML-DSA.Sign (hedged) with context string ``context`` (<= 255 bytes)."""
