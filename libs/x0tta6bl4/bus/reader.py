@@ -1,0 +1,54 @@
+"""Reading what is stored in a stream (for meshctl, tests and verification)."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+
+async def read_all(js: JetStreamContext, subject: str, stream: str | None = None,
+                   last: int | None = None, batch: int = 256) -> list[Msg]:
+    """Every stored message on ``subject`` (or only the ``last`` N), oldest first."""
+    cfg = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
+                         inactive_threshold=30.0, filter_subject=subject)
+    psub = await js.pull_subscribe(subject, stream=stream, config=cfg)
+    try:
+        info = await psub.consumer_info()
+        pending = info.num_pending
+        if last is not None and pending > last:
+            await psub.unsubscribe()
+            stream_name = stream or await js.find_stream_name_by_subject(subject)
+            sinfo = await js.stream_info(stream_name)
+            # start near the end: approximate by skipping by stream sequence
+            start = max(sinfo.state.first_seq, sinfo.state.last_seq - last * 4)
+            cfg = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                 opt_start_seq=start, inactive_threshold=30.0, filter_subject=subject)
+            psub = await js.pull_subscribe(subject, stream=stream_name, config=cfg)
+            pending = (await psub.consumer_info()).num_pending
+        out: list[Msg] = []
+        while len(out) < pending:
+            try:
+                out.extend(await psub.fetch(min(batch, pending - len(out)), timeout=2.0))
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                break
+        return out[-last:] if last else out
+    finally:
+        try:
+            await psub.unsubscribe()
+        except Exception:
+            pass
+
+
+async def follow(js: JetStreamContext, subject: str, new_only: bool = False) -> AsyncIterator[Msg]:
+    """Messages on ``subject`` as they are stored (an ordered consumer)."""
+    policy = DeliverPolicy.NEW if new_only else DeliverPolicy.ALL
+    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=policy)
+    try:
+        async for msg in sub.messages:
+            yield msg
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,29 @@
+"""meshctl: the operator's entry point.
+
+    meshctl demo                    run the whole orchestrator on an embedded stack and heal one fault
+    meshctl up [--detach] / down    start / stop the embedded stack
+    meshctl trace CYCLE             one cycle as a tree of spans
+    meshctl cycle list|show         past MAPE-K cycles
+    meshctl audit tail|verify       the signed audit trail
+    meshctl dlq list                parked (dead-lettered) messages
+    meshctl bus                     streams, subjects, consumers
+"""
+from __future__ import annotations
+
+import typer
+
+from x0tta6bl4.cli import observe, stackcmd
+
+app = typer.Typer(help="x0tta6bl4 self-healing mesh orchestrator", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+app.command()(observe.trace)
+app.command()(observe.bus)
+app.add_typer(observe.audit_app, name="audit")
+app.add_typer(observe.cycle_app, name="cycle")
+app.add_typer(observe.dlq_app, name="dlq")
+app.command()(stackcmd.up)
+app.command()(stackcmd.down)
+app.command()(stackcmd.demo)
+
+if __name__ == "__main__":
+    app()

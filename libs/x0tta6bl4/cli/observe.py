@@ -1,0 +1,243 @@
+"""meshctl trace / audit / cycle / dlq / bus: looking at what the orchestrator did."""
+from __future__ import annotations
+
+import pathlib
+import time
+from collections import defaultdict
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from x0tta6bl4.audit.chain import verify_chains
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.codec import message_class
+from x0tta6bl4.bus.reader import follow, read_all
+from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
+from x0tta6bl4.telemetry.tracing import load_spans, spans_for
+from x0tta6bl4.v1 import events_pb2
+
+NatsOpt = typer.Option(None, "--nats", help="NATS URL (default: the running stack's)")
+DataOpt = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="stack data directory")
+
+audit_app = typer.Typer(help="The signed, hash-chained audit trail.", no_args_is_help=True)
+cycle_app = typer.Typer(help="Past MAPE-K cycles.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: messages that were parked.", no_args_is_help=True)
+
+
+def decode_msg(msg):
+    t = (msg.headers or {}).get("X0-Type")
+    if not t:
+        return None
+    cls = message_class(t)
+    return cls.FromString(msg.data)
+
+
+def trace_id_of(msg) -> str:
+    tp = (msg.headers or {}).get("traceparent", "")
+    parts = tp.split("-")
+    return parts[1] if len(parts) == 4 else ""
+
+
+# ---- trace ------------------------------------------------------------------
+def trace_tree(spans: list[dict], title: str) -> Tree:
+    by_id = {s["span_id"]: s for s in spans}
+    children: dict[str | None, list[dict]] = defaultdict(list)
+    for s in spans:
+        parent = s["parent_id"] if s["parent_id"] in by_id else None
+        children[parent].append(s)
+    t0 = min(s["start_ns"] for s in spans)
+    root = Tree(title)
+
+    def add(node: Tree, s: dict) -> None:
+        ms = (s["end_ns"] - s["start_ns"]) / 1e6
+        at = (s["start_ns"] - t0) / 1e6
+        style = "red" if s["status"] == "ERROR" else "green"
+        sub = node.add(f"[{style}]{s['service']}[/] {s['name']}  [dim]+{at:.1f} ms[/]  [bold]{ms:.2f} ms[/]")
+        for c in sorted(children[s["span_id"]], key=lambda c: c["start_ns"]):
+            add(sub, c)
+
+    for s in sorted(children[None], key=lambda c: c["start_ns"]):
+        add(root, s)
+    return root
+
+
+def trace(key: str = typer.Argument(..., help="cycle id or trace id"), data_dir: pathlib.Path = DataOpt) -> None:
+    """Print one MAPE-K cycle as a tree of spans with stage latencies."""
+    spans = spans_for(load_spans(data_dir), key)
+    if not spans:
+        fail(f"no spans for {key!r} in {data_dir}/spans (spans are written about 0.2 s after a stage ends)")
+    trace_ids = sorted({s["trace_id"] for s in spans})
+    total = (max(s["end_ns"] for s in spans) - min(s["start_ns"] for s in spans)) / 1e6
+    console.print(trace_tree(spans, f"trace [bold]{', '.join(trace_ids)}[/]  ({len(spans)} spans, {total:.1f} ms)"))
+
+
+# ---- audit ------------------------------------------------------------------
+def _audit_row(ev: events_pb2.AuditEvent) -> list[str]:
+    ts = time.strftime("%H:%M:%S", time.localtime(ev.meta.ts_unix_ns / 1e9)) + f".{ev.meta.ts_unix_ns // 1_000_000 % 1000:03d}"
+    details = ", ".join(f"{k}={v}" for k, v in sorted(ev.details.items()) if v)
+    return [ts, ev.service, ev.event_type, ev.subject_id, details[:120], ev.meta.cycle_id[:12]]
+
+
+@audit_app.command("tail")
+def audit_tail(last: int = typer.Option(20, help="how many past events to show"),
+               follow_: bool = typer.Option(False, "--follow", "-f", help="keep printing new events"),
+               service: str = typer.Option("*", help="only this service's events"),
+               nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """Show the newest audit events (decoded from protobuf)."""
+    subject = f"audit.{service}.>"
+
+    async def go():
+        nc = await connect(nats_url(nats, data_dir))
+        js = nc.jetstream()
+        msgs = await read_all(js, subject, stream="AUDIT", last=last)
+        table = Table("time", "service", "event", "subject", "details", "cycle")
+        for m in msgs:
+            table.add_row(*_audit_row(events_pb2.AuditEvent.FromString(m.data)))
+        console.print(table)
+        if follow_:
+            async for m in follow(js, subject, new_only=True):
+                console.print("  ".join(_audit_row(events_pb2.AuditEvent.FromString(m.data))))
+        await nc.close()
+    run(go())
+
+
+@audit_app.command("verify")
+def audit_verify(nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """Prove the audit trail has no gap and no edit (hash chains and ML-DSA-65 signatures)."""
+    async def go():
+        nc = await connect(nats_url(nats, data_dir))
+        js = nc.jetstream()
+        events = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.>", stream="AUDIT")]
+        keys: dict[str, set[bytes]] = defaultdict(set)
+        try:
+            kv = await js.key_value("audit_keys")
+            for k in await kv.keys():
+                keys[k.split(".")[0]].add((await kv.get(k)).value)
+        except Exception:
+            pass
+        await nc.close()
+        return events, keys
+    events, keys = run(go())
+    unknown = [e for e in events if keys and e.public_key not in keys.get(e.service, set())]
+    report = verify_chains(events)
+    problems = report.problems + [f"chain {e.chain_id} seq {e.chain_seq}: key not registered for {e.service}"
+                                  for e in unknown]
+    if problems:
+        for p in problems[:50]:
+            console.print(f"[red]✗[/] {p}")
+        fail(f"audit trail NOT intact: {len(problems)} problem(s) in {report.events} events")
+    console.print(f"[green]✓[/] audit trail intact: {report.events} events in {report.chains} chains, "
+                  "no gap, no edit, every signature valid")
+
+
+# ---- cycles -----------------------------------------------------------------
+STAGES = [(subjects.MAPEK_TELEMETRY, "monitor"), (subjects.MAPEK_ANOMALY, "analyze"), (subjects.MAPEK_PLAN, "plan"),
+          (subjects.MAPEK_ACTION, "execute"), (subjects.MAPEK_RESULT, "result"), (subjects.MAPEK_VERIFIED, "verify")]
+
+
+async def load_cycles(js) -> dict[str, list]:
+    cycles: dict[str, list] = defaultdict(list)
+    for m in await read_all(js, "mapek.>", stream="MAPEK"):
+        if m.subject == subjects.MAPEK_HEALTH:
+            continue
+        ev = decode_msg(m)
+        if ev is not None and ev.meta.cycle_id:
+            cycles[ev.meta.cycle_id].append((m, ev))
+    return cycles
+
+
+def summarize(events: list) -> str:
+    parts = []
+    for m, ev in events:
+        if m.subject == subjects.MAPEK_ANOMALY:
+            parts.append(f"{ev.fault_type}@{ev.root_cause} ({ev.confidence:.2f})")
+        elif m.subject == subjects.MAPEK_PLAN:
+            parts.append(events_pb2.DecisionKind.Name(ev.decision).removeprefix("DECISION_KIND_").lower())
+        elif m.subject == subjects.MAPEK_VERIFIED:
+            parts.append(("recovered" if ev.recovered else "NOT recovered") + f" mttr={ev.mttr_ms:.0f}ms")
+    return " → ".join(parts)
+
+
+@cycle_app.command("list")
+def cycle_list(last: int = typer.Option(20), nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """Past cycles with their trace ids and outcome."""
+    async def go():
+        nc = await connect(nats_url(nats, data_dir))
+        c = await load_cycles(nc.jetstream())
+        await nc.close()
+        return c
+    cycles = run(go())
+    table = Table("started", "cycle", "trace", "stages", "summary")
+    for cid, evs in sorted(cycles.items(), key=lambda kv: kv[1][0][1].meta.ts_unix_ns)[-last:]:
+        t = time.strftime("%H:%M:%S", time.localtime(evs[0][1].meta.ts_unix_ns / 1e9))
+        stages = "/".join(dict(STAGES).get(m.subject, "?") for m, _ in evs)
+        table.add_row(t, cid, trace_id_of(evs[0][0]), stages, summarize(evs))
+    console.print(table)
+
+
+def timeline_table(evs: list) -> Table:
+    t0 = evs[0][1].meta.ts_unix_ns
+    table = Table("t+ms", "stage", "subject", "by", "detail")
+    for m, ev in evs:
+        detail = ""
+        if m.subject == subjects.MAPEK_TELEMETRY:
+            detail = f"trigger {ev.trigger_node}: {'; '.join(ev.trigger_reasons)}"
+        elif m.subject == subjects.MAPEK_ANOMALY:
+            detail = f"{ev.fault_type} root={ev.root_cause} score={ev.anomaly_score:.2f} conf={ev.confidence:.2f} [{ev.detector}]"
+        elif m.subject == subjects.MAPEK_PLAN:
+            detail = (f"{events_pb2.DecisionKind.Name(ev.decision).removeprefix('DECISION_KIND_')}: "
+                      f"{events_pb2.ActionKind.Name(ev.action.kind).removeprefix('ACTION_KIND_')} {ev.action.target_node}"
+                      f" (twin: connectivity {ev.predicted_connectivity:.2f})")
+        elif m.subject == subjects.MAPEK_ACTION:
+            detail = f"{events_pb2.ActionKind.Name(ev.action.kind).removeprefix('ACTION_KIND_')} {ev.action.target_node} approved by {ev.approved_by}"
+        elif m.subject == subjects.MAPEK_RESULT:
+            ok = sum(s.ok for s in ev.steps)
+            detail = f"{'success' if ev.success else 'FAILED'}: {ok}/{len(ev.steps)} steps in {ev.duration_ms:.0f} ms {ev.error[:60]}"
+        elif m.subject == subjects.MAPEK_VERIFIED:
+            detail = (f"{'recovered' if ev.recovered else 'NOT recovered'}; MTTR {ev.mttr_ms:.0f} ms; "
+                      + "; ".join(list(ev.checks_passed) + list(ev.checks_failed))[:80])
+        table.add_row(f"{(ev.meta.ts_unix_ns - t0) / 1e6:.1f}", dict(STAGES).get(m.subject, "?"), m.subject,
+                      ev.meta.producer, detail)
+    return table
+
+
+@cycle_app.command("show")
+def cycle_show(cycle_id: str, nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """One cycle: its events in order, then its trace."""
+    async def go():
+        nc = await connect(nats_url(nats, data_dir))
+        c = await load_cycles(nc.jetstream())
+        await nc.close()
+        return c
+    cycles = run(go())
+    matches = [c for c in cycles if c.startswith(cycle_id)]
+    if len(matches) != 1:
+        fail(f"no cycle {cycle_id!r}" if not matches else f"{cycle_id!r} is ambiguous ({len(matches)} cycles)")
+    evs = cycles[matches[0]]
+    console.print(f"cycle [bold]{matches[0]}[/]  trace [bold]{trace_id_of(evs[0][0])}[/]")
+    console.print(timeline_table(evs))
+    spans = spans_for(load_spans(data_dir), matches[0])
+    if spans:
+        console.print(trace_tree(spans, "spans"))
+
+
+@dlq_app.command("list")
+def dlq_list(nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """Parked messages with the reason they were parked."""
+    async def go():
+        nc = await connect(nats_url(nats, data_dir))
+        msgs = await read_all(nc.jetstream(), "dlq.>", stream="DLQ")
+        await nc.close()
+        return msgs
+    table = Table("consumer", "subject", "deliveries", "reason")
+    for m in run(go()):
+        d = events_pb2.DeadLetter.FromString(m.data)
+        table.add_row(d.consumer, d.original_subject, str(d.deliveries), d.reason)
+    console.print(table)
+
+
+def bus() -> None:
+    """The streams, subjects and durable consumers."""
+    console.print(subjects.describe())

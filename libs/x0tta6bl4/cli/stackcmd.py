@@ -1,0 +1,121 @@
+"""meshctl up / down / demo: the embedded stack."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, console, fail, stack_file
+from x0tta6bl4.runtime.stack import SERVICES, Stack
+
+DataOpt = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="stack data directory (JetStream store, keys, spans, logs)")
+
+
+def _status_table(stack: Stack) -> Table:
+    table = Table("service", "replica", "pid", "ready", "log", title=f"x0tta6bl4 stack on {stack.url}")
+    for sp in stack.procs:
+        alive = sp.proc.poll() is None
+        table.add_row(sp.name, str(sp.index), str(sp.proc.pid),
+                      "[green]ready[/]" if alive and sp.ready() else ("[yellow]starting[/]" if alive else "[red]exited[/]"),
+                      str(sp.log_file))
+    return table
+
+
+def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the background (stop with meshctl down)"),
+       replicas: int = typer.Option(1, min=1, max=8, help="replicas of every service"),
+       data_dir: pathlib.Path = DataOpt) -> None:
+    """Start nats-server and the six services; show a live status view until Ctrl-C."""
+    data_dir = data_dir.resolve()
+    sf = stack_file(data_dir)
+    if sf.exists():
+        pid = json.loads(sf.read_text()).get("pid", 0)
+        try:
+            os.kill(pid, 0)
+            fail(f"a stack is already running (pid {pid}); stop it with meshctl down")
+        except (ProcessLookupError, PermissionError):
+            sf.unlink()
+    if detach:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(data_dir / "stack.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.cli.main", "up", "--replicas", str(replicas),
+                                 "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if sf.exists() and json.loads(sf.read_text()).get("ready"):
+                console.print(f"stack up in the background (pid {proc.pid}), NATS at {json.loads(sf.read_text())['nats_url']}")
+                return
+            if proc.poll() is not None:
+                fail(f"stack exited with {proc.returncode}; see {data_dir / 'stack.log'}")
+            time.sleep(0.2)
+        fail("stack did not become ready within 90 s")
+    stack = Stack(data_dir, SERVICES, replicas)
+    stopping = False
+
+    def _stop(*_):
+        nonlocal stopping
+        stopping = True
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start_nats()
+        sf.parent.mkdir(parents=True, exist_ok=True)
+        sf.write_text(json.dumps({"pid": os.getpid(), "nats_url": stack.url, "ready": False}))
+        stack.start()
+        sf.write_text(json.dumps({"pid": os.getpid(), "nats_url": stack.url, "ready": True}))
+        if not sys.stdout.isatty():
+            console.print(_status_table(stack))
+        with Live(_status_table(stack), console=console, refresh_per_second=1,
+                  auto_refresh=False, transient=False) as live:
+            while not stopping:
+                live.update(_status_table(stack), refresh=sys.stdout.isatty())
+                time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping the stack ...")
+        stack.stop()
+        if sf.exists():
+            sf.unlink()
+
+
+def down(data_dir: pathlib.Path = DataOpt) -> None:
+    """Stop a stack started with meshctl up --detach."""
+    sf = stack_file(data_dir.resolve())
+    if not sf.exists():
+        console.print("no stack is running")
+        return
+    pid = json.loads(sf.read_text()).get("pid", 0)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        sf.unlink(missing_ok=True)
+        console.print("the stack was not running (stale state removed)")
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            console.print("stack stopped")
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    sf.unlink(missing_ok=True)
+    console.print("stack killed after 30 s")
+
+
+def demo(data_dir: pathlib.Path = typer.Option(None, "--data-dir", help="keep state here (default: a temp dir)"),
+         nodes: int = typer.Option(9, min=4, max=100, help="nodes in the demo mesh"),
+         timeout_s: float = typer.Option(60.0, help="give up after this long")) -> None:
+    """Run the orchestrator on an embedded stack, inject a fault and watch one MAPE-K cycle heal it."""
+    from x0tta6bl4.cli.demo import run_demo
+    code = run_demo(data_dir, nodes, timeout_s)
+    raise typer.Exit(code)
