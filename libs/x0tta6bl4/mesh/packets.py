@@ -46,7 +46,9 @@ Bodies
 * DATA: opaque application bytes.  Flags: ``ACK_REQ`` 0x01 (destination
   answers with a DATA/``ACK`` 0x02 carrying the same packet_id and timestamp,
   empty body) -> round-trip latency at the sender.
-* RREQ: empty.  origin = RREQ originator, dest = sought destination,
+* RREQ: empty, or an avoid list ``!B`` count (1..32), count x (``!B`` id_len,
+  id): nodes that must not relay this request (set by an originator told to
+  avoid them).  origin = RREQ originator, dest = sought destination,
   dest_seq = last known seq of dest; flags ``J`` 0x01 ``R`` 0x02 ``G`` 0x04
   ``D`` 0x08 (destination only) ``U`` 0x10 (unknown seq).
 * RREP: ``!I`` lifetime_ms.  dest = route destination, dest_seq = its seq,
@@ -151,6 +153,11 @@ class HelloBody:
 
 
 @dataclass(frozen=True, slots=True)
+class RreqBody:
+    avoid: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RrepBody:
     lifetime_ms: int = 3000
 
@@ -160,7 +167,8 @@ class RerrBody:
     unreachable: tuple[tuple[str, int], ...] = ()
 
 
-Body = Union[bytes, HelloBody, RrepBody, RerrBody]
+Body = Union[bytes, HelloBody, RreqBody, RrepBody, RerrBody]
+MAX_RREQ_AVOID = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +233,17 @@ def _encode_body(ptype: int, body: Body) -> bytes:
             raise PacketError("bad_body", "DATA body must be bytes")
         return bytes(body)
     if ptype == RREQ:
-        if body not in (b"", None):
-            raise PacketError("bad_body", "RREQ body must be empty")
-        return b""
+        if body in (b"", None):
+            return b""
+        if not isinstance(body, RreqBody) or len(body.avoid) > MAX_RREQ_AVOID:
+            raise PacketError("bad_body", "RREQ body must be empty or RreqBody with <= 32 ids")
+        if not body.avoid:
+            return b""
+        out = bytearray(_U8.pack(len(body.avoid)))
+        for node in body.avoid:
+            raw = _check_id(node)
+            out += _U8.pack(len(raw)) + raw
+        return bytes(out)
     if ptype == RREP:
         if not isinstance(body, RrepBody):
             raise PacketError("bad_body", "RREP body must be RrepBody")
@@ -278,9 +294,19 @@ def _decode_body(ptype: int, buf: memoryview) -> Body:
     if ptype == DATA:
         return bytes(buf)
     if ptype == RREQ:
-        if end:
-            raise PacketError("bad_body", "RREQ body must be empty")
-        return b""
+        if not end:
+            return RreqBody(())
+        count = buf[0]
+        if count == 0 or count > MAX_RREQ_AVOID:
+            raise PacketError("bad_body", "RREQ avoid count must be 1..32")
+        pos = 1
+        avoid = []
+        for _ in range(count):
+            node, pos = _read_id(buf, pos, end)
+            avoid.append(node)
+        if pos != end:
+            raise PacketError("bad_body", "trailing bytes in RREQ body")
+        return RreqBody(tuple(avoid))
     if ptype == RREP:
         if end != 4:
             raise PacketError("bad_body", "RREP body must be 4 bytes")

@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .packets import (
+    MAX_RREQ_AVOID,
     DATA,
     DEFAULT_TTL,
     FLAG_ACK,
@@ -37,6 +38,7 @@ from .packets import (
     U32_MASK,
     Packet,
     RerrBody,
+    RreqBody,
     RrepBody,
     seq_ge,
     seq_newer,
@@ -294,8 +296,10 @@ class AodvRouter:
             dseq = r.seq
         else:
             flags |= FLAG_RREQ_U
+        body = RreqBody()
         if self.avoided:
             flags |= FLAG_RREQ_D  # cached routes elsewhere may run through avoided nodes
+            body = RreqBody(tuple(sorted(self.avoided))[:MAX_RREQ_AVOID])
         self.seen_rreq[(self.node_id, self.rreq_id)] = now + self.config.path_discovery_ns
         disc.deadline_ns = now + self.config.net_traversal_ns * (2**disc.retries)
         out.sends.append(
@@ -312,6 +316,7 @@ class AodvRouter:
                     dest_seq=dseq,
                     packet_id=self.rreq_id,
                     timestamp_ns=now,
+                    body=body,
                 ),
             )
         )
@@ -512,6 +517,10 @@ class AodvRouter:
             return
         if pkt.origin in self.avoided:
             out.drops.append(("avoided", pkt))
+            return
+        req_avoid = pkt.body.avoid if isinstance(pkt.body, RreqBody) else ()
+        if prev in req_avoid or self.node_id in req_avoid:
+            out.drops.append(("avoided", pkt))  # not marked as seen: a clean copy may follow
             return
         key = (pkt.origin, pkt.packet_id)
         if key in self.seen_rreq:
