@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class KeyRecord(_message.Message):
-    __slots__ = ("spiffe_id", "node_id", "generation", "sig_key_id", "sig_algorithm", "mldsa_public_key", "ed25519_public_key", "kem_key_id", "kem_algorithm", "mlkem_public_key", "x25519_public_key", "not_before_unix", "not_after_unix", "revoked", "root_signature", "root_key_id", "status")
+    __slots__ = ("spiffe_id", "node_id", "generation", "sig_key_id", "sig_algorithm", "mldsa_public_key", "ed25519_public_key", "kem_key_id", "kem_algorithm", "mlkem_public_key", "x25519_public_key", "not_before_unix", "not_after_unix", "revoked", "root_signature", "root_key_id", "status", "signed_sig_record", "signed_kem_record", "retiring_until_unix", "retired_at_unix", "revoked_at_unix", "revocation_reason", "previous")
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,13 @@ class KeyRecord(_message.Message):
     ROOT_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ROOT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_SIG_RECORD_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_KEM_RECORD_FIELD_NUMBER: _ClassVar[int]
+    RETIRING_UNTIL_UNIX_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     spiffe_id: str
     node_id: str
     generation: int
@@ -42,7 +49,14 @@ class KeyRecord(_message.Message):
     root_signature: bytes
     root_key_id: str
     status: str
-    def __init__(self, spiffe_id: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., sig_key_id: _Optional[str] = ..., sig_algorithm: _Optional[str] = ..., mldsa_public_key: _Optional[bytes] = ..., ed25519_public_key: _Optional[bytes] = ..., kem_key_id: _Optional[str] = ..., kem_algorithm: _Optional[str] = ..., mlkem_public_key: _Optional[bytes] = ..., x25519_public_key: _Optional[bytes] = ..., not_before_unix: _Optional[int] = ..., not_after_unix: _Optional[int] = ..., revoked: _Optional[bool] = ..., root_signature: _Optional[bytes] = ..., root_key_id: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+    signed_sig_record: bytes
+    signed_kem_record: bytes
+    retiring_until_unix: float
+    retired_at_unix: int
+    revoked_at_unix: int
+    revocation_reason: str
+    previous: _containers.RepeatedCompositeFieldContainer[KeyRecord]
+    def __init__(self, spiffe_id: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., sig_key_id: _Optional[str] = ..., sig_algorithm: _Optional[str] = ..., mldsa_public_key: _Optional[bytes] = ..., ed25519_public_key: _Optional[bytes] = ..., kem_key_id: _Optional[str] = ..., kem_algorithm: _Optional[str] = ..., mlkem_public_key: _Optional[bytes] = ..., x25519_public_key: _Optional[bytes] = ..., not_before_unix: _Optional[int] = ..., not_after_unix: _Optional[int] = ..., revoked: _Optional[bool] = ..., root_signature: _Optional[bytes] = ..., root_key_id: _Optional[str] = ..., status: _Optional[str] = ..., signed_sig_record: _Optional[bytes] = ..., signed_kem_record: _Optional[bytes] = ..., retiring_until_unix: _Optional[float] = ..., retired_at_unix: _Optional[int] = ..., revoked_at_unix: _Optional[int] = ..., revocation_reason: _Optional[str] = ..., previous: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ...) -> None: ...
 
 class IssueIdentityRequest(_message.Message):
     __slots__ = ("node_id", "return_private")
@@ -115,31 +129,49 @@ class AttestRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., challenge: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class AttestResponse(_message.Message):
-    __slots__ = ("valid", "reason", "key_id")
+    __slots__ = ("valid", "reason", "key_id", "generation", "status")
     VALID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     valid: bool
     reason: str
     key_id: str
-    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+    generation: int
+    status: str
+    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., key_id: _Optional[str] = ..., generation: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+
+class GetPrivateBundleRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("backend", "backend_version", "algorithms", "root_public_key", "root_key_id", "identities")
+    __slots__ = ("backend", "backend_version", "algorithms", "root_public_key", "root_key_id", "identities", "classical", "hybrids", "kv_bucket", "default_overlap_s")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_VERSION_FIELD_NUMBER: _ClassVar[int]
     ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
     ROOT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ROOT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    CLASSICAL_FIELD_NUMBER: _ClassVar[int]
+    HYBRIDS_FIELD_NUMBER: _ClassVar[int]
+    KV_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_OVERLAP_S_FIELD_NUMBER: _ClassVar[int]
     backend: str
     backend_version: str
     algorithms: _containers.RepeatedScalarFieldContainer[str]
     root_public_key: bytes
     root_key_id: str
     identities: int
-    def __init__(self, backend: _Optional[str] = ..., backend_version: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ..., root_public_key: _Optional[bytes] = ..., root_key_id: _Optional[str] = ..., identities: _Optional[int] = ...) -> None: ...
+    classical: _containers.RepeatedScalarFieldContainer[str]
+    hybrids: _containers.RepeatedScalarFieldContainer[str]
+    kv_bucket: str
+    default_overlap_s: float
+    def __init__(self, backend: _Optional[str] = ..., backend_version: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ..., root_public_key: _Optional[bytes] = ..., root_key_id: _Optional[str] = ..., identities: _Optional[int] = ..., classical: _Optional[_Iterable[str]] = ..., hybrids: _Optional[_Iterable[str]] = ..., kv_bucket: _Optional[str] = ..., default_overlap_s: _Optional[float] = ...) -> None: ...

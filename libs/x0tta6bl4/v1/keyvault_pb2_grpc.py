@@ -71,6 +71,11 @@ class KeyvaultStub:
                 request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoRequest.SerializeToString,
                 response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.GetPrivateBundle = channel.unary_unary(
+                '/x0tta6bl4.v1.Keyvault/GetPrivateBundle',
+                request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.SerializeToString,
+                response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.FromString,
+                _registered_method=True)
 
 
 class KeyvaultServicer:
@@ -120,6 +125,14 @@ class KeyvaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPrivateBundle(self, request, context):
+        """gRPC only (never over NATS): the private bundle of a node's current
+        generation, e.g. for the node agent after a rotation. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyvaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +170,11 @@ def add_KeyvaultServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoRequest.FromString,
                     response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoResponse.SerializeToString,
+            ),
+            'GetPrivateBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrivateBundle,
+                    request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.FromString,
+                    response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +368,33 @@ class Keyvault:
             '/x0tta6bl4.v1.Keyvault/Info',
             x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoRequest.SerializeToString,
             x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrivateBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/x0tta6bl4.v1.Keyvault/GetPrivateBundle',
+            x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.SerializeToString,
+            x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,
