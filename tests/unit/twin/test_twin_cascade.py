@@ -1,0 +1,96 @@
+import time
+
+import networkx as nx
+import pytest
+
+from x0tta6bl4.twin import MeshDigitalTwin
+
+
+def two_cliques_two_bridges():
+    """K4 'a*' and K4 'b*' joined by two relay nodes x and y (a0-x-b0, a1-y-b1)."""
+    g = nx.Graph()
+    a = [f"a{i}" for i in range(4)]
+    b = [f"b{i}" for i in range(4)]
+    g.add_edges_from((u, v) for i, u in enumerate(a) for v in a[i + 1 :])
+    g.add_edges_from((u, v) for i, u in enumerate(b) for v in b[i + 1 :])
+    g.add_edges_from([("a0", "x"), ("x", "b0"), ("a1", "y"), ("y", "b1")])
+    t = MeshDigitalTwin("bridges")
+    t.from_neighbours({v: list(g[v]) for v in g})
+    return t
+
+
+def test_losing_one_relay_overloads_the_other():
+    # removing x doubles y's share of inter-cluster paths: fails iff alpha < 1
+    t = two_cliques_two_bridges()
+    failed = t.predict_cascade_failure("x", threshold=0.8)  # alpha = 0.25
+    # y carries all cross traffic (ratio 2 / 1.25); the gateways a1, b1 next to y also
+    # become the only way across and overload in the same round, with a smaller ratio
+    assert failed == ["y", "a1", "b1"]
+
+
+def reference_motter_lai(g, node, alpha):
+    """Straightforward networkx implementation used as the oracle."""
+    load0 = nx.betweenness_centrality(g, normalized=False)
+    cap = {v: (1 + alpha) * max(load0[v], 1.0) for v in g}
+    h = g.copy()
+    h.remove_node(node)
+    failed = []
+    while True:
+        load = nx.betweenness_centrality(h, normalized=False)
+        over = sorted((v for v in h if load[v] > cap[v] * (1 + 1e-9)),
+                      key=lambda v: -load[v] / cap[v])
+        if not over:
+            return failed
+        failed += over
+        h.remove_nodes_from(over)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_matches_reference_motter_lai(seed):
+    t = MeshDigitalTwin()
+    g = t.create_test_topology(40, 3.0, seed)
+    hub = max(g.degree, key=lambda kv: kv[1])[0]
+    for thr in (0.5, 0.8, 0.95):
+        got = t.predict_cascade_failure(hub, threshold=thr)
+        want = reference_motter_lai(g, hub, 1 / thr - 1)
+        assert set(got) == set(want)
+
+
+def test_enough_headroom_stops_the_cascade():
+    t = two_cliques_two_bridges()
+    assert t.predict_cascade_failure("x", threshold=0.4) == []  # alpha = 1.5
+
+
+def test_line_failure_never_cascades():
+    t = MeshDigitalTwin()
+    t.from_neighbours({i: [i + 1] for i in range(6)})
+    assert t.predict_cascade_failure(3, threshold=1.0) == []
+
+
+def test_threshold_validated():
+    t = two_cliques_two_bridges()
+    with pytest.raises(ValueError):
+        t.predict_cascade_failure("x", threshold=0)
+
+
+def test_scale_connectivity_10k_under_1s():
+    t = MeshDigitalTwin("big")
+    t.create_test_topology(10_000, 5.0, 0)
+    t.simulate_node_failure(0)  # builds the cached arrays once
+    best = float("inf")
+    for v in (1, 2, 3):
+        t0 = time.perf_counter()
+        r = t.simulate_node_failure(v)
+        best = min(best, time.perf_counter() - t0)
+    assert 0.99 < r.connectivity_maintained <= 1.0
+    assert best < 1.0
+
+
+def test_scale_cascade_1k_under_1s():
+    t = MeshDigitalTwin("k")
+    g = t.create_test_topology(1000, 5.0, 0)
+    hub = max(g.degree, key=lambda kv: kv[1])[0]
+    t.predict_cascade_failure(0)  # warm cache
+    t0 = time.perf_counter()
+    t.predict_cascade_failure(hub, threshold=0.9)
+    assert time.perf_counter() - t0 < 1.0
