@@ -42,6 +42,7 @@
 // ---------------------------------------------------------------- config ----
 // config[0]: filter mode bits (1 = pid filter, 2 = cgroup v2 filter), 0 = all
 // config[1]: 1 = pids forked by a tracked pid are added to filter_pids
+// config[2]: 1 = emit rate-limited packet_drop events on the ring buffer
 BPF_ARRAY(config, u32, 4);
 BPF_HASH(filter_pids, u32, u8, X0_MAX_FILTER_PIDS);
 BPF_HASH(filter_cgroups, u64, u8, 64);
@@ -75,6 +76,7 @@ struct x0_pstat {
     u64 syscalls;          // raw_syscalls:sys_enter
     u64 sock_tx_bytes;     // sock:sock_send_length (AF_INET/AF_INET6)
     u64 sock_rx_bytes;     // sock:sock_recv_length
+    char comm[16];         // comm when first seen (on the inserting CPU only)
 };
 BPF_TABLE("lru_percpu_hash", u32, struct x0_pstat, pstats, X0_MAX_PIDS);
 
@@ -84,6 +86,7 @@ static __always_inline struct x0_pstat *x0_pstat_get(u32 tgid)
     if (s)
         return s;
     struct x0_pstat zero = {};
+    bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
     pstats.update(&tgid, &zero);
     return pstats.lookup(&tgid);
 }
@@ -266,6 +269,8 @@ int x0_kfree_skb(void *ctx)
     if (c)
         *c += 1;
 
+    if (x0_cfg(2) == 0)  // drop events disabled by userspace
+        return 0;
     u32 z = 0;
     struct x0_rate *r = drop_rate.lookup(&z);
     if (!r)
@@ -459,7 +464,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_open)
 #endif
 
 // ------------------------------------------------ privilege changes --------
-static __always_inline void x0_priv(int nr, u64 a0, u64 a1, u64 a2)
+// `which` identifies the syscall independently of the arch's syscall numbers
+// (1 setuid, 2 setgid, 3 setreuid, 4 setregid, 5 setresuid, 6 setresgid,
+//  7 setfsuid, 8 setfsgid, 9 capset); it travels in watch_idx.
+static __always_inline void x0_priv(int which, int nr, u64 a0, u64 a1, u64 a2)
 {
     struct x0_event *e = events.ringbuf_reserve(sizeof(struct x0_event));
     if (!e) {
@@ -471,7 +479,7 @@ static __always_inline void x0_priv(int nr, u64 a0, u64 a1, u64 a2)
     e->arg0 = a0;
     e->arg1 = a1;
     e->arg2 = a2;
-    e->watch_idx = -1;
+    e->watch_idx = which;
     e->path[0] = 0;
     events.ringbuf_submit(e, 0);
 }
@@ -485,56 +493,56 @@ static __always_inline void x0_priv(int nr, u64 a0, u64 a1, u64 a2)
 #ifdef X0_HAVE_SYS_ENTER_SETUID
 TRACEPOINT_PROBE(syscalls, sys_enter_setuid)
 {
-    x0_priv(args->__syscall_nr, (u32)args->uid, X0_NONE, X0_NONE);
+    x0_priv(1, args->__syscall_nr, (u32)args->uid, X0_NONE, X0_NONE);
     return 0;
 }
 #endif
 #ifdef X0_HAVE_SYS_ENTER_SETGID
 TRACEPOINT_PROBE(syscalls, sys_enter_setgid)
 {
-    x0_priv(args->__syscall_nr, (u32)args->gid, X0_NONE, X0_NONE);
+    x0_priv(2, args->__syscall_nr, (u32)args->gid, X0_NONE, X0_NONE);
     return 0;
 }
 #endif
 #ifdef X0_HAVE_SYS_ENTER_SETREUID
 TRACEPOINT_PROBE(syscalls, sys_enter_setreuid)
 {
-    x0_priv(args->__syscall_nr, (u32)args->ruid, (u32)args->euid, X0_NONE);
+    x0_priv(3, args->__syscall_nr, (u32)args->ruid, (u32)args->euid, X0_NONE);
     return 0;
 }
 #endif
 #ifdef X0_HAVE_SYS_ENTER_SETREGID
 TRACEPOINT_PROBE(syscalls, sys_enter_setregid)
 {
-    x0_priv(args->__syscall_nr, (u32)args->rgid, (u32)args->egid, X0_NONE);
+    x0_priv(4, args->__syscall_nr, (u32)args->rgid, (u32)args->egid, X0_NONE);
     return 0;
 }
 #endif
 #ifdef X0_HAVE_SYS_ENTER_SETRESUID
 TRACEPOINT_PROBE(syscalls, sys_enter_setresuid)
 {
-    x0_priv(args->__syscall_nr, (u32)args->ruid, (u32)args->euid, (u32)args->suid);
+    x0_priv(5, args->__syscall_nr, (u32)args->ruid, (u32)args->euid, (u32)args->suid);
     return 0;
 }
 #endif
 #ifdef X0_HAVE_SYS_ENTER_SETRESGID
 TRACEPOINT_PROBE(syscalls, sys_enter_setresgid)
 {
-    x0_priv(args->__syscall_nr, (u32)args->rgid, (u32)args->egid, (u32)args->sgid);
+    x0_priv(6, args->__syscall_nr, (u32)args->rgid, (u32)args->egid, (u32)args->sgid);
     return 0;
 }
 #endif
 #ifdef X0_HAVE_SYS_ENTER_SETFSUID
 TRACEPOINT_PROBE(syscalls, sys_enter_setfsuid)
 {
-    x0_priv(args->__syscall_nr, (u32)args->uid, X0_NONE, X0_NONE);
+    x0_priv(7, args->__syscall_nr, (u32)args->uid, X0_NONE, X0_NONE);
     return 0;
 }
 #endif
 #ifdef X0_HAVE_SYS_ENTER_SETFSGID
 TRACEPOINT_PROBE(syscalls, sys_enter_setfsgid)
 {
-    x0_priv(args->__syscall_nr, (u32)args->gid, X0_NONE, X0_NONE);
+    x0_priv(8, args->__syscall_nr, (u32)args->gid, X0_NONE, X0_NONE);
     return 0;
 }
 #endif
@@ -543,7 +551,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_capset)
 {
     // the cap_user_data_t pointer is user memory; report that capset was
     // called (by whom) and let userspace flag non-root callers
-    x0_priv(args->__syscall_nr, X0_NONE, X0_NONE, X0_NONE);
+    x0_priv(9, args->__syscall_nr, X0_NONE, X0_NONE, X0_NONE);
     return 0;
 }
 #endif

@@ -277,9 +277,35 @@ def _cflags(groups: set[str], formats: dict[str, TracepointFormat], extra: dict[
     return flags
 
 
+@contextlib.contextmanager
+def _captured_stderr():
+    """Capture fd 2 (libbcc/clang diagnostics) into a list of text lines."""
+    import tempfile
+
+    lines: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode(errors="replace").splitlines())
+
+
 def _compile(bcc: Any, src: str, groups: set[str], formats: dict[str, TracepointFormat],
              extra: dict[str, int]) -> Any:
-    b = bcc.BPF(text=src, cflags=_cflags(groups, formats, extra))
+    with _captured_stderr() as diag:
+        try:
+            b = bcc.BPF(text=src, cflags=_cflags(groups, formats, extra))
+        except Exception as exc:
+            errors = [ln for ln in diag if "error" in ln.lower()]
+            raise RuntimeError(f"{exc}: {'; '.join(errors[:3]) or 'see debug log'}") from exc
+    if diag:
+        log.debug("bcc diagnostics:\n%s", "\n".join(diag))
     if "X0_HAVE_KFREE_SKB" in groups:
         try:
             b.attach_tracepoint(tp="skb:kfree_skb", fn_name="x0_kfree_skb")
@@ -317,7 +343,7 @@ def load(extra_defines: dict[str, int] | None = None, disable: set[str] | frozen
     try:
         b = _compile(bcc, src, groups, formats, extra)
     except Exception as exc:
-        log.warning("eBPF monitor program failed to build (%s); isolating failing probe families", exc)
+        log.debug("eBPF monitor program failed to build (%s); isolating failing probe families", exc)
         ok: set[str] = set()
         for fam, fgroups in FAMILIES.items():
             fg = groups & set(fgroups)
