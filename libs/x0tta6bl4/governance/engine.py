@@ -178,14 +178,22 @@ class GovernanceEngine:
         return p
 
     # ------------------------------------------------------------- voters
-    def register_voter(self, voter_id: str, balance: float, *, key_id: str = "") -> tuple[GovernanceEvent, ...]:
-        """One identity, one ledger entry: re-registering raises AlreadyExists."""
+    def register_voter(self, voter_id: str, balance: float, *, key_id: str = "",
+                       public_key: bytes = b"") -> tuple[GovernanceEvent, ...]:
+        """One identity, one ledger entry: re-registering raises AlreadyExists.
+        ``public_key`` (opaque bytes, checked by the caller) is recorded with
+        the voter so that a verifier can find it after a replay."""
         check_identity("voter", voter_id)
         bal = check_positive("balance", balance)
         check_text("key_id", key_id, max_len=LIMITS.max_id_len)
+        if not isinstance(public_key, (bytes, bytearray)):
+            raise InvalidArgument(f"public_key must be bytes, got {type(public_key).__name__}")
+        if len(public_key) > LIMITS.max_signature_len:
+            raise InvalidArgument(f"public_key must be at most {LIMITS.max_signature_len} bytes, got {len(public_key)}")
         if voter_id in self._state.voters:
             raise AlreadyExists(f"voter {voter_id!r} is already registered (one identity, one ledger entry)")
-        return self._commit([VoterRegistered(voter_id=voter_id, balance=bal, at=self._now(), key_id=key_id)])
+        return self._commit([VoterRegistered(voter_id=voter_id, balance=bal, at=self._now(), key_id=key_id,
+                                             public_key=bytes(public_key))])
 
     def get_balance(self, voter_id: str) -> float:
         check_identity("voter", voter_id)

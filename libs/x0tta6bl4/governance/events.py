@@ -45,6 +45,7 @@ class VoterRegistered:
     balance: float
     at: float
     key_id: str = ""
+    public_key: bytes = b""     # ML-DSA-65 public key the voter signs votes with ("" = looked up elsewhere)
 
     @property
     def watch_kind(self) -> str:

@@ -200,6 +200,7 @@ class Voter:
     balance: float
     registered_at: float
     key_id: str = ""
+    public_key: bytes = b""
 
     @property
     def max_weight(self) -> float:

@@ -74,7 +74,7 @@ class GovernanceState:
     def _on_VoterRegistered(self, e: VoterRegistered) -> None:
         if e.voter_id in self.voters:
             raise EventStreamError(f"voter {e.voter_id!r} registered twice")
-        self.voters[e.voter_id] = Voter(e.voter_id, e.balance, e.at, e.key_id)
+        self.voters[e.voter_id] = Voter(e.voter_id, e.balance, e.at, e.key_id, e.public_key)
 
     def _on_ProposalCreated(self, e: ProposalCreated) -> None:
         snapshot = MappingProxyType({v.voter_id: v.balance for v in self.voters.values()})
