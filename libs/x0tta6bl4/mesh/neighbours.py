@@ -77,6 +77,7 @@ class NeighbourTable:
     path_loss_db: PathLoss = 40.0
     rng: random.Random = field(default_factory=random.Random)
     links: dict[str, LinkState] = field(default_factory=dict)
+    lost_links: dict[str, LinkState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.hello_interval <= 0 or self.miss_count < 1:
@@ -108,12 +109,19 @@ class NeighbourTable:
         link = self.links.get(peer)
         is_new = link is None
         if link is None:
+            old = self.lost_links.pop(peer, None)
+            if old is not None and now_ns - old.last_heard_ns < 30 * NS:
+                # a flapping neighbour keeps its loss history; the outage counts as loss
+                link = old
+                link.first_seen_ns = now_ns
+                self.links[peer] = link
+        if link is None:
             link = LinkState(peer, now_ns, now_ns, pkt.origin_seq, pkt.timestamp_ns)
             self.links[peer] = link
         else:
             gap = (pkt.origin_seq - link.last_seq) & U32_MASK
             if gap == 0:
-                return link, False  # duplicate HELLO
+                return link, is_new  # duplicate HELLO
             if gap >= 0x80000000 or gap > 1000:
                 # sequence went backwards or jumped: peer restarted, reset stats
                 link.loss_rate = 0.0
@@ -152,7 +160,10 @@ class NeighbourTable:
         dead = self.dead_interval_ns
         lost = [p for p, l in self.links.items() if now_ns - l.last_heard_ns > dead]
         for p in lost:
-            del self.links[p]
+            self.lost_links[p] = self.links.pop(p)
+        if len(self.lost_links) > 256:
+            for p in sorted(self.lost_links, key=lambda x: self.lost_links[x].last_heard_ns)[:64]:
+                del self.lost_links[p]
         return lost
 
     def remove(self, peer: str) -> bool:
