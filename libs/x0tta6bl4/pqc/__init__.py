@@ -59,6 +59,7 @@ from .records import (
     SignedRecord,
     records_for_identity,
     verify_record,
+    verify_signed,
 )
 from .rotation import Keyring
 
@@ -75,6 +76,6 @@ __all__ = [
     "MLDSA65PrivateKey", "MLDSA65PublicKey", "MLKEM768PrivateKey", "MLKEM768PublicKey", "key_id",
     "Keystore", "MasterKey",
     "KeyvaultRoot", "PublicKeyRecord", "RecordVerifier", "RevocationRecord", "SignedRecord",
-    "records_for_identity", "verify_record",
+    "records_for_identity", "verify_record", "verify_signed",
     "Keyring",
 ]

@@ -408,6 +408,11 @@ class HybridSigningKey(_Private):
     def public_key(self) -> HybridVerifyKey:
         return self._pub
 
+    @property
+    def mldsa(self) -> MLDSA65PrivateKey:
+        """The ML-DSA-65 half, for pure FIPS 204 signatures (e.g. keyvault attestation)."""
+        return self._mldsa
+
     def sign(self, data: bytes, context: bytes = b"") -> bytes:
         context = _check_context(context)
         msg = _hybrid_message(to_bytes(data, "data"), context)

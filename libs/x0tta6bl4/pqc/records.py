@@ -35,6 +35,7 @@ __all__ = [
     "KeyvaultRoot",
     "RecordVerifier",
     "verify_record",
+    "verify_signed",
     "records_for_identity",
 ]
 
@@ -234,6 +235,12 @@ def _verify_signed(signed: SignedRecord | bytes, root: MLDSA65PublicKey) -> tupl
         )
     root.verify(signed.signature, signed.body, _context(signed.kind))
     return signed, signed.record()
+
+
+def verify_signed(signed: SignedRecord | bytes, root: MLDSA65PublicKey) -> Record:
+    """Verify the root signature only; return the record (public-key or revocation)
+    without checking its revoked flag or validity (use :func:`verify_record` for that)."""
+    return _verify_signed(signed, root)[1]
 
 
 def verify_record(

@@ -1,0 +1,171 @@
+"""Distribution of root-signed key records through the JetStream KV bucket ``keys``.
+
+Keys of the bucket (every value is bytes; ``SignedRecord`` = the wire form of
+:class:`x0tta6bl4.pqc.records.SignedRecord`, i.e. ``pack(b"x0tta6bl4/signed-record/v1",
+kind, body, signer_key_id, signature)`` with u32 big-endian length prefixes; the
+body is the canonical record, signed by the keyvault root ML-DSA-65 key with the
+FIPS 204 context ``x0tta6bl4/keyvault/<kind>/v1``):
+
+``root``                   raw ML-DSA-65 public key of the keyvault root (1952 bytes).
+                           Informational: agents should pin the root key out of band
+                           (``meshctl keys info`` / ``Info.root_public_key``).
+``key.<key-id>``           SignedRecord(kind ``pubkey``) of every key peers must accept
+                           now: the active generation and, during an overlap window,
+                           the retiring one. Deleted when the key is retired or revoked.
+``rev.<key-id>``           SignedRecord(kind ``revocation``) for every revoked key (kept).
+``node.<node-id>.sig``     SignedRecord(kind ``pubkey``) of the node's current signing key
+``node.<node-id>.kem``     ... and of its current KEM key (revoked flag set once revoked).
+
+A node agent watches ``key.>`` and ``rev.>`` (or ``>``) and feeds every entry into a
+:class:`KeyDirectory`, which verifies it and answers "which key is ``key_id``, and
+may I accept it?". Nothing here does I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from x0tta6bl4.pqc import (
+    InvalidRecord,
+    KeyRevoked,
+    MLDSA65PublicKey,
+    PublicKeyRecord,
+    RevocationRecord,
+    SpiffeId,
+    verify_signed,
+)
+from x0tta6bl4.pqc.identity import KeyPurpose
+
+from .vault import Entry, Vault
+
+__all__ = ["BUCKET", "BUCKET_HISTORY", "BUCKET_DOC", "ROOT_KEY", "key_key", "rev_key", "node_key",
+           "entry_kv", "desired_state", "verify_entry", "VerifiedEntry", "KeyDirectory", "MANAGED_PREFIXES"]
+
+BUCKET = "keys"
+BUCKET_HISTORY = 1
+BUCKET_DOC = "root-signed public-key and revocation records (keyvault -> node agents)"
+ROOT_KEY = "root"
+MANAGED_PREFIXES = ("key.", "rev.", "node.")
+_PURPOSE_TOKEN = {KeyPurpose.SIGNING: "sig", KeyPurpose.KEM: "kem"}
+
+
+def key_key(key_id: str) -> str:
+    return f"key.{key_id}"
+
+
+def rev_key(key_id: str) -> str:
+    return f"rev.{key_id}"
+
+
+def node_key(node_id: str, purpose: str) -> str:
+    return f"node.{node_id}.{purpose}"
+
+
+def entry_kv(e: Entry) -> dict[str, bytes]:
+    """The KV entries describing one identity."""
+    out = {node_key(e.node_id, "sig"): e.current.signed_sig, node_key(e.node_id, "kem"): e.current.signed_kem}
+    for g in e.accepted():
+        out[key_key(g.sig_key_id)] = g.signed_sig
+        out[key_key(g.kem_key_id)] = g.signed_kem
+    for kid, signed in e.revocations.items():
+        out[rev_key(kid)] = signed
+    return out
+
+
+def desired_state(vault: Vault) -> dict[str, bytes]:
+    """Every KV entry the bucket should hold for the vault's current state."""
+    out = {ROOT_KEY: vault.root_public.public_bytes()}
+    for e in vault.list(include_revoked=True):
+        out.update(entry_kv(e))
+    return out
+
+
+@dataclass(frozen=True)
+class VerifiedEntry:
+    key: str
+    kind: str                                     # "pubkey" | "revocation" | "root"
+    record: PublicKeyRecord | RevocationRecord | None
+
+
+def verify_entry(key: str, value: bytes, root: MLDSA65PublicKey) -> VerifiedEntry:
+    """Verify one KV entry against the pinned root public key.
+
+    Checks the root signature *and* that the record belongs under ``key`` (a
+    validly signed record copied under another key is rejected). Raises
+    :class:`~x0tta6bl4.pqc.PQCError` (InvalidSignature, InvalidRecord, KeyRevoked).
+    A ``key.*`` entry whose record carries the revoked flag raises KeyRevoked.
+    """
+    if key == ROOT_KEY:
+        if bytes(value) != root.public_bytes():
+            raise InvalidRecord("KV root key differs from the pinned keyvault root key")
+        return VerifiedEntry(key, "root", None)
+    rec = verify_signed(value, root)
+    parts = key.split(".")
+    if parts[0] == "key" and len(parts) == 2:
+        if not isinstance(rec, PublicKeyRecord) or rec.key_id != parts[1]:
+            raise InvalidRecord(f"KV entry {key!r} does not hold the public-key record of key {parts[1]}")
+        if rec.revoked:
+            raise KeyRevoked(f"key {rec.key_id} of {rec.spiffe_id} is revoked")
+        return VerifiedEntry(key, "pubkey", rec)
+    if parts[0] == "rev" and len(parts) == 2:
+        if not isinstance(rec, RevocationRecord) or rec.key_id != parts[1]:
+            raise InvalidRecord(f"KV entry {key!r} does not hold the revocation of key {parts[1]}")
+        return VerifiedEntry(key, "revocation", rec)
+    if parts[0] == "node" and len(parts) == 3:
+        if (not isinstance(rec, PublicKeyRecord) or SpiffeId.parse(rec.spiffe_id).node_id != parts[1]
+                or _PURPOSE_TOKEN[rec.purpose] != parts[2]):
+            raise InvalidRecord(f"KV entry {key!r} does not hold the {parts[2]} record of node {parts[1]}")
+        return VerifiedEntry(key, "pubkey", rec)
+    raise InvalidRecord(f"unknown KV key {key!r} in bucket {BUCKET!r}")
+
+
+class KeyDirectory:
+    """A node agent's view of the mesh's keys, fed from the ``keys`` bucket.
+
+        directory = KeyDirectory(pinned_root)
+        async for e in await kv.watchall():          # or kv.watch("key.>"), kv.watch("rev.>")
+            if e is None: continue                   # end of initial values
+            directory.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
+        rec = directory.lookup(key_id)               # None: unknown, retired or revoked
+        rec.verify_key().verify(sig, data, context)  # then check the signature
+
+    ``apply`` raises PQCError for an entry that does not verify (count it, drop it).
+    """
+
+    def __init__(self, root: MLDSA65PublicKey) -> None:
+        self.root = root
+        self._keys: dict[str, PublicKeyRecord] = {}
+        self._revoked: dict[str, RevocationRecord] = {}
+        self._nodes: dict[tuple[str, str], PublicKeyRecord] = {}
+
+    def apply(self, key: str, value: bytes | None, *, deleted: bool = False) -> VerifiedEntry | None:
+        parts = key.split(".")
+        if deleted or not value:
+            if parts[0] == "key" and len(parts) == 2:
+                self._keys.pop(parts[1], None)     # retired (or revoked: rev.* arrives too)
+            return None
+        v = verify_entry(key, value, self.root)
+        if v.kind == "revocation":
+            self._revoked[v.record.key_id] = v.record
+            self._keys.pop(v.record.key_id, None)
+        elif v.kind == "pubkey" and parts[0] == "key":
+            if v.record.key_id not in self._revoked:
+                self._keys[v.record.key_id] = v.record
+        elif v.kind == "pubkey":
+            self._nodes[(parts[1], parts[2])] = v.record
+        return v
+
+    def lookup(self, key_id: str) -> PublicKeyRecord | None:
+        """The record of an accepted key (active or retiring), else None."""
+        if key_id in self._revoked:
+            return None
+        return self._keys.get(key_id)
+
+    def is_revoked(self, key_id: str) -> bool:
+        return key_id in self._revoked
+
+    def current(self, node_id: str, purpose: str = "sig") -> PublicKeyRecord | None:
+        """The node's current record (``purpose`` "sig" or "kem"), revoked or not."""
+        return self._nodes.get((node_id, purpose))
+
+    def accepted_key_ids(self) -> set[str]:
+        return set(self._keys) - set(self._revoked)

@@ -1,0 +1,443 @@
+"""The keyvault domain: registry of node identities, rotation with an overlap
+window, revocation, attestation. Pure logic over a :class:`~x0tta6bl4.pqc.Keystore`
+(the only I/O); the clock is injected.
+
+State machine of one key generation::
+
+    active --rotate--> retiring --overlap elapsed (tick) / next rotate--> retired
+       \\________________________\\__revoke__> revoked
+
+A node has exactly one ``active`` generation (or a ``revoked`` one once the node
+is revoked) and at most one ``retiring`` generation. Every generation keeps its
+two root-signed public-key records (signing, KEM); private keys are kept only
+for ``active`` and ``retiring`` generations and dropped when a generation is
+retired or revoked.
+
+Persistence: one encrypted keystore entry per node (``node-<node-id>``, JSON
+holding the private exports and signed records), the root signing key
+(``root``) and recent rotate request ids (``rotate-requests``). Each write is
+atomic, so a crash at any point leaves every node either before or after an
+operation.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from x0tta6bl4.pqc import (
+    InvalidIdentity,
+    Keystore,
+    KeyvaultRoot,
+    MLDSA65PrivateKey,
+    MLDSA65PublicKey,
+    NodeIdentity,
+    PQCError,
+    PublicKeyRecord,
+    RevocationRecord,
+    SignedRecord,
+    SpiffeId,
+    records_for_identity,
+    validate_node_id,
+)
+from x0tta6bl4.pqc.backend import Backend
+from x0tta6bl4.pqc.backend import MLDSA65_SIGNATURE_SIZE
+from x0tta6bl4.pqc.keys import HYBRID_SIGNATURE_SIZE
+
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+__all__ = [
+    "ACTIVE", "RETIRING", "RETIRED", "REVOKED", "ATTEST_CONTEXT", "DEFAULT_OVERLAP_S", "MAX_OVERLAP_S",
+    "Generation", "Entry", "RotationStep", "Retirement", "AttestResult", "Vault", "sign_attestation",
+    "check_node_id",
+]
+
+ACTIVE, RETIRING, RETIRED, REVOKED = "active", "retiring", "retired", "revoked"
+ATTEST_CONTEXT = b"x0tta6bl4/attest/v1"
+DEFAULT_OVERLAP_S = 30.0
+MAX_OVERLAP_S = 7 * 86400.0
+MAX_CHALLENGE = 4096
+MAX_REASON = 1024
+KEEP_RETIRED = 8           # retired generations kept per node (public records only)
+KEEP_REQUESTS = 256        # rotate request ids remembered (idempotent retries)
+ROOT_ENTRY = "root"
+REQUESTS_ENTRY = "rotate-requests"
+NODE_PREFIX = "node-"
+Clock = Callable[[], float]
+
+
+def check_node_id(node_id: str) -> str:
+    """Validate a node id (``^[a-z0-9][a-z0-9-]{0,62}$``) or raise InvalidArgument."""
+    try:
+        return validate_node_id(node_id)
+    except InvalidIdentity as e:
+        raise InvalidArgument(str(e)) from None
+
+
+def sign_attestation(identity: NodeIdentity, challenge: bytes, *, hybrid: bool = False) -> bytes:
+    """What a node sends to Attest: its ML-DSA-65 (or hybrid) signature over the challenge."""
+    if hybrid:
+        return identity.signing.private.sign(challenge, ATTEST_CONTEXT)
+    return identity.signing.private.mldsa.sign(challenge, ATTEST_CONTEXT)
+
+
+def _b64(b: bytes | None) -> str | None:
+    return None if b is None else base64.b64encode(b).decode()
+
+
+def _unb64(s: str | None) -> bytes | None:
+    return None if s is None else base64.b64decode(s)
+
+
+@dataclass
+class Generation:
+    """One generation of a node's keys (signing + KEM)."""
+
+    generation: int
+    signed_sig: bytes                       # SignedRecord wire form (signing key)
+    signed_kem: bytes                       # SignedRecord wire form (KEM key)
+    status: str = ACTIVE
+    identity: NodeIdentity | None = None    # private keys; None once retired/revoked
+    retiring_until: float = 0.0
+    retired_at: int = 0
+    sig_record: PublicKeyRecord = field(init=False, repr=False)
+    kem_record: PublicKeyRecord = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sig_record = SignedRecord.from_bytes(self.signed_sig).record()
+        self.kem_record = SignedRecord.from_bytes(self.signed_kem).record()
+
+    @property
+    def sig_key_id(self) -> str:
+        return self.sig_record.key_id
+
+    @property
+    def kem_key_id(self) -> str:
+        return self.kem_record.key_id
+
+    @property
+    def key_ids(self) -> tuple[str, str]:
+        return self.sig_key_id, self.kem_key_id
+
+    def to_json(self) -> dict:
+        return {"generation": self.generation, "status": self.status,
+                "signed_sig": _b64(self.signed_sig), "signed_kem": _b64(self.signed_kem),
+                "retiring_until": self.retiring_until, "retired_at": self.retired_at,
+                "private": _b64(self.identity.export_private_unsafe()) if self.identity else None}
+
+    @classmethod
+    def from_json(cls, d: dict, backend: Backend | None) -> Generation:
+        priv = _unb64(d.get("private"))
+        ident = NodeIdentity.import_private(priv, backend=backend) if priv else None
+        return cls(int(d["generation"]), _unb64(d["signed_sig"]), _unb64(d["signed_kem"]), d["status"], ident,
+                   float(d.get("retiring_until", 0.0)), int(d.get("retired_at", 0)))
+
+
+@dataclass
+class Entry:
+    """A node identity: its current generation, the retiring one, history, revocation."""
+
+    node_id: str
+    spiffe_id: str
+    created_at: int
+    current: Generation
+    retiring: Generation | None = None
+    retired: list[Generation] = field(default_factory=list)   # newest first
+    revoked_at: int = 0
+    revocation_reason: str = ""
+    revocations: dict[str, bytes] = field(default_factory=dict)  # key id -> signed RevocationRecord
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at > 0
+
+    @property
+    def generation(self) -> int:
+        return self.current.generation
+
+    def previous(self) -> list[Generation]:
+        return ([self.retiring] if self.retiring else []) + list(self.retired)
+
+    def accepted(self, now: float | None = None) -> list[Generation]:
+        """Generations whose keys peers accept (active first, then retiring while
+        its overlap window lasts; ``now`` None = regardless of the deadline)."""
+        if self.revoked:
+            return []
+        r = self.retiring
+        keep = r is not None and (now is None or now < r.retiring_until)
+        return [self.current] + ([r] if keep else [])
+
+    def to_json(self) -> dict:
+        return {"v": 1, "node_id": self.node_id, "spiffe_id": self.spiffe_id, "created_at": self.created_at,
+                "current": self.current.to_json(),
+                "retiring": self.retiring.to_json() if self.retiring else None,
+                "retired": [g.to_json() for g in self.retired],
+                "revoked_at": self.revoked_at, "revocation_reason": self.revocation_reason,
+                "revocations": {k: _b64(v) for k, v in self.revocations.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict, backend: Backend | None) -> Entry:
+        return cls(d["node_id"], d["spiffe_id"], int(d["created_at"]), Generation.from_json(d["current"], backend),
+                   Generation.from_json(d["retiring"], backend) if d.get("retiring") else None,
+                   [Generation.from_json(g, backend) for g in d.get("retired", [])],
+                   int(d.get("revoked_at", 0)), d.get("revocation_reason", ""),
+                   {k: _unb64(v) for k, v in d.get("revocations", {}).items()})
+
+
+@dataclass(frozen=True)
+class RotationStep:
+    node_id: str
+    old: Generation            # now retiring
+    new: Generation            # now active
+    retired_early: Generation | None   # a generation still retiring that this rotation retired at once
+
+
+@dataclass(frozen=True)
+class Retirement:
+    node_id: str
+    generation: Generation
+
+
+@dataclass(frozen=True)
+class AttestResult:
+    valid: bool
+    reason: str
+    key_id: str = ""
+    generation: int = 0
+    status: str = ""
+
+
+class Vault:
+    """Identities, rotation and revocation over an encrypted keystore."""
+
+    def __init__(self, keystore: Keystore, root: KeyvaultRoot, trust_domain: str, *, clock: Clock = time.time,
+                 validity_s: int = 90 * 86400, default_overlap_s: float = DEFAULT_OVERLAP_S,
+                 backend: Backend | None = None) -> None:
+        self.keystore = keystore
+        self.root = root
+        self.trust_domain = trust_domain
+        self.clock = clock
+        self.validity_s = int(validity_s)
+        self.default_overlap_s = float(default_overlap_s)
+        self.backend = backend
+        self.entries: dict[str, Entry] = {}
+        self.requests: dict[str, list[str]] = {}
+        self.root_created = False
+
+    # ---- opening --------------------------------------------------------------------
+    @classmethod
+    def open(cls, keystore: Keystore, trust_domain: str, **kw) -> Vault:
+        """Load the root key (created on first use) and every identity from ``keystore``.
+
+        Raises WrongMasterKey / CorruptKeystore (from the keystore) unchanged.
+        """
+        keystore.cleanup()
+        backend = kw.get("backend")
+        created = False
+        if ROOT_ENTRY in keystore:
+            root = KeyvaultRoot(MLDSA65PrivateKey.from_private_bytes(keystore.get(ROOT_ENTRY), backend=backend))
+        else:
+            root = KeyvaultRoot.generate(backend=backend)
+            keystore.put(ROOT_ENTRY, root.private_key.private_bytes_unsafe())
+            created = True
+        v = cls(keystore, root, trust_domain, **kw)
+        v.root_created = created
+        for name in keystore.names():
+            if name.startswith(NODE_PREFIX):
+                e = Entry.from_json(json.loads(keystore.get(name)), backend)
+                v.entries[e.node_id] = e
+        if REQUESTS_ENTRY in keystore:
+            v.requests = json.loads(keystore.get(REQUESTS_ENTRY))
+        return v
+
+    @property
+    def root_public(self) -> MLDSA65PublicKey:
+        return self.root.public_key()
+
+    @property
+    def root_key_id(self) -> str:
+        return self.root.key_id
+
+    def _save(self, e: Entry) -> None:
+        self.keystore.put(NODE_PREFIX + e.node_id, json.dumps(e.to_json(), separators=(",", ":")).encode())
+
+    def _sign_generation(self, ident: NodeIdentity) -> Generation:
+        sig, kem = records_for_identity(ident)
+        return Generation(ident.generation, self.root.sign(sig).to_bytes(), self.root.sign(kem).to_bytes(),
+                          ACTIVE, ident)
+
+    # ---- queries --------------------------------------------------------------------
+    def get(self, node_id: str) -> Entry:
+        check_node_id(node_id)
+        e = self.entries.get(node_id)
+        if e is None:
+            raise NotFound(f"no identity for node {node_id!r} (issue one first)")
+        return e
+
+    def list(self, include_revoked: bool = False) -> list[Entry]:
+        return [self.entries[k] for k in sorted(self.entries) if include_revoked or not self.entries[k].revoked]
+
+    def private_bundle(self, node_id: str) -> bytes:
+        """The current generation's private export (NodeIdentity.export_private_unsafe)."""
+        e = self.get(node_id)
+        if e.revoked or e.current.identity is None:
+            raise FailedPrecondition(f"node {node_id!r} is revoked; its private keys were destroyed")
+        return e.current.identity.export_private_unsafe()
+
+    # ---- issue ----------------------------------------------------------------------
+    def issue(self, node_id: str) -> Entry:
+        check_node_id(node_id)
+        if node_id in self.entries:
+            e = self.entries[node_id]
+            state = "revoked; node ids are never reused" if e.revoked else f"at generation {e.generation}"
+            raise AlreadyExists(f"node {node_id!r} already has an identity ({state})")
+        now = self.clock()
+        ident = NodeIdentity.generate(self.trust_domain, node_id, now=now, validity_seconds=self.validity_s,
+                                      generation=1, backend=self.backend)
+        e = Entry(node_id, str(SpiffeId(self.trust_domain, node_id)), int(now), self._sign_generation(ident))
+        self._save(e)
+        self.entries[node_id] = e
+        return e
+
+    # ---- rotation -------------------------------------------------------------------
+    def resolve_targets(self, node_ids: Iterable[str], all_nodes: bool) -> list[str]:
+        ids = list(dict.fromkeys(node_ids))
+        if all_nodes and ids:
+            raise InvalidArgument("give node ids or all=true, not both")
+        if all_nodes:
+            return [e.node_id for e in self.list()]
+        if not ids:
+            raise InvalidArgument("no nodes to rotate: give node ids or all=true")
+        for n in ids:
+            e = self.get(n)
+            if e.revoked:
+                raise FailedPrecondition(f"node {n!r} is revoked and cannot be rotated")
+        return ids
+
+    def check_overlap(self, overlap_s: float | None) -> float:
+        if overlap_s is None or overlap_s == 0:
+            return self.default_overlap_s
+        if not (0 < overlap_s <= MAX_OVERLAP_S):  # also rejects NaN
+            raise InvalidArgument(f"overlap_s must be in (0, {MAX_OVERLAP_S:g}] seconds (0 = default "
+                                  f"{self.default_overlap_s:g} s), got {overlap_s!r}")
+        return float(overlap_s)
+
+    def rotate(self, node_ids: Iterable[str] = (), *, all_nodes: bool = False, overlap_s: float | None = None,
+               request_id: str = "") -> tuple[list[RotationStep], list[str]]:
+        """Rotate the given nodes (or every non-revoked node). Returns the steps done and
+        the target node ids. A repeated ``request_id`` rotates nothing again."""
+        overlap = self.check_overlap(overlap_s)
+        if len(request_id) > 128:
+            raise InvalidArgument("request_id longer than 128 characters")
+        if request_id and request_id in self.requests:
+            return [], [n for n in self.requests[request_id] if n in self.entries]
+        targets = self.resolve_targets(node_ids, all_nodes)
+        steps = [self.rotate_one(n, overlap) for n in targets]
+        if request_id:
+            self.requests[request_id] = targets
+            while len(self.requests) > KEEP_REQUESTS:
+                self.requests.pop(next(iter(self.requests)))
+            self.keystore.put(REQUESTS_ENTRY, json.dumps(self.requests).encode())
+        return steps, targets
+
+    def rotate_one(self, node_id: str, overlap_s: float) -> RotationStep:
+        e = self.get(node_id)
+        if e.revoked:
+            raise FailedPrecondition(f"node {node_id!r} is revoked and cannot be rotated")
+        now = self.clock()
+        early = None
+        if e.retiring is not None:
+            early = self._retire(e, int(now))
+        ident = NodeIdentity.generate(self.trust_domain, node_id, now=now, validity_seconds=self.validity_s,
+                                      generation=e.generation + 1, backend=self.backend)
+        new = self._sign_generation(ident)
+        old = e.current
+        old.status, old.retiring_until = RETIRING, now + overlap_s
+        e.retiring, e.current = old, new
+        self._save(e)
+        return RotationStep(node_id, old, new, early)
+
+    def _retire(self, e: Entry, now: int) -> Generation:
+        g = e.retiring
+        assert g is not None
+        g.status, g.retired_at, g.identity = RETIRED, now, None
+        e.retired.insert(0, g)
+        del e.retired[KEEP_RETIRED:]
+        e.retiring = None
+        return g
+
+    def next_deadline(self) -> float | None:
+        ds = [e.retiring.retiring_until for e in self.entries.values() if e.retiring]
+        return min(ds) if ds else None
+
+    def tick(self) -> list[Retirement]:
+        """Retire every generation whose overlap window has passed."""
+        now = self.clock()
+        out = []
+        for e in self.entries.values():
+            if e.retiring is not None and now >= e.retiring.retiring_until:
+                out.append(Retirement(e.node_id, self._retire(e, int(now))))
+                self._save(e)
+        return out
+
+    # ---- revocation -----------------------------------------------------------------
+    def revoke(self, node_id: str, reason: str = "") -> tuple[Entry, bool]:
+        """Revoke every key of a node. Idempotent: returns (entry, changed)."""
+        if len(reason) > MAX_REASON:
+            raise InvalidArgument(f"reason longer than {MAX_REASON} characters")
+        e = self.get(node_id)
+        if e.revoked:
+            return e, False
+        now = int(self.clock())
+        gens = [e.current] + ([e.retiring] if e.retiring else [])
+        for g in gens:
+            for rec in (g.sig_record, g.kem_record):
+                e.revocations[rec.key_id] = self.root.revoke(rec, at=now, reason=reason).to_bytes()
+            g.status, g.identity = REVOKED, None
+            g.retired_at = now
+        cur = e.current
+        e.current = Generation(cur.generation,
+                               self.root.sign(dataclasses.replace(cur.sig_record, revoked=True)).to_bytes(),
+                               self.root.sign(dataclasses.replace(cur.kem_record, revoked=True)).to_bytes(),
+                               REVOKED, None, 0.0, now)
+        if e.retiring is not None:
+            e.retired.insert(0, e.retiring)
+            e.retiring = None
+        e.revoked_at, e.revocation_reason = max(now, 1), reason
+        self._save(e)
+        return e, True
+
+    # ---- attestation ----------------------------------------------------------------
+    def attest(self, node_id: str, challenge: bytes, signature: bytes) -> AttestResult:
+        """Check a challenge signed by the node (pure ML-DSA-65 or hybrid, context ATTEST_CONTEXT)
+        with its active key or, during the overlap window, its retiring key."""
+        if not challenge:
+            raise InvalidArgument("challenge is empty")
+        if len(challenge) > MAX_CHALLENGE:
+            raise InvalidArgument(f"challenge longer than {MAX_CHALLENGE} bytes")
+        if not signature:
+            raise InvalidArgument("signature is empty")
+        e = self.get(node_id)
+        if e.revoked:
+            return AttestResult(False, f"node {node_id} is revoked ({e.revocation_reason or 'no reason given'})",
+                                e.current.sig_key_id, e.generation, REVOKED)
+        if len(signature) not in (MLDSA65_SIGNATURE_SIZE, HYBRID_SIGNATURE_SIZE):
+            return AttestResult(False, f"signature must be {MLDSA65_SIGNATURE_SIZE} bytes (ML-DSA-65) or "
+                                       f"{HYBRID_SIGNATURE_SIZE} bytes (Ed25519+ML-DSA-65), got {len(signature)}")
+        now = self.clock()
+        for g in e.accepted(now):
+            vk = g.sig_record.verify_key()
+            try:
+                if len(signature) == MLDSA65_SIGNATURE_SIZE:
+                    vk.mldsa.verify(signature, challenge, ATTEST_CONTEXT)
+                else:
+                    vk.verify(signature, challenge, ATTEST_CONTEXT)
+            except PQCError:
+                continue
+            return AttestResult(True, f"signed by {g.status} key of generation {g.generation}", g.sig_key_id,
+                                g.generation, g.status)
+        gens = ", ".join(f"gen {g.generation} ({g.status})" for g in e.accepted(now))
+        return AttestResult(False, f"signature does not verify under any accepted key of {node_id} ({gens})")
