@@ -1,18 +1,390 @@
-"""Keyvault: PQC identities and keys (gRPC for people, NATS request/reply for services)."""
+"""Keyvault: PQC identities and keys (gRPC for people, NATS request/reply for services).
+
+A thin adapter over :mod:`x0tta6bl4.keyvault` (the domain):
+
+* gRPC ``x0tta6bl4.v1.Keyvault`` on ``X0TTA6BL4_GRPC_HOST:X0TTA6BL4_GRPC_PORT``
+  (default 127.0.0.1:50052; port 0 = random, logged), with gRPC health and reflection;
+* the same methods over core NATS request/reply on ``keyvault.rpc.<Method>``
+  (queue group ``keyvault``); an error is an empty reply with header
+  ``X0-Error: "<CODE>: <message>"`` (and ``X0-Error-Code: <CODE>``);
+* root-signed records in the JetStream KV bucket ``keys`` (see
+  :mod:`x0tta6bl4.keyvault.distribution`), kept in sync after every change;
+* a background tick retiring keys whose overlap window passed;
+* every issue / rotate / retire / revoke / attest / private export is an audit event.
+
+Private keys live encrypted in ``<data_dir>/keyvault`` under the master key from
+``X0TTA6BL4_MASTER_KEY`` (hex or base64 of 32 bytes) or ``X0TTA6BL4_MASTER_KEY_FILE``;
+with neither, a key file ``<data_dir>/keys/keyvault-master.key`` (0600) is created
+on first start. The master key is never logged.
+"""
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import pathlib
 import sys
+import time
+from typing import Any
 
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BadRequestError, BucketNotFoundError, NoKeysError, NotFoundError
+from pydantic import Field, SecretStr
+
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
+from x0tta6bl4.keyvault import distribution as dist
+from x0tta6bl4.keyvault.errors import FailedPrecondition, InvalidArgument, KeyvaultError
+from x0tta6bl4.keyvault.vault import REVOKED, RETIRED, Entry, Generation, Vault, check_node_id
+from x0tta6bl4.pqc import Keystore, KeystoreError, MasterKey, SignedRecord, backend_info
+from x0tta6bl4.pqc.backend import MLKEM768_PUBLIC_KEY_SIZE
+from x0tta6bl4.v1 import keyvault_pb2 as pb
+from x0tta6bl4.v1 import keyvault_pb2_grpc as pb_grpc
+
+log = logging.getLogger("x0tta6bl4.keyvault")
+SERVICE_NAME = "x0tta6bl4.v1.Keyvault"
+RPC_QUEUE = "keyvault"
+MASTER_KEY_FILE_NAME = "keyvault-master.key"
 
 
 class KeyvaultSettings(CommonSettings):
-    pass
+    grpc_host: str = Field("127.0.0.1", description="gRPC listen address (no TLS: keep it on loopback or a private net)")
+    grpc_port: int = Field(50052, ge=0, le=65535, description="gRPC port (0 = random, logged)")
+    master_key: SecretStr | None = Field(None, description="keystore master key: 64 hex chars or base64 of 32 bytes")
+    master_key_file: pathlib.Path | None = Field(None, description="file holding the master key (raw 32 bytes or text)")
+    rotation_overlap_s: float = Field(30.0, gt=0, le=7 * 86400, description="default overlap window of a rotation")
+    key_validity_s: int = Field(90 * 86400, ge=60, description="validity of issued keys")
+    retire_tick_s: float = Field(0.2, gt=0, le=60, description="how often retiring keys are checked")
 
 
-def build(settings: KeyvaultSettings) -> Service:
-    return Service("keyvault", settings)
+# ---- master key and vault (before the service starts) ---------------------------------
+def load_master_key(s: KeyvaultSettings) -> tuple[MasterKey, str]:
+    """The master key and a one-line note on where it came from (never the key)."""
+    if s.master_key is not None and s.master_key_file is not None:
+        raise ConfigError("set X0TTA6BL4_MASTER_KEY or X0TTA6BL4_MASTER_KEY_FILE, not both")
+    if s.master_key is not None:
+        try:
+            return MasterKey.from_text(s.master_key.get_secret_value()), "master key from X0TTA6BL4_MASTER_KEY"
+        except KeystoreError as e:
+            raise ConfigError(f"X0TTA6BL4_MASTER_KEY: {e}") from None
+    path = s.master_key_file
+    generated = False
+    if path is None:
+        path = pathlib.Path(s.data_dir) / "keys" / MASTER_KEY_FILE_NAME
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            MasterKey.generate().write_file(path)
+            generated = True
+    try:
+        mk = MasterKey.from_file(path)
+    except KeystoreError as e:
+        raise ConfigError(f"X0TTA6BL4_MASTER_KEY_FILE: {e}") from None
+    if generated:
+        return mk, (f"generated a new master key file {path} (mode 0600); back it up: without it the keystore "
+                    f"cannot be decrypted")
+    mode = path.stat().st_mode & 0o777
+    note = f"master key from file {path}"
+    if mode & 0o077:
+        note += f" (WARNING: mode {mode:o} lets others read it; chmod 600)"
+    return mk, note
+
+
+def open_vault(s: KeyvaultSettings) -> tuple[Vault, str]:
+    mk, note = load_master_key(s)
+    ks = Keystore(pathlib.Path(s.data_dir) / "keyvault", mk)
+    try:
+        vault = Vault.open(ks, s.trust_domain, validity_s=s.key_validity_s, default_overlap_s=s.rotation_overlap_s)
+    except KeystoreError as e:
+        raise ConfigError(f"cannot open the keystore {ks.directory}: {e}") from None
+    return vault, note
+
+
+# ---- protobuf views ---------------------------------------------------------------------
+def key_record(vault: Vault, e: Entry, g: Generation, with_previous: bool = False) -> pb.KeyRecord:
+    s, k = g.sig_record, g.kem_record
+    r = pb.KeyRecord(
+        spiffe_id=e.spiffe_id, node_id=e.node_id, generation=g.generation,
+        sig_key_id=s.key_id, sig_algorithm=s.algorithm,
+        ed25519_public_key=s.public_key[:32], mldsa_public_key=s.public_key[32:],
+        kem_key_id=k.key_id, kem_algorithm=k.algorithm,
+        mlkem_public_key=k.public_key[:MLKEM768_PUBLIC_KEY_SIZE], x25519_public_key=k.public_key[MLKEM768_PUBLIC_KEY_SIZE:],
+        not_before_unix=s.not_before, not_after_unix=s.not_after, revoked=g.status == REVOKED,
+        root_signature=SignedRecord.from_bytes(g.signed_sig).signature, root_key_id=vault.root_key_id,
+        status=g.status, signed_sig_record=g.signed_sig, signed_kem_record=g.signed_kem,
+        retiring_until_unix=g.retiring_until if g.status == "retiring" else 0.0,
+        retired_at_unix=g.retired_at if g.status == RETIRED else 0,
+        revoked_at_unix=e.revoked_at if g.status == REVOKED else 0,
+        revocation_reason=e.revocation_reason if g.status == REVOKED else "",
+    )
+    if with_previous:
+        r.previous.extend(key_record(vault, e, p) for p in e.previous())
+    return r
+
+
+class PermissionDenied(KeyvaultError):
+    code = "PERMISSION_DENIED"
+
+
+class Unimplemented(KeyvaultError):
+    code = "UNIMPLEMENTED"
+
+
+# ---- the API (shared by gRPC and NATS) ------------------------------------------------------
+class KeyvaultApi:
+    def __init__(self, app: Service, vault: Vault, settings: KeyvaultSettings):
+        self.app, self.vault, self.settings = app, vault, settings
+        self.lock = asyncio.Lock()
+        self.published: dict[str, bytes] = {}
+        self.kv = None
+
+    # KV -------------------------------------------------------------------------------
+    async def open_kv(self) -> None:
+        js = self.app.nc.jetstream()
+        try:
+            self.kv = await js.key_value(dist.BUCKET)
+        except (NotFoundError, BucketNotFoundError):
+            try:
+                self.kv = await js.create_key_value(KeyValueConfig(
+                    bucket=dist.BUCKET, history=dist.BUCKET_HISTORY, replicas=self.settings.stream_replicas,
+                    description=dist.BUCKET_DOC))
+            except BadRequestError:
+                self.kv = await js.key_value(dist.BUCKET)
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            keys = []
+        for k in keys:
+            try:
+                self.published[k] = (await self.kv.get(k)).value or b""
+            except Exception:  # noqa: BLE001 - deleted meanwhile: re-put on sync
+                pass
+
+    async def sync_kv(self) -> int:
+        """Make the bucket hold exactly the vault's desired state; return the number of changes."""
+        desired = dist.desired_state(self.vault)
+        n = 0
+        for k, v in desired.items():
+            if self.published.get(k) != v:
+                await self.kv.put(k, v)
+                self.published[k] = v
+                n += 1
+        for k in [k for k in self.published if k not in desired and k.startswith(dist.MANAGED_PREFIXES)]:
+            await self.kv.delete(k)
+            del self.published[k]
+            n += 1
+        return n
+
+    async def audit(self, event: str, subject_id: str, details: dict[str, Any]) -> None:
+        await self.app.audit(event, subject_id, {k: str(v) for k, v in details.items()})
+
+    # RPCs -------------------------------------------------------------------------------
+    async def IssueIdentity(self, req: pb.IssueIdentityRequest, via: str) -> pb.IssueIdentityResponse:
+        if req.return_private and via != "grpc":
+            raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
+        async with self.lock:
+            e = await asyncio.to_thread(self.vault.issue, req.node_id)
+            await self.sync_kv()
+        await self.audit("identity.issued", e.node_id, {
+            "spiffe_id": e.spiffe_id, "generation": e.generation, "sig_key_id": e.current.sig_key_id,
+            "kem_key_id": e.current.kem_key_id, "private_returned": req.return_private, "via": via})
+        resp = pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current))
+        if req.return_private:
+            resp.private_bundle = self.vault.private_bundle(e.node_id)
+        return resp
+
+    async def GetPublicKeys(self, req: pb.GetPublicKeysRequest, via: str) -> pb.KeyRecord:
+        e = self.vault.get(req.node_id)
+        return key_record(self.vault, e, e.current, with_previous=True)
+
+    async def ListIdentities(self, req: pb.ListIdentitiesRequest, via: str) -> pb.ListIdentitiesResponse:
+        return pb.ListIdentitiesResponse(records=[key_record(self.vault, e, e.current, with_previous=True)
+                                                  for e in self.vault.list(req.include_revoked)])
+
+    async def Rotate(self, req: pb.RotateRequest, via: str) -> pb.RotateResponse:
+        for n in req.node_ids:
+            check_node_id(n)
+        t0 = time.perf_counter()
+        async with self.lock:
+            overlap = self.vault.check_overlap(req.overlap_s)
+            if req.request_id and req.request_id in self.vault.requests:
+                steps, targets = await asyncio.to_thread(self.vault.rotate, request_id=req.request_id)
+            else:
+                targets = self.vault.resolve_targets(req.node_ids, req.all)
+                steps = []
+                if targets:
+                    await self.audit("key.rotation.started", req.request_id or "-", {
+                        "nodes": len(targets), "all": req.all, "overlap_s": overlap, "via": via})
+                    steps, targets = await asyncio.to_thread(
+                        self.vault.rotate, targets, overlap_s=overlap, request_id=req.request_id)
+            changes = await self.sync_kv()
+            for st in steps:
+                if st.retired_early is not None:
+                    await self.audit("key.retired", st.node_id, {
+                        "generation": st.retired_early.generation, "sig_key_id": st.retired_early.sig_key_id,
+                        "kem_key_id": st.retired_early.kem_key_id, "why": "rotated again during its overlap"})
+                await self.audit("key.rotated", st.node_id, {
+                    "generation": st.new.generation, "sig_key_id": st.new.sig_key_id,
+                    "kem_key_id": st.new.kem_key_id, "retiring_generation": st.old.generation,
+                    "retiring_sig_key_id": st.old.sig_key_id, "retiring_until": f"{st.old.retiring_until:.3f}"})
+            if steps:
+                await self.audit("key.rotation.published", req.request_id or "-", {
+                    "nodes": len(steps), "kv_changes": changes, "bucket": dist.BUCKET,
+                    "elapsed_ms": f"{(time.perf_counter() - t0) * 1000:.1f}"})
+        return pb.RotateResponse(records=[key_record(self.vault, self.vault.entries[n],
+                                                     self.vault.entries[n].current, with_previous=True)
+                                          for n in targets])
+
+    async def Revoke(self, req: pb.RevokeRequest, via: str) -> pb.KeyRecord:
+        async with self.lock:
+            e, changed = await asyncio.to_thread(self.vault.revoke, req.node_id, req.reason)
+            await self.sync_kv()
+        if changed:
+            await self.audit("identity.revoked", e.node_id, {
+                "reason": req.reason, "key_ids": ",".join(sorted(e.revocations)), "via": via})
+        return key_record(self.vault, e, e.current, with_previous=True)
+
+    async def Attest(self, req: pb.AttestRequest, via: str) -> pb.AttestResponse:
+        r = await asyncio.to_thread(self.vault.attest, req.node_id, req.challenge, req.signature)
+        await self.audit("identity.attested", req.node_id, {"valid": r.valid, "key_id": r.key_id, "reason": r.reason})
+        return pb.AttestResponse(valid=r.valid, reason=r.reason, key_id=r.key_id, generation=r.generation,
+                                 status=r.status)
+
+    async def Info(self, req: pb.InfoRequest, via: str) -> pb.InfoResponse:
+        b = backend_info()
+        return pb.InfoResponse(backend=b.name, backend_version=b.version, algorithms=list(b.algorithms),
+                               classical=list(b.classical), hybrids=list(b.hybrids),
+                               root_public_key=self.vault.root_public.public_bytes(),
+                               root_key_id=self.vault.root_key_id, identities=len(self.vault.list()),
+                               kv_bucket=dist.BUCKET, default_overlap_s=self.vault.default_overlap_s)
+
+    async def GetPrivateBundle(self, req: pb.GetPrivateBundleRequest, via: str) -> pb.IssueIdentityResponse:
+        if via != "grpc":
+            raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
+        e = self.vault.get(req.node_id)
+        bundle = self.vault.private_bundle(req.node_id)
+        await self.audit("identity.private_exported", e.node_id, {"generation": e.generation, "via": via})
+        return pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current), private_bundle=bundle)
+
+    async def retire_due(self) -> int:
+        nd = self.vault.next_deadline()
+        if nd is None or time.time() < nd:
+            return 0
+        async with self.lock:
+            rets = await asyncio.to_thread(self.vault.tick)
+            if rets:
+                await self.sync_kv()
+        for r in rets:
+            await self.audit("key.retired", r.node_id, {
+                "generation": r.generation.generation, "sig_key_id": r.generation.sig_key_id,
+                "kem_key_id": r.generation.kem_key_id, "why": "overlap window elapsed"})
+        return len(rets)
+
+
+METHODS: dict[str, type] = {
+    "IssueIdentity": pb.IssueIdentityRequest, "GetPublicKeys": pb.GetPublicKeysRequest,
+    "Rotate": pb.RotateRequest, "Revoke": pb.RevokeRequest, "ListIdentities": pb.ListIdentitiesRequest,
+    "Attest": pb.AttestRequest, "Info": pb.InfoRequest, "GetPrivateBundle": pb.GetPrivateBundleRequest,
+}
+
+
+def _servicer(api: KeyvaultApi) -> pb_grpc.KeyvaultServicer:
+    def method(name: str):
+        async def call(self, request, context: grpc.aio.ServicerContext):
+            try:
+                return await getattr(api, name)(request, "grpc")
+            except KeyvaultError as e:
+                await context.abort(getattr(grpc.StatusCode, e.code), str(e))
+        call.__name__ = name
+        return call
+    cls = type("KeyvaultServicer", (pb_grpc.KeyvaultServicer,), {n: method(n) for n in METHODS})
+    return cls()
+
+
+class KeyvaultService(Service):
+    """The Service runtime plus readiness of the gRPC server."""
+
+    grpc_ready = False
+
+    @property
+    def ready(self) -> bool:
+        return super().ready and self.grpc_ready
+
+
+def build(settings: KeyvaultSettings, vault: Vault) -> KeyvaultService:
+    app = KeyvaultService("keyvault", settings)
+    api = KeyvaultApi(app, vault, settings)
+    app.api = api  # type: ignore[attr-defined]
+    state: dict[str, Any] = {}
+
+    async def on_rpc(msg) -> None:
+        method = msg.subject.rsplit(".", 1)[-1]
+        data, headers = b"", None
+        try:
+            req_type = METHODS.get(method)
+            if req_type is None:
+                raise Unimplemented(f"unknown keyvault method {method!r}; known: {', '.join(METHODS)}")
+            try:
+                req = req_type.FromString(msg.data)
+            except DecodeError as e:
+                raise InvalidArgument(f"{method}: request is not a valid {req_type.__name__}: {e}") from None
+            data = (await getattr(api, method)(req, "nats")).SerializeToString()
+        except KeyvaultError as e:
+            headers = {"X0-Error": f"{e.code}: {e}", "X0-Error-Code": e.code}
+        except Exception as e:  # noqa: BLE001 - the caller gets a reply, never a timeout
+            log.exception("keyvault.rpc.%s failed", method)
+            headers = {"X0-Error": f"INTERNAL: {type(e).__name__}: {e}", "X0-Error-Code": "INTERNAL"}
+        if msg.reply:
+            await app.nc.publish(msg.reply, data, headers=headers)
+
+    @app.on_startup
+    async def start() -> None:
+        await api.open_kv()
+        n = await api.sync_kv()
+        await api.audit("keyvault.opened", "keyvault", {
+            "identities": len(vault.entries), "root_key_id": vault.root_key_id,
+            "root_created": vault.root_created, "kv_resynced": n, "backend": backend_info().name})
+        server = grpc.aio.server()
+        pb_grpc.add_KeyvaultServicer_to_server(_servicer(api), server)
+        hs = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        except RuntimeError as e:
+            raise SystemExit(f"keyvault: cannot listen for gRPC on {settings.grpc_host}:{settings.grpc_port}: {e}")
+        await server.start()
+        await hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+        state["grpc"], state["health"] = server, hs
+        state["sub"] = await app.nc.subscribe(subjects.KEYVAULT_RPC.format(method="*"), queue=RPC_QUEUE, cb=on_rpc)
+        app.grpc_port = port  # type: ignore[attr-defined]
+        app.grpc_ready = True
+        log.info("keyvault gRPC listening on %s:%d (%d identities, root key %s, backend %s); NATS rpc on %s",
+                 settings.grpc_host, port, len(vault.entries), vault.root_key_id, backend_info().name,
+                 subjects.KEYVAULT_RPC.format(method="*"))
+
+    @app.background
+    async def retire_loop() -> None:
+        while True:
+            await asyncio.sleep(settings.retire_tick_s)
+            await api.retire_due()
+
+    @app.on_shutdown
+    async def stop() -> None:
+        app.grpc_ready = False
+        if "sub" in state:
+            await state["sub"].unsubscribe()
+        if "health" in state:
+            await state["health"].enter_graceful_shutdown()
+        if "grpc" in state:
+            await state["grpc"].stop(1.0)
+
+    return app
 
 
 def main() -> None:
@@ -21,7 +393,16 @@ def main() -> None:
     except ConfigError as e:
         print(f"keyvault: config error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    build(settings).run()
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s keyvault %(levelname)s %(message)s")
+    try:
+        vault, note = open_vault(settings)
+    except ConfigError as e:
+        print(f"keyvault: config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    log.info("%s; keystore %s: %d identities, root key %s%s", note, vault.keystore.directory, len(vault.entries),
+             vault.root_key_id, " (new)" if vault.root_created else "")
+    build(settings, vault).run()
 
 
 if __name__ == "__main__":
