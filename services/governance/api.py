@@ -1,0 +1,158 @@
+"""The Governance gRPC servicer: a thin adapter from RPCs to GovStore commands."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import grpc
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from x0tta6bl4.governance import LIMITS, GovernanceEngine, GovernanceError, InvalidArgument
+from x0tta6bl4.pqc import InvalidKey, MLDSA65PublicKey
+from x0tta6bl4.pqc import key_id as pqc_key_id
+from x0tta6bl4.telemetry.tracing import extract_context, tracer
+from x0tta6bl4.v1 import governance_pb2 as gpb
+from x0tta6bl4.v1 import governance_pb2_grpc as gpb_grpc
+
+from .convert import action_from_pb, choice_from_pb, proposal_to_pb, state_from_pb, state_to_pb
+from .store import GovStore, Outcome, Unavailable
+
+log = logging.getLogger("x0tta6bl4.governance.api")
+
+GOV_WATCH = "gov.watch.{kind}"   # core NATS (not stored): ProposalEvent fan-out for WatchProposals
+SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["Governance"].full_name
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def rpc(fn):
+    """Trace context from metadata -> server span; domain errors -> gRPC status codes."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        with tracer().start_as_current_span(f"governance.{fn.__name__}", context=extract_context(_metadata(context)),
+                                            kind=SpanKind.SERVER, attributes={"rpc.method": fn.__name__}) as span:
+            try:
+                return await fn(self, request, context)
+            except GovernanceError as e:
+                code, msg = getattr(grpc.StatusCode, e.code), str(e)
+            except Unavailable as e:
+                code, msg = grpc.StatusCode.UNAVAILABLE, str(e)
+            span.set_status(Status(StatusCode.ERROR, msg))
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+        await context.abort(code, msg)
+    return wrapper
+
+
+class Governance(gpb_grpc.GovernanceServicer):
+    def __init__(self, store: GovStore, nc, default_execution_window_s: float = LIMITS.default_execution_window_s):
+        self.store = store
+        self.nc = nc
+        self.default_window = default_execution_window_s
+        self._tally_cache: tuple[tuple[str, int], gpb.Proposal] | None = None
+
+    def _proposal(self, eng: GovernanceEngine, pid: str) -> gpb.Proposal:
+        """The proposal as protobuf, cached per (id, state version): one tally per batch of votes."""
+        key = (pid, eng.state.version)
+        if self._tally_cache is None or self._tally_cache[0] != key:
+            self._tally_cache = (key, proposal_to_pb(eng, eng.get_proposal(pid)))
+        return self._tally_cache[1]
+
+    @rpc
+    async def CreateProposal(self, req: gpb.CreateProposalRequest, context) -> gpb.Proposal:
+        if not req.HasField("action"):
+            raise InvalidArgument("action is required (kind reroute, rotate_keys, deploy, config_change, ...)")
+        action = action_from_pb(req.action)
+
+        def cmd(eng: GovernanceEngine) -> Outcome:
+            res = eng.create_proposal(title=req.title, description=req.description, action=action,
+                                      proposer=req.proposer, duration_s=req.duration_s, quorum=req.quorum,
+                                      threshold=req.threshold,
+                                      execution_window_s=req.execution_window_s or self.default_window,
+                                      request_id=req.request_id)
+            pid = res.proposal.proposal_id
+            return Outcome(lambda e: self._proposal(e, pid), res.events)
+        return await self.store.execute(cmd)
+
+    @rpc
+    async def CastVote(self, req: gpb.CastVoteRequest, context) -> gpb.CastVoteResponse:
+        choice = choice_from_pb(req.choice)
+
+        def cmd(eng: GovernanceEngine) -> Outcome:
+            res = eng.cast_vote(req.proposal_id, req.voter, choice, req.tokens, req.nonce, req.signature,
+                                req.vote_id or None)
+            pid, vid, weight, dup = res.proposal.proposal_id, res.vote_id, res.weight, res.duplicate
+            return Outcome(lambda e: gpb.CastVoteResponse(vote_id=vid, weight=weight, duplicate=dup,
+                                                          proposal=self._proposal(e, pid)), res.events)
+        return await self.store.execute(cmd)
+
+    @rpc
+    async def GetProposal(self, req: gpb.GetProposalRequest, context) -> gpb.Proposal:
+        return await self.store.read(lambda eng: self._proposal(eng, req.id))
+
+    @rpc
+    async def ListProposals(self, req: gpb.ListProposalsRequest, context) -> gpb.ListProposalsResponse:
+        state = state_from_pb(req.state)
+
+        def q(eng: GovernanceEngine) -> gpb.ListProposalsResponse:
+            page = eng.list_proposals(state, req.page_size, req.page_token)
+            return gpb.ListProposalsResponse(proposals=[proposal_to_pb(eng, p) for p in page.proposals],
+                                             next_page_token=page.next_page_token)
+        return await self.store.read(q)
+
+    @rpc
+    async def CancelProposal(self, req: gpb.CancelProposalRequest, context) -> gpb.Proposal:
+        def cmd(eng: GovernanceEngine) -> Outcome:
+            events = eng.cancel_proposal(req.id, req.proposer)
+            return Outcome(lambda e: self._proposal(e, req.id), events)
+        return await self.store.execute(cmd)
+
+    @rpc
+    async def RegisterVoter(self, req: gpb.RegisterVoterRequest, context) -> gpb.Voter:
+        if not req.public_key:
+            raise InvalidArgument("public_key is required: the voter's ML-DSA-65 public key (1952 bytes); "
+                                  "keyvault lookup is not wired yet")
+        try:
+            MLDSA65PublicKey.from_bytes(req.public_key)
+        except (InvalidKey, ValueError) as e:
+            raise InvalidArgument(f"public_key is not an ML-DSA-65 public key: {e}") from None
+        kid = pqc_key_id(req.public_key)
+
+        def cmd(eng: GovernanceEngine) -> Outcome:
+            events = eng.register_voter(req.voter, req.balance, key_id=kid, public_key=req.public_key)
+            return Outcome(gpb.Voter(voter=req.voter, balance=eng.get_balance(req.voter), key_id=kid), events)
+        return await self.store.execute(cmd)
+
+    @rpc
+    async def GetBalance(self, req: gpb.GetBalanceRequest, context) -> gpb.Voter:
+        def q(eng: GovernanceEngine) -> gpb.Voter:
+            bal = eng.get_balance(req.voter)
+            return gpb.Voter(voter=req.voter, balance=bal, key_id=eng.state.voters[req.voter].key_id)
+        return await self.store.read(q)
+
+    async def WatchProposals(self, req: gpb.WatchProposalsRequest, context):
+        try:
+            want = state_from_pb(req.state)
+        except GovernanceError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
+        want_pb = state_to_pb(want) if want is not None else None
+        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+
+        async def on_msg(msg):
+            try:
+                queue.put_nowait(msg.data)
+            except asyncio.QueueFull:
+                pass  # a watcher that cannot keep up loses events rather than memory
+
+        sub = await self.nc.subscribe(GOV_WATCH.format(kind="*"), cb=on_msg)
+        try:
+            while True:
+                ev = gpb.ProposalEvent.FromString(await queue.get())
+                if want_pb is None or ev.proposal.state == want_pb:
+                    yield ev
+        finally:
+            await sub.unsubscribe()

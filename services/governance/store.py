@@ -1,0 +1,293 @@
+"""Durable governance state: the GOV JetStream stream is the event log.
+
+One log message = one *commit*: the domain events of a group of commands run
+back to back (group commit), plus service records (links from a proposal to
+the Plan that caused it). The message is JSON::
+
+    {"v": 1, "events": [event_to_dict(e), ...], "links": [{...}, ...]}
+
+on ``gov.events.<kind>`` (``kind`` = the events' kind when they all share one,
+``mixed`` otherwise). Every append carries ``Nats-Expected-Last-Sequence`` =
+the last stream sequence this replica has applied, so two replicas can never
+append on top of different histories: on "wrong last sequence" the replica
+rebuilds its engine from the stream and re-runs the commands. A retried
+publish (timeout) reuses its ``Nats-Msg-Id`` and is de-duplicated.
+
+Commands run one batch at a time in a single writer task; callers get their
+result only after the commit is stored (an acknowledged vote is durable).
+Reads go through the same queue, so they never see uncommitted state.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError
+
+from x0tta6bl4.governance import GovernanceEngine, GovernanceError, event_from_dict, event_to_dict, fold
+from x0tta6bl4.governance.events import GovernanceEvent
+
+log = logging.getLogger("x0tta6bl4.governance.store")
+
+STREAM = "GOV"
+SUBJECT = "gov.events.{kind}"
+WRONG_LAST_SEQUENCE = 10071
+MAX_BATCH = 64
+LOG_VERSION = 1
+
+
+class Unavailable(Exception):
+    """The log could not be written (broker away, persistent conflicts)."""
+
+
+class Conflict(Exception):
+    """Another writer appended first (optimistic concurrency)."""
+
+
+@dataclass
+class Outcome:
+    """What a command returns: its reply value, its events, its service records."""
+
+    value: Any = None
+    events: tuple[GovernanceEvent, ...] = ()
+    links: list[dict] = field(default_factory=list)
+
+
+Command = Callable[[GovernanceEngine], Outcome]
+
+
+@dataclass
+class _Job:
+    fn: Command
+    fut: asyncio.Future
+
+
+def kind_of(events: tuple | list) -> str:
+    kinds = {e.TYPE.split(".", 1)[-1] for e in events}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def encode_commit(events, links) -> bytes:
+    return json.dumps({"v": LOG_VERSION, "events": [event_to_dict(e) for e in events], "links": links},
+                      separators=(",", ":")).encode()
+
+
+def decode_commit(data: bytes) -> tuple[list[GovernanceEvent], list[dict]]:
+    doc = json.loads(data)
+    if doc.get("v") != LOG_VERSION:
+        raise ValueError(f"unsupported governance log version {doc.get('v')!r}")
+    return [event_from_dict(d) for d in doc["events"]], list(doc.get("links", []))
+
+
+class GovStore:
+    """The engine, its log position, and the single writer that commits to the log."""
+
+    def __init__(self, nc, make_engine: Callable[[], GovernanceEngine],
+                 on_commit: Callable[[list, list], Awaitable[None]] | None = None,
+                 timeout_s: float = 5.0, retry_for_s: float = 30.0):
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout_s)
+        self.make_engine = make_engine
+        self.on_commit = on_commit
+        self.timeout_s = timeout_s
+        self.retry_for_s = retry_for_s
+        self.engine = make_engine()
+        self.links: dict[str, dict] = {}       # proposal id -> plan link
+        self.by_action: dict[str, str] = {}    # expected action id -> proposal id
+        self.last_seq = 0
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.commits = 0
+        self.conflicts = 0
+        self.catchup_requested = False
+
+    # ---- reading the log ---------------------------------------------------------
+    async def _read_from(self, start_seq: int) -> list[tuple[int, list, list]]:
+        info = await self.js.stream_info(STREAM)
+        last = info.state.last_seq
+        out: list[tuple[int, list, list]] = []
+        if last < start_seq:
+            return out
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq,
+                             ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
+        sub = await self.js.pull_subscribe("gov.events.>", stream=STREAM, config=cfg)
+        try:
+            seq = start_seq - 1
+            while seq < last:
+                try:
+                    msgs = await sub.fetch(256, timeout=2.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    break  # messages below `last` were removed (limits): nothing more to read
+                for m in msgs:
+                    seq = m.metadata.sequence.stream
+                    events, links = decode_commit(m.data)
+                    out.append((seq, events, links))
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - ephemeral consumer goes away on its own
+                pass
+        return out
+
+    def _apply_links(self, links: list[dict]) -> None:
+        for link in links:
+            self.links[link["proposal_id"]] = link
+            if link.get("action_id"):
+                self.by_action[link["action_id"]] = link["proposal_id"]
+
+    async def load(self) -> int:
+        """Rebuild the engine from the whole log; returns the number of events."""
+        engine = self.make_engine()
+        self.links.clear()
+        self.by_action.clear()
+        n = 0
+        last = 0
+        for seq, events, links in await self._read_from(1):
+            fold(events, engine.state)
+            self._apply_links(links)
+            n += len(events)
+            last = seq
+        self.engine = engine
+        self.last_seq = last
+        return n
+
+    async def catch_up(self) -> list:
+        """Apply commits other replicas appended since ours (no-op when we are at the head)."""
+        info = await self.js.stream_info(STREAM)
+        if info.state.last_seq <= self.last_seq:
+            return []
+        applied = []
+        for seq, events, links in await self._read_from(self.last_seq + 1):
+            fold(events, self.engine.state)
+            self._apply_links(links)
+            self.last_seq = seq
+            applied.extend(events)
+        return applied
+
+    # ---- appending -----------------------------------------------------------------
+    async def _append(self, events: list, links: list[dict]) -> int:
+        data = encode_commit(events, links)
+        headers = {"Nats-Expected-Last-Sequence": str(self.last_seq), "Nats-Msg-Id": uuid.uuid4().hex}
+        subject = SUBJECT.format(kind=kind_of(events))
+        deadline = time.monotonic() + self.retry_for_s
+        delay = 0.05
+        while True:
+            try:
+                ack = await self.js.publish(subject, data, timeout=self.timeout_s, headers=headers)
+                return ack.seq
+            except APIError as e:
+                if e.err_code == WRONG_LAST_SEQUENCE:
+                    raise Conflict(str(e)) from None
+                raise Unavailable(f"governance log rejected the commit: {e}") from None
+            except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"governance log unreachable: {type(e).__name__}: {e}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # ---- the writer --------------------------------------------------------------------
+    async def execute(self, fn: Command) -> Any:
+        """Run a command in the writer; returns its reply once its events are stored.
+        ``Outcome.value`` may be a callable(engine), evaluated after the commit."""
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(fn, fut))
+        return await fut
+
+    async def read(self, fn: Callable[[GovernanceEngine], Any]) -> Any:
+        """A query serialised with the commands (sees committed state only)."""
+        return await self.execute(lambda eng: Outcome(fn(eng)))
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                if self.catchup_requested:
+                    self.catchup_requested = False
+                    try:
+                        await self.catch_up()
+                    except Exception as e:  # noqa: BLE001 - next tick tries again
+                        log.warning("governance: catch-up failed: %s", e)
+                await self._run_batch(batch)
+            except asyncio.CancelledError:
+                for job in batch:
+                    if not job.fut.done():
+                        job.fut.set_exception(Unavailable("governance service is stopping"))
+                raise
+            except Exception as e:  # noqa: BLE001 - never let the writer die
+                log.exception("governance writer failed a batch")
+                await self._rebuild_quietly()   # the engine may hold events that were not stored
+                for job in batch:
+                    if not job.fut.done():
+                        job.fut.set_exception(Unavailable(f"internal error: {type(e).__name__}: {e}"))
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        for attempt in range(8):
+            results: list[tuple[bool, Any]] = []
+            events: list = []
+            links: list[dict] = []
+            for job in batch:
+                try:
+                    out = job.fn(self.engine)
+                    results.append((True, out))
+                    events.extend(out.events)
+                    links.extend(out.links)
+                except GovernanceError as e:
+                    results.append((False, e))
+            if events:
+                try:
+                    self.last_seq = await self._append(events, links)
+                except Conflict:
+                    self.conflicts += 1
+                    log.info("governance log moved under us (another replica); rebuilding and retrying")
+                    await self._rebuild()
+                    continue
+                except Unavailable as e:
+                    await self._rebuild_quietly()
+                    for job in batch:
+                        job.fut.set_exception(e)
+                    return
+                self._apply_links(links)
+                self.commits += 1
+            for job, (ok, value) in zip(batch, results):
+                if job.fut.done():
+                    continue
+                if not ok:
+                    job.fut.set_exception(value)
+                    continue
+                reply = value.value
+                try:
+                    job.fut.set_result(reply(self.engine) if callable(reply) else reply)
+                except GovernanceError as e:
+                    job.fut.set_exception(e)
+            if events and self.on_commit is not None:
+                try:
+                    await self.on_commit(events, links)
+                except Exception:  # noqa: BLE001 - reactions must not undo a commit
+                    log.exception("governance: post-commit reaction failed")
+            return
+        for job in batch:
+            job.fut.set_exception(Unavailable("governance log: too many concurrent writers, retry"))
+
+    async def _rebuild(self) -> None:
+        await self.load()
+
+    async def _rebuild_quietly(self) -> None:
+        """The engine holds events that were not stored: throw it away (retry until the log answers)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.load()
+                return
+            except Exception as e:  # noqa: BLE001
+                log.warning("governance: cannot reload the log yet (%s); retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
