@@ -76,7 +76,8 @@ struct x0_pstat {
     u64 syscalls;          // raw_syscalls:sys_enter
     u64 sock_tx_bytes;     // sock:sock_send_length (AF_INET/AF_INET6)
     u64 sock_rx_bytes;     // sock:sock_recv_length
-    char comm[16];         // comm when first seen (on the inserting CPU only)
+    u64 comm_ts;           // when comm was last refreshed on this CPU
+    char comm[16];         // userspace takes the comm with the newest comm_ts
 };
 BPF_TABLE("lru_percpu_hash", u32, struct x0_pstat, pstats, X0_MAX_PIDS);
 
@@ -86,6 +87,7 @@ static __always_inline struct x0_pstat *x0_pstat_get(u32 tgid)
     if (s)
         return s;
     struct x0_pstat zero = {};
+    zero.comm_ts = bpf_ktime_get_ns();
     bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
     pstats.update(&tgid, &zero);
     return pstats.lookup(&tgid);
@@ -157,6 +159,10 @@ TRACEPOINT_PROBE(sched, sched_switch)
         s->involuntary += 1;
     if (start && now > start)
         s->cpu_ns += now - start;
+    // refresh comm (exec / prctl renames) at every switch-out: 16 bytes,
+    // no extra map operation; a dead process keeps its last name
+    s->comm_ts = now;
+    bpf_get_current_comm(&s->comm, sizeof(s->comm));
     return 0;
 }
 #endif

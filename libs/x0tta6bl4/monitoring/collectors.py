@@ -466,7 +466,7 @@ class EbpfCollector:
             self._prev_dev = read_net_dev()
             self._prev_udp = read_snmp_udp()
             self._last = time.monotonic()
-            self._b["events"].open_ring_buffer(self._on_ring)
+            self._t("events").open_ring_buffer(self._on_ring)
             self._thread = threading.Thread(target=self._poll_loop, name="x0-ebpf-events", daemon=True)
             self._thread.start()
         except BaseException:
@@ -494,12 +494,15 @@ class EbpfCollector:
     def watch_prefixes(self) -> tuple[str, ...]:
         return tuple(self._prefixes)
 
+    def _t(self, name: str) -> Any:
+        return self._b[name.encode()]
+
     def _cfg(self, idx: int, value: int) -> None:
-        t = self._b["config"]
+        t = self._t("config")
         t[ctypes.c_int(idx)] = ctypes.c_uint32(value)
 
     def _load_watch(self) -> None:
-        ws, lens, cnt = self._b["watch_set"], self._b["watch_lens"], self._b["watch_count"]
+        ws, lens, cnt = self._t("watch_set"), self._t("watch_lens"), self._t("watch_count")
         ws.clear()
         distinct: list[int] = []
         for i, p in enumerate(self._prefixes):
@@ -514,7 +517,7 @@ class EbpfCollector:
         cnt[ctypes.c_int(0)] = ctypes.c_uint32(len(distinct))
 
     def _set_cgroups(self, cgroups: Iterable[str]) -> None:
-        t = self._b["filter_cgroups"]
+        t = self._t("filter_cgroups")
         t.clear()
         n = 0
         for path in cgroups:
@@ -523,7 +526,7 @@ class EbpfCollector:
         self._cgroup_mode = 2 if n else 0
 
     def set_pids(self, pids: Iterable[int] | None) -> None:
-        t = self._b["filter_pids"]
+        t = self._t("filter_pids")
         with self._lock:
             t.clear()
             self._pids = None if pids is None else {int(p) for p in pids}
@@ -536,7 +539,7 @@ class EbpfCollector:
         """Pids in the kernel filter (roots + children followed); None = all."""
         if self._pids is None:
             return None
-        return {k.value for k in self._b["filter_pids"].keys()}
+        return {k.value for k in self._t("filter_pids").keys()}
 
     # -- events --------------------------------------------------------------
     def _on_ring(self, _ctx: Any, data: Any, _size: int) -> None:
@@ -607,11 +610,12 @@ class EbpfCollector:
     # -- maps ----------------------------------------------------------------
     def _read_pstats(self) -> dict[int, tuple[int, ...]]:
         out: dict[int, tuple[int, ...]] = {}
-        for k, vals in self._b["pstats"].items():
+        for k, vals in self._t("pstats").items():
             acc = [0] * 6
+            newest, comm = -1, b""
             for v in vals:
-                if v.comm and k.value not in self._comm:
-                    self._comm[k.value] = v.comm.decode(errors="replace")
+                if v.comm and v.comm_ts > newest:
+                    newest, comm = v.comm_ts, v.comm
                 acc[0] += v.ctx_switches
                 acc[1] += v.involuntary
                 acc[2] += v.cpu_ns
@@ -619,11 +623,13 @@ class EbpfCollector:
                 acc[4] += v.sock_tx_bytes
                 acc[5] += v.sock_rx_bytes
             out[k.value] = tuple(acc)
+            if comm:
+                self._comm[k.value] = comm.decode(errors="replace")
         return out
 
     def _read_ifstats(self) -> dict[str, tuple[int, ...]]:
         cur: dict[str, tuple[int, ...]] = {}
-        for k, vals in self._b["ifstats"].items():
+        for k, vals in self._t("ifstats").items():
             acc = [0] * 5
             for v in vals:
                 acc[0] += v.rx_packets
@@ -640,7 +646,7 @@ class EbpfCollector:
     def _read_drops(self) -> dict[str, int]:
         if "X0_HAVE_KFREE_SKB" not in self._prog.groups:
             return {}
-        cur = {(k.reason, k.protocol): sum(vals) for k, vals in self._b["drop_stats"].items()}
+        cur = {(k.reason, k.protocol): sum(vals) for k, vals in self._t("drop_stats").items()}
         out: dict[str, int] = {}
         for key, v in cur.items():
             d = _delta(v, self._prev_drop.get(key))
@@ -651,7 +657,7 @@ class EbpfCollector:
         return out
 
     def _read_tcp(self) -> dict[str, int]:
-        cur = {(k.protocol, k.oldstate, k.newstate): v.value for k, v in self._b["tcp_states"].items()}
+        cur = {(k.protocol, k.oldstate, k.newstate): v.value for k, v in self._t("tcp_states").items()}
         out: dict[str, int] = {}
         for (proto, old, new), v in cur.items():
             d = _delta(v, self._prev_tcp.get((proto, old, new)))
@@ -686,7 +692,7 @@ class EbpfCollector:
                 alive = rss is not None or os.path.exists(f"/proc/{pid}")
                 if not alive:
                     dead_keys.append(pid)
-                if pid not in self._comm and alive:
+                if pid not in self._comm and alive:  # tracked but not seen by the probes yet
                     self._comm[pid] = _comm(pid)
                 procs[pid] = ProcessStats(
                     pid, self._comm.get(pid, ""), ctx_switches=d[0], involuntary_ctx_switches=d[1],
@@ -695,7 +701,7 @@ class EbpfCollector:
                     syscalls=d[3], sock_tx_bytes=d[4], sock_rx_bytes=d[5], alive=alive)
                 self._prev_pstat[pid] = cur
             # bounded memory: evict dead pids everywhere, forget untracked ones
-            ps, fp = self._b["pstats"], self._b["filter_pids"]
+            ps, fp = self._t("pstats"), self._t("filter_pids")
             for pid in dead_keys:
                 with contextlib.suppress(KeyError):
                     del ps[ps.Key(pid)]
@@ -718,10 +724,10 @@ class EbpfCollector:
         udp = read_snmp_udp()
         udp_d = _udp_delta(self._prev_udp, udp)
         self._prev_dev, self._prev_udp = dev, udp
-        fail = self._b["udp_errors"][ctypes.c_int(0)].value
+        fail = self._t("udp_errors")[ctypes.c_int(0)].value
         udp_d["fail_queue_rcv_skb"] = _delta(fail, self._prev_udp_fail)
         self._prev_udp_fail = fail
-        lost = self._b["lost_events"][ctypes.c_int(0)].value + self._overflow
+        lost = self._t("lost_events")[ctypes.c_int(0)].value + self._overflow
         lost_d, self._prev_lost = _delta(lost, self._prev_lost), lost
         return Snapshot("ebpf", time.time(), interval, procs, ifs, drops=self._read_drops(), udp=udp_d,
                         tcp_states=self._read_tcp(), events=tuple(self.drain_events()), lost_events=lost_d)
