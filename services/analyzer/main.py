@@ -7,7 +7,7 @@ import sys
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Context, Service
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
-from x0tta6bl4.mapek.analyze import RuleAnalyzer
+from x0tta6bl4.mapek.analyze import RuleAnalyzer, relevant
 from x0tta6bl4.v1 import events_pb2
 
 log = logging.getLogger("x0tta6bl4.analyzer")
@@ -23,7 +23,7 @@ def build(settings: AnalyzerSettings) -> Service:
 
     @app.subscriber("analyzer", events_pb2.TelemetryWindow)
     async def on_window(window: events_pb2.TelemetryWindow, ctx: Context) -> None:
-        for a in analyzer.analyze(window):
+        for a in relevant(window, analyzer.analyze(window)):
             await app.publisher.publish(subjects.MAPEK_ANOMALY, a, event_id=a.meta.event_id)
             await ctx.audit("anomaly.detected", a.incident_id, {
                 "root_cause": a.root_cause, "fault": a.fault_type, "confidence": f"{a.confidence:.3f}",

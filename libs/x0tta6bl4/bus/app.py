@@ -230,7 +230,12 @@ class Service:
                 await asyncio.wait_for(self.audit("service.stopped", self.name, {"instance": self.settings.instance}), 2)
             except Exception:
                 pass
-            await self.nc.drain()
+            try:
+                await asyncio.wait_for(self.nc.flush(), 2)
+            except Exception:
+                pass
+        if self.nc:
+            await self.nc.close()
         if self.health:
             await self.health.stop()
         shutdown_tracing()

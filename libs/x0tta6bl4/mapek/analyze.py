@@ -31,6 +31,15 @@ class Analyzer(Protocol):
     def analyze(self, window: events_pb2.TelemetryWindow) -> list[events_pb2.Anomaly]: ...
 
 
+def relevant(window: events_pb2.TelemetryWindow, anomalies: list[events_pb2.Anomaly]) -> list[events_pb2.Anomaly]:
+    """A cycle started by one node's change reports the incidents that involve that node;
+    a periodic window (no trigger) reports all of them."""
+    if not window.trigger_node:
+        return anomalies
+    t = window.trigger_node
+    return [a for a in anomalies if t == a.root_cause or t == a.node_id or t in a.affected_nodes]
+
+
 def _exceedance(t: events_pb2.NodeTelemetry) -> tuple[float, str]:
     """Summed normalised exceedance over the warning thresholds, and the worst metric."""
     total, worst, worst_v = 0.0, "", 0.0

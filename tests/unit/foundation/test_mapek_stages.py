@@ -1,0 +1,114 @@
+"""The stage logic of the foundation cycle, without the broker."""
+from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.governance.decision import DecisionPolicy
+from x0tta6bl4.knowledge.outcomes import ActionStats, rank
+from x0tta6bl4.mapek import monitor, plan, verify
+from x0tta6bl4.mapek.analyze import RuleAnalyzer, relevant
+from x0tta6bl4.mapek.health import classify_node
+from x0tta6bl4.mapek.state import MeshView
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+LINE = {"n1": ["n2"], "n2": ["n1", "n3"], "n3": ["n2", "n4"], "n4": ["n3"]}
+
+
+def tel(node, **kw):
+    base = dict(node_id=node, neighbours=LINE.get(node, []), reachable=True, p99_latency_ms=5, loss_pct=0,
+                cpu_pct=10, mem_pct=20)
+    base.update(kw)
+    return events_pb2.NodeTelemetry(meta=new_meta("agent"), **base)
+
+
+def window(*nodes, trigger=""):
+    return events_pb2.TelemetryWindow(meta=new_meta("monitor", "cyc"), nodes=list(nodes), trigger_node=trigger)
+
+
+def test_threshold_boundaries():
+    H, W, C = common_pb2.HEALTH_HEALTHY, common_pb2.HEALTH_WARNING, common_pb2.HEALTH_CRITICAL
+    for value, expected in [(39.9, H), (40, W), (100, W), (100.1, C)]:
+        assert classify_node(tel("n1", p99_latency_ms=value))[0] == expected
+    for value, expected in [(0.99, H), (1, W), (5, W), (5.01, C)]:
+        assert classify_node(tel("n1", loss_pct=value))[0] == expected
+    assert classify_node(tel("n1", cpu_pct=90.5))[0] == C
+    assert classify_node(tel("n1", mem_pct=80))[0] == W
+    assert classify_node(tel("n1", reachable=False)) == (C, ["unreachable"])
+
+
+def test_unreachable_node_is_the_root_cause_not_its_neighbours():
+    w = window(tel("n1"), tel("n2", loss_pct=8), tel("n3", reachable=False), tel("n4", loss_pct=9), trigger="n3")
+    out = RuleAnalyzer().analyze(w)
+    down = [a for a in out if a.fault_type == "node_down"]
+    assert len(down) == 1 and down[0].root_cause == "n3"
+    assert set(down[0].affected_nodes) == {"n2", "n4"}
+    assert down[0].severity == common_pb2.SEVERITY_CRITICAL and down[0].confidence > 0.9
+    assert all(a.meta.cycle_id == "cyc" for a in out)
+
+
+def test_worst_node_of_a_symptomatic_group_is_the_source():
+    w = window(tel("n1"), tel("n2", p99_latency_ms=60), tel("n3", p99_latency_ms=300), tel("n4", p99_latency_ms=45))
+    (a,) = RuleAnalyzer().analyze(w)
+    assert a.root_cause == "n3" and a.fault_type == "congestion" and set(a.affected_nodes) == {"n2", "n4"}
+
+
+def test_trigger_filters_unrelated_incidents():
+    w = window(tel("n1", cpu_pct=99), tel("n2"), tel("n3"), tel("n4", mem_pct=99), trigger="n4")
+    out = relevant(w, RuleAnalyzer().analyze(w))
+    assert [a.root_cause for a in out] == ["n4"]
+
+
+def test_plan_auto_executes_critical_and_votes_on_medium():
+    w = window(tel("n1"), tel("n2"), tel("n3", reachable=False), tel("n4"), trigger="n3")
+    (a,) = RuleAnalyzer().analyze(w)
+    p, d = plan.make_plan(a, DecisionPolicy())
+    assert p.decision == events_pb2.DECISION_KIND_AUTO_EXECUTE
+    assert p.action.kind == events_pb2.ACTION_KIND_REROUTE and p.action.target_node == "n3"
+    req = plan.action_request(p, "auto")
+    assert req.action_id and req.meta.cycle_id == "cyc" and req.incident_id == "n3.node_down"
+    a.confidence = 0.7
+    p2, _ = plan.make_plan(a, DecisionPolicy())
+    assert p2.decision == events_pb2.DECISION_KIND_STANDARD_VOTE and p2.vote_duration_s == 3600
+
+
+def test_twin_cascade_downgrades_auto_execution_to_a_vote():
+    w = window(tel("n3", reachable=False), trigger="n3")
+    (a,) = RuleAnalyzer().analyze(w)
+    p, _ = plan.make_plan(a, DecisionPolicy(), twin=lambda k, n: plan.TwinVerdict(0.5, ["n2", "n4", "n5"]))
+    assert p.decision == events_pb2.DECISION_KIND_EMERGENCY_VOTE and "cascade" in p.rationale
+
+
+def test_knowledge_prefers_the_action_that_worked():
+    stats = {"restart": ActionStats("cpu_overload", "restart").record(False, 0).record(False, 0),
+             "reroute": ActionStats("cpu_overload", "reroute").record(True, 800).record(True, 900)}
+    assert rank(["restart", "reroute"], stats) == ["reroute", "restart"]
+    assert plan.candidate_actions("cpu_overload", stats)[0] == events_pb2.ACTION_KIND_REROUTE
+    assert rank(["restart", "reroute"], {}) == ["restart", "reroute"]
+
+
+def test_verify_ignores_the_routed_around_node_and_requires_the_rest_healthy():
+    spec = events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REROUTE, target_node="n3")
+    nodes = [tel("n1"), tel("n2"), tel("n3", reachable=False), tel("n4")]
+    assert verify.check(spec, nodes, classify_node).recovered
+    nodes[1] = tel("n2", loss_pct=20)
+    out = verify.check(spec, nodes, classify_node)
+    assert not out.recovered and any("n2 critical" in f for f in out.failed)
+    assert not verify.check(spec, [tel("n1")], classify_node, steps_ok=False).recovered
+
+
+def test_monitor_starts_a_cycle_only_when_a_node_gets_worse():
+    H, W, C = common_pb2.HEALTH_HEALTHY, common_pb2.HEALTH_WARNING, common_pb2.HEALTH_CRITICAL
+    assert monitor.assess(tel("n1", cpu_pct=95), H).starts_cycle
+    assert monitor.assess(tel("n1", cpu_pct=95), W).starts_cycle
+    assert not monitor.assess(tel("n1", cpu_pct=95), C).changed
+    assert not monitor.assess(tel("n1"), C).starts_cycle and monitor.assess(tel("n1"), C).changed
+
+
+def test_loss_reports_need_two_neighbours_when_there_are_two():
+    view = MeshView()
+    for n in LINE:
+        view.update(tel(n))
+    r = monitor.LossReports()
+    r.report("n3", "n2", 5)
+    assert not r.declared_down("n3", view)
+    r.report("n3", "n4", 7)
+    assert r.declared_down("n3", view) and r.first_report_ns("n3") == 5
+    r.report("n1", "n2", 9)   # n1 has one neighbour: one report is enough
+    assert r.declared_down("n1", view)
