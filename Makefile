@@ -1,0 +1,54 @@
+# x0tta6bl4 — everything a fresh machine needs is installed from here.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup proto demo up up-detached down test bench bench-mttr lint clean help
+
+help:
+	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
+	@echo "make test        set up and run the test suite"
+	@echo "make up / down   run the embedded stack in the foreground / stop a detached one"
+	@echo "make bench       benchmarks (ratios against raw baselines measured in the same run)"
+	@echo "make bench-mttr  measured MTTR on a 50-node mesh"
+	@echo "make proto       regenerate Python code from proto/"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,ml]"
+	-bash ebpf/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+proto: $(STAMP)
+	$(BIN)/python tools/gen_proto.py
+
+demo: $(STAMP)
+	$(BIN)/meshctl demo
+
+up: $(STAMP)
+	$(BIN)/meshctl up
+
+up-detached: $(STAMP)
+	$(BIN)/meshctl up --detach
+
+down: $(STAMP)
+	$(BIN)/meshctl down
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+bench-mttr: $(STAMP)
+	$(BIN)/python bench/bench_mttr.py
+
+clean:
+	rm -rf var .pytest_cache
