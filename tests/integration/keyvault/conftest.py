@@ -1,0 +1,90 @@
+"""A real nats-server + a real keyvault process (Stack) with a known gRPC port."""
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+from dataclasses import dataclass
+
+import grpc
+import nats
+import pytest
+
+from x0tta6bl4.runtime.stack import Stack, free_port
+from x0tta6bl4.v1 import keyvault_pb2_grpc
+
+
+@dataclass
+class Keyvault:
+    stack: Stack
+    port: int
+    channel: grpc.Channel
+    stub: keyvault_pb2_grpc.KeyvaultStub
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> pathlib.Path:
+        return self.stack.data_dir
+
+    @property
+    def nats_url(self) -> str:
+        return self.stack.url
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted((self.data_dir / "logs").glob("keyvault-*.log")))
+
+    def restart(self, kill: bool = True) -> None:
+        for sp in [p for p in self.stack.procs if p.name == "keyvault"]:
+            self.stack.stop_service(sp, kill=kill)
+        self.stack.start_service("keyvault")
+        self.stack.wait_ready(30)
+        grpc.channel_ready_future(self.channel).result(timeout=10)
+
+    def nats(self, coro_fn):
+        """Run ``coro_fn(nc)`` with a fresh NATS connection."""
+        async def go():
+            nc = await nats.connect(self.nats_url)
+            try:
+                return await coro_fn(nc)
+            finally:
+                await nc.close()
+        return asyncio.run(go())
+
+
+def start_keyvault(data_dir: pathlib.Path, env: dict | None = None) -> Keyvault:
+    port = free_port()
+    st = Stack(data_dir, services=("keyvault",),
+               env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_RETIRE_TICK_S": "0.1", **(env or {})})
+    t0 = time.monotonic()
+    st.start(30)
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(ch).result(timeout=10)
+    kv = Keyvault(st, port, ch, keyvault_pb2_grpc.KeyvaultStub(ch))
+    kv.started_in = time.monotonic() - t0  # type: ignore[attr-defined]
+    return kv
+
+
+@pytest.fixture(scope="module")
+def keyvault(tmp_path_factory):
+    kv = start_keyvault(tmp_path_factory.mktemp("kv"))
+    yield kv
+    kv.channel.close()
+    kv.stack.stop()
+
+
+@pytest.fixture
+def fresh_keyvault(tmp_path):
+    made = []
+
+    def make(env: dict | None = None, name: str = "kv") -> Keyvault:
+        kv = start_keyvault(tmp_path / name, env)
+        made.append(kv)
+        return kv
+
+    yield make
+    for kv in made:
+        kv.channel.close()
+        kv.stack.stop()
