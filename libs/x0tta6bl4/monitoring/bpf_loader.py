@@ -263,7 +263,33 @@ class LoadedProgram:
     def close(self) -> None:
         bpf, self.bpf = self.bpf, None
         if bpf is not None:
+            _detach_tracepoints_parallel(bpf)
             bpf.cleanup()
+
+
+def _detach_tracepoints_parallel(bpf: Any) -> None:
+    """Close the tracepoint perf fds concurrently.
+
+    Each close waits for an RCU grace period in the kernel (tracepoint
+    unregistration), ~70 ms apiece; bcc does them one by one (~1.5 s for the
+    monitor's 21 tracepoints). Closing in threads overlaps the waits. What is
+    left (or fails here) is detached by ``bpf.cleanup()`` afterwards.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    bcc = import_bcc()
+    items = list(bpf.tracepoint_fds.items())
+    if len(items) < 2:
+        return
+
+    def close_one(item: tuple[bytes, int]) -> bytes | None:
+        tp, fd = item
+        return tp if bcc.lib.bpf_close_perf_event_fd(fd) >= 0 else None
+
+    with ThreadPoolExecutor(max_workers=min(len(items), 32)) as pool:
+        done = [tp for tp in pool.map(close_one, items) if tp is not None]
+    for tp in done:
+        bpf.tracepoint_fds.pop(tp, None)
 
 
 def _cflags(groups: set[str], formats: dict[str, TracepointFormat], extra: dict[str, int]) -> list[str]:

@@ -501,8 +501,16 @@ class EbpfCollector:
         t = self._t("config")
         t[ctypes.c_int(idx)] = ctypes.c_uint32(value)
 
+    def set_watch_prefixes(self, prefixes: Sequence[str]) -> None:
+        """Replace the watched path prefixes (<= 16, absolute, <= 64 bytes)."""
+        new = _validate_prefixes(prefixes)
+        with self._lock:
+            self._prefixes = new
+            self._load_watch()
+
     def _load_watch(self) -> None:
         ws, lens, cnt = self._t("watch_set"), self._t("watch_lens"), self._t("watch_count")
+        cnt[ctypes.c_int(0)] = ctypes.c_uint32(0)  # matching off while the set changes
         ws.clear()
         distinct: list[int] = []
         for i, p in enumerate(self._prefixes):

@@ -23,7 +23,12 @@ from pathlib import Path
 import pytest
 
 from x0tta6bl4.monitoring import bpf_loader
-from x0tta6bl4.monitoring.collectors import ALL_SIGNALS, EbpfCollector, select_collector
+from x0tta6bl4.monitoring.collectors import (
+    ALL_SIGNALS,
+    DEFAULT_WATCH_PREFIXES,
+    EbpfCollector,
+    select_collector,
+)
 
 def _ebpf_skip_reason() -> str | None:
     if os.geteuid() != 0:
@@ -58,6 +63,23 @@ def have_tool(name: str) -> bool:
 
 
 pytestmark = [requires_ebpf, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(scope="module")
+def shared() -> EbpfCollector:
+    """One loaded program for the event tests (attach/detach cost ~1 s each)."""
+    c = EbpfCollector()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def col(shared: EbpfCollector) -> EbpfCollector:
+    shared.set_pids(None)
+    shared.collect()  # reset deltas
+    yield shared
+    shared.set_pids(None)
+    shared.set_watch_prefixes(DEFAULT_WATCH_PREFIXES)
 
 SET_COMM = "import ctypes; ctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0)\n"
 
@@ -115,12 +137,13 @@ def test_crash_leaves_nothing_attached() -> None:
     assert _perf_attachments(p.pid) == []
 
 
-def test_sensitive_open_is_reported() -> None:
+def test_sensitive_open_is_reported(col: EbpfCollector) -> None:
     keys = Path(tempfile.mkdtemp(prefix="x0k", dir="/tmp"))
     secret = keys / "node.key"
     secret.write_text("k")
     prefix = f"{keys}/"
-    c = EbpfCollector(extra_watch_prefixes=[prefix])
+    c = col
+    c.set_watch_prefixes([*DEFAULT_WATCH_PREFIXES, prefix])
     try:
         assert prefix in c.watch_prefixes and "/etc/shadow" in c.watch_prefixes
         code = SET_COMM.format(name="x0-opener") + textwrap.dedent(f"""
@@ -144,85 +167,77 @@ def test_sensitive_open_is_reported() -> None:
         rest = [e for e in c.collect().events if e.pid == pid and e.kind == "sensitive_open"]
         assert all(e.path != "/etc/hostname" for e in rest)
     finally:
-        c.close()
         secret.unlink()
         keys.rmdir()
 
 
-def test_privilege_escalation_attempt_is_reported() -> None:
-    c = EbpfCollector()
-    try:
-        code = SET_COMM.format(name="x0-escalate") + textwrap.dedent("""
-            import os
-            try:
-                os.setuid(0)
-            except PermissionError:
-                pass
-            print(os.getpid())
-        """)
-        pid = int(run_py(code, prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]).stdout)
-        ev = c.wait_for_event(lambda e: e.pid == pid and e.syscall == "setuid")
-        assert ev is not None, "setuid(0) by an unprivileged process was not reported"
-        assert ev.kind == "privilege_change" and ev.escalation is True
-        assert ev.uid == 65534 and ev.target_ids == (0, None, None) and ev.comm == "x0-escalate"
-        # setpriv itself (root) dropped privileges: reported, but not an escalation
-        drop = c.wait_for_event(lambda e: e.kind == "privilege_change" and e.syscall == "setresuid"
-                                and e.uid == 0 and e.target_ids == (65534, 65534, 65534))
-        assert drop is not None and drop.escalation is False
-    finally:
-        c.close()
+def test_privilege_escalation_attempt_is_reported(col: EbpfCollector) -> None:
+    c = col
+    code = SET_COMM.format(name="x0-escalate") + textwrap.dedent("""
+        import os
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        print(os.getpid())
+    """)
+    pid = int(run_py(code, prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]).stdout)
+    ev = c.wait_for_event(lambda e: e.pid == pid and e.syscall == "setuid")
+    assert ev is not None, "setuid(0) by an unprivileged process was not reported"
+    assert ev.kind == "privilege_change" and ev.escalation is True
+    assert ev.uid == 65534 and ev.target_ids == (0, None, None) and ev.comm == "x0-escalate"
+    # setpriv itself (root) dropped privileges: reported, but not an escalation
+    drop = c.wait_for_event(lambda e: e.kind == "privilege_change" and e.syscall == "setresuid"
+                            and e.uid == 0 and e.target_ids == (65534, 65534, 65534))
+    assert drop is not None and drop.escalation is False
 
 
-def test_syscall_burst_of_child_process_is_counted() -> None:
-    c = EbpfCollector(pids=[os.getpid()], track_children=True)
-    try:
-        code = SET_COMM.format(name="x0-burst") + textwrap.dedent("""
-            import os
-            for _ in range(20000):
-                os.getppid()
-            print(os.getpid())
-        """)
-        pid = int(run_py(code).stdout)
-        snap = c.collect()
-        assert pid in snap.processes, "child of a monitored pid was not followed"
-        p = snap.processes[pid]
-        assert p.syscalls >= 20000 and p.comm == "x0-burst" and p.alive is False
-        assert 1 not in snap.processes  # not monitored
-        assert os.getpid() in snap.processes and snap.processes[os.getpid()].alive
-        # dead pid reported once, then evicted (bounded memory)
-        assert pid not in c.collect().processes
-        assert pid not in (c.tracked_pids() or set())
-    finally:
-        c.close()
+def test_syscall_burst_of_child_process_is_counted(col: EbpfCollector) -> None:
+    c = col
+    c.set_pids([os.getpid()])
+    code = SET_COMM.format(name="x0-burst") + textwrap.dedent("""
+        import os
+        for _ in range(20000):
+            os.getppid()
+        print(os.getpid())
+    """)
+    pid = int(run_py(code).stdout)
+    snap = c.collect()
+    assert pid in snap.processes, "child of a monitored pid was not followed"
+    p = snap.processes[pid]
+    assert p.syscalls >= 20000 and p.comm == "x0-burst" and p.alive is False
+    assert 1 not in snap.processes  # not monitored
+    assert os.getpid() in snap.processes and snap.processes[os.getpid()].alive
+    # dead pid reported once, then evicted (bounded memory)
+    assert pid not in c.collect().processes
+    assert pid not in (c.tracked_pids() or set())
 
 
-def test_context_switches_and_cpu_of_busy_process() -> None:
-    c = EbpfCollector(pids=[os.getpid()])
-    try:
-        code = textwrap.dedent("""
-            import os, time
-            end = time.monotonic() + 0.3
-            while time.monotonic() < end:
-                pass
-            for _ in range(200):
-                time.sleep(0.001)
-            st = open('/proc/self/status').read().split('\\n')
-            n = sum(int(l.split()[1]) for l in st if 'ctxt_switches' in l)
-            print(os.getpid(), n)
-        """)
-        pid, proc_count = map(int, run_py(code).stdout.split())
-        p = c.collect().processes[pid]
-        assert p.ctx_switches >= 200
-        assert proc_count - 5 <= p.ctx_switches <= proc_count + 50
-        assert p.cpu_ns >= 0.2e9
-        assert p.cpu_percent is not None and p.cpu_percent > 0
-    finally:
-        c.close()
+def test_context_switches_and_cpu_of_busy_process(col: EbpfCollector) -> None:
+    c = col
+    c.set_pids([os.getpid()])
+    code = textwrap.dedent("""
+        import os, time
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pass
+        for _ in range(200):
+            time.sleep(0.001)
+        st = open('/proc/self/status').read().split('\\n')
+        n = sum(int(l.split()[1]) for l in st if 'ctxt_switches' in l)
+        print(os.getpid(), n)
+    """)
+    pid, proc_count = map(int, run_py(code).stdout.split())
+    p = c.collect().processes[pid]
+    assert p.ctx_switches >= 200
+    assert proc_count - 5 <= p.ctx_switches <= proc_count + 50
+    assert p.cpu_ns >= 0.2e9
+    assert p.cpu_percent is not None and p.cpu_percent > 0
 
 
 @pytest.mark.netns
 @pytest.mark.skipif(not (have_tool("nft") and have_tool("ip")), reason="nft/ip (nftables, iproute2) not installed")
-def test_nftables_drop_counted_with_reason() -> None:
+def test_nftables_drop_counted_with_reason(col: EbpfCollector) -> None:
     ns = f"x0mon{os.getpid()}"
     port, n = 45999, 50
     subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -231,22 +246,19 @@ def test_nftables_drop_counted_with_reason() -> None:
         rules = (f"table inet x0mon {{\n chain input {{\n type filter hook input priority 0; policy accept;\n"
                  f" udp dport {port} counter drop\n }}\n}}\n")
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True)
-        c = EbpfCollector()
-        try:
-            code = textwrap.dedent(f"""
-                import socket
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                for _ in range({n}):
-                    s.sendto(b'x' * 32, ('127.0.0.1', {port}))
-            """)
-            run_py(code, prefix=["ip", "netns", "exec", ns])
-            ev = c.wait_for_event(lambda e: e.kind == "packet_drop" and e.drop_reason == "NETFILTER_DROP")
-            assert ev is not None and ev.protocol == 0x0800 and 0 <= ev.delay_ms < 100
-            snap = c.collect()
-            assert snap.drops.get("NETFILTER_DROP", 0) >= n
-            assert snap.interfaces["lo"].tx_packets >= n
-        finally:
-            c.close()
+        c = col
+        code = textwrap.dedent(f"""
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range({n}):
+                s.sendto(b'x' * 32, ('127.0.0.1', {port}))
+        """)
+        run_py(code, prefix=["ip", "netns", "exec", ns])
+        ev = c.wait_for_event(lambda e: e.kind == "packet_drop" and e.drop_reason == "NETFILTER_DROP")
+        assert ev is not None and ev.protocol == 0x0800 and 0 <= ev.delay_ms < 100
+        snap = c.collect()
+        assert snap.drops.get("NETFILTER_DROP", 0) >= n
+        assert snap.interfaces["lo"].tx_packets >= n
         out = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "table", "inet", "x0mon"],
                              capture_output=True, text=True, check=True).stdout
         counters = [o["rule"]["expr"] for o in json.loads(out)["nftables"] if "rule" in o]
