@@ -10,7 +10,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from x0tta6bl4.bus.codec import decode
+from x0tta6bl4.bus.codec import decode, encode
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.governance import vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey
@@ -75,11 +75,18 @@ class Gov:
         return ei.value.code(), ei.value.details()
 
     # ---- the bus ---------------------------------------------------------------------------
-    def publish(self, subject: str, msg) -> None:
+    def publish(self, subject: str, msg, traceparent: str = "") -> None:
         async def go():
             nc = await nats.connect(self.stack.url)
             try:
-                await Publisher(nc, "test").publish(subject, msg)
+                pub = Publisher(nc, "test")
+                if not traceparent:
+                    await pub.publish(subject, msg)
+                    return
+                pub.prepare(msg)
+                headers = pub.headers_for(msg, msg.meta.event_id)
+                headers["traceparent"] = traceparent
+                await nc.jetstream().publish(subject, encode(msg), headers=headers)
             finally:
                 await nc.close()
         asyncio.run(go())
@@ -116,7 +123,8 @@ def gov(tmp_path_factory):
     port = free_port()
     stack = Stack(tmp_path_factory.mktemp("gov"), services=("governance",),
                   env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_TICK_INTERVAL_S": "0.1",
-                       "X0TTA6BL4_ACK_WAIT_S": "5"})
+                       "X0TTA6BL4_ACK_WAIT_S": "5",
+                       "X0TTA6BL4_STANDARD_QUORUM": "0.05", "X0TTA6BL4_EMERGENCY_QUORUM": "0.05"})
     stack.start(60)
     try:
         yield Gov(stack, port)
