@@ -334,7 +334,7 @@ def _compile(bcc: Any, src: str, groups: set[str], formats: dict[str, Tracepoint
         log.debug("bcc diagnostics:\n%s", "\n".join(diag))
     if "X0_HAVE_KFREE_SKB" in groups:
         try:
-            b.attach_tracepoint(tp="skb:kfree_skb", fn_name="x0_kfree_skb")
+            b.attach_tracepoint(tp=b"skb:kfree_skb", fn_name=b"x0_kfree_skb")
         except Exception:
             b.cleanup()
             raise

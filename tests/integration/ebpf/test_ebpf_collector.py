@@ -218,20 +218,20 @@ def test_context_switches_and_cpu_of_busy_process(col: EbpfCollector) -> None:
     c.set_pids([os.getpid()])
     code = textwrap.dedent("""
         import os, time
-        end = time.monotonic() + 0.3
-        while time.monotonic() < end:
+        while time.process_time() < 0.2:   # 200 ms of CPU, however loaded the host is
             pass
         for _ in range(200):
             time.sleep(0.001)
         st = open('/proc/self/status').read().split('\\n')
         n = sum(int(l.split()[1]) for l in st if 'ctxt_switches' in l)
-        print(os.getpid(), n)
+        print(os.getpid(), n, time.process_time_ns())
     """)
-    pid, proc_count = map(int, run_py(code).stdout.split())
+    pid, proc_count, cpu_self = map(int, run_py(code).stdout.split())
     p = c.collect().processes[pid]
     assert p.ctx_switches >= 200
     assert proc_count - 5 <= p.ctx_switches <= proc_count + 50
-    assert p.cpu_ns >= 0.2e9
+    # on-CPU time from sched_switch vs the kernel's own accounting of the child
+    assert 0.9 * cpu_self <= p.cpu_ns <= cpu_self + 100_000_000
     assert p.cpu_percent is not None and p.cpu_percent > 0
 
 
