@@ -312,10 +312,12 @@ class TelemetrySimulator:
             x[r, :, F["throughput"]] *= 1 - 0.3 * I
             x[nb, :, F["latency_ms"]] += (6 * I)[None, :]
         elif ft == "memory_leak":
+            # the leak never plateaus: linear growth until memory saturates (clipped at 100)
+            grow = f.severity * np.maximum(t - f.onset_step + 1, 0) / ramp * on
             mem = x[r, :, F["memory"]]
-            x[r, :, F["memory"]] = mem + (97 - mem[: max(f.onset_step, 1)].mean()) * I
-            x[r, :, F["cpu"]] += 10 * I**2
-            x[r, :, F["latency_ms"]] += 8 * I**2
+            x[r, :, F["memory"]] = mem + (97 - mem[: max(f.onset_step, 1)].mean()) * grow
+            x[r, :, F["cpu"]] += 10 * np.minimum(grow, 1) ** 2
+            x[r, :, F["latency_ms"]] += 8 * np.minimum(grow, 1) ** 2
         elif ft == "flapping":
             period = int(rng.integers(3, 6))
             down_len = int(rng.integers(1, 3))
