@@ -1,0 +1,81 @@
+"""The two thin clients (skill/scripts/dao-vote.py and meshctl gov) against the real service."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from x0tta6bl4.cli.gov import gov_app
+from x0tta6bl4.runtime.stack import free_port, repo_root
+
+SCRIPT = repo_root() / "skill" / "scripts" / "dao-vote.py"
+
+
+def dao(gov, *args, addr=None):
+    return subprocess.run([sys.executable, str(SCRIPT), "--addr", addr or gov.addr, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_dao_vote_script(gov, tmp_path):
+    key = tmp_path / "alice.key"
+    r = dao(gov, "--action", "keygen", "--key", str(key))
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and (tmp_path / "alice.key.pub").stat().st_size == 1952
+    assert dao(gov, "--action", "register", "--voter", "alice-cli", "--balance", "100", "--key", str(key)).returncode == 0
+    dao(gov, "--action", "register", "--voter", "bob-cli", "--balance", "100", "--key", str(key))
+    r = dao(gov, "--action", "create", "--title", "rotate keys on n2", "--duration", "60", "--kind", "rotate_keys",
+            "--target", "n2", "--quorum", "0.01")
+    assert r.returncode == 0, r.stderr
+    pid = r.stdout.split()[0]
+    r = dao(gov, "--action", "vote", "--proposal", pid, "--voter", "alice-cli", "--choice", "yes", "--tokens", "100",
+            "--key", str(key))
+    assert r.returncode == 0 and "weight=10" in r.stdout, r.stderr
+    r = dao(gov, "--action", "status", "--proposal", pid)
+    assert r.returncode == 0 and "yes=10" in r.stdout
+    assert pid in dao(gov, "--action", "list", "--state", "active").stdout
+    # errors: one line, the gRPC code, no traceback
+    r = dao(gov, "--action", "vote", "--proposal", pid, "--voter", "alice-cli", "--choice", "yes", "--tokens", "500",
+            "--key", str(key))
+    assert r.returncode == 1 and "FAILED_PRECONDITION" in r.stderr and "Traceback" not in r.stderr
+    r = dao(gov, "--action", "status", "--proposal", "nope")
+    assert r.returncode == 1 and r.stderr.startswith("error: NOT_FOUND")
+    r = dao(gov, "--action", "create", "--title", "x" * 201, "--duration", "60")
+    assert r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr
+    r = dao(gov, "--action", "status", "--proposal", "x", addr=f"127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
+    r = dao(gov, "--action", "vote", "--proposal", pid)
+    assert r.returncode == 2 and "needs" in r.stderr
+
+
+def test_meshctl_gov(gov, tmp_path):
+    run = CliRunner().invoke
+    key = tmp_path / "v.key"
+    r = run(gov_app, ["keygen", "--out", str(key)])
+    assert r.exit_code == 0 and r.output.strip().endswith("v.key.pub")
+    assert run(gov_app, ["keygen", "--out", str(key)]).exit_code == 1   # never overwrites a key
+    a = ["--addr", gov.addr]
+    assert run(gov_app, ["register", "carol-cli", "--balance", "64", "--key", str(key) + ".pub", *a]).exit_code == 0
+    r = run(gov_app, ["balance", "carol-cli", *a])
+    assert r.exit_code == 0 and "balance=64" in r.output
+    r = run(gov_app, ["create", "--title", "deploy v2", "--duration", "60", "--action", "deploy",
+                      "--param", "version=2", "--proposer", "carol-cli", "--quorum", "0.01", *a])
+    assert r.exit_code == 0, r.output
+    pid = r.output.split()[0]
+    r = run(gov_app, ["vote", pid, "--voter", "carol-cli", "--choice", "no", "--tokens", "16", "--key", str(key), *a])
+    assert r.exit_code == 0 and "weight=4" in r.output, r.output
+    r = run(gov_app, ["status", pid, "--json", *a])
+    assert r.exit_code == 0 and '"no": 4.0' in r.output
+    assert pid in run(gov_app, ["list", *a]).output
+    r = run(gov_app, ["cancel", pid, "--proposer", "mallory", *a])
+    assert r.exit_code == 1 and "PERMISSION_DENIED" in r.output
+    r = run(gov_app, ["cancel", pid, "--proposer", "carol-cli", *a])
+    assert r.exit_code == 0 and re.search(r"CANCELED", r.output)
+    r = run(gov_app, ["vote", pid, "--voter", "carol-cli", "--choice", "maybe", "--tokens", "1", "--key", str(key), *a])
+    assert r.exit_code == 1 and "--choice" in r.output
+    r = run(gov_app, ["vote", pid, "--voter", "carol-cli", "--choice", "yes", "--tokens", "1",
+                      "--key", str(tmp_path / "missing"), *a])
+    assert r.exit_code == 1 and "cannot read key file" in r.output
