@@ -37,8 +37,18 @@ def load_detector(path: str | Path | None = None, anomaly_threshold: float = 0.6
         return RuleBasedDetector()
 
 
+def __getattr__(name: str):
+    # torch is imported only when the learned detector is actually requested
+    if name in ("GraphSAGEAnomalyDetector", "SageNet"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AnomalyPrediction",
+    "GraphSAGEAnomalyDetector",
     "FEATURE_NAMES",
     "Incident",
     "RuleBasedDetector",

@@ -149,7 +149,7 @@ def evaluate(
     if detector is None:
         detector = load_detector()
     test = list(test_samples) if test_samples is not None else generate_split("test", seed, num_scenarios)
-    dets = {"rules": RuleBasedDetector()}
+    dets = {"rules": RuleBasedDetector(), "rules_warn": RuleBasedDetector("warning")}
     if detector is not None and getattr(detector, "name", "") != "rules":
         dets = {"graphsage": detector, **dets}
     if tree is None:

@@ -2,6 +2,26 @@
 and a seeded telemetry simulator with labelled fault injection."""
 
 from .mttr import MttrModel
+from .telemetry import (
+    FAULT_TYPES,
+    FEATURES,
+    FaultSpec,
+    TelemetrySimulator,
+    TelemetryWindow,
+    WindowLabels,
+    generate_labelled_windows,
+)
 from .twin import FailureSimulationResult, MeshDigitalTwin
 
-__all__ = ["FailureSimulationResult", "MeshDigitalTwin", "MttrModel"]
+__all__ = [
+    "FAULT_TYPES",
+    "FEATURES",
+    "FailureSimulationResult",
+    "FaultSpec",
+    "MeshDigitalTwin",
+    "MttrModel",
+    "TelemetrySimulator",
+    "TelemetryWindow",
+    "WindowLabels",
+    "generate_labelled_windows",
+]

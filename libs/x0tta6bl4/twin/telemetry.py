@@ -365,3 +365,19 @@ class TelemetrySimulator:
             np.maximum(x[..., F[name]], 0, out=x[..., F[name]])
         np.maximum(x[..., F["latency_ms"]], 0.5, out=x[..., F["latency_ms"]])
         np.clip(x[..., F["rssi"]], -110, -20, out=x[..., F["rssi"]])
+
+
+def generate_labelled_windows(
+    seed: int,
+    num_nodes: int = 50,
+    connectivity: float = 4.0,
+    num_windows: int = 6,
+    faults: Sequence[FaultSpec] | None = None,
+) -> list[TelemetryWindow]:
+    """One seeded scenario: random mesh + telemetry + (random unless given) faults.
+
+    Same arguments -> identical windows and labels."""
+    from .twin import MeshDigitalTwin
+
+    g = MeshDigitalTwin(f"scenario-{seed}").create_test_topology(num_nodes, connectivity, seed)
+    return TelemetrySimulator(g, seed=seed).run(num_windows, faults)

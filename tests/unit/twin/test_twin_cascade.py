@@ -73,15 +73,20 @@ def test_threshold_validated():
         t.predict_cascade_failure("x", threshold=0)
 
 
+# Scale targets are asserted on CPU time (time.process_time, best of 3): the machine is
+# shared, and wall-clock under contention measures the neighbours, not the algorithm.
+# bench/bench_analysis.py reports wall-clock.
+
+
 def test_scale_connectivity_10k_under_1s():
     t = MeshDigitalTwin("big")
     t.create_test_topology(10_000, 5.0, 0)
     t.simulate_node_failure(0)  # builds the cached arrays once
     best = float("inf")
     for v in (1, 2, 3):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         r = t.simulate_node_failure(v)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     assert 0.99 < r.connectivity_maintained <= 1.0
     assert best < 1.0
 
@@ -91,6 +96,10 @@ def test_scale_cascade_1k_under_1s():
     g = t.create_test_topology(1000, 5.0, 0)
     hub = max(g.degree, key=lambda kv: kv[1])[0]
     t.predict_cascade_failure(0)  # warm cache
-    t0 = time.perf_counter()
-    t.predict_cascade_failure(hub, threshold=0.9)
-    assert time.perf_counter() - t0 < 1.0
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        failed = t.predict_cascade_failure(hub, threshold=0.9)
+        best = min(best, time.process_time() - t0)
+    assert failed  # a real cascade was computed (several rounds)
+    assert best < 1.0

@@ -61,3 +61,13 @@ def test_compromised_node_makes_neighbours_log_auth_failures(graph):
     others = [i for i in range(40) if i not in nb and i != 0]
     assert w.series[nb, :, F["failed_auth"]].mean() > 2
     assert w.series[others, :, F["failed_auth"]].mean() < 0.5
+
+
+def test_generate_labelled_windows_reproducible():
+    from x0tta6bl4.twin import generate_labelled_windows
+
+    a = generate_labelled_windows(42, num_nodes=30, num_windows=4)
+    b = generate_labelled_windows(42, num_nodes=30, num_windows=4)
+    assert [w.labels.fault_type for w in a] == [w.labels.fault_type for w in b]
+    assert all(np.array_equal(x.series, y.series) for x, y in zip(a, b))
+    assert len(a) == 4 and a[0].node_ids == list(range(30))
