@@ -7,7 +7,7 @@ import logging
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig,
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, KeyValueConfig,
                          RetentionPolicy, StorageType, StreamConfig)
 from nats.js.errors import BadRequestError, NotFoundError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -63,6 +63,7 @@ def stream_config(s: subjects.Stream, replicas: int = 1) -> StreamConfig:
         duplicate_window=s.duplicate_window_s,
         num_replicas=replicas,
         deny_delete=s.deny_delete,
+        discard=DiscardPolicy.NEW if s.discard_new else DiscardPolicy.OLD,
         allow_direct=True,
     )
 

@@ -65,6 +65,7 @@ class Stream:
     max_bytes: int
     duplicate_window_s: float = 120.0
     deny_delete: bool = False
+    discard_new: bool = False     # refuse new messages when full instead of dropping the oldest
     doc: str = ""
 
 
@@ -74,11 +75,11 @@ STREAMS: tuple[Stream, ...] = (
            doc="node agents' telemetry and control events"),
     Stream("MAPEK", ("mapek.>",), 7 * 86400, 512 * MB, 120,
            doc="one MAPE-K cycle's events, stage to stage"),
-    Stream("AUDIT", ("audit.>",), 365 * 86400, 1024 * MB, 120, deny_delete=True,
+    Stream("AUDIT", ("audit.>",), 365 * 86400, 1024 * MB, 120, deny_delete=True, discard_new=True,
            doc="hash-chained, signed audit trail"),
     Stream("DLQ", ("dlq.>",), 30 * 86400, 128 * MB, 120,
            doc="dead letters: poison or repeatedly failing messages, parked"),
-    Stream("GOV", ("gov.events.>",), 0, 512 * MB, 300, deny_delete=True,
+    Stream("GOV", ("gov.events.>",), 0, 4096 * MB, 300, deny_delete=True, discard_new=True,
            doc="governance event log (source of truth for proposals, votes, ledger)"),
 )
 

@@ -7,12 +7,13 @@
     meshctl audit tail|verify       the signed audit trail
     meshctl dlq list                parked (dead-lettered) messages
     meshctl bus                     streams, subjects, consumers
+    meshctl gov ...                 the DAO: proposals, signed quadratic votes, voters
 """
 from __future__ import annotations
 
 import typer
 
-from x0tta6bl4.cli import observe, stackcmd
+from x0tta6bl4.cli import gov, observe, stackcmd
 
 app = typer.Typer(help="x0tta6bl4 self-healing mesh orchestrator", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -21,6 +22,7 @@ app.command()(observe.bus)
 app.add_typer(observe.audit_app, name="audit")
 app.add_typer(observe.cycle_app, name="cycle")
 app.add_typer(observe.dlq_app, name="dlq")
+app.add_typer(gov.gov_app, name="gov")
 app.command()(stackcmd.up)
 app.command()(stackcmd.down)
 app.command()(stackcmd.demo)

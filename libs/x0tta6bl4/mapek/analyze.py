@@ -51,6 +51,20 @@ def _exceedance(t: events_pb2.NodeTelemetry) -> tuple[float, str]:
     return total, worst
 
 
+END_TO_END = ("loss_pct", "p99_latency_ms")
+
+
+def _links_clean(t: events_pb2.NodeTelemetry) -> bool:
+    """The node's own links (measured from HELLO beacons) are within the healthy range."""
+    loss_warn, lat_warn = SPEC_THRESHOLDS["loss_pct"][0], SPEC_THRESHOLDS["p99_latency_ms"][0]
+    return all(100.0 * q.loss_rate < loss_warn and q.latency_ms < lat_warn for q in t.links)
+
+
+def _only_end_to_end(t: events_pb2.NodeTelemetry) -> bool:
+    _, reasons = classify_node(t)
+    return bool(reasons) and all(r.startswith(END_TO_END) for r in reasons) and _links_clean(t)
+
+
 def anomaly(window: events_pb2.TelemetryWindow, node: str, root: str, fault: str, score: float,
             confidence: float, severity: int, features: list[str], affected: list[str],
             detector: str) -> events_pb2.Anomaly:
@@ -77,6 +91,9 @@ class RuleAnalyzer:
                 out.append(anomaly(window, t.node_id, t.node_id, "node_down", 1.0, 0.95,
                                    common_pb2.SEVERITY_CRITICAL, ["reachable=false"], victims, self.name))
                 explained |= {t.node_id, *victims}
+        if any(not t.reachable for t in window.nodes):
+            # while a node is down, end-to-end loss/latency anywhere is its doing (routes through it broke)
+            explained |= {n for n, t in nodes.items() if t.reachable and _only_end_to_end(t)}
         # 2. failed authentication -> compromised node
         for t in window.nodes:
             if t.failed_auth and t.node_id not in explained:
@@ -102,8 +119,14 @@ class RuleAnalyzer:
             health, reasons = sick[root]
             score, metric = _exceedance(nodes[root])
             critical = health == common_pb2.HEALTH_CRITICAL
-            out.append(anomaly(window, root, root, METRIC_FAULT.get(metric, "degraded"), min(1.0, 0.5 + score / 2),
-                               0.95 if critical else 0.7,
+            fault = METRIC_FAULT.get(metric, "degraded")
+            confidence = 0.95 if critical else 0.7
+            if metric in END_TO_END and _links_clean(nodes[root]):
+                # end-to-end loss/latency seen by a node whose own links are clean: the trouble is
+                # further along the path, not at this node; observe until a node-level cause shows up
+                fault, confidence = "path_degraded", 0.5
+                reasons = reasons + ["own links clean"]
+            out.append(anomaly(window, root, root, fault, min(1.0, 0.5 + score / 2), confidence,
                                common_pb2.SEVERITY_CRITICAL if critical else common_pb2.SEVERITY_MEDIUM,
                                reasons, sorted(set(group) - {root}), self.name))
         return out

@@ -44,7 +44,11 @@ def test_unreachable_node_is_the_root_cause_not_its_neighbours():
 
 
 def test_worst_node_of_a_symptomatic_group_is_the_source():
-    w = window(tel("n1"), tel("n2", p99_latency_ms=60), tel("n3", p99_latency_ms=300), tel("n4", p99_latency_ms=45))
+    def slow(node, ms):
+        t = tel(node, p99_latency_ms=ms)
+        t.links.add(peer="x", latency_ms=ms)
+        return t
+    w = window(tel("n1"), slow("n2", 60), slow("n3", 300), slow("n4", 45))
     (a,) = RuleAnalyzer().analyze(w)
     assert a.root_cause == "n3" and a.fault_type == "congestion" and set(a.affected_nodes) == {"n2", "n4"}
 
@@ -112,3 +116,18 @@ def test_loss_reports_need_two_neighbours_when_there_are_two():
     assert r.declared_down("n3", view) and r.first_report_ns("n3") == 5
     r.report("n1", "n2", 9)   # n1 has one neighbour: one report is enough
     assert r.declared_down("n1", view)
+
+
+def test_end_to_end_loss_at_a_node_with_clean_links_is_observed_not_blamed():
+    src = tel("n1", loss_pct=60)
+    src.links.add(peer="n2", loss_rate=0.0)
+    (a,) = RuleAnalyzer().analyze(window(src, tel("n2"), tel("n3"), tel("n4")))
+    assert a.fault_type == "path_degraded" and a.confidence < 0.6
+    p, _ = plan.make_plan(a, DecisionPolicy())
+    assert p.decision == events_pb2.DECISION_KIND_OBSERVE
+
+
+def test_path_loss_while_a_node_is_down_is_explained_by_the_down_node():
+    src = tel("n1", loss_pct=60)
+    out = RuleAnalyzer().analyze(window(src, tel("n2"), tel("n3", reachable=False), tel("n4")))
+    assert [(a.root_cause, a.fault_type) for a in out] == [("n3", "node_down")]
