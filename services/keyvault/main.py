@@ -50,6 +50,9 @@ log = logging.getLogger("x0tta6bl4.keyvault")
 SERVICE_NAME = "x0tta6bl4.v1.Keyvault"
 RPC_QUEUE = "keyvault"
 MASTER_KEY_FILE_NAME = "keyvault-master.key"
+GRPC_MAX_MESSAGE = 64 * 1024 * 1024
+KV_BATCH = 64            # concurrent KV writes in flight
+AUDIT_CHUNK = 50          # nodes per rotation/retirement audit event
 
 
 class KeyvaultSettings(CommonSettings):
@@ -126,6 +129,22 @@ def key_record(vault: Vault, e: Entry, g: Generation, with_previous: bool = Fals
     return r
 
 
+def slim(r: pb.KeyRecord) -> pb.KeyRecord:
+    """The record without key material or signatures (ids, generations, status only)."""
+    for f in ("ed25519_public_key", "mldsa_public_key", "mlkem_public_key", "x25519_public_key",
+              "signed_sig_record", "signed_kem_record", "root_signature"):
+        r.ClearField(f)
+    for p in r.previous:
+        slim(p)
+    return r
+
+
+def with_slim_previous(r: pb.KeyRecord) -> pb.KeyRecord:
+    for p in r.previous:
+        slim(p)
+    return r
+
+
 class PermissionDenied(KeyvaultError):
     code = "PERMISSION_DENIED"
 
@@ -167,20 +186,38 @@ class KeyvaultApi:
     async def sync_kv(self) -> int:
         """Make the bucket hold exactly the vault's desired state; return the number of changes."""
         desired = dist.desired_state(self.vault)
-        n = 0
-        for k, v in desired.items():
-            if self.published.get(k) != v:
-                await self.kv.put(k, v)
-                self.published[k] = v
-                n += 1
-        for k in [k for k in self.published if k not in desired and k.startswith(dist.MANAGED_PREFIXES)]:
-            await self.kv.delete(k)
-            del self.published[k]
-            n += 1
-        return n
+        puts = [(k, v) for k, v in desired.items() if self.published.get(k) != v]
+        dels = [k for k in self.published if k not in desired and k.startswith(dist.MANAGED_PREFIXES)]
+        # new records and revocations first, then removals (a revoked key's rev.* lands before its key.* goes)
+        for i in range(0, len(puts), KV_BATCH):
+            batch = puts[i:i + KV_BATCH]
+            await asyncio.gather(*(self.kv.put(k, v) for k, v in batch))
+            self.published.update(batch)
+        for i in range(0, len(dels), KV_BATCH):
+            batch = dels[i:i + KV_BATCH]
+            await asyncio.gather(*(self.kv.delete(k) for k in batch))
+            for k in batch:
+                del self.published[k]
+        return len(puts) + len(dels)
 
     async def audit(self, event: str, subject_id: str, details: dict[str, Any]) -> None:
         await self.app.audit(event, subject_id, {k: str(v) for k, v in details.items()})
+
+    async def audit_nodes(self, event: str, items: list[tuple[str, Any]], common: dict[str, Any]) -> None:
+        """One audit event per AUDIT_CHUNK nodes: details[<node id>] describes that node's step
+        ("gen=2 sig=<id> kem=<id> retiring=1 until=<unix>" for a rotation, "gen=1 sig=<id> kem=<id>"
+        for a retirement); subject_id is the node id when there is one node."""
+        for i in range(0, len(items), AUDIT_CHUNK):
+            chunk = items[i:i + AUDIT_CHUNK]
+            details: dict[str, Any] = dict(common)
+            for node, x in chunk:
+                if hasattr(x, "new"):  # a RotationStep
+                    details[node] = (f"gen={x.new.generation} sig={x.new.sig_key_id} kem={x.new.kem_key_id} "
+                                     f"retiring={x.old.generation} until={x.old.retiring_until:.3f}")
+                else:                  # a Generation
+                    details[node] = f"gen={x.generation} sig={x.sig_key_id} kem={x.kem_key_id}"
+            subject = chunk[0][0] if len(chunk) == 1 else f"{len(chunk)} nodes"
+            await self.audit(event, subject, details)
 
     # RPCs -------------------------------------------------------------------------------
     async def IssueIdentity(self, req: pb.IssueIdentityRequest, via: str) -> pb.IssueIdentityResponse:
@@ -202,7 +239,7 @@ class KeyvaultApi:
         return key_record(self.vault, e, e.current, with_previous=True)
 
     async def ListIdentities(self, req: pb.ListIdentitiesRequest, via: str) -> pb.ListIdentitiesResponse:
-        return pb.ListIdentitiesResponse(records=[key_record(self.vault, e, e.current, with_previous=True)
+        return pb.ListIdentitiesResponse(records=[with_slim_previous(key_record(self.vault, e, e.current, True))
                                                   for e in self.vault.list(req.include_revoked)])
 
     async def Rotate(self, req: pb.RotateRequest, via: str) -> pb.RotateResponse:
@@ -221,22 +258,21 @@ class KeyvaultApi:
                         "nodes": len(targets), "all": req.all, "overlap_s": overlap, "via": via})
                     steps, targets = await asyncio.to_thread(
                         self.vault.rotate, targets, overlap_s=overlap, request_id=req.request_id)
+            t_gen = time.perf_counter()
             changes = await self.sync_kv()
-            for st in steps:
-                if st.retired_early is not None:
-                    await self.audit("key.retired", st.node_id, {
-                        "generation": st.retired_early.generation, "sig_key_id": st.retired_early.sig_key_id,
-                        "kem_key_id": st.retired_early.kem_key_id, "why": "rotated again during its overlap"})
-                await self.audit("key.rotated", st.node_id, {
-                    "generation": st.new.generation, "sig_key_id": st.new.sig_key_id,
-                    "kem_key_id": st.new.kem_key_id, "retiring_generation": st.old.generation,
-                    "retiring_sig_key_id": st.old.sig_key_id, "retiring_until": f"{st.old.retiring_until:.3f}"})
+            t_kv = time.perf_counter()
+            early = [(st.node_id, st.retired_early) for st in steps if st.retired_early is not None]
+            await self.audit_nodes("key.retired", early, {"why": "rotated again during its overlap"})
+            await self.audit_nodes("key.rotated", [(st.node_id, st) for st in steps], {"overlap_s": overlap})
             if steps:
+                t_end = time.perf_counter()
+                timing = {"generate_persist_ms": f"{(t_gen - t0) * 1000:.1f}", "kv_ms": f"{(t_kv - t_gen) * 1000:.1f}",
+                          "audit_ms": f"{(t_end - t_kv) * 1000:.1f}"}
+                log.info("rotated %d identities: %s", len(steps), timing)
                 await self.audit("key.rotation.published", req.request_id or "-", {
-                    "nodes": len(steps), "kv_changes": changes, "bucket": dist.BUCKET,
-                    "elapsed_ms": f"{(time.perf_counter() - t0) * 1000:.1f}"})
-        return pb.RotateResponse(records=[key_record(self.vault, self.vault.entries[n],
-                                                     self.vault.entries[n].current, with_previous=True)
+                    "nodes": len(steps), "kv_changes": changes, "bucket": dist.BUCKET, **timing})
+        return pb.RotateResponse(records=[with_slim_previous(key_record(self.vault, self.vault.entries[n],
+                                                                        self.vault.entries[n].current, True))
                                           for n in targets])
 
     async def Revoke(self, req: pb.RevokeRequest, via: str) -> pb.KeyRecord:
@@ -278,10 +314,8 @@ class KeyvaultApi:
             rets = await asyncio.to_thread(self.vault.tick)
             if rets:
                 await self.sync_kv()
-        for r in rets:
-            await self.audit("key.retired", r.node_id, {
-                "generation": r.generation.generation, "sig_key_id": r.generation.sig_key_id,
-                "kem_key_id": r.generation.kem_key_id, "why": "overlap window elapsed"})
+        await self.audit_nodes("key.retired", [(r.node_id, r.generation) for r in rets],
+                               {"why": "overlap window elapsed"})
         return len(rets)
 
 
@@ -332,14 +366,27 @@ def build(settings: KeyvaultSettings, vault: Vault) -> KeyvaultService:
                 req = req_type.FromString(msg.data)
             except DecodeError as e:
                 raise InvalidArgument(f"{method}: request is not a valid {req_type.__name__}: {e}") from None
-            data = (await getattr(api, method)(req, "nats")).SerializeToString()
+            resp = await getattr(api, method)(req, "nats")
+            data = resp.SerializeToString()
+            if len(data) > app.nc.max_payload - 4096 and hasattr(resp, "records"):
+                # too big for one NATS message: ids and status only (the keys are in the KV bucket)
+                for r in resp.records:
+                    slim(r)
+                data, headers = resp.SerializeToString(), {"X0-Slim": "1"}
+            if len(data) > app.nc.max_payload - 4096:
+                raise KeyvaultError(f"{method}: reply of {len(data)} bytes exceeds the NATS max payload; use gRPC")
         except KeyvaultError as e:
             headers = {"X0-Error": f"{e.code}: {e}", "X0-Error-Code": e.code}
         except Exception as e:  # noqa: BLE001 - the caller gets a reply, never a timeout
             log.exception("keyvault.rpc.%s failed", method)
             headers = {"X0-Error": f"INTERNAL: {type(e).__name__}: {e}", "X0-Error-Code": "INTERNAL"}
         if msg.reply:
-            await app.nc.publish(msg.reply, data, headers=headers)
+            try:
+                await app.nc.publish(msg.reply, data, headers=headers)
+            except Exception as e:  # noqa: BLE001
+                log.error("keyvault.rpc.%s: cannot send the reply: %s", method, e)
+                await app.nc.publish(msg.reply, b"", headers={"X0-Error": f"INTERNAL: cannot send the reply: {e}",
+                                                              "X0-Error-Code": "INTERNAL"})
 
     @app.on_startup
     async def start() -> None:
@@ -348,7 +395,8 @@ def build(settings: KeyvaultSettings, vault: Vault) -> KeyvaultService:
         await api.audit("keyvault.opened", "keyvault", {
             "identities": len(vault.entries), "root_key_id": vault.root_key_id,
             "root_created": vault.root_created, "kv_resynced": n, "backend": backend_info().name})
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                                          ("grpc.max_receive_message_length", 4 * 1024 * 1024)])
         pb_grpc.add_KeyvaultServicer_to_server(_servicer(api), server)
         hs = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)

@@ -43,7 +43,7 @@ def _call(addr: Optional[str], method: str, request: Any, timeout: float = 30.0)
 
     target = _addr(addr)
     try:
-        with grpc.insecure_channel(target) as ch:
+        with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as ch:
             return getattr(keyvault_pb2_grpc.KeyvaultStub(ch), method)(request, timeout=timeout)
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None

@@ -25,6 +25,7 @@ import base64
 import dataclasses
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -61,7 +62,7 @@ DEFAULT_OVERLAP_S = 30.0
 MAX_OVERLAP_S = 7 * 86400.0
 MAX_CHALLENGE = 4096
 MAX_REASON = 1024
-KEEP_RETIRED = 8           # retired generations kept per node (public records only)
+KEEP_RETIRED = 4           # retired generations kept per node (public records only)
 KEEP_REQUESTS = 256        # rotate request ids remembered (idempotent retries)
 ROOT_ENTRY = "root"
 REQUESTS_ENTRY = "rotate-requests"
@@ -226,6 +227,7 @@ class Vault:
         self.entries: dict[str, Entry] = {}
         self.requests: dict[str, list[str]] = {}
         self.root_created = False
+        self._pool: ThreadPoolExecutor | None = None
 
     # ---- opening --------------------------------------------------------------------
     @classmethod
@@ -263,6 +265,18 @@ class Vault:
 
     def _save(self, e: Entry) -> None:
         self.keystore.put(NODE_PREFIX + e.node_id, json.dumps(e.to_json(), separators=(",", ":")).encode())
+
+    def _save_many(self, entries: list[Entry]) -> None:
+        """Persist several entries; the atomic writes (each fsync'd) run concurrently so
+        the file system can commit them together."""
+        if len(entries) <= 1:
+            for e in entries:
+                self._save(e)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="keyvault-save")
+        for f in [self._pool.submit(self._save, e) for e in entries]:
+            f.result()
 
     def _sign_generation(self, ident: NodeIdentity) -> Generation:
         sig, kem = records_for_identity(ident)
@@ -335,7 +349,8 @@ class Vault:
         if request_id and request_id in self.requests:
             return [], [n for n in self.requests[request_id] if n in self.entries]
         targets = self.resolve_targets(node_ids, all_nodes)
-        steps = [self.rotate_one(n, overlap) for n in targets]
+        steps = [self._rotate_in_memory(n, overlap) for n in targets]
+        self._save_many([self.entries[n] for n in targets])
         if request_id:
             self.requests[request_id] = targets
             while len(self.requests) > KEEP_REQUESTS:
@@ -344,6 +359,11 @@ class Vault:
         return steps, targets
 
     def rotate_one(self, node_id: str, overlap_s: float) -> RotationStep:
+        step = self._rotate_in_memory(node_id, overlap_s)
+        self._save(self.entries[node_id])
+        return step
+
+    def _rotate_in_memory(self, node_id: str, overlap_s: float) -> RotationStep:
         e = self.get(node_id)
         if e.revoked:
             raise FailedPrecondition(f"node {node_id!r} is revoked and cannot be rotated")
@@ -357,7 +377,6 @@ class Vault:
         old = e.current
         old.status, old.retiring_until = RETIRING, now + overlap_s
         e.retiring, e.current = old, new
-        self._save(e)
         return RotationStep(node_id, old, new, early)
 
     def _retire(self, e: Entry, now: int) -> Generation:
@@ -380,7 +399,7 @@ class Vault:
         for e in self.entries.values():
             if e.retiring is not None and now >= e.retiring.retiring_until:
                 out.append(Retirement(e.node_id, self._retire(e, int(now))))
-                self._save(e)
+        self._save_many([self.entries[r.node_id] for r in out])
         return out
 
     # ---- revocation -----------------------------------------------------------------
