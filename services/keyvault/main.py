@@ -39,7 +39,7 @@ from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
 from x0tta6bl4.keyvault import distribution as dist
-from x0tta6bl4.keyvault.errors import FailedPrecondition, InvalidArgument, KeyvaultError
+from x0tta6bl4.keyvault.errors import InvalidArgument, KeyvaultError
 from x0tta6bl4.keyvault.vault import REVOKED, RETIRED, Entry, Generation, Vault, check_node_id
 from x0tta6bl4.pqc import Keystore, KeystoreError, MasterKey, SignedRecord, backend_info
 from x0tta6bl4.pqc.backend import MLKEM768_PUBLIC_KEY_SIZE

@@ -2,7 +2,6 @@
 ``keys``, rotation overlap and the audit trail, against a real keyvault process."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
