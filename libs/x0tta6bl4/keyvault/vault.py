@@ -38,7 +38,6 @@ from x0tta6bl4.pqc import (
     NodeIdentity,
     PQCError,
     PublicKeyRecord,
-    RevocationRecord,
     SignedRecord,
     SpiffeId,
     records_for_identity,
