@@ -15,7 +15,6 @@ Layers (pure -> I/O):
 * :mod:`.node`       ``python -m x0tta6bl4.mesh.node`` single-node entry point
 """
 
-from .agent import Impairments, MeshAgent
 from .core import CoreConfig, MeshCore
 from .packets import (
     DATA,
@@ -35,8 +34,19 @@ from .packets import (
     signing_bytes,
 )
 from .routing import AodvConfig, AodvRouter, Event, Output, Send
-from .runtime import MeshRuntime
 from .topology import Topology
+
+_LAZY = {"MeshAgent": "agent", "Impairments": "agent", "MeshRuntime": "runtime"}
+
+
+def __getattr__(name: str):
+    # agent/runtime are imported lazily so `python -m x0tta6bl4.mesh.runtime` runs cleanly
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "DATA", "HELLO", "RERR", "RREP", "RREQ",

@@ -25,7 +25,7 @@ import psutil
 
 from .core import CoreConfig, MeshCore
 from .neighbours import PathLoss
-from .packets import CONTROL_TYPES, DATA, FLAG_ACK, FLAG_ACK_REQ, Packet, PacketError, decode, encode
+from .packets import CONTROL_TYPES, DATA, FLAG_ACK, Packet, PacketError, decode, encode, valid_node_id
 from .routing import Event, Output
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ class MeshAgent:
         self.recent_events: deque[dict] = deque(maxlen=1000)
         self._event_budget: dict[str, tuple[int, int]] = {}
         self._failed_auth_reported = 0
-        self._tp_last = (0, 0)  # (time ns, bytes)
+        self._tp_last = (0, 0)  # (time ns, bytes) at start
+        self._tp_samples: deque[tuple[int, float]] = deque(maxlen=32)  # every ~100 ms
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: list[asyncio.Task] = []
         self._bg: set[asyncio.Task] = set()
@@ -254,6 +255,9 @@ class MeshAgent:
 
     # ================================================================ data
     def send(self, dest: str, payload: bytes = b"", *, ack: bool = True) -> Packet | None:
+        """Originate one DATA packet (with ``ack`` the destination echoes it -> RTT)."""
+        if not valid_node_id(dest):
+            raise ValueError(f"invalid destination id {dest!r}")
         if not self.running or self.impair.paused:
             self.counters["dropped.not_running"] += 1
             return None
@@ -389,10 +393,17 @@ class MeshAgent:
                     now = self.clock()
                     self._process(self.core.tick(now), now)
                     self._expire_acks(now)
+                    if not self._tp_samples or now - self._tp_samples[-1][0] >= 100_000_000:
+                        c = self.counters
+                        self._tp_samples.append((now, c["delivered_bytes"] + c["forwarded_bytes"]))
             except Exception:
                 log.exception("tick failed")
                 self.counters["internal_errors"] += 1
-            await asyncio.sleep(self.tick_interval)
+            # sleep until the core's next deadline (precise loss detection), at most tick_interval
+            delay = self.tick_interval
+            if not self.impair.paused:
+                delay = min(delay, max(0.0005, (self.core.next_wakeup_ns() - self.clock()) / 1e9))
+            await asyncio.sleep(delay)
 
     def _expire_acks(self, now: int) -> None:
         if not self._pending_acks:
@@ -464,9 +475,12 @@ class MeshAgent:
             loss_pct = 100.0 * (sum(l.loss_rate for l in links) / len(links)) if links else 0.0
         tbytes = c["delivered_bytes"] + c["forwarded_bytes"]
         t0, b0 = self._tp_last
-        dt = max(1e-9, (now - t0) / 1e9)
+        for ts, b in self._tp_samples:  # oldest sample of the last ~2 s sliding window
+            if now - ts <= 2_000_000_000:
+                t0, b0 = ts, b
+                break
+        dt = max(1e-3, (now - t0) / 1e9)
         throughput = (tbytes - b0) * 8 / dt
-        self._tp_last = (now, tbytes)
         failed = c["failed_auth"] - self._failed_auth_reported
         self._failed_auth_reported = c["failed_auth"]
         try:

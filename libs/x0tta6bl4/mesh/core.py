@@ -113,8 +113,17 @@ class MeshCore:
             out.extend(self.router.neighbour_up(peer, link.aodv_seq, now))
         return out
 
-    def next_deadline(self) -> float:
-        return self.neighbours.hello_interval / 10
+    def next_wakeup_ns(self) -> int:
+        """Earliest time at which :meth:`tick` has something to do (HELLO due,
+        a neighbour's dead interval elapsing, an RREQ retry), so an adapter can
+        sleep exactly until then and detect losses without tick granularity."""
+        cands = [self.next_hello_ns if self.next_hello_ns is not None else 0]
+        dead = self.neighbours.dead_interval_ns
+        if self.neighbours.links:
+            cands.append(min(l.last_heard_ns for l in self.neighbours.links.values()) + dead + 1)
+        if self.router.pending:
+            cands.append(min(d.deadline_ns for d in self.router.pending.values()))
+        return min(cands)
 
 
 __all__ = ["MeshCore", "CoreConfig", "NS"]
