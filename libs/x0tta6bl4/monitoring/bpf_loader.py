@@ -263,11 +263,11 @@ class LoadedProgram:
     def close(self) -> None:
         bpf, self.bpf = self.bpf, None
         if bpf is not None:
-            _detach_tracepoints_parallel(bpf)
+            detach_tracepoints(bpf)
             bpf.cleanup()
 
 
-def _detach_tracepoints_parallel(bpf: Any) -> None:
+def detach_tracepoints(bpf: Any) -> None:
     """Close the tracepoint perf fds concurrently.
 
     Each close waits for an RCU grace period in the kernel (tracepoint

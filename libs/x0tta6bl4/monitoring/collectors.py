@@ -213,13 +213,17 @@ _MEM_TOTAL = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _rss(pid: int) -> int | None:
-    s = _read(f"/proc/{pid}/statm")
-    if not s:
+    # raw os.open/read: ~3x cheaper than open() for 50 pids every interval
+    try:
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    except OSError:
         return None
     try:
-        return int(s.split()[1]) * _PAGE
-    except (IndexError, ValueError):
+        return int(os.read(fd, 128).split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def _comm(pid: int) -> str:
@@ -229,14 +233,10 @@ def _comm(pid: int) -> str:
 def _children(pid: int) -> list[int]:
     """Direct children of every thread of pid (CONFIG_PROC_CHILDREN)."""
     out: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        s = _read(f"/proc/{pid}/task/{tid}/children")
-        if s:
-            out.extend(int(x) for x in s.split())
+    for tid in _listdir(f"/proc/{pid}/task"):
+        b = _read_bytes(f"/proc/{pid}/task/{tid}/children")
+        if b:
+            out.extend(int(x) for x in b.split())
     return out
 
 
@@ -275,11 +275,70 @@ def _udp_delta(prev: dict[str, int], cur: dict[str, int]) -> dict[str, int]:
 
 
 # -------------------------------------------------------- ProcCollector -----
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _read_bytes(path: str, size: int = 4096) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _proc_stat(pid: int) -> tuple[str, float, int, int] | None:
+    """(comm, utime+stime seconds of all threads, rss bytes, num_threads)."""
+    b = _read_bytes(f"/proc/{pid}/stat", 1024)
+    if not b:
+        return None
+    try:
+        lp, rp = b.index(b"("), b.rindex(b")")
+        f = b[rp + 2:].split()
+        return (b[lp + 1:rp].decode(errors="replace"), (int(f[11]) + int(f[12])) / _CLK_TCK,
+                int(f[21]) * _PAGE, int(f[17]))
+    except (ValueError, IndexError):
+        return None
+
+
+def _ctx_switches(pid: int, threads: int) -> tuple[int, int] | None:
+    """(voluntary, involuntary) summed over the process's threads."""
+    paths = ([f"/proc/{pid}/status"] if threads <= 1 else
+             [f"/proc/{pid}/task/{t}/status" for t in _listdir(f"/proc/{pid}/task")])
+    vol = inv = 0
+    seen = False
+    for path in paths:
+        b = _read_bytes(path, 8192)
+        if not b:
+            continue
+        i = b.find(b"voluntary_ctxt_switches:")
+        j = b.find(b"nonvoluntary_ctxt_switches:")
+        if i < 0 or j < 0:
+            continue
+        vol += int(b[i + 24:b.index(b"\n", i)])
+        inv += int(b[j + 27:b.index(b"\n", j)])
+        seen = True
+    return (vol, inv) if seen else None
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 class ProcCollector:
-    """Fallback collector: /proc/net/* and psutil per process.
+    """Fallback collector: /proc (per-pid stat/status, net/dev, net/snmp) and
+    psutil (process enumeration when no pids are given).
 
     Missing compared with eBPF: syscall counts, drop reasons, TCP state
     transitions, socket bytes per pid and the security events.
+    Context switches are summed over all threads of a process.
     """
 
     SIGNALS = ("ctx_switches", "cpu", "memory", "child_tracking", "iface_packets", "iface_bytes",
@@ -291,7 +350,6 @@ class ProcCollector:
 
         self._psutil = psutil
         self._track_children = track_children
-        self._procs: dict[int, Any] = {}
         self._prev: dict[int, tuple[float, int, int]] = {}  # pid -> (cpu_s, vol, invol)
         self._roots: set[int] | None = None
         self._last = time.monotonic()
@@ -309,28 +367,24 @@ class ProcCollector:
 
     def set_pids(self, pids: Iterable[int] | None) -> None:
         self._roots = None if pids is None else {int(p) for p in pids}
-        for pid in list(self._procs):
-            if self._roots is not None and pid not in self._roots:
-                self._forget(pid)
+        if self._roots is not None:
+            for pid in [p for p in self._prev if p not in self._roots]:
+                del self._prev[pid]
         for pid in self._roots or ():
-            self._baseline(pid)
+            if pid not in self._prev:
+                cur = self._sample(pid)
+                if cur is not None:
+                    self._prev[pid] = cur[1]
 
-    def _forget(self, pid: int) -> None:
-        self._procs.pop(pid, None)
-        self._prev.pop(pid, None)
-
-    def _baseline(self, pid: int) -> None:
-        if pid in self._procs:
-            return
-        try:
-            p = self._psutil.Process(pid)
-            with p.oneshot():
-                t = p.cpu_times()
-                c = p.num_ctx_switches()
-            self._procs[pid] = p
-            self._prev[pid] = (t.user + t.system, c.voluntary, c.involuntary)
-        except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
-            pass
+    @staticmethod
+    def _sample(pid: int) -> tuple[tuple[str, int], tuple[float, int, int]] | None:
+        st = _proc_stat(pid)
+        if st is None:
+            return None
+        ctx = _ctx_switches(pid, st[3])
+        if ctx is None:
+            return None
+        return (st[0], st[2]), (st[1], ctx[0], ctx[1])
 
     def _targets(self) -> set[int]:
         if self._roots is None:
@@ -351,38 +405,24 @@ class ProcCollector:
         self._last = now
         procs: dict[int, ProcessStats] = {}
         targets = self._targets()
-        for pid in list(self._procs):
-            if pid not in targets:
-                self._forget(pid)
+        for pid in [p for p in self._prev if p not in targets]:
+            del self._prev[pid]
         for pid in targets:
-            p = self._procs.get(pid)
-            prev = self._prev.get(pid)
-            try:
-                if p is None:
-                    p = self._psutil.Process(pid)
-                    self._procs[pid] = p
-                with p.oneshot():
-                    t = p.cpu_times()
-                    c = p.num_ctx_switches()
-                    mem = p.memory_info().rss
-                    name = p.name()
-            except (self._psutil.NoSuchProcess, self._psutil.ZombieProcess):
-                self._forget(pid)
+            cur = self._sample(pid)
+            if cur is None:
+                self._prev.pop(pid, None)
                 if self._roots is not None and pid in self._roots:
                     procs[pid] = ProcessStats(pid, "", alive=False)
                 continue
-            except self._psutil.AccessDenied:
-                continue
-            cpu_s = t.user + t.system
-            self._prev[pid] = (cpu_s, c.voluntary, c.involuntary)
-            if prev is None:
-                prev = (0.0, 0, 0)  # newly discovered: totals since start
+            (name, rss), (cpu_s, vol, inv) = cur
+            prev = self._prev.get(pid) or (0.0, 0, 0)  # newly discovered: totals since start
+            self._prev[pid] = (cpu_s, vol, inv)
             dcpu = max(cpu_s - prev[0], 0.0)
-            dvol, dinv = _delta(c.voluntary, prev[1]), _delta(c.involuntary, prev[2])
+            dvol, dinv = _delta(vol, prev[1]), _delta(inv, prev[2])
             procs[pid] = ProcessStats(
                 pid, name, ctx_switches=dvol + dinv, involuntary_ctx_switches=dinv,
                 cpu_ns=int(dcpu * 1e9), cpu_percent=100.0 * dcpu / interval,
-                rss_bytes=mem, memory_percent=100.0 * mem / _MEM_TOTAL)
+                rss_bytes=rss, memory_percent=100.0 * rss / _MEM_TOTAL)
         dev = read_net_dev()
         udp = read_snmp_udp()
         ifs = _iface_snapshot(self._prev_dev, dev)
@@ -391,7 +431,6 @@ class ProcCollector:
         return Snapshot("proc", time.time(), interval, procs, ifs, udp=udp_d)
 
     def close(self) -> None:
-        self._procs.clear()
         self._prev.clear()
 
     def __enter__(self) -> ProcCollector:
@@ -423,7 +462,7 @@ class EbpfCollector:
     def __init__(self, pids: Iterable[int] | None = None, *, cgroups: Iterable[str] = (),
                  track_children: bool = True, watch_prefixes: Sequence[str] | None = None,
                  extra_watch_prefixes: Sequence[str] = (), drop_events: bool = True,
-                 drop_events_per_sec: int = 200, max_events: int = 4096, poll_timeout_ms: int = 50,
+                 drop_events_per_sec: int = 200, max_events: int = 4096, poll_timeout_ms: int = 500,
                  on_event: Callable[[KernelEvent], None] | None = None,
                  max_pids: int = 10240) -> None:
         prefixes = list(DEFAULT_WATCH_PREFIXES if watch_prefixes is None else watch_prefixes)
@@ -757,8 +796,13 @@ class EbpfCollector:
             return
         self._closed = True
         self._stop.set()
+        # Detach first (slow: ~RCU grace period per tracepoint) while the poll
+        # thread is still allowed to sit in epoll_wait; it notices _stop within
+        # poll_timeout_ms, and only then is the ring buffer freed.
+        with contextlib.suppress(Exception):
+            _bl.detach_tracepoints(self._b)
         if self._thread is not None:
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=self._poll_timeout_ms / 1000 + 2.0)
         self._prog.close()
         self._b = None
 
