@@ -175,7 +175,7 @@ def test_body_consistency_errors():
         encode(Packet(DATA, "a", "b", "c", signature=b"x" * 5000, key_id=b"k" * 8))
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=400))
 def test_random_bytes_only_raise_packet_error(data):
     try:
@@ -185,7 +185,7 @@ def test_random_bytes_only_raise_packet_error(data):
     assert encode(p) == data
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packets(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from("fitd")), min_size=1, max_size=6))
 def test_mutated_valid_packets_only_raise_packet_error(p, muts):
     if not _fits(p):
