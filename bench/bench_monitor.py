@@ -223,7 +223,9 @@ def main() -> int:
             with BpfStats() as bs, EbpfCollector(pids, on_event=on_event) as ec:
                 ids = ec.bpf_prog_ids()
                 k0, n0, w0 = *bs.run_time_ns(ids), time.monotonic()
+                e0 = len(got)
                 res["ebpf"] = measure_collector(ec, a.duration, a.interval, a.loops)
+                res["ebpf"]["events_during_window"] = len(got) - e0
                 k1, n1, w1 = *bs.run_time_ns(ids), time.monotonic()
                 if bs.old is not None:
                     res["ebpf"]["kernel_bpf_cpu_percent_of_core"] = round(100 * (k1 - k0) / 1e9 / (w1 - w0), 3)
@@ -267,6 +269,8 @@ def main() -> int:
                     f"({r['cpu_percent_of_core_per_node']:.4f}%/node), collect() {r['collect_cpu_ms']:.2f} ms CPU "
                     f"/ {r['collect_wall_ms']:.2f} ms wall, {r['processes_in_snapshot']} pids")
             print(line)
+            if "events_during_window" in r:
+                print(f"        {r['events_during_window']} kernel events decoded during the window (host background)")
             if "kernel_bpf_cpu_percent_of_core" in r:
                 print(f"        in-kernel BPF {r['kernel_bpf_cpu_percent_of_core']:.3f}% of a core "
                       f"({r['kernel_bpf_runs_per_s']} runs/s, {r['kernel_bpf_ns_per_run']} ns/run, system-wide)")

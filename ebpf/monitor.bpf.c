@@ -42,7 +42,8 @@
 // ---------------------------------------------------------------- config ----
 // config[0]: filter mode bits (1 = pid filter, 2 = cgroup v2 filter), 0 = all
 // config[1]: 1 = pids forked by a tracked pid are added to filter_pids
-// config[2]: 1 = emit rate-limited packet_drop events on the ring buffer
+// config[2]: packet_drop events on the ring buffer (rate limited):
+//            0 none, 1 every reason, 2 only reasons set in drop_ev_mask
 BPF_ARRAY(config, u32, 4);
 BPF_HASH(filter_pids, u32, u8, X0_MAX_FILTER_PIDS);
 BPF_HASH(filter_cgroups, u64, u8, 64);
@@ -258,6 +259,8 @@ struct x0_rate {
     u64 count;
 };
 BPF_PERCPU_ARRAY(drop_rate, struct x0_rate, 1);
+// reason -> 1 if drops with this reason are sent as events (mode 2)
+BPF_ARRAY(drop_ev_mask, u8, 1024);
 
 // attached by the loader with attach_tracepoint("skb:kfree_skb"); fields are
 // read at offsets taken from the running kernel's format file
@@ -275,8 +278,15 @@ int x0_kfree_skb(void *ctx)
     if (c)
         *c += 1;
 
-    if (x0_cfg(2) == 0)  // drop events disabled by userspace
+    u32 ev_mode = x0_cfg(2);  // 0 no events, 1 every reason, 2 reasons in drop_ev_mask
+    if (ev_mode == 0)
         return 0;
+    if (ev_mode == 2) {
+        u32 r = reason;
+        u8 *on = drop_ev_mask.lookup(&r);
+        if (!on || *on == 0)
+            return 0;
+    }
     u32 z = 0;
     struct x0_rate *r = drop_rate.lookup(&z);
     if (!r)

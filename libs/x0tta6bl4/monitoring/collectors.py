@@ -58,6 +58,15 @@ DEFAULT_WATCH_PREFIXES: tuple[str, ...] = (
     "/var/lib/x0tta6bl4/keys/",
 )
 
+# drop reasons worth an immediate event (counts cover every reason anyway);
+# leaves out the constant background of NO_SOCKET, NOT_SPECIFIED, TCP churn
+DEFAULT_DROP_EVENT_REASONS: tuple[str, ...] = (
+    "NETFILTER_DROP", "SOCKET_RCVBUFF", "SOCKET_BACKLOG", "PROTO_MEM", "CPU_BACKLOG", "QDISC_DROP",
+    "QDISC_OVERLIMIT", "QDISC_CONGESTED", "FULL_RING", "NOMEM", "IP_OUTNOROUTES", "IP_INNOROUTES",
+    "NEIGH_CREATEFAIL", "NEIGH_FAILED", "NEIGH_QUEUEFULL", "XDP", "TC_INGRESS", "TC_EGRESS",
+    "BPF_CGROUP_EGRESS", "IP_RPFILTER", "XFRM_POLICY", "UDP_CSUM", "TCP_CSUM", "IP_CSUM", "SKB_CSUM",
+)
+
 PRIV_SYSCALLS = {1: "setuid", 2: "setgid", 3: "setreuid", 4: "setregid", 5: "setresuid",
                  6: "setresgid", 7: "setfsuid", 8: "setfsgid", 9: "capset"}
 _UNCHANGED = 0xFFFFFFFF
@@ -462,6 +471,7 @@ class EbpfCollector:
     def __init__(self, pids: Iterable[int] | None = None, *, cgroups: Iterable[str] = (),
                  track_children: bool = True, watch_prefixes: Sequence[str] | None = None,
                  extra_watch_prefixes: Sequence[str] = (), drop_events: bool = True,
+                 drop_event_reasons: Iterable[str] | None = DEFAULT_DROP_EVENT_REASONS,
                  drop_events_per_sec: int = 200, max_events: int = 4096, poll_timeout_ms: int = 500,
                  on_event: Callable[[KernelEvent], None] | None = None,
                  max_pids: int = 10240) -> None:
@@ -494,7 +504,7 @@ class EbpfCollector:
             self._tcp_names = st.get("newstate", {}) or st.get("oldstate", {})
             self._proto_names = st.get("protocol", {})
             self._cfg(1, 1 if track_children else 0)
-            self._cfg(2, 1 if drop_events else 0)
+            self.set_drop_events(drop_events, drop_event_reasons)
             self._load_watch()
             self._set_cgroups(cgroups)
             self.set_pids(pids)
@@ -539,6 +549,25 @@ class EbpfCollector:
     def _cfg(self, idx: int, value: int) -> None:
         t = self._t("config")
         t[ctypes.c_int(idx)] = ctypes.c_uint32(value)
+
+    def set_drop_events(self, enabled: bool = True,
+                        reasons: Iterable[str] | None = DEFAULT_DROP_EVENT_REASONS) -> None:
+        """packet_drop events: off, for every reason (None) or for these reasons.
+
+        Reason names not known to the running kernel are ignored."""
+        if not enabled:
+            self._cfg(2, 0)
+            return
+        if reasons is None:
+            self._cfg(2, 1)
+            return
+        by_name = {n: v for v, n in self._drop_names.items()}
+        mask = self._t("drop_ev_mask")
+        wanted = {by_name[r] for r in reasons if r in by_name}
+        for v in set(self._drop_names) | wanted:
+            if 0 <= v < 1024:
+                mask[ctypes.c_int(v)] = ctypes.c_uint8(1 if v in wanted else 0)
+        self._cfg(2, 2)
 
     def set_watch_prefixes(self, prefixes: Sequence[str]) -> None:
         """Replace the watched path prefixes (<= 16, absolute, <= 64 bytes)."""

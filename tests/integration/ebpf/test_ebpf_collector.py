@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -277,3 +278,27 @@ def test_select_collector_prefers_ebpf(caplog: pytest.LogCaptureFixture) -> None
         assert len(lines) == 1 and "collector=ebpf" in lines[0].getMessage()
     finally:
         c.close()
+
+
+def test_background_drop_reasons_counted_but_not_evented_by_default(col: EbpfCollector) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nobody listens: the kernel drops with NO_SOCKET
+    code = textwrap.dedent(f"""
+        import os, socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(20):
+            s.sendto(b'x', ('127.0.0.1', {port}))
+        print(os.getpid())
+    """)
+    pid = int(run_py(code).stdout)
+    assert col.collect().drops.get("NO_SOCKET", 0) >= 20
+    assert col.wait_for_event(lambda e: e.pid == pid, timeout=0.3) is None
+    col.set_drop_events(True, None)  # every reason
+    try:
+        pid = int(run_py(code).stdout)
+        ev = col.wait_for_event(lambda e: e.pid == pid and e.kind == "packet_drop")
+        assert ev is not None and ev.drop_reason == "NO_SOCKET"
+    finally:
+        col.set_drop_events()
