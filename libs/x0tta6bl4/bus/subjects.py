@@ -100,8 +100,8 @@ BUCKETS: tuple[Bucket, ...] = (
     Bucket("incidents", 300, doc="incidents being handled (planner de-duplication)"),
     Bucket("actions", 7 * 86400, doc="executor action claims and outcomes (idempotent actions)"),
     Bucket("knowledge", 0, history=5, doc="repair outcomes aggregated per fault type and action"),
-    Bucket("cycles", 7 * 86400, doc="one record per MAPE-K cycle for meshctl cycle list/show"),
     Bucket("audit_keys", 0, doc="pinned audit signing public key per service"),
+    Bucket("keys", 0, doc="root-signed public-key and revocation records (keyvault -> node agents)"),
 )
 
 

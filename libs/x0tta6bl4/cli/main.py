@@ -8,12 +8,14 @@
     meshctl dlq list                parked (dead-lettered) messages
     meshctl bus                     streams, subjects, consumers
     meshctl gov ...                 the DAO: proposals, signed quadratic votes, voters
+    meshctl keys ...                keyvault: PQC identities, rotation, revocation, attestation
 """
 from __future__ import annotations
 
 import typer
 
 from x0tta6bl4.cli import gov, observe, stackcmd
+from x0tta6bl4.cli.keys import keys_app
 
 app = typer.Typer(help="x0tta6bl4 self-healing mesh orchestrator", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -23,6 +25,7 @@ app.add_typer(observe.audit_app, name="audit")
 app.add_typer(observe.cycle_app, name="cycle")
 app.add_typer(observe.dlq_app, name="dlq")
 app.add_typer(gov.gov_app, name="gov")
+app.add_typer(keys_app, name="keys")
 app.command()(stackcmd.up)
 app.command()(stackcmd.down)
 app.command()(stackcmd.demo)

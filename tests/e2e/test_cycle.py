@@ -1,0 +1,138 @@
+"""One MAPE-K cycle on the embedded stack: real nats-server, six service processes, real UDP mesh agents."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import nats
+import psutil
+import pytest
+
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.bus.reader import read_all
+from x0tta6bl4.runtime.stack import repo_root
+from x0tta6bl4.v1 import events_pb2, mesh_pb2
+
+from testkit import wait_for
+
+ORDER = [subjects.MAPEK_TELEMETRY, subjects.MAPEK_ANOMALY, subjects.MAPEK_PLAN, subjects.MAPEK_ACTION,
+         subjects.MAPEK_RESULT, subjects.MAPEK_VERIFIED]
+CLS = {subjects.MAPEK_TELEMETRY: events_pb2.TelemetryWindow, subjects.MAPEK_ANOMALY: events_pb2.Anomaly,
+       subjects.MAPEK_PLAN: events_pb2.Plan, subjects.MAPEK_ACTION: events_pb2.ActionRequest,
+       subjects.MAPEK_RESULT: events_pb2.ActionResult, subjects.MAPEK_VERIFIED: events_pb2.Verification}
+
+
+def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
+    env = stack.service_env("mesh-host", 0, 0)
+    proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", topology,
+                             "--traffic", traffic, "--data-dir", str(stack.data_dir)], cwd=repo_root(), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    ready = json.loads(proc.stdout.readline())
+    assert ready["ready"]
+    return proc
+
+
+async def mesh_ready(js, n):
+    kv = await js.key_value("telemetry")
+    try:
+        keys = await kv.keys()
+    except Exception:
+        return False
+    if len(keys) < n:
+        return False
+    src = events_pb2.NodeTelemetry.FromString((await kv.get("n0")).value)
+    return src.counters.get("acked", 0) > 10 and src.loss_pct == 0
+
+
+async def kill_and_follow(stack, victim="n4", timeout=20.0):
+    nc = await nats.connect(stack.url)
+    js = nc.jetstream()
+    try:
+        await wait_for(lambda: mesh_ready(js, 9), 30)
+        cmd = mesh_pb2.MeshCommand(meta=new_meta("test"), node_id=victim, kind=mesh_pb2.MeshCommand.KIND_FAULT,
+                                   params={"type": "kill"})
+        t_kill = time.time_ns()
+        reply = mesh_pb2.MeshEvent.FromString((await nc.request(subjects.mesh_cmd(victim), cmd.SerializeToString(),
+                                                                timeout=5)).data)
+        assert reply.kind == "command.ok"
+
+        async def verified():
+            for m in await read_all(js, subjects.MAPEK_VERIFIED):
+                v = events_pb2.Verification.FromString(m.data)
+                if v.action.target_node == victim:
+                    return v
+        v = await wait_for(verified, timeout)
+        events = [(m, CLS[m.subject].FromString(m.data)) for m in await read_all(js, "mapek.>")
+                  if m.subject in CLS]
+        cycle = [(m, e) for m, e in events if e.meta.cycle_id == v.meta.cycle_id]
+        audit = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.>")]
+        return t_kill, v, cycle, audit
+    finally:
+        await nc.close()
+
+
+def trace_id(m):
+    return m.headers["traceparent"].split("-")[1]
+
+
+@pytest.mark.slow
+async def test_node_kill_is_healed_in_one_traced_cycle(stack_factory):
+    stack = stack_factory()
+    mesh = start_mesh(stack)
+    try:
+        t_kill, v, cycle, audit = await kill_and_follow(stack, "n4")
+    finally:
+        mesh.terminate()
+        mesh.wait(10)
+    subjects_in_order = [m.subject for m, _ in cycle]
+    assert subjects_in_order == ORDER, subjects_in_order
+    assert len({trace_id(m) for m, _ in cycle}) == 1, "every stage of one cycle shares one trace id"
+    anomaly = cycle[1][1]
+    assert (anomaly.root_cause, anomaly.fault_type) == ("n4", "node_down")
+    plan, action, result = cycle[2][1], cycle[3][1], cycle[4][1]
+    assert plan.decision == events_pb2.DECISION_KIND_AUTO_EXECUTE and action.approved_by == "auto"
+    assert result.success and all(s.ok for s in result.steps) and len(result.steps) == 8
+    assert v.recovered and v.mttr_ms > 0
+    assert (v.meta.ts_unix_ns - t_kill) / 1e9 < 10, "kill to verified repair within a bounded time"
+    stamps = [e.meta.ts_unix_ns for _, e in cycle]
+    assert stamps == sorted(stamps)
+    cycle_audit = {a.event_type for a in audit if a.meta.cycle_id == v.meta.cycle_id}
+    assert {"health.changed", "anomaly.detected", "decision", "action.executed", "verification"} <= cycle_audit
+    # the spans of the cycle were kept locally and span at least four processes
+    from x0tta6bl4.telemetry.tracing import load_spans, spans_for
+    await asyncio.sleep(0.6)
+    spans = spans_for(load_spans(stack.data_dir), v.meta.cycle_id)
+    assert {"monitor", "analyzer", "planner", "executor"} <= {s["service"] for s in spans}
+
+
+@pytest.mark.slow
+async def test_replicated_services_share_consumers_and_heal_once(stack_factory):
+    stack = stack_factory(replicas=2)
+    assert len(stack.procs) == 12
+    mesh = start_mesh(stack)
+    try:
+        _, v, cycle, audit = await kill_and_follow(stack, "n4")
+    finally:
+        mesh.terminate()
+        mesh.wait(10)
+    assert v.recovered
+    assert [m.subject for m, _ in cycle] == ORDER, "two replicas of each stage still produce one of each event"
+    executed = [a for a in audit if a.event_type == "action.executed" and a.meta.cycle_id == v.meta.cycle_id]
+    assert len(executed) == 1
+
+
+@pytest.mark.slow
+def test_make_demo_command_heals_and_leaves_no_process_behind(tmp_path):
+    before = {p.pid for p in psutil.process_iter()}
+    p = subprocess.run([sys.executable, "-m", "x0tta6bl4.cli.main", "demo", "--data-dir", str(tmp_path / "demo")],
+                       cwd=repo_root(), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "recovered" in p.stdout and "trace" in p.stdout and "intact" in p.stdout
+    time.sleep(0.5)
+    leftovers = [q for q in psutil.process_iter(["pid", "cmdline"])
+                 if q.info["pid"] not in before and str(tmp_path) in " ".join(q.info["cmdline"] or [])]
+    assert not leftovers, leftovers
