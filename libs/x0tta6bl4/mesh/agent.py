@@ -8,6 +8,15 @@ security hooks, telemetry and event sinks, and commands.
 
 Sinks (``telemetry_sink``, ``event_sink``, ``on_deliver``) may be plain or
 async callables; exceptions raised by sinks are counted, never propagated.
+
+Security hooks: ``signer(packet) -> packet`` is applied to every outgoing
+HELLO/RREQ/RREP/RERR (hop by hop, so relays re-sign); it should set ``key_id``
+and ``signature`` over :func:`~.packets.signing_bytes`.  ``verifier(packet) ->
+bool`` is applied to every incoming control packet; the default only relies on
+the codec's structural checks.  Rejections are counted (``dropped.bad_signature``,
+``failed_auth``) and reported as ``security.bad_signature`` events (rate
+limited, like ``security.malformed`` / ``security.spoofed_sender`` /
+``security.unknown_peer``).
 """
 
 from __future__ import annotations

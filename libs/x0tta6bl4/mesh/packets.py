@@ -15,7 +15,7 @@ Offset  Size   Field            Meaning
                                 HELLO 0x05
 4       1      flags            per type, see ``FLAG_*``; unknown bits rejected
 5       1      ttl              hops left, default 16; 0 is invalid on the wire
-6       1      hop_count        hops travelled so far
+6       1      hop_count        incremented by every relay (RREQ/RREP: hops so far)
 7       1      sender_len       length of sender id (the transmitting hop), 1..32
 8       1      origin_len       length of origin id, 1..32
 9       1      dest_len         length of destination id, 0..32 (0 = none)

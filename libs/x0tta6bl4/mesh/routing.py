@@ -10,7 +10,9 @@ decrement and drop at exhaustion; destination and intermediate RREPs
 unicast back along the reverse path; precursor lists and RERR to precursors
 on link break / missing route; route lifetime, expiry and deletion; RREQ
 retries with binary exponential back-off; buffering of DATA during
-discovery; re-discovery for destinations with recent traffic after a break;
+discovery; re-discovery for destinations with recent traffic after a break
+(with the ``D`` flag, so stale intermediate caches through a node that just
+died cannot answer);
 pinned (static) routes; avoided nodes (never used as next hop, their control
 packets ignored, routes through them invalidated).
 
@@ -131,6 +133,7 @@ class Discovery:
     deadline_ns: int
     started_ns: int
     buffer: deque = field(default_factory=deque)
+    dest_only: bool = False  # after a break: only the destination may answer (no stale caches)
 
 
 class AodvRouter:
@@ -273,9 +276,9 @@ class AodvRouter:
                     )
         for dest, _ in unreachable:
             if dest in self.active_dests or dest in self.pending:
-                self._start_discovery(dest, now, out)
+                self._start_discovery(dest, now, out, dest_only=True)
 
-    def _start_discovery(self, dest: str, now: int, out: Output) -> None:
+    def _start_discovery(self, dest: str, now: int, out: Output, dest_only: bool = False) -> None:
         if dest in self.avoided:
             return
         disc = self.pending.get(dest)
@@ -284,6 +287,7 @@ class AodvRouter:
             self.pending[dest] = disc
         else:
             disc.retries = 0
+        disc.dest_only = disc.dest_only or dest_only
         self._send_rreq(disc, now, out)
 
     def _send_rreq(self, disc: Discovery, now: int, out: Output) -> None:
@@ -297,6 +301,8 @@ class AodvRouter:
         else:
             flags |= FLAG_RREQ_U
         body = RreqBody()
+        if disc.dest_only:
+            flags |= FLAG_RREQ_D
         if self.avoided:
             flags |= FLAG_RREQ_D  # cached routes elsewhere may run through avoided nodes
             body = RreqBody(tuple(sorted(self.avoided))[:MAX_RREQ_AVOID])
@@ -381,6 +387,8 @@ class AodvRouter:
         out = Output()
         for d in [d for d, r in self.routes.items() if not r.pinned]:
             del self.routes[d]
+        for disc in self.pending.values():
+            out.drops += [("flushed", p) for p in disc.buffer]
         self.pending.clear()
         return out
 
@@ -429,7 +437,7 @@ class AodvRouter:
             return out
         disc = self.pending.get(dest)
         if disc is None:
-            disc = Discovery(dest, 0, 0, now)
+            disc = Discovery(dest, 0, 0, now, dest_only=dest in self.broken)
             self.pending[dest] = disc
             self._send_rreq(disc, now, out)
         if len(disc.buffer) >= self.config.max_buffer_per_dest:
