@@ -112,13 +112,14 @@ class BpfStats:
             Path(self.PATH).write_text(self.old)
 
     @staticmethod
-    def run_time_ns(ids: set[int]) -> tuple[int, int]:
-        total, cnt = 0, 0
-        for p in bpf_loader.attached_bpf_programs():
-            if int(p["id"]) in ids:
-                total += int(p.get("run_time_ns", 0))
-                cnt += int(p.get("run_cnt", 0))
-        return total, cnt
+    def per_prog(ids: set[int]) -> dict[str, tuple[int, int]]:
+        """program name -> (run_time_ns, run_cnt)."""
+        return {str(p.get("name")): (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
+                for p in bpf_loader.attached_bpf_programs() if int(p["id"]) in ids}
+
+    @staticmethod
+    def run_time_ns(per: dict[str, tuple[int, int]]) -> tuple[int, int]:
+        return sum(v[0] for v in per.values()), sum(v[1] for v in per.values())
 
 
 def pct(vals: list[float], q: float) -> float:
@@ -222,15 +223,22 @@ def main() -> int:
 
             with BpfStats() as bs, EbpfCollector(pids, on_event=on_event) as ec:
                 ids = ec.bpf_prog_ids()
-                k0, n0, w0 = *bs.run_time_ns(ids), time.monotonic()
+                p0 = bs.per_prog(ids)
+                k0, n0, w0 = *bs.run_time_ns(p0), time.monotonic()
                 e0 = len(got)
                 res["ebpf"] = measure_collector(ec, a.duration, a.interval, a.loops)
                 res["ebpf"]["events_during_window"] = len(got) - e0
-                k1, n1, w1 = *bs.run_time_ns(ids), time.monotonic()
+                p1 = bs.per_prog(ids)
+                k1, n1, w1 = *bs.run_time_ns(p1), time.monotonic()
                 if bs.old is not None:
                     res["ebpf"]["kernel_bpf_cpu_percent_of_core"] = round(100 * (k1 - k0) / 1e9 / (w1 - w0), 3)
                     res["ebpf"]["kernel_bpf_runs_per_s"] = round((n1 - n0) / (w1 - w0))
                     res["ebpf"]["kernel_bpf_ns_per_run"] = round((k1 - k0) / max(n1 - n0, 1), 1)
+                    top = sorted(((p1[k][0] - p0.get(k, (0, 0))[0], p1[k][1] - p0.get(k, (0, 0))[1], k)
+                                  for k in p1), reverse=True)[:4]
+                    res["ebpf"]["kernel_bpf_top"] = {
+                        k: {"runs_per_s": round(n / (w1 - w0)), "ns_per_run": round(t / max(n, 1), 1)}
+                        for t, n, k in top}
                 res["delay_sensitive_open"] = open_delay(ec, got, a.events)
                 res["delay_packet_drop"] = drop_delay(ec, got, a.events)
         except EbpfUnavailable as exc:
@@ -274,6 +282,8 @@ def main() -> int:
             if "kernel_bpf_cpu_percent_of_core" in r:
                 print(f"        in-kernel BPF {r['kernel_bpf_cpu_percent_of_core']:.3f}% of a core "
                       f"({r['kernel_bpf_runs_per_s']} runs/s, {r['kernel_bpf_ns_per_run']} ns/run, system-wide)")
+                print("        top: " + "; ".join(f"{k} {v['runs_per_s']}/s {v['ns_per_run']} ns"
+                                                  for k, v in r.get("kernel_bpf_top", {}).items()))
         for k in ("delay_sensitive_open", "delay_packet_drop"):
             r = res.get(k)
             if r:

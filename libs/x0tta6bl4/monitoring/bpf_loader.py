@@ -341,7 +341,8 @@ def _compile(bcc: Any, src: str, groups: set[str], formats: dict[str, Tracepoint
     return b
 
 
-def load(extra_defines: dict[str, int] | None = None, disable: set[str] | frozenset[str] = frozenset()) -> LoadedProgram:
+def load(extra_defines: dict[str, int] | None = None,
+         disable: set[str] | frozenset[str] = frozenset()) -> LoadedProgram:
     """Compile and attach every probe group whose tracepoints exist.
 
     If the full program fails to compile, each family is compiled on its own

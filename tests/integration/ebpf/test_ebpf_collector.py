@@ -9,20 +9,19 @@ and headers.
 from __future__ import annotations
 
 import json
-import shutil
-import time
-from collections.abc import Callable
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from x0tta6bl4.monitoring import bpf_loader
 from x0tta6bl4.monitoring.collectors import (
     ALL_SIGNALS,
@@ -30,6 +29,7 @@ from x0tta6bl4.monitoring.collectors import (
     EbpfCollector,
     select_collector,
 )
+
 
 def _ebpf_skip_reason() -> str | None:
     if os.geteuid() != 0:

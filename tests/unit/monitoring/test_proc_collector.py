@@ -13,7 +13,6 @@ import textwrap
 import time
 
 import pytest
-
 from x0tta6bl4.monitoring.collectors import (
     ALL_SIGNALS,
     Collector,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from x0tta6bl4.monitoring.thresholds import (
     Band,
     Health,
@@ -51,7 +50,8 @@ def test_unknown_metric() -> None:
 @pytest.mark.parametrize(
     ("cfg", "needle"),
     [
-        ({"cpu_percent": {"warning": 90, "critical": 70}}, r"cpu_percent\.warning \(90\) must be lower than cpu_percent\.critical \(70\)"),
+        ({"cpu_percent": {"warning": 90, "critical": 70}},
+         r"cpu_percent\.warning \(90\) must be lower than cpu_percent\.critical \(70\)"),
         ({"loss_percent": {"warning": 5, "critical": 5}}, r"loss_percent\.warning \(5\) must be lower"),
         ({"latency_p99_ms": {"warning": -1, "critical": 10}}, r"latency_p99_ms\.warning must be non-negative"),
         ({"mttr_minutes": {"critical": math.inf}}, r"mttr_minutes\.critical must be finite"),
@@ -61,7 +61,8 @@ def test_unknown_metric() -> None:
         ({"cpu_percent": {"warn": 50}}, r"unknown threshold setting cpu_percent\.warn"),
         ({"disk_percent": {"warning": 1, "critical": 2}}, r"unknown threshold setting 'disk_percent'"),
         ({"cpu_percent": 80}, r"cpu_percent must be a mapping"),
-        ({"cpu_percent": {"warning": 95}}, r"cpu_percent\.warning \(95\) must be lower than cpu_percent\.critical \(90\)"),
+        ({"cpu_percent": {"warning": 95}},
+         r"cpu_percent\.warning \(95\) must be lower than cpu_percent\.critical \(90\)"),
     ],
 )
 def test_bad_config_gives_clear_error(cfg: dict, needle: str) -> None:
