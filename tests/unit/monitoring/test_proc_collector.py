@@ -165,3 +165,23 @@ def test_logging_is_quiet_for_collect(caplog: pytest.LogCaptureFixture) -> None:
     with ProcCollector([os.getpid()]) as c:
         c.collect()
     assert not [r for r in caplog.records if r.name.startswith("x0tta6bl4.monitoring")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as non-root the 'not root' reason wins")
+def test_auto_falls_back_when_no_kernel_headers(tmp_path) -> None:
+    if os.path.isdir(f"/lib/modules/{os.uname().release}/build/include"):
+        pytest.skip("this host has installed headers for the running kernel")
+    code = textwrap.dedent("""
+        import json, os
+        from x0tta6bl4.monitoring.collectors import select_collector
+        c = select_collector("auto", pids=[os.getpid()])
+        print(json.dumps(c.info.as_dict()))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "BCC_KERNEL_SOURCE"}
+    env["X0_EBPF_CACHE"] = str(tmp_path)  # empty: setup.sh never ran here
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env,
+                         check=True)
+    info = json.loads(out.stdout)
+    assert info["name"] == "proc" and "no headers" in info["reason"]
+    assert "run ebpf/setup.sh" in info["reason"]
+    assert "no headers" in out.stderr and out.stderr.count("collector=proc") == 1
