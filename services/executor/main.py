@@ -5,7 +5,7 @@ import asyncio
 import sys
 import time
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from pydantic import Field
 
 from x0tta6bl4.bus import subjects
@@ -29,19 +29,10 @@ class ExecutorSettings(CommonSettings):
 def build(settings: ExecutorSettings) -> Service:
     app = Service("executor", settings)
 
-    async def nodes_now() -> list[events_pb2.NodeTelemetry]:
-        kv = await app.kv("telemetry")
-        try:
-            keys = await kv.keys()
-        except Exception:
-            return []
-        out = []
-        for k in keys:
-            try:
-                out.append(events_pb2.NodeTelemetry.FromString((await kv.get(k)).value))
-            except KeyNotFoundError:
-                pass
-        return out
+    telemetry = app.mirror("telemetry", events_pb2.NodeTelemetry.FromString)
+
+    def nodes_now() -> list[events_pb2.NodeTelemetry]:
+        return list(telemetry.values())
 
     async def run_step(step: Step) -> events_pb2.ActionStep:
         t0 = time.perf_counter()
@@ -87,7 +78,7 @@ def build(settings: ExecutorSettings) -> Service:
                 return
         t0 = time.perf_counter()
         try:
-            phases = plan_steps(req.action, [t.node_id for t in await nodes_now() if t.reachable])
+            phases = plan_steps(req.action, [t.node_id for t in nodes_now() if t.reachable])
         except UnsupportedAction as e:
             raise Reject(str(e)) from None
         result = events_pb2.ActionResult(meta=new_meta("executor"), action_id=req.action_id, action=req.action,
@@ -112,11 +103,11 @@ def build(settings: ExecutorSettings) -> Service:
             "approved_by": req.approved_by, "steps": len(result.steps), "error": result.error,
             "duration_ms": f"{result.duration_ms:.1f}"})
 
-        # Verify: poll telemetry until the checks pass or time runs out.
+        # Verify: poll telemetry until the checks pass or time runs out (a failed action fails at once).
         acted_ns = time.time_ns()
-        loop_deadline = time.monotonic() + settings.verify_timeout_s
+        loop_deadline = time.monotonic() + (settings.verify_timeout_s if result.success else 0)
         while True:
-            nodes = await nodes_now()
+            nodes = nodes_now()
             if settings.fresh_telemetry_s:
                 nodes = [t for t in nodes if t.meta.ts_unix_ns >= acted_ns]
             outcome = verifying.check(req.action, nodes, classify_node, result.success)

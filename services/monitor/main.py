@@ -30,14 +30,6 @@ def build(settings: MonitorSettings) -> Service:
     losses = monitoring.LossReports()
     seen_ns: dict[str, int] = {}
 
-    async def mirror(bucket: str, apply) -> None:
-        kv = await app.kv(bucket)
-        watcher = await kv.watchall()
-        async for entry in watcher:
-            if entry is None:
-                continue
-            apply(entry.key, entry.value if entry.operation is None else None)
-
     def apply_telemetry(key: str, value: bytes | None) -> None:
         if value is None:
             view.remove(key)
@@ -57,13 +49,8 @@ def build(settings: MonitorSettings) -> Service:
             lost, _, _ = rest.partition(".")
             losses.clear(lost)
 
-    @app.background
-    async def mirror_telemetry() -> None:
-        await mirror("telemetry", apply_telemetry)
-
-    @app.background
-    async def mirror_health() -> None:
-        await mirror("health", apply_health)
+    app.mirror("telemetry", on_change=apply_telemetry)
+    app.mirror("health", on_change=apply_health)
 
     async def transition(node: str, new: int) -> int | None:
         """Compare-and-set the node's health; returns the previous value if this replica changed it."""

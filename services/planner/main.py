@@ -38,20 +38,10 @@ def build(settings: PlannerSettings) -> Service:
                 pass
         return out
 
-    async def mesh_adjacency() -> dict[str, list[str]]:
-        kv = await app.kv("telemetry")
-        adj: dict[str, list[str]] = {}
-        try:
-            keys = await kv.keys()
-        except Exception:  # no keys yet
-            return adj
-        for k in keys:
-            try:
-                t = events_pb2.NodeTelemetry.FromString((await kv.get(k)).value)
-            except KeyNotFoundError:
-                continue
-            adj[t.node_id] = list(t.neighbours)
-        return adj
+    telemetry = app.mirror("telemetry", events_pb2.NodeTelemetry.FromString)
+
+    def mesh_adjacency() -> dict[str, list[str]]:
+        return {t.node_id: list(t.neighbours) for t in telemetry.values()}
 
     @app.subscriber("planner", events_pb2.Anomaly)
     async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context) -> None:
@@ -61,7 +51,7 @@ def build(settings: PlannerSettings) -> Service:
         except KeyWrongLastSequenceError:
             await ctx.audit("anomaly.duplicate", anomaly.incident_id, {"node": anomaly.node_id})
             return
-        adjacency = await mesh_adjacency()
+        adjacency = mesh_adjacency()
         plan, decision = planning.make_plan(anomaly, policy, await knowledge_for(anomaly.fault_type),
                                             lambda kind, node: twin_verdict(adjacency, kind, node))
         await ctx.publish(subjects.MAPEK_PLAN, plan)

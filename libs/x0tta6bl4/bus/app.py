@@ -153,6 +153,30 @@ class Service:
         self._background.append(fn)
         return fn
 
+    def mirror(self, bucket: str, decode: Callable[[bytes], Any] = lambda b: b,
+               on_change: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+        """A dict kept equal to a key-value bucket by a watcher (a cache shared state is read from;
+        the bucket stays the source of truth, so replicas see the same data)."""
+        view: dict[str, Any] = {}
+
+        async def watch() -> None:
+            kv = await self.kv(bucket)
+            watcher = await kv.watchall()
+            async for entry in watcher:
+                if entry is None:
+                    continue
+                if entry.operation is None and entry.value is not None:
+                    value = decode(entry.value)
+                    view[entry.key] = value
+                else:
+                    value = None
+                    view.pop(entry.key, None)
+                if on_change is not None:
+                    on_change(entry.key, value)
+        watch.__name__ = f"mirror_{bucket}"
+        self._background.append(watch)
+        return view
+
     # ---- helpers for handlers ----------------------------------------------
     async def kv(self, bucket: str) -> KeyValue:
         if bucket not in self._kv:

@@ -8,6 +8,7 @@ infinite.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -76,24 +77,51 @@ def _get(msg: Message, path: str):
     return obj
 
 
-def _check_value(name: str, v) -> None:
-    if isinstance(v, float) and not math.isfinite(v):
-        raise InvalidMessage(f"field {name} is not a finite number ({v})")
-    if isinstance(v, Message):
-        _check_floats(v, f"{name}.")
+@functools.lru_cache(maxsize=None)
+def _float_plan(descriptor) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Per message type: scalar float fields, repeated float fields, float-valued maps, message fields."""
+    scalars, repeated, maps, messages = [], [], [], []
+    for fd in descriptor.fields:
+        is_float = fd.cpp_type == fd.CPPTYPE_DOUBLE or fd.cpp_type == fd.CPPTYPE_FLOAT
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            vf = fd.message_type.fields_by_name["value"]
+            if vf.cpp_type in (vf.CPPTYPE_DOUBLE, vf.CPPTYPE_FLOAT):
+                maps.append(fd.name)
+            elif vf.message_type is not None:
+                messages.append(fd.name)
+        elif is_float:
+            (repeated if fd.is_repeated else scalars).append(fd.name)
+        elif fd.message_type is not None:
+            messages.append(fd.name)
+    return tuple(scalars), tuple(repeated), tuple(maps), tuple(messages)
 
 
 def _check_floats(msg: Message, prefix: str = "") -> None:
-    for fd, value in msg.ListFields():
-        name = f"{prefix}{fd.name}"
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+    scalars, repeated, maps, messages = _float_plan(msg.DESCRIPTOR)
+    isfinite = math.isfinite
+    for name in scalars:
+        v = getattr(msg, name)
+        if not isfinite(v):
+            raise InvalidMessage(f"field {prefix}{name} is not a finite number ({v})")
+    for name in repeated:
+        for i, v in enumerate(getattr(msg, name)):
+            if not isfinite(v):
+                raise InvalidMessage(f"field {prefix}{name}[{i}] is not a finite number ({v})")
+    for name in maps:
+        for k, v in getattr(msg, name).items():
+            if not isfinite(v):
+                raise InvalidMessage(f"field {prefix}{name}[{k}] is not a finite number ({v})")
+    for name in messages:
+        value = getattr(msg, name)
+        if isinstance(value, Message):
+            if value.ByteSize():
+                _check_floats(value, f"{prefix}{name}.")
+        elif hasattr(value, "items"):
             for k, v in value.items():
-                _check_value(f"{name}[{k}]", v)
-        elif fd.is_repeated:
-            for i, v in enumerate(value):
-                _check_value(f"{name}[{i}]", v)
+                _check_floats(v, f"{prefix}{name}[{k}].")
         else:
-            _check_value(name, value)
+            for i, v in enumerate(value):
+                _check_floats(v, f"{prefix}{name}[{i}].")
 
 
 def validate(msg: Message) -> Message:

@@ -84,7 +84,5 @@ class Publisher:
             reraise=True,
         ):
             with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    log.debug("retrying publish to %s (attempt %d)", subject, attempt.retry_state.attempt_number)
                 return await self.js.publish(subject, data, timeout=self.timeout_s, headers=headers)
         raise RuntimeError("unreachable")

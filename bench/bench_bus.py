@@ -1,0 +1,178 @@
+"""Bus benchmarks (issue: foundation).
+
+1. Publish throughput of our path (validate + encode + trace headers + Nats-Msg-Id,
+   awaited PubAck) as a ratio to raw nats-py JetStream publishing of the same
+   bytes, measured in the same run on the same server. Target >= 0.80.
+2. Stage-to-stage hop latency: publish -> a durable consumer's handler in our
+   Service runtime (decode, idempotency check, span, ack). Target p99 < 5 ms.
+3. Pipeline latency on the embedded stack: telemetry published -> result event
+   (monitor -> analyzer -> planner -> executor), p50/p99 over many cycles.
+
+    python bench/bench_bus.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import nats
+
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.app import Service
+from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.bus.connection import ensure_topology
+from x0tta6bl4.bus.publisher import Publisher
+from x0tta6bl4.config import CommonSettings
+from x0tta6bl4.runtime.stack import NatsServer, Stack
+from x0tta6bl4.v1 import events_pb2
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q / 100 * len(xs)))]
+
+
+def telemetry(i: int, node: str = "n1", cpu: float = 10.0) -> events_pb2.NodeTelemetry:
+    t = events_pb2.NodeTelemetry(meta=new_meta("bench"), node_id=node, p99_latency_ms=3.2, loss_pct=0.1, cpu_pct=cpu,
+                                 mem_pct=20, peer_count=3, route_count=8, neighbours=["n2", "n3"])
+    t.counters["sent"] = i
+    return t
+
+
+async def throughput(url: str, n: int) -> dict:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await ensure_topology(js)
+    pub = Publisher(nc, "bench")
+    payload = telemetry(0).SerializeToString()
+    results = {}
+    for rnd in range(3):  # interleave to share the machine's noise fairly
+        t0 = time.perf_counter()
+        for i in range(n):
+            await js.publish("mesh.telemetry.raw", payload, headers={"Nats-Msg-Id": f"raw-{rnd}-{i}"})
+        results.setdefault("raw", []).append(n / (time.perf_counter() - t0))
+        msgs = [telemetry(i) for i in range(n)]  # built by the caller in both cases
+        raw_payloads = [m.SerializeToString() for m in msgs]
+        del raw_payloads
+        t0 = time.perf_counter()
+        for m in msgs:
+            await pub.publish("mesh.telemetry.ours", m)
+        results.setdefault("ours", []).append(n / (time.perf_counter() - t0))
+    await nc.close()
+    raw, ours = statistics.median(results["raw"]), statistics.median(results["ours"])
+    return {"raw_msgs_per_s": round(raw), "ours_msgs_per_s": round(ours), "ratio": round(ours / raw, 3)}
+
+
+async def hop_latency(url: str, data_dir: pathlib.Path, n: int) -> dict:
+    lat: list[float] = []
+    app = Service("planner", CommonSettings(nats_url=url, data_dir=data_dir))
+
+    @app.subscriber("planner", events_pb2.Anomaly)
+    async def on_anomaly(a, ctx):
+        lat.append((time.time_ns() - a.meta.ts_unix_ns) / 1e6)
+
+    await app.start()
+    nc = await nats.connect(url)
+    pub = Publisher(nc, "bench")
+    for i in range(n):
+        a = events_pb2.Anomaly(meta=new_meta("bench", "c"), node_id="n", root_cause="n", fault_type="f",
+                               incident_id=f"i{i}")
+        await pub.publish(subjects.MAPEK_ANOMALY, a)
+        await asyncio.sleep(0.002)
+    deadline = time.monotonic() + 10
+    while len(lat) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await app.stop()
+    await nc.close()
+    return {"hops": len(lat), "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3)}
+
+
+async def pipeline(stack: Stack, cycles: int) -> dict:
+    nc = await nats.connect(stack.url)
+    js = nc.jetstream()
+    pub = Publisher(nc, "bench")
+    got: dict[str, int] = {}
+    hops: dict[str, list[float]] = {"monitor": [], "analyzer": [], "planner": [], "executor": []}
+    stamps: dict[str, dict[str, int]] = {}
+
+    async def on_msg(m):
+        sub_map = {subjects.MAPEK_TELEMETRY: (events_pb2.TelemetryWindow, "window"),
+                   subjects.MAPEK_ANOMALY: (events_pb2.Anomaly, "anomaly"),
+                   subjects.MAPEK_ACTION: (events_pb2.ActionRequest, "action"),
+                   subjects.MAPEK_RESULT: (events_pb2.ActionResult, "result")}
+        if m.subject not in sub_map:
+            return
+        cls, name = sub_map[m.subject]
+        ev = cls.FromString(m.data)
+        node = ev.trigger_node if name == "window" else (ev.root_cause if name == "anomaly" else ev.action.target_node)
+        stamps.setdefault(node, {})[name] = ev.meta.ts_unix_ns
+        if name == "result":
+            got[node] = time.time_ns()
+
+    sub = await nc.subscribe("mapek.>", cb=on_msg)
+    sent: dict[str, int] = {}
+    for i in range(cycles):
+        node = f"b{i}"
+        await pub.publish(subjects.telemetry(node), telemetry(i, node))
+        await asyncio.sleep(0.05)
+        t = telemetry(i, node, cpu=97.0)
+        sent[node] = time.time_ns()
+        await pub.publish(subjects.telemetry(node), t)
+        await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 30
+    while len(got) < cycles and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await sub.unsubscribe()
+    await nc.close()
+    e2e = [(got[n] - sent[n]) / 1e6 for n in got]
+    for n, st in stamps.items():
+        if {"window", "anomaly", "action", "result"} <= st.keys():
+            hops["monitor"].append((st["window"] - sent[n]) / 1e6)
+            hops["analyzer"].append((st["anomaly"] - st["window"]) / 1e6)
+            hops["planner"].append((st["action"] - st["anomaly"]) / 1e6)
+            hops["executor"].append((st["result"] - st["action"]) / 1e6)
+    return {"cycles": len(e2e), "telemetry_to_result_p50_ms": round(pct(e2e, 50), 1),
+            "telemetry_to_result_p99_ms": round(pct(e2e, 99), 1),
+            "per_stage_p50_ms": {k: round(pct(v, 50), 2) for k, v in hops.items() if v}}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    n = 1000 if a.quick else 3000
+    cycles = 30 if a.quick else 100
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        server = NatsServer(d / "js").start()
+        try:
+            thr = asyncio.run(throughput(server.url, n))
+            hop = asyncio.run(hop_latency(server.url, d / "svc", 300 if a.quick else 1000))
+        finally:
+            server.stop()
+        stack = Stack(d / "stack", services=("monitor", "analyzer", "planner", "executor"),
+                      env={"X0TTA6BL4_STALE_AFTER_S": "3600", "X0TTA6BL4_LOG_LEVEL": "WARNING"})
+        try:
+            stack.start()
+            pipe = asyncio.run(pipeline(stack, cycles))
+        finally:
+            stack.stop()
+    out = {"publish_throughput": thr, "hop_latency": hop, "pipeline": pipe}
+    print("bus: publish throughput ours/raw = {ratio} ({ours_msgs_per_s} vs {raw_msgs_per_s} msg/s, target >= 0.80)"
+          .format(**thr))
+    print(f"bus: stage-to-stage hop p50 {hop['p50_ms']} ms, p99 {hop['p99_ms']} ms over {hop['hops']} hops "
+          "(target p99 < 5 ms)")
+    print(f"bus: pipeline telemetry->result p50 {pipe['telemetry_to_result_p50_ms']} ms, "
+          f"p99 {pipe['telemetry_to_result_p99_ms']} ms over {pipe['cycles']} cycles; "
+          f"per stage p50 {pipe['per_stage_p50_ms']}")
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=1))
