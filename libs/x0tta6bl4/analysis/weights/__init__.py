@@ -1,0 +1,1 @@
+"""Shipped GraphSAGE weights (graphsage.pt) and evaluation report (report.json)."""
