@@ -29,7 +29,8 @@ def to_csr(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def component_labels(n: int, edges: np.ndarray, alive: np.ndarray | None = None) -> np.ndarray:
     """Connected-component label per node (label -1 for dead nodes).
 
-    Union-find with path halving, vectorised by repeated pointer jumping.
+    Vectorised min-label hooking plus pointer jumping (Shiloach–Vishkin style)
+    until every edge joins equal labels; O(m log n) numpy work.
     """
     parent = np.arange(n, dtype=np.int64)
     if alive is None:
