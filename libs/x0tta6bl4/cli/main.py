@@ -2,6 +2,8 @@
 
     meshctl demo                    run the whole orchestrator on an embedded stack and heal one fault
     meshctl up [--detach] / down    start / stop the embedded stack
+    meshctl status                  mesh status: health of every node by the spec's thresholds
+    meshctl simulate failure NODE   the digital twin's answer on the live topology
     meshctl trace CYCLE             one cycle as a tree of spans
     meshctl cycle list|show         past MAPE-K cycles
     meshctl audit tail|verify       the signed audit trail
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import typer
 
-from x0tta6bl4.cli import gov, observe, stackcmd
+from x0tta6bl4.cli import gov, observe, ops, stackcmd
 from x0tta6bl4.cli.keys import keys_app
 
 app = typer.Typer(help="x0tta6bl4 self-healing mesh orchestrator", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
+app.command()(ops.status)
+app.add_typer(ops.simulate_app, name="simulate")
 app.command()(observe.trace)
 app.command()(observe.bus)
 app.add_typer(observe.audit_app, name="audit")

@@ -49,6 +49,10 @@ def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> e
                     link_age_s=float(q.get("link_age_s", 0)))
     for k, v in (d.get("counters") or {}).items():
         t.counters[k] = float(v)
+    for r in d.get("routes") or []:
+        if r.get("valid", True):
+            t.routes[r["dest"]] = r["next_hop"]
+    t.avoided.extend(d.get("avoided") or [])
     return t
 
 
@@ -67,9 +71,17 @@ class MeshHost:
         self.nodes = list(nodes or topology.nodes)
         self._last_outcomes: dict[str, tuple[float, float]] = {}
         self.nc = None
+        self.name = "mesh-host"
+        self.started_at = time.time()
         self.publisher: Publisher | None = None
         self._subs = []
         self._traffic: list[asyncio.Task] = []
+
+    @property
+    def ready(self) -> bool:
+        """Readiness for /ready: connected to the broker and every hosted agent running."""
+        return bool(self.nc and self.nc.is_connected and self.runtime.started
+                    and all(self.runtime.agents[n].running or self.runtime.agents[n].killed for n in self.nodes))
 
     # ---- lifecycle ------------------------------------------------------------
     async def start(self) -> "MeshHost":
@@ -196,6 +208,11 @@ async def _main(args: argparse.Namespace) -> int:
     setup_tracing("mesh-agent", args.data_dir, None)
     topo = parse_spec(args.topology, seed=args.seed)
     host = await MeshHost(args.nats, topo, telemetry_interval=args.telemetry_interval, seed=args.seed).start()
+    health = None
+    if args.health_port:
+        from x0tta6bl4.bus.health import HealthServer
+        health = HealthServer(host, args.health_port)
+        await health.start()
     for spec in args.traffic:
         src, _, dst = spec.partition(":")
         host.traffic(src, dst, args.rate)
@@ -207,6 +224,8 @@ async def _main(args: argparse.Namespace) -> int:
                       "links": sorted(sorted(link) for link in topo.links)}), flush=True)
     await stop.wait()
     await host.stop()
+    if health:
+        await health.stop()
     return 0
 
 
@@ -219,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--telemetry-interval", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--health-port", type=int, default=0, help="serve /health and /ready here (8080 in containers)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mesh-host %(levelname)s %(message)s")
     try:
