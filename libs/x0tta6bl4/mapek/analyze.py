@@ -60,6 +60,25 @@ def _links_clean(t: events_pb2.NodeTelemetry) -> bool:
     return all(100.0 * q.loss_rate < loss_warn and q.latency_ms < lat_warn for q in t.links)
 
 
+def _degraded_links_node(nodes: dict[str, events_pb2.NodeTelemetry],
+                         exclude: set[str]) -> tuple[str, list[str]] | None:
+    """The node whose own links (as measured by HELLO beacons from both ends) are all out of the
+    healthy range; the worst one when there are several."""
+    loss_warn, lat_warn = SPEC_THRESHOLDS["loss_pct"][0], SPEC_THRESHOLDS["p99_latency_ms"][0]
+    best = None
+    for n, t in nodes.items():
+        if n in exclude or not t.reachable or not t.links:
+            continue
+        lat = min(q.latency_ms for q in t.links)
+        loss = min(100.0 * q.loss_rate for q in t.links)
+        if lat >= lat_warn or loss >= loss_warn:
+            severity = max(lat / lat_warn, loss / loss_warn)
+            why = [f"every link of {n} degraded: latency >= {lat:.1f} ms, loss >= {loss:.2f}%"]
+            if best is None or severity > best[0]:
+                best = (severity, n, why)
+    return (best[1], best[2]) if best else None
+
+
 def _only_end_to_end(t: events_pb2.NodeTelemetry) -> bool:
     _, reasons = classify_node(t)
     return bool(reasons) and all(r.startswith(END_TO_END) for r in reasons) and _links_clean(t)
@@ -121,12 +140,23 @@ class RuleAnalyzer:
             critical = health == common_pb2.HEALTH_CRITICAL
             fault = METRIC_FAULT.get(metric, "degraded")
             confidence = 0.95 if critical else 0.7
+            victims = sorted(set(group) - {root})
+            node = root
             if metric in END_TO_END and _links_clean(nodes[root]):
                 # end-to-end loss/latency seen by a node whose own links are clean: the trouble is
-                # further along the path, not at this node; observe until a node-level cause shows up
-                fault, confidence = "path_degraded", 0.5
-                reasons = reasons + ["own links clean"]
-            out.append(anomaly(window, root, root, fault, min(1.0, 0.5 + score / 2), confidence,
-                               common_pb2.SEVERITY_CRITICAL if critical else common_pb2.SEVERITY_MEDIUM,
-                               reasons, sorted(set(group) - {root}), self.name))
+                # further along the path. A node whose own links are all degraded is the source;
+                # without one, observe until a node-level cause shows up.
+                culprit = _degraded_links_node(nodes, exclude=explained)
+                if culprit is None:
+                    fault, confidence = "path_degraded", 0.5
+                    reasons = reasons + ["own links clean"]
+                else:
+                    bad, why = culprit
+                    fault = "congestion" if metric == "p99_latency_ms" else "degrading_link"
+                    confidence = 0.7  # inferred from links, not measured at the node: a person decides
+                    victims = sorted(set(group))
+                    root, reasons = bad, why + [f"seen end to end by {', '.join(victims)}"]
+            out.append(anomaly(window, node, root, fault, min(1.0, 0.5 + score / 2), confidence,
+                               common_pb2.SEVERITY_CRITICAL if critical and confidence > 0.9 else
+                               common_pb2.SEVERITY_MEDIUM, reasons, victims, self.name))
         return out

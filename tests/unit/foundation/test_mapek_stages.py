@@ -139,3 +139,21 @@ def test_path_loss_while_a_node_is_down_is_explained_by_the_down_node():
     src = tel("n1", loss_pct=60)
     out = RuleAnalyzer().analyze(window(src, tel("n2"), tel("n3", reachable=False), tel("n4")))
     assert [(a.root_cause, a.fault_type) for a in out] == [("n3", "node_down")]
+
+
+def test_a_node_with_all_links_slow_is_the_source_of_end_to_end_latency():
+    src, dst = tel("n1", p99_latency_ms=70), tel("n4", p99_latency_ms=65)
+    src.links.add(peer="n2", latency_ms=0.5)
+    dst.links.add(peer="n3", latency_ms=0.4)
+    slow = tel("n3")
+    for p in ("n2", "n4"):
+        slow.links.add(peer=p, latency_ms=52)
+    ok = tel("n2")
+    ok.links.add(peer="n1", latency_ms=0.5)
+    ok.links.add(peer="n3", latency_ms=52)
+    out = RuleAnalyzer().analyze(window(src, ok, slow, dst, trigger="n1"))
+    (a,) = relevant(window(trigger="n1"), out)
+    assert (a.root_cause, a.fault_type) == ("n3", "congestion")
+    assert 0.6 <= a.confidence <= 0.8 and "n1" in a.affected_nodes
+    p, _ = plan.make_plan(a, DecisionPolicy())
+    assert p.decision == events_pb2.DECISION_KIND_STANDARD_VOTE and p.action.target_node == "n3"
