@@ -17,7 +17,6 @@ import asyncio
 import json
 import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
@@ -95,7 +94,6 @@ async def hop_latency(url: str, data_dir: pathlib.Path, n: int) -> dict:
 
 async def pipeline(stack: Stack, cycles: int) -> dict:
     nc = await nats.connect(stack.url)
-    js = nc.jetstream()
     pub = Publisher(nc, "bench")
     got: dict[str, int] = {}
     hops: dict[str, list[float]] = {"monitor": [], "analyzer": [], "planner": [], "executor": []}

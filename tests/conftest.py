@@ -1,7 +1,6 @@
 """Shared fixtures: a real nats-server on a random loopback port, real service processes."""
 from __future__ import annotations
 
-import asyncio
 import pathlib
 
 import nats

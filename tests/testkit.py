@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+
+from x0tta6bl4.runtime.stack import repo_root
+from x0tta6bl4.v1 import events_pb2
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
@@ -16,3 +22,25 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
+    env = stack.service_env("mesh-host", 0, 0)
+    proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", topology,
+                             "--traffic", traffic, "--data-dir", str(stack.data_dir)], cwd=repo_root(), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    ready = json.loads(proc.stdout.readline())
+    assert ready["ready"]
+    return proc
+
+
+async def mesh_ready(js, n):
+    kv = await js.key_value("telemetry")
+    try:
+        keys = await kv.keys()
+    except Exception:
+        return False
+    if len(keys) < n:
+        return False
+    src = events_pb2.NodeTelemetry.FromString((await kv.get("n0")).value)
+    return src.counters.get("acked", 0) > 10 and src.loss_pct == 0

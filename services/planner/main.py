@@ -63,8 +63,8 @@ def build(settings: PlannerSettings) -> Service:
         if decision.kind is DecisionKind.AUTO_EXECUTE:
             await ctx.publish(subjects.MAPEK_ACTION,
                               planning.action_request(plan, "auto", timeout_s=settings.action_timeout_s))
-        elif decision.kind is DecisionKind.OBSERVE:
-            await incidents.delete(anomaly.incident_id)
+        # OBSERVE keeps the incident claim until it expires (bucket TTL), so the same observation is
+        # not re-planned on every window; a different root cause or fault is a different incident.
 
     @app.subscriber("planner-knowledge", events_pb2.Verification)
     async def on_verified(v: events_pb2.Verification, ctx: Context) -> None:

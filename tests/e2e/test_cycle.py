@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -17,35 +16,13 @@ from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.runtime.stack import repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
-from testkit import wait_for
+from testkit import mesh_ready, start_mesh, wait_for
 
 ORDER = [subjects.MAPEK_TELEMETRY, subjects.MAPEK_ANOMALY, subjects.MAPEK_PLAN, subjects.MAPEK_ACTION,
          subjects.MAPEK_RESULT, subjects.MAPEK_VERIFIED]
 CLS = {subjects.MAPEK_TELEMETRY: events_pb2.TelemetryWindow, subjects.MAPEK_ANOMALY: events_pb2.Anomaly,
        subjects.MAPEK_PLAN: events_pb2.Plan, subjects.MAPEK_ACTION: events_pb2.ActionRequest,
        subjects.MAPEK_RESULT: events_pb2.ActionResult, subjects.MAPEK_VERIFIED: events_pb2.Verification}
-
-
-def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
-    env = stack.service_env("mesh-host", 0, 0)
-    proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", topology,
-                             "--traffic", traffic, "--data-dir", str(stack.data_dir)], cwd=repo_root(), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    ready = json.loads(proc.stdout.readline())
-    assert ready["ready"]
-    return proc
-
-
-async def mesh_ready(js, n):
-    kv = await js.key_value("telemetry")
-    try:
-        keys = await kv.keys()
-    except Exception:
-        return False
-    if len(keys) < n:
-        return False
-    src = events_pb2.NodeTelemetry.FromString((await kv.get("n0")).value)
-    return src.counters.get("acked", 0) > 10 and src.loss_pct == 0
 
 
 async def kill_and_follow(stack, victim="n4", timeout=20.0):

@@ -5,7 +5,6 @@ import asyncio
 import json
 import os
 import pathlib
-import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 

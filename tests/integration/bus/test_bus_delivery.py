@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 
-import pytest
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service
