@@ -46,6 +46,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     except KeyboardInterrupt:
         raise typer.Exit(130)
+    except (typer.Exit, SystemExit):
+        raise
     except (ConnectionRefusedError, OSError) as e:
         fail(f"cannot reach NATS: {e}")
     except Exception as e:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
