@@ -60,11 +60,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("unreachable")
 
 
+async def _quiet(_e: Exception) -> None:
+    """nats-py prints a traceback for every failed attempt by default; the CLI reports once instead."""
+
+
 async def connect(url: str):
     import nats
     try:
         return await nats.connect(url, connect_timeout=2, max_reconnect_attempts=2, reconnect_time_wait=0.2,
-                                  allow_reconnect=False, name="meshctl")
+                                  allow_reconnect=False, name="meshctl", error_cb=_quiet)
     except Exception as e:  # noqa: BLE001
         fail(f"cannot reach NATS at {url}: {e or type(e).__name__}; is the stack up? (make up)")
         raise
