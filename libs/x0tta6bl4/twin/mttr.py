@@ -4,17 +4,26 @@
     repair_s = repair_base_s + repair_per_hop_s * hops
     mttr_s   = detect_s + repair_s
 
-The DEFAULT PARAMETERS ARE PLACEHOLDERS (plausible for a HELLO-based mesh
-with 1 s hellos and 3 missed hellos) until calibrated against the measured
-data plane with :meth:`MttrModel.calibrate`.
+The dataclass defaults are placeholders (a HELLO-based mesh with 1 s hellos
+and 3 missed hellos). :meth:`MttrModel.default` returns the parameters
+calibrated on the measured data plane (``mttr_calibration.json``, written by
+``python -m x0tta6bl4.twin.calibrate``), which the twin uses unless given a
+model; it falls back to the placeholders only if that file is missing.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+
+CALIBRATION_PATH = Path(__file__).with_name("mttr_calibration.json")
+_PARAMS = ("hello_interval_s", "miss_count", "detect_per_hop_s", "repair_base_s", "repair_per_hop_s")
 
 
 def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -90,3 +99,29 @@ class MttrModel:
         }
         object.__setattr__(model, "fit_rmse_s", rmse)
         return model
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in _PARAMS}
+        d["calibrated"] = self.calibrated
+        d["fit_rmse_s"] = dict(self.fit_rmse_s)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "MttrModel":
+        m = cls(**{k: (int(d[k]) if k == "miss_count" else float(d[k])) for k in _PARAMS},
+                calibrated=bool(d.get("calibrated", False)))
+        object.__setattr__(m, "fit_rmse_s", {k: float(v) for k, v in (d.get("fit_rmse_s") or {}).items()})
+        return m
+
+    @classmethod
+    def default(cls) -> "MttrModel":
+        """The shipped calibration (measured data plane), else the placeholder parameters."""
+        return _load_default(str(CALIBRATION_PATH))
+
+
+@lru_cache(maxsize=4)
+def _load_default(path: str) -> MttrModel:
+    try:
+        return MttrModel.from_dict(json.loads(Path(path).read_text())["model"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return MttrModel()

@@ -46,7 +46,7 @@ class MeshDigitalTwin:
     def __init__(self, name: str = "twin", mttr_model: MttrModel | None = None) -> None:
         self.name = name
         self.graph: nx.Graph = nx.Graph()
-        self.mttr_model = mttr_model or MttrModel()
+        self.mttr_model = mttr_model or MttrModel.default()
         self._cache: tuple | None = None
 
     # ------------------------------------------------------------------ build

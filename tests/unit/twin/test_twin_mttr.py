@@ -42,3 +42,27 @@ def test_twin_uses_calibrated_model_and_caps_at_duration():
     assert r.mttr_seconds == 20.0  # node is back before routing would converge
     r = t.simulate_node_failure(0, duration_seconds=600)
     assert r.mttr_seconds == pytest.approx(30 + 0.05 * 2 + 5 + 0.2 * 2)
+
+
+def test_shipped_default_is_calibrated_on_measured_runs():
+    import json
+
+    from x0tta6bl4.twin.mttr import CALIBRATION_PATH
+
+    blob = json.loads(CALIBRATION_PATH.read_text())
+    m = MttrModel.default()
+    assert m.calibrated and m == MttrModel.from_dict(blob["model"])
+    assert MeshDigitalTwin("d").mttr_model == m
+    # fitted on real kills of the UDP data plane (HELLO 0.2 s x 3 misses)
+    rows = blob["trials"]
+    assert len(rows) >= 10 and {"hops", "detect_s", "repair_s"} <= set(rows[0])
+    assert 0.1 < m.hello_interval_s < 0.3
+    assert blob["report"]["held_out_mttr_error"]["mean_rel_pct"] < 25
+    # the shipped fit reproduces from the shipped measurements
+    again = MttrModel.calibrate(rows, miss_count=m.miss_count)
+    assert again == m
+
+
+def test_model_roundtrip_dict():
+    m = MttrModel(hello_interval_s=0.2, detect_per_hop_s=0.01, calibrated=True)
+    assert MttrModel.from_dict(m.to_dict()) == m
