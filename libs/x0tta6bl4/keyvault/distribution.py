@@ -169,3 +169,9 @@ class KeyDirectory:
 
     def accepted_key_ids(self) -> set[str]:
         return set(self._keys) - set(self._revoked)
+
+    def accepted_records(self, node_id: str) -> list[PublicKeyRecord]:
+        """Accepted (active or retiring, not revoked) records of one node, newest generation first."""
+        recs = [r for kid, r in self._keys.items()
+                if kid not in self._revoked and SpiffeId.parse(r.spiffe_id).node_id == node_id]
+        return sorted(recs, key=lambda r: -r.generation)

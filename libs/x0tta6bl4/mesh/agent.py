@@ -17,6 +17,14 @@ the codec's structural checks.  Rejections are counted (``dropped.bad_signature`
 ``failed_auth``) and reported as ``security.bad_signature`` events (rate
 limited, like ``security.malformed`` / ``security.spoofed_sender`` /
 ``security.unknown_peer``).
+
+Key-based security: ``security=`` (or :meth:`MeshAgent.attach_security`) takes a
+:class:`~.security.NodeSecurity`: control packets are then signed with the node's
+ML-DSA-65 key and verified against the keyvault key directory (drops counted as
+``dropped.<reason>`` -- unsigned, unknown_key, revoked_key, wrong_signer,
+stale_timestamp, bad_signature -- plus ``failed_auth`` and a ``security.<reason>``
+event), and DATA travels hop by hop over per-neighbour AES-256-GCM channels
+(flags ``ENC``/``HS``, see :mod:`.security`).
 """
 
 from __future__ import annotations
@@ -34,7 +42,19 @@ import psutil
 
 from .core import CoreConfig, MeshCore
 from .neighbours import PathLoss
-from .packets import CONTROL_TYPES, DATA, FLAG_ACK, Packet, PacketError, decode, encode, valid_node_id
+from .packets import (
+    CONTROL_TYPES,
+    DATA,
+    FLAG_ACK,
+    FLAG_ENC,
+    FLAG_HS,
+    HELLO,
+    Packet,
+    PacketError,
+    decode,
+    encode,
+    valid_node_id,
+)
 from .routing import Event, Output
 
 log = logging.getLogger(__name__)
@@ -104,6 +124,7 @@ class MeshAgent:
         tick_interval: float | None = None,
         path_loss_db: PathLoss = 40.0,
         ack_timeout: float = 2.0,
+        security: Any = None,
     ) -> None:
         self.node_id = node_id
         self.bind = bind
@@ -138,6 +159,9 @@ class MeshAgent:
         self._failed_auth_reported = 0
         self._tp_last = (0, 0)  # (time ns, bytes) at start
         self._tp_samples: deque[tuple[int, float]] = deque(maxlen=32)  # every ~100 ms
+        self.security = None
+        if security is not None:
+            self.attach_security(security)
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: list[asyncio.Task] = []
         self._bg: set[asyncio.Task] = set()
@@ -145,6 +169,21 @@ class MeshAgent:
         self.killed = False
         self._proc = psutil.Process()
         self.started_ns = 0
+
+    # ================================================================ security
+    def attach_security(self, security: Any) -> None:
+        """Use ``security`` (a :class:`~.security.NodeSecurity`) for signatures and channels."""
+        self.security = security
+        security.bind(self.counters, lambda kind, peer, details: self._emit_event(Event(kind, peer, details)),
+                      self.clock)
+        self.signer = security.sign
+
+    def _drain_security(self) -> None:
+        sec = self.security
+        while sec is not None and sec.outbox:
+            out, sec.outbox = sec.outbox, []
+            for p, to in out:
+                self._transmit(p, to)
 
     # ================================================================ lifecycle
     def set_peers(self, peers: Mapping[str, Address]) -> None:
@@ -198,6 +237,8 @@ class MeshAgent:
             return self
         self.core = MeshCore(self.node_id, self.config, seed=None, path_loss_db=self.path_loss_db)
         self._pending_acks.clear()
+        if self.security is not None:
+            self.security.reset()
         return await self.start()
 
     async def shutdown(self) -> None:
@@ -310,7 +351,46 @@ class MeshAgent:
             self.counters["dropped.spoofed_sender"] += 1
             self._security("security.spoofed_sender", peer, {"claimed": pkt.sender})
             return
-        if pkt.type in CONTROL_TYPES:
+        sec = self.security
+        if sec is not None:
+            now = self.clock()
+            if pkt.type == DATA:
+                if pkt.flags & FLAG_HS:
+                    reason = sec.on_handshake(peer, pkt, now)
+                    if reason is not None:
+                        self.counters[f"dropped.{reason}"] += 1
+                    self._drain_security()
+                    return
+                if pkt.flags & FLAG_ENC:
+                    res = sec.inbound(peer, pkt, now)
+                    if isinstance(res, str):
+                        self.counters[f"dropped.{res}"] += 1
+                        if res in ("decrypt_failed", "replay", "revoked_key"):
+                            self.counters["failed_auth"] += 1
+                            self._security(f"security.{res}", peer, {"type": "DATA"})
+                        self._drain_security()
+                        return
+                    pkt = res
+                elif sec.require_encryption:
+                    self.counters["dropped.plaintext"] += 1
+                    self.counters["failed_auth"] += 1
+                    self._security("security.plaintext", peer, {"type": "DATA"})
+                    return
+            elif pkt.type in CONTROL_TYPES:
+                try:
+                    reason = sec.check(pkt, data, now)
+                except Exception:  # a verifier bug must not kill the agent
+                    log.exception("security check failed")
+                    reason = "bad_signature"
+                if reason is not None:
+                    self.counters[f"dropped.{reason}"] += 1
+                    self.counters["failed_auth"] += 1
+                    self._security(f"security.{reason}", peer,
+                                   {"type": pkt.type_name, "key_id": pkt.key_id.hex()})
+                    return
+                if pkt.type == HELLO:
+                    sec.on_hello(peer, pkt, now)
+        elif pkt.type in CONTROL_TYPES:
             try:
                 ok = bool(self.verifier(pkt))
             except Exception:  # a verifier bug must not kill the agent
@@ -320,6 +400,9 @@ class MeshAgent:
                 self.counters["failed_auth"] += 1
                 self._security("security.bad_signature", peer, {"type": pkt.type_name})
                 return
+        elif pkt.flags & (FLAG_ENC | FLAG_HS):
+            self.counters["dropped.no_security"] += 1
+            return
         now = self.clock()
         try:
             out = self.core.handle(pkt, now)
@@ -328,12 +411,19 @@ class MeshAgent:
             self.counters["dropped.internal_error"] += 1
             return
         self._process(out, now)
+        if sec is not None and sec.outbox:
+            self._drain_security()
 
     def _transmit(self, pkt: Packet, to: str | None) -> None:
         if self._transport is None:
             return
         if pkt.type in CONTROL_TYPES and self.signer is not None:
             pkt = self.signer(pkt)
+        elif pkt.type == DATA and self.security is not None and to is not None:
+            pkt = self.security.outbound(pkt, to, self.clock())
+            if pkt is None:
+                self._drain_security()
+                return
         try:
             data = encode(pkt)
         except PacketError as e:
@@ -401,6 +491,9 @@ class MeshAgent:
                 if not self.impair.paused:
                     now = self.clock()
                     self._process(self.core.tick(now), now)
+                    if self.security is not None:
+                        self.security.tick(now)
+                        self._drain_security()
                     self._expire_acks(now)
                     if not self._tp_samples or now - self._tp_samples[-1][0] >= 100_000_000:
                         c = self.counters

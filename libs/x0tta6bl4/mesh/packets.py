@@ -45,7 +45,18 @@ Bodies
 
 * DATA: opaque application bytes.  Flags: ``ACK_REQ`` 0x01 (destination
   answers with a DATA/``ACK`` 0x02 carrying the same packet_id and timestamp,
-  empty body) -> round-trip latency at the sender.
+  empty body) -> round-trip latency at the sender.  Link security (added
+  without a version bump: both bits were rejected as ``bad_flags`` before, so
+  an old node drops such packets instead of misreading them; see
+  :mod:`x0tta6bl4.mesh.security` for the layouts):
+
+  - ``ENC`` 0x04: the body is a hop-by-hop AES-256-GCM channel frame
+    (``version(1)=1 | epoch(4) | seq(8) | ciphertext || tag(16)``) of the
+    application bytes, sealed by the transmitting hop for the next hop.
+  - ``HS`` 0x08: link handshake message between two neighbours (ttl 1, dest =
+    the neighbour): ``!BBI`` hs_version (1), step (0 REQUEST, 1 HS1, 2 HS2,
+    3 HS3, 4 CONFIRM), session epoch, then the pqc handshake message.  Never
+    routed or delivered to the application.
 * RREQ: empty, or an avoid list ``!B`` count (1..32), count x (``!B`` id_len,
   id): nodes that must not relay this request (set by an originator told to
   avoid them).  origin = RREQ originator, dest = sought destination,
@@ -90,6 +101,8 @@ CONTROL_TYPES = frozenset({RREQ, RREP, RERR, HELLO})
 # flags
 FLAG_ACK_REQ = 0x01  # DATA
 FLAG_ACK = 0x02  # DATA
+FLAG_ENC = 0x04  # DATA: body is a hop-by-hop channel frame
+FLAG_HS = 0x08  # DATA: body is a link handshake message
 FLAG_RREQ_J = 0x01
 FLAG_RREQ_R = 0x02
 FLAG_RREQ_G = 0x04
@@ -98,7 +111,7 @@ FLAG_RREQ_U = 0x10
 FLAG_RREP_R = 0x01
 FLAG_RREP_A = 0x02
 FLAG_RERR_N = 0x01
-ALLOWED_FLAGS = {DATA: 0x03, RREQ: 0x1F, RREP: 0x03, RERR: 0x01, HELLO: 0x00}
+ALLOWED_FLAGS = {DATA: 0x0F, RREQ: 0x1F, RREP: 0x03, RERR: 0x01, HELLO: 0x00}
 
 DEFAULT_TTL = 16
 MAX_ID_LEN = 32

@@ -1,0 +1,632 @@
+"""Mesh link security: ML-DSA-65 signed control packets, hybrid-key AES-256-GCM DATA channels.
+
+Three parts, all I/O-free (the agent and the host do the I/O):
+
+* :class:`MeshTrust` -- one per process. A :class:`~x0tta6bl4.keyvault.distribution.KeyDirectory`
+  (keyvault root pinned, fed from the KV bucket ``keys``) plus a bounded cache of
+  signature verifications. :meth:`MeshTrust.check` accepts a control packet only if
+  its ``key_id`` is an accepted (active or retiring, not revoked) signing key *of the
+  sender*, its timestamp is within ``max_skew_s`` of the receiver's clock and its
+  ML-DSA-65 signature verifies. A HELLO is broadcast to every neighbour; in one host
+  process they all verify the same bytes, so results are cached per
+  SHA-256(signed region || signature) (the signature is part of the key: a tampered
+  signature never hits the cache; revocation/retirement is checked before the cache).
+* :class:`NodeSecurity` -- one per agent: the node's identity (signing + KEM keys),
+  the packet signer and the per-neighbour channels.
+* :class:`LocalAuthority` -- an in-process keyvault stand-in (its own root key) for a
+  host without keyvault (``--offline-keys``), unit tests and benchmarks.
+
+Packet signatures (wire format v1, see :mod:`.packets`): trailer ``key_id`` = the
+8 bytes of the signer's key id (16 hex chars = first 8 bytes of SHA-256 of the hybrid
+Ed25519+ML-DSA-65 public key, as issued by keyvault); ``signature`` = pure FIPS 204
+ML-DSA-65 (3309 bytes) with context ``x0tta6bl4/mesh/packet/v1`` over
+:func:`~.packets.signing_bytes`. Every hop signs what it transmits (relays re-sign).
+``timestamp_ns`` is the agent clock (CLOCK_MONOTONIC by default, shared by every
+process of one machine; agents on different machines need a synchronised clock,
+e.g. ``clock=time.time_ns``).
+
+Link handshake (DATA with flag ``HS``, ttl 1, dest = the neighbour; body
+``!BBI`` hs_version=1, step, session epoch, then the message):
+
+====  ========  ==================================================================
+step  name      body after the header
+====  ========  ==================================================================
+0     REQUEST   empty: "I have no channel to you" (responder side / after a restart)
+1     HS1       :class:`~x0tta6bl4.pqc.HandshakeInitiator` message 1
+2     HS2       responder message 2 (signed transcript)
+3     HS3       initiator message 3 (signed transcript)
+4     CONFIRM   a channel frame sealing ``b"confirm"`` under the new session
+====  ========  ==================================================================
+
+The node with the lexicographically smaller id initiates. The session epoch (u32,
+growing per link) selects the channel: channel frame epoch = ``session << 8`` (the low
+byte is left to the channel's own key updates). The responder switches sending to the
+new session when HS3 verifies; the initiator already accepts frames of the new
+session after HS2 and switches sending on CONFIRM. The previous session keeps
+decrypting for ``channel_overlap_s`` -- so a re-handshake (after a key rotation) loses
+no packet in flight. A lost message is recovered by a restart after ``hs_timeout_s``.
+
+Encrypted DATA (flag ``ENC``): body = channel frame of the application bytes; the AAD
+binds type, flags, ttl, hop count, sequence numbers, packet id, timestamp and the
+three node ids of the transmitted header. Without a channel to the next hop, DATA
+waits in a bounded per-neighbour queue (``queue_limit``) and leaves once the channel
+is up. A receiver with ``require_encryption`` drops plaintext DATA.
+
+Rotation: the initiator re-handshakes a link as soon as the session's keys differ
+from its own current signing key or from the key the neighbour signs its HELLOs
+with; it uses the KEM key of the same generation as that HELLO key, so a neighbour
+that has not reloaded yet is still reachable (its retiring key is accepted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import time
+from collections import Counter, OrderedDict, deque
+from typing import Any, Callable, Iterable
+
+from x0tta6bl4.keyvault.distribution import KeyDirectory, key_key, node_key, rev_key
+from x0tta6bl4.pqc import (
+    DecryptionError,
+    HandshakeInitiator,
+    HandshakeResponder,
+    InvalidRecord,
+    KeyRevoked,
+    KeyvaultRoot,
+    MLDSA65PublicKey,
+    NodeIdentity,
+    PQCError,
+    ReplayError,
+    Role,
+    SecureChannel,
+    SpiffeId,
+    records_for_identity,
+)
+from x0tta6bl4.pqc.identity import KeyPurpose
+
+from .packets import CONTROL_TYPES, DATA, FLAG_ENC, FLAG_HS, NO_KEY, Packet, signing_bytes
+
+__all__ = ["SIG_CONTEXT", "HS_VERSION", "MeshTrust", "NodeSecurity", "LocalAuthority", "AUTH_REASONS"]
+
+log = logging.getLogger(__name__)
+
+SIG_CONTEXT = b"x0tta6bl4/mesh/packet/v1"
+HS_VERSION = 1
+HS_HEAD = struct.Struct("!BBI")
+REQUEST, HS1, HS2, HS3, CONFIRM = range(5)
+STEP_NAMES = {REQUEST: "REQUEST", HS1: "HS1", HS2: "HS2", HS3: "HS3", CONFIRM: "CONFIRM"}
+EPOCH_SHIFT = 8
+MAX_SESSION = (1 << (32 - EPOCH_SHIFT)) - 1
+_AAD = struct.Struct("!BBBBIIIQ")
+_CONFIRM = b"confirm"
+AUTH_REASONS = ("unsigned", "unknown_key", "revoked_key", "wrong_signer", "stale_timestamp", "bad_signature")
+
+
+def _aad(p: Packet) -> bytes:
+    ids = b"".join(bytes([len(x)]) + x.encode("ascii") for x in (p.sender, p.origin, p.dest))
+    return _AAD.pack(p.type, p.flags | FLAG_ENC, p.ttl, p.hop_count, p.origin_seq, p.dest_seq,
+                     p.packet_id, p.timestamp_ns) + ids
+
+
+# =============================================================================== trust
+class MeshTrust:
+    """Key directory + bounded verification cache, shared by the agents of one process."""
+
+    def __init__(self, directory: KeyDirectory, *, max_skew_s: float = 10.0, cache_size: int = 8192) -> None:
+        self.directory = directory
+        self.max_skew_ns = int(max_skew_s * 1e9)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        self._vk: dict[str, tuple[Any, str, MLDSA65PublicKey]] = {}  # key id -> (record, node id, key)
+        self.stats: Counter = Counter()
+        self.listeners: list[Callable[[str, Any, bool], None]] = []
+
+    @classmethod
+    def pinned(cls, root_public_key: bytes, **kw: Any) -> "MeshTrust":
+        return cls(KeyDirectory(MLDSA65PublicKey.from_bytes(root_public_key)), **kw)
+
+    # -- feeding -------------------------------------------------------------------
+    def apply(self, key: str, value: bytes | None, *, deleted: bool = False) -> bool:
+        """Feed one KV entry (verified against the pinned root); False if rejected."""
+        try:
+            v = self.directory.apply(key, value, deleted=deleted)
+        except PQCError as e:
+            self.stats["kv.rejected"] += 1
+            log.warning("KV entry %s rejected: %s", key, e)
+            return False
+        self.stats["kv.applied"] += 1
+        for fn in list(self.listeners):
+            try:
+                fn(key, v, deleted or not value)
+            except Exception:  # noqa: BLE001 - a listener bug must not stop the feed
+                log.exception("trust listener failed")
+        return True
+
+    def apply_many(self, entries: Iterable[tuple[str, bytes]]) -> int:
+        return sum(self.apply(k, v) for k, v in entries)
+
+    # -- verification --------------------------------------------------------------
+    def check(self, pkt: Packet, raw: bytes | None, now: int) -> str | None:
+        """None if ``pkt`` is acceptable, else a reason from :data:`AUTH_REASONS`."""
+        if pkt.key_id == NO_KEY or not pkt.signature:
+            return "unsigned"
+        kid = pkt.key_id.hex()
+        d = self.directory
+        rec = d.lookup(kid)
+        if rec is None:
+            return "revoked_key" if d.is_revoked(kid) else "unknown_key"
+        ent = self._vk.get(kid)
+        if ent is None or ent[0] is not rec:
+            if rec.purpose is not KeyPurpose.SIGNING:
+                return "unknown_key"
+            ent = (rec, SpiffeId.parse(rec.spiffe_id).node_id, rec.verify_key().mldsa)
+            self._vk[kid] = ent
+        if ent[1] != pkt.sender:
+            return "wrong_signer"
+        if abs(now - pkt.timestamp_ns) > self.max_skew_ns:
+            return "stale_timestamp"
+        if raw is not None:
+            region = bytes(raw[: len(raw) - 2 - len(pkt.signature)])
+        else:
+            region = signing_bytes(pkt)
+        digest = hashlib.sha256(region + pkt.signature).digest()
+        if digest in self._cache:
+            self._cache.move_to_end(digest)
+            self.stats["verify.cache_hits"] += 1
+            return None
+        self.stats["verify.calls"] += 1
+        try:
+            ent[2].verify(pkt.signature, region, SIG_CONTEXT)
+        except PQCError:
+            self.stats["verify.failed"] += 1
+            return "bad_signature"
+        self._cache[digest] = None
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return None
+
+    # -- lookups for handshakes ----------------------------------------------------
+    def node_of(self, key_id: str) -> str | None:
+        rec = self.directory.lookup(key_id)
+        return SpiffeId.parse(rec.spiffe_id).node_id if rec is not None else None
+
+    def peer_keys(self, node: str, sig_key_id: str | None):
+        """(signing record, KEM record) of ``node``: the generation of ``sig_key_id`` when it is
+        accepted, else the newest accepted one; None when the node has no accepted keys."""
+        recs = self.directory.accepted_records(node)
+        sigs = [r for r in recs if r.purpose is KeyPurpose.SIGNING]
+        sig = next((r for r in sigs if r.key_id == sig_key_id), None) or (sigs[0] if sigs else None)
+        if sig is None:
+            return None
+        kem = next((r for r in recs if r.purpose is KeyPurpose.KEM and r.generation == sig.generation), None)
+        return (sig, kem) if kem is not None else None
+
+
+# =============================================================================== per node
+class _Session:
+    __slots__ = ("epoch", "chan", "my_key", "peer_key", "expires_ns")
+
+    def __init__(self, epoch: int, chan: SecureChannel, my_key: str, peer_key: str) -> None:
+        self.epoch, self.chan, self.my_key, self.peer_key = epoch, chan, my_key, peer_key
+        self.expires_ns: int | None = None
+
+
+class _Init:
+    __slots__ = ("epoch", "hs", "step", "t", "my_key", "peer_key", "cand")
+
+    def __init__(self, epoch, hs, t, my_key, peer_key) -> None:
+        self.epoch, self.hs, self.step, self.t, self.my_key, self.peer_key = epoch, hs, HS1, t, my_key, peer_key
+        self.cand: _Session | None = None
+
+
+class _Link:
+    __slots__ = ("send", "recv", "init", "resp", "queue", "next_epoch", "last_req", "hello_key", "done")
+
+    def __init__(self, queue_limit: int) -> None:
+        self.send: _Session | None = None
+        self.recv: dict[int, _Session] = {}
+        self.init: _Init | None = None
+        self.resp: tuple[int, HandshakeResponder, str, str] | None = None
+        self.queue: deque[Packet] = deque()
+        self.next_epoch = 1
+        self.last_req = -(1 << 62)
+        self.hello_key: str | None = None
+        self.done: tuple[int, bytes] | None = None  # (epoch, CONFIRM body) of the last completed responder run
+
+
+class NodeSecurity:
+    """One node's keys, packet signer/verifier and neighbour channels.
+
+    Bound to an agent with :meth:`MeshAgent.attach_security`; outgoing handshake
+    packets and released DATA go to :attr:`outbox` (``(packet, neighbour)``), which the
+    agent drains.
+    """
+
+    def __init__(self, node_id: str, identity: NodeIdentity, trust: MeshTrust, *, require_encryption: bool = True,
+                 channel_overlap_s: float = 5.0, hs_timeout_s: float = 0.5, queue_limit: int = 1024,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.node_id = node_id
+        self.trust = trust
+        self.require_encryption = require_encryption
+        self.channel_overlap_ns = int(channel_overlap_s * 1e9)
+        self.hs_timeout_ns = int(hs_timeout_s * 1e9)
+        self.queue_limit = queue_limit
+        self.clock = clock
+        self.counters: Counter = Counter()
+        self.emit: Callable[[str, str, dict], None] = lambda kind, peer, details: None
+        self.links: dict[str, _Link] = {}
+        self.outbox: list[tuple[Packet, str]] = []
+        self.previous: NodeIdentity | None = None
+        self._set_identity(identity)
+
+    def bind(self, counters: Counter, emit: Callable[[str, str, dict], None], clock: Callable[[], int]) -> None:
+        self.counters, self.emit, self.clock = counters, emit, clock
+
+    # -- keys --------------------------------------------------------------------------
+    def _set_identity(self, identity: NodeIdentity) -> None:
+        if identity.spiffe_id.node_id != self.node_id:
+            raise ValueError(f"identity {identity.uri} does not belong to node {self.node_id}")
+        self.identity = identity
+        self.key_id = identity.signing.key_id
+        self._kid = bytes.fromhex(self.key_id)
+        self._sk = identity.signing.private.mldsa
+
+    def reload(self, identity: NodeIdentity) -> None:
+        """Switch to a new generation; the old one stays usable for handshakes in flight
+        until :meth:`drop_previous` (its key is retired)."""
+        if identity.signing.key_id == self.key_id:
+            return
+        self.previous = self.identity
+        self._set_identity(identity)
+        self.counters["keys.reloaded"] += 1
+
+    def drop_previous(self) -> bool:
+        had, self.previous = self.previous is not None, None
+        return had
+
+    def _find_kem(self, key_id: str) -> NodeIdentity | None:
+        for ident in (self.identity, self.previous):
+            if ident is not None and ident.kem.key_id == key_id:
+                return ident
+        return None
+
+    # -- signatures ----------------------------------------------------------------------
+    def sign(self, pkt: Packet) -> Packet:
+        p = pkt.with_(key_id=self._kid, signature=b"")
+        self.counters["signed"] += 1
+        return p.with_(signature=self._sk.sign(signing_bytes(p), SIG_CONTEXT))
+
+    def check(self, pkt: Packet, raw: bytes | None = None, now: int | None = None) -> str | None:
+        return self.trust.check(pkt, raw, self.clock() if now is None else now)
+
+    def verifier(self, pkt: Packet) -> bool:
+        """``MeshAgent(verifier=...)`` compatible form of :meth:`check`."""
+        return self.check(pkt) is None
+
+    # -- link state ------------------------------------------------------------------------
+    def _link(self, peer: str) -> _Link:
+        link = self.links.get(peer)
+        if link is None:
+            link = self.links[peer] = _Link(self.queue_limit)
+        return link
+
+    def _hs(self, peer: str, step: int, epoch: int, msg: bytes = b"") -> None:
+        p = Packet(DATA, self.node_id, self.node_id, peer, flags=FLAG_HS, ttl=1, packet_id=epoch & 0xFFFFFFFF,
+                   timestamp_ns=self.clock(), body=HS_HEAD.pack(HS_VERSION, step, epoch) + msg)
+        self.counters[f"hs.tx.{STEP_NAMES[step]}"] += 1
+        self.outbox.append((p, peer))
+
+    def _channel(self, peer: str, epoch: int, keys, role: Role) -> SecureChannel:
+        a, b = sorted((self.node_id, peer))
+        cid = f"mesh/{a}/{b}/{epoch}".encode()
+        return SecureChannel.from_session(cid, keys, role, epoch=epoch << EPOCH_SHIFT,
+                                          overlap_seconds=self.channel_overlap_ns / 1e9,
+                                          clock=lambda: self.clock() / 1e9)
+
+    def channel_ready(self, peer: str) -> bool:
+        link = self.links.get(peer)
+        return link is not None and link.send is not None
+
+    def session_keys(self, peer: str) -> tuple[str, str] | None:
+        """(my key id, peer key id) the current send session was established with."""
+        link = self.links.get(peer)
+        return (link.send.my_key, link.send.peer_key) if link and link.send else None
+
+    def peer_key(self, peer: str) -> str | None:
+        """Key id of the last accepted HELLO of ``peer``."""
+        link = self.links.get(peer)
+        return link.hello_key if link else None
+
+    def reset(self) -> None:
+        """Forget every channel (agent restart)."""
+        dropped = sum(len(l.queue) for l in self.links.values())
+        if dropped:
+            self.counters["dropped.channel_reset"] += dropped
+        self.links.clear()
+        self.outbox.clear()
+
+    def _teardown(self, peer: str, why: str) -> None:
+        link = self.links.pop(peer, None)
+        if link is not None:
+            if link.queue:
+                self.counters[f"dropped.{why}"] += len(link.queue)
+            self.emit("channel.closed", peer, {"why": why})
+
+    def _retire(self, link: _Link, old: _Session | None, now: int) -> None:
+        if old is not None and old.expires_ns is None:
+            old.expires_ns = now + self.channel_overlap_ns
+
+    def _activate(self, peer: str, link: _Link, sess: _Session, now: int) -> None:
+        old, link.send = link.send, sess
+        self._retire(link, old, now)
+        self.counters["channels.established"] += 1
+        self.emit("channel.established", peer, {"epoch": sess.epoch, "my_key": sess.my_key,
+                                                "peer_key": sess.peer_key, "rekey": old is not None})
+        while link.queue:
+            self.outbox.append((link.queue.popleft(), peer))
+
+    # -- handshake driving --------------------------------------------------------------------
+    def _wanted(self, link: _Link) -> bool:
+        s = link.send
+        return s is None or s.my_key != self.key_id or (link.hello_key is not None and s.peer_key != link.hello_key)
+
+    def _maybe_handshake(self, peer: str, link: _Link, now: int, *, force: bool = False) -> None:
+        if not (force or self._wanted(link)):
+            return
+        if self.node_id < peer:
+            if link.init is not None and now - link.init.t < self.hs_timeout_ns:
+                return
+            self._start(peer, link, now)
+        elif link.send is None and now - link.last_req >= self.hs_timeout_ns:
+            link.last_req = now
+            self._hs(peer, REQUEST, 0)
+
+    def _start(self, peer: str, link: _Link, now: int) -> None:
+        keys = self.trust.peer_keys(peer, link.hello_key)
+        if keys is None:
+            self.counters["hs.no_peer_keys"] += 1
+            link.init = None
+            return
+        sig, kem = keys
+        if link.init is not None and link.init.cand is not None:   # responder may have switched: keep it readable
+            self._retire(link, link.init.cand, now)
+        epoch = link.next_epoch
+        link.next_epoch = epoch + 1 if epoch < MAX_SESSION else 1
+        try:
+            hs = HandshakeInitiator(self.identity, sig.spiffe_id, kem.kem_key(), sig.verify_key())
+            msg = hs.start()
+        except PQCError as e:
+            self.counters["hs.failed"] += 1
+            log.warning("%s: cannot start a handshake with %s: %s", self.node_id, peer, e)
+            return
+        link.init = _Init(epoch, hs, now, self.key_id, sig.key_id)
+        self.counters["hs.started"] += 1
+        self._hs(peer, HS1, epoch, msg)
+
+    def _lookup_vk(self, peer: str, link: _Link):
+        def lookup(uri: str):
+            node = SpiffeId.parse(uri).node_id
+            if node != peer:
+                raise InvalidRecord(f"handshake from {peer} claims identity {uri}")
+            keys = self.trust.peer_keys(node, link.hello_key)
+            if keys is None:
+                if any(self.trust.directory.is_revoked(r) for r in [link.hello_key or ""]):
+                    raise KeyRevoked(f"node {node} is revoked")
+                raise InvalidRecord(f"no accepted signing key for node {node}")
+            return keys[0].verify_key()
+        return lookup
+
+    def on_hello(self, peer: str, pkt: Packet, now: int) -> None:
+        link = self._link(peer)
+        link.hello_key = pkt.key_id.hex()
+        self._maybe_handshake(peer, link, now)
+
+    def on_handshake(self, peer: str, pkt: Packet, now: int) -> str | None:
+        """Process a handshake packet; None or a drop reason."""
+        body = pkt.body
+        if len(body) < HS_HEAD.size:
+            return "bad_handshake"
+        ver, step, epoch = HS_HEAD.unpack_from(body, 0)
+        if ver != HS_VERSION or step not in STEP_NAMES:
+            return "bad_handshake"
+        msg = bytes(body[HS_HEAD.size:])
+        link = self._link(peer)
+        self.counters[f"hs.rx.{STEP_NAMES[step]}"] += 1
+        try:
+            if step == REQUEST:
+                if self.node_id < peer:
+                    self._maybe_handshake(peer, link, now, force=link.init is None
+                                          or now - link.init.t >= self.hs_timeout_ns)
+                return None
+            if step == HS1:
+                resp = HandshakeResponder(self.identity, self._lookup_vk(peer, link), kem_keys=self._find_kem)
+                hs2 = resp.respond(msg)
+                link.resp = (epoch, resp, self.key_id, self.trust.peer_keys(peer, link.hello_key)[0].key_id)
+                self._hs(peer, HS2, epoch, hs2)
+                return None
+            if step == HS2:
+                init = link.init
+                if init is None or init.epoch != epoch or init.step != HS1:
+                    return "stale_handshake"
+                hs3, keys = init.hs.finish(msg)
+                sess = _Session(epoch, self._channel(peer, epoch, keys, Role.INITIATOR), init.my_key, init.peer_key)
+                link.recv[epoch] = sess
+                init.step, init.t, init.cand = HS3, now, sess
+                self._hs(peer, HS3, epoch, hs3)
+                return None
+            if step == HS3:
+                if link.resp is None or link.resp[0] != epoch:
+                    if link.done is not None and link.done[0] == epoch:
+                        self._hs(peer, CONFIRM, epoch, link.done[1])
+                        return None
+                    return "stale_handshake"
+                _, resp, my_key, peer_key = link.resp
+                keys = resp.finish(msg)
+                sess = _Session(epoch, self._channel(peer, epoch, keys, Role.RESPONDER), my_key, peer_key)
+                link.recv[epoch] = sess
+                link.resp = None
+                confirm = sess.chan.seal(_CONFIRM, HS_HEAD.pack(HS_VERSION, CONFIRM, epoch))
+                link.done = (epoch, confirm)
+                self._hs(peer, CONFIRM, epoch, confirm)
+                self._activate(peer, link, sess, now)
+                return None
+            # CONFIRM
+            init = link.init
+            if init is None or init.epoch != epoch or init.cand is None:
+                return "stale_handshake"
+            if init.cand.chan.open(msg, HS_HEAD.pack(HS_VERSION, CONFIRM, epoch)) != _CONFIRM:
+                return "bad_handshake"
+            link.init = None
+            self._activate(peer, link, init.cand, now)
+            return None
+        except PQCError as e:
+            self.counters["hs.failed"] += 1
+            self.emit("security.handshake_failed", peer, {"step": STEP_NAMES[step], "error": str(e)[:200]})
+            return "handshake_failed"
+
+    def tick(self, now: int) -> None:
+        for peer, link in list(self.links.items()):
+            for ep in [e for e, s in link.recv.items() if s.expires_ns is not None and now >= s.expires_ns]:
+                del link.recv[ep]
+                self.counters["channels.retired"] += 1
+            if link.init is not None and now - link.init.t >= self.hs_timeout_ns:
+                self.counters["hs.timeouts"] += 1
+                self._maybe_handshake(peer, link, now, force=True)
+            elif link.queue and link.send is None:
+                self._maybe_handshake(peer, link, now)
+            elif link.send is not None and link.hello_key is not None and self._wanted(link):
+                self._maybe_handshake(peer, link, now)
+
+    # -- DATA ---------------------------------------------------------------------------------------
+    def outbound(self, pkt: Packet, to: str, now: int) -> Packet | None:
+        """The packet to transmit to neighbour ``to`` (sealed), or None (queued or dropped)."""
+        if pkt.flags & FLAG_HS:
+            return pkt
+        link = self._link(to)
+        s = link.send
+        if s is not None and self.trust.directory.is_revoked(s.peer_key):
+            self._teardown(to, "revoked_peer")
+            self.counters["dropped.revoked_peer"] += 1
+            return None
+        if s is None:
+            if not self.require_encryption:
+                self.counters["tx.plaintext"] += 1
+                return pkt
+            if len(link.queue) >= self.queue_limit:
+                link.queue.popleft()
+                self.counters["dropped.channel_queue_full"] += 1
+            link.queue.append(pkt)
+            self.counters["queued.no_channel"] += 1
+            self._maybe_handshake(to, link, now)
+            return None
+        self.counters["tx.encrypted"] += 1
+        return pkt.with_(flags=pkt.flags | FLAG_ENC, body=s.chan.seal(pkt.body, _aad(pkt)))
+
+    def inbound(self, peer: str, pkt: Packet, now: int) -> Packet | str:
+        """Open an ``ENC`` DATA packet from ``peer``: the plaintext packet or a drop reason."""
+        link = self.links.get(peer)
+        body = pkt.body
+        if len(body) < 5:
+            return "bad_frame"
+        ep = int.from_bytes(body[1:5], "big") >> EPOCH_SHIFT
+        sess = link.recv.get(ep) if link is not None else None
+        if sess is None:
+            self._maybe_handshake(peer, self._link(peer), now, force=link is None or link.send is None)
+            return "no_session"
+        if self.trust.directory.is_revoked(sess.peer_key):
+            self._teardown(peer, "revoked_peer")
+            return "revoked_key"
+        try:
+            pt = sess.chan.open(body, _aad(pkt))
+        except ReplayError:
+            return "replay"
+        except DecryptionError:
+            return "decrypt_failed"
+        self.counters["rx.decrypted"] += 1
+        return pkt.with_(flags=pkt.flags & ~FLAG_ENC, body=pt)
+
+
+# =============================================================================== offline keys
+class LocalAuthority:
+    """A keyvault stand-in without I/O: its own root signs records that feed a :class:`MeshTrust`.
+
+    Produces exactly the entries keyvault puts in the ``keys`` bucket (``key.<id>``,
+    ``rev.<id>``, ``node.<id>.sig|kem``), so the verification path is the same.
+    """
+
+    def __init__(self, trust_domain: str = "x0tta6bl4.local", *, validity_s: int = 90 * 86400) -> None:
+        self.trust_domain = trust_domain
+        self.root = KeyvaultRoot.generate()
+        self.validity_s = validity_s
+        self.identities: dict[str, NodeIdentity] = {}
+        self.retiring: dict[str, NodeIdentity] = {}
+        self.trusts: list[MeshTrust] = []
+
+    @property
+    def root_public_key(self) -> bytes:
+        return self.root.public_key().public_bytes()
+
+    def trust(self, **kw: Any) -> MeshTrust:
+        t = MeshTrust.pinned(self.root_public_key, **kw)
+        for ident in list(self.identities.values()) + list(self.retiring.values()):
+            t.apply_many(self._entries(ident))
+        for ident in self.identities.values():
+            t.apply_many(self._node_entries(ident))
+        self.trusts.append(t)
+        return t
+
+    def _records(self, ident: NodeIdentity):
+        return [self.root.sign(r) for r in records_for_identity(ident)]
+
+    def _entries(self, ident: NodeIdentity) -> list[tuple[str, bytes]]:
+        return [(key_key(s.record().key_id), s.to_bytes()) for s in self._records(ident)]
+
+    def _node_entries(self, ident: NodeIdentity) -> list[tuple[str, bytes]]:
+        sig, kem = self._records(ident)
+        n = ident.spiffe_id.node_id
+        return [(node_key(n, "sig"), sig.to_bytes()), (node_key(n, "kem"), kem.to_bytes())]
+
+    def _publish(self, entries: list[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
+        dels = list(deletes)
+        for t in self.trusts:
+            t.apply_many(entries)
+            for k in dels:
+                t.apply(k, None, deleted=True)
+
+    def issue(self, node_id: str) -> NodeIdentity:
+        ident = NodeIdentity.generate(self.trust_domain, node_id, now=time.time(), validity_seconds=self.validity_s)
+        self.identities[node_id] = ident
+        self._publish(self._entries(ident) + self._node_entries(ident))
+        return ident
+
+    def rotate(self, node_id: str) -> NodeIdentity:
+        """New generation; the old keys stay accepted until :meth:`retire`."""
+        old = self.identities[node_id]
+        if node_id in self.retiring:
+            self.retire(node_id)
+        new = NodeIdentity.generate(self.trust_domain, node_id, now=time.time(), validity_seconds=self.validity_s,
+                                    generation=old.generation + 1)
+        self.identities[node_id], self.retiring[node_id] = new, old
+        self._publish(self._entries(new) + self._node_entries(new))
+        return new
+
+    def retire(self, node_id: str) -> None:
+        old = self.retiring.pop(node_id, None)
+        if old is not None:
+            self._publish([], [key_key(old.signing.key_id), key_key(old.kem.key_id)])
+
+    def revoke(self, node_id: str, reason: str = "") -> None:
+        idents = [self.identities[node_id]] + ([self.retiring.pop(node_id)] if node_id in self.retiring else [])
+        entries, dels = [], []
+        for ident in idents:
+            for s in self._records(ident):
+                rec = s.record()
+                entries.append((rev_key(rec.key_id), self.root.revoke(rec, at=int(time.time()), reason=reason)
+                                .to_bytes()))
+                dels.append(key_key(rec.key_id))
+        self._publish(entries, dels)
+
+
+CONTROL = CONTROL_TYPES  # re-export for adapters
