@@ -1,20 +1,53 @@
-"""Node health from telemetry, by the spec's threshold table.
+"""Node health from telemetry: an adapter from NodeTelemetry messages to the one
+threshold table, :class:`x0tta6bl4.monitoring.thresholds.Thresholds`.
 
-Adapter between NodeTelemetry messages and the threshold domain in
-``x0tta6bl4.monitoring.thresholds``.
+Boundary semantics are the table's (value < warning healthy; warning <= value
+<= critical warning; value > critical critical). On top of the table: an
+unreachable node is critical; failed authentications (bad signatures) and
+kernel security signals (``security.*`` keys of ``NodeTelemetry.kernel``, from
+the monitor's eBPF collector) make a node at least a warning.
+
+The thresholds in use are process-wide: the defaults of the spec, or what the
+monitor loaded from its settings (:func:`set_thresholds`).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from x0tta6bl4.monitoring.thresholds import Thresholds
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
-# metric -> (warning_from, critical_above); value < warning_from is healthy,
-# warning_from <= value <= critical_above is warning, above is critical.
-SPEC_THRESHOLDS: dict[str, tuple[float, float]] = {
-    "p99_latency_ms": (40.0, 100.0),
-    "loss_pct": (1.0, 5.0),
-    "cpu_pct": (70.0, 90.0),
-    "mem_pct": (80.0, 95.0),
+# NodeTelemetry field -> metric of the threshold table
+FIELD_METRIC: dict[str, str] = {
+    "p99_latency_ms": "latency_p99_ms",
+    "loss_pct": "loss_percent",
+    "cpu_pct": "cpu_percent",
+    "mem_pct": "memory_percent",
 }
+SECURITY_KERNEL_KEYS: tuple[str, ...] = ("security.sensitive_open", "security.privilege_change")
+
+_active: Thresholds = Thresholds()
+
+
+def set_thresholds(th: Thresholds | None) -> None:
+    """Use these thresholds for every classify_node() without an explicit table (None: the spec's)."""
+    global _active
+    _active = th or Thresholds()
+
+
+def active_thresholds() -> Thresholds:
+    return _active
+
+
+def as_field_table(th: Thresholds | None = None) -> dict[str, tuple[float, float]]:
+    """NodeTelemetry field -> (warning_from, critical_above), a view of the threshold table."""
+    th = th or _active
+    return {f: (getattr(th, m).warning, getattr(th, m).critical) for f, m in FIELD_METRIC.items()}
+
+
+# A read-only view of the spec's defaults, by NodeTelemetry field name (kept for
+# callers such as the analyzer's rules); the table itself lives in monitoring.thresholds.
+SPEC_THRESHOLDS: Mapping[str, tuple[float, float]] = as_field_table(Thresholds())
 
 
 def classify_value(value: float, warning_from: float, critical_above: float) -> int:
@@ -25,14 +58,22 @@ def classify_value(value: float, warning_from: float, critical_above: float) -> 
     return common_pb2.HEALTH_HEALTHY
 
 
+def _table(thresholds: Thresholds | Mapping[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]]:
+    if thresholds is None:
+        return as_field_table(_active)
+    if isinstance(thresholds, Thresholds):
+        return as_field_table(thresholds)
+    return dict(thresholds)
+
+
 def classify_node(t: events_pb2.NodeTelemetry,
-                  thresholds: dict[str, tuple[float, float]] = SPEC_THRESHOLDS) -> tuple[int, list[str]]:
-    """Worst health over the metrics, with one reason per metric out of the normal range."""
+                  thresholds: Thresholds | Mapping[str, tuple[float, float]] | None = None) -> tuple[int, list[str]]:
+    """Worst health over the metrics (Health proto enum), with one reason per metric out of range."""
     if not t.reachable:
         return common_pb2.HEALTH_CRITICAL, ["unreachable"]
     worst = common_pb2.HEALTH_HEALTHY
     reasons: list[str] = []
-    for metric, (warn, crit) in thresholds.items():
+    for metric, (warn, crit) in _table(thresholds).items():
         value = getattr(t, metric)
         h = classify_value(value, warn, crit)
         if h != common_pb2.HEALTH_HEALTHY:
@@ -43,4 +84,25 @@ def classify_node(t: events_pb2.NodeTelemetry,
     if t.failed_auth:
         worst = max(worst, common_pb2.HEALTH_WARNING)
         reasons.append(f"failed_auth={t.failed_auth}")
+    for key in SECURITY_KERNEL_KEYS:
+        v = t.kernel.get(key, 0.0)
+        if v > 0:
+            worst = max(worst, common_pb2.HEALTH_WARNING)
+            reasons.append(f"{key}={v:g}")
     return worst, reasons
+
+
+def node_metrics(t: events_pb2.NodeTelemetry):
+    """The table's metrics of one node (for Prometheus), as a NodeMetrics."""
+    from x0tta6bl4.monitoring.thresholds import NodeMetrics
+    return NodeMetrics(**{m: max(0.0, float(getattr(t, f))) for f, m in FIELD_METRIC.items()})
+
+
+def mesh_health(states: Mapping[str, int]) -> tuple[int, list[str]]:
+    """Mesh health = the worst node health; reasons name the nodes at that level."""
+    known = {n: s for n, s in states.items() if s != common_pb2.HEALTH_UNSPECIFIED}
+    worst = max(known.values(), default=common_pb2.HEALTH_HEALTHY)
+    if worst == common_pb2.HEALTH_HEALTHY:
+        return worst, []
+    level = common_pb2.Health.Name(worst).removeprefix("HEALTH_").lower()
+    return worst, [f"{level}: {', '.join(sorted(n for n, s in known.items() if s == worst))}"]

@@ -55,8 +55,10 @@ class MonitorMetrics:
     lost_events: Counter
 
 
-def build_registry() -> MonitorMetrics:
-    r = CollectorRegistry(auto_describe=True)
+def build_registry(registry: CollectorRegistry | None = None) -> MonitorMetrics:
+    """Metrics in ``registry`` (default: a new private one; the monitor service passes
+    prometheus_client's default REGISTRY so its /metrics serves them)."""
+    r = registry if registry is not None else CollectorRegistry(auto_describe=True)
     node_value = {m: Gauge(n, h, ["node"], registry=r) for m, (n, h) in _METRIC_HELP.items()}
     return MonitorMetrics(
         registry=r,

@@ -1,0 +1,260 @@
+"""The monitor service on a real stack: real nats-server, the real monitor process, a real mesh
+host process, real eBPF (as root) or the forced /proc + psutil fallback. No mocks."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+
+import nats
+import pytest
+
+from x0tta6bl4.monitoring import bpf_loader
+from x0tta6bl4.monitoring.feed import INFO_SUBJECT
+from x0tta6bl4.runtime.stack import Stack, repo_root
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+
+def _ebpf_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "eBPF needs root"
+    try:
+        bpf_loader.preflight()
+    except bpf_loader.EbpfUnavailable as exc:
+        return f"eBPF unavailable: {exc}"
+    return None
+
+
+EBPF_SKIP = _ebpf_skip_reason()
+
+# A real mesh host (x0tta6bl4.mesh.host.main) that opens /etc/shadow when it gets SIGUSR1:
+# the "monitored process touching a forbidden file".
+HOST_CODE = textwrap.dedent("""
+    import signal, sys
+    def touch(*_):
+        try:
+            open("/etc/shadow", "rb").close()
+        except OSError:
+            pass
+    signal.signal(signal.SIGUSR1, touch)
+    from x0tta6bl4.mesh.host import main  # x0tta6bl4.mesh.host
+    sys.exit(main())
+""")
+
+
+def start_host(stack: Stack, topology: str = "line:3", as_module: bool = False) -> subprocess.Popen:
+    env = stack.service_env("mesh-host", 0, 0)
+    args = ["--nats", stack.url, "--topology", topology, "--telemetry-interval", "0.25"]
+    cmd = [sys.executable, "-m", "x0tta6bl4.mesh.host", *args] if as_module else [sys.executable, "-c", HOST_CODE, *args]
+    p = subprocess.Popen(cmd, cwd=repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert b'"ready": true' in line, line
+    return p
+
+
+def stop_host(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+
+
+def monitor_port(stack: Stack) -> int:
+    return next(sp.health_port for sp in stack.procs if sp.name == "monitor")
+
+
+async def info(nc) -> dict:
+    return json.loads((await nc.request(INFO_SUBJECT, b"", timeout=2)).data)
+
+
+async def wait_for(pred, timeout: float, step: float = 0.1):
+    end = time.monotonic() + timeout
+    while True:
+        v = await pred()
+        if v or time.monotonic() >= end:
+            return v
+        await asyncio.sleep(step)
+
+
+async def telemetry_of(nc, node: str) -> events_pb2.NodeTelemetry | None:
+    kv = await nc.jetstream().key_value("telemetry")
+    try:
+        return events_pb2.NodeTelemetry.FromString((await kv.get(node)).value)
+    except Exception:  # not there yet
+        return None
+
+
+@pytest.fixture
+def stack_with(tmp_path):
+    made: list[tuple[Stack, list[subprocess.Popen]]] = []
+
+    def make(env: dict[str, str]) -> tuple[Stack, list[subprocess.Popen]]:
+        s = Stack(tmp_path / f"stack{len(made)}", ("monitor",), env=env)
+        hosts: list[subprocess.Popen] = []
+        made.append((s, hosts))
+        s.start()
+        return s, hosts
+
+    yield make
+    for s, hosts in made:
+        for h in hosts:
+            stop_host(h)
+        s.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(EBPF_SKIP is not None, reason=EBPF_SKIP or "")
+async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with) -> None:
+    stack, hosts = stack_with({"X0TTA6BL4_MONITOR_COLLECTOR": "ebpf", "X0TTA6BL4_COLLECT_INTERVAL_S": "0.25",
+                               "X0TTA6BL4_WINDOW_S": "1", "X0TTA6BL4_SECURITY_HOLD_S": "5"})
+    host = start_host(stack)
+    hosts.append(host)
+    nc = await nats.connect(stack.url)
+    try:
+        # which collector runs, with which signals
+        got = await wait_for(lambda: _running(nc, host.pid), 20, 0.25)
+        assert got, await info(nc)
+        assert got["collector"] == "ebpf" and "syscalls" in got["signals"] and "sensitive_open" in got["signals"]
+        assert got["hosts"][str(host.pid)] == ["n0", "n1", "n2"]
+
+        # kernel signals of the host process in the nodes' telemetry and in the windows
+        async def kernel_ok():
+            t = await telemetry_of(nc, "n1")
+            return t if t and t.kernel.get("proc.pid") == host.pid and t.kernel.get("proc.syscalls", 0) > 0 \
+                and t.kernel.get("proc.ctx_switches", 0) > 0 else None
+        t = await wait_for(kernel_ok, 15)
+        assert t, await telemetry_of(nc, "n1")
+        assert t.kernel["proc.nodes"] == 3 and t.kernel["collector.ebpf"] == 1 and "host.rx_packets" in t.kernel
+        assert t.peer_count >= 1  # the agent's own telemetry is merged, not replaced
+
+        windows: asyncio.Queue = asyncio.Queue()
+        await nc.subscribe("mapek.telemetry", cb=queue_cb(windows))
+        w = events_pb2.TelemetryWindow.FromString(await asyncio.wait_for(windows.get(), 5))
+        by_node = {n.node_id: n for n in w.nodes}
+        assert by_node["n0"].kernel["proc.syscalls"] > 0 and by_node["n0"].kernel["proc.pid"] == host.pid
+
+        # a forbidden file open by the monitored process: audit event + health reason, quickly
+        audits: asyncio.Queue = asyncio.Queue()
+        changes: asyncio.Queue = asyncio.Queue()
+        await nc.subscribe("audit.monitor.security.>", cb=queue_cb(audits, stamp=True))
+        await nc.subscribe("mapek.health", cb=queue_cb(changes))
+        t0 = time.monotonic()
+        os.kill(host.pid, signal.SIGUSR1)
+        ts, data = await asyncio.wait_for(audits.get(), 3)
+        ev = events_pb2.AuditEvent.FromString(data)
+        assert ev.event_type == "security.sensitive_open" and ev.subject_id == "n0,n1,n2", ev
+        assert ev.details["path"] == "/etc/shadow" and ev.details["host_pid"] == str(host.pid), ev
+        assert ts - t0 < 1.0, f"forbidden open reached the bus after {ts - t0:.3f} s"
+        seen: dict[str, events_pb2.HealthChange] = {}
+        end = time.monotonic() + 5
+        while not ({"n0", ""} <= seen.keys()) and time.monotonic() < end:
+            hc = events_pb2.HealthChange.FromString(await asyncio.wait_for(changes.get(), end - time.monotonic()))
+            seen.setdefault(hc.node_id, hc)
+        assert seen["n0"].current == common_pb2.HEALTH_WARNING
+        assert any(r.startswith("security.sensitive_open") for r in seen["n0"].reasons), seen["n0"]
+        assert seen[""].current == common_pb2.HEALTH_WARNING  # the mesh's health changed too
+
+        # Prometheus text on the monitor's HTTP port, next to /health and /ready
+        port = monitor_port(stack)
+
+        async def scrape():
+            b = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            return b if 'x0_kernel_events_total{kind="sensitive_open"}' in b else None  # counted at the next collect
+        body = await wait_for(scrape, 3)
+        assert body
+        assert 'x0_node_health{node="n0"} 1.0' in body
+        assert 'x0_node_latency_p99_ms{node="n2"}' in body and "x0_mesh_health 1.0" in body
+        assert 'x0_node_syscalls_total{node="host:%d"}' % host.pid in body
+        assert 'x0_kernel_events_total{kind="sensitive_open"}' in body
+        for path in ("/health", "/ready"):
+            assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).read())
+    finally:
+        await nc.close()
+
+
+def queue_cb(q: asyncio.Queue, stamp: bool = False):
+    async def cb(m) -> None:
+        q.put_nowait((time.monotonic(), m.data) if stamp else m.data)
+    return cb
+
+
+async def _running(nc, pid: int) -> dict | None:
+    try:
+        got = await info(nc)
+    except Exception:  # no responder yet
+        return None
+    return got if got["state"] == "running" and str(pid) in got["hosts"] else None
+
+
+@pytest.mark.timeout(60)
+async def test_forced_fallback_collector(stack_with) -> None:
+    stack, hosts = stack_with({"X0TTA6BL4_MONITOR_COLLECTOR": "proc", "X0TTA6BL4_COLLECT_INTERVAL_S": "0.25"})
+    host = start_host(stack, as_module=True)  # discovered from its command line
+    hosts.append(host)
+    nc = await nats.connect(stack.url)
+    try:
+        got = await wait_for(lambda: _running(nc, host.pid), 20, 0.25)
+        assert got, await info(nc)
+        assert got["collector"] == "proc"
+        assert "syscalls" in got["missing"] and "sensitive_open" in got["missing"]
+        assert "ctx_switches" in got["signals"] and got["reason"]
+
+        async def kernel_ok():
+            t = await telemetry_of(nc, "n0")
+            return t if t and t.kernel.get("proc.pid") == host.pid and t.kernel.get("proc.ctx_switches", 0) > 0 else None
+        t = await wait_for(kernel_ok, 15)
+        assert t, await telemetry_of(nc, "n0")
+        assert "proc.syscalls" not in t.kernel and t.kernel["collector.ebpf"] == 0
+    finally:
+        await nc.close()
+    log = next(sp.log_file for sp in stack.procs if sp.name == "monitor").read_text()
+    lines = [ln for ln in log.splitlines() if "monitor collector=proc" in ln]
+    assert len(lines) == 1 and "missing signals:" in lines[0], lines
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"X0TTA6BL4_THRESHOLDS": '{"cpu_percent": {"warning": 95, "critical": 90}}'},
+     "X0TTA6BL4_THRESHOLDS: cpu_percent.warning (95) must be lower than cpu_percent.critical (90)"),
+    ({"X0TTA6BL4_THRESHOLDS_FILE": "/nonexistent/thresholds.toml"}, "no such file"),
+    ({"X0TTA6BL4_THRESHOLDS": '{"disk": {"warning": 1}}'}, "unknown threshold setting 'disk'"),
+    ({"X0TTA6BL4_MONITOR_COLLECTOR": "bpf"}, "X0TTA6BL4_MONITOR_COLLECTOR='bpf'"),
+])
+def test_bad_monitor_config_exits_2_with_one_line(tmp_path, env: dict[str, str], needle: str) -> None:
+    full = {**os.environ, "X0TTA6BL4_DATA_DIR": str(tmp_path), "X0TTA6BL4_NATS_URL": "nats://127.0.0.1:1",
+            "PYTHONPATH": os.pathsep.join([str(repo_root()), str(repo_root() / "libs")]), **env}
+    r = subprocess.run([sys.executable, "-m", "services.monitor.main"], cwd=repo_root(), env=full,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("monitor: config error:") and needle in lines[0], r.stderr
+
+
+def test_threshold_file_is_used(tmp_path) -> None:
+    from x0tta6bl4.mapek.health import classify_node, set_thresholds
+    from x0tta6bl4.monitoring.feed import load_thresholds
+
+    f = tmp_path / "th.toml"
+    f.write_text("[cpu_percent]\nwarning = 50\ncritical = 60\n")
+    th = load_thresholds(f, '{"cpu_percent": {"critical": 65}}')
+    assert (th.cpu_percent.warning, th.cpu_percent.critical) == (50, 65)
+    try:
+        set_thresholds(th)
+        t = events_pb2.NodeTelemetry(node_id="n", reachable=True, cpu_pct=50)
+        assert classify_node(t)[0] == common_pb2.HEALTH_WARNING
+        t.cpu_pct = 65.01
+        assert classify_node(t) == (common_pb2.HEALTH_CRITICAL, ["cpu_pct=65.01 > 65 (critical)"])
+    finally:
+        set_thresholds(None)
+    assert classify_node(events_pb2.NodeTelemetry(node_id="n", reachable=True, cpu_pct=65.01))[0] \
+        == common_pb2.HEALTH_HEALTHY  # back to the spec's 70/90
