@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# x0tta6bl4: one image for every service, the mesh host (node agents), meshctl and the MCP server.
+#
+#   docker build -t x0tta6bl4:latest .
+#   docker run --rm x0tta6bl4:latest python -m services.monitor.main          # a service
+#   docker run --rm x0tta6bl4:latest python -m x0tta6bl4.mesh.host --nats nats://nats:4222 --health-port 8080
+#   docker run --rm x0tta6bl4:latest meshctl --help
+#
+# Build arg EXTRAS=ml adds PyTorch/GraphSAGE (large); the default image uses the rule-based analyzer.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: a virtualenv with the package and its dependencies ---------------------------------
+FROM ${PYTHON_IMAGE} AS build
+ARG EXTRAS=""
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml ./
+COPY libs ./libs
+COPY proto ./proto
+RUN pip install --upgrade pip \
+ && if [ -n "$EXTRAS" ]; then pip install ".[${EXTRAS}]"; else pip install .; fi \
+ && python -m compileall -q /opt/venv/lib/python3.11/site-packages/x0tta6bl4
+
+# ---- runtime: slim, non-root ----------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="x0tta6bl4" \
+      org.opencontainers.image.description="Self-healing mesh orchestrator: MAPE-K services, node agents, meshctl" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 x0tta6bl4 \
+ && useradd --system --uid 10001 --gid x0tta6bl4 --home-dir /app --no-create-home --shell /usr/sbin/nologin x0tta6bl4 \
+ && mkdir -p /var/lib/x0tta6bl4 /app \
+ && chown -R 10001:10001 /var/lib/x0tta6bl4
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# services/ are run as `python -m services.<name>.main` from /app
+COPY --chown=10001:10001 services ./services
+COPY --chown=10001:10001 proto ./proto
+COPY --chown=10001:10001 skill ./skill
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    X0TTA6BL4_REPO=/app \
+    X0TTA6BL4_DATA_DIR=/var/lib/x0tta6bl4 \
+    X0TTA6BL4_HEALTH_PORT=8080
+VOLUME ["/var/lib/x0tta6bl4"]
+USER 10001:10001
+EXPOSE 8080 50051 50052
+# liveness of whatever runs in the container: every service and the mesh host serve /health on 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os,sys,urllib.request; p=os.environ.get('X0TTA6BL4_HEALTH_PORT') or '8080'; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:'+p+'/health', timeout=2).status == 200 else 1)"]
+CMD ["python", "-m", "services.monitor.main"]

@@ -1,0 +1,192 @@
+"""Reconnect: merge an edge node's CRDT document with the broker-side copy and put the offline
+period's audit events on the audit trail, in causal order.
+
+The broker-side copy is one entry (``doc``) of the JetStream key-value bucket ``edge``; it is
+updated with compare-and-set, so concurrent syncs from several nodes serialise and none is lost.
+Audit events that no one has published yet are *claimed* in the same compare-and-set write, then
+published by the claimer on ``audit.edge.<event>`` (sorted by Lamport time, node, sequence), as a
+hash-chained, ML-DSA-65-signed chain of service ``edge`` whose key is pinned in ``audit_keys``
+(``meshctl audit verify`` checks it like any service's). The original event's node, Lamport time,
+sequence, time and its node-identity signature travel in the event's details.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from x0tta6bl4.audit.chain import AuditChain
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.publisher import Publisher
+
+from .node import EdgeNode
+from .state import AuditEntry, EdgeState
+
+log = logging.getLogger("x0tta6bl4.edge")
+
+BUCKET = "edge"            # broker-side CRDT document (one key: DOC_KEY)
+DOC_KEY = "doc"
+AUDIT_SERVICE = "edge"     # audit.edge.<event>
+
+
+@dataclass
+class SyncReport:
+    node: str
+    merged_bytes: int = 0
+    published: list[str] = field(default_factory=list)   # edge event ids, in publish order
+    attempts: int = 0
+    chain_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "merged_bytes": self.merged_bytes, "published": len(self.published),
+                "published_ids": self.published, "attempts": self.attempts, "chain_id": self.chain_id}
+
+
+async def _bucket(js):
+    from nats.js.api import KeyValueConfig
+    from nats.js.errors import BucketNotFoundError
+    try:
+        return await js.key_value(BUCKET)
+    except BucketNotFoundError:
+        try:
+            return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1,
+                                                            description="edge nodes' merged CRDT document"))
+        except Exception:  # noqa: BLE001 - created concurrently by another node
+            return await js.key_value(BUCKET)
+
+
+async def _cas_merge(kv, local: EdgeState, claim_for: str | None, session: str, report: SyncReport,
+                     done: list[AuditEntry] | None = None) -> list[AuditEntry]:
+    """Merge local <-> broker copy under compare-and-set; optionally claim every unpublished event."""
+    from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+    for attempt in range(1, 51):
+        report.attempts += 1
+        try:
+            entry = await kv.get(DOC_KEY)
+            remote, rev = entry.value or b"", entry.revision
+        except KeyNotFoundError:
+            remote, rev = b"", 0
+        trial = local.copy()
+        trial.merge(remote)
+        claimed: list[AuditEntry] = []
+        if claim_for is not None:
+            claimed = trial.unpublished(claim_for)
+            trial.claim(claimed, claim_for, session)
+        if done:
+            trial.claim(done, claim_for or local.node, session, done=True)
+        data = trial.update()
+        try:
+            if rev:
+                await kv.update(DOC_KEY, data, last=rev)
+            else:
+                await kv.create(DOC_KEY, data)
+        except KeyWrongLastSequenceError:
+            await asyncio.sleep(0.01 * attempt)
+            continue
+        report.merged_bytes += len(remote)
+        local.merge(trial.update(local.state_vector()))
+        return claimed
+    raise RuntimeError("edge sync: the broker-side document kept changing (50 compare-and-set attempts)")
+
+
+def audit_details(e: AuditEntry, publisher: str) -> dict[str, str]:
+    return {**dict(e.details), "edge_event_id": e.event_id, "origin_node": e.node, "lamport": str(e.lamport),
+            "origin_seq": str(e.seq), "origin_ts_ns": str(e.ts_ns), "origin_signature": e.signature,
+            "published_by": publisher}
+
+
+async def sync_with_broker(en: EdgeNode, nc) -> SyncReport:
+    """One reconnect: merge, claim, publish the claimed audit events in causal order, confirm."""
+    js = nc.jetstream()
+    kv = await _bucket(js)
+    report = SyncReport(en.node)
+    session = uuid.uuid4().hex[:12]
+    claimed = await _cas_merge(kv, en.state, en.node, session, report)
+    if claimed:
+        ak = await js.key_value("audit_keys")
+        try:
+            await ak.create(f"{AUDIT_SERVICE}.{en.audit_signer.key_id}", en.audit_signer.public_bytes())
+        except Exception:  # noqa: BLE001 - already pinned
+            pass
+        chain = AuditChain(AUDIT_SERVICE, en.audit_signer, chain_id=f"edge-{en.node}-{session}")
+        report.chain_id = chain.chain_id
+        pub = Publisher(nc, AUDIT_SERVICE, retry_for_s=5.0)
+        for e in sorted(claimed):
+            ev = chain.next(e.event_type, e.subject, audit_details(e, en.node))
+            await pub.publish(subjects.audit(AUDIT_SERVICE, e.event_type), ev)
+            report.published.append(e.event_id)
+        await _cas_merge(kv, en.state, None, session, report, done=claimed)
+    en.save()
+    return report
+
+
+class EdgeAgent:
+    """``meshctl edge serve``: an edge node that keeps working offline and syncs whenever the broker
+    is reachable. Serves /health (always, while the process lives) and /ready (provisioned and its
+    state loaded - an offline node is ready: it is doing its job)."""
+
+    def __init__(self, en: EdgeNode, nats_url: str | None, interval_s: float = 2.0):
+        self.en = en
+        self.nats_url = nats_url
+        self.interval_s = interval_s
+        self.name = f"edge-{en.node}"
+        self.started_at = time.time()
+        self.connected = False
+        self.last_sync: SyncReport | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.en.state is not None
+
+    async def try_sync(self) -> SyncReport | None:
+        import nats
+        if not self.nats_url:
+            return None
+        try:
+            nc = await nats.connect(self.nats_url, connect_timeout=1, allow_reconnect=False,
+                                    max_reconnect_attempts=0, name=self.name)
+        except Exception:  # noqa: BLE001 - no broker: stay offline
+            if self.connected:
+                self.en.set_offline(True)
+                self.en.save()
+            self.connected = False
+            return None
+        try:
+            self.en.set_offline(False)
+            self.connected = True
+            self.last_sync = await sync_with_broker(self.en, nc)
+            return self.last_sync
+        except Exception as e:  # noqa: BLE001 - cut off mid-sync: the next round retries
+            log.warning("edge %s: sync failed: %s", self.en.node, e)
+            self.connected = False
+            self.en.set_offline(True)
+            self.en.save()
+            return None
+        finally:
+            try:
+                await nc.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def run(self, stop: asyncio.Event, health_port: int = 0) -> None:
+        health = None
+        if health_port:
+            from x0tta6bl4.bus.health import HealthServer
+            health = HealthServer(self, health_port)
+            await health.start()
+        try:
+            while not stop.is_set():
+                r = await self.try_sync()
+                if r is not None and r.published:
+                    log.info("edge %s: synced, %d audit events published", self.en.node, len(r.published))
+                try:
+                    await asyncio.wait_for(stop.wait(), self.interval_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.en.save()
+            if health:
+                await health.stop()
