@@ -183,6 +183,22 @@ async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with
         await nc.close()
 
 
+def meshctl(*args: str):
+    import typer
+    from typer.testing import CliRunner
+
+    from x0tta6bl4.cli.monitor import monitor_app
+    app = typer.Typer()
+    app.add_typer(monitor_app, name="monitor")
+    app.command("noop")(lambda: None)
+    return CliRunner().invoke(app, list(args))
+
+
+def test_meshctl_monitor_info_without_a_monitor(nats_server) -> None:
+    out = meshctl("monitor", "info", "--nats", nats_server.url, "--timeout", "0.5")
+    assert out.exit_code == 1 and "no monitor answered on monitor.rpc.Info" in out.output, out.output
+
+
 def queue_cb(q: asyncio.Queue, stamp: bool = False):
     async def cb(m) -> None:
         q.put_nowait((time.monotonic(), m.data) if stamp else m.data)
@@ -216,6 +232,14 @@ async def test_forced_fallback_collector(stack_with) -> None:
         t = await wait_for(kernel_ok, 15)
         assert t, await telemetry_of(nc, "n0")
         assert "proc.syscalls" not in t.kernel and t.kernel["collector.ebpf"] == 0
+
+        # meshctl monitor info asks the running monitor
+        out = await asyncio.to_thread(meshctl, "monitor", "info", "--nats", stack.url)
+        assert out.exit_code == 0, out.output
+        assert "collector proc (running)" in out.output and "proc collector forced" in out.output
+        assert "syscalls" in out.output and "monitored mesh host processes: pid %d" % host.pid in out.output
+        js = await asyncio.to_thread(meshctl, "monitor", "info", "--json", "--nats", stack.url)
+        assert json.loads(js.output)["collector"] == "proc"
     finally:
         await nc.close()
     log = next(sp.log_file for sp in stack.procs if sp.name == "monitor").read_text()
