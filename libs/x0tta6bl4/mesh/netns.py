@@ -12,6 +12,11 @@ of the veth pair, ``loss`` = nftables ``numgen random mod 100 < PCT drop`` on
 the node's input, ``latency`` = agent-level (tc netem is not available) via a
 stdin command, ``heal`` = undo all and restart killed nodes.  Every namespace
 created is deleted on :meth:`NetnsMesh.close` (also registered with atexit).
+
+The node processes talk to the supervisor (this object, in the root namespace)
+over their stdin/stdout JSON lines only; :mod:`x0tta6bl4.mesh.netns_host` uses
+``on_record`` to bridge those lines to NATS, so no process inside a namespace
+needs to reach the broker.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from typing import Callable
 
 from .faults import parse_fault
@@ -56,11 +62,11 @@ def netns_available() -> tuple[bool, str]:
 
 
 class _Node:
-    def __init__(self, name: str, ns: str) -> None:
+    def __init__(self, name: str, ns: str, max_records: int) -> None:
         self.name = name
         self.ns = ns
         self.proc: subprocess.Popen | None = None
-        self.lines: list[dict] = []
+        self.lines: deque[dict] = deque(maxlen=max_records)
         self.lock = threading.Lock()
         self.reader: threading.Thread | None = None
 
@@ -76,7 +82,13 @@ class NetnsMesh:
         miss_count: int = 3,
         telemetry_interval: float = 1.0,
         prefix: str | None = None,
+        on_record: Callable[[str, dict], None] | None = None,
+        log_data: bool = True,
+        max_records: int = 50_000,
     ) -> None:
+        """``on_record(node, record)`` is called (from a reader thread) for every JSON
+        line a node prints; the last ``max_records`` lines per node are kept for
+        :meth:`records`."""
         self.topology = topology
         self.port = port
         self.python = python
@@ -84,7 +96,9 @@ class NetnsMesh:
         self.miss_count = miss_count
         self.telemetry_interval = telemetry_interval
         self.prefix = prefix or f"x6m{uuid.uuid4().hex[:6]}"
-        self.nodes = {n: _Node(n, f"{self.prefix}-{n}") for n in topology.nodes}
+        self.on_record = on_record
+        self.log_data = log_data
+        self.nodes = {n: _Node(n, f"{self.prefix}-{n}", max_records) for n in topology.nodes}
         self.links: dict[frozenset[str], tuple[str, str, str, str, str]] = {}  # -> (ifname, a, ip_a, b, ip_b)
         self.created_ns: list[str] = []
         self.traffic: dict[str, str] = {}
@@ -135,8 +149,8 @@ class NetnsMesh:
             "ip", "netns", "exec", node.ns, self.python, "-u", "-m", "x0tta6bl4.mesh.node",
             "--id", n, "--bind", f"0.0.0.0:{self.port}",
             "--hello-interval", str(self.hello_interval), "--miss-count", str(self.miss_count),
-            "--telemetry-interval", str(self.telemetry_interval), "--log-data",
-        ]  # fmt: skip
+            "--telemetry-interval", str(self.telemetry_interval),
+        ] + (["--log-data"] if self.log_data else [])  # fmt: skip
         for p in self.topology.neighbours(n):
             cmd += ["--peer", f"{p}={self.peer_addr(n, p)}:{self.port}"]
         if n in self.traffic:
@@ -154,9 +168,16 @@ class NetnsMesh:
                 rec = json.loads(line)
             except ValueError:
                 continue
+            if not isinstance(rec, dict):
+                continue
             rec["_rx"] = time.monotonic()
             with node.lock:
                 node.lines.append(rec)
+            if self.on_record is not None:
+                try:
+                    self.on_record(node.name, rec)
+                except Exception:  # noqa: BLE001 - a sink error must not stop the reader
+                    pass
 
     def records(self, n: str, type_: str | None = None, since: float = 0.0) -> list[dict]:
         node = self.nodes[n]
@@ -212,6 +233,37 @@ class NetnsMesh:
         if proc is not None and proc.poll() is None:
             # the Popen child is `ip netns exec`, which execs python: same pid
             os.kill(proc.pid, sig)
+
+    def pause(self, n: str) -> None:
+        self._signal(n, signal.SIGSTOP)
+
+    def resume(self, n: str) -> None:
+        self._signal(n, signal.SIGCONT)
+
+    def revive(self, n: str) -> bool:
+        """Restart a killed node process (fresh protocol state); False if it was alive."""
+        if self.alive(n):
+            return False
+        self.start_node(n)
+        return True
+
+    def heal_node(self, n: str) -> None:
+        """Undo every fault on one node: nftables loss, SIGSTOP, agent impairments,
+        its links, and restart it if it was killed."""
+        node = self.nodes[n]
+        _run("ip", "netns", "exec", node.ns, "nft", "delete", "table", "inet", NFT_TABLE, check=False)
+        self._signal(n, signal.SIGCONT)
+        self.command(n, {"kind": "heal"})
+        for pair in self.links:
+            if n in pair:
+                a, b = tuple(pair)
+                self.set_link(a, b, up=True)
+        self.revive(n)
+
+    def link_up(self, a: str, b: str) -> bool:
+        ifname, na, _, _, _ = self.links[frozenset((a, b))]
+        out = _run("ip", "-n", self.nodes[na].ns, "-o", "link", "show", ifname, check=False).stdout
+        return "state DOWN" not in out and ",UP" in out
 
     def kill(self, n: str) -> None:
         proc = self.nodes[n].proc
