@@ -17,17 +17,26 @@ from typing import Literal
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import Field
-
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Context, Service
-from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
 from x0tta6bl4.mapek import health as health_table
 from x0tta6bl4.mapek import monitor as monitoring
 from x0tta6bl4.mapek.state import MeshView
 from x0tta6bl4.monitoring import prometheus as prom
-from x0tta6bl4.monitoring.feed import INFO_SUBJECT, KernelFeed, SecuritySignal, load_thresholds, parse_host_map
-from x0tta6bl4.monitoring.thresholds import Health, ThresholdConfigError, Thresholds, evaluate_node
+from x0tta6bl4.monitoring.feed import (
+    INFO_SUBJECT,
+    KernelFeed,
+    SecuritySignal,
+    load_thresholds,
+    parse_host_map,
+)
+from x0tta6bl4.monitoring.thresholds import (
+    Health,
+    ThresholdConfigError,
+    Thresholds,
+    evaluate_node,
+)
 from x0tta6bl4.telemetry.tracing import tracer
 from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -31,7 +30,7 @@ async def query_info(url: str, timeout: float) -> dict:
 
 
 @monitor_app.command("info")
-def info(nats: Optional[str] = typer.Option(None, "--nats", help="NATS URL (default: the running stack's)"),
+def info(nats: str | None = typer.Option(None, "--nats", help="NATS URL (default: the running stack's)"),
          data_dir: pathlib.Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="stack data directory"),
          as_json: bool = typer.Option(False, "--json", help="print the monitor's answer as JSON"),
          timeout: float = typer.Option(2.0, "--timeout", min=0.1)) -> None:

@@ -35,7 +35,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .collectors import Collector, CollectorInfo, KernelEvent, Snapshot, select_collector
+from .collectors import (
+    Collector,
+    CollectorInfo,
+    KernelEvent,
+    Snapshot,
+    select_collector,
+)
 from .thresholds import ThresholdConfigError, Thresholds
 
 log = logging.getLogger("x0tta6bl4.monitoring.feed")

@@ -14,7 +14,6 @@ import urllib.request
 
 import nats
 import pytest
-
 from x0tta6bl4.monitoring import bpf_loader
 from x0tta6bl4.monitoring.feed import INFO_SUBJECT
 from x0tta6bl4.runtime.stack import Stack, repo_root
@@ -186,7 +185,6 @@ async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with
 def meshctl(*args: str):
     import typer
     from typer.testing import CliRunner
-
     from x0tta6bl4.cli.monitor import monitor_app
     app = typer.Typer()
     app.add_typer(monitor_app, name="monitor")
@@ -257,7 +255,7 @@ async def test_forced_fallback_collector(stack_with) -> None:
 def test_bad_monitor_config_exits_2_with_one_line(tmp_path, env: dict[str, str], needle: str) -> None:
     full = {**os.environ, "X0TTA6BL4_DATA_DIR": str(tmp_path), "X0TTA6BL4_NATS_URL": "nats://127.0.0.1:1",
             "PYTHONPATH": os.pathsep.join([str(repo_root()), str(repo_root() / "libs")]), **env}
-    r = subprocess.run([sys.executable, "-m", "services.monitor.main"], cwd=repo_root(), env=full,
+    r = subprocess.run([sys.executable, "-m", "services.monitor.main"], check=False, cwd=repo_root(), env=full,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
