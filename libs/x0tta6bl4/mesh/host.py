@@ -8,6 +8,20 @@ security events to ``mesh.event.<node>`` (protobuf, with W3C trace context);
 commands arrive on ``mesh.cmd.<node>`` (core NATS request/reply) and are
 answered with a MeshEvent ``command.ok`` / ``command.failed``. The host is the
 node's supervisor: it still answers for a killed agent (so RESTART can revive it).
+
+Keys (``--keyvault HOST:PORT`` or ``--offline-keys``; without either the agents use
+the structural verifier as before). With keyvault the host pins the root public key
+from ``Info``, loads and then watches the KV bucket ``keys`` into one shared
+:class:`~.security.MeshTrust`, and obtains each node's identity with its private keys
+over gRPC (``IssueIdentity(return_private)``, or ``GetPrivateBundle`` when the node
+already has one). ``RELOAD_KEYS`` fetches the node's current bundle, applies its
+root-signed records, switches the signer (the old generation stays usable for
+handshakes in flight) and answers once the beacon-signing check passed: every hosted
+neighbour has accepted a HELLO signed with the new key (or after
+``reload_verify_timeout``, answering with what was verified). Audit-like MeshEvents on
+``mesh.event.<node>``: ``keys.loaded``, ``keys.reloaded``, ``keys.verified``,
+``keys.retired``, ``keys.revoked``, ``channel.established`` (kinds outside
+``security.*``, so the monitor does not count them as failed authentication).
 """
 from __future__ import annotations
 
@@ -15,6 +29,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -26,7 +41,9 @@ from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
 from x0tta6bl4.bus.connection import connect
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.mesh.core import CoreConfig
+from x0tta6bl4.mesh.routing import Event
 from x0tta6bl4.mesh.runtime import MeshRuntime
+from x0tta6bl4.mesh.security import LocalAuthority, MeshTrust, NodeSecurity
 from x0tta6bl4.mesh.topology import Topology, parse_spec
 from x0tta6bl4.telemetry.tracing import setup_tracing, tracer
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
@@ -61,7 +78,9 @@ class MeshHost:
 
     def __init__(self, nats_url: str, topology: Topology, nodes: Iterable[str] | None = None,
                  config: CoreConfig | None = None, telemetry_interval: float = 0.25, seed: int = 0,
-                 ack_timeout: float = 0.5, latency_window_s: float = 1.0):
+                 ack_timeout: float = 0.5, latency_window_s: float = 1.0, keyvault: str | None = None,
+                 offline_keys: bool = False, security_options: dict[str, Any] | None = None,
+                 max_skew_s: float = 10.0, reload_verify_timeout: float = 2.0):
         self.nats_url = nats_url
         self.topology = topology
         self.latency_window_ns = int(latency_window_s * 1e9)
@@ -76,6 +95,18 @@ class MeshHost:
         self.publisher: Publisher | None = None
         self._subs = []
         self._traffic: list[asyncio.Task] = []
+        self.keyvault_addr = keyvault
+        self.offline_keys = offline_keys
+        self.security_options = dict(security_options or {})
+        self.max_skew_s = max_skew_s
+        self.reload_verify_timeout = reload_verify_timeout
+        self.trust: MeshTrust | None = None
+        self.authority: LocalAuthority | None = None
+        self.security: dict[str, NodeSecurity] = {}
+        self._grpc = None
+        self._stub = None
+        self._watcher = None
+        self._watch_task: asyncio.Task | None = None
 
     @property
     def ready(self) -> bool:
@@ -87,6 +118,8 @@ class MeshHost:
     async def start(self) -> "MeshHost":
         self.nc = await connect(self.nats_url, "mesh-host")
         self.publisher = Publisher(self.nc, "mesh-agent")
+        if self.keyvault_addr or self.offline_keys:
+            await self._setup_keys()
         for n in self.nodes:
             self._subs.append(await self.nc.subscribe(subjects.mesh_cmd(n), cb=self._on_command))
         await self.runtime.start()
@@ -96,6 +129,15 @@ class MeshHost:
         for t in self._traffic:
             t.cancel()
         await self.runtime.stop()
+        if self._watch_task:
+            self._watch_task.cancel()
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        if self._grpc is not None:
+            await self._grpc.close()
         if self.nc:
             await self.nc.close()
 
@@ -110,6 +152,130 @@ class MeshHost:
                         pass
                 await asyncio.sleep(1 / rate)
         self._traffic.append(asyncio.create_task(loop()))
+
+    # ---- keys ---------------------------------------------------------------------
+    async def _setup_keys(self) -> None:
+        opts = self.security_options
+        if self.offline_keys:
+            self.authority = LocalAuthority()
+            idents = {n: self.authority.issue(n) for n in self.nodes}
+            self.trust = self.authority.trust(max_skew_s=self.max_skew_s)
+        else:
+            import grpc
+            from x0tta6bl4.v1 import keyvault_pb2 as kpb
+            from x0tta6bl4.v1 import keyvault_pb2_grpc as kpb_grpc
+            self._grpc = grpc.aio.insecure_channel(self.keyvault_addr)
+            self._stub = kpb_grpc.KeyvaultStub(self._grpc)
+            info = await self._stub.Info(kpb.InfoRequest(), timeout=15)
+            self.trust = MeshTrust.pinned(info.root_public_key, max_skew_s=self.max_skew_s)
+            kv = await self.nc.jetstream().key_value(info.kv_bucket or "keys")
+            self._watcher = await kv.watchall()
+            while (e := await self._watcher.updates(timeout=10)) is not None:   # initial values
+                self.trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
+            self._watch_task = asyncio.create_task(self._watch_keys(), name="mesh-keys-watch")
+            idents = dict(zip(self.nodes, await asyncio.gather(*(self._fetch_identity(n, issue=True)
+                                                                for n in self.nodes))))
+        self.trust.listeners.append(self._on_key_change)
+        for n in self.nodes:
+            sec = NodeSecurity(n, idents[n], self.trust, **opts)
+            self.security[n] = sec
+            self.runtime.agents[n].attach_security(sec)
+            self._key_event(n, "keys.loaded", {"generation": idents[n].generation,
+                                               "sig_key_id": idents[n].signing.key_id,
+                                               "kem_key_id": idents[n].kem.key_id,
+                                               "source": "offline" if self.offline_keys else "keyvault"})
+
+    async def _fetch_identity(self, node: str, issue: bool = False):
+        """The node's current identity from keyvault (gRPC); its root-signed records are applied
+        to the trust at once, so the new key is known here before the KV watch delivers it."""
+        import grpc
+        from x0tta6bl4.pqc import NodeIdentity
+        from x0tta6bl4.keyvault.distribution import key_key, node_key
+        from x0tta6bl4.v1 import keyvault_pb2 as kpb
+        resp = None
+        if issue:
+            try:
+                resp = await self._stub.IssueIdentity(kpb.IssueIdentityRequest(node_id=node, return_private=True),
+                                                      timeout=15)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+        if resp is None:
+            resp = await self._stub.GetPrivateBundle(kpb.GetPrivateBundleRequest(node_id=node), timeout=15)
+        r = resp.record
+        self.trust.apply_many([(key_key(r.sig_key_id), r.signed_sig_record), (key_key(r.kem_key_id),
+                               r.signed_kem_record), (node_key(node, "sig"), r.signed_sig_record),
+                               (node_key(node, "kem"), r.signed_kem_record)])
+        return await asyncio.to_thread(NodeIdentity.import_private, resp.private_bundle)
+
+    async def _watch_keys(self) -> None:
+        while True:
+            try:
+                e = await self._watcher.updates(timeout=60)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - timeouts: keep watching
+                await asyncio.sleep(0)
+                continue
+            if e is not None:
+                self.trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
+
+    def _on_key_change(self, key: str, verified, deleted: bool) -> None:
+        parts = key.split(".")
+        if len(parts) != 2:
+            return
+        kid = parts[1]
+        for n, sec in self.security.items():
+            prev = sec.previous
+            if parts[0] == "key" and deleted and prev is not None and prev.signing.key_id == kid:
+                sec.drop_previous()
+                self._key_event(n, "keys.retired", {"generation": prev.generation, "sig_key_id": kid})
+            elif parts[0] == "rev" and not deleted and kid in (sec.key_id, sec.identity.kem.key_id):
+                self._key_event(n, "keys.revoked", {"key_id": kid})
+
+    def _key_event(self, node: str, kind: str, details: dict) -> None:
+        agent = self.runtime.agents[node]
+        agent._emit_event(Event(kind, "", details))
+
+    def beacon_verified(self, node: str, key_id: str) -> tuple[list[str], list[str]]:
+        """(neighbours that accepted a HELLO of ``node`` signed with ``key_id``, those that did not yet);
+        only running neighbours hosted here are asked."""
+        ok, wait = [], []
+        for p in self.topology.neighbours(node):
+            sec, agent = self.security.get(p), self.runtime.agents.get(p)
+            if sec is None or agent is None or not agent.running or p not in self.nodes:
+                continue
+            (ok if sec.peer_key(node) == key_id else wait).append(p)
+        return ok, wait
+
+    async def reload_keys(self, node: str) -> str:
+        sec = self.security.get(node)
+        if sec is None:
+            return "agent uses the structural verifier: no keys to reload"
+        t0 = time.monotonic()
+        old = sec.identity
+        if self.authority is not None:
+            ident = self.authority.identities[node]
+        else:
+            ident = await self._fetch_identity(node)
+        sec.reload(ident)
+        new_kid = sec.key_id
+        self._key_event(node, "keys.reloaded", {"generation": ident.generation, "sig_key_id": new_kid,
+                                                "previous_generation": old.generation,
+                                                "previous_sig_key_id": old.signing.key_id})
+        agent = self.runtime.agents[node]
+        deadline = t0 + self.reload_verify_timeout
+        ok, wait = self.beacon_verified(node, new_kid)
+        while wait and agent.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            ok, wait = self.beacon_verified(node, new_kid)
+        ms = (time.monotonic() - t0) * 1000
+        verdict = "verified" if not wait else "unverified"
+        self._key_event(node, f"keys.{verdict}", {"generation": ident.generation, "sig_key_id": new_kid,
+                                                  "neighbours_ok": ",".join(ok), "neighbours_waiting": ",".join(wait),
+                                                  "ms": f"{ms:.1f}"})
+        return (f"keys reloaded: generation {ident.generation} sig {new_kid}; beacon {verdict} by "
+                f"{len(ok)}/{len(ok) + len(wait)} neighbours in {ms:.0f} ms")
 
     # ---- agent -> bus ---------------------------------------------------------
     def _loss(self, d: dict) -> float:
@@ -146,7 +312,7 @@ class MeshHost:
 
     async def _on_event(self, rec: dict) -> None:
         if rec["kind"] not in ("neighbour_lost", "route_broken", "route_repaired") and \
-                not rec["kind"].startswith("security"):
+                not rec["kind"].startswith(("security", "keys.", "channel.")):
             return
         with tracer().start_as_current_span(f"agent.{rec['kind']}", attributes={"x0.node": rec["node_id"]}):
             ev = mesh_pb2.MeshEvent(meta=new_meta("mesh-agent"), node_id=rec["node_id"], kind=rec["kind"],
@@ -198,7 +364,7 @@ class MeshHost:
         elif kind == C.KIND_HEAL:
             agent.impair.clear()
         elif kind == C.KIND_RELOAD_KEYS:
-            return "agent uses the structural verifier: no keys to reload"
+            return await self.reload_keys(node)
         else:
             raise ValueError(f"unknown command kind {kind}")
         return "ok"
@@ -207,7 +373,9 @@ class MeshHost:
 async def _main(args: argparse.Namespace) -> int:
     setup_tracing("mesh-agent", args.data_dir, None)
     topo = parse_spec(args.topology, seed=args.seed)
-    host = await MeshHost(args.nats, topo, telemetry_interval=args.telemetry_interval, seed=args.seed).start()
+    host = await MeshHost(args.nats, topo, telemetry_interval=args.telemetry_interval, seed=args.seed,
+                          keyvault=args.keyvault or None, offline_keys=args.offline_keys,
+                          max_skew_s=args.max_skew).start()
     health = None
     if args.health_port:
         from x0tta6bl4.bus.health import HealthServer
@@ -238,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--telemetry-interval", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--keyvault", default=os.environ.get("X0TTA6BL4_KEYVAULT_ADDR", ""),
+                   help="keyvault gRPC HOST:PORT: signed control packets and encrypted DATA channels "
+                        "(env X0TTA6BL4_KEYVAULT_ADDR)")
+    p.add_argument("--offline-keys", action="store_true",
+                   help="locally generated identities under an in-process root (no keyvault)")
+    p.add_argument("--max-skew", type=float, default=10.0, help="accepted control-packet timestamp skew (s)")
     p.add_argument("--health-port", type=int, default=0, help="serve /health and /ready here (8080 in containers)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mesh-host %(levelname)s %(message)s")

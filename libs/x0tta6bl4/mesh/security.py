@@ -222,7 +222,8 @@ class _Init:
 
 
 class _Link:
-    __slots__ = ("send", "recv", "init", "resp", "queue", "next_epoch", "last_req", "hello_key", "done")
+    __slots__ = ("send", "recv", "init", "resp", "queue", "next_epoch", "last_req", "hello_key", "done",
+                 "attempts", "defer_since")
 
     def __init__(self, queue_limit: int) -> None:
         self.send: _Session | None = None
@@ -234,6 +235,8 @@ class _Link:
         self.last_req = -(1 << 62)
         self.hello_key: str | None = None
         self.done: tuple[int, bytes] | None = None  # (epoch, CONFIRM body) of the last completed responder run
+        self.attempts = 0          # handshakes started since the last success (timeout backoff)
+        self.defer_since: int | None = None
 
 
 class NodeSecurity:
@@ -360,6 +363,7 @@ class NodeSecurity:
 
     def _activate(self, peer: str, link: _Link, sess: _Session, now: int) -> None:
         old, link.send = link.send, sess
+        link.attempts = 0
         self._retire(link, old, now)
         self.counters["channels.established"] += 1
         self.emit("channel.established", peer, {"epoch": sess.epoch, "my_key": sess.my_key,
@@ -372,12 +376,25 @@ class NodeSecurity:
         s = link.send
         return s is None or s.my_key != self.key_id or (link.hello_key is not None and s.peer_key != link.hello_key)
 
+    def _timeout(self, link: _Link) -> int:
+        return self.hs_timeout_ns << min(max(link.attempts - 1, 0), 3)
+
     def _maybe_handshake(self, peer: str, link: _Link, now: int, *, force: bool = False) -> None:
         if not (force or self._wanted(link)):
             return
         if self.node_id < peer:
-            if link.init is not None and now - link.init.t < self.hs_timeout_ns:
+            if link.init is not None and now - link.init.t < self._timeout(link):
                 return
+            if link.send is not None and not force and link.init is None:
+                # a rekey while the old session works: if keyvault already lists a newer key for the
+                # peer than the one its HELLOs carry, it is about to reload -- wait (bounded) for it
+                newest = self.trust.peer_keys(peer, None)
+                if newest is not None and newest[0].key_id != link.hello_key:
+                    if link.defer_since is None:
+                        link.defer_since = now
+                    if now - link.defer_since < 4 * self.hs_timeout_ns:
+                        return
+            link.defer_since = None
             self._start(peer, link, now)
         elif link.send is None and now - link.last_req >= self.hs_timeout_ns:
             link.last_req = now
@@ -402,6 +419,7 @@ class NodeSecurity:
             log.warning("%s: cannot start a handshake with %s: %s", self.node_id, peer, e)
             return
         link.init = _Init(epoch, hs, now, self.key_id, sig.key_id)
+        link.attempts += 1
         self.counters["hs.started"] += 1
         self._hs(peer, HS1, epoch, msg)
 
@@ -438,7 +456,7 @@ class NodeSecurity:
             if step == REQUEST:
                 if self.node_id < peer:
                     self._maybe_handshake(peer, link, now, force=link.init is None
-                                          or now - link.init.t >= self.hs_timeout_ns)
+                                          or now - link.init.t >= self._timeout(link))
                 return None
             if step == HS1:
                 resp = HandshakeResponder(self.identity, self._lookup_vk(peer, link), kem_keys=self._find_kem)
@@ -491,7 +509,7 @@ class NodeSecurity:
             for ep in [e for e, s in link.recv.items() if s.expires_ns is not None and now >= s.expires_ns]:
                 del link.recv[ep]
                 self.counters["channels.retired"] += 1
-            if link.init is not None and now - link.init.t >= self.hs_timeout_ns:
+            if link.init is not None and now - link.init.t >= self._timeout(link):
                 self.counters["hs.timeouts"] += 1
                 self._maybe_handshake(peer, link, now, force=True)
             elif link.queue and link.send is None:

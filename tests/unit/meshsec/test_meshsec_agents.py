@@ -1,0 +1,161 @@
+"""Signed control packets and encrypted DATA between real UDP agents (in-process LocalAuthority root)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from x0tta6bl4.mesh.packets import DATA, FLAG_ENC, HELLO, HelloBody, Packet, decode, encode
+from x0tta6bl4.mesh.runtime import MeshRuntime
+from x0tta6bl4.mesh.security import LocalAuthority, NodeSecurity
+from x0tta6bl4.mesh.topology import parse_spec
+from x0tta6bl4.pqc import NodeIdentity
+
+
+async def secure_mesh(spec="line:3", **kw):
+    topo = parse_spec(spec, seed=0)
+    auth = LocalAuthority()
+    ids = {n: auth.issue(n) for n in topo.nodes}
+    trust = auth.trust(**kw)
+    rt = MeshRuntime(topo, ack_timeout=1.0)
+    for n, a in rt.agents.items():
+        a.attach_security(NodeSecurity(n, ids[n], trust))
+    await rt.start()
+    await rt.wait_converged(10)
+    return rt, auth, trust
+
+
+async def until(cond, timeout=5.0):
+    for _ in range(int(timeout / 0.02)):
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def inject(rt, src, dst, pkt_or_bytes):
+    data = pkt_or_bytes if isinstance(pkt_or_bytes, bytes) else encode(pkt_or_bytes)
+    rt.agents[src]._transport.sendto(data, rt.agents[dst].address)
+
+
+def hello(sender, now, **kw):
+    return Packet(HELLO, sender, sender, "", ttl=1, origin_seq=99999, timestamp_ns=now, body=HelloBody(0, ()), **kw)
+
+
+def test_signed_mesh_delivers_encrypted_and_rejects_forgeries():
+    async def go():
+        rt, auth, trust = await secure_mesh()
+        try:
+            n0, n1 = rt.agents["n0"], rt.agents["n1"]
+            for i in range(30):
+                rt.send("n0", "n2", b"payload-%d" % i)
+                await asyncio.sleep(0.005)
+            await until(lambda: n0.counters["acked"] == 30)
+            assert rt.agents["n2"].counters["delivered"] == 30
+            assert n1.counters["forwarded"] >= 30 and n1.counters["rx.decrypted"] >= 60
+            assert n0.counters["tx.encrypted"] >= 30 and n0.counters["dropped.bad_signature"] == 0
+            now = n1.clock()
+            sec1 = n1.security
+            good = sec1.sign(hello("n1", now))
+            # tampered signature
+            bad = bytearray(encode(good))
+            bad[-100] ^= 0x01
+            inject(rt, "n1", "n0", bytes(bad))
+            # unknown key id: a valid ML-DSA signature under a key keyvault never issued
+            rogue = NodeSecurity("n1", NodeIdentity.generate("x0tta6bl4.local", "n1", now=0), trust)
+            inject(rt, "n1", "n0", rogue.sign(hello("n1", now)))
+            # key of another node (n2) on a packet from n1
+            inject(rt, "n1", "n0", rt.agents["n2"].security.sign(hello("n1", now)))
+            # stale timestamp, unsigned
+            inject(rt, "n1", "n0", sec1.sign(hello("n1", now - 60 * 10**9)))
+            inject(rt, "n1", "n0", hello("n1", now))
+            # plaintext DATA and a replayed DATA frame
+            inject(rt, "n1", "n0", Packet(DATA, "n1", "n1", "n0", packet_id=7, timestamp_ns=now, body=b"clear"))
+            frames = []
+            orig = n1._sendto
+            n1._sendto = lambda data, addr: (frames.append((data, addr)), orig(data, addr))[1]
+            rt.send("n2", "n0", b"once", ack=False)
+            await until(lambda: any(decode(d).flags & FLAG_ENC and decode(d).dest == "n0" for d, _ in frames))
+            n1._sendto = orig
+            d, addr = next((d, a) for d, a in frames if decode(d).flags & FLAG_ENC and decode(d).dest == "n0")
+            await until(lambda: n0.counters["delivered"] == 1)
+            inject(rt, "n1", "n0", d)
+            await until(lambda: n0.counters["dropped.replay"] == 1)
+            c = n0.counters
+            assert c["dropped.bad_signature"] == 1
+            assert c["dropped.unknown_key"] == 1
+            assert c["dropped.wrong_signer"] == 1
+            assert c["dropped.stale_timestamp"] == 1
+            assert c["dropped.unsigned"] == 1
+            assert c["dropped.plaintext"] == 1
+            assert c["delivered"] == 1
+            assert c["failed_auth"] == 7
+            kinds = {e["kind"] for e in n0.recent_events}
+            assert {"security.bad_signature", "security.unknown_key", "security.wrong_signer",
+                    "security.stale_timestamp", "security.unsigned", "security.plaintext",
+                    "security.replay"} <= kinds
+            assert n0.telemetry()["failed_auth"] == 7
+            assert n0.core.neighbours.links.keys() == {"n1"}       # the link itself is unaffected
+        finally:
+            await rt.stop()
+    asyncio.run(go())
+
+
+def test_verification_cache_bounds_cost_and_never_caches_tampering():
+    async def go():
+        rt, auth, trust = await secure_mesh("grid:9")
+        try:
+            await asyncio.sleep(1.0)
+            st = trust.stats
+            # every HELLO is verified once for all its receivers
+            assert st["verify.cache_hits"] > st["verify.calls"] * 0.8, st
+            assert st["verify.failed"] == 0
+        finally:
+            await rt.stop()
+    asyncio.run(go())
+
+
+def test_offline_rotation_rekeys_channels_without_loss_and_revocation_isolates():
+    async def go():
+        rt, auth, trust = await secure_mesh("grid:9")
+        try:
+            sent = 0
+            stop = asyncio.Event()
+
+            async def traffic():
+                nonlocal sent
+                while not stop.is_set():
+                    rt.send("n0", "n8", b"t")
+                    sent += 1
+                    await asyncio.sleep(0.005)
+            task = asyncio.create_task(traffic())
+            await until(lambda: rt.agents["n8"].counters["delivered"] > 20)
+            old = {n: a.security.key_id for n, a in rt.agents.items()}
+            for n, a in rt.agents.items():
+                a.security.reload(auth.rotate(n))
+            await until(lambda: all(a.security.peer_key(p) == rt.agents[p].security.key_id
+                                    for n, a in rt.agents.items() for p in rt.topology.neighbours(n)))
+            await until(lambda: all(a.security.session_keys(p) == (a.security.key_id, rt.agents[p].security.key_id)
+                                    for n, a in rt.agents.items() for p in rt.topology.neighbours(n)))
+            for n in rt.agents:
+                auth.retire(n)
+                assert trust.directory.lookup(old[n]) is None
+            await asyncio.sleep(0.3)
+            stop.set()
+            await task
+            await asyncio.sleep(0.5)
+            assert rt.agents["n8"].counters["delivered"] == sent
+            assert rt.agents["n0"].counters["acked"] == sent
+            # revoke the centre: its beacons are rejected and traffic goes around it
+            auth.revoke("n4", "compromised")
+            await until(lambda: all("n4" not in rt.agents[p].core.neighbours.links for p in ("n1", "n3", "n5", "n7")))
+            assert all(rt.agents[p].counters["dropped.revoked_key"] > 0 for p in ("n1", "n3", "n5", "n7"))
+            d0 = rt.agents["n8"].counters["delivered"]
+            for _ in range(20):
+                rt.send("n0", "n8", b"after")
+                await asyncio.sleep(0.01)
+            await until(lambda: rt.agents["n8"].counters["delivered"] >= d0 + 20)
+            assert "n4" not in rt.path("n0", "n8")
+        finally:
+            await rt.stop()
+    asyncio.run(go())
