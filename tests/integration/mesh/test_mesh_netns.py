@@ -70,3 +70,103 @@ def test_netns_ring_kill_relay_reroutes():
         assert lost2 is not None
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(ns in listed for ns in names), "namespaces must be cleaned up"
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI path in namespace mode: meshctl mesh up --netns starts x0tta6bl4.mesh.netns_host, which
+# runs the agents in namespaces and bridges their stdin/stdout to NATS; meshctl fault is a
+# MeshCommand on mesh.cmd.<node> that the bridge applies with kernel tools.
+def _ns_out(ns: str, *cmd: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True).stdout
+
+
+def test_meshctl_netns_kill_reroutes_and_kernel_faults(nats_server, tmp_path):
+    import asyncio
+    import json
+
+    import nats
+    from typer.testing import CliRunner
+
+    from x0tta6bl4.bus.connection import ensure_topology
+    from x0tta6bl4.cli.mesh import cli
+    from x0tta6bl4.v1 import events_pb2, mesh_pb2
+
+    url, data = nats_server.url, str(tmp_path / "var")
+    common = ["--nats", url, "--data-dir", data]
+
+    async def setup():
+        nc = await nats.connect(url)
+        await ensure_topology(nc.jetstream())
+        await nc.close()
+    asyncio.run(setup())
+
+    def meshctl(*args: str) -> str:
+        r = CliRunner().invoke(cli, list(args), env={"COLUMNS": "250", "X0TTA6BL4_NATS_URL": ""})
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+        return r.output
+
+    async def snapshot(seconds=0.8):
+        nc = await nats.connect(url)
+        tel, evs = {}, []
+
+        async def on_tel(m):
+            t = events_pb2.NodeTelemetry.FromString(m.data)
+            tel[t.node_id] = t
+        await nc.subscribe("mesh.telemetry.*", cb=on_tel)
+        await asyncio.sleep(seconds)
+        js = nc.jetstream()
+        try:
+            sub = await js.subscribe("mesh.event.*", ordered_consumer=True)
+            while True:
+                evs.append(mesh_pb2.MeshEvent.FromString((await sub.next_msg(timeout=0.3)).data))
+        except Exception:
+            pass
+        await nc.close()
+        return tel, evs
+
+    def wait(pred, timeout=20.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            tel, evs = asyncio.run(snapshot())
+            if pred(tel, evs):
+                return tel, evs
+        raise AssertionError({n: (list(t.neighbours), dict(t.routes)) for n, t in tel.items()})
+
+    out = meshctl("mesh", "up", "--nodes", "6", "--topology", "ring", "--traffic", "n0:n2", "--rate", "50",
+                  "--netns", "--detach", *common)
+    assert "6 nodes, 6 links (ring6), netns mode" in out
+    state = json.loads((tmp_path / "var" / "mesh.json").read_text())
+    ns = state["namespaces"]
+    try:
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert all(n in listed for n in ns.values())
+        # n0 -> n2 goes n0-n1-n2; the detour is n0-n5-n4-n3-n2
+        tel, _ = wait(lambda t, e: len(t) == 6 and t["n0"].routes.get("n2") == "n1"
+                      and t["n0"].counters.get("acked", 0) > 10)
+        acked = tel["n0"].counters["acked"]
+        status = meshctl("mesh", "status", *common)
+        assert "6 nodes from live mesh.telemetry.*" in status and "netns mesh ring:6" in status
+
+        out = meshctl("fault", "kill", "n1", *common)
+        assert "SIGKILL sent to the node process" in out
+        tel, evs = wait(lambda t, e: "n1" not in t and t["n0"].routes.get("n2") == "n5"
+                        and t["n0"].counters.get("acked", 0) > acked + 20, timeout=10)
+        assert any(e.node_id == "n0" and e.kind == "neighbour_lost" and e.peer == "n1" for e in evs)
+        assert "silent" in meshctl("mesh", "status", *common)
+
+        # kernel faults: nftables random drop, veth link down, SIGSTOP
+        assert "nftables: drop 30%" in meshctl("fault", "loss", "n4", "30", *common)
+        assert "numgen random mod 100 < 30" in _ns_out(ns["n4"], "nft", "list", "ruleset")
+        assert meshctl("fault", "partition", "n2", "n3", *common).count("ip link set down") == 2
+        assert "state DOWN" in _ns_out(ns["n2"], "ip", "-o", "link")  # the veth pair n2-n3, both ends
+        assert "SIGSTOP" in meshctl("fault", "flap", "n5", "--period", "0.2", "--count", "1", *common)
+
+        out = meshctl("fault", "heal", *common)
+        assert "failed" not in out and out.count("HEAL: ok") == 6
+        assert "numgen" not in _ns_out(ns["n4"], "nft", "list", "ruleset")
+        wait(lambda t, e: len(t) == 6 and "n1" in t["n0"].neighbours and "n3" in t["n2"].neighbours)
+    finally:
+        out = meshctl("mesh", "down", "--data-dir", data)
+    assert "mesh stopped: 6 nodes" in out
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(n in listed for n in ns.values()), "namespaces must be cleaned up"

@@ -1,0 +1,123 @@
+"""meshctl mesh up/status/down and meshctl fault ... on a real stack (nats-server + monitor) with a real mesh host."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import nats
+import pytest
+from typer.testing import CliRunner
+
+from x0tta6bl4.cli.mesh import cli
+from x0tta6bl4.v1 import events_pb2
+
+pytestmark = pytest.mark.slow
+ENV = {"COLUMNS": "250", "X0TTA6BL4_NATS_URL": ""}
+
+
+def meshctl(*args: str, ok: bool = True):
+    r = CliRunner().invoke(cli, list(args), env=ENV)
+    out = r.output
+    if ok:
+        assert r.exit_code == 0, out
+    else:
+        assert r.exit_code != 0, out
+    assert "Traceback" not in out
+    return out
+
+
+def live(url: str, seconds: float = 0.8) -> dict[str, events_pb2.NodeTelemetry]:
+    async def go():
+        nc = await nats.connect(url)
+        out: dict[str, events_pb2.NodeTelemetry] = {}
+
+        async def cb(m):
+            t = events_pb2.NodeTelemetry.FromString(m.data)
+            out[t.node_id] = t
+        await nc.subscribe("mesh.telemetry.*", cb=cb)
+        await asyncio.sleep(seconds)
+        await nc.close()
+        return out
+    return asyncio.run(go())
+
+
+def wait_live(url: str, pred, timeout: float = 15.0) -> dict[str, events_pb2.NodeTelemetry]:
+    end = time.monotonic() + timeout
+    tel: dict = {}
+    while time.monotonic() < end:
+        tel = live(url)
+        if pred(tel):
+            return tel
+    raise AssertionError(f"condition not met; last telemetry: { {n: dict(t.routes) for n, t in tel.items()} }")
+
+
+def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
+    stack = stack_factory(services=("monitor",))
+    url, data = stack.url, str(tmp_path / "var")
+    common = ["--nats", url, "--data-dir", data]
+
+    # nothing running yet: one clear line each
+    assert "no mesh telemetry" in meshctl("mesh", "status", "--listen", "0.3", *common, ok=False)
+    assert "no mesh host answers on mesh.cmd.n4" in meshctl("fault", "kill", "n4", *common, ok=False)
+    assert "no mesh is running" in meshctl("mesh", "down", "--data-dir", data)
+    assert "cannot reach NATS" in meshctl("mesh", "up", "--nats", "nats://127.0.0.1:1", "--data-dir", data, ok=False)
+    assert "bad --traffic" in meshctl("mesh", "up", "--traffic", "n0:n99", *common, ok=False)
+
+    out = meshctl("mesh", "up", "--nodes", "9", "--topology", "grid", "--traffic", "n0:n8", "--rate", "50",
+                  "--detach", *common)
+    assert "9 nodes, 12 links (grid3x3), loopback mode" in out
+    state = json.loads((tmp_path / "var" / "mesh.json").read_text())
+    assert state["mode"] == "loopback" and len(state["nodes"]) == 9
+    assert "already running" in meshctl("mesh", "up", *common, ok=False)
+    try:
+        tel = wait_live(url, lambda t: len(t) == 9 and "n8" in t.get("n0", events_pb2.NodeTelemetry()).routes
+                        and t["n0"].counters.get("acked", 0) > 10)
+        # status comes from the monitor's telemetry bucket: every node, neighbours and routes
+        end = time.monotonic() + 10
+        while "from telemetry bucket" not in (out := meshctl("mesh", "status", *common)):
+            assert time.monotonic() < end, out
+            time.sleep(0.5)
+        assert "9 nodes from telemetry bucket" in out and "n1,n3" in out  # n0's neighbours
+        assert "→" in out
+        end = time.monotonic() + 10
+        while "n8          │ n" not in (detail := meshctl("mesh", "status", "--node", "n0", *common)):
+            assert time.monotonic() < end, detail
+            time.sleep(0.5)  # the monitor stores what the agents publish, a moment later
+
+        # kill the relay n0 uses towards n8: traffic is rerouted around it
+        victim = tel["n0"].routes["n8"]
+        assert victim in ("n1", "n3")
+        acked = tel["n0"].counters["acked"]
+        assert "ok — fault kill applied" in meshctl("fault", "kill", victim, *common)
+        tel = wait_live(url, lambda t: victim not in t and t["n0"].routes.get("n8") not in (None, victim)
+                        and t["n0"].counters.get("acked", 0) > acked + 20, timeout=10)
+        assert victim not in tel["n0"].neighbours
+        end = time.monotonic() + 10
+        while "unreachable" not in (out := meshctl("mesh", "status", *common)):
+            assert time.monotonic() < end, out  # the monitor declares the killed node unreachable
+            time.sleep(0.5)
+
+        # the other faults: each is a MeshCommand answered by the host
+        other = "n3" if victim == "n1" else "n1"
+        out = meshctl("fault", "partition", "n4", "n5", *common)
+        assert out.count("fault block applied") == 2
+        assert "fault loss applied" in meshctl("fault", "loss", "n7", "40", *common)
+        assert "fault latency applied" in meshctl("fault", "latency", other, "30", *common)
+        out = meshctl("fault", "flap", "n6", "--period", "0.1", "--count", "2", *common)
+        assert out.count("fault pause applied") == 2 and out.count("fault resume applied") == 2
+        assert "no link" not in meshctl("fault", "flap", "n2", "--peer", "n5", "--period", "0.1", "--count", "1",
+                                        *common)
+        meshctl("fault", "loss", "n7", "140", *common, ok=False)  # out of range: rejected by the CLI
+        tel = wait_live(url, lambda t: "n5" not in t.get("n4", events_pb2.NodeTelemetry(neighbours=["n5"])).neighbours)
+
+        out = meshctl("fault", "heal", *common)
+        assert out.count("HEAL: ok") == 9 and "failed" not in out
+        wait_live(url, lambda t: len(t) == 9 and "n5" in t["n4"].neighbours and victim in t["n0"].neighbours)
+    finally:
+        out = meshctl("mesh", "down", "--data-dir", data)
+    assert "mesh stopped: 9 nodes" in out
+    assert not (tmp_path / "var" / "mesh.json").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(state["pid"], 0)
