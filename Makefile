@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup proto demo up up-detached down test bench bench-mttr lint clean help
+.PHONY: setup ebpf-setup proto demo up up-detached down test bench bench-mttr lint clean help
 
 help:
 	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
@@ -21,18 +21,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0"
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,ml]"
-	-bash ebpf/setup.sh
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Debian's bcc, kernel headers, tracefs, nftables (idempotent, quick when done; never fails the build)
+ebpf-setup:
+	-bash ebpf/setup.sh
+
+setup: $(STAMP) ebpf-setup
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
 
-demo: $(STAMP)
+demo: $(STAMP) ebpf-setup
 	$(BIN)/meshctl demo
 
-up: $(STAMP)
+up: $(STAMP) ebpf-setup
 	$(BIN)/meshctl up
 
 up-detached: $(STAMP)
@@ -41,13 +44,13 @@ up-detached: $(STAMP)
 down: $(STAMP)
 	$(BIN)/meshctl down
 
-test: $(STAMP)
+test: $(STAMP) ebpf-setup
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) ebpf-setup
 	$(BIN)/python bench/run.py
 
-bench-mttr: $(STAMP)
+bench-mttr: $(STAMP) ebpf-setup
 	$(BIN)/python bench/bench_mttr.py
 
 clean:

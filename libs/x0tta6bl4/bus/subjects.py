@@ -24,6 +24,7 @@ DEAD_LETTER = "dlq.{consumer}"           # DeadLetter: poison messages, parked
 GOV_EVENTS = "gov.events.{kind}"         # governance event-sourced state
 KEYVAULT_RPC = "keyvault.rpc.{method}"   # keyvault's gRPC methods over NATS request/reply (queue group)
 GOVERNANCE_RPC = "governance.rpc.{method}"
+MONITOR_RPC = "monitor.rpc.{method}"     # monitor info over core NATS request/reply
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 

@@ -11,6 +11,7 @@
     meshctl bus                     streams, subjects, consumers
     meshctl gov ...                 the DAO: proposals, signed quadratic votes, voters
     meshctl keys ...                keyvault: PQC identities, rotation, revocation, attestation
+    meshctl monitor info            which collector (eBPF or /proc) runs and which signals it has
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import typer
 
 from x0tta6bl4.cli import gov, observe, ops, stackcmd
 from x0tta6bl4.cli.keys import keys_app
+from x0tta6bl4.cli.monitor import monitor_app
 
 app = typer.Typer(help="x0tta6bl4 self-healing mesh orchestrator", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -30,6 +32,7 @@ app.add_typer(observe.cycle_app, name="cycle")
 app.add_typer(observe.dlq_app, name="dlq")
 app.add_typer(gov.gov_app, name="gov")
 app.add_typer(keys_app, name="keys")
+app.add_typer(monitor_app, name="monitor")
 app.command()(stackcmd.up)
 app.command()(stackcmd.down)
 app.command()(stackcmd.demo)
