@@ -195,7 +195,9 @@ def build(settings: MonitorSettings) -> Service:
             return pub
         return lambda subject, msg: app.publisher.publish(subject, msg)
 
-    @app.subscriber("monitor-telemetry", events_pb2.NodeTelemetry, concurrency=4)
+    # Telemetry is state, not a command: handling a redelivered report again is harmless (the newest
+    # report wins), so it skips the per-event idempotency record and runs wide.
+    @app.subscriber("monitor-telemetry", events_pb2.NodeTelemetry, concurrency=8, idempotent_skip=False)
     async def on_telemetry(t: events_pb2.NodeTelemetry, ctx: Context) -> None:
         if t.meta.ts_unix_ns < seen_ns.get(t.node_id, 0):
             return  # older than what we have (out of order); keep the newest
