@@ -50,6 +50,11 @@ def build(settings: AnalyzerSettings) -> Service:
     hybrid = HybridAnalyzer()
     why = ""
     detector = load_detector(settings.weights_path or None) if settings.use_model else None
+    if detector is not None and detector.name == "graphsage":
+        import torch
+        # one intra-op thread: a 1,000-node window is ~20 ms on one core, while two spinning
+        # OpenMP threads on a busy 2-core host take seconds (measured)
+        torch.set_num_threads(1)
     if detector is None or detector.name != "graphsage":
         why = "disabled by configuration" if detector is None else "model could not load"
         detector = None
