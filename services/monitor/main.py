@@ -13,6 +13,7 @@ import logging
 import pathlib
 import sys
 import time
+import uuid
 from typing import Literal
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -288,6 +289,16 @@ def build(settings: MonitorSettings) -> Service:
                     "thresholds": thresholds.as_dict(), "nodes": len(view.nodes)}
             await app.nc.publish(msg.reply, json.dumps(body).encode())
         await app.nc.subscribe(INFO_SUBJECT, cb=answer)
+
+        async def run_cycle(msg) -> None:
+            """`meshctl cycle run`: start a MAPE-K cycle now over the latest telemetry of every node."""
+            with tracer().start_as_current_span("monitor.cycle_request"):
+                w = monitoring.window(view, f"operator:{uuid.uuid4().hex}", reasons=["operator request"],
+                                      first_symptom_ns=time.time_ns())
+                await app.publisher.publish(subjects.MAPEK_TELEMETRY, w, event_id=w.meta.event_id)
+                await app.audit("cycle.requested", w.meta.cycle_id, {"nodes": len(w.nodes)}, cycle_id=w.meta.cycle_id)
+            await app.nc.publish(msg.reply, json.dumps({"cycle_id": w.meta.cycle_id, "nodes": len(w.nodes)}).encode())
+        await app.nc.subscribe(subjects.MONITOR_RPC.format(method="Cycle"), queue="monitor", cb=run_cycle)
 
     @app.on_shutdown
     async def close_collector() -> None:

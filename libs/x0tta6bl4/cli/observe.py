@@ -161,7 +161,8 @@ def summarize(events: list) -> str:
 
 
 @cycle_app.command("list")
-def cycle_list(last: int = typer.Option(20), nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def cycle_list(last: int = typer.Option(20), all_: bool = typer.Option(False, "--all", help="also cycles that found nothing"),
+               nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Past cycles with their trace ids and outcome."""
     async def go():
         nc = await connect(nats_url(nats, data_dir))
@@ -170,7 +171,8 @@ def cycle_list(last: int = typer.Option(20), nats: Optional[str] = NatsOpt, data
         return c
     cycles = run(go())
     table = Table("started", "cycle", "trace", "stages", "summary")
-    for cid, evs in sorted(cycles.items(), key=lambda kv: kv[1][0][1].meta.ts_unix_ns)[-last:]:
+    shown = [(c, e) for c, e in cycles.items() if all_ or len(e) > 1]
+    for cid, evs in sorted(shown, key=lambda kv: kv[1][0][1].meta.ts_unix_ns)[-last:]:
         t = time.strftime("%H:%M:%S", time.localtime(evs[0][1].meta.ts_unix_ns / 1e9))
         stages = "/".join(dict(STAGES).get(m.subject, "?") for m, _ in evs)
         table.add_row(t, cid, trace_id_of(evs[0][0]), stages, summarize(evs))
@@ -221,6 +223,41 @@ def cycle_show(cycle_id: str, nats: Optional[str] = NatsOpt, data_dir: pathlib.P
     spans = spans_for(load_spans(data_dir), matches[0])
     if spans:
         console.print(trace_tree(spans, "spans"))
+
+
+@cycle_app.command("run")
+def cycle_run(wait_s: float = typer.Option(15.0, "--wait", help="how long to follow the cycle"),
+              nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """Run a MAPE-K cycle now over the latest telemetry and show what it did."""
+    import asyncio
+    import json
+
+    async def go():
+        nc = await connect(nats_url(nats, data_dir))
+        try:
+            reply = await nc.request(subjects.MONITOR_RPC.format(method="Cycle"), b"", timeout=5)
+        except Exception:
+            await nc.close()
+            fail("no monitor answered on monitor.rpc.Cycle: is the stack up? (make up)")
+        cycle_id = json.loads(reply.data)["cycle_id"]
+        console.print(f"cycle [bold]{cycle_id}[/] started over {json.loads(reply.data)['nodes']} nodes")
+        deadline = time.monotonic() + wait_s
+        evs = []
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            evs = (await load_cycles(nc.jetstream())).get(cycle_id, [])
+            subjects_seen = {m.subject for m, _ in evs}
+            if subjects.MAPEK_VERIFIED in subjects_seen:
+                break
+            if len(evs) == 1 and time.monotonic() > deadline - wait_s + 3:
+                break  # analyzed, nothing found
+        await nc.close()
+        return cycle_id, evs
+    cycle_id, evs = run(go())
+    if evs:
+        console.print(timeline_table(evs))
+    if len(evs) <= 1:
+        console.print("no anomaly: nothing to plan")
 
 
 @dlq_app.command("list")
