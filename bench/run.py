@@ -17,6 +17,7 @@ BENCHES = {
     "keyvault": ["bench_keyvault.py", "--rounds", "1"],
     "governance": ["bench_governance.py", "--votes", "1500"],
     "mesh": ["bench_mesh.py", "--quick"],
+    "meshsec": ["bench_meshsec.py", "--quick"],
     "monitor": ["bench_monitor.py", "--duration", "4"],
     "analysis": ["bench_analysis.py", "--quick"],
 }
