@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -155,7 +154,7 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
        netns: bool = typer.Option(False, "--netns", help="each node in its own network namespace (root)"),
        detach: bool = typer.Option(False, "--detach", "-d", help="run in the background (stop with meshctl mesh down)"),
        timeout_s: float = typer.Option(120.0, "--timeout", help="give up if the host is not ready by then"),
-       nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+       nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Start a mesh of real node agents connected to the running stack."""
     from x0tta6bl4.mesh.topology import parse_spec
     data_dir = data_dir.resolve()
@@ -292,17 +291,17 @@ def _routes_cell(t: events_pb2.NodeTelemetry, wide: bool) -> str:
     by_hop: dict[str, list[str]] = defaultdict(list)
     for dest, hop in t.routes.items():
         by_hop[hop].append(dest)
-    key = lambda n: (len(n), n)  # noqa: E731 - n2 before n10
+    key = lambda n: (len(n), n)
     parts = [f"{','.join(sorted(ds, key=key))}→{hop}" for hop, ds in sorted(by_hop.items(), key=lambda kv: key(kv[0]))]
     cell = "; ".join(parts) or "-"
     return cell if wide or len(cell) <= 48 else cell[:47] + "…"
 
 
 @mesh_app.command("status")
-def status(node: Optional[str] = typer.Option(None, "--node", help="one node in detail: links and full route table"),
+def status(node: str | None = typer.Option(None, "--node", help="one node in detail: links and full route table"),
            wide: bool = typer.Option(False, "--wide", "-w", help="do not shorten the route column"),
            listen_s: float = typer.Option(1.5, "--listen", help="without a monitor: listen this long for telemetry"),
-           nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+           nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Nodes, neighbours, routes (dest→next hop), avoided nodes and health of the running mesh."""
     from x0tta6bl4.mapek.health import classify_node
     state = running_mesh(data_dir)
@@ -379,7 +378,7 @@ async def send_command(nc, node: str, kind: int, params: dict | None = None, pee
         reply = await nc.request(subject, cmd.SerializeToString(), timeout=timeout_s)
     except nats.errors.NoRespondersError:
         return False, f"no mesh host answers on {subject}: is a mesh up with node {node}? (meshctl mesh status)"
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         return False, f"no reply on {subject} within {timeout_s:g} s"
     ev = mesh_pb2.MeshEvent.FromString(reply.data)
     return ev.kind == "command.ok", ev.details.get("detail", ev.kind)
@@ -407,19 +406,19 @@ async def _commands(url: str, steps: list[tuple[str, int, dict | None]]) -> bool
     return ok_all
 
 
-def _send(steps: list[tuple[str, int, dict | None]], nats: Optional[str], data_dir: pathlib.Path) -> None:
+def _send(steps: list[tuple[str, int, dict | None]], nats: str | None, data_dir: pathlib.Path) -> None:
     if not run(_commands(nats_url(nats, data_dir), steps)):
         raise typer.Exit(1)
 
 
 @fault_app.command("kill")
-def fault_kill(node: str, nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def fault_kill(node: str, nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Crash NODE (loopback: socket closed, state lost; netns: SIGKILL of its process)."""
     _send([(node, C.KIND_FAULT, {"type": "kill"})], nats, data_dir)
 
 
 @fault_app.command("partition")
-def fault_partition(a: str, b: str, nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def fault_partition(a: str, b: str, nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Cut the link A-B: each blocks the other (netns: ip link set down of their veth pair)."""
     _send([(a, C.KIND_FAULT, {"type": "block", "peer": b}), (b, C.KIND_FAULT, {"type": "block", "peer": a})],
           nats, data_dir)
@@ -427,24 +426,24 @@ def fault_partition(a: str, b: str, nats: Optional[str] = NatsOpt, data_dir: pat
 
 @fault_app.command("loss")
 def fault_loss(node: str, pct: float = typer.Argument(..., min=0, max=100, help="percent of received datagrams dropped"),
-               nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+               nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """NODE drops PCT % of what it receives (netns: nftables numgen random drop; 0 removes it)."""
     _send([(node, C.KIND_FAULT, {"type": "loss", "pct": f"{pct:g}"})], nats, data_dir)
 
 
 @fault_app.command("latency")
 def fault_latency(node: str, ms: float = typer.Argument(..., min=0, help="added delay per sent datagram, ms"),
-                  nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+                  nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """NODE delays everything it sends by MS ms (agent level in both modes: tc netem is unavailable)."""
     _send([(node, C.KIND_FAULT, {"type": "latency", "ms": f"{ms:g}"})], nats, data_dir)
 
 
 @fault_app.command("flap")
 def fault_flap(node: str,
-               peer: Optional[str] = typer.Option(None, "--peer", help="flap only the link NODE-PEER"),
+               peer: str | None = typer.Option(None, "--peer", help="flap only the link NODE-PEER"),
                period: float = typer.Option(1.0, "--period", min=0.05, max=600, help="seconds down, then up"),
                count: int = typer.Option(3, "--count", min=1, max=1000, help="down/up cycles"),
-               nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+               nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Take NODE (or only its link to --peer) down for PERIOD s, up for PERIOD s, COUNT times.
 
     Without --peer the node is paused/resumed (netns: SIGSTOP/SIGCONT), so every
@@ -482,8 +481,8 @@ def fault_flap(node: str,
 
 
 @fault_app.command("heal")
-def fault_heal(node: Optional[str] = typer.Argument(None, help="one node (default: every node of the mesh)"),
-               nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def fault_heal(node: str | None = typer.Argument(None, help="one node (default: every node of the mesh)"),
+               nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Undo every fault on NODE (or on all nodes) and revive it if it was killed."""
     url = nats_url(nats, data_dir)
     if node:

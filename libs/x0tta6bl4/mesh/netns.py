@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from .faults import parse_fault
 from .topology import Topology
@@ -106,7 +106,7 @@ class NetnsMesh:
         atexit.register(self.close)
 
     # ------------------------------------------------------------------ build
-    def build(self) -> "NetnsMesh":
+    def build(self) -> NetnsMesh:
         try:
             for node in self.nodes.values():
                 _run("ip", "netns", "add", node.ns)
@@ -135,7 +135,7 @@ class NetnsMesh:
         return ip_b if peer == b else ip_a
 
     # ------------------------------------------------------------------ processes
-    def start(self, traffic: dict[str, str] | None = None, rate: float = 20.0) -> "NetnsMesh":
+    def start(self, traffic: dict[str, str] | None = None, rate: float = 20.0) -> NetnsMesh:
         """Start every node; ``traffic`` maps source -> destination of a DATA flow."""
         self.traffic = dict(traffic or {})
         self.rate = rate
@@ -344,7 +344,7 @@ class NetnsMesh:
         except Exception:
             pass
 
-    def __enter__(self) -> "NetnsMesh":
+    def __enter__(self) -> NetnsMesh:
         return self.build()
 
     def __exit__(self, *exc) -> None:

@@ -90,7 +90,7 @@ class NetnsHost:
         self.dropped = 0
 
     # ---- lifecycle ------------------------------------------------------------
-    async def start(self) -> "NetnsHost":
+    async def start(self) -> NetnsHost:
         self._loop = asyncio.get_running_loop()
         self.nc = await connect(self.nats_url, "mesh-netns-host")
         self.publisher = Publisher(self.nc, "mesh-agent", retry_for_s=5.0)

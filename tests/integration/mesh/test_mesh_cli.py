@@ -9,7 +9,6 @@ import time
 import nats
 import pytest
 from typer.testing import CliRunner
-
 from x0tta6bl4.cli.mesh import cli
 from x0tta6bl4.v1 import events_pb2
 

@@ -6,7 +6,6 @@ import subprocess
 import time
 
 import pytest
-
 from x0tta6bl4.mesh.netns import NetnsMesh, netns_available
 from x0tta6bl4.mesh.topology import ring
 
@@ -86,7 +85,6 @@ def test_meshctl_netns_kill_reroutes_and_kernel_faults(nats_server, tmp_path):
 
     import nats
     from typer.testing import CliRunner
-
     from x0tta6bl4.bus.connection import ensure_topology
     from x0tta6bl4.cli.mesh import cli
     from x0tta6bl4.v1 import events_pb2, mesh_pb2
