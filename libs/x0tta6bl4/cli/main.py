@@ -2,6 +2,8 @@
 
     meshctl demo                    run the whole orchestrator on an embedded stack and heal one fault
     meshctl up [--detach] / down    start / stop the embedded stack
+    meshctl mesh up|status|down     a mesh of node agents (loopback or --netns) on the running stack
+    meshctl fault kill|partition|loss|latency|flap|heal   inject faults
     meshctl status                  mesh status: health of every node by the spec's thresholds
     meshctl simulate failure NODE   the digital twin's answer on the live topology
     meshctl trace CYCLE             one cycle as a tree of spans
@@ -19,6 +21,7 @@ import typer
 
 from x0tta6bl4.cli import gov, observe, ops, stackcmd
 from x0tta6bl4.cli.keys import keys_app
+from x0tta6bl4.cli.mesh import fault_app, mesh_app
 from x0tta6bl4.cli.monitor import monitor_app
 
 app = typer.Typer(help="x0tta6bl4 self-healing mesh orchestrator", no_args_is_help=True,
@@ -33,6 +36,8 @@ app.add_typer(observe.dlq_app, name="dlq")
 app.add_typer(gov.gov_app, name="gov")
 app.add_typer(keys_app, name="keys")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(mesh_app, name="mesh")
+app.add_typer(fault_app, name="fault")
 app.command()(stackcmd.up)
 app.command()(stackcmd.down)
 app.command()(stackcmd.demo)

@@ -363,6 +363,9 @@ class MeshHost:
             return f"fault {t} applied"
         elif kind == C.KIND_HEAL:
             agent.impair.clear()
+            if agent.killed:
+                await agent.revive()
+                return "impairments cleared, agent revived"
         elif kind == C.KIND_RELOAD_KEYS:
             return await self.reload_keys(node)
         else:
