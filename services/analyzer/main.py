@@ -24,7 +24,6 @@ import sys
 import time
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
-
 from x0tta6bl4.analysis import load_detector
 from x0tta6bl4.analysis.live import LIVE_STEPS, History, to_window
 from x0tta6bl4.bus import subjects
@@ -73,7 +72,7 @@ def build(settings: AnalyzerSettings) -> Service:
     async def follow_windows() -> None:
         """Keep the history equal to the stream's recent windows (JetStream is the source of truth)."""
         js = app.nc.jetstream()
-        start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=settings.history_horizon_s)
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.history_horizon_s)
         sub = await js.subscribe(subjects.MAPEK_TELEMETRY, ordered_consumer=True,
                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
                                                        opt_start_time=start))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,7 +17,7 @@ model_app = typer.Typer(help="the analyzer's learned detector: train, eval, info
 
 @model_app.command()
 def train(seed: int = typer.Option(0, help="seed of the generated topologies, faults and training"),
-          out: Optional[Path] = typer.Option(None, help="output directory (default: the shipped weights dir)"),
+          out: Path | None = typer.Option(None, help="output directory (default: the shipped weights dir)"),
           json_out: bool = typer.Option(False, "--json", help="print the full JSON report")) -> None:
     """Generate labelled data from the twin, train, calibrate, evaluate, write weights + report."""
     from x0tta6bl4.analysis.evaluate import format_table
@@ -39,7 +38,7 @@ def train(seed: int = typer.Option(0, help="seed of the generated topologies, fa
 def eval_(seed: int = typer.Option(0, help="held-out split seed (topologies and seeds never used in training)"),
           scenarios: int = typer.Option(120, help="held-out scenarios (6 windows each)"),
           no_tree: bool = typer.Option(False, "--no-tree", help="skip fitting the tree baseline"),
-          weights: Optional[Path] = typer.Option(None, help="weights file (default: shipped)"),
+          weights: Path | None = typer.Option(None, help="weights file (default: shipped)"),
           json_out: bool = typer.Option(False, "--json", help="print the full JSON report")) -> None:
     """Precision, recall, F1, FPR, ROC-AUC, root-cause top-1, detection delay, inference time on
     held-out scenarios, for GraphSAGE, the tree baseline and the spec's rules."""
@@ -51,7 +50,7 @@ def eval_(seed: int = typer.Option(0, help="held-out split seed (topologies and 
 
 
 @model_app.command()
-def info(weights: Optional[Path] = typer.Option(None, help="weights file (default: shipped)"),
+def info(weights: Path | None = typer.Option(None, help="weights file (default: shipped)"),
          json_out: bool = typer.Option(False, "--json")) -> None:
     """Which detector the analyzer would use, its size, training config and measured figures."""
     from x0tta6bl4.analysis import WEIGHTS_PATH, load_detector

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 CALIBRATION_PATH = Path(__file__).with_name("mttr_calibration.json")
 _PARAMS = ("hello_interval_s", "miss_count", "detect_per_hop_s", "repair_base_s", "repair_per_hop_s")
 
@@ -63,7 +62,7 @@ class MttrModel:
     @classmethod
     def calibrate(
         cls, measurements: Iterable[Mapping[str, float]], miss_count: int = 3
-    ) -> "MttrModel":
+    ) -> MttrModel:
         """Least-squares fit from samples ``{"hops", "detect_s", "repair_s"}``.
 
         ``miss_count`` is the data plane's configured dead-interval multiplier;
@@ -107,14 +106,14 @@ class MttrModel:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "MttrModel":
+    def from_dict(cls, d: Mapping) -> MttrModel:
         m = cls(**{k: (int(d[k]) if k == "miss_count" else float(d[k])) for k in _PARAMS},
                 calibrated=bool(d.get("calibrated", False)))
         object.__setattr__(m, "fit_rmse_s", {k: float(v) for k, v in (d.get("fit_rmse_s") or {}).items()})
         return m
 
     @classmethod
-    def default(cls) -> "MttrModel":
+    def default(cls) -> MttrModel:
         """The shipped calibration (measured data plane), else the placeholder parameters."""
         return _load_default(str(CALIBRATION_PATH))
 

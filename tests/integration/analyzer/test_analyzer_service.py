@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import nats
-import pytest
-
+from testkit import wait_for
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.runtime.stack import repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
-
-from testkit import wait_for
 
 GRID = {f"n{i}": [f"n{j}" for j in range(9) if abs(i // 3 - j // 3) + abs(i % 3 - j % 3) == 1] for i in range(9)}
 
