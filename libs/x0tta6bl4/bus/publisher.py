@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 import time
 import uuid
 
@@ -70,6 +71,16 @@ class Publisher:
         if "meta" in msg.DESCRIPTOR.fields_by_name and msg.meta.cycle_id:
             headers[CYCLE] = msg.meta.cycle_id
         return headers
+
+    async def emit(self, subject: str, msg: Message) -> None:
+        """Fire-and-forget publish for periodic state (telemetry), where the next report supersedes a
+        lost one: no PubAck round trip, no span; a fresh sampled W3C trace context so a cycle that this
+        report starts is still one trace from here on."""
+        self.prepare(msg)
+        data = encode(msg)
+        headers = {MSG_ID: msg.meta.event_id, TYPE: msg.DESCRIPTOR.full_name,
+                   "traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
+        await self.nc.publish(subject, data, headers=headers)
 
     async def publish(self, subject: str, msg: Message, *, cycle_id: str | None = None,
                       event_id: str | None = None) -> PubAck:

@@ -14,6 +14,7 @@
     meshctl gov ...                 the DAO: proposals, signed quadratic votes, voters
     meshctl keys ...                keyvault: PQC identities, rotation, revocation, attestation
     meshctl monitor info            which collector (eBPF or /proc) runs and which signals it has
+    meshctl model train|eval|info   the analyzer's learned detector (GraphSAGE)
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import typer
 from x0tta6bl4.cli import gov, observe, ops, stackcmd
 from x0tta6bl4.cli.keys import keys_app
 from x0tta6bl4.cli.mesh import fault_app, mesh_app
+from x0tta6bl4.cli.model import model_app
 from x0tta6bl4.cli.monitor import monitor_app
 
 app = typer.Typer(help="x0tta6bl4 self-healing mesh orchestrator", no_args_is_help=True,
@@ -36,6 +38,7 @@ app.add_typer(observe.dlq_app, name="dlq")
 app.add_typer(gov.gov_app, name="gov")
 app.add_typer(keys_app, name="keys")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(model_app, name="model")
 app.add_typer(mesh_app, name="mesh")
 app.add_typer(fault_app, name="fault")
 app.command()(stackcmd.up)

@@ -303,12 +303,11 @@ class MeshHost:
         return samples[min(len(samples) - 1, int(0.99 * len(samples)))] / 1e6
 
     async def _on_telemetry(self, d: dict) -> None:
-        with tracer().start_as_current_span("agent.telemetry", attributes={"x0.node": d["node_id"]}):
-            try:
-                t = to_proto(d, len(self.runtime.agents), self._loss(d), self._p99_ms(d["node_id"]))
-                await self.publisher.publish(subjects.telemetry(t.node_id), t)
-            except (InvalidMessage, KeyError, TypeError, ValueError) as e:
-                log.warning("telemetry of %s not sent: %s", d.get("node_id"), e)
+        try:
+            t = to_proto(d, len(self.runtime.agents), self._loss(d), self._p99_ms(d["node_id"]))
+            await self.publisher.emit(subjects.telemetry(t.node_id), t)
+        except (InvalidMessage, KeyError, TypeError, ValueError) as e:
+            log.warning("telemetry of %s not sent: %s", d.get("node_id"), e)
 
     async def _on_event(self, rec: dict) -> None:
         if rec["kind"] not in ("neighbour_lost", "route_broken", "route_repaired") and \
