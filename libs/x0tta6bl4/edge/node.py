@@ -193,18 +193,26 @@ class EdgeNode:
         return e
 
     def verify_audit(self, e: AuditEntry) -> bool:
-        """Check an event's signature against its node's signing-key record (known offline via the CRDT)."""
-        rec = self.state.signing_record(e.node)
-        if rec is None or not e.signature:
+        """Check an event's signature against its node's signing-key records (known offline via the CRDT):
+        any generation whose validity covers the event's time (a rotated key still vouches for what it
+        signed before the rotation)."""
+        if not e.signature:
             return False
-        try:
-            HybridVerifyKey.from_bytes(base64.b64decode(rec["public_key"])).verify(
-                base64.b64decode(e.signature), e.signing_bytes(), SIGN_CONTEXT)
-            return True
-        except (InvalidSignature, ValueError):
-            return False
-        except Exception:  # noqa: BLE001 - any backend failure means "not verified"
-            return False
+        t = e.ts_ns / 1e9
+        for rec in self.state.key_records().values():
+            if rec.get("node_id") != e.node or rec.get("purpose") != "signing":
+                continue
+            if not rec["not_before"] - 300 <= t < rec["not_after"]:
+                continue
+            try:
+                HybridVerifyKey.from_bytes(base64.b64decode(rec["public_key"])).verify(
+                    base64.b64decode(e.signature), e.signing_bytes(), SIGN_CONTEXT)
+                return True
+            except (InvalidSignature, ValueError):
+                continue
+            except Exception:  # noqa: BLE001 - any backend failure means "not verified" by this key
+                continue
+        return False
 
     def sign(self, data: bytes) -> bytes:
         return self.identity.sign(data, SIGN_CONTEXT, now=time.time())

@@ -123,12 +123,17 @@ async def sync_with_broker(en: EdgeNode, nc) -> SyncReport:
     return report
 
 
+async def _quiet(_e: Exception) -> None:
+    """nats-py logs every failed connect; offline is the normal state of an edge node."""
+
+
 class EdgeAgent:
     """``meshctl edge serve``: an edge node that keeps working offline and syncs whenever the broker
     is reachable. Serves /health (always, while the process lives) and /ready (provisioned and its
     state loaded - an offline node is ready: it is doing its job)."""
 
-    def __init__(self, en: EdgeNode, nats_url: str | None, interval_s: float = 2.0):
+    def __init__(self, en: EdgeNode, nats_url: str | None, interval_s: float = 2.0, connect_timeout_s: float = 3.0):
+        self.connect_timeout_s = connect_timeout_s
         self.en = en
         self.nats_url = nats_url
         self.interval_s = interval_s
@@ -146,8 +151,9 @@ class EdgeAgent:
         if not self.nats_url:
             return None
         try:
-            nc = await nats.connect(self.nats_url, connect_timeout=1, allow_reconnect=False,
-                                    max_reconnect_attempts=0, name=self.name)
+            nc = await asyncio.wait_for(nats.connect(
+                self.nats_url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=1,
+                reconnect_time_wait=0.1, name=self.name, error_cb=_quiet), self.connect_timeout_s)
         except Exception:  # noqa: BLE001 - no broker: stay offline
             if self.connected:
                 self.en.set_offline(True)
