@@ -1,0 +1,3 @@
+from x0tta6bl4.mcp_server.server import main
+
+main()
