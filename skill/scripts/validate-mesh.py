@@ -24,8 +24,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "libs"))
 
-from x0tta6bl4.mapek.health import SPEC_THRESHOLDS, classify_node, classify_value  # noqa: E402
-from x0tta6bl4.v1 import common_pb2, events_pb2  # noqa: E402
+from x0tta6bl4.mapek.health import SPEC_THRESHOLDS, classify_node, classify_value
+from x0tta6bl4.v1 import common_pb2, events_pb2
 
 COLOUR = {common_pb2.HEALTH_HEALTHY: ("green", "\033[32m"), common_pb2.HEALTH_WARNING: ("yellow", "\033[33m"),
           common_pb2.HEALTH_CRITICAL: ("red", "\033[31m")}

@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import signal
-from typing import Optional
 
 import typer
 
@@ -38,7 +37,7 @@ DirOpt = typer.Option(None, "--data-dir", help="edge state directory (default $X
 JsonOpt = typer.Option(False, "--json", help="print JSON")
 
 
-def _open(node: str, data_dir: Optional[pathlib.Path]):
+def _open(node: str, data_dir: pathlib.Path | None):
     from x0tta6bl4.edge import EdgeError, EdgeNode
     try:
         return EdgeNode.open(data_dir or default_dir(), node)
@@ -56,9 +55,9 @@ def _print(d: dict, as_json: bool) -> None:
 
 @edge_app.command("setup")
 def setup(node: str, offline: bool = typer.Option(False, "--offline", help="provision for no broker / no keyvault"),
-          topology: Optional[str] = typer.Option(None, "--topology", help="known mesh (grid:9, a YAML file ...): "
+          topology: str | None = typer.Option(None, "--topology", help="known mesh (grid:9, a YAML file ...): "
                                                  "preload shortest-path next hops"),
-          routes: Optional[pathlib.Path] = typer.Option(None, "--routes", help="YAML mapping destination -> next hop"),
+          routes: pathlib.Path | None = typer.Option(None, "--routes", help="YAML mapping destination -> next hop"),
           allow_action: list[str] = typer.Option([], "--allow-action",
                                                  help="action allowed without the DAO (repeatable; default "
                                                       "reroute, isolate, restart)"),
@@ -66,7 +65,7 @@ def setup(node: str, offline: bool = typer.Option(False, "--offline", help="prov
           trust_domain: str = typer.Option("x0tta6bl4.mesh", "--trust-domain"),
           if_missing: bool = typer.Option(False, "--if-missing", help="do nothing when NODE is already provisioned"),
           force: bool = typer.Option(False, "--force", help="replace an existing provisioning (new keys!)"),
-          data_dir: Optional[pathlib.Path] = DirOpt, as_json: bool = JsonOpt) -> None:
+          data_dir: pathlib.Path | None = DirOpt, as_json: bool = JsonOpt) -> None:
     """Provision NODE: PQC keypair generated here (no keyvault), preloaded routes, offline policy."""
     from x0tta6bl4.edge import EdgeError, EdgeNode, load_routes_file
     d = data_dir or default_dir()
@@ -87,13 +86,13 @@ def setup(node: str, offline: bool = typer.Option(False, "--offline", help="prov
 
 
 @edge_app.command("status")
-def status(node: str, data_dir: Optional[pathlib.Path] = DirOpt, as_json: bool = JsonOpt) -> None:
+def status(node: str, data_dir: pathlib.Path | None = DirOpt, as_json: bool = JsonOpt) -> None:
     """The node's identity, routing, policy and CRDT contents."""
     _print(_open(node, data_dir).status(), as_json)
 
 
 @edge_app.command("config")
-def config(node: str, key: str, value: str, data_dir: Optional[pathlib.Path] = DirOpt) -> None:
+def config(node: str, key: str, value: str, data_dir: pathlib.Path | None = DirOpt) -> None:
     """Set a configuration value (JSON if it parses, else a string)."""
     en = _open(node, data_dir)
     try:
@@ -106,9 +105,9 @@ def config(node: str, key: str, value: str, data_dir: Optional[pathlib.Path] = D
 
 
 @edge_app.command("route")
-def route(node: str, dest: str, via: Optional[str] = typer.Option(None, "--via", help="hint: next hop for DEST"),
+def route(node: str, dest: str, via: str | None = typer.Option(None, "--via", help="hint: next hop for DEST"),
           avoid: bool = typer.Option(False, "--avoid", help="hint: route around DEST"),
-          data_dir: Optional[pathlib.Path] = DirOpt) -> None:
+          data_dir: pathlib.Path | None = DirOpt) -> None:
     """Record a routing hint, or (with no --via/--avoid) print the next hop the node uses for DEST."""
     en = _open(node, data_dir)
     if via or avoid:
@@ -120,7 +119,7 @@ def route(node: str, dest: str, via: Optional[str] = typer.Option(None, "--via",
 
 @edge_app.command("decide")
 def decide(node: str, action: str, target: str, confidence: float = typer.Option(..., "--confidence", min=0, max=1),
-           reason: str = typer.Option("", "--reason"), data_dir: Optional[pathlib.Path] = DirOpt,
+           reason: str = typer.Option("", "--reason"), data_dir: pathlib.Path | None = DirOpt,
            as_json: bool = JsonOpt) -> None:
     """A local decision within the offline policy (recorded in the audit CRDT)."""
     from x0tta6bl4.edge import EdgeError
@@ -136,7 +135,7 @@ def decide(node: str, action: str, target: str, confidence: float = typer.Option
 
 
 @edge_app.command("rotate")
-def rotate(node: str, data_dir: Optional[pathlib.Path] = DirOpt) -> None:
+def rotate(node: str, data_dir: pathlib.Path | None = DirOpt) -> None:
     """Rotate NODE's PQC keys offline (new generation recorded in the CRDT)."""
     en = _open(node, data_dir)
     new = en.rotate_keys()
@@ -145,7 +144,7 @@ def rotate(node: str, data_dir: Optional[pathlib.Path] = DirOpt) -> None:
 
 
 @edge_app.command("export")
-def export(node: str, out: pathlib.Path = typer.Option(..., "--out"), data_dir: Optional[pathlib.Path] = DirOpt) -> None:
+def export(node: str, out: pathlib.Path = typer.Option(..., "--out"), data_dir: pathlib.Path | None = DirOpt) -> None:
     """Write the node's CRDT state to a file for a peer (contains public data and audit events only)."""
     en = _open(node, data_dir)
     out.write_bytes(en.export_update())
@@ -153,7 +152,7 @@ def export(node: str, out: pathlib.Path = typer.Option(..., "--out"), data_dir: 
 
 
 @edge_app.command("import")
-def import_(node: str, file: pathlib.Path, data_dir: Optional[pathlib.Path] = DirOpt) -> None:
+def import_(node: str, file: pathlib.Path, data_dir: pathlib.Path | None = DirOpt) -> None:
     """Merge a peer's exported state into NODE."""
     en = _open(node, data_dir)
     try:
@@ -166,14 +165,14 @@ def import_(node: str, file: pathlib.Path, data_dir: Optional[pathlib.Path] = Di
     console.print(f"{node}: merged {file} ({len(en.state.audit_events())} audit events known)")
 
 
-def _nats(url: Optional[str]) -> str:
+def _nats(url: str | None) -> str:
     from x0tta6bl4.cli.common import nats_url
     return nats_url(url)
 
 
 @edge_app.command("sync")
-def sync(node: str, nats: Optional[str] = typer.Option(None, "--nats", help="NATS URL (default: the stack's)"),
-         data_dir: Optional[pathlib.Path] = DirOpt, as_json: bool = JsonOpt) -> None:
+def sync(node: str, nats: str | None = typer.Option(None, "--nats", help="NATS URL (default: the stack's)"),
+         data_dir: pathlib.Path | None = DirOpt, as_json: bool = JsonOpt) -> None:
     """Reconnect NODE: CRDT merge with the broker, offline audit events onto the audit trail in causal order."""
     from x0tta6bl4.edge.sync import EdgeAgent
     en = _open(node, data_dir)
@@ -184,10 +183,10 @@ def sync(node: str, nats: Optional[str] = typer.Option(None, "--nats", help="NAT
 
 
 @edge_app.command("serve")
-def serve(node: str, nats: Optional[str] = typer.Option(None, "--nats", help="NATS URL (default: the stack's)"),
+def serve(node: str, nats: str | None = typer.Option(None, "--nats", help="NATS URL (default: the stack's)"),
           interval: float = typer.Option(2.0, "--interval", min=0.1, help="seconds between sync attempts"),
           health_port: int = typer.Option(0, "--health-port", help="serve /health and /ready here (8080 in k8s)"),
-          data_dir: Optional[pathlib.Path] = DirOpt) -> None:
+          data_dir: pathlib.Path | None = DirOpt) -> None:
     """Run NODE: keep working offline, sync whenever the broker is reachable (until SIGTERM)."""
     from x0tta6bl4.edge.sync import EdgeAgent
     en = _open(node, data_dir)

@@ -28,7 +28,14 @@ from typing import Any
 
 from x0tta6bl4.audit.chain import MLDSASigner
 from x0tta6bl4.mesh.topology import parse_spec
-from x0tta6bl4.pqc import HybridVerifyKey, Keystore, MasterKey, NodeIdentity, records_for_identity, validate_node_id
+from x0tta6bl4.pqc import (
+    HybridVerifyKey,
+    Keystore,
+    MasterKey,
+    NodeIdentity,
+    records_for_identity,
+    validate_node_id,
+)
 from x0tta6bl4.pqc.errors import InvalidSignature, KeystoreError
 
 from .state import AuditEntry, EdgeState
@@ -111,7 +118,7 @@ class EdgeNode:
     @classmethod
     def setup(cls, data_dir: pathlib.Path | str, node: str, *, offline: bool = True, topology: str | None = None,
               routes: dict[str, str] | None = None, policy: dict[str, Any] | None = None,
-              trust_domain: str = "x0tta6bl4.mesh", validity_s: int = 90 * 86400, force: bool = False) -> "EdgeNode":
+              trust_domain: str = "x0tta6bl4.mesh", validity_s: int = 90 * 86400, force: bool = False) -> EdgeNode:
         """Provision ``node`` with no network at all: keys, routing table, policy, offline flag."""
         try:
             validate_node_id(node)
@@ -144,7 +151,7 @@ class EdgeNode:
         return en
 
     @classmethod
-    def open(cls, data_dir: pathlib.Path | str, node: str) -> "EdgeNode":
+    def open(cls, data_dir: pathlib.Path | str, node: str) -> EdgeNode:
         node_dir = pathlib.Path(data_dir) / node
         ks_dir = node_dir / "keystore"
         if not (ks_dir / "identity.key").exists():
@@ -266,7 +273,7 @@ class EdgeNode:
         return new
 
     # ---- peer-to-peer (no broker) --------------------------------------------------------------------
-    def sync_peer(self, other: "EdgeNode") -> None:
+    def sync_peer(self, other: EdgeNode) -> None:
         """Exchange CRDT deltas with a neighbour (state vector -> missing updates, both ways)."""
         a_sv, b_sv = self.state.state_vector(), other.state.state_vector()
         to_other, to_self = self.state.update(b_sv), other.state.update(a_sv)

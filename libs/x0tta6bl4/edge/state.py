@@ -50,7 +50,7 @@ class AuditEntry:
     signature: str = ""        # base64 hybrid (Ed25519 + ML-DSA-65) signature by the node identity
 
     @classmethod
-    def from_json(cls, s: str) -> "AuditEntry":
+    def from_json(cls, s: str) -> AuditEntry:
         d = json.loads(s)
         return cls(int(d["lamport"]), d["node"], int(d["seq"]), d["event_id"], d["event_type"], d.get("subject", ""),
                    tuple(sorted((str(k), str(v)) for k, v in (d.get("details") or {}).items())), int(d["ts_ns"]),
@@ -94,10 +94,10 @@ class EdgeState:
             self.doc.apply_update(update)
         self.clock = max(self.clock, self.max_clock())
 
-    def merge_from(self, other: "EdgeState") -> None:
+    def merge_from(self, other: EdgeState) -> None:
         self.merge(other.update(self.state_vector()))
 
-    def copy(self) -> "EdgeState":
+    def copy(self) -> EdgeState:
         return EdgeState(self.node, self.update())
 
     # ---- Lamport clock ------------------------------------------------------------------------------

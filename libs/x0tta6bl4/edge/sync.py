@@ -190,7 +190,7 @@ class EdgeAgent:
                     log.info("edge %s: synced, %d audit events published", self.en.node, len(r.published))
                 try:
                     await asyncio.wait_for(stop.wait(), self.interval_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self.en.save()

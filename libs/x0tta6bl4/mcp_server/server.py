@@ -162,8 +162,8 @@ async def _cycle(trigger: str, reasons: list[str], wait_s: float, until: str) ->
     """Publish an operator-triggered TelemetryWindow (the monitor's message that starts a cycle) built from
     the live telemetry, then follow the cycle on the MAPEK stream."""
     from x0tta6bl4.bus import subjects
-    from x0tta6bl4.cli.observe import decode_msg
     from x0tta6bl4.bus.publisher import Publisher
+    from x0tta6bl4.cli.observe import decode_msg
     from x0tta6bl4.mapek import monitor as monitoring
     from x0tta6bl4.mapek.state import MeshView
     nc = await _connect()
@@ -195,7 +195,7 @@ async def _cycle(trigger: str, reasons: list[str], wait_s: float, until: str) ->
         await Publisher(nc, "x0tta6bl4-mcp").publish(subjects.MAPEK_TELEMETRY, w, event_id=w.meta.event_id)
         try:
             await asyncio.wait_for(done.wait(), wait_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         await sub.unsubscribe()
     finally:

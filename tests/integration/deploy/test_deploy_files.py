@@ -14,7 +14,6 @@ import sys
 
 import pytest
 import yaml
-
 from x0tta6bl4.config import PREFIX, CommonSettings
 from x0tta6bl4.runtime.stack import SERVICES
 
@@ -101,11 +100,11 @@ def test_compose_mesh_host_flags_exist():
 
 def test_dockerfile_multistage_nonroot_healthcheck():
     text = (ROOT / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\w+)", text, re.M)
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\w+)", text, re.MULTILINE)
     assert len(stages) >= 2, stages
-    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert re.search(r"^HEALTHCHECK .*", text, re.M) and "/health" in text
+    assert re.search(r"^HEALTHCHECK .*", text, re.MULTILINE) and "/health" in text
     assert "COPY services" in text.replace("--chown=10001:10001 ", "")
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
@@ -176,7 +175,6 @@ def test_spec_mesh_deployment_yaml():
     assert "edge setup" in " ".join(init["command"]) and "--offline" in " ".join(init["command"])
     # the edge CLI really has the commands and flags the manifest uses
     from typer.testing import CliRunner
-
     from x0tta6bl4.cli.edge import edge_app
     for sub, flags in (("setup", ["--offline", "--routes", "--if-missing", "--data-dir"]),
                        ("serve", ["--nats", "--health-port", "--data-dir"])):

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from x0tta6bl4.audit.chain import verify_chains
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.edge import EdgeNode

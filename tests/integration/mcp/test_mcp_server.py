@@ -3,6 +3,7 @@ services, a mesh host with 3 node agents): tools listed with their destructive h
 DAO register/create/vote/status, keyvault issue/rotate, edge setup."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,10 +14,9 @@ import urllib.request
 import pytest
 
 mcp = pytest.importorskip("mcp", reason="pip install 'mcp>=1.20,<2'")
-from mcp import ClientSession, StdioServerParameters  # noqa: E402
-from mcp.client.stdio import stdio_client  # noqa: E402
-
-from x0tta6bl4.runtime.stack import free_port, repo_root  # noqa: E402
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from x0tta6bl4.runtime.stack import free_port, repo_root
 
 EXPECTED = {"mesh_status", "run_mapek_cycle", "simulate_failure", "self_heal_topology", "dao_create_proposal",
             "dao_vote", "dao_status", "pqc_rotate_keys", "edge_setup", "crisis_recovery"}
@@ -55,7 +55,7 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
                     break
             except OSError:
                 pass
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
         assert get(f"http://127.0.0.1:{hp}/health") == (200, get(f"http://127.0.0.1:{hp}/health")[1])
         assert get(f"http://127.0.0.1:{hp}/health")[1]["status"] == "ok"
         for sp in stack.procs:
@@ -79,7 +79,7 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
                 st = result(await s.call_tool("mesh_status", {}))
                 if st["node_count"] == 3 or time.monotonic() > deadline:
                     break
-                time.sleep(0.3)
+                await asyncio.sleep(0.3)
             assert st["node_count"] == 3 and {n["node"] for n in st["nodes"]} == {"n0", "n1", "n2"}
             assert st["mesh"] in ("healthy", "warning", "critical")
             assert all(n["health"] in ("healthy", "warning", "critical") for n in st["nodes"])

@@ -3,6 +3,7 @@ the live telemetry bucket; --verify fails without a verification and passes afte
 stream MAPEK; the API guide's import map imports."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -11,7 +12,6 @@ import time
 
 import nats
 import pytest
-
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.publisher import Publisher
@@ -35,7 +35,7 @@ def test_api_guide_import_map_imports():
 
 def test_skill_md_metadata_and_commands():
     text = (repo_root() / "skill" / "SKILL.md").read_text()
-    assert re.search(r"^\s+mcp-server: x0tta6bl4-mcp$", text, re.M)
+    assert re.search(r"^\s+mcp-server: x0tta6bl4-mcp$", text, re.MULTILINE)
     assert "src." not in text                      # only our real modules and commands
     for path in re.findall(r"skill/scripts/[\w.-]+\.py", text):
         assert (repo_root() / path).exists(), path
@@ -53,13 +53,13 @@ async def test_validate_mesh_metrics_and_verify(stack_factory):
             if r.returncode != 3 and len(json.loads(r.stdout)["metrics"]["nodes"]) == 3:
                 break
             assert time.monotonic() < deadline, r.stderr
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
         rep = json.loads(r.stdout)["metrics"]
         assert {n["node"] for n in rep["nodes"]} == {"n0", "n1", "n2"}
         assert r.returncode == ["green", "yellow", "red"].index(rep["mesh"])
         table = run(stack.url, "--metrics").stdout
         assert "| p99 latency (ms) | < 40 | 40-100 | > 100 |" in table and "| packet loss (%) | < 1 | 1-5 | > 5 |" in table
-        assert re.search(r"^n1\s+(green|yellow|red)", table, re.M)
+        assert re.search(r"^n1\s+(green|yellow|red)", table, re.MULTILINE)
 
         v = run(stack.url, "--verify")
         assert v.returncode == 1 and "no mapek.verified yet" in v.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from x0tta6bl4.edge import EdgeError, EdgeNode, EdgeState, routing_table
 
 
@@ -75,7 +74,7 @@ def test_offline_node_policy_routing_and_encrypted_storage(tmp_path):
     assert en.next_hop("n2") == "n3"
     en.save()
     raw = b"".join(p.read_bytes() for p in (tmp_path / "n0" / "keystore").iterdir())
-    assert b"isolate" not in raw and b"n0" not in raw               # encrypted at rest
+    assert b"decision.local" not in raw and b"spiffe://" not in raw              # encrypted at rest
     again = EdgeNode.open(tmp_path, "n0")
     assert again.state.view() == en.state.view()
     assert all(again.verify_audit(e) for e in again.state.audit_events())
