@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 # Debian's bcc, kernel headers, tracefs, nftables (idempotent, quick when done; never fails the build)
 ebpf-setup:
 	-bash ebpf/setup.sh
+	-command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null)); }
 
 setup: $(STAMP) ebpf-setup
 

@@ -19,7 +19,7 @@ MAPEK_PLAN = "mapek.plan"                # Plan: planner -> governance / operato
 MAPEK_ACTION = "mapek.action"            # ActionRequest: planner (auto) or governance (passed) -> executor
 MAPEK_RESULT = "mapek.result"            # ActionResult: executor -> governance, planner
 MAPEK_VERIFIED = "mapek.verified"        # Verification: executor -> knowledge, planner
-AUDIT = "audit.{service}.{event}"        # AuditEvent from every service
+AUDIT = "audit.{service}.{event}"        # AuditEvent from every service (and audit.edge.* from edge nodes)
 DEAD_LETTER = "dlq.{consumer}"           # DeadLetter: poison messages, parked
 GOV_EVENTS = "gov.events.{kind}"         # governance event-sourced state
 KEYVAULT_RPC = "keyvault.rpc.{method}"   # keyvault's gRPC methods over NATS request/reply (queue group)
@@ -103,6 +103,7 @@ BUCKETS: tuple[Bucket, ...] = (
     Bucket("knowledge", 0, history=5, doc="repair outcomes aggregated per fault type and action"),
     Bucket("audit_keys", 0, doc="pinned audit signing public key per service"),
     Bucket("keys", 0, doc="root-signed public-key and revocation records (keyvault -> node agents)"),
+    Bucket("edge", 0, doc="edge nodes' merged CRDT document (offline work lands here on reconnect)"),
 )
 
 

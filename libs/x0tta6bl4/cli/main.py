@@ -15,12 +15,14 @@
     meshctl keys ...                keyvault: PQC identities, rotation, revocation, attestation
     meshctl monitor info            which collector (eBPF or /proc) runs and which signals it has
     meshctl model train|eval|info   the analyzer's learned detector (GraphSAGE)
+    meshctl edge setup|serve|sync|status ...   edge crisis mode: offline nodes, CRDT state, sync on reconnect
 """
 from __future__ import annotations
 
 import typer
 
 from x0tta6bl4.cli import gov, observe, ops, stackcmd
+from x0tta6bl4.cli.edge import edge_app
 from x0tta6bl4.cli.keys import keys_app
 from x0tta6bl4.cli.mesh import fault_app, mesh_app
 from x0tta6bl4.cli.model import model_app
@@ -39,6 +41,7 @@ app.add_typer(gov.gov_app, name="gov")
 app.add_typer(keys_app, name="keys")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(model_app, name="model")
+app.add_typer(edge_app, name="edge")
 app.add_typer(mesh_app, name="mesh")
 app.add_typer(fault_app, name="fault")
 app.command()(stackcmd.up)
