@@ -46,10 +46,10 @@ class Proxy:
 
     async def cut(self) -> None:
         self.server.close()
-        await self.server.wait_closed()
-        for w in self.conns:
+        for w in self.conns:  # close the live connections first: wait_closed() may wait for them
             w.close()
         self.conns.clear()
+        await asyncio.wait_for(self.server.wait_closed(), 10)
 
     @property
     def url(self) -> str:
