@@ -14,19 +14,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pathlib
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import pathlib
 
 import nats
 import nats.js.errors
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.runtime.stack import Stack, repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
@@ -57,17 +58,7 @@ class Recorder:
 
 
 async def telemetry(js) -> dict[str, events_pb2.NodeTelemetry]:
-    kv = await js.key_value("telemetry")
-    out = {}
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return out
-    for k in keys:
-        t = events_pb2.NodeTelemetry.FromString((await kv.get(k)).value)
-        out[t.node_id] = t
-    return out
-
+    return await mesh_telemetry(js)
 
 def path(tel, src, dst):
     p, cur = [src], src

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
+from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.runtime.stack import repo_root
-from x0tta6bl4.v1 import events_pb2
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
@@ -35,12 +35,7 @@ def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
 
 
 async def mesh_ready(js, n):
-    kv = await js.key_value("telemetry")
-    try:
-        keys = await kv.keys()
-    except Exception:
-        return False
-    if len(keys) < n:
-        return False
-    src = events_pb2.NodeTelemetry.FromString((await kv.get("n0")).value)
-    return src.counters.get("acked", 0) > 10 and src.loss_pct == 0
+    """Every node reports and DATA from n0 is acknowledged without loss."""
+    tel = await mesh_telemetry(js)
+    src = tel.get("n0")
+    return len(tel) >= n and src is not None and src.counters.get("acked", 0) > 10 and src.loss_pct == 0

@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import sys
 import time
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
+
 from x0tta6bl4.analysis import load_detector
 from x0tta6bl4.analysis.live import LIVE_STEPS, History, to_window
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.app import Context, Reject, Service
+from x0tta6bl4.bus.app import Context, Reject, Service, run_service
 from x0tta6bl4.bus.codec import InvalidMessage, decode
-from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
+from x0tta6bl4.config import CommonSettings
 from x0tta6bl4.mapek.analyze import HybridAnalyzer, RuleAnalyzer, relevant
 from x0tta6bl4.v1 import events_pb2
 
@@ -140,12 +140,7 @@ def build(settings: AnalyzerSettings) -> Service:
 
 
 def main() -> None:
-    try:
-        settings = load_settings(AnalyzerSettings)
-    except ConfigError as e:
-        print(f"analyzer: config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    build(settings).run()
+    run_service("analyzer", AnalyzerSettings, build)
 
 
 if __name__ == "__main__":

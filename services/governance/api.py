@@ -8,14 +8,25 @@ import logging
 import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from x0tta6bl4.governance import LIMITS, GovernanceEngine, GovernanceError, InvalidArgument
+from x0tta6bl4.governance import (
+    LIMITS,
+    GovernanceEngine,
+    GovernanceError,
+    InvalidArgument,
+)
 from x0tta6bl4.pqc import InvalidKey, MLDSA65PublicKey
 from x0tta6bl4.pqc import key_id as pqc_key_id
 from x0tta6bl4.telemetry.tracing import extract_context, tracer
 from x0tta6bl4.v1 import governance_pb2 as gpb
 from x0tta6bl4.v1 import governance_pb2_grpc as gpb_grpc
 
-from .convert import action_from_pb, choice_from_pb, proposal_to_pb, state_from_pb, state_to_pb
+from .convert import (
+    action_from_pb,
+    choice_from_pb,
+    proposal_to_pb,
+    state_from_pb,
+    state_to_pb,
+)
 from .store import GovStore, Outcome, Unavailable
 
 log = logging.getLogger("x0tta6bl4.governance.api")

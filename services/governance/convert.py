@@ -1,9 +1,17 @@
 """Domain <-> protobuf conversions for the governance service (no I/O)."""
 from __future__ import annotations
 
-from x0tta6bl4.governance import (Action, GovernanceEngine, InvalidArgument, Proposal, ProposalState,
-                                  Severity, VoteChoice)
-from x0tta6bl4.v1 import common_pb2, events_pb2, governance_pb2 as gpb
+from x0tta6bl4.governance import (
+    Action,
+    GovernanceEngine,
+    InvalidArgument,
+    Proposal,
+    ProposalState,
+    Severity,
+    VoteChoice,
+)
+from x0tta6bl4.v1 import common_pb2, events_pb2
+from x0tta6bl4.v1 import governance_pb2 as gpb
 
 _ACTION_PREFIX = "ACTION_KIND_"
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -29,13 +28,26 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import SpanKind
 from pydantic import Field
 
+from services.governance.api import GOV_WATCH, SERVICE_NAME, Governance
+from services.governance.convert import SEVERITY, action_from_pb, proposal_to_pb
+from services.governance.store import GovStore, Outcome
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.app import Context, Reject, Service
+from x0tta6bl4.bus.app import Context, Reject, Service, run_service
 from x0tta6bl4.bus.codec import encode, new_meta
 from x0tta6bl4.bus.publisher import derive_id
-from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
-from x0tta6bl4.governance import (Decision, DecisionKind, DecisionPolicy, FailedPrecondition, GovernanceEngine,
-                                  GovernanceError, InvalidArgument, NotFound, ProposalState, Severity)
+from x0tta6bl4.config import CommonSettings
+from x0tta6bl4.governance import (
+    Decision,
+    DecisionKind,
+    DecisionPolicy,
+    FailedPrecondition,
+    GovernanceEngine,
+    GovernanceError,
+    InvalidArgument,
+    NotFound,
+    ProposalState,
+    Severity,
+)
 from x0tta6bl4.governance import events as gev
 from x0tta6bl4.mapek.plan import action_request
 from x0tta6bl4.pqc import InvalidKey, InvalidSignature, MLDSA65PublicKey
@@ -43,10 +55,6 @@ from x0tta6bl4.telemetry.tracing import extract_context, tracer
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import governance_pb2 as gpb
 from x0tta6bl4.v1 import governance_pb2_grpc as gpb_grpc
-
-from services.governance.api import GOV_WATCH, SERVICE_NAME, Governance
-from services.governance.convert import SEVERITY, action_from_pb, proposal_to_pb
-from services.governance.store import GovStore, Outcome
 
 log = logging.getLogger("x0tta6bl4.governance")
 
@@ -301,12 +309,7 @@ def build(settings: GovernanceSettings) -> Service:
 
 
 def main() -> None:
-    try:
-        settings = load_settings(GovernanceSettings)
-    except ConfigError as e:
-        print(f"governance: config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    build(settings).run()
+    run_service("governance", GovernanceSettings, build)
 
 
 if __name__ == "__main__":

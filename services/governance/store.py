@@ -32,7 +32,13 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
-from x0tta6bl4.governance import GovernanceEngine, GovernanceError, event_from_dict, event_to_dict, fold
+from x0tta6bl4.governance import (
+    GovernanceEngine,
+    GovernanceError,
+    event_from_dict,
+    event_to_dict,
+    fold,
+)
 from x0tta6bl4.governance.events import GovernanceEvent
 
 log = logging.getLogger("x0tta6bl4.governance.store")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -32,7 +31,12 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NoKeysError,
+    NotFoundError,
+)
 from pydantic import Field, SecretStr
 
 from x0tta6bl4.bus import subjects
@@ -40,7 +44,14 @@ from x0tta6bl4.bus.app import Service
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
 from x0tta6bl4.keyvault import distribution as dist
 from x0tta6bl4.keyvault.errors import InvalidArgument, KeyvaultError
-from x0tta6bl4.keyvault.vault import REVOKED, RETIRED, Entry, Generation, Vault, check_node_id
+from x0tta6bl4.keyvault.vault import (
+    RETIRED,
+    REVOKED,
+    Entry,
+    Generation,
+    Vault,
+    check_node_id,
+)
 from x0tta6bl4.pqc import Keystore, KeystoreError, MasterKey, SignedRecord, backend_info
 from x0tta6bl4.pqc.backend import MLKEM768_PUBLIC_KEY_SIZE
 from x0tta6bl4.v1 import keyvault_pb2 as pb

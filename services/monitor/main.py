@@ -11,16 +11,16 @@ import asyncio
 import json
 import logging
 import pathlib
-import sys
 import time
 import uuid
 from typing import Literal
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import Field
+
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.app import Context, Service
-from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
+from x0tta6bl4.bus.app import Context, Service, run_service
+from x0tta6bl4.config import CommonSettings, ConfigError
 from x0tta6bl4.mapek import health as health_table
 from x0tta6bl4.mapek import monitor as monitoring
 from x0tta6bl4.mapek.state import MeshView
@@ -314,13 +314,7 @@ def prom_registry():
 
 
 def main() -> None:
-    try:
-        settings = load_settings(MonitorSettings)
-        app = build(settings)
-    except ConfigError as e:
-        print(f"monitor: config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    app.run()
+    run_service("monitor", MonitorSettings, build)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,15 @@
 """Planner: anomaly -> plan (decision matrix, twin, knowledge) -> action when auto-approved."""
 from __future__ import annotations
 
-import sys
-
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import Field
 
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.app import Context, Service
-from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
+from x0tta6bl4.bus.app import Context, Service, run_service
+from x0tta6bl4.config import CommonSettings
 from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
-from x0tta6bl4.knowledge.outcomes import ActionStats, key as kkey
+from x0tta6bl4.knowledge.outcomes import ActionStats
+from x0tta6bl4.knowledge.outcomes import key as kkey
 from x0tta6bl4.mapek import plan as planning
 from x0tta6bl4.mapek.twin_adapter import twin_verdict
 from x0tta6bl4.v1 import events_pb2
@@ -95,12 +94,7 @@ def build(settings: PlannerSettings) -> Service:
 
 
 def main() -> None:
-    try:
-        settings = load_settings(PlannerSettings)
-    except ConfigError as e:
-        print(f"planner: config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    build(settings).run()
+    run_service("planner", PlannerSettings, build)
 
 
 if __name__ == "__main__":

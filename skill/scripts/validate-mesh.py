@@ -24,6 +24,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "libs"))
 
+from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import SPEC_THRESHOLDS, classify_node, classify_value
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
@@ -58,17 +59,7 @@ async def connect(url: str):
 
 
 async def telemetry(nc) -> dict[str, events_pb2.NodeTelemetry]:
-    kv = await nc.jetstream().key_value("telemetry")
-    try:
-        keys = await kv.keys()
-    except Exception:  # noqa: BLE001 - empty bucket
-        keys = []
-    out = {}
-    for k in keys:
-        t = events_pb2.NodeTelemetry.FromString((await kv.get(k)).value)
-        out[t.node_id] = t
-    return out
-
+    return await mesh_telemetry(nc.jetstream())
 
 async def latest_verification(nc):
     """The newest mapek.verified message in stream MAPEK (None when there is none)."""

@@ -45,8 +45,15 @@ from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
 from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology
 from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.publisher import Publisher, derive_id
-from x0tta6bl4.config import CommonSettings
-from x0tta6bl4.telemetry.tracing import CYCLE_ATTR, current_trace_id, extract_context, setup_tracing, shutdown_tracing, tracer
+from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
+from x0tta6bl4.telemetry.tracing import (
+    CYCLE_ATTR,
+    current_trace_id,
+    extract_context,
+    setup_tracing,
+    shutdown_tracing,
+    tracer,
+)
 from x0tta6bl4.v1 import events_pb2
 
 log = logging.getLogger("x0tta6bl4.service")
@@ -393,3 +400,15 @@ class Service:
         await self.audit("message.dead_lettered", m.subject,
                          {"consumer": sub.durable, "reason": reason, "stream_seq": seq})
         await m.term()
+
+
+def run_service(name: str, settings_cls: type[CommonSettings], build: Callable[[Any], "Service"]) -> None:
+    """A service's main(): settings -> build -> run. A bad setting stops it at start with one line
+    naming the setting and exit code 2 (never a traceback)."""
+    try:
+        settings = load_settings(settings_cls)
+        app = build(settings)
+    except ConfigError as e:
+        print(f"{name}: config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    app.run()

@@ -12,7 +12,12 @@ import nats
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from x0tta6bl4.bus.codec import SCHEMA_VERSION, encode
 from x0tta6bl4.telemetry.tracing import inject_headers

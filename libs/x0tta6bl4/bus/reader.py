@@ -52,3 +52,32 @@ async def follow(js: JetStreamContext, subject: str, new_only: bool = False) -> 
             yield msg
     finally:
         await sub.unsubscribe()
+
+
+async def kv_snapshot(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
+    """Every current key and value of a key-value bucket (empty when the bucket is missing or empty)."""
+    from nats.js.errors import (
+        BucketNotFoundError,
+        KeyNotFoundError,
+        NoKeysError,
+        NotFoundError,
+    )
+    try:
+        kv = await js.key_value(bucket)
+        keys = await kv.keys()
+    except (BucketNotFoundError, NoKeysError, NotFoundError):
+        return {}
+    out: dict[str, bytes] = {}
+    for k in keys:
+        try:
+            out[k] = (await kv.get(k)).value
+        except KeyNotFoundError:  # deleted meanwhile
+            continue
+    return out
+
+
+async def mesh_telemetry(js: JetStreamContext):
+    """The latest NodeTelemetry of every node, from the monitor's `telemetry` bucket, by node id."""
+    from x0tta6bl4.v1 import events_pb2
+    nodes = (events_pb2.NodeTelemetry.FromString(v) for v in (await kv_snapshot(js, "telemetry")).values() if v)
+    return {t.node_id: t for t in nodes}

@@ -21,7 +21,7 @@ from rich.panel import Panel
 from x0tta6bl4.audit.chain import verify_chains
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
-from x0tta6bl4.bus.reader import read_all
+from x0tta6bl4.bus.reader import mesh_telemetry, read_all
 from x0tta6bl4.cli.common import console, err_console
 from x0tta6bl4.cli.observe import timeline_table, trace_id_of, trace_tree
 from x0tta6bl4.runtime.stack import Stack, repo_root
@@ -46,17 +46,7 @@ def start_mesh(stack: Stack, nodes: int) -> tuple[subprocess.Popen, list[str]]:
 
 
 async def telemetry(js) -> dict[str, events_pb2.NodeTelemetry]:
-    kv = await js.key_value("telemetry")
-    out = {}
-    try:
-        keys = await kv.keys()
-    except Exception:
-        return out
-    for k in keys:
-        t = events_pb2.NodeTelemetry.FromString((await kv.get(k)).value)
-        out[t.node_id] = t
-    return out
-
+    return await mesh_telemetry(js)
 
 async def scenario(stack: Stack, nodes: list[str], timeout_s: float) -> int:
     import nats

@@ -34,6 +34,7 @@ from collections import defaultdict
 import typer
 from rich.table import Table
 
+from x0tta6bl4.bus import reader
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
 from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
 
@@ -245,20 +246,7 @@ def down(data_dir: pathlib.Path = DataOpt) -> None:
 
 
 async def _telemetry_from_kv(nc) -> dict[str, events_pb2.NodeTelemetry]:
-    out: dict[str, events_pb2.NodeTelemetry] = {}
-    try:
-        kv = await nc.jetstream().key_value("telemetry")
-        keys = await kv.keys()
-    except Exception:  # noqa: BLE001 - no bucket or an empty one
-        return out
-    for k in keys:
-        try:
-            t = events_pb2.NodeTelemetry.FromString((await kv.get(k)).value)
-        except Exception:  # noqa: BLE001 - deleted meanwhile
-            continue
-        out[t.node_id] = t
-    return out
-
+    return await reader.mesh_telemetry(nc.jetstream())
 
 async def _telemetry_live(nc, listen_s: float) -> dict[str, events_pb2.NodeTelemetry]:
     out: dict[str, events_pb2.NodeTelemetry] = {}

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
 from x0tta6bl4.mapek.health import classify_node
 from x0tta6bl4.twin.twin import MeshDigitalTwin
@@ -23,19 +24,9 @@ COLOR = {common_pb2.HEALTH_HEALTHY: "green", common_pb2.HEALTH_WARNING: "yellow"
 async def live_telemetry(url: str) -> dict[str, events_pb2.NodeTelemetry]:
     nc = await connect(url)
     try:
-        kv = await nc.jetstream().key_value("telemetry")
-        try:
-            keys = await kv.keys()
-        except Exception:  # an empty bucket
-            keys = []
-        out = {}
-        for k in keys:
-            t = events_pb2.NodeTelemetry.FromString((await kv.get(k)).value)
-            out[t.node_id] = t
-        return out
+        return await mesh_telemetry(nc.jetstream())
     finally:
         await nc.close()
-
 
 def status(nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Mesh status: every node's health by the spec's thresholds, peers, routes and key metrics."""

@@ -25,6 +25,7 @@ from typing import Any
 from mcp.server.fastmcp import FastMCP
 from mcp.types import ToolAnnotations
 
+from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import classify_node
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
@@ -79,20 +80,7 @@ def _health_name(h: int) -> str:
 
 
 async def _telemetry(nc) -> dict[str, events_pb2.NodeTelemetry]:
-    kv = await nc.jetstream().key_value("telemetry")
-    try:
-        keys = await kv.keys()
-    except Exception:  # noqa: BLE001 - empty bucket
-        keys = []
-    out = {}
-    for k in keys:
-        try:
-            t = events_pb2.NodeTelemetry.FromString((await kv.get(k)).value)
-        except Exception:  # noqa: BLE001 - deleted meanwhile
-            continue
-        out[t.node_id] = t
-    return out
-
+    return await mesh_telemetry(nc.jetstream())
 
 def _node_row(t: events_pb2.NodeTelemetry, now_ns: int) -> dict[str, Any]:
     h, reasons = classify_node(t)
