@@ -93,6 +93,10 @@ class Publisher:
         data = encode(msg)
         msg_id = msg.meta.event_id if "meta" in msg.DESCRIPTOR.fields_by_name else (event_id or uuid.uuid4().hex)
         headers = self.headers_for(msg, msg_id)
+        try:  # the fast path; the retry machinery only when the broker is away
+            return await self.js.publish(subject, data, timeout=self.timeout_s, headers=headers)
+        except RETRYABLE as e:
+            log.debug("publish to %s failed (%s); retrying with back-off", subject, type(e).__name__)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(RETRYABLE),
             wait=wait_exponential(multiplier=0.05, max=2.0),
