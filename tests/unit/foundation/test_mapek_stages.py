@@ -99,6 +99,9 @@ def test_verify_ignores_the_routed_around_node_and_requires_the_rest_healthy():
     spec = events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REROUTE, target_node="n3")
     nodes = [tel("n1"), tel("n2"), tel("n3", reachable=False), tel("n4")]
     assert verify.check(spec, nodes, classify_node).recovered
+    nodes[1] = tel("n2", p99_latency_ms=60)  # warning band: reported, not failed
+    out = verify.check(spec, nodes, classify_node)
+    assert out.recovered and "warning band" in out.passed[0]
     nodes[1] = tel("n2", loss_pct=20)
     out = verify.check(spec, nodes, classify_node)
     assert not out.recovered and any("n2 critical" in f for f in out.failed)
