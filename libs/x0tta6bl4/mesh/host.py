@@ -78,7 +78,7 @@ class MeshHost:
 
     def __init__(self, nats_url: str, topology: Topology, nodes: Iterable[str] | None = None,
                  config: CoreConfig | None = None, telemetry_interval: float = 0.25, seed: int = 0,
-                 ack_timeout: float = 0.5, latency_window_s: float = 1.0, keyvault: str | None = None,
+                 ack_timeout: float = 0.4, latency_window_s: float = 0.5, keyvault: str | None = None,
                  offline_keys: bool = False, security_options: dict[str, Any] | None = None,
                  max_skew_s: float = 10.0, reload_verify_timeout: float = 2.0):
         self.nats_url = nats_url
