@@ -79,6 +79,7 @@ def build(settings: ExecutorSettings) -> Service:
         t0 = time.perf_counter()
         try:
             phases = plan_steps(req.action, [t.node_id for t in nodes_now() if t.reachable])
+            baseline = verifying.traffic_baseline(nodes_now())
         except UnsupportedAction as e:
             raise Reject(str(e)) from None
         result = events_pb2.ActionResult(meta=new_meta("executor"), action_id=req.action_id, action=req.action,
@@ -110,7 +111,7 @@ def build(settings: ExecutorSettings) -> Service:
             nodes = nodes_now()
             if settings.fresh_telemetry_s:
                 nodes = [t for t in nodes if t.meta.ts_unix_ns >= acted_ns]
-            outcome = verifying.check(req.action, nodes, classify_node, result.success)
+            outcome = verifying.check(req.action, nodes, classify_node, result.success, baseline)
             if outcome.recovered or time.monotonic() > loop_deadline:
                 break
             await asyncio.sleep(settings.verify_poll_s)

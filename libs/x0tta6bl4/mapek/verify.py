@@ -28,9 +28,17 @@ class Outcome:
     failed: list[str] = field(default_factory=list)
 
 
+def traffic_baseline(nodes: list[events_pb2.NodeTelemetry]) -> dict[str, tuple[float, float]]:
+    """(DATA sent, DATA acknowledged) per node when the action starts."""
+    return {t.node_id: (t.counters.get("sent", 0.0), t.counters.get("acked", 0.0)) for t in nodes}
+
+
 def check(action: events_pb2.ActionSpec, nodes: list[events_pb2.NodeTelemetry],
           classify: Callable[[events_pb2.NodeTelemetry], tuple[int, list[str]]],
-          steps_ok: bool = True) -> Outcome:
+          steps_ok: bool = True, baseline: dict[str, tuple[float, float]] | None = None) -> Outcome:
+    """``baseline`` (from :func:`traffic_baseline`) adds the data-plane check: every node that sent
+    DATA since the action started must have had some of it acknowledged end to end since then —
+    quiet telemetry alone (no samples, no loss yet) is not evidence that traffic flows again."""
     out = Outcome(recovered=True)
     target = action.target_node
     removed = action.kind in (K.ACTION_KIND_REROUTE, K.ACTION_KIND_ISOLATE)
@@ -51,6 +59,18 @@ def check(action: events_pb2.ActionSpec, nodes: list[events_pb2.NodeTelemetry],
     if survivors and not any(f.startswith(tuple(t.node_id + " " for t in survivors)) for f in out.failed):
         out.passed.append(f"{len(survivors)} surviving nodes reachable, none critical"
                           + (f" ({len(warnings)} in the warning band: {'; '.join(warnings)[:300]})" if warnings else ""))
+    if baseline:
+        stalled = []
+        for t in survivors:
+            sent0, acked0 = baseline.get(t.node_id, (None, None))
+            if sent0 is None:
+                continue
+            if t.counters.get("sent", 0.0) > sent0 and t.counters.get("acked", 0.0) <= acked0:
+                stalled.append(t.node_id)
+        if stalled:
+            out.failed.append("no DATA acknowledged since the action at " + ", ".join(stalled))
+        elif any(t.counters.get("sent", 0.0) > baseline.get(t.node_id, (0.0, 0.0))[0] for t in survivors):
+            out.passed.append("DATA flows again end to end")
     if action.kind == K.ACTION_KIND_RESTART:
         if any(t.node_id == target and t.reachable for t in nodes):
             out.passed.append(f"{target} rejoined")

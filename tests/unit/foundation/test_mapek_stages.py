@@ -160,3 +160,19 @@ def test_a_node_with_all_links_slow_is_the_source_of_end_to_end_latency():
     assert 0.6 <= a.confidence <= 0.8 and "n1" in a.affected_nodes
     p, _ = plan.make_plan(a, DecisionPolicy())
     assert p.decision == events_pb2.DECISION_KIND_STANDARD_VOTE and p.action.target_node == "n3"
+
+
+def test_verify_needs_data_acknowledged_since_the_action():
+    spec = events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REROUTE, target_node="n3")
+
+    def src(sent, acked):
+        t = tel("n1")
+        t.counters["sent"], t.counters["acked"] = sent, acked
+        return t
+    base = verify.traffic_baseline([src(100, 90)])
+    quiet = [src(120, 90), tel("n2"), tel("n3", reachable=False), tel("n4")]
+    out = verify.check(spec, quiet, classify_node, baseline=base)
+    assert not out.recovered and "no DATA acknowledged since the action at n1" in out.failed
+    flowing = [src(130, 95), tel("n2"), tel("n3", reachable=False), tel("n4")]
+    out = verify.check(spec, flowing, classify_node, baseline=base)
+    assert out.recovered and "DATA flows again end to end" in out.passed
