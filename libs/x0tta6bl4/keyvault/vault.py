@@ -242,8 +242,11 @@ class Vault:
             root = KeyvaultRoot(MLDSA65PrivateKey.from_private_bytes(keystore.get(ROOT_ENTRY), backend=backend))
         else:
             root = KeyvaultRoot.generate(backend=backend)
-            keystore.put(ROOT_ENTRY, root.private_key.private_bytes_unsafe())
-            created = True
+            try:  # replicas sharing a keystore: the first one to create the root wins, the others load it
+                keystore.put(ROOT_ENTRY, root.private_key.private_bytes_unsafe(), create_only=True)
+                created = True
+            except FileExistsError:
+                root = KeyvaultRoot(MLDSA65PrivateKey.from_private_bytes(keystore.get(ROOT_ENTRY), backend=backend))
         v = cls(keystore, root, trust_domain, **kw)
         v.root_created = created
         for name in keystore.names():

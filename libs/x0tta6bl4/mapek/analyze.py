@@ -106,7 +106,10 @@ class RuleAnalyzer:
         # 1. unreachable nodes are the root cause of their neighbours' trouble
         for t in window.nodes:
             if not t.reachable:
-                victims = sorted(n for n, o in nodes.items() if t.node_id in o.neighbours and n != t.node_id)
+                # its neighbours: those still listing it, and those it listed in its last report (they
+                # may have dropped it from their tables already)
+                victims = sorted({n for n, o in nodes.items() if t.node_id in o.neighbours}
+                                 | {n for n in t.neighbours if n in nodes} - {t.node_id})
                 out.append(anomaly(window, t.node_id, t.node_id, "node_down", 1.0, 0.95,
                                    common_pb2.SEVERITY_CRITICAL, ["reachable=false"], victims, self.name))
                 explained |= {t.node_id, *victims}

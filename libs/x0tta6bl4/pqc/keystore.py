@@ -121,7 +121,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, create_only: bool = False) -> None:
+    """Write to a temp file, fsync, then rename over ``path`` (or, with ``create_only``, link it to
+    ``path`` so that the write fails with FileExistsError when another process created it first)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{_TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -136,11 +138,33 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
     os.close(fd)
     try:
-        os.replace(tmp, path)
+        if create_only:
+            os.link(tmp, path)
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Temp files are named .<entry>.<pid>.<random>.tmp: is that writer still running?"""
+    parts = tmp_name.split(".")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Keystore:
@@ -169,15 +193,20 @@ class Keystore:
         return self.directory / (self._check_name(name) + _SUFFIX)
 
     # -- raw secrets -------------------------------------------------------
-    def put(self, name: str, secret: bytes) -> None:
-        """Encrypt and atomically (re)write entry ``name``."""
+    def put(self, name: str, secret: bytes, create_only: bool = False) -> None:
+        """Encrypt and atomically (re)write entry ``name``; with ``create_only`` raise
+        FileExistsError when the entry exists (another process created it first)."""
         path = self._path(name)
         secret = to_bytes(secret, "secret")
         salt, nonce = os.urandom(16), os.urandom(12)
         header = _MAGIC + bytes([_VERSION]) + self._mk._check + salt + nonce
         ct = self._mk._derive(salt).encrypt(nonce, secret, header + name.encode())
         try:
-            _atomic_write(path, header + ct)
+            _atomic_write(path, header + ct, create_only=create_only)
+        except FileExistsError:
+            if create_only:
+                raise
+            raise KeystoreError(f"cannot write keystore entry {name!r}: exists") from None
         except OSError as exc:
             raise KeystoreError(f"cannot write keystore entry {name!r}: {exc.strerror}") from None
 
@@ -229,10 +258,11 @@ class Keystore:
         return {n: self.get(n) for n in self.names()}
 
     def cleanup(self) -> list[str]:
-        """Remove leftover temp files of interrupted writes; return their names."""
+        """Remove leftover temp files of interrupted writes (whose writer is gone; another process
+        sharing the keystore may be writing right now); return their names."""
         removed = []
         for p in self.directory.iterdir():
-            if p.name.startswith(".") and p.name.endswith(_TMP_SUFFIX):
+            if p.name.startswith(".") and p.name.endswith(_TMP_SUFFIX) and not _writer_alive(p.name):
                 p.unlink(missing_ok=True)
                 removed.append(p.name)
         if removed:

@@ -176,3 +176,10 @@ def test_verify_needs_data_acknowledged_since_the_action():
     flowing = [src(130, 95), tel("n2"), tel("n3", reachable=False), tel("n4")]
     out = verify.check(spec, flowing, classify_node, baseline=base)
     assert out.recovered and "DATA flows again end to end" in out.passed
+
+
+def test_down_node_victims_include_the_neighbours_it_last_reported():
+    dead = tel("n3", reachable=False)          # still lists n2, n4 from its last report
+    n2, n4 = tel("n2", neighbours=["n1"]), tel("n4", neighbours=[])   # they already dropped n3
+    (a,) = RuleAnalyzer().analyze(window(tel("n1"), n2, dead, n4, trigger="n3"))
+    assert a.root_cause == "n3" and set(a.affected_nodes) == {"n2", "n4"}

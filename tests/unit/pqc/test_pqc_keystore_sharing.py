@@ -1,0 +1,29 @@
+"""Several processes (keyvault replicas) sharing one keystore directory."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from x0tta6bl4.pqc.keystore import Keystore, MasterKey
+
+
+def test_create_only_refuses_to_overwrite(tmp_path):
+    ks = Keystore(tmp_path, MasterKey.generate())
+    ks.put("root", b"first", create_only=True)
+    with pytest.raises(FileExistsError):
+        ks.put("root", b"second", create_only=True)
+    assert ks.get("root") == b"first"
+
+
+def test_cleanup_keeps_a_live_writers_temp_file_and_removes_a_dead_ones(tmp_path):
+    ks = Keystore(tmp_path, MasterKey.generate())
+    live = tmp_path / f".root.key.{os.getppid()}.abcd.tmp"
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+    dead = tmp_path / f".root.key.{dead_pid}.abcd.tmp"
+    live.write_bytes(b"x")
+    dead.write_bytes(b"x")
+    removed = ks.cleanup()
+    assert dead.name in removed and not dead.exists()
+    assert live.exists()
