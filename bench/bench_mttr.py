@@ -107,7 +107,44 @@ async def settle(js, nodes, src, timeout=30.0):
     raise TimeoutError(f"mesh did not settle: {why}")
 
 
-async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_mesh) -> dict:
+class Voters:
+    """Operators who approve every proposal at once (for the governed scenario)."""
+
+    def __init__(self, addr: str, n: int = 2):
+        import grpc
+        from x0tta6bl4.pqc import MLDSA65PrivateKey
+        from x0tta6bl4.v1 import governance_pb2 as g
+        from x0tta6bl4.v1 import governance_pb2_grpc as gg
+        self.g = g
+        self.channel = grpc.aio.insecure_channel(addr)
+        self.stub = gg.GovernanceStub(self.channel)
+        self.keys = [(f"spiffe://x0tta6bl4.mesh/operator/bench{i}", MLDSA65PrivateKey.generate()) for i in range(n)]
+        self.voted: set[str] = set()
+
+    async def register(self):
+        for name, key in self.keys:
+            await self.stub.RegisterVoter(self.g.RegisterVoterRequest(voter=name, balance=100,
+                                                                      public_key=key.public_key().public_bytes()))
+
+    async def approve_all(self, stop: asyncio.Event):
+        import secrets
+        from x0tta6bl4.governance import vote_signing_payload
+        g = self.g
+        while not stop.is_set():
+            r = await self.stub.ListProposals(g.ListProposalsRequest(state=g.PROPOSAL_STATE_ACTIVE))
+            for p in r.proposals:
+                if p.id in self.voted:
+                    continue
+                self.voted.add(p.id)
+                for name, key in self.keys:
+                    nonce = secrets.token_bytes(16)
+                    sig = key.sign(vote_signing_payload(p.id, name, "YES", 100.0, nonce))
+                    await self.stub.CastVote(g.CastVoteRequest(proposal_id=p.id, voter=name, tokens=100.0,
+                                                               nonce=nonce, signature=sig, choice=g.VOTE_CHOICE_YES))
+            await asyncio.sleep(0.05)
+
+
+async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_mesh, scenario: str = "kill") -> dict:
     rng = random.Random(seed)
     nc = await nats.connect(stack.url)
     js = nc.jetstream()
@@ -115,6 +152,11 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
     await nc.subscribe("mapek.>", cb=rec.on_msg)
     await nc.subscribe("mesh.event.*", cb=rec.on_msg)
     src, dst = nodes[0], nodes[-1]
+    stop_voting = asyncio.Event()
+    if scenario == "degrade":
+        voters = Voters(stack.grpc_addr("governance"))
+        await voters.register()
+        voting = asyncio.create_task(voters.approve_all(stop_voting))
     rows = []
     restarts = 0
     for trial in range(trials):
@@ -132,9 +174,12 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
         victim = rng.choice(p[1:-1])
         sent0, acked0 = tel[src].counters.get("sent", 0), tel[src].counters.get("acked", 0)
         t_kill = time.time_ns()
-        await command(nc, victim, C.KIND_FAULT, type="kill")
+        if scenario == "degrade":  # every link of the victim gets 150 ms slower
+            await command(nc, victim, C.KIND_FAULT, type="latency", ms=150)
+        else:
+            await command(nc, victim, C.KIND_FAULT, type="kill")
         verified = None
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + (40 if scenario == "degrade" else 20)
         while time.monotonic() < deadline and verified is None:
             await asyncio.sleep(0.02)
             for t, s, e in rec.since(t_kill):
@@ -142,7 +187,8 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
                     verified = (t, e)
         evs = rec.since(t_kill)
         first = lambda pred: min((t for t, s, e in evs if pred(s, e)), default=None)  # noqa: E731
-        t_detect = first(lambda s, e: s.startswith("mesh.event.") and e.kind == "neighbour_lost" and e.peer == victim)
+        t_detect = first(lambda s, e: (s.startswith("mesh.event.") and e.kind == "neighbour_lost" and e.peer == victim)
+                         or (s == subjects.MAPEK_ANOMALY and e.root_cause == victim))
         t_plan = first(lambda s, e: s == subjects.MAPEK_PLAN and e.root_cause == victim)
         t_act = first(lambda s, e: s == subjects.MAPEK_RESULT and e.action.target_node == victim)
         false_actions = sum(1 for t, s, e in evs if s == subjects.MAPEK_ACTION and e.action.target_node != victim)
@@ -158,8 +204,11 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
         rows.append(row)
         print(json.dumps(row), flush=True)
         # restore: revive, un-avoid everywhere
-        await command(nc, victim, C.KIND_FAULT, type="revive")
+        await command(nc, victim, C.KIND_HEAL)  # clears impairments, revives a killed agent
         await asyncio.gather(*(command(nc, n, C.KIND_UNAVOID_NODE, peer=victim) for n in nodes if n != victim))
+    stop_voting.set()
+    if scenario == "degrade":
+        await asyncio.gather(voting, return_exceptions=True)
     await nc.close()
     out = summarize(rows)
     out["mesh_restarts"] = restarts
@@ -184,9 +233,16 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", default="")
+    ap.add_argument("--scenario", choices=["kill", "degrade"], default="kill",
+                    help="kill: a node on the active path crashes (auto-repair); degrade: its links get 150 ms "
+                         "slower (medium confidence: a DAO vote that scripted operators approve at once)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="x0-mttr-") as d:
-        stack = Stack(pathlib.Path(d), env={"X0TTA6BL4_LOG_LEVEL": "WARNING"})
+        env_extra = {"X0TTA6BL4_LOG_LEVEL": "WARNING"}
+        if a.scenario == "degrade":
+            env_extra.update({"X0TTA6BL4_WINDOW_S": "1", "X0TTA6BL4_STANDARD_VOTE_S": "60",
+                              "X0TTA6BL4_EMERGENCY_VOTE_S": "60"})
+        stack = Stack(pathlib.Path(d), env=env_extra)
         box: dict = {}
         try:
             stack.start()
@@ -206,14 +262,15 @@ def main(argv=None):
                 start_mesh()
 
             nodes = start_mesh()
-            out = asyncio.run(run(stack, nodes, a.trials, a.seed, restart_mesh))
+            out = asyncio.run(run(stack, nodes, a.trials, a.seed, restart_mesh, a.scenario))
         finally:
             if box.get("mesh"):
                 box["mesh"].kill()
                 box["mesh"].wait(10)
             stack.stop()
     v = out["verified_ms"] or {}
-    print(f"mttr: {out['recovered']}/{out['trials']} node kills healed automatically on a {a.nodes}-node grid; "
+    what = "node kills healed automatically" if a.scenario == "kill" else "degraded nodes routed around after a vote"
+    print(f"mttr: {out['recovered']}/{out['trials']} {what} on a {a.nodes}-node grid; "
           f"kill->detect p50 {out['detect_ms']['p50'] if out['detect_ms'] else '-'} ms, "
           f"->plan p50 {out['plan_ms']['p50'] if out['plan_ms'] else '-'} ms, "
           f"->acted p50 {out['act_ms']['p50'] if out['act_ms'] else '-'} ms, "
