@@ -12,6 +12,7 @@ from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Context, Reject, Service
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
+from x0tta6bl4.execution import bluegreen_local
 from x0tta6bl4.execution.actions import Step, UnsupportedAction, plan_steps
 from x0tta6bl4.mapek import verify as verifying
 from x0tta6bl4.mapek.health import classify_node
@@ -34,7 +35,7 @@ def build(settings: ExecutorSettings) -> Service:
     def nodes_now() -> list[events_pb2.NodeTelemetry]:
         return list(telemetry.values())
 
-    async def run_step(step: Step) -> events_pb2.ActionStep:
+    async def run_step(step: Step) -> events_pb2.ActionStep | list[events_pb2.ActionStep]:
         t0 = time.perf_counter()
         ok, detail = False, ""
         try:
@@ -58,6 +59,10 @@ def build(settings: ExecutorSettings) -> Service:
                                                  req.SerializeToString(), timeout=settings.step_timeout_s)
                 err = (reply.headers or {}).get("X0-Error")
                 ok, detail = err is None, err or "ok"
+            elif step.kind == "deploy":       # blue-green: one ActionStep per phase, the last one the outcome
+                records = await bluegreen_local.deploy(app.nc, step.params, settings.nats_url, settings.data_dir)
+                return [events_pb2.ActionStep(name=r.name, ok=r.ok, detail=r.detail, duration_ms=r.duration_ms)
+                        for r in records]
             else:
                 detail = f"step kind {step.kind} is not available on this stack"
         except asyncio.TimeoutError:
@@ -70,12 +75,21 @@ def build(settings: ExecutorSettings) -> Service:
     @app.subscriber("executor", events_pb2.ActionRequest, concurrency=4)
     async def on_action(req: events_pb2.ActionRequest, ctx: Context) -> None:
         claims = await app.kv("actions")
+        # How long one execution may hold the claim; past that, its executor is presumed dead.
+        lease_s = (req.timeout_s or 30.0) + settings.verify_timeout_s + 5.0
         try:
-            await claims.create(req.action_id, b"started")
+            await claims.create(req.action_id, f"started {time.time_ns()}".encode())
         except KeyWrongLastSequenceError:
-            if (await claims.get(req.action_id)).value == b"done":
-                await ctx.audit("action.duplicate", req.action_id, {"note": "already executed; not repeated"})
-                return
+            deadline = time.monotonic() + lease_s
+            while True:
+                value = (await claims.get(req.action_id)).value
+                if value == b"done":
+                    await ctx.audit("action.duplicate", req.action_id, {"note": "already executed; not repeated"})
+                    return
+                started_ns = int(value.split()[1]) if value.startswith(b"started ") else 0
+                if time.time_ns() - started_ns > lease_s * 1e9 or time.monotonic() > deadline:
+                    break  # the executor that claimed it died mid-way: take over (every step is idempotent)
+                await asyncio.sleep(0.1)  # another replica is executing it right now: wait for its outcome
         t0 = time.perf_counter()
         try:
             phases = plan_steps(req.action, [t.node_id for t in nodes_now() if t.reachable])
@@ -90,7 +104,8 @@ def build(settings: ExecutorSettings) -> Service:
         try:
             async with asyncio.timeout(deadline):
                 for phase in phases:
-                    result.steps.extend(await asyncio.gather(*(run_step(s) for s in phase)))
+                    for done in await asyncio.gather(*(run_step(s) for s in phase)):
+                        result.steps.extend(done if isinstance(done, list) else [done])
         except TimeoutError:
             result.error = f"action timed out after {deadline}s"
         result.success = not result.error and all(s.ok for s in result.steps)

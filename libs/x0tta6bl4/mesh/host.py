@@ -22,6 +22,15 @@ neighbour has accepted a HELLO signed with the new key (or after
 ``mesh.event.<node>``: ``keys.loaded``, ``keys.reloaded``, ``keys.verified``,
 ``keys.retired``, ``keys.revoked``, ``channel.established`` (kinds outside
 ``security.*``, so the monitor does not count them as failed authentication).
+
+Blue-green (``--standby``, ``--instance``, ``--version``): a host in standby runs its agents dark
+(they bind, exchange HELLOs and converge among themselves, so the set is warm) but publishes no
+telemetry or events, sends no DATA and leaves unaddressed commands to the active host. Host-level
+commands are MeshCommands of kind ``KIND_HEAL`` (``HOST_OP_KIND``) on any hosted node's ``mesh.cmd.<node>`` with
+``params["host_op"]`` = ``status`` | ``standby`` | ``activate`` | ``retire``; a command whose
+``params["host"]`` names an instance is handled only by that host (active or not), an unaddressed one
+only by the active host. ``retire`` stops the host process after the reply. ``--fail-health`` makes
+/health answer 503 (a canary aid to rehearse an automatic rollback; never set in production).
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -39,6 +49,7 @@ from typing import Any
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
 from x0tta6bl4.bus.connection import connect
+from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.mesh.core import CoreConfig
 from x0tta6bl4.mesh.routing import Event
@@ -50,6 +61,9 @@ from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
 log = logging.getLogger("x0tta6bl4.mesh.host")
 C = mesh_pb2.MeshCommand
+# Host-level blue-green commands ride on an existing kind with params["host_op"] (the codec requires a
+# non-zero kind); HEAL is the harmless choice should a host without host_op support receive one.
+HOST_OP_KIND = C.KIND_HEAL
 
 
 def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> events_pb2.NodeTelemetry:
@@ -80,7 +94,8 @@ class MeshHost:
                  config: CoreConfig | None = None, telemetry_interval: float = 0.25, seed: int = 0,
                  ack_timeout: float = 0.4, latency_window_s: float = 0.5, keyvault: str | None = None,
                  offline_keys: bool = False, security_options: dict[str, Any] | None = None,
-                 max_skew_s: float = 10.0, reload_verify_timeout: float = 2.0):
+                 max_skew_s: float = 10.0, reload_verify_timeout: float = 2.0, instance: str | None = None,
+                 version: str = "", standby: bool = False, fail_health: bool = False):
         self.nats_url = nats_url
         self.topology = topology
         self.latency_window_ns = int(latency_window_s * 1e9)
@@ -107,6 +122,16 @@ class MeshHost:
         self._stub = None
         self._watcher = None
         self._watch_task: asyncio.Task | None = None
+        # blue-green: identity, standby/active, retirement
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        self.version = version
+        self.active = not standby
+        self.fail_health = fail_health
+        self.retired = asyncio.Event()
+        self.topology_spec = ""
+        self.health_port = 0
+        self.telemetry_interval = telemetry_interval
+        self._flows: list[tuple[str, str, float]] = []
 
     @property
     def ready(self) -> bool:
@@ -142,10 +167,12 @@ class MeshHost:
             await self.nc.close()
 
     def traffic(self, src: str, dst: str, rate: float) -> None:
+        self._flows.append((src, dst, rate))
+
         async def loop():
             while True:
                 a = self.runtime.agents[src]
-                if a.running:
+                if a.running and self.active:
                     try:
                         a.send(dst, b"x" * 64, ack=True)
                     except ValueError:
@@ -303,6 +330,8 @@ class MeshHost:
         return samples[min(len(samples) - 1, int(0.99 * len(samples)))] / 1e6
 
     async def _on_telemetry(self, d: dict) -> None:
+        if not self.active:
+            return
         try:
             t = to_proto(d, len(self.runtime.agents), self._loss(d), self._p99_ms(d["node_id"]))
             await self.publisher.emit(subjects.telemetry(t.node_id), t)
@@ -310,6 +339,8 @@ class MeshHost:
             log.warning("telemetry of %s not sent: %s", d.get("node_id"), e)
 
     async def _on_event(self, rec: dict) -> None:
+        if not self.active:
+            return
         if rec["kind"] not in ("neighbour_lost", "route_broken", "route_repaired") and \
                 not rec["kind"].startswith(("security", "keys.", "channel.")):
             return
@@ -325,13 +356,44 @@ class MeshHost:
         ok, detail = True, "ok"
         try:
             cmd = decode(mesh_pb2.MeshCommand, msg.data)
-            detail = await self.apply(node, cmd.kind, cmd.peer, dict(cmd.params))
+            addressed = cmd.params.get("host", "")
+            if (addressed and addressed != self.instance) or (not addressed and not self.active):
+                return          # another host's command, or a standby host leaving it to the active one
+            if cmd.kind == HOST_OP_KIND and cmd.params.get("host_op"):
+                detail = await self.host_op(cmd.params["host_op"])
+            else:
+                detail = await self.apply(node, cmd.kind, cmd.peer, dict(cmd.params))
         except (InvalidMessage, KeyError, ValueError) as e:
             ok, detail = False, str(e)
         reply = mesh_pb2.MeshEvent(meta=new_meta("mesh-agent"), node_id=node,
                                    kind="command.ok" if ok else "command.failed", details={"detail": detail})
         if msg.reply:
             await self.nc.publish(msg.reply, reply.SerializeToString())
+
+    # ---- blue-green ---------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        keys = "offline" if self.offline_keys else f"keyvault:{self.keyvault_addr}" if self.keyvault_addr else ""
+        return {"instance": self.instance, "version": self.version, "active": self.active, "pid": os.getpid(),
+                "nodes": self.nodes, "topology": self.topology_spec, "health_port": self.health_port,
+                "traffic": [f"{s}:{d}" for s, d, _ in self._flows],
+                "rate": self._flows[0][2] if self._flows else 0.0, "telemetry_interval": self.telemetry_interval,
+                "keys": keys, "ready": self.ready, "converged": self.runtime.started and self.runtime.converged()}
+
+    async def host_op(self, op: str) -> str:
+        """Host-level blue-green command; answers with the host's status as JSON."""
+        if op == "standby":
+            self.active = False
+        elif op == "activate":
+            self._last_outcomes.clear()
+            self.active = True
+        elif op == "retire":
+            self.active = False
+            asyncio.get_running_loop().call_later(0.05, self.retired.set)
+        elif op != "status":
+            raise ValueError(f"unknown host_op {op!r}")
+        if op != "status":
+            log.info("host %s (version %s): %s", self.instance, self.version or "-", op)
+        return json.dumps(self.status())
 
     async def apply(self, node: str, kind: int, peer: str = "", params: dict | None = None) -> str:
         params = params or {}
@@ -372,16 +434,28 @@ class MeshHost:
         return "ok"
 
 
+class HostHealthServer(HealthServer):
+    """/health answers 503 when the host was started with --fail-health (canary aid)."""
+
+    def route(self, path: str) -> tuple[str, str, bytes]:
+        if path == "/health" and getattr(self.target, "fail_health", False):
+            return ("503 Service Unavailable", "application/json",
+                    json.dumps({"service": self.target.name, "status": "failing", "reason": "--fail-health"}).encode())
+        return super().route(path)
+
+
 async def _main(args: argparse.Namespace) -> int:
     setup_tracing("mesh-agent", args.data_dir, None)
     topo = parse_spec(args.topology, seed=args.seed)
-    host = await MeshHost(args.nats, topo, telemetry_interval=args.telemetry_interval, seed=args.seed,
-                          keyvault=args.keyvault or None, offline_keys=args.offline_keys,
-                          max_skew_s=args.max_skew).start()
+    host = MeshHost(args.nats, topo, telemetry_interval=args.telemetry_interval, seed=args.seed,
+                    keyvault=args.keyvault or None, offline_keys=args.offline_keys, max_skew_s=args.max_skew,
+                    instance=args.instance or None, version=args.version, standby=args.standby,
+                    fail_health=args.fail_health)
+    host.topology_spec, host.health_port = args.topology, args.health_port
+    await host.start()
     health = None
     if args.health_port:
-        from x0tta6bl4.bus.health import HealthServer
-        health = HealthServer(host, args.health_port)
+        health = HostHealthServer(host, args.health_port)
         await health.start()
     for spec in args.traffic:
         src, _, dst = spec.partition(":")
@@ -392,7 +466,11 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(json.dumps({"ready": True, "nodes": topo.nodes,
                       "links": sorted(sorted(link) for link in topo.links)}), flush=True)
-    await stop.wait()
+    retired = asyncio.create_task(host.retired.wait())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([retired, stopped], return_when=asyncio.FIRST_COMPLETED)
+    retired.cancel()
+    stopped.cancel()
     await host.stop()
     if health:
         await health.stop()
@@ -415,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="locally generated identities under an in-process root (no keyvault)")
     p.add_argument("--max-skew", type=float, default=10.0, help="accepted control-packet timestamp skew (s)")
     p.add_argument("--health-port", type=int, default=0, help="serve /health and /ready here (8080 in containers)")
+    p.add_argument("--standby", action="store_true",
+                   help="blue-green: run the agents dark until a host_op=activate command")
+    p.add_argument("--instance", default="", help="host instance id for addressed host commands (default host-pid)")
+    p.add_argument("--version", default="", help="node-agent version label reported by host_op=status")
+    p.add_argument("--fail-health", action="store_true",
+                   help="canary aid: /health answers 503 (rehearses a blue-green rollback)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mesh-host %(levelname)s %(message)s")
     try:
