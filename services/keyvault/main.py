@@ -92,8 +92,13 @@ def load_master_key(s: KeyvaultSettings) -> tuple[MasterKey, str]:
         path = pathlib.Path(s.data_dir) / "keys" / MASTER_KEY_FILE_NAME
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            MasterKey.generate().write_file(path)
-            generated = True
+            try:
+                MasterKey.generate().write_file(path)
+                generated = True
+            except KeystoreError:
+                if not path.exists():
+                    raise
+                # another replica sharing this data dir created it a moment ago: use theirs
     try:
         mk = MasterKey.from_file(path)
     except KeystoreError as e:

@@ -94,9 +94,10 @@ class MasterKey:
     def write_file(self, path: str | os.PathLike[str]) -> None:
         """Create a new master key file (mode 0600, hex text) atomically; never overwrites."""
         path = Path(path)
-        if path.exists():
-            raise KeystoreError(f"refusing to overwrite existing master key file {str(path)!r}")
-        _atomic_write(path, self._key.hex().encode() + b"\n")
+        try:  # create-only: of two processes creating it at once, exactly one wins
+            _atomic_write(path, self._key.hex().encode() + b"\n", create_only=True)
+        except FileExistsError:
+            raise KeystoreError(f"refusing to overwrite existing master key file {str(path)!r}") from None
 
     def _derive(self, salt: bytes) -> AESGCM:
         return AESGCM(HKDF(hashes.SHA256(), 32, salt, b"x0tta6bl4/keystore/entry/v1").derive(self._key))
