@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "libs"))
 from x0tta6bl4.mesh.agent import MeshAgent, percentile  # noqa: E402
 from x0tta6bl4.mesh.core import CoreConfig  # noqa: E402
 from x0tta6bl4.mesh.packets import DATA, HELLO, RERR, RREP, RREQ, HelloBody, HelloNeighbour, Packet, PacketError, RerrBody, RrepBody, decode, encode  # noqa: E402,E501
-from x0tta6bl4.mesh.runtime import MeshRuntime  # noqa: E402
+from x0tta6bl4.mesh.runtime import MeshRuntime
+from x0tta6bl4.mesh.trials import kill_on_active_path  # noqa: E402
 from x0tta6bl4.mesh.topology import Topology, grid, random_geometric  # noqa: E402
 
 HELLO_S = 0.2
@@ -53,14 +54,6 @@ def pstats(xs: list[float]) -> dict:
 
 def control_bytes(rt: MeshRuntime) -> float:
     return sum(a.counters["control_tx_bytes"] for a in rt.agents.values())
-
-
-async def flow(rt: MeshRuntime, src: str, dst: str, stop: asyncio.Event, sent: list[int], rate: float) -> None:
-    while not stop.is_set():
-        p = rt.send(src, dst, b"b" * 64, ack=True)
-        if p is not None:
-            sent.append(p.timestamp_ns)
-        await asyncio.sleep(1.0 / rate)
 
 
 async def bench_topology(topo: Topology, trials: int, rate: float, seed: int) -> dict:
@@ -98,55 +91,21 @@ async def bench_topology(topo: Topology, trials: int, rate: float, seed: int) ->
     failures = 0
     b1, ts1 = control_bytes(rt), time.monotonic()
     g = topo.graph()
-    for trial in range(trials):
-        for _ in range(100):
-            src, dst = rng.sample(topo.nodes, 2)
-            sp = topo.shortest_path(src, dst)
-            if sp and len(sp) >= 4:
-                break
-        stop = asyncio.Event()
-        sent: list[int] = []
-        task = asyncio.create_task(flow(rt, src, dst, stop, sent, rate))
-        path = None
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            path = rt.path(src, dst)
-            if path and rt.agents[dst].deliveries:
-                break
-        await asyncio.sleep(0.3)
-        path = rt.path(src, dst)
-        cands = [n for n in (path or [])[1:-1] if topo.shortest_path(src, dst, without=[n])]
-        if not cands:
-            stop.set()
-            await task
+    for _trial in range(trials):
+        t = await kill_on_active_path(rt, topo, rng, events, rate)
+        if t is None or t.repair_ms is None:
             failures += 1
+        if t is None:
             continue
-        victim = rng.choice(cands)
-        upstream = path[path.index(victim) - 1]
-        t_kill = time.monotonic_ns()
-        rt.faults.kill(victim)
-        await asyncio.sleep(2.0)
-        stop.set()
-        await task
-        lost = [e["mono_ns"] for e in events if e["kind"] == "neighbour_lost" and e["peer"] == victim
-                and e["node_id"] == upstream and e["mono_ns"] >= t_kill]  # fmt: skip
-        dl = rt.agents[dst].deliveries
-        after = sorted(now for now, o, _, ts in dl if o == src and ts > t_kill)
-        window = [ts for ts in sent if t_kill < ts <= t_kill + 2_000_000_000]
-        got = {ts for _, o, _, ts in dl if o == src and t_kill < ts <= t_kill + 2_000_000_000}
-        if lost:
-            detect.append((lost[0] - t_kill) / 1e6)
-        if after:
-            repair.append((after[0] - t_kill) / 1e6)
-            if lost:
-                repair_after_detect.append((after[0] - lost[0]) / 1e6)
-        else:
-            failures += 1
-        if window:
-            ratio.append(100.0 * len(got) / len(window))
-        await rt.faults.heal_async()
-        await rt.wait_converged(timeout=10)
-        await asyncio.sleep(0.2)
+        if t.detect_ms is not None:
+            detect.append(t.detect_ms)
+        if t.repair_ms is not None:
+            repair.append(t.repair_ms)
+            if t.detect_ms is not None:
+                repair_after_detect.append((t.first_after_ns - t.detected_ns) / 1e6)
+        pct = t.delivery_pct(2_000_000_000)
+        if pct is not None:
+            ratio.append(pct)
     dt = time.monotonic() - ts1
     res["trials"] = trials
     res["trial_failures"] = failures

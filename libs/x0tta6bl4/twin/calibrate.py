@@ -35,15 +35,10 @@ HELLO_S = 0.2
 MISS = 3
 
 
-async def _flow(rt, src: str, dst: str, stop: asyncio.Event, rate: float) -> None:
-    while not stop.is_set():
-        rt.send(src, dst, b"c" * 64, ack=True)
-        await asyncio.sleep(1.0 / rate)
-
-
 async def measure_topology(topo, trials: int, seed: int, rate: float = 100.0) -> list[dict]:
     from x0tta6bl4.mesh.core import CoreConfig
     from x0tta6bl4.mesh.runtime import MeshRuntime
+    from x0tta6bl4.mesh.trials import kill_on_active_path
 
     from .twin import MeshDigitalTwin
 
@@ -58,47 +53,18 @@ async def measure_topology(topo, trials: int, seed: int, rate: float = 100.0) ->
     try:
         await rt.wait_converged(timeout=30)
         for _ in range(trials):
-            for _ in range(200):
-                src, dst = rng.sample(topo.nodes, 2)
-                sp = topo.shortest_path(src, dst)
-                if sp and len(sp) >= 4:
-                    break
-            stop = asyncio.Event()
-            task = asyncio.create_task(_flow(rt, src, dst, stop, rate))
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                if rt.path(src, dst) and rt.agents[dst].deliveries:
-                    break
-            await asyncio.sleep(0.3)
-            path = rt.path(src, dst)
-            cands = [n for n in (path or [])[1:-1] if topo.shortest_path(src, dst, without=[n])]
-            if not cands:
-                stop.set()
-                await task
+            t = await kill_on_active_path(rt, topo, rng, events, rate)
+            if t is None or t.detected_ns is None or t.first_after_ns is None:
                 continue
-            victim = rng.choice(cands)
-            upstream = path[path.index(victim) - 1]
-            t_kill = time.monotonic_ns()
-            rt.faults.kill(victim)
-            await asyncio.sleep(2.0)
-            stop.set()
-            await task
-            lost = [e["mono_ns"] for e in events if e["kind"] == "neighbour_lost" and e["peer"] == victim
-                    and e["node_id"] == upstream and e["mono_ns"] >= t_kill]
-            after = sorted(now for now, o, _, ts in rt.agents[dst].deliveries if o == src and ts > t_kill)
-            if lost and after:
-                new_path = rt.path(src, dst) or []
-                out.append({
-                    "topology": topo.name, "victim": victim, "src": src, "dst": dst,
-                    "hops": twin.simulate_node_failure(victim).detour_hops,
-                    "path_hops": len(path) - 1, "new_path_hops": max(len(new_path) - 1, 0),
-                    "victim_hops_from_src": path.index(victim),
-                    "detect_s": (lost[0] - t_kill) / 1e9,
-                    "repair_s": max(after[0] - lost[0], 0) / 1e9,
-                })
-            await rt.faults.heal_async()
-            await rt.wait_converged(timeout=10)
-            await asyncio.sleep(0.2)
+            new_path = t.path_after
+            out.append({
+                "topology": topo.name, "victim": t.victim, "src": t.src, "dst": t.dst,
+                "hops": twin.simulate_node_failure(t.victim).detour_hops,
+                "path_hops": len(t.path) - 1, "new_path_hops": max(len(new_path) - 1, 0),
+                "victim_hops_from_src": t.path.index(t.victim),
+                "detect_s": (t.detected_ns - t.t_kill_ns) / 1e9,
+                "repair_s": max(t.first_after_ns - t.detected_ns, 0) / 1e9,
+            })
     finally:
         await rt.stop()
     return out
