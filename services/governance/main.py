@@ -68,7 +68,7 @@ AUDIT_TYPES = {
     gev.ProposalExecuted: "proposal.executed",
     gev.ProposalExpired: "proposal.expired",
 }
-AUDIT_GROUP_ABOVE = 4   # more events of one type in one commit -> one audit event listing them all
+AUDIT_GROUP_ABOVE = 1   # more events of one type in one commit -> one audit event listing them all
 
 
 class GovernanceSettings(CommonSettings):
