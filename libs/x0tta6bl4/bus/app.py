@@ -46,6 +46,7 @@ from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology
 from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.publisher import Publisher, derive_id
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
+from x0tta6bl4.pqc.keystore import write_secret_file
 from x0tta6bl4.telemetry.tracing import (
     CYCLE_ATTR,
     current_trace_id,
@@ -102,21 +103,15 @@ class Subscription(Generic[M]):
 
 
 def _load_audit_signer(data_dir: pathlib.Path, service: str) -> MLDSASigner:
-    """The service's audit signing key, persisted (0600, written atomically)."""
+    """The service's audit signing key, persisted (0600, written atomically). Replicas sharing the
+    data dir agree on one key: the first to create the file wins, the others load it."""
     path = data_dir / "keys" / f"audit-{service}.seed"
-    if path.exists():
-        return MLDSASigner.from_seed(path.read_bytes())
-    signer = MLDSASigner()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, signer.seed_bytes_unsafe())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return signer
+    if not path.exists():
+        try:
+            write_secret_file(path, MLDSASigner().seed_bytes_unsafe(), create_only=True)
+        except FileExistsError:
+            pass
+    return MLDSASigner.from_seed(path.read_bytes())
 
 
 class Service:

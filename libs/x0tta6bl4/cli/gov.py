@@ -69,16 +69,9 @@ def keygen(out: pathlib.Path, force: bool = False) -> pathlib.Path:
     out = pathlib.Path(out)
     if out.exists() and not force:
         raise GovError(f"{out} exists; refusing to overwrite a key (use --force)")
+    from x0tta6bl4.pqc.keystore import write_secret_file
     key = MLDSA65PrivateKey.generate()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, key.private_bytes_unsafe())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, out)
+    write_secret_file(out, key.private_bytes_unsafe())
     pub = out.with_name(out.name + ".pub")
     pub.write_bytes(key.public_key().public_bytes())
     return pub

@@ -142,12 +142,11 @@ def issue(node: str = typer.Argument(..., help="node id ([a-z0-9][a-z0-9-]{0,62}
         fail(f"{private_out} exists; refusing to overwrite a private key file")
     r = _call(keyvault, "IssueIdentity", _pb().IssueIdentityRequest(node_id=node, return_private=private_out is not None))
     if private_out is not None:
+        from x0tta6bl4.pqc.keystore import write_secret_file
         try:
-            fd = os.open(private_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_secret_file(private_out, r.private_bundle, create_only=True)
         except OSError as e:
-            fail(f"cannot create {private_out}: {e.strerror}")
-        with os.fdopen(fd, "wb") as f:
-            f.write(r.private_bundle)
+            fail(f"cannot create {private_out}: {e.strerror or 'exists'}")
     _print([r.record], as_json, f"issued {r.record.spiffe_id}")
     if private_out is not None and not as_json:
         console.print(f"private bundle written to {private_out} (0600) - keep it secret")

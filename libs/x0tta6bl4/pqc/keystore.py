@@ -150,6 +150,14 @@ def _atomic_write(path: Path, data: bytes, create_only: bool = False) -> None:
     _fsync_dir(path.parent)
 
 
+def write_secret_file(path: str | os.PathLike[str], data: bytes, create_only: bool = False) -> None:
+    """Write a secret (key seed, private bundle) to its own 0600 file atomically: temp file, fsync,
+    rename (or, with ``create_only``, link: FileExistsError when someone created it first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, data, create_only=create_only)
+
+
 def _writer_alive(tmp_name: str) -> bool:
     """Temp files are named .<entry>.<pid>.<random>.tmp: is that writer still running?"""
     parts = tmp_name.split(".")

@@ -27,3 +27,14 @@ def test_cleanup_keeps_a_live_writers_temp_file_and_removes_a_dead_ones(tmp_path
     removed = ks.cleanup()
     assert dead.name in removed and not dead.exists()
     assert live.exists()
+
+
+def test_secret_files_are_0600_and_create_only_refuses_a_second_writer(tmp_path):
+    from x0tta6bl4.pqc.keystore import write_secret_file
+    p = tmp_path / "keys" / "audit-x.seed"
+    write_secret_file(p, b"seed-1", create_only=True)
+    assert p.read_bytes() == b"seed-1" and (p.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(FileExistsError):
+        write_secret_file(p, b"seed-2", create_only=True)
+    write_secret_file(p, b"seed-3")
+    assert p.read_bytes() == b"seed-3" and not list(p.parent.glob("*.tmp"))
