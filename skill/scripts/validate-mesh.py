@@ -24,8 +24,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "libs"))
 
+from x0tta6bl4.bus.connection import connect_once
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import SPEC_THRESHOLDS, classify_node, classify_value
+from x0tta6bl4.runtime import locate
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 COLOUR = {common_pb2.HEALTH_HEALTHY: ("green", "\033[32m"), common_pb2.HEALTH_WARNING: ("yellow", "\033[33m"),
@@ -37,25 +39,11 @@ MTTR_S = (180.0, 300.0)    # spec: MTTR < 3 min normal, 3-5 min warning, > 5 min
 
 
 def nats_url(explicit: str | None) -> str:
-    import os
-    if explicit:
-        return explicit
-    if os.environ.get("X0TTA6BL4_NATS_URL"):
-        return os.environ["X0TTA6BL4_NATS_URL"]
-    f = pathlib.Path(os.environ.get("X0TTA6BL4_DATA_DIR", "var")) / "stack.json"
-    try:
-        return json.loads(f.read_text())["nats_url"]
-    except (OSError, ValueError, KeyError):
-        return "nats://127.0.0.1:4222"
+    return locate.nats_url(explicit)
 
 
 async def connect(url: str):
-    import nats
-
-    async def quiet(_e):
-        pass
-    return await asyncio.wait_for(nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=1,
-                                               error_cb=quiet, name="validate-mesh"), 10)
+    return await connect_once(url, "validate-mesh")
 
 
 async def telemetry(nc) -> dict[str, events_pb2.NodeTelemetry]:

@@ -65,6 +65,16 @@ async def connect(url: str, name: str, connect_timeout_s: float = 60.0) -> NATS:
     raise RuntimeError("unreachable")
 
 
+async def connect_once(url: str, name: str, timeout_s: float = 10.0, connect_timeout_s: float = 2.0) -> NATS:
+    """One bounded, quiet connection attempt for clients (CLI, MCP, scripts, edge sync): raises when no
+    broker answers instead of retrying for ever; nats-py's per-attempt tracebacks are silenced."""
+    async def _quiet(_e: Exception) -> None:
+        return None
+    return await asyncio.wait_for(
+        nats.connect(servers=[u.strip() for u in url.split(",")], name=name, connect_timeout=connect_timeout_s,
+                     allow_reconnect=False, max_reconnect_attempts=1, error_cb=_quiet), timeout_s)
+
+
 def stream_config(s: subjects.Stream, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=s.name,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import pathlib
 from collections.abc import Coroutine
@@ -11,29 +10,22 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
+from x0tta6bl4.bus.connection import connect_once
+from x0tta6bl4.runtime import locate
+
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
 
-DEFAULT_DATA_DIR = pathlib.Path(os.environ.get("X0TTA6BL4_DATA_DIR", "var"))
+DEFAULT_DATA_DIR = locate.data_dir()
 
 
 def stack_file(data_dir: pathlib.Path) -> pathlib.Path:
-    return data_dir / "stack.json"
+    return locate.stack_file(data_dir)
 
 
 def nats_url(explicit: str | None, data_dir: pathlib.Path = DEFAULT_DATA_DIR) -> str:
-    if explicit:
-        return explicit
-    if os.environ.get("X0TTA6BL4_NATS_URL"):
-        return os.environ["X0TTA6BL4_NATS_URL"]
-    f = stack_file(data_dir)
-    if f.exists():
-        try:
-            return json.loads(f.read_text())["nats_url"]
-        except (ValueError, KeyError):
-            pass
-    return "nats://127.0.0.1:4222"
+    return locate.nats_url(explicit, data_dir)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -60,15 +52,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("unreachable")
 
 
-async def _quiet(_e: Exception) -> None:
-    """nats-py prints a traceback for every failed attempt by default; the CLI reports once instead."""
-
-
 async def connect(url: str):
-    import nats
     try:
-        return await nats.connect(url, connect_timeout=2, max_reconnect_attempts=2, reconnect_time_wait=0.2,
-                                  allow_reconnect=False, name="meshctl", error_cb=_quiet)
+        return await connect_once(url, "meshctl", timeout_s=5)
     except Exception as e:  # noqa: BLE001
         fail(f"cannot reach NATS at {url}: {e or type(e).__name__}; is the stack up? (make up)")
         raise

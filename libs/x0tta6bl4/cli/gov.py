@@ -24,7 +24,9 @@ from typing import Any, Optional
 
 import typer
 
-DEFAULT_ADDR = "127.0.0.1:50051"
+from x0tta6bl4.runtime import locate
+
+DEFAULT_ADDR = locate.GRPC["governance"][1]
 ACTIONS = ("reroute", "rotate_keys", "deploy", "config_change", "isolate", "restart")
 STATES = ("active", "passed", "rejected", "executed", "expired", "canceled")
 
@@ -39,7 +41,7 @@ class GovError(Exception):
 # ---- the library part (used by meshctl gov and skill/scripts/dao-vote.py) ----------------------
 
 def address(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("X0TTA6BL4_GOV_ADDR") or DEFAULT_ADDR
+    return locate.grpc_addr("governance", explicit)
 
 
 def stub(addr: str, timeout_s: float = 5.0):

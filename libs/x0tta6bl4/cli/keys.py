@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import pathlib
 import secrets
 from typing import Any, Optional
@@ -23,17 +22,17 @@ import typer
 from rich.table import Table
 
 from x0tta6bl4.cli.common import console, fail
+from x0tta6bl4.runtime import locate
 
 keys_app = typer.Typer(help="keyvault: node identities, PQC keys, rotation, revocation", no_args_is_help=True)
 
-DEFAULT_ADDR = "127.0.0.1:50052"
-ADDR_ENV = "X0TTA6BL4_KEYVAULT_ADDR"
+ADDR_ENV, DEFAULT_ADDR = locate.GRPC["keyvault"]
 KeyvaultOpt = typer.Option(None, "--keyvault", help=f"keyvault gRPC address (default ${ADDR_ENV} or {DEFAULT_ADDR})")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
 
 
 def _addr(explicit: Optional[str]) -> str:
-    return explicit or os.environ.get(ADDR_ENV) or DEFAULT_ADDR
+    return locate.grpc_addr("keyvault", explicit)
 
 
 def _call(addr: Optional[str], method: str, request: Any, timeout: float = 30.0) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 from x0tta6bl4.audit.chain import AuditChain
 from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.connection import connect_once
 from x0tta6bl4.bus.publisher import Publisher
 
 from .node import EdgeNode
@@ -123,10 +124,6 @@ async def sync_with_broker(en: EdgeNode, nc) -> SyncReport:
     return report
 
 
-async def _quiet(_e: Exception) -> None:
-    """nats-py logs every failed connect; offline is the normal state of an edge node."""
-
-
 class EdgeAgent:
     """``meshctl edge serve``: an edge node that keeps working offline and syncs whenever the broker
     is reachable. Serves /health (always, while the process lives) and /ready (provisioned and its
@@ -147,13 +144,11 @@ class EdgeAgent:
         return self.en.state is not None
 
     async def try_sync(self) -> SyncReport | None:
-        import nats
         if not self.nats_url:
             return None
         try:
-            nc = await asyncio.wait_for(nats.connect(
-                self.nats_url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=1,
-                reconnect_time_wait=0.1, name=self.name, error_cb=_quiet), self.connect_timeout_s)
+            nc = await connect_once(self.nats_url, self.name, timeout_s=self.connect_timeout_s,
+                                    connect_timeout_s=1)
         except Exception:  # noqa: BLE001 - no broker: stay offline
             if self.connected:
                 self.en.set_offline(True)

@@ -15,8 +15,6 @@ Tools that change the mesh or its keys say DESTRUCTIVE in their description and 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import pathlib
 import time
 import uuid
@@ -25,8 +23,10 @@ from typing import Any
 from mcp.server.fastmcp import FastMCP
 from mcp.types import ToolAnnotations
 
+from x0tta6bl4.bus.connection import connect_once
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import classify_node
+from x0tta6bl4.runtime import locate
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 mcp = FastMCP("x0tta6bl4-mcp", instructions=(
@@ -41,38 +41,23 @@ DESTRUCTIVE = ToolAnnotations(readOnlyHint=False, destructiveHint=True, openWorl
 
 # ---- where things are ------------------------------------------------------------------------------
 def _data_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("X0TTA6BL4_DATA_DIR", "var"))
-
-
-def _stack_info() -> dict[str, Any]:
-    f = _data_dir() / "stack.json"
-    try:
-        return json.loads(f.read_text())
-    except (OSError, ValueError):
-        return {}
+    return locate.data_dir()
 
 
 def nats_url() -> str:
-    return os.environ.get("X0TTA6BL4_NATS_URL") or _stack_info().get("nats_url") or "nats://127.0.0.1:4222"
+    return locate.nats_url()
 
 
 def gov_addr() -> str:
-    return (os.environ.get("X0TTA6BL4_GOV_ADDR") or _stack_info().get("grpc", {}).get("governance")
-            or "127.0.0.1:50051")
+    return locate.grpc_addr("governance")
 
 
 def keyvault_addr() -> str:
-    return (os.environ.get("X0TTA6BL4_KEYVAULT_ADDR") or _stack_info().get("grpc", {}).get("keyvault")
-            or "127.0.0.1:50052")
+    return locate.grpc_addr("keyvault")
 
 
 async def _connect():
-    import nats
-
-    async def quiet(_e):
-        pass
-    return await asyncio.wait_for(nats.connect(nats_url(), connect_timeout=2, allow_reconnect=False,
-                                               max_reconnect_attempts=1, error_cb=quiet, name="x0tta6bl4-mcp"), 10)
+    return await connect_once(nats_url(), "x0tta6bl4-mcp")
 
 
 def _health_name(h: int) -> str:
