@@ -31,6 +31,7 @@ from pydantic import Field
 from services.governance.api import GOV_WATCH, SERVICE_NAME, Governance
 from services.governance.convert import SEVERITY, action_from_pb, proposal_to_pb
 from services.governance.store import GovStore, Outcome
+from services.governance.verify import VoteVerifier
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Context, Reject, Service, run_service
 from x0tta6bl4.bus.codec import encode, new_meta
@@ -50,7 +51,6 @@ from x0tta6bl4.governance import (
 )
 from x0tta6bl4.governance import events as gev
 from x0tta6bl4.mapek.plan import action_request
-from x0tta6bl4.pqc import InvalidKey, InvalidSignature, MLDSA65PublicKey
 from x0tta6bl4.telemetry.tracing import extract_context, tracer
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import governance_pb2 as gpb
@@ -83,28 +83,9 @@ class GovernanceSettings(CommonSettings):
     standard_threshold: float = Field(0.5, gt=0, le=1)
     execution_window_s: float = Field(3600.0, gt=0, le=30 * 86400, description="default execution window")
     action_timeout_s: float = Field(30.0, gt=0, le=3600)
-
-
-class KeyCache:
-    """ML-DSA-65 verification with parsed public keys cached by their bytes."""
-
-    def __init__(self) -> None:
-        self._keys: dict[bytes, MLDSA65PublicKey] = {}
-
-    def verify(self, public_key: bytes, payload: bytes, signature: bytes) -> bool:
-        if not public_key:
-            return False
-        key = self._keys.get(public_key)
-        if key is None:
-            try:
-                key = self._keys[public_key] = MLDSA65PublicKey.from_bytes(public_key)
-            except (InvalidKey, ValueError):
-                return False
-        try:
-            key.verify(signature, payload)
-        except InvalidSignature:
-            return False
-        return True
+    rpc_root_span_sample: float = Field(0.05, ge=0, le=1, description=(
+        "fraction of gRPC calls WITHOUT trace context that start a trace (calls with traceparent always do)"))
+    verify_threads: int = Field(2, ge=0, le=64, description="threads checking vote signatures before the writer")
 
 
 def build(settings: GovernanceSettings) -> Service:
@@ -115,7 +96,7 @@ def build(settings: GovernanceSettings) -> Service:
                             standard_vote_duration_s=settings.standard_vote_s,
                             standard_quorum=settings.standard_quorum,
                             standard_threshold=settings.standard_threshold)
-    keys = KeyCache()
+    keys = VoteVerifier(threads=settings.verify_threads)
     holder: dict = {}
 
     def verify(voter: str, payload: bytes, signature: bytes) -> bool:
@@ -260,7 +241,9 @@ def build(settings: GovernanceSettings) -> Service:
                  len(store.engine.state.voters), len(store.engine.state.proposals))
         server_box["writer"] = asyncio.create_task(store.run(), name="gov-writer")
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        gpb_grpc.add_GovernanceServicer_to_server(Governance(store, app.nc, settings.execution_window_s), server)
+        gpb_grpc.add_GovernanceServicer_to_server(
+            Governance(store, app.nc, settings.execution_window_s, precheck=keys.precheck,
+                       root_span_sample=settings.rpc_root_span_sample), server)
         hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
         reflection.enable_server_reflection(

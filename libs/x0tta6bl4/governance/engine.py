@@ -66,7 +66,7 @@ from .model import (
 )
 from .signing import Verifier, default_vote_id, vote_signing_payload
 from .state import GovernanceState, fold
-from .tally import compute_tally, evaluate, is_decided_early
+from .tally import evaluate, is_decided_early
 
 __all__ = ["GovernanceEngine", "VoteResult", "ProposalResult", "ProposalPage",
            "DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE"]
@@ -410,7 +410,7 @@ class GovernanceEngine:
         return VoteResult(self._state.votes_by_id[vid], self._state.proposals[proposal_id], tuple(events), False)
 
     def _close(self, p: Proposal, now: float, *, early: bool) -> ProposalClosed:
-        tally = compute_tally(p, self._state.votes[p.proposal_id])
+        tally = self._state.running[p.proposal_id].tally(p)
         outcome, reason = evaluate(p, tally)
         return ProposalClosed(proposal_id=p.proposal_id, outcome=outcome, reason=reason, tally=tally,
                               early=early, at=now)
@@ -466,7 +466,7 @@ class GovernanceEngine:
         p = self._get(proposal_id)
         if p.final_tally is not None:
             return p.final_tally
-        return compute_tally(p, self._state.votes[proposal_id])
+        return self._state.running[proposal_id].tally(p)
 
     def votes(self, proposal_id: str) -> Mapping[str, VoteRecord]:
         """Latest vote per voter."""

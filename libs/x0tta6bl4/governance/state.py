@@ -26,6 +26,7 @@ from .events import (
     VoterRegistered,
 )
 from .model import CloseReason, Proposal, ProposalState, Voter, VoteRecord
+from .tally import RunningTally
 
 __all__ = ["EventStreamError", "GovernanceState", "fold"]
 
@@ -40,6 +41,7 @@ class GovernanceState:
     proposals: dict[str, Proposal] = field(default_factory=dict)          # creation order
     votes: dict[str, dict[str, VoteRecord]] = field(default_factory=dict)  # proposal -> voter -> latest vote
     votes_by_id: dict[str, VoteRecord] = field(default_factory=dict)      # every vote ever cast
+    running: dict[str, RunningTally] = field(default_factory=dict)        # proposal -> tally of `votes`
     nonces: dict[tuple[str, bytes], str] = field(default_factory=dict)    # (voter, nonce) -> vote_id
     requests: dict[tuple[str, str], str] = field(default_factory=dict)    # (proposer, request_id) -> proposal
     version: int = 0            # number of events applied
@@ -68,6 +70,7 @@ class GovernanceState:
             raise EventStreamError(f"proposal {p.proposal_id!r} created twice")
         self.proposals[p.proposal_id] = p
         self.votes[p.proposal_id] = {}
+        self.running[p.proposal_id] = RunningTally()
         if p.request_id:
             self.requests[(p.proposer, p.request_id)] = p.proposal_id
 
@@ -102,7 +105,9 @@ class GovernanceState:
             raise EventStreamError(f"vote id {e.vote_id!r} applied twice")
         record = VoteRecord(e.vote_id, e.proposal_id, e.voter_id, e.choice, e.tokens, e.weight,
                             e.nonce, e.signature, e.at)
-        self.votes[e.proposal_id][e.voter_id] = record   # replaces any earlier vote: never both
+        votes = self.votes[e.proposal_id]
+        self.running[e.proposal_id].replace(votes.get(e.voter_id), record)
+        votes[e.voter_id] = record   # replaces any earlier vote: never both
         self.votes_by_id[e.vote_id] = record
         self.nonces[(e.voter_id, e.nonce)] = e.vote_id
 

@@ -38,7 +38,7 @@ from typing import Mapping
 
 from .model import CloseReason, Proposal, ProposalState, Tally, VoteChoice, VoteRecord
 
-__all__ = ["compute_tally", "evaluate", "is_decided_early"]
+__all__ = ["ExactSum", "RunningTally", "compute_tally", "evaluate", "is_decided_early"]
 
 
 def compute_tally(proposal: Proposal, votes: Mapping[str, VoteRecord]) -> Tally:
@@ -58,6 +58,81 @@ def compute_tally(proposal: Proposal, votes: Mapping[str, VoteRecord]) -> Tally:
         voters=len(yes) + len(no) + len(abstain),
         eligible_voters=len(proposal.eligible),
     )
+
+
+class ExactSum:
+    """A float sum kept exactly (Shewchuk's non-overlapping partials, as in ``math.fsum``).
+
+    ``add(x)`` and ``add(-x)`` are exact, so a vote can be replaced by removing
+    its old weight, and ``value`` equals ``math.fsum`` of the values currently in
+    the sum, whatever the order of additions and removals.
+    """
+
+    __slots__ = ("_partials",)
+
+    def __init__(self) -> None:
+        self._partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        partials = self._partials
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+
+    @property
+    def value(self) -> float:
+        return math.fsum(self._partials)
+
+
+class RunningTally:
+    """The tally of one proposal kept up to date vote by vote (O(1) per vote).
+
+    Invariant kept by the state reducer: it holds exactly the latest vote of each
+    voter on record, so ``tally(proposal)`` equals ``compute_tally(proposal, votes)``.
+    """
+
+    __slots__ = ("_sums", "voters")
+
+    def __init__(self) -> None:
+        self._sums = {VoteChoice.YES: ExactSum(), VoteChoice.NO: ExactSum(), VoteChoice.ABSTAIN: ExactSum()}
+        self.voters = 0
+
+    def _key(self) -> tuple:
+        return (self.voters, *(s.value for s in self._sums.values()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunningTally) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        v, yes, no, abstain = self._key()
+        return f"RunningTally(voters={v}, yes={yes!r}, no={no!r}, abstain={abstain!r})"
+
+    def replace(self, old: VoteRecord | None, new: VoteRecord) -> None:
+        if old is None:
+            self.voters += 1
+        else:
+            self._sums[old.choice].add(-old.weight)
+        self._sums[new.choice].add(new.weight)
+
+    def tally(self, proposal: Proposal) -> Tally:
+        return Tally(
+            yes=self._sums[VoteChoice.YES].value,
+            no=self._sums[VoteChoice.NO].value,
+            abstain=self._sums[VoteChoice.ABSTAIN].value,
+            eligible=proposal.eligible_weight,
+            voters=self.voters,
+            eligible_voters=len(proposal.eligible),
+        )
 
 
 def evaluate(proposal: Proposal, tally: Tally) -> tuple[ProposalState, CloseReason]:

@@ -147,3 +147,46 @@ def test_eligible_weight_is_snapshot_at_creation(h):
 def test_tally_properties_on_empty_tally():
     t = Tally()
     assert t.cast == 0.0 and t.turnout == 0.0 and t.approval == 0.0
+
+
+def test_running_tally_equals_a_full_recount_under_vote_changes():
+    """The O(1) running tally (exact partial sums) matches compute_tally bit for bit, whatever the
+    order of votes and changes of mind."""
+    import random
+
+    from types import MappingProxyType
+
+    from x0tta6bl4.governance import Action, Proposal, VoteRecord
+    from x0tta6bl4.governance.tally import ExactSum, RunningTally, compute_tally
+
+    def make_proposal(eligible):
+        return Proposal(proposal_id="p", title="t", description="", action=Action(kind="config_change"),
+                        proposer="x", created_at=0.0, duration_s=60.0, quorum=0.5, threshold=0.5,
+                        execution_window_s=60.0, eligible=MappingProxyType(eligible))
+
+    def vote_record(voter, choice, tokens, step):
+        return VoteRecord(f"id{step}", "p", voter, choice, tokens, quadratic_weight(tokens),
+                          step.to_bytes(16, "big"), b"s", float(step))
+
+    rng = random.Random(7)
+    eligible = {f"v{i}": 10_000.0 for i in range(300)}
+    p = make_proposal(eligible)
+    votes: dict = {}
+    running = RunningTally()
+    for step in range(3000):
+        voter = f"v{rng.randrange(300)}"
+        tokens = rng.choice([1e-9, 0.1, 1.0, 3.0, 7.77, 123.456, 9999.0, rng.uniform(0, 10_000)])
+        rec = vote_record(voter, rng.choice(list(VoteChoice)), tokens, step)
+        running.replace(votes.get(voter), rec)
+        votes[voter] = rec
+        if step % 97 == 0:
+            assert running.tally(p) == compute_tally(p, votes)
+    assert running.tally(p) == compute_tally(p, votes)
+    s = ExactSum()
+    xs = [rng.uniform(-1e16, 1e16) for _ in range(200)] + [1e-300, 3.3, -3.3]
+    for x in xs:
+        s.add(x)
+    assert s.value == math.fsum(xs)
+    for x in xs[:100]:
+        s.add(-x)
+    assert s.value == math.fsum(xs[100:])
