@@ -12,10 +12,14 @@ A thin adapter over :mod:`x0tta6bl4.keyvault` (the domain):
 * a background tick retiring keys whose overlap window passed;
 * every issue / rotate / retire / revoke / attest / private export is an audit event.
 
-Private keys live encrypted in ``<data_dir>/keyvault`` under the master key from
-``X0TTA6BL4_MASTER_KEY`` (hex or base64 of 32 bytes) or ``X0TTA6BL4_MASTER_KEY_FILE``;
-with neither, a key file ``<data_dir>/keys/keyvault-master.key`` (0600) is created
-on first start. The master key is never logged.
+Replicas (any number, on any machines sharing NATS and the master key) share one
+state: the JetStream KV bucket ``keyvault`` holds every identity and the root key,
+sealed under the master key, written by compare-and-set (see :mod:`.state`).
+Each replica also keeps encrypted local copies in ``<data_dir>/keyvault``.
+The master key comes from ``X0TTA6BL4_MASTER_KEY`` (hex or base64 of 32 bytes) or
+``X0TTA6BL4_MASTER_KEY_FILE``; with neither, a key file
+``<data_dir>/keys/keyvault-master.key`` (0600) is created on first start (then
+copy it to every other replica). The master key is never logged.
 """
 from __future__ import annotations
 
@@ -34,11 +38,14 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import (
     BadRequestError,
     BucketNotFoundError,
+    KeyNotFoundError,
     NoKeysError,
     NotFoundError,
 )
 from pydantic import Field, SecretStr
 
+from services.keyvault.state import BUCKET as STATE_BUCKET
+from services.keyvault.state import SharedVault, StateError
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
@@ -113,14 +120,15 @@ def load_master_key(s: KeyvaultSettings) -> tuple[MasterKey, str]:
     return mk, note
 
 
-def open_vault(s: KeyvaultSettings) -> tuple[Vault, str]:
+def open_keystore(s: KeyvaultSettings) -> tuple[MasterKey, Keystore, str]:
+    """The master key and the local keystore (the shared state is opened once NATS is up)."""
     mk, note = load_master_key(s)
-    ks = Keystore(pathlib.Path(s.data_dir) / "keyvault", mk)
     try:
-        vault = Vault.open(ks, s.trust_domain, validity_s=s.key_validity_s, default_overlap_s=s.rotation_overlap_s)
-    except KeystoreError as e:
-        raise ConfigError(f"cannot open the keystore {ks.directory}: {e}") from None
-    return vault, note
+        ks = Keystore(pathlib.Path(s.data_dir) / "keyvault", mk)
+        ks.cleanup()
+    except (KeystoreError, OSError) as e:
+        raise ConfigError(f"cannot open the keystore {pathlib.Path(s.data_dir) / 'keyvault'}: {e}") from None
+    return mk, ks, note
 
 
 # ---- protobuf views ---------------------------------------------------------------------
@@ -171,11 +179,15 @@ class Unimplemented(KeyvaultError):
 
 # ---- the API (shared by gRPC and NATS) ------------------------------------------------------
 class KeyvaultApi:
-    def __init__(self, app: Service, vault: Vault, settings: KeyvaultSettings):
-        self.app, self.vault, self.settings = app, vault, settings
+    def __init__(self, app: Service, settings: KeyvaultSettings):
+        self.app, self.settings = app, settings
+        self.state: SharedVault | None = None
         self.lock = asyncio.Lock()
-        self.published: dict[str, bytes] = {}
         self.kv = None
+
+    @property
+    def vault(self) -> Vault:
+        return self.state.vault
 
     # KV -------------------------------------------------------------------------------
     async def open_kv(self) -> None:
@@ -189,32 +201,64 @@ class KeyvaultApi:
                     description=dist.BUCKET_DOC))
             except BadRequestError:
                 self.kv = await js.key_value(dist.BUCKET)
+
+    async def _write_kv(self, puts: dict[str, bytes], dels: list[str]) -> None:
+        # new records and revocations first, then removals (a revoked key's rev.* lands before its key.* goes)
+        items = list(puts.items())
+        for i in range(0, len(items), KV_BATCH):
+            await asyncio.gather(*(self.kv.put(k, v) for k, v in items[i:i + KV_BATCH]))
+        for i in range(0, len(dels), KV_BATCH):
+            await asyncio.gather(*(self.kv.delete(k) for k in dels[i:i + KV_BATCH]))
+
+    async def resync_kv(self) -> int:
+        """At start: make the bucket hold every record of the shared state (puts of what differs,
+        deletes of known keys no longer accepted; keys this replica does not know are left alone,
+        another replica may have just written them). Returns the number of changes."""
         try:
             keys = await self.kv.keys()
         except NoKeysError:
             keys = []
+        have: dict[str, bytes] = {}
         for k in keys:
             try:
-                self.published[k] = (await self.kv.get(k)).value or b""
-            except Exception:  # noqa: BLE001 - deleted meanwhile: re-put on sync
+                have[k] = (await self.kv.get(k)).value or b""
+            except KeyNotFoundError:
                 pass
-
-    async def sync_kv(self) -> int:
-        """Make the bucket hold exactly the vault's desired state; return the number of changes."""
-        desired = dist.desired_state(self.vault)
-        puts = [(k, v) for k, v in desired.items() if self.published.get(k) != v]
-        dels = [k for k in self.published if k not in desired and k.startswith(dist.MANAGED_PREFIXES)]
-        # new records and revocations first, then removals (a revoked key's rev.* lands before its key.* goes)
-        for i in range(0, len(puts), KV_BATCH):
-            batch = puts[i:i + KV_BATCH]
-            await asyncio.gather(*(self.kv.put(k, v) for k, v in batch))
-            self.published.update(batch)
-        for i in range(0, len(dels), KV_BATCH):
-            batch = dels[i:i + KV_BATCH]
-            await asyncio.gather(*(self.kv.delete(k) for k in batch))
-            for k in batch:
-                del self.published[k]
+        puts = {k: v for k, v in dist.desired_state(self.vault).items() if have.get(k) != v}
+        dels = sorted({k for e in self.vault.list(include_revoked=True) for k in dist.entry_all(e)[1] if k in have})
+        await self._write_kv(puts, dels)
         return len(puts) + len(dels)
+
+    async def publish(self, changes: list[tuple[Entry | None, Entry, int]]) -> int:
+        """Publish the records of committed changes (prev entry, new entry, its revision). When another
+        replica changed one of these identities meanwhile, our writes may have landed after theirs:
+        then publish the latest state in full, until no newer revision shows up."""
+        puts: dict[str, bytes] = {}
+        dels: list[str] = []
+        for prev, new, _ in changes:
+            p, d = dist.entry_changes(prev, new)
+            puts.update(p)
+            dels += d
+        await self._write_kv(puts, dels)
+        n = len(puts) + len(dels)
+        done = {new.node_id: rev for _, new, rev in changes}
+        for _ in range(5):
+            if not done:
+                break
+            await self.state.refresh()
+            stale = [node for node, rev in done.items() if self.vault.revision(node) > rev]
+            if not stale:
+                break
+            puts, dels = {}, []
+            for node in stale:
+                p, d = dist.entry_all(self.vault.entries[node])
+                puts.update(p)
+                dels += d
+            done = {node: self.vault.revision(node) for node in stale}
+            log.info("records of %d identities changed by another replica meanwhile; republished", len(stale))
+            await self._write_kv(puts, dels)
+            n += len(puts) + len(dels)
+        return n
 
     async def audit(self, event: str, subject_id: str, details: dict[str, Any]) -> None:
         await self.app.audit(event, subject_id, {k: str(v) for k, v in details.items()})
@@ -239,43 +283,59 @@ class KeyvaultApi:
     async def IssueIdentity(self, req: pb.IssueIdentityRequest, via: str) -> pb.IssueIdentityResponse:
         if req.return_private and via != "grpc":
             raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
+        vault = self.vault
         async with self.lock:
-            e = await asyncio.to_thread(self.vault.issue, req.node_id)
-            await self.sync_kv()
+            await self.state.refresh()
+            res = await self.state.mutate([req.node_id], lambda n: vault.plan_issue(n), lambda e: e)
+            e, rev = res[req.node_id]
+            await self.publish([(None, e, rev)])
         await self.audit("identity.issued", e.node_id, {
             "spiffe_id": e.spiffe_id, "generation": e.generation, "sig_key_id": e.current.sig_key_id,
             "kem_key_id": e.current.kem_key_id, "private_returned": req.return_private, "via": via})
-        resp = pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current))
+        resp = pb.IssueIdentityResponse(record=key_record(vault, e, e.current))
         if req.return_private:
-            resp.private_bundle = self.vault.private_bundle(e.node_id)
+            resp.private_bundle = e.current.identity.export_private_unsafe()
         return resp
 
     async def GetPublicKeys(self, req: pb.GetPublicKeysRequest, via: str) -> pb.KeyRecord:
+        await self.state.refresh()
         e = self.vault.get(req.node_id)
         return key_record(self.vault, e, e.current, with_previous=True)
 
     async def ListIdentities(self, req: pb.ListIdentitiesRequest, via: str) -> pb.ListIdentitiesResponse:
+        await self.state.refresh()
         return pb.ListIdentitiesResponse(records=[with_slim_previous(key_record(self.vault, e, e.current, True))
                                                   for e in self.vault.list(req.include_revoked)])
 
     async def Rotate(self, req: pb.RotateRequest, via: str) -> pb.RotateResponse:
         for n in req.node_ids:
             check_node_id(n)
+        vault = self.vault
         t0 = time.perf_counter()
         async with self.lock:
-            overlap = self.vault.check_overlap(req.overlap_s)
-            if req.request_id and req.request_id in self.vault.requests:
-                steps, targets = await asyncio.to_thread(self.vault.rotate, request_id=req.request_id)
+            await self.state.refresh()
+            overlap = vault.check_overlap(req.overlap_s)
+            vault.check_request_id(req.request_id)
+            steps = []
+            done = vault.done_request(req.request_id)
+            if done is not None:
+                targets = done
             else:
-                targets = self.vault.resolve_targets(req.node_ids, req.all)
-                steps = []
+                targets = vault.resolve_targets(req.node_ids, req.all)
                 if targets:
                     await self.audit("key.rotation.started", req.request_id or "-", {
                         "nodes": len(targets), "all": req.all, "overlap_s": overlap, "via": via})
-                    steps, targets = await asyncio.to_thread(
-                        self.vault.rotate, targets, overlap_s=overlap, request_id=req.request_id)
+
+                    def plan(n: str):  # a node revoked meanwhile by another replica is left as it is
+                        prev = vault.entries[n]
+                        return prev, (None if prev.revoked else vault.plan_rotate(n, overlap))
+                    res = await self.state.mutate(targets, plan, lambda r: r[1].entry if r[1] else None)
+                    commits = [(r[0], r[1], rev) for r, rev in (res[n] for n in targets) if r[1] is not None]
+                    steps = [st for _, st, _ in commits]
+                    if req.request_id:
+                        await self.state.record_request(req.request_id, targets)
             t_gen = time.perf_counter()
-            changes = await self.sync_kv()
+            changes = await self.publish([(prev, st.entry, rev) for prev, st, rev in commits]) if steps else 0
             t_kv = time.perf_counter()
             early = [(st.node_id, st.retired_early) for st in steps if st.retired_early is not None]
             await self.audit_nodes("key.retired", early, {"why": "rotated again during its overlap"})
@@ -287,26 +347,38 @@ class KeyvaultApi:
                 log.info("rotated %d identities: %s", len(steps), timing)
                 await self.audit("key.rotation.published", req.request_id or "-", {
                     "nodes": len(steps), "kv_changes": changes, "bucket": dist.BUCKET, **timing})
-        return pb.RotateResponse(records=[with_slim_previous(key_record(self.vault, self.vault.entries[n],
-                                                                        self.vault.entries[n].current, True))
+        return pb.RotateResponse(records=[with_slim_previous(key_record(vault, vault.entries[n],
+                                                                        vault.entries[n].current, True))
                                           for n in targets])
 
     async def Revoke(self, req: pb.RevokeRequest, via: str) -> pb.KeyRecord:
+        vault = self.vault
         async with self.lock:
-            e, changed = await asyncio.to_thread(self.vault.revoke, req.node_id, req.reason)
-            await self.sync_kv()
+            await self.state.refresh()
+
+            def plan(n: str):
+                prev = vault.entries.get(n)
+                return prev, vault.plan_revoke(n, req.reason)
+            res = await self.state.mutate([req.node_id], plan, lambda r: r[1])
+            (prev, new), rev = res[req.node_id]
+            changed = new is not None
+            if changed:
+                await self.publish([(prev, new, rev)])
+        e = new if changed else vault.get(req.node_id)
         if changed:
             await self.audit("identity.revoked", e.node_id, {
                 "reason": req.reason, "key_ids": ",".join(sorted(e.revocations)), "via": via})
-        return key_record(self.vault, e, e.current, with_previous=True)
+        return key_record(vault, e, e.current, with_previous=True)
 
     async def Attest(self, req: pb.AttestRequest, via: str) -> pb.AttestResponse:
+        await self.state.refresh()
         r = await asyncio.to_thread(self.vault.attest, req.node_id, req.challenge, req.signature)
         await self.audit("identity.attested", req.node_id, {"valid": r.valid, "key_id": r.key_id, "reason": r.reason})
         return pb.AttestResponse(valid=r.valid, reason=r.reason, key_id=r.key_id, generation=r.generation,
                                  status=r.status)
 
     async def Info(self, req: pb.InfoRequest, via: str) -> pb.InfoResponse:
+        await self.state.refresh()
         b = backend_info()
         return pb.InfoResponse(backend=b.name, backend_version=b.version, algorithms=list(b.algorithms),
                                classical=list(b.classical), hybrids=list(b.hybrids),
@@ -317,22 +389,33 @@ class KeyvaultApi:
     async def GetPrivateBundle(self, req: pb.GetPrivateBundleRequest, via: str) -> pb.IssueIdentityResponse:
         if via != "grpc":
             raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
+        await self.state.refresh()
         e = self.vault.get(req.node_id)
         bundle = self.vault.private_bundle(req.node_id)
         await self.audit("identity.private_exported", e.node_id, {"generation": e.generation, "via": via})
         return pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current), private_bundle=bundle)
 
     async def retire_due(self) -> int:
-        nd = self.vault.next_deadline()
+        """Retire generations whose overlap window passed. Every replica tries; the compare-and-set
+        lets one retire each generation, the others re-read and find nothing left to do."""
+        vault = self.vault
+        nd = vault.next_deadline()
         if nd is None or time.time() < nd:
             return 0
         async with self.lock:
-            rets = await asyncio.to_thread(self.vault.tick)
-            if rets:
-                await self.sync_kv()
-        await self.audit_nodes("key.retired", [(r.node_id, r.generation) for r in rets],
+            due = vault.due()
+            if not due:
+                return 0
+
+            def plan(n: str):
+                return vault.entries.get(n), vault.plan_retire(n)
+            res = await self.state.mutate(due, plan, lambda r: r[1].entry if r[1] else None)
+            commits = [(r[0], r[1], rev) for r, rev in res.values() if r[1] is not None]
+            if commits:
+                await self.publish([(prev, ret.entry, rev) for prev, ret, rev in commits])
+        await self.audit_nodes("key.retired", [(ret.node_id, ret.generation) for _, ret, _ in commits],
                                {"why": "overlap window elapsed"})
-        return len(rets)
+        return len(commits)
 
 
 METHODS: dict[str, type] = {
@@ -365,9 +448,9 @@ class KeyvaultService(Service):
         return super().ready and self.grpc_ready
 
 
-def build(settings: KeyvaultSettings, vault: Vault) -> KeyvaultService:
+def build(settings: KeyvaultSettings, mk: MasterKey, keystore: Keystore) -> KeyvaultService:
     app = KeyvaultService("keyvault", settings)
-    api = KeyvaultApi(app, vault, settings)
+    api = KeyvaultApi(app, settings)
     app.api = api  # type: ignore[attr-defined]
     state: dict[str, Any] = {}
 
@@ -393,7 +476,7 @@ def build(settings: KeyvaultSettings, vault: Vault) -> KeyvaultService:
                 raise KeyvaultError(f"{method}: reply of {len(data)} bytes exceeds the NATS max payload; use gRPC")
         except KeyvaultError as e:
             headers = {"X0-Error": f"{e.code}: {e}", "X0-Error-Code": e.code}
-        except Exception as e:  # noqa: BLE001 - the caller gets a reply, never a timeout
+        except Exception as e:
             log.exception("keyvault.rpc.%s failed", method)
             headers = {"X0-Error": f"INTERNAL: {type(e).__name__}: {e}", "X0-Error-Code": "INTERNAL"}
         if msg.reply:
@@ -406,11 +489,23 @@ def build(settings: KeyvaultSettings, vault: Vault) -> KeyvaultService:
 
     @app.on_startup
     async def start() -> None:
+        t0 = time.perf_counter()
+        try:
+            api.state, created, copied = await SharedVault.open(
+                app.nc.jetstream(), mk, keystore, settings.trust_domain, validity_s=settings.key_validity_s,
+                default_overlap_s=settings.rotation_overlap_s)
+        except StateError as e:
+            print(f"keyvault: config error: cannot open the shared keyvault state: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        vault = api.vault
         await api.open_kv()
-        n = await api.sync_kv()
+        n = await api.resync_kv()
+        log.info("shared state: %d identities, root key %s%s, %d copied up from %s (%.0f ms)", len(vault.entries),
+                 vault.root_key_id, " (new)" if created else "", copied, keystore.directory,
+                 (time.perf_counter() - t0) * 1000)
         await api.audit("keyvault.opened", "keyvault", {
-            "identities": len(vault.entries), "root_key_id": vault.root_key_id,
-            "root_created": vault.root_created, "kv_resynced": n, "backend": backend_info().name})
+            "identities": len(vault.entries), "root_key_id": vault.root_key_id, "root_created": created,
+            "copied_up": copied, "kv_resynced": n, "backend": backend_info().name})
         server = grpc.aio.server(options=[("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
                                           ("grpc.max_receive_message_length", 4 * 1024 * 1024)])
         pb_grpc.add_KeyvaultServicer_to_server(_servicer(api), server)
@@ -429,14 +524,17 @@ def build(settings: KeyvaultSettings, vault: Vault) -> KeyvaultService:
         app.grpc_port = port  # type: ignore[attr-defined]
         app.grpc_ready = True
         log.info("keyvault gRPC listening on %s:%d (%d identities, root key %s, backend %s); NATS rpc on %s",
-                 settings.grpc_host, port, len(vault.entries), vault.root_key_id, backend_info().name,
+                 settings.grpc_host, port, len(api.vault.entries), api.vault.root_key_id, backend_info().name,
                  subjects.KEYVAULT_RPC.format(method="*"))
 
     @app.background
     async def retire_loop() -> None:
         while True:
             await asyncio.sleep(settings.retire_tick_s)
-            await api.retire_due()
+            try:
+                await api.retire_due()
+            except KeyvaultError as e:   # contention or NATS away: next tick
+                log.warning("retiring keys: %s", e)
 
     @app.on_shutdown
     async def stop() -> None:
@@ -447,6 +545,8 @@ def build(settings: KeyvaultSettings, vault: Vault) -> KeyvaultService:
             await state["health"].enter_graceful_shutdown()
         if "grpc" in state:
             await state["grpc"].stop(1.0)
+        if api.state is not None:
+            await api.state.close()
 
     return app
 
@@ -460,13 +560,12 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s keyvault %(levelname)s %(message)s")
     try:
-        vault, note = open_vault(settings)
+        mk, keystore, note = open_keystore(settings)
     except ConfigError as e:
         print(f"keyvault: config error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    log.info("%s; keystore %s: %d identities, root key %s%s", note, vault.keystore.directory, len(vault.entries),
-             vault.root_key_id, " (new)" if vault.root_created else "")
-    build(settings, vault).run()
+    log.info("%s; local keystore %s; shared state in JetStream bucket %s", note, keystore.directory, STATE_BUCKET)
+    build(settings, mk, keystore).run()
 
 
 if __name__ == "__main__":

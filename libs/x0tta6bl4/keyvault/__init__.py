@@ -1,6 +1,6 @@
 """The keyvault domain: node identities, rotation with overlap, revocation,
 attestation (:mod:`.vault`) and the signed-record distribution format node
-agents verify (:mod:`.distribution`). No I/O except through the pqc Keystore."""
+agents verify (:mod:`.distribution`). No I/O: the service stores what the domain plans."""
 from .distribution import BUCKET, KeyDirectory, VerifiedEntry, desired_state, verify_entry
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, KeyvaultError, NotFound
 from .vault import (ACTIVE, ATTEST_CONTEXT, DEFAULT_OVERLAP_S, RETIRED, RETIRING, REVOKED, AttestResult, Entry,

@@ -38,7 +38,7 @@ from x0tta6bl4.pqc.identity import KeyPurpose
 from .vault import Entry, Vault
 
 __all__ = ["BUCKET", "BUCKET_HISTORY", "BUCKET_DOC", "ROOT_KEY", "key_key", "rev_key", "node_key",
-           "entry_kv", "desired_state", "verify_entry", "VerifiedEntry", "KeyDirectory", "MANAGED_PREFIXES"]
+           "entry_kv", "entry_changes", "entry_all", "desired_state", "verify_entry", "VerifiedEntry", "KeyDirectory", "MANAGED_PREFIXES"]
 
 BUCKET = "keys"
 BUCKET_HISTORY = 1
@@ -69,6 +69,23 @@ def entry_kv(e: Entry) -> dict[str, bytes]:
     for kid, signed in e.revocations.items():
         out[rev_key(kid)] = signed
     return out
+
+
+def entry_changes(prev: Entry | None, new: Entry) -> tuple[dict[str, bytes], list[str]]:
+    """What to write to the bucket when an identity goes from ``prev`` (None: new) to ``new``:
+    the entries to put (new or changed) and the ``key.*`` entries to delete (no longer accepted)."""
+    want = entry_kv(new)
+    had = entry_kv(prev) if prev is not None else {}
+    puts = {k: v for k, v in want.items() if had.get(k) != v}
+    return puts, [k for k in had if k.startswith("key.") and k not in want]
+
+
+def entry_all(e: Entry) -> tuple[dict[str, bytes], list[str]]:
+    """Every entry of the identity, and a delete for every ``key.*`` of its generations no
+    longer accepted (to repair the bucket whatever it holds; deletes of absent keys are harmless)."""
+    want = entry_kv(e)
+    gone = [g for g in [e.current, *e.previous()] if key_key(g.sig_key_id) not in want]
+    return want, [key_key(kid) for g in gone for kid in g.key_ids]
 
 
 def desired_state(vault: Vault) -> dict[str, bytes]:

@@ -1,10 +1,10 @@
 """The keyvault domain: registry of node identities, rotation with an overlap
-window, revocation, attestation. Pure logic over a :class:`~x0tta6bl4.pqc.Keystore`
-(the only I/O); the clock is injected.
+window, revocation, attestation. Pure logic, no I/O: the service persists what
+the domain plans (the clock is injected).
 
 State machine of one key generation::
 
-    active --rotate--> retiring --overlap elapsed (tick) / next rotate--> retired
+    active --rotate--> retiring --overlap elapsed (retire) / next rotate--> retired
        \\________________________\\__revoke__> revoked
 
 A node has exactly one ``active`` generation (or a ``revoked`` one once the node
@@ -13,27 +13,33 @@ two root-signed public-key records (signing, KEM); private keys are kept only
 for ``active`` and ``retiring`` generations and dropped when a generation is
 retired or revoked.
 
-Persistence: one encrypted keystore entry per node (``node-<node-id>``, JSON
-holding the private exports and signed records), the root signing key
-(``root``) and recent rotate request ids (``rotate-requests``). Each write is
-atomic, so a crash at any point leaves every node either before or after an
-operation.
+Replication (several keyvault replicas, one shared state): :class:`Vault` is a
+cache of entries, each tagged with the revision of the shared store it was read
+at (``revisions``). Changes are *planned* (``plan_issue``, ``plan_rotate``,
+``plan_revoke``, ``plan_retire``) on copies without touching the cache; the
+caller writes the new entry only if the stored revision is still the one the
+plan started from (compare-and-set), then calls :meth:`Vault.learn`. A replica
+that loses the race learns the winner's entry and plans again, so every change
+applies to the latest state (no fork). ``learn`` ignores anything older than
+what the cache holds. Entries carry a ``version`` counting their changes.
+
+Serialized form (sealed by the caller before it leaves the process): one JSON
+document per node (:meth:`Vault.encode_entry`) holding the private exports and
+signed records, and the recent rotate request ids.
 """
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from x0tta6bl4.pqc import (
     InvalidIdentity,
-    Keystore,
     KeyvaultRoot,
-    MLDSA65PrivateKey,
     MLDSA65PublicKey,
     NodeIdentity,
     PQCError,
@@ -43,16 +49,27 @@ from x0tta6bl4.pqc import (
     records_for_identity,
     validate_node_id,
 )
-from x0tta6bl4.pqc.backend import Backend
-from x0tta6bl4.pqc.backend import MLDSA65_SIGNATURE_SIZE
+from x0tta6bl4.pqc.backend import MLDSA65_SIGNATURE_SIZE, Backend
 from x0tta6bl4.pqc.keys import HYBRID_SIGNATURE_SIZE
 
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [
-    "ACTIVE", "RETIRING", "RETIRED", "REVOKED", "ATTEST_CONTEXT", "DEFAULT_OVERLAP_S", "MAX_OVERLAP_S",
-    "Generation", "Entry", "RotationStep", "Retirement", "AttestResult", "Vault", "sign_attestation",
+    "ACTIVE",
+    "ATTEST_CONTEXT",
+    "DEFAULT_OVERLAP_S",
+    "MAX_OVERLAP_S",
+    "RETIRED",
+    "RETIRING",
+    "REVOKED",
+    "AttestResult",
+    "Entry",
+    "Generation",
+    "Retirement",
+    "RotationStep",
+    "Vault",
     "check_node_id",
+    "sign_attestation",
 ]
 
 ACTIVE, RETIRING, RETIRED, REVOKED = "active", "retiring", "retired", "revoked"
@@ -63,9 +80,6 @@ MAX_CHALLENGE = 4096
 MAX_REASON = 1024
 KEEP_RETIRED = 4           # retired generations kept per node (public records only)
 KEEP_REQUESTS = 256        # rotate request ids remembered (idempotent retries)
-ROOT_ENTRY = "root"
-REQUESTS_ENTRY = "rotate-requests"
-NODE_PREFIX = "node-"
 Clock = Callable[[], float]
 
 
@@ -149,6 +163,13 @@ class Entry:
     revoked_at: int = 0
     revocation_reason: str = ""
     revocations: dict[str, bytes] = field(default_factory=dict)  # key id -> signed RevocationRecord
+    version: int = 1                   # number of changes (issue = 1); grows by one per change
+
+    def clone(self) -> Entry:
+        """A copy to change without touching this one (key objects and records are shared: immutable)."""
+        return dataclasses.replace(self, current=copy.copy(self.current),
+                                   retiring=copy.copy(self.retiring) if self.retiring else None,
+                                   retired=[copy.copy(g) for g in self.retired], revocations=dict(self.revocations))
 
     @property
     def revoked(self) -> bool:
@@ -176,7 +197,7 @@ class Entry:
                 "retiring": self.retiring.to_json() if self.retiring else None,
                 "retired": [g.to_json() for g in self.retired],
                 "revoked_at": self.revoked_at, "revocation_reason": self.revocation_reason,
-                "revocations": {k: _b64(v) for k, v in self.revocations.items()}}
+                "revocations": {k: _b64(v) for k, v in self.revocations.items()}, "version": self.version}
 
     @classmethod
     def from_json(cls, d: dict, backend: Backend | None) -> Entry:
@@ -184,7 +205,7 @@ class Entry:
                    Generation.from_json(d["retiring"], backend) if d.get("retiring") else None,
                    [Generation.from_json(g, backend) for g in d.get("retired", [])],
                    int(d.get("revoked_at", 0)), d.get("revocation_reason", ""),
-                   {k: _unb64(v) for k, v in d.get("revocations", {}).items()})
+                   {k: _unb64(v) for k, v in d.get("revocations", {}).items()}, int(d.get("version", 1)))
 
 
 @dataclass(frozen=True)
@@ -193,12 +214,14 @@ class RotationStep:
     old: Generation            # now retiring
     new: Generation            # now active
     retired_early: Generation | None   # a generation still retiring that this rotation retired at once
+    entry: Entry | None = None         # the node's entry after the rotation
 
 
 @dataclass(frozen=True)
 class Retirement:
     node_id: str
     generation: Generation
+    entry: Entry | None = None         # the node's entry after the retirement
 
 
 @dataclass(frozen=True)
@@ -211,12 +234,11 @@ class AttestResult:
 
 
 class Vault:
-    """Identities, rotation and revocation over an encrypted keystore."""
+    """A cache of identities (each at a store revision) and the changes planned on it."""
 
-    def __init__(self, keystore: Keystore, root: KeyvaultRoot, trust_domain: str, *, clock: Clock = time.time,
+    def __init__(self, root: KeyvaultRoot, trust_domain: str, *, clock: Clock = time.time,
                  validity_s: int = 90 * 86400, default_overlap_s: float = DEFAULT_OVERLAP_S,
                  backend: Backend | None = None) -> None:
-        self.keystore = keystore
         self.root = root
         self.trust_domain = trust_domain
         self.clock = clock
@@ -224,38 +246,9 @@ class Vault:
         self.default_overlap_s = float(default_overlap_s)
         self.backend = backend
         self.entries: dict[str, Entry] = {}
-        self.requests: dict[str, list[str]] = {}
-        self.root_created = False
-        self._pool: ThreadPoolExecutor | None = None
-
-    # ---- opening --------------------------------------------------------------------
-    @classmethod
-    def open(cls, keystore: Keystore, trust_domain: str, **kw) -> Vault:
-        """Load the root key (created on first use) and every identity from ``keystore``.
-
-        Raises WrongMasterKey / CorruptKeystore (from the keystore) unchanged.
-        """
-        keystore.cleanup()
-        backend = kw.get("backend")
-        created = False
-        if ROOT_ENTRY in keystore:
-            root = KeyvaultRoot(MLDSA65PrivateKey.from_private_bytes(keystore.get(ROOT_ENTRY), backend=backend))
-        else:
-            root = KeyvaultRoot.generate(backend=backend)
-            try:  # replicas sharing a keystore: the first one to create the root wins, the others load it
-                keystore.put(ROOT_ENTRY, root.private_key.private_bytes_unsafe(), create_only=True)
-                created = True
-            except FileExistsError:
-                root = KeyvaultRoot(MLDSA65PrivateKey.from_private_bytes(keystore.get(ROOT_ENTRY), backend=backend))
-        v = cls(keystore, root, trust_domain, **kw)
-        v.root_created = created
-        for name in keystore.names():
-            if name.startswith(NODE_PREFIX):
-                e = Entry.from_json(json.loads(keystore.get(name)), backend)
-                v.entries[e.node_id] = e
-        if REQUESTS_ENTRY in keystore:
-            v.requests = json.loads(keystore.get(REQUESTS_ENTRY))
-        return v
+        self.revisions: dict[str, int] = {}       # node id -> store revision of the cached entry
+        self.requests: dict[str, list[str]] = {}  # rotate request id -> target node ids
+        self.requests_revision = 0
 
     @property
     def root_public(self) -> MLDSA65PublicKey:
@@ -265,25 +258,45 @@ class Vault:
     def root_key_id(self) -> str:
         return self.root.key_id
 
-    def _save(self, e: Entry) -> None:
-        self.keystore.put(NODE_PREFIX + e.node_id, json.dumps(e.to_json(), separators=(",", ":")).encode())
+    # ---- serialized form ------------------------------------------------------------
+    @staticmethod
+    def encode_entry(e: Entry) -> bytes:
+        return json.dumps(e.to_json(), separators=(",", ":")).encode()
 
-    def _save_many(self, entries: list[Entry]) -> None:
-        """Persist several entries; the atomic writes (each fsync'd) run concurrently so
-        the file system can commit them together."""
-        if len(entries) <= 1:
-            for e in entries:
-                self._save(e)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="keyvault-save")
-        for f in [self._pool.submit(self._save, e) for e in entries]:
-            f.result()
+    def decode_entry(self, data: bytes) -> Entry:
+        return Entry.from_json(json.loads(data), self.backend)
 
-    def _sign_generation(self, ident: NodeIdentity) -> Generation:
-        sig, kem = records_for_identity(ident)
-        return Generation(ident.generation, self.root.sign(sig).to_bytes(), self.root.sign(kem).to_bytes(),
-                          ACTIVE, ident)
+    @staticmethod
+    def encode_requests(requests: dict[str, list[str]]) -> bytes:
+        return json.dumps(requests, separators=(",", ":")).encode()
+
+    @staticmethod
+    def decode_requests(data: bytes) -> dict[str, list[str]]:
+        d = json.loads(data)
+        return {str(k): [str(n) for n in v] for k, v in d.items()}
+
+    # ---- the cache ------------------------------------------------------------------
+    def revision(self, node_id: str) -> int:
+        """Store revision of the cached entry (0: none cached, i.e. create it)."""
+        return self.revisions.get(node_id, 0)
+
+    def learn(self, node_id: str, entry: Entry | None, revision: int) -> bool:
+        """Take ``entry`` (None: deleted) read or written at store ``revision`` unless the cache
+        already holds that revision or a newer one. Returns whether the cache changed."""
+        if revision <= self.revisions.get(node_id, 0):
+            return False
+        self.revisions[node_id] = revision
+        if entry is None:
+            self.entries.pop(node_id, None)
+        else:
+            self.entries[node_id] = entry
+        return True
+
+    def learn_requests(self, requests: dict[str, list[str]], revision: int) -> bool:
+        if revision <= self.requests_revision:
+            return False
+        self.requests, self.requests_revision = requests, revision
+        return True
 
     # ---- queries --------------------------------------------------------------------
     def get(self, node_id: str) -> Entry:
@@ -303,8 +316,14 @@ class Vault:
             raise FailedPrecondition(f"node {node_id!r} is revoked; its private keys were destroyed")
         return e.current.identity.export_private_unsafe()
 
+    def _sign_generation(self, ident: NodeIdentity) -> Generation:
+        sig, kem = records_for_identity(ident)
+        return Generation(ident.generation, self.root.sign(sig).to_bytes(), self.root.sign(kem).to_bytes(),
+                          ACTIVE, ident)
+
     # ---- issue ----------------------------------------------------------------------
-    def issue(self, node_id: str) -> Entry:
+    def plan_issue(self, node_id: str) -> Entry:
+        """A new identity for ``node_id`` (not yet in the cache: store it, then learn it)."""
         check_node_id(node_id)
         if node_id in self.entries:
             e = self.entries[node_id]
@@ -313,10 +332,7 @@ class Vault:
         now = self.clock()
         ident = NodeIdentity.generate(self.trust_domain, node_id, now=now, validity_seconds=self.validity_s,
                                       generation=1, backend=self.backend)
-        e = Entry(node_id, str(SpiffeId(self.trust_domain, node_id)), int(now), self._sign_generation(ident))
-        self._save(e)
-        self.entries[node_id] = e
-        return e
+        return Entry(node_id, str(SpiffeId(self.trust_domain, node_id)), int(now), self._sign_generation(ident))
 
     # ---- rotation -------------------------------------------------------------------
     def resolve_targets(self, node_ids: Iterable[str], all_nodes: bool) -> list[str]:
@@ -341,34 +357,30 @@ class Vault:
                                   f"{self.default_overlap_s:g} s), got {overlap_s!r}")
         return float(overlap_s)
 
-    def rotate(self, node_ids: Iterable[str] = (), *, all_nodes: bool = False, overlap_s: float | None = None,
-               request_id: str = "") -> tuple[list[RotationStep], list[str]]:
-        """Rotate the given nodes (or every non-revoked node). Returns the steps done and
-        the target node ids. A repeated ``request_id`` rotates nothing again."""
-        overlap = self.check_overlap(overlap_s)
+    def check_request_id(self, request_id: str) -> None:
         if len(request_id) > 128:
             raise InvalidArgument("request_id longer than 128 characters")
-        if request_id and request_id in self.requests:
-            return [], [n for n in self.requests[request_id] if n in self.entries]
-        targets = self.resolve_targets(node_ids, all_nodes)
-        steps = [self._rotate_in_memory(n, overlap) for n in targets]
-        self._save_many([self.entries[n] for n in targets])
-        if request_id:
-            self.requests[request_id] = targets
-            while len(self.requests) > KEEP_REQUESTS:
-                self.requests.pop(next(iter(self.requests)))
-            self.keystore.put(REQUESTS_ENTRY, json.dumps(self.requests).encode())
-        return steps, targets
 
-    def rotate_one(self, node_id: str, overlap_s: float) -> RotationStep:
-        step = self._rotate_in_memory(node_id, overlap_s)
-        self._save(self.entries[node_id])
-        return step
+    def done_request(self, request_id: str) -> list[str] | None:
+        """Targets of an already handled rotate request (None: not seen)."""
+        if not request_id or request_id not in self.requests:
+            return None
+        return [n for n in self.requests[request_id] if n in self.entries]
 
-    def _rotate_in_memory(self, node_id: str, overlap_s: float) -> RotationStep:
-        e = self.get(node_id)
-        if e.revoked:
+    def with_request(self, request_id: str, targets: list[str]) -> dict[str, list[str]]:
+        """The request log with ``request_id`` added (oldest dropped past KEEP_REQUESTS)."""
+        out = dict(self.requests)
+        out[request_id] = list(targets)
+        while len(out) > KEEP_REQUESTS:
+            out.pop(next(iter(out)))
+        return out
+
+    def plan_rotate(self, node_id: str, overlap_s: float) -> RotationStep:
+        """The node's entry after one rotation (``step.entry``); the cache is not changed."""
+        cur = self.get(node_id)
+        if cur.revoked:
             raise FailedPrecondition(f"node {node_id!r} is revoked and cannot be rotated")
+        e = cur.clone()
         now = self.clock()
         early = None
         if e.retiring is not None:
@@ -379,9 +391,11 @@ class Vault:
         old = e.current
         old.status, old.retiring_until = RETIRING, now + overlap_s
         e.retiring, e.current = old, new
-        return RotationStep(node_id, old, new, early)
+        e.version += 1
+        return RotationStep(node_id, old, new, early, e)
 
-    def _retire(self, e: Entry, now: int) -> Generation:
+    @staticmethod
+    def _retire(e: Entry, now: int) -> Generation:
         g = e.retiring
         assert g is not None
         g.status, g.retired_at, g.identity = RETIRED, now, None
@@ -394,24 +408,31 @@ class Vault:
         ds = [e.retiring.retiring_until for e in self.entries.values() if e.retiring]
         return min(ds) if ds else None
 
-    def tick(self) -> list[Retirement]:
-        """Retire every generation whose overlap window has passed."""
+    def due(self) -> list[str]:
+        """Nodes whose retiring generation's overlap window has passed."""
         now = self.clock()
-        out = []
-        for e in self.entries.values():
-            if e.retiring is not None and now >= e.retiring.retiring_until:
-                out.append(Retirement(e.node_id, self._retire(e, int(now))))
-        self._save_many([self.entries[r.node_id] for r in out])
-        return out
+        return sorted(n for n, e in self.entries.items() if e.retiring is not None and now >= e.retiring.retiring_until)
+
+    def plan_retire(self, node_id: str) -> Retirement | None:
+        """The entry with its retiring generation retired, if its window has passed (else None)."""
+        cur = self.entries.get(node_id)
+        now = self.clock()
+        if cur is None or cur.retiring is None or now < cur.retiring.retiring_until:
+            return None
+        e = cur.clone()
+        g = self._retire(e, int(now))
+        e.version += 1
+        return Retirement(node_id, g, e)
 
     # ---- revocation -----------------------------------------------------------------
-    def revoke(self, node_id: str, reason: str = "") -> tuple[Entry, bool]:
-        """Revoke every key of a node. Idempotent: returns (entry, changed)."""
+    def plan_revoke(self, node_id: str, reason: str = "") -> Entry | None:
+        """The entry with every key revoked (None: revoked already, nothing to change)."""
         if len(reason) > MAX_REASON:
             raise InvalidArgument(f"reason longer than {MAX_REASON} characters")
-        e = self.get(node_id)
-        if e.revoked:
-            return e, False
+        cur = self.get(node_id)
+        if cur.revoked:
+            return None
+        e = cur.clone()
         now = int(self.clock())
         gens = [e.current] + ([e.retiring] if e.retiring else [])
         for g in gens:
@@ -419,17 +440,17 @@ class Vault:
                 e.revocations[rec.key_id] = self.root.revoke(rec, at=now, reason=reason).to_bytes()
             g.status, g.identity = REVOKED, None
             g.retired_at = now
-        cur = e.current
-        e.current = Generation(cur.generation,
-                               self.root.sign(dataclasses.replace(cur.sig_record, revoked=True)).to_bytes(),
-                               self.root.sign(dataclasses.replace(cur.kem_record, revoked=True)).to_bytes(),
+        c = e.current
+        e.current = Generation(c.generation,
+                               self.root.sign(dataclasses.replace(c.sig_record, revoked=True)).to_bytes(),
+                               self.root.sign(dataclasses.replace(c.kem_record, revoked=True)).to_bytes(),
                                REVOKED, None, 0.0, now)
         if e.retiring is not None:
             e.retired.insert(0, e.retiring)
             e.retiring = None
         e.revoked_at, e.revocation_reason = max(now, 1), reason
-        self._save(e)
-        return e, True
+        e.version += 1
+        return e
 
     # ---- attestation ----------------------------------------------------------------
     def attest(self, node_id: str, challenge: bytes, signature: bytes) -> AttestResult:

@@ -9,6 +9,9 @@ Each entry is one file ``<name>.key`` in the keystore directory::
 * ``key_check`` = HKDF(master, info="x0tta6bl4/keystore/check/v1")[:16] tells a
   wrong master key (:class:`WrongMasterKey`) apart from a damaged file
   (:class:`CorruptKeystore`); it reveals nothing usable about the master key.
+* :meth:`MasterKey.seal` / :meth:`MasterKey.unseal` produce and open the same sealed
+  form for secrets kept elsewhere (keyvault replicas share their sealed bundles
+  through a JetStream KV bucket); the name bound into the AAD is the caller's.
 * writes are atomic: temp file (O_EXCL, 0600) -> write -> fsync -> rename ->
   fsync(dir). A crash at any point leaves either the old or the new complete
   file; stray ``*.tmp`` files are ignored (and removed by :meth:`Keystore.cleanup`).
@@ -32,7 +35,7 @@ from .backend import Backend
 from .errors import CorruptKeystore, KeystoreError, PQCError, WrongMasterKey
 from .identity import NodeIdentity
 
-__all__ = ["MasterKey", "Keystore", "MASTER_KEY_SIZE", "ENTRY_NAME_PATTERN"]
+__all__ = ["ENTRY_NAME_PATTERN", "MASTER_KEY_SIZE", "Keystore", "MasterKey"]
 
 MASTER_KEY_SIZE = 32
 ENTRY_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
@@ -46,7 +49,7 @@ _TMP_SUFFIX = ".tmp"
 class MasterKey:
     """32-byte keystore master key. Never shown by ``repr``/``str``."""
 
-    __slots__ = ("_key", "_check")
+    __slots__ = ("_check", "_key")
 
     def __init__(self, key: bytes) -> None:
         key = to_bytes(key, "master key")
@@ -102,12 +105,37 @@ class MasterKey:
     def _derive(self, salt: bytes) -> AESGCM:
         return AESGCM(HKDF(hashes.SHA256(), 32, salt, b"x0tta6bl4/keystore/entry/v1").derive(self._key))
 
+    def seal(self, name: str, secret: bytes) -> bytes:
+        """``secret`` encrypted (AES-256-GCM, fresh salt and nonce) and bound to ``name``:
+        ``magic | version | key_check | salt | nonce | ct||tag`` (the keystore file format)."""
+        secret = to_bytes(secret, "secret")
+        salt, nonce = os.urandom(16), os.urandom(12)
+        header = _MAGIC + bytes([_VERSION]) + self._check + salt + nonce
+        return header + self._derive(salt).encrypt(nonce, secret, header + name.encode())
+
+    def unseal(self, name: str, blob: bytes, what: str = "keystore entry") -> bytes:
+        """Open what :meth:`seal` made under ``name``. Raises WrongMasterKey (sealed under another
+        master key) or CorruptKeystore (truncated, tampered, or sealed under another name);
+        ``what`` names the container in the message, e.g. "JetStream bucket 'keyvault' entry"."""
+        blob = bytes(blob or b"")
+        if len(blob) < _HDR + 16 or blob[:4] != _MAGIC:
+            raise CorruptKeystore(f"{what} {name!r} is truncated or not sealed by a keystore")
+        if blob[4] != _VERSION:
+            raise CorruptKeystore(f"{what} {name!r} has unsupported version {blob[4]}")
+        check, salt, nonce = blob[5:21], blob[21:37], blob[37:49]
+        if check != self._check:
+            raise WrongMasterKey(f"{what} {name!r} was written under a different master key")
+        try:
+            return self._derive(salt).decrypt(nonce, blob[_HDR:], blob[:_HDR] + name.encode())
+        except InvalidTag:
+            raise CorruptKeystore(f"{what} {name!r} is corrupted (authentication failed)") from None
+
     def __repr__(self) -> str:
         return "<MasterKey (redacted)>"
 
     __str__ = __repr__
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         raise TypeError("MasterKey cannot be pickled")
 
 
@@ -206,12 +234,9 @@ class Keystore:
         """Encrypt and atomically (re)write entry ``name``; with ``create_only`` raise
         FileExistsError when the entry exists (another process created it first)."""
         path = self._path(name)
-        secret = to_bytes(secret, "secret")
-        salt, nonce = os.urandom(16), os.urandom(12)
-        header = _MAGIC + bytes([_VERSION]) + self._mk._check + salt + nonce
-        ct = self._mk._derive(salt).encrypt(nonce, secret, header + name.encode())
+        sealed = self._mk.seal(name, secret)
         try:
-            _atomic_write(path, header + ct, create_only=create_only)
+            _atomic_write(path, sealed, create_only=create_only)
         except FileExistsError:
             if create_only:
                 raise
@@ -230,17 +255,12 @@ class Keystore:
         return self._decrypt(name, blob)
 
     def _decrypt(self, name: str, blob: bytes) -> bytes:
-        if len(blob) < _HDR + 16 or blob[:4] != _MAGIC:
-            raise CorruptKeystore(f"keystore entry {name!r} is truncated or not a keystore file")
-        if blob[4] != _VERSION:
-            raise CorruptKeystore(f"keystore entry {name!r} has unsupported version {blob[4]}")
-        check, salt, nonce = blob[5:21], blob[21:37], blob[37:49]
-        if check != self._mk._check:
-            raise WrongMasterKey(f"keystore entry {name!r} was written under a different master key")
         try:
-            return self._mk._derive(salt).decrypt(nonce, blob[_HDR:], blob[:_HDR] + name.encode())
-        except InvalidTag:
-            raise CorruptKeystore(f"keystore entry {name!r} is corrupted (authentication failed)") from None
+            return self._mk.unseal(name, blob)
+        except CorruptKeystore as e:
+            if "not sealed by a keystore" in str(e):
+                raise CorruptKeystore(f"keystore entry {name!r} is truncated or not a keystore file") from None
+            raise
 
     def delete(self, name: str) -> None:
         path = self._path(name)
