@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from x0tta6bl4.governance import vote_signing_payload  # noqa: E402
 from x0tta6bl4.pqc import MLDSA65PrivateKey  # noqa: E402
+from x0tta6bl4.runtime.locate import admin_metadata  # noqa: E402
 from x0tta6bl4.runtime.stack import Stack, free_port  # noqa: E402
 from x0tta6bl4.v1 import events_pb2  # noqa: E402
 from x0tta6bl4.v1 import governance_pb2 as g  # noqa: E402
@@ -81,7 +82,8 @@ async def paced(n: int, concurrency: int, rate: float, make_call) -> list[float]
     return lat
 
 
-async def bench(addr: str, voters: int, votes: int, concurrency: int, channels: int, load: float) -> dict:
+async def bench(addr: str, voters: int, votes: int, concurrency: int, channels: int, load: float,
+                admin: tuple) -> dict:
     chans = [grpc.aio.insecure_channel(addr) for _ in range(channels)]
     for c in chans:
         await c.channel_ready()
@@ -92,7 +94,7 @@ async def bench(addr: str, voters: int, votes: int, concurrency: int, channels: 
     keys = [MLDSA65PrivateKey.generate() for _ in range(voters)]
     names = [f"spiffe://x0tta6bl4.mesh/voter/bench-{i}" for i in range(voters)]
     await drive(voters, concurrency, lambda i: stubs[i % channels].RegisterVoter(g.RegisterVoterRequest(
-        voter=names[i], balance=100.0, public_key=keys[i].public_key().public_bytes())))
+        voter=names[i], balance=100.0, public_key=keys[i].public_key().public_bytes()), metadata=admin))
     setup_register = time.perf_counter() - t
 
     paced_votes = votes                       # a second set for the open-loop (paced) phase
@@ -170,7 +172,8 @@ def main() -> int:
                       env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_LOG_LEVEL": "WARNING"})
         stack.start(60)
         try:
-            out = asyncio.run(bench(f"127.0.0.1:{port}", a.voters, a.votes, a.concurrency, a.channels, a.load))
+            out = asyncio.run(bench(f"127.0.0.1:{port}", a.voters, a.votes, a.concurrency, a.channels, a.load,
+                                    admin_metadata(directory=stack.data_dir)))
         finally:
             stack.stop()
     print(f"governance CastVote ({out['voters']} voters, {out['concurrency']} concurrent clients, "

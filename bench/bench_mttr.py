@@ -29,6 +29,7 @@ from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import classify_node
+from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.runtime.stack import Stack, repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
@@ -110,12 +111,14 @@ async def settle(js, nodes, src, timeout=30.0):
 class Voters:
     """Operators who approve every proposal at once (for the governed scenario)."""
 
-    def __init__(self, addr: str, n: int = 2):
+    def __init__(self, addr: str, admin: tuple = (), n: int = 2):
         import grpc
+
         from x0tta6bl4.pqc import MLDSA65PrivateKey
         from x0tta6bl4.v1 import governance_pb2 as g
         from x0tta6bl4.v1 import governance_pb2_grpc as gg
         self.g = g
+        self.admin = admin                   # ledger admin token metadata (RegisterVoter)
         self.channel = grpc.aio.insecure_channel(addr)
         self.stub = gg.GovernanceStub(self.channel)
         self.keys = [(f"spiffe://x0tta6bl4.mesh/operator/bench{i}", MLDSA65PrivateKey.generate()) for i in range(n)]
@@ -124,10 +127,12 @@ class Voters:
     async def register(self):
         for name, key in self.keys:
             await self.stub.RegisterVoter(self.g.RegisterVoterRequest(voter=name, balance=100,
-                                                                      public_key=key.public_key().public_bytes()))
+                                                                      public_key=key.public_key().public_bytes()),
+                                          metadata=self.admin)
 
     async def approve_all(self, stop: asyncio.Event):
         import secrets
+
         from x0tta6bl4.governance import vote_signing_payload
         g = self.g
         while not stop.is_set():
@@ -154,7 +159,7 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
     src, dst = nodes[0], nodes[-1]
     stop_voting = asyncio.Event()
     if scenario == "degrade":
-        voters = Voters(stack.grpc_addr("governance"))
+        voters = Voters(stack.grpc_addr("governance"), admin_metadata(directory=stack.data_dir))
         await voters.register()
         voting = asyncio.create_task(voters.approve_all(stop_voting))
     rows = []

@@ -31,6 +31,7 @@ from .convert import (
     state_from_pb,
     state_to_pb,
 )
+from .identities import AdminToken, KeyvaultIdentities
 from .store import GovStore, Outcome, Unavailable
 
 log = logging.getLogger("x0tta6bl4.governance.api")
@@ -82,8 +83,11 @@ def rpc(fn):
 class Governance(gpb_grpc.GovernanceServicer):
     def __init__(self, store: GovStore, nc, default_execution_window_s: float = LIMITS.default_execution_window_s,
                  precheck: Callable[[bytes, bytes, bytes], Awaitable[None]] | None = None,
-                 root_span_sample: float = 1.0):
+                 root_span_sample: float = 1.0, admin: AdminToken | None = None,
+                 identities: KeyvaultIdentities | None = None):
         self.store = store
+        self.admin = admin
+        self.identities = identities
         self.root_span_sample = root_span_sample
         self.precheck = precheck
         self.nc = nc
@@ -159,17 +163,22 @@ class Governance(gpb_grpc.GovernanceServicer):
 
     @rpc
     async def RegisterVoter(self, req: gpb.RegisterVoterRequest, context) -> gpb.Voter:
-        if not req.public_key:
-            raise InvalidArgument("public_key is required: the voter's ML-DSA-65 public key (1952 bytes); "
-                                  "keyvault lookup is not wired yet")
-        try:
-            MLDSA65PublicKey.from_bytes(req.public_key)
-        except (InvalidKey, ValueError) as e:
-            raise InvalidArgument(f"public_key is not an ML-DSA-65 public key: {e}") from None
-        kid = pqc_key_id(req.public_key)
+        if self.admin is not None:
+            self.admin.check(_metadata(context))
+        if req.public_key:
+            try:
+                MLDSA65PublicKey.from_bytes(req.public_key)
+            except (InvalidKey, ValueError) as e:
+                raise InvalidArgument(f"public_key is not an ML-DSA-65 public key: {e}") from None
+            public_key = bytes(req.public_key)
+        elif self.identities is not None:
+            public_key = await self.identities.signing_key(req.voter)
+        else:
+            raise InvalidArgument("public_key is required: this service has no keyvault to take it from")
+        kid = pqc_key_id(public_key)
 
         def cmd(eng: GovernanceEngine) -> Outcome:
-            events = eng.register_voter(req.voter, req.balance, key_id=kid, public_key=req.public_key)
+            events = eng.register_voter(req.voter, req.balance, key_id=kid, public_key=public_key)
             return Outcome(gpb.Voter(voter=req.voter, balance=eng.get_balance(req.voter), key_id=kid), events)
         return await self.store.execute(cmd)
 

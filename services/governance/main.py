@@ -30,6 +30,7 @@ from pydantic import Field
 
 from services.governance.api import GOV_WATCH, SERVICE_NAME, Governance
 from services.governance.convert import SEVERITY, action_from_pb, proposal_to_pb
+from services.governance.identities import TOKEN_FILE_NAME, AdminToken, KeyvaultIdentities
 from services.governance.store import GovStore, Outcome
 from services.governance.verify import VoteVerifier
 from x0tta6bl4.bus import subjects
@@ -85,6 +86,8 @@ class GovernanceSettings(CommonSettings):
     action_timeout_s: float = Field(30.0, gt=0, le=3600)
     rpc_root_span_sample: float = Field(0.05, ge=0, le=1, description=(
         "fraction of gRPC calls WITHOUT trace context that start a trace (calls with traceparent always do)"))
+    admin_token_file: pathlib.Path | None = Field(None, description=(
+        "ledger admin token for RegisterVoter (default <data dir>/governance-admin.token, created when absent)"))
     verify_threads: int = Field(2, ge=0, le=64, description="threads checking vote signatures before the writer")
 
 
@@ -97,6 +100,12 @@ def build(settings: GovernanceSettings) -> Service:
                             standard_quorum=settings.standard_quorum,
                             standard_threshold=settings.standard_threshold)
     keys = VoteVerifier(threads=settings.verify_threads)
+    token_path = settings.admin_token_file or settings.data_dir / TOKEN_FILE_NAME
+    try:
+        admin = AdminToken.load_or_create(token_path)
+    except (ValueError, OSError) as e:
+        print(f"governance: config error: admin_token_file: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     holder: dict = {}
 
     def verify(voter: str, payload: bytes, signature: bytes) -> bool:
@@ -243,7 +252,8 @@ def build(settings: GovernanceSettings) -> Service:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         gpb_grpc.add_GovernanceServicer_to_server(
             Governance(store, app.nc, settings.execution_window_s, precheck=keys.precheck,
-                       root_span_sample=settings.rpc_root_span_sample), server)
+                       root_span_sample=settings.rpc_root_span_sample, admin=admin,
+                       identities=KeyvaultIdentities(app.nc)), server)
         hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
         reflection.enable_server_reflection(
@@ -287,6 +297,7 @@ def build(settings: GovernanceSettings) -> Service:
         if "writer" in server_box:
             server_box["writer"].cancel()
             await asyncio.gather(server_box["writer"], return_exceptions=True)
+        keys.close()
 
     return app
 

@@ -6,7 +6,9 @@
     dao-vote.py --action status --proposal ID
     dao-vote.py --action list [--state active]
     dao-vote.py --action keygen --key FILE            (ML-DSA-65 voter key; FILE.pub is the public key)
-    dao-vote.py --action register --voter ID --balance 100 --key FILE
+    dao-vote.py --action register --voter ID --balance 100 [--key FILE]
+                                (admin: token from $X0TTA6BL4_GOV_ADMIN_TOKEN or <data dir>/governance-admin.token;
+                                 without --key the key keyvault issued to the identity ID)
 
 Address: --addr, $X0TTA6BL4_GOV_ADDR or 127.0.0.1:50051. Exit 1 with one line on any error.
 """
@@ -74,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             print(gov.keygen(a.key))
             return 0
         else:  # register
-            need("voter", "balance", "key")
-            from x0tta6bl4.v1 import governance_pb2 as g
-            out = gov.call(gov.stub(addr).RegisterVoter, g.RegisterVoterRequest(
-                voter=a.voter, balance=a.balance, public_key=gov.load_public(a.key)))
+            need("voter", "balance")
+            out = gov.register(addr, a.voter, a.balance, a.key)
             line = f"{out.voter}  balance={out.balance:g}  key={out.key_id}"
     except gov.GovError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,17 +8,17 @@ import secrets
 import grpc
 import nats
 import pytest
+from testkit import mesh_ready, start_mesh, wait_for
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.governance import vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey
+from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 from x0tta6bl4.v1 import governance_pb2 as g
 from x0tta6bl4.v1 import governance_pb2_grpc as gg
-
-from testkit import mesh_ready, start_mesh, wait_for
 
 ENV = {"X0TTA6BL4_WINDOW_S": "1", "X0TTA6BL4_STANDARD_VOTE_S": "30", "X0TTA6BL4_EMERGENCY_VOTE_S": "30"}
 SERVICES = ("monitor", "analyzer", "planner", "executor", "governance")
@@ -33,7 +33,8 @@ async def governed_incident(stack_factory, choice: str):
         key = MLDSA65PrivateKey.generate()
         name = f"spiffe://x0tta6bl4.mesh/operator/op{i}"
         await gov.RegisterVoter(g.RegisterVoterRequest(voter=name, balance=100,
-                                                       public_key=key.public_key().public_bytes()))
+                                                       public_key=key.public_key().public_bytes()),
+                                metadata=admin_metadata(directory=stack.data_dir))
         voters.append((name, key))
     mesh = start_mesh(stack)
     nc = await nats.connect(stack.url)

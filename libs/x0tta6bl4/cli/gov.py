@@ -57,12 +57,22 @@ def stub(addr: str, timeout_s: float = 5.0):
     return gg.GovernanceStub(channel)
 
 
-def call(method, request, timeout_s: float = 10.0):
+def call(method, request, timeout_s: float = 10.0, metadata: tuple = ()):
     import grpc
     try:
-        return method(request, timeout=timeout_s)
+        return method(request, timeout=timeout_s, metadata=metadata or None)
     except grpc.RpcError as e:
         raise GovError(f"{e.code().name}: {e.details()}") from None
+
+
+def register(addr: str, voter: str, balance: float, key_file: pathlib.Path | None = None,
+             admin_token: str | None = None):
+    """Register a voter in the ledger (needs the ledger admin token, see ``locate.admin_token``).
+    Without ``key_file`` the voter's key is the one keyvault issued to that identity."""
+    from x0tta6bl4.v1 import governance_pb2 as g
+    pk = load_public(key_file) if key_file is not None else b""
+    return call(stub(addr).RegisterVoter, g.RegisterVoterRequest(voter=voter, balance=balance, public_key=pk),
+                metadata=locate.admin_metadata(admin_token))
 
 
 def keygen(out: pathlib.Path, force: bool = False) -> pathlib.Path:
@@ -88,7 +98,13 @@ def load_private(path: pathlib.Path):
     try:
         return MLDSA65PrivateKey.from_private_bytes(data)
     except (PQCError, ValueError) as e:
-        raise GovError(f"{path} is not an ML-DSA-65 private key (seed) file: {e}") from None
+        err = e
+    try:   # a keyvault private bundle (meshctl keys issue --private-out): its identity's ML-DSA-65 key
+        from x0tta6bl4.pqc import NodeIdentity
+        return NodeIdentity.import_private(data).signing.private.mldsa
+    except (PQCError, ValueError):
+        raise GovError(f"{path} is neither an ML-DSA-65 private key (seed) file nor a keyvault private "
+                       f"bundle: {err}") from None
 
 
 def load_public(path: pathlib.Path) -> bytes:
@@ -202,15 +218,22 @@ def keygen_cmd(out: pathlib.Path = typer.Option(..., "--out", help="private key 
 
 @gov_app.command("register")
 def register_cmd(voter: str, balance: float = typer.Option(..., "--balance"),
-                 key: pathlib.Path = typer.Option(..., "--key", help="the voter's key file or .pub file"),
+                 key: Optional[pathlib.Path] = typer.Option(
+                     None, "--key", help="the voter's key file or .pub file (default: the key keyvault issued "
+                                         "to VOTER, a spiffe://<trust-domain>/node/<id> identity)"),
+                 admin_token_file: Optional[pathlib.Path] = typer.Option(
+                     None, "--admin-token-file", help="ledger admin token (default: $X0TTA6BL4_GOV_ADMIN_TOKEN, "
+                                                      "$X0TTA6BL4_ADMIN_TOKEN_FILE, <data dir>/governance-admin.token)"),
                  addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
-    """Register a voter identity with a token balance and its public key."""
-    from x0tta6bl4.v1 import governance_pb2 as g
-
+    """Register a voter identity with a token balance (admin only)."""
     def go():
-        pk = load_public(key)
-        return call(stub(address(addr)).RegisterVoter, g.RegisterVoterRequest(voter=voter, balance=balance,
-                                                                              public_key=pk))
+        token = None
+        if admin_token_file is not None:
+            try:
+                token = admin_token_file.read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise GovError(f"cannot read --admin-token-file {admin_token_file}: {e}") from None
+        return register(address(addr), voter, balance, key, token)
     v = _run(go)
     _out(v, as_json, f"{v.voter}  balance={v.balance:g}  key={v.key_id}")
 

@@ -223,14 +223,12 @@ async def dao_register_voter(voter: str, balance: float, key_file: str) -> dict[
     """Register a DAO voter with a token balance. KEY_FILE is the voter's ML-DSA-65 key (created, 0600, with
     KEY_FILE.pub, when it does not exist). Voting weight is sqrt(tokens)."""
     gov = _gov()
-    from x0tta6bl4.v1 import governance_pb2 as g
     key = pathlib.Path(key_file)
 
     def go():
         if not key.exists():
             gov.keygen(key)
-        return gov.call(gov.stub(gov_addr()).RegisterVoter, g.RegisterVoterRequest(
-            voter=voter, balance=balance, public_key=gov.load_public(key)))
+        return gov.register(gov_addr(), voter, balance, key)
     return _pb_dict(await _in_thread(go))
 
 

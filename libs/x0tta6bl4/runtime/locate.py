@@ -40,3 +40,27 @@ def nats_url(explicit: str | None = None, directory: pathlib.Path | None = None)
 def grpc_addr(service: str, explicit: str | None = None, directory: pathlib.Path | None = None) -> str:
     env, default = GRPC[service]
     return (explicit or os.environ.get(env) or stack_info(directory).get("grpc", {}).get(service) or default)
+
+
+ADMIN_TOKEN_FILE = "governance-admin.token"
+
+
+def admin_token(explicit: str | None = None, directory: pathlib.Path | None = None) -> str:
+    """The governance ledger admin token (RegisterVoter): an explicit value, ``X0TTA6BL4_GOV_ADMIN_TOKEN``,
+    the file named by ``X0TTA6BL4_ADMIN_TOKEN_FILE``, or ``<data dir>/governance-admin.token`` (written
+    by the governance service of a local stack). "" when none is found."""
+    if explicit:
+        return explicit
+    if os.environ.get("X0TTA6BL4_GOV_ADMIN_TOKEN"):
+        return os.environ["X0TTA6BL4_GOV_ADMIN_TOKEN"]
+    path = pathlib.Path(os.environ.get("X0TTA6BL4_ADMIN_TOKEN_FILE") or (directory or data_dir()) / ADMIN_TOKEN_FILE)
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def admin_metadata(explicit: str | None = None, directory: pathlib.Path | None = None) -> tuple:
+    """gRPC metadata carrying the admin token (empty when there is none)."""
+    token = admin_token(explicit, directory)
+    return (("authorization", f"Bearer {token}"),) if token else ()

@@ -14,6 +14,7 @@ from x0tta6bl4.bus.codec import decode, encode
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.governance import vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey
+from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.runtime.stack import Stack, free_port
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import governance_pb2 as g
@@ -33,6 +34,8 @@ class Gov:
         self.channel = grpc.insecure_channel(self.addr)
         grpc.channel_ready_future(self.channel).result(timeout=20)
         self.stub = gg.GovernanceStub(self.channel)
+        self.admin = admin_metadata(directory=self.stack.data_dir)   # the ledger admin token
+        assert self.admin, "the governance service did not write its admin token"
 
     def restart(self, kill: bool = True) -> None:
         self.channel.close()
@@ -48,7 +51,8 @@ class Gov:
         name = name or f"spiffe://x0tta6bl4.mesh/voter/{uuid.uuid4().hex[:8]}"
         key = MLDSA65PrivateKey.generate()
         self.stub.RegisterVoter(g.RegisterVoterRequest(voter=name, balance=balance,
-                                                       public_key=key.public_key().public_bytes()))
+                                                       public_key=key.public_key().public_bytes()),
+                                metadata=self.admin)
         return name, key
 
     def proposal(self, title: str = "reroute around n1", duration_s: float = 60.0, quorum: float = 0.5,

@@ -36,17 +36,18 @@ def test_ledger(gov):
     v = gov.stub.GetBalance(g.GetBalanceRequest(voter=name))
     assert v.voter == name and v.balance == 250.0 and len(v.key_id) == 16
     code, msg = gov.error(gov.stub.RegisterVoter, g.RegisterVoterRequest(
-        voter=name, balance=1, public_key=key.public_key().public_bytes()))
+        voter=name, balance=1, public_key=key.public_key().public_bytes()), metadata=gov.admin)
     assert code == C.ALREADY_EXISTS and "already registered" in msg
     assert gov.error(gov.stub.GetBalance, g.GetBalanceRequest(voter="nobody"))[0] == C.NOT_FOUND
-    code, msg = gov.error(gov.stub.RegisterVoter, g.RegisterVoterRequest(voter="x", balance=1))
-    assert code == C.INVALID_ARGUMENT and "public_key" in msg
-    code, msg = gov.error(gov.stub.RegisterVoter, g.RegisterVoterRequest(voter="x", balance=1, public_key=b"k" * 10))
+    code, msg = gov.error(gov.stub.RegisterVoter, g.RegisterVoterRequest(voter="x", balance=1), metadata=gov.admin)
+    assert code == C.INVALID_ARGUMENT and "spiffe://" in msg     # no key given: must be a keyvault identity
+    code, msg = gov.error(gov.stub.RegisterVoter, g.RegisterVoterRequest(voter="x", balance=1, public_key=b"k" * 10),
+                          metadata=gov.admin)
     assert code == C.INVALID_ARGUMENT and "ML-DSA-65" in msg
     pk = key.public_key().public_bytes()
     for bal in (0, -5, math.inf, math.nan):
-        assert gov.error(gov.stub.RegisterVoter, g.RegisterVoterRequest(voter="y", balance=bal, public_key=pk))[0] \
-            == C.INVALID_ARGUMENT
+        assert gov.error(gov.stub.RegisterVoter, g.RegisterVoterRequest(voter="y", balance=bal, public_key=pk),
+                         metadata=gov.admin)[0] == C.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("field,value,needle", [

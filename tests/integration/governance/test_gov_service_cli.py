@@ -16,8 +16,10 @@ SCRIPT = repo_root() / "skill" / "scripts" / "dao-vote.py"
 
 
 def dao(gov, *args, addr=None):
+    # the ledger admin token of the stack is found through its data dir (RegisterVoter)
     return subprocess.run([sys.executable, str(SCRIPT), "--addr", addr or gov.addr, *args],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, X0TTA6BL4_DATA_DIR=str(gov.stack.data_dir)))
 
 
 def test_dao_vote_script(gov, tmp_path):
@@ -58,7 +60,10 @@ def test_meshctl_gov(gov, tmp_path):
     assert r.exit_code == 0 and r.output.strip().endswith("v.key.pub")
     assert run(gov_app, ["keygen", "--out", str(key)]).exit_code == 1   # never overwrites a key
     a = ["--addr", gov.addr]
-    assert run(gov_app, ["register", "carol-cli", "--balance", "64", "--key", str(key) + ".pub", *a]).exit_code == 0
+    token = gov.stack.data_dir / "governance-admin.token"
+    assert run(gov_app, ["register", "carol-cli", "--balance", "64", "--key", str(key) + ".pub", *a]).exit_code == 1
+    assert run(gov_app, ["register", "carol-cli", "--balance", "64", "--key", str(key) + ".pub", *a,
+                         "--admin-token-file", str(token)]).exit_code == 0
     r = run(gov_app, ["balance", "carol-cli", *a])
     assert r.exit_code == 0 and "balance=64" in r.output
     r = run(gov_app, ["create", "--title", "deploy v2", "--duration", "60", "--action", "deploy",

@@ -64,7 +64,8 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
 
         server = StdioServerParameters(command=sys.executable, args=["-m", "x0tta6bl4.mcp_server"], env={
             **env, "X0TTA6BL4_NATS_URL": stack.url, "X0TTA6BL4_GOV_ADDR": stack.grpc_addr("governance"),
-            "X0TTA6BL4_KEYVAULT_ADDR": stack.grpc_addr("keyvault"), "X0TTA6BL4_DATA_DIR": str(tmp_path / "mcp")})
+            "X0TTA6BL4_KEYVAULT_ADDR": stack.grpc_addr("keyvault"), "X0TTA6BL4_DATA_DIR": str(tmp_path / "mcp"),
+            "X0TTA6BL4_ADMIN_TOKEN_FILE": str(stack.data_dir / "governance-admin.token")})
         async with stdio_client(server) as (read, write), ClientSession(read, write) as s:
             await s.initialize()
             tools = {t.name: t for t in (await s.list_tools()).tools}

@@ -1,0 +1,143 @@
+"""Voter identities from keyvault, and the ledger admin credential.
+
+A voter is an identity issued by keyvault (``spiffe://<trust-domain>/node/<id>``).
+``KeyvaultIdentities.signing_key(voter)`` returns the ML-DSA-65 half of the voter's
+current (Ed25519 + ML-DSA-65) identity signing key, from keyvault's root-signed records in the JetStream KV bucket
+``keys`` (entry ``node.<id>.sig``), checked against the keyvault root key, which
+is pinned on first use from keyvault's ``Info`` (over NATS, ``keyvault.rpc.Info``)
+unless configured explicitly. A record that does not verify, belongs to another
+identity, is revoked or expired is refused with a clear error.
+
+The ledger admin token: RegisterVoter mints voting power, so it needs
+``authorization: Bearer <token>`` metadata. The token comes from
+``X0TTA6BL4_ADMIN_TOKEN_FILE`` (default ``<data dir>/governance-admin.token``),
+created once (0600, create-only, 32 random bytes, url-safe base64) when absent;
+it is never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import os
+import pathlib
+import time
+
+import nats
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.governance import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from x0tta6bl4.keyvault import distribution as dist
+from x0tta6bl4.pqc import MLDSA65PublicKey, PQCError, PublicKeyRecord, SpiffeId
+from x0tta6bl4.pqc.keystore import write_secret_file
+from x0tta6bl4.v1 import keyvault_pb2 as kpb
+
+from .store import Unavailable
+
+__all__ = ["AdminToken", "KeyvaultIdentities", "TOKEN_FILE_NAME"]
+
+TOKEN_FILE_NAME = "governance-admin.token"
+
+
+class AdminToken:
+    """The ledger admin bearer token, checked in constant time."""
+
+    def __init__(self, token: str, path: pathlib.Path | None = None) -> None:
+        if len(token) < 16:
+            raise ValueError(f"admin token in {path or 'the configuration'} is too short (at least 16 characters)")
+        self._token = token.encode()
+        self.path = path
+
+    @classmethod
+    def load_or_create(cls, path: pathlib.Path) -> AdminToken:
+        path = pathlib.Path(path)
+        if not path.exists():
+            token = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=")
+            try:
+                write_secret_file(path, token + b"\n", create_only=True)
+            except FileExistsError:
+                pass    # another replica sharing the data dir created it first: use theirs
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the admin token file {path}: {e}") from None
+        return cls(text, path)
+
+    def check(self, metadata: dict[str, str]) -> None:
+        """Raise Unauthenticated (no credential) or PermissionDenied (wrong one)."""
+        where = f" (the token is in {self.path} on the governance host)" if self.path else ""
+        value = metadata.get("authorization", "")
+        if not value:
+            raise Unauthenticated("this call changes the voter ledger: send the ledger admin token as metadata "
+                                  f"'authorization: Bearer <token>'{where}")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+        if not hmac.compare_digest(token.strip().encode(), self._token):
+            raise PermissionDenied("the admin token does not match this governance service's")
+
+
+class KeyvaultIdentities:
+    """Current signing keys of keyvault identities, verified against the pinned keyvault root."""
+
+    def __init__(self, nc, *, root_public_key: bytes | None = None, timeout_s: float = 5.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self._root = MLDSA65PublicKey.from_bytes(root_public_key) if root_public_key else None
+        self._lock = asyncio.Lock()
+
+    async def root(self) -> MLDSA65PublicKey:
+        async with self._lock:
+            if self._root is None:
+                try:
+                    msg = await self.nc.request(subjects.KEYVAULT_RPC.format(method="Info"),
+                                                kpb.InfoRequest().SerializeToString(), timeout=self.timeout_s)
+                except (nats.errors.Error, asyncio.TimeoutError) as e:
+                    raise Unavailable(f"keyvault did not answer Info ({type(e).__name__}); is it running?") from None
+                err = (msg.headers or {}).get("X0-Error")
+                if err:
+                    raise Unavailable(f"keyvault Info failed: {err}")
+                self._root = MLDSA65PublicKey.from_bytes(kpb.InfoResponse.FromString(msg.data).root_public_key)
+            return self._root
+
+    async def record(self, voter: str) -> PublicKeyRecord:
+        """The voter's current ML-DSA-65 public-key record, root-verified, not revoked, valid now."""
+        try:
+            sid = SpiffeId.parse(voter)
+        except PQCError as e:
+            raise InvalidArgument(f"voter must be a keyvault identity spiffe://<trust-domain>/node/<id> "
+                                  f"when no public_key is given: {e}") from None
+        root = await self.root()
+        key = dist.node_key(sid.node_id, "sig")
+        try:
+            kv = await self.js.key_value(dist.BUCKET)
+            entry = await kv.get(key)
+        except (KeyNotFoundError, BucketNotFoundError):
+            raise NotFound(f"keyvault has no identity {voter!r} (issue it first: meshctl keys issue "
+                           f"{sid.node_id})") from None
+        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as e:
+            raise Unavailable(f"cannot read keyvault records: {type(e).__name__}: {e}") from None
+        try:
+            rec = dist.verify_entry(key, entry.value or b"", root).record
+        except PQCError as e:
+            raise FailedPrecondition(f"keyvault record of {voter!r} is not valid: {e}") from None
+        if not isinstance(rec, PublicKeyRecord) or rec.spiffe_id != voter:
+            raise FailedPrecondition(f"keyvault record under {key!r} belongs to "
+                                     f"{getattr(rec, 'spiffe_id', '?')!r}, not {voter!r}")
+        if rec.revoked:
+            raise FailedPrecondition(f"identity {voter!r} is revoked in keyvault")
+        now = int(time.time())
+        if not rec.not_before <= now < rec.not_after:
+            raise FailedPrecondition(f"the keyvault key of {voter!r} is not valid now "
+                                     f"(valid {rec.not_before}..{rec.not_after})")
+        return rec
+
+    async def signing_key(self, voter: str) -> bytes:
+        """The raw ML-DSA-65 public key votes of ``voter`` are checked against (see ``record``)."""
+        rec = await self.record(voter)
+        try:
+            return rec.verify_key().mldsa.public_bytes()
+        except PQCError as e:
+            raise FailedPrecondition(f"keyvault record of {voter!r} holds no usable signing key: {e}") from None
