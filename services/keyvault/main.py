@@ -71,6 +71,7 @@ MASTER_KEY_FILE_NAME = "keyvault-master.key"
 GRPC_MAX_MESSAGE = 64 * 1024 * 1024
 KV_BATCH = 64            # concurrent KV writes in flight
 AUDIT_CHUNK = 50          # nodes per rotation/retirement audit event
+REPAIR_AFTER_S = 2.0      # a change by another replica: its records are checked this long after
 
 
 class KeyvaultSettings(CommonSettings):
@@ -184,6 +185,48 @@ class KeyvaultApi:
         self.state: SharedVault | None = None
         self.lock = asyncio.Lock()
         self.kv = None
+        self.learned: dict[str, float] = {}   # node id -> when a change by another replica was seen
+
+    def on_learn(self, node: str, prev: Entry | None, new: Entry | None) -> None:
+        """A change committed by another replica: check its records a little later (repair them if
+        that replica died between its commit and its publish)."""
+        self.learned.setdefault(node, time.monotonic())
+
+    async def repair_records(self) -> int:
+        """Republish the records of identities changed by other replicas whose records in the bucket
+        are still not what the identity says, REPAIR_AFTER_S after the change was seen."""
+        now = time.monotonic()
+        due = [n for n, t in self.learned.items() if now - t >= REPAIR_AFTER_S]
+        fixed = 0
+        for node in due:
+            del self.learned[node]
+            e = self.vault.entries.get(node)
+            if e is None:
+                continue
+            want, dels = dist.entry_all(e)
+            bad = False
+            for k, v in want.items():
+                try:
+                    bad = (await self.kv.get(k)).value != v
+                except KeyNotFoundError:
+                    bad = True
+                if bad:
+                    break
+            if not bad:
+                for k in dels:
+                    try:
+                        await self.kv.get(k)
+                        bad = True
+                        break
+                    except KeyNotFoundError:
+                        pass
+            if bad:
+                async with self.lock:
+                    await self.publish([(None, e, self.vault.revision(node))], full=True)
+                fixed += 1
+        if fixed:
+            log.warning("repaired the records of %d identities another replica changed but did not publish", fixed)
+        return fixed
 
     @property
     def vault(self) -> Vault:
@@ -229,14 +272,14 @@ class KeyvaultApi:
         await self._write_kv(puts, dels)
         return len(puts) + len(dels)
 
-    async def publish(self, changes: list[tuple[Entry | None, Entry, int]]) -> int:
+    async def publish(self, changes: list[tuple[Entry | None, Entry, int]], full: bool = False) -> int:
         """Publish the records of committed changes (prev entry, new entry, its revision). When another
         replica changed one of these identities meanwhile, our writes may have landed after theirs:
         then publish the latest state in full, until no newer revision shows up."""
         puts: dict[str, bytes] = {}
         dels: list[str] = []
         for prev, new, _ in changes:
-            p, d = dist.entry_changes(prev, new)
+            p, d = dist.entry_all(new) if full else dist.entry_changes(prev, new)
             puts.update(p)
             dels += d
         await self._write_kv(puts, dels)
@@ -316,7 +359,7 @@ class KeyvaultApi:
             await self.state.refresh()
             overlap = vault.check_overlap(req.overlap_s)
             vault.check_request_id(req.request_id)
-            steps = []
+            steps, commits = [], []
             done = vault.done_request(req.request_id)
             if done is not None:
                 targets = done
@@ -347,9 +390,10 @@ class KeyvaultApi:
                 log.info("rotated %d identities: %s", len(steps), timing)
                 await self.audit("key.rotation.published", req.request_id or "-", {
                     "nodes": len(steps), "kv_changes": changes, "bucket": dist.BUCKET, **timing})
-        return pb.RotateResponse(records=[with_slim_previous(key_record(vault, vault.entries[n],
-                                                                        vault.entries[n].current, True))
-                                          for n in targets])
+        # each identity as this rotation left it (a later change by another replica shows on the next read)
+        mine = {st.node_id: st.entry for st in steps}
+        return pb.RotateResponse(records=[with_slim_previous(key_record(vault, e, e.current, True))
+                                          for e in (mine.get(n) or vault.entries[n] for n in targets)])
 
     async def Revoke(self, req: pb.RevokeRequest, via: str) -> pb.KeyRecord:
         vault = self.vault
@@ -498,6 +542,7 @@ def build(settings: KeyvaultSettings, mk: MasterKey, keystore: Keystore) -> Keyv
             print(f"keyvault: config error: cannot open the shared keyvault state: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         vault = api.vault
+        api.state.on_learn = api.on_learn
         await api.open_kv()
         n = await api.resync_kv()
         log.info("shared state: %d identities, root key %s%s, %d copied up from %s (%.0f ms)", len(vault.entries),
@@ -533,6 +578,7 @@ def build(settings: KeyvaultSettings, mk: MasterKey, keystore: Keystore) -> Keyv
             await asyncio.sleep(settings.retire_tick_s)
             try:
                 await api.retire_due()
+                await api.repair_records()
             except KeyvaultError as e:   # contention or NATS away: next tick
                 log.warning("retiring keys: %s", e)
 

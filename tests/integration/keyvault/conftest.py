@@ -88,3 +88,40 @@ def fresh_keyvault(tmp_path):
     for kv in made:
         kv.channel.close()
         kv.stack.stop()
+
+
+def start_replica(nats_server, data_dir: pathlib.Path, env: dict | None = None, wait: bool = True) -> Keyvault:
+    """A keyvault process with its own data dir on a shared nats-server (another machine, as far as
+    keyvault can tell: nothing on disk is shared)."""
+    port = free_port()
+    st = Stack(data_dir, services=("keyvault",), nats=nats_server,
+               env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_RETIRE_TICK_S": "0.1", **(env or {})})
+    st.start_service("keyvault")
+    if not wait:
+        return Keyvault(st, port, None, None)  # type: ignore[arg-type]
+    st.wait_ready(30)
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(ch).result(timeout=10)
+    return Keyvault(st, port, ch, keyvault_pb2_grpc.KeyvaultStub(ch))
+
+
+@pytest.fixture
+def replicas(tmp_path):
+    """make(name, env) -> a keyvault replica with data dir tmp_path/name, all on one nats-server."""
+    from x0tta6bl4.runtime.stack import NatsServer
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log").start()
+    made: list[Keyvault] = []
+
+    def make(name: str, env: dict | None = None, wait: bool = True) -> Keyvault:
+        kv = start_replica(server, tmp_path / name, env, wait)
+        made.append(kv)
+        return kv
+
+    make.nats = server  # type: ignore[attr-defined]
+    yield make
+    for kv in made:
+        if kv.channel is not None:
+            kv.channel.close()
+        for sp in list(kv.stack.procs):
+            kv.stack.stop_service(sp, kill=True)
+    server.stop()
