@@ -82,7 +82,7 @@ def rpc(fn):
 
 class Governance(gpb_grpc.GovernanceServicer):
     def __init__(self, store: GovStore, nc, default_execution_window_s: float = LIMITS.default_execution_window_s,
-                 precheck: Callable[[bytes, bytes, bytes], Awaitable[None]] | None = None,
+                 precheck: Callable[[bytes, bytes, bytes], Awaitable[bool]] | None = None,
                  root_span_sample: float = 1.0, admin: AdminToken | None = None,
                  identities: KeyvaultIdentities | None = None):
         self.store = store
@@ -130,7 +130,9 @@ class Governance(gpb_grpc.GovernanceServicer):
             except (GovernanceError, ValueError):
                 payload = None
             if payload is not None:
-                await self.precheck(voter.public_key, payload, bytes(req.signature))
+                ok = await self.precheck(voter.public_key, payload, bytes(req.signature))
+                if not ok and self.identities is not None:
+                    await self._follow_key_rotation(req.voter, voter.public_key, payload, bytes(req.signature))
 
         def cmd(eng: GovernanceEngine) -> Outcome:
             res = eng.cast_vote(req.proposal_id, req.voter, choice, req.tokens, req.nonce, req.signature,
@@ -139,6 +141,24 @@ class Governance(gpb_grpc.GovernanceServicer):
             return Outcome(lambda e: gpb.CastVoteResponse(vote_id=vid, weight=weight, duplicate=dup,
                                                           proposal=self._proposal(e, pid)), res.events)
         return await self.store.execute(cmd)
+
+    async def _follow_key_rotation(self, voter: str, ledger_key: bytes, payload: bytes, signature: bytes) -> None:
+        """A vote that does not verify under the ledger's key may be signed with the voter's rotated
+        keyvault key: when keyvault's current, root-verified key for this identity differs and the
+        vote verifies under it, record the new key (VoterKeyRotated) before the vote is processed.
+        Anything else (not a keyvault identity, keyvault away, still a bad signature) leaves the ledger
+        as it is and the engine rejects the vote as UNAUTHENTICATED."""
+        try:
+            new_key = await self.identities.signing_key(voter)
+        except (GovernanceError, Unavailable) as e:
+            log.debug("vote of %s: no rotated keyvault key to try (%s)", voter, e)
+            return
+        if new_key == ledger_key or not await self.precheck(new_key, payload, signature):
+            return
+        kid = pqc_key_id(new_key)
+        log.info("voter %s: keyvault rotated the identity key -> %s; ledger updated", voter, kid)
+        await self.store.execute(lambda eng: Outcome(None, eng.rotate_voter_key(voter, key_id=kid,
+                                                                                public_key=new_key)))
 
     @rpc
     async def GetProposal(self, req: gpb.GetProposalRequest, context) -> gpb.Proposal:

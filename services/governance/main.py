@@ -61,6 +61,7 @@ log = logging.getLogger("x0tta6bl4.governance")
 
 AUDIT_TYPES = {
     gev.VoterRegistered: "voter.registered",
+    gev.VoterKeyRotated: "voter.key_rotated",
     gev.ProposalCreated: "proposal.created",
     gev.ProposalAutoApproved: "proposal.auto_approved",
     gev.VoteCast: "vote.cast",

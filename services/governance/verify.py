@@ -51,20 +51,22 @@ class VoteVerifier:
             return False
         return True
 
-    def _precheck_sync(self, public_key: bytes, payload: bytes, signature: bytes) -> None:
+    def _precheck_sync(self, public_key: bytes, payload: bytes, signature: bytes) -> bool:
         ok = self._check(public_key, payload, signature)
         with self._lock:
             self._memo[(public_key, payload, signature)] = ok
             while len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
+        return ok
 
-    async def precheck(self, public_key: bytes, payload: bytes, signature: bytes) -> None:
-        """Verify in a worker thread now; the engine's ``verify`` of the same bytes then costs nothing."""
-        if self._pool is None or not public_key:
-            return
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._precheck_sync,
-                                                         public_key, payload, signature)
+    async def precheck(self, public_key: bytes, payload: bytes, signature: bytes) -> bool:
+        """Verify now (in a worker thread when there is a pool) and return the verdict; the engine's
+        ``verify`` of the same bytes then costs nothing."""
         self.prechecked += 1
+        if self._pool is None:
+            return self._precheck_sync(public_key, payload, signature)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._precheck_sync,
+                                                                public_key, payload, signature)
 
     def verify(self, public_key: bytes, payload: bytes, signature: bytes) -> bool:
         """The verdict for exactly these bytes (pre-computed when available, else computed now)."""

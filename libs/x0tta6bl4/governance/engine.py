@@ -47,6 +47,7 @@ from .events import (
     ProposalExecuted,
     ProposalExpired,
     VoteCast,
+    VoterKeyRotated,
     VoterRegistered,
 )
 from .model import (
@@ -194,6 +195,23 @@ class GovernanceEngine:
             raise AlreadyExists(f"voter {voter_id!r} is already registered (one identity, one ledger entry)")
         return self._commit([VoterRegistered(voter_id=voter_id, balance=bal, at=self._now(), key_id=key_id,
                                              public_key=bytes(public_key))])
+
+    def rotate_voter_key(self, voter_id: str, *, key_id: str, public_key: bytes) -> tuple[GovernanceEvent, ...]:
+        """Record the voter's new identity key (checked by the caller against its issuer).
+        The same key again is a no-op (no event)."""
+        check_identity("voter", voter_id)
+        check_text("key_id", key_id, max_len=LIMITS.max_id_len)
+        if not isinstance(public_key, (bytes, bytearray)) or not public_key:
+            raise InvalidArgument("public_key must be non-empty bytes")
+        if len(public_key) > LIMITS.max_signature_len:
+            raise InvalidArgument(f"public_key must be at most {LIMITS.max_signature_len} bytes, got {len(public_key)}")
+        v = self._state.voters.get(voter_id)
+        if v is None:
+            raise NotFound(f"voter {voter_id!r} is not registered")
+        if v.public_key == bytes(public_key):
+            return ()
+        return self._commit([VoterKeyRotated(voter_id=voter_id, key_id=key_id, public_key=bytes(public_key),
+                                             at=self._now())])
 
     def get_balance(self, voter_id: str) -> float:
         check_identity("voter", voter_id)

@@ -21,6 +21,7 @@ from .model import Action, CloseReason, ProposalState, Tally, VoteChoice
 __all__ = [
     "SCHEMA_VERSION",
     "VoterRegistered",
+    "VoterKeyRotated",
     "ProposalCreated",
     "ProposalAutoApproved",
     "VoteCast",
@@ -50,6 +51,22 @@ class VoterRegistered:
     @property
     def watch_kind(self) -> str:
         return "voter_registered"
+
+
+@dataclass(frozen=True)
+class VoterKeyRotated:
+    """The voter's identity key changed (keyvault rotated it): later votes are checked
+    against the new key. Balance and ledger entry are unchanged."""
+
+    TYPE: ClassVar[str] = "governance.voter_key_rotated"
+    voter_id: str
+    key_id: str
+    public_key: bytes
+    at: float
+
+    @property
+    def watch_kind(self) -> str:
+        return "voter_key_rotated"
 
 
 @dataclass(frozen=True)
@@ -192,7 +209,7 @@ class ProposalExpired:
 
 GovernanceEvent = Union[
     VoterRegistered, ProposalCreated, ProposalAutoApproved, VoteCast, ProposalClosed,
-    ProposalCanceled, ExecutionFailed, ProposalExecuted, ProposalExpired,
+    ProposalCanceled, ExecutionFailed, ProposalExecuted, ProposalExpired, VoterKeyRotated,
 ]
 
 EVENT_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(GovernanceEvent)}

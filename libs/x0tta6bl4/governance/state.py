@@ -23,6 +23,7 @@ from .events import (
     ProposalExecuted,
     ProposalExpired,
     VoteCast,
+    VoterKeyRotated,
     VoterRegistered,
 )
 from .model import CloseReason, Proposal, ProposalState, Voter, VoteRecord
@@ -78,6 +79,12 @@ class GovernanceState:
         if e.voter_id in self.voters:
             raise EventStreamError(f"voter {e.voter_id!r} registered twice")
         self.voters[e.voter_id] = Voter(e.voter_id, e.balance, e.at, e.key_id, e.public_key)
+
+    def _on_VoterKeyRotated(self, e: VoterKeyRotated) -> None:
+        v = self.voters.get(e.voter_id)
+        if v is None:
+            raise EventStreamError(f"key rotation for unknown voter {e.voter_id!r}")
+        self.voters[e.voter_id] = dataclasses.replace(v, key_id=e.key_id, public_key=e.public_key)
 
     def _on_ProposalCreated(self, e: ProposalCreated) -> None:
         snapshot = MappingProxyType({v.voter_id: v.balance for v in self.voters.values()})

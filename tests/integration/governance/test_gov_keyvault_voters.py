@@ -112,6 +112,27 @@ def test_voter_key_comes_from_keyvault_and_signs_votes(stack, stubs):
     assert code == C.UNAUTHENTICATED
 
 
+def test_ledger_follows_a_keyvault_key_rotation(stack, stubs):
+    gov, kv = stubs
+    admin = admin_metadata(directory=stack.data_dir)
+    issued = kv.IssueIdentity(kpb.IssueIdentityRequest(node_id="op-dave", return_private=True))
+    old = NodeIdentity.import_private(issued.private_bundle).signing.private.mldsa
+    voter = f"spiffe://{TD}/node/op-dave"
+    gov.RegisterVoter(g.RegisterVoterRequest(voter=voter, balance=100), metadata=admin)
+    kv.Rotate(kpb.RotateRequest(node_ids=["op-dave"], overlap_s=1.0))
+    new = NodeIdentity.import_private(
+        kv.GetPrivateBundle(kpb.GetPrivateBundleRequest(node_id="op-dave")).private_bundle).signing.private.mldsa
+    assert new.public_key().public_bytes() != old.public_key().public_bytes()
+    p = _proposal(gov)
+    # a vote under the rotated key: the service finds keyvault's new root-signed record, records it, counts the vote
+    r = gov.CastVote(_signed_vote(p.id, voter, new, tokens=9.0))
+    assert r.weight == 3.0
+    assert gov.GetBalance(g.GetBalanceRequest(voter=voter)).key_id == pqc_key_id(new.public_key().public_bytes())
+    # the retired key no longer votes, and a random key never did
+    assert _err(gov.CastVote, _signed_vote(p.id, voter, old))[0] == C.UNAUTHENTICATED
+    assert _err(gov.CastVote, _signed_vote(p.id, voter, MLDSA65PrivateKey.generate()))[0] == C.UNAUTHENTICATED
+
+
 def test_unknown_revoked_and_malformed_identities_are_refused(stack, stubs):
     gov, kv = stubs
     admin = admin_metadata(directory=stack.data_dir)

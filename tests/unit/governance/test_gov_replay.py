@@ -56,6 +56,7 @@ def _busy_history(h):
     h.log += auto.events
     h.tick()                                                  # p4 expires
     h.register(h.node(99), 7)
+    h.log += h.engine.rotate_voter_key(h.node(99), key_id="k99-2", public_key=b"\x09" * 32)
     return [p1, p2, p3, p4]
 
 

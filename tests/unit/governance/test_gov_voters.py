@@ -41,3 +41,24 @@ def test_invalid_balance(h, balance):
 def test_invalid_identity(h, voter):
     with pytest.raises(InvalidArgument, match="voter"):
         h.engine.register_voter(voter, 100)
+
+
+def test_voter_key_rotation_is_an_event_that_replays(h):
+    import json
+
+    from x0tta6bl4.governance import VoterKeyRotated, event_from_dict, event_to_dict, fold
+
+    v = h.node("rot")
+    log = list(h.engine.register_voter(v, 100, key_id="k1", public_key=b"\x01" * 32))
+    (ev,) = h.engine.rotate_voter_key(v, key_id="k2", public_key=b"\x02" * 32)
+    log.append(ev)
+    assert isinstance(ev, VoterKeyRotated) and ev.voter_id == v
+    voter = h.engine.state.voters[v]
+    assert (voter.key_id, voter.public_key, voter.balance) == ("k2", b"\x02" * 32, 100)
+    assert h.engine.rotate_voter_key(v, key_id="k2", public_key=b"\x02" * 32) == ()   # same key: no event
+    assert event_from_dict(json.loads(json.dumps(event_to_dict(ev)))) == ev
+    assert fold(log).voters[v] == voter
+    with pytest.raises(NotFound):
+        h.engine.rotate_voter_key(h.node("nobody"), key_id="k", public_key=b"\x03")
+    with pytest.raises(InvalidArgument):
+        h.engine.rotate_voter_key(v, key_id="k", public_key=b"")
