@@ -37,8 +37,23 @@ from x0tta6bl4.pqc.identity import KeyPurpose
 
 from .vault import Entry, Vault
 
-__all__ = ["BUCKET", "BUCKET_HISTORY", "BUCKET_DOC", "ROOT_KEY", "key_key", "rev_key", "node_key",
-           "entry_kv", "entry_changes", "entry_all", "desired_state", "verify_entry", "VerifiedEntry", "KeyDirectory", "MANAGED_PREFIXES"]
+__all__ = [
+    "BUCKET",
+    "BUCKET_DOC",
+    "BUCKET_HISTORY",
+    "MANAGED_PREFIXES",
+    "ROOT_KEY",
+    "KeyDirectory",
+    "VerifiedEntry",
+    "desired_state",
+    "entry_all",
+    "entry_changes",
+    "entry_kv",
+    "key_key",
+    "node_key",
+    "rev_key",
+    "verify_entry",
+]
 
 BUCKET = "keys"
 BUCKET_HISTORY = 1
