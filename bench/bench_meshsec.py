@@ -4,17 +4,19 @@ mesh under traffic -- start (Rotate sent to keyvault over NATS, as the executor 
 (every node's RELOAD_KEYS answered with its beacon accepted by all its neighbours under the new
 key), channels re-keyed, and DATA packets lost over the whole rotation.
 
-Real nats-server + keyvault process (Stack); the 50 agents run in this process (MeshHost).
+Real nats-server + keyvault process (Stack); the 50 agents run in ``--hosts`` host processes
+(mesh.cluster: each a MeshHost with a shard of the grid, agents talking UDP on loopback across
+processes); the benchmark drives them like the executor does: Rotate over NATS, then
+RELOAD_KEYS to every node on ``mesh.cmd.<node>``; DATA flows and counts come from the hosts
+(host_op ``traffic`` / ``stats``).
 
-    python bench/bench_meshsec.py [--nodes 50] [--quick]
+    python bench/bench_meshsec.py [--nodes 50] [--hosts 2] [--quick]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from x0tta6bl4.bus import subjects  # noqa: E402
-from x0tta6bl4.mesh.host import MeshHost  # noqa: E402
+from x0tta6bl4.mesh.cluster import MeshCluster  # noqa: E402
 from x0tta6bl4.mesh.packets import DATA, HELLO, HelloBody, HelloNeighbour, Packet, encode, signing_bytes  # noqa: E402
 from x0tta6bl4.mesh.security import SIG_CONTEXT, LocalAuthority, NodeSecurity, _aad  # noqa: E402
 from x0tta6bl4.mesh.topology import parse_spec  # noqa: E402
@@ -103,75 +105,110 @@ def per_packet(n: int) -> None:
     report("channel open (replay window) / raw decrypt", t_open / t_raw_dec, "x")
 
 
-async def mesh_rotation(url: str, kv_addr: str, nodes: int, flows: int, rate: float, hello: float) -> bool:
-    from x0tta6bl4.mesh.core import CoreConfig
-    topo = parse_spec(f"grid:{nodes}", seed=0)
+async def _until(pred, timeout: float, poll: float = 0.05):
     t0 = time.perf_counter()
-    host = MeshHost(url, topo, keyvault=kv_addr, telemetry_interval=5.0, config=CoreConfig(hello_interval=hello))
-    await host.start()
-    rt = host.runtime
-    report(f"mesh host start: {len(topo.nodes)} identities from keyvault (gRPC) + agents", (time.perf_counter() - t0) * 1e3, "ms")
+    while True:
+        v = await pred()
+        if v or time.perf_counter() - t0 > timeout:
+            return v
+        await asyncio.sleep(poll)
+
+
+async def mesh_rotation(url: str, kv_addr: str, nodes: int, flows: int, rate: float, hello: float,
+                        hosts: int, spread: float) -> bool:
+    import nats
+    topo = parse_spec(f"grid:{nodes}", seed=0)
+    host_args = ["--telemetry-interval", "5", "--hello-interval", str(hello)]
+    if spread:
+        host_args += ["--rekey-spread", str(spread)]
+    cl = MeshCluster(url, f"grid:{nodes}", hosts=hosts, keyvault=kv_addr, host_args=host_args, name="bench")
+    t0 = time.perf_counter()
+    await asyncio.to_thread(cl.start, 120)
+    cross = sum(1 for a, b in topo.links if cl.shard_of(a) != cl.shard_of(b))
+    report(f"mesh start: {len(topo.nodes)} identities from keyvault (gRPC) + agents in {hosts} host processes",
+           (time.perf_counter() - t0) * 1e3, "ms")
+    report(f"  links between agents of different host processes (of {len(topo.links)})", cross, "")
+    nc = await nats.connect(url)
     ok = True
     try:
-        await rt.wait_converged(60)
+        async def converged():
+            st = await asyncio.gather(*(cl.host_op(nc, i, "status") for i in range(len(cl.shards))))
+            return all(x["converged"] for x in st)
+        if not await _until(converged, 60, 0.2):
+            raise RuntimeError("mesh did not converge")
         ids = sorted(topo.nodes, key=lambda n: int(n[1:]))
         pairs = [(ids[i], ids[-1 - i]) for i in range(flows)]
-        # steady-state CPU of signed HELLOs (5/s per node) + channels, no traffic
+        # steady-state CPU of signed HELLOs + channels, no traffic (all host processes together)
         await asyncio.sleep(2.0)
-        ru0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        s0 = dict(host.trust.stats)
+        s0, w0 = await cl.stats(nc), time.perf_counter()
         await asyncio.sleep(3.0)
-        ru1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / (w1 - w0)
-        st = host.trust.stats
-        calls = st["verify.calls"] - s0.get("verify.calls", 0)
-        hits = st["verify.cache_hits"] - s0.get("verify.cache_hits", 0)
-        report(f"idle {len(ids)}-node mesh, signed HELLO every {hello:g} s: process CPU", cpu * 100, "% of a core")
+        s1, w1 = await cl.stats(nc), time.perf_counter()
+        cpu = sum(b["cpu_s"] - a["cpu_s"] for a, b in zip(s0, s1)) / (w1 - w0)
+        calls = sum(b["trust"].get("verify.calls", 0) - a["trust"].get("verify.calls", 0) for a, b in zip(s0, s1))
+        hits = sum(b["trust"].get("verify.cache_hits", 0) - a["trust"].get("verify.cache_hits", 0)
+                   for a, b in zip(s0, s1))
+        report(f"idle {len(ids)}-node mesh, signed HELLO every {hello:g} s: CPU of the {hosts} host processes",
+               cpu * 100, "% of a core")
         report("  verifications per second (cache misses)", calls / (w1 - w0), "/s")
         report("  verify-cache hit ratio", hits / max(1, hits + calls), "")
-        sent = {p: 0 for p in pairs}
-        stop = asyncio.Event()
-
-        async def traffic(src, dst):
-            while not stop.is_set():
-                if rt.agents[src].send(dst, b"d" * 64) is not None:
-                    sent[(src, dst)] += 1
-                await asyncio.sleep(1 / rate)
-        tasks = [asyncio.create_task(traffic(s, d)) for s, d in pairs]
+        by_src: dict[int, list[str]] = {}
+        for src, dst in pairs:
+            by_src.setdefault(cl.shard_of(src), []).append(f"{src}:{dst}")
+        await asyncio.gather(*(cl.host_op(nc, i, "traffic", {"flows": ",".join(f), "rate": str(rate)})
+                               for i, f in by_src.items()))
         await asyncio.sleep(3.0)
+        c0 = await cl.stats(nc)
         t_start = time.perf_counter()
-        r = await host.nc.request(subjects.KEYVAULT_RPC.format(method="Rotate"),
-                                  pb.RotateRequest(all=True, overlap_s=3.0).SerializeToString(), timeout=30)
+        r = await nc.request(subjects.KEYVAULT_RPC.format(method="Rotate"),
+                             pb.RotateRequest(all=True, overlap_s=3.0).SerializeToString(), timeout=30)
         rot = pb.RotateResponse.FromString(r.data)
         t_rotated = time.perf_counter()
         new = {x.node_id: x.sig_key_id for x in rot.records}
-        replies = await asyncio.gather(*(host.apply(n, mesh_pb2.MeshCommand.KIND_RELOAD_KEYS) for n in ids))
+        replies = await asyncio.gather(*(cl.command(nc, n, mesh_pb2.MeshCommand.KIND_RELOAD_KEYS, timeout=30)
+                                         for n in ids))
         t_verified = time.perf_counter()
-        verified = all("beacon verified" in x for x in replies) and all(host.security[n].key_id == new[n] for n in ids)
-        while not all(host.security[n].session_keys(p) == (new[n], new[p]) for n in ids
-                      for p in topo.neighbours(n)) and time.perf_counter() - t_start < 30:
-            await asyncio.sleep(0.01)
+        c1 = await cl.stats(nc)
+        rot_cpu = sum(b["cpu_s"] - a["cpu_s"] for a, b in zip(c0, c1))
+        st = {n: v for h in c1 for n, v in h["nodes"].items()}
+        verified = all("beacon verified" in x for x in replies) and all(st[n]["key_id"] == new[n] for n in ids)
+
+        async def rekeyed():
+            nonlocal st
+            st = {n: v for h in await cl.stats(nc) for n, v in h["nodes"].items()}
+            return all(st[n]["sessions"][p] == [new[n], new[p]] for n in ids for p in topo.neighbours(n))
+        await _until(rekeyed, 30)
         t_channels = time.perf_counter()
         await asyncio.sleep(4.0)     # past keyvault's 3 s overlap: old keys retired while traffic flows
-        retired = sum(any(e["kind"] == "keys.retired" for e in rt.agents[n].recent_events) for n in ids)
-        stop.set()
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*(cl.host_op(nc, i, "traffic_stop") for i in by_src))
         await asyncio.sleep(1.5)
-        total = sum(sent.values())
-        delivered = sum(sum(1 for d in rt.agents[dst].deliveries if d[1] == src) for src, dst in pairs)
+        st = {n: v for h in await cl.stats(nc) for n, v in h["nodes"].items()}
+        retired = sum(st[n]["counters"].get("events.keys.retired", 0) > 0 for n in ids)
+        total = sum(st[src]["sent_to"].get(dst, 0) for src, dst in pairs)
+        delivered = sum(st[dst]["delivered_from"].get(src, 0) for src, dst in pairs)
         report(f"rotate all {len(ids)}: Rotate reply from keyvault", (t_rotated - t_start) * 1e3, "ms")
         report(f"rotate all {len(ids)}: start to verified (every node's beacon accepted under its new key)",
                (t_verified - t_start) * 1e3, "ms")
+        report(f"  CPU of the {hosts} host processes from start to verified", rot_cpu * 1e3, "ms")
         report(f"rotate all {len(ids)}: start to every link channel re-keyed", (t_channels - t_start) * 1e3, "ms")
         report("nodes whose old key was retired (keyvault overlap 3 s) during the run", retired, "nodes")
         report(f"DATA sent during the run ({flows} flows x {rate:g}/s, across the rotation)", total, "packets")
         report("DATA lost", total - delivered, "packets")
-        hs = sum(a.counters["hs.started"] for a in rt.agents.values())
+        hs = sum(v["counters"].get("hs.started", 0) for v in st.values())
         report("handshakes started in total (incl. initial ones)", hs, "")
+        drops: dict[str, float] = {}
+        for v in st.values():
+            for k, x in v["counters"].items():
+                if k.startswith("dropped.") or k == "hs.timeouts":
+                    drops[k] = drops.get(k, 0) + x
+        if drops:
+            print("  " + ", ".join(f"{k} {int(x)}" for k, x in sorted(drops.items())), flush=True)
+        if not verified:
+            print("  not verified: " + "; ".join(x for x in replies if "beacon verified" not in x)[:500], flush=True)
         ok = verified and (t_verified - t_start) < TARGET_S and total == delivered
         report(f"target: verified < {TARGET_S:g} s and zero lost", 1.0 if ok else 0.0, "met" if ok else "NOT met")
     finally:
-        await host.stop()
+        await nc.close()
+        await asyncio.to_thread(cl.stop)
     return ok
 
 
@@ -181,7 +218,10 @@ def main() -> int:
     p.add_argument("--flows", type=int, default=5)
     p.add_argument("--rate", type=float, default=50.0)
     p.add_argument("--hello-interval", type=float, default=0.5,
-                   help="HELLO period of the mesh part (0.2 = 5/s; one process signs for all 50 nodes)")
+                   help="HELLO period of the mesh part (0.2 = 5/s)")
+    p.add_argument("--hosts", type=int, default=2, help="host processes the mesh is spread over (mesh.cluster)")
+    p.add_argument("--rekey-spread", type=float, default=0.0,
+                   help="spread each link's re-key after the rotation over [0, S) s")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     per_packet(50 if a.quick else 200)
@@ -191,7 +231,8 @@ def main() -> int:
                                                          "X0TTA6BL4_RETIRE_TICK_S": "0.1"})
         st.start(60)
         try:
-            ok = asyncio.run(mesh_rotation(st.url, f"127.0.0.1:{port}", a.nodes, a.flows, a.rate, a.hello_interval))
+            ok = asyncio.run(mesh_rotation(st.url, f"127.0.0.1:{port}", a.nodes, a.flows, a.rate, a.hello_interval,
+                                           a.hosts, a.rekey_spread))
         finally:
             st.stop()
     return 0 if ok else 1

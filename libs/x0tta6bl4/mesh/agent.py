@@ -163,6 +163,7 @@ class MeshAgent:
         if security is not None:
             self.attach_security(security)
         self._transport: asyncio.DatagramTransport | None = None
+        self._hello_handle: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task] = []
         self._bg: set[asyncio.Task] = set()
         self.running = False
@@ -224,6 +225,9 @@ class MeshAgent:
         """Abrupt stop (crash): socket closed, timers cancelled, state kept for inspection."""
         self.running = False
         self.killed = True
+        if self._hello_handle is not None:
+            self._hello_handle.cancel()
+            self._hello_handle = None
         for t in self._tasks:
             t.cancel()
         self._tasks = []
@@ -320,6 +324,21 @@ class MeshAgent:
         self._process(out)
         return pkt
 
+    def hello_soon(self, delay: float = 0.0) -> None:
+        """Send a HELLO off schedule within ``delay`` s (calls coalesce into one), then keep the
+        regular interval from there: a rotated key is announced at once, and a neighbour that
+        rotated learns quickly (from the echo in our HELLO) that we accepted its new key."""
+        if not self.running or self._hello_handle is not None:
+            return
+        self._hello_handle = asyncio.get_running_loop().call_later(max(0.0, delay), self._hello_now)
+
+    def _hello_now(self) -> None:
+        self._hello_handle = None
+        if self.running and not self.impair.paused:
+            now = self.clock()
+            self.counters["hello.triggered"] += 1
+            self._process(self.core.hello_now(now), now)
+
     # ================================================================ I/O
     def _on_datagram(self, data: bytes, addr) -> None:
         if not self.running:
@@ -390,6 +409,9 @@ class MeshAgent:
                     return
                 if pkt.type == HELLO:
                     sec.on_hello(peer, pkt, now)
+                    if sec.hello_wanted:
+                        sec.hello_wanted = False
+                        self.hello_soon(sec.echo_delay_s)
         elif pkt.type in CONTROL_TYPES:
             try:
                 ok = bool(self.verifier(pkt))
@@ -419,6 +441,8 @@ class MeshAgent:
             return
         if pkt.type in CONTROL_TYPES and self.signer is not None:
             pkt = self.signer(pkt)
+            if pkt.type == HELLO and self.security is not None:
+                self.security.hello_sent(pkt.timestamp_ns)
         elif pkt.type == DATA and self.security is not None and to is not None:
             pkt = self.security.outbound(pkt, to, self.clock())
             if pkt is None:

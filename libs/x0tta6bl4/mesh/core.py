@@ -68,11 +68,15 @@ class MeshCore:
             )
             out.extend(self.router.neighbour_lost(peer, now))
         if self.next_hello_ns is None or now >= self.next_hello_ns:
-            out.sends.append(Send(None, self.make_hello(now)))
-            ival = self.neighbours.hello_interval_ns
-            self.next_hello_ns = now + int(ival * (1.0 - self.config.hello_jitter * self.rng.random()))
+            out.extend(self.hello_now(now))
         out.extend(self.router.tick(now))
         return out
+
+    def hello_now(self, now: int) -> Output:
+        """A HELLO now (also off schedule: a triggered beacon); the next one follows one interval later."""
+        ival = self.neighbours.hello_interval_ns
+        self.next_hello_ns = now + int(ival * (1.0 - self.config.hello_jitter * self.rng.random()))
+        return Output(sends=[Send(None, self.make_hello(now))])
 
     def make_hello(self, now: int) -> Packet:
         return Packet(

@@ -95,14 +95,16 @@ class MeshHost:
                  ack_timeout: float = 0.4, latency_window_s: float = 0.5, keyvault: str | None = None,
                  offline_keys: bool = False, security_options: dict[str, Any] | None = None,
                  max_skew_s: float = 10.0, reload_verify_timeout: float = 2.0, instance: str | None = None,
-                 version: str = "", standby: bool = False, fail_health: bool = False):
+                 version: str = "", standby: bool = False, fail_health: bool = False,
+                 addresses: dict[str, tuple[str, int]] | None = None):
         self.nats_url = nats_url
         self.topology = topology
         self.latency_window_ns = int(latency_window_s * 1e9)
+        hosted = set(nodes) if nodes is not None else set(topology.nodes)
+        self.nodes = [n for n in topology.nodes if n in hosted]
         self.runtime = MeshRuntime(topology, config=config, seed=seed, telemetry_sink=self._on_telemetry,
                                    event_sink=self._on_event, telemetry_interval=telemetry_interval,
-                                   ack_timeout=ack_timeout)
-        self.nodes = list(nodes or topology.nodes)
+                                   ack_timeout=ack_timeout, nodes=self.nodes, addresses=addresses)
         self._last_outcomes: dict[str, tuple[float, float]] = {}
         self.nc = None
         self.name = "mesh-host"
@@ -132,6 +134,7 @@ class MeshHost:
         self.health_port = 0
         self.telemetry_interval = telemetry_interval
         self._flows: list[tuple[str, str, float]] = []
+        self.flow_sent: dict[tuple[str, str], int] = {}
 
     @property
     def ready(self) -> bool:
@@ -167,18 +170,28 @@ class MeshHost:
             await self.nc.close()
 
     def traffic(self, src: str, dst: str, rate: float) -> None:
+        if src not in self.runtime.agents:
+            raise KeyError(f"node {src!r} is not hosted here")
         self._flows.append((src, dst, rate))
+        self.flow_sent.setdefault((src, dst), 0)
 
         async def loop():
             while True:
                 a = self.runtime.agents[src]
                 if a.running and self.active:
                     try:
-                        a.send(dst, b"x" * 64, ack=True)
+                        if a.send(dst, b"x" * 64, ack=True) is not None:
+                            self.flow_sent[(src, dst)] += 1
                     except ValueError:
                         pass
                 await asyncio.sleep(1 / rate)
         self._traffic.append(asyncio.create_task(loop()))
+
+    def stop_traffic(self) -> None:
+        for t in self._traffic:
+            t.cancel()
+        self._traffic.clear()
+        self._flows.clear()
 
     # ---- keys ---------------------------------------------------------------------
     async def _setup_keys(self) -> None:
@@ -204,7 +217,8 @@ class MeshHost:
                                                                 for n in self.nodes))))
         self.trust.listeners.append(self._on_key_change)
         for n in self.nodes:
-            sec = NodeSecurity(n, idents[n], self.trust, **opts)
+            remote = [p for p in self.topology.neighbours(n) if self.runtime.remote(p)]
+            sec = NodeSecurity(n, idents[n], self.trust, remote_peers=remote, **opts)
             self.security[n] = sec
             self.runtime.agents[n].attach_security(sec)
             self._key_event(n, "keys.loaded", {"generation": idents[n].generation,
@@ -244,7 +258,15 @@ class MeshHost:
             except Exception:  # noqa: BLE001 - timeouts: keep watching
                 await asyncio.sleep(0)
                 continue
-            if e is not None:
+            # drain what is already queued in one go: one entry per loop iteration falls far
+            # behind a busy loop during a rotation (hundreds of entries at once)
+            batch = [e]
+            q = getattr(self._watcher, "_updates", None)
+            while q is not None and not q.empty() and len(batch) < 1024:
+                batch.append(q.get_nowait())
+            for e in batch:
+                if e is None or not hasattr(e, "key"):
+                    continue
                 self.trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
 
     def _on_key_change(self, key: str, verified, deleted: bool) -> None:
@@ -265,12 +287,21 @@ class MeshHost:
         agent._emit_event(Event(kind, "", details))
 
     def beacon_verified(self, node: str, key_id: str) -> tuple[list[str], list[str]]:
-        """(neighbours that accepted a HELLO of ``node`` signed with ``key_id``, those that did not yet);
-        only running neighbours hosted here are asked."""
+        """(neighbours that accepted a HELLO of ``node`` signed with ``key_id``, those that did not yet).
+        A running neighbour hosted here is asked directly; a neighbour hosted by another process
+        counts once its HELLO echoes one of ``node``'s HELLOs signed with the new key
+        (:meth:`NodeSecurity.peer_accepted`); remote neighbours that are not live links are skipped."""
         ok, wait = [], []
+        mine = self.security.get(node)
+        links = self.runtime.agents[node].core.neighbours.links if node in self.runtime.agents else {}
         for p in self.topology.neighbours(node):
+            if self.runtime.remote(p):
+                if mine is None or p not in links:
+                    continue
+                (ok if mine.key_id == key_id and mine.peer_accepted(p) else wait).append(p)
+                continue
             sec, agent = self.security.get(p), self.runtime.agents.get(p)
-            if sec is None or agent is None or not agent.running or p not in self.nodes:
+            if sec is None or agent is None or not agent.running:
                 continue
             (ok if sec.peer_key(node) == key_id else wait).append(p)
         return ok, wait
@@ -287,6 +318,7 @@ class MeshHost:
             ident = await self._fetch_identity(node)
         sec.reload(ident)
         new_kid = sec.key_id
+        self.runtime.agents[node].hello_soon(0)        # announce the new key now, not at the next interval
         self._key_event(node, "keys.reloaded", {"generation": ident.generation, "sig_key_id": new_kid,
                                                 "previous_generation": old.generation,
                                                 "previous_sig_key_id": old.signing.key_id})
@@ -360,7 +392,7 @@ class MeshHost:
             if (addressed and addressed != self.instance) or (not addressed and not self.active):
                 return          # another host's command, or a standby host leaving it to the active one
             if cmd.kind == HOST_OP_KIND and cmd.params.get("host_op"):
-                detail = await self.host_op(cmd.params["host_op"])
+                detail = await self.host_op(cmd.params["host_op"], dict(cmd.params))
             else:
                 detail = await self.apply(node, cmd.kind, cmd.peer, dict(cmd.params))
         except (InvalidMessage, KeyError, ValueError) as e:
@@ -379,9 +411,48 @@ class MeshHost:
                 "rate": self._flows[0][2] if self._flows else 0.0, "telemetry_interval": self.telemetry_interval,
                 "keys": keys, "ready": self.ready, "converged": self.runtime.started and self.runtime.converged()}
 
-    async def host_op(self, op: str) -> str:
-        """Host-level blue-green command; answers with the host's status as JSON."""
-        if op == "standby":
+    def stats(self) -> dict[str, Any]:
+        """Per hosted node: DATA sent per flow and delivered per origin, security state (key id,
+        key id of each neighbour's current send session, last accepted HELLO key), selected
+        counters; plus the process's CPU time and the trust's verification counters."""
+        ru = os.times()
+        nodes = {}
+        for n in self.nodes:
+            a = self.runtime.agents[n]
+            c = a.counters
+            delivered: dict[str, int] = {}
+            for d in a.deliveries:
+                delivered[d[1]] = delivered.get(d[1], 0) + 1
+            rec: dict[str, Any] = {
+                "running": a.running, "delivered_from": delivered,
+                "sent_to": {d: k for (s_, d), k in self.flow_sent.items() if s_ == n},
+                "counters": {k: v for k, v in c.items() if k.startswith(("dropped.", "hs.", "channels.", "hello.",
+                                                                          "events.keys", "keys."))
+                             or k in ("sent", "delivered", "acked", "forwarded", "ack_timeouts", "signed")}}
+            sec = self.security.get(n)
+            if sec is not None:
+                rec["key_id"] = sec.key_id
+                rec["sessions"] = {p: list(sec.session_keys(p) or ("", "")) for p in self.topology.neighbours(n)}
+                rec["hello_keys"] = {p: sec.peer_key(p) or "" for p in self.topology.neighbours(n)}
+            nodes[n] = rec
+        return {"instance": self.instance, "pid": os.getpid(), "cpu_s": ru.user + ru.system,
+                "trust": dict(self.trust.stats) if self.trust is not None else {}, "nodes": nodes}
+
+    async def host_op(self, op: str, params: dict[str, str] | None = None) -> str:
+        """Host-level command; answers with JSON: the host's status (blue-green ops ``status``,
+        ``standby``, ``activate``, ``retire``; ``traffic`` with ``flows`` = "SRC:DST,..." of hosted
+        sources and ``rate``; ``traffic_stop``) or its :meth:`stats` (``stats``)."""
+        params = params or {}
+        if op == "stats":
+            return json.dumps(self.stats())
+        if op == "traffic":
+            rate = float(params.get("rate", "20"))
+            for spec in filter(None, params.get("flows", "").split(",")):
+                src, _, dst = spec.partition(":")
+                self.traffic(src, dst, rate)
+        elif op == "traffic_stop":
+            self.stop_traffic()
+        elif op == "standby":
             self.active = False
         elif op == "activate":
             self._last_outcomes.clear()
@@ -391,7 +462,7 @@ class MeshHost:
             asyncio.get_running_loop().call_later(0.05, self.retired.set)
         elif op != "status":
             raise ValueError(f"unknown host_op {op!r}")
-        if op != "status":
+        if op in ("standby", "activate", "retire"):
             log.info("host %s (version %s): %s", self.instance, self.version or "-", op)
         return json.dumps(self.status())
 
@@ -447,10 +518,18 @@ class HostHealthServer(HealthServer):
 async def _main(args: argparse.Namespace) -> int:
     setup_tracing("mesh-agent", args.data_dir, None)
     topo = parse_spec(args.topology, seed=args.seed)
-    host = MeshHost(args.nats, topo, telemetry_interval=args.telemetry_interval, seed=args.seed,
+    nodes = [n for n in args.nodes.split(",") if n] if args.nodes else None
+    addresses = None
+    if args.addresses:
+        with open(args.addresses, encoding="utf-8") as f:
+            addresses = {n: (a[0], int(a[1])) for n, a in json.load(f).items()}
+    config = CoreConfig(hello_interval=args.hello_interval) if args.hello_interval else None
+    sec_opts = {"rekey_spread_s": args.rekey_spread} if args.rekey_spread else None
+    host = MeshHost(args.nats, topo, nodes=nodes, addresses=addresses, config=config,
+                    telemetry_interval=args.telemetry_interval, seed=args.seed,
                     keyvault=args.keyvault or None, offline_keys=args.offline_keys, max_skew_s=args.max_skew,
                     instance=args.instance or None, version=args.version, standby=args.standby,
-                    fail_health=args.fail_health)
+                    fail_health=args.fail_health, security_options=sec_opts)
     host.topology_spec, host.health_port = args.topology, args.health_port
     await host.start()
     health = None
@@ -464,7 +543,7 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(json.dumps({"ready": True, "nodes": topo.nodes,
+    print(json.dumps({"ready": True, "nodes": host.nodes, "instance": host.instance,
                       "links": sorted(sorted(link) for link in topo.links)}), flush=True)
     retired = asyncio.create_task(host.retired.wait())
     stopped = asyncio.create_task(stop.wait())
@@ -481,6 +560,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nats", required=True)
     p.add_argument("--topology", default="grid:9", help="grid:N, line:N, ring:N, rgg:N, ba:N or a YAML/TOML file")
+    p.add_argument("--nodes", default="", help="host only these nodes of the topology (comma-separated; "
+                   "the others run in other host processes, see x0tta6bl4.mesh.cluster)")
+    p.add_argument("--addresses", default="", help="JSON file {node: [host, port]} for every node: where each "
+                   "hosted agent binds and where remote neighbours listen (required with --nodes)")
+    p.add_argument("--hello-interval", type=float, default=0.0, help="HELLO period in s (default 0.2)")
+    p.add_argument("--rekey-spread", type=float, default=0.0,
+                   help="with keys: spread each link's re-key after a rotation over [0, S) s")
     p.add_argument("--traffic", action="append", default=[], help="SRC:DST DATA flow (repeatable)")
     p.add_argument("--rate", type=float, default=20.0, help="packets per second per flow")
     p.add_argument("--telemetry-interval", type=float, default=0.25)

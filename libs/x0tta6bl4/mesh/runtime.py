@@ -1,9 +1,14 @@
-"""Run a whole topology in one process on loopback (same agent code path).
+"""Run a whole topology (or one shard of it) in one process on loopback (same agent code path).
 
 Each node is a :class:`~.agent.MeshAgent` with its own UDP socket on
 ``127.0.0.1:<ephemeral port>``.  The runtime is the static "medium": it maps
 node -> address and gives every agent only its topology neighbours as peers,
 so agents drop datagrams from anybody else and the topology is real.
+
+Sharding (several processes, see :mod:`.cluster`): ``nodes=`` hosts only a subset of
+the topology here and ``addresses=`` (node -> (host, port), for every node) fixes
+where each agent binds and where the neighbours hosted by other processes listen.
+A remote neighbour is assumed running (its own process supervises it).
 
 CLI::
 
@@ -39,17 +44,30 @@ class MeshRuntime:
         event_sink: Sink | None = None,
         on_deliver: Callable[[str, Packet], Any] | None = None,
         telemetry_interval: float = 1.0,
+        nodes: Iterable[str] | None = None,
+        addresses: dict[str, tuple[str, int]] | None = None,
         **agent_kwargs: Any,
     ) -> None:
         self.topology = topology
         self.config = config or CoreConfig()
         self.host = host
+        self.addresses = {n: (a[0], int(a[1])) for n, a in (addresses or {}).items()}
+        hosted = set(nodes) if nodes is not None else set(topology.nodes)
+        unknown = hosted - set(topology.nodes)
+        if unknown:
+            raise ValueError(f"nodes not in the topology: {sorted(unknown)}")
+        if hosted != set(topology.nodes):
+            missing = [p for n in hosted for p in topology.neighbours(n) if p not in hosted and p not in self.addresses]
+            if missing:
+                raise ValueError(f"no address for remote neighbours {sorted(set(missing))}")
         self.agents: dict[str, MeshAgent] = {}
         for i, n in enumerate(topology.nodes):
+            if n not in hosted:
+                continue
             deliver = (lambda p, _n=n: on_deliver(_n, p)) if on_deliver else None
             self.agents[n] = MeshAgent(
                 n,
-                (host, 0),
+                self.addresses.get(n, (host, 0)),
                 config=self.config,
                 seed=seed * 100003 + i,
                 telemetry_sink=telemetry_sink,
@@ -66,7 +84,8 @@ class MeshRuntime:
     async def start(self) -> "MeshRuntime":
         for a in self.agents.values():
             await a.start()
-        addr = {n: a.address for n, a in self.agents.items()}
+        addr = dict(self.addresses)
+        addr.update({n: a.address for n, a in self.agents.items()})
         for n, a in self.agents.items():
             a.set_peers({p: addr[p] for p in self.topology.neighbours(n)})
         self.started = True
@@ -88,14 +107,17 @@ class MeshRuntime:
     def alive(self) -> list[str]:
         return [n for n, a in self.agents.items() if a.running]
 
+    def remote(self, n: str) -> bool:
+        """True for a node of the topology hosted by another process."""
+        return n not in self.agents
+
     def expected_neighbours(self, n: str) -> set[str]:
         a = self.agents[n]
         return {
             p
             for p in self.topology.neighbours(n)
-            if self.agents[p].running
-            and p not in a.impair.blocked
-            and n not in self.agents[p].impair.blocked
+            if p not in a.impair.blocked
+            and (p not in self.agents or (self.agents[p].running and n not in self.agents[p].impair.blocked))
         }
 
     def converged(self) -> bool:
@@ -115,15 +137,15 @@ class MeshRuntime:
         """Current forwarding path from the routing tables (None if broken)."""
         path, cur = [src], src
         while cur != dst:
-            a = self.agents[cur]
-            if not a.running:
+            a = self.agents.get(cur)
+            if a is None or not a.running:
                 return None
             nh = a.core.router.next_hop(dst)
             if nh is None or nh in path or len(path) > limit:
                 return None
             path.append(nh)
             cur = nh
-        return path if self.agents[dst].running else None
+        return path if dst in self.agents and self.agents[dst].running else None
 
     def telemetry(self) -> dict[str, dict]:
         return {n: a.telemetry() for n, a in self.agents.items() if a.running}

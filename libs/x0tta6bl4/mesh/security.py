@@ -52,16 +52,29 @@ three node ids of the transmitted header. Without a channel to the next hop, DAT
 waits in a bounded per-neighbour queue (``queue_limit``) and leaves once the channel
 is up. A receiver with ``require_encryption`` drops plaintext DATA.
 
-Rotation: the initiator re-handshakes a link as soon as the session's keys differ
+Rotation: the initiator re-handshakes a link once the session's keys differ
 from its own current signing key or from the key the neighbour signs its HELLOs
 with; it uses the KEM key of the same generation as that HELLO key, so a neighbour
-that has not reloaded yet is still reachable (its retiring key is accepted).
+that has not reloaded yet is still reachable (its retiring key is accepted). The old
+session keeps carrying DATA until the new one is confirmed, so the re-key is not
+urgent: with ``rekey_spread_s`` each link starts it after its own random delay in
+``[0, rekey_spread_s)`` (a rotation of the whole mesh then spreads its handshakes
+instead of running them all at once, beside the beacon verification).
+
+Beacon evidence across processes: every HELLO echoes the timestamp of the last HELLO
+the sender accepted from each neighbour. :meth:`NodeSecurity.peer_accepted` is true
+once a neighbour's (verified) HELLO echoes a timestamp at or after our first HELLO
+signed with the current key -- proof that it accepted the new key, usable when the
+neighbour runs in another process. A node that accepts a changed key of a neighbour in
+``remote_peers`` answers with a prompt HELLO (after ``echo_delay_s``, coalesced) so that
+proof arrives without waiting a full HELLO interval.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import struct
 import time
 from collections import Counter, OrderedDict, deque
@@ -122,6 +135,9 @@ class MeshTrust:
         self._vk: dict[str, tuple[Any, str, MLDSA65PublicKey]] = {}  # key id -> (record, node id, key)
         self.stats: Counter = Counter()
         self.listeners: list[Callable[[str, Any, bool], None]] = []
+        self._applied: dict[str, bytes] = {}     # KV key -> SHA-256 of the value last applied (dedupe)
+        self._by_node: dict[str, list] | None = None   # node -> accepted records, newest first (lazy index)
+        self._node_of_kid: dict[str, str] = {}
 
     @classmethod
     def pinned(cls, root_public_key: bytes, **kw: Any) -> "MeshTrust":
@@ -129,7 +145,14 @@ class MeshTrust:
 
     # -- feeding -------------------------------------------------------------------
     def apply(self, key: str, value: bytes | None, *, deleted: bool = False) -> bool:
-        """Feed one KV entry (verified against the pinned root); False if rejected."""
+        """Feed one KV entry (verified against the pinned root); False if rejected. An entry whose
+        value was already applied under the same key (a record fetched over gRPC and then seen
+        again on the KV watch) is not verified twice."""
+        digest = hashlib.sha256(value).digest() if value and not deleted else None
+        if digest is not None and self._applied.get(key) == digest:
+            self.stats["kv.duplicate"] += 1
+            return True
+        self._by_node = None
         try:
             v = self.directory.apply(key, value, deleted=deleted)
         except PQCError as e:
@@ -137,6 +160,10 @@ class MeshTrust:
             log.warning("KV entry %s rejected: %s", key, e)
             return False
         self.stats["kv.applied"] += 1
+        if digest is not None:
+            self._applied[key] = digest
+        else:
+            self._applied.pop(key, None)
         for fn in list(self.listeners):
             try:
                 fn(key, v, deleted or not value)
@@ -192,10 +219,28 @@ class MeshTrust:
         rec = self.directory.lookup(key_id)
         return SpiffeId.parse(rec.spiffe_id).node_id if rec is not None else None
 
+    def accepted_records(self, node: str) -> list:
+        """:meth:`KeyDirectory.accepted_records` from an index rebuilt only after the directory changed
+        (the directory's own scan parses every record's SPIFFE id on every call)."""
+        if self._by_node is None:
+            d, idx = self.directory, {}
+            for kid in d.accepted_key_ids():
+                rec = d.lookup(kid)
+                if rec is None:
+                    continue
+                n = self._node_of_kid.get(kid)
+                if n is None:
+                    n = self._node_of_kid[kid] = SpiffeId.parse(rec.spiffe_id).node_id
+                idx.setdefault(n, []).append(rec)
+            for recs in idx.values():
+                recs.sort(key=lambda r: -r.generation)
+            self._by_node = idx
+        return self._by_node.get(node, [])
+
     def peer_keys(self, node: str, sig_key_id: str | None):
         """(signing record, KEM record) of ``node``: the generation of ``sig_key_id`` when it is
         accepted, else the newest accepted one; None when the node has no accepted keys."""
-        recs = self.directory.accepted_records(node)
+        recs = self.accepted_records(node)
         sigs = [r for r in recs if r.purpose is KeyPurpose.SIGNING]
         sig = next((r for r in sigs if r.key_id == sig_key_id), None) or (sigs[0] if sigs else None)
         if sig is None:
@@ -223,7 +268,7 @@ class _Init:
 
 class _Link:
     __slots__ = ("send", "recv", "init", "resp", "queue", "next_epoch", "last_req", "hello_key", "done",
-                 "attempts", "defer_since")
+                 "attempts", "defer_since", "echo_ts", "rekey_at")
 
     def __init__(self, queue_limit: int) -> None:
         self.send: _Session | None = None
@@ -237,6 +282,8 @@ class _Link:
         self.done: tuple[int, bytes] | None = None  # (epoch, CONFIRM body) of the last completed responder run
         self.attempts = 0          # handshakes started since the last success (timeout backoff)
         self.defer_since: int | None = None
+        self.echo_ts = 0           # our HELLO timestamp last echoed by the peer (it accepted that HELLO)
+        self.rekey_at: int | None = None   # spread: earliest start of the pending re-key
 
 
 class NodeSecurity:
@@ -249,7 +296,8 @@ class NodeSecurity:
 
     def __init__(self, node_id: str, identity: NodeIdentity, trust: MeshTrust, *, require_encryption: bool = True,
                  channel_overlap_s: float = 5.0, hs_timeout_s: float = 0.5, queue_limit: int = 1024,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock: Callable[[], int] = time.monotonic_ns, rekey_spread_s: float = 0.0,
+                 echo_delay_s: float = 0.02, remote_peers: Iterable[str] = ()) -> None:
         self.node_id = node_id
         self.trust = trust
         self.require_encryption = require_encryption
@@ -262,6 +310,13 @@ class NodeSecurity:
         self.links: dict[str, _Link] = {}
         self.outbox: list[tuple[Packet, str]] = []
         self.previous: NodeIdentity | None = None
+        self.rekey_spread_ns = int(rekey_spread_s * 1e9)
+        self.echo_delay_s = echo_delay_s
+        self.remote_peers = frozenset(remote_peers)
+        self.hello_wanted = False          # the agent sends a prompt HELLO and clears it
+        self.key_since_ns: int | None = None   # timestamp of our first HELLO signed with the current key
+        self._rng = random.Random()
+        self._hs_rtt_ns = 0        # EWMA of HS1 -> HS2 round trips (adaptive handshake timeout)
         self._set_identity(identity)
 
     def bind(self, counters: Counter, emit: Callable[[str, str, dict], None], clock: Callable[[], int]) -> None:
@@ -283,6 +338,7 @@ class NodeSecurity:
             return
         self.previous = self.identity
         self._set_identity(identity)
+        self.key_since_ns = None
         self.counters["keys.reloaded"] += 1
 
     def drop_previous(self) -> bool:
@@ -294,6 +350,16 @@ class NodeSecurity:
             if ident is not None and ident.kem.key_id == key_id:
                 return ident
         return None
+
+    def hello_sent(self, timestamp_ns: int) -> None:
+        """The agent sent a HELLO signed with the current key (the first one marks the key's start)."""
+        if self.key_since_ns is None:
+            self.key_since_ns = timestamp_ns
+
+    def peer_accepted(self, peer: str) -> bool:
+        """True once ``peer`` echoed one of our HELLOs signed with the current key (see module doc)."""
+        link = self.links.get(peer)
+        return link is not None and self.key_since_ns is not None and link.echo_ts >= self.key_since_ns
 
     # -- signatures ----------------------------------------------------------------------
     def sign(self, pkt: Packet) -> Packet:
@@ -377,7 +443,9 @@ class NodeSecurity:
         return s is None or s.my_key != self.key_id or (link.hello_key is not None and s.peer_key != link.hello_key)
 
     def _timeout(self, link: _Link) -> int:
-        return self.hs_timeout_ns << min(max(link.attempts - 1, 0), 3)
+        """Handshake retry timeout: ``hs_timeout_s``, or 4x the recent HS1->HS2 round trip when that is
+        longer (a loaded host answers slowly; restarting then only adds work), doubled per retry."""
+        return max(self.hs_timeout_ns, 4 * self._hs_rtt_ns) << min(max(link.attempts - 1, 0), 3)
 
     def _maybe_handshake(self, peer: str, link: _Link, now: int, *, force: bool = False) -> None:
         if not (force or self._wanted(link)):
@@ -387,14 +455,22 @@ class NodeSecurity:
                 return
             if link.send is not None and not force and link.init is None:
                 # a rekey while the old session works: if keyvault already lists a newer key for the
-                # peer than the one its HELLOs carry, it is about to reload -- wait (bounded) for it
+                # peer than the one its HELLOs carry, it is about to reload; if the peer has not yet
+                # echoed a HELLO signed with our current key, it would check our handshake signature
+                # against the old one -- wait (bounded) for both: the beacons are verified first
                 newest = self.trust.peer_keys(peer, None)
-                if newest is not None and newest[0].key_id != link.hello_key:
+                if (newest is not None and newest[0].key_id != link.hello_key) or not self.peer_accepted(peer):
                     if link.defer_since is None:
                         link.defer_since = now
                     if now - link.defer_since < 4 * self.hs_timeout_ns:
                         return
+                if self.rekey_spread_ns:
+                    if link.rekey_at is None:
+                        link.rekey_at = now + int(self._rng.random() * self.rekey_spread_ns)
+                    if now < link.rekey_at:
+                        return
             link.defer_since = None
+            link.rekey_at = None
             self._start(peer, link, now)
         elif link.send is None and now - link.last_req >= self.hs_timeout_ns:
             link.last_req = now
@@ -438,7 +514,15 @@ class NodeSecurity:
 
     def on_hello(self, peer: str, pkt: Packet, now: int) -> None:
         link = self._link(peer)
-        link.hello_key = pkt.key_id.hex()
+        kid = pkt.key_id.hex()
+        if link.hello_key != kid and link.hello_key is not None and peer in self.remote_peers:
+            self.hello_wanted = True
+        link.hello_key = kid
+        for nb in getattr(pkt.body, "neighbours", ()):
+            if nb.node_id == self.node_id:
+                if nb.echo_ts_ns > link.echo_ts:
+                    link.echo_ts = nb.echo_ts_ns
+                break
         self._maybe_handshake(peer, link, now)
 
     def on_handshake(self, peer: str, pkt: Packet, now: int) -> str | None:
@@ -468,6 +552,8 @@ class NodeSecurity:
                 init = link.init
                 if init is None or init.epoch != epoch or init.step != HS1:
                     return "stale_handshake"
+                rtt = now - init.t
+                self._hs_rtt_ns = rtt if not self._hs_rtt_ns else (3 * self._hs_rtt_ns + rtt) // 4
                 hs3, keys = init.hs.finish(msg)
                 sess = _Session(epoch, self._channel(peer, epoch, keys, Role.INITIATOR), init.my_key, init.peer_key)
                 link.recv[epoch] = sess

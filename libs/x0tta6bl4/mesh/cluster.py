@@ -1,0 +1,231 @@
+"""One mesh across several host processes on one machine.
+
+A :class:`~.host.MeshHost` runs its agents in one asyncio loop: with keys on, one Python
+process signs and verifies every HELLO of the nodes it hosts and runs every link
+handshake, so a large mesh saturates one core. :class:`MeshCluster` splits a topology
+into ``hosts`` shards (contiguous blocks of the topology's node order, so a grid is
+cut along rows and few links cross a process boundary), fixes one UDP address per
+node on loopback and starts ``python -m x0tta6bl4.mesh.host --nodes ... --addresses ...``
+per shard. Every host bridges its own nodes to NATS exactly as a single host does
+(``mesh.telemetry.<node>``, ``mesh.event.<node>``, commands on ``mesh.cmd.<node>``), so
+the executor, the monitor and ``meshctl`` reach the nodes the same way; agents of
+different hosts talk UDP to each other like agents of one host. With keyvault, every
+host loads the keys of its own nodes and follows the ``keys`` bucket; a rotation's
+beacon check counts a neighbour in another process once that neighbour's HELLO echoes
+a HELLO signed with the new key (see :mod:`.security`).
+
+    python -m x0tta6bl4.mesh.cluster --nats nats://127.0.0.1:4222 --topology grid:50 \\
+        --hosts 2 --keyvault 127.0.0.1:50051 [-- extra mesh.host arguments]
+
+Host-level commands (``host_op`` ``status``, ``stats``, ``traffic``, ``traffic_stop``)
+reach one host through any of its nodes' ``mesh.cmd.<node>`` with ``params["host"]`` =
+its instance id (``<name>-<i>``); :meth:`MeshCluster.host_op` does that over NATS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .topology import Topology, parse_spec
+
+__all__ = ["MeshCluster", "partition", "allocate_addresses"]
+
+
+def partition(topology: Topology, hosts: int) -> list[list[str]]:
+    """``hosts`` contiguous, near-equal blocks of the topology's node order (none empty)."""
+    nodes = list(topology.nodes)
+    hosts = max(1, min(hosts, len(nodes)))
+    q, r = divmod(len(nodes), hosts)
+    out, i = [], 0
+    for k in range(hosts):
+        n = q + (1 if k < r else 0)
+        out.append(nodes[i:i + n])
+        i += n
+    return out
+
+
+def allocate_addresses(nodes: list[str], host: str = "127.0.0.1") -> dict[str, tuple[str, int]]:
+    """One free UDP port per node (bound together, then released for the host processes)."""
+    socks = []
+    try:
+        for _ in nodes:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return {n: (host, s.getsockname()[1]) for n, s in zip(nodes, socks)}
+    finally:
+        for s in socks:
+            s.close()
+
+
+class MeshCluster:
+    """A topology run by ``hosts`` host processes (see the module doc). Synchronous start/stop;
+    :meth:`host_op` and :meth:`command` are async (they need a NATS client)."""
+
+    def __init__(self, nats_url: str, topology: str, *, hosts: int = 2, seed: int = 0, keyvault: str = "",
+                 name: str = "mesh", host_args: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 workdir: str | Path | None = None) -> None:
+        self.nats_url = nats_url
+        self.spec = topology
+        self.topology = parse_spec(topology, seed=seed)
+        self.seed = seed
+        self.keyvault = keyvault
+        self.name = name
+        self.host_args = list(host_args)
+        self.env = dict(env or {})
+        self.shards = partition(self.topology, hosts)
+        self._tmp = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mesh-cluster-")
+            workdir = self._tmp.name
+        self.workdir = Path(workdir)
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.instances = [f"{name}-{i}" for i in range(len(self.shards))]
+        self._logs: list[Any] = []
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> "MeshCluster":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.addresses = allocate_addresses(list(self.topology.nodes))
+        addr_file = self.workdir / "addresses.json"
+        addr_file.write_text(json.dumps({n: list(a) for n, a in self.addresses.items()}))
+        env = dict(os.environ)
+        libs = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = libs + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.update(self.env)
+        for i, nodes in enumerate(self.shards):
+            cmd = [sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", self.nats_url, "--topology", self.spec,
+                   "--seed", str(self.seed), "--nodes", ",".join(nodes), "--addresses", str(addr_file),
+                   "--instance", self.instances[i], *self.host_args]
+            if self.keyvault:
+                cmd += ["--keyvault", self.keyvault]
+            log = open(self.workdir / f"{self.instances[i]}.log", "wb")
+            self._logs.append(log)
+            self.procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env,
+                                               start_new_session=True))
+        try:
+            for i, p in enumerate(self.procs):
+                self._wait_ready(i, p, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, i: int, p: subprocess.Popen, timeout: float) -> None:
+        line: list[bytes] = []
+        t = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
+        t.start()
+        t.join(timeout)
+        if not line or not line[0]:
+            tail = (self.workdir / f"{self.instances[i]}.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"mesh host {self.instances[i]} did not become ready (exit {p.poll()}): {tail}")
+        msg = json.loads(line[0])
+        if not msg.get("ready"):
+            raise RuntimeError(f"mesh host {self.instances[i]}: {msg}")
+        # keep draining stdout so the host never blocks on a full pipe
+        threading.Thread(target=lambda: [None for _ in iter(p.stdout.readline, b"")], daemon=True).start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+        for f in self._logs:
+            f.close()
+        self._logs = []
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "MeshCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def shard_of(self, node: str) -> int:
+        for i, nodes in enumerate(self.shards):
+            if node in nodes:
+                return i
+        raise KeyError(node)
+
+    # ---- over NATS -------------------------------------------------------------------
+    async def command(self, nc, node: str, kind: int, peer: str = "", params: dict[str, str] | None = None,
+                      timeout: float = 10.0) -> str:
+        """A MeshCommand to ``node`` (as the executor sends it); the reply's detail, or raises."""
+        from x0tta6bl4.bus import subjects
+        from x0tta6bl4.bus.codec import new_meta
+        from x0tta6bl4.v1 import mesh_pb2
+        cmd = mesh_pb2.MeshCommand(meta=new_meta("mesh-cluster"), node_id=node, kind=kind, peer=peer,
+                                   params=params or {})
+        r = await nc.request(subjects.mesh_cmd(node), cmd.SerializeToString(), timeout=timeout)
+        ev = mesh_pb2.MeshEvent.FromString(r.data)
+        if ev.kind != "command.ok":
+            raise RuntimeError(f"{node}: {ev.details.get('detail', ev.kind)}")
+        return ev.details.get("detail", "")
+
+    async def host_op(self, nc, i: int, op: str, params: dict[str, str] | None = None,
+                      timeout: float = 10.0) -> dict:
+        """A host-level command to host ``i`` (addressed by its instance id); its JSON answer."""
+        from .host import HOST_OP_KIND
+        p = {"host_op": op, "host": self.instances[i], **(params or {})}
+        return json.loads(await self.command(nc, self.shards[i][0], HOST_OP_KIND, params=p, timeout=timeout))
+
+    async def stats(self, nc) -> list[dict]:
+        import asyncio
+        return list(await asyncio.gather(*(self.host_op(nc, i, "stats") for i in range(len(self.shards)))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nats", required=True)
+    p.add_argument("--topology", default="grid:9")
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keyvault", default=os.environ.get("X0TTA6BL4_KEYVAULT_ADDR", ""))
+    p.add_argument("--name", default="mesh")
+    p.add_argument("host_args", nargs="*", help="further arguments for every x0tta6bl4.mesh.host (after --)")
+    a = p.parse_args(argv)
+    cl = MeshCluster(a.nats, a.topology, hosts=a.hosts, seed=a.seed, keyvault=a.keyvault, name=a.name,
+                     host_args=a.host_args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cl.start()
+    print(json.dumps({"ready": True, "hosts": [{"instance": i, "pid": pr.pid, "nodes": s}
+                                               for i, pr, s in zip(cl.instances, cl.procs, cl.shards)]}), flush=True)
+    try:
+        while not stop.is_set():
+            if any(pr.poll() is not None for pr in cl.procs):
+                print("mesh cluster: a host process exited", file=sys.stderr)
+                return 1
+            stop.wait(0.5)
+    finally:
+        cl.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
