@@ -26,15 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs"))
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from x0tta6bl4.bus import subjects  # noqa: E402
-from x0tta6bl4.mesh.cluster import MeshCluster  # noqa: E402
-from x0tta6bl4.mesh.packets import DATA, HELLO, HelloBody, HelloNeighbour, Packet, encode, signing_bytes  # noqa: E402
-from x0tta6bl4.mesh.security import SIG_CONTEXT, LocalAuthority, NodeSecurity, _aad  # noqa: E402
-from x0tta6bl4.mesh.topology import parse_spec  # noqa: E402
-from x0tta6bl4.runtime.stack import Stack, free_port  # noqa: E402
-from x0tta6bl4.v1 import keyvault_pb2 as pb, mesh_pb2  # noqa: E402
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.mesh.cluster import MeshCluster
+from x0tta6bl4.mesh.packets import DATA, HELLO, HelloBody, HelloNeighbour, Packet, encode, signing_bytes
+from x0tta6bl4.mesh.security import SIG_CONTEXT, LocalAuthority, NodeSecurity, _aad
+from x0tta6bl4.mesh.topology import parse_spec
+from x0tta6bl4.runtime.stack import Stack, free_port
+from x0tta6bl4.v1 import keyvault_pb2 as pb
+from x0tta6bl4.v1 import mesh_pb2
 
 TARGET_S = 2.0
 

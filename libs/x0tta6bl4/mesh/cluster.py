@@ -34,11 +34,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .topology import Topology, parse_spec
 
-__all__ = ["MeshCluster", "partition", "allocate_addresses"]
+__all__ = ["MeshCluster", "allocate_addresses", "partition"]
 
 
 def partition(topology: Topology, hosts: int) -> list[list[str]]:
@@ -95,7 +95,7 @@ class MeshCluster:
         self._logs: list[Any] = []
 
     # ---- lifecycle -----------------------------------------------------------------
-    def start(self, timeout: float = 60.0) -> "MeshCluster":
+    def start(self, timeout: float = 60.0) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.addresses = allocate_addresses(list(self.topology.nodes))
         addr_file = self.workdir / "addresses.json"
@@ -110,7 +110,7 @@ class MeshCluster:
                    "--instance", self.instances[i], *self.host_args]
             if self.keyvault:
                 cmd += ["--keyvault", self.keyvault]
-            log = open(self.workdir / f"{self.instances[i]}.log", "wb")
+            log = open(self.workdir / f"{self.instances[i]}.log", "wb")  # noqa: SIM115 - closed in stop()
             self._logs.append(log)
             self.procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env,
                                                start_new_session=True))
@@ -155,7 +155,7 @@ class MeshCluster:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "MeshCluster":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
