@@ -36,6 +36,7 @@ from rich.table import Table
 
 from x0tta6bl4.bus import reader
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
+from x0tta6bl4.runtime.process import pid_alive
 from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
 
 NatsOpt = typer.Option(None, "--nats", help="NATS URL (default: the running stack's)")
@@ -55,16 +56,6 @@ def mesh_file(data_dir: pathlib.Path) -> pathlib.Path:
     return data_dir.resolve() / "mesh.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_mesh(data_dir: pathlib.Path) -> dict | None:
     """The mesh recorded in mesh.json if its host process is alive (a stale file is removed)."""
     f = mesh_file(data_dir)
@@ -75,7 +66,7 @@ def running_mesh(data_dir: pathlib.Path) -> dict | None:
     except ValueError:
         f.unlink(missing_ok=True)
         return None
-    if not _alive(int(state.get("pid", 0) or 0)):
+    if not pid_alive(int(state.get("pid", 0) or 0)):
         f.unlink(missing_ok=True)
         return None
     return state
@@ -134,7 +125,7 @@ def _terminate(pid: int, timeout_s: float = 30.0) -> bool:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return True
         except ChildProcessError:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return True
         time.sleep(0.1)
     try:

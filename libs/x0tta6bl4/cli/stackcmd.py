@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, console, fail, stack_file
+from x0tta6bl4.runtime.process import pid_alive
 from x0tta6bl4.runtime.stack import SERVICES, Stack
 
 DataOpt = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="stack data directory (JetStream store, keys, spans, logs)")
@@ -37,11 +38,9 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
     sf = stack_file(data_dir)
     if sf.exists():
         pid = json.loads(sf.read_text()).get("pid", 0)
-        try:
-            os.kill(pid, 0)
+        if pid_alive(pid):
             fail(f"a stack is already running (pid {pid}); stop it with meshctl down")
-        except (ProcessLookupError, PermissionError):
-            sf.unlink()
+        sf.unlink()
     if detach:
         data_dir.mkdir(parents=True, exist_ok=True)
         log = open(data_dir / "stack.log", "ab")
@@ -102,9 +101,7 @@ def down(data_dir: pathlib.Path = DataOpt) -> None:
         return
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             console.print("stack stopped")
             return
         time.sleep(0.2)

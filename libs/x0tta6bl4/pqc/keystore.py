@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from x0tta6bl4.runtime.process import pid_alive
+
 from ._encoding import to_bytes
 from .backend import Backend
 from .errors import CorruptKeystore, KeystoreError, PQCError, WrongMasterKey
@@ -193,15 +195,7 @@ def _writer_alive(tmp_name: str) -> bool:
         pid = int(parts[-3])
     except (IndexError, ValueError):
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or pid_alive(pid)
 
 
 class Keystore:
