@@ -211,6 +211,7 @@ class MeshAgent:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         except OSError:
             pass
+        self._read_batched(loop, sock)
         self.bind = self.address  # keep the real port for restarts
         self.running = True
         self.killed = False
@@ -220,6 +221,33 @@ class MeshAgent:
         if self.telemetry_sink is not None:
             self._tasks.append(asyncio.create_task(self._telemetry_loop(), name=f"mesh-tel-{self.node_id}"))
         return self
+
+    READ_BATCH = 256
+
+    def _read_batched(self, loop: asyncio.AbstractEventLoop, sock) -> None:
+        """asyncio's datagram transport reads one datagram per readiness event, i.e. one per loop
+        iteration; with many agents in one busy loop a socket is then drained slower than its
+        neighbours fill it, packets age in the kernel buffer (HELLOs arrive too late, neighbours
+        are declared lost, route discovery floods follow). Read what is queued (bounded) per event."""
+        try:
+            fd = sock.fileno()
+            loop.remove_reader(fd)
+            loop.add_reader(fd, self._read_many, sock)
+        except (AttributeError, NotImplementedError, RuntimeError, ValueError):
+            pass        # keep the transport's own reader
+
+    def _read_many(self, sock) -> None:
+        for _ in range(self.READ_BATCH):
+            if self._transport is None:
+                return
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.counters["socket_errors"] += 1
+                return
+            self._on_datagram(data, addr)
 
     def kill(self) -> None:
         """Abrupt stop (crash): socket closed, timers cancelled, state kept for inspection."""

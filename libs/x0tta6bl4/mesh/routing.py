@@ -59,6 +59,11 @@ class AodvConfig:
     delete_period_ms: int = 3000
     max_buffer_per_dest: int = 256
     intermediate_replies: bool = True
+    # how long an (origin, RREQ id) is remembered for duplicate suppression; at least PATH_DISCOVERY_TIME.
+    # RFC 3561 keeps it PATH_DISCOVERY_TIME (640 ms here), but a flood over a loaded host (a
+    # 50-node mesh in a few Python processes while keys rotate) can take longer than that to die
+    # out: late copies then looked new and were flooded again, hop after hop, until the TTL ran out
+    rreq_cache_ms: int = 10_000
 
     @property
     def net_traversal_ns(self) -> int:
@@ -67,6 +72,10 @@ class AodvConfig:
     @property
     def path_discovery_ns(self) -> int:
         return 2 * self.net_traversal_ns
+
+    @property
+    def rreq_seen_ns(self) -> int:
+        return max(self.path_discovery_ns, self.rreq_cache_ms * MS)
 
     @property
     def my_route_timeout_ms(self) -> int:
@@ -306,7 +315,7 @@ class AodvRouter:
         if self.avoided:
             flags |= FLAG_RREQ_D  # cached routes elsewhere may run through avoided nodes
             body = RreqBody(tuple(sorted(self.avoided))[:MAX_RREQ_AVOID])
-        self.seen_rreq[(self.node_id, self.rreq_id)] = now + self.config.path_discovery_ns
+        self.seen_rreq[(self.node_id, self.rreq_id)] = now + self.config.rreq_seen_ns
         disc.deadline_ns = now + self.config.net_traversal_ns * (2**disc.retries)
         out.sends.append(
             Send(
@@ -534,7 +543,7 @@ class AodvRouter:
         if key in self.seen_rreq:
             out.drops.append(("duplicate_rreq", pkt))
             return
-        self.seen_rreq[key] = now + self.config.path_discovery_ns
+        self.seen_rreq[key] = now + self.config.rreq_seen_ns
         hops = pkt.hop_count + 1
         # reverse route towards the originator
         self._update_route(pkt.origin, prev, hops, pkt.origin_seq, True, self.config.my_route_timeout_ms * MS, now, out)

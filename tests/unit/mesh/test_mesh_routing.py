@@ -234,3 +234,21 @@ def test_destination_sequence_numbers_increase():
         seqs.append(rrep.dest_seq)
         assert rrep.dest_seq >= dseq
     assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+
+def test_late_rreq_copy_is_still_a_duplicate_after_path_discovery_time():
+    """A flood slowed down by a loaded host: a copy arriving after PATH_DISCOVERY_TIME (640 ms) must
+    not be flooded again (that re-flooding, hop after hop, melted a 50-node mesh during key rotation)."""
+    from x0tta6bl4.mesh.packets import Packet
+    cfg = AodvConfig()
+    r = AodvRouter("n5", cfg)
+    rreq = Packet(RREQ, "n1", "n0", "n9", ttl=16, origin_seq=1, packet_id=77, timestamp_ns=0)
+    first = r.handle(rreq, 0)
+    assert [s.packet.type for s in first.sends] == [RREQ]
+    t_late = cfg.path_discovery_ns + 500 * 1_000_000
+    r.tick(t_late)
+    late = r.handle(rreq.with_(sender="n2"), t_late)
+    assert not late.sends and [d for d, _ in late.drops] == ["duplicate_rreq"]
+    # remembered for rreq_cache_ms, then forgotten (bounded memory)
+    r.tick(cfg.rreq_seen_ns + 1)
+    assert ("n0", 77) not in r.seen_rreq
