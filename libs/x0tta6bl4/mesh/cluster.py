@@ -15,7 +15,13 @@ beacon check counts a neighbour in another process once that neighbour's HELLO e
 a HELLO signed with the new key (see :mod:`.security`).
 
     python -m x0tta6bl4.mesh.cluster --nats nats://127.0.0.1:4222 --topology grid:50 \\
-        --hosts 2 --keyvault 127.0.0.1:50051 [-- extra mesh.host arguments]
+        --hosts 2 --keyvault 127.0.0.1:50051 [--traffic n0:n49 --rate 20] [-- extra mesh.host arguments]
+
+The command line takes the arguments ``meshctl mesh up`` gives ``python -m x0tta6bl4.mesh.host``
+(``--nats --topology --seed --rate --data-dir --traffic``; a flow runs in the host of its source)
+and prints the same first line (``{"ready": true, "nodes": [...], "links": [...]}`` plus ``hosts``);
+it supervises the host processes and stops them all on SIGTERM/SIGINT, so it can stand in for a
+single mesh host process.
 
 Host-level commands (``host_op`` ``status``, ``stats``, ``traffic``, ``traffic_stop``)
 reach one host through any of its nodes' ``mesh.cmd.<node>`` with ``params["host"]`` =
@@ -74,7 +80,8 @@ class MeshCluster:
 
     def __init__(self, nats_url: str, topology: str, *, hosts: int = 2, seed: int = 0, keyvault: str = "",
                  name: str = "mesh", host_args: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 workdir: str | Path | None = None) -> None:
+                 workdir: str | Path | None = None, traffic: list[str] | tuple[str, ...] = (),
+                 rate: float | None = None) -> None:
         self.nats_url = nats_url
         self.spec = topology
         self.topology = parse_spec(topology, seed=seed)
@@ -84,6 +91,12 @@ class MeshCluster:
         self.host_args = list(host_args)
         self.env = dict(env or {})
         self.shards = partition(self.topology, hosts)
+        self.traffic = list(traffic)
+        self.rate = rate
+        for f in self.traffic:
+            src, _, dst = f.partition(":")
+            if src not in self.topology.nodes or dst not in self.topology.nodes:
+                raise ValueError(f"traffic {f!r}: unknown node")
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mesh-cluster-")
@@ -110,6 +123,11 @@ class MeshCluster:
                    "--instance", self.instances[i], *self.host_args]
             if self.keyvault:
                 cmd += ["--keyvault", self.keyvault]
+            for f in self.traffic:
+                if f.partition(":")[0] in nodes:
+                    cmd += ["--traffic", f]
+            if self.rate is not None:
+                cmd += ["--rate", str(self.rate)]
             log = open(self.workdir / f"{self.instances[i]}.log", "wb")  # noqa: SIM115 - closed in stop()
             self._logs.append(log)
             self.procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env,
@@ -206,16 +224,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keyvault", default=os.environ.get("X0TTA6BL4_KEYVAULT_ADDR", ""))
     p.add_argument("--name", default="mesh")
+    p.add_argument("--traffic", action="append", default=[], help="SRC:DST DATA flow (repeatable)")
+    p.add_argument("--rate", type=float, default=None, help="packets per second per flow")
+    p.add_argument("--data-dir", default=None, help="host logs and the address map go to DATA_DIR/mesh-cluster")
     p.add_argument("host_args", nargs="*", help="further arguments for every x0tta6bl4.mesh.host (after --)")
     a = p.parse_args(argv)
-    cl = MeshCluster(a.nats, a.topology, hosts=a.hosts, seed=a.seed, keyvault=a.keyvault, name=a.name,
-                     host_args=a.host_args)
+    host_args = list(a.host_args) + (["--data-dir", a.data_dir] if a.data_dir else [])
+    workdir = Path(a.data_dir) / "mesh-cluster" if a.data_dir else None
+    try:
+        cl = MeshCluster(a.nats, a.topology, hosts=a.hosts, seed=a.seed, keyvault=a.keyvault, name=a.name,
+                         host_args=host_args, traffic=a.traffic, rate=a.rate, workdir=workdir)
+    except ValueError as e:
+        print(f"mesh cluster: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cl.start()
-    print(json.dumps({"ready": True, "hosts": [{"instance": i, "pid": pr.pid, "nodes": s}
-                                               for i, pr, s in zip(cl.instances, cl.procs, cl.shards)]}), flush=True)
+    print(json.dumps({"ready": True, "nodes": cl.topology.nodes,
+                      "links": sorted(sorted(link) for link in cl.topology.links),
+                      "hosts": [{"instance": i, "pid": pr.pid, "nodes": s}
+                                for i, pr, s in zip(cl.instances, cl.procs, cl.shards)]}), flush=True)
     try:
         while not stop.is_set():
             if any(pr.poll() is not None for pr in cl.procs):
