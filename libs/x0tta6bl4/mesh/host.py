@@ -23,6 +23,15 @@ neighbour has accepted a HELLO signed with the new key (or after
 ``keys.retired``, ``keys.revoked``, ``channel.established`` (kinds outside
 ``security.*``, so the monitor does not count them as failed authentication).
 
+Sharding (``--nodes n0,n1,... --addresses FILE``): the host runs only these nodes of the topology,
+binds each to its address from FILE (JSON ``{node: [host, port]}`` for every node) and sends to
+neighbours hosted by other processes at theirs; :mod:`.cluster` starts and supervises such hosts.
+``RELOAD_KEYS`` then counts a neighbour in another process as having accepted the new key once its
+HELLO echoes one of the node's HELLOs signed with it (see :mod:`.security`); the node announces its
+new key with an immediate HELLO. Host ops ``traffic`` (``flows`` "SRC:DST,...", ``rate``),
+``traffic_stop`` and ``stats`` (per-node DATA counts per flow and origin, key ids, session keys, CPU
+time) serve benchmarks and tests that drive hosts in other processes.
+
 Blue-green (``--standby``, ``--instance``, ``--version``): a host in standby runs its agents dark
 (they bind, exchange HELLOs and converge among themselves, so the set is warm) but publishes no
 telemetry or events, sends no DATA and leaves unaddressed commands to the active host. Host-level
@@ -515,14 +524,17 @@ class HostHealthServer(HealthServer):
         return super().route(path)
 
 
+def load_addresses(path: str) -> dict[str, tuple[str, int]]:
+    """The ``--addresses`` file: JSON ``{node: [host, port]}``."""
+    with open(path, encoding="utf-8") as f:
+        return {n: (a[0], int(a[1])) for n, a in json.load(f).items()}
+
+
 async def _main(args: argparse.Namespace) -> int:
     setup_tracing("mesh-agent", args.data_dir, None)
     topo = parse_spec(args.topology, seed=args.seed)
     nodes = [n for n in args.nodes.split(",") if n] if args.nodes else None
-    addresses = None
-    if args.addresses:
-        with open(args.addresses, encoding="utf-8") as f:
-            addresses = {n: (a[0], int(a[1])) for n, a in json.load(f).items()}
+    addresses = load_addresses(args.addresses) if args.addresses else None
     config = CoreConfig(hello_interval=args.hello_interval) if args.hello_interval else None
     sec_opts = {"rekey_spread_s": args.rekey_spread} if args.rekey_spread else None
     host = MeshHost(args.nats, topo, nodes=nodes, addresses=addresses, config=config,

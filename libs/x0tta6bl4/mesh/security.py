@@ -520,8 +520,7 @@ class NodeSecurity:
         link.hello_key = kid
         for nb in getattr(pkt.body, "neighbours", ()):
             if nb.node_id == self.node_id:
-                if nb.echo_ts_ns > link.echo_ts:
-                    link.echo_ts = nb.echo_ts_ns
+                link.echo_ts = max(link.echo_ts, nb.echo_ts_ns)
                 break
         self._maybe_handshake(peer, link, now)
 
