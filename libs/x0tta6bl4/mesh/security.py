@@ -43,7 +43,8 @@ growing per link) selects the channel: channel frame epoch = ``session << 8`` (t
 byte is left to the channel's own key updates). The responder switches sending to the
 new session when HS3 verifies; the initiator already accepts frames of the new
 session after HS2 and switches sending on CONFIRM. The previous session keeps
-decrypting for ``channel_overlap_s`` -- so a re-handshake (after a key rotation) loses
+decrypting for ``channel_overlap_s`` (on the responder counted from the initiator's first
+frame on the new session, at most 4x that) -- so a re-handshake (after a key rotation) loses
 no packet in flight. A lost message is recovered by a restart after ``hs_timeout_s``.
 
 Encrypted DATA (flag ``ENC``): body = channel frame of the application bytes; the AAD
@@ -268,7 +269,7 @@ class _Init:
 
 class _Link:
     __slots__ = ("send", "recv", "init", "resp", "queue", "next_epoch", "last_req", "hello_key", "done",
-                 "attempts", "defer_since", "echo_ts", "rekey_at")
+                 "attempts", "defer_since", "echo_ts", "rekey_at", "tighten")
 
     def __init__(self, queue_limit: int) -> None:
         self.send: _Session | None = None
@@ -284,6 +285,7 @@ class _Link:
         self.defer_since: int | None = None
         self.echo_ts = 0           # our HELLO timestamp last echoed by the peer (it accepted that HELLO)
         self.rekey_at: int | None = None   # spread: earliest start of the pending re-key
+        self.tighten = False       # old sessions kept long until the peer sends on the new one
 
 
 class NodeSecurity:
@@ -423,14 +425,21 @@ class NodeSecurity:
                 self.counters[f"dropped.{why}"] += len(link.queue)
             self.emit("channel.closed", peer, {"why": why})
 
-    def _retire(self, link: _Link, old: _Session | None, now: int) -> None:
+    def _retire(self, link: _Link, old: _Session | None, now: int, keep_ns: int | None = None) -> None:
         if old is not None and old.expires_ns is None:
-            old.expires_ns = now + self.channel_overlap_ns
+            old.expires_ns = now + (self.channel_overlap_ns if keep_ns is None else keep_ns)
 
-    def _activate(self, peer: str, link: _Link, sess: _Session, now: int) -> None:
+    def _activate(self, peer: str, link: _Link, sess: _Session, now: int, *, peer_switched: bool = True) -> None:
         old, link.send = link.send, sess
         link.attempts = 0
-        self._retire(link, old, now)
+        if peer_switched:
+            self._retire(link, old, now)
+        else:
+            # responder: the initiator keeps sending on the old session until our CONFIRM arrives (a
+            # lost CONFIRM costs it a handshake timeout and a restart); keep the old session readable
+            # longer and shorten that to the overlap once a frame of the new session comes in
+            self._retire(link, old, now, 4 * self.channel_overlap_ns)
+            link.tighten = True
         self.counters["channels.established"] += 1
         self.emit("channel.established", peer, {"epoch": sess.epoch, "my_key": sess.my_key,
                                                 "peer_key": sess.peer_key, "rekey": old is not None})
@@ -573,7 +582,7 @@ class NodeSecurity:
                 confirm = sess.chan.seal(_CONFIRM, HS_HEAD.pack(HS_VERSION, CONFIRM, epoch))
                 link.done = (epoch, confirm)
                 self._hs(peer, CONFIRM, epoch, confirm)
-                self._activate(peer, link, sess, now)
+                self._activate(peer, link, sess, now, peer_switched=False)
                 return None
             # CONFIRM
             init = link.init
@@ -648,6 +657,12 @@ class NodeSecurity:
         except DecryptionError:
             return "decrypt_failed"
         self.counters["rx.decrypted"] += 1
+        if link.tighten and sess is link.send:
+            link.tighten = False
+            lim = now + self.channel_overlap_ns
+            for s in link.recv.values():
+                if s is not sess and s.expires_ns is not None and s.expires_ns > lim:
+                    s.expires_ns = lim
         return pkt.with_(flags=pkt.flags & ~FLAG_ENC, body=pt)
 
 
