@@ -144,6 +144,11 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
        traffic: list[str] = typer.Option([], "--traffic", help="SRC:DST DATA flow with ACKs (repeatable)"),
        rate: float = typer.Option(20.0, "--rate", min=0.1, max=1000, help="packets/s per flow"),
        netns: bool = typer.Option(False, "--netns", help="each node in its own network namespace (root)"),
+       hosts: int = typer.Option(1, "--hosts", min=1, max=64,
+                                 help="spread the nodes over this many host processes (loopback mode; "
+                                      "use 2+ for large meshes with --keys)"),
+       keys: bool = typer.Option(False, "--keys", help="signed HELLOs and encrypted links with identities from "
+                                                       "the stack's keyvault (gRPC address as for meshctl keys)"),
        detach: bool = typer.Option(False, "--detach", "-d", help="run in the background (stop with meshctl mesh down)"),
        timeout_s: float = typer.Option(120.0, "--timeout", help="give up if the host is not ready by then"),
        nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
@@ -166,6 +171,8 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
             fail(f"bad --traffic {t!r}: expected SRC:DST with two different nodes of {topo.name} "
                  f"({topo.nodes[0]} .. {topo.nodes[-1]})")
         flows.append(t)
+    if netns and (hosts > 1 or keys):
+        fail("--hosts and --keys apply to loopback mode; --netns runs one host process without keys")
     if netns:
         from x0tta6bl4.mesh.netns import netns_available
         ok, why = netns_available()
@@ -176,9 +183,15 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
     url = nats_url(nats, data_dir)
     run(_check_stack(url))
 
-    module = "x0tta6bl4.mesh.netns_host" if netns else "x0tta6bl4.mesh.host"
+    module = ("x0tta6bl4.mesh.netns_host" if netns else
+              "x0tta6bl4.mesh.cluster" if hosts > 1 else "x0tta6bl4.mesh.host")
     cmd = [sys.executable, "-m", module, "--nats", url, "--topology", spec, "--seed", str(seed),
            "--rate", str(rate), "--data-dir", str(data_dir)]
+    if hosts > 1:
+        cmd += ["--hosts", str(hosts)]
+    if keys:
+        from x0tta6bl4.runtime import locate
+        cmd += ["--keyvault", locate.grpc_addr("keyvault", directory=data_dir)]
     for f in flows:
         cmd += ["--traffic", f]
     log_file = data_dir / "logs" / "mesh-host.log"
@@ -194,7 +207,9 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
     mf = mesh_file(data_dir)
     mf.write_text(json.dumps(state, indent=1))
     console.print(f"mesh up: [bold]{len(topo.nodes)}[/] nodes, {len(topo.links)} links ({topo.name}), "
-                  f"{state['mode']} mode, host pid {proc.pid}, NATS {url}"
+                  f"{state['mode']} mode, "
+                  + (f"{hosts} host processes (supervisor pid {proc.pid})" if hosts > 1 else f"host pid {proc.pid}")
+                  + (", signed HELLOs + PQC links (keyvault)" if keys else "") + f", NATS {url}"
                   + (f", traffic {', '.join(flows)}" if flows else ""))
     if detach:
         console.print("running in the background: meshctl mesh status / meshctl fault ... / meshctl mesh down")

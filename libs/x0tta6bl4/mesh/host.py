@@ -159,6 +159,7 @@ class MeshHost:
             await self._setup_keys()
         for n in self.nodes:
             self._subs.append(await self.nc.subscribe(subjects.mesh_cmd(n), cb=self._on_command))
+        await self.nc.flush()   # the server knows our command subscriptions before start() returns
         await self.runtime.start()
         return self
 

@@ -120,3 +120,31 @@ def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
     assert not (tmp_path / "var" / "mesh.json").exists()
     with pytest.raises(ProcessLookupError):
         os.kill(state["pid"], 0)
+
+
+def test_meshctl_mesh_up_over_two_host_processes_with_keys(stack_factory, tmp_path):
+    """meshctl mesh up --hosts 2 --keys: one mesh over two host processes, identities from the stack's
+    keyvault, signed HELLOs and encrypted links; traffic crosses the process boundary; down stops all."""
+    stack = stack_factory(services=("keyvault",))
+    url, data = stack.url, str(tmp_path / "var")
+    common = ["--nats", url, "--data-dir", data]
+    env = {**ENV, "X0TTA6BL4_KEYVAULT_ADDR": stack.grpc_addr("keyvault")}
+    assert "--netns" in meshctl("mesh", "up", "--netns", "--hosts", "2", *common, ok=False)
+    r = CliRunner().invoke(cli, ["mesh", "up", "--nodes", "6", "--topology", "line", "--hosts", "2", "--keys",
+                                 "--traffic", "n0:n5", "--rate", "20", "--detach", *common], env=env)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "2 host processes" in r.output and "signed HELLOs" in r.output
+    state = json.loads((tmp_path / "var" / "mesh.json").read_text())
+    children = [int(p) for p in open(f"/proc/{state['pid']}/task/{state['pid']}/children").read().split()]
+    assert len(children) == 2
+    try:
+        tel = wait_live(url, lambda t: len(t) == 6 and t.get("n0", events_pb2.NodeTelemetry()).counters.get(
+            "acked", 0) > 10, timeout=60)
+        assert all(t.counters.get("channels.established", 0) > 0 for t in tel.values())
+        assert all(t.counters.get("failed_auth", 0) == 0 for t in tel.values())
+    finally:
+        out = meshctl("mesh", "down", "--data-dir", data)
+    assert "mesh stopped: 6 nodes" in out
+    for pid in [state["pid"], *children]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
