@@ -149,7 +149,8 @@ class Voters:
             await asyncio.sleep(0.05)
 
 
-async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_mesh, scenario: str = "kill") -> dict:
+async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_mesh, scenario: str = "kill",
+              victims: list[str] | None = None) -> dict:
     rng = random.Random(seed)
     nc = await nats.connect(stack.url)
     js = nc.jetstream()
@@ -177,6 +178,8 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
             await asyncio.sleep(0.5)
             continue
         victim = rng.choice(p[1:-1])
+        if victims:                      # --victims: kill these (in turn) instead of a random relay
+            victim = victims[trial % len(victims)]
         sent0, acked0 = tel[src].counters.get("sent", 0), tel[src].counters.get("acked", 0)
         t_kill = time.time_ns()
         if scenario == "degrade":  # every link of the victim gets 150 ms slower
@@ -238,6 +241,8 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", default="")
+    ap.add_argument("--victims", default="", help="comma-separated nodes to kill in turn (default: a random "
+                                                  "relay of the active path)")
     ap.add_argument("--scenario", choices=["kill", "degrade"], default="kill",
                     help="kill: a node on the active path crashes (auto-repair); degrade: its links get 150 ms "
                          "slower (medium confidence: a DAO vote that scripted operators approve at once)")
@@ -267,7 +272,8 @@ def main(argv=None):
                 start_mesh()
 
             nodes = start_mesh()
-            out = asyncio.run(run(stack, nodes, a.trials, a.seed, restart_mesh, a.scenario))
+            out = asyncio.run(run(stack, nodes, a.trials, a.seed, restart_mesh, a.scenario,
+                                  [v for v in a.victims.split(",") if v]))
         finally:
             if box.get("mesh"):
                 box["mesh"].kill()

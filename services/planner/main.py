@@ -42,13 +42,36 @@ def build(settings: PlannerSettings) -> Service:
     def mesh_adjacency() -> dict[str, list[str]]:
         return {t.node_id: list(t.neighbours) for t in telemetry.values()}
 
+    async def claim(anomaly: events_pb2.Anomaly, ctx: Context) -> bool:
+        """Claim the anomaly's incident (True: plan it). See mapek.plan.claim_verdict."""
+        incidents = await app.kv("incidents")
+        value = planning.open_claim(anomaly.meta.cycle_id)
+        for _ in range(5):   # races with other planner replicas and with a verification
+            try:
+                await incidents.create(anomaly.incident_id, value)
+                return True
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await incidents.get(anomaly.incident_id)
+            except KeyNotFoundError:
+                continue       # resolved and deleted meanwhile: try to create again
+            verdict = planning.claim_verdict(entry.value, anomaly.first_symptom_unix_ns)
+            if verdict != planning.CLAIM_NEW:
+                await ctx.audit("anomaly.duplicate" if verdict == planning.CLAIM_OPEN else "anomaly.stale",
+                                anomaly.incident_id, {"node": anomaly.node_id})
+                return False
+            try:
+                await incidents.update(anomaly.incident_id, value, last=entry.revision)
+                return True
+            except KeyWrongLastSequenceError:
+                continue
+        await ctx.audit("anomaly.duplicate", anomaly.incident_id, {"node": anomaly.node_id})
+        return False
+
     @app.subscriber("planner", events_pb2.Anomaly)
     async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context) -> None:
-        incidents = await app.kv("incidents")
-        try:
-            await incidents.create(anomaly.incident_id, anomaly.meta.cycle_id.encode())
-        except KeyWrongLastSequenceError:
-            await ctx.audit("anomaly.duplicate", anomaly.incident_id, {"node": anomaly.node_id})
+        if not await claim(anomaly, ctx):
             return
         adjacency = mesh_adjacency()
         plan, decision = planning.make_plan(anomaly, policy, await knowledge_for(anomaly.fault_type),
@@ -88,7 +111,10 @@ def build(settings: PlannerSettings) -> Service:
         await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": f"{v.mttr_ms:.0f}",
                                                   "success_rate": f"{stats.success_rate:.2f}"})
         incidents = await app.kv("incidents")
-        await incidents.delete(v.incident_id)
+        if v.recovered:   # late anomalies of this incident (symptom before now) are not planned again
+            await incidents.put(v.incident_id, planning.resolved_claim(v.meta.cycle_id, v.meta.ts_unix_ns))
+        else:             # not repaired: the next anomaly may plan again at once
+            await incidents.delete(v.incident_id)
 
     return app
 

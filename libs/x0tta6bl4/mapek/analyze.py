@@ -86,13 +86,18 @@ def _only_end_to_end(t: events_pb2.NodeTelemetry) -> bool:
 
 def anomaly(window: events_pb2.TelemetryWindow, node: str, root: str, fault: str, score: float,
             confidence: float, severity: int, features: list[str], affected: list[str],
-            detector: str) -> events_pb2.Anomaly:
+            detector: str, symptom_since_ns: int = 0) -> events_pb2.Anomaly:
+    """``symptom_since_ns``: when the evidence itself dates from (e.g. the time a node was marked
+    unreachable); the first symptom is the earlier of that and the window's."""
     incident = f"{root}.{fault}"
+    first = window.first_symptom_unix_ns or window.meta.ts_unix_ns
+    if symptom_since_ns > 0:
+        first = min(first, symptom_since_ns) if first else symptom_since_ns
     return events_pb2.Anomaly(
         meta=new_meta("analyzer", window.meta.cycle_id, event_id=derive_id("anomaly", window.meta.event_id, incident)),
         node_id=node, root_cause=root, fault_type=fault, anomaly_score=score, confidence=confidence,
         severity=severity, top_features=features, affected_nodes=affected, detector=detector,
-        first_symptom_unix_ns=window.first_symptom_unix_ns or window.meta.ts_unix_ns, incident_id=incident)
+        first_symptom_unix_ns=first, incident_id=incident)
 
 
 @dataclass
@@ -110,8 +115,11 @@ class RuleAnalyzer:
                 # may have dropped it from their tables already)
                 victims = sorted({n for n, o in nodes.items() if t.node_id in o.neighbours}
                                  | {n for n in t.neighbours if n in nodes} - {t.node_id})
+                # the mark's time is when the node was declared lost: a window opened later (by another
+                # node) still dates this symptom from then, so a repaired incident is not re-opened
                 out.append(anomaly(window, t.node_id, t.node_id, "node_down", 1.0, 0.95,
-                                   common_pb2.SEVERITY_CRITICAL, ["reachable=false"], victims, self.name))
+                                   common_pb2.SEVERITY_CRITICAL, ["reachable=false"], victims, self.name,
+                                   symptom_since_ns=t.meta.ts_unix_ns))
                 explained |= {t.node_id, *victims}
         if any(not t.reachable for t in window.nodes):
             # while a node is down, end-to-end loss/latency anywhere is its doing (routes through it broke)

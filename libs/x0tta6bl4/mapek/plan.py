@@ -1,6 +1,7 @@
 """Plan: from an anomaly to a plan and, when auto-approved, an action request."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -124,3 +125,35 @@ def action_request(plan: events_pb2.Plan, approved_by: str, proposal_id: str = "
         incident_id=plan.incident_id,
         fault_type=plan.fault_type,
     )
+
+
+# ---- incident claims (the planner's de-duplication in the `incidents` bucket) --------------------
+# One entry per incident id (root cause + fault type). While an incident is being handled its entry
+# is an open claim; once its repair is verified the entry becomes a resolution marker carrying the
+# time of the verification. Windows overlap, so anomalies of an incident keep arriving for a moment
+# after it was repaired: one whose first symptom predates the verified repair belongs to the incident
+# just resolved and must not be planned again (re-planning it would, say, make every node avoid a
+# node that has just come back). A symptom that starts after the repair is a new incident.
+CLAIM_NEW, CLAIM_OPEN, CLAIM_STALE = "new", "open", "stale"
+
+
+def open_claim(cycle_id: str) -> bytes:
+    return json.dumps({"cycle": cycle_id}).encode()
+
+
+def resolved_claim(cycle_id: str, verified_ns: int) -> bytes:
+    return json.dumps({"cycle": cycle_id, "resolved_ns": int(verified_ns)}).encode()
+
+
+def claim_verdict(existing: bytes | None, first_symptom_ns: int) -> str:
+    """What to do with an anomaly whose incident already has an entry ``existing`` (None: no entry)."""
+    if existing is None:
+        return CLAIM_NEW
+    try:
+        doc = json.loads(existing)
+        resolved = int(doc.get("resolved_ns", 0)) if isinstance(doc, dict) else 0
+    except (ValueError, TypeError):
+        resolved = 0                       # an older plain claim (cycle id bytes): still open
+    if not resolved:
+        return CLAIM_OPEN
+    return CLAIM_NEW if first_symptom_ns > resolved else CLAIM_STALE

@@ -183,3 +183,14 @@ def test_down_node_victims_include_the_neighbours_it_last_reported():
     n2, n4 = tel("n2", neighbours=["n1"]), tel("n4", neighbours=[])   # they already dropped n3
     (a,) = RuleAnalyzer().analyze(window(tel("n1"), n2, dead, n4, trigger="n3"))
     assert a.root_cause == "n3" and set(a.affected_nodes) == {"n2", "n4"}
+
+
+def test_incident_claims_open_resolved_stale_and_new():
+    from x0tta6bl4.mapek import plan as planning
+    assert planning.claim_verdict(None, 5) == planning.CLAIM_NEW
+    assert planning.claim_verdict(planning.open_claim("c1"), 5) == planning.CLAIM_OPEN
+    assert planning.claim_verdict(b"c1", 5) == planning.CLAIM_OPEN            # an older plain claim
+    done = planning.resolved_claim("c1", 1_000)
+    assert planning.claim_verdict(done, 999) == planning.CLAIM_STALE         # symptom before the repair
+    assert planning.claim_verdict(done, 1_000) == planning.CLAIM_STALE
+    assert planning.claim_verdict(done, 1_001) == planning.CLAIM_NEW          # a new symptom: a new incident
