@@ -15,7 +15,9 @@ from x0tta6bl4.governance import (
     GovernanceEngine,
     GovernanceError,
     InvalidArgument,
+    Unauthenticated,
     VoteChoice,
+    cancel_signing_payload,
     vote_signing_payload,
 )
 from x0tta6bl4.pqc import InvalidKey, MLDSA65PublicKey
@@ -176,10 +178,30 @@ class Governance(gpb_grpc.GovernanceServicer):
 
     @rpc
     async def CancelProposal(self, req: gpb.CancelProposalRequest, context) -> gpb.Proposal:
+        await self._authenticate_proposer(req, _metadata(context))
+
         def cmd(eng: GovernanceEngine) -> Outcome:
             events = eng.cancel_proposal(req.id, req.proposer)
             return Outcome(lambda e: self._proposal(e, req.id), events)
         return await self.store.execute(cmd)
+
+    async def _authenticate_proposer(self, req: gpb.CancelProposalRequest, md: dict[str, str]) -> None:
+        """A cancel is signed by the proposer's ledger key, or carries the ledger admin token."""
+        if req.signature:
+            voter = self.store.engine.state.voters.get(req.proposer)
+            if voter is None or not voter.public_key:
+                raise Unauthenticated(f"proposer {req.proposer!r} is not a ledger identity with a key, so it cannot "
+                                      f"sign; cancel with the ledger admin token instead")
+            nonce = bytes(req.nonce)
+            if not LIMITS.nonce_min_len <= len(nonce) <= LIMITS.nonce_max_len:
+                raise InvalidArgument(f"nonce must be {LIMITS.nonce_min_len}..{LIMITS.nonce_max_len} bytes, "
+                                      f"got {len(nonce)}")
+            payload = cancel_signing_payload(req.id, req.proposer, nonce)
+            if self.precheck is None or not await self.precheck(voter.public_key, payload, bytes(req.signature)):
+                raise Unauthenticated(f"cancel signature of {req.proposer!r} does not verify for proposal {req.id!r}")
+        elif self.admin is not None:
+            self.admin.check(md, why=f"cancelling needs proof that the caller is {req.proposer!r}: a signature "
+                                     f"by that ledger identity (nonce, signature) or the ledger admin token")
 
     @rpc
     async def RegisterVoter(self, req: gpb.RegisterVoterRequest, context) -> gpb.Voter:

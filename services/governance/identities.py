@@ -64,12 +64,12 @@ class AdminToken:
             raise ValueError(f"cannot read the admin token file {path}: {e}") from None
         return cls(text, path)
 
-    def check(self, metadata: dict[str, str]) -> None:
+    def check(self, metadata: dict[str, str], why: str = "this call changes the voter ledger") -> None:
         """Raise Unauthenticated (no credential) or PermissionDenied (wrong one)."""
         where = f" (the token is in {self.path} on the governance host)" if self.path else ""
         value = metadata.get("authorization", "")
         if not value:
-            raise Unauthenticated("this call changes the voter ledger: send the ledger admin token as metadata "
+            raise Unauthenticated(f"{why}: send the ledger admin token as metadata "
                                   f"'authorization: Bearer <token>'{where}")
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token:

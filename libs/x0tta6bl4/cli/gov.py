@@ -75,6 +75,21 @@ def register(addr: str, voter: str, balance: float, key_file: pathlib.Path | Non
                 metadata=locate.admin_metadata(admin_token))
 
 
+def cancel(addr: str, proposal: str, proposer: str, key_file: pathlib.Path | None = None,
+           admin_token: str | None = None):
+    """Cancel a proposal: signed by the proposer's key when ``key_file`` is given, else with the admin token."""
+    from x0tta6bl4.governance import cancel_signing_payload
+    from x0tta6bl4.v1 import governance_pb2 as g
+    req = g.CancelProposalRequest(id=proposal, proposer=proposer)
+    metadata: tuple = ()
+    if key_file is not None:
+        req.nonce = secrets.token_bytes(32)
+        req.signature = load_private(key_file).sign(cancel_signing_payload(proposal, proposer, req.nonce))
+    else:
+        metadata = locate.admin_metadata(admin_token)
+    return call(stub(addr).CancelProposal, req, metadata=metadata)
+
+
 def keygen(out: pathlib.Path, force: bool = False) -> pathlib.Path:
     """Write an ML-DSA-65 seed (0600) to ``out`` and the public key to ``out.pub``."""
     from x0tta6bl4.pqc import MLDSA65PrivateKey
@@ -300,11 +315,22 @@ def list_cmd(state: str = typer.Option("", "--state", help=", ".join(STATES)),
 
 @gov_app.command("cancel")
 def cancel_cmd(proposal: str, proposer: str = typer.Option("", "--proposer", help="default: $USER"),
+               key: Optional[pathlib.Path] = typer.Option(
+                   None, "--key", help="the proposer's voter key or keyvault bundle: sign the cancel "
+                                       "(default: use the ledger admin token)"),
+               admin_token_file: Optional[pathlib.Path] = typer.Option(
+                   None, "--admin-token-file", help="ledger admin token (default: as for register)"),
                addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
-    """Cancel an active proposal (proposer only)."""
-    from x0tta6bl4.v1 import governance_pb2 as g
-    p = _run(lambda: call(stub(address(addr)).CancelProposal, g.CancelProposalRequest(
-        id=proposal, proposer=proposer or os.environ.get("USER", "operator"))))
+    """Cancel an active proposal (its proposer, proven by a signature or the admin token)."""
+    def go():
+        token = None
+        if admin_token_file is not None:
+            try:
+                token = admin_token_file.read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise GovError(f"cannot read --admin-token-file {admin_token_file}: {e}") from None
+        return cancel(address(addr), proposal, proposer or os.environ.get("USER", "operator"), key, token)
+    p = _run(go)
     _out(p, as_json, proposal_line(p))
 
 

@@ -25,9 +25,11 @@ from typing import Callable
 from .errors import InvalidArgument
 from .model import VoteChoice
 
-__all__ = ["VOTE_DOMAIN", "Verifier", "vote_signing_payload", "default_vote_id"]
+__all__ = ["CANCEL_DOMAIN", "VOTE_DOMAIN", "Verifier", "cancel_signing_payload", "default_vote_id",
+           "vote_signing_payload"]
 
 VOTE_DOMAIN = b"x0tta6bl4/vote/v1"
+CANCEL_DOMAIN = b"x0tta6bl4/cancel/v1"
 
 Verifier = Callable[[str, bytes, bytes], bool]
 """verify(voter_id, payload, signature) -> bool"""
@@ -57,6 +59,16 @@ def vote_signing_payload(proposal_id: str, voter: str, choice: VoteChoice | str,
         _field(struct.pack(">d", float(tokens))),
         _field(bytes(nonce)),
     ))
+
+
+def cancel_signing_payload(proposal_id: str, proposer: str, nonce: bytes) -> bytes:
+    """The bytes a proposer signs to cancel its proposal (same framing as votes, its own domain)."""
+    if not isinstance(proposal_id, str) or not isinstance(proposer, str):
+        raise InvalidArgument("proposal_id and proposer must be strings")
+    if not isinstance(nonce, (bytes, bytearray)):
+        raise InvalidArgument(f"nonce must be bytes, got {type(nonce).__name__}")
+    return b"".join((_field(CANCEL_DOMAIN), _field(proposal_id.encode("utf-8")),
+                     _field(proposer.encode("utf-8")), _field(bytes(nonce))))
 
 
 def default_vote_id(payload: bytes) -> str:

@@ -164,12 +164,16 @@ class ListProposalsResponse(_message.Message):
     def __init__(self, proposals: _Optional[_Iterable[_Union[Proposal, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelProposalRequest(_message.Message):
-    __slots__ = ("id", "proposer")
+    __slots__ = ("id", "proposer", "nonce", "signature")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROPOSER_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     id: str
     proposer: str
-    def __init__(self, id: _Optional[str] = ..., proposer: _Optional[str] = ...) -> None: ...
+    nonce: bytes
+    signature: bytes
+    def __init__(self, id: _Optional[str] = ..., proposer: _Optional[str] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class WatchProposalsRequest(_message.Message):
     __slots__ = ("state",)

@@ -77,12 +77,18 @@ def test_create_get_list_cancel(gov):
     assert gov.stub.GetProposal(g.GetProposalRequest(id=p.id)) == p
     code, msg = gov.error(gov.stub.GetProposal, g.GetProposalRequest(id="nope"))
     assert code == C.NOT_FOUND and "nope" in msg
-    code, msg = gov.error(gov.stub.CancelProposal, g.CancelProposalRequest(id=p.id, proposer="mallory"))
-    assert code == C.PERMISSION_DENIED and "alice" in msg
-    assert gov.error(gov.stub.CancelProposal, g.CancelProposalRequest(id="nope", proposer="alice"))[0] == C.NOT_FOUND
-    c = gov.stub.CancelProposal(g.CancelProposalRequest(id=p.id, proposer="alice"))
-    assert c.state == g.PROPOSAL_STATE_CANCELED and c.close_reason == "CANCELED_BY_PROPOSER"
+    # a cancel needs proof: without the admin token (alice is not a ledger identity) it is refused
     code, msg = gov.error(gov.stub.CancelProposal, g.CancelProposalRequest(id=p.id, proposer="alice"))
+    assert code == C.UNAUTHENTICATED and "admin token" in msg
+    code, msg = gov.error(gov.stub.CancelProposal, g.CancelProposalRequest(id=p.id, proposer="mallory"),
+                          metadata=gov.admin)
+    assert code == C.PERMISSION_DENIED and "alice" in msg
+    assert gov.error(gov.stub.CancelProposal, g.CancelProposalRequest(id="nope", proposer="alice"),
+                     metadata=gov.admin)[0] == C.NOT_FOUND
+    c = gov.stub.CancelProposal(g.CancelProposalRequest(id=p.id, proposer="alice"), metadata=gov.admin)
+    assert c.state == g.PROPOSAL_STATE_CANCELED and c.close_reason == "CANCELED_BY_PROPOSER"
+    code, msg = gov.error(gov.stub.CancelProposal, g.CancelProposalRequest(id=p.id, proposer="alice"),
+                          metadata=gov.admin)
     assert code == C.FAILED_PRECONDITION
     # listing: filter and paging
     ids = [gov.proposal(title=f"page {i}").id for i in range(5)]
@@ -172,7 +178,7 @@ def test_watch_proposals(gov):
     threading.Thread(target=pump, daemon=True).start()
     time.sleep(0.3)  # the server has subscribed
     p = gov.proposal(title="watched")
-    gov.stub.CancelProposal(g.CancelProposalRequest(id=p.id, proposer="alice"))
+    gov.stub.CancelProposal(g.CancelProposalRequest(id=p.id, proposer="alice"), metadata=gov.admin)
     got = []
     deadline = time.time() + 10
     while len(got) < 2 and time.time() < deadline:
@@ -219,3 +225,27 @@ def test_audit_chain_verifies_and_detects_tampering(gov):
     chain = sorted((e for e in evs if e.chain_id == created.chain_id), key=lambda e: e.chain_seq)
     evs.remove(chain[1])  # a deleted event in the middle: a gap
     assert any("gap" in p for p in verify_chains(evs).problems)
+
+
+def test_a_proposer_identity_cancels_with_its_signature(gov):
+    import secrets
+
+    from x0tta6bl4.governance import cancel_signing_payload
+    name, key = gov.voter()
+    p = gov.proposal(title="mine", proposer=name)
+
+    def signed(k, pid=p.id, proposer=name, nonce=None):
+        nonce = nonce if nonce is not None else secrets.token_bytes(16)
+        return g.CancelProposalRequest(id=pid, proposer=proposer, nonce=nonce,
+                                       signature=k.sign(cancel_signing_payload(pid, proposer, nonce)))
+    other_name, other_key = gov.voter()
+    code, msg = gov.error(gov.stub.CancelProposal, signed(other_key))          # someone else's key
+    assert code == C.UNAUTHENTICATED and "does not verify" in msg
+    code, msg = gov.error(gov.stub.CancelProposal, signed(other_key, proposer=other_name))
+    assert code == C.PERMISSION_DENIED                                          # a real identity, not the proposer
+    code, msg = gov.error(gov.stub.CancelProposal, signed(key, nonce=b"short"))
+    assert code == C.INVALID_ARGUMENT and "nonce" in msg
+    code, msg = gov.error(gov.stub.CancelProposal, signed(key, proposer="planner"))
+    assert code == C.UNAUTHENTICATED and "not a ledger identity" in msg
+    c = gov.stub.CancelProposal(signed(key))
+    assert c.state == g.PROPOSAL_STATE_CANCELED

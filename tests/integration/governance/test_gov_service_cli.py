@@ -75,9 +75,11 @@ def test_meshctl_gov(gov, tmp_path):
     r = run(gov_app, ["status", pid, "--json", *a])
     assert r.exit_code == 0 and '"no": 4.0' in r.output
     assert pid in run(gov_app, ["list", *a]).output
-    r = run(gov_app, ["cancel", pid, "--proposer", "mallory", *a])
+    r = run(gov_app, ["cancel", pid, "--proposer", "carol-cli", *a])      # no key, no token: refused
+    assert r.exit_code == 1 and "UNAUTHENTICATED" in r.output
+    r = run(gov_app, ["cancel", pid, "--proposer", "mallory", "--admin-token-file", str(token), *a])
     assert r.exit_code == 1 and "PERMISSION_DENIED" in r.output
-    r = run(gov_app, ["cancel", pid, "--proposer", "carol-cli", *a])
+    r = run(gov_app, ["cancel", pid, "--proposer", "carol-cli", "--key", str(key), *a])   # signed by carol
     assert r.exit_code == 0 and re.search(r"CANCELED", r.output)
     r = run(gov_app, ["vote", pid, "--voter", "carol-cli", "--choice", "maybe", "--tokens", "1", "--key", str(key), *a])
     assert r.exit_code == 1 and "--choice" in r.output
