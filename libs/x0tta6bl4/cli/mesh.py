@@ -496,6 +496,35 @@ def fault_heal(node: str | None = typer.Argument(None, help="one node (default: 
     _send(steps, nats, data_dir)
 
 
+@mesh_app.command("reinstate")
+def mesh_reinstate(node: str, nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """Let every node route through NODE again (undo the avoid of a REROUTE/ISOLATE once NODE is back)."""
+    url = nats_url(nats, data_dir)
+    state = running_mesh(data_dir)
+    if state:
+        others = [n for n in state["nodes"] if n != node]
+    else:
+        _, tel = run(mesh_telemetry(url, 1.0))
+        others = sorted((n for n in tel if n != node), key=lambda n: (len(n), n))
+    if not others:
+        fail("no mesh is running (meshctl mesh up --detach)")
+
+    async def go() -> list[tuple[str, bool, str]]:
+        nc = await connect(url)
+        try:
+            replies = await asyncio.gather(*(send_command(nc, n, C.KIND_UNAVOID_NODE, peer=node) for n in others))
+        finally:
+            await nc.close()
+        return [(n, ok, detail) for n, (ok, detail) in zip(others, replies)]
+    results = run(go())
+    bad = [(n, d) for n, ok, d in results if not ok]
+    for n, d in bad:
+        console.print(f"{n:>6} ← UNAVOID {node}: [red]failed[/] — {d}")
+    console.print(f"reinstate {node}: {len(results) - len(bad)}/{len(results)} nodes route through it again")
+    if bad:
+        raise typer.Exit(1)
+
+
 # ``python -m x0tta6bl4.cli.mesh mesh up ...`` works before the sub-apps are registered in meshctl
 cli = typer.Typer(help="meshctl mesh / fault", no_args_is_help=True, pretty_exceptions_enable=False,
                   add_completion=False)

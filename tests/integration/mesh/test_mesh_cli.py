@@ -148,3 +148,33 @@ def test_meshctl_mesh_up_over_two_host_processes_with_keys(stack_factory, tmp_pa
     for pid in [state["pid"], *children]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_meshctl_mesh_reinstate_undoes_an_avoid(stack_factory, tmp_path):
+    """After a REROUTE every node avoids the target; once it is back, `meshctl mesh reinstate` lets the
+    mesh route through it again (here the only path: a line n0-n1-n2-n3)."""
+    from x0tta6bl4.cli.mesh import send_command
+    from x0tta6bl4.v1 import mesh_pb2
+    stack = stack_factory(services=("monitor",))
+    url, data = stack.url, str(tmp_path / "var")
+    common = ["--nats", url, "--data-dir", data]
+    meshctl("mesh", "up", "--nodes", "4", "--topology", "line", "--traffic", "n0:n3", "--rate", "50", "--detach",
+            *common)
+    try:
+        wait_live(url, lambda t: t.get("n0", events_pb2.NodeTelemetry()).routes.get("n3") == "n1")
+
+        async def avoid():
+            nc = await nats.connect(url)
+            try:
+                return await asyncio.gather(*(send_command(nc, n, mesh_pb2.MeshCommand.KIND_AVOID_NODE, peer="n2")
+                                              for n in ("n0", "n1", "n3")))
+            finally:
+                await nc.close()
+        assert all(ok for ok, _ in asyncio.run(avoid()))
+        tel = wait_live(url, lambda t: "n3" not in t.get("n1", events_pb2.NodeTelemetry(routes={"n3": "x"})).routes)
+        acked = tel["n0"].counters.get("acked", 0)
+        out = meshctl("mesh", "reinstate", "n2", *common)
+        assert "reinstate n2: 3/3 nodes route through it again" in out
+        wait_live(url, lambda t: t["n1"].routes.get("n3") == "n2" and t["n0"].counters.get("acked", 0) > acked + 20)
+    finally:
+        meshctl("mesh", "down", "--data-dir", data)
