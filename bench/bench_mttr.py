@@ -199,7 +199,9 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
                          or (s == subjects.MAPEK_ANOMALY and e.root_cause == victim))
         t_plan = first(lambda s, e: s == subjects.MAPEK_PLAN and e.root_cause == victim)
         t_act = first(lambda s, e: s == subjects.MAPEK_RESULT and e.action.target_node == victim)
-        false_actions = sum(1 for t, s, e in evs if s == subjects.MAPEK_ACTION and e.action.target_node != victim)
+        # a REINSTATE of an earlier victim (back and healthy) undoes an avoid: not an action against a node
+        false_actions = sum(1 for t, s, e in evs if s == subjects.MAPEK_ACTION and e.action.target_node != victim
+                            and e.action.kind != events_pb2.ACTION_KIND_REINSTATE)
         after = (await telemetry(js))[src]
         ds, da = after.counters.get("sent", 0) - sent0, after.counters.get("acked", 0) - acked0
         row = {"trial": trial, "victim": victim, "path_len": len(p),

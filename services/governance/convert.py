@@ -18,7 +18,7 @@ _ACTION_PREFIX = "ACTION_KIND_"
 
 def action_from_pb(spec: events_pb2.ActionSpec) -> Action:
     if spec.kind == events_pb2.ACTION_KIND_UNSPECIFIED:
-        raise InvalidArgument("action.kind is required (reroute, rotate_keys, deploy, config_change, isolate, restart)")
+        raise InvalidArgument("action.kind is required (reroute, rotate_keys, deploy, config_change, isolate, restart, reinstate)")
     try:
         name = events_pb2.ActionKind.Name(spec.kind)
     except ValueError:

@@ -1,7 +1,11 @@
 """Planner: anomaly -> plan (decision matrix, twin, knowledge) -> action when auto-approved."""
 from __future__ import annotations
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+import asyncio
+import logging
+import time
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from pydantic import Field
 
 from x0tta6bl4.bus import subjects
@@ -11,14 +15,20 @@ from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
 from x0tta6bl4.knowledge.outcomes import ActionStats
 from x0tta6bl4.knowledge.outcomes import key as kkey
 from x0tta6bl4.mapek import plan as planning
+from x0tta6bl4.mapek.health import classify_node
 from x0tta6bl4.mapek.twin_adapter import twin_verdict
-from x0tta6bl4.v1 import events_pb2
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+log = logging.getLogger("x0tta6bl4.planner")
 
 
 class PlannerSettings(CommonSettings):
     emergency_vote_s: float = Field(300.0, gt=0, le=7 * 86400)
     standard_vote_s: float = Field(3600.0, gt=0, le=7 * 86400)
     action_timeout_s: float = Field(30.0, gt=0, le=3600)
+    reinstate_after_s: float = Field(10.0, ge=0, le=86400, description=(
+        "a node routed around is reinstated after it has been reachable and healthy this long (0: never)"))
+    reinstate_tick_s: float = Field(1.0, gt=0, le=60)
 
 
 def build(settings: PlannerSettings) -> Service:
@@ -88,6 +98,70 @@ def build(settings: PlannerSettings) -> Service:
         # OBSERVE keeps the incident claim until it expires (bucket TTL), so the same observation is
         # not re-planned on every window; a different root cause or fault is a different incident.
 
+    async def track_avoided(v: events_pb2.Verification, ctx: Context) -> None:
+        """A verified REROUTE of a dead node puts it in `avoided`; a verified REINSTATE takes it out."""
+        node = v.action.target_node
+        if not node:
+            return
+        avoided = await app.kv("avoided")
+        key = subjects.token(node)
+        if v.action.kind == events_pb2.ACTION_KIND_REROUTE and v.recovered and v.fault_type == "node_down":
+            # only a node that died and comes back is reinstated on its own: a degraded node that is
+            # merely routed around looks healthy once nothing crosses it, and would flap in and out
+            await avoided.put(key, planning.avoided_record(node, v.action_id, v.meta.ts_unix_ns))
+        elif v.action.kind == events_pb2.ACTION_KIND_REINSTATE:
+            try:
+                entry = await avoided.get(key)
+            except KeyNotFoundError:
+                return
+            if v.recovered:
+                await avoided.delete(key, last=entry.revision)
+            else:
+                await avoided.update(key, planning.reinstate_failed(entry.value), last=entry.revision)
+
+    @app.background
+    async def reinstate_healthy_nodes() -> None:
+        """Every tick: avoided nodes that are back and healthy through the probation are reinstated."""
+        if settings.reinstate_after_s <= 0:
+            return
+        probation_ns = int(settings.reinstate_after_s * 1e9)
+        while True:
+            await asyncio.sleep(settings.reinstate_tick_s)
+            try:
+                avoided = await app.kv("avoided")
+                keys = await avoided.keys()
+            except NoKeysError:
+                continue
+            except Exception as e:  # noqa: BLE001 - broker away: next tick
+                log.warning("planner: cannot read the avoided nodes: %s", e)
+                continue
+            for key in keys:
+                try:
+                    entry = await avoided.get(key)
+                except KeyNotFoundError:
+                    continue
+                node = planning.avoided_node(entry.value)
+                t = telemetry.get(subjects.token(node)) if node else None
+                healthy = (t is not None and t.reachable
+                           and classify_node(t)[0] == common_pb2.HEALTH_HEALTHY)
+                step, record = planning.reinstate_step(entry.value, healthy, time.time_ns(), probation_ns)
+                if step == planning.WAIT:
+                    continue
+                try:
+                    await avoided.update(key, record, last=entry.revision)
+                except KeyWrongLastSequenceError:
+                    continue          # another replica moved it first
+                if step == planning.REINSTATE:
+                    plan = planning.reinstate_plan(record, settings.reinstate_after_s)
+                    await app.publish(subjects.MAPEK_PLAN, plan, cycle_id=plan.meta.cycle_id)
+                    await app.audit("decision", plan.plan_id, {
+                        "decision": "auto_execute", "reason": plan.rationale, "incident": plan.incident_id,
+                        "action": "reinstate", "target": node, "auto_approved": True},
+                        cycle_id=plan.meta.cycle_id)
+                    await app.publish(subjects.MAPEK_ACTION,
+                                      planning.action_request(plan, "auto", timeout_s=settings.action_timeout_s),
+                                      cycle_id=plan.meta.cycle_id)
+
     @app.subscriber("planner-knowledge", events_pb2.Verification)
     async def on_verified(v: events_pb2.Verification, ctx: Context) -> None:
         kv = await app.kv("knowledge")
@@ -110,6 +184,7 @@ def build(settings: PlannerSettings) -> Service:
                 continue
         await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": f"{v.mttr_ms:.0f}",
                                                   "success_rate": f"{stats.success_rate:.2f}"})
+        await track_avoided(v, ctx)
         incidents = await app.kv("incidents")
         if v.recovered:   # late anomalies of this incident (symptom before now) are not planned again
             await incidents.put(v.incident_id, planning.resolved_claim(v.meta.cycle_id, v.meta.ts_unix_ns))

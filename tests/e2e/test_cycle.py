@@ -113,3 +113,50 @@ def test_make_demo_command_heals_and_leaves_no_process_behind(tmp_path):
     leftovers = [q for q in psutil.process_iter(["pid", "cmdline"])
                  if q.info["pid"] not in before and str(tmp_path) in " ".join(q.info["cmdline"] or [])]
     assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+async def test_a_rerouted_node_that_comes_back_is_reinstated_after_its_probation(stack_factory):
+    """Kill n4 -> REROUTE (every node avoids n4) -> n4 comes back -> healthy for the probation
+    (1 s here) -> the planner reinstates it on its own (REINSTATE, verified) and nobody avoids it."""
+    from x0tta6bl4.bus.reader import mesh_telemetry
+    stack = stack_factory(env={"X0TTA6BL4_REINSTATE_AFTER_S": "1"})
+    mesh = start_mesh(stack)
+    nc = await nats.connect(stack.url)
+    js = nc.jetstream()
+    try:
+        _, v, _, _ = await kill_and_follow(stack, "n4")
+        assert v.recovered and v.action.kind == events_pb2.ACTION_KIND_REROUTE
+
+        async def avoided_everywhere():
+            tel = await mesh_telemetry(js)
+            return all("n4" in t.avoided for n, t in tel.items() if n != "n4") and len(tel) >= 8
+        await wait_for(avoided_everywhere, 15)
+        kv = await js.key_value("avoided")
+        assert (await kv.get("n4")).value
+        cmd = mesh_pb2.MeshCommand(meta=new_meta("test"), node_id="n4", kind=mesh_pb2.MeshCommand.KIND_FAULT,
+                                   params={"type": "revive"})
+        reply = await nc.request(subjects.mesh_cmd("n4"), cmd.SerializeToString(), timeout=5)
+        assert mesh_pb2.MeshEvent.FromString(reply.data).kind == "command.ok"
+
+        async def reinstated():
+            for m in await read_all(js, subjects.MAPEK_VERIFIED):
+                r = events_pb2.Verification.FromString(m.data)
+                if r.action.kind == events_pb2.ACTION_KIND_REINSTATE and r.action.target_node == "n4":
+                    return r
+        r = await wait_for(reinstated, 30)
+        assert r.recovered, list(r.checks_failed)
+
+        async def nobody_avoids():
+            tel = await mesh_telemetry(js)
+            return len(tel) == 9 and not any("n4" in t.avoided for t in tel.values())
+        await wait_for(nobody_avoids, 15)
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get("n4")
+        plans = [events_pb2.Plan.FromString(m.data) for m in await read_all(js, subjects.MAPEK_PLAN)]
+        reinstates = [p for p in plans if p.action.kind == events_pb2.ACTION_KIND_REINSTATE]
+        assert len(reinstates) == 1 and reinstates[0].decision == events_pb2.DECISION_KIND_AUTO_EXECUTE
+    finally:
+        await nc.close()
+        mesh.terminate()
+        mesh.wait(10)

@@ -99,6 +99,7 @@ BUCKETS: tuple[Bucket, ...] = (
     Bucket("health", 0, doc="health state per node, so only changes are published"),
     Bucket("processed", 3600, doc="handled event ids per consumer (redelivery without double handling)"),
     Bucket("incidents", 300, doc="incidents being handled (planner de-duplication)"),
+    Bucket("avoided", 0, doc="nodes routed around after a verified REROUTE, until the planner reinstates them"),
     Bucket("actions", 7 * 86400, doc="executor action claims and outcomes (idempotent actions)"),
     Bucket("knowledge", 0, history=5, doc="repair outcomes aggregated per fault type and action"),
     Bucket("audit_keys", 0, doc="pinned audit signing public key per service"),

@@ -51,6 +51,10 @@ def plan_steps(action: events_pb2.ActionSpec, live_nodes: list[str]) -> list[lis
             raise UnsupportedAction("restart needs a target_node")
         return [[Step(f"restart agent {target}", "mesh", target, C.KIND_RESTART)],
                 [Step(f"unavoid {target} at {n}", "mesh", n, C.KIND_UNAVOID_NODE, target) for n in others]]
+    if action.kind == K.ACTION_KIND_REINSTATE:
+        if not target:
+            raise UnsupportedAction("reinstate needs a target_node")
+        return [[Step(f"unavoid {target} at {n}", "mesh", n, C.KIND_UNAVOID_NODE, target) for n in others]]
     if action.kind == K.ACTION_KIND_CONFIG_CHANGE:
         nodes = [target] if target else list(live_nodes)
         return [[Step(f"apply config at {n}", "mesh", n, C.KIND_HEAL, params=dict(action.params)) for n in nodes]]

@@ -34,6 +34,7 @@ class ActionKind(str, enum.Enum):
     CONFIG_CHANGE = "config_change"
     ISOLATE = "isolate"
     RESTART = "restart"
+    REINSTATE = "reinstate"
 
 
 class VoteChoice(str, enum.Enum):

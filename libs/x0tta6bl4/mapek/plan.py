@@ -35,6 +35,7 @@ EFFECT = {
     K.ACTION_KIND_RESTART: "{node}'s agent process is restarted and rejoins the mesh",
     K.ACTION_KIND_DEPLOY: "blue-green deployment of a new agent version",
     K.ACTION_KIND_CONFIG_CHANGE: "configuration change applied to {node}",
+    K.ACTION_KIND_REINSTATE: "every node may route through {node} again",
 }
 
 _SEVERITY = {
@@ -157,3 +158,83 @@ def claim_verdict(existing: bytes | None, first_symptom_ns: int) -> str:
     if not resolved:
         return CLAIM_OPEN
     return CLAIM_NEW if first_symptom_ns > resolved else CLAIM_STALE
+
+
+# ---- reinstating a node that was routed around ---------------------------------------------------
+# A verified REROUTE leaves the node in the `avoided` bucket. The planner looks at every avoided node
+# once a tick: when the node reports again, reachable and HEALTHY, and stays so for the probation
+# period, it is reinstated (ACTION_KIND_REINSTATE: every node may route through it again). A node
+# that turns unhealthy during probation starts its probation over. All of it lives in the record, so
+# replicas agree (compare-and-set on its revision) and a restart loses nothing.
+WAIT, UPDATE, REINSTATE = "wait", "update", "reinstate"
+REINSTATE_STALE_NS = 120 * 10**9   # a reinstatement without a verification by then is tried again
+
+
+def avoided_record(node: str, plan_id: str, since_ns: int) -> bytes:
+    return json.dumps({"node": node, "plan": plan_id, "since_ns": int(since_ns)}).encode()
+
+
+def _doc(record: bytes) -> dict:
+    try:
+        doc = json.loads(record)
+    except (ValueError, TypeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def avoided_node(record: bytes) -> str:
+    return str(_doc(record).get("node", ""))
+
+
+def reinstate_step(record: bytes, healthy: bool, now_ns: int, probation_ns: int) -> tuple[str, bytes | None]:
+    """(WAIT, None), (UPDATE, new record) or (REINSTATE, new record) for one avoided node."""
+    doc = _doc(record)
+    if not doc.get("node"):
+        return WAIT, None                   # unreadable
+    if doc.get("reinstating_ns"):
+        if now_ns - int(doc["reinstating_ns"]) > REINSTATE_STALE_NS:   # no verification ever came back
+            return UPDATE, reinstate_failed(record)
+        return WAIT, None                   # a reinstatement is under way
+    since = doc.get("healthy_since_ns")
+    if not healthy:
+        if since:
+            doc.pop("healthy_since_ns")
+            return UPDATE, json.dumps(doc).encode()
+        return WAIT, None
+    if not since:
+        doc["healthy_since_ns"] = int(now_ns)
+        return UPDATE, json.dumps(doc).encode()
+    if now_ns - int(since) >= probation_ns:
+        doc["reinstating_ns"] = int(now_ns)
+        return REINSTATE, json.dumps(doc).encode()
+    return WAIT, None
+
+
+def reinstate_failed(record: bytes) -> bytes:
+    """The reinstatement did not verify: the node starts its probation over."""
+    doc = _doc(record)
+    doc.pop("reinstating_ns", None)
+    doc.pop("healthy_since_ns", None)
+    return json.dumps(doc).encode()
+
+
+def reinstate_plan(record: bytes, probation_s: float) -> events_pb2.Plan:
+    """The auto-approved plan that reinstates the node of ``record`` (from a REINSTATE step)."""
+    doc = _doc(record)
+    node, since = str(doc["node"]), int(doc.get("healthy_since_ns", 0))
+    key = (node, str(doc.get("since_ns", 0)), str(doc.get("reinstating_ns", 0)))
+    return events_pb2.Plan(
+        meta=new_meta("planner", derive_id("cycle", "reinstate", *key)),
+        plan_id=derive_id("plan", "reinstate", *key),
+        incident_id=f"{node}.reinstate",
+        fault_type="recovered",
+        root_cause=node,
+        confidence=1.0,
+        severity=common_pb2.SEVERITY_LOW,
+        decision=K.DECISION_KIND_AUTO_EXECUTE,
+        action=events_pb2.ActionSpec(kind=K.ACTION_KIND_REINSTATE, target_node=node),
+        expected_effect=EFFECT[K.ACTION_KIND_REINSTATE].format(node=node),
+        rationale=f"{node} was routed around by a REROUTE and has been reachable and healthy for "
+                  f"{probation_s:g} s: undo the avoid (auto: it reverses an automatic action)",
+        first_symptom_unix_ns=since,
+    )

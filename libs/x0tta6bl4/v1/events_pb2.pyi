@@ -17,6 +17,7 @@ class ActionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_KIND_RESTART: _ClassVar[ActionKind]
     ACTION_KIND_DEPLOY: _ClassVar[ActionKind]
     ACTION_KIND_CONFIG_CHANGE: _ClassVar[ActionKind]
+    ACTION_KIND_REINSTATE: _ClassVar[ActionKind]
 
 class DecisionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ ACTION_KIND_ROTATE_KEYS: ActionKind
 ACTION_KIND_RESTART: ActionKind
 ACTION_KIND_DEPLOY: ActionKind
 ACTION_KIND_CONFIG_CHANGE: ActionKind
+ACTION_KIND_REINSTATE: ActionKind
 DECISION_KIND_UNSPECIFIED: DecisionKind
 DECISION_KIND_AUTO_EXECUTE: DecisionKind
 DECISION_KIND_EMERGENCY_VOTE: DecisionKind

@@ -194,3 +194,37 @@ def test_incident_claims_open_resolved_stale_and_new():
     assert planning.claim_verdict(done, 999) == planning.CLAIM_STALE         # symptom before the repair
     assert planning.claim_verdict(done, 1_000) == planning.CLAIM_STALE
     assert planning.claim_verdict(done, 1_001) == planning.CLAIM_NEW          # a new symptom: a new incident
+
+
+def test_reinstatement_waits_for_the_probation_and_restarts_it_on_trouble():
+    from x0tta6bl4.mapek import plan as planning
+    s = 10**9
+    rec = planning.avoided_record("n4", "act-1", 100 * s)
+    assert planning.avoided_node(rec) == "n4"
+    assert planning.reinstate_step(rec, False, 101 * s, 10 * s) == (planning.WAIT, None)    # still down
+    step, rec = planning.reinstate_step(rec, True, 102 * s, 10 * s)                        # back: probation
+    assert step == planning.UPDATE
+    assert planning.reinstate_step(rec, True, 111 * s, 10 * s) == (planning.WAIT, None)    # 9 s healthy
+    step, flapped = planning.reinstate_step(rec, False, 111 * s, 10 * s)                   # trouble: restart
+    assert step == planning.UPDATE and "healthy_since_ns" not in flapped.decode()
+    step, rec = planning.reinstate_step(rec, True, 112 * s, 10 * s)                        # 10 s healthy
+    assert step == planning.REINSTATE
+    plan = planning.reinstate_plan(rec, 10)
+    assert plan.action.kind == events_pb2.ACTION_KIND_REINSTATE and plan.action.target_node == "n4"
+    assert plan.decision == events_pb2.DECISION_KIND_AUTO_EXECUTE and plan.incident_id == "n4.reinstate"
+    assert plan.plan_id == planning.reinstate_plan(rec, 10).plan_id                        # deterministic
+    assert planning.reinstate_step(rec, True, 113 * s, 10 * s) == (planning.WAIT, None)    # under way
+    step, stale = planning.reinstate_step(rec, True, 112 * s + planning.REINSTATE_STALE_NS + 1, 10 * s)
+    assert step == planning.UPDATE and "reinstating_ns" not in stale.decode()              # never verified
+    again = planning.reinstate_failed(rec)
+    assert planning.reinstate_step(again, True, 200 * s, 10 * s)[0] == planning.UPDATE     # probation anew
+    assert planning.reinstate_step(b"garbage", True, 200 * s, 10 * s) == (planning.WAIT, None)
+
+
+def test_reinstate_action_unavoids_the_node_everywhere():
+    from x0tta6bl4.execution.actions import plan_steps
+    spec = events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REINSTATE, target_node="n2")
+    (phase,) = plan_steps(spec, ["n0", "n1", "n2", "n3"])
+    from x0tta6bl4.v1 import mesh_pb2
+    assert [(s.kind, s.node, s.command, s.peer) for s in phase] == [
+        ("mesh", n, mesh_pb2.MeshCommand.KIND_UNAVOID_NODE, "n2") for n in ("n0", "n1", "n3")]
