@@ -65,6 +65,16 @@ def call(method, request, timeout_s: float = 10.0, metadata: tuple = ()):
         raise GovError(f"{e.code().name}: {e.details()}") from None
 
 
+def read_token_file(path: pathlib.Path | None) -> str | None:
+    """The admin token in ``path`` (``--admin-token-file``), None without a path."""
+    if path is None:
+        return None
+    try:
+        return pathlib.Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GovError(f"cannot read --admin-token-file {path}: {e}") from None
+
+
 def register(addr: str, voter: str, balance: float, key_file: pathlib.Path | None = None,
              admin_token: str | None = None):
     """Register a voter in the ledger (needs the ledger admin token, see ``locate.admin_token``).
@@ -242,12 +252,7 @@ def register_cmd(voter: str, balance: float = typer.Option(..., "--balance"),
                  addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
     """Register a voter identity with a token balance (admin only)."""
     def go():
-        token = None
-        if admin_token_file is not None:
-            try:
-                token = admin_token_file.read_text(encoding="ascii").strip()
-            except (OSError, UnicodeDecodeError) as e:
-                raise GovError(f"cannot read --admin-token-file {admin_token_file}: {e}") from None
+        token = read_token_file(admin_token_file)
         return register(address(addr), voter, balance, key, token)
     v = _run(go)
     _out(v, as_json, f"{v.voter}  balance={v.balance:g}  key={v.key_id}")
@@ -323,12 +328,7 @@ def cancel_cmd(proposal: str, proposer: str = typer.Option("", "--proposer", hel
                addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
     """Cancel an active proposal (its proposer, proven by a signature or the admin token)."""
     def go():
-        token = None
-        if admin_token_file is not None:
-            try:
-                token = admin_token_file.read_text(encoding="ascii").strip()
-            except (OSError, UnicodeDecodeError) as e:
-                raise GovError(f"cannot read --admin-token-file {admin_token_file}: {e}") from None
+        token = read_token_file(admin_token_file)
         return cancel(address(addr), proposal, proposer or os.environ.get("USER", "operator"), key, token)
     p = _run(go)
     _out(p, as_json, proposal_line(p))
