@@ -114,10 +114,13 @@ def build(settings: PlannerSettings) -> Service:
                 entry = await avoided.get(key)
             except KeyNotFoundError:
                 return
-            if v.recovered:
-                await avoided.delete(key, last=entry.revision)
-            else:
-                await avoided.update(key, planning.reinstate_failed(entry.value), last=entry.revision)
+            try:
+                if v.recovered:
+                    await avoided.delete(key, last=entry.revision)
+                else:
+                    await avoided.update(key, planning.reinstate_failed(entry.value), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                pass   # the node was rerouted again meanwhile: that newer record stands
 
     @app.background
     async def reinstate_healthy_nodes() -> None:
@@ -137,30 +140,37 @@ def build(settings: PlannerSettings) -> Service:
                 continue
             for key in keys:
                 try:
-                    entry = await avoided.get(key)
-                except KeyNotFoundError:
-                    continue
-                node = planning.avoided_node(entry.value)
-                t = telemetry.get(subjects.token(node)) if node else None
-                healthy = (t is not None and t.reachable
-                           and classify_node(t)[0] == common_pb2.HEALTH_HEALTHY)
-                step, record = planning.reinstate_step(entry.value, healthy, time.time_ns(), probation_ns)
-                if step == planning.WAIT:
-                    continue
-                try:
-                    await avoided.update(key, record, last=entry.revision)
-                except KeyWrongLastSequenceError:
-                    continue          # another replica moved it first
-                if step == planning.REINSTATE:
-                    plan = planning.reinstate_plan(record, settings.reinstate_after_s)
-                    await app.publish(subjects.MAPEK_PLAN, plan, cycle_id=plan.meta.cycle_id)
-                    await app.audit("decision", plan.plan_id, {
-                        "decision": "auto_execute", "reason": plan.rationale, "incident": plan.incident_id,
-                        "action": "reinstate", "target": node, "auto_approved": True},
-                        cycle_id=plan.meta.cycle_id)
-                    await app.publish(subjects.MAPEK_ACTION,
-                                      planning.action_request(plan, "auto", timeout_s=settings.action_timeout_s),
-                                      cycle_id=plan.meta.cycle_id)
+                    await reinstate_one(avoided, key, probation_ns)
+                except Exception as e:  # noqa: BLE001 - one node's trouble must not stop the loop
+                    log.warning("planner: reinstating %s failed this tick: %s", key, e)
+
+    async def reinstate_one(avoided, key: str, probation_ns: int) -> None:
+        """One avoided node: move its probation on, and reinstate it when it has served it."""
+        try:
+            entry = await avoided.get(key)
+        except KeyNotFoundError:
+            return
+        node = planning.avoided_node(entry.value)
+        t = telemetry.get(subjects.token(node)) if node else None
+        healthy = (t is not None and t.reachable
+                   and classify_node(t)[0] == common_pb2.HEALTH_HEALTHY)
+        step, record = planning.reinstate_step(entry.value, healthy, time.time_ns(), probation_ns)
+        if step == planning.WAIT:
+            return
+        try:
+            await avoided.update(key, record, last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return            # another replica moved it first
+        if step == planning.REINSTATE:
+            plan = planning.reinstate_plan(record, settings.reinstate_after_s)
+            await app.publish(subjects.MAPEK_PLAN, plan, cycle_id=plan.meta.cycle_id)
+            await app.audit("decision", plan.plan_id, {
+                "decision": "auto_execute", "reason": plan.rationale, "incident": plan.incident_id,
+                "action": "reinstate", "target": node, "auto_approved": True},
+                cycle_id=plan.meta.cycle_id)
+            await app.publish(subjects.MAPEK_ACTION,
+                              planning.action_request(plan, "auto", timeout_s=settings.action_timeout_s),
+                              cycle_id=plan.meta.cycle_id)
 
     @app.subscriber("planner-knowledge", events_pb2.Verification)
     async def on_verified(v: events_pb2.Verification, ctx: Context) -> None:
