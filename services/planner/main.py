@@ -98,7 +98,7 @@ def build(settings: PlannerSettings) -> Service:
         # OBSERVE keeps the incident claim until it expires (bucket TTL), so the same observation is
         # not re-planned on every window; a different root cause or fault is a different incident.
 
-    async def track_avoided(v: events_pb2.Verification, ctx: Context) -> None:
+    async def track_avoided(v: events_pb2.Verification) -> None:
         """A verified REROUTE of a dead node puts it in `avoided`; a verified REINSTATE takes it out."""
         node = v.action.target_node
         if not node:
@@ -194,7 +194,7 @@ def build(settings: PlannerSettings) -> Service:
                 continue
         await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": f"{v.mttr_ms:.0f}",
                                                   "success_rate": f"{stats.success_rate:.2f}"})
-        await track_avoided(v, ctx)
+        await track_avoided(v)
         incidents = await app.kv("incidents")
         if v.recovered:   # late anomalies of this incident (symptom before now) are not planned again
             await incidents.put(v.incident_id, planning.resolved_claim(v.meta.cycle_id, v.meta.ts_unix_ns))

@@ -474,22 +474,23 @@ def fault_flap(node: str,
         raise typer.Exit(1)
 
 
+def mesh_nodes(url: str, data_dir: pathlib.Path) -> list[str]:
+    """The nodes of the mesh: those recorded by ``meshctl mesh up``, else those heard on the bus."""
+    state = running_mesh(data_dir)
+    if state:
+        return list(state["nodes"])
+    _, tel = run(mesh_telemetry(url, 1.0))
+    return sorted(tel, key=lambda n: (len(n), n))
+
+
 @fault_app.command("heal")
 def fault_heal(node: str | None = typer.Argument(None, help="one node (default: every node of the mesh)"),
                nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Undo every fault on NODE (or on all nodes) and revive it if it was killed."""
     url = nats_url(nats, data_dir)
-    if node:
-        targets = [node]
-    else:
-        state = running_mesh(data_dir)
-        if state:
-            targets = list(state["nodes"])
-        else:
-            _, tel = run(mesh_telemetry(url, 1.0))
-            targets = sorted(tel, key=lambda n: (len(n), n))
-        if not targets:
-            fail("no mesh is running (meshctl mesh up --detach); name a NODE to heal one node")
+    targets = [node] if node else mesh_nodes(url, data_dir)
+    if not targets:
+        fail("no mesh is running (meshctl mesh up --detach); name a NODE to heal one node")
     steps: list[tuple[str, int, dict | None]] = []
     for n in targets:
         steps += [(n, C.KIND_HEAL, None), (n, C.KIND_FAULT, {"type": "revive"})]
@@ -500,12 +501,7 @@ def fault_heal(node: str | None = typer.Argument(None, help="one node (default: 
 def mesh_reinstate(node: str, nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Let every node route through NODE again (undo the avoid of a REROUTE/ISOLATE once NODE is back)."""
     url = nats_url(nats, data_dir)
-    state = running_mesh(data_dir)
-    if state:
-        others = [n for n in state["nodes"] if n != node]
-    else:
-        _, tel = run(mesh_telemetry(url, 1.0))
-        others = sorted((n for n in tel if n != node), key=lambda n: (len(n), n))
+    others = [n for n in mesh_nodes(url, data_dir) if n != node]
     if not others:
         fail("no mesh is running (meshctl mesh up --detach)")
 

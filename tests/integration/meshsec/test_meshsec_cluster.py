@@ -8,27 +8,14 @@ import asyncio
 import time
 
 import nats
-import pytest
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.mesh.cluster import MeshCluster, partition
 from x0tta6bl4.mesh.topology import parse_spec
-from x0tta6bl4.runtime.stack import Stack, free_port
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 from x0tta6bl4.v1 import mesh_pb2
 
 C = mesh_pb2.MeshCommand
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    port = free_port()
-    st = Stack(tmp_path_factory.mktemp("meshcluster"), services=("keyvault",),
-               env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_RETIRE_TICK_S": "0.1"})
-    st.start(30)
-    st.kv_addr = f"127.0.0.1:{port}"
-    yield st
-    st.stop()
 
 
 def test_partition_is_contiguous_and_complete():

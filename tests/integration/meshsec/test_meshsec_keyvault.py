@@ -5,29 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.mesh.host import MeshHost
 from x0tta6bl4.mesh.topology import parse_spec
-from x0tta6bl4.runtime.stack import Stack, free_port
 from x0tta6bl4.v1 import events_pb2, keyvault_pb2 as pb, mesh_pb2
 
 from testkit import wait_for
 
 C = mesh_pb2.MeshCommand
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    port = free_port()
-    st = Stack(tmp_path_factory.mktemp("meshsec"), services=("keyvault",),
-               env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_RETIRE_TICK_S": "0.1"})
-    st.start(30)
-    st.kv_addr = f"127.0.0.1:{port}"
-    yield st
-    st.stop()
 
 
 async def rpc(nc, method, req, resp_type):
