@@ -25,6 +25,7 @@ import grpc  # noqa: E402
 import nats  # noqa: E402
 
 from x0tta6bl4.bus import subjects  # noqa: E402
+from x0tta6bl4.bus.kvwatch import next_update, watch_bucket  # noqa: E402
 from x0tta6bl4.keyvault import KeyDirectory  # noqa: E402
 from x0tta6bl4.keyvault.distribution import BUCKET  # noqa: E402
 from x0tta6bl4.pqc import MLDSA65PublicKey, PQCError  # noqa: E402
@@ -38,9 +39,8 @@ TARGET_S = 2.0
 async def _rotate_rounds(url: str, root: MLDSA65PublicKey, nodes: int, rounds: int, report) -> None:
     nc = await nats.connect(url)
     try:
-        kv = await nc.jetstream().key_value(BUCKET)
         directory = KeyDirectory(root)
-        w = await kv.watchall()
+        w, initial = await watch_bucket(nc.jetstream(), BUCKET)
         bad = 0
 
         def apply(e) -> None:
@@ -50,7 +50,7 @@ async def _rotate_rounds(url: str, root: MLDSA65PublicKey, nodes: int, rounds: i
             except PQCError:
                 bad += 1
 
-        while (e := await w.updates(timeout=10)) is not None:
+        for e in initial:
             apply(e)
         totals, replies = [], []
         for i in range(rounds):
@@ -64,9 +64,10 @@ async def _rotate_rounds(url: str, root: MLDSA65PublicKey, nodes: int, rounds: i
             for r in pb.RotateResponse.FromString(rep.data).records:
                 want |= {r.sig_key_id, r.kem_key_id}
             while not want <= directory.accepted_key_ids():
-                e = await w.updates(timeout=10)
-                if e is not None:
-                    apply(e)
+                e = await next_update(w, timeout=10)
+                if e is None:
+                    raise SystemExit(f"rotated records did not reach the watcher within 10 s ({len(want)} wanted)")
+                apply(e)
             total = time.perf_counter() - t0
             totals.append(total)
             replies.append(t_reply)

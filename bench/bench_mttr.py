@@ -27,7 +27,7 @@ import nats.js.errors
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
-from x0tta6bl4.bus.reader import mesh_telemetry
+from x0tta6bl4.bus.reader import kv_snapshot, mesh_telemetry
 from x0tta6bl4.mapek.health import classify_node
 from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.runtime.stack import Stack, repo_root
@@ -86,15 +86,10 @@ async def settle(js, nodes, src, timeout=30.0):
         tel = await telemetry(js)
         if len(tel) >= len(nodes) and all(t.reachable for t in tel.values()) and tel[src].loss_pct == 0 \
                 and tel[src].counters.get("acked", 0) > 0:
-            kv = await js.key_value("health")
             bad = []
-            try:
-                hkeys = await kv.keys()
-            except nats.js.errors.NoKeysError:
-                hkeys = []
-            for k in hkeys:
+            for k, v in (await kv_snapshot(js, "health")).items():
                 # end-to-end latency over a long path can sit in the warning band; critical must clear
-                if k.startswith("node.") and int((await kv.get(k)).value) == 3:
+                if k.startswith("node.") and int(v) == 3:
                     bad.append(k)
             if not bad:
                 return tel

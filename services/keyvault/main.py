@@ -39,7 +39,6 @@ from nats.js.errors import (
     BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
-    NoKeysError,
     NotFoundError,
 )
 from pydantic import Field, SecretStr
@@ -48,6 +47,7 @@ from services.keyvault.state import BUCKET as STATE_BUCKET
 from services.keyvault.state import SharedVault, StateError
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service
+from x0tta6bl4.bus.reader import kv_snapshot
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
 from x0tta6bl4.keyvault import distribution as dist
 from x0tta6bl4.keyvault.errors import InvalidArgument, KeyvaultError
@@ -257,16 +257,7 @@ class KeyvaultApi:
         """At start: make the bucket hold every record of the shared state (puts of what differs,
         deletes of known keys no longer accepted; keys this replica does not know are left alone,
         another replica may have just written them). Returns the number of changes."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            keys = []
-        have: dict[str, bytes] = {}
-        for k in keys:
-            try:
-                have[k] = (await self.kv.get(k)).value or b""
-            except KeyNotFoundError:
-                pass
+        have = await kv_snapshot(self.app.nc.jetstream(), dist.BUCKET)
         puts = {k: v for k, v in dist.desired_state(self.vault).items() if have.get(k) != v}
         dels = sorted({k for e in self.vault.list(include_revoked=True) for k in dist.entry_all(e)[1] if k in have})
         await self._write_kv(puts, dels)

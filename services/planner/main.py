@@ -5,11 +5,12 @@ import asyncio
 import logging
 import time
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import Field
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Context, Service, run_service
+from x0tta6bl4.bus.reader import kv_snapshot
 from x0tta6bl4.config import CommonSettings
 from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
 from x0tta6bl4.knowledge.outcomes import ActionStats
@@ -132,9 +133,7 @@ def build(settings: PlannerSettings) -> Service:
             await asyncio.sleep(settings.reinstate_tick_s)
             try:
                 avoided = await app.kv("avoided")
-                keys = await avoided.keys()
-            except NoKeysError:
-                continue
+                keys = sorted(await kv_snapshot(app.nc.jetstream(), "avoided"))
             except Exception as e:  # noqa: BLE001 - broker away: next tick
                 log.warning("planner: cannot read the avoided nodes: %s", e)
                 continue

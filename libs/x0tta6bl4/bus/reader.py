@@ -54,25 +54,21 @@ async def follow(js: JetStreamContext, subject: str, new_only: bool = False) -> 
         await sub.unsubscribe()
 
 
-async def kv_snapshot(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
-    """Every current key and value of a key-value bucket (empty when the bucket is missing or empty)."""
-    from nats.js.errors import (
-        BucketNotFoundError,
-        KeyNotFoundError,
-        NoKeysError,
-        NotFoundError,
-    )
+async def kv_snapshot(js: JetStreamContext, bucket: str, timeout: float = 10.0) -> dict[str, bytes]:
+    """Every current key and value of a key-value bucket (empty when the bucket is missing or empty).
+    Read with one watch (not nats-py's ``keys()``, whose end marker can come before the keys)."""
+    from x0tta6bl4.bus.kvwatch import BucketNotFound, watch_bucket
     try:
-        kv = await js.key_value(bucket)
-        keys = await kv.keys()
-    except (BucketNotFoundError, NoKeysError, NotFoundError):
+        watcher, initial = await watch_bucket(js, bucket, timeout=timeout)
+    except BucketNotFound:
         return {}
+    await watcher.stop()
     out: dict[str, bytes] = {}
-    for k in keys:
-        try:
-            out[k] = (await kv.get(k)).value
-        except KeyNotFoundError:  # deleted meanwhile
-            continue
+    for e in initial:
+        if e.operation in ("DEL", "PURGE"):
+            out.pop(e.key, None)
+        else:
+            out[e.key] = e.value or b""
     return out
 
 

@@ -13,7 +13,7 @@ from rich.tree import Tree
 from x0tta6bl4.audit.chain import verify_chains
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import message_class
-from x0tta6bl4.bus.reader import follow, read_all
+from x0tta6bl4.bus.reader import follow, kv_snapshot, read_all
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
 from x0tta6bl4.telemetry.tracing import load_spans, spans_for
 from x0tta6bl4.v1 import events_pb2
@@ -111,12 +111,8 @@ def audit_verify(nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt
         js = nc.jetstream()
         events = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.>", stream="AUDIT")]
         keys: dict[str, set[bytes]] = defaultdict(set)
-        try:
-            kv = await js.key_value("audit_keys")
-            for k in await kv.keys():
-                keys[k.split(".")[0]].add((await kv.get(k)).value)
-        except Exception:
-            pass
+        for k, v in (await kv_snapshot(js, "audit_keys")).items():
+            keys[k.split(".")[0]].add(v)
         await nc.close()
         return events, keys
     events, keys = run(go())

@@ -154,8 +154,8 @@ class KeyDirectory:
     """A node agent's view of the mesh's keys, fed from the ``keys`` bucket.
 
         directory = KeyDirectory(pinned_root)
-        async for e in await kv.watchall():          # or kv.watch("key.>"), kv.watch("rev.>")
-            if e is None: continue                   # end of initial values
+        watcher, initial = await watch_bucket(js, "keys")   # x0tta6bl4.bus.kvwatch
+        for e in initial:                                   # then next_update(watcher, ...)
             directory.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
         rec = directory.lookup(key_id)               # None: unknown, retired or revoked
         rec.verify_key().verify(sig, data, context)  # then check the signature

@@ -59,6 +59,7 @@ from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
 from x0tta6bl4.bus.connection import connect
 from x0tta6bl4.bus.health import HealthServer
+from x0tta6bl4.bus.kvwatch import drain_queued, next_update, watch_bucket
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.mesh.core import CoreConfig
 from x0tta6bl4.mesh.routing import Event
@@ -212,15 +213,15 @@ class MeshHost:
             self.trust = self.authority.trust(max_skew_s=self.max_skew_s)
         else:
             import grpc
+
             from x0tta6bl4.v1 import keyvault_pb2 as kpb
             from x0tta6bl4.v1 import keyvault_pb2_grpc as kpb_grpc
             self._grpc = grpc.aio.insecure_channel(self.keyvault_addr)
             self._stub = kpb_grpc.KeyvaultStub(self._grpc)
             info = await self._stub.Info(kpb.InfoRequest(), timeout=15)
             self.trust = MeshTrust.pinned(info.root_public_key, max_skew_s=self.max_skew_s)
-            kv = await self.nc.jetstream().key_value(info.kv_bucket or "keys")
-            self._watcher = await kv.watchall()
-            while (e := await self._watcher.updates(timeout=10)) is not None:   # initial values
+            self._watcher, initial = await watch_bucket(self.nc.jetstream(), info.kv_bucket or "keys")
+            for e in initial:
                 self.trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
             self._watch_task = asyncio.create_task(self._watch_keys(), name="mesh-keys-watch")
             idents = dict(zip(self.nodes, await asyncio.gather(*(self._fetch_identity(n, issue=True)
@@ -240,8 +241,9 @@ class MeshHost:
         """The node's current identity from keyvault (gRPC); its root-signed records are applied
         to the trust at once, so the new key is known here before the KV watch delivers it."""
         import grpc
-        from x0tta6bl4.pqc import NodeIdentity
+
         from x0tta6bl4.keyvault.distribution import key_key, node_key
+        from x0tta6bl4.pqc import NodeIdentity
         from x0tta6bl4.v1 import keyvault_pb2 as kpb
         resp = None
         if issue:
@@ -261,22 +263,12 @@ class MeshHost:
 
     async def _watch_keys(self) -> None:
         while True:
-            try:
-                e = await self._watcher.updates(timeout=60)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - timeouts: keep watching
-                await asyncio.sleep(0)
+            e = await next_update(self._watcher, timeout=60)
+            if e is None:
                 continue
             # drain what is already queued in one go: one entry per loop iteration falls far
             # behind a busy loop during a rotation (hundreds of entries at once)
-            batch = [e]
-            q = getattr(self._watcher, "_updates", None)
-            while q is not None and not q.empty() and len(batch) < 1024:
-                batch.append(q.get_nowait())
-            for e in batch:
-                if e is None or not hasattr(e, "key"):
-                    continue
+            for e in [e, *drain_queued(self._watcher)]:
                 self.trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
 
     def _on_key_change(self, key: str, verified, deleted: bool) -> None:

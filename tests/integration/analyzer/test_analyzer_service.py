@@ -8,10 +8,11 @@ import sys
 
 import nats
 from testkit import wait_for
+
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.publisher import Publisher
-from x0tta6bl4.bus.reader import read_all
+from x0tta6bl4.bus.reader import kv_snapshot, read_all
 from x0tta6bl4.runtime.stack import repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
@@ -73,11 +74,7 @@ async def test_shipped_model_detects_a_killed_node_on_the_live_mesh(stack_factor
     js = nc.jetstream()
     try:
         async def telemetry_in():
-            kv = await js.key_value("telemetry")
-            try:
-                return len(await kv.keys()) >= 9
-            except Exception:
-                return False
+            return len(await kv_snapshot(js, "telemetry")) >= 9
         await wait_for(telemetry_in, 20)
         # a few periodic windows of the healthy mesh: no anomaly from the model
         await wait_for(lambda: _count(js, subjects.MAPEK_TELEMETRY, 4), 10)

@@ -7,10 +7,11 @@ import time
 import pytest
 
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.keyvault import KeyDirectory, verify_entry
+from x0tta6bl4.bus.kvwatch import next_update, watch_bucket
+from x0tta6bl4.bus.reader import kv_snapshot
+from x0tta6bl4.keyvault import KeyDirectory, sign_attestation, verify_entry
 from x0tta6bl4.keyvault.distribution import BUCKET
 from x0tta6bl4.pqc import InvalidRecord, InvalidSignature, KeyRevoked, MLDSA65PublicKey, NodeIdentity, PQCError
-from x0tta6bl4.keyvault import sign_attestation
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 
@@ -67,8 +68,7 @@ def test_kv_records_verify_with_root_and_tampering_fails(keyvault):
     async def go(nc):
         kv = await nc.jetstream().key_value(BUCKET)
         assert (await kv.get("root")).value == root.public_bytes()
-        entries = {k: (await kv.get(k)).value for k in await kv.keys()}
-        return entries
+        return await kv_snapshot(nc.jetstream(), BUCKET)
 
     entries = keyvault.nats(go)
     for k in (f"key.{rec.sig_key_id}", f"key.{rec.kem_key_id}", "node.kv1.sig", "node.kv1.kem"):
@@ -104,10 +104,9 @@ def test_rotation_overlap_retiring_then_retired_pushed_to_watchers(keyvault):
     root = root_of(keyvault)
 
     async def go(nc):
-        kv = await nc.jetstream().key_value(BUCKET)
         directory = KeyDirectory(root)
-        w = await kv.watchall()
-        while (e := await w.updates(timeout=5)) is not None:      # initial values
+        w, initial = await watch_bucket(nc.jetstream(), BUCKET)
+        for e in initial:
             try:
                 directory.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
             except KeyRevoked:
@@ -122,7 +121,7 @@ def test_rotation_overlap_retiring_then_retired_pushed_to_watchers(keyvault):
 
         async def pump(until):
             while not until():
-                e = await w.updates(timeout=5)
+                e = await next_update(w, timeout=5)
                 if e is None:
                     continue
                 events.append((round(time.monotonic() - t0, 3), e.key, e.operation))
@@ -161,10 +160,9 @@ def test_revocation_reaches_watchers_and_audit_trail(keyvault):
     root = root_of(keyvault)
 
     async def go(nc):
-        kv = await nc.jetstream().key_value(BUCKET)
         directory = KeyDirectory(root)
-        w = await kv.watchall()
-        while (e := await w.updates(timeout=5)) is not None:
+        w, initial = await watch_bucket(nc.jetstream(), BUCKET)
+        for e in initial:
             try:
                 directory.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
             except KeyRevoked:

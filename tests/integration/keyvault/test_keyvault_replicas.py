@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.reader import kv_snapshot
 from x0tta6bl4.keyvault import sign_attestation, verify_entry
 from x0tta6bl4.keyvault.distribution import BUCKET as KEYS_BUCKET
 from x0tta6bl4.pqc import MLDSA65PublicKey, NodeIdentity
@@ -34,13 +35,7 @@ def attest(stub, node: str, ident: NodeIdentity) -> pb.AttestResponse:
 
 def bucket(kv, name: str) -> dict[str, bytes]:
     async def go(nc):
-        from nats.js.errors import NoKeysError
-        b = await nc.jetstream().key_value(name)
-        try:
-            keys = await b.keys()
-        except NoKeysError:
-            return {}
-        return {k: (await b.get(k)).value for k in keys}
+        return await kv_snapshot(nc.jetstream(), name)
     return kv.nats(go)
 
 

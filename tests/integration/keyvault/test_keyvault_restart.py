@@ -8,10 +8,10 @@ import time
 import grpc
 import pytest
 
-from x0tta6bl4.keyvault import verify_entry
+from x0tta6bl4.bus.reader import kv_snapshot
+from x0tta6bl4.keyvault import sign_attestation, verify_entry
 from x0tta6bl4.keyvault.distribution import BUCKET
 from x0tta6bl4.pqc import MLDSA65PublicKey, NodeIdentity
-from x0tta6bl4.keyvault import sign_attestation
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 
 
@@ -67,8 +67,7 @@ def test_kill9_restart_keeps_identities_generations_revocations(fresh_keyvault):
     root = MLDSA65PublicKey.from_bytes(info.root_public_key)
 
     async def entries(nc):
-        b = await nc.jetstream().key_value(BUCKET)
-        return {k: (await b.get(k)).value for k in await b.keys()}
+        return await kv_snapshot(nc.jetstream(), BUCKET)
 
     es = kv.nats(entries)
     revs = [k for k in es if k.startswith("rev.")]
