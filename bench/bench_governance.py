@@ -101,7 +101,7 @@ async def bench(addr: str, voters: int, votes: int, concurrency: int, channels: 
     n_props = (votes + paced_votes + VOTES_PER_PROPOSAL - 1) // VOTES_PER_PROPOSAL
     props = [await stubs[0].CreateProposal(g.CreateProposalRequest(
         title=f"bench {k}", action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_CONFIG_CHANGE),
-        proposer="bench", duration_s=3600, quorum=1.0, threshold=0.5)) for k in range(n_props)]
+        proposer="bench", duration_s=3600, quorum=1.0, threshold=0.5), metadata=admin) for k in range(n_props)]
 
     t = time.perf_counter()
     reqs = []

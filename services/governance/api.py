@@ -18,6 +18,8 @@ from x0tta6bl4.governance import (
     Unauthenticated,
     VoteChoice,
     cancel_signing_payload,
+    default_request_id,
+    proposal_signing_payload,
     vote_signing_payload,
 )
 from x0tta6bl4.pqc import InvalidKey, MLDSA65PublicKey
@@ -108,13 +110,24 @@ class Governance(gpb_grpc.GovernanceServicer):
         if not req.HasField("action"):
             raise InvalidArgument("action is required (kind reroute, rotate_keys, deploy, config_change, ...)")
         action = action_from_pb(req.action)
+        request_id = req.request_id
+        if req.signature:
+            payload = proposal_signing_payload(
+                title=req.title, description=req.description, action=action, proposer=req.proposer,
+                duration_s=req.duration_s, quorum=req.quorum, threshold=req.threshold,
+                execution_window_s=req.execution_window_s, request_id=req.request_id, nonce=bytes(req.nonce))
+            await self._authenticate_proposer(req.proposer, bytes(req.nonce), bytes(req.signature), payload,
+                                              _metadata(context), "opening a proposal")
+            request_id = request_id or default_request_id(payload)
+        else:
+            await self._authenticate_proposer(req.proposer, b"", b"", b"", _metadata(context), "opening a proposal")
 
         def cmd(eng: GovernanceEngine) -> Outcome:
             res = eng.create_proposal(title=req.title, description=req.description, action=action,
                                       proposer=req.proposer, duration_s=req.duration_s, quorum=req.quorum,
                                       threshold=req.threshold,
                                       execution_window_s=req.execution_window_s or self.default_window,
-                                      request_id=req.request_id)
+                                      request_id=request_id)
             pid = res.proposal.proposal_id
             return Outcome(lambda e: self._proposal(e, pid), res.events)
         return await self.store.execute(cmd)
@@ -178,30 +191,40 @@ class Governance(gpb_grpc.GovernanceServicer):
 
     @rpc
     async def CancelProposal(self, req: gpb.CancelProposalRequest, context) -> gpb.Proposal:
-        await self._authenticate_proposer(req, _metadata(context))
+        nonce = bytes(req.nonce)
+        payload = cancel_signing_payload(req.id, req.proposer, nonce) if req.signature else b""
+        await self._authenticate_proposer(req.proposer, nonce, bytes(req.signature), payload, _metadata(context),
+                                          f"cancelling proposal {req.id!r}")
 
         def cmd(eng: GovernanceEngine) -> Outcome:
             events = eng.cancel_proposal(req.id, req.proposer)
             return Outcome(lambda e: self._proposal(e, req.id), events)
         return await self.store.execute(cmd)
 
-    async def _authenticate_proposer(self, req: gpb.CancelProposalRequest, md: dict[str, str]) -> None:
-        """A cancel is signed by the proposer's ledger key, or carries the ledger admin token."""
-        if req.signature:
-            voter = self.store.engine.state.voters.get(req.proposer)
+    async def _authenticate_proposer(self, proposer: str, nonce: bytes, signature: bytes, payload: bytes,
+                                     md: dict[str, str], what: str) -> None:
+        """Opening or cancelling a proposal needs proof that the caller is ``proposer``: a signature
+        over ``payload`` by the proposer's ledger key (the proposer is then a ledger identity), or
+        the ledger admin token (a service or an operator acting for the ledger)."""
+        if signature:
+            voter = self.store.engine.state.voters.get(proposer)
             if voter is None or not voter.public_key:
-                raise Unauthenticated(f"proposer {req.proposer!r} is not a ledger identity with a key, so it cannot "
-                                      f"sign; cancel with the ledger admin token instead")
-            nonce = bytes(req.nonce)
+                raise Unauthenticated(f"{what}: proposer {proposer!r} is not a ledger identity with a key, so it "
+                                      f"cannot sign; send the ledger admin token instead")
             if not LIMITS.nonce_min_len <= len(nonce) <= LIMITS.nonce_max_len:
                 raise InvalidArgument(f"nonce must be {LIMITS.nonce_min_len}..{LIMITS.nonce_max_len} bytes, "
                                       f"got {len(nonce)}")
-            payload = cancel_signing_payload(req.id, req.proposer, nonce)
-            if self.precheck is None or not await self.precheck(voter.public_key, payload, bytes(req.signature)):
-                raise Unauthenticated(f"cancel signature of {req.proposer!r} does not verify for proposal {req.id!r}")
+            ok = self.precheck is not None and await self.precheck(voter.public_key, payload, signature)
+            if not ok and self.precheck is not None and self.identities is not None:
+                await self._follow_key_rotation(proposer, voter.public_key, payload, signature)
+                voter = self.store.engine.state.voters[proposer]
+                ok = await self.precheck(voter.public_key, payload, signature)
+            if not ok:
+                raise Unauthenticated(f"{what}: the signature of {proposer!r} does not verify (a field differs "
+                                      f"from what was signed, or another key signed it)")
         elif self.admin is not None:
-            self.admin.check(md, why=f"cancelling needs proof that the caller is {req.proposer!r}: a signature "
-                                     f"by that ledger identity (nonce, signature) or the ledger admin token")
+            self.admin.check(md, why=f"{what} needs proof that the caller is {proposer!r}: a signature by that "
+                                     f"ledger identity (nonce, signature) or the ledger admin token")
 
     @rpc
     async def RegisterVoter(self, req: gpb.RegisterVoterRequest, context) -> gpb.Voter:

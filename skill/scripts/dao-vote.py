@@ -2,6 +2,7 @@
 """dao-vote.py: the spec's DAO client (a thin gRPC client of the governance service).
 
     dao-vote.py --action create --title "reroute n3" --duration 300 [--description ...] [--quorum 0.5]
+                                [--proposer ID --key FILE]   (signed by that ledger identity; else the admin token)
     dao-vote.py --action vote --proposal ID --voter ID --choice yes --tokens 100 --key FILE
     dao-vote.py --action status --proposal ID
     dao-vote.py --action list [--state active]
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=float)
     ap.add_argument("--balance", type=float)
     ap.add_argument("--key", type=pathlib.Path)
+    ap.add_argument("--admin-token-file", type=pathlib.Path, default=None)
     ap.add_argument("--vote-id", default="")
     ap.add_argument("--state", default="")
     ap.add_argument("--json", action="store_true")
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.action == "create":
             need("title", "duration")
             out = gov.create(addr, a.title, a.duration, description=a.description, action=a.kind, target=a.target,
-                             proposer=a.proposer, quorum=a.quorum, threshold=a.threshold)
+                             proposer=a.proposer, quorum=a.quorum, threshold=a.threshold, key_file=a.key,
+                             admin_token=gov.read_token_file(a.admin_token_file))
             line = gov.proposal_line(out)
         elif a.action == "vote":
             need("proposal", "voter", "choice", "tokens", "key")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         else:  # register
             need("voter", "balance")
-            out = gov.register(addr, a.voter, a.balance, a.key)
+            out = gov.register(addr, a.voter, a.balance, a.key, gov.read_token_file(a.admin_token_file))
             line = f"{out.voter}  balance={out.balance:g}  key={out.key_id}"
     except gov.GovError as e:
         print(f"error: {e}", file=sys.stderr)

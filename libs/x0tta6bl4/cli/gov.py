@@ -4,10 +4,11 @@
     meshctl gov register VOTER --balance 100 --key alice.key
     meshctl gov balance VOTER
     meshctl gov create --title "reroute n3" --duration 300 [--action reroute --target n3 --param k=v]
+                       [--proposer VOTER --key alice.key]      signed by a ledger identity, else admin token
     meshctl gov vote PROPOSAL --voter VOTER --choice yes --tokens 100 --key alice.key [--vote-id ID]
     meshctl gov status PROPOSAL
     meshctl gov list [--state active] [--page-size 50]
-    meshctl gov cancel PROPOSAL --proposer NAME
+    meshctl gov cancel PROPOSAL --proposer NAME [--key alice.key]
     meshctl gov watch [--state passed]
 
 The service address comes from --addr, X0TTA6BL4_GOV_ADDR, or 127.0.0.1:50051.
@@ -159,12 +160,32 @@ def action_spec(kind: str, target: str = "", params: list[str] | None = None):
 
 def create(addr: str, title: str, duration_s: float, *, description: str = "", action: str = "config_change",
            target: str = "", params: list[str] | None = None, proposer: str = "", quorum: float = 0.5,
-           threshold: float = 0.5, execution_window_s: float = 0.0, request_id: str = ""):
+           threshold: float = 0.5, execution_window_s: float = 0.0, request_id: str = "",
+           key_file: pathlib.Path | None = None, admin_token: str | None = None):
+    """Open a proposal: signed by the proposer's key when ``key_file`` is given (the proposer is then
+    a ledger identity), else with the ledger admin token (``locate.admin_token``)."""
+    from x0tta6bl4.governance import Action, GovernanceError, proposal_signing_payload
     from x0tta6bl4.v1 import governance_pb2 as g
-    return call(stub(addr).CreateProposal, g.CreateProposalRequest(
-        title=title, description=description, action=action_spec(action, target, params),
+    spec = action_spec(action, target, params)
+    req = g.CreateProposalRequest(
+        title=title, description=description, action=spec,
         proposer=proposer or os.environ.get("USER", "operator"), duration_s=duration_s, quorum=quorum,
-        threshold=threshold, execution_window_s=execution_window_s, request_id=request_id))
+        threshold=threshold, execution_window_s=execution_window_s, request_id=request_id)
+    metadata: tuple = ()
+    if key_file is not None:
+        req.nonce = secrets.token_bytes(32)
+        try:
+            payload = proposal_signing_payload(
+                title=req.title, description=req.description,
+                action=Action(kind=action, params=dict(spec.params), target_node=spec.target_node),
+                proposer=req.proposer, duration_s=req.duration_s, quorum=req.quorum, threshold=req.threshold,
+                execution_window_s=req.execution_window_s, request_id=req.request_id, nonce=req.nonce)
+        except GovernanceError as e:
+            raise GovError(f"INVALID_ARGUMENT: {e}") from None
+        req.signature = load_private(key_file).sign(payload)
+    else:
+        metadata = locate.admin_metadata(admin_token)
+    return call(stub(addr).CreateProposal, req, metadata=metadata)
 
 
 def vote(addr: str, proposal: str, voter: str, choice: str, tokens: float, key_file: pathlib.Path,
@@ -276,10 +297,18 @@ def create_cmd(title: str = typer.Option(..., "--title"), duration: float = type
                proposer: str = typer.Option("", "--proposer", help="default: $USER"),
                quorum: float = typer.Option(0.5, "--quorum"), threshold: float = typer.Option(0.5, "--threshold"),
                request_id: str = typer.Option("", "--request-id", help="idempotency key"),
+               key: Optional[pathlib.Path] = typer.Option(
+                   None, "--key", help="the proposer's voter key or keyvault bundle: sign the proposal "
+                                       "(default: use the ledger admin token)"),
+               admin_token_file: Optional[pathlib.Path] = typer.Option(
+                   None, "--admin-token-file", help="ledger admin token (default: as for register)"),
                addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
-    """Open a proposal."""
-    p = _run(create, address(addr), title, duration, description=description, action=action, target=target,
-             params=param, proposer=proposer, quorum=quorum, threshold=threshold, request_id=request_id)
+    """Open a proposal (signed by the proposer's ledger key, or with the admin token)."""
+    def go():
+        return create(address(addr), title, duration, description=description, action=action, target=target,
+                      params=param, proposer=proposer, quorum=quorum, threshold=threshold, request_id=request_id,
+                      key_file=key, admin_token=read_token_file(admin_token_file))
+    p = _run(go)
     _out(p, as_json, proposal_line(p))
 
 

@@ -5,7 +5,7 @@
 * ``events``   domain event dataclasses + JSON-safe (de)serialisation
 * ``tally``    quadratic arithmetic, outcome, early-close rule
 * ``decision`` decision matrix (confidence x severity -> how to approve)
-* ``signing``  canonical vote and cancel signing payloads
+* ``signing``  canonical vote, proposal and cancel signing payloads
 * ``errors``   GovernanceError hierarchy (each carries its gRPC code)
 """
 
@@ -51,7 +51,17 @@ from .model import (
     VoteRecord,
     quadratic_weight,
 )
-from .signing import CANCEL_DOMAIN, VOTE_DOMAIN, Verifier, cancel_signing_payload, default_vote_id, vote_signing_payload
+from .signing import (
+    CANCEL_DOMAIN,
+    PROPOSE_DOMAIN,
+    VOTE_DOMAIN,
+    Verifier,
+    cancel_signing_payload,
+    default_request_id,
+    default_vote_id,
+    proposal_signing_payload,
+    vote_signing_payload,
+)
 from .state import EventStreamError, GovernanceState, fold
 from .tally import compute_tally, evaluate, is_decided_early
 
@@ -66,7 +76,8 @@ __all__ = [
     "VoterKeyRotated", "VoterRegistered", "event_from_dict", "event_to_dict",
     "LIMITS", "Action", "ActionKind", "CloseReason", "Limits", "Proposal", "ProposalState", "Tally",
     "VoteChoice", "Voter", "VoteRecord", "quadratic_weight",
-    "CANCEL_DOMAIN", "VOTE_DOMAIN", "Verifier", "cancel_signing_payload", "default_vote_id", "vote_signing_payload",
+    "CANCEL_DOMAIN", "PROPOSE_DOMAIN", "VOTE_DOMAIN", "Verifier", "cancel_signing_payload", "default_request_id",
+    "default_vote_id", "proposal_signing_payload", "vote_signing_payload",
     "EventStreamError", "GovernanceState", "fold",
     "compute_tally", "evaluate", "is_decided_early",
 ]

@@ -1,4 +1,4 @@
-"""Canonical, deterministic encoding of a vote for signing.
+"""Canonical, deterministic encodings of what voters and proposers sign (votes, proposals, cancels).
 
     payload = DOMAIN || field(proposal_id) || field(voter) || field(choice)
                      || field(tokens) || field(nonce)
@@ -23,13 +23,14 @@ import struct
 from typing import Callable
 
 from .errors import InvalidArgument
-from .model import VoteChoice
+from .model import Action, VoteChoice
 
-__all__ = ["CANCEL_DOMAIN", "VOTE_DOMAIN", "Verifier", "cancel_signing_payload", "default_vote_id",
-           "vote_signing_payload"]
+__all__ = ["CANCEL_DOMAIN", "PROPOSE_DOMAIN", "VOTE_DOMAIN", "Verifier", "cancel_signing_payload",
+           "default_request_id", "default_vote_id", "proposal_signing_payload", "vote_signing_payload"]
 
 VOTE_DOMAIN = b"x0tta6bl4/vote/v1"
 CANCEL_DOMAIN = b"x0tta6bl4/cancel/v1"
+PROPOSE_DOMAIN = b"x0tta6bl4/propose/v1"
 
 Verifier = Callable[[str, bytes, bytes], bool]
 """verify(voter_id, payload, signature) -> bool"""
@@ -69,6 +70,48 @@ def cancel_signing_payload(proposal_id: str, proposer: str, nonce: bytes) -> byt
         raise InvalidArgument(f"nonce must be bytes, got {type(nonce).__name__}")
     return b"".join((_field(CANCEL_DOMAIN), _field(proposal_id.encode("utf-8")),
                      _field(proposer.encode("utf-8")), _field(bytes(nonce))))
+
+
+def proposal_signing_payload(*, title: str, description: str, action: Action, proposer: str, duration_s: float,
+                             quorum: float, threshold: float, execution_window_s: float, request_id: str,
+                             nonce: bytes) -> bytes:
+    """The bytes a proposer signs to open a proposal: every field of the request, so a signed
+    proposal cannot be replayed with another title, action or rule.
+
+        DOMAIN || title || description || kind || target_node || count || (key || value)* || proposer
+               || duration_s || quorum || threshold || execution_window_s || request_id || nonce
+
+    each a length-prefixed field; numbers as IEEE-754 binary64 big-endian (``execution_window_s``
+    0 means "the service's default" and is signed as 0); ``count`` is uint32 big-endian and the
+    action's params come sorted by key (the order a client built them in does not matter)."""
+    for name, v in (("title", title), ("description", description), ("proposer", proposer),
+                    ("request_id", request_id)):
+        if not isinstance(v, str):
+            raise InvalidArgument(f"{name} must be a string, got {type(v).__name__}")
+    if not isinstance(action, Action):
+        raise InvalidArgument(f"action must be an Action, got {type(action).__name__}")
+    nums = []
+    for name, v in (("duration_s", duration_s), ("quorum", quorum), ("threshold", threshold),
+                    ("execution_window_s", execution_window_s)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InvalidArgument(f"{name} must be a number, got {type(v).__name__}")
+        nums.append(_field(struct.pack(">d", float(v))))
+    if not isinstance(nonce, (bytes, bytearray)):
+        raise InvalidArgument(f"nonce must be bytes, got {type(nonce).__name__}")
+    params = sorted(action.params.items())
+    return b"".join((
+        _field(PROPOSE_DOMAIN), _field(title.encode("utf-8")), _field(description.encode("utf-8")),
+        _field(action.kind.value.encode("ascii")), _field(action.target_node.encode("utf-8")),
+        _field(struct.pack(">I", len(params))),
+        *(_field(k.encode("utf-8")) + _field(v.encode("utf-8")) for k, v in params),
+        _field(proposer.encode("utf-8")), *nums, _field(request_id.encode("utf-8")), _field(bytes(nonce)),
+    ))
+
+
+def default_request_id(payload: bytes) -> str:
+    """Idempotency key of a signed proposal sent without one: a digest of the signed payload, so a
+    re-sent (or replayed) signed proposal opens one proposal, not two."""
+    return "p-" + hashlib.sha256(payload).hexdigest()[:32]
 
 
 def default_vote_id(payload: bytes) -> str:

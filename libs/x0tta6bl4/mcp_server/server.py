@@ -235,13 +235,16 @@ async def dao_register_voter(voter: str, balance: float, key_file: str) -> dict[
 @mcp.tool(annotations=WRITES)
 async def dao_create_proposal(title: str, duration_s: float = 300.0, action: str = "config_change",
                               target_node: str = "", description: str = "", params: dict[str, str] | None = None,
-                              quorum: float = 0.5, threshold: float = 0.5, proposer: str = "x0tta6bl4-mcp") -> dict[str, Any]:
+                              quorum: float = 0.5, threshold: float = 0.5, proposer: str = "x0tta6bl4-mcp",
+                              key_file: str = "") -> dict[str, Any]:
     """Open a DAO proposal (quadratic voting). action: reroute, rotate_keys, deploy, config_change, isolate, restart.
-    A proposal that passes is executed by the orchestrator's executor."""
+    A proposal that passes is executed by the orchestrator's executor. With key_file (the proposer's voter
+    key) the proposal is signed by that ledger identity; without, the ledger admin token is used."""
     gov = _gov()
     p = await _in_thread(gov.create, gov_addr(), title, duration_s, description=description, action=action,
                          target=target_node, params=[f"{k}={v}" for k, v in (params or {}).items()],
-                         proposer=proposer, quorum=quorum, threshold=threshold)
+                         proposer=proposer, quorum=quorum, threshold=threshold,
+                         key_file=pathlib.Path(key_file) if key_file else None)
     return {**_pb_dict(p), "summary": gov.proposal_line(p)}
 
 

@@ -26,45 +26,45 @@ from x0tta6bl4.v1 import common_pb2 as x0tta6bl4_dot_v1_dot_common__pb2
 from x0tta6bl4.v1 import events_pb2 as x0tta6bl4_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dx0tta6bl4/v1/governance.proto\x12\x0cx0tta6bl4.v1\x1a\x19x0tta6bl4/v1/common.proto\x1a\x19x0tta6bl4/v1/events.proto\"d\n\x05Tally\x12\x0b\n\x03yes\x18\x01 \x01(\x01\x12\n\n\x02no\x18\x02 \x01(\x01\x12\x0f\n\x07\x61\x62stain\x18\x03 \x01(\x01\x12\x10\n\x08\x65ligible\x18\x04 \x01(\x01\x12\x0f\n\x07turnout\x18\x05 \x01(\x01\x12\x0e\n\x06voters\x18\x06 \x01(\r\"\xf2\x02\n\x08Proposal\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12(\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x18.x0tta6bl4.v1.ActionSpec\x12\x10\n\x08proposer\x18\x05 \x01(\t\x12\x12\n\nduration_s\x18\x06 \x01(\x01\x12\x0e\n\x06quorum\x18\x07 \x01(\x01\x12\x11\n\tthreshold\x18\x08 \x01(\x01\x12*\n\x05state\x18\t \x01(\x0e\x32\x1b.x0tta6bl4.v1.ProposalState\x12\x14\n\x0c\x63lose_reason\x18\n \x01(\t\x12\"\n\x05tally\x18\x0b \x01(\x0b\x32\x13.x0tta6bl4.v1.Tally\x12\x17\n\x0f\x63reated_unix_ns\x18\x0c \x01(\x03\x12\x16\n\x0e\x63loses_unix_ns\x18\r \x01(\x03\x12\x1a\n\x12\x65xecution_window_s\x18\x0e \x01(\x01\x12\x10\n\x08\x63ycle_id\x18\x0f \x01(\t\"\xde\x01\n\x15\x43reateProposalRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12(\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x18.x0tta6bl4.v1.ActionSpec\x12\x10\n\x08proposer\x18\x04 \x01(\t\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\x0e\n\x06quorum\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x1a\n\x12\x65xecution_window_s\x18\t \x01(\x01\"\xa2\x01\n\x0f\x43\x61stVoteRequest\x12\x13\n\x0bproposal_id\x18\x01 \x01(\t\x12\r\n\x05voter\x18\x02 \x01(\t\x12(\n\x06\x63hoice\x18\x03 \x01(\x0e\x32\x18.x0tta6bl4.v1.VoteChoice\x12\x0e\n\x06tokens\x18\x04 \x01(\x01\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0f\n\x07vote_id\x18\x07 \x01(\t\"p\n\x10\x43\x61stVoteResponse\x12\x0f\n\x07vote_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12(\n\x08proposal\x18\x03 \x01(\x0b\x32\x16.x0tta6bl4.v1.Proposal\x12\x11\n\tduplicate\x18\x04 \x01(\x08\" \n\x12GetProposalRequest\x12\n\n\x02id\x18\x01 \x01(\t\"i\n\x14ListProposalsRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.x0tta6bl4.v1.ProposalState\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15ListProposalsResponse\x12)\n\tproposals\x18\x01 \x03(\x0b\x32\x16.x0tta6bl4.v1.Proposal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x15\x43\x61ncelProposalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08proposer\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"C\n\x15WatchProposalsRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.x0tta6bl4.v1.ProposalState\"i\n\rProposalEvent\x12 \n\x04meta\x18\x01 \x01(\x0b\x32\x12.x0tta6bl4.v1.Meta\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x08proposal\x18\x03 \x01(\x0b\x32\x16.x0tta6bl4.v1.Proposal\"J\n\x14RegisterVoterRequest\x12\r\n\x05voter\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x01\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"\"\n\x11GetBalanceRequest\x12\r\n\x05voter\x18\x01 \x01(\t\"7\n\x05Voter\x12\r\n\x05voter\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x01\x12\x0e\n\x06key_id\x18\x03 \x01(\t*\xd8\x01\n\rProposalState\x12\x1e\n\x1aPROPOSAL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15PROPOSAL_STATE_ACTIVE\x10\x01\x12\x19\n\x15PROPOSAL_STATE_PASSED\x10\x02\x12\x1b\n\x17PROPOSAL_STATE_REJECTED\x10\x03\x12\x1b\n\x17PROPOSAL_STATE_EXECUTED\x10\x04\x12\x1a\n\x16PROPOSAL_STATE_EXPIRED\x10\x05\x12\x1b\n\x17PROPOSAL_STATE_CANCELED\x10\x06*k\n\nVoteChoice\x12\x1b\n\x17VOTE_CHOICE_UNSPECIFIED\x10\x00\x12\x13\n\x0fVOTE_CHOICE_YES\x10\x01\x12\x12\n\x0eVOTE_CHOICE_NO\x10\x02\x12\x17\n\x13VOTE_CHOICE_ABSTAIN\x10\x03\x32\xfc\x04\n\nGovernance\x12M\n\x0e\x43reateProposal\x12#.x0tta6bl4.v1.CreateProposalRequest\x1a\x16.x0tta6bl4.v1.Proposal\x12I\n\x08\x43\x61stVote\x12\x1d.x0tta6bl4.v1.CastVoteRequest\x1a\x1e.x0tta6bl4.v1.CastVoteResponse\x12G\n\x0bGetProposal\x12 .x0tta6bl4.v1.GetProposalRequest\x1a\x16.x0tta6bl4.v1.Proposal\x12X\n\rListProposals\x12\".x0tta6bl4.v1.ListProposalsRequest\x1a#.x0tta6bl4.v1.ListProposalsResponse\x12M\n\x0e\x43\x61ncelProposal\x12#.x0tta6bl4.v1.CancelProposalRequest\x1a\x16.x0tta6bl4.v1.Proposal\x12T\n\x0eWatchProposals\x12#.x0tta6bl4.v1.WatchProposalsRequest\x1a\x1b.x0tta6bl4.v1.ProposalEvent0\x01\x12H\n\rRegisterVoter\x12\".x0tta6bl4.v1.RegisterVoterRequest\x1a\x13.x0tta6bl4.v1.Voter\x12\x42\n\nGetBalance\x12\x1f.x0tta6bl4.v1.GetBalanceRequest\x1a\x13.x0tta6bl4.v1.Voterb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dx0tta6bl4/v1/governance.proto\x12\x0cx0tta6bl4.v1\x1a\x19x0tta6bl4/v1/common.proto\x1a\x19x0tta6bl4/v1/events.proto\"d\n\x05Tally\x12\x0b\n\x03yes\x18\x01 \x01(\x01\x12\n\n\x02no\x18\x02 \x01(\x01\x12\x0f\n\x07\x61\x62stain\x18\x03 \x01(\x01\x12\x10\n\x08\x65ligible\x18\x04 \x01(\x01\x12\x0f\n\x07turnout\x18\x05 \x01(\x01\x12\x0e\n\x06voters\x18\x06 \x01(\r\"\xf2\x02\n\x08Proposal\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12(\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x18.x0tta6bl4.v1.ActionSpec\x12\x10\n\x08proposer\x18\x05 \x01(\t\x12\x12\n\nduration_s\x18\x06 \x01(\x01\x12\x0e\n\x06quorum\x18\x07 \x01(\x01\x12\x11\n\tthreshold\x18\x08 \x01(\x01\x12*\n\x05state\x18\t \x01(\x0e\x32\x1b.x0tta6bl4.v1.ProposalState\x12\x14\n\x0c\x63lose_reason\x18\n \x01(\t\x12\"\n\x05tally\x18\x0b \x01(\x0b\x32\x13.x0tta6bl4.v1.Tally\x12\x17\n\x0f\x63reated_unix_ns\x18\x0c \x01(\x03\x12\x16\n\x0e\x63loses_unix_ns\x18\r \x01(\x03\x12\x1a\n\x12\x65xecution_window_s\x18\x0e \x01(\x01\x12\x10\n\x08\x63ycle_id\x18\x0f \x01(\t\"\x80\x02\n\x15\x43reateProposalRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12(\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x18.x0tta6bl4.v1.ActionSpec\x12\x10\n\x08proposer\x18\x04 \x01(\t\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\x0e\n\x06quorum\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x1a\n\x12\x65xecution_window_s\x18\t \x01(\x01\x12\r\n\x05nonce\x18\n \x01(\x0c\x12\x11\n\tsignature\x18\x0b \x01(\x0c\"\xa2\x01\n\x0f\x43\x61stVoteRequest\x12\x13\n\x0bproposal_id\x18\x01 \x01(\t\x12\r\n\x05voter\x18\x02 \x01(\t\x12(\n\x06\x63hoice\x18\x03 \x01(\x0e\x32\x18.x0tta6bl4.v1.VoteChoice\x12\x0e\n\x06tokens\x18\x04 \x01(\x01\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0f\n\x07vote_id\x18\x07 \x01(\t\"p\n\x10\x43\x61stVoteResponse\x12\x0f\n\x07vote_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12(\n\x08proposal\x18\x03 \x01(\x0b\x32\x16.x0tta6bl4.v1.Proposal\x12\x11\n\tduplicate\x18\x04 \x01(\x08\" \n\x12GetProposalRequest\x12\n\n\x02id\x18\x01 \x01(\t\"i\n\x14ListProposalsRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.x0tta6bl4.v1.ProposalState\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15ListProposalsResponse\x12)\n\tproposals\x18\x01 \x03(\x0b\x32\x16.x0tta6bl4.v1.Proposal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x15\x43\x61ncelProposalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08proposer\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"C\n\x15WatchProposalsRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.x0tta6bl4.v1.ProposalState\"i\n\rProposalEvent\x12 \n\x04meta\x18\x01 \x01(\x0b\x32\x12.x0tta6bl4.v1.Meta\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x08proposal\x18\x03 \x01(\x0b\x32\x16.x0tta6bl4.v1.Proposal\"J\n\x14RegisterVoterRequest\x12\r\n\x05voter\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x01\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"\"\n\x11GetBalanceRequest\x12\r\n\x05voter\x18\x01 \x01(\t\"7\n\x05Voter\x12\r\n\x05voter\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x01\x12\x0e\n\x06key_id\x18\x03 \x01(\t*\xd8\x01\n\rProposalState\x12\x1e\n\x1aPROPOSAL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15PROPOSAL_STATE_ACTIVE\x10\x01\x12\x19\n\x15PROPOSAL_STATE_PASSED\x10\x02\x12\x1b\n\x17PROPOSAL_STATE_REJECTED\x10\x03\x12\x1b\n\x17PROPOSAL_STATE_EXECUTED\x10\x04\x12\x1a\n\x16PROPOSAL_STATE_EXPIRED\x10\x05\x12\x1b\n\x17PROPOSAL_STATE_CANCELED\x10\x06*k\n\nVoteChoice\x12\x1b\n\x17VOTE_CHOICE_UNSPECIFIED\x10\x00\x12\x13\n\x0fVOTE_CHOICE_YES\x10\x01\x12\x12\n\x0eVOTE_CHOICE_NO\x10\x02\x12\x17\n\x13VOTE_CHOICE_ABSTAIN\x10\x03\x32\xfc\x04\n\nGovernance\x12M\n\x0e\x43reateProposal\x12#.x0tta6bl4.v1.CreateProposalRequest\x1a\x16.x0tta6bl4.v1.Proposal\x12I\n\x08\x43\x61stVote\x12\x1d.x0tta6bl4.v1.CastVoteRequest\x1a\x1e.x0tta6bl4.v1.CastVoteResponse\x12G\n\x0bGetProposal\x12 .x0tta6bl4.v1.GetProposalRequest\x1a\x16.x0tta6bl4.v1.Proposal\x12X\n\rListProposals\x12\".x0tta6bl4.v1.ListProposalsRequest\x1a#.x0tta6bl4.v1.ListProposalsResponse\x12M\n\x0e\x43\x61ncelProposal\x12#.x0tta6bl4.v1.CancelProposalRequest\x1a\x16.x0tta6bl4.v1.Proposal\x12T\n\x0eWatchProposals\x12#.x0tta6bl4.v1.WatchProposalsRequest\x1a\x1b.x0tta6bl4.v1.ProposalEvent0\x01\x12H\n\rRegisterVoter\x12\".x0tta6bl4.v1.RegisterVoterRequest\x1a\x13.x0tta6bl4.v1.Voter\x12\x42\n\nGetBalance\x12\x1f.x0tta6bl4.v1.GetBalanceRequest\x1a\x13.x0tta6bl4.v1.Voterb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'x0tta6bl4.v1.governance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROPOSALSTATE']._serialized_start=1749
-  _globals['_PROPOSALSTATE']._serialized_end=1965
-  _globals['_VOTECHOICE']._serialized_start=1967
-  _globals['_VOTECHOICE']._serialized_end=2074
+  _globals['_PROPOSALSTATE']._serialized_start=1783
+  _globals['_PROPOSALSTATE']._serialized_end=1999
+  _globals['_VOTECHOICE']._serialized_start=2001
+  _globals['_VOTECHOICE']._serialized_end=2108
   _globals['_TALLY']._serialized_start=101
   _globals['_TALLY']._serialized_end=201
   _globals['_PROPOSAL']._serialized_start=204
   _globals['_PROPOSAL']._serialized_end=574
   _globals['_CREATEPROPOSALREQUEST']._serialized_start=577
-  _globals['_CREATEPROPOSALREQUEST']._serialized_end=799
-  _globals['_CASTVOTEREQUEST']._serialized_start=802
-  _globals['_CASTVOTEREQUEST']._serialized_end=964
-  _globals['_CASTVOTERESPONSE']._serialized_start=966
-  _globals['_CASTVOTERESPONSE']._serialized_end=1078
-  _globals['_GETPROPOSALREQUEST']._serialized_start=1080
-  _globals['_GETPROPOSALREQUEST']._serialized_end=1112
-  _globals['_LISTPROPOSALSREQUEST']._serialized_start=1114
-  _globals['_LISTPROPOSALSREQUEST']._serialized_end=1219
-  _globals['_LISTPROPOSALSRESPONSE']._serialized_start=1221
-  _globals['_LISTPROPOSALSRESPONSE']._serialized_end=1312
-  _globals['_CANCELPROPOSALREQUEST']._serialized_start=1314
-  _globals['_CANCELPROPOSALREQUEST']._serialized_end=1401
-  _globals['_WATCHPROPOSALSREQUEST']._serialized_start=1403
-  _globals['_WATCHPROPOSALSREQUEST']._serialized_end=1470
-  _globals['_PROPOSALEVENT']._serialized_start=1472
-  _globals['_PROPOSALEVENT']._serialized_end=1577
-  _globals['_REGISTERVOTERREQUEST']._serialized_start=1579
-  _globals['_REGISTERVOTERREQUEST']._serialized_end=1653
-  _globals['_GETBALANCEREQUEST']._serialized_start=1655
-  _globals['_GETBALANCEREQUEST']._serialized_end=1689
-  _globals['_VOTER']._serialized_start=1691
-  _globals['_VOTER']._serialized_end=1746
-  _globals['_GOVERNANCE']._serialized_start=2077
-  _globals['_GOVERNANCE']._serialized_end=2713
+  _globals['_CREATEPROPOSALREQUEST']._serialized_end=833
+  _globals['_CASTVOTEREQUEST']._serialized_start=836
+  _globals['_CASTVOTEREQUEST']._serialized_end=998
+  _globals['_CASTVOTERESPONSE']._serialized_start=1000
+  _globals['_CASTVOTERESPONSE']._serialized_end=1112
+  _globals['_GETPROPOSALREQUEST']._serialized_start=1114
+  _globals['_GETPROPOSALREQUEST']._serialized_end=1146
+  _globals['_LISTPROPOSALSREQUEST']._serialized_start=1148
+  _globals['_LISTPROPOSALSREQUEST']._serialized_end=1253
+  _globals['_LISTPROPOSALSRESPONSE']._serialized_start=1255
+  _globals['_LISTPROPOSALSRESPONSE']._serialized_end=1346
+  _globals['_CANCELPROPOSALREQUEST']._serialized_start=1348
+  _globals['_CANCELPROPOSALREQUEST']._serialized_end=1435
+  _globals['_WATCHPROPOSALSREQUEST']._serialized_start=1437
+  _globals['_WATCHPROPOSALSREQUEST']._serialized_end=1504
+  _globals['_PROPOSALEVENT']._serialized_start=1506
+  _globals['_PROPOSALEVENT']._serialized_end=1611
+  _globals['_REGISTERVOTERREQUEST']._serialized_start=1613
+  _globals['_REGISTERVOTERREQUEST']._serialized_end=1687
+  _globals['_GETBALANCEREQUEST']._serialized_start=1689
+  _globals['_GETBALANCEREQUEST']._serialized_end=1723
+  _globals['_VOTER']._serialized_start=1725
+  _globals['_VOTER']._serialized_end=1780
+  _globals['_GOVERNANCE']._serialized_start=2111
+  _globals['_GOVERNANCE']._serialized_end=2747
 # @@protoc_insertion_point(module_scope)

@@ -88,7 +88,7 @@ class Proposal(_message.Message):
     def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., action: _Optional[_Union[_events_pb2.ActionSpec, _Mapping]] = ..., proposer: _Optional[str] = ..., duration_s: _Optional[float] = ..., quorum: _Optional[float] = ..., threshold: _Optional[float] = ..., state: _Optional[_Union[ProposalState, str]] = ..., close_reason: _Optional[str] = ..., tally: _Optional[_Union[Tally, _Mapping]] = ..., created_unix_ns: _Optional[int] = ..., closes_unix_ns: _Optional[int] = ..., execution_window_s: _Optional[float] = ..., cycle_id: _Optional[str] = ...) -> None: ...
 
 class CreateProposalRequest(_message.Message):
-    __slots__ = ("title", "description", "action", "proposer", "duration_s", "quorum", "threshold", "request_id", "execution_window_s")
+    __slots__ = ("title", "description", "action", "proposer", "duration_s", "quorum", "threshold", "request_id", "execution_window_s", "nonce", "signature")
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class CreateProposalRequest(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     title: str
     description: str
     action: _events_pb2.ActionSpec
@@ -107,7 +109,9 @@ class CreateProposalRequest(_message.Message):
     threshold: float
     request_id: str
     execution_window_s: float
-    def __init__(self, title: _Optional[str] = ..., description: _Optional[str] = ..., action: _Optional[_Union[_events_pb2.ActionSpec, _Mapping]] = ..., proposer: _Optional[str] = ..., duration_s: _Optional[float] = ..., quorum: _Optional[float] = ..., threshold: _Optional[float] = ..., request_id: _Optional[str] = ..., execution_window_s: _Optional[float] = ...) -> None: ...
+    nonce: bytes
+    signature: bytes
+    def __init__(self, title: _Optional[str] = ..., description: _Optional[str] = ..., action: _Optional[_Union[_events_pb2.ActionSpec, _Mapping]] = ..., proposer: _Optional[str] = ..., duration_s: _Optional[float] = ..., quorum: _Optional[float] = ..., threshold: _Optional[float] = ..., request_id: _Optional[str] = ..., execution_window_s: _Optional[float] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class CastVoteRequest(_message.Message):
     __slots__ = ("proposal_id", "voter", "choice", "tokens", "nonce", "signature", "vote_id")

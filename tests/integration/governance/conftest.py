@@ -59,7 +59,8 @@ class Gov:
                  threshold: float = 0.5, proposer: str = "alice", **kw) -> g.Proposal:
         return self.stub.CreateProposal(g.CreateProposalRequest(
             title=title, action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REROUTE, target_node="n1"),
-            proposer=proposer, duration_s=duration_s, quorum=quorum, threshold=threshold, **kw))
+            proposer=proposer, duration_s=duration_s, quorum=quorum, threshold=threshold, **kw),
+            metadata=self.admin)
 
     def vote_request(self, pid: str, voter: str, key, choice: str = "YES", tokens: float = 100.0,
                      vote_id: str = "", nonce: bytes | None = None, sign_tokens: float | None = None):

@@ -4,6 +4,7 @@ Real nats-server, real keyvault and governance processes, real gRPC; the CLI run
 (meshctl) against the same stack."""
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import secrets
@@ -14,7 +15,7 @@ import sys
 import grpc
 import pytest
 
-from x0tta6bl4.governance import vote_signing_payload
+from x0tta6bl4.governance import Action, proposal_signing_payload, vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey, NodeIdentity
 from x0tta6bl4.pqc import key_id as pqc_key_id
 from x0tta6bl4.runtime.locate import ADMIN_TOKEN_FILE, admin_metadata
@@ -64,10 +65,16 @@ def _signed_vote(pid, voter, key, choice="YES", tokens=25.0):
                              signature=key.sign(vote_signing_payload(pid, voter, choice, tokens, nonce)))
 
 
-def _proposal(gov):
-    return gov.CreateProposal(g.CreateProposalRequest(
+def _proposal(gov, proposer: str, key):
+    """A proposal signed by a ledger identity's key (no admin token)."""
+    nonce = secrets.token_bytes(16)
+    req = g.CreateProposalRequest(
         title="kv voters", action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_CONFIG_CHANGE),
-        proposer="ops", duration_s=600, quorum=0.9, threshold=0.5))
+        proposer=proposer, duration_s=600, quorum=0.9, threshold=0.5, nonce=nonce)
+    req.signature = key.sign(proposal_signing_payload(
+        title=req.title, description="", action=Action(kind="config_change"), proposer=proposer, duration_s=600,
+        quorum=0.9, threshold=0.5, execution_window_s=0, request_id="", nonce=nonce))
+    return gov.CreateProposal(req)
 
 
 def test_register_voter_needs_the_admin_token(stack, stubs):
@@ -105,7 +112,8 @@ def test_voter_key_comes_from_keyvault_and_signs_votes(stack, stubs):
     code, msg = _err(gov.RegisterVoter, g.RegisterVoterRequest(voter=voter, balance=5), metadata=admin)
     assert code == C.ALREADY_EXISTS
 
-    p = _proposal(gov)
+    p = _proposal(gov, voter, mldsa)          # a keyvault identity opens a proposal with its own key
+    assert p.proposer == voter
     r = gov.CastVote(_signed_vote(p.id, voter, mldsa))
     assert r.weight == 5.0 and r.proposal.tally.voters == 1
     code, msg = _err(gov.CastVote, _signed_vote(p.id, voter, MLDSA65PrivateKey.generate()))
@@ -123,8 +131,9 @@ def test_ledger_follows_a_keyvault_key_rotation(stack, stubs):
     new = NodeIdentity.import_private(
         kv.GetPrivateBundle(kpb.GetPrivateBundleRequest(node_id="op-dave")).private_bundle).signing.private.mldsa
     assert new.public_key().public_bytes() != old.public_key().public_bytes()
-    p = _proposal(gov)
-    # a vote under the rotated key: the service finds keyvault's new root-signed record, records it, counts the vote
+    # a proposal signed under the rotated key: the service finds keyvault's new root-signed record and records it
+    p = _proposal(gov, voter, new)
+    assert gov.GetBalance(g.GetBalanceRequest(voter=voter)).key_id == pqc_key_id(new.public_key().public_bytes())
     r = gov.CastVote(_signed_vote(p.id, voter, new, tokens=9.0))
     assert r.weight == 3.0
     assert gov.GetBalance(g.GetBalanceRequest(voter=voter)).key_id == pqc_key_id(new.public_key().public_bytes())
@@ -163,7 +172,13 @@ def test_cli_registers_a_keyvault_identity_and_votes_with_its_bundle(stack, stub
     r = run("gov", "register", voter, "--balance", "64")           # admin token found in the data dir
     assert r.returncode == 0, r.stderr
     assert "balance=64" in r.stdout
-    p = _proposal(gov)
+    # the identity opens a proposal signed with its keyvault bundle (no admin token needed)
+    r = subprocess.run([*meshctl, "gov", "create", "--title", "carol's change", "--duration", "600", "--quorum", "0.9",
+                        "--proposer", voter, "--key", str(bundle), "--json"],
+                       env=dict(env, X0TTA6BL4_DATA_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    p = gov.GetProposal(g.GetProposalRequest(id=json.loads(r.stdout)["id"]))
+    assert (p.proposer, p.title) == (voter, "carol's change")
     r = run("gov", "vote", p.id, "--voter", voter, "--choice", "no", "--tokens", "16", "--key", str(bundle))
     assert r.returncode == 0, r.stderr
     assert "weight=4" in r.stdout

@@ -249,3 +249,58 @@ def test_a_proposer_identity_cancels_with_its_signature(gov):
     assert code == C.UNAUTHENTICATED and "not a ledger identity" in msg
     c = gov.stub.CancelProposal(signed(key))
     assert c.state == g.PROPOSAL_STATE_CANCELED
+
+
+def test_create_needs_the_proposers_signature_or_the_admin_token(gov):
+    import secrets
+
+    from x0tta6bl4.governance import Action, proposal_signing_payload
+    name, key = gov.voter()
+    other_name, other_key = gov.voter()
+    spec = events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REROUTE, target_node="n3", params={"via": "n4"})
+
+    def signed(k, proposer=name, nonce=None, title="signed reroute", **kw):
+        nonce = nonce if nonce is not None else secrets.token_bytes(16)
+        req = g.CreateProposalRequest(title=title, description="d", action=spec, proposer=proposer, duration_s=60,
+                                      quorum=0.5, threshold=0.5, nonce=nonce, **kw)
+        req.signature = k.sign(proposal_signing_payload(
+            title=title, description="d", action=Action(kind="reroute", target_node="n3", params={"via": "n4"}),
+            proposer=proposer, duration_s=60, quorum=0.5, threshold=0.5, execution_window_s=req.execution_window_s,
+            request_id=req.request_id, nonce=nonce))
+        return req
+
+    # neither a signature nor the token: refused, saying what would do
+    unsigned = g.CreateProposalRequest(title="t", action=spec, proposer="alice", duration_s=60, quorum=.5,
+                                       threshold=.5)
+    code, msg = gov.error(gov.stub.CreateProposal, unsigned)
+    assert code == C.UNAUTHENTICATED and "admin token" in msg and "signature" in msg
+    code, msg = gov.error(gov.stub.CreateProposal, unsigned, metadata=(("authorization", "Bearer " + "x" * 40),))
+    assert code == C.PERMISSION_DENIED
+    assert gov.stub.CreateProposal(unsigned, metadata=gov.admin).proposer == "alice"   # an operator, by token
+    # the proposer's own key: accepted without any token
+    req = signed(key)
+    p = gov.stub.CreateProposal(req)
+    assert (p.proposer, p.title, p.state) == (name, "signed reroute", g.PROPOSAL_STATE_ACTIVE)
+    assert dict(p.action.params) == {"via": "n4"}
+    assert gov.stub.CreateProposal(req).id == p.id        # the same signed request again: one proposal
+    assert gov.stub.CreateProposal(signed(key)).id != p.id   # a new nonce: a new proposal
+    # a field changed after signing, another identity's key, a name that is no ledger identity
+    tampered = signed(key)
+    tampered.title = "signed isolate"
+    code, msg = gov.error(gov.stub.CreateProposal, tampered)
+    assert code == C.UNAUTHENTICATED and "does not verify" in msg
+    tampered = signed(key)
+    tampered.action.params["via"] = "n9"
+    assert gov.error(gov.stub.CreateProposal, tampered)[0] == C.UNAUTHENTICATED
+    code, msg = gov.error(gov.stub.CreateProposal, signed(other_key))
+    assert code == C.UNAUTHENTICATED and name in msg
+    code, msg = gov.error(gov.stub.CreateProposal, signed(key, proposer="planner"))
+    assert code == C.UNAUTHENTICATED and "not a ledger identity" in msg
+    code, msg = gov.error(gov.stub.CreateProposal, signed(key, nonce=b"short"))
+    assert code == C.INVALID_ARGUMENT and "nonce" in msg
+    # a signed proposal's own rules are still checked
+    code, msg = gov.error(gov.stub.CreateProposal, signed(key, title=""))
+    assert code == C.INVALID_ARGUMENT and "title" in msg
+    # the proposer cancels its own proposal with the same key; others' proposals stay theirs
+    assert gov.stub.GetProposal(g.GetProposalRequest(id=p.id)).proposer == name
+    assert other_name != name

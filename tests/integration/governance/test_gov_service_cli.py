@@ -1,6 +1,7 @@
 """The two thin clients (skill/scripts/dao-vote.py and meshctl gov) against the real service."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -30,9 +31,13 @@ def test_dao_vote_script(gov, tmp_path):
     assert dao(gov, "--action", "register", "--voter", "alice-cli", "--balance", "100", "--key", str(key)).returncode == 0
     dao(gov, "--action", "register", "--voter", "bob-cli", "--balance", "100", "--key", str(key))
     r = dao(gov, "--action", "create", "--title", "rotate keys on n2", "--duration", "60", "--kind", "rotate_keys",
-            "--target", "n2", "--quorum", "0.01")
+            "--target", "n2", "--quorum", "0.01")              # with the admin token found in the data dir
     assert r.returncode == 0, r.stderr
-    pid = r.stdout.split()[0]
+    r = dao(gov, "--action", "create", "--title", "rotate keys on n2", "--duration", "60", "--kind", "rotate_keys",
+            "--target", "n2", "--quorum", "0.01", "--proposer", "alice-cli", "--key", str(key), "--json")
+    assert r.returncode == 0, r.stderr                         # signed by alice's key
+    assert json.loads(r.stdout)["proposer"] == "alice-cli"
+    pid = json.loads(r.stdout)["id"]
     r = dao(gov, "--action", "vote", "--proposal", pid, "--voter", "alice-cli", "--choice", "yes", "--tokens", "100",
             "--key", str(key))
     assert r.returncode == 0 and "weight=10" in r.stdout, r.stderr
@@ -66,8 +71,13 @@ def test_meshctl_gov(gov, tmp_path):
                          "--admin-token-file", str(token)]).exit_code == 0
     r = run(gov_app, ["balance", "carol-cli", *a])
     assert r.exit_code == 0 and "balance=64" in r.output
-    r = run(gov_app, ["create", "--title", "deploy v2", "--duration", "60", "--action", "deploy",
-                      "--param", "version=2", "--proposer", "carol-cli", "--quorum", "0.01", *a])
+    create = ["create", "--title", "deploy v2", "--duration", "60", "--action", "deploy", "--param", "version=2",
+              "--proposer", "carol-cli", "--quorum", "0.01", *a]
+    r = run(gov_app, create)                                   # neither key nor token: refused in one line
+    assert r.exit_code == 1 and "UNAUTHENTICATED" in r.output and "admin token" in r.output
+    r = run(gov_app, [*create, "--admin-token-file", str(token)])   # the operator, by token
+    assert r.exit_code == 0, r.output
+    r = run(gov_app, [*create, "--key", str(key)])             # carol herself, signed with her key
     assert r.exit_code == 0, r.output
     pid = r.output.split()[0]
     r = run(gov_app, ["vote", pid, "--voter", "carol-cli", "--choice", "no", "--tokens", "16", "--key", str(key), *a])

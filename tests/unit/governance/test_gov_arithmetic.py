@@ -153,7 +153,6 @@ def test_running_tally_equals_a_full_recount_under_vote_changes():
     """The O(1) running tally (exact partial sums) matches compute_tally bit for bit, whatever the
     order of votes and changes of mind."""
     import random
-
     from types import MappingProxyType
 
     from x0tta6bl4.governance import Action, Proposal, VoteRecord

@@ -50,6 +50,7 @@ def test_caller_provided_id_and_duplicate(hv):
 
 def test_default_id_factory_is_uuid(hv):
     import uuid
+
     from x0tta6bl4.governance import GovernanceEngine
     eng = GovernanceEngine(hv.verify, hv.clock)
     eng.register_voter("v", 1)
