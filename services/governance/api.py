@@ -88,8 +88,9 @@ class Governance(gpb_grpc.GovernanceServicer):
     def __init__(self, store: GovStore, nc, default_execution_window_s: float = LIMITS.default_execution_window_s,
                  precheck: Callable[[bytes, bytes, bytes], Awaitable[bool]] | None = None,
                  root_span_sample: float = 1.0, admin: AdminToken | None = None,
-                 identities: KeyvaultIdentities | None = None):
+                 identities: KeyvaultIdentities | None = None, max_active_per_proposer: int = 0):
         self.store = store
+        self.max_active_per_proposer = max_active_per_proposer
         self.admin = admin
         self.identities = identities
         self.root_span_sample = root_span_sample
@@ -127,7 +128,7 @@ class Governance(gpb_grpc.GovernanceServicer):
                                       proposer=req.proposer, duration_s=req.duration_s, quorum=req.quorum,
                                       threshold=req.threshold,
                                       execution_window_s=req.execution_window_s or self.default_window,
-                                      request_id=request_id)
+                                      request_id=request_id, max_active_for_proposer=self.max_active_per_proposer)
             pid = res.proposal.proposal_id
             return Outcome(lambda e: self._proposal(e, pid), res.events)
         return await self.store.execute(cmd)

@@ -90,6 +90,9 @@ class GovernanceSettings(CommonSettings):
     admin_token_file: pathlib.Path | None = Field(None, description=(
         "ledger admin token for RegisterVoter (default <data dir>/governance-admin.token, created when absent)"))
     verify_threads: int = Field(2, ge=0, le=64, description="threads checking vote signatures before the writer")
+    max_active_per_proposer: int = Field(20, ge=0, le=1_000_000, description=(
+        "ACTIVE proposals one proposer may have open through gRPC CreateProposal (0 = no limit; "
+        "the planner's proposals from plans are not counted against it)"))
 
 
 def build(settings: GovernanceSettings) -> Service:
@@ -254,6 +257,7 @@ def build(settings: GovernanceSettings) -> Service:
         gpb_grpc.add_GovernanceServicer_to_server(
             Governance(store, app.nc, settings.execution_window_s, precheck=keys.precheck,
                        root_span_sample=settings.rpc_root_span_sample, admin=admin,
+                       max_active_per_proposer=settings.max_active_per_proposer,
                        identities=KeyvaultIdentities(app.nc)), server)
         hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)

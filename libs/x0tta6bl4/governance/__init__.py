@@ -19,6 +19,7 @@ from .errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
 )
 from .events import (
@@ -70,7 +71,7 @@ __all__ = [
     "Decision", "DecisionKind", "DecisionPolicy", "Severity", "decide",
     "GovernanceEngine", "ProposalPage", "ProposalResult", "VoteResult",
     "AlreadyExists", "FailedPrecondition", "GovernanceError", "InvalidArgument", "NotFound",
-    "PermissionDenied", "Unauthenticated",
+    "PermissionDenied", "ResourceExhausted", "Unauthenticated",
     "EVENT_TYPES", "ExecutionFailed", "GovernanceEvent", "ProposalAutoApproved", "ProposalCanceled",
     "ProposalClosed", "ProposalCreated", "ProposalExecuted", "ProposalExpired", "VoteCast",
     "VoterKeyRotated", "VoterRegistered", "event_from_dict", "event_to_dict",

@@ -35,6 +35,7 @@ from .errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
 )
 from .events import (
@@ -225,12 +226,14 @@ class GovernanceEngine:
                         duration_s: float, quorum: float, threshold: float,
                         execution_window_s: float = LIMITS.default_execution_window_s,
                         proposal_id: str | None = None, request_id: str = "",
-                        cycle_id: str = "") -> ProposalResult:
+                        cycle_id: str = "", max_active_for_proposer: int = 0) -> ProposalResult:
         """Open a proposal. Eligible voters = voters registered right now.
 
         ``request_id`` (optional) makes creation idempotent per proposer: a
         retry with identical content returns the existing proposal and no
         events; different content raises AlreadyExists.
+        ``max_active_for_proposer`` (> 0) caps the proposer's ACTIVE proposals:
+        one more raises ResourceExhausted (a retry of an existing one does not).
         """
         fields = self._validate_proposal_fields(title, description, action, proposer, execution_window_s,
                                                 proposal_id, request_id, cycle_id)
@@ -242,6 +245,13 @@ class GovernanceEngine:
             return dup
         if not self._state.voters:
             raise FailedPrecondition("cannot create a proposal: no voters are registered (eligible weight is 0)")
+        if max_active_for_proposer > 0:
+            active = sum(1 for p in self._state.proposals.values()
+                         if p.proposer == fields["proposer"] and p.state is ProposalState.ACTIVE)
+            if active >= max_active_for_proposer:
+                raise ResourceExhausted(f"proposer {fields['proposer']!r} already has {active} active proposals "
+                                        f"(the limit is {max_active_for_proposer}); wait until one closes or "
+                                        f"cancel one")
         pid = self._claim_id(fields["proposal_id"])
         event = ProposalCreated(proposal_id=pid, title=fields["title"], description=fields["description"],
                                 action=fields["action"], proposer=fields["proposer"], duration_s=dur, quorum=q,

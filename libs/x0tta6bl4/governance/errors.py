@@ -17,6 +17,7 @@ __all__ = [
     "Unauthenticated",
     "PermissionDenied",
     "AlreadyExists",
+    "ResourceExhausted",
 ]
 
 
@@ -67,3 +68,10 @@ class AlreadyExists(GovernanceError):
     """Duplicate identity / id / nonce (gRPC ALREADY_EXISTS)."""
 
     code = "ALREADY_EXISTS"
+
+
+class ResourceExhausted(GovernanceError):
+    """A per-identity quota is used up, e.g. too many ACTIVE proposals by one
+    proposer (gRPC RESOURCE_EXHAUSTED)."""
+
+    code = "RESOURCE_EXHAUSTED"

@@ -301,6 +301,12 @@ def test_create_needs_the_proposers_signature_or_the_admin_token(gov):
     # a signed proposal's own rules are still checked
     code, msg = gov.error(gov.stub.CreateProposal, signed(key, title=""))
     assert code == C.INVALID_ARGUMENT and "title" in msg
-    # the proposer cancels its own proposal with the same key; others' proposals stay theirs
-    assert gov.stub.GetProposal(g.GetProposalRequest(id=p.id)).proposer == name
-    assert other_name != name
+    # one proposer may keep at most 20 proposals ACTIVE (X0TTA6BL4_MAX_ACTIVE_PER_PROPOSER)
+    active = len([x for x in gov.stub.ListProposals(g.ListProposalsRequest(
+        state=g.PROPOSAL_STATE_ACTIVE, page_size=1000)).proposals if x.proposer == name])
+    for i in range(20 - active):
+        gov.stub.CreateProposal(signed(key, title=f"mine {i}"))
+    code, msg = gov.error(gov.stub.CreateProposal, signed(key, title="one too many"))
+    assert code == C.RESOURCE_EXHAUSTED and "already has 20 active proposals" in msg
+    assert gov.stub.CreateProposal(req).id == p.id              # a retry is still answered
+    assert gov.stub.CreateProposal(signed(other_key, proposer=other_name)).proposer == other_name

@@ -143,8 +143,10 @@ def test_rotation_overlap_retiring_then_retired_pushed_to_watchers(keyvault):
         return t_new, t_retired, events
 
     t_new, t_retired, events = keyvault.nats(go)
-    assert t_new < 1.0
-    assert 0.9 <= t_retired < 2.5, events
+    # the new key reached the watcher while the old one was still accepted (checked inside go());
+    # the old one went only after the 1 s overlap (the upper bound is slack for a loaded CI machine)
+    assert t_new < t_retired
+    assert 0.9 <= t_retired < 6.0, events
     listed = s.GetPublicKeys(pb.GetPublicKeysRequest(node_id="ov"), timeout=10)
     assert (listed.previous[0].sig_key_id, listed.previous[0].status) == (old_sig, "retired")
     ch = b"after-overlap"

@@ -201,3 +201,25 @@ def test_bad_page_size(hv, size):
 def test_bad_state_filter(hv):
     with pytest.raises(InvalidArgument, match="state"):
         hv.engine.list_proposals("OPEN")
+
+
+def test_active_proposals_per_proposer_are_capped(hv):
+    from x0tta6bl4.governance import ResourceExhausted
+    h = hv
+    ps = [h.propose(title=f"p{i}", duration_s=60.0, max_active_for_proposer=3, request_id=f"r{i}") for i in range(3)]
+    with pytest.raises(ResourceExhausted, match=r"already has 3 active proposals \(the limit is 3\)") as ei:
+        h.propose(title="one too many", max_active_for_proposer=3)
+    assert ei.value.code == "RESOURCE_EXHAUSTED"
+    # a retry of an existing one is not a new proposal; other proposers have their own count
+    assert h.propose(title="p0", duration_s=60.0, max_active_for_proposer=3, request_id="r0") == ps[0]
+    assert h.propose(title="theirs", proposer="someone-else", max_active_for_proposer=3).proposer == "someone-else"
+    # without a limit (the planner's path) nothing is capped
+    assert h.propose(title="unlimited").state is ProposalState.ACTIVE
+    # a canceled or closed proposal frees its slot
+    h.cancel(ps[0].proposal_id, by=ps[0].proposer)
+    h.cancel(h.engine.list_proposals(ProposalState.ACTIVE, 1000, "").proposals[-1].proposal_id, by=ps[0].proposer)
+    assert h.propose(title="after cancel", max_active_for_proposer=3).state is ProposalState.ACTIVE
+    with pytest.raises(ResourceExhausted):
+        h.propose(title="full again", max_active_for_proposer=3)
+    h.tick(h.T0 + 61)                          # the 60 s ones close
+    assert h.propose(title="after close", max_active_for_proposer=3).state is ProposalState.ACTIVE
