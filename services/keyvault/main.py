@@ -71,6 +71,7 @@ MASTER_KEY_FILE_NAME = "keyvault-master.key"
 GRPC_MAX_MESSAGE = 64 * 1024 * 1024
 KV_BATCH = 64            # concurrent KV writes in flight
 AUDIT_CHUNK = 50          # nodes per rotation/retirement audit event
+MAX_BUNDLES_PER_CALL = 1000
 REPAIR_AFTER_S = 2.0      # a change by another replica: its records are checked this long after
 
 
@@ -430,6 +431,27 @@ class KeyvaultApi:
         await self.audit("identity.private_exported", e.node_id, {"generation": e.generation, "via": via})
         return pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current), private_bundle=bundle)
 
+    async def GetPrivateBundles(self, req: pb.GetPrivateBundlesRequest, via: str) -> pb.GetPrivateBundlesResponse:
+        """GetPrivateBundle for many nodes at once (one state refresh, one audit event per
+        AUDIT_CHUNK nodes); all or nothing: an unknown or revoked node fails the call, named."""
+        if via != "grpc":
+            raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
+        ids = list(req.node_ids)
+        if not ids:
+            raise InvalidArgument("GetPrivateBundles: node_ids is empty")
+        if len(ids) > MAX_BUNDLES_PER_CALL:
+            raise InvalidArgument(f"GetPrivateBundles: {len(ids)} node_ids, at most {MAX_BUNDLES_PER_CALL} per call")
+        dup = sorted({n for n in ids if ids.count(n) > 1}) if len(set(ids)) != len(ids) else []
+        if dup:
+            raise InvalidArgument(f"GetPrivateBundles: node_ids repeats {', '.join(map(repr, dup[:5]))}")
+        await self.state.refresh()
+        entries = [self.vault.get(n) for n in ids]
+        out = pb.GetPrivateBundlesResponse(bundles=[
+            pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current),
+                                     private_bundle=self.vault.private_bundle(e.node_id)) for e in entries])
+        await self.audit_nodes("identity.private_exported", [(e.node_id, e.current) for e in entries], {"via": via})
+        return out
+
     async def retire_due(self) -> int:
         """Retire generations whose overlap window passed. Every replica tries; the compare-and-set
         lets one retire each generation, the others re-read and find nothing left to do."""
@@ -457,6 +479,7 @@ METHODS: dict[str, type] = {
     "IssueIdentity": pb.IssueIdentityRequest, "GetPublicKeys": pb.GetPublicKeysRequest,
     "Rotate": pb.RotateRequest, "Revoke": pb.RevokeRequest, "ListIdentities": pb.ListIdentitiesRequest,
     "Attest": pb.AttestRequest, "Info": pb.InfoRequest, "GetPrivateBundle": pb.GetPrivateBundleRequest,
+    "GetPrivateBundles": pb.GetPrivateBundlesRequest,
 }
 
 

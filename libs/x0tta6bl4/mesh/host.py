@@ -97,6 +97,70 @@ def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> e
     return t
 
 
+
+class BundleBatcher:
+    """Coalesces this host's private-bundle fetches into one keyvault ``GetPrivateBundles`` call.
+
+    A "rotate all" makes the executor send every node a RELOAD_KEYS at nearly the same moment;
+    fetches that arrive within ``window_s`` of the first one share a call (50 nodes: one call
+    instead of 50). When the batch call fails for one node (revoked meanwhile, unknown), every
+    node of the batch is fetched on its own, so each gets its own answer; a keyvault without the
+    batch call (UNIMPLEMENTED) is asked one node at a time from then on."""
+
+    def __init__(self, stub: Any, window_s: float = 0.005, timeout_s: float = 15.0, batched: bool = True) -> None:
+        self.stub, self.window_s, self.timeout_s = stub, window_s, timeout_s
+        self.batched = batched
+        self.calls = 0                      # keyvault calls made (batch or single), for tests and logs
+        self._pending: dict[str, list[asyncio.Future]] = {}
+        self._flushing: asyncio.Task | None = None
+
+    async def get(self, node: str):
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(node, []).append(fut)
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush(), name="keyvault-bundles")
+        return await fut
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.window_s)
+        batch, self._pending, self._flushing = self._pending, {}, None
+        nodes = list(batch)
+        results: dict[str, Any] = {}
+        if self.batched and len(nodes) > 1:
+            results = await self._fetch_batch(nodes)
+        missing = [n for n in nodes if n not in results]
+        if missing:
+            singles = await asyncio.gather(*(self._fetch_one(n) for n in missing), return_exceptions=True)
+            results.update(zip(missing, singles))
+        for n, futs in batch.items():
+            for f in futs:
+                if f.done():
+                    continue
+                if isinstance(results[n], BaseException):
+                    f.set_exception(results[n])
+                else:
+                    f.set_result(results[n])
+
+    async def _fetch_batch(self, nodes: list[str]) -> dict[str, Any]:
+        import grpc
+        from x0tta6bl4.v1 import keyvault_pb2 as kpb
+        self.calls += 1
+        try:
+            resp = await self.stub.GetPrivateBundles(kpb.GetPrivateBundlesRequest(node_ids=nodes),
+                                                     timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.batched = False
+            log.info("keyvault GetPrivateBundles for %d nodes: %s; fetching one by one", len(nodes), e.code().name)
+            return {}
+        return dict(zip(nodes, resp.bundles))
+
+    async def _fetch_one(self, node: str):
+        from x0tta6bl4.v1 import keyvault_pb2 as kpb
+        self.calls += 1
+        return await self.stub.GetPrivateBundle(kpb.GetPrivateBundleRequest(node_id=node), timeout=self.timeout_s)
+
+
 class MeshHost:
     """Node agents of one topology (or a subset) bridged to NATS."""
 
@@ -218,6 +282,8 @@ class MeshHost:
             from x0tta6bl4.v1 import keyvault_pb2_grpc as kpb_grpc
             self._grpc = grpc.aio.insecure_channel(self.keyvault_addr)
             self._stub = kpb_grpc.KeyvaultStub(self._grpc)
+            window = float(os.environ.get("X0TTA6BL4_KEY_RELOAD_BATCH_S", "0.005"))
+            self._bundles = BundleBatcher(self._stub, window_s=max(window, 0.0), batched=window > 0)
             info = await self._stub.Info(kpb.InfoRequest(), timeout=15)
             self.trust = MeshTrust.pinned(info.root_public_key, max_skew_s=self.max_skew_s)
             self._watcher, initial = await watch_bucket(self.nc.jetstream(), info.kv_bucket or "keys")
@@ -254,7 +320,7 @@ class MeshHost:
                 if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                     raise
         if resp is None:
-            resp = await self._stub.GetPrivateBundle(kpb.GetPrivateBundleRequest(node_id=node), timeout=15)
+            resp = await self._bundles.get(node)
         r = resp.record
         self.trust.apply_many([(key_key(r.sig_key_id), r.signed_sig_record), (key_key(r.kem_key_id),
                                r.signed_kem_record), (node_key(node, "sig"), r.signed_sig_record),

@@ -76,6 +76,11 @@ class KeyvaultStub:
                 request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.SerializeToString,
                 response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.FromString,
                 _registered_method=True)
+        self.GetPrivateBundles = channel.unary_unary(
+                '/x0tta6bl4.v1.Keyvault/GetPrivateBundles',
+                request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.SerializeToString,
+                response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.FromString,
+                _registered_method=True)
 
 
 class KeyvaultServicer:
@@ -133,6 +138,14 @@ class KeyvaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPrivateBundles(self, request, context):
+        """The same for many nodes in one call (a host process reloading its nodes after
+        "rotate all"): bundles in the order of node_ids, at most 1000; gRPC only, audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyvaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +188,11 @@ def add_KeyvaultServicer_to_server(servicer, server):
                     servicer.GetPrivateBundle,
                     request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.FromString,
                     response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.SerializeToString,
+            ),
+            'GetPrivateBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrivateBundles,
+                    request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.FromString,
+                    response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +413,33 @@ class Keyvault:
             '/x0tta6bl4.v1.Keyvault/GetPrivateBundle',
             x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.SerializeToString,
             x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrivateBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/x0tta6bl4.v1.Keyvault/GetPrivateBundles',
+            x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.SerializeToString,
+            x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,
