@@ -423,32 +423,28 @@ class KeyvaultApi:
                                kv_bucket=dist.BUCKET, default_overlap_s=self.vault.default_overlap_s)
 
     async def GetPrivateBundle(self, req: pb.GetPrivateBundleRequest, via: str) -> pb.IssueIdentityResponse:
-        if via != "grpc":
-            raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
-        await self.state.refresh()
-        e = self.vault.get(req.node_id)
-        bundle = self.vault.private_bundle(req.node_id)
-        await self.audit("identity.private_exported", e.node_id, {"generation": e.generation, "via": via})
-        return pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current), private_bundle=bundle)
+        return (await self._export_private([req.node_id], via))[0]
 
     async def GetPrivateBundles(self, req: pb.GetPrivateBundlesRequest, via: str) -> pb.GetPrivateBundlesResponse:
-        """GetPrivateBundle for many nodes at once (one state refresh, one audit event per
-        AUDIT_CHUNK nodes); all or nothing: an unknown or revoked node fails the call, named."""
-        if via != "grpc":
-            raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
         ids = list(req.node_ids)
         if not ids:
             raise InvalidArgument("GetPrivateBundles: node_ids is empty")
         if len(ids) > MAX_BUNDLES_PER_CALL:
             raise InvalidArgument(f"GetPrivateBundles: {len(ids)} node_ids, at most {MAX_BUNDLES_PER_CALL} per call")
-        dup = sorted({n for n in ids if ids.count(n) > 1}) if len(set(ids)) != len(ids) else []
-        if dup:
+        if len(set(ids)) != len(ids):
+            dup = sorted({n for n in ids if ids.count(n) > 1})
             raise InvalidArgument(f"GetPrivateBundles: node_ids repeats {', '.join(map(repr, dup[:5]))}")
+        return pb.GetPrivateBundlesResponse(bundles=await self._export_private(ids, via))
+
+    async def _export_private(self, ids: list[str], via: str) -> list[pb.IssueIdentityResponse]:
+        """The current private bundles of ``ids`` (gRPC only; one state refresh; audited, one event
+        per AUDIT_CHUNK nodes); all or nothing: an unknown or revoked node fails the call, named."""
+        if via != "grpc":
+            raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
         await self.state.refresh()
         entries = [self.vault.get(n) for n in ids]
-        out = pb.GetPrivateBundlesResponse(bundles=[
-            pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current),
-                                     private_bundle=self.vault.private_bundle(e.node_id)) for e in entries])
+        out = [pb.IssueIdentityResponse(record=key_record(self.vault, e, e.current),
+                                        private_bundle=self.vault.private_bundle(e.node_id)) for e in entries]
         await self.audit_nodes("identity.private_exported", [(e.node_id, e.current) for e in entries], {"via": via})
         return out
 
