@@ -143,6 +143,7 @@ class BundleBatcher:
 
     async def _fetch_batch(self, nodes: list[str]) -> dict[str, Any]:
         import grpc
+
         from x0tta6bl4.v1 import keyvault_pb2 as kpb
         self.calls += 1
         try:

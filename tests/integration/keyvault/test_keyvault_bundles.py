@@ -10,9 +10,8 @@ import pytest
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.mesh.host import BundleBatcher
 from x0tta6bl4.pqc import NodeIdentity
-from x0tta6bl4.v1 import events_pb2
+from x0tta6bl4.v1 import events_pb2, keyvault_pb2_grpc
 from x0tta6bl4.v1 import keyvault_pb2 as pb
-from x0tta6bl4.v1 import keyvault_pb2_grpc
 
 
 def code_of(fn, *a, **kw) -> tuple[grpc.StatusCode, str]:
