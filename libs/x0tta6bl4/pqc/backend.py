@@ -438,11 +438,25 @@ def available_backends() -> list[str]:
 def get_backend(name: str | None = None) -> Backend:
     """Return the backend ``name``, or the configured default.
 
-    Default: ``$X0TTA6BL4_PQC_BACKEND`` if set, else ``cryptography``; falls back
-    to ``liboqs`` only when cryptography cannot run ML-KEM/ML-DSA and the
-    liboqs shared library is present.
+    Default (chosen on the first call, then kept for the process): ``$X0TTA6BL4_PQC_BACKEND``
+    if set, else ``cryptography``; falls back to ``liboqs`` only when cryptography cannot run
+    ML-KEM/ML-DSA and the liboqs shared library is present.
     """
-    explicit = name or os.environ.get(BACKEND_ENV) or None
+    if name is None:
+        # the fast path (every key generation asks for the default): chosen once per process, so
+        # $X0TTA6BL4_PQC_BACKEND is read on first use -- reading the environment costs ~1 us a call
+        backend = _DEFAULT
+        if backend is None:
+            backend = _resolve(os.environ.get(BACKEND_ENV) or None)
+            globals()["_DEFAULT"] = backend
+        return backend
+    return _resolve(name)
+
+
+_DEFAULT: Backend | None = None
+
+
+def _resolve(explicit: str | None) -> Backend:
     if explicit is not None and explicit not in _FACTORIES:
         raise BackendUnavailable(f"unknown PQC backend {explicit!r}; choose from {sorted(_FACTORIES)}")
     order = [explicit] if explicit else ["cryptography", "liboqs"]
