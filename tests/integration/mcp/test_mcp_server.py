@@ -56,8 +56,8 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
             except OSError:
                 pass
             await asyncio.sleep(0.2)
-        assert get(f"http://127.0.0.1:{hp}/health") == (200, get(f"http://127.0.0.1:{hp}/health")[1])
-        assert get(f"http://127.0.0.1:{hp}/health")[1]["status"] == "ok"
+        code, body = get(f"http://127.0.0.1:{hp}/health")
+        assert code == 200 and body["status"] == "ok" and body["service"] == "mesh-host"
         for sp in stack.procs:
             code, body = get(f"http://127.0.0.1:{sp.health_port}/ready")
             assert code == 200 and body["ready"] is True, sp.name
