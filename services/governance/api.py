@@ -111,17 +111,15 @@ class Governance(gpb_grpc.GovernanceServicer):
         if not req.HasField("action"):
             raise InvalidArgument("action is required (kind reroute, rotate_keys, deploy, config_change, ...)")
         action = action_from_pb(req.action)
-        request_id = req.request_id
-        if req.signature:
-            payload = proposal_signing_payload(
-                title=req.title, description=req.description, action=action, proposer=req.proposer,
-                duration_s=req.duration_s, quorum=req.quorum, threshold=req.threshold,
-                execution_window_s=req.execution_window_s, request_id=req.request_id, nonce=bytes(req.nonce))
-            await self._authenticate_proposer(req.proposer, bytes(req.nonce), bytes(req.signature), payload,
-                                              _metadata(context), "opening a proposal")
-            request_id = request_id or default_request_id(payload)
-        else:
-            await self._authenticate_proposer(req.proposer, b"", b"", b"", _metadata(context), "opening a proposal")
+        nonce = bytes(req.nonce)
+        payload = proposal_signing_payload(
+            title=req.title, description=req.description, action=action, proposer=req.proposer,
+            duration_s=req.duration_s, quorum=req.quorum, threshold=req.threshold,
+            execution_window_s=req.execution_window_s, request_id=req.request_id, nonce=nonce) if req.signature else b""
+        await self._authenticate_proposer(req.proposer, nonce, bytes(req.signature), payload, _metadata(context),
+                                          "opening a proposal")
+        # a signed request without an idempotency key gets the digest of what was signed
+        request_id = req.request_id or (default_request_id(payload) if payload else "")
 
         def cmd(eng: GovernanceEngine) -> Outcome:
             res = eng.create_proposal(title=req.title, description=req.description, action=action,
