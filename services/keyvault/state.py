@@ -152,31 +152,24 @@ class SharedVault:
 
     # ---- the watcher -------------------------------------------------------------------------
     async def start_watch(self) -> None:
-        """Watch the whole bucket; returns once the initial values are applied."""
+        """Watch the whole bucket; returns once every entry written before the call is applied
+        (the stream's last sequence is the barrier: nats-py's end-of-initial-values marker can
+        come before the values, see x0tta6bl4.bus.kvwatch)."""
         self._watcher = await self.kv.watchall()
-        first = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._watch(first), name="keyvault-state-watch")
-        await first
-        last = await self.last_seq()
-        await self._wait_seen(last)
+        self._task = asyncio.create_task(self._watch(), name="keyvault-state-watch")
+        await self._wait_seen(await self.last_seq())
 
-    async def _watch(self, first: asyncio.Future) -> None:
-        try:
-            async for e in self._watcher:
-                if e is None:
-                    if not first.done():
-                        first.set_result(None)
-                    continue
-                try:
-                    await self._apply(e)
-                except Exception:
-                    log.exception("keyvault state: cannot apply %s rev %s", e.key, e.revision)
-                async with self._cond:
-                    self.seen = max(self.seen, e.revision or 0)
-                    self._cond.notify_all()
-        finally:
-            if not first.done():
-                first.set_result(None)
+    async def _watch(self) -> None:
+        async for e in self._watcher:
+            if e is None:
+                continue
+            try:
+                await self._apply(e)
+            except Exception:
+                log.exception("keyvault state: cannot apply %s rev %s", e.key, e.revision)
+            async with self._cond:
+                self.seen = max(self.seen, e.revision or 0)
+                self._cond.notify_all()
 
     async def _apply(self, e) -> None:
         key, rev = e.key, e.revision or 0
@@ -218,7 +211,7 @@ class SharedVault:
 
     async def last_seq(self) -> int:
         info = await self.js.stream_info(f"KV_{BUCKET}")
-        return info.state.last_seq
+        return info.state.last_seq if info.state.messages else 0
 
     async def _wait_seen(self, seq: int) -> None:
         async with self._cond:
