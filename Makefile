@@ -15,6 +15,7 @@ help:
 	@echo "make bench       benchmarks (ratios against raw baselines measured in the same run)"
 	@echo "make bench-mttr  measured MTTR on a 50-node mesh"
 	@echo "make proto       regenerate Python code from proto/"
+	@echo "make docs        regenerate the generated tables in docs/bus.md from bus/subjects.py"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +33,11 @@ setup: $(STAMP) ebpf-setup
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
+
+# docs/bus.md's tables from bus/subjects.py (a test fails when they differ)
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python tools/gen_docs.py
 
 demo: $(STAMP) ebpf-setup
 	$(BIN)/meshctl demo
