@@ -18,6 +18,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from x0tta6bl4.monitoring.thresholds import ThresholdConfigError, Thresholds, load_thresholds
+
 PREFIX = "X0TTA6BL4_"
 CONFIG_FILE_ENV = PREFIX + "CONFIG_FILE"
 
@@ -75,6 +77,8 @@ class CommonSettings(BaseSettings):
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas for streams (clustered NATS)")
     instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     trust_domain: str = Field("x0tta6bl4.mesh", pattern=r"^[a-z0-9.-]{1,253}$")
+    thresholds_file: pathlib.Path | None = Field(None, description="TOML/YAML/JSON threshold table (every stage)")
+    thresholds: str | None = Field(None, description='inline JSON, e.g. {"cpu_percent": {"warning": 60}}')
 
     @field_validator("nats_url")
     @classmethod
@@ -83,6 +87,14 @@ class CommonSettings(BaseSettings):
             if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
                 raise ValueError(f"not a NATS URL: {url.strip()!r} (expected nats://host:port)")
         return v
+
+    def threshold_table(self) -> Thresholds:
+        """The one threshold table of this deployment (the spec's, changed by the two threshold settings);
+        every stage classifies with it. ConfigError names the bad setting."""
+        try:
+            return load_thresholds(self.thresholds_file, self.thresholds)
+        except ThresholdConfigError as e:
+            raise ConfigError(str(e)) from None
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -1,11 +1,5 @@
-"""Baseline detector: the spec's threshold rules.
-
-| metric          | ok    | warning  | critical |
-|-----------------|-------|----------|----------|
-| p99 latency ms  | < 40  | 40-100   | > 100    |
-| loss %          | < 1   | 1-5      | > 5      |
-| CPU %           | < 70  | 70-90    | > 90     |
-| memory %        | < 80  | 80-95    | > 95     |
+"""Baseline detector: the threshold rules of the one threshold table
+(:class:`x0tta6bl4.monitoring.thresholds.Thresholds`; the spec's by default) on feature columns.
 
 Loss, CPU and memory use the window mean; latency uses the window p99.
 Score per node = max level (0 ok, 0.5 warning, 1 critical); a node is
@@ -20,15 +14,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..monitoring.thresholds import Thresholds
 from .features import COL
 
-RULES: dict[str, tuple[str, float, float]] = {
-    # name: (feature column, warning threshold, critical threshold)
-    "latency_p99": ("latency_ms_p99", 40.0, 100.0),
-    "loss": ("loss_rate_mean", 1.0, 5.0),
-    "cpu": ("cpu_mean", 70.0, 90.0),
-    "memory": ("memory_mean", 80.0, 95.0),
+# rule name: (feature column, metric of the threshold table)
+RULE_COLUMNS: dict[str, tuple[str, str]] = {
+    "latency_p99": ("latency_ms_p99", "latency_p99_ms"),
+    "loss": ("loss_rate_mean", "loss_percent"),
+    "cpu": ("cpu_mean", "cpu_percent"),
+    "memory": ("memory_mean", "memory_percent"),
 }
+
+
+def rules_table(thresholds: Thresholds | None = None) -> dict[str, tuple[str, float, float]]:
+    """rule name -> (feature column, warning threshold, critical threshold), from the threshold table."""
+    th = thresholds or Thresholds()
+    return {name: (col, getattr(th, metric).warning, getattr(th, metric).critical)
+            for name, (col, metric) in RULE_COLUMNS.items()}
+
+
+RULES: dict[str, tuple[str, float, float]] = rules_table()   # the spec's
 RULE_FAULT = {
     "latency_p99": "congestion",
     "loss": "degrading_link",
@@ -46,21 +51,22 @@ class RuleResult:
 
 
 class RuleDetector:
-    def __init__(self, alert_on: str = "critical") -> None:
+    def __init__(self, alert_on: str = "critical", thresholds: Thresholds | None = None) -> None:
         if alert_on not in ("critical", "warning"):
             raise ValueError("alert_on must be 'critical' or 'warning'")
         self.alert_on = alert_on
+        self.table = rules_table(thresholds)
 
     def evaluate(self, x: np.ndarray) -> RuleResult:
         n = x.shape[0]
-        level = np.zeros((n, len(RULES)))
-        exceed = np.zeros((n, len(RULES)))
-        for j, (col, warn, crit) in enumerate(RULES.values()):
+        level = np.zeros((n, len(self.table)))
+        exceed = np.zeros((n, len(self.table)))
+        for j, (col, warn, crit) in enumerate(self.table.values()):
             v = x[:, COL[col]]
             level[:, j] = np.where(v > crit, 1.0, np.where(v >= warn, 0.5, 0.0))
             exceed[:, j] = np.maximum(v - warn, 0) / (crit - warn)
         score = level.max(axis=1)
-        names = list(RULES)
+        names = list(self.table)
         top = (level * 10 + exceed).argmax(axis=1)
         has = level.max(axis=1) > 0
         return RuleResult(

@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
-from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.ids import new_meta
 from x0tta6bl4.v1 import events_pb2
 
 GENESIS = bytes(32)

@@ -34,7 +34,7 @@ import nats
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
@@ -44,6 +44,8 @@ from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
 from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology
 from x0tta6bl4.bus.health import HealthServer
+from x0tta6bl4.bus.kv import NatsKV
+from x0tta6bl4.bus.ports import KeyNotFound, Reject, Reply
 from x0tta6bl4.bus.publisher import Publisher, derive_id
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
 from x0tta6bl4.pqc.keystore import write_secret_file
@@ -65,13 +67,10 @@ LATENCY = Histogram("x0_handler_seconds", "handler latency", ["service", "consum
                     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
 
 
-class Reject(Exception):
-    """Raised by a handler for a message that can never succeed: dead-letter it now."""
-
-
 @dataclass
 class Context:
-    service: "Service"
+    """The NATS runtime's handler context (see :class:`x0tta6bl4.bus.ports.Context`)."""
+    service: Service
     subject: str
     event_id: str
     cycle_id: str
@@ -79,17 +78,24 @@ class Context:
     deliveries: int
     _n: int = 0
 
-    async def publish(self, subject: str, msg: Message, key: str = "") -> None:
+    async def publish(self, subject: str, msg: Message, key: str = "", *, cycle_id: str | None = None) -> None:
         """Publish an event caused by the current one (same cycle, same trace, derived id)."""
         self._n += 1
-        eid = derive_id(self.event_id, subject, key or str(self._n))
-        await self.service.publisher.publish(subject, msg, cycle_id=self.cycle_id, event_id=eid)
+        eid = derive_id(self.event_id, subject, key or str(self._n)) if self.event_id else None
+        await self.service.publisher.publish(subject, msg, cycle_id=self.cycle_id if cycle_id is None else cycle_id,
+                                             event_id=eid)
 
-    async def audit(self, event_type: str, subject_id: str = "", details: dict[str, Any] | None = None) -> None:
-        await self.service.audit(event_type, subject_id, details, cycle_id=self.cycle_id)
+    async def audit(self, event_type: str, subject_id: str = "", details: dict[str, Any] | None = None,
+                    *, cycle_id: str | None = None) -> None:
+        await self.service.audit(event_type, subject_id, details,
+                                 cycle_id=self.cycle_id if cycle_id is None else cycle_id)
 
-    async def kv(self, bucket: str) -> KeyValue:
+    async def kv(self, bucket: str) -> NatsKV:
         return await self.service.kv(bucket)
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> Reply:
+        reply = await self.service.nc.request(subject, data, timeout=timeout)
+        return Reply(reply.data, dict(reply.headers or {}))
 
 
 @dataclass
@@ -123,7 +129,8 @@ class Service:
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._background: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task] = []
-        self._kv: dict[str, KeyValue] = {}
+        self._kv: dict[str, NatsKV] = {}
+        self.mirrors: dict[str, list[tuple[dict, Callable[[bytes], Any], Callable[[str, Any], None] | None]]] = {}
         self._audit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.nc: NATS | None = None
@@ -140,6 +147,11 @@ class Service:
             self.subscriptions.append(Subscription(durable, msg_type, fn, concurrency, idempotent_skip))
             return fn
         return deco
+
+    def subscribe(self, durable: str, msg_type: type[M], handler: Callable[[M, Context], Awaitable[None]],
+                  concurrency: int = 1, idempotent_skip: bool = True) -> None:
+        """Register ``handler`` (usually a stage function with its dependencies bound) on a durable consumer."""
+        self.subscriber(durable, msg_type, concurrency, idempotent_skip)(handler)
 
     def on_startup(self, fn):
         self._startup.append(fn)
@@ -159,9 +171,10 @@ class Service:
         """A dict kept equal to a key-value bucket by a watcher (a cache shared state is read from;
         the bucket stays the source of truth, so replicas see the same data)."""
         view: dict[str, Any] = {}
+        self.mirrors.setdefault(bucket, []).append((view, decode, on_change))
 
         async def watch() -> None:
-            kv = await self.kv(bucket)
+            kv = await self.raw_kv(bucket)
             watcher = await kv.watchall()
             async for entry in watcher:
                 if entry is None:
@@ -179,10 +192,20 @@ class Service:
         return view
 
     # ---- helpers for handlers ----------------------------------------------
-    async def kv(self, bucket: str) -> KeyValue:
+    async def kv(self, bucket: str) -> NatsKV:
+        """A bucket behind the key-value port (:mod:`x0tta6bl4.bus.ports`)."""
         if bucket not in self._kv:
-            self._kv[bucket] = await self.nc.jetstream().key_value(bucket)
+            js = self.nc.jetstream()
+            self._kv[bucket] = NatsKV(await js.key_value(bucket), bucket, js)
         return self._kv[bucket]
+
+    async def raw_kv(self, bucket: str) -> KeyValue:
+        """nats-py's bucket object (watchers); handlers use :meth:`kv`."""
+        return (await self.kv(bucket)).raw
+
+    def context(self, cycle_id: str = "") -> Context:
+        """A context for work not caused by a message (background loops): fresh event ids."""
+        return Context(self, "", "", cycle_id, {}, 0)
 
     async def audit(self, event_type: str, subject_id: str = "", details: dict[str, Any] | None = None,
                     cycle_id: str = "") -> None:
@@ -215,7 +238,7 @@ class Service:
         await ensure_topology(self.nc.jetstream(), s.stream_replicas)
         signer = _load_audit_signer(pathlib.Path(s.data_dir), self.name)
         self.chain = AuditChain(self.name, signer)
-        kv = await self.kv("audit_keys")
+        kv = await self.raw_kv("audit_keys")
         try:
             await kv.create(f"{self.name}.{signer.key_id}", signer.public_bytes())
         except KeyWrongLastSequenceError:
@@ -345,7 +368,7 @@ class Service:
                     HANDLED.labels(self.name, sub.durable, "duplicate").inc()
                     span.set_attribute("x0.duplicate", True)
                     return
-                except KeyNotFoundError:
+                except KeyNotFound:
                     pass
             ctx = Context(self, m.subject, event_id, cycle_id, headers, deliveries)
             try:

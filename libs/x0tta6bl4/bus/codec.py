@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
-import time
-import uuid
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from x0tta6bl4.ids import SCHEMA_VERSION, new_meta  # noqa: F401 - re-exported
 from x0tta6bl4.v1 import common_pb2, events_pb2, governance_pb2, mesh_pb2
 
-SCHEMA_VERSION = 1
 
 M = TypeVar("M", bound=Message)
 
@@ -55,16 +53,6 @@ def message_class(full_name: str) -> type[Message]:
         return _BY_NAME[full_name]
     except KeyError:
         raise InvalidMessage(f"unknown message type {full_name!r}") from None
-
-
-def new_meta(producer: str, cycle_id: str = "", event_id: str = "") -> common_pb2.Meta:
-    return common_pb2.Meta(
-        event_id=event_id or uuid.uuid4().hex,
-        cycle_id=cycle_id,
-        producer=producer,
-        ts_unix_ns=time.time_ns(),
-        schema_version=SCHEMA_VERSION,
-    )
 
 
 def _get(msg: Message, path: str):

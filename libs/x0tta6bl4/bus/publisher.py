@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
@@ -19,24 +18,19 @@ from tenacity import (
     wait_exponential,
 )
 
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import SCHEMA_VERSION, encode
+from x0tta6bl4.ids import derive_id  # noqa: F401 - re-exported
 from x0tta6bl4.telemetry.tracing import inject_headers
 
 log = logging.getLogger("x0tta6bl4.bus")
 
-MSG_ID = "Nats-Msg-Id"
-TYPE = "X0-Type"
-CYCLE = "X0-Cycle"
+MSG_ID, TYPE, CYCLE = subjects.HEADER_MSG_ID, subjects.HEADER_TYPE, subjects.HEADER_CYCLE
 
 RETRYABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
              nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
              nats.errors.OutboundBufferLimitError, nats.js.errors.NoStreamResponseError,
              nats.js.errors.ServiceUnavailableError, nats.errors.StaleConnectionError)
-
-
-def derive_id(*parts: str) -> str:
-    """A deterministic event id from its causes (same input -> same id -> de-duplicated)."""
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 class Publisher:

@@ -21,10 +21,30 @@ MAPEK_RESULT = "mapek.result"            # ActionResult: executor -> governance,
 MAPEK_VERIFIED = "mapek.verified"        # Verification: executor -> knowledge, planner
 AUDIT = "audit.{service}.{event}"        # AuditEvent from every service (and audit.edge.* from edge nodes)
 DEAD_LETTER = "dlq.{consumer}"           # DeadLetter: poison messages, parked
-GOV_EVENTS = "gov.events.{kind}"         # governance event-sourced state
+GOV_EVENTS = "gov.events.{kind}"         # governance event-sourced state (stream GOV)
+GOV_WATCH = "gov.watch.{kind}"           # core NATS, not stored: ProposalEvent fan-out for WatchProposals
 KEYVAULT_RPC = "keyvault.rpc.{method}"   # keyvault's gRPC methods over NATS request/reply (queue group)
-GOVERNANCE_RPC = "governance.rpc.{method}"
+GOVERNANCE_RPC = "governance.rpc.{method}"  # reserved: governance methods over NATS request/reply
 MONITOR_RPC = "monitor.rpc.{method}"     # monitor info over core NATS request/reply
+
+# wildcards of the families above (subscriptions, stream subjects, permissions)
+MESH_TELEMETRY_ALL = "mesh.telemetry.*"
+MESH_EVENT_ALL = "mesh.event.*"
+MESH_CMD_ALL = "mesh.cmd.*"
+MAPEK_ALL = "mapek.>"
+AUDIT_ALL = "audit.>"
+DEAD_LETTER_ALL = "dlq.>"
+GOV_EVENTS_ALL = "gov.events.>"
+GOV_WATCH_ALL = "gov.watch.>"
+KEYVAULT_RPC_ALL = "keyvault.rpc.*"
+MONITOR_INFO = MONITOR_RPC.format(method="Info")
+
+# headers every stored event carries
+HEADER_MSG_ID = "Nats-Msg-Id"            # JetStream de-duplication: the event id
+HEADER_TYPE = "X0-Type"                  # full protobuf name of the payload
+HEADER_CYCLE = "X0-Cycle"                # the MAPE-K cycle id, when the event belongs to one
+HEADER_ERROR = "X0-Error"                # on a request's reply: what failed
+HEADER_ERROR_CODE = "X0-Error-Code"      # on a request's reply: the gRPC status code name
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -57,6 +77,23 @@ def dead_letter(consumer: str) -> str:
     return DEAD_LETTER.format(consumer=token(consumer))
 
 
+def audit_of(service: str) -> str:
+    """Every audit event of one service."""
+    return f"audit.{token(service)}.>"
+
+
+def gov_event(kind: str) -> str:
+    return GOV_EVENTS.format(kind=token(kind))
+
+
+def gov_watch(kind: str) -> str:
+    return GOV_WATCH.format(kind=token(kind))
+
+
+def keyvault_rpc(method: str) -> str:
+    return KEYVAULT_RPC.format(method=token(method))
+
+
 # ---- streams ----------------------------------------------------------------
 @dataclass(frozen=True)
 class Stream:
@@ -71,16 +108,17 @@ class Stream:
 
 
 MB = 1024 * 1024
+STREAM_MESH, STREAM_MAPEK, STREAM_AUDIT, STREAM_DLQ, STREAM_GOV = "MESH", "MAPEK", "AUDIT", "DLQ", "GOV"
 STREAMS: tuple[Stream, ...] = (
-    Stream("MESH", ("mesh.telemetry.*", "mesh.event.*"), 3600, 256 * MB, 30,
+    Stream(STREAM_MESH, (MESH_TELEMETRY_ALL, MESH_EVENT_ALL), 3600, 256 * MB, 30,
            doc="node agents' telemetry and control events"),
-    Stream("MAPEK", ("mapek.>",), 7 * 86400, 512 * MB, 120,
+    Stream(STREAM_MAPEK, (MAPEK_ALL,), 7 * 86400, 512 * MB, 120,
            doc="one MAPE-K cycle's events, stage to stage"),
-    Stream("AUDIT", ("audit.>",), 365 * 86400, 1024 * MB, 120, deny_delete=True, discard_new=True,
+    Stream(STREAM_AUDIT, (AUDIT_ALL,), 365 * 86400, 1024 * MB, 120, deny_delete=True, discard_new=True,
            doc="hash-chained, signed audit trail"),
-    Stream("DLQ", ("dlq.>",), 30 * 86400, 128 * MB, 120,
+    Stream(STREAM_DLQ, (DEAD_LETTER_ALL,), 30 * 86400, 128 * MB, 120,
            doc="dead letters: poison or repeatedly failing messages, parked"),
-    Stream("GOV", ("gov.events.>",), 0, 4096 * MB, 300, deny_delete=True, discard_new=True,
+    Stream(STREAM_GOV, (GOV_EVENTS_ALL,), 0, 4096 * MB, 300, deny_delete=True, discard_new=True,
            doc="governance event log (source of truth for proposals, votes, ledger)"),
 )
 
@@ -122,14 +160,60 @@ class Consumer:
 
 
 CONSUMERS: tuple[Consumer, ...] = (
-    Consumer("monitor-telemetry", "MESH", "mesh.telemetry.*", "monitor", "node telemetry"),
-    Consumer("monitor-events", "MESH", "mesh.event.*", "monitor", "agents' control/security events"),
+    Consumer("monitor-telemetry", "MESH", MESH_TELEMETRY_ALL, "monitor", "node telemetry"),
+    Consumer("monitor-events", "MESH", MESH_EVENT_ALL, "monitor", "agents' control/security events"),
     Consumer("analyzer", "MAPEK", MAPEK_TELEMETRY, "analyzer", "telemetry windows"),
     Consumer("planner", "MAPEK", MAPEK_ANOMALY, "planner", "anomalies"),
     Consumer("governance-plans", "MAPEK", MAPEK_PLAN, "governance", "plans needing a vote"),
     Consumer("governance-results", "MAPEK", MAPEK_RESULT, "governance", "mark proposals executed"),
     Consumer("executor", "MAPEK", MAPEK_ACTION, "executor", "actions to carry out"),
     Consumer("planner-knowledge", "MAPEK", MAPEK_VERIFIED, "planner", "verified outcomes -> knowledge"),
+)
+
+
+# ---- the subjects, what they carry, who speaks ----------------------------------------------------
+@dataclass(frozen=True)
+class Subject:
+    pattern: str
+    message: str                 # protobuf message (full name) or a short description of the payload
+    publishers: tuple[str, ...]
+    subscribers: tuple[str, ...]
+    stream: str = ""             # the stream that stores it ("": core NATS, not stored)
+    doc: str = ""
+
+
+SUBJECTS: tuple[Subject, ...] = (
+    Subject(TELEMETRY, "x0tta6bl4.v1.NodeTelemetry", ("node agent",), ("monitor",), STREAM_MESH,
+            "a node's periodic report (1 per HELLO interval)"),
+    Subject(MESH_EVENT, "x0tta6bl4.v1.MeshEvent", ("node agent",), ("monitor",), STREAM_MESH,
+            "neighbour lost, bad signature, key events"),
+    Subject(MESH_CMD, "x0tta6bl4.v1.MeshCommand -> MeshEvent", ("executor", "operator"), ("node agent",), "",
+            "commands to a node agent, request/reply"),
+    Subject(MAPEK_TELEMETRY, "x0tta6bl4.v1.TelemetryWindow", ("monitor",), ("analyzer",), STREAM_MAPEK,
+            "starts a cycle"),
+    Subject(MAPEK_HEALTH, "x0tta6bl4.v1.HealthChange", ("monitor",), ("operator",), STREAM_MAPEK,
+            "a node's or the mesh's health changed"),
+    Subject(MAPEK_ANOMALY, "x0tta6bl4.v1.Anomaly", ("analyzer",), ("planner",), STREAM_MAPEK,
+            "an incident with its root cause"),
+    Subject(MAPEK_PLAN, "x0tta6bl4.v1.Plan", ("planner",), ("governance", "operator"), STREAM_MAPEK,
+            "the decision and the action chosen"),
+    Subject(MAPEK_ACTION, "x0tta6bl4.v1.ActionRequest", ("planner", "governance"), ("executor",), STREAM_MAPEK,
+            "an approved action"),
+    Subject(MAPEK_RESULT, "x0tta6bl4.v1.ActionResult", ("executor",), ("governance", "planner"), STREAM_MAPEK,
+            "each step's outcome"),
+    Subject(MAPEK_VERIFIED, "x0tta6bl4.v1.Verification", ("executor",), ("planner",), STREAM_MAPEK,
+            "recovered or not, MTTR"),
+    Subject(AUDIT, "x0tta6bl4.v1.AuditEvent", ("every service", "edge node"), ("audit reader", "operator"),
+            STREAM_AUDIT, "hash-chained, signed audit trail"),
+    Subject(DEAD_LETTER, "x0tta6bl4.v1.DeadLetter", ("every service",), ("operator",), STREAM_DLQ,
+            "a message parked with the reason"),
+    Subject(GOV_EVENTS, "governance event (JSON)", ("governance",), ("governance",), STREAM_GOV,
+            "the governance event log (source of truth)"),
+    Subject(GOV_WATCH, "x0tta6bl4.v1.ProposalEvent", ("governance",), ("governance",), "",
+            "fan-out to WatchProposals streams of every replica"),
+    Subject(KEYVAULT_RPC, "keyvault request -> reply (x0tta6bl4.v1 keyvault messages)", ("executor", "operator",
+            "governance", "mesh host"), ("keyvault",), "", "keyvault's gRPC methods over NATS (queue group)"),
+    Subject(MONITOR_RPC, "empty -> JSON", ("operator",), ("monitor",), "", "monitor info (collector, hosts)"),
 )
 
 
@@ -141,11 +225,20 @@ def consumer(durable: str) -> Consumer:
 
 
 def describe() -> str:
-    """A markdown table of streams and consumers (used by the README and `meshctl bus`)."""
-    lines = ["| stream | subjects | retention | purpose |", "|---|---|---|---|"]
+    """Markdown tables of subjects, streams, key-value buckets and durable consumers (docs/bus.md and
+    `meshctl bus` are generated from this)."""
+    lines = ["| subject | message | published by | read by | stored in | purpose |", "|---|---|---|---|---|---|"]
+    for sj in SUBJECTS:
+        lines.append(f"| `{sj.pattern}` | {sj.message} | {', '.join(sj.publishers)} | {', '.join(sj.subscribers)} "
+                     f"| {sj.stream or 'not stored'} | {sj.doc} |")
+    lines += ["", "| stream | subjects | retention | purpose |", "|---|---|---|---|"]
     for s in STREAMS:
         age = "unlimited" if not s.max_age_s else f"{s.max_age_s / 86400:g} d" if s.max_age_s >= 86400 else f"{s.max_age_s / 3600:g} h"
         lines.append(f"| {s.name} | {', '.join(s.subjects)} | {age}, {s.max_bytes // MB} MiB | {s.doc} |")
+    lines += ["", "| key-value bucket | TTL | history | purpose |", "|---|---|---|---|"]
+    for b in BUCKETS:
+        ttl = "none" if not b.ttl_s else f"{b.ttl_s / 86400:g} d" if b.ttl_s >= 86400 else f"{b.ttl_s:g} s"
+        lines.append(f"| {b.name} | {ttl} | {b.history} | {b.doc} |")
     lines += ["", "| durable consumer | stream | subject | service |", "|---|---|---|---|"]
     for c in CONSUMERS:
         lines.append(f"| {c.durable} | {c.stream} | {c.subject} | {c.service} |")

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from x0tta6bl4.bus.codec import new_meta
-from x0tta6bl4.bus.publisher import derive_id
-from x0tta6bl4.mapek.health import SPEC_THRESHOLDS, classify_node
+from x0tta6bl4.ids import derive_id, new_meta
+from x0tta6bl4.mapek.health import as_field_table, classify_node
+from x0tta6bl4.monitoring.thresholds import Thresholds
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 METRIC_FAULT = {
@@ -40,10 +40,10 @@ def relevant(window: events_pb2.TelemetryWindow, anomalies: list[events_pb2.Anom
     return [a for a in anomalies if t == a.root_cause or t == a.node_id or t in a.affected_nodes]
 
 
-def _exceedance(t: events_pb2.NodeTelemetry) -> tuple[float, str]:
+def _exceedance(t: events_pb2.NodeTelemetry, th: Thresholds | None = None) -> tuple[float, str]:
     """Summed normalised exceedance over the warning thresholds, and the worst metric."""
     total, worst, worst_v = 0.0, "", 0.0
-    for metric, (warn, crit) in SPEC_THRESHOLDS.items():
+    for metric, (warn, crit) in as_field_table(th).items():
         v = max(getattr(t, metric) - warn, 0.0) / (crit - warn)
         total += v
         if v > worst_v:
@@ -54,17 +54,22 @@ def _exceedance(t: events_pb2.NodeTelemetry) -> tuple[float, str]:
 END_TO_END = ("loss_pct", "p99_latency_ms")
 
 
-def _links_clean(t: events_pb2.NodeTelemetry) -> bool:
+def _warnings(th: Thresholds | None) -> tuple[float, float]:
+    table = as_field_table(th)
+    return table["loss_pct"][0], table["p99_latency_ms"][0]
+
+
+def _links_clean(t: events_pb2.NodeTelemetry, th: Thresholds | None = None) -> bool:
     """The node's own links (measured from HELLO beacons) are within the healthy range."""
-    loss_warn, lat_warn = SPEC_THRESHOLDS["loss_pct"][0], SPEC_THRESHOLDS["p99_latency_ms"][0]
+    loss_warn, lat_warn = _warnings(th)
     return all(100.0 * q.loss_rate < loss_warn and q.latency_ms < lat_warn for q in t.links)
 
 
-def _degraded_links_node(nodes: dict[str, events_pb2.NodeTelemetry],
-                         exclude: set[str]) -> tuple[str, list[str]] | None:
+def _degraded_links_node(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
+                         th: Thresholds | None = None) -> tuple[str, list[str]] | None:
     """The node whose own links (as measured by HELLO beacons from both ends) are all out of the
     healthy range; the worst one when there are several."""
-    loss_warn, lat_warn = SPEC_THRESHOLDS["loss_pct"][0], SPEC_THRESHOLDS["p99_latency_ms"][0]
+    loss_warn, lat_warn = _warnings(th)
     best = None
     for n, t in nodes.items():
         if n in exclude or not t.reachable or not t.links:
@@ -79,9 +84,9 @@ def _degraded_links_node(nodes: dict[str, events_pb2.NodeTelemetry],
     return (best[1], best[2]) if best else None
 
 
-def _only_end_to_end(t: events_pb2.NodeTelemetry) -> bool:
-    _, reasons = classify_node(t)
-    return bool(reasons) and all(r.startswith(END_TO_END) for r in reasons) and _links_clean(t)
+def _only_end_to_end(t: events_pb2.NodeTelemetry, th: Thresholds | None = None) -> bool:
+    _, reasons = classify_node(t, th)
+    return bool(reasons) and all(r.startswith(END_TO_END) for r in reasons) and _links_clean(t, th)
 
 
 def anomaly(window: events_pb2.TelemetryWindow, node: str, root: str, fault: str, score: float,
@@ -102,10 +107,13 @@ def anomaly(window: events_pb2.TelemetryWindow, node: str, root: str, fault: str
 
 @dataclass
 class RuleAnalyzer:
+    """The spec's threshold rules on one window (``thresholds``: the deployment's table; None: the spec's)."""
     name: str = "rules"
+    thresholds: Thresholds | None = None
 
     def analyze(self, window: events_pb2.TelemetryWindow) -> list[events_pb2.Anomaly]:
         nodes = {t.node_id: t for t in window.nodes}
+        th = self.thresholds
         out: list[events_pb2.Anomaly] = []
         explained: set[str] = set()
         # 1. unreachable nodes are the root cause of their neighbours' trouble
@@ -123,7 +131,7 @@ class RuleAnalyzer:
                 explained |= {t.node_id, *victims}
         if any(not t.reachable for t in window.nodes):
             # while a node is down, end-to-end loss/latency anywhere is its doing (routes through it broke)
-            explained |= {n for n, t in nodes.items() if t.reachable and _only_end_to_end(t)}
+            explained |= {n for n, t in nodes.items() if t.reachable and _only_end_to_end(t, th)}
         # 2. failed authentication -> compromised node
         for t in window.nodes:
             if t.failed_auth and t.node_id not in explained:
@@ -131,8 +139,8 @@ class RuleAnalyzer:
                                    common_pb2.SEVERITY_HIGH, [f"failed_auth={t.failed_auth}"], [], self.name))
                 explained.add(t.node_id)
         # 3. threshold symptoms grouped by adjacency; the worst node of a group is its source
-        sick = {n: classify_node(t) for n, t in nodes.items()
-                if n not in explained and t.reachable and classify_node(t)[0] != common_pb2.HEALTH_HEALTHY}
+        health = {n: classify_node(t, th) for n, t in nodes.items() if n not in explained and t.reachable}
+        sick = {n: h for n, h in health.items() if h[0] != common_pb2.HEALTH_HEALTHY}
         seen: set[str] = set()
         for start in sorted(sick):
             if start in seen:
@@ -145,19 +153,19 @@ class RuleAnalyzer:
                 seen.add(n)
                 group.append(n)
                 stack.extend(p for p in nodes[n].neighbours if p in sick and p not in seen)
-            root = max(group, key=lambda n: (_exceedance(nodes[n])[0], n))
-            health, reasons = sick[root]
-            score, metric = _exceedance(nodes[root])
-            critical = health == common_pb2.HEALTH_CRITICAL
+            root = max(group, key=lambda n: (_exceedance(nodes[n], th)[0], n))
+            level, reasons = sick[root]
+            score, metric = _exceedance(nodes[root], th)
+            critical = level == common_pb2.HEALTH_CRITICAL
             fault = METRIC_FAULT.get(metric, "degraded")
             confidence = 0.95 if critical else 0.7
             victims = sorted(set(group) - {root})
             node = root
-            if metric in END_TO_END and _links_clean(nodes[root]):
+            if metric in END_TO_END and _links_clean(nodes[root], th):
                 # end-to-end loss/latency seen by a node whose own links are clean: the trouble is
                 # further along the path. A node whose own links are all degraded is the source;
                 # without one, observe until a node-level cause shows up.
-                culprit = _degraded_links_node(nodes, exclude=explained)
+                culprit = _degraded_links_node(nodes, explained, th)
                 if culprit is None:
                     fault, confidence = "path_degraded", 0.5
                     reasons = reasons + ["own links clean"]

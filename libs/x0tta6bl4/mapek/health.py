@@ -7,12 +7,14 @@ unreachable node is critical; failed authentications (bad signatures) and
 kernel security signals (``security.*`` keys of ``NodeTelemetry.kernel``, from
 the monitor's eBPF collector) make a node at least a warning.
 
-The thresholds in use are process-wide: the defaults of the spec, or what the
-monitor loaded from its settings (:func:`set_thresholds`).
+Every function takes the threshold table explicitly: a service loads it once from its settings
+(``CommonSettings.threshold_table()``) and passes it to its stage; ``None`` means the spec's defaults
+(tools that have no settings).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterable, Mapping
 
 from x0tta6bl4.monitoring.thresholds import Thresholds
 from x0tta6bl4.v1 import common_pb2, events_pb2
@@ -25,29 +27,24 @@ FIELD_METRIC: dict[str, str] = {
     "mem_pct": "memory_percent",
 }
 SECURITY_KERNEL_KEYS: tuple[str, ...] = ("security.sensitive_open", "security.privilege_change")
-
-_active: Thresholds = Thresholds()
-
-
-def set_thresholds(th: Thresholds | None) -> None:
-    """Use these thresholds for every classify_node() without an explicit table (None: the spec's)."""
-    global _active
-    _active = th or Thresholds()
+SPEC = Thresholds()   # the spec's table
 
 
-def active_thresholds() -> Thresholds:
-    return _active
+
+@functools.lru_cache(maxsize=32)
+def _field_table(th: Thresholds) -> tuple[tuple[str, tuple[float, float]], ...]:
+    return tuple((f, (getattr(th, m).warning, getattr(th, m).critical)) for f, m in FIELD_METRIC.items())
 
 
 def as_field_table(th: Thresholds | None = None) -> dict[str, tuple[float, float]]:
-    """NodeTelemetry field -> (warning_from, critical_above), a view of the threshold table."""
-    th = th or _active
-    return {f: (getattr(th, m).warning, getattr(th, m).critical) for f, m in FIELD_METRIC.items()}
+    """NodeTelemetry field -> (warning_from, critical_above), a view of the threshold table
+    (None: the spec's)."""
+    return dict(_field_table(th or SPEC))
 
 
 # A read-only view of the spec's defaults, by NodeTelemetry field name (kept for
 # callers such as the analyzer's rules); the table itself lives in monitoring.thresholds.
-SPEC_THRESHOLDS: Mapping[str, tuple[float, float]] = as_field_table(Thresholds())
+SPEC_THRESHOLDS: Mapping[str, tuple[float, float]] = as_field_table(SPEC)
 
 
 def classify_value(value: float, warning_from: float, critical_above: float) -> int:
@@ -58,12 +55,11 @@ def classify_value(value: float, warning_from: float, critical_above: float) -> 
     return common_pb2.HEALTH_HEALTHY
 
 
-def _table(thresholds: Thresholds | Mapping[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]]:
-    if thresholds is None:
-        return as_field_table(_active)
-    if isinstance(thresholds, Thresholds):
-        return as_field_table(thresholds)
-    return dict(thresholds)
+def _table(thresholds: Thresholds | Mapping[str, tuple[float, float]] | None
+           ) -> Iterable[tuple[str, tuple[float, float]]]:
+    if thresholds is None or isinstance(thresholds, Thresholds):
+        return _field_table(thresholds or SPEC)
+    return thresholds.items()
 
 
 def classify_node(t: events_pb2.NodeTelemetry,
@@ -73,7 +69,7 @@ def classify_node(t: events_pb2.NodeTelemetry,
         return common_pb2.HEALTH_CRITICAL, ["unreachable"]
     worst = common_pb2.HEALTH_HEALTHY
     reasons: list[str] = []
-    for metric, (warn, crit) in _table(thresholds).items():
+    for metric, (warn, crit) in _table(thresholds):
         value = getattr(t, metric)
         h = classify_value(value, warn, crit)
         if h != common_pb2.HEALTH_HEALTHY:

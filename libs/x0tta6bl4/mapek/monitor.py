@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from x0tta6bl4.bus.codec import new_meta
-from x0tta6bl4.bus.publisher import derive_id
+from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.mapek.health import classify_node
 from x0tta6bl4.mapek.state import MeshView
+from x0tta6bl4.monitoring.thresholds import Thresholds
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 
@@ -27,8 +27,8 @@ class Assessment:
         return self.current > max(self.previous, common_pb2.HEALTH_HEALTHY)
 
 
-def assess(tel: events_pb2.NodeTelemetry, previous: int) -> Assessment:
-    current, reasons = classify_node(tel)
+def assess(tel: events_pb2.NodeTelemetry, previous: int, thresholds: Thresholds | None = None) -> Assessment:
+    current, reasons = classify_node(tel, thresholds)
     return Assessment(tel.node_id, previous or common_pb2.HEALTH_HEALTHY, current, reasons)
 
 

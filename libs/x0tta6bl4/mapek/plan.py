@@ -5,8 +5,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from x0tta6bl4.bus.codec import new_meta
-from x0tta6bl4.bus.publisher import derive_id
+from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.governance.decision import Decision, DecisionKind, DecisionPolicy, Severity, decide
 from x0tta6bl4.knowledge.outcomes import ActionStats, rank
 from x0tta6bl4.v1 import common_pb2, events_pb2

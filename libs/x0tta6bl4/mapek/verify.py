@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.ids import new_meta
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 K = events_pb2

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import os
 import pathlib
 import time
-import tomllib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,7 +40,8 @@ from .collectors import (
     Snapshot,
     select_collector,
 )
-from .thresholds import ThresholdConfigError, Thresholds
+from ..bus import subjects
+from .thresholds import ThresholdConfigError, Thresholds, load_thresholds  # noqa: F401 - re-exported
 
 log = logging.getLogger("x0tta6bl4.monitoring.feed")
 
@@ -52,58 +51,6 @@ MAX_DROP_REASONS = 8   # per-reason drop keys put into each node's kernel map
 
 
 # -------------------------------------------------------------- thresholds --
-def load_thresholds(path: str | os.PathLike | None = None, inline: str | None = None) -> Thresholds:
-    """Thresholds from a TOML/YAML/JSON file and/or an inline JSON object (inline wins per metric).
-
-    Format: ``{"cpu_percent": {"warning": 60, "critical": 85}, ...}`` (metrics of
-    :data:`~x0tta6bl4.monitoring.thresholds.METRICS`; unspecified ones keep the spec's
-    values). Raises ThresholdConfigError with one line naming the setting.
-    """
-    data: dict[str, Any] = {}
-    if path:
-        p = pathlib.Path(path)
-        where = f"X0TTA6BL4_THRESHOLDS_FILE={str(path)!r}"
-        if not p.is_file():
-            raise ThresholdConfigError(f"{where}: no such file")
-        text = p.read_text()
-        try:
-            if p.suffix == ".toml":
-                loaded = tomllib.loads(text)
-            elif p.suffix == ".json":
-                loaded = json.loads(text)
-            else:
-                import yaml
-                loaded = yaml.safe_load(text)
-        except Exception as e:  # noqa: BLE001 - any parse error becomes one line
-            raise ThresholdConfigError(f"{where}: cannot parse: {str(e).splitlines()[0] if str(e) else e!r}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ThresholdConfigError(f"{where}: top level must be a table of metrics")
-        data.update(loaded.get("thresholds", loaded) if isinstance(loaded.get("thresholds"), dict) else loaded)
-        try:
-            Thresholds.from_mapping(data)
-        except ThresholdConfigError as e:
-            raise ThresholdConfigError(f"{where}: {e}") from None
-    if inline:
-        try:
-            extra = json.loads(inline)
-        except ValueError as e:
-            raise ThresholdConfigError(f"X0TTA6BL4_THRESHOLDS: not JSON: {e}") from None
-        if not isinstance(extra, dict):
-            raise ThresholdConfigError("X0TTA6BL4_THRESHOLDS: must be a JSON object of metrics")
-        for k, v in extra.items():
-            if isinstance(v, dict) and isinstance(data.get(k), dict):
-                data[k] = {**data[k], **v}
-            else:
-                data[k] = v
-        try:
-            return Thresholds.from_mapping(data)
-        except ThresholdConfigError as e:
-            raise ThresholdConfigError(f"X0TTA6BL4_THRESHOLDS: {e}") from None
-    return Thresholds.from_mapping(data)
-
-
 # ------------------------------------------------------- host discovery ----
 def parse_host_map(spec: str) -> dict[int, tuple[str, ...]]:
     """``"1234=n0,n1;5678=n2"`` -> {1234: ("n0", "n1"), 5678: ("n2",)}; ValueError on a bad entry."""
@@ -486,10 +433,5 @@ class KernelFeed:
         return {n for p in pids for n in self.hosts.get(p, ())}
 
 
-def _info_subject() -> str:
-    from x0tta6bl4.bus import subjects
-    return getattr(subjects, "MONITOR_RPC", "monitor.rpc.{method}").format(method="Info")
-
-
 # core NATS request/reply: the running monitor says which collector runs (meshctl monitor info)
-INFO_SUBJECT = _info_subject()
+INFO_SUBJECT = subjects.MONITOR_INFO

@@ -30,7 +30,11 @@ no node has data).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import pathlib
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
@@ -249,3 +253,55 @@ class HealthTracker:
             return []
         old, self._mesh = self._mesh, new
         return [HealthChange("mesh", None, None, old, new)]
+
+
+def load_thresholds(path: str | os.PathLike | None = None, inline: str | None = None) -> Thresholds:
+    """Thresholds from a TOML/YAML/JSON file and/or an inline JSON object (inline wins per metric).
+
+    Format: ``{"cpu_percent": {"warning": 60, "critical": 85}, ...}`` (metrics of
+    :data:`~x0tta6bl4.monitoring.thresholds.METRICS`; unspecified ones keep the spec's
+    values). Raises ThresholdConfigError with one line naming the setting.
+    """
+    data: dict[str, Any] = {}
+    if path:
+        p = pathlib.Path(path)
+        where = f"X0TTA6BL4_THRESHOLDS_FILE={str(path)!r}"
+        if not p.is_file():
+            raise ThresholdConfigError(f"{where}: no such file")
+        text = p.read_text()
+        try:
+            if p.suffix == ".toml":
+                loaded = tomllib.loads(text)
+            elif p.suffix == ".json":
+                loaded = json.loads(text)
+            else:
+                import yaml
+                loaded = yaml.safe_load(text)
+        except Exception as e:  # noqa: BLE001 - any parse error becomes one line
+            raise ThresholdConfigError(f"{where}: cannot parse: {str(e).splitlines()[0] if str(e) else e!r}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ThresholdConfigError(f"{where}: top level must be a table of metrics")
+        data.update(loaded.get("thresholds", loaded) if isinstance(loaded.get("thresholds"), dict) else loaded)
+        try:
+            Thresholds.from_mapping(data)
+        except ThresholdConfigError as e:
+            raise ThresholdConfigError(f"{where}: {e}") from None
+    if inline:
+        try:
+            extra = json.loads(inline)
+        except ValueError as e:
+            raise ThresholdConfigError(f"X0TTA6BL4_THRESHOLDS: not JSON: {e}") from None
+        if not isinstance(extra, dict):
+            raise ThresholdConfigError("X0TTA6BL4_THRESHOLDS: must be a JSON object of metrics")
+        for k, v in extra.items():
+            if isinstance(v, dict) and isinstance(data.get(k), dict):
+                data[k] = {**data[k], **v}
+            else:
+                data[k] = v
+        try:
+            return Thresholds.from_mapping(data)
+        except ThresholdConfigError as e:
+            raise ThresholdConfigError(f"X0TTA6BL4_THRESHOLDS: {e}") from None
+    return Thresholds.from_mapping(data)
