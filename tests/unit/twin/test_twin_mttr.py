@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from x0tta6bl4.twin import MeshDigitalTwin, MttrModel
@@ -59,8 +61,10 @@ def test_shipped_default_is_calibrated_on_measured_runs():
     assert 0.1 < m.hello_interval_s < 0.3
     assert blob["report"]["held_out_mttr_error"]["mean_rel_pct"] < 25
     # the shipped fit reproduces from the shipped measurements
+    # (to the last few bits: the least-squares sum depends on the BLAS build)
     again = MttrModel.calibrate(rows, miss_count=m.miss_count)
-    assert again == m
+    fields = [f.name for f in dataclasses.fields(MttrModel) if f.compare]
+    assert [getattr(again, f) for f in fields] == pytest.approx([getattr(m, f) for f in fields], rel=1e-12)
 
 
 def test_model_roundtrip_dict():
