@@ -1,27 +1,140 @@
-"""Helpers for tests (importable as `testkit`)."""
+"""Helpers for tests (importable as `testkit`).
+
+Waiting: a test never sleeps for a fixed time hoping something has happened; it polls the condition with
+``eventually`` (async tests) or ``eventually_sync`` (plain tests, threads) until it holds or a deadline passes.
+Deadlines are multiplied by ``X0TTA6BL4_TEST_TIMEOUT_SCALE`` (default 1) for slow or loaded machines.
+"""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.runtime.stack import repo_root
 
+SCALE_ENV = "X0TTA6BL4_TEST_TIMEOUT_SCALE"
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll an async or sync predicate until it returns a truthy value."""
-    deadline = asyncio.get_running_loop().time() + timeout
+
+def _timeout_scale() -> float:
+    raw = os.environ.get(SCALE_ENV, "").strip() or "1"
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not scale > 0:
+        raise ValueError(f"{SCALE_ENV}={raw!r}: expected a positive number (a factor for every test deadline)")
+    return scale
+
+
+TIMEOUT_SCALE = _timeout_scale()
+
+
+def scaled(seconds: float) -> float:
+    """A deadline of ``seconds`` on this machine (times X0TTA6BL4_TEST_TIMEOUT_SCALE)."""
+    return seconds * TIMEOUT_SCALE
+
+
+class _Poll:
+    """One condition being polled: calls it, remembers the last value or assertion error, explains a timeout."""
+
+    def __init__(self, check: Callable[[], Any], timeout: float, what: str | None):
+        self.check = check
+        self.limit = scaled(timeout)
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + self.limit
+        self.what = what
+        self.tries = 0
+        self.last: Any = None
+        self.error: AssertionError | None = None
+
+    def settle(self, value: Any) -> bool:
+        self.tries += 1
+        self.last, self.error = value, None
+        return bool(value)
+
+    def failed(self, error: AssertionError) -> None:
+        self.tries += 1
+        self.last, self.error = None, error
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def pause(self, interval: float) -> float:
+        return max(0.0, min(interval, self.deadline - time.monotonic()))
+
+    def timeout_error(self) -> AssertionError:
+        last = f"last assertion: {self.error}" if self.error is not None else f"last value: {self.last!r}"
+        if len(last) > 800:
+            last = last[:800] + "..."
+        scale = f" ({self.limit / TIMEOUT_SCALE:g}s x {SCALE_ENV}={TIMEOUT_SCALE:g})" if TIMEOUT_SCALE != 1 else ""
+        return AssertionError(f"not within {self.limit:g}s{scale}, {self.tries} tries: {self.describe()}; {last}")
+
+    def describe(self) -> str:
+        if self.what:
+            return self.what
+        try:
+            src = " ".join(inspect.getsource(self.check).split())
+        except (OSError, TypeError):
+            src = ""
+        name = getattr(self.check, "__qualname__", repr(self.check))
+        if not src or "<lambda>" not in name:
+            return name
+        src = src[src.index("lambda"):] if "lambda" in src else src
+        return src if len(src) <= 160 else src[:160] + "..."
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, *,
+                     what: str | None = None) -> Any:
+    """Poll ``check()`` (sync or async) until it holds and return what it returned.
+
+    It holds when it returns a truthy value without raising AssertionError; a falsy value (False, None, 0,
+    an empty list) or an AssertionError means "not yet" (an assertion-style check ends with ``return True``).
+    Any other exception propagates at once. After ``timeout`` seconds (scaled, see ``scaled``) it raises
+    AssertionError naming the check (``what`` or its source) and the last value or assertion error.
+    """
+    poll = _Poll(check, timeout, what)
     while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+        try:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+        except AssertionError as e:
+            poll.failed(e)
+        else:
+            if poll.settle(value):
+                return value
+        if poll.expired():
+            raise poll.timeout_error() from poll.error
+        await asyncio.sleep(poll.pause(interval))
+
+
+def eventually_sync(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, *,
+                    what: str | None = None) -> Any:
+    """``eventually`` for plain (non-async) tests: ``check`` is a plain callable, polled with time.sleep."""
+    poll = _Poll(check, timeout, what)
+    while True:
+        try:
+            value = check()
+        except AssertionError as e:
+            poll.failed(e)
+        else:
+            if inspect.isawaitable(value):
+                raise TypeError("eventually_sync got an async check: use `await eventually(...)`")
+            if poll.settle(value):
+                return value
+        if poll.expired():
+            raise poll.timeout_error() from poll.error
+        time.sleep(poll.pause(interval))
+
+
+wait_for = eventually   # the former name, for callers not yet renamed
 
 
 def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
