@@ -1,7 +1,7 @@
 """The one table of subjects, streams, key-value buckets and durable consumers.
 
-Every subject the orchestrator uses is named here and nowhere else. The README's
-"Bus" section is generated from the same facts (see ``describe()``).
+Every subject the orchestrator uses is named here and nowhere else, with what it carries and who
+publishes and reads it. docs/bus.md is generated from the same facts (``describe()``, ``make docs``).
 """
 from __future__ import annotations
 
