@@ -30,23 +30,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs"))
 sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from x0tta6bl4.governance import vote_signing_payload  # noqa: E402
-from x0tta6bl4.pqc import MLDSA65PrivateKey  # noqa: E402
-from x0tta6bl4.runtime.locate import admin_metadata  # noqa: E402
-from x0tta6bl4.runtime.stack import Stack, free_port  # noqa: E402
-from x0tta6bl4.v1 import events_pb2  # noqa: E402
-from x0tta6bl4.v1 import governance_pb2 as g  # noqa: E402
-from x0tta6bl4.v1 import governance_pb2_grpc as gg  # noqa: E402
+from x0tta6bl4.governance import vote_signing_payload
+from x0tta6bl4.pqc import MLDSA65PrivateKey
+from x0tta6bl4.runtime.locate import admin_metadata
+from x0tta6bl4.runtime.stack import Stack, free_port
+from x0tta6bl4.v1 import events_pb2
+from x0tta6bl4.v1 import governance_pb2 as g
+from x0tta6bl4.v1 import governance_pb2_grpc as gg
 
 VOTES_PER_PROPOSAL = 500   # < voters, so no proposal closes early during the run
 
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 async def drive(n: int, concurrency: int, make_call) -> tuple[float, list[float]]:
@@ -182,7 +182,8 @@ def main() -> int:
           f"p99 {out['raw_p99_ms']:.2f} ms")
     print(f"  CastVote:                 {out['castvote_per_s']:>7}/s  p50 {out['castvote_p50_ms']:.2f} ms  "
           f"p99 {out['castvote_p99_ms']:.2f} ms")
-    print(f"  ratio {out['ratio_to_raw']:.2f} of raw (target >= 0.30: {'met' if out['target_ratio_ge_0_3'] else 'MISSED'}); "
+    print(f"  ratio {out['ratio_to_raw']:.2f} of raw "
+          f"(target >= 0.30: {'met' if out['target_ratio_ge_0_3'] else 'MISSED'}); "
           f"p99 target < 10 ms: {'met' if out['target_p99_lt_10ms'] else 'MISSED'}; "
           f"votes in tallies {out['votes_in_tallies']}/{out['votes_sent']}")
     print(f"  open loop at {out['paced_load']:.0%} of that CastVote rate ({out['paced_offered_per_s']}/s offered, "

@@ -21,17 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs"))
 
-import grpc  # noqa: E402
-import nats  # noqa: E402
+import grpc
+import nats
 
-from x0tta6bl4.bus import subjects  # noqa: E402
-from x0tta6bl4.bus.kvwatch import next_update, watch_bucket  # noqa: E402
-from x0tta6bl4.keyvault import KeyDirectory  # noqa: E402
-from x0tta6bl4.keyvault.distribution import BUCKET  # noqa: E402
-from x0tta6bl4.pqc import MLDSA65PublicKey, PQCError  # noqa: E402
-from x0tta6bl4.runtime.stack import Stack, free_port  # noqa: E402
-from x0tta6bl4.v1 import keyvault_pb2 as pb  # noqa: E402
-from x0tta6bl4.v1 import keyvault_pb2_grpc  # noqa: E402
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.kvwatch import next_update, watch_bucket
+from x0tta6bl4.keyvault import KeyDirectory
+from x0tta6bl4.keyvault.distribution import BUCKET
+from x0tta6bl4.pqc import MLDSA65PublicKey, PQCError
+from x0tta6bl4.runtime.stack import Stack, free_port
+from x0tta6bl4.v1 import keyvault_pb2 as pb
+from x0tta6bl4.v1 import keyvault_pb2_grpc
 
 TARGET_S = 2.0
 

@@ -30,12 +30,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "libs"))
 
-from x0tta6bl4.mesh.agent import MeshAgent, percentile  # noqa: E402
-from x0tta6bl4.mesh.core import CoreConfig  # noqa: E402
-from x0tta6bl4.mesh.packets import DATA, HELLO, RERR, RREP, RREQ, HelloBody, HelloNeighbour, Packet, PacketError, RerrBody, RrepBody, decode, encode  # noqa: E402,E501
+from x0tta6bl4.mesh.agent import MeshAgent, percentile
+from x0tta6bl4.mesh.core import CoreConfig
+from x0tta6bl4.mesh.packets import (
+    DATA,
+    HELLO,
+    RERR,
+    RREP,
+    RREQ,
+    HelloBody,
+    HelloNeighbour,
+    Packet,
+    PacketError,
+    RerrBody,
+    RrepBody,
+    decode,
+    encode,
+)
 from x0tta6bl4.mesh.runtime import MeshRuntime
-from x0tta6bl4.mesh.trials import kill_on_active_path  # noqa: E402
-from x0tta6bl4.mesh.topology import Topology, grid, random_geometric  # noqa: E402
+from x0tta6bl4.mesh.topology import Topology, grid, random_geometric
+from x0tta6bl4.mesh.trials import kill_on_active_path
 
 HELLO_S = 0.2
 
@@ -85,7 +99,8 @@ async def bench_topology(topo: Topology, trials: int, rate: float, seed: int) ->
     await asyncio.sleep(0.5)
     b0, ts0 = control_bytes(rt), time.monotonic()
     await asyncio.sleep(2.0)
-    res["control_idle_bytes_per_node_s"] = round((control_bytes(rt) - b0) / (time.monotonic() - ts0) / len(topo.nodes), 1)
+    idle_bytes_s = (control_bytes(rt) - b0) / (time.monotonic() - ts0)
+    res["control_idle_bytes_per_node_s"] = round(idle_bytes_s / len(topo.nodes), 1)
 
     detect, repair, repair_after_detect, ratio = [], [], [], []
     failures = 0
@@ -206,13 +221,14 @@ async def main_async(args) -> dict:
 
 
 def render(r: dict) -> str:
-    lines = [f"mesh bench  ({r['config']['nodes']} nodes, {r['config']['trials']} trials/topology, wall {r['wall_s']} s)"]
+    cfg = r["config"]
+    lines = [f"mesh bench  ({cfg['nodes']} nodes, {cfg['trials']} trials/topology, wall {r['wall_s']} s)"]
     fz, fa = r["fuzz_decoder"], r["fuzz_agent"]
     lines.append(f"fuzz decoder: {fz['packets']} packets, {fz['rejected']} rejected, {fz['accepted']} accepted, "
                  f"{fz['crashes']} crashes")  # fmt: skip
     lines.append(f"fuzz agent:   {fa['received']} datagrams received, {fa['malformed_dropped']} malformed dropped, "
                  f"internal errors {fa['internal_errors']}, alive={fa['agent_alive']}")  # fmt: skip
-    for k, v in r.items():
+    for v in r.values():
         if not isinstance(v, dict) or "topology" not in v:
             continue
         lines.append(f"\n[{v['topology']}] {v['nodes']} nodes, {v['links']} links, diameter {v['diameter']}")

@@ -87,7 +87,8 @@ def per_packet(n: int) -> None:
     hr = HandshakeResponder(b, lambda uri: a.signing.public_key)
     m3, ki = hi.finish(hr.respond(hi.start()))
     kr = hr.finish(m3)
-    report("hybrid link handshake (X25519+ML-KEM-768, Ed25519+ML-DSA-65), both sides", (time.perf_counter() - t0) * 1e3, "ms")
+    report("hybrid link handshake (X25519+ML-KEM-768, Ed25519+ML-DSA-65), both sides",
+           (time.perf_counter() - t0) * 1e3, "ms")
     ca = SecureChannel.from_session(b"bench", ki, Role.INITIATOR, max_messages=2**40)
     cb = SecureChannel.from_session(b"bench", kr, Role.RESPONDER, max_messages=2**40)
     data = Packet(DATA, "n0", "n0", "n9", packet_id=1, timestamp_ns=now, body=b"x" * 64)
@@ -144,10 +145,11 @@ async def mesh_rotation(url: str, kv_addr: str, nodes: int, flows: int, rate: fl
         s0, w0 = await cl.stats(nc), time.perf_counter()
         await asyncio.sleep(3.0)
         s1, w1 = await cl.stats(nc), time.perf_counter()
-        cpu = sum(b["cpu_s"] - a["cpu_s"] for a, b in zip(s0, s1)) / (w1 - w0)
-        calls = sum(b["trust"].get("verify.calls", 0) - a["trust"].get("verify.calls", 0) for a, b in zip(s0, s1))
+        cpu = sum(b["cpu_s"] - a["cpu_s"] for a, b in zip(s0, s1, strict=True)) / (w1 - w0)
+        calls = sum(b["trust"].get("verify.calls", 0) - a["trust"].get("verify.calls", 0)
+                    for a, b in zip(s0, s1, strict=True))
         hits = sum(b["trust"].get("verify.cache_hits", 0) - a["trust"].get("verify.cache_hits", 0)
-                   for a, b in zip(s0, s1))
+                   for a, b in zip(s0, s1, strict=True))
         report(f"idle {len(ids)}-node mesh, signed HELLO every {hello:g} s: CPU of the {hosts} host processes",
                cpu * 100, "% of a core")
         report("  verifications per second (cache misses)", calls / (w1 - w0), "/s")
@@ -169,7 +171,7 @@ async def mesh_rotation(url: str, kv_addr: str, nodes: int, flows: int, rate: fl
                                          for n in ids))
         t_verified = time.perf_counter()
         c1 = await cl.stats(nc)
-        rot_cpu = sum(b["cpu_s"] - a["cpu_s"] for a, b in zip(c0, c1))
+        rot_cpu = sum(b["cpu_s"] - a["cpu_s"] for a, b in zip(c0, c1, strict=True))
         st = {n: v for h in c1 for n, v in h["nodes"].items()}
         verified = all("beacon verified" in x for x in replies) and all(st[n]["key_id"] == new[n] for n in ids)
 

@@ -133,7 +133,7 @@ def pct(vals: list[float], q: float) -> float:
     if not vals:
         return float("nan")
     s = sorted(vals)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def delay_stats(delays_ms: list[float]) -> dict:
@@ -253,7 +253,7 @@ def bus_delay(n: int) -> dict:
                 t_open = int(await asyncio.to_thread(opener.stdout.readline))
                 try:
                     t_bus = await asyncio.wait_for(got.get(), 2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 delays.append((t_bus - t_open) / 1e6)
                 await asyncio.sleep(0.05)

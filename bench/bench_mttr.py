@@ -189,11 +189,12 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
                 if s == subjects.MAPEK_VERIFIED and e.action.target_node == victim:
                     verified = (t, e)
         evs = rec.since(t_kill)
-        first = lambda pred: min((t for t, s, e in evs if pred(s, e)), default=None)  # noqa: E731
-        t_detect = first(lambda s, e: (s.startswith("mesh.event.") and e.kind == "neighbour_lost" and e.peer == victim)
-                         or (s == subjects.MAPEK_ANOMALY and e.root_cause == victim))
-        t_plan = first(lambda s, e: s == subjects.MAPEK_PLAN and e.root_cause == victim)
-        t_act = first(lambda s, e: s == subjects.MAPEK_RESULT and e.action.target_node == victim)
+        t_detect = min((t for t, s, e in evs
+                        if (s.startswith("mesh.event.") and e.kind == "neighbour_lost" and e.peer == victim)
+                        or (s == subjects.MAPEK_ANOMALY and e.root_cause == victim)), default=None)
+        t_plan = min((t for t, s, e in evs if s == subjects.MAPEK_PLAN and e.root_cause == victim), default=None)
+        t_act = min((t for t, s, e in evs if s == subjects.MAPEK_RESULT and e.action.target_node == victim),
+                    default=None)
         # a REINSTATE of an earlier victim (back and healthy) undoes an avoid: not an action against a node
         false_actions = sum(1 for t, s, e in evs if s == subjects.MAPEK_ACTION and e.action.target_node != victim
                             and e.action.kind != events_pb2.ACTION_KIND_REINSTATE)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "libs"))
 
-from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem  # noqa: E402
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from x0tta6bl4.pqc import (  # noqa: E402
+from x0tta6bl4.pqc import (
     HandshakeInitiator,
     HandshakeResponder,
     MLDSA65PrivateKey,

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     except bl.EbpfUnavailable as exc:
         print(f"eBPF unavailable: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # compile/attach failure
+    except Exception as exc:  # noqa: BLE001 - any compile/attach failure is one line and exit 1
         print(f"eBPF program failed: {exc}", file=sys.stderr)
         return 1
     try:

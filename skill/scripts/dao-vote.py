@@ -23,7 +23,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "libs"))
 
-from x0tta6bl4.cli import gov  # noqa: E402
+from x0tta6bl4.cli import gov
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,8 @@ def metrics_report(nodes: dict[str, events_pb2.NodeTelemetry]) -> dict:
                      "peers": t.peer_count, "routes": t.route_count, "reasons": reasons})
     worst = max((["green", "yellow", "red"].index(r["health"]) for r in rows), default=0)
     return {"mesh": ["green", "yellow", "red"][worst], "nodes": rows, "thresholds": {
-        m: {"normal": f"< {w:g}", "warning": f"{w:g}-{c:g}", "critical": f"> {c:g}"} for m, (w, c) in SPEC_THRESHOLDS.items()}}
+        m: {"normal": f"< {w:g}", "warning": f"{w:g}-{c:g}", "critical": f"> {c:g}"}
+        for m, (w, c) in SPEC_THRESHOLDS.items()}}
 
 
 def print_metrics(rep: dict, tty: bool) -> None:

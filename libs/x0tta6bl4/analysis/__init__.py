@@ -25,13 +25,13 @@ def load_detector(path: str | Path | None = None, anomaly_threshold: float = 0.6
     p = Path(path) if path is not None else WEIGHTS_PATH
     try:
         from .model import GraphSAGEAnomalyDetector
-    except Exception as exc:  # ImportError, or a broken torch install
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken torch install: rules fallback
         log.warning("analysis: GraphSAGE unavailable (%s: %s); falling back to threshold rules",
                     type(exc).__name__, exc)
         return RuleBasedDetector()
     try:
         return GraphSAGEAnomalyDetector.load(p, anomaly_threshold)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - unreadable weights: rules fallback, logged
         log.warning("analysis: cannot load GraphSAGE weights from %s (%s: %s); falling back to "
                     "threshold rules", p, type(exc).__name__, exc)
         return RuleBasedDetector()
@@ -47,9 +47,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "FEATURE_NAMES",
     "AnomalyPrediction",
     "GraphSAGEAnomalyDetector",
-    "FEATURE_NAMES",
     "Incident",
     "RuleBasedDetector",
     "RuleDetector",

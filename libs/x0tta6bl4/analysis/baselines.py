@@ -42,7 +42,7 @@ class TreeBaseline:
         self.root = HistGradientBoostingClassifier(**kw)
         self.ftype = HistGradientBoostingClassifier(**kw)
 
-    def fit(self, samples) -> "TreeBaseline":
+    def fit(self, samples) -> TreeBaseline:
         X = np.concatenate([neighbour_features(s.x, s.edge_index) for s in samples])
         ya = np.concatenate([s.y_anom for s in samples]).astype(int)
         yr = np.concatenate([s.y_root for s in samples]).astype(int)
@@ -62,7 +62,7 @@ class TreeBaseline:
         types = ["normal"] * len(prob)
         if anom.any():
             pred = self.ftype.predict(X[anom])
-            for i, t in zip(np.flatnonzero(anom), pred):
+            for i, t in zip(np.flatnonzero(anom), pred, strict=True):
                 types[i] = FAULT_TYPES[int(t)]
         conf = np.where(anom, prob, 1 - prob)
         incidents, member_of = group_incidents(

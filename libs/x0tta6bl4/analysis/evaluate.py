@@ -108,7 +108,7 @@ def evaluate_detector(det, samples: Sequence[GraphSample]) -> dict:
         "detection_delay_windows_mean": float(np.mean(delays)) if delays else float("nan"),
         "detection_delay_windows_max": int(max(delays)) if delays else None,
         "faults_missed": int(len(first) - len(delays)),
-        "faults_total": int(len(first)),
+        "faults_total": len(first),
         "false_incidents_per_window": false_incidents / max(len(samples), 1),
         "nodes": int(y.size),
         "anomalous_nodes": int(y.sum()),
@@ -190,7 +190,7 @@ def format_table(report: dict) -> str:
         row = f"{name:<10}"
         for key, _ in cols:
             v = m.get(key)
-            row += f"{v:>8.3f}" if isinstance(v, float) else f"{str(v):>8}"
+            row += f"{v:>8.3f}" if isinstance(v, float) else f"{v!s:>8}"
         lines.append(row)
     return "\n".join(lines)
 

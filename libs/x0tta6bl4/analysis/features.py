@@ -18,10 +18,7 @@ import numpy as np
 from x0tta6bl4.twin.telemetry import FEATURES, TelemetryWindow
 
 STATS: tuple[str, ...] = ("mean", "max", "min", "std", "slope")
-FEATURE_NAMES: tuple[str, ...] = tuple(f"{f}_{s}" for f in FEATURES for s in STATS) + (
-    "latency_ms_p99",
-    "degree",
-)
+FEATURE_NAMES: tuple[str, ...] = (*(f"{f}_{s}" for f in FEATURES for s in STATS), "latency_ms_p99", "degree")
 NUM_FEATURES = len(FEATURE_NAMES)
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -130,7 +127,7 @@ def window_arrays(window) -> tuple[list[Hashable], np.ndarray, dict[Hashable, li
         lengths = {p.shape[0] for p in per_node}
         if len(lengths) > 1:
             t = per_node[0].shape[0]
-            for nid, p in zip(node_ids, per_node):
+            for nid, p in zip(node_ids, per_node, strict=True):
                 if p.shape[0] != t:
                     raise TelemetryError(
                         f"node {nid!r}: {p.shape[0]} samples, other nodes have {t}", nid

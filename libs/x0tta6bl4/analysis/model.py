@@ -83,7 +83,7 @@ class GraphSAGEAnomalyDetector:
         )
 
     @classmethod
-    def load(cls, path: str | Path, anomaly_threshold: float = 0.6) -> "GraphSAGEAnomalyDetector":
+    def load(cls, path: str | Path, anomaly_threshold: float = 0.6) -> GraphSAGEAnomalyDetector:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("feature_names") != list(FEATURE_NAMES) or blob.get("fault_types") != list(FAULT_TYPES):
             raise ValueError("weights were trained for a different feature set / fault types")
@@ -188,4 +188,4 @@ class GraphSAGEAnomalyDetector:
         )
 
 
-__all__ = ["GraphSAGEAnomalyDetector", "SageNet", "TelemetryError", "WEIGHTS_DIR", "WEIGHTS_FILE"]
+__all__ = ["WEIGHTS_DIR", "WEIGHTS_FILE", "GraphSAGEAnomalyDetector", "SageNet", "TelemetryError"]

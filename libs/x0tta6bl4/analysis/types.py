@@ -54,7 +54,7 @@ def connected_groups(n: int, edge_index: np.ndarray, mask: np.ndarray) -> list[n
     if edge_index.size:
         src, dst = edge_index
         keep = mask[src] & mask[dst]
-        for a, b in zip(src[keep].tolist(), dst[keep].tolist()):
+        for a, b in zip(src[keep].tolist(), dst[keep].tolist(), strict=True):
             ra, rb = find(a), find(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)

@@ -37,16 +37,16 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except (typer.Exit, SystemExit):
         raise
     except (ConnectionRefusedError, OSError) as e:
         fail(f"cannot reach NATS: {e}")
-    except Exception as e:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
+    except Exception as e:
         if os.environ.get("X0TTA6BL4_DEBUG"):
             raise
         name = type(e).__name__
-        if "NoServers" in name or "Timeout" in name and "nats" in type(e).__module__:
+        if "NoServers" in name or ("Timeout" in name and "nats" in type(e).__module__):
             fail(f"cannot reach NATS ({name}); is the stack up? (make up)")
         fail(f"{name}: {e}")
     raise AssertionError("unreachable")
@@ -55,6 +55,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 async def connect(url: str):
     try:
         return await connect_once(url, "meshctl", timeout_s=5)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         fail(f"cannot reach NATS at {url}: {e or type(e).__name__}; is the stack up? (make up)")
         raise

@@ -31,14 +31,14 @@ from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
 def start_mesh(stack: Stack, nodes: int) -> tuple[subprocess.Popen, list[str]]:
     import math
-    side = max(2, int(math.isqrt(nodes)))
+    side = max(2, math.isqrt(nodes))
     n = side * side
     env = stack.service_env("mesh-host", 0, 0)
-    log = open(stack.data_dir / "logs" / "mesh-host.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url,
-                             "--topology", f"grid:{n}", "--traffic", f"n0:n{n - 1}", "--data-dir",
-                             str(stack.data_dir)], cwd=repo_root(), env=env, stdout=subprocess.PIPE,
-                            stderr=log, start_new_session=True, text=True)
+    with open(stack.data_dir / "logs" / "mesh-host.log", "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url,
+                                 "--topology", f"grid:{n}", "--traffic", f"n0:n{n - 1}", "--data-dir",
+                                 str(stack.data_dir)], cwd=repo_root(), env=env, stdout=subprocess.PIPE,
+                                stderr=log, start_new_session=True, text=True)
     line = proc.stdout.readline()
     if not line:
         raise RuntimeError(f"mesh host did not start; see {stack.data_dir / 'logs' / 'mesh-host.log'}")

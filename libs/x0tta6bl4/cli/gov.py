@@ -21,7 +21,7 @@ import os
 import pathlib
 import secrets
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -245,9 +245,9 @@ def _run(fn, *a, **kw):
         return fn(*a, **kw)
     except GovError as e:
         print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 AddrOpt = typer.Option(None, "--addr", help="governance gRPC address (default $X0TTA6BL4_GOV_ADDR or 127.0.0.1:50051)")
@@ -264,13 +264,14 @@ def keygen_cmd(out: pathlib.Path = typer.Option(..., "--out", help="private key 
 
 @gov_app.command("register")
 def register_cmd(voter: str, balance: float = typer.Option(..., "--balance"),
-                 key: Optional[pathlib.Path] = typer.Option(
+                 key: pathlib.Path | None = typer.Option(
                      None, "--key", help="the voter's key file or .pub file (default: the key keyvault issued "
                                          "to VOTER, a spiffe://<trust-domain>/node/<id> identity)"),
-                 admin_token_file: Optional[pathlib.Path] = typer.Option(
-                     None, "--admin-token-file", help="ledger admin token (default: $X0TTA6BL4_GOV_ADMIN_TOKEN, "
-                                                      "$X0TTA6BL4_ADMIN_TOKEN_FILE, <data dir>/governance-admin.token)"),
-                 addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
+                 admin_token_file: pathlib.Path | None = typer.Option(
+                     None, "--admin-token-file",
+                     help="ledger admin token (default: $X0TTA6BL4_GOV_ADMIN_TOKEN, "
+                          "$X0TTA6BL4_ADMIN_TOKEN_FILE, <data dir>/governance-admin.token)"),
+                 addr: str | None = AddrOpt, as_json: bool = JsonOpt):
     """Register a voter identity with a token balance (admin only)."""
     def go():
         token = read_token_file(admin_token_file)
@@ -280,7 +281,7 @@ def register_cmd(voter: str, balance: float = typer.Option(..., "--balance"),
 
 
 @gov_app.command("balance")
-def balance_cmd(voter: str, addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
+def balance_cmd(voter: str, addr: str | None = AddrOpt, as_json: bool = JsonOpt):
     """A voter's token balance."""
     from x0tta6bl4.v1 import governance_pb2 as g
     v = _run(lambda: call(stub(address(addr)).GetBalance, g.GetBalanceRequest(voter=voter)))
@@ -297,12 +298,12 @@ def create_cmd(title: str = typer.Option(..., "--title"), duration: float = type
                proposer: str = typer.Option("", "--proposer", help="default: $USER"),
                quorum: float = typer.Option(0.5, "--quorum"), threshold: float = typer.Option(0.5, "--threshold"),
                request_id: str = typer.Option("", "--request-id", help="idempotency key"),
-               key: Optional[pathlib.Path] = typer.Option(
+               key: pathlib.Path | None = typer.Option(
                    None, "--key", help="the proposer's voter key or keyvault bundle: sign the proposal "
                                        "(default: use the ledger admin token)"),
-               admin_token_file: Optional[pathlib.Path] = typer.Option(
+               admin_token_file: pathlib.Path | None = typer.Option(
                    None, "--admin-token-file", help="ledger admin token (default: as for register)"),
-               addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
+               addr: str | None = AddrOpt, as_json: bool = JsonOpt):
     """Open a proposal (signed by the proposer's ledger key, or with the admin token)."""
     def go():
         return create(address(addr), title, duration, description=description, action=action, target=target,
@@ -318,7 +319,7 @@ def vote_cmd(proposal: str, voter: str = typer.Option(..., "--voter"),
              tokens: float = typer.Option(..., "--tokens"),
              key: pathlib.Path = typer.Option(..., "--key", help="the voter's private key file (meshctl gov keygen)"),
              vote_id: str = typer.Option("", "--vote-id", help="idempotency key (retries apply once)"),
-             addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
+             addr: str | None = AddrOpt, as_json: bool = JsonOpt):
     """Cast a signed vote (weight = sqrt(tokens))."""
     r = _run(vote, address(addr), proposal, voter, choice, tokens, key, vote_id)
     _out(r, as_json, f"vote {r.vote_id} weight={r.weight:g}{' (duplicate)' if r.duplicate else ''}\n"
@@ -326,7 +327,7 @@ def vote_cmd(proposal: str, voter: str = typer.Option(..., "--voter"),
 
 
 @gov_app.command("status")
-def status_cmd(proposal: str, addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
+def status_cmd(proposal: str, addr: str | None = AddrOpt, as_json: bool = JsonOpt):
     """One proposal with its tally."""
     p = _run(status, address(addr), proposal)
     _out(p, as_json, proposal_line(p))
@@ -335,7 +336,7 @@ def status_cmd(proposal: str, addr: Optional[str] = AddrOpt, as_json: bool = Jso
 @gov_app.command("list")
 def list_cmd(state: str = typer.Option("", "--state", help=", ".join(STATES)),
              page_size: int = typer.Option(50, "--page-size"), page_token: str = typer.Option("", "--page-token"),
-             addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
+             addr: str | None = AddrOpt, as_json: bool = JsonOpt):
     """Proposals (optionally by state), in creation order."""
     r = _run(list_proposals, address(addr), state, page_size, page_token)
     if as_json:
@@ -349,12 +350,12 @@ def list_cmd(state: str = typer.Option("", "--state", help=", ".join(STATES)),
 
 @gov_app.command("cancel")
 def cancel_cmd(proposal: str, proposer: str = typer.Option("", "--proposer", help="default: $USER"),
-               key: Optional[pathlib.Path] = typer.Option(
+               key: pathlib.Path | None = typer.Option(
                    None, "--key", help="the proposer's voter key or keyvault bundle: sign the cancel "
                                        "(default: use the ledger admin token)"),
-               admin_token_file: Optional[pathlib.Path] = typer.Option(
+               admin_token_file: pathlib.Path | None = typer.Option(
                    None, "--admin-token-file", help="ledger admin token (default: as for register)"),
-               addr: Optional[str] = AddrOpt, as_json: bool = JsonOpt):
+               addr: str | None = AddrOpt, as_json: bool = JsonOpt):
     """Cancel an active proposal (its proposer, proven by a signature or the admin token)."""
     def go():
         token = read_token_file(admin_token_file)
@@ -364,7 +365,7 @@ def cancel_cmd(proposal: str, proposer: str = typer.Option("", "--proposer", hel
 
 
 @gov_app.command("watch")
-def watch_cmd(state: str = typer.Option("", "--state", help=", ".join(STATES)), addr: Optional[str] = AddrOpt):
+def watch_cmd(state: str = typer.Option("", "--state", help=", ".join(STATES)), addr: str | None = AddrOpt):
     """Stream proposal changes until interrupted."""
     import grpc
 

@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import pathlib
 import secrets
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -31,11 +31,11 @@ KeyvaultOpt = typer.Option(None, "--keyvault", help=f"keyvault gRPC address (def
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
 
 
-def _addr(explicit: Optional[str]) -> str:
+def _addr(explicit: str | None) -> str:
     return locate.grpc_addr("keyvault", explicit)
 
 
-def _call(addr: Optional[str], method: str, request: Any, timeout: float = 30.0) -> Any:
+def _call(addr: str | None, method: str, request: Any, timeout: float = 30.0) -> Any:
     import grpc
 
     from x0tta6bl4.v1 import keyvault_pb2_grpc
@@ -47,7 +47,8 @@ def _call(addr: Optional[str], method: str, request: Any, timeout: float = 30.0)
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            fail(f"cannot reach keyvault at {target} ({code.name}); is the stack up? (make up, or --keyvault host:port)")
+            fail(f"cannot reach keyvault at {target} ({code.name}); "
+                 "is the stack up? (make up, or --keyvault host:port)")
         fail(f"{code.name if code else 'error'}: {e.details() if hasattr(e, 'details') else e}")
     except ValueError as e:  # malformed target
         fail(f"bad keyvault address {target!r}: {e}")
@@ -60,7 +61,7 @@ def _pb():
 
 
 def _ts(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
 
 def _rec_dict(r) -> dict:
@@ -113,7 +114,7 @@ def _print(records, as_json: bool, title: str = "", history: bool = False) -> No
 
 
 @keys_app.command("info")
-def info(keyvault: Optional[str] = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
+def info(keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     """The PQC backend keyvault uses (name, version, algorithms) and its root key."""
     r = _call(keyvault, "Info", _pb().InfoRequest())
     d = {"backend": r.backend, "backend_version": r.backend_version, "algorithms": list(r.algorithms),
@@ -133,13 +134,14 @@ def info(keyvault: Optional[str] = KeyvaultOpt, as_json: bool = JsonOpt) -> None
 
 @keys_app.command("issue")
 def issue(node: str = typer.Argument(..., help="node id ([a-z0-9][a-z0-9-]{0,62})"),
-          private_out: Optional[pathlib.Path] = typer.Option(
+          private_out: pathlib.Path | None = typer.Option(
               None, "--private-out", help="write the node's private bundle to this new file (mode 0600)"),
-          keyvault: Optional[str] = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
+          keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     """Issue a node identity (signing + KEM keys, root-signed records)."""
     if private_out is not None and private_out.exists():
         fail(f"{private_out} exists; refusing to overwrite a private key file")
-    r = _call(keyvault, "IssueIdentity", _pb().IssueIdentityRequest(node_id=node, return_private=private_out is not None))
+    r = _call(keyvault, "IssueIdentity",
+              _pb().IssueIdentityRequest(node_id=node, return_private=private_out is not None))
     if private_out is not None:
         from x0tta6bl4.pqc.keystore import write_secret_file
         try:
@@ -153,25 +155,25 @@ def issue(node: str = typer.Argument(..., help="node id ([a-z0-9][a-z0-9-]{0,62}
 
 @keys_app.command("list")
 def list_(revoked: bool = typer.Option(False, "--revoked", help="include revoked identities"),
-          keyvault: Optional[str] = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
+          keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     """Every identity with its current generation."""
     r = _call(keyvault, "ListIdentities", _pb().ListIdentitiesRequest(include_revoked=revoked))
     _print(r.records, as_json, f"{len(r.records)} identities")
 
 
 @keys_app.command("show")
-def show(node: str, keyvault: Optional[str] = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
+def show(node: str, keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     """One identity with every known generation (active, retiring, retired, revoked)."""
     r = _call(keyvault, "GetPublicKeys", _pb().GetPublicKeysRequest(node_id=node))
     _print([r], as_json, r.spiffe_id, history=True)
 
 
 @keys_app.command("rotate")
-def rotate(nodes: Optional[list[str]] = typer.Argument(None, help="node ids (or --all)"),
+def rotate(nodes: list[str] | None = typer.Argument(None, help="node ids (or --all)"),
            all_: bool = typer.Option(False, "--all", help="rotate every non-revoked identity"),
            overlap: float = typer.Option(0.0, "--overlap", help="seconds the old keys stay accepted (0 = default)"),
            request_id: str = typer.Option("", "--request-id", help="idempotency key: a repeat rotates nothing"),
-           keyvault: Optional[str] = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
+           keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     """Rotate keys: new generation active, old one retiring for the overlap window."""
     if not nodes and not all_:
         fail("name nodes to rotate, or --all")
@@ -182,7 +184,7 @@ def rotate(nodes: Optional[list[str]] = typer.Argument(None, help="node ids (or 
 
 @keys_app.command("revoke")
 def revoke(node: str, reason: str = typer.Option("", "--reason"),
-           keyvault: Optional[str] = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
+           keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     """Revoke every key of a node (published to the KV bucket at once)."""
     r = _call(keyvault, "Revoke", _pb().RevokeRequest(node_id=node, reason=reason))
     _print([r], as_json, f"revoked {r.spiffe_id}", history=True)
@@ -190,11 +192,12 @@ def revoke(node: str, reason: str = typer.Option("", "--reason"),
 
 @keys_app.command("attest")
 def attest(node: str,
-           identity: Optional[pathlib.Path] = typer.Option(
-               None, "--identity", help="private bundle of the node (from issue --private-out): sign a fresh challenge"),
-           challenge: Optional[str] = typer.Option(None, "--challenge", help="hex challenge (with --signature)"),
-           signature: Optional[pathlib.Path] = typer.Option(None, "--signature", help="file with the raw signature"),
-           keyvault: Optional[str] = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
+           identity: pathlib.Path | None = typer.Option(
+               None, "--identity",
+               help="private bundle of the node (from issue --private-out): sign a fresh challenge"),
+           challenge: str | None = typer.Option(None, "--challenge", help="hex challenge (with --signature)"),
+           signature: pathlib.Path | None = typer.Option(None, "--signature", help="file with the raw signature"),
+           keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     """Check that NODE holds its ML-DSA-65 key: a challenge signed by the node, verified by keyvault."""
     if identity is not None:
         from x0tta6bl4.keyvault.vault import sign_attestation

@@ -22,6 +22,7 @@ runs the node answers, so the CLI is the same in both modes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -128,10 +129,8 @@ def _terminate(pid: int, timeout_s: float = 30.0) -> bool:
             if not pid_alive(pid):
                 return True
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return False
 
 
@@ -285,7 +284,9 @@ def _routes_cell(t: events_pb2.NodeTelemetry, wide: bool) -> str:
     by_hop: dict[str, list[str]] = defaultdict(list)
     for dest, hop in t.routes.items():
         by_hop[hop].append(dest)
-    key = lambda n: (len(n), n)
+    def key(n: str) -> tuple[int, str]:
+        return len(n), n
+
     parts = [f"{','.join(sorted(ds, key=key))}→{hop}" for hop, ds in sorted(by_hop.items(), key=lambda kv: key(kv[0]))]
     cell = "; ".join(parts) or "-"
     return cell if wide or len(cell) <= 48 else cell[:47] + "…"
@@ -419,7 +420,8 @@ def fault_partition(a: str, b: str, nats: str | None = NatsOpt, data_dir: pathli
 
 
 @fault_app.command("loss")
-def fault_loss(node: str, pct: float = typer.Argument(..., min=0, max=100, help="percent of received datagrams dropped"),
+def fault_loss(node: str,
+               pct: float = typer.Argument(..., min=0, max=100, help="percent of received datagrams dropped"),
                nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """NODE drops PCT % of what it receives (netns: nftables numgen random drop; 0 removes it)."""
     _send([(node, C.KIND_FAULT, {"type": "loss", "pct": f"{pct:g}"})], nats, data_dir)
@@ -511,7 +513,7 @@ def mesh_reinstate(node: str, nats: str | None = NatsOpt, data_dir: pathlib.Path
             replies = await asyncio.gather(*(send_command(nc, n, C.KIND_UNAVOID_NODE, peer=node) for n in others))
         finally:
             await nc.close()
-        return [(n, ok, detail) for n, (ok, detail) in zip(others, replies)]
+        return [(n, ok, detail) for n, (ok, detail) in zip(others, replies, strict=True)]
     results = run(go())
     bad = [(n, d) for n, ok, d in results if not ok]
     for n, d in bad:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pathlib
 import time
 from collections import defaultdict
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -75,7 +74,8 @@ def trace(key: str = typer.Argument(..., help="cycle id or trace id"), data_dir:
 
 # ---- audit ------------------------------------------------------------------
 def _audit_row(ev: events_pb2.AuditEvent) -> list[str]:
-    ts = time.strftime("%H:%M:%S", time.localtime(ev.meta.ts_unix_ns / 1e9)) + f".{ev.meta.ts_unix_ns // 1_000_000 % 1000:03d}"
+    ts = (time.strftime("%H:%M:%S", time.localtime(ev.meta.ts_unix_ns / 1e9))
+          + f".{ev.meta.ts_unix_ns // 1_000_000 % 1000:03d}")
     details = ", ".join(f"{k}={v}" for k, v in sorted(ev.details.items()) if v)
     return [ts, ev.service, ev.event_type, ev.subject_id, details[:120], ev.meta.cycle_id[:12]]
 
@@ -84,7 +84,7 @@ def _audit_row(ev: events_pb2.AuditEvent) -> list[str]:
 def audit_tail(last: int = typer.Option(20, help="how many past events to show"),
                follow_: bool = typer.Option(False, "--follow", "-f", help="keep printing new events"),
                service: str = typer.Option("*", help="only this service's events"),
-               nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+               nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Show the newest audit events (decoded from protobuf)."""
     subject = f"audit.{service}.>"
 
@@ -104,7 +104,7 @@ def audit_tail(last: int = typer.Option(20, help="how many past events to show")
 
 
 @audit_app.command("verify")
-def audit_verify(nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def audit_verify(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Prove the audit trail has no gap and no edit (hash chains and ML-DSA-65 signatures)."""
     async def go():
         nc = await connect(nats_url(nats, data_dir))
@@ -157,8 +157,9 @@ def summarize(events: list) -> str:
 
 
 @cycle_app.command("list")
-def cycle_list(last: int = typer.Option(20), all_: bool = typer.Option(False, "--all", help="also cycles that found nothing"),
-               nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def cycle_list(last: int = typer.Option(20),
+               all_: bool = typer.Option(False, "--all", help="also cycles that found nothing"),
+               nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Past cycles with their trace ids and outcome."""
     async def go():
         nc = await connect(nats_url(nats, data_dir))
@@ -183,16 +184,19 @@ def timeline_table(evs: list) -> Table:
         if m.subject == subjects.MAPEK_TELEMETRY:
             detail = f"trigger {ev.trigger_node}: {'; '.join(ev.trigger_reasons)}"
         elif m.subject == subjects.MAPEK_ANOMALY:
-            detail = f"{ev.fault_type} root={ev.root_cause} score={ev.anomaly_score:.2f} conf={ev.confidence:.2f} [{ev.detector}]"
+            detail = (f"{ev.fault_type} root={ev.root_cause} score={ev.anomaly_score:.2f} "
+                      f"conf={ev.confidence:.2f} [{ev.detector}]")
         elif m.subject == subjects.MAPEK_PLAN:
             detail = (f"{events_pb2.DecisionKind.Name(ev.decision).removeprefix('DECISION_KIND_')}: "
-                      f"{events_pb2.ActionKind.Name(ev.action.kind).removeprefix('ACTION_KIND_')} {ev.action.target_node}"
-                      f" (twin: connectivity {ev.predicted_connectivity:.2f})")
+                      f"{events_pb2.ActionKind.Name(ev.action.kind).removeprefix('ACTION_KIND_')} "
+                      f"{ev.action.target_node} (twin: connectivity {ev.predicted_connectivity:.2f})")
         elif m.subject == subjects.MAPEK_ACTION:
-            detail = f"{events_pb2.ActionKind.Name(ev.action.kind).removeprefix('ACTION_KIND_')} {ev.action.target_node} approved by {ev.approved_by}"
+            kind = events_pb2.ActionKind.Name(ev.action.kind).removeprefix("ACTION_KIND_")
+            detail = f"{kind} {ev.action.target_node} approved by {ev.approved_by}"
         elif m.subject == subjects.MAPEK_RESULT:
             ok = sum(s.ok for s in ev.steps)
-            detail = f"{'success' if ev.success else 'FAILED'}: {ok}/{len(ev.steps)} steps in {ev.duration_ms:.0f} ms {ev.error[:60]}"
+            detail = (f"{'success' if ev.success else 'FAILED'}: {ok}/{len(ev.steps)} steps "
+                      f"in {ev.duration_ms:.0f} ms {ev.error[:60]}")
         elif m.subject == subjects.MAPEK_VERIFIED:
             detail = (f"{'recovered' if ev.recovered else 'NOT recovered'}; MTTR {ev.mttr_ms:.0f} ms; "
                       + "; ".join(list(ev.checks_passed) + list(ev.checks_failed))[:80])
@@ -202,7 +206,7 @@ def timeline_table(evs: list) -> Table:
 
 
 @cycle_app.command("show")
-def cycle_show(cycle_id: str, nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def cycle_show(cycle_id: str, nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """One cycle: its events in order, then its trace."""
     async def go():
         nc = await connect(nats_url(nats, data_dir))
@@ -223,7 +227,7 @@ def cycle_show(cycle_id: str, nats: Optional[str] = NatsOpt, data_dir: pathlib.P
 
 @cycle_app.command("run")
 def cycle_run(wait_s: float = typer.Option(15.0, "--wait", help="how long to follow the cycle"),
-              nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+              nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Run a MAPE-K cycle now over the latest telemetry and show what it did."""
     import asyncio
     import json
@@ -232,7 +236,7 @@ def cycle_run(wait_s: float = typer.Option(15.0, "--wait", help="how long to fol
         nc = await connect(nats_url(nats, data_dir))
         try:
             reply = await nc.request(subjects.MONITOR_RPC.format(method="Cycle"), b"", timeout=5)
-        except Exception:
+        except Exception:  # noqa: BLE001 - timeout, no responders, lost connection: one clear line
             await nc.close()
             fail("no monitor answered on monitor.rpc.Cycle: is the stack up? (make up)")
         cycle_id = json.loads(reply.data)["cycle_id"]
@@ -249,7 +253,7 @@ def cycle_run(wait_s: float = typer.Option(15.0, "--wait", help="how long to fol
                 break  # analyzed, nothing found
         await nc.close()
         return cycle_id, evs
-    cycle_id, evs = run(go())
+    _cycle_id, evs = run(go())
     if evs:
         console.print(timeline_table(evs))
     if len(evs) <= 1:
@@ -257,7 +261,7 @@ def cycle_run(wait_s: float = typer.Option(15.0, "--wait", help="how long to fol
 
 
 @dlq_app.command("list")
-def dlq_list(nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def dlq_list(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Parked messages with the reason they were parked."""
     async def go():
         nc = await connect(nats_url(nats, data_dir))

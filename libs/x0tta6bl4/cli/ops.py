@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -28,7 +27,7 @@ async def live_telemetry(url: str) -> dict[str, events_pb2.NodeTelemetry]:
     finally:
         await nc.close()
 
-def status(nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+def status(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Mesh status: every node's health by the spec's thresholds, peers, routes and key metrics."""
     nodes = run(live_telemetry(nats_url(nats, data_dir)))
     if not nodes:
@@ -53,7 +52,7 @@ def status(nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> N
 @simulate_app.command("failure")
 def simulate_failure(node: str, duration_s: float = typer.Option(60.0, "--duration", min=0.1),
                      cascade_threshold: float = typer.Option(0.5, "--threshold", min=0.01, max=1.0),
-                     nats: Optional[str] = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+                     nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Ask the twin what happens if NODE fails: connectivity kept, estimated MTTR, predicted cascade."""
     nodes = run(live_telemetry(nats_url(nats, data_dir)))
     if node not in nodes:

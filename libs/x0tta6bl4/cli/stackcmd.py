@@ -25,7 +25,8 @@ def _status_table(stack: Stack) -> Table:
     for sp in stack.procs:
         alive = sp.proc.poll() is None
         table.add_row(sp.name, str(sp.index), str(sp.proc.pid),
-                      "[green]ready[/]" if alive and sp.ready() else ("[yellow]starting[/]" if alive else "[red]exited[/]"),
+                      "[green]ready[/]" if alive and sp.ready()
+                      else ("[yellow]starting[/]" if alive else "[red]exited[/]"),
                       str(sp.log_file))
     return table
 
@@ -43,14 +44,15 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         sf.unlink()
     if detach:
         data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(data_dir / "stack.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.cli.main", "up", "--replicas", str(replicas),
-                                 "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(data_dir / "stack.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.cli.main", "up", "--replicas", str(replicas),
+                                     "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if sf.exists() and json.loads(sf.read_text()).get("ready"):
-                console.print(f"stack up in the background (pid {proc.pid}), NATS at {json.loads(sf.read_text())['nats_url']}")
+                url = json.loads(sf.read_text())["nats_url"]
+                console.print(f"stack up in the background (pid {proc.pid}), NATS at {url}")
                 return
             if proc.poll() is not None:
                 fail(f"stack exited with {proc.returncode}; see {data_dir / 'stack.log'}")

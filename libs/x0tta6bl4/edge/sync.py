@@ -12,6 +12,7 @@ sequence, time and its node-identity signature travel in the event's details.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -108,10 +109,8 @@ async def sync_with_broker(en: EdgeNode, nc) -> SyncReport:
     claimed = await _cas_merge(kv, en.state, en.node, session, report)
     if claimed:
         ak = await js.key_value("audit_keys")
-        try:
+        with contextlib.suppress(Exception):  # already pinned
             await ak.create(f"{AUDIT_SERVICE}.{en.audit_signer.key_id}", en.audit_signer.public_bytes())
-        except Exception:  # noqa: BLE001 - already pinned
-            pass
         chain = AuditChain(AUDIT_SERVICE, en.audit_signer, chain_id=f"edge-{en.node}-{session}")
         report.chain_id = chain.chain_id
         pub = Publisher(nc, AUDIT_SERVICE, retry_for_s=5.0)
@@ -167,10 +166,8 @@ class EdgeAgent:
             self.en.save()
             return None
         finally:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection
                 await nc.close()
-            except Exception:  # noqa: BLE001
-                pass
 
     async def run(self, stop: asyncio.Event, health_port: int = 0) -> None:
         health = None
@@ -183,10 +180,8 @@ class EdgeAgent:
                 r = await self.try_sync()
                 if r is not None and r.published:
                     log.info("edge %s: synced, %d audit events published", self.en.node, len(r.published))
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.interval_s)
-                except TimeoutError:
-                    pass
         finally:
             self.en.save()
             if health:

@@ -191,7 +191,8 @@ class BlueGreen:
             if self.note:
                 return StepRecord("blue-green outcome", True, self.note)
             kept = "none" if self.blue is None else (
-                f"blue {self._blue_name()} kept in standby" if self.spec.keep_blue else f"blue {self._blue_name()} retired")
+                f"blue {self._blue_name()} kept in standby" if self.spec.keep_blue
+                else f"blue {self._blue_name()} retired")
             return StepRecord("blue-green outcome", True, f"green {v} serves; {kept}")
         if self.phase is Phase.ROLLED_BACK:
             who = f"blue {self._blue_name()} serves again" if self.blue is not None else "no blue to restore"

@@ -27,14 +27,14 @@ from .errors import InvalidArgument
 from .model import LIMITS, check_finite, check_fraction, check_positive
 
 __all__ = [
-    "Severity",
-    "DecisionKind",
-    "DecisionPolicy",
-    "Decision",
-    "decide",
     "AUTO_EXECUTE_ABOVE",
     "EMERGENCY_ABOVE",
     "STANDARD_FROM",
+    "Decision",
+    "DecisionKind",
+    "DecisionPolicy",
+    "Severity",
+    "decide",
 ]
 
 AUTO_EXECUTE_ABOVE = 0.9   # c > 0.9 (and critical)

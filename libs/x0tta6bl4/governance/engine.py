@@ -24,8 +24,8 @@ from __future__ import annotations
 import base64
 import math
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
 
 from .clock import Clock
 from .decision import Decision, DecisionKind
@@ -70,8 +70,14 @@ from .signing import Verifier, default_vote_id, vote_signing_payload
 from .state import GovernanceState, fold
 from .tally import evaluate, is_decided_early
 
-__all__ = ["GovernanceEngine", "VoteResult", "ProposalResult", "ProposalPage",
-           "DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "GovernanceEngine",
+    "ProposalPage",
+    "ProposalResult",
+    "VoteResult",
+]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -153,7 +159,7 @@ class GovernanceEngine:
 
     @classmethod
     def from_events(cls, events: Iterable[GovernanceEvent], *, verify: Verifier, clock: Clock,
-                    id_factory: Callable[[], str] = _new_uuid) -> "GovernanceEngine":
+                    id_factory: Callable[[], str] = _new_uuid) -> GovernanceEngine:
         return cls(verify, clock, id_factory=id_factory, state=fold(events))
 
     @property

@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AlreadyExists",
+    "FailedPrecondition",
     "GovernanceError",
     "InvalidArgument",
     "NotFound",
-    "FailedPrecondition",
-    "Unauthenticated",
     "PermissionDenied",
-    "AlreadyExists",
     "ResourceExhausted",
+    "Unauthenticated",
 ]
 
 

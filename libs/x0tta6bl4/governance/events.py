@@ -12,28 +12,29 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, ClassVar
 
 from .decision import Severity
 from .model import Action, CloseReason, ProposalState, Tally, VoteChoice
 
 __all__ = [
+    "EVENT_TYPES",
     "SCHEMA_VERSION",
-    "VoterRegistered",
-    "VoterKeyRotated",
-    "ProposalCreated",
-    "ProposalAutoApproved",
-    "VoteCast",
-    "ProposalClosed",
-    "ProposalCanceled",
     "ExecutionFailed",
+    "GovernanceEvent",
+    "ProposalAutoApproved",
+    "ProposalCanceled",
+    "ProposalClosed",
+    "ProposalCreated",
     "ProposalExecuted",
     "ProposalExpired",
-    "GovernanceEvent",
-    "EVENT_TYPES",
-    "event_to_dict",
+    "VoteCast",
+    "VoterKeyRotated",
+    "VoterRegistered",
     "event_from_dict",
+    "event_to_dict",
 ]
 
 SCHEMA_VERSION = 1
@@ -207,10 +208,10 @@ class ProposalExpired:
         return "expired"
 
 
-GovernanceEvent = Union[
-    VoterRegistered, ProposalCreated, ProposalAutoApproved, VoteCast, ProposalClosed,
-    ProposalCanceled, ExecutionFailed, ProposalExecuted, ProposalExpired, VoterKeyRotated,
-]
+GovernanceEvent = (
+    VoterRegistered | ProposalCreated | ProposalAutoApproved | VoteCast | ProposalClosed
+    | ProposalCanceled | ExecutionFailed | ProposalExecuted | ProposalExpired | VoterKeyRotated
+)
 
 EVENT_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(GovernanceEvent)}
 

@@ -5,24 +5,25 @@ from __future__ import annotations
 import enum
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InvalidArgument
 
 __all__ = [
-    "ActionKind",
-    "VoteChoice",
-    "ProposalState",
-    "CloseReason",
-    "Action",
-    "Voter",
-    "VoteRecord",
-    "Tally",
-    "Proposal",
-    "Limits",
     "LIMITS",
+    "Action",
+    "ActionKind",
+    "CloseReason",
+    "Limits",
+    "Proposal",
+    "ProposalState",
+    "Tally",
+    "VoteChoice",
+    "VoteRecord",
+    "Voter",
     "quadratic_weight",
 ]
 
@@ -170,12 +171,14 @@ class Action:
         if not isinstance(self.params, Mapping):
             raise InvalidArgument(f"action.params must be a mapping of str to str, got {type(self.params).__name__}")
         if len(self.params) > LIMITS.max_params:
-            raise InvalidArgument(f"action.params must have at most {LIMITS.max_params} entries, got {len(self.params)}")
+            raise InvalidArgument(
+                f"action.params must have at most {LIMITS.max_params} entries, got {len(self.params)}")
         clean: dict[str, str] = {}
         for k, v in self.params.items():
             if not isinstance(k, str) or not k or len(k) > LIMITS.max_param_key_len:
                 raise InvalidArgument(
-                    f"action.params key must be a non-empty string of at most {LIMITS.max_param_key_len} chars, got {k!r}")
+                    f"action.params key must be a non-empty string of at most {LIMITS.max_param_key_len} chars, "
+                    f"got {k!r}")
             if not isinstance(v, str) or len(v) > LIMITS.max_param_value_len:
                 raise InvalidArgument(
                     f"action.params[{k!r}] must be a string of at most {LIMITS.max_param_value_len} chars, got {v!r}")
@@ -191,7 +194,7 @@ class Action:
         return {"kind": self.kind.value, "params": dict(self.params), "target_node": self.target_node}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Action":
+    def from_dict(cls, d: Mapping[str, Any]) -> Action:
         return cls(kind=d["kind"], params=dict(d.get("params", {})), target_node=d.get("target_node", ""))
 
 
@@ -260,7 +263,7 @@ class Tally:
                 "voters": self.voters, "eligible_voters": self.eligible_voters}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Tally":
+    def from_dict(cls, d: Mapping[str, Any]) -> Tally:
         return cls(yes=float(d["yes"]), no=float(d["no"]), abstain=float(d["abstain"]),
                    eligible=float(d["eligible"]), voters=int(d["voters"]),
                    eligible_voters=int(d["eligible_voters"]))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import InvalidArgument
 from .model import Action, VoteChoice

@@ -9,9 +9,9 @@ engine) but refuses events that cannot belong to a consistent stream
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable
 
 from .events import (
     ExecutionFailed,

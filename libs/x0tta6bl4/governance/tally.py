@@ -34,7 +34,7 @@ early, so its final tally still reports real turnout.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from .model import CloseReason, Proposal, ProposalState, Tally, VoteChoice, VoteRecord
 

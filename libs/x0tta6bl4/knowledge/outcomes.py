@@ -29,7 +29,7 @@ class ActionStats:
     def mean_mttr_ms(self) -> float:
         return self.total_mttr_ms / self.successes if self.successes else float("inf")
 
-    def record(self, success: bool, mttr_ms: float, topology_size: int = 0) -> "ActionStats":
+    def record(self, success: bool, mttr_ms: float, topology_size: int = 0) -> ActionStats:
         self.attempts += 1
         if success:
             self.successes += 1
@@ -42,7 +42,7 @@ class ActionStats:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "ActionStats":
+    def from_json(cls, data: bytes) -> ActionStats:
         return cls(**json.loads(data))
 
 

@@ -15,6 +15,7 @@ Tools that change the mesh or its keys say DESTRUCTIVE in their description and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import time
 import uuid
@@ -72,7 +73,8 @@ def _node_row(t: events_pb2.NodeTelemetry, now_ns: int) -> dict[str, Any]:
     return {"node": t.node_id, "health": _health_name(h), "reachable": t.reachable,
             "p99_latency_ms": round(t.p99_latency_ms, 3), "loss_pct": round(t.loss_pct, 3),
             "cpu_pct": round(t.cpu_pct, 2), "mem_pct": round(t.mem_pct, 2), "peers": t.peer_count,
-            "routes": t.route_count, "neighbours": list(t.neighbours), "age_s": round((now_ns - t.meta.ts_unix_ns) / 1e9, 2),
+            "routes": t.route_count, "neighbours": list(t.neighbours),
+            "age_s": round((now_ns - t.meta.ts_unix_ns) / 1e9, 2),
             "reasons": reasons}
 
 
@@ -166,10 +168,8 @@ async def _cycle(trigger: str, reasons: list[str], wait_s: float, until: str) ->
                 done.set()
         sub = await nc.subscribe("mapek.>", cb=on)
         await Publisher(nc, "x0tta6bl4-mcp").publish(subjects.MAPEK_TELEMETRY, w, event_id=w.meta.event_id)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), wait_s)
-        except TimeoutError:
-            pass
         await sub.unsubscribe()
     finally:
         await nc.close()

@@ -35,8 +35,9 @@ import logging
 import random
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 import psutil
 
@@ -76,7 +77,7 @@ def percentile(samples, q: float) -> float:
     if not samples:
         return 0.0
     s = sorted(samples)
-    k = min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))
+    k = min(len(s) - 1, max(0, round(q / 100.0 * (len(s) - 1))))
     return float(s[k])
 
 
@@ -95,10 +96,10 @@ class Impairments:
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, agent: "MeshAgent") -> None:
+    def __init__(self, agent: MeshAgent) -> None:
         self.agent = agent
 
-    def datagram_received(self, data: bytes, addr) -> None:  # noqa: D401
+    def datagram_received(self, data: bytes, addr) -> None:
         self.agent._on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -198,7 +199,7 @@ class MeshAgent:
         host, port = self._transport.get_extra_info("sockname")[:2]
         return (host, port)
 
-    async def start(self) -> "MeshAgent":
+    async def start(self) -> MeshAgent:
         if self.running:
             return self
         loop = asyncio.get_running_loop()
@@ -263,7 +264,7 @@ class MeshAgent:
             self._transport.close()
             self._transport = None
 
-    async def revive(self) -> "MeshAgent":
+    async def revive(self) -> MeshAgent:
         """Restart a killed agent on the same address with fresh protocol state."""
         if self.running:
             return self
@@ -443,7 +444,7 @@ class MeshAgent:
         elif pkt.type in CONTROL_TYPES:
             try:
                 ok = bool(self.verifier(pkt))
-            except Exception:  # a verifier bug must not kill the agent
+            except Exception:  # noqa: BLE001 - a verifier bug must not kill the agent
                 ok = False
             if not ok:
                 self.counters["dropped.bad_signature"] += 1
@@ -583,7 +584,7 @@ class MeshAgent:
                 task = asyncio.ensure_future(res)
                 self._bg.add(task)
                 task.add_done_callback(self._bg_done)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a sink bug is counted, it must not kill the agent
             self.counters["sink_errors"] += 1
 
     def _bg_done(self, task: asyncio.Task) -> None:
@@ -626,7 +627,7 @@ class MeshAgent:
             loss_pct = 100.0 * sum(1 for o in self._outcomes if not o) / len(self._outcomes)
         else:
             links = self.core.neighbours.links.values()
-            loss_pct = 100.0 * (sum(l.loss_rate for l in links) / len(links)) if links else 0.0
+            loss_pct = 100.0 * (sum(link.loss_rate for link in links) / len(links)) if links else 0.0
         tbytes = c["delivered_bytes"] + c["forwarded_bytes"]
         t0, b0 = self._tp_last
         for ts, b in self._tp_samples:  # oldest sample of the last ~2 s sliding window

@@ -68,7 +68,7 @@ def allocate_addresses(nodes: list[str], host: str = "127.0.0.1") -> dict[str, t
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((host, 0))
             socks.append(s)
-        return {n: (host, s.getsockname()[1]) for n, s in zip(nodes, socks)}
+        return {n: (host, s.getsockname()[1]) for n, s in zip(nodes, socks, strict=True)}
     finally:
         for s in socks:
             s.close()
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"ready": True, "nodes": cl.topology.nodes,
                       "links": sorted(sorted(link) for link in cl.topology.links),
                       "hosts": [{"instance": i, "pid": pr.pid, "nodes": s}
-                                for i, pr, s in zip(cl.instances, cl.procs, cl.shards)]}), flush=True)
+                                for i, pr, s in zip(cl.instances, cl.procs, cl.shards, strict=True)]}), flush=True)
     try:
         while not stop.is_set():
             if any(pr.poll() is not None for pr in cl.procs):

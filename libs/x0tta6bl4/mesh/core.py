@@ -53,7 +53,7 @@ class MeshCore:
         if pkt.sender == self.node_id:
             return Output()
         if pkt.type == HELLO:
-            link, is_new = self.neighbours.on_hello(pkt, now)
+            _link, is_new = self.neighbours.on_hello(pkt, now)
             out = self.router.neighbour_up(pkt.sender, pkt.dest_seq, now)
             if is_new:
                 out.events.insert(0, Event("neighbour_added", pkt.sender, {}))
@@ -124,10 +124,10 @@ class MeshCore:
         cands = [self.next_hello_ns if self.next_hello_ns is not None else 0]
         dead = self.neighbours.dead_interval_ns
         if self.neighbours.links:
-            cands.append(min(l.last_heard_ns for l in self.neighbours.links.values()) + dead + 1)
+            cands.append(min(link.last_heard_ns for link in self.neighbours.links.values()) + dead + 1)
         if self.router.pending:
             cands.append(min(d.deadline_ns for d in self.router.pending.values()))
         return min(cands)
 
 
-__all__ = ["MeshCore", "CoreConfig", "NS"]
+__all__ = ["NS", "CoreConfig", "MeshCore"]

@@ -66,7 +66,7 @@ def parse_fault(spec: str) -> Fault:
 class AgentFaults:
     """Agent-level fault injection for a :class:`MeshRuntime`."""
 
-    def __init__(self, runtime: "MeshRuntime") -> None:
+    def __init__(self, runtime: MeshRuntime) -> None:
         self.rt = runtime
         self.tasks: set[asyncio.Task] = set()
         self.log: list[str] = []

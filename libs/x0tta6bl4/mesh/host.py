@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -131,7 +132,7 @@ class BundleBatcher:
         missing = [n for n in nodes if n not in results]
         if missing:
             singles = await asyncio.gather(*(self._fetch_one(n) for n in missing), return_exceptions=True)
-            results.update(zip(missing, singles))
+            results.update(zip(missing, singles, strict=True))
         for n, futs in batch.items():
             for f in futs:
                 if f.done():
@@ -154,7 +155,7 @@ class BundleBatcher:
                 self.batched = False
             log.info("keyvault GetPrivateBundles for %d nodes: %s; fetching one by one", len(nodes), e.code().name)
             return {}
-        return dict(zip(nodes, resp.bundles))
+        return dict(zip(nodes, resp.bundles, strict=False))  # fewer bundles: the rest one by one
 
     async def _fetch_one(self, node: str):
         from x0tta6bl4.v1 import keyvault_pb2 as kpb
@@ -218,7 +219,7 @@ class MeshHost:
                     and all(self.runtime.agents[n].running or self.runtime.agents[n].killed for n in self.nodes))
 
     # ---- lifecycle ------------------------------------------------------------
-    async def start(self) -> "MeshHost":
+    async def start(self) -> MeshHost:
         self.nc = await connect(self.nats_url, "mesh-host")
         self.publisher = Publisher(self.nc, "mesh-agent")
         if self.keyvault_addr or self.offline_keys:
@@ -236,10 +237,8 @@ class MeshHost:
         if self._watch_task:
             self._watch_task.cancel()
         if self._watcher is not None:
-            try:
+            with contextlib.suppress(Exception):  # the watcher's connection may be gone already
                 await self._watcher.stop()
-            except Exception:  # noqa: BLE001
-                pass
         if self._grpc is not None:
             await self._grpc.close()
         if self.nc:
@@ -291,8 +290,8 @@ class MeshHost:
             for e in initial:
                 self.trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
             self._watch_task = asyncio.create_task(self._watch_keys(), name="mesh-keys-watch")
-            idents = dict(zip(self.nodes, await asyncio.gather(*(self._fetch_identity(n, issue=True)
-                                                                for n in self.nodes))))
+            fetched = await asyncio.gather(*(self._fetch_identity(n, issue=True) for n in self.nodes))
+            idents = dict(zip(self.nodes, fetched, strict=True))
         self.trust.listeners.append(self._on_key_change)
         for n in self.nodes:
             remote = [p for p in self.topology.neighbours(n) if self.runtime.remote(p)]
@@ -335,8 +334,8 @@ class MeshHost:
                 continue
             # drain what is already queued in one go: one entry per loop iteration falls far
             # behind a busy loop during a rotation (hundreds of entries at once)
-            for e in [e, *drain_queued(self._watcher)]:
-                self.trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
+            for entry in [e, *drain_queued(self._watcher)]:
+                self.trust.apply(entry.key, entry.value, deleted=entry.operation in ("DEL", "PURGE"))
 
     def _on_key_change(self, key: str, verified, deleted: bool) -> None:
         parts = key.split(".")

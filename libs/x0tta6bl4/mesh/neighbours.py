@@ -20,8 +20,8 @@ All times are integers in nanoseconds from an injected clock.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Union
 
 from .packets import U32_MASK, HelloBody, HelloNeighbour, Packet
 
@@ -64,7 +64,7 @@ class LinkState:
         }
 
 
-PathLoss = Union[Callable[[str], float], Mapping[str, float], float]
+PathLoss = Callable[[str], float] | Mapping[str, float] | float
 
 
 @dataclass
@@ -158,7 +158,7 @@ class NeighbourTable:
     def expire(self, now_ns: int) -> list[str]:
         """Remove and return neighbours silent for miss_count HELLO intervals."""
         dead = self.dead_interval_ns
-        lost = [p for p, l in self.links.items() if now_ns - l.last_heard_ns > dead]
+        lost = [p for p, link in self.links.items() if now_ns - link.last_heard_ns > dead]
         for p in lost:
             self.lost_links[p] = self.links.pop(p)
         if len(self.lost_links) > 256:
@@ -176,7 +176,7 @@ class NeighbourTable:
             entries.append(
                 HelloNeighbour(
                     node_id=link.node_id,
-                    loss_permille=min(1000, int(round(link.loss_rate * 1000))),
+                    loss_permille=min(1000, round(link.loss_rate * 1000)),
                     echo_ts_ns=link.peer_ts_ns,
                     echo_delay_us=max(0, min(0xFFFFFFFF, (now_ns - link.last_heard_ns) // 1000)),
                 )

@@ -22,6 +22,7 @@ needs to reach the broker.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -131,7 +132,7 @@ class NetnsMesh:
         return self
 
     def peer_addr(self, node: str, peer: str) -> str:
-        ifname, a, ip_a, b, ip_b = self.links[frozenset((node, peer))]
+        _ifname, _a, ip_a, b, ip_b = self.links[frozenset((node, peer))]
         return ip_b if peer == b else ip_a
 
     # ------------------------------------------------------------------ processes
@@ -174,10 +175,8 @@ class NetnsMesh:
             with node.lock:
                 node.lines.append(rec)
             if self.on_record is not None:
-                try:
+                with contextlib.suppress(Exception):  # a sink error must not stop the reader
                     self.on_record(node.name, rec)
-                except Exception:  # noqa: BLE001 - a sink error must not stop the reader
-                    pass
 
     def records(self, n: str, type_: str | None = None, since: float = 0.0) -> list[dict]:
         node = self.nodes[n]
@@ -323,10 +322,8 @@ class NetnsMesh:
         for node in self.nodes.values():
             p = node.proc
             if p is not None and p.poll() is None:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(p.pid, signal.SIGCONT)
-                except OSError:
-                    pass
                 p.terminate()
         for node in self.nodes.values():
             p = node.proc
@@ -339,10 +336,7 @@ class NetnsMesh:
         for ns in self.created_ns:
             _run("ip", "netns", "del", ns, check=False)
         self.created_ns.clear()
-        try:
-            atexit.unregister(self.close)
-        except Exception:
-            pass
+        atexit.unregister(self.close)
 
     def __enter__(self) -> NetnsMesh:
         return self.build()

@@ -49,7 +49,8 @@ async def run(args: argparse.Namespace) -> int:
 
     def on_deliver(p: Packet) -> None:
         if args.log_data:
-            _emit({"type": "delivered", "origin": p.origin, "id": p.packet_id, "ts": p.timestamp_ns, "hops": p.hop_count})
+            _emit({"type": "delivered", "origin": p.origin, "id": p.packet_id, "ts": p.timestamp_ns,
+                   "hops": p.hop_count})
 
     agent = MeshAgent(
         args.id,
@@ -99,7 +100,7 @@ async def run(args: argparse.Namespace) -> int:
                 _emit({"type": "result", "cmd": cmd.get("kind"), **res})
                 if cmd.get("kind") == "shutdown":
                     stop.set()
-            except Exception as e:  # bad command line: report, keep running
+            except Exception as e:  # noqa: BLE001 - bad command line: report, keep running
                 _emit({"type": "result", "ok": False, "error": str(e)})
 
     tasks = [asyncio.create_task(commands())]

@@ -85,7 +85,6 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Union
 
 MAGIC = b"X6"
 VERSION = 1
@@ -180,7 +179,7 @@ class RerrBody:
     unreachable: tuple[tuple[str, int], ...] = ()
 
 
-Body = Union[bytes, HelloBody, RreqBody, RrepBody, RerrBody]
+Body = bytes | HelloBody | RreqBody | RrepBody | RerrBody
 MAX_RREQ_AVOID = 32
 
 
@@ -205,7 +204,7 @@ class Packet:
     def type_name(self) -> str:
         return TYPE_NAMES.get(self.type, hex(self.type))
 
-    def with_(self, **changes) -> "Packet":
+    def with_(self, **changes) -> Packet:
         return replace(self, **changes)
 
     def encode(self) -> bytes:

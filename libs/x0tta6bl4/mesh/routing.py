@@ -27,21 +27,21 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .packets import (
-    MAX_RREQ_AVOID,
     DATA,
     DEFAULT_TTL,
     FLAG_ACK,
     FLAG_ACK_REQ,
     FLAG_RREQ_D,
     FLAG_RREQ_U,
+    MAX_RREQ_AVOID,
     RERR,
     RREP,
     RREQ,
     U32_MASK,
     Packet,
     RerrBody,
-    RreqBody,
     RrepBody,
+    RreqBody,
     seq_ge,
     seq_newer,
 )
@@ -103,7 +103,7 @@ class Output:
     drops: list[tuple[str, Packet | None]] = field(default_factory=list)
     forwarded: int = 0
 
-    def extend(self, other: "Output") -> "Output":
+    def extend(self, other: Output) -> Output:
         self.sends += other.sends
         self.events += other.events
         self.delivered += other.delivered
@@ -589,7 +589,8 @@ class AodvRouter:
             flags &= ~FLAG_RREQ_U
         out.forwarded += 1
         out.sends.append(
-            Send(None, pkt.with_(sender=self.node_id, ttl=pkt.ttl - 1, hop_count=min(255, hops), dest_seq=dseq, flags=flags))
+            Send(None, pkt.with_(sender=self.node_id, ttl=pkt.ttl - 1, hop_count=min(255, hops), dest_seq=dseq,
+                                 flags=flags))
         )
 
     def _handle_rrep(self, pkt: Packet, now: int, out: Output) -> None:

@@ -23,7 +23,8 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .agent import MeshAgent, Sink
 from .core import CoreConfig
@@ -81,7 +82,7 @@ class MeshRuntime:
         self.started = False
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> "MeshRuntime":
+    async def start(self) -> MeshRuntime:
         for a in self.agents.values():
             await a.start()
         addr = dict(self.addresses)
@@ -97,7 +98,7 @@ class MeshRuntime:
         self.faults.cancel_tasks()
         self.started = False
 
-    async def __aenter__(self) -> "MeshRuntime":
+    async def __aenter__(self) -> MeshRuntime:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
@@ -177,7 +178,8 @@ async def _main(args: argparse.Namespace) -> int:
     rt = MeshRuntime(topo, config=cfg, seed=args.seed, event_sink=ev_sink)
     await rt.start()
     conv = await rt.wait_converged(timeout=30)
-    print(json.dumps({"type": "converged", "nodes": len(topo.nodes), "links": len(topo.links), "seconds": round(conv, 3)}), flush=True)
+    print(json.dumps({"type": "converged", "nodes": len(topo.nodes), "links": len(topo.links),
+                      "seconds": round(conv, 3)}), flush=True)
     flows = [tuple(t.split(":")) for t in args.traffic]
     kills = [(k.split("@")[0], float(k.split("@")[1])) for k in args.kill]
     t0 = time.monotonic()

@@ -79,7 +79,8 @@ import random
 import struct
 import time
 from collections import Counter, OrderedDict, deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from x0tta6bl4.keyvault.distribution import KeyDirectory, key_key, node_key, rev_key
 from x0tta6bl4.pqc import (
@@ -102,7 +103,7 @@ from x0tta6bl4.pqc.identity import KeyPurpose
 
 from .packets import CONTROL_TYPES, DATA, FLAG_ENC, FLAG_HS, NO_KEY, Packet, signing_bytes
 
-__all__ = ["SIG_CONTEXT", "HS_VERSION", "MeshTrust", "NodeSecurity", "LocalAuthority", "AUTH_REASONS"]
+__all__ = ["AUTH_REASONS", "HS_VERSION", "SIG_CONTEXT", "LocalAuthority", "MeshTrust", "NodeSecurity"]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class MeshTrust:
         self._node_of_kid: dict[str, str] = {}
 
     @classmethod
-    def pinned(cls, root_public_key: bytes, **kw: Any) -> "MeshTrust":
+    def pinned(cls, root_public_key: bytes, **kw: Any) -> MeshTrust:
         return cls(KeyDirectory(MLDSA65PublicKey.from_bytes(root_public_key)), **kw)
 
     # -- feeding -------------------------------------------------------------------
@@ -168,7 +169,7 @@ class MeshTrust:
         for fn in list(self.listeners):
             try:
                 fn(key, v, deleted or not value)
-            except Exception:  # noqa: BLE001 - a listener bug must not stop the feed
+            except Exception:
                 log.exception("trust listener failed")
         return True
 
@@ -195,10 +196,7 @@ class MeshTrust:
             return "wrong_signer"
         if abs(now - pkt.timestamp_ns) > self.max_skew_ns:
             return "stale_timestamp"
-        if raw is not None:
-            region = bytes(raw[: len(raw) - 2 - len(pkt.signature)])
-        else:
-            region = signing_bytes(pkt)
+        region = bytes(raw[:len(raw) - 2 - len(pkt.signature)]) if raw is not None else signing_bytes(pkt)
         digest = hashlib.sha256(region + pkt.signature).digest()
         if digest in self._cache:
             self._cache.move_to_end(digest)
@@ -252,7 +250,7 @@ class MeshTrust:
 
 # =============================================================================== per node
 class _Session:
-    __slots__ = ("epoch", "chan", "my_key", "peer_key", "expires_ns")
+    __slots__ = ("chan", "epoch", "expires_ns", "my_key", "peer_key")
 
     def __init__(self, epoch: int, chan: SecureChannel, my_key: str, peer_key: str) -> None:
         self.epoch, self.chan, self.my_key, self.peer_key = epoch, chan, my_key, peer_key
@@ -260,7 +258,7 @@ class _Session:
 
 
 class _Init:
-    __slots__ = ("epoch", "hs", "step", "t", "my_key", "peer_key", "cand")
+    __slots__ = ("cand", "epoch", "hs", "my_key", "peer_key", "step", "t")
 
     def __init__(self, epoch, hs, t, my_key, peer_key) -> None:
         self.epoch, self.hs, self.step, self.t, self.my_key, self.peer_key = epoch, hs, HS1, t, my_key, peer_key
@@ -268,8 +266,22 @@ class _Init:
 
 
 class _Link:
-    __slots__ = ("send", "recv", "init", "resp", "queue", "next_epoch", "last_req", "hello_key", "done",
-                 "attempts", "defer_since", "echo_ts", "rekey_at", "tighten")
+    __slots__ = (
+        "attempts",
+        "defer_since",
+        "done",
+        "echo_ts",
+        "hello_key",
+        "init",
+        "last_req",
+        "next_epoch",
+        "queue",
+        "recv",
+        "rekey_at",
+        "resp",
+        "send",
+        "tighten",
+    )
 
     def __init__(self, queue_limit: int) -> None:
         self.send: _Session | None = None
@@ -412,7 +424,7 @@ class NodeSecurity:
 
     def reset(self) -> None:
         """Forget every channel (agent restart)."""
-        dropped = sum(len(l.queue) for l in self.links.values())
+        dropped = sum(len(link.queue) for link in self.links.values())
         if dropped:
             self.counters["dropped.channel_reset"] += dropped
         self.links.clear()
@@ -606,9 +618,8 @@ class NodeSecurity:
             if link.init is not None and now - link.init.t >= self._timeout(link):
                 self.counters["hs.timeouts"] += 1
                 self._maybe_handshake(peer, link, now, force=True)
-            elif link.queue and link.send is None:
-                self._maybe_handshake(peer, link, now)
-            elif link.send is not None and link.hello_key is not None and self._wanted(link):
+            elif (link.queue and link.send is None) or (
+                    link.send is not None and link.hello_key is not None and self._wanted(link)):
                 self._maybe_handshake(peer, link, now)
 
     # -- DATA ---------------------------------------------------------------------------------------

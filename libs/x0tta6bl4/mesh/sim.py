@@ -10,8 +10,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .core import CoreConfig, MeshCore
 from .packets import DATA, FLAG_ACK, Packet, decode, encode
@@ -142,7 +142,7 @@ class SimNetwork:
             if nh is None or nh in self.dead:
                 return None
             if nh in path:
-                raise AssertionError(f"routing loop {path + [nh]}")
+                raise AssertionError(f"routing loop {[*path, nh]}")
             path.append(nh)
             cur = nh
             if len(path) > limit:
@@ -150,7 +150,8 @@ class SimNetwork:
         return path
 
     def data_delivered(self, node: str, since: int = 0) -> list[Packet]:
-        return [p for t, n, p in self.delivered if n == node and t >= since and p.type == DATA and not p.flags & FLAG_ACK]
+        return [p for t, n, p in self.delivered
+                if n == node and t >= since and p.type == DATA and not p.flags & FLAG_ACK]
 
     def events_of(self, kind: str, node: str | None = None) -> list[tuple[int, str, Event]]:
         return [e for e in self.events if e[2].kind == kind and (node is None or e[1] == node)]

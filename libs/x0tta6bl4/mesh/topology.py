@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import random
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import networkx as nx
 
@@ -47,15 +48,15 @@ class Topology:
             if not valid_node_id(n):
                 raise ValueError(f"invalid node id {n!r}")
         links = set()
-        for l in self.links:
-            pair = frozenset(l)
+        for link in self.links:
+            pair = frozenset(link)
             if len(pair) != 2 or not pair <= seen:
-                raise ValueError(f"bad link {tuple(l)!r}")
+                raise ValueError(f"bad link {tuple(link)!r}")
             links.add(pair)
         self.links = links
 
     @classmethod
-    def from_links(cls, links: Iterable[tuple[str, str]], nodes: Iterable[str] = (), name: str = "custom") -> "Topology":
+    def from_links(cls, links: Iterable[tuple[str, str]], nodes: Iterable[str] = (), name: str = "custom") -> Topology:
         ns: list[str] = list(dict.fromkeys(list(nodes)))
         ls = set()
         for a, b in links:
@@ -66,10 +67,10 @@ class Topology:
         return cls(ns, ls, name=name)
 
     def neighbours(self, n: str) -> list[str]:
-        return sorted(next(iter(l - {n})) for l in self.links if n in l)
+        return sorted(next(iter(link - {n})) for link in self.links if n in link)
 
     def edge_list(self) -> list[tuple[str, str]]:
-        return sorted(tuple(sorted(l, key=_key)) for l in self.links)
+        return sorted(tuple(sorted(link, key=_key)) for link in self.links)
 
     def graph(self) -> nx.Graph:
         g = nx.Graph()
@@ -130,7 +131,7 @@ def grid(n: int | None = None, *, rows: int | None = None, cols: int | None = No
     if rows is None or cols is None:
         if n is None:
             raise ValueError("grid needs n or rows/cols")
-        rows = max(r for r in range(1, int(math.isqrt(n)) + 1) if n % r == 0)
+        rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
         cols = n // rows
     ids = _ids(rows * cols)
     links = set()
@@ -183,10 +184,10 @@ def from_dict(d: Mapping[str, Any]) -> Topology:
         if gen is None:
             raise ValueError(f"unknown generator {d['generator']!r}")
         return gen(d)
-    links = [tuple(l) for l in d.get("links", [])]
-    for l in links:
-        if len(l) != 2:
-            raise ValueError(f"bad link {l!r}")
+    links = [tuple(link) for link in d.get("links", [])]
+    for link in links:
+        if len(link) != 2:
+            raise ValueError(f"bad link {link!r}")
     return Topology.from_links(links, d.get("nodes", []), name=str(d.get("name", "custom")))
 
 

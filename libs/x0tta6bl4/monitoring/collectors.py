@@ -615,7 +615,7 @@ class EbpfCollector:
         """Pids in the kernel filter (roots + children followed); None = all."""
         if self._pids is None:
             return None
-        return {k.value for k in self._t("filter_pids").keys()}
+        return {k.value for k in self._t("filter_pids").keys()}  # noqa: SIM118 - a BCC table: iterate as bcc documents it
 
     # -- events --------------------------------------------------------------
     def _on_ring(self, _ctx: Any, data: Any, _size: int) -> None:

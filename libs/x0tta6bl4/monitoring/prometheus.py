@@ -15,6 +15,7 @@ Health states are exported as their integer value (-1 unknown, 0 healthy,
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -110,10 +111,8 @@ def remove_node(m: MonitorMetrics, node_id: str) -> None:
 
 
 def _try_remove(metric: Gauge | Counter, *labels: str) -> None:
-    try:
+    with contextlib.suppress(KeyError):
         metric.remove(*labels)
-    except KeyError:
-        pass
 
 
 def update_snapshot(m: MonitorMetrics, snap: Snapshot, node_of_pid: Mapping[int, str] | None = None) -> None:

@@ -31,24 +31,24 @@ from typing import Any
 from .errors import BackendUnavailable, InvalidKey
 
 __all__ = [
-    "MLKEM768_PUBLIC_KEY_SIZE",
-    "MLKEM768_CIPHERTEXT_SIZE",
-    "MLKEM768_SHARED_SECRET_SIZE",
-    "MLKEM768_SEED_SIZE",
-    "MLKEM768_EXPANDED_PRIVATE_SIZE",
-    "MLDSA65_PUBLIC_KEY_SIZE",
-    "MLDSA65_SIGNATURE_SIZE",
-    "MLDSA65_SEED_SIZE",
+    "BACKEND_ENV",
     "MLDSA65_EXPANDED_PRIVATE_SIZE",
+    "MLDSA65_PUBLIC_KEY_SIZE",
+    "MLDSA65_SEED_SIZE",
+    "MLDSA65_SIGNATURE_SIZE",
+    "MLKEM768_CIPHERTEXT_SIZE",
+    "MLKEM768_EXPANDED_PRIVATE_SIZE",
+    "MLKEM768_PUBLIC_KEY_SIZE",
+    "MLKEM768_SEED_SIZE",
+    "MLKEM768_SHARED_SECRET_SIZE",
     "Backend",
     "BackendInfo",
     "CryptographyBackend",
     "LibOQSBackend",
     "available_backends",
     "backend_info",
-    "get_backend",
     "find_liboqs",
-    "BACKEND_ENV",
+    "get_backend",
 ]
 
 MLKEM768_PUBLIC_KEY_SIZE = 1184
@@ -266,7 +266,7 @@ def find_liboqs() -> str | None:
 
 
 class _OqsKey:
-    __slots__ = ("secret", "public")
+    __slots__ = ("public", "secret")
 
     def __init__(self, secret: bytes, public: bytes) -> None:
         self.secret = secret

@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -37,7 +37,7 @@ from ._encoding import to_bytes
 from .errors import DecryptionError, InvalidKey, RekeyRequired, ReplayError
 from .kdf import Role, SessionKeys
 
-__all__ = ["SecureChannel", "ReplayWindow", "FRAME_VERSION", "HEADER_SIZE", "TAG_SIZE", "MAX_EPOCH"]
+__all__ = ["FRAME_VERSION", "HEADER_SIZE", "MAX_EPOCH", "TAG_SIZE", "ReplayWindow", "SecureChannel"]
 
 FRAME_VERSION = 1
 _HEADER = struct.Struct(">BIQ")
@@ -56,7 +56,7 @@ def _expand(secret: bytes, label: bytes, length: int) -> bytes:
 class ReplayWindow:
     """Sliding anti-replay window (RFC 4303 style) over 64-bit sequence numbers."""
 
-    __slots__ = ("size", "highest", "_bits")
+    __slots__ = ("_bits", "highest", "size")
 
     def __init__(self, size: int = 1024) -> None:
         if size < 1:
@@ -86,7 +86,7 @@ class ReplayWindow:
 
 
 class _Epoch:
-    __slots__ = ("number", "secret", "aead", "iv", "window", "retire_at")
+    __slots__ = ("aead", "iv", "number", "retire_at", "secret", "window")
 
     def __init__(self, number: int, secret: bytes, window_size: int) -> None:
         self.number = number

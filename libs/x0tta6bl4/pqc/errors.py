@@ -8,21 +8,21 @@ message names the offending object (never secret material).
 from __future__ import annotations
 
 __all__ = [
-    "PQCError",
     "BackendUnavailable",
-    "InvalidKey",
-    "InvalidSignature",
+    "CorruptKeystore",
     "DecryptionError",
-    "ReplayError",
-    "RekeyRequired",
+    "HandshakeError",
     "InvalidIdentity",
+    "InvalidKey",
     "InvalidRecord",
+    "InvalidSignature",
     "KeyExpired",
     "KeyRevoked",
     "KeystoreError",
+    "PQCError",
+    "RekeyRequired",
+    "ReplayError",
     "WrongMasterKey",
-    "CorruptKeystore",
-    "HandshakeError",
 ]
 
 

@@ -16,7 +16,7 @@ sides hybrid-sign the transcript.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ._encoding import pack, unpack
 from .errors import HandshakeError, InvalidSignature, PQCError

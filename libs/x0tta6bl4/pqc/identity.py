@@ -23,13 +23,13 @@ from .errors import InvalidIdentity, InvalidKey, KeyExpired
 from .keys import HYBRID_KEM_ALGORITHM, HYBRID_SIG_ALGORITHM, HybridKemPrivateKey, HybridSigningKey
 
 __all__ = [
+    "DEFAULT_VALIDITY_SECONDS",
     "NODE_ID_PATTERN",
     "TRUST_DOMAIN_PATTERN",
-    "DEFAULT_VALIDITY_SECONDS",
-    "KeyPurpose",
-    "SpiffeId",
     "IdentityKey",
+    "KeyPurpose",
     "NodeIdentity",
+    "SpiffeId",
     "validate_node_id",
     "validate_trust_domain",
 ]
@@ -90,7 +90,7 @@ class SpiffeId:
 class IdentityKey:
     """A private key plus its metadata. ``repr`` shows metadata only."""
 
-    __slots__ = ("purpose", "private", "not_before", "not_after", "generation")
+    __slots__ = ("generation", "not_after", "not_before", "private", "purpose")
 
     def __init__(
         self,
@@ -140,7 +140,7 @@ class IdentityKey:
 class NodeIdentity:
     """A node's SPIFFE id with one generation of signing and KEM keys."""
 
-    __slots__ = ("spiffe_id", "signing", "kem")
+    __slots__ = ("kem", "signing", "spiffe_id")
 
     def __init__(self, spiffe_id: SpiffeId, signing: IdentityKey, kem: IdentityKey) -> None:
         if signing.purpose is not KeyPurpose.SIGNING or kem.purpose is not KeyPurpose.KEM:
@@ -183,7 +183,7 @@ class NodeIdentity:
     def __repr__(self) -> str:
         return f"<NodeIdentity {self.uri} gen={self.generation} sig={self.signing.key_id} kem={self.kem.key_id}>"
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         raise TypeError("NodeIdentity cannot be pickled; use export_private_unsafe()")
 
     # -- explicit private export (used by the keystore) --------------------

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ._encoding import pack, to_bytes
 
-__all__ = ["Role", "SessionKeys", "transcript_hash", "derive_session_keys", "SESSION_KEY_SIZE"]
+__all__ = ["SESSION_KEY_SIZE", "Role", "SessionKeys", "derive_session_keys", "transcript_hash"]
 
 SESSION_KEY_SIZE = 32
 _TRANSCRIPT_LABEL = b"x0tta6bl4/hybrid-kem/transcript/v1"

@@ -30,21 +30,21 @@ from .backend import Backend, get_backend
 from .errors import DecryptionError, InvalidKey, InvalidSignature
 
 __all__ = [
-    "key_id",
-    "MLKEM768PrivateKey",
-    "MLKEM768PublicKey",
-    "MLDSA65PrivateKey",
-    "MLDSA65PublicKey",
+    "HYBRID_KEM_ALGORITHM",
+    "HYBRID_KEM_CIPHERTEXT_SIZE",
+    "HYBRID_KEM_PUBLIC_KEY_SIZE",
+    "HYBRID_SIGNATURE_SIZE",
+    "HYBRID_SIG_ALGORITHM",
+    "HYBRID_SIG_PUBLIC_KEY_SIZE",
     "HybridKemPrivateKey",
     "HybridKemPublicKey",
     "HybridSigningKey",
     "HybridVerifyKey",
-    "HYBRID_KEM_ALGORITHM",
-    "HYBRID_SIG_ALGORITHM",
-    "HYBRID_KEM_PUBLIC_KEY_SIZE",
-    "HYBRID_KEM_CIPHERTEXT_SIZE",
-    "HYBRID_SIG_PUBLIC_KEY_SIZE",
-    "HYBRID_SIGNATURE_SIZE",
+    "MLDSA65PrivateKey",
+    "MLDSA65PublicKey",
+    "MLKEM768PrivateKey",
+    "MLKEM768PublicKey",
+    "key_id",
 ]
 
 HYBRID_KEM_ALGORITHM = "X25519+ML-KEM-768"
@@ -79,7 +79,7 @@ def _check_context(context: bytes) -> bytes:
 class _Public:
     """Common behaviour of public keys: bytes identity, equality, key id."""
 
-    __slots__ = ("_raw", "_handle", "_backend", "_kid")
+    __slots__ = ("_backend", "_handle", "_kid", "_raw")
     algorithm: str = ""
 
     def public_bytes(self) -> bytes:
@@ -139,7 +139,7 @@ class MLKEM768PublicKey(_Public):
 
 
 class MLKEM768PrivateKey(_Private):
-    __slots__ = ("_handle", "_backend", "_pub")
+    __slots__ = ("_backend", "_handle", "_pub")
     algorithm = "ML-KEM-768"
 
     def __init__(self, handle: Any, backend: Backend) -> None:
@@ -205,7 +205,7 @@ class MLDSA65PublicKey(_Public):
 
 
 class MLDSA65PrivateKey(_Private):
-    __slots__ = ("_handle", "_backend", "_pub")
+    __slots__ = ("_backend", "_handle", "_pub")
     algorithm = "ML-DSA-65"
 
     def __init__(self, handle: Any, backend: Backend) -> None:
@@ -282,7 +282,7 @@ class HybridKemPublicKey(_Public):
 
 
 class HybridKemPrivateKey(_Private):
-    __slots__ = ("_mlkem", "_x", "_pub")
+    __slots__ = ("_mlkem", "_pub", "_x")
     algorithm = HYBRID_KEM_ALGORITHM
     PRIVATE_SEED_SIZE = _b.MLKEM768_SEED_SIZE + X25519_SIZE
 

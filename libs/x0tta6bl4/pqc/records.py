@@ -11,12 +11,12 @@ body, signer_key_id, signature)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Union
 
 from ._encoding import from_u64, pack, to_bytes, u64, unpack
 from .backend import Backend
-from .errors import PQCError, InvalidRecord, InvalidSignature, KeyExpired, KeyRevoked
+from .errors import InvalidRecord, InvalidSignature, KeyExpired, KeyRevoked, PQCError
 from .identity import KeyPurpose, NodeIdentity, SpiffeId
 from .keys import (
     HYBRID_KEM_PUBLIC_KEY_SIZE,
@@ -25,18 +25,20 @@ from .keys import (
     HybridVerifyKey,
     MLDSA65PrivateKey,
     MLDSA65PublicKey,
+)
+from .keys import (
     key_id as compute_key_id,
 )
 
 __all__ = [
+    "KeyvaultRoot",
     "PublicKeyRecord",
+    "RecordVerifier",
     "RevocationRecord",
     "SignedRecord",
-    "KeyvaultRoot",
-    "RecordVerifier",
+    "records_for_identity",
     "verify_record",
     "verify_signed",
-    "records_for_identity",
 ]
 
 _MAGIC = b"x0tta6bl4/keyvault-record/v1"
@@ -161,7 +163,7 @@ class RevocationRecord:
         return cls(_s(f[2], "spiffe id"), _s(f[3], "key id"), _i(f[4], "revoked_at"), _s(f[5], "reason"))
 
 
-Record = Union[PublicKeyRecord, RevocationRecord]
+Record = PublicKeyRecord | RevocationRecord
 
 
 @dataclass(frozen=True)

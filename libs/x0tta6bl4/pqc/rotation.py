@@ -7,13 +7,13 @@ its overlap deadline) -> ``retired`` (private keys dropped, only ids kept).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .backend import Backend
 from .identity import DEFAULT_VALIDITY_SECONDS, NodeIdentity
 
-__all__ = ["Keyring", "RetiredGeneration", "DEFAULT_OVERLAP_SECONDS"]
+__all__ = ["DEFAULT_OVERLAP_SECONDS", "Keyring", "RetiredGeneration"]
 
 DEFAULT_OVERLAP_SECONDS = 24 * 3600
 Clock = Callable[[], float]

@@ -61,23 +61,21 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 15.0) -> "NatsServer":
+    def start(self, timeout_s: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
-             "-n", f"x0tta6bl4-{self.port}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
+                 "-n", f"x0tta6bl4-{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    if s.recv(4096).startswith(b"INFO"):
-                        return self
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                if s.recv(4096).startswith(b"INFO"):
+                    return self
             time.sleep(0.05)
         raise TimeoutError(f"nats-server did not listen on {self.port} within {timeout_s}s")
 
@@ -169,16 +167,15 @@ class Stack:
             grpc_port = GRPC_SERVICES[name] if self.fixed_ports and index == 0 else free_port()
         log_file = self.data_dir / "logs" / f"{name}-{index}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log_file, "ab")
-        proc = subprocess.Popen([sys.executable, "-m", f"services.{name}.main"], cwd=repo_root(),
-                                env=self.service_env(name, index, port, grpc_port), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        fh.close()
+        with open(log_file, "ab") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", f"services.{name}.main"], cwd=repo_root(),
+                                    env=self.service_env(name, index, port, grpc_port), stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         sp = ServiceProcess(name, index, proc, port, log_file, grpc_port)
         self.procs.append(sp)
         return sp
 
-    def start(self, timeout_s: float = 60.0) -> "Stack":
+    def start(self, timeout_s: float = 60.0) -> Stack:
         if self.nats is None:
             self.start_nats()
         for name in self.services:
@@ -203,10 +200,8 @@ class Stack:
 
     def stop_service(self, sp: ServiceProcess, kill: bool = False) -> None:
         if sp.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(sp.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 sp.proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -225,7 +220,7 @@ class Stack:
         if self.nats:
             self.nats.stop()
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -29,7 +29,7 @@ class JsonlSpanExporter(SpanExporter):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._lock = threading.Lock()
-        self._fh = open(path, "a", buffering=1, encoding="utf-8")
+        self._fh = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in shutdown()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = []

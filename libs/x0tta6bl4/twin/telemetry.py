@@ -263,10 +263,12 @@ class TelemetrySimulator:
         t = np.arange(S)
         ramp = RAMP_STEPS[f.fault_type]
         on = t >= f.onset_step
-        I = f.severity * np.clip((t - f.onset_step + 1) / ramp, 0, 1) * on
+        inten = f.severity * np.clip((t - f.onset_step + 1) / ramp, 0, 1) * on
         nb = self.neigh[r]
         deg_nb = np.maximum(self.deg[nb], 1)[:, None]
-        noise = lambda scale, shape=(S,): rng.normal(0, scale, shape)  # noqa: E731
+        def noise(scale: float, shape: tuple[int, ...] = (S,)) -> np.ndarray:
+            return rng.normal(0, scale, shape)
+
         ft = f.fault_type
         if ft == "node_down":
             x[r, on, F["rssi"]] = -100.0
@@ -279,38 +281,38 @@ class TelemetrySimulator:
             last = max(f.onset_step - 1, 0)
             x[r, on, F["cpu"]] = x[r, last, F["cpu"]]  # last known values, frozen
             x[r, on, F["memory"]] = x[r, last, F["memory"]]
-            x[nb, :, F["loss_rate"]] += (4 * I)[None, :] * rng.uniform(0.6, 1.4, (len(nb), 1))
-            x[nb, :, F["latency_ms"]] += (25 * I)[None, :] * rng.uniform(0.6, 1.4, (len(nb), 1))
-            x[nb, :, F["throughput"]] *= (1 - 0.2 * I)[None, :]
-            x[nb, :, F["cpu"]] += (5 * I)[None, :]
-            self._two_hop(x, r, "latency_ms", 8 * I)
+            x[nb, :, F["loss_rate"]] += (4 * inten)[None, :] * rng.uniform(0.6, 1.4, (len(nb), 1))
+            x[nb, :, F["latency_ms"]] += (25 * inten)[None, :] * rng.uniform(0.6, 1.4, (len(nb), 1))
+            x[nb, :, F["throughput"]] *= (1 - 0.2 * inten)[None, :]
+            x[nb, :, F["cpu"]] += (5 * inten)[None, :]
+            self._two_hop(x, r, "latency_ms", 8 * inten)
         elif ft == "degrading_link":
-            x[r, :, F["rssi"]] -= 22 * I
-            x[r, :, F["snr"]] -= 22 * I
-            x[r, :, F["loss_rate"]] += 12 * I**2 + np.abs(noise(1.0)) * I
-            x[r, :, F["latency_ms"]] += 30 * I
-            x[r, :, F["throughput"]] *= 1 - 0.5 * I
-            x[nb, :, F["rssi"]] -= 22 * I[None, :] / deg_nb
-            x[nb, :, F["snr"]] -= 22 * I[None, :] / deg_nb
-            x[nb, :, F["loss_rate"]] += (3 * I)[None, :] * rng.uniform(0.6, 1.4, (len(nb), 1))
-            x[nb, :, F["latency_ms"]] += (10 * I)[None, :]
+            x[r, :, F["rssi"]] -= 22 * inten
+            x[r, :, F["snr"]] -= 22 * inten
+            x[r, :, F["loss_rate"]] += 12 * inten**2 + np.abs(noise(1.0)) * inten
+            x[r, :, F["latency_ms"]] += 30 * inten
+            x[r, :, F["throughput"]] *= 1 - 0.5 * inten
+            x[nb, :, F["rssi"]] -= 22 * inten[None, :] / deg_nb
+            x[nb, :, F["snr"]] -= 22 * inten[None, :] / deg_nb
+            x[nb, :, F["loss_rate"]] += (3 * inten)[None, :] * rng.uniform(0.6, 1.4, (len(nb), 1))
+            x[nb, :, F["latency_ms"]] += (10 * inten)[None, :]
         elif ft == "congestion":
-            x[r, :, F["latency_ms"]] += 90 * I * (1 + 0.2 * noise(1.0))
-            x[r, :, F["loss_rate"]] += 5 * I
+            x[r, :, F["latency_ms"]] += 90 * inten * (1 + 0.2 * noise(1.0))
+            x[r, :, F["loss_rate"]] += 5 * inten
             x[r, :, F["throughput"]] = np.where(
                 on, x[r, :, F["throughput"]].max() * 1.3 + noise(0.5), x[r, :, F["throughput"]]
             )
-            x[r, :, F["cpu"]] += 15 * I
-            x[nb, :, F["latency_ms"]] += (45 * I)[None, :] * rng.uniform(0.6, 1.4, (len(nb), 1))
-            x[nb, :, F["loss_rate"]] += (2 * I)[None, :]
-            x[nb, :, F["throughput"]] *= (1 - 0.2 * I)[None, :]
-            self._two_hop(x, r, "latency_ms", 12 * I)
+            x[r, :, F["cpu"]] += 15 * inten
+            x[nb, :, F["latency_ms"]] += (45 * inten)[None, :] * rng.uniform(0.6, 1.4, (len(nb), 1))
+            x[nb, :, F["loss_rate"]] += (2 * inten)[None, :]
+            x[nb, :, F["throughput"]] *= (1 - 0.2 * inten)[None, :]
+            self._two_hop(x, r, "latency_ms", 12 * inten)
         elif ft == "cpu_overload":
             cpu = x[r, :, F["cpu"]]
-            x[r, :, F["cpu"]] = cpu + (97 - cpu) * I + noise(1.0) * I
-            x[r, :, F["latency_ms"]] += 30 * I
-            x[r, :, F["throughput"]] *= 1 - 0.3 * I
-            x[nb, :, F["latency_ms"]] += (6 * I)[None, :]
+            x[r, :, F["cpu"]] = cpu + (97 - cpu) * inten + noise(1.0) * inten
+            x[r, :, F["latency_ms"]] += 30 * inten
+            x[r, :, F["throughput"]] *= 1 - 0.3 * inten
+            x[nb, :, F["latency_ms"]] += (6 * inten)[None, :]
         elif ft == "memory_leak":
             # the leak never plateaus: linear growth until memory saturates (clipped at 100)
             grow = f.severity * np.maximum(t - f.onset_step + 1, 0) / ramp * on
@@ -344,12 +346,12 @@ class TelemetrySimulator:
                 + (age_r[cols][None, :] / deg_nb)[:, :, None]
             )
         elif ft == "compromised":
-            x[r, :, F["throughput"]] += 50 * I
-            x[r, :, F["cpu"]] += 15 * I
-            x[r, :, F["failed_auth"]] += rng.poisson(1.0 * I)
-            x[r, :, F["latency_ms"]] += 5 * I
-            x[nb, :, F["failed_auth"]] += rng.poisson(np.broadcast_to(5 * I, (len(nb), S)))
-            x[nb, :, F["cpu"]] += (3 * I)[None, :]
+            x[r, :, F["throughput"]] += 50 * inten
+            x[r, :, F["cpu"]] += 15 * inten
+            x[r, :, F["failed_auth"]] += rng.poisson(1.0 * inten)
+            x[r, :, F["latency_ms"]] += 5 * inten
+            x[nb, :, F["failed_auth"]] += rng.poisson(np.broadcast_to(5 * inten, (len(nb), S)))
+            x[nb, :, F["cpu"]] += (3 * inten)[None, :]
 
     def _two_hop(self, x: np.ndarray, r: int, feat: str, amount: np.ndarray) -> None:
         one = set(self.neigh[r].tolist()) | {r}

@@ -130,7 +130,7 @@ class MeshDigitalTwin:
 
     # --------------------------------------------------------------- analysis
     def connectivity_after_failure(self, failed: Iterable[Hashable]) -> float:
-        nodes, index, edges, _, _ = self._arrays()
+        nodes, _index, edges, _, _ = self._arrays()
         alive = np.ones(len(nodes), dtype=bool)
         for v in failed:
             alive[self._index(v)] = False
@@ -140,7 +140,7 @@ class MeshDigitalTwin:
     def simulate_node_failure(
         self, node: Hashable, duration_seconds: float = 60.0
     ) -> FailureSimulationResult:
-        nodes, index, edges, indptr, indices = self._arrays()
+        nodes, _index, edges, indptr, indices = self._arrays()
         i = self._index(node)
         n = len(nodes)
         alive = np.ones(n, dtype=bool)
@@ -148,10 +148,7 @@ class MeshDigitalTwin:
         labels = component_labels(n, edges, alive)
         share, sizes = pair_connectivity(labels)
         neigh = indices[indptr[i] : indptr[i + 1]]
-        if sizes.size:
-            big_label = np.bincount(labels[alive]).argmax()
-        else:
-            big_label = -2
+        big_label = np.bincount(labels[alive]).argmax() if sizes.size else -2
         isolated = [nodes[j] for j in neigh if labels[j] != big_label]
         detour = self._detour_hops(i, neigh, labels)
         m = self.mttr_model
@@ -215,7 +212,7 @@ class MeshDigitalTwin:
         """
         if not 0 < threshold <= 1:
             raise ValueError("threshold must be in (0, 1]")
-        nodes, index, edges, indptr, indices = self._arrays()
+        nodes, _index, _edges, indptr, indices = self._arrays()
         n = len(nodes)
         start = self._index(node)
         alpha = 1.0 / threshold - 1.0
@@ -273,7 +270,7 @@ def _geometric_edges(pos: np.ndarray, radius: float) -> np.ndarray:
     skey = key[order]
     uniq, starts = np.unique(skey, return_index=True)
     ends = np.append(starts[1:], len(skey))
-    bucket = {int(u): order[s:e] for u, s, e in zip(uniq, starts, ends)}
+    bucket = {int(u): order[s:e] for u, s, e in zip(uniq, starts, ends, strict=True)}
     out = []
     r2 = radius * radius
     for u, members in bucket.items():
