@@ -123,19 +123,3 @@ def test_training_is_reproducible_small():
         assert ka == kb and torch.equal(va, vb)
     x = np.stack([d.x for d in data[:1]])[0]
     assert np.isfinite(GraphSAGEAnomalyDetector(0.6, a).raw_scores(x, data[0].edge_index)["anom_logit"]).all()
-
-
-def test_without_torch_falls_back_to_rules_with_one_log_line():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, logging; sys.modules['torch'] = None\n"  # makes `import torch` raise ImportError
-        "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')\n"
-        "from x0tta6bl4.analysis import load_detector\n"
-        "d = load_detector(); print('DETECTOR', type(d).__name__)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "DETECTOR RuleBasedDetector" in out.stdout
-    lines = [line for line in out.stderr.splitlines() if line.startswith("WARNING")]
-    assert len(lines) == 1 and "torch" in lines[0] and "threshold rules" in lines[0]
