@@ -1,17 +1,57 @@
-"""Shared fixtures: a real nats-server on a random loopback port, real service processes."""
+"""Shared fixtures: a real nats-server on a random loopback port, real service processes.
+
+Every test is marked with its layer, from the directory it lives in (tests/<layer>/...): unit, service,
+integration, e2e, security (registered in pyproject.toml). `pytest -m unit` selects the in-process tests only.
+"""
 from __future__ import annotations
 
 import pathlib
 
 import nats
 import pytest
+from testkit import scaled
 
 from x0tta6bl4.runtime.stack import NatsServer, Stack
+
+TESTS = pathlib.Path(__file__).resolve().parent
+LAYERS = ("unit", "service", "integration", "e2e", "security")
+
+
+def _layer(path: pathlib.Path) -> str | None:
+    try:
+        parts = pathlib.Path(path).resolve().relative_to(TESTS).parts
+    except ValueError:
+        return None
+    return parts[0] if parts and parts[0] in LAYERS else None
+
+
+def _selected_layers(config: pytest.Config) -> set[str] | None:
+    """The layers a plain `-m` expression asks for (`unit`, `unit or service`); None for anything else."""
+    words = (config.getoption("markexpr", "") or "").split()
+    if not words or words[1::2] != ["or"] * (len(words) // 2) or not set(words[::2]) <= set(LAYERS):
+        return None
+    return set(words[::2])
+
+
+def pytest_ignore_collect(collection_path: pathlib.Path, config: pytest.Config) -> bool | None:
+    """`-m unit` does not even import the other layers' modules (some import torch, grpc, ...)."""
+    layers = _selected_layers(config)
+    layer = _layer(collection_path)
+    if layers is not None and layer is not None and layer not in layers:
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        layer = _layer(item.path)
+        if layer is not None:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture
 def nats_server(tmp_path: pathlib.Path):
-    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log").start()
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log").start(scaled(15))
     yield server
     server.stop()
 

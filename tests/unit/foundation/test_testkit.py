@@ -55,8 +55,8 @@ def test_deadlines_scale_with_the_environment(monkeypatch):
     assert testkit._timeout_scale() == 2.5
     monkeypatch.setattr(testkit, "TIMEOUT_SCALE", 2.5)
     assert testkit.scaled(4) == 10
-    with pytest.raises(AssertionError, match=r"not within 0.25s \(0.1s x X0TTA6BL4_TEST_TIMEOUT_SCALE=2.5\)"):
-        eventually_sync(lambda: False, timeout=0.1, interval=0.02)
+    with pytest.raises(AssertionError, match=r"not within 0.05s \(0.02s x X0TTA6BL4_TEST_TIMEOUT_SCALE=2.5\)"):
+        eventually_sync(lambda: False, timeout=0.02, interval=0.01)
     for bad in ("0", "-1", "fast"):
         monkeypatch.setenv(testkit.SCALE_ENV, bad)
         with pytest.raises(ValueError, match="expected a positive number"):
