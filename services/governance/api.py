@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import pathlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.governance import (
     LIMITS,
     GovernanceEngine,
@@ -24,23 +29,28 @@ from x0tta6bl4.governance import (
 )
 from x0tta6bl4.pqc import InvalidKey, MLDSA65PublicKey
 from x0tta6bl4.pqc import key_id as pqc_key_id
-from x0tta6bl4.telemetry.tracing import extract_context, tracer
-from x0tta6bl4.v1 import governance_pb2 as gpb
-from x0tta6bl4.v1 import governance_pb2_grpc as gpb_grpc
-
-from .convert import (
+from x0tta6bl4.rpc.server import BindError, GrpcServer, serve_grpc
+from x0tta6bl4.stages.governance import (
     action_from_pb,
     choice_from_pb,
     proposal_to_pb,
     state_from_pb,
     state_to_pb,
 )
+from x0tta6bl4.telemetry.tracing import extract_context, tracer
+from x0tta6bl4.v1 import governance_pb2 as gpb
+from x0tta6bl4.v1 import governance_pb2_grpc as gpb_grpc
+
 from .identities import AdminToken, KeyvaultIdentities
 from .store import GovStore, Outcome, Unavailable
 
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from .main import GovernanceSettings
+
 log = logging.getLogger("x0tta6bl4.governance.api")
 
-GOV_WATCH = "gov.watch.{kind}"   # core NATS (not stored): ProposalEvent fan-out for WatchProposals
 SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["Governance"].full_name
 
 
@@ -263,12 +273,10 @@ class Governance(gpb_grpc.GovernanceServicer):
         queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
 
         async def on_msg(msg):
-            try:
+            with contextlib.suppress(asyncio.QueueFull):   # a slow watcher loses events rather than memory
                 queue.put_nowait(msg.data)
-            except asyncio.QueueFull:
-                pass  # a watcher that cannot keep up loses events rather than memory
 
-        sub = await self.nc.subscribe(GOV_WATCH.format(kind="*"), cb=on_msg)
+        sub = await self.nc.subscribe(subjects.GOV_WATCH_ALL, cb=on_msg)   # core NATS, not stored
         try:
             while True:
                 ev = gpb.ProposalEvent.FromString(await queue.get())
@@ -276,3 +284,28 @@ class Governance(gpb_grpc.GovernanceServicer):
                     yield ev
         finally:
             await sub.unsubscribe()
+
+
+async def serve(store: GovStore, nc: NATS, settings: GovernanceSettings, *,
+                precheck: Callable[[bytes, bytes, bytes], Awaitable[bool]], admin: AdminToken) -> GrpcServer:
+    """Start the Governance gRPC server (with health and reflection) on the configured address; the chosen
+    port goes to ``<data_dir>/run/governance-<instance>.grpc``, where the CLI finds it. A port that cannot
+    be bound stops the service with one line naming the address."""
+    servicer = Governance(store, nc, settings.execution_window_s, precheck=precheck,
+                          root_span_sample=settings.rpc_root_span_sample, admin=admin,
+                          max_active_per_proposer=settings.max_active_per_proposer,
+                          identities=KeyvaultIdentities(nc))
+    port_file = pathlib.Path(settings.data_dir) / "run" / f"governance-{settings.instance}.grpc"
+    try:
+        return await serve_grpc("governance", settings.grpc_host, settings.grpc_port,
+                                [functools.partial(gpb_grpc.add_GovernanceServicer_to_server, servicer)],
+                                service_names=[SERVICE_NAME], port_file=port_file)
+    except BindError as e:
+        raise SystemExit(str(e)) from None
+
+
+def producer_span(name: str, carrier: Mapping[str, str], attributes: Mapping[str, str]) -> AbstractContextManager[Any]:
+    """The stage's trace scope: a PRODUCER span in the trace of ``carrier`` (the plan's W3C headers), so the
+    ActionRequest of a passed proposal continues the cycle's trace."""
+    return tracer().start_as_current_span(name, context=extract_context(carrier), kind=SpanKind.PRODUCER,
+                                          attributes=dict(attributes))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import os
 import pathlib
@@ -35,7 +36,7 @@ from x0tta6bl4.v1 import keyvault_pb2 as kpb
 
 from .store import Unavailable
 
-__all__ = ["AdminToken", "KeyvaultIdentities", "TOKEN_FILE_NAME"]
+__all__ = ["TOKEN_FILE_NAME", "AdminToken", "KeyvaultIdentities"]
 
 TOKEN_FILE_NAME = "governance-admin.token"
 
@@ -54,10 +55,8 @@ class AdminToken:
         path = pathlib.Path(path)
         if not path.exists():
             token = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=")
-            try:
+            with contextlib.suppress(FileExistsError):   # another replica sharing the data dir created it
                 write_secret_file(path, token + b"\n", create_only=True)
-            except FileExistsError:
-                pass    # another replica sharing the data dir created it first: use theirs
         try:
             text = path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as e:
@@ -92,11 +91,11 @@ class KeyvaultIdentities:
         async with self._lock:
             if self._root is None:
                 try:
-                    msg = await self.nc.request(subjects.KEYVAULT_RPC.format(method="Info"),
+                    msg = await self.nc.request(subjects.keyvault_rpc("Info"),
                                                 kpb.InfoRequest().SerializeToString(), timeout=self.timeout_s)
-                except (nats.errors.Error, asyncio.TimeoutError) as e:
+                except (TimeoutError, nats.errors.Error) as e:
                     raise Unavailable(f"keyvault did not answer Info ({type(e).__name__}); is it running?") from None
-                err = (msg.headers or {}).get("X0-Error")
+                err = (msg.headers or {}).get(subjects.HEADER_ERROR)
                 if err:
                     raise Unavailable(f"keyvault Info failed: {err}")
                 self._root = MLDSA65PublicKey.from_bytes(kpb.InfoResponse.FromString(msg.data).root_public_key)
@@ -117,7 +116,7 @@ class KeyvaultIdentities:
         except (KeyNotFoundError, BucketNotFoundError):
             raise NotFound(f"keyvault has no identity {voter!r} (issue it first: meshctl keys issue "
                            f"{sid.node_id})") from None
-        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
             raise Unavailable(f"cannot read keyvault records: {type(e).__name__}: {e}") from None
         try:
             rec = dist.verify_entry(key, entry.value or b"", root).record

@@ -31,18 +31,22 @@ is not left unaudited on shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
+from x0tta6bl4.bus.subjects import GOV_EVENTS_ALL, STREAM_GOV, gov_event
 from x0tta6bl4.governance import (
     GovernanceEngine,
     GovernanceError,
@@ -51,11 +55,12 @@ from x0tta6bl4.governance import (
     fold,
 )
 from x0tta6bl4.governance.events import GovernanceEvent
+from x0tta6bl4.stages.governance import Command, Outcome, Reaction, apply_links
+
+__all__ = ["Command", "Conflict", "GovStore", "Outcome", "Unavailable"]
 
 log = logging.getLogger("x0tta6bl4.governance.store")
 
-STREAM = "GOV"
-SUBJECT = "gov.events.{kind}"
 WRONG_LAST_SEQUENCE = 10071
 MAX_BATCH = 64
 REACTION_LAG = 32       # stored commits that may wait for their reactions (audit, watch)
@@ -69,18 +74,6 @@ class Unavailable(Exception):
 
 class Conflict(Exception):
     """Another writer appended first (optimistic concurrency)."""
-
-
-@dataclass
-class Outcome:
-    """What a command returns: its reply value, its events, its service records."""
-
-    value: Any = None
-    events: tuple[GovernanceEvent, ...] = ()
-    links: list[dict] = field(default_factory=list)
-
-
-Command = Callable[[GovernanceEngine], Outcome]
 
 
 @dataclass
@@ -107,13 +100,12 @@ def decode_commit(data: bytes) -> tuple[list[GovernanceEvent], list[dict]]:
 
 
 class GovStore:
-    """The engine, its log position, and the single writer that commits to the log."""
+    """The engine, its log position, and the single writer that commits to the log
+    (the :class:`x0tta6bl4.stages.governance.GovernanceStore` of the service)."""
 
-    def __init__(self, nc, make_engine: Callable[[], GovernanceEngine],
-                 on_commit: Callable[[list, list], Awaitable[None]] | None = None,
+    def __init__(self, make_engine: Callable[[], GovernanceEngine], on_commit: Reaction | None = None,
                  timeout_s: float = 5.0, retry_for_s: float = 30.0):
-        self.nc = nc
-        self.js = nc.jetstream(timeout=timeout_s)
+        self._js: JetStreamContext | None = None
         self.make_engine = make_engine
         self.on_commit = on_commit
         self.timeout_s = timeout_s
@@ -129,40 +121,66 @@ class GovStore:
         self._reactions: asyncio.Queue[tuple[list, list]] = asyncio.Queue()   # stored commits to react to
         self._reacted = asyncio.Event()
         self._stopping = False
+        self._writer: asyncio.Task | None = None
+
+    # ---- life cycle ----------------------------------------------------------------
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise Unavailable("governance store is not connected (call start() first)")
+        return self._js
+
+    def connect(self, nc: NATS) -> None:
+        self._js = nc.jetstream(timeout=self.timeout_s)
+
+    async def start(self, nc: NATS) -> int:
+        """Connect, replay the whole log and start the writer; returns the number of events replayed."""
+        self.connect(nc)
+        n = await self.load()
+        log.info("governance: replayed %d events (log at seq %d): %d voters, %d proposals", n, self.last_seq,
+                 len(self.engine.state.voters), len(self.engine.state.proposals))
+        self._writer = asyncio.create_task(self.run(), name="gov-writer")
+        return n
+
+    async def stop(self) -> None:
+        """Stop the writer (stored commits get their reactions first)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+
+    def request_catch_up(self) -> None:
+        """Apply what other replicas appended before the next batch of commands."""
+        self.catchup_requested = True
 
     # ---- reading the log ---------------------------------------------------------
     async def _read_from(self, start_seq: int) -> list[tuple[int, list, list]]:
-        info = await self.js.stream_info(STREAM)
+        info = await self.js.stream_info(STREAM_GOV)
         last = info.state.last_seq
         out: list[tuple[int, list, list]] = []
         if last < start_seq:
             return out
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq,
                              ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
-        sub = await self.js.pull_subscribe("gov.events.>", stream=STREAM, config=cfg)
+        sub = await self.js.pull_subscribe(GOV_EVENTS_ALL, stream=STREAM_GOV, config=cfg)
         try:
             seq = start_seq - 1
             while seq < last:
                 try:
                     msgs = await sub.fetch(256, timeout=2.0)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     break  # messages below `last` were removed (limits): nothing more to read
                 for m in msgs:
                     seq = m.metadata.sequence.stream
                     events, links = decode_commit(m.data)
                     out.append((seq, events, links))
         finally:
-            try:
+            with contextlib.suppress(Exception):   # the ephemeral consumer goes away on its own
                 await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - ephemeral consumer goes away on its own
-                pass
         return out
 
     def _apply_links(self, links: list[dict]) -> None:
-        for link in links:
-            self.links[link["proposal_id"]] = link
-            if link.get("action_id"):
-                self.by_action[link["action_id"]] = link["proposal_id"]
+        apply_links(links, self.links, self.by_action)
 
     async def load(self) -> int:
         """Rebuild the engine from the whole log; returns the number of events."""
@@ -182,7 +200,7 @@ class GovStore:
 
     async def catch_up(self) -> list:
         """Apply commits other replicas appended since ours (no-op when we are at the head)."""
-        info = await self.js.stream_info(STREAM)
+        info = await self.js.stream_info(STREAM_GOV)
         if info.state.last_seq <= self.last_seq:
             return []
         applied = []
@@ -197,7 +215,7 @@ class GovStore:
     async def _append(self, events: list, links: list[dict]) -> int:
         data = encode_commit(events, links)
         headers = {"Nats-Expected-Last-Sequence": str(self.last_seq), "Nats-Msg-Id": uuid.uuid4().hex}
-        subject = SUBJECT.format(kind=kind_of(events))
+        subject = gov_event(kind_of(events))
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.05
         while True:
@@ -208,7 +226,7 @@ class GovStore:
                 if e.err_code == WRONG_LAST_SEQUENCE:
                     raise Conflict(str(e)) from None
                 raise Unavailable(f"governance log rejected the commit: {e}") from None
-            except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as e:
                 if time.monotonic() > deadline:
                     raise Unavailable(f"governance log unreachable: {type(e).__name__}: {e}") from None
                 await asyncio.sleep(delay)
@@ -243,7 +261,7 @@ class GovStore:
             links = [lk for _, lks in rounds for lk in lks]
             try:
                 await self.on_commit(events, links)
-            except Exception:  # noqa: BLE001 - reactions must not undo a commit
+            except Exception:
                 log.exception("governance: post-commit reaction failed")
             finally:
                 for _ in rounds:
@@ -254,7 +272,7 @@ class GovStore:
         """Wait until every stored commit's reactions have run (or the timeout)."""
         try:
             await asyncio.wait_for(self._reactions.join(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("governance: %d commits still unaudited after %.1f s", self._reactions.qsize(), timeout_s)
 
     async def run(self) -> None:
@@ -279,7 +297,7 @@ class GovStore:
                     self.catchup_requested = False
                     try:
                         await self.catch_up()
-                    except Exception as e:  # noqa: BLE001 - next tick tries again
+                    except Exception as e:
                         log.warning("governance: catch-up failed: %s", e)
                 await self._run_batch(batch)
             except asyncio.CancelledError:
@@ -287,7 +305,7 @@ class GovStore:
                     if not job.fut.done():
                         job.fut.set_exception(Unavailable("governance service is stopping"))
                 raise
-            except Exception as e:  # noqa: BLE001 - never let the writer die
+            except Exception as e:
                 log.exception("governance writer failed a batch")
                 await self._rebuild_quietly()   # the engine may hold events that were not stored
                 for job in batch:
@@ -295,7 +313,7 @@ class GovStore:
                         job.fut.set_exception(Unavailable(f"internal error: {type(e).__name__}: {e}"))
 
     async def _run_batch(self, batch: list[_Job]) -> None:
-        for attempt in range(8):
+        for _attempt in range(8):
             results: list[tuple[bool, Any]] = []
             events: list = []
             links: list[dict] = []
@@ -322,7 +340,7 @@ class GovStore:
                     return
                 self._apply_links(links)
                 self.commits += 1
-            for job, (ok, value) in zip(batch, results):
+            for job, (ok, value) in zip(batch, results, strict=True):
                 if job.fut.done():
                     continue
                 if not ok:
@@ -352,7 +370,7 @@ class GovStore:
             try:
                 await self.load()
                 return
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 log.warning("governance: cannot reload the log yet (%s); retrying", e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

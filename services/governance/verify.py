@@ -16,10 +16,12 @@ import asyncio
 import concurrent.futures
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
+from x0tta6bl4.governance import GovernanceEngine, Verifier
 from x0tta6bl4.pqc import InvalidKey, InvalidSignature, MLDSA65PublicKey
 
-__all__ = ["VoteVerifier"]
+__all__ = ["VoteVerifier", "ledger_verifier"]
 
 
 class VoteVerifier:
@@ -80,3 +82,12 @@ class VoteVerifier:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def ledger_verifier(engine: Callable[[], GovernanceEngine], keys: VoteVerifier) -> Verifier:
+    """The engine's vote verifier: a voter's signature checks against the voter's key in the ledger
+    (``engine()`` is the store's current engine, which a rebuild from the log replaces)."""
+    def verify(voter: str, payload: bytes, signature: bytes) -> bool:
+        v = engine().state.voters.get(voter)
+        return v is not None and keys.verify(v.public_key, payload, signature)
+    return verify

@@ -94,6 +94,11 @@ class Context(Protocol):
     cycle_id: str
     deliveries: int
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The message's headers (W3C trace context, ...); empty for background work."""
+        ...
+
     async def publish(self, subject: str, msg: Message, key: str = "", *, cycle_id: str | None = None) -> None:
         """Publish an event caused by the current one (same cycle, id derived from the cause and ``key``)."""
         ...
