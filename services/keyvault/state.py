@@ -1,161 +1,89 @@
-"""The keyvault replicas' shared state in JetStream (the I/O half of the domain in
-:mod:`x0tta6bl4.keyvault.vault`).
+"""The keyvault replicas' shared state on JetStream: :class:`x0tta6bl4.keyvault.shared.SharedState`
+(the bucket layout, sealing and compare-and-set writes) plus what needs the broker and the disk.
 
-Bucket ``keyvault`` (in :mod:`x0tta6bl4.bus.subjects`); every value is sealed with
-AES-256-GCM under the master key (:meth:`MasterKey.seal`, bound to ``keyvault/<key>``),
-so the bus never carries a private key in the clear and a value cannot be moved
-to another key::
-
-    root            the root ML-DSA-65 private key (created once, create-only)
-    node.<node-id>  the identity's entry (private exports of the active and
-                    retiring generations, signed records, history, revocation)
-    requests        recent rotate request ids -> target nodes (idempotent retries)
-
-Concurrency: every write is a compare-and-set on the key's revision (``create``
-for a new key, ``update(last=revision)`` otherwise). A replica whose write is
-refused re-reads the key and plans the change again on the winner's state, so
-two replicas never fork an identity. A watcher keeps each replica's cache equal
-to the bucket; before answering, a replica waits until its watcher has reached
-the bucket's last sequence (:meth:`SharedVault.refresh`), so it answers with
-every write acknowledged before the request arrived, whichever replica made it.
-
-Each replica also keeps the entries in its local encrypted keystore
-(``<data_dir>/keyvault``, one atomic fsync'd file per entry) as a cache and
-backup: the replica that commits a change writes its file before replying, the
-others write theirs when their watcher sees the change. At start a replica loads
-the bucket and copies up any local entry the bucket lacks or holds in an older
-version (migration from a single-machine keystore, or a bucket rebuilt).
+* A watcher keeps each replica's cache equal to the bucket; before answering, a replica waits
+  until its watcher has reached the bucket's last sequence (:meth:`SharedVault.refresh`), so it
+  answers with every write acknowledged before the request arrived, whichever replica made it.
+* Each replica also keeps the entries in its local encrypted keystore (``<data_dir>/keyvault``,
+  one atomic fsync'd file per entry) as a cache and backup: the replica that commits a change
+  writes its file before replying, the others write theirs when their watcher sees the change.
+  At start a replica loads the bucket and copies up any local entry the bucket lacks or holds
+  in an older version (migration from a single-machine keystore, or a bucket rebuilt).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-
-from x0tta6bl4.keyvault.errors import KeyvaultError
+from x0tta6bl4.bus.kv import NatsKV
+from x0tta6bl4.keyvault.errors import Unavailable
+from x0tta6bl4.keyvault.shared import BUCKET, NODE, REQUESTS, SharedState, StateError, Stored, load_root
 from x0tta6bl4.keyvault.vault import Entry, Vault
-from x0tta6bl4.pqc import (
-    Keystore,
-    KeystoreError,
-    KeyvaultRoot,
-    MasterKey,
-    MLDSA65PrivateKey,
-    PQCError,
-    verify_signed,
-)
+from x0tta6bl4.pqc import Keystore, KeystoreError, MasterKey, PQCError, verify_signed
 
 log = logging.getLogger("x0tta6bl4.keyvault")
 
-BUCKET = "keyvault"
-ROOT = "root"
-REQUESTS = "requests"
-NODE = "node."
 LOCAL_ROOT = "root"                # local keystore entry names (as before replication)
 LOCAL_REQUESTS = "rotate-requests"
 LOCAL_NODE = "node-"
-CAS_ATTEMPTS = 16
 REFRESH_TIMEOUT_S = 10.0
 
-
-class Unavailable(KeyvaultError):
-    code = "UNAVAILABLE"
+__all__ = ["BUCKET", "SharedVault", "StateError"]
 
 
-class Aborted(KeyvaultError):
-    code = "ABORTED"
+def local_name(key: str) -> str:
+    """The local keystore entry of a bucket key."""
+    return LOCAL_REQUESTS if key == REQUESTS else LOCAL_NODE + key[len(NODE):]
 
 
-class StateError(Exception):
-    """The shared state cannot be opened (wrong master key, damaged entry): one clear line."""
+class SharedVault(SharedState):
+    """The shared state followed by a JetStream watcher, with local encrypted copies."""
 
-
-def _what() -> str:
-    return f"JetStream bucket {BUCKET!r} entry"
-
-
-class SharedVault:
-    """A :class:`Vault` cache kept equal to the ``keyvault`` bucket; writes by compare-and-set."""
-
-    def __init__(self, js: Any, kv: Any, vault: Vault, mk: MasterKey, local: Keystore) -> None:
-        self.js, self.kv, self.vault, self.mk, self.local = js, kv, vault, mk, local
+    def __init__(self, js: Any, kv: NatsKV, vault: Vault, mk: MasterKey, local: Keystore) -> None:
+        super().__init__(kv, vault, mk)
+        self.js, self.local = js, local
         self.seen = 0                    # highest bucket sequence the watcher has applied
-        self.bad = 0                     # bucket values that did not open (counted, skipped)
         self._cond = asyncio.Condition()
         self._watcher = None
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="keyvault-local")
-        # planning = key generation + root ML-DSA-65 signatures; OpenSSL releases the GIL, so a
-        # "rotate all" plans on every core (50 identities: 270 ms on one thread, 145 ms on two)
-        self._plan_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                             thread_name_prefix="keyvault-plan")
         self._written: dict[str, int] = {}          # local file name -> revision written
         self._write_lock = asyncio.Lock()
         self._pending: dict[str, tuple[bytes, int]] = {}
         self._flush_task: asyncio.Task | None = None
-        self.on_learn: Callable[[str, Entry | None, Entry | None], None] | None = None
-
-    # ---- sealing ------------------------------------------------------------------------
-    def seal(self, key: str, data: bytes) -> bytes:
-        return self.mk.seal(f"{BUCKET}/{key}", data)
-
-    def unseal(self, key: str, blob: bytes) -> bytes:
-        return self.mk.unseal(f"{BUCKET}/{key}", blob, what=_what())
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
-    async def open(cls, js: Any, mk: MasterKey, local: Keystore, trust_domain: str, **vault_kw) -> tuple[
-            SharedVault, bool, int]:
+    async def open(cls, js: Any, mk: MasterKey, local: Keystore, trust_domain: str,  # type: ignore[override]
+                   **vault_kw: Any) -> tuple[SharedVault, bool, int]:
         """Load (or create once) the root key and every identity from the bucket, start the
         watcher, copy up local entries the bucket lacks. Returns (state, root_created, copied_up).
         Raises StateError (wrong master key, damaged entry) with one clear line."""
-        kv = await js.key_value(BUCKET)
-        backend = vault_kw.get("backend")
-        try:
-            root, created = await cls._root(kv, mk, local, backend)
-        except KeystoreError as e:
-            raise StateError(f"{e} (every keyvault replica needs the same master key: "
-                             f"X0TTA6BL4_MASTER_KEY or X0TTA6BL4_MASTER_KEY_FILE)") from None
+        kv = NatsKV(await js.key_value(BUCKET), BUCKET, js)
+
+        def local_root() -> bytes | None:   # a keystore from before replication: keep its root
+            if LOCAL_ROOT not in local:
+                return None
+            try:
+                return local.get(LOCAL_ROOT)
+            except KeystoreError as e:
+                raise KeystoreError(f"local keystore {str(local.directory)!r}: {e}") from None
+        root, created = await load_root(kv, mk, local_root=local_root, backend=vault_kw.get("backend"))
         st = cls(js, kv, Vault(root, trust_domain, **vault_kw), mk, local)
         await st.start_watch()
         copied = await st.copy_up()
         return st, created, copied
-
-    @staticmethod
-    async def _root(kv: Any, mk: MasterKey, local: Keystore, backend) -> tuple[KeyvaultRoot, bool]:
-        def load(blob: bytes) -> KeyvaultRoot:
-            raw = mk.unseal(f"{BUCKET}/{ROOT}", blob, what=_what())
-            return KeyvaultRoot(MLDSA65PrivateKey.from_private_bytes(raw, backend=backend))
-
-        try:
-            return load((await kv.get(ROOT)).value), False
-        except KeyNotFoundError:
-            pass
-        local_root = None
-        if LOCAL_ROOT in local:    # a keystore from before replication: keep its root (and its identities)
-            try:
-                local_root = local.get(LOCAL_ROOT)
-            except KeystoreError as e:
-                raise KeystoreError(f"local keystore {str(local.directory)!r}: {e}") from None
-        raw = local_root or KeyvaultRoot.generate(backend=backend).private_key.private_bytes_unsafe()
-        try:
-            await kv.create(ROOT, mk.seal(f"{BUCKET}/{ROOT}", raw))
-        except KeyWrongLastSequenceError:   # another replica created it a moment ago: use theirs
-            return load((await kv.get(ROOT)).value), False
-        return KeyvaultRoot(MLDSA65PrivateKey.from_private_bytes(raw, backend=backend)), local_root is None
 
     # ---- the watcher -------------------------------------------------------------------------
     async def start_watch(self) -> None:
         """Watch the whole bucket; returns once every entry written before the call is applied
         (the stream's last sequence is the barrier: nats-py's end-of-initial-values marker can
         come before the values, see x0tta6bl4.bus.kvwatch)."""
-        self._watcher = await self.kv.watchall()
+        self._watcher = await self.kv.raw.watchall()
         self._task = asyncio.create_task(self._watch(), name="keyvault-state-watch")
         await self._wait_seen(await self.last_seq())
 
@@ -181,15 +109,14 @@ class SharedVault:
             entry = None
             if not deleted:
                 try:
-                    data = self.unseal(key, e.value)
-                    entry = await asyncio.to_thread(self.vault.decode_entry, data)
+                    entry = await asyncio.to_thread(self.decode, node, e.value)
                 except (KeystoreError, PQCError, ValueError, KeyError) as ex:
                     self.bad += 1
                     log.error("keyvault state: skipping %s rev %d: %s", key, rev, ex)
                     return
             self.learn(node, entry, rev)
             if entry is not None:
-                self._schedule_local(LOCAL_NODE + node, self.vault.encode_entry(entry), rev)
+                self._schedule_local(local_name(key), self.vault.encode_entry(entry), rev)
         elif key == REQUESTS and not deleted:
             if rev <= self.vault.requests_revision:
                 return
@@ -201,13 +128,6 @@ class SharedVault:
                 return
             self.vault.learn_requests(reqs, rev)
             self._schedule_local(LOCAL_REQUESTS, self.vault.encode_requests(reqs), rev)
-
-    def learn(self, node: str, entry: Entry | None, rev: int) -> bool:
-        prev = self.vault.entries.get(node)
-        changed = self.vault.learn(node, entry, rev)
-        if changed and self.on_learn is not None:
-            self.on_learn(node, prev, entry)
-        return changed
 
     async def last_seq(self) -> int:
         info = await self.js.stream_info(f"KV_{BUCKET}")
@@ -225,108 +145,14 @@ class SharedVault:
         """Return once the cache holds every write the bucket acknowledged before this call."""
         try:
             seq = await self.last_seq()
-        except Exception as e:  # noqa: BLE001 - NATS down: answer UNAVAILABLE, not INTERNAL
+        except Exception as e:  # NATS down: answer UNAVAILABLE, not INTERNAL
             raise Unavailable(f"keyvault state: cannot reach JetStream bucket {BUCKET!r}: {e}") from None
         if self.seen < seq:
             await self._wait_seen(seq)
 
-    async def reread(self, node: str) -> None:
-        """Read one identity straight from the bucket (after a lost compare-and-set)."""
-        key = NODE + node
-        try:
-            e = await self.kv.get(key)
-        except KeyNotFoundError:
-            return
-        if e.revision > self.vault.revision(node):
-            entry = await asyncio.to_thread(self.vault.decode_entry, self.unseal(key, e.value))
-            self.learn(node, entry, e.revision)
-
-    async def reread_requests(self) -> None:
-        try:
-            e = await self.kv.get(REQUESTS)
-        except KeyNotFoundError:
-            return
-        if e.revision > self.vault.requests_revision:
-            self.vault.learn_requests(self.vault.decode_requests(self.unseal(REQUESTS, e.value)), e.revision)
-
-    # ---- writes --------------------------------------------------------------------------------
-    async def _cas(self, key: str, data: bytes, last: int) -> int | None:
-        """Write ``data`` under ``key`` if its revision is still ``last`` (0: create). The new
-        revision, or None when another replica wrote first."""
-        sealed = self.seal(key, data)
-        try:
-            if last:
-                return await self.kv.update(key, sealed, last=last)
-            return await self.kv.create(key, sealed)
-        except KeyWrongLastSequenceError:
-            return None
-
-    async def commit(self, entries: list[tuple[Entry, int]]) -> list[int | None]:
-        """Compare-and-set each (entry, revision it was planned from); learn and locally store the
-        ones written. Returns each new revision, None for a write another replica won."""
-        revs = await asyncio.gather(*(self._cas(NODE + e.node_id, self.vault.encode_entry(e), last)
-                                      for e, last in entries))
-        done = []
-        for (e, _), rev in zip(entries, revs):
-            if rev is not None:
-                self.learn(e.node_id, e, rev)
-                done.append((LOCAL_NODE + e.node_id, self.vault.encode_entry(e), rev))
-        await self._write_local(done)
-        return revs
-
-    async def mutate(self, nodes: list[str], plan: Callable[[str], Any], entry_of: Callable[[Any], Entry | None]
-                     ) -> dict[str, Any]:
-        """Plan a change of each node on the cache (``plan(node)`` in a thread; ``entry_of(result)``
-        is the new entry, None for no change) and compare-and-set it; a node whose write was
-        refused is re-read and planned again. Returns node -> (result of the plan that was written, its
-        revision), or (result, None) for a plan that changed nothing."""
-        out: dict[str, Any] = {}
-        todo = list(nodes)
-        for _ in range(CAS_ATTEMPTS):
-            if not todo:
-                return out
-            base = {n: self.vault.revision(n) for n in todo}
-
-            loop = asyncio.get_running_loop()
-            # plans only read the cache, so nodes are planned concurrently
-            planned = dict(zip(todo, await asyncio.gather(*(loop.run_in_executor(self._plan_pool, plan, n)
-                                                            for n in todo))))
-            writes = [(n, r, entry_of(r)) for n, r in planned.items()]
-            for n, r, e in writes:
-                if e is None:
-                    out[n] = (r, None)
-            writes = [(n, r, e) for n, r, e in writes if e is not None]
-            revs = await self.commit([(e, base[n]) for n, _, e in writes])
-            todo = []
-            for (n, r, _), rev in zip(writes, revs):
-                if rev is None:
-                    todo.append(n)
-                else:
-                    out[n] = (r, rev)
-            if todo:
-                log.info("keyvault state: %d write(s) lost to another replica (%s); re-reading",
-                         len(todo), ", ".join(todo[:5]))
-                await asyncio.gather(*(self.reread(n) for n in todo))
-        if todo:
-            raise Aborted(f"could not update {', '.join(todo[:5])}: {CAS_ATTEMPTS} concurrent changes in a row; "
-                          f"try again")
-        return out
-
-    async def record_request(self, request_id: str, targets: list[str]) -> None:
-        for _ in range(CAS_ATTEMPTS):
-            reqs = self.vault.with_request(request_id, targets)
-            last = self.vault.requests_revision
-            rev = await self._cas(REQUESTS, self.vault.encode_requests(reqs), last)
-            if rev is not None:
-                self.vault.learn_requests(reqs, rev)
-                await self._write_local([(LOCAL_REQUESTS, self.vault.encode_requests(reqs), rev)])
-                return
-            await self.reread_requests()
-        raise Aborted("could not record the rotate request id: too many concurrent changes; try again")
-
     # ---- the local keystore (cache and backup) ------------------------------------------------
-    def _put_local(self, name: str, data: bytes) -> None:
-        self.local.put(name, data)
+    async def stored(self, items: list[Stored]) -> None:
+        await self._write_local([(local_name(k), d, r) for k, d, r in items])
 
     async def _write_local(self, items: list[tuple[str, bytes, int]]) -> None:
         """Write local files (atomic, fsync'd, concurrently) unless a newer revision is written."""
@@ -335,9 +161,9 @@ class SharedVault:
         async with self._write_lock:
             items = [(n, d, r) for n, d, r in items if r > self._written.get(n, 0)]
             loop = asyncio.get_running_loop()
-            futs = [loop.run_in_executor(self._pool, self._put_local, n, d) for n, d, _ in items]
+            futs = [loop.run_in_executor(self._pool, self.local.put, n, d) for n, d, _ in items]
             results = await asyncio.gather(*futs, return_exceptions=True)
-            for (n, _, r), res in zip(items, results):
+            for (n, _, r), res in zip(items, results, strict=True):
                 if isinstance(res, BaseException):
                     log.error("keyvault: cannot write the local copy %s: %s", n, res)
                 else:
@@ -386,10 +212,7 @@ class SharedVault:
             n = sum(r is not None for r in await self.commit(up))
         if LOCAL_REQUESTS in self.local and not self.vault.requests_revision:
             try:
-                reqs = self.vault.decode_requests(self.local.get(LOCAL_REQUESTS))
-                rev = await self._cas(REQUESTS, self.vault.encode_requests(reqs), 0)
-                if rev is not None:
-                    self.vault.learn_requests(reqs, rev)
+                await self.create_requests(self.vault.decode_requests(self.local.get(LOCAL_REQUESTS)))
             except (KeystoreError, ValueError) as ex:
                 log.error("keyvault: local rotate request log ignored: %s", ex)
         # a local copy of the root (a replica on a new machine gets one; a different one is kept)
@@ -425,4 +248,4 @@ class SharedVault:
         if self._flush_task is not None:
             await asyncio.gather(self._flush_task, return_exceptions=True)
         self._pool.shutdown(wait=True)
-        self._plan_pool.shutdown(wait=True)
+        await super().close()

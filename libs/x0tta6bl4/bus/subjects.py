@@ -45,6 +45,7 @@ HEADER_TYPE = "X0-Type"                  # full protobuf name of the payload
 HEADER_CYCLE = "X0-Cycle"                # the MAPE-K cycle id, when the event belongs to one
 HEADER_ERROR = "X0-Error"                # on a request's reply: what failed
 HEADER_ERROR_CODE = "X0-Error-Code"      # on a request's reply: the gRPC status code name
+HEADER_SLIM = "X0-Slim"                  # on a keyvault reply: records without key material (too big)
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 

@@ -176,14 +176,15 @@ class KeyDirectory:
                 self._keys.pop(parts[1], None)     # retired (or revoked: rev.* arrives too)
             return None
         v = verify_entry(key, value, self.root)
-        if v.kind == "revocation":
-            self._revoked[v.record.key_id] = v.record
-            self._keys.pop(v.record.key_id, None)
-        elif v.kind == "pubkey" and parts[0] == "key":
-            if v.record.key_id not in self._revoked:
-                self._keys[v.record.key_id] = v.record
-        elif v.kind == "pubkey":
-            self._nodes[(parts[1], parts[2])] = v.record
+        rec = v.record
+        if isinstance(rec, RevocationRecord):
+            self._revoked[rec.key_id] = rec
+            self._keys.pop(rec.key_id, None)
+        elif isinstance(rec, PublicKeyRecord) and parts[0] == "key":
+            if rec.key_id not in self._revoked:
+                self._keys[rec.key_id] = rec
+        elif isinstance(rec, PublicKeyRecord):
+            self._nodes[(parts[1], parts[2])] = rec
         return v
 
     def lookup(self, key_id: str) -> PublicKeyRecord | None:

@@ -26,3 +26,23 @@ class AlreadyExists(KeyvaultError):
 
 class FailedPrecondition(KeyvaultError):
     code = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(KeyvaultError):
+    code = "PERMISSION_DENIED"
+
+
+class Unimplemented(KeyvaultError):
+    code = "UNIMPLEMENTED"
+
+
+class Unavailable(KeyvaultError):
+    """The shared state cannot be reached now (NATS away, a watcher behind); worth a retry."""
+
+    code = "UNAVAILABLE"
+
+
+class Aborted(KeyvaultError):
+    """Too many concurrent changes of one key in a row; worth a retry."""
+
+    code = "ABORTED"

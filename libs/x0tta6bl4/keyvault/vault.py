@@ -30,6 +30,7 @@ signed records, and the recent rotate request ids.
 from __future__ import annotations
 
 import base64
+import builtins
 import copy
 import dataclasses
 import json
@@ -106,6 +107,13 @@ def _unb64(s: str | None) -> bytes | None:
     return None if s is None else base64.b64decode(s)
 
 
+def _public_record(signed: bytes) -> PublicKeyRecord:
+    rec = SignedRecord.from_bytes(signed).record()
+    if not isinstance(rec, PublicKeyRecord):
+        raise ValueError(f"a generation holds a {type(rec).__name__}, not a public-key record")
+    return rec
+
+
 @dataclass
 class Generation:
     """One generation of a node's keys (signing + KEM)."""
@@ -121,8 +129,8 @@ class Generation:
     kem_record: PublicKeyRecord = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.sig_record = SignedRecord.from_bytes(self.signed_sig).record()
-        self.kem_record = SignedRecord.from_bytes(self.signed_kem).record()
+        self.sig_record = _public_record(self.signed_sig)
+        self.kem_record = _public_record(self.signed_kem)
 
     @property
     def sig_key_id(self) -> str:
@@ -146,8 +154,8 @@ class Generation:
     def from_json(cls, d: dict, backend: Backend | None) -> Generation:
         priv = _unb64(d.get("private"))
         ident = NodeIdentity.import_private(priv, backend=backend) if priv else None
-        return cls(int(d["generation"]), _unb64(d["signed_sig"]), _unb64(d["signed_kem"]), d["status"], ident,
-                   float(d.get("retiring_until", 0.0)), int(d.get("retired_at", 0)))
+        return cls(int(d["generation"]), base64.b64decode(d["signed_sig"]), base64.b64decode(d["signed_kem"]),
+                   d["status"], ident, float(d.get("retiring_until", 0.0)), int(d.get("retired_at", 0)))
 
 
 @dataclass
@@ -188,8 +196,9 @@ class Entry:
         if self.revoked:
             return []
         r = self.retiring
-        keep = r is not None and (now is None or now < r.retiring_until)
-        return [self.current] + ([r] if keep else [])
+        if r is not None and (now is None or now < r.retiring_until):
+            return [self.current, r]
+        return [self.current]
 
     def to_json(self) -> dict:
         return {"v": 1, "node_id": self.node_id, "spiffe_id": self.spiffe_id, "created_at": self.created_at,
@@ -205,7 +214,7 @@ class Entry:
                    Generation.from_json(d["retiring"], backend) if d.get("retiring") else None,
                    [Generation.from_json(g, backend) for g in d.get("retired", [])],
                    int(d.get("revoked_at", 0)), d.get("revocation_reason", ""),
-                   {k: _unb64(v) for k, v in d.get("revocations", {}).items()}, int(d.get("version", 1)))
+                   {k: base64.b64decode(v) for k, v in d.get("revocations", {}).items()}, int(d.get("version", 1)))
 
 
 @dataclass(frozen=True)
@@ -335,7 +344,7 @@ class Vault:
         return Entry(node_id, str(SpiffeId(self.trust_domain, node_id)), int(now), self._sign_generation(ident))
 
     # ---- rotation -------------------------------------------------------------------
-    def resolve_targets(self, node_ids: Iterable[str], all_nodes: bool) -> list[str]:
+    def resolve_targets(self, node_ids: Iterable[str], all_nodes: bool) -> builtins.list[str]:
         ids = list(dict.fromkeys(node_ids))
         if all_nodes and ids:
             raise InvalidArgument("give node ids or all=true, not both")
@@ -361,13 +370,13 @@ class Vault:
         if len(request_id) > 128:
             raise InvalidArgument("request_id longer than 128 characters")
 
-    def done_request(self, request_id: str) -> list[str] | None:
+    def done_request(self, request_id: str) -> builtins.list[str] | None:
         """Targets of an already handled rotate request (None: not seen)."""
         if not request_id or request_id not in self.requests:
             return None
         return [n for n in self.requests[request_id] if n in self.entries]
 
-    def with_request(self, request_id: str, targets: list[str]) -> dict[str, list[str]]:
+    def with_request(self, request_id: str, targets: builtins.list[str]) -> dict[str, builtins.list[str]]:
         """The request log with ``request_id`` added (oldest dropped past KEEP_REQUESTS)."""
         out = dict(self.requests)
         out[request_id] = list(targets)
@@ -408,7 +417,7 @@ class Vault:
         ds = [e.retiring.retiring_until for e in self.entries.values() if e.retiring]
         return min(ds) if ds else None
 
-    def due(self) -> list[str]:
+    def due(self) -> builtins.list[str]:
         """Nodes whose retiring generation's overlap window has passed."""
         now = self.clock()
         return sorted(n for n, e in self.entries.items() if e.retiring is not None and now >= e.retiring.retiring_until)

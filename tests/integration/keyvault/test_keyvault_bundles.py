@@ -76,7 +76,7 @@ def test_bundles_errors_name_what_is_wrong(keyvault):
 def test_batcher_coalesces_concurrent_fetches_and_isolates_failures(keyvault):
     s = keyvault.stub
     nodes = [f"h{i}" for i in range(20)]
-    for n in nodes + ["hrv"]:
+    for n in [*nodes, "hrv"]:
         s.IssueIdentity(pb.IssueIdentityRequest(node_id=n), timeout=10)
     s.Revoke(pb.RevokeRequest(node_id="hrv", reason="test"), timeout=10)
 

@@ -25,11 +25,13 @@ def test_info_health_reflection(keyvault):
     b = backend_info()
     assert (info.backend, info.backend_version) == (b.name, b.version)
     assert list(info.algorithms) == ["ML-KEM-768", "ML-DSA-65"]
-    assert len(info.root_public_key) == 1952 and MLDSA65PublicKey.from_bytes(info.root_public_key).key_id == info.root_key_id
+    assert len(info.root_public_key) == 1952
+    assert MLDSA65PublicKey.from_bytes(info.root_public_key).key_id == info.root_key_id
     assert info.kv_bucket == "keys" and info.default_overlap_s == 30
     h = health_pb2_grpc.HealthStub(keyvault.channel)
     for svc in ("", "x0tta6bl4.v1.Keyvault"):
-        assert h.Check(health_pb2.HealthCheckRequest(service=svc), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        status = h.Check(health_pb2.HealthCheckRequest(service=svc), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
     refl = reflection_pb2_grpc.ServerReflectionStub(keyvault.channel)
     resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
     names = {s.name for s in resp.list_services_response.service}
@@ -114,7 +116,8 @@ def test_revoke(keyvault):
     again = s.Revoke(pb.RevokeRequest(node_id="rv", reason="other"), timeout=10)  # idempotent
     assert again.revocation_reason == "compromised"
     assert "rv" not in {x.node_id for x in s.ListIdentities(pb.ListIdentitiesRequest(), timeout=10).records}
-    assert "rv" in {x.node_id for x in s.ListIdentities(pb.ListIdentitiesRequest(include_revoked=True), timeout=10).records}
+    everyone = s.ListIdentities(pb.ListIdentitiesRequest(include_revoked=True), timeout=10).records
+    assert "rv" in {x.node_id for x in everyone}
     c, msg = code_of(s.Rotate, pb.RotateRequest(node_ids=["rv"]))
     assert c == grpc.StatusCode.FAILED_PRECONDITION and "revoked" in msg
     c, _ = code_of(s.IssueIdentity, pb.IssueIdentityRequest(node_id="rv"))
@@ -138,7 +141,8 @@ def test_attest_good_and_bad(keyvault):
     assert ok.valid
     # bad: signature over another challenge, a flipped bit, wrong size, another node's key
     sig = bytearray(sign_attestation(ident, ch))
-    assert not s.Attest(pb.AttestRequest(node_id="at", challenge=os.urandom(32), signature=bytes(sig)), timeout=10).valid
+    other = pb.AttestRequest(node_id="at", challenge=os.urandom(32), signature=bytes(sig))
+    assert not s.Attest(other, timeout=10).valid
     sig[100] ^= 1
     bad = s.Attest(pb.AttestRequest(node_id="at", challenge=ch, signature=bytes(sig)), timeout=10)
     assert not bad.valid and "does not verify" in bad.reason
@@ -151,7 +155,8 @@ def test_attest_good_and_bad(keyvault):
     assert c == grpc.StatusCode.INVALID_ARGUMENT
     # after a rotation: the new key (from GetPrivateBundle) is active, the old one accepted while retiring
     s.Rotate(pb.RotateRequest(node_ids=["at"], overlap_s=60), timeout=30)
-    new = NodeIdentity.import_private(s.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="at"), timeout=10).private_bundle)
+    bundle = s.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="at"), timeout=10).private_bundle
+    new = NodeIdentity.import_private(bundle)
     assert new.generation == 2
     a = s.Attest(pb.AttestRequest(node_id="at", challenge=ch, signature=sign_attestation(new, ch)), timeout=10)
     assert a.valid and a.generation == 2 and a.status == "active"

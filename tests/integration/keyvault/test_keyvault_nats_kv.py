@@ -2,6 +2,7 @@
 ``keys``, rotation overlap and the audit trail, against a real keyvault process."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -34,8 +35,8 @@ def test_nats_request_reply_rotate_revoke(keyvault):
         out = pb.RotateResponse.FromString(r.data)
         assert [(x.node_id, x.generation) for x in out.records] == [("nx1", 2)]
         assert out.records[0].previous[0].retiring_until_unix == pytest.approx(time.time() + 30, abs=5)  # default
-        r = await nc.request(rpc("Revoke"), pb.RevokeRequest(node_id="nx2", reason="isolated by executor").SerializeToString(),
-                             timeout=10)
+        revoke = pb.RevokeRequest(node_id="nx2", reason="isolated by executor")
+        r = await nc.request(rpc("Revoke"), revoke.SerializeToString(), timeout=10)
         assert not (r.headers or {}).get("X0-Error")
         assert pb.KeyRecord.FromString(r.data).status == "revoked"
         errors = {}
@@ -107,10 +108,8 @@ def test_rotation_overlap_retiring_then_retired_pushed_to_watchers(keyvault):
         directory = KeyDirectory(root)
         w, initial = await watch_bucket(nc.jetstream(), BUCKET)
         for e in initial:
-            try:
+            with contextlib.suppress(KeyRevoked):
                 directory.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
-            except KeyRevoked:
-                pass
         assert directory.lookup(old_sig) is not None
         t0 = time.monotonic()
         rep = await nc.request(rpc("Rotate"), pb.RotateRequest(node_ids=["ov"], overlap_s=1.0).SerializeToString(),
@@ -165,10 +164,8 @@ def test_revocation_reaches_watchers_and_audit_trail(keyvault):
         directory = KeyDirectory(root)
         w, initial = await watch_bucket(nc.jetstream(), BUCKET)
         for e in initial:
-            try:
+            with contextlib.suppress(KeyRevoked):
                 directory.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
-            except KeyRevoked:
-                pass
         await w.stop()
         js = nc.jetstream()
         audits = {}
@@ -181,6 +178,7 @@ def test_revocation_reaches_watchers_and_audit_trail(keyvault):
     directory, audits = keyvault.nats(go)
     assert directory.is_revoked(rec.sig_key_id) and directory.lookup(rec.sig_key_id) is None
     assert directory.current("au").revoked
-    assert audits["identity.revoked"].subject_id == "au" and audits["identity.revoked"].details["reason"] == "audit test"
+    revoked = audits["identity.revoked"]
+    assert revoked.subject_id == "au" and revoked.details["reason"] == "audit test"
     assert audits["key.rotated"].subject_id == "au" and audits["key.rotated"].details["au"].startswith("gen=2 ")
     assert audits["identity.issued"].service == "keyvault"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import grpc
 import pytest
+from testkit import eventually_sync
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.reader import kv_snapshot
@@ -59,18 +59,16 @@ def check_keys_bucket(kv, stub) -> None:
         verify_entry(k, v, root)
 
 
-def eventually(check, timeout_s: float = 8.0) -> None:
-    """Run ``check`` until it passes (the bucket is eventually consistent across replicas, and a
-    KV listing under load can time out); the last failure is raised after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+def settled(check):
+    """``check`` as a condition for eventually_sync: the bucket is eventually consistent across replicas,
+    so a record not there yet (KeyError) or a KV listing that timed out under load means "not yet"."""
+    def run() -> bool:
         try:
             check()
-            return
-        except (AssertionError, KeyError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+        except (KeyError, TimeoutError) as e:
+            raise AssertionError(f"not yet: {e!r}") from e
+        return True
+    return run
 
 
 @pytest.fixture
@@ -180,9 +178,14 @@ def test_kill9_mid_rotation_restart_and_a_new_empty_replica(replicas, master_env
                                           timeout=10).private_bundle
     a.stub.Revoke(pb.RevokeRequest(node_id="k29", reason="gone"), timeout=10)
     before = snapshot(a.stub)
-    # kill -9 B while it rotates everything
+    # kill -9 B while it rotates everything: once it has committed an identity (B writes its local copy
+    # right after its compare-and-set, before publishing the records)
+    local = b.data_dir / "keyvault"
+    eventually_sync(lambda: (local / "node-k29.key").exists(), what="B has its local copy of k29")
+    seen = {f.name: f.stat().st_mtime_ns for f in local.glob("node-k*.key")}
     fut = b.stub.Rotate.future(pb.RotateRequest(all=True, overlap_s=600), timeout=30)
-    time.sleep(0.15)
+    eventually_sync(lambda: any(f.stat().st_mtime_ns != seen.get(f.name) for f in local.glob("node-k*.key")
+                                if f.name != "node-k29.key"), interval=0.002, what="B committed a rotation")
     sp = b.stack.procs[0]
     b.stack.stop_service(sp, kill=True)
     with pytest.raises(grpc.RpcError):
@@ -197,20 +200,19 @@ def test_kill9_mid_rotation_restart_and_a_new_empty_replica(replicas, master_env
         assert attest(a.stub, n, NodeIdentity.import_private(bundles[n])).valid   # gen 1: active or retiring
     assert after["k29"][1] == "revoked"
     # A repairs the public records of changes B committed but may not have published
-    eventually(lambda: check_keys_bucket(a, a.stub))
+    eventually_sync(settled(lambda: check_keys_bucket(a, a.stub)), timeout=8, interval=0.3)
     # B restarts with its (older) local copies: the bucket is the truth
     b.restart(kill=True)
     assert snapshot(b.stub) == after
     assert not list(b.data_dir.joinpath("keyvault").glob(".*.tmp"))
-    eventually(lambda: check_keys_bucket(b, b.stub))  # B's start repaired what it did not publish
+    eventually_sync(settled(lambda: check_keys_bucket(b, b.stub)), timeout=8, interval=0.3)  # B's start repaired it
     # a brand-new replica with an empty data dir serves every identity and keeps local encrypted copies
     c = replicas("c", master_env)
     assert snapshot(c.stub) == after
     rec = c.stub.Rotate(pb.RotateRequest(node_ids=["k0"]), timeout=30).records[0]
     assert a.stub.GetPublicKeys(pb.GetPublicKeysRequest(node_id="k0"), timeout=10).sig_key_id == rec.sig_key_id
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(list(c.data_dir.joinpath("keyvault").glob("node-*.key"))) < 30:
-        time.sleep(0.05)
+    eventually_sync(lambda: len(list(c.data_dir.joinpath("keyvault").glob("node-*.key"))) >= 30, timeout=5,
+                    what="C keeps a local copy of every identity")
     files = list(c.data_dir.joinpath("keyvault").glob("*.key"))
     assert len([f for f in files if f.name.startswith("node-")]) == 30
     assert all(f.stat().st_mode & 0o777 == 0o600 and f.read_bytes()[:4] == b"X0KS" for f in files)

@@ -120,8 +120,8 @@ def test_sealed_values_are_bound_to_name_and_master_key():
     assert b"private bundle" not in blob and mk.unseal("keyvault/node.n1", blob) == b"private bundle"
     with pytest.raises(CorruptKeystore):
         mk.unseal("keyvault/node.n2", blob)             # moved to another key
-    with pytest.raises(WrongMasterKey, match="JetStream bucket 'keyvault' entry 'keyvault/node.n1' was written "
-                                             "under a different master key"):
+    with pytest.raises(WrongMasterKey, match=r"JetStream bucket 'keyvault' entry 'keyvault/node\.n1' was written "
+                                             r"under a different master key"):
         MasterKey.generate().unseal("keyvault/node.n1", blob, what="JetStream bucket 'keyvault' entry")
     with pytest.raises(CorruptKeystore, match="truncated"):
         mk.unseal("x", blob[:20])

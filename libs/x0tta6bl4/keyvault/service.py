@@ -1,0 +1,387 @@
+"""The keyvault application service: the use cases, on ports (no nats, no grpc here).
+
+    svc = KeyvaultService(state, keys, audit)          # state: SharedState (x0tta6bl4.keyvault.shared)
+    entry, bundle = await svc.issue("n1", return_private=True, via=VIA_GRPC)
+    entries = await svc.rotate(["n1"], overlap_s=60)
+    await svc.retire_due()                              # the background tick
+
+What it talks to:
+
+* ``state``: the replicas' shared state (:class:`~x0tta6bl4.keyvault.shared.SharedState` or its
+  JetStream adapter): the identity cache, changes written by compare-and-set;
+* ``keys``: the public bucket ``keys`` (:mod:`.distribution`) behind the key-value port: root-signed
+  records node agents verify, kept equal to the state after every change;
+* ``audit(event_type, subject_id, details)``: every issue / rotate / retire / revoke / attest /
+  private export is an audit event;
+* the clock: the vault's (deadlines of overlap windows) and a monotonic one (record repairs).
+
+The gRPC servicer and the NATS request/reply routing of the service (``services/keyvault``)
+map protobuf to these calls and errors (:class:`~x0tta6bl4.keyvault.errors.KeyvaultError`, each
+with its gRPC status code name) to status codes.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from x0tta6bl4.bus.ports import KV, KeyNotFound
+from x0tta6bl4.pqc import backend_info
+from x0tta6bl4.pqc.backend import BackendInfo
+
+from . import distribution as dist
+from .errors import InvalidArgument, KeyvaultError, PermissionDenied
+from .vault import AttestResult, Entry, Generation, Vault, check_node_id
+
+log = logging.getLogger("x0tta6bl4.keyvault")
+
+VIA_GRPC, VIA_NATS = "grpc", "nats"
+KV_BATCH = 64             # concurrent writes to the keys bucket in flight
+AUDIT_CHUNK = 50          # nodes per rotation/retirement/export audit event
+MAX_BUNDLES_PER_CALL = 1000
+REPAIR_AFTER_S = 2.0      # a change by another replica: its records are checked this long after
+
+Audit = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+Snapshot = Callable[[], Awaitable[dict[str, bytes]]]
+
+
+class State(Protocol):
+    """The shared state port (:class:`x0tta6bl4.keyvault.shared.SharedState`)."""
+
+    vault: Vault
+    on_learn: Callable[[str, Entry | None, Entry | None], None] | None
+
+    async def refresh(self) -> None: ...
+
+    async def mutate(self, nodes: list[str], plan: Callable[[str], Any],
+                     entry_of: Callable[[Any], Entry | None]) -> dict[str, Any]: ...
+
+    async def record_request(self, request_id: str, targets: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Info:
+    backend: BackendInfo
+    root_public_key: bytes
+    root_key_id: str
+    identities: int
+    kv_bucket: str
+    default_overlap_s: float
+
+
+async def read_bucket(kv: KV) -> dict[str, bytes]:
+    """Every key and value of a bucket through the port (the JetStream adapter passes a one-watch
+    snapshot instead)."""
+    out: dict[str, bytes] = {}
+
+    async def one(k: str) -> None:
+        with contextlib.suppress(KeyNotFound):
+            out[k] = (await kv.get(k)).value
+    await asyncio.gather(*(one(k) for k in await kv.keys()))
+    return out
+
+
+def _check_private(via: str) -> None:
+    if via != VIA_GRPC:
+        raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
+
+
+class KeyvaultService:
+    """Issue, rotate, revoke, attest, export; keep the ``keys`` bucket equal to the shared state."""
+
+    def __init__(self, state: State, keys: KV, audit: Audit, *, snapshot: Snapshot | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.state, self.keys, self._audit = state, keys, audit
+        self.snapshot: Snapshot = snapshot or (lambda: read_bucket(keys))
+        self.monotonic = monotonic
+        self.lock = asyncio.Lock()         # one change at a time in this replica
+        self.learned: dict[str, float] = {}   # node id -> when a change by another replica was seen
+        state.on_learn = self.on_learn
+
+    @property
+    def vault(self) -> Vault:
+        return self.state.vault
+
+    # ---- audit ------------------------------------------------------------------------------
+    async def audit(self, event: str, subject_id: str, details: dict[str, Any]) -> None:
+        await self._audit(event, subject_id, {k: str(v) for k, v in details.items()})
+
+    async def audit_nodes(self, event: str, items: list[tuple[str, Any]], common: dict[str, Any]) -> None:
+        """One audit event per AUDIT_CHUNK nodes: details[<node id>] describes that node's step
+        ("gen=2 sig=<id> kem=<id> retiring=1 until=<unix>" for a rotation, "gen=1 sig=<id> kem=<id>"
+        for a retirement or an export); subject_id is the node id when there is one node."""
+        for i in range(0, len(items), AUDIT_CHUNK):
+            chunk = items[i:i + AUDIT_CHUNK]
+            details: dict[str, Any] = dict(common)
+            for node, x in chunk:
+                if isinstance(x, Generation):
+                    details[node] = f"gen={x.generation} sig={x.sig_key_id} kem={x.kem_key_id}"
+                else:              # a RotationStep
+                    details[node] = (f"gen={x.new.generation} sig={x.new.sig_key_id} kem={x.new.kem_key_id} "
+                                     f"retiring={x.old.generation} until={x.old.retiring_until:.3f}")
+            subject = chunk[0][0] if len(chunk) == 1 else f"{len(chunk)} nodes"
+            await self.audit(event, subject, details)
+
+    # ---- the keys bucket -----------------------------------------------------------------------
+    async def _write_kv(self, puts: dict[str, bytes], dels: list[str]) -> None:
+        # new records and revocations first, then removals (a revoked key's rev.* lands before its key.* goes)
+        items = list(puts.items())
+        for i in range(0, len(items), KV_BATCH):
+            await asyncio.gather(*(self.keys.put(k, v) for k, v in items[i:i + KV_BATCH]))
+        for i in range(0, len(dels), KV_BATCH):
+            await asyncio.gather(*(self.keys.delete(k) for k in dels[i:i + KV_BATCH]))
+
+    async def publish(self, changes: list[tuple[Entry | None, Entry, int]], full: bool = False) -> int:
+        """Publish the records of committed changes (prev entry, new entry, its revision). When another
+        replica changed one of these identities meanwhile, our writes may have landed after theirs:
+        then publish the latest state in full, until no newer revision shows up."""
+        puts: dict[str, bytes] = {}
+        dels: list[str] = []
+        for prev, new, _ in changes:
+            p, d = dist.entry_all(new) if full else dist.entry_changes(prev, new)
+            puts.update(p)
+            dels += d
+        await self._write_kv(puts, dels)
+        n = len(puts) + len(dels)
+        done = {new.node_id: rev for _, new, rev in changes}
+        for _ in range(5):
+            if not done:
+                break
+            await self.state.refresh()
+            stale = [node for node, rev in done.items() if self.vault.revision(node) > rev]
+            if not stale:
+                break
+            puts, dels = {}, []
+            for node in stale:
+                p, d = dist.entry_all(self.vault.entries[node])
+                puts.update(p)
+                dels += d
+            done = {node: self.vault.revision(node) for node in stale}
+            log.info("records of %d identities changed by another replica meanwhile; republished", len(stale))
+            await self._write_kv(puts, dels)
+            n += len(puts) + len(dels)
+        return n
+
+    async def resync(self) -> int:
+        """At start: make the bucket hold every record of the shared state (puts of what differs,
+        deletes of known keys no longer accepted; keys this replica does not know are left alone,
+        another replica may have just written them). Returns the number of changes."""
+        have = await self.snapshot()
+        puts = {k: v for k, v in dist.desired_state(self.vault).items() if have.get(k) != v}
+        dels = sorted({k for e in self.vault.list(include_revoked=True) for k in dist.entry_all(e)[1] if k in have})
+        await self._write_kv(puts, dels)
+        return len(puts) + len(dels)
+
+    async def opened(self, root_created: bool, copied_up: int) -> int:
+        """At start, once the shared state is open: resync the keys bucket, audit the opening.
+        Returns the number of bucket changes."""
+        n = await self.resync()
+        await self.audit("keyvault.opened", "keyvault", {
+            "identities": len(self.vault.entries), "root_key_id": self.vault.root_key_id,
+            "root_created": root_created, "copied_up": copied_up, "kv_resynced": n, "backend": backend_info().name})
+        return n
+
+    def on_learn(self, node: str, prev: Entry | None, new: Entry | None) -> None:
+        """A change committed by another replica: check its records a little later (repair them if
+        that replica died between its commit and its publish)."""
+        self.learned.setdefault(node, self.monotonic())
+
+    async def repair_records(self) -> int:
+        """Republish the records of identities changed by other replicas whose records in the bucket
+        are still not what the identity says, REPAIR_AFTER_S after the change was seen."""
+        now = self.monotonic()
+        due = [n for n, t in self.learned.items() if now - t >= REPAIR_AFTER_S]
+        fixed = 0
+        for node in due:
+            del self.learned[node]
+            e = self.vault.entries.get(node)
+            if e is None or await self._records_match(e):
+                continue
+            async with self.lock:
+                await self.publish([(None, e, self.vault.revision(node))], full=True)
+            fixed += 1
+        if fixed:
+            log.warning("repaired the records of %d identities another replica changed but did not publish", fixed)
+        return fixed
+
+    async def _records_match(self, e: Entry) -> bool:
+        want, dels = dist.entry_all(e)
+        for k, v in want.items():
+            try:
+                if (await self.keys.get(k)).value != v:
+                    return False
+            except KeyNotFound:
+                return False
+        for k in dels:
+            try:
+                await self.keys.get(k)
+                return False
+            except KeyNotFound:
+                pass
+        return True
+
+    # ---- use cases -------------------------------------------------------------------------------
+    async def issue(self, node_id: str, return_private: bool = False, via: str = VIA_GRPC) -> tuple[Entry, bytes]:
+        """A new identity; its private bundle too when asked (over gRPC only), else b""."""
+        if return_private:
+            _check_private(via)
+        vault = self.vault
+        async with self.lock:
+            await self.state.refresh()
+            res = await self.state.mutate([node_id], vault.plan_issue, lambda e: e)
+            e, rev = res[node_id]
+            await self.publish([(None, e, rev)])
+        await self.audit("identity.issued", e.node_id, {
+            "spiffe_id": e.spiffe_id, "generation": e.generation, "sig_key_id": e.current.sig_key_id,
+            "kem_key_id": e.current.kem_key_id, "private_returned": return_private, "via": via})
+        return e, (e.current.identity.export_private_unsafe() if return_private else b"")
+
+    async def public_keys(self, node_id: str) -> Entry:
+        await self.state.refresh()
+        return self.vault.get(node_id)
+
+    async def list_identities(self, include_revoked: bool = False) -> list[Entry]:
+        await self.state.refresh()
+        return self.vault.list(include_revoked)
+
+    async def rotate(self, node_ids: list[str], all_nodes: bool = False, overlap_s: float = 0.0,
+                     request_id: str = "", via: str = VIA_GRPC) -> list[Entry]:
+        """Rotate the given nodes (or all): a new active generation each, the old one retiring for
+        ``overlap_s`` (0: the default). A repeated ``request_id`` rotates nothing again. Returns each
+        identity as this rotation left it."""
+        for n in node_ids:
+            check_node_id(n)
+        vault = self.vault
+        t0 = time.perf_counter()
+        steps: list[Any] = []
+        commits: list[Any] = []
+        async with self.lock:
+            await self.state.refresh()
+            overlap = vault.check_overlap(overlap_s)
+            vault.check_request_id(request_id)
+            done = vault.done_request(request_id)
+            if done is not None:
+                targets = done
+            else:
+                targets = vault.resolve_targets(node_ids, all_nodes)
+                if targets:
+                    await self.audit("key.rotation.started", request_id or "-", {
+                        "nodes": len(targets), "all": all_nodes, "overlap_s": overlap, "via": via})
+
+                    def plan(n: str):  # a node revoked meanwhile by another replica is left as it is
+                        prev = vault.entries[n]
+                        return prev, (None if prev.revoked else vault.plan_rotate(n, overlap))
+                    res = await self.state.mutate(targets, plan, lambda r: r[1].entry if r[1] else None)
+                    commits = [(r[0], r[1], rev) for r, rev in (res[n] for n in targets) if r[1] is not None]
+                    steps = [st for _, st, _ in commits]
+                    if request_id:
+                        await self.state.record_request(request_id, targets)
+            t_gen = time.perf_counter()
+            changes = await self.publish([(prev, st.entry, rev) for prev, st, rev in commits]) if steps else 0
+            t_kv = time.perf_counter()
+            early = [(st.node_id, st.retired_early) for st in steps if st.retired_early is not None]
+            await self.audit_nodes("key.retired", early, {"why": "rotated again during its overlap"})
+            await self.audit_nodes("key.rotated", [(st.node_id, st) for st in steps], {"overlap_s": overlap})
+            if steps:
+                t_end = time.perf_counter()
+                timing = {"generate_persist_ms": f"{(t_gen - t0) * 1000:.1f}", "kv_ms": f"{(t_kv - t_gen) * 1000:.1f}",
+                          "audit_ms": f"{(t_end - t_kv) * 1000:.1f}"}
+                log.info("rotated %d identities: %s", len(steps), timing)
+                await self.audit("key.rotation.published", request_id or "-", {
+                    "nodes": len(steps), "kv_changes": changes, "bucket": dist.BUCKET, **timing})
+        # each identity as this rotation left it (a later change by another replica shows on the next read)
+        mine = {st.node_id: st.entry for st in steps}
+        return [mine.get(n) or vault.entries[n] for n in targets]
+
+    async def revoke(self, node_id: str, reason: str = "", via: str = VIA_GRPC) -> Entry:
+        """Revoke every key of the node (a revocation record per key in the keys bucket); revoking
+        a revoked node changes nothing."""
+        vault = self.vault
+        async with self.lock:
+            await self.state.refresh()
+
+            def plan(n: str):
+                return vault.entries.get(n), vault.plan_revoke(n, reason)
+            res = await self.state.mutate([node_id], plan, lambda r: r[1])
+            (prev, new), rev = res[node_id]
+            if new is not None:
+                await self.publish([(prev, new, rev)])
+        if new is None:
+            return vault.get(node_id)
+        await self.audit("identity.revoked", new.node_id, {
+            "reason": reason, "key_ids": ",".join(sorted(new.revocations)), "via": via})
+        return new
+
+    async def attest(self, node_id: str, challenge: bytes, signature: bytes) -> AttestResult:
+        await self.state.refresh()
+        r = await asyncio.to_thread(self.vault.attest, node_id, challenge, signature)
+        await self.audit("identity.attested", node_id, {"valid": r.valid, "key_id": r.key_id, "reason": r.reason})
+        return r
+
+    async def info(self) -> Info:
+        await self.state.refresh()
+        v = self.vault
+        return Info(backend_info(), v.root_public.public_bytes(), v.root_key_id, len(v.list()), dist.BUCKET,
+                    v.default_overlap_s)
+
+    async def private_bundles(self, node_ids: list[str], via: str = VIA_GRPC) -> list[tuple[Entry, bytes]]:
+        """The current private bundles of ``node_ids`` (gRPC only; one state refresh; audited, one
+        event per AUDIT_CHUNK nodes); all or nothing: an unknown or revoked node fails the call, named."""
+        ids = list(node_ids)
+        if not ids:
+            raise InvalidArgument("GetPrivateBundles: node_ids is empty")
+        if len(ids) > MAX_BUNDLES_PER_CALL:
+            raise InvalidArgument(f"GetPrivateBundles: {len(ids)} node_ids, at most {MAX_BUNDLES_PER_CALL} per call")
+        if len(set(ids)) != len(ids):
+            dup = sorted({n for n in ids if ids.count(n) > 1})
+            raise InvalidArgument(f"GetPrivateBundles: node_ids repeats {', '.join(map(repr, dup[:5]))}")
+        return await self.export_private(ids, via)
+
+    async def export_private(self, ids: list[str], via: str = VIA_GRPC) -> list[tuple[Entry, bytes]]:
+        _check_private(via)
+        await self.state.refresh()
+        entries = [self.vault.get(n) for n in ids]
+        out = [(e, self.vault.private_bundle(e.node_id)) for e in entries]
+        await self.audit_nodes("identity.private_exported", [(e.node_id, e.current) for e in entries], {"via": via})
+        return out
+
+    async def retire_due(self) -> int:
+        """Retire generations whose overlap window passed. Every replica tries; the compare-and-set
+        lets one retire each generation, the others re-read and find nothing left to do."""
+        vault = self.vault
+        nd = vault.next_deadline()
+        if nd is None or vault.clock() < nd:
+            return 0
+        async with self.lock:
+            due = vault.due()
+            if not due:
+                return 0
+
+            def plan(n: str):
+                return vault.entries.get(n), vault.plan_retire(n)
+            res = await self.state.mutate(due, plan, lambda r: r[1].entry if r[1] else None)
+            commits = [(r[0], r[1], rev) for r, rev in res.values() if r[1] is not None]
+            if commits:
+                await self.publish([(prev, ret.entry, rev) for prev, ret, rev in commits])
+        await self.audit_nodes("key.retired", [(ret.node_id, ret.generation) for _, ret, _ in commits],
+                               {"why": "overlap window elapsed"})
+        return len(commits)
+
+    async def tick(self) -> tuple[int, int]:
+        """One iteration of :func:`retire_loop`: (generations retired, identities repaired)."""
+        return await self.retire_due(), await self.repair_records()
+
+
+async def retire_loop(service: Callable[[], KeyvaultService], every_s: float) -> None:
+    """Retire due keys and repair records every ``every_s`` seconds (``service()``: the service,
+    made at start-up); contention or the broker away is logged and tried again on the next tick."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await service().tick()
+        except KeyvaultError as e:
+            log.warning("retiring keys: %s", e)

@@ -1,0 +1,93 @@
+"""The keyvault's RPC methods: protobuf in, the application service, protobuf out.
+
+:class:`KeyvaultApi` is shared by the gRPC servicer (:func:`servicer`, errors become status codes)
+and the NATS request/reply routing (:mod:`.rpc`); ``via`` says which one called ("grpc" or "nats":
+private keys only go out over gRPC).
+"""
+from __future__ import annotations
+
+import grpc
+
+from services.keyvault import convert
+from x0tta6bl4.keyvault.errors import KeyvaultError
+from x0tta6bl4.keyvault.service import VIA_GRPC, KeyvaultService
+from x0tta6bl4.rpc.server import GrpcServer, serve_grpc
+from x0tta6bl4.v1 import keyvault_pb2 as pb
+from x0tta6bl4.v1 import keyvault_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Keyvault"].full_name
+GRPC_OPTIONS = (("grpc.max_send_message_length", 64 * 1024 * 1024),      # GetPrivateBundles of 1000 nodes
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024))
+
+
+class KeyvaultApi:
+    def __init__(self, service: KeyvaultService) -> None:
+        self.service = service
+
+    @property
+    def root(self) -> str:
+        return self.service.vault.root_key_id
+
+    async def IssueIdentity(self, req: pb.IssueIdentityRequest, via: str) -> pb.IssueIdentityResponse:
+        e, bundle = await self.service.issue(req.node_id, req.return_private, via)
+        return convert.issued(self.root, e, bundle)
+
+    async def GetPublicKeys(self, req: pb.GetPublicKeysRequest, via: str) -> pb.KeyRecord:
+        return convert.identity(self.root, await self.service.public_keys(req.node_id))
+
+    async def ListIdentities(self, req: pb.ListIdentitiesRequest, via: str) -> pb.ListIdentitiesResponse:
+        entries = await self.service.list_identities(req.include_revoked)
+        return pb.ListIdentitiesResponse(records=[convert.listed(self.root, e) for e in entries])
+
+    async def Rotate(self, req: pb.RotateRequest, via: str) -> pb.RotateResponse:
+        entries = await self.service.rotate(list(req.node_ids), req.all, req.overlap_s, req.request_id, via)
+        return pb.RotateResponse(records=[convert.listed(self.root, e) for e in entries])
+
+    async def Revoke(self, req: pb.RevokeRequest, via: str) -> pb.KeyRecord:
+        return convert.identity(self.root, await self.service.revoke(req.node_id, req.reason, via))
+
+    async def Attest(self, req: pb.AttestRequest, via: str) -> pb.AttestResponse:
+        return convert.attest_response(await self.service.attest(req.node_id, req.challenge, req.signature))
+
+    async def Info(self, req: pb.InfoRequest, via: str) -> pb.InfoResponse:
+        return convert.info_response(await self.service.info())
+
+    async def GetPrivateBundle(self, req: pb.GetPrivateBundleRequest, via: str) -> pb.IssueIdentityResponse:
+        [(e, bundle)] = await self.service.export_private([req.node_id], via)
+        return convert.issued(self.root, e, bundle)
+
+    async def GetPrivateBundles(self, req: pb.GetPrivateBundlesRequest, via: str) -> pb.GetPrivateBundlesResponse:
+        out = await self.service.private_bundles(list(req.node_ids), via)
+        return pb.GetPrivateBundlesResponse(bundles=[convert.issued(self.root, e, b) for e, b in out])
+
+
+METHODS: dict[str, type] = {
+    "IssueIdentity": pb.IssueIdentityRequest, "GetPublicKeys": pb.GetPublicKeysRequest,
+    "Rotate": pb.RotateRequest, "Revoke": pb.RevokeRequest, "ListIdentities": pb.ListIdentitiesRequest,
+    "Attest": pb.AttestRequest, "Info": pb.InfoRequest, "GetPrivateBundle": pb.GetPrivateBundleRequest,
+    "GetPrivateBundles": pb.GetPrivateBundlesRequest,
+}
+"""Every method and its request type (the gRPC service and keyvault.rpc.<method> on NATS)."""
+
+
+def servicer(api: KeyvaultApi) -> pb_grpc.KeyvaultServicer:
+    """The gRPC servicer: each method calls the API with via "grpc"; a KeyvaultError becomes its
+    status code with its message."""
+    def method(name: str):
+        async def call(self, request, context: grpc.aio.ServicerContext):
+            try:
+                return await getattr(api, name)(request, VIA_GRPC)
+            except KeyvaultError as e:
+                await context.abort(getattr(grpc.StatusCode, e.code), str(e))
+        call.__name__ = name
+        return call
+    cls = type("KeyvaultServicer", (pb_grpc.KeyvaultServicer,), {n: method(n) for n in METHODS})
+    return cls()
+
+
+async def serve(api: KeyvaultApi, host: str, port: int) -> GrpcServer:
+    """gRPC ``x0tta6bl4.v1.Keyvault`` with health and reflection on ``host:port`` (0: a free port, logged);
+    BindError naming the address when it cannot listen."""
+    def add(server: grpc.aio.Server) -> None:
+        pb_grpc.add_KeyvaultServicer_to_server(servicer(api), server)
+    return await serve_grpc("keyvault", host, port, [add], service_names=[SERVICE_NAME], options=GRPC_OPTIONS)
