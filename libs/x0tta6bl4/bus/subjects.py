@@ -38,6 +38,7 @@ GOV_EVENTS_ALL = "gov.events.>"
 GOV_WATCH_ALL = "gov.watch.>"
 KEYVAULT_RPC_ALL = "keyvault.rpc.*"
 MONITOR_INFO = MONITOR_RPC.format(method="Info")
+MONITOR_CYCLE = MONITOR_RPC.format(method="Cycle")
 
 # headers every stored event carries
 HEADER_MSG_ID = "Nats-Msg-Id"            # JetStream de-duplication: the event id

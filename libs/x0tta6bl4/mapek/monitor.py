@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.mapek.health import classify_node
@@ -34,15 +35,20 @@ def assess(tel: events_pb2.NodeTelemetry, previous: int, thresholds: Thresholds 
 
 def health_change(a: Assessment, cycle_id: str = "") -> events_pb2.HealthChange:
     return events_pb2.HealthChange(meta=new_meta("monitor", cycle_id), node_id=a.node_id,
-                                   previous=a.previous, current=a.current, reasons=a.reasons)
+                                   previous=_health(a.previous), current=_health(a.current), reasons=a.reasons)
+
+
+def _health(value: int) -> common_pb2.Health:
+    """A Health enum value kept as an int (protobuf enums are ints at run time)."""
+    return cast("common_pb2.Health", value)
 
 
 def window(view: MeshView, cause_event_id: str, trigger: str = "", reasons: list[str] | None = None,
            first_symptom_ns: int = 0) -> events_pb2.TelemetryWindow:
     cycle_id = derive_id("cycle", cause_event_id)
     return events_pb2.TelemetryWindow(
-        meta=new_meta("monitor", cycle_id, event_id=derive_id("window", cause_event_id)), trigger_node=trigger, trigger_reasons=reasons or [],
-        nodes=view.snapshot(), first_symptom_unix_ns=first_symptom_ns)
+        meta=new_meta("monitor", cycle_id, event_id=derive_id("window", cause_event_id)), trigger_node=trigger,
+        trigger_reasons=reasons or [], nodes=view.snapshot(), first_symptom_unix_ns=first_symptom_ns)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import pathlib
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..bus import subjects
 from .collectors import (
     Collector,
     CollectorInfo,
@@ -40,8 +42,6 @@ from .collectors import (
     Snapshot,
     select_collector,
 )
-from ..bus import subjects
-from .thresholds import ThresholdConfigError, Thresholds, load_thresholds  # noqa: F401 - re-exported
 
 log = logging.getLogger("x0tta6bl4.monitoring.feed")
 
@@ -50,7 +50,6 @@ SECURITY_KINDS = ("sensitive_open", "privilege_change")
 MAX_DROP_REASONS = 8   # per-reason drop keys put into each node's kernel map
 
 
-# -------------------------------------------------------------- thresholds --
 # ------------------------------------------------------- host discovery ----
 def parse_host_map(spec: str) -> dict[int, tuple[str, ...]]:
     """``"1234=n0,n1;5678=n2"`` -> {1234: ("n0", "n1"), 5678: ("n2",)}; ValueError on a bad entry."""
@@ -255,10 +254,8 @@ class KernelFeed:
 
     def _enqueue(self, ev: KernelEvent) -> None:
         assert self._queue is not None
-        try:
+        with contextlib.suppress(asyncio.QueueFull):  # bounded; the collector's Prometheus counters count drops
             self._queue.put_nowait(ev)
-        except asyncio.QueueFull:
-            pass  # bounded; counted by the collector's Prometheus counters anyway
 
     async def close(self) -> None:
         c, self.collector = self.collector, None
@@ -281,6 +278,8 @@ class KernelFeed:
         """Collect every interval_s; maps the snapshot onto nodes."""
         if self.collector is None:
             return
+        loop = self._loop
+        assert loop is not None, "start() first"
         last_disc = time.monotonic()
         while True:
             await asyncio.sleep(self.interval_s)
@@ -289,9 +288,9 @@ class KernelFeed:
             if time.monotonic() - last_disc >= self.discover_every_s:
                 last_disc = time.monotonic()
                 if self._refresh_hosts():
-                    await self._loop.run_in_executor(self._pool, self.collector.set_pids, sorted(self.hosts))
+                    await loop.run_in_executor(self._pool, self.collector.set_pids, sorted(self.hosts))
             t0 = time.perf_counter()
-            snap = await self._loop.run_in_executor(self._pool, self.collector.collect)
+            snap = await loop.run_in_executor(self._pool, self.collector.collect)
             self.last_collect_ms = (time.perf_counter() - t0) * 1e3
             node_of_pid = self.apply(snap)
             if self.on_snapshot is not None:
@@ -387,15 +386,17 @@ class KernelFeed:
                     acc[key] = acc.get(key, 0.0) + float(v)
             acc["processes"] = acc.get("processes", 0.0) + (1.0 if p.alive else 0.0)
         dt = max(snap.interval_s, 1e-6)
-        host: dict[str, float] = {"host.interval_s": round(dt, 6), "host.security_events": float(self.host_security_events),
+        host: dict[str, float] = {"host.interval_s": round(dt, 6),
+                                  "host.security_events": float(self.host_security_events),
                                   "collector.ebpf": 1.0 if snap.collector == "ebpf" else 0.0}
         for k in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes"):
             host[f"host.{k}"] = float(sum(getattr(i, k) for i in snap.interfaces.values()))
-        host["host.iface_drops"] = float(sum((i.rx_dropped or 0) + (i.tx_dropped or 0) for i in snap.interfaces.values()))
+        host["host.iface_drops"] = float(sum((i.rx_dropped or 0) + (i.tx_dropped or 0)
+                                             for i in snap.interfaces.values()))
         if snap.collector == "ebpf":
             host["host.drops"] = float(sum(snap.drops.values()))
-            for reason, n in sorted(snap.drops.items(), key=lambda kv: -kv[1])[:MAX_DROP_REASONS]:
-                host[f"host.drops.{reason}"] = float(n)
+            for reason, count in sorted(snap.drops.items(), key=lambda kv: -kv[1])[:MAX_DROP_REASONS]:
+                host[f"host.drops.{reason}"] = float(count)
             host["host.tcp_transitions"] = float(sum(snap.tcp_states.values()))
             host["host.lost_events"] = float(snap.lost_events)
         host["host.udp_errors"] = float(sum(snap.udp.values()))
@@ -403,14 +404,14 @@ class KernelFeed:
         kernel: dict[str, dict[str, float]] = {}
         node_of_pid: dict[int, str] = {}
         for root, nodes in self.hosts.items():
-            acc = per_root.get(root)
+            totals = per_root.get(root)
             proc: dict[str, float] = {"proc.pid": float(root), "proc.nodes": float(len(nodes))}
-            if acc is not None:
-                for k, v in acc.items():
+            if totals is not None:
+                for k, v in totals.items():
                     proc[f"proc.{k}"] = v
                 for k in ("ctx_switches", "syscalls"):
-                    if k in acc:
-                        proc[f"proc.{k}_per_s"] = acc[k] / dt
+                    if k in totals:
+                        proc[f"proc.{k}_per_s"] = totals[k] / dt
             if nodes:
                 node_of_pid[root] = nodes[0] if len(nodes) == 1 else f"host:{root}"
             for n in nodes:

@@ -14,8 +14,9 @@ import urllib.request
 
 import nats
 import pytest
+
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.monitoring import bpf_loader
-from x0tta6bl4.monitoring.feed import INFO_SUBJECT
 from x0tta6bl4.runtime.stack import Stack, repo_root
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
@@ -50,7 +51,8 @@ HOST_CODE = textwrap.dedent("""
 def start_host(stack: Stack, topology: str = "line:3", as_module: bool = False) -> subprocess.Popen:
     env = stack.service_env("mesh-host", 0, 0)
     args = ["--nats", stack.url, "--topology", topology, "--telemetry-interval", "0.25"]
-    cmd = [sys.executable, "-m", "x0tta6bl4.mesh.host", *args] if as_module else [sys.executable, "-c", HOST_CODE, *args]
+    cmd = [sys.executable, "-m", "x0tta6bl4.mesh.host", *args] if as_module else \
+        [sys.executable, "-c", HOST_CODE, *args]
     p = subprocess.Popen(cmd, cwd=repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     assert p.stdout is not None
@@ -74,7 +76,7 @@ def monitor_port(stack: Stack) -> int:
 
 
 async def info(nc) -> dict:
-    return json.loads((await nc.request(INFO_SUBJECT, b"", timeout=2)).data)
+    return json.loads((await nc.request(subjects.MONITOR_INFO, b"", timeout=2)).data)
 
 
 async def wait_for(pred, timeout: float, step: float = 0.1):
@@ -90,7 +92,7 @@ async def telemetry_of(nc, node: str) -> events_pb2.NodeTelemetry | None:
     kv = await nc.jetstream().key_value("telemetry")
     try:
         return events_pb2.NodeTelemetry.FromString((await kv.get(node)).value)
-    except Exception:  # not there yet
+    except Exception:  # noqa: BLE001 - not there yet (no bucket, no key)
         return None
 
 
@@ -174,7 +176,7 @@ async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with
         assert body
         assert 'x0_node_health{node="n0"} 1.0' in body
         assert 'x0_node_latency_p99_ms{node="n2"}' in body and "x0_mesh_health 1.0" in body
-        assert 'x0_node_syscalls_total{node="host:%d"}' % host.pid in body
+        assert f'x0_node_syscalls_total{{node="host:{host.pid}"}}' in body
         assert 'x0_kernel_events_total{kind="sensitive_open"}' in body
         for path in ("/health", "/ready"):
             assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).read())
@@ -185,6 +187,7 @@ async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with
 def meshctl(*args: str):
     import typer
     from typer.testing import CliRunner
+
     from x0tta6bl4.cli.monitor import monitor_app
     app = typer.Typer()
     app.add_typer(monitor_app, name="monitor")
@@ -206,7 +209,7 @@ def queue_cb(q: asyncio.Queue, stamp: bool = False):
 async def _running(nc, pid: int) -> dict | None:
     try:
         got = await info(nc)
-    except Exception:  # no responder yet
+    except Exception:  # noqa: BLE001 - no responder yet
         return None
     return got if got["state"] == "running" and str(pid) in got["hosts"] else None
 
@@ -226,7 +229,8 @@ async def test_forced_fallback_collector(stack_with) -> None:
 
         async def kernel_ok():
             t = await telemetry_of(nc, "n0")
-            return t if t and t.kernel.get("proc.pid") == host.pid and t.kernel.get("proc.ctx_switches", 0) > 0 else None
+            ok = t and t.kernel.get("proc.pid") == host.pid and t.kernel.get("proc.ctx_switches", 0) > 0
+            return t if ok else None
         t = await wait_for(kernel_ok, 15)
         assert t, await telemetry_of(nc, "n0")
         assert "proc.syscalls" not in t.kernel and t.kernel["collector.ebpf"] == 0
@@ -235,9 +239,19 @@ async def test_forced_fallback_collector(stack_with) -> None:
         out = await asyncio.to_thread(meshctl, "monitor", "info", "--nats", stack.url)
         assert out.exit_code == 0, out.output
         assert "collector proc (running)" in out.output and "proc collector forced" in out.output
-        assert "syscalls" in out.output and "monitored mesh host processes: pid %d" % host.pid in out.output
+        assert "syscalls" in out.output and f"monitored mesh host processes: pid {host.pid}" in out.output
         js = await asyncio.to_thread(meshctl, "monitor", "info", "--json", "--nats", stack.url)
         assert json.loads(js.output)["collector"] == "proc"
+
+        # `meshctl cycle run` asks the running monitor to start a cycle over every node's latest telemetry
+        windows: asyncio.Queue = asyncio.Queue()
+        await nc.subscribe(subjects.MAPEK_TELEMETRY, cb=queue_cb(windows))
+        answer = json.loads((await nc.request(subjects.MONITOR_CYCLE, b"", timeout=5)).data)
+        assert answer["nodes"] == 3 and answer["cycle_id"], answer
+        while (w := events_pb2.TelemetryWindow.FromString(await asyncio.wait_for(windows.get(), 5))) \
+                .meta.cycle_id != answer["cycle_id"]:
+            pass
+        assert list(w.trigger_reasons) == ["operator request"] and len(w.nodes) == 3
     finally:
         await nc.close()
     log = next(sp.log_file for sp in stack.procs if sp.name == "monitor").read_text()
@@ -263,20 +277,15 @@ def test_bad_monitor_config_exits_2_with_one_line(tmp_path, env: dict[str, str],
 
 
 def test_threshold_file_is_used(tmp_path) -> None:
-    from x0tta6bl4.mapek.health import classify_node, set_thresholds
-    from x0tta6bl4.monitoring.feed import load_thresholds
+    from services.monitor.main import MonitorSettings
+    from x0tta6bl4.mapek.health import classify_node
 
     f = tmp_path / "th.toml"
     f.write_text("[cpu_percent]\nwarning = 50\ncritical = 60\n")
-    th = load_thresholds(f, '{"cpu_percent": {"critical": 65}}')
+    th = MonitorSettings(thresholds_file=f, thresholds='{"cpu_percent": {"critical": 65}}').threshold_table()
     assert (th.cpu_percent.warning, th.cpu_percent.critical) == (50, 65)
-    try:
-        set_thresholds(th)
-        t = events_pb2.NodeTelemetry(node_id="n", reachable=True, cpu_pct=50)
-        assert classify_node(t)[0] == common_pb2.HEALTH_WARNING
-        t.cpu_pct = 65.01
-        assert classify_node(t) == (common_pb2.HEALTH_CRITICAL, ["cpu_pct=65.01 > 65 (critical)"])
-    finally:
-        set_thresholds(None)
-    assert classify_node(events_pb2.NodeTelemetry(node_id="n", reachable=True, cpu_pct=65.01))[0] \
-        == common_pb2.HEALTH_HEALTHY  # back to the spec's 70/90
+    t = events_pb2.NodeTelemetry(node_id="n", reachable=True, cpu_pct=50)
+    assert classify_node(t, th)[0] == common_pb2.HEALTH_WARNING
+    t.cpu_pct = 65.01
+    assert classify_node(t, th) == (common_pb2.HEALTH_CRITICAL, ["cpu_pct=65.01 > 65 (critical)"])
+    assert classify_node(t, None)[0] == common_pb2.HEALTH_HEALTHY  # the spec's 70/90 when no table is given

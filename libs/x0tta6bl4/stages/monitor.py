@@ -1,0 +1,311 @@
+"""Monitor stage: node telemetry and mesh events in, health changes and cycle-starting windows out.
+
+Handlers (bound by ``services/monitor/main.py``, tested on the in-memory bus):
+
+- :func:`on_telemetry` (consumer ``monitor-telemetry``): a node's report, merged with the kernel signals
+  of its host process, is stored as the node's latest telemetry and classified with the threshold table;
+  a change of health is recorded (compare-and-set in the ``health`` bucket, so one replica wins), published
+  as a ``HealthChange`` and audited; a node getting worse starts a MAPE-K cycle (a ``TelemetryWindow``).
+- :func:`on_event` (consumer ``monitor-events``): ``neighbour_lost`` reports; enough of them declare the
+  node down (unreachable, critical). ``security.*`` events count as failed authentications of the peer.
+  Every event is audited.
+- :func:`stale_tick` (background, :func:`staleness`): a node silent for ``stale_after_s`` is unreachable.
+- :func:`window_tick` (background, :func:`periodic_windows`): a window every ``window_s`` when configured.
+- :func:`on_security`: a kernel security signal of a monitored process (from the monitor's collector).
+- :func:`info` and :func:`request_cycle`: the answers of ``monitor.rpc.Info`` and ``monitor.rpc.Cycle``.
+
+The ``health`` bucket holds ``node.<node>`` (the node's Health value), ``mesh`` (the mesh's) and
+``lost.<node>.<reporter>`` (when a neighbour reported the node lost). :func:`apply_telemetry` and
+:func:`apply_health` keep the per-process caches in :class:`MonitorDeps` equal to the buckets.
+
+No broker here: handlers use only the :class:`~x0tta6bl4.bus.ports.Context` they are given.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.ports import CasConflict, Context, Entry, cas_update
+from x0tta6bl4.ids import new_id
+from x0tta6bl4.mapek import monitor as assessing
+from x0tta6bl4.mapek.health import classify_node, mesh_health
+from x0tta6bl4.mapek.state import MeshView
+from x0tta6bl4.monitoring.thresholds import Thresholds
+from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
+
+if TYPE_CHECKING:
+    from x0tta6bl4.monitoring.feed import SecuritySignal
+
+log = logging.getLogger("x0tta6bl4.monitor")
+
+HEALTHY = common_pb2.HEALTH_HEALTHY
+HEALTH_BUCKET = "health"
+TELEMETRY_BUCKET = "telemetry"
+MESH_KEY = "mesh"
+NEIGHBOUR_LOST = "neighbour_lost"
+SECURITY_PREFIX = "security."
+
+
+def node_key(node: str) -> str:
+    return f"node.{subjects.token(node)}"
+
+
+def lost_key(lost: str, reporter: str) -> str:
+    return f"lost.{subjects.token(lost)}.{subjects.token(reporter)}"
+
+
+class Gauges(Protocol):
+    """Where the monitor's health gauges go (Prometheus in the service; nothing in tests)."""
+
+    def node(self, t: events_pb2.NodeTelemetry, health: int) -> None: ...
+
+    def node_health(self, node: str, health: int) -> None: ...
+
+    def mesh_health(self, health: int) -> None: ...
+
+
+class NoGauges:
+    def node(self, t: events_pb2.NodeTelemetry, health: int) -> None:
+        pass
+
+    def node_health(self, node: str, health: int) -> None:
+        pass
+
+    def mesh_health(self, health: int) -> None:
+        pass
+
+
+def no_span(name: str, **_: Any) -> AbstractContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+def no_kernel(node: str) -> Mapping[str, float]:
+    return {}
+
+
+@dataclass
+class MonitorDeps:
+    """What the monitor's handlers need besides the message and the bus."""
+
+    thresholds: Thresholds
+    stale_after_s: float = 2.0
+    window_s: float = 0.0
+    instance: str = ""
+    # per-process caches of the buckets (kept equal to them by apply_telemetry / apply_health)
+    view: MeshView = field(default_factory=MeshView)
+    health: dict[str, int] = field(default_factory=dict)
+    losses: assessing.LossReports = field(default_factory=assessing.LossReports)
+    seen_ns: dict[str, int] = field(default_factory=dict)
+    # the kernel collector (signals per node, and what it is for monitor.rpc.Info)
+    kernel_for: Callable[[str], Mapping[str, float]] = no_kernel
+    collector_info: Callable[[], Mapping[str, Any]] = dict
+    gauges: Gauges = field(default_factory=NoGauges)
+    clock_ns: Callable[[], int] = time.time_ns
+    span: Callable[..., AbstractContextManager[Any]] = no_span     # span(name, attributes={...}) for background work
+
+
+# ---- caches of the buckets (mirror callbacks) -------------------------------------------------------
+def apply_telemetry(deps: MonitorDeps, key: str, value: bytes | None) -> None:
+    """A ``telemetry`` bucket change: the mesh view and the newest report time per node."""
+    if value is None:
+        deps.view.remove(key)
+        return
+    t = events_pb2.NodeTelemetry.FromString(value)
+    deps.view.update(t)
+    deps.seen_ns[t.node_id] = max(deps.seen_ns.get(t.node_id, 0), t.meta.ts_unix_ns if t.reachable else 0)
+
+
+def apply_health(deps: MonitorDeps, key: str, value: bytes | None) -> None:
+    """A ``health`` bucket change: node health, mesh health gauge, neighbour loss reports."""
+    kind, _, rest = key.partition(".")
+    if kind == "node":
+        deps.health[rest] = int(value) if value else HEALTHY
+        deps.gauges.node_health(rest, deps.health[rest])
+    elif kind == MESH_KEY:
+        deps.gauges.mesh_health(int(value or 0))
+    elif kind == "lost":
+        lost, _, reporter = rest.partition(".")
+        if value:
+            deps.losses.report(lost, reporter, int(value))
+        else:
+            deps.losses.clear(lost)
+
+
+# ---- handlers ---------------------------------------------------------------------------------------
+async def on_telemetry(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps) -> None:
+    """A node's report: keep the newest, merge its kernel signals, store it, re-evaluate the node.
+
+    Telemetry is state, not a command: handling a redelivered report again is harmless (the newest report
+    wins), so the service binds this handler without the per-event idempotency record, and wide."""
+    if t.meta.ts_unix_ns < deps.seen_ns.get(t.node_id, 0):
+        return  # older than what we have (out of order); keep the newest
+    t.reachable = True
+    t.kernel.update(deps.kernel_for(t.node_id))
+    await store(t, ctx, deps)
+    await evaluate(t, ctx, deps, ctx.event_id)
+
+
+async def on_event(ev: mesh_pb2.MeshEvent, ctx: Context, deps: MonitorDeps) -> None:
+    """An agent's event: loss reports may declare a node down; security events count against the peer."""
+    if ev.kind == NEIGHBOUR_LOST and ev.peer:
+        await (await ctx.kv(HEALTH_BUCKET)).put(lost_key(ev.peer, ev.node_id), str(ev.meta.ts_unix_ns).encode())
+        deps.losses.report(ev.peer, ev.node_id, ev.meta.ts_unix_ns)
+        peer = deps.view.nodes.get(ev.peer)
+        if peer is not None and peer.reachable and deps.losses.declared_down(ev.peer, deps.view):
+            t = assessing.mark_unreachable(deps.view, ev.peer, deps.clock_ns())
+            await store(t, ctx, deps)
+            await evaluate(t, ctx, deps, ctx.event_id)
+    elif ev.kind.startswith(SECURITY_PREFIX) and ev.peer in deps.view.nodes:
+        t = events_pb2.NodeTelemetry()
+        t.CopyFrom(deps.view.nodes[ev.peer])
+        t.failed_auth += 1
+        await store(t, ctx, deps)
+        await evaluate(t, ctx, deps, ctx.event_id)
+    await ctx.audit(f"mesh.{ev.kind}", ev.node_id, {"peer": ev.peer, **dict(ev.details)})
+
+
+async def on_security(sig: SecuritySignal, ctx: Context, deps: MonitorDeps) -> None:
+    """A monitored process touched a sensitive path or tried to change privileges: audit it at once,
+    then re-evaluate its nodes (the kernel map now holds the count, so they become a warning)."""
+    await ctx.audit(f"security.{sig.kind}", ",".join(sig.nodes), sig.details())
+    for node in sig.nodes:
+        if node not in deps.view.nodes:
+            continue
+        t = events_pb2.NodeTelemetry()
+        t.CopyFrom(deps.view.nodes[node])
+        t.kernel.update(deps.kernel_for(node))
+        await store(t, ctx, deps)
+        await evaluate(t, ctx, deps, f"kernel:{sig.kind}:{node}:{sig.event.pid}:{sig.event.ts_ns}")
+
+
+# ---- background work ----------------------------------------------------------------------------------
+async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
+    """Nodes that stopped reporting are unreachable (the fallback when no neighbour reports them).
+    Returns the nodes marked in this tick."""
+    now = deps.clock_ns()
+    marked = []
+    for node, t in list(deps.view.nodes.items()):
+        if t.reachable and now - t.meta.ts_unix_ns > deps.stale_after_s * 1e9:
+            with deps.span("monitor.stale", attributes={"x0.node": node}):
+                u = assessing.mark_unreachable(deps.view, node, now)
+                await store(u, ctx, deps)
+                try:
+                    await evaluate(u, ctx, deps, f"stale:{node}:{t.meta.event_id}")
+                except CasConflict as e:
+                    log.warning("monitor: %s stale, its health not recorded: %s", node, e)
+            marked.append(node)
+    return marked
+
+
+async def staleness(ctx: Context, deps: MonitorDeps) -> None:
+    while True:
+        await asyncio.sleep(min(0.25, deps.stale_after_s / 4))
+        await stale_tick(ctx, deps)
+
+
+async def window_tick(ctx: Context, deps: MonitorDeps) -> events_pb2.TelemetryWindow | None:
+    """A periodic window over every node (replicas derive the same ids for the same period)."""
+    if not deps.view.nodes or not deps.window_s:
+        return None
+    idx = int(deps.clock_ns() / 1e9 // deps.window_s)
+    with deps.span("monitor.window"):
+        w = assessing.window(deps.view, f"window:{idx}")
+        await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+    return w
+
+
+async def periodic_windows(ctx: Context, deps: MonitorDeps) -> None:
+    if not deps.window_s:
+        return
+    while True:
+        await asyncio.sleep(deps.window_s)
+        await window_tick(ctx, deps)
+
+
+# ---- requests -----------------------------------------------------------------------------------------
+def info(deps: MonitorDeps) -> dict[str, Any]:
+    """The answer of ``monitor.rpc.Info`` (``meshctl monitor info``): collector, hosts, thresholds."""
+    return {"service": "monitor", "instance": deps.instance, **deps.collector_info(),
+            "thresholds": deps.thresholds.as_dict(), "nodes": len(deps.view.nodes)}
+
+
+async def request_cycle(ctx: Context, deps: MonitorDeps) -> dict[str, Any]:
+    """``meshctl cycle run``: start a MAPE-K cycle now over the latest telemetry of every node."""
+    with deps.span("monitor.cycle_request"):
+        w = assessing.window(deps.view, f"operator:{new_id()}", reasons=["operator request"],
+                             first_symptom_ns=deps.clock_ns())
+        await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+        await ctx.audit("cycle.requested", w.meta.cycle_id, {"nodes": len(w.nodes)}, cycle_id=w.meta.cycle_id)
+    return {"cycle_id": w.meta.cycle_id, "nodes": len(w.nodes)}
+
+
+# ---- decisions ----------------------------------------------------------------------------------------
+async def store(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps) -> None:
+    """The node's latest telemetry: in the view, in the gauges and in the ``telemetry`` bucket."""
+    deps.view.update(t)
+    deps.gauges.node(t, classify_node(t, deps.thresholds)[0])
+    await (await ctx.kv(TELEMETRY_BUCKET)).put(subjects.token(t.node_id), t.SerializeToString())
+
+
+async def transition(ctx: Context, key: str, new: int) -> int | None:
+    """Compare-and-set a health key to ``new``; the previous value if this call changed it, else None
+    (it already had that value: another replica recorded the change)."""
+    previous: list[int] = []
+
+    def change(entry: Entry | None) -> bytes | None:
+        prev = int(entry.value) if entry is not None else HEALTHY
+        previous[:] = [prev]
+        return None if prev == new else str(new).encode()
+
+    result = await cas_update(await ctx.kv(HEALTH_BUCKET), key, change)
+    return previous[0] if result.written else None
+
+
+async def evaluate(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps, cause_id: str) -> None:
+    """Classify the node; on a change of health record it, start a cycle if it got worse, publish and audit
+    the change, then the mesh's."""
+    a = assessing.assess(t, deps.health.get(t.node_id, HEALTHY), deps.thresholds)
+    if not a.changed:
+        return
+    prev = await transition(ctx, node_key(t.node_id), a.current)
+    if prev is None:
+        return  # another replica already recorded this change
+    deps.health[t.node_id] = a.current
+    a.previous = prev
+    cycle_id = ""
+    if a.starts_cycle:
+        first = deps.losses.first_report_ns(t.node_id) or t.meta.ts_unix_ns
+        w = assessing.window(deps.view, cause_id, t.node_id, a.reasons, first)
+        cycle_id = w.meta.cycle_id
+        await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+    await ctx.publish(subjects.MAPEK_HEALTH, assessing.health_change(a, cycle_id))
+    await ctx.audit("health.changed", t.node_id, {
+        "from": common_pb2.Health.Name(a.previous), "to": common_pb2.Health.Name(a.current),
+        "reasons": "; ".join(a.reasons), "cycle": cycle_id}, cycle_id=cycle_id)
+    await mesh_transition(ctx, deps, cycle_id)
+    if a.current == HEALTHY and t.reachable:
+        kv = await ctx.kv(HEALTH_BUCKET)
+        for reporter in list(deps.losses.reporters.get(t.node_id, {})):
+            await kv.delete(lost_key(t.node_id, reporter))
+        deps.losses.clear(t.node_id)
+
+
+async def mesh_transition(ctx: Context, deps: MonitorDeps, cycle_id: str = "") -> None:
+    """The mesh's health (worst node) changed? Publish a HealthChange with node_id "" and audit it."""
+    current, reasons = mesh_health(deps.health)
+    prev = await transition(ctx, MESH_KEY, current)
+    if prev is None:
+        return
+    deps.gauges.mesh_health(current)
+    a = assessing.Assessment("", prev, current, reasons)
+    await ctx.publish(subjects.MAPEK_HEALTH, assessing.health_change(a, cycle_id))
+    await ctx.audit("health.mesh_changed", "mesh", {
+        "from": common_pb2.Health.Name(a.previous), "to": common_pb2.Health.Name(current),
+        "reasons": "; ".join(reasons)}, cycle_id=cycle_id)
