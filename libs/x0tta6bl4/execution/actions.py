@@ -18,7 +18,7 @@ class Step:
     name: str                    # e.g. "avoid n3 at n2"
     kind: str                    # "mesh" (command to an agent) or "keyvault"
     node: str = ""               # agent that receives a mesh command
-    command: int = 0             # MeshCommand.Kind
+    command: mesh_pb2.MeshCommand.Kind = C.KIND_UNSPECIFIED
     peer: str = ""
     op: str = ""                 # keyvault operation: revoke, rotate
     params: dict = field(default_factory=dict, hash=False)

@@ -90,7 +90,7 @@ def _only_end_to_end(t: events_pb2.NodeTelemetry, th: Thresholds | None = None) 
 
 
 def anomaly(window: events_pb2.TelemetryWindow, node: str, root: str, fault: str, score: float,
-            confidence: float, severity: int, features: list[str], affected: list[str],
+            confidence: float, severity: common_pb2.Severity, features: list[str], affected: list[str],
             detector: str, symptom_since_ns: int = 0) -> events_pb2.Anomaly:
     """``symptom_since_ns``: when the evidence itself dates from (e.g. the time a node was marked
     unreachable); the first symptom is the earlier of that and the window's."""
@@ -168,13 +168,13 @@ class RuleAnalyzer:
                 culprit = _degraded_links_node(nodes, explained, th)
                 if culprit is None:
                     fault, confidence = "path_degraded", 0.5
-                    reasons = reasons + ["own links clean"]
+                    reasons = [*reasons, "own links clean"]
                 else:
                     bad, why = culprit
                     fault = "congestion" if metric == "p99_latency_ms" else "degrading_link"
                     confidence = 0.7  # inferred from links, not measured at the node: a person decides
                     victims = sorted(set(group))
-                    root, reasons = bad, why + [f"seen end to end by {', '.join(victims)}"]
+                    root, reasons = bad, [*why, f"seen end to end by {', '.join(victims)}"]
             out.append(anomaly(window, node, root, fault, min(1.0, 0.5 + score / 2), confidence,
                                common_pb2.SEVERITY_CRITICAL if critical and confidence > 0.9 else
                                common_pb2.SEVERITY_MEDIUM, reasons, victims, self.name))
@@ -188,7 +188,7 @@ HARD_FACTS = ("node_down", "compromised")
 """Rule findings that are facts (the monitor declared the node lost; packets with bad signatures
 were rejected): they keep their root cause and fault type whatever the model says."""
 
-SEVERITY_BY_FAULT = {
+SEVERITY_BY_FAULT: dict[str, common_pb2.Severity] = {
     "node_down": common_pb2.SEVERITY_CRITICAL,      # routes through it are broken now
     "compromised": common_pb2.SEVERITY_CRITICAL,
     "flapping": common_pb2.SEVERITY_HIGH,
@@ -203,7 +203,7 @@ above 0.9): the model's calibration was measured on twin data, not on live incid
 OBSERVE_BELOW = 0.6
 
 
-def model_severity(fault: str, confidence: float) -> int:
+def model_severity(fault: str, confidence: float) -> common_pb2.Severity:
     """Severity of a model finding: by fault type; below the planner's vote threshold it is low."""
     if confidence < OBSERVE_BELOW:
         return common_pb2.SEVERITY_LOW
@@ -255,7 +255,7 @@ class HybridAnalyzer:
                 a.detector = f"{a.detector}+{self.name}"
                 a.confidence = max(a.confidence, inc.confidence)
                 a.anomaly_score = max(a.anomaly_score, inc.score)
-                a.top_features.extend(_features(inc) + [f"{self.name}: {inc.fault_type} p={inc.confidence:.3f}"])
+                a.top_features.extend([*_features(inc), f"{self.name}: {inc.fault_type} p={inc.confidence:.3f}"])
                 if a.fault_type not in HARD_FACTS and a.confidence > 0.9:
                     a.severity = max(a.severity, model_severity(a.fault_type, a.confidence))
                 out.append(a)
@@ -270,7 +270,7 @@ class HybridAnalyzer:
             conf = min(inc.confidence, MODEL_ONLY_MAX_CONFIDENCE)
             out.append(anomaly(window, inc.root_cause, str(inc.root_cause), inc.fault_type, inc.score, conf,
                                model_severity(inc.fault_type, conf),
-                               _features(inc) + [f"rules blamed {a.root_cause} ({a.fault_type})"] + list(a.top_features),
+                               [*_features(inc), f"rules blamed {a.root_cause} ({a.fault_type})", *a.top_features],
                                affected, self.name))
         for j, inc in enumerate(model):
             if j in used:

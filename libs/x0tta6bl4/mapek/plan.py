@@ -5,14 +5,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.governance.decision import Decision, DecisionKind, DecisionPolicy, Severity, decide
+from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.knowledge.outcomes import ActionStats, rank
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 K = events_pb2
 # Candidate actions per fault type, in default order of preference.
-FAULT_ACTIONS: dict[str, tuple[int, ...]] = {
+FAULT_ACTIONS: dict[str, tuple[events_pb2.ActionKind, ...]] = {
     "node_down": (K.ACTION_KIND_REROUTE, K.ACTION_KIND_RESTART),
     "degrading_link": (K.ACTION_KIND_REROUTE, K.ACTION_KIND_RESTART),
     "congestion": (K.ACTION_KIND_REROUTE,),
@@ -24,7 +24,7 @@ FAULT_ACTIONS: dict[str, tuple[int, ...]] = {
     "compromised": (K.ACTION_KIND_ISOLATE, K.ACTION_KIND_ROTATE_KEYS),
     "key_compromise": (K.ACTION_KIND_ROTATE_KEYS, K.ACTION_KIND_ISOLATE),
 }
-DEFAULT_ACTIONS = (K.ACTION_KIND_REROUTE,)
+DEFAULT_ACTIONS: tuple[events_pb2.ActionKind, ...] = (K.ACTION_KIND_REROUTE,)
 MAX_AUTO_CASCADE = 2
 
 EFFECT = {
@@ -62,7 +62,7 @@ class TwinVerdict:
     cascade: list[str] = field(default_factory=list)
 
 
-def candidate_actions(fault_type: str, knowledge: dict[str, ActionStats]) -> list[int]:
+def candidate_actions(fault_type: str, knowledge: dict[str, ActionStats]) -> list[events_pb2.ActionKind]:
     cands = list(FAULT_ACTIONS.get(fault_type, DEFAULT_ACTIONS))
     order = rank([action_name(k) for k in cands], knowledge)
     by_name = {action_name(k): k for k in cands}

@@ -18,7 +18,7 @@ def twin_verdict(adjacency: dict[str, list[str]], kind: int, node: str) -> TwinV
     if node not in adjacency or len(adjacency) < 3 or kind not in REMOVES_NODE:
         return TwinVerdict()
     twin = MeshDigitalTwin("planner")
-    twin.from_neighbours(adjacency)
+    twin.from_neighbours({n: peers for n, peers in adjacency.items()})   # (a Mapping keyed by Hashable)
     try:
         return TwinVerdict(connectivity=twin.connectivity_after_failure([node]),
                            cascade=[str(n) for n in twin.predict_cascade_failure(node, CASCADE_THRESHOLD)])

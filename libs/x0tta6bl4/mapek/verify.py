@@ -57,14 +57,15 @@ def check(action: events_pb2.ActionSpec, nodes: list[events_pb2.NodeTelemetry],
         elif health == common_pb2.HEALTH_WARNING:
             warnings.append(f"{t.node_id} warning: " + "; ".join(reasons))
     if survivors and not any(f.startswith(tuple(t.node_id + " " for t in survivors)) for f in out.failed):
-        out.passed.append(f"{len(survivors)} surviving nodes reachable, none critical"
-                          + (f" ({len(warnings)} in the warning band: {'; '.join(warnings)[:300]})" if warnings else ""))
+        band = f" ({len(warnings)} in the warning band: {'; '.join(warnings)[:300]})" if warnings else ""
+        out.passed.append(f"{len(survivors)} surviving nodes reachable, none critical{band}")
     if baseline:
         stalled = []
         for t in survivors:
-            sent0, acked0 = baseline.get(t.node_id, (None, None))
-            if sent0 is None:
+            before = baseline.get(t.node_id)
+            if before is None:
                 continue
+            sent0, acked0 = before
             if t.counters.get("sent", 0.0) > sent0 and t.counters.get("acked", 0.0) <= acked0:
                 stalled.append(t.node_id)
         if stalled:

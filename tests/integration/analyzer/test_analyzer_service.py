@@ -2,6 +2,7 @@
 GraphSAGE weights), a real UDP mesh host for the node kill."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -121,12 +122,12 @@ async def test_bad_telemetry_is_rejected_with_a_reason_and_replicas_give_one_ans
         for s in range(3):
             await pub.publish(subjects.MAPEK_TELEMETRY, window(s, healthy(s)))
         # the trigger node reports a negative loss: the window cannot be analysed -> dead letter
-        bad = healthy(3, skip=("n2",)) + [tel("n2", 3, loss_pct=-5.0)]
+        bad = [*healthy(3, skip=("n2",)), tel("n2", 3, loss_pct=-5.0)]
         await pub.publish(subjects.MAPEK_TELEMETRY, window(3, bad, trigger="n2"))
         # a trigger node nobody reported
         await pub.publish(subjects.MAPEK_TELEMETRY, window(4, healthy(4), trigger="n99"))
         # NaN: not even a valid message (published raw, the codec refuses it)
-        nan = window(5, healthy(5, skip=("n1",)) + [tel("n1", 5, cpu_pct=float("nan"))], trigger="n1")
+        nan = window(5, [*healthy(5, skip=("n1",)), tel("n1", 5, cpu_pct=float("nan"))], trigger="n1")
         await js.publish(subjects.MAPEK_TELEMETRY, nan.SerializeToString(), headers={"Nats-Msg-Id": "w-5"})
         # a bad bystander (memory > 100 %, a link to itself) is left out and audited; the real fault is found
         mixed = [t for t in healthy(6, skip=("n4", "n6", "n7")) if t]
@@ -148,7 +149,7 @@ async def test_bad_telemetry_is_rejected_with_a_reason_and_replicas_give_one_ans
         assert "'mem_pct' = 250 exceeds 100" in rej["n6"]
         assert "link to itself" in rej["n7"]
         # still alive and analysing
-        await pub.publish(subjects.MAPEK_TELEMETRY, window(7, healthy(7, skip=("n8",)) + [tel("n8", 7, down=True)],
+        await pub.publish(subjects.MAPEK_TELEMETRY, window(7, [*healthy(7, skip=("n8",)), tel("n8", 7, down=True)],
                                                           trigger="n8"))
         (b,) = await wait_for(lambda: anomalies(js, "cycle-w-7"), 10, 0.2)
         assert b.root_cause == "n8"
@@ -164,7 +165,7 @@ async def replicas_agree(nc, js, pub, det):
 
     windows = [window(s, healthy(s), tag="r") for s in range(8)]
     # n4 goes down and stays down; each later window is periodic (no trigger) except the first
-    windows += [window(s, healthy(s, skip=("n4",)) + [tel("n4", s, down=True)], trigger="n4" if s == 8 else "",
+    windows += [window(s, [*healthy(s, skip=("n4",)), tel("n4", s, down=True)], trigger="n4" if s == 8 else "",
                        tag="r") for s in range(8, 14)]
     for w in windows:
         await pub.publish(subjects.MAPEK_TELEMETRY, w, event_id=w.meta.event_id)
@@ -185,10 +186,8 @@ async def replicas_agree(nc, js, pub, det):
     hist, hybrid = History(), HybridAnalyzer()
     stream = []
     for m in await read_all(js, subjects.MAPEK_TELEMETRY):
-        try:
+        with contextlib.suppress(InvalidMessage):
             stream.append(decode(events_pb2.TelemetryWindow, m.data))
-        except InvalidMessage:
-            pass
     for w in stream:
         hist.add(w.meta.event_id, w.nodes)
         if w.meta.cycle_id not in want_cycles:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import nats
+from testkit import wait_for
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
@@ -14,8 +15,6 @@ from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.mapek import plan as planning
 from x0tta6bl4.v1 import common_pb2, events_pb2
-
-from testkit import wait_for
 
 
 def _anomaly(first_ns: int, cycle: str) -> events_pb2.Anomaly:

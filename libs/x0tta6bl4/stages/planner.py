@@ -1,0 +1,215 @@
+"""Plan stage: anomaly -> plan (decision matrix, digital twin, knowledge) -> action when auto-approved;
+verified outcomes -> knowledge; nodes routed around are reinstated once healthy again.
+
+* :func:`on_anomaly` claims the anomaly's incident in the ``incidents`` bucket (one plan per incident
+  across replicas; late anomalies of a repaired incident are stale, see
+  :func:`x0tta6bl4.mapek.plan.claim_verdict`), plans it and, when the decision is AUTO_EXECUTE,
+  publishes the ActionRequest. Other decisions leave the plan to governance.
+* :func:`on_verified` records the outcome in the knowledge base (per fault type and action, with the
+  topology size at verification time), keeps the ``avoided`` bucket (a verified REROUTE of a dead
+  node puts it in, a verified REINSTATE takes it out) and resolves or releases the incident claim.
+* :func:`reinstate_tick` (every ``reinstate_tick_s``, :func:`reinstate_loop`) moves each avoided node's
+  probation on and reinstates the node once it has been reachable and healthy -- by the deployment's
+  threshold table -- for ``reinstate_after_s``.
+
+Every shared write is a compare-and-set (:func:`x0tta6bl4.bus.ports.cas_update`): replicas agree.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.ports import DELETE, KV, CasConflict, Context, Entry, KeyNotFound, cas_update
+from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
+from x0tta6bl4.knowledge.outcomes import ActionStats
+from x0tta6bl4.knowledge.outcomes import key as knowledge_key
+from x0tta6bl4.mapek import plan as planning
+from x0tta6bl4.mapek.health import classify_node
+from x0tta6bl4.mapek.twin_adapter import twin_verdict
+from x0tta6bl4.monitoring.thresholds import Thresholds
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+log = logging.getLogger("x0tta6bl4.planner")
+
+CLAIM_TRIES = 5          # races with other planner replicas and with a verification
+KNOWLEDGE_TRIES = 10     # concurrent outcomes of the same fault and action
+
+
+@dataclass
+class PlannerDeps:
+    policy: DecisionPolicy
+    thresholds: Thresholds
+    telemetry: Mapping[str, events_pb2.NodeTelemetry]    # the `telemetry` bucket's mirror (latest per node)
+    action_timeout_s: float = 30.0
+    reinstate_after_s: float = 10.0                      # 0: never reinstate
+    reinstate_tick_s: float = 1.0
+    clock_ns: Callable[[], int] = time.time_ns
+
+
+# ---- anomalies -> plans -----------------------------------------------------------------------------
+async def claim(anomaly: events_pb2.Anomaly, ctx: Context) -> bool:
+    """Claim the anomaly's incident (True: plan it); a duplicate or stale anomaly is audited."""
+    incidents = await ctx.kv("incidents")
+    verdict = planning.CLAIM_NEW
+
+    def change(entry: Entry | None) -> bytes | None:
+        nonlocal verdict
+        verdict = planning.claim_verdict(entry.value if entry else None, anomaly.first_symptom_unix_ns)
+        return planning.open_claim(anomaly.meta.cycle_id) if verdict == planning.CLAIM_NEW else None
+
+    try:
+        if (await cas_update(incidents, anomaly.incident_id, change, tries=CLAIM_TRIES)).written:
+            return True
+    except CasConflict:
+        verdict = planning.CLAIM_OPEN     # lost every race: another replica is on it
+    await ctx.audit("anomaly.stale" if verdict == planning.CLAIM_STALE else "anomaly.duplicate",
+                    anomaly.incident_id, {"node": anomaly.node_id})
+    return False
+
+
+async def knowledge_for(ctx: Context, fault: str) -> dict[str, ActionStats]:
+    """What the knowledge base knows of each candidate action for ``fault``."""
+    kv = await ctx.kv("knowledge")
+    out = {}
+    for kind in planning.FAULT_ACTIONS.get(fault, planning.DEFAULT_ACTIONS):
+        name = planning.action_name(kind)
+        with contextlib.suppress(KeyNotFound):
+            out[name] = ActionStats.from_json((await kv.get(knowledge_key(fault, name))).value)
+    return out
+
+
+async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDeps) -> None:
+    if not await claim(anomaly, ctx):
+        return
+    adjacency = {t.node_id: list(t.neighbours) for t in deps.telemetry.values()}
+    plan, decision = planning.make_plan(anomaly, deps.policy, await knowledge_for(ctx, anomaly.fault_type),
+                                        functools.partial(twin_verdict, adjacency))
+    await ctx.publish(subjects.MAPEK_PLAN, plan)
+    await ctx.audit("decision", plan.plan_id, {
+        "decision": decision.kind.value, "reason": decision.reason, "incident": plan.incident_id,
+        "action": planning.action_name(plan.action.kind), "target": plan.root_cause,
+        "confidence": f"{anomaly.confidence:.3f}",
+        "auto_approved": decision.kind is DecisionKind.AUTO_EXECUTE})
+    if decision.kind is DecisionKind.AUTO_EXECUTE:
+        await ctx.publish(subjects.MAPEK_ACTION, planning.action_request(plan, "auto", timeout_s=deps.action_timeout_s))
+    # OBSERVE keeps the incident claim until it expires (bucket TTL), so the same observation is
+    # not re-planned on every window; a different root cause or fault is a different incident.
+
+
+# ---- verified outcomes -> knowledge ---------------------------------------------------------------
+async def record_outcome(v: events_pb2.Verification, ctx: Context, topology_size: int) -> tuple[str, ActionStats]:
+    """Add one verified outcome to the knowledge base; the key and the stats as written."""
+    kv = await ctx.kv("knowledge")
+    fault, name = v.fault_type or "unknown", planning.action_name(v.action.kind)
+    k = knowledge_key(fault, name)
+
+    stats = ActionStats(fault, name)
+
+    def change(entry: Entry | None) -> bytes:
+        nonlocal stats
+        stats = ActionStats.from_json(entry.value) if entry else ActionStats(fault, name)
+        return stats.record(v.recovered, v.mttr_ms, topology_size=topology_size).to_json()
+
+    await cas_update(kv, k, change, tries=KNOWLEDGE_TRIES)
+    return k, stats
+
+
+async def track_avoided(v: events_pb2.Verification, ctx: Context) -> None:
+    """A verified REROUTE of a dead node puts it in ``avoided``; a verified REINSTATE takes it out."""
+    node = v.action.target_node
+    if not node:
+        return
+    avoided = await ctx.kv("avoided")
+    key = subjects.token(node)
+    if v.action.kind == events_pb2.ACTION_KIND_REROUTE and v.recovered and v.fault_type == "node_down":
+        # only a node that died and comes back is reinstated on its own: a degraded node that is
+        # merely routed around looks healthy once nothing crosses it, and would flap in and out
+        await avoided.put(key, planning.avoided_record(node, v.action_id, v.meta.ts_unix_ns))
+    elif v.action.kind == events_pb2.ACTION_KIND_REINSTATE:
+        def change(entry: Entry | None):
+            if entry is None:
+                return None
+            return DELETE if v.recovered else planning.reinstate_failed(entry.value)
+        # one try: a lost race means the node was rerouted again meanwhile, and that newer record stands
+        with contextlib.suppress(CasConflict):
+            await cas_update(avoided, key, change, tries=1)
+
+
+async def on_verified(v: events_pb2.Verification, ctx: Context, deps: PlannerDeps) -> None:
+    k, stats = await record_outcome(v, ctx, topology_size=len(deps.telemetry))
+    await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": f"{v.mttr_ms:.0f}",
+                                              "success_rate": f"{stats.success_rate:.2f}",
+                                              "topology_size": stats.last_topology_size})
+    await track_avoided(v, ctx)
+    incidents = await ctx.kv("incidents")
+    if v.recovered:   # late anomalies of this incident (symptom before now) are not planned again
+        await incidents.put(v.incident_id, planning.resolved_claim(v.meta.cycle_id, v.meta.ts_unix_ns))
+    else:             # not repaired: the next anomaly may plan again at once
+        await incidents.delete(v.incident_id)
+
+
+# ---- reinstating nodes routed around --------------------------------------------------------------
+def node_healthy(t: events_pb2.NodeTelemetry | None, thresholds: Thresholds) -> bool:
+    return t is not None and t.reachable and classify_node(t, thresholds)[0] == common_pb2.HEALTH_HEALTHY
+
+
+async def reinstate_one(ctx: Context, deps: PlannerDeps, avoided: KV, key: str, now_ns: int) -> None:
+    """One avoided node: move its probation on, and reinstate it when it has served it."""
+    probation_ns = int(deps.reinstate_after_s * 1e9)
+    step, node = planning.WAIT, ""
+
+    def change(entry: Entry | None) -> bytes | None:
+        nonlocal step, node
+        if entry is None:
+            step = planning.WAIT
+            return None
+        node = planning.avoided_node(entry.value)
+        healthy = bool(node) and node_healthy(deps.telemetry.get(subjects.token(node)), deps.thresholds)
+        step, record = planning.reinstate_step(entry.value, healthy, now_ns, probation_ns)
+        return record
+
+    try:      # one try: when another replica moved the record first, its move stands
+        out = await cas_update(avoided, key, change, tries=1)
+    except CasConflict:
+        return
+    if step != planning.REINSTATE or not out.written or out.value is None:
+        return
+    plan = planning.reinstate_plan(out.value, deps.reinstate_after_s)
+    cycle = plan.meta.cycle_id
+    await ctx.publish(subjects.MAPEK_PLAN, plan, cycle_id=cycle)
+    await ctx.audit("decision", plan.plan_id, {
+        "decision": "auto_execute", "reason": plan.rationale, "incident": plan.incident_id,
+        "action": "reinstate", "target": node, "auto_approved": True}, cycle_id=cycle)
+    await ctx.publish(subjects.MAPEK_ACTION, planning.action_request(plan, "auto", timeout_s=deps.action_timeout_s),
+                      cycle_id=cycle)
+
+
+async def reinstate_tick(ctx: Context, deps: PlannerDeps, now_ns: int) -> None:
+    """One pass over the avoided nodes (a node's trouble, or the broker's, waits for the next tick)."""
+    try:
+        avoided = await ctx.kv("avoided")
+        keys = sorted(await avoided.keys())
+    except Exception as e:  # noqa: BLE001 - broker away: next tick
+        log.warning("planner: cannot read the avoided nodes: %s", e)
+        return
+    for key in keys:
+        try:
+            await reinstate_one(ctx, deps, avoided, key, now_ns)
+        except Exception as e:  # noqa: BLE001 - one node's trouble must not stop the loop
+            log.warning("planner: reinstating %s failed this tick: %s", key, e)
+
+
+async def reinstate_loop(ctx: Context, deps: PlannerDeps,
+                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    """Run :func:`reinstate_tick` every ``reinstate_tick_s`` (returns at once when reinstating is off)."""
+    if deps.reinstate_after_s <= 0:
+        return
+    while True:
+        await sleep(deps.reinstate_tick_s)
+        await reinstate_tick(ctx, deps, deps.clock_ns())

@@ -1,0 +1,252 @@
+"""The plan stage on the in-memory bus: anomalies -> plans and actions, incident claims, knowledge,
+nodes routed around and their reinstatement."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.planner.main import PlannerSettings, build, deps
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.memory import TestBus
+from x0tta6bl4.ids import derive_id, new_meta
+from x0tta6bl4.knowledge.outcomes import ActionStats
+from x0tta6bl4.mapek import plan as planning
+from x0tta6bl4.stages import planner as stage
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+K = events_pb2
+S = 10**9
+
+
+def anomaly(node: str = "n3", fault: str = "node_down", confidence: float = 0.97,
+            severity: int = common_pb2.SEVERITY_CRITICAL, first_ns: int = 1_000 * S, cycle: str = "c1",
+            eid: str = "") -> events_pb2.Anomaly:
+    return events_pb2.Anomaly(meta=new_meta("analyzer", cycle, event_id=eid or f"a-{cycle}"), node_id=node,
+                              root_cause=node, fault_type=fault, anomaly_score=1.0, confidence=confidence,
+                              severity=severity, affected_nodes=["n2", "n4"], detector="rules",
+                              first_symptom_unix_ns=first_ns, incident_id=f"{node}.{fault}")
+
+
+def verification(kind: int = K.ACTION_KIND_REROUTE, node: str = "n3", fault: str = "node_down",
+                 recovered: bool = True, mttr_ms: float = 800.0, at_ns: int = 2_000 * S, cycle: str = "c1",
+                 action_id: str = "act-1") -> events_pb2.Verification:
+    v = events_pb2.Verification(meta=new_meta("executor", cycle), action_id=action_id, recovered=recovered,
+                                mttr_ms=mttr_ms, incident_id=f"{node}.{fault}", fault_type=fault,
+                                action=events_pb2.ActionSpec(kind=kind, target_node=node))
+    v.meta.ts_unix_ns = at_ns
+    return v
+
+
+def tel(node: str, neighbours=(), **over) -> events_pb2.NodeTelemetry:
+    t = events_pb2.NodeTelemetry(meta=new_meta("monitor"), node_id=node, reachable=True, cpu_pct=5.0,
+                                 mem_pct=20.0, neighbours=list(neighbours))
+    for k, v in over.items():
+        setattr(t, k, v)
+    return t
+
+
+async def report(bus: TestBus, *nodes: events_pb2.NodeTelemetry) -> None:
+    """What the monitor writes to the `telemetry` bucket (the planner's mirror follows it)."""
+    for t in nodes:
+        await bus.kv("telemetry").put(subjects.token(t.node_id), t.SerializeToString())
+
+
+@pytest.fixture
+def bus() -> TestBus:
+    return TestBus(build(PlannerSettings(action_timeout_s=12.0)))
+
+
+# ---- anomalies -> plans --------------------------------------------------------------------------
+async def test_a_confident_critical_anomaly_is_planned_and_executed_automatically(bus: TestBus):
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly())
+    [plan] = bus.messages(subjects.MAPEK_PLAN)
+    assert plan.decision == K.DECISION_KIND_AUTO_EXECUTE and plan.incident_id == "n3.node_down"
+    assert plan.action == events_pb2.ActionSpec(kind=K.ACTION_KIND_REROUTE, target_node="n3")
+    assert [a.kind for a in plan.alternatives] == [K.ACTION_KIND_RESTART]
+    assert plan.meta.cycle_id == "c1" and plan.first_symptom_unix_ns == 1_000 * S
+    [req] = bus.messages(subjects.MAPEK_ACTION)
+    assert (req.plan_id, req.approved_by, req.timeout_s) == (plan.plan_id, "auto", 12.0)
+    assert req.action_id == derive_id("action", plan.plan_id, "") and req.incident_id == "n3.node_down"
+    [decision] = bus.audited("decision")
+    assert decision.subject_id == plan.plan_id and decision.details["auto_approved"] is True
+    assert planning.claim_verdict(bus.kv("incidents").value("n3.node_down"), 0) == planning.CLAIM_OPEN
+
+
+@pytest.mark.parametrize(("confidence", "severity", "decision"), [
+    (0.97, common_pb2.SEVERITY_HIGH, K.DECISION_KIND_EMERGENCY_VOTE),    # confident but not critical
+    (0.85, common_pb2.SEVERITY_CRITICAL, K.DECISION_KIND_EMERGENCY_VOTE),
+    (0.7, common_pb2.SEVERITY_MEDIUM, K.DECISION_KIND_STANDARD_VOTE),
+    (0.5, common_pb2.SEVERITY_LOW, K.DECISION_KIND_OBSERVE),
+])
+async def test_a_vote_level_anomaly_is_planned_but_not_executed(bus: TestBus, confidence, severity, decision):
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(fault="congestion", confidence=confidence, severity=severity))
+    [plan] = bus.messages(subjects.MAPEK_PLAN)
+    assert plan.decision == decision
+    assert bus.messages(subjects.MAPEK_ACTION) == []
+    [audit] = bus.audited("decision")
+    assert audit.details["auto_approved"] is False
+
+
+async def test_the_twin_sees_the_mesh_of_the_telemetry_mirror(bus: TestBus):
+    await report(bus, tel("hub", ["a", "b", "c"]), tel("a", ["hub"]), tel("b", ["hub"]), tel("c", ["hub"]))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("hub", "degrading_link", 0.8, common_pb2.SEVERITY_HIGH))
+    [plan] = bus.messages(subjects.MAPEK_PLAN)
+    assert plan.action.kind == K.ACTION_KIND_REROUTE and plan.predicted_connectivity == 0.0   # a star's hub
+
+
+async def test_one_plan_per_incident_while_it_is_handled(bus: TestBus):
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c1"))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c2", first_ns=1_001 * S))
+    assert len(bus.messages(subjects.MAPEK_PLAN)) == 1 and len(bus.messages(subjects.MAPEK_ACTION)) == 1
+    [dup] = bus.audited("anomaly.duplicate")
+    assert dup.subject_id == "n3.node_down" and dup.cycle_id == "c2" and dup.details == {"node": "n3"}
+    # another root cause or fault is another incident
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(node="n5", cycle="c3"))
+    assert [p.incident_id for p in bus.messages(subjects.MAPEK_PLAN)] == ["n3.node_down", "n5.node_down"]
+
+
+async def test_after_a_verified_repair_late_anomalies_are_stale_and_new_symptoms_are_planned(bus: TestBus):
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c1", first_ns=1_000 * S))
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(at_ns=2_000 * S))
+    # a window that saw the symptom before the repair: the incident just resolved, not planned again
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c2", first_ns=1_500 * S))
+    [stale] = bus.audited("anomaly.stale")
+    assert stale.subject_id == "n3.node_down" and len(bus.messages(subjects.MAPEK_PLAN)) == 1
+    # a symptom that starts after the repair is a new incident
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c3", first_ns=2_500 * S))
+    assert [p.meta.cycle_id for p in bus.messages(subjects.MAPEK_PLAN)] == ["c1", "c3"]
+
+
+async def test_a_failed_repair_releases_the_incident_at_once(bus: TestBus):
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c1"))
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(recovered=False))
+    assert bus.kv("incidents").value("n3.node_down") is None
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c2", first_ns=1_001 * S))
+    assert [p.meta.cycle_id for p in bus.messages(subjects.MAPEK_PLAN)] == ["c1", "c2"]
+    assert bus.audited("anomaly.duplicate") == []
+
+
+async def test_a_claim_lost_to_another_replica_is_not_planned():
+    """Two planner replicas share the `incidents` bucket: the second sees the first one's claim."""
+    one, two = TestBus(build(PlannerSettings())), TestBus(build(PlannerSettings()))
+    two.buckets["incidents"] = one.kv("incidents")
+    await one.publish(subjects.MAPEK_ANOMALY, anomaly(eid="e1"))
+    await two.publish(subjects.MAPEK_ANOMALY, anomaly(eid="e1-copy", cycle="c1"))
+    assert len(one.messages(subjects.MAPEK_PLAN)) == 1 and two.messages(subjects.MAPEK_PLAN) == []
+    assert [a.subject_id for a in two.audited("anomaly.duplicate")] == ["n3.node_down"]
+
+
+# ---- verified outcomes -> knowledge ------------------------------------------------------------
+async def test_knowledge_is_recorded_once_per_verification_with_the_topology_size(bus: TestBus):
+    await report(bus, tel("n1"), tel("n2"), tel("n4"), tel("n5"))
+    v = verification(mttr_ms=800.0)
+    await bus.publish(subjects.MAPEK_VERIFIED, v)
+    await bus.publish(subjects.MAPEK_VERIFIED, v)           # redelivered: not counted again
+    stats = ActionStats.from_json(bus.kv("knowledge").value("node_down.reroute"))
+    assert (stats.attempts, stats.successes, stats.best_mttr_ms) == (1, 1, 800.0)
+    assert stats.last_topology_size == 4                   # the nodes known when it was verified
+    await report(bus, tel("n6"))
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(recovered=False, mttr_ms=9000.0, action_id="act-2"))
+    stats = ActionStats.from_json(bus.kv("knowledge").value("node_down.reroute"))
+    assert (stats.attempts, stats.successes, stats.mean_mttr_ms, stats.last_topology_size) == (2, 1, 800.0, 5)
+    recorded = bus.audited("knowledge.recorded")
+    assert [(a.subject_id, a.details["success_rate"]) for a in recorded] == [
+        ("node_down.reroute", "0.67"), ("node_down.reroute", "0.50")]
+    assert recorded[1].details["topology_size"] == 5
+
+
+async def test_the_next_plan_prefers_the_action_that_worked(bus: TestBus):
+    for i in range(3):
+        await bus.publish(subjects.MAPEK_VERIFIED, verification(K.ACTION_KIND_REROUTE, "n9", "degrading_link",
+                                                                recovered=False, action_id=f"r{i}"))
+        await bus.publish(subjects.MAPEK_VERIFIED, verification(K.ACTION_KIND_RESTART, "n9", "degrading_link",
+                                                                recovered=True, action_id=f"s{i}"))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("n3", "degrading_link", cycle="c9"))
+    [plan] = bus.messages(subjects.MAPEK_PLAN)
+    assert plan.action.kind == K.ACTION_KIND_RESTART
+    assert [a.kind for a in plan.alternatives] == [K.ACTION_KIND_REROUTE]
+
+
+# ---- nodes routed around and their reinstatement -------------------------------------------------
+async def test_a_verified_reroute_of_a_dead_node_puts_it_in_avoided(bus: TestBus):
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(at_ns=2_000 * S))
+    record = json.loads(bus.kv("avoided").value("n3"))
+    assert record == {"node": "n3", "plan": "act-1", "since_ns": 2_000 * S}
+    # a degraded node routed around, or a reroute that did not verify, is not tracked
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(node="n5", fault="congestion", action_id="a5"))
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(node="n6", recovered=False, action_id="a6"))
+    assert await bus.kv("avoided").keys() == ["n3"]
+
+
+async def test_a_verified_reinstatement_takes_the_node_out_and_a_failed_one_restarts_probation(bus: TestBus):
+    avoided = bus.kv("avoided")
+    record = json.dumps({"node": "n3", "plan": "p", "since_ns": 1, "healthy_since_ns": 5, "reinstating_ns": 9})
+    await avoided.put("n3", record.encode())
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(K.ACTION_KIND_REINSTATE, recovered=False,
+                                                            action_id="ri-1"))
+    assert json.loads(avoided.value("n3")) == {"node": "n3", "plan": "p", "since_ns": 1}
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(K.ACTION_KIND_REINSTATE, recovered=True,
+                                                            action_id="ri-2"))
+    assert avoided.value("n3") is None
+
+
+async def test_an_avoided_node_healthy_through_its_probation_is_reinstated():
+    bus = TestBus(service="planner")
+    telemetry: dict[str, events_pb2.NodeTelemetry] = {}
+    d = deps(PlannerSettings(reinstate_after_s=10.0, action_timeout_s=7.0), telemetry)
+    await bus.kv("avoided").put("n3", planning.avoided_record("n3", "act-1", 1_000 * S))
+    ctx = bus.context()
+    # still silent: nothing moves
+    await stage.reinstate_tick(ctx, d, 1_001 * S)
+    assert "healthy_since_ns" not in json.loads(bus.kv("avoided").value("n3"))
+    # back and healthy: the probation starts
+    telemetry["n3"] = tel("n3")
+    await stage.reinstate_tick(ctx, d, 1_002 * S)
+    assert json.loads(bus.kv("avoided").value("n3"))["healthy_since_ns"] == 1_002 * S
+    # unhealthy during probation (critical cpu): it starts over
+    telemetry["n3"] = tel("n3", cpu_pct=99.0)
+    await stage.reinstate_tick(ctx, d, 1_005 * S)
+    assert "healthy_since_ns" not in json.loads(bus.kv("avoided").value("n3"))
+    telemetry["n3"] = tel("n3")
+    await stage.reinstate_tick(ctx, d, 1_006 * S)
+    await stage.reinstate_tick(ctx, d, 1_015 * S)         # 9 s of the 10: not yet
+    assert bus.messages(subjects.MAPEK_PLAN) == []
+    await stage.reinstate_tick(ctx, d, 1_016 * S)
+    [plan] = bus.messages(subjects.MAPEK_PLAN)
+    assert plan.action == events_pb2.ActionSpec(kind=K.ACTION_KIND_REINSTATE, target_node="n3")
+    assert plan.decision == K.DECISION_KIND_AUTO_EXECUTE and plan.first_symptom_unix_ns == 1_006 * S
+    [req] = bus.messages(subjects.MAPEK_ACTION)
+    assert req.plan_id == plan.plan_id and req.timeout_s == 7.0 and req.meta.cycle_id == plan.meta.cycle_id
+    [audit] = bus.audited("decision")
+    assert audit.details["action"] == "reinstate" and audit.cycle_id == plan.meta.cycle_id
+    # the reinstatement is under way: later ticks wait for its verification
+    await stage.reinstate_tick(ctx, d, 1_020 * S)
+    assert len(bus.messages(subjects.MAPEK_PLAN)) == 1
+    assert json.loads(bus.kv("avoided").value("n3"))["reinstating_ns"] == 1_016 * S
+
+
+async def test_reinstating_turned_off_runs_no_loop():
+    d = deps(PlannerSettings(reinstate_after_s=0), {})
+
+    async def never(_s: float) -> None:
+        raise AssertionError("the loop must not tick")
+    await stage.reinstate_loop(TestBus(service="planner").context(), d, sleep=never)
+
+
+async def test_the_loop_ticks_every_reinstate_tick_s():
+    bus = TestBus(service="planner")
+    telemetry = {"n3": tel("n3")}
+    d = deps(PlannerSettings(reinstate_after_s=10.0, reinstate_tick_s=0.5), telemetry)
+    d.clock_ns = lambda: 5_000 * S
+    await bus.kv("avoided").put("n3", planning.avoided_record("n3", "act-1", 1_000 * S))
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        if len(slept) == 2:
+            raise StopAsyncIteration      # end the loop after two ticks
+        slept.append(s)
+    with pytest.raises(StopAsyncIteration):
+        await stage.reinstate_loop(bus.context(), d, sleep=sleep)
+    assert slept == [0.5, 0.5]
+    assert json.loads(bus.kv("avoided").value("n3"))["healthy_since_ns"] == 5_000 * S
