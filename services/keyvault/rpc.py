@@ -66,7 +66,7 @@ async def subscribe(nc: NATS, api: KeyvaultApi) -> Subscription:
             return
         try:
             await nc.publish(msg.reply, data, headers=headers)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the caller gets an INTERNAL error instead of a timeout
             log.error("%s: cannot send the reply: %s", msg.subject, e)
             await nc.publish(msg.reply, b"", headers=error_headers("INTERNAL", f"cannot send the reply: {e}"))
     return await nc.subscribe(subjects.KEYVAULT_RPC_ALL, queue=QUEUE, cb=on_request)

@@ -145,7 +145,7 @@ class SharedVault(SharedState):
         """Return once the cache holds every write the bucket acknowledged before this call."""
         try:
             seq = await self.last_seq()
-        except Exception as e:  # NATS down: answer UNAVAILABLE, not INTERNAL
+        except Exception as e:  # noqa: BLE001 - NATS down: answer UNAVAILABLE, not INTERNAL
             raise Unavailable(f"keyvault state: cannot reach JetStream bucket {BUCKET!r}: {e}") from None
         if self.seen < seq:
             await self._wait_seen(seq)
