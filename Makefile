@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
 	@echo "make test        set up and run the test suite"
+	@echo "make lint        ruff, mypy on libs/ and the import contract (the domain does no I/O)"
 	@echo "make up / down   run the embedded stack in the foreground / stop a detached one"
 	@echo "make bench       benchmarks (ratios against raw baselines measured in the same run)"
 	@echo "make bench-mttr  measured MTTR on a 50-node mesh"
@@ -53,6 +54,12 @@ down: $(STAMP)
 
 test: $(STAMP) ebpf-setup
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# configured in pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP) ebpf-setup
 	$(BIN)/python bench/run.py

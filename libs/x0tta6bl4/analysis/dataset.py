@@ -77,6 +77,7 @@ def generate_split(
         windows = TelemetrySimulator(g, seed=sim_seed).run(num_windows)
         first_window: dict = {}
         for w in windows:
+            assert w.labels is not None, "the simulator labels every window"
             for inc in w.labels.incidents:
                 first_window.setdefault(inc["root"], w.index)
         for w in windows:

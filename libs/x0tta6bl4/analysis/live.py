@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,14 +192,14 @@ def to_window(history: Iterable[Snapshot], current: Snapshot) -> Converted:
         seq = [s.samples[nid] for s in past if nid in s.samples] + [current.samples[nid]]
         series[i, t - len(seq):] = seq
         series[i, : t - len(seq)] = seq[0]
-    neighbours: dict[str, list[str]] = {}
+    neighbours: dict[Hashable, list[Hashable]] = {}
     dropped: list[tuple[str, str]] = []
     for nid in ids:
-        keep = []
+        keep: list[Hashable] = []
         for p in current.neighbours.get(nid, []):
             if p in current.samples:
                 keep.append(p)
             else:
                 dropped.append((nid, p))
         neighbours[nid] = keep
-    return Converted(TelemetryWindow(node_ids=ids, neighbours=neighbours, series=series), dropped)
+    return Converted(TelemetryWindow(node_ids=list(ids), neighbours=dict(neighbours), series=series), dropped)

@@ -31,6 +31,10 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
 
 
 class SageNet(nn.Module):
+    mu: torch.Tensor            # buffers (register_buffer), saved with the weights
+    sigma: torch.Tensor
+    temperature: torch.Tensor
+
     def __init__(self, in_dim: int = NUM_FEATURES, hidden: int = 48, num_types: int = len(FAULT_TYPES)):
         super().__init__()
         self.in_dim, self.hidden, self.num_types = in_dim, hidden, num_types
@@ -114,6 +118,7 @@ class GraphSAGEAnomalyDetector:
             attrib = None
             if explain is not None and explain.size:
                 a[torch.from_numpy(explain)].sum().backward()
+                assert z.grad is not None, "z requires grad"
                 attrib = (z.grad * z).detach().numpy()
         return (
             prob.detach().numpy(),
@@ -136,7 +141,7 @@ class GraphSAGEAnomalyDetector:
         prob, ftype, root, attrib = self.scores(nf.x, nf.edge_index, idx)
         conf = np.where(anom, prob, 1 - prob)
         types = [FAULT_TYPES[k] for k in ftype]
-        top = {int(i): self._top3(attrib[i]) for i in idx} if attrib is not None else {}
+        top = {int(i): self._top3(attrib[i]) for i in idx} if attrib is not None and idx is not None else {}
         incidents, member_of = group_incidents(
             nf.node_ids, nf.edge_index, anom, prob, root, types, conf, self.name, top
         )

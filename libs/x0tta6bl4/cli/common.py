@@ -5,7 +5,7 @@ import asyncio
 import os
 import pathlib
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,7 +28,7 @@ def nats_url(explicit: str | None, data_dir: pathlib.Path = DEFAULT_DATA_DIR) ->
     return locate.nats_url(explicit, data_dir)
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from rich.panel import Panel
 
@@ -39,6 +40,7 @@ def start_mesh(stack: Stack, nodes: int) -> tuple[subprocess.Popen, list[str]]:
                                  "--topology", f"grid:{n}", "--traffic", f"n0:n{n - 1}", "--data-dir",
                                  str(stack.data_dir)], cwd=repo_root(), env=env, stdout=subprocess.PIPE,
                                 stderr=log, start_new_session=True, text=True)
+    assert proc.stdout is not None, "started with stdout=PIPE"
     line = proc.stdout.readline()
     if not line:
         raise RuntimeError(f"mesh host did not start; see {stack.data_dir / 'logs' / 'mesh-host.log'}")
@@ -92,9 +94,10 @@ async def scenario(stack: Stack, nodes: list[str], timeout_s: float) -> int:
     for msg in await read_all(js, "mapek.>"):
         if msg.subject == subjects.MAPEK_HEALTH:
             continue
-        cls = {subjects.MAPEK_TELEMETRY: events_pb2.TelemetryWindow, subjects.MAPEK_ANOMALY: events_pb2.Anomaly,
-               subjects.MAPEK_PLAN: events_pb2.Plan, subjects.MAPEK_ACTION: events_pb2.ActionRequest,
-               subjects.MAPEK_RESULT: events_pb2.ActionResult, subjects.MAPEK_VERIFIED: events_pb2.Verification}
+        cls: dict[str, Any] = {
+            subjects.MAPEK_TELEMETRY: events_pb2.TelemetryWindow, subjects.MAPEK_ANOMALY: events_pb2.Anomaly,
+            subjects.MAPEK_PLAN: events_pb2.Plan, subjects.MAPEK_ACTION: events_pb2.ActionRequest,
+            subjects.MAPEK_RESULT: events_pb2.ActionResult, subjects.MAPEK_VERIFIED: events_pb2.Verification}
         ev = cls[msg.subject].FromString(msg.data)
         if ev.meta.cycle_id == cycle_id:
             events.append((msg, ev))

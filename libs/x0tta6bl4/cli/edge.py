@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import signal
+from typing import Any
 
 import typer
 
@@ -73,7 +74,7 @@ def setup(node: str, offline: bool = typer.Option(False, "--offline", help="prov
         _print(EdgeNode.open(d, node).status(), as_json)
         return
     try:
-        policy = {"min_confidence": min_confidence}
+        policy: dict[str, Any] = {"min_confidence": min_confidence}
         if allow_action:
             policy["allowed_actions"] = list(allow_action)
         en = EdgeNode.setup(d, node, offline=offline, topology=topology,

@@ -21,7 +21,7 @@ import os
 import pathlib
 import secrets
 import sys
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -154,8 +154,8 @@ def action_spec(kind: str, target: str = "", params: list[str] | None = None):
             raise GovError(f"--param must be KEY=VALUE, got {p!r}")
         k, v = p.split("=", 1)
         out[k] = v
-    return events_pb2.ActionSpec(kind=events_pb2.ActionKind.Value("ACTION_KIND_" + kind.upper()),
-                                 target_node=target, params=out)
+    action_kind = cast("events_pb2.ActionKind", events_pb2.ActionKind.Value("ACTION_KIND_" + kind.upper()))
+    return events_pb2.ActionSpec(kind=action_kind, target_node=target, params=out)
 
 
 def create(addr: str, title: str, duration_s: float, *, description: str = "", action: str = "config_change",
@@ -164,7 +164,7 @@ def create(addr: str, title: str, duration_s: float, *, description: str = "", a
            key_file: pathlib.Path | None = None, admin_token: str | None = None):
     """Open a proposal: signed by the proposer's key when ``key_file`` is given (the proposer is then
     a ledger identity), else with the ledger admin token (``locate.admin_token``)."""
-    from x0tta6bl4.governance import Action, GovernanceError, proposal_signing_payload
+    from x0tta6bl4.governance import Action, ActionKind, GovernanceError, proposal_signing_payload
     from x0tta6bl4.v1 import governance_pb2 as g
     spec = action_spec(action, target, params)
     req = g.CreateProposalRequest(
@@ -177,7 +177,7 @@ def create(addr: str, title: str, duration_s: float, *, description: str = "", a
         try:
             payload = proposal_signing_payload(
                 title=req.title, description=req.description,
-                action=Action(kind=action, params=dict(spec.params), target_node=spec.target_node),
+                action=Action(kind=ActionKind(action), params=dict(spec.params), target_node=spec.target_node),
                 proposer=req.proposer, duration_s=req.duration_s, quorum=req.quorum, threshold=req.threshold,
                 execution_window_s=req.execution_window_s, request_id=req.request_id, nonce=req.nonce)
         except GovernanceError as e:
@@ -198,8 +198,9 @@ def vote(addr: str, proposal: str, voter: str, choice: str, tokens: float, key_f
     key = load_private(key_file)
     nonce = secrets.token_bytes(32)
     sig = key.sign(vote_signing_payload(proposal, voter, c, float(tokens), nonce))
+    vote_choice = cast("g.VoteChoice", g.VoteChoice.Value("VOTE_CHOICE_" + c))
     return call(stub(addr).CastVote, g.CastVoteRequest(
-        proposal_id=proposal, voter=voter, choice=g.VoteChoice.Value("VOTE_CHOICE_" + c), tokens=float(tokens),
+        proposal_id=proposal, voter=voter, choice=vote_choice, tokens=float(tokens),
         nonce=nonce, signature=sig, vote_id=vote_id))
 
 
@@ -212,7 +213,7 @@ def list_proposals(addr: str, state: str = "", page_size: int = 50, page_token: 
     from x0tta6bl4.v1 import governance_pb2 as g
     if state and state.lower() not in STATES:
         raise GovError(f"--state must be one of {', '.join(STATES)}, got {state!r}")
-    st = g.ProposalState.Value("PROPOSAL_STATE_" + state.upper()) if state else 0
+    st = cast("g.ProposalState", g.ProposalState.Value("PROPOSAL_STATE_" + state.upper()) if state else 0)
     return call(stub(addr).ListProposals, g.ListProposalsRequest(state=st, page_size=page_size,
                                                                  page_token=page_token))
 

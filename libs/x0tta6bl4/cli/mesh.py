@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from typing import cast
 
 import typer
 from rich.table import Table
@@ -48,7 +49,8 @@ fault_app = typer.Typer(help="Inject faults into the running mesh (MeshCommand o
                         no_args_is_help=True)
 
 C = mesh_pb2.MeshCommand
-COLOR = {common_pb2.HEALTH_HEALTHY: "green", common_pb2.HEALTH_WARNING: "yellow", common_pb2.HEALTH_CRITICAL: "red"}
+COLOR: dict[int, str] = {common_pb2.HEALTH_HEALTHY: "green", common_pb2.HEALTH_WARNING: "yellow",
+                         common_pb2.HEALTH_CRITICAL: "red"}
 TOPOLOGIES = ("grid", "line", "ring", "rgg", "random_geometric", "ba", "scale_free")
 
 
@@ -317,7 +319,8 @@ def status(node: str | None = typer.Option(None, "--node", help="one node in det
         title += f" — {state['mode']} mesh {state['topology']} (pid {state['pid']})"
     table = Table("node", "health", "neighbours", "routes (dests→next hop)", "avoided", "p99 ms", "loss %",
                   "age s", title=title)
-    worst, counts = common_pb2.HEALTH_HEALTHY, defaultdict(int)
+    worst: int = common_pb2.HEALTH_HEALTHY
+    counts: defaultdict[str, int] = defaultdict(int)
     now = time.time_ns()
     for n in sorted(nodes, key=lambda n: (len(n), n)):
         t = nodes[n]
@@ -363,7 +366,7 @@ async def send_command(nc, node: str, kind: int, params: dict | None = None, pee
 
     from x0tta6bl4.bus import subjects
     from x0tta6bl4.bus.codec import new_meta
-    cmd = C(meta=new_meta("meshctl"), node_id=node, kind=kind, peer=peer,
+    cmd = C(meta=new_meta("meshctl"), node_id=node, kind=cast("mesh_pb2.MeshCommand.Kind", kind), peer=peer,
             params={k: str(v) for k, v in (params or {}).items()})
     try:
         subject = subjects.mesh_cmd(node)

@@ -17,7 +17,8 @@ NatsOpt = typer.Option(None, "--nats", help="NATS URL (default: the running stac
 DataOpt = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="stack data directory")
 simulate_app = typer.Typer(help="What-if questions to the digital twin, on the live topology.", no_args_is_help=True)
 
-COLOR = {common_pb2.HEALTH_HEALTHY: "green", common_pb2.HEALTH_WARNING: "yellow", common_pb2.HEALTH_CRITICAL: "red"}
+COLOR: dict[int, str] = {common_pb2.HEALTH_HEALTHY: "green", common_pb2.HEALTH_WARNING: "yellow",
+                         common_pb2.HEALTH_CRITICAL: "red"}
 
 
 async def live_telemetry(url: str) -> dict[str, events_pb2.NodeTelemetry]:
@@ -34,7 +35,7 @@ def status(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None
         fail("no telemetry yet: is a mesh connected to the stack? (meshctl demo, or python -m x0tta6bl4.mesh.host)")
     table = Table("node", "health", "p99 ms", "loss %", "cpu %", "mem %", "peers", "routes", "age s", "reasons",
                   title="mesh status")
-    worst = common_pb2.HEALTH_HEALTHY
+    worst: int = common_pb2.HEALTH_HEALTHY
     now = time.time_ns()
     for node in sorted(nodes, key=lambda n: (len(n), n)):
         t = nodes[node]

@@ -74,7 +74,7 @@ class EdgeState:
 
     def __init__(self, node: str, update: bytes | None = None):
         self.node = node
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.maps: dict[str, Map] = {name: self.doc.get(name, type=Map) for name in MAPS}
         if update:
             self.doc.apply_update(update)

@@ -127,9 +127,10 @@ class HostControl:
                     problems.append(f"no telemetry from {', '.join(sorted(silent))}")
                 problems += [f"{n} unreachable" for n, t in sorted(latest.items()) if not t.reachable]
                 for s in sorted(sources):
-                    t = latest.get(s)
-                    if t is not None and (t.counters.get("acked", 0) <= 0 or t.loss_pct > spec.max_loss_pct):
-                        problems.append(f"DATA from {s}: acked {t.counters.get('acked', 0):.0f}, "
+                    src_t = latest.get(s)
+                    if src_t is not None and (src_t.counters.get("acked", 0) <= 0
+                                              or src_t.loss_pct > spec.max_loss_pct):
+                        problems.append(f"DATA from {s}: acked {src_t.counters.get('acked', 0):.0f}, "
                                         f"loss {t.loss_pct:.1f}%")
                 if not problems:
                     break
@@ -250,8 +251,8 @@ class LocalPlatform(HostControl):
             return ""
         tail = ""
         if self.log_file and self.log_file.exists():
-            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-            tail = tail[0][-300:]
+            last = self.log_file.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            tail = last[0][-300:]
         return f"green exited with code {self.proc.returncode}: {tail}"
 
     async def health(self, spec: DeploySpec) -> str:

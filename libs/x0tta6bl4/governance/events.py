@@ -213,7 +213,7 @@ GovernanceEvent = (
     | ProposalCanceled | ExecutionFailed | ProposalExecuted | ProposalExpired | VoterKeyRotated
 )
 
-EVENT_TYPES: dict[str, type] = {cls.TYPE: cls for cls in typing.get_args(GovernanceEvent)}
+EVENT_TYPES: dict[str, type[GovernanceEvent]] = {cls.TYPE: cls for cls in typing.get_args(GovernanceEvent)}
 
 
 # ----------------------------------------------------------- serialization

@@ -90,12 +90,12 @@ def proposal_signing_payload(*, title: str, description: str, action: Action, pr
             raise InvalidArgument(f"{name} must be a string, got {type(v).__name__}")
     if not isinstance(action, Action):
         raise InvalidArgument(f"action must be an Action, got {type(action).__name__}")
-    nums = []
-    for name, v in (("duration_s", duration_s), ("quorum", quorum), ("threshold", threshold),
-                    ("execution_window_s", execution_window_s)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InvalidArgument(f"{name} must be a number, got {type(v).__name__}")
-        nums.append(_field(struct.pack(">d", float(v))))
+    nums: list[bytes] = []
+    for name, num in (("duration_s", duration_s), ("quorum", quorum), ("threshold", threshold),
+                      ("execution_window_s", execution_window_s)):
+        if isinstance(num, bool) or not isinstance(num, (int, float)):
+            raise InvalidArgument(f"{name} must be a number, got {type(num).__name__}")
+        nums.append(_field(struct.pack(">d", float(num))))
     if not isinstance(nonce, (bytes, bytearray)):
         raise InvalidArgument(f"nonce must be bytes, got {type(nonce).__name__}")
     params = sorted(action.params.items())

@@ -158,7 +158,7 @@ class MeshAgent:
         self.recent_events: deque[dict] = deque(maxlen=1000)
         self._event_budget: dict[str, tuple[int, int]] = {}
         self._failed_auth_reported = 0
-        self._tp_last = (0, 0)  # (time ns, bytes) at start
+        self._tp_last: tuple[int, float] = (0, 0)  # (time ns, bytes) at start
         self._tp_samples: deque[tuple[int, float]] = deque(maxlen=32)  # every ~100 ms
         self.security = None
         if security is not None:

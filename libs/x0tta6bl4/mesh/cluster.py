@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from .topology import Topology, parse_spec
 
@@ -141,8 +141,10 @@ class MeshCluster:
         return self
 
     def _wait_ready(self, i: int, p: subprocess.Popen, timeout: float) -> None:
+        out = p.stdout
+        assert out is not None, "started with stdout=PIPE"
         line: list[bytes] = []
-        t = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
+        t = threading.Thread(target=lambda: line.append(out.readline()), daemon=True)
         t.start()
         t.join(timeout)
         if not line or not line[0]:
@@ -152,7 +154,7 @@ class MeshCluster:
         if not msg.get("ready"):
             raise RuntimeError(f"mesh host {self.instances[i]}: {msg}")
         # keep draining stdout so the host never blocks on a full pipe
-        threading.Thread(target=lambda: [None for _ in iter(p.stdout.readline, b"")], daemon=True).start()
+        threading.Thread(target=lambda: [None for _ in iter(out.readline, b"")], daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> None:
         for p in self.procs:
@@ -196,8 +198,8 @@ class MeshCluster:
         from x0tta6bl4.bus import subjects
         from x0tta6bl4.bus.codec import new_meta
         from x0tta6bl4.v1 import mesh_pb2
-        cmd = mesh_pb2.MeshCommand(meta=new_meta("mesh-cluster"), node_id=node, kind=kind, peer=peer,
-                                   params=params or {})
+        cmd = mesh_pb2.MeshCommand(meta=new_meta("mesh-cluster"), node_id=node, peer=peer, params=params or {},
+                                   kind=cast("mesh_pb2.MeshCommand.Kind", kind))
         r = await nc.request(subjects.mesh_cmd(node), cmd.SerializeToString(), timeout=timeout)
         ev = mesh_pb2.MeshEvent.FromString(r.data)
         if ev.kind != "command.ok":

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import MeshRuntime
 
-OPS = {
+OPS: dict[str, int | tuple[int, int]] = {
     "kill": 1,
     "pause": 1,
     "resume": 1,

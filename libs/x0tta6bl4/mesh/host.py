@@ -54,7 +54,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
@@ -69,6 +69,13 @@ from x0tta6bl4.mesh.security import LocalAuthority, MeshTrust, NodeSecurity
 from x0tta6bl4.mesh.topology import Topology, parse_spec
 from x0tta6bl4.telemetry.tracing import setup_tracing, tracer
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.subscription import Subscription
+    from nats.js.kv import KeyValue
+
+    from x0tta6bl4.v1.keyvault_pb2_grpc import KeyvaultStub
 
 log = logging.getLogger("x0tta6bl4.mesh.host")
 C = mesh_pb2.MeshCommand
@@ -182,11 +189,11 @@ class MeshHost:
                                    event_sink=self._on_event, telemetry_interval=telemetry_interval,
                                    ack_timeout=ack_timeout, nodes=self.nodes, addresses=addresses)
         self._last_outcomes: dict[str, tuple[float, float]] = {}
-        self.nc = None
+        self.nc: Client | None = None
         self.name = "mesh-host"
         self.started_at = time.time()
         self.publisher: Publisher | None = None
-        self._subs = []
+        self._subs: list[Subscription] = []
         self._traffic: list[asyncio.Task] = []
         self.keyvault_addr = keyvault
         self.offline_keys = offline_keys
@@ -196,9 +203,9 @@ class MeshHost:
         self.trust: MeshTrust | None = None
         self.authority: LocalAuthority | None = None
         self.security: dict[str, NodeSecurity] = {}
-        self._grpc = None
-        self._stub = None
-        self._watcher = None
+        self._grpc: Any = None   # grpc.aio.Channel (grpc is imported only with a keyvault)
+        self._stub: KeyvaultStub | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self._watch_task: asyncio.Task | None = None
         # blue-green: identity, standby/active, retirement
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
@@ -220,13 +227,13 @@ class MeshHost:
 
     # ---- lifecycle ------------------------------------------------------------
     async def start(self) -> MeshHost:
-        self.nc = await connect(self.nats_url, "mesh-host")
-        self.publisher = Publisher(self.nc, "mesh-agent")
+        nc = self.nc = await connect(self.nats_url, "mesh-host")
+        self.publisher = Publisher(nc, "mesh-agent")
         if self.keyvault_addr or self.offline_keys:
             await self._setup_keys()
         for n in self.nodes:
-            self._subs.append(await self.nc.subscribe(subjects.mesh_cmd(n), cb=self._on_command))
-        await self.nc.flush()   # the server knows our command subscriptions before start() returns
+            self._subs.append(await nc.subscribe(subjects.mesh_cmd(n), cb=self._on_command))
+        await nc.flush()   # the server knows our command subscriptions before start() returns
         await self.runtime.start()
         return self
 
@@ -272,30 +279,31 @@ class MeshHost:
     async def _setup_keys(self) -> None:
         opts = self.security_options
         if self.offline_keys:
-            self.authority = LocalAuthority()
-            idents = {n: self.authority.issue(n) for n in self.nodes}
-            self.trust = self.authority.trust(max_skew_s=self.max_skew_s)
+            authority = self.authority = LocalAuthority()
+            idents = {n: authority.issue(n) for n in self.nodes}
+            trust = self.trust = authority.trust(max_skew_s=self.max_skew_s)
         else:
             import grpc
 
             from x0tta6bl4.v1 import keyvault_pb2 as kpb
             from x0tta6bl4.v1 import keyvault_pb2_grpc as kpb_grpc
+            assert self.nc is not None, "start() connects first"
             self._grpc = grpc.aio.insecure_channel(self.keyvault_addr)
-            self._stub = kpb_grpc.KeyvaultStub(self._grpc)
+            stub = self._stub = kpb_grpc.KeyvaultStub(self._grpc)
             window = float(os.environ.get("X0TTA6BL4_KEY_RELOAD_BATCH_S", "0.005"))
-            self._bundles = BundleBatcher(self._stub, window_s=max(window, 0.0), batched=window > 0)
-            info = await self._stub.Info(kpb.InfoRequest(), timeout=15)
-            self.trust = MeshTrust.pinned(info.root_public_key, max_skew_s=self.max_skew_s)
+            self._bundles = BundleBatcher(stub, window_s=max(window, 0.0), batched=window > 0)
+            info = await stub.Info(kpb.InfoRequest(), timeout=15)
+            trust = self.trust = MeshTrust.pinned(info.root_public_key, max_skew_s=self.max_skew_s)
             self._watcher, initial = await watch_bucket(self.nc.jetstream(), info.kv_bucket or "keys")
             for e in initial:
-                self.trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
+                trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
             self._watch_task = asyncio.create_task(self._watch_keys(), name="mesh-keys-watch")
             fetched = await asyncio.gather(*(self._fetch_identity(n, issue=True) for n in self.nodes))
             idents = dict(zip(self.nodes, fetched, strict=True))
-        self.trust.listeners.append(self._on_key_change)
+        trust.listeners.append(self._on_key_change)
         for n in self.nodes:
             remote = [p for p in self.topology.neighbours(n) if self.runtime.remote(p)]
-            sec = NodeSecurity(n, idents[n], self.trust, remote_peers=remote, **opts)
+            sec = NodeSecurity(n, idents[n], trust, remote_peers=remote, **opts)
             self.security[n] = sec
             self.runtime.agents[n].attach_security(sec)
             self._key_event(n, "keys.loaded", {"generation": idents[n].generation,
@@ -311,6 +319,7 @@ class MeshHost:
         from x0tta6bl4.keyvault.distribution import key_key, node_key
         from x0tta6bl4.pqc import NodeIdentity
         from x0tta6bl4.v1 import keyvault_pb2 as kpb
+        assert self._stub is not None and self.trust is not None, "only with a keyvault, after _setup_keys()"
         resp = None
         if issue:
             try:
@@ -328,14 +337,16 @@ class MeshHost:
         return await asyncio.to_thread(NodeIdentity.import_private, resp.private_bundle)
 
     async def _watch_keys(self) -> None:
+        watcher, trust = self._watcher, self.trust
+        assert watcher is not None and trust is not None, "started by _setup_keys()"
         while True:
-            e = await next_update(self._watcher, timeout=60)
+            e = await next_update(watcher, timeout=60)
             if e is None:
                 continue
             # drain what is already queued in one go: one entry per loop iteration falls far
             # behind a busy loop during a rotation (hundreds of entries at once)
-            for entry in [e, *drain_queued(self._watcher)]:
-                self.trust.apply(entry.key, entry.value, deleted=entry.operation in ("DEL", "PURGE"))
+            for entry in [e, *drain_queued(watcher)]:
+                trust.apply(entry.key, entry.value, deleted=entry.operation in ("DEL", "PURGE"))
 
     def _on_key_change(self, key: str, verified, deleted: bool) -> None:
         parts = key.split(".")
@@ -359,7 +370,8 @@ class MeshHost:
         A running neighbour hosted here is asked directly; a neighbour hosted by another process
         counts once its HELLO echoes one of ``node``'s HELLOs signed with the new key
         (:meth:`NodeSecurity.peer_accepted`); remote neighbours that are not live links are skipped."""
-        ok, wait = [], []
+        ok: list[str] = []
+        wait: list[str] = []
         mine = self.security.get(node)
         links = self.runtime.agents[node].core.neighbours.links if node in self.runtime.agents else {}
         for p in self.topology.neighbours(node):
@@ -432,6 +444,7 @@ class MeshHost:
     async def _on_telemetry(self, d: dict) -> None:
         if not self.active:
             return
+        assert self.publisher is not None, "agents run after start()"
         try:
             t = to_proto(d, len(self.runtime.agents), self._loss(d), self._p99_ms(d["node_id"]))
             await self.publisher.emit(subjects.telemetry(t.node_id), t)
@@ -441,6 +454,7 @@ class MeshHost:
     async def _on_event(self, rec: dict) -> None:
         if not self.active:
             return
+        assert self.publisher is not None, "agents run after start()"
         if rec["kind"] not in ("neighbour_lost", "route_broken", "route_repaired") and \
                 not rec["kind"].startswith(("security", "keys.", "channel.")):
             return
@@ -467,7 +481,7 @@ class MeshHost:
             ok, detail = False, str(e)
         reply = mesh_pb2.MeshEvent(meta=new_meta("mesh-agent"), node_id=node,
                                    kind="command.ok" if ok else "command.failed", details={"detail": detail})
-        if msg.reply:
+        if msg.reply and self.nc is not None:   # commands arrive only through self.nc
             await self.nc.publish(msg.reply, reply.SerializeToString())
 
     # ---- blue-green ---------------------------------------------------------------

@@ -49,7 +49,7 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
@@ -59,6 +59,9 @@ from x0tta6bl4.mesh.host import to_proto
 from x0tta6bl4.mesh.netns import NetnsMesh, netns_available
 from x0tta6bl4.mesh.topology import Topology, parse_spec
 from x0tta6bl4.v1 import mesh_pb2
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 log = logging.getLogger("x0tta6bl4.mesh.netns_host")
 C = mesh_pb2.MeshCommand
@@ -78,7 +81,7 @@ class NetnsHost:
         self.mesh = NetnsMesh(topology, port=port, hello_interval=hello_interval, miss_count=miss_count,
                               telemetry_interval=telemetry_interval, prefix=prefix, on_record=self._on_record,
                               log_data=True, max_records=2000)
-        self.nc = None
+        self.nc: Client | None = None
         self.publisher: Publisher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[str, dict]] = asyncio.Queue(maxsize=10_000)
@@ -92,12 +95,12 @@ class NetnsHost:
     # ---- lifecycle ------------------------------------------------------------
     async def start(self) -> NetnsHost:
         self._loop = asyncio.get_running_loop()
-        self.nc = await connect(self.nats_url, "mesh-netns-host")
-        self.publisher = Publisher(self.nc, "mesh-agent", retry_for_s=5.0)
+        nc = self.nc = await connect(self.nats_url, "mesh-netns-host")
+        self.publisher = Publisher(nc, "mesh-agent", retry_for_s=5.0)
         self._pump = asyncio.create_task(self._pump_loop())
         await asyncio.to_thread(self.mesh.build)
         for n in self.topology.nodes:
-            self._subs.append(await self.nc.subscribe(subjects.mesh_cmd(n), cb=self._on_command))
+            self._subs.append(await nc.subscribe(subjects.mesh_cmd(n), cb=self._on_command))
         await asyncio.to_thread(self.mesh.start, self.traffic, self.rate)
         return self
 
@@ -146,6 +149,7 @@ class NetnsHost:
         return xs[min(len(xs) - 1, int(0.99 * len(xs)))] if xs else 0.0
 
     async def _pump_loop(self) -> None:
+        assert self.publisher is not None, "started by start()"
         while True:
             node, rec = await self._queue.get()
             try:
@@ -177,7 +181,7 @@ class NetnsHost:
         reply = mesh_pb2.MeshEvent(meta=new_meta("mesh-agent"), node_id=node,
                                    kind="command.ok" if ok else "command.failed",
                                    details={"detail": detail, "mode": "netns"})
-        if msg.reply:
+        if msg.reply and self.nc is not None:   # commands arrive only through self.nc
             await self.nc.publish(msg.reply, reply.SerializeToString())
 
     def _stdin(self, node: str, cmd: dict[str, Any]) -> None:

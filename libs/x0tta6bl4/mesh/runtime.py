@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -75,7 +76,7 @@ class MeshRuntime:
                 event_sink=event_sink,
                 on_deliver=deliver,
                 telemetry_interval=telemetry_interval,
-                path_loss_db=(lambda peer, _n=n: topology.path_loss_db(_n, peer)),
+                path_loss_db=functools.partial(topology.path_loss_db, n),
                 **agent_kwargs,
             )
         self.faults = AgentFaults(self)
@@ -209,7 +210,7 @@ async def _main(args: argparse.Namespace) -> int:
             "p99_latency_ms": tel["p99_latency_ms"],
             "loss_pct": tel["loss_pct"],
         }
-    out = {"type": "summary", "nodes": summary, "events": len(events)}
+    out: dict[str, Any] = {"type": "summary", "nodes": summary, "events": len(events)}
     for src, dst in flows:
         out.setdefault("paths", {})[f"{src}->{dst}"] = rt.path(src, dst)
     print(json.dumps(out, indent=None if args.json else 1), flush=True)

@@ -80,7 +80,7 @@ import struct
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from x0tta6bl4.keyvault.distribution import KeyDirectory, key_key, node_key, rev_key
 from x0tta6bl4.pqc import (
@@ -222,7 +222,8 @@ class MeshTrust:
         """:meth:`KeyDirectory.accepted_records` from an index rebuilt only after the directory changed
         (the directory's own scan parses every record's SPIFFE id on every call)."""
         if self._by_node is None:
-            d, idx = self.directory, {}
+            d = self.directory
+            idx: dict[str, list] = {}
             for kid in d.accepted_key_ids():
                 rec = d.lookup(kid)
                 if rec is None:
@@ -547,7 +548,7 @@ class NodeSecurity:
 
     def on_handshake(self, peer: str, pkt: Packet, now: int) -> str | None:
         """Process a handshake packet; None or a drop reason."""
-        body = pkt.body
+        body = cast(bytes, pkt.body)   # a handshake packet's body is raw bytes
         if len(body) < HS_HEAD.size:
             return "bad_handshake"
         ver, step, epoch = HS_HEAD.unpack_from(body, 0)
@@ -645,17 +646,17 @@ class NodeSecurity:
             self._maybe_handshake(to, link, now)
             return None
         self.counters["tx.encrypted"] += 1
-        return pkt.with_(flags=pkt.flags | FLAG_ENC, body=s.chan.seal(pkt.body, _aad(pkt)))
+        return pkt.with_(flags=pkt.flags | FLAG_ENC, body=s.chan.seal(cast(bytes, pkt.body), _aad(pkt)))
 
     def inbound(self, peer: str, pkt: Packet, now: int) -> Packet | str:
         """Open an ``ENC`` DATA packet from ``peer``: the plaintext packet or a drop reason."""
         link = self.links.get(peer)
-        body = pkt.body
+        body = cast(bytes, pkt.body)   # a DATA packet's body is raw bytes
         if len(body) < 5:
             return "bad_frame"
         ep = int.from_bytes(body[1:5], "big") >> EPOCH_SHIFT
         sess = link.recv.get(ep) if link is not None else None
-        if sess is None:
+        if link is None or sess is None:
             self._maybe_handshake(peer, self._link(peer), now, force=link is None or link.send is None)
             return "no_session"
         if self.trust.directory.is_revoked(sess.peer_key):

@@ -74,8 +74,8 @@ class SimNetwork:
             self.events.append((self.now, node, ev))
         for p in out.delivered:
             self.delivered.append((self.now, node, p))
-        for reason, p in out.drops:
-            self.drops.append((self.now, node, reason, p))
+        for reason, dropped in out.drops:
+            self.drops.append((self.now, node, reason, dropped))
         for s in out.sends:
             pkt = s.packet
             data = encode(pkt) if self.wire else None

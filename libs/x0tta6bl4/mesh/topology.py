@@ -70,7 +70,7 @@ class Topology:
         return sorted(next(iter(link - {n})) for link in self.links if n in link)
 
     def edge_list(self) -> list[tuple[str, str]]:
-        return sorted(tuple(sorted(link, key=_key)) for link in self.links)
+        return sorted((a, b) for a, b in (sorted(link, key=_key) for link in self.links))
 
     def graph(self) -> nx.Graph:
         g = nx.Graph()

@@ -78,6 +78,7 @@ async def kill_on_active_path(rt: MeshRuntime, topo: Topology, rng: random.Rando
         cands = [n for n in (path or [])[1:-1] if topo.shortest_path(src, dst, without=[n])]
         if not cands:
             return None
+        assert path is not None   # cands come from it
         victim = rng.choice(cands)
         upstream = path[path.index(victim) - 1]
         t_kill = time.monotonic_ns()

@@ -156,7 +156,7 @@ def import_bcc() -> Any:
         if "bcc" in sys.modules:
             return sys.modules["bcc"]
         try:
-            import bcc  # type: ignore[import-not-found]
+            import bcc
 
             return bcc
         except ImportError:
@@ -168,7 +168,7 @@ def import_bcc() -> Any:
         if added:
             sys.path.append(DEBIAN_DIST_PACKAGES)
         try:
-            import bcc  # type: ignore[import-not-found]
+            import bcc
 
             return bcc
         except Exception as exc:  # ImportError, OSError from libbcc.so

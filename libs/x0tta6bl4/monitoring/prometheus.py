@@ -100,8 +100,8 @@ def update_mesh(m: MonitorMetrics, state: Health) -> None:
 
 
 def remove_node(m: MonitorMetrics, node_id: str) -> None:
-    for g in m.node_value.values():
-        _try_remove(g, node_id)
+    for value in m.node_value.values():
+        _try_remove(value, node_id)
     for name in METRICS:
         _try_remove(m.node_metric_health, node_id, name)
     for g in (m.node_health, m.syscalls, m.proc_cpu, m.proc_rss):

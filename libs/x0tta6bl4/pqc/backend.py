@@ -304,7 +304,7 @@ class LibOQSBackend(Backend):
             lib.OQS_SIG_ml_dsa_65_verify_with_ctx_str.argtypes = [p, sz, p, sz, p, sz, p]
         except AttributeError as exc:
             raise BackendUnavailable(f"liboqs at {path} lacks ML-KEM-768/ML-DSA-65: {exc}") from exc
-        self._derand = getattr(lib, "OQS_KEM_ml_kem_768_keypair_derand", None)
+        self._derand: Any = getattr(lib, "OQS_KEM_ml_kem_768_keypair_derand", None)   # a ctypes function or None
         if self._derand is not None:
             self._derand.argtypes = [p, p, p]
         self._lock = threading.Lock()

@@ -16,11 +16,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, Generic, TypeVar
 
 from ._encoding import from_u64, pack, to_bytes, u64, unpack
 from .backend import Backend
 from .errors import InvalidIdentity, InvalidKey, KeyExpired
 from .keys import HYBRID_KEM_ALGORITHM, HYBRID_SIG_ALGORITHM, HybridKemPrivateKey, HybridSigningKey
+
+K = TypeVar("K", HybridSigningKey, HybridKemPrivateKey)
 
 __all__ = [
     "DEFAULT_VALIDITY_SECONDS",
@@ -87,15 +90,16 @@ class SpiffeId:
         return f"spiffe://{self.trust_domain}/node/{self.node_id}"
 
 
-class IdentityKey:
+class IdentityKey(Generic[K]):
     """A private key plus its metadata. ``repr`` shows metadata only."""
 
     __slots__ = ("generation", "not_after", "not_before", "private", "purpose")
+    private: K
 
     def __init__(
         self,
         purpose: KeyPurpose,
-        private: HybridSigningKey | HybridKemPrivateKey,
+        private: K,
         not_before: int,
         not_after: int,
         generation: int,
@@ -142,7 +146,8 @@ class NodeIdentity:
 
     __slots__ = ("kem", "signing", "spiffe_id")
 
-    def __init__(self, spiffe_id: SpiffeId, signing: IdentityKey, kem: IdentityKey) -> None:
+    def __init__(self, spiffe_id: SpiffeId, signing: IdentityKey[HybridSigningKey],
+                 kem: IdentityKey[HybridKemPrivateKey]) -> None:
         if signing.purpose is not KeyPurpose.SIGNING or kem.purpose is not KeyPurpose.KEM:
             raise InvalidKey("identity needs one signing key and one KEM key")
         self.spiffe_id, self.signing, self.kem = spiffe_id, signing, kem
@@ -204,10 +209,10 @@ class NodeIdentity:
             sid = SpiffeId(f[1].decode(), f[2].decode())
         except UnicodeDecodeError:
             raise InvalidKey("identity export: SPIFFE id is not UTF-8") from None
-        keys = []
-        for i, (purpose, ctor) in enumerate(
-            ((KeyPurpose.SIGNING, HybridSigningKey), (KeyPurpose.KEM, HybridKemPrivateKey))
-        ):
+        keys: list[IdentityKey[Any]] = []
+        slots: tuple[tuple[KeyPurpose, type[HybridSigningKey] | type[HybridKemPrivateKey]], ...] = (
+            (KeyPurpose.SIGNING, HybridSigningKey), (KeyPurpose.KEM, HybridKemPrivateKey))
+        for i, (purpose, ctor) in enumerate(slots):
             base = 3 + 5 * i
             if f[base] != purpose.value.encode():
                 raise InvalidKey(f"identity export: expected {purpose.value} key in slot {i}")

@@ -81,6 +81,10 @@ class _Public:
 
     __slots__ = ("_backend", "_handle", "_kid", "_raw")
     algorithm: str = ""
+    _raw: bytes
+    _handle: Any
+    _backend: Backend
+    _kid: str | None
 
     def public_bytes(self) -> bytes:
         """Raw standard encoding of the public key."""
@@ -94,7 +98,7 @@ class _Public:
         return kid
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and hmac.compare_digest(self._raw, other._raw)  # type: ignore[attr-defined]
+        return type(other) is type(self) and hmac.compare_digest(self._raw, other._raw)
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._raw))
@@ -144,7 +148,7 @@ class MLKEM768PrivateKey(_Private):
 
     def __init__(self, handle: Any, backend: Backend) -> None:
         self._handle, self._backend = handle, backend
-        self._pub = None  # built lazily: keygen should not pay for public-key parsing
+        self._pub: MLKEM768PublicKey | None = None  # built lazily: keygen should not pay for public-key parsing
 
     @classmethod
     def generate(cls, *, backend: Backend | None = None) -> MLKEM768PrivateKey:
@@ -210,7 +214,7 @@ class MLDSA65PrivateKey(_Private):
 
     def __init__(self, handle: Any, backend: Backend) -> None:
         self._handle, self._backend = handle, backend
-        self._pub = None  # built lazily: keygen should not pay for public-key parsing
+        self._pub: MLDSA65PublicKey | None = None  # built lazily: keygen should not pay for public-key parsing
 
     @classmethod
     def generate(cls, *, backend: Backend | None = None) -> MLDSA65PrivateKey:

@@ -35,6 +35,7 @@ class JsonlSpanExporter(SpanExporter):
         lines = []
         for s in spans:
             ctx = s.get_span_context()
+            assert ctx is not None, "an ended SDK span has a context"
             lines.append(json.dumps({
                 "trace_id": f"{ctx.trace_id:032x}",
                 "span_id": f"{ctx.span_id:016x}",

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,8 +108,8 @@ class MttrModel:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> MttrModel:
-        m = cls(**{k: (int(d[k]) if k == "miss_count" else float(d[k])) for k in _PARAMS},
-                calibrated=bool(d.get("calibrated", False)))
+        params: dict[str, Any] = {k: (int(d[k]) if k == "miss_count" else float(d[k])) for k in _PARAMS}
+        m = cls(**params, calibrated=bool(d.get("calibrated", False)))
         object.__setattr__(m, "fit_rmse_s", {k: float(v) for k, v in (d.get("fit_rmse_s") or {}).items()})
         return m
 

@@ -331,8 +331,8 @@ class TelemetrySimulator:
             x[r, down, F["rssi"]] -= 10
             x[r, down, F["latency_ms"]] += 40
             dn = np.flatnonzero(down)
-            x[np.ix_(nb, dn, [F["loss_rate"]])] += 8 * f.severity
-            x[np.ix_(nb, dn, [F["latency_ms"]])] += 15
+            x[np.ix_(nb, dn, np.array([F["loss_rate"]]))] += 8 * f.severity
+            x[np.ix_(nb, dn, np.array([F["latency_ms"]]))] += 15
             age_r = x[r, :, F["link_age"]].copy()
             for s in np.flatnonzero(on):
                 prev_r = age_r[s - 1] if s > 0 else 0.0
@@ -341,8 +341,8 @@ class TelemetrySimulator:
             # neighbours: their link to r restarts with r's, the other links age normally
             keep = (deg_nb - 1) / deg_nb
             cols = np.flatnonzero(on)
-            x[np.ix_(nb, cols, [F["link_age"]])] = (
-                x[np.ix_(nb, cols, [F["link_age"]])] * keep[:, :, None]
+            x[np.ix_(nb, cols, np.array([F["link_age"]]))] = (
+                x[np.ix_(nb, cols, np.array([F["link_age"]]))] * keep[:, :, None]
                 + (age_r[cols][None, :] / deg_nb)[:, :, None]
             )
         elif ft == "compromised":
