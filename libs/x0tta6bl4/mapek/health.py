@@ -67,7 +67,7 @@ def classify_node(t: events_pb2.NodeTelemetry,
     """Worst health over the metrics (Health proto enum), with one reason per metric out of range."""
     if not t.reachable:
         return common_pb2.HEALTH_CRITICAL, ["unreachable"]
-    worst = common_pb2.HEALTH_HEALTHY
+    worst: int = common_pb2.HEALTH_HEALTHY
     reasons: list[str] = []
     for metric, (warn, crit) in _table(thresholds):
         value = getattr(t, metric)
