@@ -25,7 +25,7 @@ from x0tta6bl4.execution.deploy import DeploySpec
 from x0tta6bl4.runtime.stack import free_port, repo_root
 from x0tta6bl4.v1 import events_pb2
 
-from testkit import mesh_ready, wait_for
+from testkit import eventually, mesh_ready, scaled
 
 NODES = {f"n{i}" for i in range(9)}
 
@@ -42,7 +42,8 @@ def start_blue(stack, health_port: int) -> subprocess.Popen:
     return proc
 
 
-async def deploy(nc, js, params: dict, timeout_s: float = 40.0) -> events_pb2.ActionResult:
+async def deploy(nc, js, params: dict, timeout_s: float | None = None) -> events_pb2.ActionResult:
+    timeout_s = timeout_s or scaled(60)
     action_id = uuid.uuid4().hex
     req = events_pb2.ActionRequest(meta=new_meta("test", cycle_id=f"deploy-{action_id[:8]}"), action_id=action_id, approved_by="operator:test",
                                    timeout_s=timeout_s,
@@ -54,22 +55,22 @@ async def deploy(nc, js, params: dict, timeout_s: float = 40.0) -> events_pb2.Ac
             r = events_pb2.ActionResult.FromString(m.data)
             if r.action_id == action_id:
                 return r
-    return await wait_for(result, timeout_s)
+    # the executor gives up after timeout_s and then publishes its result: wait a little longer than that
+    return await eventually(result, timeout_s + 10, 0.1, what=f"the ActionResult of deploy {params}")
 
 
-async def fresh_telemetry(nc, seconds: float = 8.0) -> dict[str, events_pb2.NodeTelemetry]:
+async def fresh_telemetry(nc, timeout: float = 15.0) -> dict[str, events_pb2.NodeTelemetry]:
     """Telemetry published from now on, until every node reported and DATA from n0 was acknowledged."""
     since, latest = time.time_ns(), {}
-    sub = await nc.subscribe("mesh.telemetry.*")
-    deadline = time.monotonic() + seconds
+
+    async def on(m) -> None:
+        t = events_pb2.NodeTelemetry.FromString(m.data)
+        if t.meta.ts_unix_ns >= since:
+            latest[t.node_id] = t
+    sub = await nc.subscribe("mesh.telemetry.*", cb=on)
     try:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                t = events_pb2.NodeTelemetry.FromString((await sub.next_msg(timeout=0.5)).data)
-                if t.meta.ts_unix_ns >= since:
-                    latest[t.node_id] = t
-            if set(latest) >= NODES and latest["n0"].counters.get("acked", 0) > 0:
-                break
+        await eventually(lambda: set(latest) >= NODES and latest["n0"].counters.get("acked", 0) > 0 and latest,
+                         timeout, what="fresh telemetry from every node, with DATA from n0 acknowledged")
     finally:
         await sub.unsubscribe()
     return latest
@@ -98,9 +99,10 @@ async def test_blue_green_switches_to_green_keeps_every_node_and_retires_blue(st
     hosts = HostControl(nc)
     green_pid = 0
     try:
-        await wait_for(lambda: mesh_ready(js, 9), 30)
+        await eventually(lambda: mesh_ready(js, 9), 30)
         green_port = free_port()
-        r = await deploy(nc, js, {"version": "v2", "health_port": str(green_port), "verify_timeout_s": "8"})
+        r = await deploy(nc, js, {"version": "v2", "health_port": str(green_port),   # both steps end when they pass
+                                  "health_timeout_s": f"{scaled(20):g}", "verify_timeout_s": f"{scaled(15):g}"})
         names = [s.name for s in r.steps]
         assert r.success, [(s.name, s.detail) for s in r.steps]
         assert names == ["discover blue", "start green v2 in standby", "health of green v2", "stand down blue v1",
@@ -142,11 +144,13 @@ async def test_blue_green_with_failing_health_check_rolls_back(stack_factory):
     js = nc.jetstream()
     hosts = HostControl(nc)
     try:
-        await wait_for(lambda: mesh_ready(js, 9), 30)
+        await eventually(lambda: mesh_ready(js, 9), 30)
         green_port = free_port()
-        # green v2-canary is started with --fail-health: its /health answers 503, so it never becomes healthy
+        # green v2-canary is started with --fail-health: its /health answers 503, so it never becomes healthy.
+        # The health deadline must cover green's start (a new Python process that joins NATS: 0.7 s quiet, 2.2 s
+        # with two CPU hogs beside it) or green "answered nothing" instead of 503; the check waits all of it.
         r = await deploy(nc, js, {"version": "v2-canary", "health_port": str(green_port), "fail_health": "true",
-                                  "health_timeout_s": "2"})
+                                  "health_timeout_s": f"{scaled(6):g}"})
         steps = {s.name: s for s in r.steps}
         assert not r.success
         assert "rolled back" in r.error and "health check failed" in r.error
