@@ -80,7 +80,6 @@ def per_packet(n: int) -> None:
     report("MeshTrust.check(packet), cache hit (other receivers of a HELLO) / raw verify",
            t_hit / t_raw_verify, "x")
     # channel seal/open vs raw AES-256-GCM on the same payload
-    from x0tta6bl4.mesh.security import _Link  # noqa: F401
     from x0tta6bl4.pqc import HandshakeInitiator, HandshakeResponder, Role, SecureChannel
     t0 = time.perf_counter()
     hi = HandshakeInitiator(a, b.uri, b.kem.public_key, b.signing.public_key)

@@ -88,7 +88,7 @@ async def _check_stack(url: str) -> None:
     nc = await connect(url)
     try:
         await nc.jetstream().stream_info("MESH")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no stream, no JetStream, timeout: one clear line
         fail(f"NATS at {url} has no MESH stream: is the x0tta6bl4 stack running there? (meshctl up --detach)")
     finally:
         await nc.close()
@@ -261,7 +261,7 @@ async def _telemetry_live(nc, listen_s: float) -> dict[str, events_pb2.NodeTelem
     async def cb(msg):
         try:
             t = events_pb2.NodeTelemetry.FromString(msg.data)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a malformed message is skipped
             return
         out[t.node_id] = t
     sub = await nc.subscribe("mesh.telemetry.*", cb=cb)
