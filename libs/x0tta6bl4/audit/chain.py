@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
@@ -45,7 +45,7 @@ class MLDSASigner:
         self.key_id = key_id_of(self._pub)
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> "MLDSASigner":
+    def from_seed(cls, seed: bytes) -> MLDSASigner:
         return cls(mldsa.MLDSA65PrivateKey.from_seed_bytes(seed))
 
     def seed_bytes_unsafe(self) -> bytes:
