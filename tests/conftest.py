@@ -65,16 +65,29 @@ async def nc(nats_server: NatsServer):
     await client.close()
 
 
+def unready_logs(stack: Stack, lines: int = 15) -> str:
+    out = []
+    for sp in stack.procs:
+        if sp.proc.poll() is None and not sp.ready():
+            tail = sp.log_file.read_text(errors="replace").splitlines()[-lines:] if sp.log_file.exists() else []
+            out.append(f"--- {sp.name}-{sp.index} (pid {sp.proc.pid}), last lines of {sp.log_file}:\n"
+                       + "\n".join(tail))
+    return "\n".join(out)
+
+
 @pytest.fixture
 def stack_factory(tmp_path: pathlib.Path):
     """Start a Stack (real nats-server + real service processes); everything is stopped at teardown."""
     stacks: list[Stack] = []
 
     def make(services=("monitor", "analyzer", "planner", "executor", "governance", "keyvault"),
-             replicas: int = 1, env: dict | None = None, name: str = "stack") -> Stack:
+             replicas: int = 1, env: dict | None = None, name: str = "stack", ready_s: float = 90.0) -> Stack:
         s = Stack(tmp_path / name, tuple(services), replicas, env=dict(env or {}))
         stacks.append(s)
-        return s.start()
+        try:
+            return s.start(scaled(ready_s))
+        except TimeoutError as e:   # say why: the end of each unready service's log
+            raise TimeoutError(f"{e} within {scaled(ready_s):g}s\n{unready_logs(s)}") from None
 
     yield make
     for s in stacks:

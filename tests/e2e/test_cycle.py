@@ -1,7 +1,6 @@
 """One MAPE-K cycle on the embedded stack: real nats-server, six service processes, real UDP mesh agents."""
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.runtime.stack import repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
-from testkit import mesh_ready, start_mesh, wait_for
+from testkit import eventually, eventually_sync, mesh_ready, scaled, start_mesh
 
 ORDER = [subjects.MAPEK_TELEMETRY, subjects.MAPEK_ANOMALY, subjects.MAPEK_PLAN, subjects.MAPEK_ACTION,
          subjects.MAPEK_RESULT, subjects.MAPEK_VERIFIED]
@@ -29,7 +28,7 @@ async def kill_and_follow(stack, victim="n4", timeout=20.0):
     nc = await nats.connect(stack.url)
     js = nc.jetstream()
     try:
-        await wait_for(lambda: mesh_ready(js, 9), 30)
+        await eventually(lambda: mesh_ready(js, 9), 30)
         cmd = mesh_pb2.MeshCommand(meta=new_meta("test"), node_id=victim, kind=mesh_pb2.MeshCommand.KIND_FAULT,
                                    params={"type": "kill"})
         t_kill = time.time_ns()
@@ -42,7 +41,7 @@ async def kill_and_follow(stack, victim="n4", timeout=20.0):
                 v = events_pb2.Verification.FromString(m.data)
                 if v.action.target_node == victim:
                     return v
-        v = await wait_for(verified, timeout)
+        v = await eventually(verified, timeout, 0.1, what=f"a Verification for {victim}")
         events = [(m, CLS[m.subject].FromString(m.data)) for m in await read_all(js, "mapek.>")
                   if m.subject in CLS]
         cycle = [(m, e) for m, e in events if e.meta.cycle_id == v.meta.cycle_id]
@@ -74,16 +73,19 @@ async def test_node_kill_is_healed_in_one_traced_cycle(stack_factory):
     assert plan.decision == events_pb2.DECISION_KIND_AUTO_EXECUTE and action.approved_by == "auto"
     assert result.success and all(s.ok for s in result.steps) and len(result.steps) == 8
     assert v.recovered and v.mttr_ms > 0
-    assert (v.meta.ts_unix_ns - t_kill) / 1e9 < 10, "kill to verified repair within a bounded time"
+    assert (v.meta.ts_unix_ns - t_kill) / 1e9 < scaled(10), "kill to verified repair within a bounded time"
     stamps = [e.meta.ts_unix_ns for _, e in cycle]
     assert stamps == sorted(stamps)
     cycle_audit = {a.event_type for a in audit if a.meta.cycle_id == v.meta.cycle_id}
     assert {"health.changed", "anomaly.detected", "decision", "action.executed", "verification"} <= cycle_audit
-    # the spans of the cycle were kept locally and span at least four processes
+    # the spans of the cycle were kept locally and span at least four processes (each writes its own file)
     from x0tta6bl4.telemetry.tracing import load_spans, spans_for
-    await asyncio.sleep(0.6)
-    spans = spans_for(load_spans(stack.data_dir), v.meta.cycle_id)
-    assert {"monitor", "analyzer", "planner", "executor"} <= {s["service"] for s in spans}
+
+    def services_in_trace():
+        services = {s["service"] for s in spans_for(load_spans(stack.data_dir), v.meta.cycle_id)}
+        assert {"monitor", "analyzer", "planner", "executor"} <= services, sorted(services)
+        return True
+    eventually_sync(services_in_trace, 10, 0.1)
 
 
 @pytest.mark.slow
@@ -109,10 +111,13 @@ def test_make_demo_command_heals_and_leaves_no_process_behind(tmp_path):
                        cwd=repo_root(), capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert "recovered" in p.stdout and "trace" in p.stdout and "intact" in p.stdout
-    time.sleep(0.5)
-    leftovers = [q for q in psutil.process_iter(["pid", "cmdline"])
-                 if q.info["pid"] not in before and str(tmp_path) in " ".join(q.info["cmdline"] or [])]
-    assert not leftovers, leftovers
+
+    def nothing_left():
+        left = [q for q in psutil.process_iter(["pid", "cmdline"])
+                if q.info["pid"] not in before and str(tmp_path) in " ".join(q.info["cmdline"] or [])]
+        assert not left, left
+        return True
+    eventually_sync(nothing_left, 5, 0.1)
 
 
 @pytest.mark.slow
@@ -131,7 +136,7 @@ async def test_a_rerouted_node_that_comes_back_is_reinstated_after_its_probation
         async def avoided_everywhere():
             tel = await mesh_telemetry(js)
             return all("n4" in t.avoided for n, t in tel.items() if n != "n4") and len(tel) >= 8
-        await wait_for(avoided_everywhere, 15)
+        await eventually(avoided_everywhere, 15, 0.1)
         kv = await js.key_value("avoided")
         assert (await kv.get("n4")).value
         cmd = mesh_pb2.MeshCommand(meta=new_meta("test"), node_id="n4", kind=mesh_pb2.MeshCommand.KIND_FAULT,
@@ -144,13 +149,13 @@ async def test_a_rerouted_node_that_comes_back_is_reinstated_after_its_probation
                 r = events_pb2.Verification.FromString(m.data)
                 if r.action.kind == events_pb2.ACTION_KIND_REINSTATE and r.action.target_node == "n4":
                     return r
-        r = await wait_for(reinstated, 30)
+        r = await eventually(reinstated, 30, 0.1)
         assert r.recovered, list(r.checks_failed)
 
         async def nobody_avoids():
             tel = await mesh_telemetry(js)
             return len(tel) == 9 and not any("n4" in t.avoided for t in tel.values())
-        await wait_for(nobody_avoids, 15)
+        await eventually(nobody_avoids, 15, 0.1)
         with pytest.raises(nats.js.errors.KeyNotFoundError):
             await kv.get("n4")
         plans = [events_pb2.Plan.FromString(m.data) for m in await read_all(js, subjects.MAPEK_PLAN)]
