@@ -68,7 +68,7 @@ class CommonSettings(BaseSettings):
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="comma-separated NATS server URLs")
     data_dir: pathlib.Path = Field(pathlib.Path("var"), description="local state: keys, spans, logs")
-    otlp_endpoint: str | None = Field(None, description="OTLP/gRPC endpoint for spans; spans are kept locally when unset")
+    otlp_endpoint: str | None = Field(None, description="OTLP/gRPC endpoint for spans (unset: spans kept locally)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     health_port: int = Field(0, ge=0, le=65535, description="HTTP /health, /ready, /metrics (0 = off)")
     max_deliver: int = Field(5, ge=1, le=100, description="deliveries before a message is dead-lettered")
@@ -97,7 +97,8 @@ class CommonSettings(BaseSettings):
             raise ConfigError(str(e)) from None
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
         return (init_settings, env_settings, _FileSource(settings_cls))
 
 

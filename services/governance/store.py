@@ -297,7 +297,7 @@ class GovStore:
                     self.catchup_requested = False
                     try:
                         await self.catch_up()
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - retried on the next batch
                         log.warning("governance: catch-up failed: %s", e)
                 await self._run_batch(batch)
             except asyncio.CancelledError:
@@ -370,7 +370,7 @@ class GovStore:
             try:
                 await self.load()
                 return
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - broker away: retried with back-off
                 log.warning("governance: cannot reload the log yet (%s); retrying", e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -72,8 +72,8 @@ class RuleDetector:
         return RuleResult(
             score=score,
             severity=exceed.sum(axis=1),
-            fault_type=[RULE_FAULT[names[t]] if h else "normal" for t, h in zip(top, has)],
-            top_rule=[names[t] if h else None for t, h in zip(top, has)],
+            fault_type=[RULE_FAULT[names[t]] if h else "normal" for t, h in zip(top, has, strict=True)],
+            top_rule=[names[t] if h else None for t, h in zip(top, has, strict=True)],
         )
 
     def is_anomaly(self, x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ event, so a handler re-run after a crash publishes nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pathlib
@@ -113,10 +114,8 @@ def _load_audit_signer(data_dir: pathlib.Path, service: str) -> MLDSASigner:
     data dir agree on one key: the first to create the file wins, the others load it."""
     path = data_dir / "keys" / f"audit-{service}.seed"
     if not path.exists():
-        try:
+        with contextlib.suppress(FileExistsError):   # another replica created it first
             write_secret_file(path, MLDSASigner().seed_bytes_unsafe(), create_only=True)
-        except FileExistsError:
-            pass
     return MLDSASigner.from_seed(path.read_bytes())
 
 
@@ -133,9 +132,10 @@ class Service:
         self.mirrors: dict[str, list[tuple[dict, Callable[[bytes], Any], Callable[[str, Any], None] | None]]] = {}
         self._audit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self.nc: NATS | None = None
-        self.publisher: Publisher | None = None
-        self.chain: AuditChain | None = None
+        # set by start(); a service is used only between start() and stop()
+        self.nc: NATS = None  # type: ignore[assignment]
+        self.publisher: Publisher = None  # type: ignore[assignment]
+        self.chain: AuditChain = None  # type: ignore[assignment]
         self.health: HealthServer | None = None
         self.started_at = time.time()
 
@@ -239,10 +239,8 @@ class Service:
         signer = _load_audit_signer(pathlib.Path(s.data_dir), self.name)
         self.chain = AuditChain(self.name, signer)
         kv = await self.raw_kv("audit_keys")
-        try:
+        with contextlib.suppress(KeyWrongLastSequenceError):   # pinned already (a restart, a replica)
             await kv.create(f"{self.name}.{signer.key_id}", signer.public_bytes())
-        except KeyWrongLastSequenceError:
-            pass
         for fn in self._startup:
             await fn()
         await self.audit("service.started", self.name, {"instance": s.instance, "pid": os.getpid()})
@@ -274,14 +272,12 @@ class Service:
             except Exception:
                 log.exception("shutdown hook failed")
         if self.nc and self.nc.is_connected:
-            try:
-                await asyncio.wait_for(self.audit("service.stopped", self.name, {"instance": self.settings.instance}), 2)
-            except Exception:
-                pass
-            try:
+            # best effort on the way out: the broker may be gone already
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.audit("service.stopped", self.name, {"instance": self.settings.instance}), 2)
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.flush(), 2)
-            except Exception:
-                pass
         if self.nc:
             await self.nc.close()
         if self.health:
@@ -312,7 +308,7 @@ class Service:
                 psub = await js.pull_subscribe(c.subject, durable=c.durable, stream=c.stream, config=cfg)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - broker or stream not there yet: retried
                 log.warning("%s: cannot bind consumer %s yet (%s); retrying", self.name, c.durable, e)
                 await asyncio.sleep(0.5)
         sub.bound = True
@@ -321,11 +317,11 @@ class Service:
         while not self._stopping.is_set():
             try:
                 msgs = await psub.fetch(self.settings.fetch_batch, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any fetch failure is retried
                 log.warning("%s: fetch on %s failed (%s); retrying", self.name, c.durable, e)
                 await asyncio.sleep(0.25)
                 continue
@@ -337,7 +333,8 @@ class Service:
                     await sem.acquire()
                     t = asyncio.create_task(self._handle(sub, m))
                     pending.add(t)
-                    t.add_done_callback(lambda t: (pending.discard(t), sem.release()))
+                    t.add_done_callback(pending.discard)
+                    t.add_done_callback(lambda _: sem.release())
 
     async def _handle(self, sub: Subscription, m: Msg) -> None:
         headers = dict(m.headers or {})
@@ -380,7 +377,7 @@ class Service:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a failing handler is retried, then dead-lettered
                 span.record_exception(e)
                 span.set_status(Status(StatusCode.ERROR, str(e)))
                 if deliveries >= self.settings.max_deliver:
@@ -420,7 +417,7 @@ class Service:
         await m.term()
 
 
-def run_service(name: str, settings_cls: type[CommonSettings], build: Callable[[Any], "Service"]) -> None:
+def run_service(name: str, settings_cls: type[CommonSettings], build: Callable[[Any], Service]) -> None:
     """A service's main(): settings -> build -> run. A bad setting stops it at start with one line
     naming the setting and exit code 2 (never a traceback)."""
     try:
@@ -428,5 +425,5 @@ def run_service(name: str, settings_cls: type[CommonSettings], build: Callable[[
         app = build(settings)
     except ConfigError as e:
         print(f"{name}: config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     app.run()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from google.protobuf.message import DecodeError, Message
 
 from x0tta6bl4.ids import SCHEMA_VERSION, new_meta  # noqa: F401 - re-exported
 from x0tta6bl4.v1 import common_pb2, events_pb2, governance_pb2, mesh_pb2
-
 
 M = TypeVar("M", bound=Message)
 
@@ -65,10 +64,13 @@ def _get(msg: Message, path: str):
     return obj
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _float_plan(descriptor) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Per message type: scalar float fields, repeated float fields, float-valued maps, message fields."""
-    scalars, repeated, maps, messages = [], [], [], []
+    scalars: list[str] = []
+    repeated: list[str] = []
+    maps: list[str] = []
+    messages: list[str] = []
     for fd in descriptor.fields:
         is_float = fd.cpp_type == fd.CPPTYPE_DOUBLE or fd.cpp_type == fd.CPPTYPE_FLOAT
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
@@ -118,7 +120,7 @@ def validate(msg: Message) -> Message:
     if "meta" in msg.DESCRIPTOR.fields_by_name:
         if not msg.HasField("meta"):
             raise InvalidMessage(f"{full}: missing required field meta")
-        meta = msg.meta
+        meta = cast(Any, msg).meta
         if not meta.event_id:
             raise InvalidMessage(f"{full}: missing required field meta.event_id")
         if not meta.producer:

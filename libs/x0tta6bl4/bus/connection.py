@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import nats
@@ -103,11 +104,9 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
         try:
             await js.key_value(b.name)
         except (NotFoundError, nats.js.errors.BucketNotFoundError):
-            try:
+            with contextlib.suppress(BadRequestError):   # created concurrently by another replica
                 await js.create_key_value(KeyValueConfig(bucket=b.name, history=b.history,
                                                          ttl=b.ttl_s or None, replicas=replicas))
-            except BadRequestError:
-                pass  # created concurrently by another replica
 
 
 def consumer_config(c: subjects.Consumer, max_deliver: int, ack_wait_s: float) -> ConsumerConfig:

@@ -10,9 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
 class _Checked(Protocol):
-    name: str
-    ready: bool
-    started_at: float
+    @property
+    def name(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def started_at(self) -> float: ...
 
 
 class HealthServer:
@@ -41,7 +44,7 @@ class HealthServer:
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                          f"Connection: close\r\n\r\n".encode() + body)
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

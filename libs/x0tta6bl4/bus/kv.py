@@ -7,8 +7,8 @@ import nats
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from x0tta6bl4.bus.reader import kv_snapshot
 from x0tta6bl4.bus.ports import CasConflict, Entry, KeyNotFound, Unavailable
+from x0tta6bl4.bus.reader import kv_snapshot
 
 _AWAY = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
          nats.errors.ConnectionClosedError, BucketNotFoundError)
@@ -24,14 +24,14 @@ class NatsKV:
 
     async def get(self, key: str) -> Entry:
         try:
-            e = await self.raw.get(key)
+            entry = await self.raw.get(key)
         except KeyNotFoundError:
             raise KeyNotFound(f"{self.name}/{key}") from None
         except _AWAY as e:
             raise Unavailable(f"{self.name}/{key}: {type(e).__name__}: {e}") from None
-        if e.value is None:
+        if entry.value is None:
             raise KeyNotFound(f"{self.name}/{key}")
-        return Entry(key, e.value, e.revision or 0)
+        return Entry(key, entry.value, entry.revision or 0)
 
     async def put(self, key: str, value: bytes) -> int:
         return await self.raw.put(key, value)

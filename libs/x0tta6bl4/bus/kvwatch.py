@@ -18,7 +18,6 @@ key). ``None`` markers are skipped everywhere.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -75,7 +74,7 @@ async def next_update(watcher: KeyValue.KeyWatcher, timeout: float) -> KeyValue.
             return None
         try:
             e = await watcher.updates(timeout=left)
-        except asyncio.TimeoutError:    # nats.errors.TimeoutError is one too
+        except TimeoutError:    # nats.errors.TimeoutError is one too
             return None
         if e is not None and hasattr(e, "key"):
             return e

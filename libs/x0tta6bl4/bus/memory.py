@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf.message import Message
 
@@ -236,7 +236,7 @@ class TestBus:
     async def emit(self, subject: str, msg: Message, *, cycle_id: str = "", event_id: str = "") -> Published:
         """Record a publish (as a stage's ctx.publish does): fill in meta, validate, store."""
         if "meta" in msg.DESCRIPTOR.fields_by_name:
-            m = msg.meta
+            m = cast(Any, msg).meta
             m.event_id = m.event_id or event_id or uuid.uuid4().hex
             m.cycle_id = m.cycle_id or cycle_id
             m.producer = m.producer or self.service

@@ -116,7 +116,7 @@ class Context(Protocol):
         ...
 
 
-class Reject(Exception):  # noqa: N818 - the name handlers raise, kept from bus.app
+class Reject(Exception):
     """Raised by a handler for a message that can never succeed: dead-letter it now."""
 
 

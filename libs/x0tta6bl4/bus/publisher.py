@@ -6,6 +6,7 @@ import logging
 import secrets
 import time
 import uuid
+from typing import Any, cast
 
 import nats
 from google.protobuf.message import Message
@@ -50,7 +51,7 @@ class Publisher:
 
     def prepare(self, msg: Message, cycle_id: str | None = None, event_id: str | None = None) -> Message:
         if "meta" in msg.DESCRIPTOR.fields_by_name:
-            m = msg.meta
+            m = cast(Any, msg).meta
             if event_id and not m.event_id:
                 m.event_id = event_id
             if not m.event_id:
@@ -67,8 +68,9 @@ class Publisher:
 
     def headers_for(self, msg: Message, msg_id: str) -> dict[str, str]:
         headers = inject_headers({MSG_ID: msg_id, TYPE: msg.DESCRIPTOR.full_name})
-        if "meta" in msg.DESCRIPTOR.fields_by_name and msg.meta.cycle_id:
-            headers[CYCLE] = msg.meta.cycle_id
+        meta = cast(Any, msg).meta if "meta" in msg.DESCRIPTOR.fields_by_name else None
+        if meta is not None and meta.cycle_id:
+            headers[CYCLE] = meta.cycle_id
         return headers
 
     async def emit(self, subject: str, msg: Message) -> None:
@@ -77,7 +79,7 @@ class Publisher:
         report starts is still one trace from here on."""
         self.prepare(msg)
         data = encode(msg)
-        headers = {MSG_ID: msg.meta.event_id, TYPE: msg.DESCRIPTOR.full_name,
+        headers = {MSG_ID: cast(Any, msg).meta.event_id, TYPE: msg.DESCRIPTOR.full_name,
                    "traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
         await self.nc.publish(subject, data, headers=headers)
 
@@ -85,7 +87,8 @@ class Publisher:
                       event_id: str | None = None) -> PubAck:
         self.prepare(msg, cycle_id, event_id)
         data = encode(msg)
-        msg_id = msg.meta.event_id if "meta" in msg.DESCRIPTOR.fields_by_name else (event_id or uuid.uuid4().hex)
+        has_meta = "meta" in msg.DESCRIPTOR.fields_by_name
+        msg_id = cast(Any, msg).meta.event_id if has_meta else (event_id or uuid.uuid4().hex)
         headers = self.headers_for(msg, msg_id)
         try:  # the fast path; the retry machinery only when the broker is away
             return await self.js.publish(subject, data, timeout=self.timeout_s, headers=headers)

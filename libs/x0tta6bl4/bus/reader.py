@@ -1,7 +1,7 @@
 """Reading what is stored in a stream (for meshctl, tests and verification)."""
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import nats
@@ -18,7 +18,7 @@ async def read_all(js: JetStreamContext, subject: str, stream: str | None = None
     psub = await js.pull_subscribe(subject, stream=stream, config=cfg)
     try:
         info = await psub.consumer_info()
-        pending = info.num_pending
+        pending = info.num_pending or 0
         if last is not None and pending > last:
             await psub.unsubscribe()
             stream_name = stream or await js.find_stream_name_by_subject(subject)
@@ -28,19 +28,17 @@ async def read_all(js: JetStreamContext, subject: str, stream: str | None = None
             cfg = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                  opt_start_seq=start, inactive_threshold=30.0, filter_subject=subject)
             psub = await js.pull_subscribe(subject, stream=stream_name, config=cfg)
-            pending = (await psub.consumer_info()).num_pending
+            pending = (await psub.consumer_info()).num_pending or 0
         out: list[Msg] = []
         while len(out) < pending:
             try:
                 out.extend(await psub.fetch(min(batch, pending - len(out)), timeout=2.0))
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 break
         return out[-last:] if last else out
     finally:
-        try:
+        with contextlib.suppress(Exception):   # an ephemeral consumer the server drops anyway
             await psub.unsubscribe()
-        except Exception:
-            pass
 
 
 async def follow(js: JetStreamContext, subject: str, new_only: bool = False) -> AsyncIterator[Msg]:

@@ -235,7 +235,8 @@ def describe() -> str:
                      f"| {sj.stream or 'not stored'} | {sj.doc} |")
     lines += ["", "| stream | subjects | retention | purpose |", "|---|---|---|---|"]
     for s in STREAMS:
-        age = "unlimited" if not s.max_age_s else f"{s.max_age_s / 86400:g} d" if s.max_age_s >= 86400 else f"{s.max_age_s / 3600:g} h"
+        age = ("unlimited" if not s.max_age_s else f"{s.max_age_s / 86400:g} d" if s.max_age_s >= 86400
+               else f"{s.max_age_s / 3600:g} h")
         lines.append(f"| {s.name} | {', '.join(s.subjects)} | {age}, {s.max_bytes // MB} MiB | {s.doc} |")
     lines += ["", "| key-value bucket | TTL | history | purpose |", "|---|---|---|---|"]
     for b in BUCKETS:

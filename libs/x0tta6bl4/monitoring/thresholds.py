@@ -98,17 +98,13 @@ class Band:
         return Health.CRITICAL
 
 
-def _band(name: str, w: float, c: float) -> Any:
-    return field(default_factory=lambda: Band(w, c, name))
-
-
 @dataclass(frozen=True)
 class Thresholds:
-    latency_p99_ms: Band = _band("latency_p99_ms", 40, 100)
-    loss_percent: Band = _band("loss_percent", 1, 5)
-    cpu_percent: Band = _band("cpu_percent", 70, 90)
-    memory_percent: Band = _band("memory_percent", 80, 95)
-    mttr_minutes: Band = _band("mttr_minutes", 3, 5)
+    latency_p99_ms: Band = Band(40, 100, "latency_p99_ms")
+    loss_percent: Band = Band(1, 5, "loss_percent")
+    cpu_percent: Band = Band(70, 90, "cpu_percent")
+    memory_percent: Band = Band(80, 95, "memory_percent")
+    mttr_minutes: Band = Band(3, 5, "mttr_minutes")
 
     def __post_init__(self) -> None:
         for f in fields(self):

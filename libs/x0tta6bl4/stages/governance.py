@@ -374,7 +374,7 @@ async def on_commit(events: list, links: list[dict], ctx: Context, deps: Governa
                                proposal=proposal_to_pb(eng, p))
         try:
             await deps.watch(subjects.gov_watch(e.watch_kind), ev)
-        except Exception as exc:  # watchers are best effort
+        except Exception as exc:  # noqa: BLE001 - watchers are best effort
             log.warning("governance: watch publish failed: %s", exc)
     groups: dict[str, list] = defaultdict(list)
     for e in events:
