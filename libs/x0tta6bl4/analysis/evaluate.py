@@ -131,11 +131,6 @@ def inference_timing(det, num_nodes: int = 1000, seed: int = 7, repeats: int = 7
     return {"wall_ms": float(statistics.median(wall)), "cpu_ms": float(statistics.median(cpu))}
 
 
-def inference_ms(det, num_nodes: int = 1000, seed: int = 7, repeats: int = 7) -> float:
-    """Median wall time (ms); see :func:`inference_timing`."""
-    return inference_timing(det, num_nodes, seed, repeats)["wall_ms"]
-
-
 def evaluate(
     detector=None,
     seed: int = 0,

@@ -94,9 +94,6 @@ class EdgeState:
             self.doc.apply_update(update)
         self.clock = max(self.clock, self.max_clock())
 
-    def merge_from(self, other: EdgeState) -> None:
-        self.merge(other.update(self.state_vector()))
-
     def copy(self) -> EdgeState:
         return EdgeState(self.node, self.update())
 
@@ -156,12 +153,6 @@ class EdgeState:
     def put_key_record(self, record: dict[str, Any]) -> int:
         t = self.tick()
         self.maps["keys"][record["key_id"]] = _dumps({**record, "lamport": t, "node": self.node})
-        return t
-
-    def revoke_key(self, key_id: str, reason: str = "") -> int:
-        t = self.tick()
-        self.maps["keys"][f"revoked:{key_id}@{self.node}"] = _dumps({"key_id": key_id, "reason": reason,
-                                                                    "lamport": t, "node": self.node})
         return t
 
     def key_records(self) -> dict[str, dict[str, Any]]:

@@ -91,14 +91,6 @@ class MeshCore:
             body=self.neighbours.make_hello_body(now),
         )
 
-    def link_down(self, peer: str, now: int) -> Output:
-        """Immediate loss of a neighbour (e.g. link administratively blocked)."""
-        out = Output()
-        if self.neighbours.remove(peer):
-            out.events.append(Event("neighbour_lost", peer, {"reason": "link_down"}))
-            out.extend(self.router.neighbour_lost(peer, now))
-        return out
-
     # ------------------------------------------------------------------ data
     def send_data(self, dest: str, payload: bytes, now: int, *, ack: bool = False) -> tuple[Output, Packet]:
         return self.router.originate_data(dest, payload, now, ack=ack)

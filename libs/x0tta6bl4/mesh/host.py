@@ -105,7 +105,6 @@ def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> e
     return t
 
 
-
 class BundleBatcher:
     """Coalesces this host's private-bundle fetches into one keyvault ``GetPrivateBundles`` call.
 

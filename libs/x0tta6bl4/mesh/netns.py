@@ -259,11 +259,6 @@ class NetnsMesh:
                 self.set_link(a, b, up=True)
         self.revive(n)
 
-    def link_up(self, a: str, b: str) -> bool:
-        ifname, na, _, _, _ = self.links[frozenset((a, b))]
-        out = _run("ip", "-n", self.nodes[na].ns, "-o", "link", "show", ifname, check=False).stdout
-        return "state DOWN" not in out and ",UP" in out
-
     def kill(self, n: str) -> None:
         proc = self.nodes[n].proc
         if proc is not None and proc.poll() is None:

@@ -490,12 +490,6 @@ def decode(data: bytes) -> Packet:
     )
 
 
-def decode_signed_region(data: bytes) -> bytes:
-    """Given an already-valid datagram, return the signed region (for verifiers)."""
-    p = decode(data)
-    return bytes(data[: len(data) - 2 - len(p.signature)])
-
-
 def seq_newer(a: int, b: int) -> bool:
     """RFC 3561 6.1 sequence-number comparison with 32-bit wrap-around: a > b."""
     return ((a - b) & U32_MASK) not in (0,) and ((a - b) & U32_MASK) < 0x80000000

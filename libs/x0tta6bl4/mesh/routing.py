@@ -406,11 +406,6 @@ class AodvRouter:
             raise ValueError("cannot pin a route through an avoided node")
         self.routes[dest] = Route(dest, next_hop, hops, 0, False, True, 1 << 62, pinned=True)
 
-    def unpin(self, dest: str) -> None:
-        r = self.routes.get(dest)
-        if r is not None and r.pinned:
-            del self.routes[dest]
-
     # ================================================================ data
     def originate_data(
         self, dest: str, payload: bytes, now: int, *, ack: bool = False, ttl: int | None = None

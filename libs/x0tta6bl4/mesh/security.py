@@ -214,9 +214,6 @@ class MeshTrust:
         return None
 
     # -- lookups for handshakes ----------------------------------------------------
-    def node_of(self, key_id: str) -> str | None:
-        rec = self.directory.lookup(key_id)
-        return SpiffeId.parse(rec.spiffe_id).node_id if rec is not None else None
 
     def accepted_records(self, node: str) -> list:
         """:meth:`KeyDirectory.accepted_records` from an index rebuilt only after the directory changed

@@ -152,6 +152,3 @@ class SimNetwork:
     def data_delivered(self, node: str, since: int = 0) -> list[Packet]:
         return [p for t, n, p in self.delivered
                 if n == node and t >= since and p.type == DATA and not p.flags & FLAG_ACK]
-
-    def events_of(self, kind: str, node: str | None = None) -> list[tuple[int, str, Event]]:
-        return [e for e in self.events if e[2].kind == kind and (node is None or e[1] == node)]

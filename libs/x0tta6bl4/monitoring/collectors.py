@@ -166,10 +166,6 @@ class Snapshot:
     events: tuple[KernelEvent, ...] = ()
     lost_events: int = 0
 
-    @property
-    def security_events(self) -> tuple[KernelEvent, ...]:
-        return tuple(e for e in self.events if e.is_security)
-
 
 @runtime_checkable
 class Collector(Protocol):

@@ -30,7 +30,7 @@ import os
 import pathlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -429,9 +429,6 @@ class KernelFeed:
             return {}
         k.update(self._security_counts(node, time.monotonic()))
         return k
-
-    def nodes_of(self, pids: Iterable[int]) -> set[str]:
-        return {n for p in pids for n in self.hosts.get(p, ())}
 
 
 # core NATS request/reply: the running monitor says which collector runs (meshctl monitor info)

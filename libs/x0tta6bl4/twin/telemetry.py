@@ -266,6 +266,7 @@ class TelemetrySimulator:
         inten = f.severity * np.clip((t - f.onset_step + 1) / ramp, 0, 1) * on
         nb = self.neigh[r]
         deg_nb = np.maximum(self.deg[nb], 1)[:, None]
+
         def noise(scale: float, shape: tuple[int, ...] = (S,)) -> np.ndarray:
             return rng.normal(0, scale, shape)
 

@@ -93,12 +93,6 @@ class MeshDigitalTwin:
         self._cache = None
         return g
 
-    def invalidate(self) -> None:
-        """Drop cached arrays. The cache is keyed on the graph object and its
-        node/edge counts; call this after mutating ``self.graph`` in place in a
-        way that keeps both counts (e.g. moving one link)."""
-        self._cache = None
-
     # --------------------------------------------------------------- internals
     def _arrays(self):
         if self._cache is None or self._cache[0] is not self.graph or self._cache[1] != (

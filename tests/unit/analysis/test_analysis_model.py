@@ -94,7 +94,7 @@ def test_predict_simple_interface(det):
 
 def test_inference_1000_nodes_under_50ms(det):
     # CPU time on one torch thread (shared machine: wall-clock is reported by the bench,
-    # evaluate.inference_ms); includes feature extraction, explanation and incident grouping.
+    # evaluate.inference_timing); includes feature extraction, explanation and incident grouping.
     g = MeshDigitalTwin("b").create_test_topology(1000, 5.0, 3)
     w = TelemetrySimulator(g, seed=3).run(2)[-1]
     threads = torch.get_num_threads()
