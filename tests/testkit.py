@@ -1,7 +1,8 @@
 """Helpers for tests (importable as `testkit`).
 
 Waiting: a test never sleeps for a fixed time hoping something has happened; it polls the condition with
-``eventually`` (async tests) or ``eventually_sync`` (plain tests, threads) until it holds or a deadline passes.
+``eventually`` (async tests) or ``eventually_sync`` (plain tests, threads) until it holds or a deadline passes,
+and checks that something does NOT happen with ``consistently`` (the condition holds at every poll of a window).
 Deadlines are multiplied by ``X0TTA6BL4_TEST_TIMEOUT_SCALE`` (default 1) for slow or loaded machines.
 """
 from __future__ import annotations
@@ -132,6 +133,28 @@ def eventually_sync(check: Callable[[], Any], timeout: float = 10.0, interval: f
         if poll.expired():
             raise poll.timeout_error() from poll.error
         time.sleep(poll.pause(interval))
+
+
+async def consistently(check: Callable[[], Any], during: float = 1.0, interval: float = 0.05, *,
+                       what: str | None = None) -> None:
+    """The opposite wait, for "nothing happens": ``check()`` (sync or async) must hold at every poll for
+    ``during`` seconds (scaled: a slow machine gives a bug longer to show). Fails at the first poll where it
+    does not, with the value or assertion that broke it."""
+    poll = _Poll(check, during, what)
+    while True:
+        try:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+        except AssertionError as e:
+            raise AssertionError(f"stopped holding after {time.monotonic() - poll.t0:.2f}s: "
+                                 f"{poll.describe()}; {e}") from e
+        if not value:
+            raise AssertionError(f"stopped holding after {time.monotonic() - poll.t0:.2f}s: {poll.describe()}; "
+                                 f"value: {value!r}")
+        if poll.expired():
+            return
+        await asyncio.sleep(poll.pause(interval))
 
 
 wait_for = eventually   # the former name, for callers not yet renamed

@@ -2,13 +2,12 @@
 executes nothing. Real stack, real mesh agents, real gRPC, ML-DSA-65 signed votes."""
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 import grpc
 import nats
 import pytest
-from testkit import mesh_ready, start_mesh, wait_for
+from testkit import consistently, eventually, mesh_ready, start_mesh
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
@@ -40,7 +39,7 @@ async def governed_incident(stack_factory, choice: str):
     nc = await nats.connect(stack.url)
     js = nc.jetstream()
     try:
-        await wait_for(lambda: mesh_ready(js, 9), 30)
+        await eventually(lambda: mesh_ready(js, 9), 30)
         cmd = mesh_pb2.MeshCommand(meta=new_meta("test"), node_id="n4", kind=mesh_pb2.MeshCommand.KIND_FAULT,
                                    params={"type": "latency", "ms": "110"})
         await nc.request(subjects.mesh_cmd("n4"), cmd.SerializeToString(), timeout=5)
@@ -48,7 +47,7 @@ async def governed_incident(stack_factory, choice: str):
         async def proposal_for_n4():
             r = await gov.ListProposals(g.ListProposalsRequest(state=g.PROPOSAL_STATE_ACTIVE))
             return next((p for p in r.proposals if p.action.target_node == "n4"), None)
-        proposal = await wait_for(proposal_for_n4, 30)
+        proposal = await eventually(proposal_for_n4, 30, 0.1)
         assert proposal.action.kind == events_pb2.ACTION_KIND_REROUTE
 
         async def actions_for_n4():
@@ -82,13 +81,13 @@ async def cleanup(stack):
 async def test_passed_vote_executes_the_plan_and_marks_the_proposal_executed(stack_factory):
     stack, gov, js, proposal, actions_for_n4 = await governed_incident(stack_factory, "YES")
     try:
-        (action,) = await wait_for(actions_for_n4, 20)
+        (action,) = await eventually(actions_for_n4, 20, 0.1)
         assert action.approved_by == f"dao:{proposal.id}" and action.proposal_id == proposal.id
 
         async def executed():
             p = await gov.GetProposal(g.GetProposalRequest(id=proposal.id))
             return p if p.state == g.PROPOSAL_STATE_EXECUTED else None
-        await wait_for(executed, 20)
+        await eventually(executed, 20, 0.1)
         results = [events_pb2.ActionResult.FromString(m.data) for m in await read_all(js, subjects.MAPEK_RESULT)]
         assert any(r.action_id == action.action_id and r.success for r in results)
         # the vote, the action and the result belong to the plan's cycle
@@ -107,9 +106,10 @@ async def test_rejected_vote_executes_nothing(stack_factory):
         async def rejected():
             p = await gov.GetProposal(g.GetProposalRequest(id=proposal.id))
             return p if p.state == g.PROPOSAL_STATE_REJECTED else None
-        p = await wait_for(rejected, 20)
+        p = await eventually(rejected, 20, 0.1)
         assert "THRESHOLD" in p.close_reason.upper()
-        await asyncio.sleep(2.0)
-        assert await actions_for_n4() == []
+        async def no_action_for_n4():
+            return await actions_for_n4() == []
+        await consistently(no_action_for_n4, 2.0, 0.2)
     finally:
         await cleanup(stack)

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import testkit
-from testkit import eventually, eventually_sync
+from testkit import consistently, eventually, eventually_sync
 
 
 def test_returns_the_first_truthy_value_and_retries_falsy_and_failed_assertions():
@@ -61,3 +61,10 @@ def test_deadlines_scale_with_the_environment(monkeypatch):
         monkeypatch.setenv(testkit.SCALE_ENV, bad)
         with pytest.raises(ValueError, match="expected a positive number"):
             testkit._timeout_scale()
+
+
+async def test_consistently_holds_for_the_window_or_fails_at_the_first_break():
+    await consistently(lambda: True, during=0.05, interval=0.01)
+    calls = itertools.count(1)
+    with pytest.raises(AssertionError, match=r"stopped holding after .*; value: False"):
+        await consistently(lambda: next(calls) < 3, during=5, interval=0.01)
