@@ -113,7 +113,7 @@ async def pipeline(stack: Stack, cycles: int) -> dict:
         if name == "result":
             got[node] = time.time_ns()
 
-    sub = await nc.subscribe("mapek.>", cb=on_msg)
+    sub = await nc.subscribe(subjects.MAPEK_ALL, cb=on_msg)
     sent: dict[str, int] = {}
     for i in range(cycles):
         node = f"b{i}"

@@ -46,6 +46,7 @@ import threading
 import time
 from pathlib import Path
 
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.monitoring import bpf_loader
 from x0tta6bl4.monitoring.collectors import EbpfCollector, EbpfUnavailable, KernelEvent, ProcCollector
 
@@ -238,7 +239,7 @@ def bus_delay(n: int) -> dict:
         try:
             end = time.monotonic() + 30  # the monitor loads its BPF programs in the background
             while True:
-                r = json.loads((await nc.request("monitor.rpc.Info", b"", timeout=2)).data)
+                r = json.loads((await nc.request(subjects.MONITOR_INFO, b"", timeout=2)).data)
                 if r["state"] != "starting":
                     break
                 if time.monotonic() > end:

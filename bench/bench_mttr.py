@@ -150,8 +150,8 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
     nc = await nats.connect(stack.url)
     js = nc.jetstream()
     rec = Recorder()
-    await nc.subscribe("mapek.>", cb=rec.on_msg)
-    await nc.subscribe("mesh.event.*", cb=rec.on_msg)
+    await nc.subscribe(subjects.MAPEK_ALL, cb=rec.on_msg)
+    await nc.subscribe(subjects.MESH_EVENT_ALL, cb=rec.on_msg)
     src, dst = nodes[0], nodes[-1]
     stop_voting = asyncio.Event()
     if scenario == "degrade":

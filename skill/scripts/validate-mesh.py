@@ -24,6 +24,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "libs"))
 
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.connection import connect_once
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import SPEC_THRESHOLDS, classify_node, classify_value
@@ -54,7 +55,7 @@ async def latest_verification(nc):
     from nats.js.errors import NotFoundError
     js = nc.jetstream()
     try:
-        msg = await js.get_last_msg("MAPEK", "mapek.verified")
+        msg = await js.get_last_msg(subjects.STREAM_MAPEK, subjects.MAPEK_VERIFIED)
     except NotFoundError:
         return None
     except Exception:  # noqa: BLE001 - no stream yet

@@ -91,7 +91,7 @@ async def scenario(stack: Stack, nodes: list[str], timeout_s: float) -> int:
     m, v = verification
     cycle_id = v.meta.cycle_id
     events = []
-    for msg in await read_all(js, "mapek.>"):
+    for msg in await read_all(js, subjects.MAPEK_ALL):
         if msg.subject == subjects.MAPEK_HEALTH:
             continue
         cls: dict[str, Any] = {
@@ -113,7 +113,7 @@ async def scenario(stack: Stack, nodes: list[str], timeout_s: float) -> int:
     if spans:
         console.print(trace_tree(spans, f"trace {trace_id} ({len(spans)} spans across "
                                         f"{len({s['service'] for s in spans})} processes)"))
-    audit = [events_pb2.AuditEvent.FromString(a.data) for a in await read_all(js, "audit.>")]
+    audit = [events_pb2.AuditEvent.FromString(a.data) for a in await read_all(js, subjects.AUDIT_ALL)]
     report = verify_chains(audit)
     console.print(f"audit trail: {report.events} signed events in {report.chains} hash chains — "
                   + ("[green]intact[/]" if report.ok else f"[red]{len(report.problems)} problems[/]"))

@@ -36,7 +36,7 @@ from typing import cast
 import typer
 from rich.table import Table
 
-from x0tta6bl4.bus import reader
+from x0tta6bl4.bus import reader, subjects
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
 from x0tta6bl4.runtime.process import pid_alive
 from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
@@ -87,7 +87,7 @@ def topology_spec(topology: str, nodes: int) -> str:
 async def _check_stack(url: str) -> None:
     nc = await connect(url)
     try:
-        await nc.jetstream().stream_info("MESH")
+        await nc.jetstream().stream_info(subjects.STREAM_MESH)
     except Exception:  # noqa: BLE001 - no stream, no JetStream, timeout: one clear line
         fail(f"NATS at {url} has no MESH stream: is the x0tta6bl4 stack running there? (meshctl up --detach)")
     finally:
@@ -264,7 +264,7 @@ async def _telemetry_live(nc, listen_s: float) -> dict[str, events_pb2.NodeTelem
         except Exception:  # noqa: BLE001 - a malformed message is skipped
             return
         out[t.node_id] = t
-    sub = await nc.subscribe("mesh.telemetry.*", cb=cb)
+    sub = await nc.subscribe(subjects.MESH_TELEMETRY_ALL, cb=cb)
     await asyncio.sleep(listen_s)
     await sub.unsubscribe()
     return out
@@ -364,7 +364,6 @@ async def send_command(nc, node: str, kind: int, params: dict | None = None, pee
     """One MeshCommand request; (ok, detail) from the host's MeshEvent reply."""
     import nats.errors
 
-    from x0tta6bl4.bus import subjects
     from x0tta6bl4.bus.codec import new_meta
     cmd = C(meta=new_meta("meshctl"), node_id=node, kind=cast("mesh_pb2.MeshCommand.Kind", kind), peer=peer,
             params={k: str(v) for k, v in (params or {}).items()})

@@ -86,12 +86,12 @@ def audit_tail(last: int = typer.Option(20, help="how many past events to show")
                service: str = typer.Option("*", help="only this service's events"),
                nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Show the newest audit events (decoded from protobuf)."""
-    subject = f"audit.{service}.>"
+    subject = subjects.audit_of(service)
 
     async def go():
         nc = await connect(nats_url(nats, data_dir))
         js = nc.jetstream()
-        msgs = await read_all(js, subject, stream="AUDIT", last=last)
+        msgs = await read_all(js, subject, stream=subjects.STREAM_AUDIT, last=last)
         table = Table("time", "service", "event", "subject", "details", "cycle")
         for m in msgs:
             table.add_row(*_audit_row(events_pb2.AuditEvent.FromString(m.data)))
@@ -109,7 +109,8 @@ def audit_verify(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -
     async def go():
         nc = await connect(nats_url(nats, data_dir))
         js = nc.jetstream()
-        events = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.>", stream="AUDIT")]
+        stored = await read_all(js, subjects.AUDIT_ALL, stream=subjects.STREAM_AUDIT)
+        events = [events_pb2.AuditEvent.FromString(m.data) for m in stored]
         keys: dict[str, set[bytes]] = defaultdict(set)
         for k, v in (await kv_snapshot(js, "audit_keys")).items():
             keys[k.split(".")[0]].add(v)
@@ -135,7 +136,7 @@ STAGES = [(subjects.MAPEK_TELEMETRY, "monitor"), (subjects.MAPEK_ANOMALY, "analy
 
 async def load_cycles(js) -> dict[str, list]:
     cycles: dict[str, list] = defaultdict(list)
-    for m in await read_all(js, "mapek.>", stream="MAPEK"):
+    for m in await read_all(js, subjects.MAPEK_ALL, stream=subjects.STREAM_MAPEK):
         if m.subject == subjects.MAPEK_HEALTH:
             continue
         ev = decode_msg(m)
@@ -235,7 +236,7 @@ def cycle_run(wait_s: float = typer.Option(15.0, "--wait", help="how long to fol
     async def go():
         nc = await connect(nats_url(nats, data_dir))
         try:
-            reply = await nc.request(subjects.MONITOR_RPC.format(method="Cycle"), b"", timeout=5)
+            reply = await nc.request(subjects.MONITOR_CYCLE, b"", timeout=5)
         except Exception:  # noqa: BLE001 - timeout, no responders, lost connection: one clear line
             await nc.close()
             fail("no monitor answered on monitor.rpc.Cycle: is the stack up? (make up)")
@@ -265,7 +266,7 @@ def dlq_list(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> No
     """Parked messages with the reason they were parked."""
     async def go():
         nc = await connect(nats_url(nats, data_dir))
-        msgs = await read_all(nc.jetstream(), "dlq.>", stream="DLQ")
+        msgs = await read_all(nc.jetstream(), subjects.DEAD_LETTER_ALL, stream=subjects.STREAM_DLQ)
         await nc.close()
         return msgs
     table = Table("consumer", "subject", "deliveries", "reason")

@@ -107,7 +107,7 @@ class HostControl:
         sources = {f.split(":")[0] for f in st["traffic"]}
         latest: dict[str, events_pb2.NodeTelemetry] = {}
         since = time.time_ns()
-        sub = await self.nc.subscribe("mesh.telemetry.*")
+        sub = await self.nc.subscribe(subjects.MESH_TELEMETRY_ALL)
         deadline = time.monotonic() + spec.verify_timeout_s
         problems: list[str] = ["no telemetry yet"]
         try:

@@ -24,6 +24,7 @@ from typing import Any
 from mcp.server.fastmcp import FastMCP
 from mcp.types import ToolAnnotations
 
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.connection import connect_once
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import classify_node
@@ -129,8 +130,8 @@ async def simulate_failure(node: str, duration_s: float = 60.0, cascade_threshol
 
 
 # ---- MAPE-K ---------------------------------------------------------------------------------------
-STAGES = {"mapek.anomaly": "analyze", "mapek.plan": "plan", "mapek.action": "execute", "mapek.result": "result",
-          "mapek.verified": "verify"}
+STAGES = {subjects.MAPEK_ANOMALY: "analyze", subjects.MAPEK_PLAN: "plan", subjects.MAPEK_ACTION: "execute",
+          subjects.MAPEK_RESULT: "result", subjects.MAPEK_VERIFIED: "verify"}
 
 
 async def _cycle(trigger: str, reasons: list[str], wait_s: float, until: str) -> dict[str, Any]:
@@ -163,10 +164,10 @@ async def _cycle(trigger: str, reasons: list[str], wait_s: float, until: str) ->
             if ev is None or ev.meta.cycle_id != cycle or msg.subject not in STAGES:
                 return
             seen.append({"stage": STAGES[msg.subject], "subject": msg.subject, **_pb_dict(ev)})
-            if STAGES[msg.subject] == until or (msg.subject == "mapek.plan" and ev.decision in (
+            if STAGES[msg.subject] == until or (msg.subject == subjects.MAPEK_PLAN and ev.decision in (
                     events_pb2.DECISION_KIND_OBSERVE,)):
                 done.set()
-        sub = await nc.subscribe("mapek.>", cb=on)
+        sub = await nc.subscribe(subjects.MAPEK_ALL, cb=on)
         await Publisher(nc, "x0tta6bl4-mcp").publish(subjects.MAPEK_TELEMETRY, w, event_id=w.meta.event_id)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), wait_s)
