@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
+from testkit import eventually
 
 from x0tta6bl4.mesh.packets import DATA, FLAG_ENC, HELLO, HelloBody, Packet, decode, encode
 from x0tta6bl4.mesh.runtime import MeshRuntime
@@ -25,14 +25,6 @@ async def secure_mesh(spec="line:3", **kw):
     return rt, auth, trust
 
 
-async def until(cond, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
-
-
 def inject(rt, src, dst, pkt_or_bytes):
     data = pkt_or_bytes if isinstance(pkt_or_bytes, bytes) else encode(pkt_or_bytes)
     rt.agents[src]._transport.sendto(data, rt.agents[dst].address)
@@ -49,8 +41,8 @@ def test_signed_mesh_delivers_encrypted_and_rejects_forgeries():
             n0, n1 = rt.agents["n0"], rt.agents["n1"]
             for i in range(30):
                 rt.send("n0", "n2", b"payload-%d" % i)
-                await asyncio.sleep(0.005)
-            await until(lambda: n0.counters["acked"] == 30)
+                await asyncio.sleep(0.005)   # pacing
+            await eventually(lambda: n0.counters["acked"] == 30)
             assert rt.agents["n2"].counters["delivered"] == 30
             assert n1.counters["forwarded"] >= 30 and n1.counters["rx.decrypted"] >= 60
             assert n0.counters["tx.encrypted"] >= 30 and n0.counters["dropped.bad_signature"] == 0
@@ -75,12 +67,12 @@ def test_signed_mesh_delivers_encrypted_and_rejects_forgeries():
             orig = n1._sendto
             n1._sendto = lambda data, addr: (frames.append((data, addr)), orig(data, addr))[1]
             rt.send("n2", "n0", b"once", ack=False)
-            await until(lambda: any(decode(d).flags & FLAG_ENC and decode(d).dest == "n0" for d, _ in frames))
+            await eventually(lambda: any(decode(d).flags & FLAG_ENC and decode(d).dest == "n0" for d, _ in frames))
             n1._sendto = orig
             d, addr = next((d, a) for d, a in frames if decode(d).flags & FLAG_ENC and decode(d).dest == "n0")
-            await until(lambda: n0.counters["delivered"] == 1)
+            await eventually(lambda: n0.counters["delivered"] == 1)
             inject(rt, "n1", "n0", d)
-            await until(lambda: n0.counters["dropped.replay"] == 1)
+            await eventually(lambda: n0.counters["dropped.replay"] == 1)
             c = n0.counters
             assert c["dropped.bad_signature"] == 1
             assert c["dropped.unknown_key"] == 1
@@ -105,7 +97,8 @@ def test_verification_cache_bounds_cost_and_never_caches_tampering():
     async def go():
         rt, auth, trust = await secure_mesh("grid:9")
         try:
-            await asyncio.sleep(1.0)
+            # beacons of several hello rounds (each HELLO reaches 2-4 neighbours that share the trust store)
+            await eventually(lambda: trust.stats["verify.calls"] >= 40, 10)
             st = trust.stats
             # every HELLO is verified once for all its receivers
             assert st["verify.cache_hits"] > st["verify.calls"] * 0.8, st
@@ -127,34 +120,35 @@ def test_offline_rotation_rekeys_channels_without_loss_and_revocation_isolates()
                 while not stop.is_set():
                     rt.send("n0", "n8", b"t")
                     sent += 1
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.005)   # pacing
             task = asyncio.create_task(traffic())
-            await until(lambda: rt.agents["n8"].counters["delivered"] > 20)
+            await eventually(lambda: rt.agents["n8"].counters["delivered"] > 20)
             old = {n: a.security.key_id for n, a in rt.agents.items()}
             for n, a in rt.agents.items():
                 a.security.reload(auth.rotate(n))
-            await until(lambda: all(a.security.peer_key(p) == rt.agents[p].security.key_id
+            await eventually(lambda: all(a.security.peer_key(p) == rt.agents[p].security.key_id
                                     for n, a in rt.agents.items() for p in rt.topology.neighbours(n)))
-            await until(lambda: all(a.security.session_keys(p) == (a.security.key_id, rt.agents[p].security.key_id)
+            await eventually(lambda: all(a.security.session_keys(p) == (a.security.key_id, rt.agents[p].security.key_id)
                                     for n, a in rt.agents.items() for p in rt.topology.neighbours(n)))
             for n in rt.agents:
                 auth.retire(n)
                 assert trust.directory.lookup(old[n]) is None
-            await asyncio.sleep(0.3)
+            d_retired = rt.agents["n8"].counters["delivered"]     # traffic goes on with the old keys gone
+            await eventually(lambda: rt.agents["n8"].counters["delivered"] >= d_retired + 20)
             stop.set()
             await task
-            await asyncio.sleep(0.5)
-            assert rt.agents["n8"].counters["delivered"] == sent
-            assert rt.agents["n0"].counters["acked"] == sent
+            await eventually(lambda: rt.agents["n8"].counters["delivered"] == sent == rt.agents["n0"].counters["acked"],
+                             what="every packet delivered and acknowledged")
             # revoke the centre: its beacons are rejected and traffic goes around it
             auth.revoke("n4", "compromised")
-            await until(lambda: all("n4" not in rt.agents[p].core.neighbours.links for p in ("n1", "n3", "n5", "n7")))
+            await eventually(lambda: all("n4" not in rt.agents[p].core.neighbours.links
+                                         for p in ("n1", "n3", "n5", "n7")))
             assert all(rt.agents[p].counters["dropped.revoked_key"] > 0 for p in ("n1", "n3", "n5", "n7"))
             d0 = rt.agents["n8"].counters["delivered"]
             for _ in range(20):
                 rt.send("n0", "n8", b"after")
-                await asyncio.sleep(0.01)
-            await until(lambda: rt.agents["n8"].counters["delivered"] >= d0 + 20)
+                await asyncio.sleep(0.01)    # pacing
+            await eventually(lambda: rt.agents["n8"].counters["delivered"] >= d0 + 20)
             assert "n4" not in rt.path("n0", "n8")
         finally:
             await rt.stop()

@@ -5,9 +5,9 @@ the other process included, by the HELLO echo) and loses no packet."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import nats
+from testkit import eventually
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.mesh.cluster import MeshCluster, partition
@@ -25,13 +25,6 @@ def test_partition_is_contiguous_and_complete():
     assert [n for s in shards for n in s] == list(topo.nodes)
 
 
-async def _until(pred, timeout):
-    t0 = time.monotonic()
-    while not await pred():
-        assert time.monotonic() - t0 < timeout, "timed out"
-        await asyncio.sleep(0.1)
-
-
 def test_two_host_processes_rotate_all_keys_under_cross_process_traffic_without_loss(stack):
     async def go():
         cl = MeshCluster(stack.url, "grid:9", hosts=2, keyvault=stack.kv_addr, name="t",
@@ -43,6 +36,9 @@ def test_two_host_processes_rotate_all_keys_under_cross_process_traffic_without_
         async def on_tel(msg):
             reported.add(msg.subject.rsplit(".", 1)[-1])
         await nc.subscribe("mesh.telemetry.*", cb=on_tel)
+
+        async def node_stats():
+            return {n: v for h in await cl.stats(nc) for n, v in h["nodes"].items()}
         try:
             assert cl.shards == [["n0", "n1", "n2", "n3", "n4"], ["n5", "n6", "n7", "n8"]]
             assert len(set(cl.pids)) == 2
@@ -50,10 +46,14 @@ def test_two_host_processes_rotate_all_keys_under_cross_process_traffic_without_
             async def converged():
                 st = await asyncio.gather(*(cl.host_op(nc, i, "status") for i in range(2)))
                 return all(s["converged"] for s in st)
-            await _until(converged, 20)
+            await eventually(converged, 20, 0.1)
             # n0 -> n8 and n1 -> n7 start in host 0 and end in host 1
             await cl.host_op(nc, 0, "traffic", {"flows": "n0:n8,n1:n7", "rate": "50"})
-            await asyncio.sleep(1.0)
+
+            async def flowing():
+                st = await node_stats()
+                return st["n8"]["delivered_from"].get("n0", 0) >= 20 and st["n7"]["delivered_from"].get("n1", 0) >= 20
+            await eventually(flowing, 15, 0.1, what="DATA n0->n8 and n1->n7 across the hosts")
             r = await nc.request(subjects.KEYVAULT_RPC.format(method="Rotate"),
                                  pb.RotateRequest(all=True, overlap_s=2.0).SerializeToString(), timeout=20)
             new = {x.node_id: x.sig_key_id for x in pb.RotateResponse.FromString(r.data).records}
@@ -67,15 +67,21 @@ def test_two_host_processes_rotate_all_keys_under_cross_process_traffic_without_
                 st = {n: v for h in await cl.stats(nc) for n, v in h["nodes"].items()}
                 return all(st[n]["sessions"][p] == [new[n], new[p]]
                            for n in cl.topology.nodes for p in cl.topology.neighbours(n))
-            await _until(rekeyed, 15)
-            await asyncio.sleep(2.5)          # old keys retired by keyvault while traffic flows
+            await eventually(rekeyed, 15, 0.1)
+
+            async def old_keys_retired():   # by keyvault after the 2 s overlap, while traffic flows
+                st = await node_stats()
+                return all(st[n]["counters"].get("events.keys.retired", 0) >= 1 for n in cl.topology.nodes)
+            await eventually(old_keys_retired, 15, 0.1)
             await cl.host_op(nc, 0, "traffic_stop")
-            await asyncio.sleep(1.0)
-            st = {n: v for h in await cl.stats(nc) for n, v in h["nodes"].items()}
-            for src, dst in (("n0", "n8"), ("n1", "n7")):
-                sent = st[src]["sent_to"][dst]
-                assert sent > 100
-                assert st[dst]["delivered_from"].get(src, 0) == sent, (src, dst, st[dst]["delivered_from"])
+
+            async def all_delivered():     # the packets in flight arrive; none is lost
+                st = await node_stats()
+                for src, dst in (("n0", "n8"), ("n1", "n7")):
+                    assert st[dst]["delivered_from"].get(src, 0) == st[src]["sent_to"][dst], (src, dst, st[dst])
+                return st
+            st = await eventually(all_delivered, 10, 0.1)
+            assert all(st[src]["sent_to"][dst] > 100 for src, dst in (("n0", "n8"), ("n1", "n7")))
             assert all(st[n]["key_id"] == new[n] for n in cl.topology.nodes)
             assert all(st[n]["counters"].get("events.keys.retired", 0) >= 1 for n in cl.topology.nodes)
             assert reported == set(cl.topology.nodes)      # both hosts bridge their nodes to NATS
