@@ -4,11 +4,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 
 import nats
 import pytest
+from testkit import eventually_sync
 from typer.testing import CliRunner
+
 from x0tta6bl4.cli.mesh import cli
 from x0tta6bl4.v1 import events_pb2
 
@@ -28,6 +29,7 @@ def meshctl(*args: str, ok: bool = True):
 
 
 def live(url: str, seconds: float = 0.8) -> dict[str, events_pb2.NodeTelemetry]:
+    """The latest telemetry of each node heard during a sampling window of ``seconds``."""
     async def go():
         nc = await nats.connect(url)
         out: dict[str, events_pb2.NodeTelemetry] = {}
@@ -36,20 +38,29 @@ def live(url: str, seconds: float = 0.8) -> dict[str, events_pb2.NodeTelemetry]:
             t = events_pb2.NodeTelemetry.FromString(m.data)
             out[t.node_id] = t
         await nc.subscribe("mesh.telemetry.*", cb=cb)
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)   # the sampling window (nodes report every 0.5 s)
         await nc.close()
         return out
     return asyncio.run(go())
 
 
 def wait_live(url: str, pred, timeout: float = 15.0) -> dict[str, events_pb2.NodeTelemetry]:
-    end = time.monotonic() + timeout
-    tel: dict = {}
-    while time.monotonic() < end:
+    """Sample live telemetry until ``pred`` holds for a sample."""
+    def sample():
         tel = live(url)
-        if pred(tel):
-            return tel
-    raise AssertionError(f"condition not met; last telemetry: { {n: dict(t.routes) for n, t in tel.items()} }")
+        assert pred(tel), f"routes heard: { {n: dict(t.routes) for n, t in tel.items()} }"
+        return tel
+    return eventually_sync(sample, timeout, 0)
+
+
+def status_shows(needle: str, *args: str, timeout: float = 10.0) -> str:
+    """`meshctl mesh status ...` once its output contains ``needle`` (the monitor stores what the agents
+    publish a moment later)."""
+    def status():
+        out = meshctl("mesh", "status", *args)
+        assert needle in out, out
+        return out
+    return eventually_sync(status, timeout, 0.5)
 
 
 def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
@@ -74,16 +85,10 @@ def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
         tel = wait_live(url, lambda t: len(t) == 9 and "n8" in t.get("n0", events_pb2.NodeTelemetry()).routes
                         and t["n0"].counters.get("acked", 0) > 10)
         # status comes from the monitor's telemetry bucket: every node, neighbours and routes
-        end = time.monotonic() + 10
-        while "from telemetry bucket" not in (out := meshctl("mesh", "status", *common)):
-            assert time.monotonic() < end, out
-            time.sleep(0.5)
+        out = status_shows("from telemetry bucket", *common)
         assert "9 nodes from telemetry bucket" in out and "n1,n3" in out  # n0's neighbours
         assert "→" in out
-        end = time.monotonic() + 10
-        while "n8          │ n" not in (detail := meshctl("mesh", "status", "--node", "n0", *common)):
-            assert time.monotonic() < end, detail
-            time.sleep(0.5)  # the monitor stores what the agents publish, a moment later
+        status_shows("n8          │ n", "--node", "n0", *common)
 
         # kill the relay n0 uses towards n8: traffic is rerouted around it
         victim = tel["n0"].routes["n8"]
@@ -93,10 +98,7 @@ def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
         tel = wait_live(url, lambda t: victim not in t and t["n0"].routes.get("n8") not in (None, victim)
                         and t["n0"].counters.get("acked", 0) > acked + 20, timeout=10)
         assert victim not in tel["n0"].neighbours
-        end = time.monotonic() + 10
-        while "unreachable" not in (out := meshctl("mesh", "status", *common)):
-            assert time.monotonic() < end, out  # the monitor declares the killed node unreachable
-            time.sleep(0.5)
+        status_shows("unreachable", *common)     # the monitor declares the killed node unreachable
 
         # the other faults: each is a MeshCommand answered by the host
         other = "n3" if victim == "n1" else "n1"

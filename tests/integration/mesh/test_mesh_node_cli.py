@@ -7,7 +7,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
+
+from testkit import eventually_sync
 
 
 def _free_ports(n: int) -> list[int]:
@@ -40,19 +41,17 @@ def test_three_node_processes_deliver_and_obey_commands():
 
         threading.Thread(target=read, daemon=True).start()
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(r["type"] == "delivered" for r in lines["n2"]):
-            time.sleep(0.05)
+        eventually_sync(lambda: any(r["type"] == "delivered" for r in lines["n2"]), 10)
         assert any(r["type"] == "ready" for r in lines["n0"])
         assert any(r["type"] == "delivered" and r["origin"] == "n0" and r["hops"] == 1 for r in lines["n2"])
-        time.sleep(0.3)
-        assert any(r["type"] == "ack" and r["dest"] == "n2" for r in lines["n0"])
+        eventually_sync(lambda: any(r["type"] == "ack" and r["dest"] == "n2" for r in lines["n0"]), 5)
         procs["n0"].stdin.write(json.dumps({"kind": "avoid", "peer": "n1"}) + "\n")
         procs["n0"].stdin.write(json.dumps({"kind": "bogus"}) + "\n")
         procs["n0"].stdin.write("not json\n")
         procs["n0"].stdin.write(json.dumps({"kind": "telemetry"}) + "\n")
         procs["n0"].stdin.flush()
-        time.sleep(0.4)
+        # the commands are answered in order: three results, then the telemetry line
+        eventually_sync(lambda: any(r["type"] == "telemetry" for r in lines["n0"]), 5)
         results = [r for r in lines["n0"] if r["type"] == "result"]
         assert [r["ok"] for r in results] == [True, False, False]
         tel = [r for r in lines["n0"] if r["type"] == "telemetry"][-1]
