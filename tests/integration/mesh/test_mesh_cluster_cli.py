@@ -9,9 +9,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import nats
+from testkit import eventually, eventually_sync
 
 from x0tta6bl4.bus.connection import ensure_topology
 from x0tta6bl4.v1 import events_pb2
@@ -53,12 +53,11 @@ def test_cluster_cli_runs_one_mesh_over_two_hosts_and_stops_them(nats_server, tm
                 t = events_pb2.NodeTelemetry.FromString(msg.data)
                 seen[t.node_id] = t
             await nc.subscribe("mesh.telemetry.*", cb=cb)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 20:
-                if len(seen) == 9 and seen["n8"].counters["delivered"] > 5:
-                    break
-                await asyncio.sleep(0.1)
-            await nc.close()
+            try:
+                await eventually(lambda: len(seen) == 9 and seen["n8"].counters["delivered"] > 5, 20, 0.1,
+                                 what="telemetry from all 9 nodes, n8 receiving DATA from n0")
+            finally:
+                await nc.close()
             return seen
         seen = asyncio.run(watch())
         assert set(seen) == set(ready["nodes"])                 # both hosts bridge their nodes
@@ -68,5 +67,4 @@ def test_cluster_cli_runs_one_mesh_over_two_hosts_and_stops_them(nats_server, tm
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(15)
     assert rc == 0
-    time.sleep(0.2)
-    assert not [h["pid"] for h in hosts if _alive(h["pid"])]
+    eventually_sync(lambda: not [h["pid"] for h in hosts if _alive(h["pid"])], 5, what="both host processes gone")
