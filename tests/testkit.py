@@ -2,7 +2,8 @@
 
 Waiting: a test never sleeps for a fixed time hoping something has happened; it polls the condition with
 ``eventually`` (async tests) or ``eventually_sync`` (plain tests, threads) until it holds or a deadline passes,
-and checks that something does NOT happen with ``consistently`` (the condition holds at every poll of a window).
+and checks that something does NOT happen with ``consistently``/``consistently_sync`` (the condition holds at
+every poll of a window).
 Deadlines are multiplied by ``X0TTA6BL4_TEST_TIMEOUT_SCALE`` (default 1) for slow or loaded machines.
 """
 from __future__ import annotations
@@ -135,6 +136,11 @@ def eventually_sync(check: Callable[[], Any], timeout: float = 10.0, interval: f
         time.sleep(poll.pause(interval))
 
 
+def _broken(poll: _Poll, value: Any = None, error: AssertionError | None = None) -> AssertionError:
+    why = f"{error}" if error is not None else f"value: {value!r}"
+    return AssertionError(f"stopped holding after {time.monotonic() - poll.t0:.2f}s: {poll.describe()}; {why}")
+
+
 async def consistently(check: Callable[[], Any], during: float = 1.0, interval: float = 0.05, *,
                        what: str | None = None) -> None:
     """The opposite wait, for "nothing happens": ``check()`` (sync or async) must hold at every poll for
@@ -147,14 +153,28 @@ async def consistently(check: Callable[[], Any], during: float = 1.0, interval: 
             if inspect.isawaitable(value):
                 value = await value
         except AssertionError as e:
-            raise AssertionError(f"stopped holding after {time.monotonic() - poll.t0:.2f}s: "
-                                 f"{poll.describe()}; {e}") from e
+            raise _broken(poll, error=e) from e
         if not value:
-            raise AssertionError(f"stopped holding after {time.monotonic() - poll.t0:.2f}s: {poll.describe()}; "
-                                 f"value: {value!r}")
+            raise _broken(poll, value)
         if poll.expired():
             return
         await asyncio.sleep(poll.pause(interval))
+
+
+def consistently_sync(check: Callable[[], Any], during: float = 1.0, interval: float = 0.05, *,
+                      what: str | None = None) -> None:
+    """``consistently`` for plain (non-async) tests."""
+    poll = _Poll(check, during, what)
+    while True:
+        try:
+            value = check()
+        except AssertionError as e:
+            raise _broken(poll, error=e) from e
+        if not value:
+            raise _broken(poll, value)
+        if poll.expired():
+            return
+        time.sleep(poll.pause(interval))
 
 
 wait_for = eventually   # the former name, for callers not yet renamed

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import queue
 import threading
-import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from testkit import eventually_sync
 
 from x0tta6bl4.audit.chain import verify_chains
 from x0tta6bl4.v1 import events_pb2
@@ -154,11 +154,8 @@ def test_votes_signatures_and_errors(gov):
 def test_vote_on_closed_proposal(gov):
     alice, ka = gov.voter(100.0)
     p = gov.proposal(duration_s=0.5)
-    deadline = time.time() + 10
-    while gov.stub.GetProposal(g.GetProposalRequest(id=p.id)).state == g.PROPOSAL_STATE_ACTIVE:
-        assert time.time() < deadline
-        time.sleep(0.1)
-    closed = gov.stub.GetProposal(g.GetProposalRequest(id=p.id))
+    closed = eventually_sync(lambda: (q := gov.stub.GetProposal(g.GetProposalRequest(id=p.id))).state
+                             != g.PROPOSAL_STATE_ACTIVE and q, 10, 0.1, what="the proposal closes after 0.5 s")
     assert closed.state == g.PROPOSAL_STATE_REJECTED and closed.close_reason == "QUORUM_NOT_REACHED"
     code, msg = gov.error(gov.vote, p.id, alice, ka)
     assert code == C.FAILED_PRECONDITION and "REJECTED" in msg
@@ -176,19 +173,30 @@ def test_watch_proposals(gov):
         except grpc.RpcError:
             pass
     threading.Thread(target=pump, daemon=True).start()
-    time.sleep(0.3)  # the server has subscribed
+
+    # the watch is core NATS (events before the server subscribed are not replayed): probe proposals until
+    # one comes through the watch, then the server has subscribed
+    def probe_seen():
+        while not events.empty():
+            if events.get_nowait().proposal.title == "watch probe":
+                return True
+        probe = gov.proposal(title="watch probe", proposer="probe")
+        gov.stub.CancelProposal(g.CancelProposalRequest(id=probe.id, proposer="probe"), metadata=gov.admin)
+        return False
+    eventually_sync(probe_seen, 10, 0.2)
     p = gov.proposal(title="watched")
     gov.stub.CancelProposal(g.CancelProposalRequest(id=p.id, proposer="alice"), metadata=gov.admin)
     got = []
-    deadline = time.time() + 10
-    while len(got) < 2 and time.time() < deadline:
-        try:
-            ev = events.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        if ev.proposal.id == p.id:
-            got.append(ev)
-    call.cancel()
+
+    def both_events():
+        while not events.empty():
+            if (ev := events.get_nowait()).proposal.id == p.id:
+                got.append(ev)
+        return len(got) >= 2
+    try:
+        eventually_sync(both_events, 10, 0.05)
+    finally:
+        call.cancel()
     assert [e.kind for e in got] == ["created", "canceled"]
     assert got[1].proposal.state == g.PROPOSAL_STATE_CANCELED and got[0].meta.event_id
 
@@ -198,23 +206,22 @@ def test_trace_context_from_metadata(gov):
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     md = (("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
     gov.stub.ListProposals(g.ListProposalsRequest(), metadata=md)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        spans = [s for s in load_spans(gov.stack.data_dir) if s.get("name") == "governance.ListProposals"
-                 and trace_id in str(s)]
-        if spans:
-            return
-        time.sleep(0.5)
-    pytest.fail("no governance.ListProposals span in the caller's trace")
+    eventually_sync(lambda: [s for s in load_spans(gov.stack.data_dir) if s.get("name") == "governance.ListProposals"
+                             and trace_id in str(s)], 15, 0.2,
+                    what="a governance.ListProposals span in the caller's trace")
 
 
 def test_audit_chain_verifies_and_detects_tampering(gov):
     gov.voter()
     gov.proposal(title="audited")
-    time.sleep(0.5)
-    evs = [ev for _, ev in gov.read_stream("AUDIT", "audit.governance.>", events_pb2.AuditEvent)]
-    types = {e.event_type for e in evs}
-    assert {"service.started", "voter.registered", "proposal.created", "vote.cast"} <= types
+
+    def audited():
+        evs = [ev for _, ev in gov.read_stream("AUDIT", "audit.governance.>", events_pb2.AuditEvent)]
+        types = {e.event_type for e in evs}
+        assert {"service.started", "voter.registered", "proposal.created", "vote.cast"} <= types, types
+        assert any(e.event_type == "proposal.created" and e.details.get("title") == "audited" for e in evs)
+        return evs
+    evs = eventually_sync(audited, 10, 0.2)
     report = verify_chains(evs)
     assert report.ok, report.problems
     created = next(e for e in evs if e.event_type == "proposal.created" and e.details.get("title") == "audited")

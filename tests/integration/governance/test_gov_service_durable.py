@@ -2,8 +2,10 @@
 plan -> proposal -> votes -> ActionRequest -> ActionResult -> EXECUTED flow on the bus."""
 from __future__ import annotations
 
-import time
 import uuid
+
+import grpc
+from testkit import consistently_sync, eventually_sync
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
@@ -12,16 +14,15 @@ from x0tta6bl4.v1 import governance_pb2 as g
 
 
 def wait_state(gov, pid, state, timeout=15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def reached():
         try:
             p = gov.stub.GetProposal(g.GetProposalRequest(id=pid))
-            if p.state == state:
-                return p
-        except Exception:  # noqa: BLE001 - not there yet
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"proposal {pid} did not reach {g.ProposalState.Name(state)}")
+        except grpc.RpcError as e:
+            assert e.code() != grpc.StatusCode.NOT_FOUND, f"no proposal {pid} yet"
+            raise
+        assert p.state == state, g.ProposalState.Name(p.state)
+        return p
+    return eventually_sync(reached, timeout, 0.1, what=f"proposal {pid} reaches {g.ProposalState.Name(state)}")
 
 
 def test_kill_9_and_restart_keeps_everything(gov):
@@ -72,9 +73,7 @@ def test_plan_vote_pass_action_executed(gov):
     # eligible = every registered voter; the vote closes at the end of its 2 s period at the latest
     passed = wait_state(gov, pid, g.PROPOSAL_STATE_PASSED)
     assert passed.close_reason == "QUORUM_AND_THRESHOLD_MET"
-    deadline = time.time() + 10
-    while not (reqs := actions_for(gov, pid)) and time.time() < deadline:
-        time.sleep(0.2)
+    reqs = eventually_sync(lambda: actions_for(gov, pid), 10, 0.2, what=f"the ActionRequest of {pid}")
     assert len(reqs) == 1, reqs
     msg, req = reqs[0]
     # the same trace as the plan: one cycle, one trace
@@ -100,8 +99,7 @@ def test_rejected_vote_publishes_no_action(gov):
         gov.vote(pid, name, key, "NO", 100)
     rejected = wait_state(gov, pid, g.PROPOSAL_STATE_REJECTED)
     assert rejected.close_reason in ("THRESHOLD_NOT_MET", "QUORUM_NOT_REACHED")
-    time.sleep(0.5)
-    assert actions_for(gov, pid) == []
+    consistently_sync(lambda: actions_for(gov, pid) == [], 0.5, 0.1)
 
 
 def test_auto_execute_plan_is_recorded_auto_approved(gov):

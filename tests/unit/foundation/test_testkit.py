@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import testkit
-from testkit import consistently, eventually, eventually_sync
+from testkit import consistently, consistently_sync, eventually, eventually_sync
 
 
 def test_returns_the_first_truthy_value_and_retries_falsy_and_failed_assertions():
@@ -68,3 +68,9 @@ async def test_consistently_holds_for_the_window_or_fails_at_the_first_break():
     calls = itertools.count(1)
     with pytest.raises(AssertionError, match=r"stopped holding after .*; value: False"):
         await consistently(lambda: next(calls) < 3, during=5, interval=0.01)
+    consistently_sync(lambda: True, during=0.05, interval=0.01)
+
+    def broken():
+        raise AssertionError("a message was delivered twice")
+    with pytest.raises(AssertionError, match=r"stopped holding after .*; a message was delivered twice"):
+        consistently_sync(broken, during=5, interval=0.01)
