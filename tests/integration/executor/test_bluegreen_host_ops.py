@@ -4,8 +4,10 @@ instance reaches a standby host, retire ends the host; the verify check of the a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
+from testkit import consistently, eventually, scaled
 
 from x0tta6bl4.execution.bluegreen_local import DeployError, HostControl, http_status
 from x0tta6bl4.execution.deploy import DeploySpec, HostInfo
@@ -14,15 +16,18 @@ from x0tta6bl4.mesh.topology import parse_spec
 from x0tta6bl4.runtime.stack import free_port
 
 
-async def seen_from(nc, seconds: float) -> set[str]:
+@contextlib.asynccontextmanager
+async def telemetry_from(nc):
+    """The nodes whose telemetry is published from now on (a set that grows)."""
     got: set[str] = set()
 
     async def on(m):
         got.add(m.subject.rsplit(".", 1)[-1])
     sub = await nc.subscribe("mesh.telemetry.*", cb=on)
-    await asyncio.sleep(seconds)
-    await sub.unsubscribe()
-    return got
+    try:
+        yield got
+    finally:
+        await sub.unsubscribe()
 
 
 @pytest.fixture
@@ -57,24 +62,25 @@ async def test_only_the_active_host_answers_and_publishes(nc, hosts):
     assert "4 nodes report from green" in await ctl.verify(spec, found)
     # a standby host sends no DATA and no telemetry: nothing from blue's agents any more
     before = blue.runtime.agents["n0"].counters.get("sent", 0)
-    await asyncio.sleep(0.3)
-    assert blue.runtime.agents["n0"].counters.get("sent", 0) == before
+    await consistently(lambda: blue.runtime.agents["n0"].counters.get("sent", 0) == before, 0.3)
     await ctl.stand_down_blue(spec, HostInfo("mesh-v2"))        # now green stands down too
-    assert await seen_from(nc, 0.5) == set(), "no active host: nothing is published"
+    async with telemetry_from(nc) as got:
+        await consistently(lambda: got == set(), 0.5, what="no active host: nothing is published")
     with pytest.raises(DeployError, match="no answer"):
         await ctl.host_op("n0", "status", timeout_s=0.3)
     with pytest.raises(DeployError, match="green is not active"):
         await ctl.verify(spec, found)
 
     # rollback path: blue re-activates and publishes again
-    await ctl.activate_blue(spec, found)
-    assert await seen_from(nc, 0.5) == {"n0", "n1", "n2", "n3"}
+    async with telemetry_from(nc) as got:
+        await ctl.activate_blue(spec, found)
+        await eventually(lambda: got == {"n0", "n1", "n2", "n3"}, 5)
     with pytest.raises(DeployError, match="unknown host_op"):
         await ctl.host_op("n0", "explode")
 
     # retire: the addressed host is told to end (its process exits in __main__)
     await ctl.host_op("n0", "retire", "mesh-v2")
-    await asyncio.wait_for(green.retired.wait(), 2)
+    await asyncio.wait_for(green.retired.wait(), scaled(5))
     assert not green.active and not blue.retired.is_set()
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import nats
-from testkit import wait_for
+from testkit import eventually
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
@@ -32,12 +32,12 @@ async def test_same_action_published_twice_runs_once(stack_factory):
         async def audits():
             evs = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.executor.>")]
             return evs if any(e.event_type == "action.duplicate" for e in evs) else None
-        await wait_for(audits, 20)
+        await eventually(audits, 20)
 
         async def all_handled():   # the three deliveries acknowledged: nothing more will run
             info = await js.consumer_info(subjects.STREAM_MAPEK, "executor")
             return info.delivered.consumer_seq >= 3 and info.num_pending == 0 and info.num_ack_pending == 0
-        await wait_for(all_handled, 20)
+        await eventually(all_handled, 20)
         evs = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.executor.>")]
         executed = [e for e in evs if e.event_type == "action.executed" and e.subject_id == "act-42"]
         results = [events_pb2.ActionResult.FromString(m.data) for m in await read_all(js, subjects.MAPEK_RESULT)]
