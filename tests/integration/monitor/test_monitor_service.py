@@ -14,6 +14,7 @@ import urllib.request
 
 import nats
 import pytest
+from testkit import eventually, scaled
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.monitoring import bpf_loader
@@ -79,15 +80,6 @@ async def info(nc) -> dict:
     return json.loads((await nc.request(subjects.MONITOR_INFO, b"", timeout=2)).data)
 
 
-async def wait_for(pred, timeout: float, step: float = 0.1):
-    end = time.monotonic() + timeout
-    while True:
-        v = await pred()
-        if v or time.monotonic() >= end:
-            return v
-        await asyncio.sleep(step)
-
-
 async def telemetry_of(nc, node: str) -> events_pb2.NodeTelemetry | None:
     kv = await nc.jetstream().key_value("telemetry")
     try:
@@ -104,7 +96,7 @@ def stack_with(tmp_path):
         s = Stack(tmp_path / f"stack{len(made)}", ("monitor",), env=env)
         hosts: list[subprocess.Popen] = []
         made.append((s, hosts))
-        s.start()
+        s.start(scaled(60))
         return s, hosts
 
     yield make
@@ -124,44 +116,43 @@ async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with
     nc = await nats.connect(stack.url)
     try:
         # which collector runs, with which signals
-        got = await wait_for(lambda: _running(nc, host.pid), 20, 0.25)
-        assert got, await info(nc)
+        got = await eventually(lambda: _running(nc, host.pid), 20, 0.25)
         assert got["collector"] == "ebpf" and "syscalls" in got["signals"] and "sensitive_open" in got["signals"]
         assert got["hosts"][str(host.pid)] == ["n0", "n1", "n2"]
 
         # kernel signals of the host process in the nodes' telemetry and in the windows
         async def kernel_ok():
             t = await telemetry_of(nc, "n1")
-            return t if t and t.kernel.get("proc.pid") == host.pid and t.kernel.get("proc.syscalls", 0) > 0 \
-                and t.kernel.get("proc.ctx_switches", 0) > 0 else None
-        t = await wait_for(kernel_ok, 15)
-        assert t, await telemetry_of(nc, "n1")
+            assert t and t.kernel.get("proc.pid") == host.pid and t.kernel.get("proc.syscalls", 0) > 0 \
+                and t.kernel.get("proc.ctx_switches", 0) > 0, t
+            return t
+        t = await eventually(kernel_ok, 15)
         assert t.kernel["proc.nodes"] == 3 and t.kernel["collector.ebpf"] == 1 and "host.rx_packets" in t.kernel
         assert t.peer_count >= 1  # the agent's own telemetry is merged, not replaced
 
         windows: asyncio.Queue = asyncio.Queue()
         await nc.subscribe("mapek.telemetry", cb=queue_cb(windows))
-        w = events_pb2.TelemetryWindow.FromString(await asyncio.wait_for(windows.get(), 5))
+        w = events_pb2.TelemetryWindow.FromString(await asyncio.wait_for(windows.get(), scaled(5)))
         by_node = {n.node_id: n for n in w.nodes}
         assert by_node["n0"].kernel["proc.syscalls"] > 0 and by_node["n0"].kernel["proc.pid"] == host.pid
 
         # a forbidden file open by the monitored process: audit event + health reason, quickly
         audits: asyncio.Queue = asyncio.Queue()
-        changes: asyncio.Queue = asyncio.Queue()
+        seen: dict[str, events_pb2.HealthChange] = {}    # the first health change of each node
+
+        async def on_change(m) -> None:
+            hc = events_pb2.HealthChange.FromString(m.data)
+            seen.setdefault(hc.node_id, hc)
         await nc.subscribe("audit.monitor.security.>", cb=queue_cb(audits, stamp=True))
-        await nc.subscribe("mapek.health", cb=queue_cb(changes))
+        await nc.subscribe("mapek.health", cb=on_change)
         t0 = time.monotonic()
         os.kill(host.pid, signal.SIGUSR1)
-        ts, data = await asyncio.wait_for(audits.get(), 3)
+        ts, data = await asyncio.wait_for(audits.get(), scaled(3))
         ev = events_pb2.AuditEvent.FromString(data)
         assert ev.event_type == "security.sensitive_open" and ev.subject_id == "n0,n1,n2", ev
         assert ev.details["path"] == "/etc/shadow" and ev.details["host_pid"] == str(host.pid), ev
-        assert ts - t0 < 1.0, f"forbidden open reached the bus after {ts - t0:.3f} s"
-        seen: dict[str, events_pb2.HealthChange] = {}
-        end = time.monotonic() + 5
-        while not ({"n0", ""} <= seen.keys()) and time.monotonic() < end:
-            hc = events_pb2.HealthChange.FromString(await asyncio.wait_for(changes.get(), end - time.monotonic()))
-            seen.setdefault(hc.node_id, hc)
+        assert ts - t0 < scaled(1.0), f"forbidden open reached the bus after {ts - t0:.3f} s"
+        await eventually(lambda: {"n0", ""} <= seen.keys(), 5, what="health changes of n0 and of the mesh")
         assert seen["n0"].current == common_pb2.HEALTH_WARNING
         assert any(r.startswith("security.sensitive_open") for r in seen["n0"].reasons), seen["n0"]
         assert seen[""].current == common_pb2.HEALTH_WARNING  # the mesh's health changed too
@@ -172,8 +163,7 @@ async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with
         async def scrape():
             b = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
             return b if 'x0_kernel_events_total{kind="sensitive_open"}' in b else None  # counted at the next collect
-        body = await wait_for(scrape, 3)
-        assert body
+        body = await eventually(scrape, 5, 0.1)
         assert 'x0_node_health{node="n0"} 1.0' in body
         assert 'x0_node_latency_p99_ms{node="n2"}' in body and "x0_mesh_health 1.0" in body
         assert f'x0_node_syscalls_total{{node="host:{host.pid}"}}' in body
@@ -211,7 +201,8 @@ async def _running(nc, pid: int) -> dict | None:
         got = await info(nc)
     except Exception:  # noqa: BLE001 - no responder yet
         return None
-    return got if got["state"] == "running" and str(pid) in got["hosts"] else None
+    assert got["state"] == "running" and str(pid) in got["hosts"], got
+    return got
 
 
 @pytest.mark.timeout(60)
@@ -221,18 +212,16 @@ async def test_forced_fallback_collector(stack_with) -> None:
     hosts.append(host)
     nc = await nats.connect(stack.url)
     try:
-        got = await wait_for(lambda: _running(nc, host.pid), 20, 0.25)
-        assert got, await info(nc)
+        got = await eventually(lambda: _running(nc, host.pid), 20, 0.25)
         assert got["collector"] == "proc"
         assert "syscalls" in got["missing"] and "sensitive_open" in got["missing"]
         assert "ctx_switches" in got["signals"] and got["reason"]
 
         async def kernel_ok():
             t = await telemetry_of(nc, "n0")
-            ok = t and t.kernel.get("proc.pid") == host.pid and t.kernel.get("proc.ctx_switches", 0) > 0
-            return t if ok else None
-        t = await wait_for(kernel_ok, 15)
-        assert t, await telemetry_of(nc, "n0")
+            assert t and t.kernel.get("proc.pid") == host.pid and t.kernel.get("proc.ctx_switches", 0) > 0, t
+            return t
+        t = await eventually(kernel_ok, 15)
         assert "proc.syscalls" not in t.kernel and t.kernel["collector.ebpf"] == 0
 
         # meshctl monitor info asks the running monitor
@@ -244,13 +233,15 @@ async def test_forced_fallback_collector(stack_with) -> None:
         assert json.loads(js.output)["collector"] == "proc"
 
         # `meshctl cycle run` asks the running monitor to start a cycle over every node's latest telemetry
-        windows: asyncio.Queue = asyncio.Queue()
-        await nc.subscribe(subjects.MAPEK_TELEMETRY, cb=queue_cb(windows))
+        by_cycle: dict[str, events_pb2.TelemetryWindow] = {}
+
+        async def on_window(m) -> None:
+            w = events_pb2.TelemetryWindow.FromString(m.data)
+            by_cycle[w.meta.cycle_id] = w
+        await nc.subscribe(subjects.MAPEK_TELEMETRY, cb=on_window)
         answer = json.loads((await nc.request(subjects.MONITOR_CYCLE, b"", timeout=5)).data)
         assert answer["nodes"] == 3 and answer["cycle_id"], answer
-        while (w := events_pb2.TelemetryWindow.FromString(await asyncio.wait_for(windows.get(), 5))) \
-                .meta.cycle_id != answer["cycle_id"]:
-            pass
+        w = await eventually(lambda: by_cycle.get(answer["cycle_id"]), 5, what="the operator's cycle window")
         assert list(w.trigger_reasons) == ["operator request"] and len(w.nodes) == 3
     finally:
         await nc.close()
