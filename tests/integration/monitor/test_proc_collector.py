@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from testkit import eventually_sync
+
 from x0tta6bl4.monitoring.collectors import (
     ALL_SIGNALS,
     Collector,
@@ -115,13 +116,20 @@ def test_loopback_packets_and_udp_errors() -> None:
     for _ in range(n):
         tx.sendto(b"x" * 100, rx.getsockname())
         tx.sendto(b"y", ("127.0.0.1", dead_port))  # no listener: Udp NoPorts
-    time.sleep(0.05)
-    s = c.collect()
-    lo = s.interfaces["lo"]
-    assert lo.rx_packets >= 2 * n and lo.tx_packets >= 2 * n
-    assert lo.rx_bytes >= n * 128  # 100 B payload + 28 B UDP/IP headers
-    assert s.udp["NoPorts"] >= n
-    assert s.processes == {}
+    seen = {"rx_packets": 0, "tx_packets": 0, "rx_bytes": 0, "NoPorts": 0}
+
+    def counted():   # each collect() reports the change since the previous one: add them up
+        s = c.collect()
+        assert s.processes == {}
+        lo = s.interfaces["lo"]
+        for k in ("rx_packets", "tx_packets", "rx_bytes"):
+            seen[k] += getattr(lo, k)
+        seen["NoPorts"] += s.udp["NoPorts"]
+        assert seen["rx_packets"] >= 2 * n and seen["tx_packets"] >= 2 * n, seen
+        assert seen["rx_bytes"] >= n * 128, seen  # 100 B payload + 28 B UDP/IP headers
+        assert seen["NoPorts"] >= n, seen
+        return True
+    eventually_sync(counted, 5, 0.02)
     for sock in (rx, tx):
         sock.close()
 
