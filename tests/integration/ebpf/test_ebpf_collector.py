@@ -17,11 +17,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from testkit import consistently_sync, eventually_sync, scaled
+
 from x0tta6bl4.monitoring import bpf_loader
 from x0tta6bl4.monitoring.collectors import (
     ALL_SIGNALS,
@@ -50,13 +51,9 @@ def run_py(code: str, *, prefix: list[str] | None = None, timeout: float = 20) -
                           timeout=timeout, check=True)
 
 
-def wait_until(pred: Callable[[], object], timeout: float = 3.0, step: float = 0.02) -> object:
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= end:
-            return v
-        time.sleep(step)
+def event(c: EbpfCollector, pred: Callable[[object], bool], what: str, timeout: float = 5.0):
+    """The first queued kernel event matching ``pred`` (taken off the queue)."""
+    return eventually_sync(lambda: c.wait_for_event(pred, timeout=0), timeout, 0.005, what=what)
 
 
 def have_tool(name: str) -> bool:
@@ -111,7 +108,7 @@ def test_load_and_unload_cleanly() -> None:
     finally:
         c.close()
     c.close()  # idempotent
-    assert wait_until(lambda: not (ids & _kernel_prog_ids())), "programs still loaded after close()"
+    eventually_sync(lambda: not (ids & _kernel_prog_ids()), 3, what="programs unloaded after close()")
     assert _perf_attachments(os.getpid()) == []
     with pytest.raises(RuntimeError):
         c.collect()
@@ -134,7 +131,7 @@ def test_crash_leaves_nothing_attached() -> None:
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(10)
-    assert wait_until(lambda: not (ids & _kernel_prog_ids()), timeout=5), "programs survived SIGKILL"
+    eventually_sync(lambda: not (ids & _kernel_prog_ids()), 5, what="programs unloaded after SIGKILL")
     assert _perf_attachments(p.pid) == []
 
 
@@ -158,13 +155,12 @@ def test_sensitive_open_is_reported(col: EbpfCollector) -> None:
             print(os.getpid())
         """)
         pid = int(run_py(code).stdout)
-        ev = c.wait_for_event(lambda e: e.pid == pid and e.path == str(secret))
-        assert ev is not None, "open of the watched key file was not reported"
+        ev = event(c, lambda e: e.pid == pid and e.path == str(secret), "the open of the watched key file")
         assert ev.kind == "sensitive_open" and ev.is_security
         assert ev.comm == "x0-opener" and ev.watch_prefix == prefix and ev.uid == os.getuid()
-        assert 0 <= ev.delay_ms < 100
-        shadow = c.wait_for_event(lambda e: e.pid == pid and e.path == "/etc/shadow")
-        assert shadow is not None and shadow.watch_prefix == "/etc/shadow"
+        assert 0 <= ev.delay_ms < scaled(100)
+        shadow = event(c, lambda e: e.pid == pid and e.path == "/etc/shadow", "the open of /etc/shadow")
+        assert shadow.watch_prefix == "/etc/shadow"
         rest = [e for e in c.collect().events if e.pid == pid and e.kind == "sensitive_open"]
         assert all(e.path != "/etc/hostname" for e in rest)
     finally:
@@ -183,14 +179,13 @@ def test_privilege_escalation_attempt_is_reported(col: EbpfCollector) -> None:
         print(os.getpid())
     """)
     pid = int(run_py(code, prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]).stdout)
-    ev = c.wait_for_event(lambda e: e.pid == pid and e.syscall == "setuid")
-    assert ev is not None, "setuid(0) by an unprivileged process was not reported"
+    ev = event(c, lambda e: e.pid == pid and e.syscall == "setuid", "setuid(0) by an unprivileged process")
     assert ev.kind == "privilege_change" and ev.escalation is True
     assert ev.uid == 65534 and ev.target_ids == (0, None, None) and ev.comm == "x0-escalate"
     # setpriv itself (root) dropped privileges: reported, but not an escalation
-    drop = c.wait_for_event(lambda e: e.kind == "privilege_change" and e.syscall == "setresuid"
-                            and e.uid == 0 and e.target_ids == (65534, 65534, 65534))
-    assert drop is not None and drop.escalation is False
+    drop = event(c, lambda e: e.kind == "privilege_change" and e.syscall == "setresuid"
+                 and e.uid == 0 and e.target_ids == (65534, 65534, 65534), "setpriv's setresuid")
+    assert drop.escalation is False
 
 
 def test_syscall_burst_of_child_process_is_counted(col: EbpfCollector) -> None:
@@ -255,8 +250,8 @@ def test_nftables_drop_counted_with_reason(col: EbpfCollector) -> None:
                 s.sendto(b'x' * 32, ('127.0.0.1', {port}))
         """)
         run_py(code, prefix=["ip", "netns", "exec", ns])
-        ev = c.wait_for_event(lambda e: e.kind == "packet_drop" and e.drop_reason == "NETFILTER_DROP")
-        assert ev is not None and ev.protocol == 0x0800 and 0 <= ev.delay_ms < 100
+        ev = event(c, lambda e: e.kind == "packet_drop" and e.drop_reason == "NETFILTER_DROP", "the nftables drop")
+        assert ev.protocol == 0x0800 and 0 <= ev.delay_ms < scaled(100)
         snap = c.collect()
         assert snap.drops.get("NETFILTER_DROP", 0) >= n
         assert snap.interfaces["lo"].tx_packets >= n
@@ -294,11 +289,12 @@ def test_background_drop_reasons_counted_but_not_evented_by_default(col: EbpfCol
     """)
     pid = int(run_py(code).stdout)
     assert col.collect().drops.get("NO_SOCKET", 0) >= 20
-    assert col.wait_for_event(lambda e: e.pid == pid, timeout=0.3) is None
+    consistently_sync(lambda: col.wait_for_event(lambda e: e.pid == pid, timeout=0) is None, 0.3,
+                      what="no event for a background drop")
     col.set_drop_events(True, None)  # every reason
     try:
         pid = int(run_py(code).stdout)
-        ev = col.wait_for_event(lambda e: e.pid == pid and e.kind == "packet_drop")
-        assert ev is not None and ev.drop_reason == "NO_SOCKET"
+        ev = event(col, lambda e: e.pid == pid and e.kind == "packet_drop", "the drop event, now enabled")
+        assert ev.drop_reason == "NO_SOCKET"
     finally:
         col.set_drop_events()
