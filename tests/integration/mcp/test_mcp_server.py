@@ -3,12 +3,10 @@ services, a mesh host with 3 node agents): tools listed with their destructive h
 DAO register/create/vote/status, keyvault issue/rotate, edge setup."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -16,6 +14,8 @@ import pytest
 mcp = pytest.importorskip("mcp", reason="pip install 'mcp>=1.20,<2'")
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from testkit import eventually
+
 from x0tta6bl4.runtime.stack import free_port, repo_root
 
 EXPECTED = {"mesh_status", "run_mapek_cycle", "simulate_failure", "self_heal_topology", "dao_create_proposal",
@@ -48,14 +48,12 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         # the node agents' host serves /health (liveness) and /ready (readiness) like every service
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def host_ready():
             try:
-                if get(f"http://127.0.0.1:{hp}/ready")[1].get("ready"):
-                    break
+                return get(f"http://127.0.0.1:{hp}/ready")[1].get("ready")
             except OSError:
-                pass
-            await asyncio.sleep(0.2)
+                return False
+        await eventually(host_ready, 30, 0.2, what="the mesh host's /ready")
         code, body = get(f"http://127.0.0.1:{hp}/health")
         assert code == 200 and body["status"] == "ok" and body["service"] == "mesh-host"
         for sp in stack.procs:
@@ -75,13 +73,12 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
             assert tools["mesh_status"].annotations.readOnlyHint
 
             # mesh status from the live telemetry bucket
-            deadline = time.monotonic() + 30
-            while True:
+            async def three_nodes():
                 st = result(await s.call_tool("mesh_status", {}))
-                if st["node_count"] == 3 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.3)
-            assert st["node_count"] == 3 and {n["node"] for n in st["nodes"]} == {"n0", "n1", "n2"}
+                assert st["node_count"] == 3, st
+                return st
+            st = await eventually(three_nodes, 30, 0.3)
+            assert {n["node"] for n in st["nodes"]} == {"n0", "n1", "n2"}
             assert st["mesh"] in ("healthy", "warning", "critical")
             assert all(n["health"] in ("healthy", "warning", "critical") for n in st["nodes"])
 

@@ -3,15 +3,15 @@ the live telemetry bucket; --verify fails without a verification and passes afte
 stream MAPEK; the API guide's import map imports."""
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
 import sys
-import time
 
 import nats
 import pytest
+from testkit import eventually
+
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.publisher import Publisher
@@ -47,13 +47,11 @@ async def test_validate_mesh_metrics_and_verify(stack_factory):
     host = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", "line:3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def three_nodes():
             r = run(stack.url, "--metrics", "--json")
-            if r.returncode != 3 and len(json.loads(r.stdout)["metrics"]["nodes"]) == 3:
-                break
-            assert time.monotonic() < deadline, r.stderr
-            await asyncio.sleep(0.5)
+            assert r.returncode != 3 and len(json.loads(r.stdout)["metrics"]["nodes"]) == 3, r.stderr
+            return r
+        r = await eventually(three_nodes, 30, 0.5)
         rep = json.loads(r.stdout)["metrics"]
         assert {n["node"] for n in rep["nodes"]} == {"n0", "n1", "n2"}
         assert r.returncode == ["green", "yellow", "red"].index(rep["mesh"])
