@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import nats
-from testkit import wait_for
+from testkit import eventually
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
@@ -76,9 +76,9 @@ async def test_shipped_model_detects_a_killed_node_on_the_live_mesh(stack_factor
     try:
         async def telemetry_in():
             return len(await kv_snapshot(js, "telemetry")) >= 9
-        await wait_for(telemetry_in, 20)
+        await eventually(telemetry_in, 20)
         # a few periodic windows of the healthy mesh: no anomaly from the model
-        await wait_for(lambda: _count(js, subjects.MAPEK_TELEMETRY, 4), 10)
+        await eventually(lambda: _count(js, subjects.MAPEK_TELEMETRY, 4), 10)
         assert [a for a in await anomalies(js) if "graphsage" in a.detector] == []
         cmd = mesh_pb2.MeshCommand(meta=new_meta("test"), node_id="n4", kind=mesh_pb2.MeshCommand.KIND_FAULT,
                                    params={"type": "kill"})
@@ -87,7 +87,7 @@ async def test_shipped_model_detects_a_killed_node_on_the_live_mesh(stack_factor
 
         async def model_agrees():
             return [a for a in await anomalies(js) if a.root_cause == "n4" and "graphsage" in a.detector]
-        found = await wait_for(model_agrees, 20, 0.3)
+        found = await eventually(model_agrees, 20, 0.3)
     finally:
         await nc.close()
         mesh.terminate()
@@ -137,7 +137,7 @@ async def test_bad_telemetry_is_rejected_with_a_reason_and_replicas_give_one_ans
 
         async def settled():
             return len(await dead_letters(js)) >= 3 and await anomalies(js, "cycle-w-6")
-        await wait_for(settled, 20, 0.2)
+        await eventually(settled, 20, 0.2)
         dl = {d.stream_sequence: d.reason for d in await dead_letters(js)}
         reasons = sorted(dl.values())
         assert any("node 'n2'" in r and "'loss_pct' is negative" in r for r in reasons), reasons
@@ -151,7 +151,7 @@ async def test_bad_telemetry_is_rejected_with_a_reason_and_replicas_give_one_ans
         # still alive and analysing
         await pub.publish(subjects.MAPEK_TELEMETRY, window(7, [*healthy(7, skip=("n8",)), tel("n8", 7, down=True)],
                                                           trigger="n8"))
-        (b,) = await wait_for(lambda: anomalies(js, "cycle-w-7"), 10, 0.2)
+        (b,) = await eventually(lambda: anomalies(js, "cycle-w-7"), 10, 0.2)
         assert b.root_cause == "n8"
         assert all(sp.proc.poll() is None for sp in stack.procs)
         await replicas_agree(nc, js, pub, det)
@@ -174,7 +174,7 @@ async def replicas_agree(nc, js, pub, det):
     async def done():
         got = [a for a in await anomalies(js) if a.meta.cycle_id.startswith("cycle-r-")]
         return got if want_cycles <= {a.meta.cycle_id for a in got} else None
-    got = await wait_for(done, 30, 0.3)
+    got = await eventually(done, 30, 0.3)
     by_cycle: dict[str, list] = {}
     for a in got:
         by_cycle.setdefault(a.meta.cycle_id, []).append(a)

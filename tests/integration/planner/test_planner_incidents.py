@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import nats
-from testkit import wait_for
+from testkit import eventually
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
@@ -39,10 +39,10 @@ async def test_late_anomalies_of_a_repaired_incident_are_not_planned_again(stack
     try:
         t0 = time.time_ns()
         await pub.publish(subjects.MAPEK_ANOMALY, _anomaly(t0, "c1"))
-        await wait_for(lambda: _len_at_least(plans, 1), 20)
+        await eventually(lambda: _len_at_least(plans, 1), 20)
         # the same incident while it is being handled: a duplicate
         await pub.publish(subjects.MAPEK_ANOMALY, _anomaly(t0 + 1_000, "c2"))
-        await wait_for(lambda: _len_at_least(lambda: audits("anomaly.duplicate"), 1), 20)
+        await eventually(lambda: _len_at_least(lambda: audits("anomaly.duplicate"), 1), 20)
         # the repair is verified ...
         verified_at = time.time_ns()
         v = events_pb2.Verification(meta=new_meta("executor", "c1"), action_id="a1", recovered=True,
@@ -57,14 +57,14 @@ async def test_late_anomalies_of_a_repaired_incident_are_not_planned_again(stack
             except Exception:  # noqa: BLE001 - not written yet
                 return None
             return planning.claim_verdict(e.value, verified_at - 1) == planning.CLAIM_STALE or None
-        await wait_for(resolved, 20)
+        await eventually(resolved, 20)
         # ... a late anomaly of that incident (its window saw the symptom before the repair): not re-planned
         await pub.publish(subjects.MAPEK_ANOMALY, _anomaly(t0 + 2_000, "c3"))
-        await wait_for(lambda: _len_at_least(lambda: audits("anomaly.stale"), 1), 20)
+        await eventually(lambda: _len_at_least(lambda: audits("anomaly.stale"), 1), 20)
         assert len(await plans()) == 1
         # a symptom that starts after the repair is a new incident: planned
         await pub.publish(subjects.MAPEK_ANOMALY, _anomaly(verified_at + 1_000_000, "c4"))
-        got = await wait_for(lambda: _len_at_least(plans, 2), 20)
+        got = await eventually(lambda: _len_at_least(plans, 2), 20)
         assert [p.meta.cycle_id for p in got] == ["c1", "c4"]
     finally:
         await nc.close()
