@@ -177,9 +177,6 @@ def consistently_sync(check: Callable[[], Any], during: float = 1.0, interval: f
         time.sleep(poll.pause(interval))
 
 
-wait_for = eventually   # the former name, for callers not yet renamed
-
-
 def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
     env = stack.service_env("mesh-host", 0, 0)
     proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", topology,
