@@ -6,11 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup ebpf-setup proto demo up up-detached down test bench bench-mttr lint clean help
+.PHONY: setup ebpf-setup proto demo up up-detached down test test-unit test-under-load bench bench-mttr lint clean help
 
 help:
 	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
 	@echo "make test        set up and run the test suite"
+	@echo "make test-unit   the unit layer only (pytest -m unit: in-process, seconds)"
+	@echo "make test-under-load  the suite with two busy CPU hogs beside it (tests/load.sh)"
 	@echo "make lint        ruff, mypy on libs/ and the import contract (the domain does no I/O)"
 	@echo "make up / down   run the embedded stack in the foreground / stop a detached one"
 	@echo "make bench       benchmarks (ratios against raw baselines measured in the same run)"
@@ -54,6 +56,13 @@ down: $(STAMP)
 
 test: $(STAMP) ebpf-setup
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)
+
+# the suite beside two CPU hogs (killed afterwards): what a busy 2-core CI machine does to timing
+test-under-load: $(STAMP) ebpf-setup
+	PY=$(BIN)/python bash tests/load.sh $(PYTEST_ARGS)
 
 # configured in pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]
 lint: $(STAMP)
