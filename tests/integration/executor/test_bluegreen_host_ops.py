@@ -24,6 +24,7 @@ async def telemetry_from(nc):
     async def on(m):
         got.add(m.subject.rsplit(".", 1)[-1])
     sub = await nc.subscribe("mesh.telemetry.*", cb=on)
+    await nc.flush()   # subscribed at the server: the window starts now
     try:
         yield got
     finally:

@@ -145,6 +145,7 @@ async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with
             seen.setdefault(hc.node_id, hc)
         await nc.subscribe("audit.monitor.security.>", cb=queue_cb(audits, stamp=True))
         await nc.subscribe("mapek.health", cb=on_change)
+        await nc.flush()   # the server has both subscriptions before the event they must see
         t0 = time.monotonic()
         os.kill(host.pid, signal.SIGUSR1)
         ts, data = await asyncio.wait_for(audits.get(), scaled(3))
