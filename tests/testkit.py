@@ -177,6 +177,21 @@ def consistently_sync(check: Callable[[], Any], during: float = 1.0, interval: f
         time.sleep(poll.pause(interval))
 
 
+def unused_pid() -> int:
+    """A pid that no process has (for "a process that died"), found without starting one: the top of the pid
+    range, which the kernel hands out last."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    for pid in range(pid_max - 1, 1, -1):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            continue
+    raise RuntimeError("every pid is in use")
+
+
 def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
     env = stack.service_env("mesh-host", 0, 0)
     proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", topology,

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 import typer
+from testkit import unused_pid
+
 from x0tta6bl4.cli.mesh import _routes_cell, mesh_file, running_mesh, topology_spec
 from x0tta6bl4.v1 import events_pb2
 
@@ -21,9 +22,7 @@ def test_topology_spec():
 
 def test_running_mesh_removes_stale_state(tmp_path):
     assert running_mesh(tmp_path) is None
-    p = subprocess.Popen(["true"])
-    p.wait()
-    mesh_file(tmp_path).write_text(json.dumps({"pid": p.pid, "mode": "loopback", "nodes": ["n0"]}))
+    mesh_file(tmp_path).write_text(json.dumps({"pid": unused_pid(), "mode": "loopback", "nodes": ["n0"]}))
     assert running_mesh(tmp_path) is None and not mesh_file(tmp_path).exists()
     mesh_file(tmp_path).write_text("{not json")
     assert running_mesh(tmp_path) is None and not mesh_file(tmp_path).exists()

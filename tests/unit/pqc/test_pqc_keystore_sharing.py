@@ -1,9 +1,8 @@
 """Several processes (keyvault replicas) sharing one keystore directory."""
 import os
-import subprocess
-import sys
 
 import pytest
+from testkit import unused_pid
 
 from x0tta6bl4.pqc.keystore import Keystore, MasterKey
 
@@ -19,8 +18,7 @@ def test_create_only_refuses_to_overwrite(tmp_path):
 def test_cleanup_keeps_a_live_writers_temp_file_and_removes_a_dead_ones(tmp_path):
     ks = Keystore(tmp_path, MasterKey.generate())
     live = tmp_path / f".root.key.{os.getppid()}.abcd.tmp"
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout.strip()
+    dead_pid = unused_pid()
     dead = tmp_path / f".root.key.{dead_pid}.abcd.tmp"
     live.write_bytes(b"x")
     dead.write_bytes(b"x")
