@@ -6,6 +6,9 @@ integration, e2e, security (registered in pyproject.toml). `pytest -m unit` sele
 from __future__ import annotations
 
 import pathlib
+import socket
+import sys
+import threading
 
 import nats
 import pytest
@@ -47,6 +50,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         layer = _layer(item.path)
         if layer is not None:
             item.add_marker(getattr(pytest.mark, layer))
+
+
+# tests/unit stays in-process: a unit test that opens a network socket or starts a process fails at once,
+# naming what it did (an audit hook on the test's own thread; `@pytest.mark.subprocess` allows a helper process)
+_unit_item: list[pytest.Item] = []
+
+
+def _unit_guard(event: str, args: tuple) -> None:
+    if not _unit_item or threading.current_thread() is not threading.main_thread():
+        return
+    item = _unit_item[0]
+    if event in ("socket.bind", "socket.connect") and args[0].family in (socket.AF_INET, socket.AF_INET6):
+        raise RuntimeError(f"{item.nodeid} opened a network socket ({event} {args[1]!r}): tests that touch the "
+                           "network belong in tests/integration")
+    if event == "subprocess.Popen" and item.get_closest_marker("subprocess") is None:
+        raise RuntimeError(f"{item.nodeid} started a process ({args[1]!r}): tests that start processes belong in "
+                           "tests/integration")
+
+
+sys.addaudithook(_unit_guard)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    if _layer(item.path) == "unit":
+        _unit_item.append(item)
+    try:
+        yield
+    finally:
+        _unit_item.clear()
 
 
 @pytest.fixture

@@ -101,6 +101,7 @@ def test_rotation_overlap_and_retire(nodes):
     assert ring.state_of(3) == "retiring"
 
 
+@pytest.mark.subprocess   # liboqs is looked for with ctypes.util.find_library (ldconfig, the linker)
 def test_backend_selection(monkeypatch):
     assert get_backend().name == "cryptography"
     assert "cryptography" in available_backends()
@@ -111,6 +112,7 @@ def test_backend_selection(monkeypatch):
 
 
 @pytest.mark.skipif(find_liboqs() is not None, reason="liboqs present")
+@pytest.mark.subprocess
 def test_liboqs_not_selected_without_shared_library(monkeypatch):
     import sys
 
@@ -121,6 +123,7 @@ def test_liboqs_not_selected_without_shared_library(monkeypatch):
 
 
 @pytest.mark.skipif(find_liboqs() is None, reason="liboqs shared library not installed")
+@pytest.mark.subprocess
 def test_liboqs_backend_interop_with_cryptography():
     from x0tta6bl4.pqc import MLDSA65PrivateKey, MLDSA65PublicKey, MLKEM768PrivateKey, MLKEM768PublicKey
 
