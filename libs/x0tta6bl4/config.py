@@ -12,13 +12,16 @@ import os
 import pathlib
 import socket
 import tomllib
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from x0tta6bl4.monitoring.thresholds import ThresholdConfigError, Thresholds, load_thresholds
+
+if TYPE_CHECKING:
+    from x0tta6bl4.bus.connection import NatsCredentials
 
 PREFIX = "X0TTA6BL4_"
 CONFIG_FILE_ENV = PREFIX + "CONFIG_FILE"
@@ -77,6 +80,11 @@ class CommonSettings(BaseSettings):
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas for streams (clustered NATS)")
     instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     trust_domain: str = Field("x0tta6bl4.mesh", pattern=r"^[a-z0-9.-]{1,253}$")
+    nats_nkey_file: pathlib.Path | None = Field(None, description="this identity's NATS nkey seed file")
+    nats_ca_file: pathlib.Path | None = Field(None, description="CA certificate of the NATS server (TLS)")
+    nats_identity: str = Field("", description="bus identity (default: the nkey file's name)")
+    trust_file: pathlib.Path | None = Field(None, description="trust bundle: the services' public signing keys")
+    signing_key_file: pathlib.Path | None = Field(None, description="this service's ML-DSA-65 signing seed")
     thresholds_file: pathlib.Path | None = Field(None, description="TOML/YAML/JSON threshold table (every stage)")
     thresholds: str | None = Field(None, description='inline JSON, e.g. {"cpu_percent": {"warning": 60}}')
 
@@ -87,6 +95,19 @@ class CommonSettings(BaseSettings):
             if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
                 raise ValueError(f"not a NATS URL: {url.strip()!r} (expected nats://host:port)")
         return v
+
+    def nats_credentials(self) -> NatsCredentials | None:
+        """This process's bus identity (None: an open broker, development only). ConfigError names a
+        missing file."""
+        if self.nats_nkey_file is None:
+            return None
+        from x0tta6bl4.bus.connection import CredentialsError, NatsCredentials
+        creds = NatsCredentials(self.nats_identity or self.nats_nkey_file.stem, self.nats_nkey_file,
+                                self.nats_ca_file)
+        try:
+            return creds.check()
+        except CredentialsError as e:
+            raise ConfigError(str(e)) from None
 
     def threshold_table(self) -> Thresholds:
         """The one threshold table of this deployment (the spec's, changed by the two threshold settings);

@@ -43,7 +43,7 @@ from prometheus_client import Counter, Histogram
 from x0tta6bl4.audit.chain import AuditChain, MLDSASigner
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
-from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology
+from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology, missing_topology
 from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.kv import NatsKV
 from x0tta6bl4.bus.ports import KeyNotFound, Reject, Reply
@@ -233,9 +233,13 @@ class Service:
         if s.health_port:
             self.health = HealthServer(self, s.health_port)
             await self.health.start()
-        self.nc = await connect(s.nats_url, f"{self.name}@{s.instance}")
+        creds = s.nats_credentials()
+        self.nc = await connect(s.nats_url, f"{self.name}@{s.instance}", creds=creds)
         self.publisher = Publisher(self.nc, self.name)
-        await ensure_topology(self.nc.jetstream(), s.stream_replicas)
+        if creds is None:   # an open broker (development): declare what is missing ourselves
+            await ensure_topology(self.nc.jetstream(), s.stream_replicas, s.max_deliver, s.ack_wait_s)
+        else:               # a secured bus: the provisioner declared it; wait for it, never create it
+            await self._wait_topology()
         signer = _load_audit_signer(pathlib.Path(s.data_dir), self.name)
         self.chain = AuditChain(self.name, signer)
         kv = await self.raw_kv("audit_keys")
@@ -249,6 +253,17 @@ class Service:
         for fn in self._background:
             self._tasks.append(asyncio.create_task(self._guard(fn), name=f"bg-{fn.__name__}"))
         log.info("%s started (instance %s, %d consumers)", self.name, s.instance, len(self.subscriptions))
+
+    async def _wait_topology(self) -> None:
+        js = self.nc.jetstream()
+        streams = {subjects.consumer(sub.durable).stream for sub in self.subscriptions}
+        buckets = {"processed", "audit_keys", *self.mirrors}
+        while True:
+            missing = await missing_topology(js, sorted(streams), sorted(buckets))
+            if not missing:
+                return
+            log.warning("%s: waiting for the provisioner to declare %s", self.name, ", ".join(missing))
+            await asyncio.sleep(1.0)
 
     async def _guard(self, fn) -> None:
         while not self._stopping.is_set():

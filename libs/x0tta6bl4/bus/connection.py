@@ -4,6 +4,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import pathlib
+import ssl
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -27,14 +33,72 @@ from tenacity import (
 )
 
 from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.permissions import inbox_prefix
 
 log = logging.getLogger("x0tta6bl4.bus")
 
 RETRYABLE = (OSError, asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error)
+ENV_NKEY, ENV_CA, ENV_IDENTITY = "X0TTA6BL4_NATS_NKEY_FILE", "X0TTA6BL4_NATS_CA_FILE", "X0TTA6BL4_NATS_IDENTITY"
 
 
-async def connect(url: str, name: str, connect_timeout_s: float = 60.0) -> NATS:
-    """Connect with back-off, then keep reconnecting for ever through broker restarts."""
+class CredentialsError(Exception):
+    """A credentials or CA file is missing or unreadable; str() names the setting and the file."""
+
+
+@dataclass(frozen=True)
+class NatsCredentials:
+    """Who a process is on the bus: its identity's nkey seed, the CA that signed the server's certificate,
+    and the identity's name (its reply inbox prefix, see :mod:`x0tta6bl4.bus.permissions`)."""
+    identity: str
+    nkey_file: pathlib.Path
+    ca_file: pathlib.Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> NatsCredentials | None:
+        """From X0TTA6BL4_NATS_NKEY_FILE / _CA_FILE / _IDENTITY; None when no nkey file is set."""
+        env = os.environ if env is None else env
+        nkey = env.get(ENV_NKEY)
+        if not nkey:
+            return None
+        identity = env.get(ENV_IDENTITY) or pathlib.Path(nkey).stem
+        ca = env.get(ENV_CA)
+        return cls(identity, pathlib.Path(nkey), pathlib.Path(ca) if ca else None).check()
+
+    @classmethod
+    def in_secrets(cls, secrets_dir: pathlib.Path, identity: str) -> NatsCredentials | None:
+        """An identity's credentials in a secrets directory (``meshctl secrets init``), if it has them."""
+        nkey = pathlib.Path(secrets_dir) / "creds" / f"{identity}.nk"
+        if not nkey.is_file():
+            return None
+        ca = pathlib.Path(secrets_dir) / "ca" / "ca.pem"
+        return cls(identity, nkey, ca if ca.is_file() else None)
+
+    def check(self) -> NatsCredentials:
+        for setting, path in ((ENV_NKEY, self.nkey_file), (ENV_CA, self.ca_file)):
+            if path is not None and not os.access(path, os.R_OK):
+                raise CredentialsError(f"{setting}={str(path)!r}: no such readable file")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """nats-py connect() keyword arguments."""
+        opts: dict[str, Any] = {"nkeys_seed": str(self.nkey_file), "inbox_prefix": inbox_prefix(self.identity)}
+        if self.ca_file is not None:
+            opts["tls"] = ssl.create_default_context(cafile=str(self.ca_file))
+        return opts
+
+
+def _servers(url: str, creds: NatsCredentials | None) -> list[str]:
+    out = [u.strip() for u in url.split(",")]
+    if creds is not None and creds.ca_file is not None:   # TLS: nats:// is upgraded, tls:// is explicit
+        out = ["tls://" + u.split("://", 1)[1] if u.startswith("nats://") else u for u in out]
+    return out
+
+
+async def connect(url: str, name: str, connect_timeout_s: float = 60.0,
+                  creds: NatsCredentials | None = None) -> NATS:
+    """Connect with back-off, then keep reconnecting for ever through broker restarts.
+    ``creds``: this process's identity (default: from the environment, see :class:`NatsCredentials`)."""
+    creds = creds if creds is not None else NatsCredentials.from_env()
 
     async def _disconnected() -> None:
         log.warning("%s: disconnected from NATS, reconnecting", name)
@@ -53,7 +117,7 @@ async def connect(url: str, name: str, connect_timeout_s: float = 60.0) -> NATS:
     ):
         with attempt:
             return await nats.connect(
-                servers=[u.strip() for u in url.split(",")],
+                servers=_servers(url, creds),
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
@@ -62,18 +126,23 @@ async def connect(url: str, name: str, connect_timeout_s: float = 60.0) -> NATS:
                 disconnected_cb=_disconnected,
                 reconnected_cb=_reconnected,
                 error_cb=_error,
+                **(creds.options() if creds is not None else {}),
             )
     raise RuntimeError("unreachable")
 
 
-async def connect_once(url: str, name: str, timeout_s: float = 10.0, connect_timeout_s: float = 2.0) -> NATS:
+async def connect_once(url: str, name: str, timeout_s: float = 10.0, connect_timeout_s: float = 2.0,
+                       creds: NatsCredentials | None = None) -> NATS:
     """One bounded, quiet connection attempt for clients (CLI, MCP, scripts, edge sync): raises when no
     broker answers instead of retrying for ever; nats-py's per-attempt tracebacks are silenced."""
+    creds = creds if creds is not None else NatsCredentials.from_env()
+
     async def _quiet(_e: Exception) -> None:
         return None
     return await asyncio.wait_for(
-        nats.connect(servers=[u.strip() for u in url.split(",")], name=name, connect_timeout=connect_timeout_s,
-                     allow_reconnect=False, max_reconnect_attempts=1, error_cb=_quiet), timeout_s)
+        nats.connect(servers=_servers(url, creds), name=name, connect_timeout=connect_timeout_s,
+                     allow_reconnect=False, max_reconnect_attempts=1, error_cb=_quiet,
+                     **(creds.options() if creds is not None else {})), timeout_s)
 
 
 def stream_config(s: subjects.Stream, replicas: int = 1) -> StreamConfig:
@@ -87,13 +156,16 @@ def stream_config(s: subjects.Stream, replicas: int = 1) -> StreamConfig:
         duplicate_window=s.duplicate_window_s,
         num_replicas=replicas,
         deny_delete=s.deny_delete,
+        deny_purge=s.deny_delete,
         discard=DiscardPolicy.NEW if s.discard_new else DiscardPolicy.OLD,
         allow_direct=True,
     )
 
 
-async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create or update every stream and bucket (idempotent, safe from many replicas)."""
+async def ensure_topology(js: JetStreamContext, replicas: int = 1, max_deliver: int = 5,
+                          ack_wait_s: float = 30.0) -> None:
+    """Create or update every stream, bucket and durable consumer (idempotent, safe from many replicas).
+    On a secured bus only the provisioner may (see :mod:`x0tta6bl4.bus.permissions`)."""
     for s in subjects.STREAMS:
         cfg = stream_config(s, replicas)
         try:
@@ -107,6 +179,25 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
             with contextlib.suppress(BadRequestError):   # created concurrently by another replica
                 await js.create_key_value(KeyValueConfig(bucket=b.name, history=b.history,
                                                          ttl=b.ttl_s or None, replicas=replicas))
+    for c in subjects.CONSUMERS:
+        try:
+            await js.consumer_info(c.stream, c.durable)
+        except NotFoundError:
+            with contextlib.suppress(BadRequestError):   # created concurrently
+                await js.add_consumer(c.stream, consumer_config(c, max_deliver, ack_wait_s))
+
+
+async def missing_topology(js: JetStreamContext, streams: Iterable[str] = (), buckets: Iterable[str] = ()
+                           ) -> list[str]:
+    """The streams and buckets among these that do not exist (a service checks what it needs; it cannot
+    create them on a secured bus)."""
+    missing = []
+    for name in [*streams, *(f"KV_{b}" for b in buckets)]:
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            missing.append(name if not name.startswith("KV_") else f"bucket {name[3:]}")
+    return missing
 
 
 def consumer_config(c: subjects.Consumer, max_deliver: int, ack_wait_s: float) -> ConsumerConfig:

@@ -1,0 +1,262 @@
+"""A deployment's secrets, made by one command (``meshctl secrets init``) before the first start.
+
+    <dir>/ca/ca.pem, ca.key            the deployment CA (TLS for NATS; X.509 SVIDs for gRPC)
+    <dir>/nats/server.pem, server.key  nats-server's certificate (127.0.0.1, ::1, localhost, nats)
+    <dir>/nats/auth.json               nats-server accounts, users (nkeys) and permissions (generated from
+                                       bus/permissions.py; rewritten when a mesh host is added, then
+                                       embedded in the server's configuration)
+    <dir>/creds/<identity>.nk          each identity's NATS nkey seed (0600)
+    <dir>/signing/<service>.seed       each service's ML-DSA-65 signing seed (0600)
+    <dir>/trust.json                   the trust bundle: the services' public signing keys and roles
+    <dir>/hosts.json                   mesh hosts and the nodes each may speak for
+
+Nothing in it is ever sent over the bus. Files holding a secret are 0600 and written atomically; the
+directory is 0700. A stack, a container or a pod gets only its own identity's files plus the public ones
+(ca.pem, trust.json).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import pathlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from x0tta6bl4.bus import permissions
+from x0tta6bl4.pqc.keystore import write_secret_file
+from x0tta6bl4.trust import ROLES, Signer, TrustBundle
+
+ACCOUNT = "X0"
+SERVER_NAMES = ("localhost", "nats")
+
+
+class SecretsError(Exception):
+    """The secrets directory is missing, incomplete or unreadable; str() names the file."""
+
+
+def _write_public(path: pathlib.Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _new_user_seed() -> bytes:
+    import nkeys
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+
+
+def nkey_public(seed: bytes) -> str:
+    import nkeys
+    return nkeys.from_seed(bytearray(seed.strip())).public_key.decode()
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x0tta6bl4"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def make_ca(trust_domain: str, days: int = 3650) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name(f"x0tta6bl4 CA {trust_domain}"))
+            .issuer_name(_name(f"x0tta6bl4 CA {trust_domain}")).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False),
+                           critical=True)
+            .add_extension(x509.NameConstraints(
+                permitted_subtrees=[x509.UniformResourceIdentifier(f"spiffe://{trust_domain}"),
+                                    *[x509.DNSName(n) for n in SERVER_NAMES],
+                                    x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
+                                    x509.IPAddress(ipaddress.ip_network("::1/128")),
+                                    x509.IPAddress(ipaddress.ip_network("10.0.0.0/8")),
+                                    x509.IPAddress(ipaddress.ip_network("172.16.0.0/12")),
+                                    x509.IPAddress(ipaddress.ip_network("192.168.0.0/16"))],
+                excluded_subtrees=None), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def issue_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, cn: str,
+                      dns: Iterable[str], ips: Iterable[str], days: int = 825
+                      ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return key, cert
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """One deployment's secrets directory."""
+    root: pathlib.Path
+
+    # ---- paths ---------------------------------------------------------------------------------------
+    @property
+    def ca_cert(self) -> pathlib.Path:
+        return self.root / "ca" / "ca.pem"
+
+    @property
+    def ca_key(self) -> pathlib.Path:
+        return self.root / "ca" / "ca.key"
+
+    @property
+    def server_cert(self) -> pathlib.Path:
+        return self.root / "nats" / "server.pem"
+
+    @property
+    def server_key(self) -> pathlib.Path:
+        return self.root / "nats" / "server.key"
+
+    @property
+    def auth_file(self) -> pathlib.Path:
+        return self.root / "nats" / "auth.json"
+
+    @property
+    def trust_file(self) -> pathlib.Path:
+        return self.root / "trust.json"
+
+    @property
+    def hosts_file(self) -> pathlib.Path:
+        return self.root / "hosts.json"
+
+    def nkey_file(self, identity: str) -> pathlib.Path:
+        return self.root / "creds" / f"{identity}.nk"
+
+    def signing_file(self, service: str) -> pathlib.Path:
+        return self.root / "signing" / f"{service}.seed"
+
+    # ---- reading -------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.trust_file.is_file() and self.auth_file.is_file() and self.ca_cert.is_file()
+
+    def check(self) -> Secrets:
+        for p in (self.trust_file, self.auth_file, self.ca_cert, self.server_cert, self.server_key):
+            if not p.is_file():
+                raise SecretsError(f"secrets {str(self.root)!r}: {p.relative_to(self.root)} is missing "
+                                   f"(run: meshctl secrets init --dir {self.root})")
+        return self
+
+    def trust(self) -> TrustBundle:
+        return TrustBundle.load(self.trust_file)
+
+    def hosts(self) -> dict[str, list[str]]:
+        if not self.hosts_file.is_file():
+            return {}
+        return {str(k): [str(n) for n in v] for k, v in json.loads(self.hosts_file.read_text()).items()}
+
+    def env_for(self, identity: str, *, service: str | None = None) -> dict[str, str]:
+        """The settings a process of ``identity`` needs (X0TTA6BL4_* variables)."""
+        env = {"X0TTA6BL4_NATS_NKEY_FILE": str(self.nkey_file(identity)),
+               "X0TTA6BL4_NATS_CA_FILE": str(self.ca_cert),
+               "X0TTA6BL4_NATS_IDENTITY": identity,
+               "X0TTA6BL4_TRUST_FILE": str(self.trust_file)}
+        if service is not None and self.signing_file(service).is_file():
+            env["X0TTA6BL4_SIGNING_KEY_FILE"] = str(self.signing_file(service))
+        return env
+
+    # ---- writing ---------------------------------------------------------------------------------------
+    def _ensure_nkey(self, identity: str) -> str:
+        path = self.nkey_file(identity)
+        if not path.is_file():
+            write_secret_file(path, _new_user_seed())
+        return nkey_public(path.read_bytes())
+
+    def write_auth(self) -> pathlib.Path:
+        """(Re)write nats-server's authorization from the permission table and the identities' nkeys."""
+        tbl = permissions.table(self.hosts())
+        users = [{"nkey": self._ensure_nkey(p.identity), "permissions": p.as_nats()} for p in tbl.identities]
+        conf = {"accounts": {ACCOUNT: {"jetstream": "enabled", "users": users}}}
+        _write_public(self.auth_file, (json.dumps(conf, indent=1) + "\n").encode())
+        return self.auth_file
+
+    def add_mesh_host(self, host: str, nodes: Iterable[str]) -> pathlib.Path:
+        """Give a mesh host an identity for exactly these nodes; returns its nkey file. The caller reloads
+        nats-server (``NatsServer.reload()``) for the new user to be accepted."""
+        hosts = self.hosts()
+        hosts[host] = sorted(set(nodes))
+        permissions.mesh_host(host, hosts[host])        # validates
+        _write_public(self.hosts_file, (json.dumps(hosts, indent=1, sort_keys=True) + "\n").encode())
+        self.write_auth()
+        return self.nkey_file(permissions.MESH_HOST_PREFIX + host)
+
+    def remove_mesh_host(self, host: str) -> None:
+        hosts = self.hosts()
+        if hosts.pop(host, None) is not None:
+            _write_public(self.hosts_file, (json.dumps(hosts, indent=1, sort_keys=True) + "\n").encode())
+            self.write_auth()
+
+    def nats_config(self, port: int, store_dir: pathlib.Path, *, host: str = "127.0.0.1", name: str = "",
+                    http_port: int = 0, cluster: dict | None = None) -> str:
+        """A nats-server configuration (JSON, which nats-server reads) with TLS and this authorization."""
+        conf: dict = {
+            "host": host, "port": port, "server_name": name or f"x0tta6bl4-{port}",
+            "jetstream": {"store_dir": str(store_dir)},
+            "tls": {"cert_file": str(self.server_cert), "key_file": str(self.server_key), "timeout": 5},
+            "max_payload": 8 * 1024 * 1024,
+            **json.loads(self.auth_file.read_text()),
+        }
+        if http_port:
+            conf["http"] = f"{host}:{http_port}"
+        if cluster:
+            conf["cluster"] = cluster
+        return json.dumps(conf, indent=1) + "\n"
+
+
+def init(root: str | pathlib.Path, trust_domain: str = "x0tta6bl4.mesh", *, force: bool = False) -> Secrets:
+    """Create a deployment's secrets (idempotent: what exists is kept unless ``force``)."""
+    s = Secrets(pathlib.Path(root).resolve())
+    s.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(s.root, 0o700)
+    if force or not s.ca_cert.is_file() or not s.ca_key.is_file():
+        ca_key, ca = make_ca(trust_domain)
+        write_secret_file(s.ca_key, _pem_key(ca_key))
+        _write_public(s.ca_cert, ca.public_bytes(serialization.Encoding.PEM))
+        force = True    # a new CA: everything it signed is new too
+    loaded = serialization.load_pem_private_key(s.ca_key.read_bytes(), None)
+    ca = x509.load_pem_x509_certificate(s.ca_cert.read_bytes())
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise SecretsError(f"{s.ca_key}: not an EC private key")
+    ca_key = loaded
+    if force or not s.server_cert.is_file():
+        key, cert = issue_server_cert(ca_key, ca, "nats", SERVER_NAMES, ("127.0.0.1", "::1"))
+        write_secret_file(s.server_key, _pem_key(key))
+        _write_public(s.server_cert, cert.public_bytes(serialization.Encoding.PEM))
+    signers = []
+    for svc in permissions.SERVICES:
+        path = s.signing_file(svc)
+        if force or not path.is_file():
+            signer = Signer.generate(svc)
+            write_secret_file(path, signer.seed_bytes_unsafe())
+        else:
+            signer = Signer.load(svc, path)
+        signers.append(signer.trusted(ROLES[svc]))
+    _write_public(s.trust_file, TrustBundle(trust_domain, tuple(signers)).to_json().encode())
+    s.write_auth()
+    return s
