@@ -41,7 +41,7 @@ def build(settings: AnalyzerSettings) -> Service:
         """Keep the history equal to the stream's recent windows (JetStream is the source of truth)."""
         start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.history_horizon_s)
         sub = await app.nc.jetstream().subscribe(
-            subjects.MAPEK_TELEMETRY, ordered_consumer=True,
+            subjects.MAPEK_TELEMETRY, stream=subjects.STREAM_MAPEK, ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start))
         try:
             async for m in sub.messages:

@@ -4,6 +4,7 @@ benchmarks. Everything it starts it stops: no process is left behind.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,10 +14,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+
+from x0tta6bl4.bus.permissions import PROVISIONER
+from x0tta6bl4.runtime.secrets import Secrets
+from x0tta6bl4.runtime.secrets import init as init_secrets
 
 SERVICES = ("keyvault", "governance", "monitor", "analyzer", "planner", "executor")
 
@@ -49,26 +55,57 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A real nats-server with JetStream on a loopback port and its own store dir."""
+    """A real nats-server with JetStream on a loopback port and its own store dir.
 
-    def __init__(self, store_dir: pathlib.Path, port: int | None = None, log_file: pathlib.Path | None = None):
+    With ``secrets`` (:mod:`x0tta6bl4.runtime.secrets`) it runs secured: TLS, nkey users with the
+    permissions of :mod:`x0tta6bl4.bus.permissions`, no anonymous access. :meth:`reload` applies a changed
+    authorization (a mesh host added) without a restart.
+    """
+
+    def __init__(self, store_dir: pathlib.Path, port: int | None = None, log_file: pathlib.Path | None = None,
+                 secrets: Secrets | None = None):
         self.store_dir = pathlib.Path(store_dir)
         self.port = port or free_port()
         self.log_file = log_file or self.store_dir.parent / "nats-server.log"
+        self.secrets = secrets
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.secrets else 'nats'}://127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> pathlib.Path:
+        return self.store_dir.parent / f"nats-{self.port}.conf"
+
+    def _command(self) -> list[str]:
+        if self.secrets is None:
+            return [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
+                    "-n", f"x0tta6bl4-{self.port}"]
+        self.write_config()
+        return [nats_server_binary(), "-c", str(self.config_file)]
+
+    def write_config(self) -> None:
+        assert self.secrets is not None
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_file.with_suffix(".tmp")
+        tmp.write_text(self.secrets.nats_config(self.port, self.store_dir))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.config_file)
+
+    def reload(self) -> None:
+        """Re-read the authorization (new or removed mesh hosts) without dropping anyone."""
+        if self.secrets is None or self.proc is None:
+            return
+        self.write_config()
+        self.proc.send_signal(signal.SIGHUP)
 
     def start(self, timeout_s: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(
-                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
-                 "-n", f"x0tta6bl4-{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,6 +129,40 @@ class NatsServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def provision(self, replicas: int = 1, timeout_s: float = 30.0) -> None:
+        """Declare every stream, bucket and durable consumer (as the provisioner on a secured server)."""
+        from x0tta6bl4.bus.connection import NatsCredentials, connect_once, ensure_topology
+        creds = (NatsCredentials.in_secrets(self.secrets.root, PROVISIONER) if self.secrets is not None else None)
+
+        async def run() -> None:
+            nc = await connect_once(self.url, "provisioner", timeout_s=timeout_s, creds=creds)
+            try:
+                await ensure_topology(nc.jetstream(), replicas)
+            finally:
+                await nc.close()
+        _run_async(run())
+
+
+def _run_async(coro) -> None:
+    """Run a coroutine to completion from sync code, also when the caller is inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)
+        return
+    box: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box.append(e)
+    t = threading.Thread(target=target, name="provision")
+    t.start()
+    t.join()
+    if box:
+        raise box[0]
 
 
 GRPC_SERVICES = {"governance": 50051, "keyvault": 50052}
@@ -123,11 +194,19 @@ class Stack:
     replicas: int = 1
     env: dict[str, str] = field(default_factory=dict)
     fixed_ports: bool = False      # replica 0 of gRPC services on their default ports (meshctl up)
+    secure: bool = True            # TLS, nkeys and least-privilege permissions (secrets in <data_dir>/secrets)
     nats: NatsServer | None = None
+    secrets: Secrets | None = None
     procs: list[ServiceProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir).resolve()
+        if self.secure and self.secrets is None:
+            self.secrets = init_secrets(self.data_dir / "secrets")
+
+    def identity_env(self, identity: str, service: str | None = None) -> dict[str, str]:
+        """The credential settings of one identity of this stack ({} on an open stack)."""
+        return self.secrets.env_for(identity, service=service) if self.secrets is not None else {}
 
     @property
     def url(self) -> str:
@@ -152,13 +231,16 @@ class Stack:
             "X0TTA6BL4_INSTANCE": f"{name}-{index}",
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.identity_env(name, service=name))
         if grpc_port:
             env["X0TTA6BL4_GRPC_PORT"] = str(grpc_port)
         env.update(self.env)
         return env
 
     def start_nats(self) -> None:
-        self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log").start()
+        self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log",
+                               secrets=self.secrets).start()
+        self.nats.provision()
 
     def start_service(self, name: str, index: int = 0) -> ServiceProcess:
         port = free_port()
@@ -178,6 +260,8 @@ class Stack:
     def start(self, timeout_s: float = 60.0) -> Stack:
         if self.nats is None:
             self.start_nats()
+        elif self.nats.secrets is not self.secrets:
+            self.secrets = self.nats.secrets   # a server given from outside decides (an open one: no identities)
         for name in self.services:
             for i in range(self.replicas):
                 self.start_service(name, i)
