@@ -201,12 +201,21 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir).resolve()
-        if self.secure and self.secrets is None:
+        if self.secrets is None:   # signing keys and the trust bundle exist on every stack
             self.secrets = init_secrets(self.data_dir / "secrets")
 
     def identity_env(self, identity: str, service: str | None = None) -> dict[str, str]:
-        """The credential settings of one identity of this stack ({} on an open stack)."""
-        return self.secrets.env_for(identity, service=service) if self.secrets is not None else {}
+        """The settings of one identity of this stack: its signing key and the trust bundle, and on a
+        secured bus its NATS credentials."""
+        assert self.secrets is not None
+        env = self.secrets.env_for(identity, service=service)
+        if not self.bus_secured:
+            env = {k: v for k, v in env.items() if not k.startswith("X0TTA6BL4_NATS_")}
+        return env
+
+    @property
+    def bus_secured(self) -> bool:
+        return self.nats is not None and self.nats.secrets is not None
 
     @property
     def url(self) -> str:
@@ -239,7 +248,7 @@ class Stack:
 
     def start_nats(self) -> None:
         self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log",
-                               secrets=self.secrets).start()
+                               secrets=self.secrets if self.secure else None).start()
         self.nats.provision()
 
     def start_service(self, name: str, index: int = 0) -> ServiceProcess:
@@ -260,8 +269,6 @@ class Stack:
     def start(self, timeout_s: float = 60.0) -> Stack:
         if self.nats is None:
             self.start_nats()
-        elif self.nats.secrets is not self.secrets:
-            self.secrets = self.nats.secrets   # a server given from outside decides (an open one: no identities)
         for name in self.services:
             for i in range(self.replicas):
                 self.start_service(name, i)
