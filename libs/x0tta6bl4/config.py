@@ -22,6 +22,7 @@ from x0tta6bl4.monitoring.thresholds import ThresholdConfigError, Thresholds, lo
 
 if TYPE_CHECKING:
     from x0tta6bl4.bus.connection import NatsCredentials
+    from x0tta6bl4.trust import Signer, TrustBundle
 
 PREFIX = "X0TTA6BL4_"
 CONFIG_FILE_ENV = PREFIX + "CONFIG_FILE"
@@ -116,6 +117,30 @@ class CommonSettings(BaseSettings):
             return load_thresholds(self.thresholds_file, self.thresholds)
         except ThresholdConfigError as e:
             raise ConfigError(str(e)) from None
+
+    def signer(self, owner: str) -> Signer:
+        """This service's signing key (``owner``: the service it speaks for). ConfigError when the setting is
+        missing or the file is not a signing seed: a service that signs does not start without its key."""
+        from x0tta6bl4.trust import Signer, TrustError
+        if self.signing_key_file is None:
+            raise ConfigError(f"{PREFIX}SIGNING_KEY_FILE is not set: {owner} needs its signing key "
+                              "(meshctl secrets init makes one per service)")
+        try:
+            return Signer.load(owner, self.signing_key_file)
+        except TrustError as e:
+            raise ConfigError(f"{PREFIX}SIGNING_KEY_FILE: {e}") from None
+
+    def trust_bundle(self) -> TrustBundle:
+        """The trust bundle (the services' public keys). ConfigError when the setting is missing or the file
+        cannot be read or trusted."""
+        from x0tta6bl4.trust import TrustBundle, TrustError
+        if self.trust_file is None:
+            raise ConfigError(f"{PREFIX}TRUST_FILE is not set: the trust bundle with the services' public "
+                              "signing keys is required (meshctl secrets init writes it)")
+        try:
+            return TrustBundle.load(self.trust_file)
+        except TrustError as e:
+            raise ConfigError(f"{PREFIX}TRUST_FILE: {e}") from None
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -225,7 +225,7 @@ class Plan(_message.Message):
     def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., plan_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., fault_type: _Optional[str] = ..., root_cause: _Optional[str] = ..., confidence: _Optional[float] = ..., severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., decision: _Optional[_Union[DecisionKind, str]] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ..., alternatives: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ..., expected_effect: _Optional[str] = ..., predicted_connectivity: _Optional[float] = ..., cascade_risk: _Optional[_Iterable[str]] = ..., rationale: _Optional[str] = ..., vote_duration_s: _Optional[int] = ..., first_symptom_unix_ns: _Optional[int] = ...) -> None: ...
 
 class ActionRequest(_message.Message):
-    __slots__ = ("meta", "action_id", "plan_id", "action", "approved_by", "proposal_id", "timeout_s", "first_symptom_unix_ns", "incident_id", "fault_type")
+    __slots__ = ("meta", "action_id", "plan_id", "action", "approved_by", "proposal_id", "timeout_s", "first_symptom_unix_ns", "incident_id", "fault_type", "approval")
     META_FIELD_NUMBER: _ClassVar[int]
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +236,7 @@ class ActionRequest(_message.Message):
     FIRST_SYMPTOM_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     FAULT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
     meta: _common_pb2.Meta
     action_id: str
     plan_id: str
@@ -246,7 +247,22 @@ class ActionRequest(_message.Message):
     first_symptom_unix_ns: int
     incident_id: str
     fault_type: str
-    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., action_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ..., approved_by: _Optional[str] = ..., proposal_id: _Optional[str] = ..., timeout_s: _Optional[float] = ..., first_symptom_unix_ns: _Optional[int] = ..., incident_id: _Optional[str] = ..., fault_type: _Optional[str] = ...) -> None: ...
+    approval: Approval
+    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., action_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ..., approved_by: _Optional[str] = ..., proposal_id: _Optional[str] = ..., timeout_s: _Optional[float] = ..., first_symptom_unix_ns: _Optional[int] = ..., incident_id: _Optional[str] = ..., fault_type: _Optional[str] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class Approval(_message.Message):
+    __slots__ = ("approver", "key_id", "signature", "issued_unix_ns", "expires_unix_ns")
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    approver: str
+    key_id: str
+    signature: bytes
+    issued_unix_ns: int
+    expires_unix_ns: int
+    def __init__(self, approver: _Optional[str] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., issued_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ...) -> None: ...
 
 class ActionStep(_message.Message):
     __slots__ = ("name", "ok", "detail", "duration_ms")
