@@ -62,6 +62,8 @@ from x0tta6bl4.v1 import events_pb2
 
 log = logging.getLogger("x0tta6bl4.service")
 M = TypeVar("M", bound=Message)
+ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
+"""A /ready condition: () -> (ok, details shown in /ready's JSON)."""
 
 HANDLED = Counter("x0_messages_handled_total", "messages handled", ["service", "consumer", "outcome"])
 LATENCY = Histogram("x0_handler_seconds", "handler latency", ["service", "consumer"],
@@ -132,6 +134,7 @@ class Service:
         self.mirrors: dict[str, list[tuple[dict, Callable[[bytes], Any], Callable[[str, Any], None] | None]]] = {}
         self._audit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self.readiness_checks: dict[str, ReadinessCheck] = {}   # extra /ready conditions (readiness_check)
         # set by start(); a service is used only between start() and stop()
         self.nc: NATS = None  # type: ignore[assignment]
         self.publisher: Publisher = None  # type: ignore[assignment]
@@ -222,9 +225,27 @@ class Service:
     async def publish(self, subject: str, msg: Message, cycle_id: str | None = None, event_id: str | None = None):
         await self.publisher.publish(subject, msg, cycle_id=cycle_id, event_id=event_id)
 
+    def readiness_check(self, name: str, check: ReadinessCheck) -> None:
+        """Add a condition to /ready: ``check()`` -> (ok, details). /ready is false while any check is not ok
+        and shows each check's ``{"ok": ..., **details}`` under ``checks.<name>`` (a check that raises is
+        not ok)."""
+        self.readiness_checks[name] = check
+
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """Every readiness check's result (see :meth:`readiness_check`)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, check in self.readiness_checks.items():
+            try:
+                ok, details = check()
+            except Exception as e:  # noqa: BLE001 - a failing check means "not ready", with the reason
+                ok, details = False, {"error": f"{type(e).__name__}: {e}"}
+            out[name] = {"ok": bool(ok), **details}
+        return out
+
     @property
     def ready(self) -> bool:
-        return bool(self.nc and self.nc.is_connected and all(s.bound for s in self.subscriptions))
+        return bool(self.nc and self.nc.is_connected and all(s.bound for s in self.subscriptions)
+                    and all(c["ok"] for c in self.readiness().values()))
 
     # ---- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -433,12 +454,13 @@ class Service:
 
 
 def run_service(name: str, settings_cls: type[CommonSettings], build: Callable[[Any], Service]) -> None:
-    """A service's main(): settings -> build -> run. A bad setting stops it at start with one line
-    naming the setting and exit code 2 (never a traceback)."""
+    """A service's main(): settings -> build -> run. A bad setting (found by build, or at start by a
+    startup hook raising ConfigError) stops it with one line naming the setting and exit code 2 (never a
+    traceback)."""
     try:
         settings = load_settings(settings_cls)
         app = build(settings)
+        app.run()
     except ConfigError as e:
         print(f"{name}: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    app.run()

@@ -56,8 +56,11 @@ class HealthServer:
             return "200 OK", "application/json", json.dumps({**info, "status": "ok"}).encode()
         if path == "/ready":
             ok = t.ready
+            checks = getattr(t, "readiness", None)   # optional: named checks with details (Service)
+            if callable(checks):
+                info["checks"] = checks()
             return ("200 OK" if ok else "503 Service Unavailable", "application/json",
-                    json.dumps({**info, "ready": ok}).encode())
+                    json.dumps({**info, "ready": ok}, default=str).encode())
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
         return "404 Not Found", "text/plain", b"not found\n"
