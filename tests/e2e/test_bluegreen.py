@@ -15,6 +15,7 @@ import uuid
 import nats
 import psutil
 import pytest
+from testkit import eventually, mesh_ready, scaled
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
@@ -24,8 +25,6 @@ from x0tta6bl4.execution.bluegreen_local import HostControl, http_status
 from x0tta6bl4.execution.deploy import DeploySpec
 from x0tta6bl4.runtime.stack import free_port, repo_root
 from x0tta6bl4.v1 import events_pb2
-
-from testkit import eventually, mesh_ready, scaled
 
 NODES = {f"n{i}" for i in range(9)}
 
@@ -45,8 +44,8 @@ def start_blue(stack, health_port: int) -> subprocess.Popen:
 async def deploy(nc, js, params: dict, timeout_s: float | None = None) -> events_pb2.ActionResult:
     timeout_s = timeout_s or scaled(60)
     action_id = uuid.uuid4().hex
-    req = events_pb2.ActionRequest(meta=new_meta("test", cycle_id=f"deploy-{action_id[:8]}"), action_id=action_id, approved_by="operator:test",
-                                   timeout_s=timeout_s,
+    req = events_pb2.ActionRequest(meta=new_meta("test", cycle_id=f"deploy-{action_id[:8]}"), action_id=action_id,
+                                   approved_by="operator:test", timeout_s=timeout_s,
                                    action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_DEPLOY, params=params))
     await Publisher(nc, "test").publish(subjects.MAPEK_ACTION, req)
 

@@ -8,14 +8,13 @@ import time
 import nats
 import psutil
 import pytest
+from testkit import eventually, eventually_sync, mesh_ready, scaled, start_mesh
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.runtime.stack import repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
-
-from testkit import eventually, eventually_sync, mesh_ready, scaled, start_mesh
 
 ORDER = [subjects.MAPEK_TELEMETRY, subjects.MAPEK_ANOMALY, subjects.MAPEK_PLAN, subjects.MAPEK_ACTION,
          subjects.MAPEK_RESULT, subjects.MAPEK_VERIFIED]

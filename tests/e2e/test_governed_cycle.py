@@ -101,7 +101,7 @@ async def test_passed_vote_executes_the_plan_and_marks_the_proposal_executed(sta
 
 @pytest.mark.slow
 async def test_rejected_vote_executes_nothing(stack_factory):
-    stack, gov, js, proposal, actions_for_n4 = await governed_incident(stack_factory, "NO")
+    stack, gov, _js, proposal, actions_for_n4 = await governed_incident(stack_factory, "NO")
     try:
         async def rejected():
             p = await gov.GetProposal(g.GetProposalRequest(id=proposal.id))

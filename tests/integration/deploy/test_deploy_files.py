@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import yaml
+
 from x0tta6bl4.config import PREFIX, CommonSettings
 from x0tta6bl4.runtime.stack import SERVICES
 
@@ -175,6 +176,7 @@ def test_spec_mesh_deployment_yaml():
     assert "edge setup" in " ".join(init["command"]) and "--offline" in " ".join(init["command"])
     # the edge CLI really has the commands and flags the manifest uses
     from typer.testing import CliRunner
+
     from x0tta6bl4.cli.edge import edge_app
     for sub, flags in (("setup", ["--offline", "--routes", "--if-missing", "--data-dir"]),
                        ("serve", ["--nats", "--health-port", "--data-dir"])):

@@ -111,7 +111,7 @@ class Gov:
                 while True:
                     try:
                         msgs = await sub.fetch(256, timeout=timeout)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    except (TimeoutError, nats.errors.TimeoutError):
                         break
                     for m in msgs:
                         out.append((m, decode(cls, m.data) if cls else m.data))

@@ -109,14 +109,14 @@ def test_voter_key_comes_from_keyvault_and_signs_votes(stack, stubs):
     v = gov.RegisterVoter(g.RegisterVoterRequest(voter=voter, balance=100), metadata=admin)   # no public_key
     assert v.key_id == pqc_key_id(mldsa.public_key().public_bytes())
     # one identity, one ledger entry
-    code, msg = _err(gov.RegisterVoter, g.RegisterVoterRequest(voter=voter, balance=5), metadata=admin)
+    code, _ = _err(gov.RegisterVoter, g.RegisterVoterRequest(voter=voter, balance=5), metadata=admin)
     assert code == C.ALREADY_EXISTS
 
     p = _proposal(gov, voter, mldsa)          # a keyvault identity opens a proposal with its own key
     assert p.proposer == voter
     r = gov.CastVote(_signed_vote(p.id, voter, mldsa))
     assert r.weight == 5.0 and r.proposal.tally.voters == 1
-    code, msg = _err(gov.CastVote, _signed_vote(p.id, voter, MLDSA65PrivateKey.generate()))
+    code, _msg = _err(gov.CastVote, _signed_vote(p.id, voter, MLDSA65PrivateKey.generate()))
     assert code == C.UNAUTHENTICATED
 
 
@@ -158,7 +158,7 @@ def test_unknown_revoked_and_malformed_identities_are_refused(stack, stubs):
 
 
 def test_cli_registers_a_keyvault_identity_and_votes_with_its_bundle(stack, stubs, tmp_path):
-    gov, kv = stubs
+    gov, _kv = stubs
     env = dict(os.environ, X0TTA6BL4_DATA_DIR=str(stack.data_dir), X0TTA6BL4_GOV_ADDR=stack.grpc_addr("governance"),
                X0TTA6BL4_KEYVAULT_ADDR=stack.grpc_addr("keyvault"), X0TTA6BL4_NATS_URL=stack.url)
     meshctl = [str(pathlib.Path(sys.executable).parent / "meshctl")]

@@ -111,7 +111,7 @@ def test_create_get_list_cancel(gov):
 
 def test_votes_signatures_and_errors(gov):
     alice, ka = gov.voter(100.0)
-    bob, kb = gov.voter(100.0)
+    _bob, kb = gov.voter(100.0)
     p = gov.proposal(duration_s=60, quorum=0.01)
     # bad signature: signed for other tokens / with another key / garbage
     code, msg = gov.error(gov.vote, p.id, alice, ka, tokens=50, sign_tokens=49)

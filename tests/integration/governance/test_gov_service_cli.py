@@ -28,7 +28,8 @@ def test_dao_vote_script(gov, tmp_path):
     r = dao(gov, "--action", "keygen", "--key", str(key))
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and (tmp_path / "alice.key.pub").stat().st_size == 1952
-    assert dao(gov, "--action", "register", "--voter", "alice-cli", "--balance", "100", "--key", str(key)).returncode == 0
+    registered = dao(gov, "--action", "register", "--voter", "alice-cli", "--balance", "100", "--key", str(key))
+    assert registered.returncode == 0
     dao(gov, "--action", "register", "--voter", "bob-cli", "--balance", "100", "--key", str(key))
     r = dao(gov, "--action", "create", "--title", "rotate keys on n2", "--duration", "60", "--kind", "rotate_keys",
             "--target", "n2", "--quorum", "0.01")              # with the admin token found in the data dir

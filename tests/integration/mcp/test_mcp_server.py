@@ -12,11 +12,11 @@ import urllib.request
 import pytest
 
 mcp = pytest.importorskip("mcp", reason="pip install 'mcp>=1.20,<2'")
-from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import stdio_client
-from testkit import eventually
+from mcp import ClientSession, StdioServerParameters  # noqa: E402 - after the importorskip above
+from mcp.client.stdio import stdio_client  # noqa: E402
+from testkit import eventually  # noqa: E402
 
-from x0tta6bl4.runtime.stack import free_port, repo_root
+from x0tta6bl4.runtime.stack import free_port, repo_root  # noqa: E402
 
 EXPECTED = {"mesh_status", "run_mapek_cycle", "simulate_failure", "self_heal_topology", "dao_create_proposal",
             "dao_vote", "dao_status", "pqc_rotate_keys", "edge_setup", "crisis_recovery"}
@@ -67,7 +67,7 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
         async with stdio_client(server) as (read, write), ClientSession(read, write) as s:
             await s.initialize()
             tools = {t.name: t for t in (await s.list_tools()).tools}
-            assert EXPECTED <= set(tools)
+            assert set(tools) >= EXPECTED
             for name in ("run_mapek_cycle", "self_heal_topology", "pqc_rotate_keys", "crisis_recovery"):
                 assert "DESTRUCTIVE" in tools[name].description and tools[name].annotations.destructiveHint
             assert tools["mesh_status"].annotations.readOnlyHint

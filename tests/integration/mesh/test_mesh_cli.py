@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from pathlib import Path
 
 import nats
 import pytest
@@ -137,7 +138,7 @@ def test_meshctl_mesh_up_over_two_host_processes_with_keys(stack_factory, tmp_pa
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     assert "2 host processes" in r.output and "signed HELLOs" in r.output
     state = json.loads((tmp_path / "var" / "mesh.json").read_text())
-    children = [int(p) for p in open(f"/proc/{state['pid']}/task/{state['pid']}/children").read().split()]
+    children = [int(p) for p in Path(f"/proc/{state['pid']}/task/{state['pid']}/children").read_text().split()]
     assert len(children) == 2
     try:
         tel = wait_live(url, lambda t: len(t) == 6 and t.get("n0", events_pb2.NodeTelemetry()).counters.get(

@@ -6,7 +6,6 @@ import asyncio
 import socket
 import time
 
-import pytest
 from testkit import consistently, eventually
 
 from x0tta6bl4.mesh.agent import MeshAgent
@@ -30,7 +29,8 @@ async def test_grid_kill_on_active_path_reroutes():
     topo = grid(rows=2, cols=3)  # n0 n1 n2 / n3 n4 n5
     events: list[dict] = []
     tel: list[dict] = []
-    async with MeshRuntime(topo, seed=1, event_sink=events.append, telemetry_sink=tel.append, telemetry_interval=0.5) as rt:
+    async with MeshRuntime(topo, seed=1, event_sink=events.append, telemetry_sink=tel.append,
+                           telemetry_interval=0.5) as rt:
         conv = await rt.wait_converged(timeout=5)
         assert conv < 1.0
         await _flow(rt, "n0", "n5", 0.5)
@@ -78,7 +78,7 @@ async def test_avoid_command_reroutes_and_unavoid():
         await rt.wait_converged(timeout=5)
         await _flow(rt, "n3", "n5", 0.3)
         assert rt.path("n3", "n5") == ["n3", "n4", "n5"]
-        for n, a in rt.agents.items():
+        for _n, a in rt.agents.items():
             await a.command({"kind": "KIND_AVOID_NODE", "peer": "n4"})
         fwd_before = rt.agents["n4"].counters["forwarded"]
         await _flow(rt, "n3", "n5", 0.5)
@@ -173,7 +173,7 @@ async def test_impairments_loss_latency_partition_pause():
 
         def lossy_link_measured():  # the lossy link may be flapping: sample it while it is up
             assert rt.agents["n2"].counters["dropped.impair_loss"] > 5, "too few packets lost yet"
-            link = {l["peer"]: l for l in rt.agents["n2"].telemetry()["links"]}.get("n1")
+            link = {x["peer"]: x for x in rt.agents["n2"].telemetry()["links"]}.get("n1")
             assert link is not None and 0.1 < link["loss_rate"] < 0.7, link
             return link
         await eventually(lossy_link_measured, 10, 0.02)

@@ -36,7 +36,7 @@ def hello(sender, now, **kw):
 
 def test_signed_mesh_delivers_encrypted_and_rejects_forgeries():
     async def go():
-        rt, auth, trust = await secure_mesh()
+        rt, _auth, trust = await secure_mesh()
         try:
             n0, n1 = rt.agents["n0"], rt.agents["n1"]
             for i in range(30):
@@ -69,7 +69,7 @@ def test_signed_mesh_delivers_encrypted_and_rejects_forgeries():
             rt.send("n2", "n0", b"once", ack=False)
             await eventually(lambda: any(decode(d).flags & FLAG_ENC and decode(d).dest == "n0" for d, _ in frames))
             n1._sendto = orig
-            d, addr = next((d, a) for d, a in frames if decode(d).flags & FLAG_ENC and decode(d).dest == "n0")
+            d, _addr = next((d, a) for d, a in frames if decode(d).flags & FLAG_ENC and decode(d).dest == "n0")
             await eventually(lambda: n0.counters["delivered"] == 1)
             inject(rt, "n1", "n0", d)
             await eventually(lambda: n0.counters["dropped.replay"] == 1)
@@ -95,7 +95,7 @@ def test_signed_mesh_delivers_encrypted_and_rejects_forgeries():
 
 def test_verification_cache_bounds_cost_and_never_caches_tampering():
     async def go():
-        rt, auth, trust = await secure_mesh("grid:9")
+        rt, _auth, trust = await secure_mesh("grid:9")
         try:
             # beacons of several hello rounds (each HELLO reaches 2-4 neighbours that share the trust store)
             await eventually(lambda: trust.stats["verify.calls"] >= 40, 10)

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+
 from x0tta6bl4.analysis import TelemetryError
 from x0tta6bl4.analysis.features import extract
 from x0tta6bl4.analysis.live import LIVE_STEPS, History, node_sample, to_window
@@ -139,6 +140,7 @@ def test_rules_fallback_path_is_the_rule_analyzer():
 
 def test_live_inference_on_1000_nodes_under_50ms_cpu():
     import torch
+
     from x0tta6bl4.analysis import load_detector
     from x0tta6bl4.twin import MeshDigitalTwin
 

@@ -15,7 +15,7 @@ from x0tta6bl4.analysis.features import TelemetryError  # noqa: E402
 from x0tta6bl4.analysis.model import WEIGHTS_DIR, GraphSAGEAnomalyDetector  # noqa: E402
 from x0tta6bl4.analysis.rules import RuleBasedDetector  # noqa: E402
 from x0tta6bl4.twin import MeshDigitalTwin  # noqa: E402
-from x0tta6bl4.twin.telemetry import FAULT_TYPES, FEATURES, FaultSpec, TelemetrySimulator  # noqa: E402
+from x0tta6bl4.twin.telemetry import FAULT_TYPES, FaultSpec, TelemetrySimulator  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_training_is_reproducible_small():
            "loss_weights": {"anomaly": 1.0, "fault_type": 0.5, "root": 1.0}}
     a = fit(data, 1, cfg, log=None)
     b = fit(data, 1, cfg, log=None)
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
     x = np.stack([d.x for d in data[:1]])[0]
     assert np.isfinite(GraphSAGEAnomalyDetector(0.6, a).raw_scores(x, data[0].edge_index)["anom_logit"]).all()

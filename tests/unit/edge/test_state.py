@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from x0tta6bl4.edge import EdgeError, EdgeNode, EdgeState, routing_table
 
 

@@ -128,7 +128,8 @@ def test_abort_on_timeout_rolls_back_from_the_current_phase():
 
 @pytest.mark.parametrize("params, error", [
     ({}, "version"), ({"version": "../x"}, "version"), ({"version": "v2", "traffic": "n0-n8"}, "SRC:DST"),
-    ({"version": "v2", "health_port": "http"}, "bad deploy params"), ({"version": "v2", "health_port": "70000"}, "range"),
+    ({"version": "v2", "health_port": "http"}, "bad deploy params"),
+    ({"version": "v2", "health_port": "70000"}, "range"),
     ({"version": "v2", "verify_timeout_s": "0"}, "timeout"),
 ])
 def test_bad_params_are_refused(params, error):
@@ -161,7 +162,7 @@ def test_green_deployment_is_the_mesh_manifest_renamed_in_standby():
     assert c["image"] == "x0tta6bl4:v2.1"
     cmd = c["command"]
     assert cmd[cmd.index("--traffic") + 1] == "n1:n7" and cmd.count("--traffic") == 1
-    assert ["--standby", "--instance", "mesh-v2.1", "--version", "v2.1", "--fail-health"] == cmd[-6:]
+    assert cmd[-6:] == ["--standby", "--instance", "mesh-v2.1", "--version", "v2.1", "--fail-health"]
     assert "8080" in cmd and c["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
     assert next(x for x in docs if x and x.get("kind") == "Deployment")["metadata"]["name"] == "x0tta6bl4-mesh", \
         "the blue manifest is not modified"

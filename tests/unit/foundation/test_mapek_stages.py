@@ -62,7 +62,7 @@ def test_trigger_filters_unrelated_incidents():
 def test_plan_auto_executes_critical_and_votes_on_medium():
     w = window(tel("n1"), tel("n2"), tel("n3", reachable=False), tel("n4"), trigger="n3")
     (a,) = RuleAnalyzer().analyze(w)
-    p, d = plan.make_plan(a, DecisionPolicy())
+    p, _d = plan.make_plan(a, DecisionPolicy())
     assert p.decision == events_pb2.DECISION_KIND_AUTO_EXECUTE
     assert p.action.kind == events_pb2.ACTION_KIND_REROUTE and p.action.target_node == "n3"
     req = plan.action_request(p, "auto")

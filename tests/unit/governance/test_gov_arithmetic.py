@@ -38,7 +38,7 @@ def test_spec_example_hundred_small_voters_outweigh_one_whale(h):
 
 
 def test_partial_commitment_gives_partial_weight(h):
-    a, b = h.register_many(2, 100)
+    a, _b = h.register_many(2, 100)
     p = h.propose()
     r = h.vote(p.proposal_id, a, YES, 25)
     assert r.weight == 5.0
@@ -82,7 +82,7 @@ def test_threshold_is_strict(h):
 
 
 def test_abstain_counts_toward_quorum_only(h):
-    a, b, c, d = h.register_many(4, 100)
+    a, b, c, _d = h.register_many(4, 100)
     p = h.propose(quorum=0.75, threshold=0.5)
     h.vote(p.proposal_id, a, YES, 100)
     h.vote(p.proposal_id, b, ABSTAIN, 100)
@@ -96,7 +96,7 @@ def test_abstain_counts_toward_quorum_only(h):
 
 
 def test_without_the_abstentions_the_same_votes_miss_quorum(h):
-    a, b, c, d = h.register_many(4, 100)
+    a, _b, _c, _d = h.register_many(4, 100)
     p = h.propose(quorum=0.75, threshold=0.5)
     h.vote(p.proposal_id, a, YES, 100)
     h.clock.advance(3600)

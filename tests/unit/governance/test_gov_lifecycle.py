@@ -31,7 +31,7 @@ def three(h):
 
 
 def test_active_until_period_end_then_passed_at_tick(three):
-    h, (a, b, c) = three
+    h, (a, b, _c) = three
     p = h.propose(duration_s=100, execution_window_s=50)
     assert p.state is S.ACTIVE and p.closes_at == h.T0 + 100
     h.vote(p.proposal_id, a, YES, 100)
@@ -48,7 +48,7 @@ def test_active_until_period_end_then_passed_at_tick(three):
 
 
 def test_rejected_reasons(three):
-    h, (a, b, c) = three
+    h, (a, b, _c) = three
     q = h.propose(duration_s=10)
     t = h.propose(duration_s=10)
     h.vote(t.proposal_id, a, NO, 100)
@@ -71,7 +71,7 @@ def test_early_close_when_every_eligible_voter_has_voted(three):
     h.vote(p.proposal_id, b, NO, 9)
     h.clock.advance(7)
     r = h.vote(p.proposal_id, c, ABSTAIN, 25)                # turnout (10+3+5)/30 = 0.6
-    cast, closed = r.events
+    _cast, closed = r.events
     assert isinstance(closed, ProposalClosed) and closed.early and closed.at == h.T0 + 7
     assert closed.outcome is S.PASSED
     assert r.proposal.state is S.PASSED and r.proposal.closed_early
@@ -103,7 +103,7 @@ def test_late_registrants_do_not_block_early_close(h):
 
 
 def test_executed_on_success_report(three):
-    h, (a, b, c) = three
+    h, (a, b, _c) = three
     p = h.propose(duration_s=10, execution_window_s=60)
     h.vote(p.proposal_id, a, YES, 100)
     h.vote(p.proposal_id, b, YES, 100)
@@ -127,7 +127,7 @@ def test_executed_on_success_report(three):
 
 
 def test_passed_but_not_executed_expires(three):
-    h, (a, b, c) = three
+    h, (a, b, _c) = three
     p = h.propose(duration_s=10, execution_window_s=60)
     h.vote(p.proposal_id, a, YES, 100)
     h.vote(p.proposal_id, b, YES, 100)
@@ -148,7 +148,7 @@ def test_passed_but_not_executed_expires(three):
 
 def test_late_tick_gives_the_executor_its_full_window(three):
     """Closing is stamped at tick time; the window counts from the close."""
-    h, (a, b, c) = three
+    h, (a, b, _c) = three
     p = h.propose(duration_s=10, execution_window_s=60)
     h.vote(p.proposal_id, a, YES, 100)
     h.vote(p.proposal_id, b, YES, 100)
@@ -167,7 +167,7 @@ def test_tick_with_explicit_now(three):
 
 
 def test_tick_handles_many_proposals_in_creation_order(three):
-    h, (a, b, c) = three
+    h, (_a, _b, _c) = three
     ids = [h.propose(duration_s=10 + i).proposal_id for i in range(5)]
     h.clock.advance(100)
     events = h.tick()
@@ -175,7 +175,7 @@ def test_tick_handles_many_proposals_in_creation_order(three):
 
 
 def test_cancel_by_proposer_only_while_active(three):
-    h, (a, b, c) = three
+    h, (a, b, _c) = three
     proposer = h.node("proposer")
     p = h.propose(proposer=proposer)
     with pytest.raises(PermissionDenied, match="only the proposer"):
@@ -195,7 +195,7 @@ def test_cancel_by_proposer_only_while_active(three):
 
 
 def test_cannot_cancel_after_period_end_or_after_close(three):
-    h, (a, b, c) = three
+    h, (_a, _b, _c) = three
     proposer = h.node("proposer")
     p = h.propose(proposer=proposer, duration_s=10)
     h.clock.advance(10)

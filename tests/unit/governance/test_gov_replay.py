@@ -84,7 +84,7 @@ def test_replay_through_json_roundtrip(h):
 
 
 def test_restarted_engine_continues_where_it_stopped(h):
-    a, b, c = h.register_many(3, 100)
+    a, _b, _c = h.register_many(3, 100)
     p = h.propose(duration_s=100)
     n = h.fresh_nonce()
     h.vote(p.proposal_id, a, YES, 100, nonce=n, vote_id="v-1")

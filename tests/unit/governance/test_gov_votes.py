@@ -30,7 +30,7 @@ def setup(h):
 
 
 def test_vote_records_event_and_weight(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     r = h.vote(pid, a, YES, 49, vote_id="vote-1")
     (event,) = r.events
     assert isinstance(event, VoteCast)
@@ -41,7 +41,7 @@ def test_vote_records_event_and_weight(setup):
 
 
 def test_full_balance_allowed_more_is_failed_precondition(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, b, _c) = setup
     h.vote(pid, a, YES, 100)
     with pytest.raises(FailedPrecondition, match="balance"):
         h.vote(pid, b, YES, 100.000001)
@@ -49,7 +49,7 @@ def test_full_balance_allowed_more_is_failed_precondition(setup):
 
 @pytest.mark.parametrize("tokens", [0, 0.0, -0.0, -1, math.nan, math.inf, -math.inf])
 def test_invalid_token_amounts(setup, tokens):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     with pytest.raises(InvalidArgument, match="tokens"):
         h.vote(pid, a, YES, tokens, signature=b"x")
     assert h.engine.votes(pid) == {}
@@ -57,13 +57,13 @@ def test_invalid_token_amounts(setup, tokens):
 
 @pytest.mark.parametrize("tokens", [True, "10", None])
 def test_non_numeric_tokens(setup, tokens):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     with pytest.raises(InvalidArgument, match="tokens"):
         h.engine.cast_vote(pid, a, YES, tokens, h.fresh_nonce(), b"sig")
 
 
 def test_choice_must_be_valid(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     with pytest.raises(InvalidArgument, match="choice"):
         h.engine.cast_vote(pid, a, "UNSPECIFIED", 1, h.fresh_nonce(), b"sig")
     assert h.vote(pid, a, "NO", 1).vote.choice is NO  # string values accepted
@@ -71,13 +71,13 @@ def test_choice_must_be_valid(setup):
 
 @pytest.mark.parametrize("nonce", [b"", b"x" * 15, b"x" * 65, "a" * 16])
 def test_nonce_length_and_type(setup, nonce):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     with pytest.raises(InvalidArgument, match="nonce"):
         h.engine.cast_vote(pid, a, YES, 1, nonce, b"sig")
 
 
 def test_empty_signature_is_invalid_argument(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     with pytest.raises(InvalidArgument, match="signature"):
         h.engine.cast_vote(pid, a, YES, 1, h.fresh_nonce(), b"")
 
@@ -90,7 +90,7 @@ def test_unknown_identity_is_unauthenticated(setup):
 
 
 def test_bad_signature_is_unauthenticated(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, b, _c) = setup
     nonce = h.fresh_nonce()
     # b signs a's vote: valid signature, wrong key.
     forged = h.sign(b, vote_signing_payload(pid, a, YES, 100, nonce))
@@ -128,7 +128,7 @@ def test_truthy_non_bool_verifier_result_is_rejected(h):
 
 
 def test_unknown_proposal_is_not_found(setup):
-    h, _, (a, b, c) = setup
+    h, _, (a, _b, _c) = setup
     with pytest.raises(NotFound, match="nope"):
         h.vote("nope", a, YES, 1)
 
@@ -142,7 +142,7 @@ def test_voter_registered_after_creation_is_not_eligible(setup):
 
 
 def test_changed_vote_replaces_previous_never_both(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     h.vote(pid, a, YES, 100)
     h.vote(pid, a, NO, 25)
     t = h.engine.tally(pid)
@@ -156,7 +156,7 @@ def test_changed_vote_replaces_previous_never_both(setup):
 
 
 def test_retry_with_same_vote_id_is_applied_once(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     nonce = h.fresh_nonce()
     first = h.vote(pid, a, YES, 36, nonce=nonce, vote_id="v-1")
     version = h.engine.state.version
@@ -169,7 +169,7 @@ def test_retry_with_same_vote_id_is_applied_once(setup):
 
 
 def test_retry_after_vote_was_superseded_returns_original_without_reapplying(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     n1 = h.fresh_nonce()
     h.vote(pid, a, YES, 100, nonce=n1, vote_id="v-1")
     h.vote(pid, a, NO, 100, vote_id="v-2")
@@ -180,7 +180,7 @@ def test_retry_after_vote_was_superseded_returns_original_without_reapplying(set
 
 
 def test_retry_is_idempotent_even_after_close(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     n = h.fresh_nonce()
     h.vote(pid, a, YES, 100, nonce=n, vote_id="v-1")
     h.clock.advance(3600)
@@ -189,7 +189,7 @@ def test_retry_is_idempotent_even_after_close(setup):
 
 
 def test_default_vote_id_makes_resent_signed_vote_idempotent(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     n = h.fresh_nonce()
     r1 = h.vote(pid, a, ABSTAIN, 9, nonce=n)
     assert r1.vote_id == default_vote_id(vote_signing_payload(pid, a, ABSTAIN, 9, n))
@@ -198,7 +198,7 @@ def test_default_vote_id_makes_resent_signed_vote_idempotent(setup):
 
 
 def test_same_vote_id_different_content_is_already_exists(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, b, _c) = setup
     h.vote(pid, a, YES, 1, vote_id="v-1")
     with pytest.raises(AlreadyExists, match="v-1"):
         h.vote(pid, a, NO, 1, vote_id="v-1")
@@ -207,7 +207,7 @@ def test_same_vote_id_different_content_is_already_exists(setup):
 
 
 def test_nonce_replay_with_different_content_is_rejected(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     n = h.fresh_nonce()
     h.vote(pid, a, YES, 100, nonce=n, vote_id="v-1")
     with pytest.raises(AlreadyExists, match="nonce"):
@@ -216,7 +216,7 @@ def test_nonce_replay_with_different_content_is_rejected(setup):
 
 
 def test_replayed_signed_vote_under_new_vote_id_cannot_flip_a_changed_vote(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     n1 = h.fresh_nonce()
     payload = vote_signing_payload(pid, a, YES, 100, n1)
     captured = h.sign(a, payload)
@@ -229,7 +229,7 @@ def test_replayed_signed_vote_under_new_vote_id_cannot_flip_a_changed_vote(setup
 
 
 def test_same_nonce_may_not_be_reused_on_another_proposal(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     other = h.propose(title="other").proposal_id
     n = h.fresh_nonce()
     h.vote(pid, a, YES, 1, nonce=n)
@@ -238,7 +238,7 @@ def test_same_nonce_may_not_be_reused_on_another_proposal(setup):
 
 
 def test_voting_after_period_end_is_rejected_even_before_tick(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, b, _c) = setup
     h.clock.advance(3600 - 0.001)
     h.vote(pid, a, YES, 1)                                   # still open
     h.clock.advance(0.001)                                   # now == closes_at
@@ -247,7 +247,7 @@ def test_voting_after_period_end_is_rejected_even_before_tick(setup):
 
 
 def test_voting_on_closed_proposal_is_rejected(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     h.clock.advance(3600)
     h.tick()
     with pytest.raises(FailedPrecondition, match="REJECTED"):
@@ -255,7 +255,7 @@ def test_voting_on_closed_proposal_is_rejected(setup):
 
 
 def test_tokens_are_committed_per_proposal_not_spent(setup):
-    h, pid, (a, b, c) = setup
+    h, pid, (a, _b, _c) = setup
     other = h.propose(title="other").proposal_id
     h.vote(pid, a, YES, 100)
     h.vote(other, a, YES, 100)

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
+from x0tta6bl4.mesh import topology as T
 from x0tta6bl4.mesh.core import CoreConfig, MeshCore
 from x0tta6bl4.mesh.faults import parse_fault
 from x0tta6bl4.mesh.neighbours import NeighbourTable
 from x0tta6bl4.mesh.packets import HELLO, HelloBody, HelloNeighbour, Packet
-from x0tta6bl4.mesh import topology as T
 
 MS = 1_000_000
 

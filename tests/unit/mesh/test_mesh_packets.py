@@ -24,8 +24,8 @@ from x0tta6bl4.mesh.packets import (
     Packet,
     PacketError,
     RerrBody,
-    RreqBody,
     RrepBody,
+    RreqBody,
     decode,
     encode,
     signing_bytes,
@@ -186,7 +186,8 @@ def test_random_bytes_only_raise_packet_error(data):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(packets(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from("fitd")), min_size=1, max_size=6))
+@given(packets(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from("fitd")),
+                          min_size=1, max_size=6))
 def test_mutated_valid_packets_only_raise_packet_error(p, muts):
     if not _fits(p):
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import networkx as nx
@@ -43,7 +44,8 @@ def usable_loops(net: SimNetwork) -> None:
         assert nx.is_directed_acyclic_graph(g), f"loop towards {dst}: {nx.find_cycle(g)}"
 
 
-@pytest.mark.parametrize("topo", [line(6), ring(7), grid(rows=4, cols=4), random_geometric(20, seed=3)], ids=lambda t: t.name)
+@pytest.mark.parametrize("topo", [line(6), ring(7), grid(rows=4, cols=4), random_geometric(20, seed=3)],
+                         ids=lambda t: t.name)
 def test_discovers_shortest_path(topo):
     g = topo.graph()
     rng = random.Random(1)
@@ -52,7 +54,7 @@ def test_discovers_shortest_path(topo):
         net = sim(topo, seed=rng.randrange(1000))  # fresh network each time: first RREQ wins
         path = establish(net, src, dst)
         assert len(path) - 1 == nx.shortest_path_length(g, src, dst)
-        assert all(topo.graph().has_edge(a, b) for a, b in zip(path, path[1:]))
+        assert all(topo.graph().has_edge(a, b) for a, b in itertools.pairwise(path))
         assert net.data_delivered(dst)[0].body == b"probe"
 
 
@@ -102,7 +104,7 @@ def test_ttl_honoured_for_rreq_and_data():
     assert net.path("n0", "n3") == ["n0", "n1", "n2", "n3"]
     # a DATA packet with ttl 2 over a 3-hop route dies at the second relay
     core = net.cores["n0"]
-    out, pkt = core.router.originate_data("n3", b"short-lived", net.now, ttl=2)
+    out, _pkt = core.router.originate_data("n3", b"short-lived", net.now, ttl=2)
     net._emit("n0", out)
     net.run_for(0.05)
     assert not [p for p in net.data_delivered("n3") if p.body == b"short-lived"]
@@ -115,7 +117,7 @@ def test_duplicate_rreq_suppressed():
     net.send("n0", "n15", b"x")
     net.run_for(0.2)
     per_node: dict[tuple, int] = {}
-    for _, frm, to, p in net.transmissions:
+    for _, frm, _to, p in net.transmissions:
         if p.type == RREQ and p.origin == "n0":
             per_node[(frm, p.packet_id)] = per_node.get((frm, p.packet_id), 0) + 1
     # each broadcast reaches deg(frm) receivers; so each node transmitted a given RREQ at most once
@@ -180,7 +182,7 @@ def test_avoided_node_is_never_used():
             if core.router.usable(r):
                 assert r.next_hop != "n4" and r.dest != "n4"
     # unavoid: n4 may be used again
-    for n, core in net.cores.items():
+    for _n, core in net.cores.items():
         core.unavoid("n4", net.now)
     net.run_for(0.5)
     assert net.cores["n1"].router.next_hop("n4") == "n4"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
+
 from x0tta6bl4.monitoring.collectors import InterfaceStats, KernelEvent, ProcessStats, Snapshot
 from x0tta6bl4.monitoring.prometheus import (
     build_registry,

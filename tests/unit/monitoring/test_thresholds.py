@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from x0tta6bl4.monitoring.thresholds import (
     Band,
     Health,

@@ -94,7 +94,7 @@ def test_from_neighbours_symmetrises_and_unknown_node_raises():
 def test_betweenness_matches_networkx_with_dead_nodes():
     t = MeshDigitalTwin()
     g = t.create_test_topology(60, 4.0, 3)
-    nodes, index, edges, ip, ix = t._arrays()
+    nodes, index, _edges, ip, ix = t._arrays()
     alive = np.ones(60, dtype=bool)
     alive[[5, 9]] = False
     bc = betweenness(ip, ix, alive)

@@ -16,7 +16,7 @@ def test_same_seed_identical_different_seed_differs(graph):
     a = TelemetrySimulator(graph, seed=5).run(5)
     b = TelemetrySimulator(graph, seed=5).run(5)
     c = TelemetrySimulator(graph, seed=6).run(5)
-    for wa, wb in zip(a, b):
+    for wa, wb in zip(a, b, strict=False):
         assert np.array_equal(wa.series, wb.series)
         assert np.array_equal(wa.labels.is_anomaly, wb.labels.is_anomaly)
         assert wa.labels.root_cause == wb.labels.root_cause
@@ -39,7 +39,7 @@ def test_labels_follow_fault_spread(graph, fault):
     ws = TelemetrySimulator(graph, seed=2).run(4, faults=[FaultSpec(0, fault, onset_step=12)])
     assert not ws[0].labels.is_anomaly.any()
     lab = ws[2].labels
-    anomalous = {graph_id for graph_id, a in zip(ws[2].node_ids, lab.is_anomaly) if a}
+    anomalous = {graph_id for graph_id, a in zip(ws[2].node_ids, lab.is_anomaly, strict=False) if a}
     expected = {0} | (set(graph[0]) if fault in SPREADING_FAULTS else set())
     assert anomalous == expected
     assert lab.incidents[0]["root"] == 0 and lab.incidents[0]["fault_type"] == fault
@@ -69,5 +69,5 @@ def test_generate_labelled_windows_reproducible():
     a = generate_labelled_windows(42, num_nodes=30, num_windows=4)
     b = generate_labelled_windows(42, num_nodes=30, num_windows=4)
     assert [w.labels.fault_type for w in a] == [w.labels.fault_type for w in b]
-    assert all(np.array_equal(x.series, y.series) for x, y in zip(a, b))
+    assert all(np.array_equal(x.series, y.series) for x, y in zip(a, b, strict=False))
     assert len(a) == 4 and a[0].node_ids == list(range(30))
