@@ -25,7 +25,8 @@ def deps(settings: ExecutorSettings, telemetry: Mapping[str, events_pb2.NodeTele
          deploy: stage.Deploy = stage.no_deploy) -> stage.ExecutorDeps:
     return stage.ExecutorDeps(
         telemetry=telemetry, classify=functools.partial(classify_node, thresholds=settings.threshold_table()),
-        deploy=deploy, step_timeout_s=settings.step_timeout_s, verify_timeout_s=settings.verify_timeout_s,
+        trust=settings.trust_bundle(), claim_key=stage.claim_key_of(settings.signer("executor")), deploy=deploy,
+        step_timeout_s=settings.step_timeout_s, verify_timeout_s=settings.verify_timeout_s,
         verify_poll_s=settings.verify_poll_s, fresh_telemetry_s=settings.fresh_telemetry_s)
 
 

@@ -17,6 +17,8 @@ class PlannerSettings(CommonSettings):
     emergency_vote_s: float = Field(300.0, gt=0, le=7 * 86400)
     standard_vote_s: float = Field(3600.0, gt=0, le=7 * 86400)
     action_timeout_s: float = Field(30.0, gt=0, le=3600)
+    approval_ttl_s: float = Field(300.0, gt=0, le=86400, description=(
+        "an auto-approved action's signed approval is valid for action_timeout_s plus this long"))
     reinstate_after_s: float = Field(10.0, ge=0, le=86400, description=(
         "a node routed around is reinstated after it has been reachable and healthy this long (0: never)"))
     reinstate_tick_s: float = Field(1.0, gt=0, le=60)
@@ -26,7 +28,8 @@ def deps(settings: PlannerSettings, telemetry: Mapping[str, events_pb2.NodeTelem
     return stage.PlannerDeps(
         policy=DecisionPolicy(emergency_vote_duration_s=settings.emergency_vote_s,
                               standard_vote_duration_s=settings.standard_vote_s),
-        thresholds=settings.threshold_table(), telemetry=telemetry, action_timeout_s=settings.action_timeout_s,
+        thresholds=settings.threshold_table(), telemetry=telemetry, signer=settings.signer("planner"),
+        action_timeout_s=settings.action_timeout_s, approval_ttl_s=settings.approval_ttl_s,
         reinstate_after_s=settings.reinstate_after_s, reinstate_tick_s=settings.reinstate_tick_s)
 
 

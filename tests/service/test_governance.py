@@ -7,6 +7,7 @@ import secrets
 import uuid
 
 import pytest
+from trustkit import Keys
 
 from services.governance.main import GovernanceSettings, bind
 from services.governance.verify import VoteVerifier, ledger_verifier
@@ -15,6 +16,7 @@ from x0tta6bl4.bus.app import Service
 from x0tta6bl4.bus.memory import TestBus
 from x0tta6bl4.governance import GovernanceEngine, ManualClock, ProposalState, vote_signing_payload
 from x0tta6bl4.ids import derive_id, new_meta
+from x0tta6bl4.mapek.approval import verify_approval
 from x0tta6bl4.pqc import MLDSA65PrivateKey
 from x0tta6bl4.pqc import key_id as pqc_key_id
 from x0tta6bl4.stages import governance as stage
@@ -38,8 +40,11 @@ class Gov:
         self.store = (stage.MemoryGovStore(engine) if log is None else stage.MemoryGovStore.replay(log, engine))
         self.app = Service("governance", self.settings)
         self.bus = TestBus(self.app)
+        self.trust = Keys.make(tmp_path / "trust")      # governance signs the ActionRequests of passed proposals
         self.deps = stage.GovernanceDeps(self.store, self.settings.policy(), self.settings.execution_window_s,
-                                         self.settings.action_timeout_s, self.watch)
+                                         self.settings.action_timeout_s, self.watch,
+                                         signer=self.trust.signers["governance"],
+                                         clock_ns=lambda: int(self.clock() * 1e9))
         self.ctx = self.bus.context()        # background work (reactions, ticks) has no message
         self.store.on_commit = functools.partial(stage.on_commit, ctx=self.ctx, deps=self.deps)
         bind(self.app, self.deps)
@@ -186,6 +191,10 @@ async def test_a_passed_plan_proposal_requests_its_action_once_with_derived_ids(
     assert req.meta.event_id == derive_id("governance-action", pid) and req.meta.cycle_id == "cycle-7"
     assert req.meta.producer == "governance" and req.timeout_s == 12
     assert req.action.target_node == "n7" and req.incident_id == p.incident_id and req.first_symptom_unix_ns == 123
+    # approved by governance's key for exactly this action, until the execution window ends (+ the timeout)
+    assert verify_approval(req, gov.trust.bundle, int(T0 * 1e9)) == "governance"
+    deadline = gov.proposal(pid).execution_deadline
+    assert req.approval.expires_unix_ns == pytest.approx((deadline + 12) * 1e9, abs=1e3)
     [passed] = gov.bus.audited("proposal.passed")
     assert passed.subject_id == pid and passed.details["outcome"] == "PASSED"
     [requested] = gov.bus.audited("action.requested")
@@ -197,6 +206,14 @@ async def test_a_passed_plan_proposal_requests_its_action_once_with_derived_ids(
     # the plan redelivered: no second proposal, no second request
     await gov.bus.publish(subjects.MAPEK_PLAN, redelivered(p))
     assert len(gov.actions()) == 1
+
+
+async def test_without_a_signing_key_a_passed_proposal_requests_nothing_and_says_so(gov):
+    gov.deps.signer = None                # the executor would refuse an unsigned request: none is published
+    _, pid = await passed_plan(gov)
+    assert gov.actions() == []
+    [audit] = gov.bus.audited("action.not_requested")
+    assert audit.subject_id == pid and audit.details["reason"] == "no signing key"
 
 
 async def test_a_restart_requests_passed_actions_again_under_the_same_ids(gov, tmp_path):

@@ -1,17 +1,20 @@
-"""The plan stage on the in-memory bus: anomalies -> plans and actions, incident claims, knowledge,
-nodes routed around and their reinstatement."""
+"""The plan stage on the in-memory bus: anomalies -> plans and actions (signed as approved by the planner),
+incident claims, knowledge, nodes routed around and their reinstatement."""
 from __future__ import annotations
 
 import json
 
 import pytest
+from trustkit import Keys
 
 from services.planner.main import PlannerSettings, build, deps
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.memory import TestBus
+from x0tta6bl4.config import ConfigError
 from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.knowledge.outcomes import ActionStats
 from x0tta6bl4.mapek import plan as planning
+from x0tta6bl4.mapek.approval import ApprovalError, verify_approval
 from x0tta6bl4.stages import planner as stage
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
@@ -52,13 +55,22 @@ async def report(bus: TestBus, *nodes: events_pb2.NodeTelemetry) -> None:
         await bus.kv("telemetry").put(subjects.token(t.node_id), t.SerializeToString())
 
 
+@pytest.fixture(autouse=True)
+def keys(tmp_path, monkeypatch) -> Keys:
+    """The deployment's keys; the planner's settings (X0TTA6BL4_SIGNING_KEY_FILE, _TRUST_FILE) name them."""
+    keys = Keys.make(tmp_path)
+    for var, value in keys.env("planner").items():
+        monkeypatch.setenv(var, value)
+    return keys
+
+
 @pytest.fixture
 def bus() -> TestBus:
     return TestBus(build(PlannerSettings(action_timeout_s=12.0)))
 
 
 # ---- anomalies -> plans --------------------------------------------------------------------------
-async def test_a_confident_critical_anomaly_is_planned_and_executed_automatically(bus: TestBus):
+async def test_a_confident_critical_anomaly_is_planned_and_executed_automatically(bus: TestBus, keys: Keys):
     await bus.publish(subjects.MAPEK_ANOMALY, anomaly())
     [plan] = bus.messages(subjects.MAPEK_PLAN)
     assert plan.decision == K.DECISION_KIND_AUTO_EXECUTE and plan.incident_id == "n3.node_down"
@@ -68,6 +80,11 @@ async def test_a_confident_critical_anomaly_is_planned_and_executed_automaticall
     [req] = bus.messages(subjects.MAPEK_ACTION)
     assert (req.plan_id, req.approved_by, req.timeout_s) == (plan.plan_id, "auto", 12.0)
     assert req.action_id == derive_id("action", plan.plan_id, "") and req.incident_id == "n3.node_down"
+    # approved by the planner's key for exactly this action, for the action's timeout + approval_ttl_s
+    ap = req.approval
+    assert verify_approval(req, keys.bundle, ap.issued_unix_ns) == "planner"
+    assert ap.key_id == keys.signers["planner"].key_id
+    assert ap.expires_unix_ns - ap.issued_unix_ns == (12 + 300) * S
     [decision] = bus.audited("decision")
     assert decision.subject_id == plan.plan_id and decision.details["auto_approved"] is True
     assert planning.claim_verdict(bus.kv("incidents").value("n3.node_down"), 0) == planning.CLAIM_OPEN
@@ -191,7 +208,7 @@ async def test_a_verified_reinstatement_takes_the_node_out_and_a_failed_one_rest
     assert avoided.value("n3") is None
 
 
-async def test_an_avoided_node_healthy_through_its_probation_is_reinstated():
+async def test_an_avoided_node_healthy_through_its_probation_is_reinstated(keys: Keys):
     bus = TestBus(service="planner")
     telemetry: dict[str, events_pb2.NodeTelemetry] = {}
     d = deps(PlannerSettings(reinstate_after_s=10.0, action_timeout_s=7.0), telemetry)
@@ -218,6 +235,8 @@ async def test_an_avoided_node_healthy_through_its_probation_is_reinstated():
     assert plan.decision == K.DECISION_KIND_AUTO_EXECUTE and plan.first_symptom_unix_ns == 1_006 * S
     [req] = bus.messages(subjects.MAPEK_ACTION)
     assert req.plan_id == plan.plan_id and req.timeout_s == 7.0 and req.meta.cycle_id == plan.meta.cycle_id
+    assert req.action.kind == K.ACTION_KIND_REINSTATE and req.approved_by == "auto"
+    assert verify_approval(req, keys.bundle, req.approval.issued_unix_ns) == "planner"   # signed too
     [audit] = bus.audited("decision")
     assert audit.details["action"] == "reinstate" and audit.cycle_id == plan.meta.cycle_id
     # the reinstatement is under way: later ticks wait for its verification
@@ -250,3 +269,18 @@ async def test_the_loop_ticks_every_reinstate_tick_s():
         await stage.reinstate_loop(bus.context(), d, sleep=sleep)
     assert slept == [0.5, 0.5]
     assert json.loads(bus.kv("avoided").value("n3"))["healthy_since_ns"] == 5_000 * S
+
+
+def test_the_planner_does_not_start_without_its_signing_key(monkeypatch):
+    monkeypatch.delenv("X0TTA6BL4_SIGNING_KEY_FILE")
+    with pytest.raises(ConfigError, match="X0TTA6BL4_SIGNING_KEY_FILE is not set: planner needs its signing key"):
+        build(PlannerSettings())
+
+
+async def test_a_signing_key_not_in_the_trust_bundle_approves_nothing(bus: TestBus, tmp_path):
+    """What the planner signs with a key the executor does not trust is refused there (unknown key)."""
+    stranger = Keys.make(tmp_path / "other")
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly())
+    [req] = bus.messages(subjects.MAPEK_ACTION)
+    with pytest.raises(ApprovalError, match="is not in the trust bundle"):
+        verify_approval(req, stranger.bundle, req.approval.issued_unix_ns)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+from trustkit import Keys
 
 from services.analyzer.main import AnalyzerSettings
 from services.analyzer.main import build as build_analyzer
@@ -21,6 +22,7 @@ from x0tta6bl4.bus.ports import Reply
 from x0tta6bl4.config import load_settings
 from x0tta6bl4.ids import new_meta
 from x0tta6bl4.mapek import plan as planning
+from x0tta6bl4.mapek.approval import sign_approval
 from x0tta6bl4.stages import executor as executor_stage
 from x0tta6bl4.stages import planner as planner_stage
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
@@ -37,6 +39,15 @@ def tel(node: str, cpu: float = 5.0) -> events_pb2.NodeTelemetry:
     for p in RING[node]:
         t.links.add(peer=p, rssi_dbm=-54.0, snr_db=41.0, latency_ms=0.5, link_age_s=3.0)
     return t
+
+
+@pytest.fixture(autouse=True)
+def keys(tmp_path, monkeypatch) -> Keys:
+    """Signing keys and the trust bundle the planner and the executor need (one seed serves both here)."""
+    keys = Keys.make(tmp_path)
+    for var, value in keys.env("planner").items():
+        monkeypatch.setenv(var, value)
+    return keys
 
 
 @pytest.fixture(params=["spec", "strict"])
@@ -78,7 +89,7 @@ async def test_the_planner_reinstates_only_a_node_healthy_by_the_configured_tabl
     assert probation is (table == "spec")
 
 
-async def test_the_executor_verifies_by_the_configured_table(table: str):
+async def test_the_executor_verifies_by_the_configured_table(table: str, keys: Keys):
     """After a restart of n2, n2 reports 80 % cpu: recovered by the spec (a warning), not by the strict table."""
     bus = TestBus(service="executor")
 
@@ -93,7 +104,9 @@ async def test_the_executor_verifies_by_the_configured_table(table: str):
                                                                               for n in RING})
     d = dataclasses.replace(d, clock_ns=lambda: now[0], monotonic=lambda: now[0] / S, sleep=sleep)
     req = events_pb2.ActionRequest(meta=new_meta("planner", "c1", event_id="e1"), action_id="a1", timeout_s=5.0,
-                                   action=events_pb2.ActionSpec(kind=K.ACTION_KIND_RESTART, target_node="n2"))
+                                   action=events_pb2.ActionSpec(kind=K.ACTION_KIND_RESTART, target_node="n2"),
+                                   approved_by="auto")
+    sign_approval(req, keys.signers["planner"], 60, now[0])
     await bus.deliver(executor_stage.on_action, req, deps=d)
     [v] = bus.messages(subjects.MAPEK_VERIFIED)
     assert v.recovered is (table == "spec")

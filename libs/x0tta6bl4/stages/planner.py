@@ -4,7 +4,8 @@ verified outcomes -> knowledge; nodes routed around are reinstated once healthy 
 * :func:`on_anomaly` claims the anomaly's incident in the ``incidents`` bucket (one plan per incident
   across replicas; late anomalies of a repaired incident are stale, see
   :func:`x0tta6bl4.mapek.plan.claim_verdict`), plans it and, when the decision is AUTO_EXECUTE,
-  publishes the ActionRequest. Other decisions leave the plan to governance.
+  publishes the ActionRequest, signed as approved by the planner (:func:`approved_request`; the executor
+  runs nothing unsigned). Other decisions leave the plan to governance.
 * :func:`on_verified` records the outcome in the knowledge base (per fault type and action, with the
   topology size at verification time), keeps the ``avoided`` bucket (a verified REROUTE of a dead
   node puts it in, a verified REINSTATE takes it out) and resolves or releases the incident claim.
@@ -30,9 +31,11 @@ from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
 from x0tta6bl4.knowledge.outcomes import ActionStats
 from x0tta6bl4.knowledge.outcomes import key as knowledge_key
 from x0tta6bl4.mapek import plan as planning
+from x0tta6bl4.mapek.approval import sign_approval
 from x0tta6bl4.mapek.health import classify_node
 from x0tta6bl4.mapek.twin_adapter import twin_verdict
 from x0tta6bl4.monitoring.thresholds import Thresholds
+from x0tta6bl4.trust import Signer
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 log = logging.getLogger("x0tta6bl4.planner")
@@ -46,13 +49,22 @@ class PlannerDeps:
     policy: DecisionPolicy
     thresholds: Thresholds
     telemetry: Mapping[str, events_pb2.NodeTelemetry]    # the `telemetry` bucket's mirror (latest per node)
+    signer: Signer                                       # the planner's key: signs what it auto-approves
     action_timeout_s: float = 30.0
+    approval_ttl_s: float = 300.0                        # + action_timeout_s: how long an approval is valid
     reinstate_after_s: float = 10.0                      # 0: never reinstate
     reinstate_tick_s: float = 1.0
     clock_ns: Callable[[], int] = time.time_ns
 
 
 # ---- anomalies -> plans -----------------------------------------------------------------------------
+def approved_request(plan: events_pb2.Plan, deps: PlannerDeps) -> events_pb2.ActionRequest:
+    """The ActionRequest of an auto-approved plan, signed by the planner; valid for the action's timeout
+    plus ``approval_ttl_s`` (the time the executor may take to get to it)."""
+    req = planning.action_request(plan, "auto", timeout_s=deps.action_timeout_s)
+    return sign_approval(req, deps.signer, deps.action_timeout_s + deps.approval_ttl_s, deps.clock_ns())
+
+
 async def claim(anomaly: events_pb2.Anomaly, ctx: Context) -> bool:
     """Claim the anomaly's incident (True: plan it); a duplicate or stale anomaly is audited."""
     incidents = await ctx.kv("incidents")
@@ -97,7 +109,7 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
         "confidence": f"{anomaly.confidence:.3f}",
         "auto_approved": decision.kind is DecisionKind.AUTO_EXECUTE})
     if decision.kind is DecisionKind.AUTO_EXECUTE:
-        await ctx.publish(subjects.MAPEK_ACTION, planning.action_request(plan, "auto", timeout_s=deps.action_timeout_s))
+        await ctx.publish(subjects.MAPEK_ACTION, approved_request(plan, deps))
     # OBSERVE keeps the incident claim until it expires (bucket TTL), so the same observation is
     # not re-planned on every window; a different root cause or fault is a different incident.
 
@@ -186,8 +198,7 @@ async def reinstate_one(ctx: Context, deps: PlannerDeps, avoided: KV, key: str, 
     await ctx.audit("decision", plan.plan_id, {
         "decision": "auto_execute", "reason": plan.rationale, "incident": plan.incident_id,
         "action": "reinstate", "target": node, "auto_approved": True}, cycle_id=cycle)
-    await ctx.publish(subjects.MAPEK_ACTION, planning.action_request(plan, "auto", timeout_s=deps.action_timeout_s),
-                      cycle_id=cycle)
+    await ctx.publish(subjects.MAPEK_ACTION, approved_request(plan, deps), cycle_id=cycle)
 
 
 async def reinstate_tick(ctx: Context, deps: PlannerDeps, now_ns: int) -> None:
