@@ -69,7 +69,8 @@ def build(settings: GovernanceSettings) -> Service:
         await app.nc.publish(subject, encode(msg))
 
     deps = stage.GovernanceDeps(store, settings.policy(), settings.execution_window_s, settings.action_timeout_s,
-                                watch, settings.tick_interval_s, trace=producer_span)
+                                watch, settings.tick_interval_s, trace=producer_span,
+                                signer=settings.signer("governance"))
     bg = app.context()
     store.on_commit = functools.partial(stage.on_commit, ctx=bg, deps=deps)
     bind(app, deps)

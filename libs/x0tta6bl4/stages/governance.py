@@ -13,7 +13,9 @@ The domain (:mod:`x0tta6bl4.governance`) decides; this module connects it to the
   audit event per state change (grouped when one commit holds many of a kind), and the
   :func:`request_action` of every proposal that PASSED.
 * :func:`request_action`: the ActionRequest of a PASSED proposal that came from a plan, with a derived
-  event id and action id, so publishing it again (redelivery, restart: :func:`resume`) is harmless.
+  event id and action id, so publishing it again (redelivery, restart: :func:`resume`) is harmless;
+  signed by governance's key as approved by the proposal (:mod:`x0tta6bl4.mapek.approval`), valid until
+  the proposal's execution window ends plus the action's timeout.
 * :func:`tick` (one iteration of :func:`run_ticker`): closes proposals whose period ended and expires
   passed ones whose execution window ended.
 
@@ -28,6 +30,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import AbstractContextManager
@@ -58,7 +61,9 @@ from x0tta6bl4.governance import (
 from x0tta6bl4.governance import events as gev
 from x0tta6bl4.governance.events import GovernanceEvent
 from x0tta6bl4.ids import derive_id, new_meta
+from x0tta6bl4.mapek.approval import sign_approval
 from x0tta6bl4.mapek.plan import action_request
+from x0tta6bl4.trust import Signer
 from x0tta6bl4.v1 import common_pb2, events_pb2
 from x0tta6bl4.v1 import governance_pb2 as gpb
 
@@ -200,6 +205,8 @@ class GovernanceDeps:
     watch: Watch                            # ProposalEvent fan-out for WatchProposals
     tick_interval_s: float = 0.2
     trace: TraceScope = no_trace            # the plan's trace around the ActionRequest (one cycle, one trace)
+    signer: Signer | None = None            # governance's key: signs passed proposals' ActionRequests
+    clock_ns: Callable[[], int] = time.time_ns   # when an approval is issued (wall clock, as the executor's)
 
 
 # ---- protobuf <-> domain (no I/O; the gRPC servicer uses these too) ---------------------------------------
@@ -334,6 +341,14 @@ async def request_action(pid: str, ctx: Context, deps: GovernanceDeps) -> None:
     plan = events_pb2.Plan.FromString(base64.b64decode(link["plan"]))
     req = action_request(plan, f"dao:{pid}", pid, timeout_s=deps.action_timeout_s)
     req.meta.event_id = derive_id("governance-action", pid)
+    if deps.signer is None:   # the executor runs nothing unsigned: say so rather than publish it
+        log.error("governance: no signing key: the action of passed proposal %s is not requested", pid)
+        await ctx.audit("action.not_requested", pid, {"action_id": req.action_id, "reason": "no signing key"},
+                        cycle_id=plan.meta.cycle_id)
+        return
+    now_ns = deps.clock_ns()
+    deadline_s = p.execution_deadline if p.execution_deadline is not None else now_ns / 1e9 + p.execution_window_s
+    sign_approval(req, deps.signer, max(deadline_s - now_ns / 1e9, 0.0) + deps.action_timeout_s, now_ns)
     carrier = {"traceparent": link["traceparent"]} if link.get("traceparent") else {}
     with deps.trace("governance.action_requested", carrier,
                     {"x0.cycle_id": plan.meta.cycle_id, "x0.proposal": pid}):
