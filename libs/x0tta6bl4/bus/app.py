@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-import pathlib
 import signal
 import sys
 import time
@@ -35,12 +35,11 @@ import nats
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
-from x0tta6bl4.audit.chain import AuditChain, MLDSASigner
+from x0tta6bl4.audit.chain import AuditChain, ServiceAuditSigner
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
 from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology, missing_topology
@@ -49,7 +48,6 @@ from x0tta6bl4.bus.kv import NatsKV
 from x0tta6bl4.bus.ports import KeyNotFound, Reject, Reply
 from x0tta6bl4.bus.publisher import Publisher, derive_id
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
-from x0tta6bl4.pqc.keystore import write_secret_file
 from x0tta6bl4.telemetry.tracing import (
     CYCLE_ATTR,
     current_trace_id,
@@ -58,12 +56,15 @@ from x0tta6bl4.telemetry.tracing import (
     shutdown_tracing,
     tracer,
 )
+from x0tta6bl4.trust import ROLE_AUDIT, TrustError
 from x0tta6bl4.v1 import events_pb2
 
 log = logging.getLogger("x0tta6bl4.service")
 M = TypeVar("M", bound=Message)
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
 """A /ready condition: () -> (ok, details shown in /ready's JSON)."""
+FETCH_FAILURES_NOT_READY = 3     # consecutive failed fetches: the consumer is not doing its job; re-bind it
+TOPOLOGY_CHECK_S = 2.0           # how often a service checks that the streams and buckets it needs exist
 
 HANDLED = Counter("x0_messages_handled_total", "messages handled", ["service", "consumer", "outcome"])
 LATENCY = Histogram("x0_handler_seconds", "handler latency", ["service", "consumer"],
@@ -85,6 +86,7 @@ class Context:
         """Publish an event caused by the current one (same cycle, same trace, derived id)."""
         self._n += 1
         eid = derive_id(self.event_id, subject, key or str(self._n)) if self.event_id else None
+        self.service.needs_subject(subject)
         await self.service.publisher.publish(subject, msg, cycle_id=self.cycle_id if cycle_id is None else cycle_id,
                                              event_id=eid)
 
@@ -109,16 +111,35 @@ class Subscription(Generic[M]):
     concurrency: int = 1
     idempotent_skip: bool = True
     bound: bool = False
+    failures: int = 0          # consecutive failed fetches (or bind attempts)
+    last_error: str = ""
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready while bound and fetching; not after FETCH_FAILURES_NOT_READY failures in a row."""
+        if not self.bound:
+            return False, {"reason": f"consumer {self.durable} not bound"
+                                     + (f": {self.last_error}" if self.last_error else "")}
+        if self.failures >= FETCH_FAILURES_NOT_READY:
+            return False, {"reason": f"{self.failures} fetches on consumer {self.durable} failed in a row: "
+                                     f"{self.last_error}"}
+        return True, {}
 
 
-def _load_audit_signer(data_dir: pathlib.Path, service: str) -> MLDSASigner:
-    """The service's audit signing key, persisted (0600, written atomically). Replicas sharing the
-    data dir agree on one key: the first to create the file wins, the others load it."""
-    path = data_dir / "keys" / f"audit-{service}.seed"
-    if not path.exists():
-        with contextlib.suppress(FileExistsError):   # another replica created it first
-            write_secret_file(path, MLDSASigner().seed_bytes_unsafe(), create_only=True)
-    return MLDSASigner.from_seed(path.read_bytes())
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@functools.lru_cache(maxsize=4096)
+def _stream_of(subject: str) -> str | None:
+    """The stream storing ``subject`` (None: core NATS)."""
+    for st in subjects.STREAMS:
+        for pattern in st.subjects:
+            p, t = pattern.split("."), subject.split(".")
+            if (p[-1] == ">" and len(t) >= len(p) and all(a in ("*", b) for a, b in zip(p[:-1], t, strict=False))) \
+                    or (len(p) == len(t) and all(a in ("*", b) for a, b in zip(p, t, strict=True))):
+                return st.name
+    return None
 
 
 class Service:
@@ -135,6 +156,9 @@ class Service:
         self._audit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.readiness_checks: dict[str, ReadinessCheck] = {}   # extra /ready conditions (readiness_check)
+        self.needed_streams: set[str] = {subjects.STREAM_AUDIT, subjects.STREAM_DLQ}   # grows with what it uses
+        self.needed_buckets: set[str] = set()
+        self._missing: list[str] = []            # what the last topology check did not find
         # set by start(); a service is used only between start() and stop()
         self.nc: NATS = None  # type: ignore[assignment]
         self.publisher: Publisher = None  # type: ignore[assignment]
@@ -198,6 +222,7 @@ class Service:
     async def kv(self, bucket: str) -> NatsKV:
         """A bucket behind the key-value port (:mod:`x0tta6bl4.bus.ports`)."""
         if bucket not in self._kv:
+            self.needed_buckets.add(bucket)
             js = self.nc.jetstream()
             self._kv[bucket] = NatsKV(await js.key_value(bucket), bucket, js)
         return self._kv[bucket]
@@ -223,7 +248,14 @@ class Service:
                 raise
 
     async def publish(self, subject: str, msg: Message, cycle_id: str | None = None, event_id: str | None = None):
+        self.needs_subject(subject)
         await self.publisher.publish(subject, msg, cycle_id=cycle_id, event_id=event_id)
+
+    def needs_subject(self, subject: str) -> None:
+        """This service publishes on ``subject``: the stream storing it must exist for it to be ready."""
+        stream = _stream_of(subject)
+        if stream is not None:
+            self.needed_streams.add(stream)
 
     def readiness_check(self, name: str, check: ReadinessCheck) -> None:
         """Add a condition to /ready: ``check()`` -> (ok, details). /ready is false while any check is not ok
@@ -248,8 +280,28 @@ class Service:
                     and all(c["ok"] for c in self.readiness().values()))
 
     # ---- lifecycle ----------------------------------------------------------
+    def audit_signer(self) -> ServiceAuditSigner:
+        """The key this service signs its audit chain with: its signing key (X0TTA6BL4_SIGNING_KEY_FILE),
+        which the trust bundle (X0TTA6BL4_TRUST_FILE, when set) must list for this service with the audit
+        role - otherwise nobody could verify the trail, so the service does not start (ConfigError)."""
+        s = self.settings
+        signer = s.signer(self.name)
+        if s.trust_file is not None:
+            bundle = s.trust_bundle()
+            try:
+                key = bundle.find(signer.key_id)
+            except TrustError:
+                raise ConfigError(f"X0TTA6BL4_SIGNING_KEY_FILE: key {signer.key_id} of {self.name} is not in the "
+                                  f"trust bundle {str(s.trust_file)!r}: its audit trail would not verify") from None
+            if key.owner != self.name or ROLE_AUDIT not in key.roles:
+                raise ConfigError(f"X0TTA6BL4_SIGNING_KEY_FILE: the trust bundle lists key {signer.key_id} for "
+                                  f"{key.owner} with roles {list(key.roles)}, not for {self.name} with role "
+                                  f"{ROLE_AUDIT!r}")
+        return ServiceAuditSigner(signer)
+
     async def start(self) -> None:
         s = self.settings
+        audit_signer = self.audit_signer()     # before anything starts: no key, no service
         setup_tracing(self.name, s.data_dir, s.otlp_endpoint)
         if s.health_port:
             self.health = HealthServer(self, s.health_port)
@@ -261,11 +313,8 @@ class Service:
             await ensure_topology(self.nc.jetstream(), s.stream_replicas, s.max_deliver, s.ack_wait_s)
         else:               # a secured bus: the provisioner declared it; wait for it, never create it
             await self._wait_topology()
-        signer = _load_audit_signer(pathlib.Path(s.data_dir), self.name)
-        self.chain = AuditChain(self.name, signer)
-        kv = await self.raw_kv("audit_keys")
-        with contextlib.suppress(KeyWrongLastSequenceError):   # pinned already (a restart, a replica)
-            await kv.create(f"{self.name}.{signer.key_id}", signer.public_bytes())
+        self.chain = AuditChain(self.name, audit_signer)
+        self._add_builtin_checks()
         for fn in self._startup:
             await fn()
         await self.audit("service.started", self.name, {"instance": s.instance, "pid": os.getpid()})
@@ -273,18 +322,69 @@ class Service:
             self._tasks.append(asyncio.create_task(self._consume(sub), name=f"consume-{sub.durable}"))
         for fn in self._background:
             self._tasks.append(asyncio.create_task(self._guard(fn), name=f"bg-{fn.__name__}"))
+        self._tasks.append(asyncio.create_task(self._watch_topology(), name="topology-check"))
         log.info("%s started (instance %s, %d consumers)", self.name, s.instance, len(self.subscriptions))
+
+    def needed_topology(self) -> tuple[list[str], list[str]]:
+        """The streams and buckets this service cannot do its job without: those of its consumers, AUDIT and
+        DLQ, those it published to or opened so far, its mirrors, ``processed`` for its idempotent consumers."""
+        streams = self.needed_streams | {subjects.consumer(sub.durable).stream for sub in self.subscriptions}
+        buckets = self.needed_buckets | set(self.mirrors)
+        if any(sub.idempotent_skip for sub in self.subscriptions):
+            buckets.add("processed")
+        return sorted(streams), sorted(buckets)
 
     async def _wait_topology(self) -> None:
         js = self.nc.jetstream()
-        streams = {subjects.consumer(sub.durable).stream for sub in self.subscriptions}
-        buckets = {"processed", "audit_keys", *self.mirrors}
         while True:
-            missing = await missing_topology(js, sorted(streams), sorted(buckets))
+            missing = await missing_topology(js, *self.needed_topology())
             if not missing:
                 return
             log.warning("%s: waiting for the provisioner to declare %s", self.name, ", ".join(missing))
             await asyncio.sleep(1.0)
+
+    def _add_builtin_checks(self) -> None:
+        """/ready: connected, every consumer bound and fetching, every stream and bucket it needs there."""
+        def bus() -> tuple[bool, dict[str, Any]]:
+            ok = bool(self.nc and self.nc.is_connected)
+            return ok, {} if ok else {"reason": "not connected to NATS"}
+
+        def topology() -> tuple[bool, dict[str, Any]]:
+            missing = list(self._missing)
+            return not missing, {"reason": "missing: " + ", ".join(missing)} if missing else {}
+
+        self.readiness_check("nats", bus)
+        self.readiness_check("topology", topology)
+        for sub in self.subscriptions:
+            self.readiness_check(f"consumer:{sub.durable}", sub.readiness)
+
+    async def check_topology(self) -> list[str]:
+        """Check now that what :meth:`needed_topology` names exists; /ready is false while anything is missing.
+        Returns what is missing ("stream MAPEK", "bucket processed")."""
+        streams, buckets = self.needed_topology()
+        missing = await missing_topology(self.nc.jetstream(), streams, buckets)
+        self._missing = [m if m.startswith("bucket ") else f"stream {m}" for m in missing]
+        return self._missing
+
+    async def _watch_topology(self) -> None:
+        was: list[str] = []
+        while not self._stopping.is_set():
+            await asyncio.sleep(TOPOLOGY_CHECK_S)
+            if not self.nc.is_connected:
+                continue
+            try:
+                missing = await self.check_topology()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a check that cannot run now (broker busy): next round
+                log.debug("%s: topology check failed: %s", self.name, e)
+                continue
+            if missing != was:
+                if missing:
+                    log.error("%s: not ready, missing %s", self.name, ", ".join(missing))
+                else:
+                    log.info("%s: every stream and bucket it needs is back", self.name)
+                was = missing
 
     async def _guard(self, fn) -> None:
         while not self._stopping.is_set():
@@ -335,42 +435,72 @@ class Service:
 
     # ---- the consumer loop --------------------------------------------------
     async def _consume(self, sub: Subscription) -> None:
+        """Bind the durable consumer, fetch and handle; re-bind when fetching keeps failing (its stream or
+        consumer was deleted and maybe declared again). /ready reflects each state (Subscription.readiness)."""
         c = subjects.consumer(sub.durable)
-        js = self.nc.jetstream()
         cfg = consumer_config(c, self.settings.max_deliver, self.settings.ack_wait_s)
-        psub = None
-        while psub is None:
+        while not self._stopping.is_set():
+            psub = await self._bind(sub, c, cfg)
+            await self._fetch_loop(sub, c, psub)
+            sub.bound = False
+            with contextlib.suppress(Exception):   # the subscription of a consumer that may be gone
+                await psub.unsubscribe()
+
+    async def _bind(self, sub: Subscription, c: subjects.Consumer, cfg):
+        while True:
             try:
-                psub = await js.pull_subscribe(c.subject, durable=c.durable, stream=c.stream, config=cfg)
+                psub = await self.nc.jetstream().pull_subscribe(c.subject, durable=c.durable, stream=c.stream,
+                                                                config=cfg)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - broker or stream not there yet: retried
-                log.warning("%s: cannot bind consumer %s yet (%s); retrying", self.name, c.durable, e)
+            except Exception as e:  # noqa: BLE001 - broker, stream or consumer not there (yet): retried
+                sub.last_error = _describe(e)
+                log.warning("%s: cannot bind consumer %s (%s); retrying", self.name, c.durable, sub.last_error)
                 await asyncio.sleep(0.5)
-        sub.bound = True
+                continue
+            sub.bound, sub.failures, sub.last_error = True, 0, ""
+            return psub
+
+    async def _fetch_loop(self, sub: Subscription, c: subjects.Consumer, psub) -> None:
         sem = asyncio.Semaphore(sub.concurrency)
         pending: set[asyncio.Task] = set()
         while not self._stopping.is_set():
             try:
                 msgs = await psub.fetch(self.settings.fetch_batch, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                msgs = []
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any fetch failure is retried
-                log.warning("%s: fetch on %s failed (%s); retrying", self.name, c.durable, e)
+            except Exception as e:  # noqa: BLE001 - counted; the consumer is re-bound after a few in a row
+                sub.failures += 1
+                sub.last_error = _describe(e)
+                log.warning("%s: fetch on %s failed (%s, %d in a row)", self.name, c.durable, sub.last_error,
+                            sub.failures)
+                if sub.failures >= FETCH_FAILURES_NOT_READY:
+                    return
                 await asyncio.sleep(0.25)
                 continue
+            sub.failures = 0
             if sub.concurrency == 1:
                 for m in msgs:
-                    await self._handle(sub, m)
+                    await self._handle_safely(sub, m)
             else:
                 for m in msgs:
                     await sem.acquire()
-                    t = asyncio.create_task(self._handle(sub, m))
+                    t = asyncio.create_task(self._handle_safely(sub, m))
                     pending.add(t)
                     t.add_done_callback(pending.discard)
                     t.add_done_callback(lambda _: sem.release())
+
+    async def _handle_safely(self, sub: Subscription, m: Msg) -> None:
+        """A failure around the handler (the ``processed`` bucket, a dead letter, the ack) leaves the message
+        unacknowledged, so it is redelivered; it never ends the consumer loop."""
+        try:
+            await self._handle(sub, m)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - redelivered after ack_wait; the loop goes on
+            log.error("%s: handling a message on %s failed: %s", self.name, m.subject, _describe(e))
 
     async def _handle(self, sub: Subscription, m: Msg) -> None:
         headers = dict(m.headers or {})

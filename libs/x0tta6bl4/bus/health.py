@@ -58,7 +58,11 @@ class HealthServer:
             ok = t.ready
             checks = getattr(t, "readiness", None)   # optional: named checks with details (Service)
             if callable(checks):
-                info["checks"] = checks()
+                info["checks"] = results = checks()
+                # what keeps it from being ready, one reason per failing check
+                info["failing"] = {name: c.get("reason") or c.get("error") or "not ok"
+                                   for name, c in results.items() if not c.get("ok")}
+                ok = ok and not info["failing"]
             return ("200 OK" if ok else "503 Service Unavailable", "application/json",
                     json.dumps({**info, "ready": ok}, default=str).encode())
         if path == "/metrics":

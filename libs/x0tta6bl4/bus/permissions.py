@@ -101,7 +101,6 @@ def _service_base(service: str) -> list[str]:
     for c in _durables_of(service):
         pub += [*_consumer_api(c), subjects.dead_letter(c.durable)]
     pub += _processed(service)
-    pub += _kv_read("audit_keys") + _kv_write("audit_keys", f"{subjects.token(service)}.*")
     return pub
 
 

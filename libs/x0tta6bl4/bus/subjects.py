@@ -142,7 +142,6 @@ BUCKETS: tuple[Bucket, ...] = (
     Bucket("avoided", 0, doc="nodes routed around after a verified REROUTE, until the planner reinstates them"),
     Bucket("actions", 7 * 86400, doc="executor action claims and outcomes (idempotent actions)"),
     Bucket("knowledge", 0, history=5, doc="repair outcomes aggregated per fault type and action"),
-    Bucket("audit_keys", 0, doc="pinned audit signing public key per service"),
     Bucket("keys", 0, doc="root-signed public-key and revocation records (keyvault -> node agents)"),
     Bucket("keyvault", 0, doc="keyvault replicas' shared state: identities with private keys and the root key, "
                               "sealed (AES-256-GCM) under the master key; compare-and-set on revisions"),

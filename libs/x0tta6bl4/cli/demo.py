@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.panel import Panel
 
-from x0tta6bl4.audit.chain import verify_chains
+from x0tta6bl4.audit.chain import trusted_keys, verify_chains
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.reader import mesh_telemetry, read_all
@@ -114,7 +114,8 @@ async def scenario(stack: Stack, nodes: list[str], timeout_s: float) -> int:
         console.print(trace_tree(spans, f"trace {trace_id} ({len(spans)} spans across "
                                         f"{len({s['service'] for s in spans})} processes)"))
     audit = [events_pb2.AuditEvent.FromString(a.data) for a in await read_all(js, subjects.AUDIT_ALL)]
-    report = verify_chains(audit)
+    assert stack.secrets is not None
+    report = verify_chains(audit, trusted_keys(stack.secrets.trust()))   # keys from the trust bundle only
     console.print(f"audit trail: {report.events} signed events in {report.chains} hash chains — "
                   + ("[green]intact[/]" if report.ok else f"[red]{len(report.problems)} problems[/]"))
     await nc.close()

@@ -1,6 +1,7 @@
 """meshctl trace / audit / cycle / dlq / bus: looking at what the orchestrator did."""
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 from collections import defaultdict
@@ -9,12 +10,13 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from x0tta6bl4.audit.chain import verify_chains
+from x0tta6bl4.audit.chain import TrailReport, parse_event, trusted_keys, verify_chains
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import message_class
 from x0tta6bl4.bus.reader import follow, kv_snapshot, read_all
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
 from x0tta6bl4.telemetry.tracing import load_spans, spans_for
+from x0tta6bl4.trust import TrustBundle, TrustError
 from x0tta6bl4.v1 import events_pb2
 
 NatsOpt = typer.Option(None, "--nats", help="NATS URL (default: the running stack's)")
@@ -73,6 +75,13 @@ def trace(key: str = typer.Argument(..., help="cycle id or trace id"), data_dir:
 
 
 # ---- audit ------------------------------------------------------------------
+def _audit_row_of(data: bytes) -> list[str]:
+    try:
+        return _audit_row(parse_event(data))
+    except ValueError as e:
+        return ["?", "?", "(unreadable)", "", str(e)[:120], ""]
+
+
 def _audit_row(ev: events_pb2.AuditEvent) -> list[str]:
     ts = (time.strftime("%H:%M:%S", time.localtime(ev.meta.ts_unix_ns / 1e9))
           + f".{ev.meta.ts_unix_ns // 1_000_000 % 1000:03d}")
@@ -94,39 +103,110 @@ def audit_tail(last: int = typer.Option(20, help="how many past events to show")
         msgs = await read_all(js, subject, stream=subjects.STREAM_AUDIT, last=last)
         table = Table("time", "service", "event", "subject", "details", "cycle")
         for m in msgs:
-            table.add_row(*_audit_row(events_pb2.AuditEvent.FromString(m.data)))
+            table.add_row(*_audit_row_of(m.data))
         console.print(table)
         if follow_:
             async for m in follow(js, subject, new_only=True):
-                console.print("  ".join(_audit_row(events_pb2.AuditEvent.FromString(m.data))))
+                console.print("  ".join(_audit_row_of(m.data)))
         await nc.close()
     run(go())
 
 
+TrustOpt = typer.Option(None, "--trust", envvar="X0TTA6BL4_TRUST_FILE",
+                        help="trust bundle with the services' public keys (default: <data-dir>/secrets/trust.json)")
+RootOpt = typer.Option(None, "--keyvault-root", envvar="X0TTA6BL4_KEYVAULT_ROOT_FILE",
+                       help="the keyvault root ML-DSA-65 public key (raw or hex), pinned out of band: edge "
+                            "chains are verified against its signed key records (without it: unverified)")
+
+
+def load_keyvault_root(path: pathlib.Path):
+    """The pinned keyvault root public key from a file (1952 raw bytes or their hex)."""
+    from x0tta6bl4.pqc import MLDSA65PublicKey
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        fail(f"--keyvault-root {str(path)!r}: cannot read ({e.strerror})")
+    try:
+        if len(raw) != 1952:
+            raw = bytes.fromhex(raw.decode("ascii").strip())
+        return MLDSA65PublicKey.from_bytes(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        fail(f"--keyvault-root {str(path)!r}: not an ML-DSA-65 public key (1952 bytes, raw or hex): {e}")
+
+
+def keyvault_directory(root, entries: dict[str, bytes]):
+    """A directory of the ``keys`` bucket's records that verify against the pinned root (others are dropped:
+    returned as the count of entries that did not verify)."""
+    from x0tta6bl4.keyvault.distribution import KeyDirectory
+    from x0tta6bl4.pqc import PQCError
+    directory, rejected = KeyDirectory(root), 0
+    for key, value in sorted(entries.items()):
+        try:
+            directory.apply(key, value)
+        except (PQCError, ValueError):
+            rejected += 1
+    return directory, rejected
+
+
+def read_trail(stored) -> tuple[list[events_pb2.AuditEvent], list[str]]:
+    """The audit events of stored messages, and a description of every entry that is not one."""
+    events, garbage = [], []
+    for m in stored:
+        try:
+            events.append(parse_event(m.data))
+        except ValueError as e:
+            seq = m.metadata.sequence.stream if m.metadata else "?"
+            garbage.append(f"stream seq {seq} on {m.subject}: {e}")
+    return events, garbage
+
+
+def print_report(report: TrailReport, rejected_records: int = 0) -> None:
+    for r in report.bad:
+        what = "unreadable entries" if not r.chain_id else f"chain {r.chain_id} ({r.service})"
+        console.print(f"[red]✗[/] {what}: {r.events} event(s), {r.verified} verified; {r.summary()}")
+    for r in report.unverified:
+        console.print(f"[yellow]?[/] chain {r.chain_id} ({r.service}): {r.events} event(s) unverified: {r.unverified}")
+    if rejected_records:
+        console.print(f"[yellow]![/] {rejected_records} entries of the keys bucket do not verify against the "
+                      "pinned keyvault root (ignored)")
+    intact = [r for r in report.results.values() if r.ok and not r.unverified]
+    console.print(f"[green]✓[/] {len(intact)} chain(s) intact, {sum(r.events for r in intact)} events "
+                  "signed by trusted keys, no gap, no edit")
+
+
 @audit_app.command("verify")
-def audit_verify(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
-    """Prove the audit trail has no gap and no edit (hash chains and ML-DSA-65 signatures)."""
+def audit_verify(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt,
+                 trust: pathlib.Path | None = TrustOpt, keyvault_root: pathlib.Path | None = RootOpt,
+                 json_out: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+    """Prove the audit trail has no gap and no edit and that trusted keys signed it: every entry is checked;
+    garbage, forged, edited, unknown-key and broken-link entries are reported per chain and the rest verified.
+    Exit code 1 when anything is wrong."""
+    path = trust or data_dir / "secrets" / "trust.json"
+    try:
+        bundle = TrustBundle.load(path)
+    except TrustError as e:
+        fail(f"{e}: the trust bundle is needed to know whose keys to trust (--trust or X0TTA6BL4_TRUST_FILE)")
+    root = load_keyvault_root(keyvault_root) if keyvault_root is not None else None
+    from x0tta6bl4.keyvault.distribution import BUCKET as KEYS_BUCKET
+
     async def go():
         nc = await connect(nats_url(nats, data_dir))
         js = nc.jetstream()
         stored = await read_all(js, subjects.AUDIT_ALL, stream=subjects.STREAM_AUDIT)
-        events = [events_pb2.AuditEvent.FromString(m.data) for m in stored]
-        keys: dict[str, set[bytes]] = defaultdict(set)
-        for k, v in (await kv_snapshot(js, "audit_keys")).items():
-            keys[k.split(".")[0]].add(v)
+        records = await kv_snapshot(js, KEYS_BUCKET) if root is not None else {}   # root-signed: checked
         await nc.close()
-        return events, keys
-    events, keys = run(go())
-    unknown = [e for e in events if keys and e.public_key not in keys.get(e.service, set())]
-    report = verify_chains(events)
-    problems = report.problems + [f"chain {e.chain_id} seq {e.chain_seq}: key not registered for {e.service}"
-                                  for e in unknown]
-    if problems:
-        for p in problems[:50]:
-            console.print(f"[red]✗[/] {p}")
-        fail(f"audit trail NOT intact: {len(problems)} problem(s) in {report.events} events")
-    console.print(f"[green]✓[/] audit trail intact: {report.events} events in {report.chains} chains, "
-                  "no gap, no edit, every signature valid")
+        return stored, records
+    stored, records = run(go())
+    events, garbage = read_trail(stored)
+    directory, rejected = keyvault_directory(root, records) if root is not None else (None, 0)
+    report = verify_chains(events, trusted_keys(bundle, directory), garbage)
+    if json_out:
+        typer.echo(json.dumps({**report.to_dict(), "keys_records_rejected": rejected}))
+    else:
+        print_report(report, rejected)
+    if not report.ok:
+        counts = ", ".join(f"{n} {kind}" for kind, n in report.counts.items())
+        fail(f"audit trail NOT intact: {counts} in {report.events} entries ({report.verified} verified)")
 
 
 # ---- cycles -----------------------------------------------------------------

@@ -5,9 +5,10 @@ The broker-side copy is one entry (``doc``) of the JetStream key-value bucket ``
 updated with compare-and-set, so concurrent syncs from several nodes serialise and none is lost.
 Audit events that no one has published yet are *claimed* in the same compare-and-set write, then
 published by the claimer on ``audit.edge.<event>`` (sorted by Lamport time, node, sequence), as a
-hash-chained, ML-DSA-65-signed chain of service ``edge`` whose key is pinned in ``audit_keys``
-(``meshctl audit verify`` checks it like any service's). The original event's node, Lamport time,
-sequence, time and its node-identity signature travel in the event's details.
+hash-chained chain of service ``edge`` signed (ML-DSA-65) by the claimer's node signing key; ``meshctl audit
+verify`` trusts it only through that key's keyvault-signed public-key record (never a key found on the bus).
+The original event's node, Lamport time, sequence, time and its node-identity signature travel in the
+event's details.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from x0tta6bl4.audit.chain import AuditChain
+from x0tta6bl4.audit.chain import EDGE_SERVICE, AuditChain, NodeAuditSigner
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.connection import connect_once
 from x0tta6bl4.bus.publisher import Publisher
@@ -31,7 +32,7 @@ log = logging.getLogger("x0tta6bl4.edge")
 
 BUCKET = "edge"            # broker-side CRDT document (one key: DOC_KEY)
 DOC_KEY = "doc"
-AUDIT_SERVICE = "edge"     # audit.edge.<event>
+AUDIT_SERVICE = EDGE_SERVICE  # audit.edge.<event>
 
 
 @dataclass
@@ -108,10 +109,8 @@ async def sync_with_broker(en: EdgeNode, nc) -> SyncReport:
     session = uuid.uuid4().hex[:12]
     claimed = await _cas_merge(kv, en.state, en.node, session, report)
     if claimed:
-        ak = await js.key_value("audit_keys")
-        with contextlib.suppress(Exception):  # already pinned
-            await ak.create(f"{AUDIT_SERVICE}.{en.audit_signer.key_id}", en.audit_signer.public_bytes())
-        chain = AuditChain(AUDIT_SERVICE, en.audit_signer, chain_id=f"edge-{en.node}-{session}")
+        # signed by this node's signing key: a verifier trusts it through its keyvault-signed record
+        chain = AuditChain(AUDIT_SERVICE, NodeAuditSigner(en.identity), chain_id=f"edge-{en.node}-{session}")
         report.chain_id = chain.chain_id
         pub = Publisher(nc, AUDIT_SERVICE, retry_for_s=5.0)
         for e in sorted(claimed):

@@ -12,6 +12,7 @@ from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.config import CommonSettings
+from x0tta6bl4.runtime import secrets
 from x0tta6bl4.v1 import events_pb2
 
 
@@ -54,13 +55,16 @@ async def test_broker_restart_mid_stream_loses_nothing_acknowledged(nats_server,
     assert not missing, f"{len(missing)} acknowledged events lost across the restart"
 
 
-def _settings(nats_server, tmp_path: pathlib.Path, **kw) -> CommonSettings:
-    return CommonSettings(nats_url=nats_server.url, data_dir=tmp_path / "svc", **kw)
+def _settings(nats_server, tmp_path: pathlib.Path, service: str, **kw) -> CommonSettings:
+    """A service's settings with its signing key and the trust bundle (a service does not start without)."""
+    sec = secrets.init(tmp_path / "secrets")
+    return CommonSettings(nats_url=nats_server.url, data_dir=tmp_path / "svc", trust_file=sec.trust_file,
+                          signing_key_file=sec.signing_file(service), **kw)
 
 
 async def test_poison_and_invalid_messages_go_to_the_dead_letter_subject(nats_server, nc, tmp_path):
     handled = []
-    app = Service("analyzer", _settings(nats_server, tmp_path))
+    app = Service("analyzer", _settings(nats_server, tmp_path, "analyzer"))
 
     @app.subscriber("planner", events_pb2.Anomaly)
     async def on_anomaly(msg, ctx):
@@ -97,7 +101,7 @@ async def _audit(nc, event, n):
 
 async def test_failing_handler_is_retried_then_dead_lettered_never_forever(nats_server, nc, tmp_path):
     attempts = []
-    app = Service("planner", _settings(nats_server, tmp_path, max_deliver=3))
+    app = Service("planner", _settings(nats_server, tmp_path, "planner", max_deliver=3))
 
     @app.subscriber("planner", events_pb2.Anomaly)
     async def on_anomaly(msg, ctx):
@@ -121,7 +125,7 @@ async def test_failing_handler_is_retried_then_dead_lettered_never_forever(nats_
 async def test_redelivered_event_is_not_handled_twice(nats_server, nc, tmp_path):
     """A handler that crashed after its side effect but before the ack: the redelivery is skipped."""
     seen = []
-    app = Service("planner", _settings(nats_server, tmp_path, ack_wait_s=1.0))
+    app = Service("planner", _settings(nats_server, tmp_path, "planner", ack_wait_s=1.0))
 
     @app.subscriber("planner", events_pb2.Anomaly)
     async def on_anomaly(msg, ctx):
