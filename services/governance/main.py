@@ -42,6 +42,9 @@ class GovernanceSettings(CommonSettings):
     max_active_per_proposer: int = Field(20, ge=0, le=1_000_000, description=(
         "ACTIVE proposals one proposer may have open through gRPC CreateProposal (0 = no limit; "
         "the planner's proposals from plans are not counted against it)"))
+    adopt_legacy_log: bool = Field(False, description=(
+        "accept once a GOV log written before it was signed (unsigned v1 records): the first signed record "
+        "seals them; without it such a log is refused at start"))
 
     def policy(self) -> DecisionPolicy:
         return DecisionPolicy(
@@ -63,7 +66,8 @@ def build(settings: GovernanceSettings) -> Service:
     except (ValueError, OSError) as e:
         raise ConfigError(f"admin_token_file: {e}") from None
     keys = VoteVerifier(threads=settings.verify_threads)
-    store = GovStore(lambda: GovernanceEngine(ledger_verifier(lambda: store.engine, keys), time.time))
+    store = GovStore(lambda: GovernanceEngine(ledger_verifier(lambda: store.engine, keys), time.time),
+                     settings.signer("governance"), settings.trust_bundle(), adopt_legacy=settings.adopt_legacy_log)
 
     async def watch(subject: str, msg: Message) -> None:   # core NATS, not stored: WatchProposals' fan-out
         await app.nc.publish(subject, encode(msg))
@@ -73,6 +77,8 @@ def build(settings: GovernanceSettings) -> Service:
                                 signer=settings.signer("governance"))
     bg = app.context()
     store.on_commit = functools.partial(stage.on_commit, ctx=bg, deps=deps)
+    store.on_quarantine = functools.partial(stage.on_quarantine, ctx=bg, deps=deps)
+    app.readiness_check("governance_log", store.readiness)
     bind(app, deps)
     grpc_server: list[GrpcServer] = []
 

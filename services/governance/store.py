@@ -1,17 +1,34 @@
 """Durable governance state: the GOV JetStream stream is the event log.
 
-One log message = one *commit*: the domain events of a group of commands run
-back to back (group commit), plus service records (links from a proposal to
-the Plan that caused it). The message is JSON::
+One log message = one *record* of the signed, hash-chained log
+(:mod:`x0tta6bl4.governance.eventlog`, which documents the exact encoding): the
+domain events of a group of commands run back to back (group commit), plus
+service records (links from a proposal to the Plan that caused it), signed by
+the governance log key (``signing_key_file``, role ``govlog``) and linked to
+the record before it. It goes to ``gov.events.<kind>`` (``kind`` = the events'
+kind when they all share one, ``mixed`` otherwise, ``log`` for a record without
+events). Every append carries ``Nats-Expected-Last-Sequence`` = the last stream
+sequence this replica has read, so two replicas can never append on top of
+different histories: on "wrong last sequence" the replica rebuilds its engine
+from the stream and re-runs the commands. A retried publish (timeout) reuses its
+``Nats-Msg-Id`` and is de-duplicated.
 
-    {"v": 1, "events": [event_to_dict(e), ...], "links": [{...}, ...]}
+Replay (start, rebuild) and catch-up verify every message with the trust bundle
+(``trust_file``): a message that does not decode, is altered, is not signed by a
+trusted governance log key or is not the next link of the chain is
+*quarantined*: not applied, counted (``x0_gov_events_quarantined_total``),
+reported once per stream sequence to ``on_quarantine`` (the stage audits
+``gov.event.quarantined``), shown in /ready. Its stream sequence still counts as
+read, so the next append expects it (a foreign message never wedges the
+writer), and the chain goes on from the last valid record. At start an empty log
+gets a first signed record (so an unsigned message can never pass for the
+legacy log, see the migration note in the eventlog module); a log holding only
+unsigned legacy (v1) records is refused unless ``adopt_legacy`` (the setting
+``X0TTA6BL4_ADOPT_LEGACY_LOG``).
 
-on ``gov.events.<kind>`` (``kind`` = the events' kind when they all share one,
-``mixed`` otherwise). Every append carries ``Nats-Expected-Last-Sequence`` =
-the last stream sequence this replica has applied, so two replicas can never
-append on top of different histories: on "wrong last sequence" the replica
-rebuilds its engine from the stream and re-runs the commands. A retried
-publish (timeout) reuses its ``Nats-Msg-Id`` and is de-duplicated.
+The writer reports its health (:meth:`GovStore.readiness`): not ready when its
+task is gone or a batch has been in progress for ``stall_s`` (broker away, log
+unreadable), ready again when it makes progress.
 
 Commands run one batch at a time in a single writer task; callers get their
 result only after the commit is stored (an acknowledged vote is durable).
@@ -32,11 +49,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,16 +61,22 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
+from prometheus_client import Counter
 
 from x0tta6bl4.bus.subjects import GOV_EVENTS_ALL, STREAM_GOV, gov_event
-from x0tta6bl4.governance import (
-    GovernanceEngine,
-    GovernanceError,
-    event_from_dict,
-    event_to_dict,
-    fold,
+from x0tta6bl4.config import ConfigError
+from x0tta6bl4.governance import EventStreamError, GovernanceEngine, GovernanceError, fold
+from x0tta6bl4.governance.eventlog import (
+    OWNERS,
+    ROLE,
+    Applied,
+    LegacySeal,
+    LogReplay,
+    LogSigner,
+    LogVerifier,
+    Quarantined,
+    seal,
 )
-from x0tta6bl4.governance.events import GovernanceEvent
 from x0tta6bl4.stages.governance import Command, Outcome, Reaction, apply_links
 
 __all__ = ["Command", "Conflict", "GovStore", "Outcome", "Unavailable"]
@@ -65,7 +87,15 @@ WRONG_LAST_SEQUENCE = 10071
 MAX_BATCH = 64
 REACTION_LAG = 32       # stored commits that may wait for their reactions (audit, watch)
 REACTION_LINGER_S = 0.02   # how long the reactor gathers commits before one round of audit
-LOG_VERSION = 1
+STALL_S = 10.0          # a batch in progress this long: the writer is stuck (/ready false)
+ADOPT_SETTING = "X0TTA6BL4_ADOPT_LEGACY_LOG"
+
+QUARANTINED = Counter("x0_gov_events_quarantined_total",
+                      "governance log messages quarantined (not applied): undecodable, altered, not signed by a "
+                      "trusted governance log key, or out of chain")
+
+QuarantineReport = Callable[[int, str, str], Awaitable[None]]
+"""``report(stream_seq, subject, reason)``: a quarantined log message, reported once per stream sequence."""
 
 
 class Unavailable(Exception):
@@ -82,38 +112,45 @@ class _Job:
     fut: asyncio.Future
 
 
-def kind_of(events: tuple | list) -> str:
+def kind_of(events: Sequence) -> str:
     kinds = {e.TYPE.split(".", 1)[-1] for e in events}
+    if not kinds:
+        return "log"
     return kinds.pop() if len(kinds) == 1 else "mixed"
-
-
-def encode_commit(events, links) -> bytes:
-    return json.dumps({"v": LOG_VERSION, "events": [event_to_dict(e) for e in events], "links": links},
-                      separators=(",", ":")).encode()
-
-
-def decode_commit(data: bytes) -> tuple[list[GovernanceEvent], list[dict]]:
-    doc = json.loads(data)
-    if doc.get("v") != LOG_VERSION:
-        raise ValueError(f"unsupported governance log version {doc.get('v')!r}")
-    return [event_from_dict(d) for d in doc["events"]], list(doc.get("links", []))
 
 
 class GovStore:
     """The engine, its log position, and the single writer that commits to the log
     (the :class:`x0tta6bl4.stages.governance.GovernanceStore` of the service)."""
 
-    def __init__(self, make_engine: Callable[[], GovernanceEngine], on_commit: Reaction | None = None,
-                 timeout_s: float = 5.0, retry_for_s: float = 30.0):
+    def __init__(self, make_engine: Callable[[], GovernanceEngine], signer: LogSigner, trust: LogVerifier,
+                 on_commit: Reaction | None = None, on_quarantine: QuarantineReport | None = None, *,
+                 adopt_legacy: bool = False, timeout_s: float = 5.0, retry_for_s: float = 30.0,
+                 stall_s: float = STALL_S):
         self._js: JetStreamContext | None = None
         self.make_engine = make_engine
+        self.signer = signer                   # signs the records this writer appends (role govlog)
+        self.trust = trust                     # verifies every record read (the trust bundle)
         self.on_commit = on_commit
+        self.on_quarantine = on_quarantine
+        self.adopt_legacy = adopt_legacy
         self.timeout_s = timeout_s
         self.retry_for_s = retry_for_s
+        self.stall_s = stall_s
         self.engine = make_engine()
+        self.replay = LogReplay(trust)         # the chain head: the next record is sealed after it
         self.links: dict[str, dict] = {}       # proposal id -> plan link
         self.by_action: dict[str, str] = {}    # expected action id -> proposal id
-        self.last_seq = 0
+        self.last_seq = 0                      # the last stream sequence read (valid or quarantined)
+        self.quarantined: dict[int, str] = {}  # stream sequence -> why it was not applied
+        self._unreported: list[tuple[int, str, str]] = []
+        self._busy_since: float | None = None  # monotonic time the batch in progress was taken
+        probe = b"x0tta6bl4 governance log key check"
+        try:   # a writer whose records its own replay would quarantine must not start
+            trust.verify(ROLE, signer.key_id, probe, signer.sign(ROLE, probe), owners=OWNERS)
+        except Exception as e:  # noqa: BLE001 - the verifier's reason (TrustError) goes into the message
+            raise ConfigError(f"X0TTA6BL4_SIGNING_KEY_FILE: key {signer.key_id} cannot sign the governance log "
+                              f"(X0TTA6BL4_TRUST_FILE does not trust it for {ROLE}: {e})") from None
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.commits = 0
         self.conflicts = 0
@@ -134,13 +171,42 @@ class GovStore:
         self._js = nc.jetstream(timeout=self.timeout_s)
 
     async def start(self, nc: NATS) -> int:
-        """Connect, replay the whole log and start the writer; returns the number of events replayed."""
+        """Connect, replay the whole log and start the writer; returns the number of events replayed.
+        ConfigError: the log holds only unsigned legacy records and ``adopt_legacy`` is off."""
         self.connect(nc)
         n = await self.load()
-        log.info("governance: replayed %d events (log at seq %d): %d voters, %d proposals", n, self.last_seq,
+        await self._ensure_signed()
+        log.info("governance: replayed %d events (log at record %d, stream seq %d, %d quarantined): %d voters, "
+                 "%d proposals", n, self.replay.head.seq, self.last_seq, len(self.quarantined),
                  len(self.engine.state.voters), len(self.engine.state.proposals))
         self._writer = asyncio.create_task(self.run(), name="gov-writer")
         return n
+
+    async def _ensure_signed(self) -> None:
+        """Give a log without a signed record its first one: empty (a new log), or sealing the legacy
+        records when the operator adopts them."""
+        for _attempt in range(8):
+            if self.replay.head.seq:
+                return
+            legacy: LegacySeal | None = None
+            if self.replay.legacy:
+                old = self.replay.legacy
+                if not self.adopt_legacy:
+                    raise ConfigError(
+                        f"governance log: stream {STREAM_GOV} holds {len(old)} unsigned records (stream seq "
+                        f"{old[0].stream_seq}..{old[-1].stream_seq}) written before the log was signed; they "
+                        f"cannot be verified. Start once with {ADOPT_SETTING}=true to accept them (the first "
+                        f"signed record seals them), or archive the stream and start with an empty log")
+                adopted, legacy = self.replay.adopt_legacy()
+                self._apply(adopted, self.engine)
+                log.warning("governance: adopting %d unsigned legacy records (%s=true)", len(adopted),
+                            ADOPT_SETTING)
+            try:
+                self.last_seq = await self._append([], [], legacy)
+                return
+            except Conflict:
+                await self.load()   # another replica (or a foreign message) went first: read it and decide again
+        raise Unavailable("governance log: cannot write its first signed record (the stream keeps moving)")
 
     async def stop(self) -> None:
         """Stop the writer (stored commits get their reactions first)."""
@@ -154,10 +220,11 @@ class GovStore:
         self.catchup_requested = True
 
     # ---- reading the log ---------------------------------------------------------
-    async def _read_from(self, start_seq: int) -> list[tuple[int, list, list]]:
+    async def _read_from(self, start_seq: int) -> list[tuple[int, str, bytes]]:
+        """(stream sequence, subject, data) of every message from ``start_seq`` on (nothing decoded yet)."""
         info = await self.js.stream_info(STREAM_GOV)
         last = info.state.last_seq
-        out: list[tuple[int, list, list]] = []
+        out: list[tuple[int, str, bytes]] = []
         if last < start_seq:
             return out
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq,
@@ -172,8 +239,7 @@ class GovStore:
                     break  # messages below `last` were removed (limits): nothing more to read
                 for m in msgs:
                     seq = m.metadata.sequence.stream
-                    events, links = decode_commit(m.data)
-                    out.append((seq, events, links))
+                    out.append((seq, m.subject, m.data))
         finally:
             with contextlib.suppress(Exception):   # the ephemeral consumer goes away on its own
                 await sub.unsubscribe()
@@ -182,38 +248,81 @@ class GovStore:
     def _apply_links(self, links: list[dict]) -> None:
         apply_links(links, self.links, self.by_action)
 
+    def _apply(self, verdicts: Sequence[Applied | Quarantined], engine: GovernanceEngine,
+               subjects: dict[int, str] | None = None) -> list:
+        """Fold what replay accepted into ``engine``; note what it quarantined. Returns the events applied."""
+        applied: list = []
+        for v in verdicts:
+            if isinstance(v, Quarantined):
+                self._quarantine(v.stream_seq, (subjects or {}).get(v.stream_seq, ""), v.reason)
+                continue
+            try:
+                fold(v.events, engine.state)
+            except EventStreamError as e:   # valid, but does not fit the state (an adopted legacy record)
+                self._quarantine(v.stream_seq, (subjects or {}).get(v.stream_seq, ""), f"does not apply: {e}")
+                continue
+            self._apply_links(list(v.links))
+            applied.extend(v.events)
+        return applied
+
+    def _quarantine(self, stream_seq: int, subject: str, reason: str) -> None:
+        if stream_seq in self.quarantined:
+            return
+        self.quarantined[stream_seq] = reason
+        QUARANTINED.inc()
+        log.warning("governance: log message %d on %s quarantined: %s", stream_seq, subject or "?", reason)
+        self._unreported.append((stream_seq, subject, reason))
+
+    async def _report_quarantined(self) -> None:
+        reports, self._unreported = self._unreported, []
+        if self.on_quarantine is None:
+            return
+        for stream_seq, subject, reason in reports:
+            try:
+                await self.on_quarantine(stream_seq, subject, reason)
+            except Exception:
+                log.exception("governance: cannot report quarantined log message %d", stream_seq)
+
+    async def _feed(self, replay: LogReplay, engine: GovernanceEngine, start_seq: int) -> tuple[list, int]:
+        """Read from ``start_seq``, verify with ``replay``, apply to ``engine``: (events applied, last seq)."""
+        applied: list = []
+        last = start_seq - 1
+        for seq, subject, data in await self._read_from(start_seq):
+            applied += self._apply(replay.feed(seq, data), engine, {seq: subject})
+            last = seq
+        return applied, last
+
     async def load(self) -> int:
-        """Rebuild the engine from the whole log; returns the number of events."""
+        """Rebuild the engine from the whole log, verifying every record; returns the number of events."""
         engine = self.make_engine()
+        replay = LogReplay(self.trust)
         self.links.clear()
         self.by_action.clear()
-        n = 0
-        last = 0
-        for seq, events, links in await self._read_from(1):
-            fold(events, engine.state)
-            self._apply_links(links)
-            n += len(events)
-            last = seq
+        try:
+            applied, last = await self._feed(replay, engine, 1)
+        finally:
+            await self._report_quarantined()
         self.engine = engine
+        self.replay = replay
         self.last_seq = last
-        return n
+        return len(applied)
 
     async def catch_up(self) -> list:
-        """Apply commits other replicas appended since ours (no-op when we are at the head)."""
+        """Apply records other replicas appended since ours (no-op when we are at the head)."""
         info = await self.js.stream_info(STREAM_GOV)
         if info.state.last_seq <= self.last_seq:
             return []
-        applied = []
-        for seq, events, links in await self._read_from(self.last_seq + 1):
-            fold(events, self.engine.state)
-            self._apply_links(links)
-            self.last_seq = seq
-            applied.extend(events)
+        try:
+            applied, last = await self._feed(self.replay, self.engine, self.last_seq + 1)
+        finally:
+            await self._report_quarantined()
+        self.last_seq = max(self.last_seq, last)
         return applied
 
     # ---- appending -----------------------------------------------------------------
-    async def _append(self, events: list, links: list[dict]) -> int:
-        data = encode_commit(events, links)
+    async def _append(self, events: list, links: list[dict], legacy: LegacySeal | None = None) -> int:
+        """Store the next record (signed, after the chain head); returns its stream sequence."""
+        data, record = seal(self.replay.head, events, links, self.signer, legacy)
         headers = {"Nats-Expected-Last-Sequence": str(self.last_seq), "Nats-Msg-Id": uuid.uuid4().hex}
         subject = gov_event(kind_of(events))
         deadline = time.monotonic() + self.retry_for_s
@@ -221,6 +330,7 @@ class GovStore:
         while True:
             try:
                 ack = await self.js.publish(subject, data, timeout=self.timeout_s, headers=headers)
+                self.replay.advance(record)
                 return ack.seq
             except APIError as e:
                 if e.err_code == WRONG_LAST_SEQUENCE:
@@ -246,6 +356,9 @@ class GovStore:
 
     async def _react(self) -> None:
         """Run ``on_commit`` for each stored commit, in commit order."""
+        reaction = self.on_commit
+        if reaction is None:
+            return
         while True:
             rounds = [await self._reactions.get()]
             deadline = time.monotonic() + REACTION_LINGER_S
@@ -260,7 +373,7 @@ class GovStore:
             events = [e for evs, _ in rounds for e in evs]
             links = [lk for _, lks in rounds for lk in lks]
             try:
-                await self.on_commit(events, links)
+                await reaction(events, links)
             except Exception:
                 log.exception("governance: post-commit reaction failed")
             finally:
@@ -290,6 +403,7 @@ class GovStore:
     async def _run_writer(self) -> None:
         while True:
             batch = [await self.queue.get()]
+            self._busy_since = time.monotonic()
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
@@ -311,6 +425,24 @@ class GovStore:
                 for job in batch:
                     if not job.fut.done():
                         job.fut.set_exception(Unavailable(f"internal error: {type(e).__name__}: {e}"))
+            finally:
+                self._busy_since = None
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ok, details) for /ready: not ok while the writer is not running or a batch has been in progress
+        for ``stall_s``; the details count the quarantined log messages."""
+        details: dict[str, Any] = {"quarantined": len(self.quarantined), "records": self.replay.head.seq,
+                                   "stream_seq": self.last_seq, "queued": self.queue.qsize()}
+        w = self._writer
+        if w is None:
+            return False, {**details, "writer": "not started"}
+        if w.done():
+            exc = None if w.cancelled() else w.exception()
+            return False, {**details, "writer": f"stopped ({type(exc).__name__}: {exc})" if exc else "stopped"}
+        busy = self._busy_since
+        if busy is not None and time.monotonic() - busy > self.stall_s:
+            return False, {**details, "writer": f"stuck: no progress for {time.monotonic() - busy:.1f} s"}
+        return True, {**details, "writer": "ok"}
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         for _attempt in range(8):

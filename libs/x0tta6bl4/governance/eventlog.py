@@ -60,6 +60,8 @@ __all__ = [
     "HASH_DOMAIN",
     "LEGACY_VERSION",
     "LOG_VERSION",
+    "OWNERS",
+    "ROLE",
     "Applied",
     "Head",
     "LegacyRecord",

@@ -16,6 +16,8 @@ The domain (:mod:`x0tta6bl4.governance`) decides; this module connects it to the
   event id and action id, so publishing it again (redelivery, restart: :func:`resume`) is harmless;
   signed by governance's key as approved by the proposal (:mod:`x0tta6bl4.mapek.approval`), valid until
   the proposal's execution window ends plus the action's timeout.
+* :func:`on_quarantine`: a message of the governance log that replay refused (forged, altered, out of
+  chain, undecodable) is audited as ``gov.event.quarantined`` with its stream sequence and the reason.
 * :func:`tick` (one iteration of :func:`run_ticker`): closes proposals whose period ended and expires
   passed ones whose execution window ended.
 
@@ -85,6 +87,7 @@ AUDIT_TYPES: dict[type, str] = {
     gev.ProposalExecuted: "proposal.executed",
     gev.ProposalExpired: "proposal.expired",
 }
+AUDIT_QUARANTINED = "gov.event.quarantined"   # a log message replay did not apply (see on_quarantine)
 AUDIT_GROUP_ABOVE = 1   # more events of one type in one commit -> one audit event listing them all
 AUDIT_HIDDEN = ("type", "schema_version", "signature", "public_key", "nonce", "at", "description")
 
@@ -406,6 +409,13 @@ async def on_commit(events: list, links: list[dict], ctx: Context, deps: Governa
     for e in events:
         if isinstance(e, gev.ProposalClosed) and e.outcome is ProposalState.PASSED:
             await request_action(e.proposal_id, ctx, deps)
+
+
+async def on_quarantine(stream_seq: int, subject: str, reason: str, ctx: Context, deps: GovernanceDeps) -> None:
+    """A governance log message that was not applied (forged, altered, out of chain, undecodable): audited
+    once, with its stream sequence and the reason (the store counts it and shows it in /ready)."""
+    await ctx.audit(AUDIT_QUARANTINED, str(stream_seq), {"stream_seq": stream_seq, "subject": subject,
+                                                        "reason": reason[:MAX_RESULT_DETAIL]})
 
 
 async def resume(ctx: Context, deps: GovernanceDeps) -> int:
