@@ -1,12 +1,16 @@
 """The executor never runs an action twice: a redelivered or re-published ActionRequest is recognised."""
 from __future__ import annotations
 
+import time
+
 import nats
 from testkit import eventually
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.reader import read_all
+from x0tta6bl4.mapek.approval import sign_approval
+from x0tta6bl4.trust import Signer
 from x0tta6bl4.v1 import events_pb2
 
 
@@ -19,6 +23,8 @@ async def test_same_action_published_twice_runs_once(stack_factory):
             meta=new_meta("planner", "cycle-1"), action_id="act-42", plan_id="plan-1", approved_by="auto",
             action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_CONFIG_CHANGE, target_node="n1"),
             timeout_s=2.0, incident_id="n1.degraded", fault_type="degraded")
+        # approved as the planner approves it (its key from the stack's secrets)
+        sign_approval(req, Signer.load("planner", stack.secrets.signing_file("planner")), 300, time.time_ns())
         data = req.SerializeToString()
         # the same event under two message ids (a producer retry after the de-duplication window),
         # and the same action id in a new event (a second planner replica, a re-published plan)
