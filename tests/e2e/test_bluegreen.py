@@ -23,7 +23,9 @@ from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.execution.bluegreen_local import HostControl, http_status
 from x0tta6bl4.execution.deploy import DeploySpec
+from x0tta6bl4.mapek.approval import sign_approval
 from x0tta6bl4.runtime.stack import free_port, repo_root
+from x0tta6bl4.trust import Signer
 from x0tta6bl4.v1 import events_pb2
 
 NODES = {f"n{i}" for i in range(9)}
@@ -41,12 +43,14 @@ def start_blue(stack, health_port: int) -> subprocess.Popen:
     return proc
 
 
-async def deploy(nc, js, params: dict, timeout_s: float | None = None) -> events_pb2.ActionResult:
+async def deploy(stack, nc, js, params: dict, timeout_s: float | None = None) -> events_pb2.ActionResult:
     timeout_s = timeout_s or scaled(60)
     action_id = uuid.uuid4().hex
     req = events_pb2.ActionRequest(meta=new_meta("test", cycle_id=f"deploy-{action_id[:8]}"), action_id=action_id,
-                                   approved_by="operator:test", timeout_s=timeout_s,
+                                   approved_by="auto", timeout_s=timeout_s,
                                    action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_DEPLOY, params=params))
+    # the executor runs only approved actions: signed here with the planner's key of the stack's secrets
+    sign_approval(req, Signer.load("planner", stack.secrets.signing_file("planner")), timeout_s + 60, time.time_ns())
     await Publisher(nc, "test").publish(subjects.MAPEK_ACTION, req)
 
     async def result():
@@ -100,8 +104,9 @@ async def test_blue_green_switches_to_green_keeps_every_node_and_retires_blue(st
     try:
         await eventually(lambda: mesh_ready(js, 9), 30)
         green_port = free_port()
-        r = await deploy(nc, js, {"version": "v2", "health_port": str(green_port),   # both steps end when they pass
-                                  "health_timeout_s": f"{scaled(20):g}", "verify_timeout_s": f"{scaled(15):g}"})
+        # both steps end when they pass
+        r = await deploy(stack, nc, js, {"version": "v2", "health_port": str(green_port),
+                                         "health_timeout_s": f"{scaled(20):g}", "verify_timeout_s": f"{scaled(15):g}"})
         names = [s.name for s in r.steps]
         assert r.success, [(s.name, s.detail) for s in r.steps]
         assert names == ["discover blue", "start green v2 in standby", "health of green v2", "stand down blue v1",
@@ -121,7 +126,7 @@ async def test_blue_green_switches_to_green_keeps_every_node_and_retires_blue(st
         assert blue.wait(10) == 0
 
         # a re-run for the version already serving does nothing twice
-        again = await deploy(nc, js, {"version": "v2", "health_port": str(green_port)})
+        again = await deploy(stack, nc, js, {"version": "v2", "health_port": str(green_port)})
         assert again.success and "already at version v2" in again.steps[-1].detail
         assert [s.name for s in again.steps] == ["discover blue", "blue-green outcome"]
         assert (await hosts.host_op("n0", "status"))["pid"] == green_pid
@@ -148,8 +153,8 @@ async def test_blue_green_with_failing_health_check_rolls_back(stack_factory):
         # green v2-canary is started with --fail-health: its /health answers 503, so it never becomes healthy.
         # The health deadline must cover green's start (a new Python process that joins NATS: 0.7 s quiet, 2.2 s
         # with two CPU hogs beside it) or green "answered nothing" instead of 503; the check waits all of it.
-        r = await deploy(nc, js, {"version": "v2-canary", "health_port": str(green_port), "fail_health": "true",
-                                  "health_timeout_s": f"{scaled(6):g}"})
+        r = await deploy(stack, nc, js, {"version": "v2-canary", "health_port": str(green_port), "fail_health": "true",
+                                         "health_timeout_s": f"{scaled(6):g}"})
         steps = {s.name: s for s in r.steps}
         assert not r.success
         assert "rolled back" in r.error and "health check failed" in r.error
