@@ -9,7 +9,9 @@ Telemetry comes from the stack's NATS key-value bucket ``telemetry`` (latest Nod
 by the monitor); health is ``x0tta6bl4.mapek.health.classify_node`` (the monitor's own rule). The verification
 is the latest ``mapek.verified`` message in stream MAPEK.
 
-NATS: --nats, $X0TTA6BL4_NATS_URL, the running stack's var/stack.json, or nats://127.0.0.1:4222.
+NATS: --nats, $X0TTA6BL4_NATS_URL, the running stack's var/stack.json, or nats://127.0.0.1:4222; as the
+operator identity: $X0TTA6BL4_NATS_NKEY_FILE + $X0TTA6BL4_NATS_CA_FILE, else the stack's
+secrets/creds/operator.nk and secrets/ca/ca.pem (runtime/locate.py).
 Exit codes: --metrics 0 all green, 1 some yellow, 2 some red; --verify 0 verified, 1 not; 3 no data / no broker.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(ROOT / "libs"))
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.connection import connect_once
+from x0tta6bl4.bus.permissions import OPERATOR
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import SPEC_THRESHOLDS, classify_node, classify_value
 from x0tta6bl4.runtime import locate
@@ -44,7 +47,7 @@ def nats_url(explicit: str | None) -> str:
 
 
 async def connect(url: str):
-    return await connect_once(url, "validate-mesh")
+    return await connect_once(url, "validate-mesh", creds=locate.credentials(OPERATOR))
 
 
 async def telemetry(nc) -> dict[str, events_pb2.NodeTelemetry]:

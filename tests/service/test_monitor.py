@@ -288,6 +288,20 @@ async def test_periodic_windows_and_operator_cycles(tmp_path):
     assert audit.cycle_id == w.meta.cycle_id and audit.details == {"nodes": 1}
 
 
+async def test_operator_cycle_names_its_trigger_node_and_refuses_an_unknown_one(tmp_path):
+    """monitor.rpc.Cycle with {"trigger", "reasons"} (the MCP server's run_mapek_cycle: operators may not
+    publish mapek.telemetry themselves): the window names the node; an unknown node starts nothing."""
+    mon = Monitor(tmp_path, window_s=5)
+    await mon.report("n1")
+    answer = await stage.request_cycle(mon.bus.context(), mon.deps, "n1", ["operator: self-heal"])
+    w = mon.windows()[-1]
+    assert answer["cycle_id"] == w.meta.cycle_id
+    assert w.trigger_node == "n1" and list(w.trigger_reasons) == ["operator: self-heal"]
+    before = len(mon.windows())
+    bad = await stage.request_cycle(mon.bus.context(), mon.deps, "n9")
+    assert bad == {"error": "unknown node 'n9'; known: n1"} and len(mon.windows()) == before
+
+
 async def test_info_says_what_runs(mon):
     await mon.report("n1")
     body = stage.info(mon.deps)

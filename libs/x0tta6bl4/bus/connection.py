@@ -41,6 +41,17 @@ RETRYABLE = (OSError, asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Er
 ENV_NKEY, ENV_CA, ENV_IDENTITY = "X0TTA6BL4_NATS_NKEY_FILE", "X0TTA6BL4_NATS_CA_FILE", "X0TTA6BL4_NATS_IDENTITY"
 
 
+class _TlsEofNoise(logging.Filter):
+    """nats-py upgrades its plain stream to TLS, so at every close asyncio warns "returning true from
+    eof_received() has no effect when using ssl" (harmless): not logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_TlsEofNoise())
+
+
 class CredentialsError(Exception):
     """A credentials or CA file is missing or unreadable; str() names the setting and the file."""
 

@@ -1,4 +1,7 @@
-"""Shared bits of meshctl: finding the broker, running coroutines, printing errors."""
+"""Shared bits of meshctl: finding the broker and meshctl's credentials on it, running coroutines, printing
+errors. meshctl speaks as the ``operator`` identity (:mod:`x0tta6bl4.bus.permissions`): its nkey and the CA
+come from ``X0TTA6BL4_NATS_NKEY_FILE`` / ``X0TTA6BL4_NATS_CA_FILE``, else from the stack's secrets directory
+(``<data dir>/secrets``, see :func:`x0tta6bl4.runtime.locate.credentials`)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +13,8 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from x0tta6bl4.bus.connection import connect_once
+from x0tta6bl4.bus.connection import CredentialsError, NatsCredentials, connect_once
+from x0tta6bl4.bus.permissions import OPERATOR
 from x0tta6bl4.runtime import locate
 
 console = Console()
@@ -24,8 +28,22 @@ def stack_file(data_dir: pathlib.Path) -> pathlib.Path:
     return locate.stack_file(data_dir)
 
 
+_URL_DIRS: dict[str, pathlib.Path] = {}   # the data dir each URL was found for (its secrets are there)
+
+
 def nats_url(explicit: str | None, data_dir: pathlib.Path = DEFAULT_DATA_DIR) -> str:
-    return locate.nats_url(explicit, data_dir)
+    url = locate.nats_url(explicit, data_dir)
+    _URL_DIRS[url] = data_dir
+    return url
+
+
+def credentials(url: str, data_dir: pathlib.Path | None = None, identity: str = OPERATOR
+                ) -> NatsCredentials | None:
+    """meshctl's credentials for the stack at ``url`` (one clear error when a named file is unreadable)."""
+    try:
+        return locate.credentials(identity, data_dir or _URL_DIRS.get(url, DEFAULT_DATA_DIR))
+    except CredentialsError as e:
+        fail(str(e))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -52,9 +70,18 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("unreachable")
 
 
-async def connect(url: str):
+async def connect(url: str, data_dir: pathlib.Path | None = None):
+    """A bounded connection to the stack's NATS as the operator."""
+    creds = credentials(url, data_dir)
     try:
-        return await connect_once(url, "meshctl", timeout_s=5)
-    except Exception as e:
-        fail(f"cannot reach NATS at {url}: {e or type(e).__name__}; is the stack up? (make up)")
-        raise
+        return await connect_once(url, "meshctl", timeout_s=5, creds=creds)
+    except Exception as e:  # noqa: BLE001 - one clear line
+        why = f"{e or type(e).__name__}"
+        if creds is None and ("Authorization" in why or "SSL" in why or "tls" in url):
+            hint = (f"no NATS credentials: set X0TTA6BL4_NATS_NKEY_FILE and X0TTA6BL4_NATS_CA_FILE, or "
+                    f"--data-dir of the stack (its secrets/creds/{OPERATOR}.nk)")
+        elif creds is not None and "Authorization" in why:
+            hint = f"the server refused identity {creds.identity} ({creds.nkey_file})"
+        else:
+            hint = "is the stack up? (make up)"
+        fail(f"cannot reach NATS at {url}: {why}; {hint}")

@@ -1,6 +1,7 @@
 """meshctl demo: the whole orchestrator on an embedded stack heals one real node failure.
 
-1. start nats-server (JetStream) and the six services as separate processes;
+1. start nats-server (JetStream; TLS, one nkey identity per process, least-privilege permissions) and the
+   six services as separate processes;
 2. start a demo mesh of UDP node agents (grid) with a DATA flow corner to corner;
 3. kill the busiest forwarding node on the active path;
 4. follow the MAPE-K cycle on the bus until the repair is verified, then print
@@ -32,9 +33,11 @@ from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
 def start_mesh(stack: Stack, nodes: int) -> tuple[subprocess.Popen, list[str]]:
     import math
+
+    from x0tta6bl4.mesh.topology import parse_spec
     side = max(2, math.isqrt(nodes))
     n = side * side
-    env = stack.service_env("mesh-host", 0, 0)
+    env = stack.mesh_host_env("demo", parse_spec(f"grid:{n}").nodes)   # its own identity: these nodes only
     with open(stack.data_dir / "logs" / "mesh-host.log", "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url,
                                  "--topology", f"grid:{n}", "--traffic", f"n0:n{n - 1}", "--data-dir",
@@ -51,8 +54,7 @@ async def telemetry(js) -> dict[str, events_pb2.NodeTelemetry]:
     return await mesh_telemetry(js)
 
 async def scenario(stack: Stack, nodes: list[str], timeout_s: float) -> int:
-    import nats
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect(name="meshctl-demo")   # as the operator
     js = nc.jetstream()
     console.print(f"[bold]1.[/] mesh of {len(nodes)} node agents is up; waiting for it to converge and report ...")
     deadline = time.monotonic() + 30
@@ -134,7 +136,8 @@ def run_demo(data_dir: pathlib.Path | None, nodes: int, timeout_s: float) -> int
                       "(keyvault, governance, monitor, analyzer, planner, executor) ...")
         t0 = time.monotonic()
         stack.start()
-        console.print(f"   stack ready in {time.monotonic() - t0:.1f} s on {stack.url}")
+        console.print(f"   stack ready in {time.monotonic() - t0:.1f} s on {stack.url}"
+                      + (" (TLS, nkeys, least-privilege permissions)" if stack.bus_secured else ""))
         mesh, node_ids = start_mesh(stack, nodes)
         return asyncio.run(scenario(stack, node_ids, timeout_s))
     except KeyboardInterrupt:

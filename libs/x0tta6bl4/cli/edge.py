@@ -171,13 +171,20 @@ def _nats(url: str | None) -> str:
     return nats_url(url)
 
 
+def _creds(url: str):
+    """The operator's credentials for the broker (edge sync writes the edge bucket and audit.edge.*)."""
+    from x0tta6bl4.cli.common import credentials
+    return credentials(url)
+
+
 @edge_app.command("sync")
 def sync(node: str, nats: str | None = typer.Option(None, "--nats", help="NATS URL (default: the stack's)"),
          data_dir: pathlib.Path | None = DirOpt, as_json: bool = JsonOpt) -> None:
     """Reconnect NODE: CRDT merge with the broker, offline audit events onto the audit trail in causal order."""
     from x0tta6bl4.edge.sync import EdgeAgent
     en = _open(node, data_dir)
-    r = asyncio.run(EdgeAgent(en, _nats(nats)).try_sync())
+    url = _nats(nats)
+    r = asyncio.run(EdgeAgent(en, url, creds=_creds(url)).try_sync())
     if r is None:
         fail(f"{node}: broker not reachable at {_nats(nats)}; still offline (state kept)")
     _print(r.to_dict(), as_json)
@@ -198,7 +205,8 @@ def serve(node: str, nats: str | None = typer.Option(None, "--nats", help="NATS 
         for s in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(s, stop.set)
         print(json.dumps({"ready": True, "node": node, "offline": en.offline}), flush=True)
-        await EdgeAgent(en, _nats(nats), interval).run(stop, health_port)
+        url = _nats(nats)
+        await EdgeAgent(en, url, interval, creds=_creds(url)).run(stop, health_port)
     asyncio.run(main())
 
 

@@ -1,7 +1,8 @@
 """meshctl: the operator's entry point.
 
     meshctl demo                    run the whole orchestrator on an embedded stack and heal one fault
-    meshctl up [--detach] / down    start / stop the embedded stack
+    meshctl up [--detach] / down    start / stop the embedded stack (secured: TLS, nkeys, permissions)
+    meshctl secrets init            a deployment's secrets: CA, NATS credentials, signing keys, trust bundle
     meshctl mesh up|status|down     a mesh of node agents (loopback or --netns) on the running stack
     meshctl fault kill|partition|loss|latency|flap|heal   inject faults
     meshctl status                  mesh status: health of every node by the spec's thresholds
@@ -27,6 +28,7 @@ from x0tta6bl4.cli.keys import keys_app
 from x0tta6bl4.cli.mesh import fault_app, mesh_app
 from x0tta6bl4.cli.model import model_app
 from x0tta6bl4.cli.monitor import monitor_app
+from x0tta6bl4.cli.secretscmd import secrets_app
 
 app = typer.Typer(help="x0tta6bl4 self-healing mesh orchestrator", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -43,6 +45,7 @@ app.add_typer(monitor_app, name="monitor")
 app.add_typer(model_app, name="model")
 app.add_typer(edge_app, name="edge")
 app.add_typer(mesh_app, name="mesh")
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(fault_app, name="fault")
 app.command()(stackcmd.up)
 app.command()(stackcmd.down)

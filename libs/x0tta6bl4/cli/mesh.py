@@ -18,6 +18,12 @@ in ``<data-dir>/mesh.json``:
 
 Every ``fault`` is a MeshCommand request on ``mesh.cmd.<node>``; whichever host
 runs the node answers, so the CLI is the same in both modes.
+
+On a secured stack (``meshctl up``, any embedded stack: ``<data-dir>/stack.json`` or ``nats.json``) every
+host process gets its own bus identity for exactly its nodes (``mesh-host-mesh``, or ``mesh-host-mesh-<i>``
+per process with ``--hosts``): ``mesh up`` registers it in the stack's secrets, reloads nats-server (SIGHUP
+to the recorded pid, after rewriting its configuration) and waits until the identity is accepted;
+``mesh down`` withdraws it the same way. meshctl itself speaks as the operator.
 """
 from __future__ import annotations
 
@@ -37,7 +43,9 @@ import typer
 from rich.table import Table
 
 from x0tta6bl4.bus import reader, subjects
+from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
+from x0tta6bl4.runtime import locate
 from x0tta6bl4.runtime.process import pid_alive
 from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
 
@@ -136,6 +144,85 @@ def _terminate(pid: int, timeout_s: float = 30.0) -> bool:
     return False
 
 
+# ---- bus identities of the host processes ----------------------------------------------------------
+MESH_HOST = "mesh"     # the host name of meshctl's mesh (cluster: mesh-0, mesh-1, ...); identity mesh-host-<name>
+
+
+def _same_server(a: str, b: str) -> bool:
+    from urllib.parse import urlsplit
+    try:
+        ua, ub = urlsplit(a.split(",")[0].strip()), urlsplit(b.split(",")[0].strip())
+        return (ua.hostname, ua.port) == (ub.hostname, ub.port)
+    except ValueError:
+        return False
+
+
+def _secured_server(url: str, data_dir: pathlib.Path, strict: bool = True):
+    """The secrets and the running nats-server of the secured stack at ``url`` recorded in ``data_dir``
+    (None: an open bus, or a broker this data directory does not run; not ``strict``: or not running)."""
+    from x0tta6bl4.runtime.secrets import Secrets
+    from x0tta6bl4.runtime.stack import NatsServer
+    info = locate.stack_info(data_dir)
+    if not info.get("secure") or not _same_server(url, str(info.get("nats_url", ""))):
+        return None
+    secrets = Secrets(pathlib.Path(info["secrets_dir"]))
+    try:
+        server = NatsServer.running(info.get("nats") or {}, secrets)
+    except ValueError as e:
+        if not strict:
+            return None
+        fail(f"{locate.stack_file(data_dir)}: {e}")
+    if not pid_alive(server.pid):
+        if not strict:
+            return None
+        fail(f"the stack's nats-server (pid {server.pid}) is not running; is the stack up? (meshctl up --detach)")
+    return secrets, server
+
+
+def grant_hosts(url: str, data_dir: pathlib.Path, hosts: dict[str, list[str]], timeout_s: float = 20.0
+                ) -> str | None:
+    """Give each mesh host a bus identity for its nodes on the stack's nats-server (registered, server
+    reloaded, identity accepted). The secrets directory holding them; None on an open bus."""
+    found = _secured_server(url, data_dir)
+    if found is None:
+        return None
+    secrets, server = found
+    try:
+        for host, nodes in hosts.items():
+            secrets.add_mesh_host(host, nodes)
+        server.reload()
+        for host in hosts:
+            server.wait_accepts(MESH_HOST_PREFIX + subjects.token(host), timeout_s)
+    except (OSError, TimeoutError, ValueError) as e:
+        revoke_hosts(url, data_dir, list(hosts))
+        fail(f"cannot give the mesh hosts a bus identity: {e}")
+    return str(secrets.root)
+
+
+def revoke_hosts(url: str, data_dir: pathlib.Path, hosts: list[str]) -> None:
+    """Withdraw the mesh hosts' identities (and reload nats-server if it runs); nothing on an open bus."""
+    from x0tta6bl4.runtime.secrets import Secrets
+    info = locate.stack_info(data_dir)
+    if not hosts or not info.get("secure") or not _same_server(url, str(info.get("nats_url", ""))):
+        return
+    secrets = Secrets(pathlib.Path(info["secrets_dir"]))
+    changed = [h for h in hosts if secrets.remove_mesh_host(h)]
+    found = _secured_server(url, data_dir, strict=False) if changed else None
+    if found is not None:
+        with contextlib.suppress(OSError):
+            found[1].reload()
+
+
+def host_env(secrets_dir: str | None, host: str) -> dict[str, str]:
+    """A host process's environment: the caller's, but its own bus identity (none on an open bus)."""
+    from x0tta6bl4.mesh.cluster import NATS_IDENTITY_ENV, host_identity_env
+    env = {k: v for k, v in os.environ.items() if k not in NATS_IDENTITY_ENV or secrets_dir is None}
+    env["PYTHONUNBUFFERED"] = "1"
+    if secrets_dir is not None:
+        env.update(host_identity_env(secrets_dir, host))
+    return env
+
+
 # ---- mesh up / down / status ---------------------------------------------------------
 @mesh_app.command("up")
 def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="number of nodes"),
@@ -189,7 +276,14 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
     cmd = [sys.executable, "-m", module, "--nats", url, "--topology", spec, "--seed", str(seed),
            "--rate", str(rate), "--data-dir", str(data_dir)]
     if hosts > 1:
-        cmd += ["--hosts", str(hosts)]
+        from x0tta6bl4.mesh.cluster import partition
+        identities = {f"{MESH_HOST}-{i}": shard for i, shard in enumerate(partition(topo, hosts))}
+        cmd += ["--hosts", str(hosts), "--name", MESH_HOST]
+    else:
+        identities = {MESH_HOST: list(topo.nodes)}
+    secrets_dir = grant_hosts(url, data_dir, identities)
+    if secrets_dir is not None and hosts > 1:
+        cmd += ["--secrets", secrets_dir]
     if keys:
         from x0tta6bl4.runtime import locate
         cmd += ["--keyvault", locate.grpc_addr("keyvault", directory=data_dir)]
@@ -198,13 +292,19 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
     log_file = data_dir / "logs" / "mesh-host.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     offset = log_file.stat().st_size if log_file.exists() else 0
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    ready = _wait_ready(proc, log_file, offset, timeout_s)
+    try:
+        with open(log_file, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=host_env(secrets_dir if hosts == 1 else None,
+                                                                         MESH_HOST))
+        ready = _wait_ready(proc, log_file, offset, timeout_s)
+    except BaseException:
+        revoke_hosts(url, data_dir, list(identities))
+        raise
     state = {"pid": proc.pid, "mode": "netns" if netns else "loopback", "nats_url": url, "topology": spec,
              "seed": seed, "nodes": ready["nodes"], "links": ready["links"], "traffic": flows,
-             "namespaces": ready.get("namespaces", {}), "log": str(log_file), "started_unix": time.time()}
+             "namespaces": ready.get("namespaces", {}), "log": str(log_file), "started_unix": time.time(),
+             "identities": list(identities) if secrets_dir is not None else []}
     mf = mesh_file(data_dir)
     mf.write_text(json.dumps(state, indent=1))
     console.print(f"mesh up: [bold]{len(topo.nodes)}[/] nodes, {len(topo.links)} links ({topo.name}), "
@@ -229,6 +329,7 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
     finally:
         _terminate(proc.pid)
         mf.unlink(missing_ok=True)
+        revoke_hosts(url, data_dir, state["identities"])
         console.print("mesh stopped")
 
 
@@ -241,6 +342,7 @@ def down(data_dir: pathlib.Path = DataOpt) -> None:
         return
     stopped = _terminate(int(state["pid"]))
     mesh_file(data_dir).unlink(missing_ok=True)
+    revoke_hosts(str(state.get("nats_url", "")), data_dir.resolve(), list(state.get("identities", [])))
     leftover = ""
     if state.get("mode") == "netns":
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

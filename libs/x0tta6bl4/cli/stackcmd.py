@@ -31,6 +31,18 @@ def _status_table(stack: Stack) -> Table:
     return table
 
 
+def _write_state(sf: pathlib.Path, stack: Stack, ready: bool) -> None:
+    """stack.json: what clients need to find the stack and speak on it (URL, secrets, nats-server to reload)."""
+    assert stack.nats is not None and stack.secrets is not None
+    state = {"pid": os.getpid(), "nats_url": stack.url, "ready": ready, "secure": stack.bus_secured,
+             "secrets_dir": str(stack.secrets.root), "nats": stack.nats.info()}
+    if ready:
+        state["grpc"] = {n: stack.grpc_addr(n) for n in ("governance", "keyvault")}
+    tmp = sf.with_name(sf.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, sf)
+
+
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the background (stop with meshctl down)"),
        replicas: int = typer.Option(1, min=1, max=8, help="replicas of every service"),
        data_dir: pathlib.Path = DataOpt) -> None:
@@ -58,7 +70,18 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
                 fail(f"stack exited with {proc.returncode}; see {data_dir / 'stack.log'}")
             time.sleep(0.2)
         fail("stack did not become ready within 90 s")
-    stack = Stack(data_dir, SERVICES, replicas, fixed_ports=True)
+    from x0tta6bl4.runtime.secrets import SecretsError
+    from x0tta6bl4.runtime.secrets import init as init_secrets
+    made: list[str] = []
+    try:   # the deployment's secrets: made when missing (meshctl secrets init), else used as they are
+        secrets = init_secrets(pathlib.Path(os.environ.get("X0TTA6BL4_SECRETS_DIR") or data_dir / "secrets"),
+                               made=made)
+    except (SecretsError, OSError) as e:
+        fail(str(e))
+    if made:
+        console.print(f"secrets: made {len(made)} files in {secrets.root} (CA, NATS credentials, signing keys, "
+                      "trust bundle)")
+    stack = Stack(data_dir, SERVICES, replicas, fixed_ports=True, secrets=secrets)
     stopping = False
 
     def _stop(*_):
@@ -68,10 +91,9 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
     try:
         stack.start_nats()
         sf.parent.mkdir(parents=True, exist_ok=True)
-        sf.write_text(json.dumps({"pid": os.getpid(), "nats_url": stack.url, "ready": False}))
+        _write_state(sf, stack, ready=False)
         stack.start()
-        sf.write_text(json.dumps({"pid": os.getpid(), "nats_url": stack.url, "ready": True,
-                                  "grpc": {n: stack.grpc_addr(n) for n in ("governance", "keyvault")}}))
+        _write_state(sf, stack, ready=True)
         if not sys.stdout.isatty():
             console.print(_status_table(stack))
         with Live(_status_table(stack), console=console, refresh_per_second=1,

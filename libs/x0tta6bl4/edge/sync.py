@@ -22,7 +22,7 @@ from typing import Any
 
 from x0tta6bl4.audit.chain import EDGE_SERVICE, AuditChain, NodeAuditSigner
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.connection import connect_once
+from x0tta6bl4.bus.connection import NatsCredentials, connect_once
 from x0tta6bl4.bus.publisher import Publisher
 
 from .node import EdgeNode
@@ -127,8 +127,10 @@ class EdgeAgent:
     is reachable. Serves /health (always, while the process lives) and /ready (provisioned and its
     state loaded - an offline node is ready: it is doing its job)."""
 
-    def __init__(self, en: EdgeNode, nats_url: str | None, interval_s: float = 2.0, connect_timeout_s: float = 3.0):
+    def __init__(self, en: EdgeNode, nats_url: str | None, interval_s: float = 2.0, connect_timeout_s: float = 3.0,
+                 creds: NatsCredentials | None = None):
         self.connect_timeout_s = connect_timeout_s
+        self.creds = creds   # the operator's identity on a secured bus (default: X0TTA6BL4_NATS_* settings)
         self.en = en
         self.nats_url = nats_url
         self.interval_s = interval_s
@@ -146,7 +148,7 @@ class EdgeAgent:
             return None
         try:
             nc = await connect_once(self.nats_url, self.name, timeout_s=self.connect_timeout_s,
-                                    connect_timeout_s=1)
+                                    connect_timeout_s=1, creds=self.creds)
         except Exception:  # noqa: BLE001 - no broker: stay offline
             if self.connected:
                 self.en.set_offline(True)

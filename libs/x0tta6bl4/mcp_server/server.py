@@ -5,7 +5,9 @@
 Every tool talks to the real system and returns structured results:
 
 * NATS (``--nats`` / ``$X0TTA6BL4_NATS_URL`` / the running stack's ``var/stack.json``): telemetry KV,
-  the MAPEK stream, the edge CRDT bucket;
+  the MAPEK stream, the edge CRDT bucket, ``monitor.rpc.Cycle``; as the ``operator`` identity
+  (``$X0TTA6BL4_NATS_NKEY_FILE`` + ``$X0TTA6BL4_NATS_CA_FILE``, else the stack's ``secrets/creds/operator.nk``
+  and ``secrets/ca/ca.pem``);
 * governance gRPC (``$X0TTA6BL4_GOV_ADDR`` or the stack's, default 127.0.0.1:50051);
 * keyvault gRPC (``$X0TTA6BL4_KEYVAULT_ADDR`` or the stack's, default 127.0.0.1:50052).
 
@@ -18,7 +20,6 @@ import asyncio
 import contextlib
 import pathlib
 import time
-import uuid
 from typing import Any
 
 from mcp.server.fastmcp import FastMCP
@@ -26,6 +27,7 @@ from mcp.types import ToolAnnotations
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.connection import connect_once
+from x0tta6bl4.bus.permissions import OPERATOR
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.mapek.health import classify_node
 from x0tta6bl4.runtime import locate
@@ -58,8 +60,12 @@ def keyvault_addr() -> str:
     return locate.grpc_addr("keyvault")
 
 
+def _creds():
+    return locate.credentials(OPERATOR)
+
+
 async def _connect():
-    return await connect_once(nats_url(), "x0tta6bl4-mcp")
+    return await connect_once(nats_url(), "x0tta6bl4-mcp", creds=_creds())
 
 
 def _health_name(h: int) -> str:
@@ -135,13 +141,12 @@ STAGES = {subjects.MAPEK_ANOMALY: "analyze", subjects.MAPEK_PLAN: "plan", subjec
 
 
 async def _cycle(trigger: str, reasons: list[str], wait_s: float, until: str) -> dict[str, Any]:
-    """Publish an operator-triggered TelemetryWindow (the monitor's message that starts a cycle) built from
-    the live telemetry, then follow the cycle on the MAPEK stream."""
+    """Ask the monitor for a cycle over the live telemetry (``monitor.rpc.Cycle``: operators do not publish
+    MAPE-K messages themselves), triggered on ``trigger``, then follow it on the MAPEK subjects."""
+    import json
+
     from x0tta6bl4.bus import subjects
-    from x0tta6bl4.bus.publisher import Publisher
     from x0tta6bl4.cli.observe import decode_msg
-    from x0tta6bl4.mapek import monitor as monitoring
-    from x0tta6bl4.mapek.state import MeshView
     nc = await _connect()
     try:
         nodes = await _telemetry(nc)
@@ -149,17 +154,12 @@ async def _cycle(trigger: str, reasons: list[str], wait_s: float, until: str) ->
             raise ValueError("no telemetry: is a mesh connected to the stack?")
         if trigger and trigger not in nodes:
             raise ValueError(f"unknown node {trigger!r}; known: {', '.join(sorted(nodes))}")
-        view = MeshView()
-        for t in nodes.values():
-            view.update(t)
-        w = monitoring.window(view, f"operator:{uuid.uuid4().hex}", trigger, reasons or ["operator request"],
-                              time.time_ns())
-        w.meta.producer = "x0tta6bl4-mcp"
-        cycle = w.meta.cycle_id
         seen: list[dict[str, Any]] = []
+        early: list[Any] = []           # messages that arrive before the monitor's reply names the cycle
         done = asyncio.Event()
+        cycle = ""
 
-        async def on(msg) -> None:
+        def take(msg) -> None:
             ev = decode_msg(msg)
             if ev is None or ev.meta.cycle_id != cycle or msg.subject not in STAGES:
                 return
@@ -167,8 +167,25 @@ async def _cycle(trigger: str, reasons: list[str], wait_s: float, until: str) ->
             if STAGES[msg.subject] == until or (msg.subject == subjects.MAPEK_PLAN and ev.decision in (
                     events_pb2.DECISION_KIND_OBSERVE,)):
                 done.set()
+
+        async def on(msg) -> None:
+            if not cycle:
+                early.append(msg)
+            else:
+                take(msg)
         sub = await nc.subscribe(subjects.MAPEK_ALL, cb=on)
-        await Publisher(nc, "x0tta6bl4-mcp").publish(subjects.MAPEK_TELEMETRY, w, event_id=w.meta.event_id)
+        await nc.flush()
+        try:
+            reply = await nc.request(subjects.MONITOR_CYCLE, json.dumps({"trigger": trigger,
+                                                                         "reasons": reasons}).encode(), timeout=5)
+        except Exception as e:  # noqa: BLE001 - no monitor, no permission, timeout: one clear error
+            raise ValueError(f"no monitor answered on {subjects.MONITOR_CYCLE}: {type(e).__name__} {e}") from None
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            raise ValueError(f"monitor: {answer['error']}")
+        cycle = answer["cycle_id"]
+        for m in early:
+            take(m)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), wait_s)
         await sub.unsubscribe()
@@ -367,7 +384,7 @@ async def crisis_recovery(nodes: list[str] | None = None, data_dir: str = "", ru
         except EdgeError as e:
             results.append({"node": name, "synced": False, "error": str(e)})
             continue
-        rep = await EdgeAgent(en, nats_url()).try_sync()
+        rep = await EdgeAgent(en, nats_url(), creds=_creds()).try_sync()
         results.append({"node": name, "synced": rep is not None, **(rep.to_dict() if rep else {}),
                         "status": en.status()})
     out: dict[str, Any] = {"edge": results, "synced": sum(r["synced"] for r in results)}

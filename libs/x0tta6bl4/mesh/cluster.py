@@ -23,6 +23,13 @@ and prints the same first line (``{"ready": true, "nodes": [...], "links": [...]
 it supervises the host processes and stops them all on SIGTERM/SIGINT, so it can stand in for a
 single mesh host process.
 
+On a secured bus every host process speaks as its own identity, allowed exactly its shard's nodes
+(``mesh-host-<instance>``, :mod:`x0tta6bl4.bus.permissions`): ``host_env(instance, nodes)`` gives each host
+its X0TTA6BL4_NATS_* settings (an embedded stack's ``Stack.add_mesh_host`` registers the identity and
+reloads nats-server); ``--secrets DIR`` takes the identities already registered in a secrets directory
+(``meshctl mesh up --hosts N`` registers them before it starts the supervisor). :meth:`MeshCluster.identities`
+says which identities a cluster needs.
+
 Host-level commands (``host_op`` ``status``, ``stats``, ``traffic``, ``traffic_stop``)
 reach one host through any of its nodes' ``mesh.cmd.<node>`` with ``params["host"]`` =
 its instance id (``<name>-<i>``); :meth:`MeshCluster.host_op` does that over NATS.
@@ -39,12 +46,27 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self, cast
 
 from .topology import Topology, parse_spec
 
-__all__ = ["MeshCluster", "allocate_addresses", "partition"]
+__all__ = ["MeshCluster", "allocate_addresses", "host_identity_env", "partition"]
+
+NATS_IDENTITY_ENV = ("X0TTA6BL4_NATS_NKEY_FILE", "X0TTA6BL4_NATS_CA_FILE", "X0TTA6BL4_NATS_IDENTITY")
+
+
+def host_identity_env(secrets_dir: str | Path, host: str) -> dict[str, str]:
+    """The X0TTA6BL4_NATS_* settings of mesh host ``host`` registered in a secrets directory."""
+    from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX
+    from x0tta6bl4.bus.subjects import token
+    identity = MESH_HOST_PREFIX + token(host)
+    nkey = Path(secrets_dir) / "creds" / f"{identity}.nk"
+    if not nkey.is_file():
+        raise ValueError(f"mesh host {host!r} has no identity in {secrets_dir} ({nkey} is missing)")
+    return {"X0TTA6BL4_NATS_NKEY_FILE": str(nkey), "X0TTA6BL4_NATS_CA_FILE": str(Path(secrets_dir) / "ca" / "ca.pem"),
+            "X0TTA6BL4_NATS_IDENTITY": identity}
 
 
 def partition(topology: Topology, hosts: int) -> list[list[str]]:
@@ -81,8 +103,10 @@ class MeshCluster:
     def __init__(self, nats_url: str, topology: str, *, hosts: int = 2, seed: int = 0, keyvault: str = "",
                  name: str = "mesh", host_args: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
                  workdir: str | Path | None = None, traffic: list[str] | tuple[str, ...] = (),
-                 rate: float | None = None) -> None:
+                 rate: float | None = None,
+                 host_env: Callable[[str, list[str]], Mapping[str, str]] | None = None) -> None:
         self.nats_url = nats_url
+        self.host_env = host_env
         self.spec = topology
         self.topology = parse_spec(topology, seed=seed)
         self.seed = seed
@@ -107,6 +131,10 @@ class MeshCluster:
         self.instances = [f"{name}-{i}" for i in range(len(self.shards))]
         self._logs: list[Any] = []
 
+    def identities(self) -> dict[str, list[str]]:
+        """Each host process (its instance id) and the nodes it speaks for on the bus."""
+        return dict(zip(self.instances, (list(s) for s in self.shards), strict=True))
+
     # ---- lifecycle -----------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -128,9 +156,14 @@ class MeshCluster:
                     cmd += ["--traffic", f]
             if self.rate is not None:
                 cmd += ["--rate", str(self.rate)]
+            host_env = dict(env)
+            if self.host_env is not None:   # this host's own bus identity, never the caller's
+                for k in NATS_IDENTITY_ENV:
+                    host_env.pop(k, None)
+                host_env.update(self.host_env(self.instances[i], list(nodes)))
             log = open(self.workdir / f"{self.instances[i]}.log", "wb")  # noqa: SIM115 - closed in stop()
             self._logs.append(log)
-            self.procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env,
+            self.procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=host_env,
                                                start_new_session=True))
         try:
             for i, p in enumerate(self.procs):
@@ -229,13 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--traffic", action="append", default=[], help="SRC:DST DATA flow (repeatable)")
     p.add_argument("--rate", type=float, default=None, help="packets per second per flow")
     p.add_argument("--data-dir", default=None, help="host logs and the address map go to DATA_DIR/mesh-cluster")
+    p.add_argument("--secrets", default=None,
+                   help="secrets directory holding each host's bus identity (mesh-host-<name>-<i>, registered "
+                        "beforehand: meshctl mesh up does)")
     p.add_argument("host_args", nargs="*", help="further arguments for every x0tta6bl4.mesh.host (after --)")
     a = p.parse_args(argv)
     host_args = list(a.host_args) + (["--data-dir", a.data_dir] if a.data_dir else [])
     workdir = Path(a.data_dir) / "mesh-cluster" if a.data_dir else None
     try:
         cl = MeshCluster(a.nats, a.topology, hosts=a.hosts, seed=a.seed, keyvault=a.keyvault, name=a.name,
-                         host_args=host_args, traffic=a.traffic, rate=a.rate, workdir=workdir)
+                         host_args=host_args, traffic=a.traffic, rate=a.rate, workdir=workdir,
+                         host_env=(lambda host, _nodes: host_identity_env(a.secrets, host)) if a.secrets else None)
+        if a.secrets:
+            for host in cl.identities():
+                host_identity_env(a.secrets, host)
     except ValueError as e:
         print(f"mesh cluster: {e}", file=sys.stderr)
         return 2

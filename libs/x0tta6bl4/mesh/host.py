@@ -9,6 +9,11 @@ commands arrive on ``mesh.cmd.<node>`` (core NATS request/reply) and are
 answered with a MeshEvent ``command.ok`` / ``command.failed``. The host is the
 node's supervisor: it still answers for a killed agent (so RESTART can revive it).
 
+On a secured bus the host connects as its own mesh-host identity (``X0TTA6BL4_NATS_NKEY_FILE``,
+``X0TTA6BL4_NATS_CA_FILE``, ``X0TTA6BL4_NATS_IDENTITY``; ``meshctl mesh up`` and ``Stack.add_mesh_host``
+register one for exactly the hosted nodes): it may publish only those nodes' telemetry and events and
+receives only their commands.
+
 Keys (``--keyvault HOST:PORT`` or ``--offline-keys``; without either the agents use
 the structural verifier as before). With keyvault the host pins the root public key
 from ``Info``, loads and then watches the KV bucket ``keys`` into one shared
@@ -58,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
-from x0tta6bl4.bus.connection import connect
+from x0tta6bl4.bus.connection import NatsCredentials, connect
 from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.kvwatch import drain_queued, next_update, watch_bucket
 from x0tta6bl4.bus.publisher import Publisher
@@ -178,8 +183,9 @@ class MeshHost:
                  offline_keys: bool = False, security_options: dict[str, Any] | None = None,
                  max_skew_s: float = 10.0, reload_verify_timeout: float = 2.0, instance: str | None = None,
                  version: str = "", standby: bool = False, fail_health: bool = False,
-                 addresses: dict[str, tuple[str, int]] | None = None):
+                 addresses: dict[str, tuple[str, int]] | None = None, creds: NatsCredentials | None = None):
         self.nats_url = nats_url
+        self.creds = creds   # its mesh-host identity on a secured bus (default: X0TTA6BL4_NATS_* settings)
         self.topology = topology
         self.latency_window_ns = int(latency_window_s * 1e9)
         hosted = set(nodes) if nodes is not None else set(topology.nodes)
@@ -226,7 +232,7 @@ class MeshHost:
 
     # ---- lifecycle ------------------------------------------------------------
     async def start(self) -> MeshHost:
-        nc = self.nc = await connect(self.nats_url, "mesh-host")
+        nc = self.nc = await connect(self.nats_url, "mesh-host", creds=self.creds)
         self.publisher = Publisher(nc, "mesh-agent")
         if self.keyvault_addr or self.offline_keys:
             await self._setup_keys()

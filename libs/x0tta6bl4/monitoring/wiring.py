@@ -93,8 +93,16 @@ def attach_rpc(app: Service, deps: stage.MonitorDeps) -> None:
         async def answer_info(msg: Any) -> None:
             await nc.publish(msg.reply, json.dumps(stage.info(deps)).encode())
 
-        async def answer_cycle(msg: Any) -> None:
-            body = await stage.request_cycle(app.context(), deps)
+        async def answer_cycle(msg: Any) -> None:   # request: empty, or JSON {"trigger": node, "reasons": [...]}
+            try:
+                req = json.loads(msg.data) if msg.data else {}
+                trigger = str(req.get("trigger", ""))
+                reasons = [str(r)[:200] for r in req.get("reasons", [])][:8]
+            except (ValueError, AttributeError, TypeError):
+                body: dict[str, Any] = {"error": 'expected an empty request or JSON {"trigger": NODE, "reasons": '
+                                                 '[TEXT, ...]}'}
+            else:
+                body = await stage.request_cycle(app.context(), deps, trigger, reasons)
             await nc.publish(msg.reply, json.dumps(body).encode())
 
         await nc.subscribe(subjects.MONITOR_INFO, cb=answer_info)

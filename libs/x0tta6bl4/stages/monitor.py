@@ -236,10 +236,14 @@ def info(deps: MonitorDeps) -> dict[str, Any]:
             "thresholds": deps.thresholds.as_dict(), "nodes": len(deps.view.nodes)}
 
 
-async def request_cycle(ctx: Context, deps: MonitorDeps) -> dict[str, Any]:
-    """``meshctl cycle run``: start a MAPE-K cycle now over the latest telemetry of every node."""
+async def request_cycle(ctx: Context, deps: MonitorDeps, trigger: str = "",
+                        reasons: list[str] | None = None) -> dict[str, Any]:
+    """``meshctl cycle run`` (and the MCP server's cycle tools): start a MAPE-K cycle now over the latest
+    telemetry of every node; ``trigger``: the node the operator asks about (one the monitor knows)."""
+    if trigger and trigger not in deps.view.nodes:
+        return {"error": f"unknown node {trigger!r}; known: {', '.join(sorted(deps.view.nodes)) or 'none'}"}
     with deps.span("monitor.cycle_request"):
-        w = assessing.window(deps.view, f"operator:{new_id()}", reasons=["operator request"],
+        w = assessing.window(deps.view, f"operator:{new_id()}", trigger, reasons or ["operator request"],
                              first_symptom_ns=deps.clock_ns())
         await ctx.publish(subjects.MAPEK_TELEMETRY, w)
         await ctx.audit("cycle.requested", w.meta.cycle_id, {"nodes": len(w.nodes)}, cycle_id=w.meta.cycle_id)
