@@ -127,6 +127,8 @@ _NEVER = [f"{JS}.STREAM.CREATE.>", f"{JS}.STREAM.UPDATE.>", f"{JS}.STREAM.DELETE
 def _identity(identity: str, kind: str, publish: Iterable[str], subscribe: Iterable[str] = (), *,
               responses: bool = False, doc: str = "") -> Permissions:
     pub = list(dict.fromkeys(publish))
+    if kind in ("service", "mesh-host", "operator"):    # its own X.509 SVID: the subject is the attestation
+        pub.append(subjects.keyvault_svid(identity))
     sub = list(dict.fromkeys([f"{inbox_prefix(identity)}.>", *subscribe]))
     return Permissions(identity, kind, tuple(pub), tuple(sub), tuple(_NEVER + _protect_durables(identity)),
                        (), responses, doc)
@@ -161,7 +163,7 @@ def service(name: str) -> Permissions:
                          doc="carries out signed, approved actions on the mesh")
     if name == "keyvault":
         pub = base + _kv_rw("keyvault") + _kv_rw("keys")
-        return _identity(name, "service", pub, [s.KEYVAULT_RPC_ALL], responses=True,
+        return _identity(name, "service", pub, [s.KEYVAULT_RPC_ALL, s.KEYVAULT_SVID_ALL], responses=True,
                          doc="keys and identities; answers keyvault.rpc.*")
     raise ValueError(f"unknown service {name!r}: one of {', '.join(SERVICES)}")
 

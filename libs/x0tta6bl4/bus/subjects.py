@@ -24,6 +24,7 @@ DEAD_LETTER = "dlq.{consumer}"           # DeadLetter: poison messages, parked
 GOV_EVENTS = "gov.events.{kind}"         # governance event-sourced state (stream GOV)
 GOV_WATCH = "gov.watch.{kind}"           # core NATS, not stored: ProposalEvent fan-out for WatchProposals
 KEYVAULT_RPC = "keyvault.rpc.{method}"   # keyvault's gRPC methods over NATS request/reply (queue group)
+KEYVAULT_SVID = "keyvault.svid.{identity}"  # X.509 SVID for a CSR: only bus identity X may publish keyvault.svid.X
 GOVERNANCE_RPC = "governance.rpc.{method}"  # reserved: governance methods over NATS request/reply
 MONITOR_RPC = "monitor.rpc.{method}"     # monitor info over core NATS request/reply
 
@@ -37,6 +38,7 @@ DEAD_LETTER_ALL = "dlq.>"
 GOV_EVENTS_ALL = "gov.events.>"
 GOV_WATCH_ALL = "gov.watch.>"
 KEYVAULT_RPC_ALL = "keyvault.rpc.*"
+KEYVAULT_SVID_ALL = "keyvault.svid.*"
 MONITOR_INFO = MONITOR_RPC.format(method="Info")
 MONITOR_CYCLE = MONITOR_RPC.format(method="Cycle")
 
@@ -94,6 +96,10 @@ def gov_watch(kind: str) -> str:
 
 def keyvault_rpc(method: str) -> str:
     return KEYVAULT_RPC.format(method=token(method))
+
+
+def keyvault_svid(identity: str) -> str:
+    return KEYVAULT_SVID.format(identity=token(identity))
 
 
 # ---- streams ----------------------------------------------------------------
@@ -214,6 +220,8 @@ SUBJECTS: tuple[Subject, ...] = (
             "fan-out to WatchProposals streams of every replica"),
     Subject(KEYVAULT_RPC, "keyvault request -> reply (x0tta6bl4.v1 keyvault messages)", ("executor", "operator",
             "governance", "mesh host"), ("keyvault",), "", "keyvault's gRPC methods over NATS (queue group)"),
+    Subject(KEYVAULT_SVID, "x0tta6bl4.v1.SvidRequest -> SvidResponse", ("every service", "operator", "mesh host"),
+            ("keyvault",), "", "an X.509 SVID for the publisher's own bus identity (attested by the subject)"),
     Subject(MONITOR_RPC, "empty -> JSON", ("operator",), ("monitor",), "", "monitor info (collector, hosts)"),
 )
 

@@ -187,3 +187,21 @@ class InfoResponse(_message.Message):
     kv_bucket: str
     default_overlap_s: float
     def __init__(self, backend: _Optional[str] = ..., backend_version: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ..., root_public_key: _Optional[bytes] = ..., root_key_id: _Optional[str] = ..., identities: _Optional[int] = ..., classical: _Optional[_Iterable[str]] = ..., hybrids: _Optional[_Iterable[str]] = ..., kv_bucket: _Optional[str] = ..., default_overlap_s: _Optional[float] = ...) -> None: ...
+
+class SvidRequest(_message.Message):
+    __slots__ = ("csr",)
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    csr: bytes
+    def __init__(self, csr: _Optional[bytes] = ...) -> None: ...
+
+class SvidResponse(_message.Message):
+    __slots__ = ("spiffe_id", "certificate", "bundle", "not_after_unix")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    certificate: bytes
+    bundle: bytes
+    not_after_unix: float
+    def __init__(self, spiffe_id: _Optional[str] = ..., certificate: _Optional[bytes] = ..., bundle: _Optional[bytes] = ..., not_after_unix: _Optional[float] = ...) -> None: ...
