@@ -434,15 +434,17 @@ class GovStore:
         details: dict[str, Any] = {"quarantined": len(self.quarantined), "records": self.replay.head.seq,
                                    "stream_seq": self.last_seq, "queued": self.queue.qsize()}
         w = self._writer
+        state = "ok"
         if w is None:
-            return False, {**details, "writer": "not started"}
-        if w.done():
+            state = "not started"
+        elif w.done():
             exc = None if w.cancelled() else w.exception()
-            return False, {**details, "writer": f"stopped ({type(exc).__name__}: {exc})" if exc else "stopped"}
-        busy = self._busy_since
-        if busy is not None and time.monotonic() - busy > self.stall_s:
-            return False, {**details, "writer": f"stuck: no progress for {time.monotonic() - busy:.1f} s"}
-        return True, {**details, "writer": "ok"}
+            state = f"stopped ({type(exc).__name__}: {exc})" if exc else "stopped"
+        elif self._busy_since is not None and time.monotonic() - self._busy_since > self.stall_s:
+            state = f"stuck: no progress for {time.monotonic() - self._busy_since:.1f} s"
+        if state == "ok":
+            return True, {**details, "writer": state}
+        return False, {**details, "writer": state, "reason": f"governance log writer {state}"}
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         for _attempt in range(8):

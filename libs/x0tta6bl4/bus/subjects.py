@@ -214,7 +214,7 @@ SUBJECTS: tuple[Subject, ...] = (
             STREAM_AUDIT, "hash-chained, signed audit trail"),
     Subject(DEAD_LETTER, "x0tta6bl4.v1.DeadLetter", ("every service",), ("operator",), STREAM_DLQ,
             "a message parked with the reason"),
-    Subject(GOV_EVENTS, "governance event (JSON)", ("governance",), ("governance",), STREAM_GOV,
+    Subject(GOV_EVENTS, "governance log record (signed, hash-chained)", ("governance",), ("governance",), STREAM_GOV,
             "the governance event log (source of truth)"),
     Subject(GOV_WATCH, "x0tta6bl4.v1.ProposalEvent", ("governance",), ("governance",), "",
             "fan-out to WatchProposals streams of every replica"),

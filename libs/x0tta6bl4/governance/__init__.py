@@ -6,6 +6,7 @@
 * ``tally``    quadratic arithmetic, outcome, early-close rule
 * ``decision`` decision matrix (confidence x severity -> how to approve)
 * ``signing``  canonical vote, proposal and cancel signing payloads
+* ``eventlog`` the signed, hash-chained event log: record encoding, verification, replay verdicts
 * ``errors``   GovernanceError hierarchy (each carries its gRPC code)
 """
 
