@@ -129,7 +129,7 @@ def run_demo(data_dir: pathlib.Path | None, nodes: int, timeout_s: float) -> int
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="x0tta6bl4-demo-")
         data_dir = pathlib.Path(tmp.name)
-    stack = Stack(pathlib.Path(data_dir))
+    stack = Stack(pathlib.Path(data_dir), secure=True)
     mesh = None
     try:
         console.print("[bold]0.[/] starting nats-server (JetStream) and six services "

@@ -95,7 +95,7 @@ def audit_tail(last: int = typer.Option(20, help="how many past events to show")
                service: str = typer.Option("*", help="only this service's events"),
                nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
     """Show the newest audit events (decoded from protobuf)."""
-    subject = subjects.audit_of(service)
+    subject = subjects.AUDIT_ALL if service == "*" else subjects.audit_of(service)   # token() would escape "*"
 
     async def go():
         nc = await connect(nats_url(nats, data_dir))

@@ -81,7 +81,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
     if made:
         console.print(f"secrets: made {len(made)} files in {secrets.root} (CA, NATS credentials, signing keys, "
                       "trust bundle)")
-    stack = Stack(data_dir, SERVICES, replicas, fixed_ports=True, secrets=secrets)
+    stack = Stack(data_dir, SERVICES, replicas, fixed_ports=True, secrets=secrets, secure=True)
     stopping = False
 
     def _stop(*_):
