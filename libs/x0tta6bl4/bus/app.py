@@ -337,7 +337,10 @@ class Service:
     async def _wait_topology(self) -> None:
         js = self.nc.jetstream()
         while True:
-            missing = await missing_topology(js, *self.needed_topology())
+            try:
+                missing = await missing_topology(js, *self.needed_topology())
+            except Exception as e:  # noqa: BLE001 - no answer (a permission it lacks, a busy broker): retried
+                missing = [f"(cannot check: {_describe(e)})"]
             if not missing:
                 return
             log.warning("%s: waiting for the provisioner to declare %s", self.name, ", ".join(missing))

@@ -97,7 +97,8 @@ def _processed(service: str) -> list[str]:
 
 
 def _service_base(service: str) -> list[str]:
-    pub = [subjects.audit_of(service), f"{JS}.INFO"]
+    pub = [subjects.audit_of(service), f"{JS}.INFO",     # and /ready checks that the streams it writes exist:
+           f"{JS}.STREAM.INFO.{subjects.STREAM_AUDIT}", f"{JS}.STREAM.INFO.{subjects.STREAM_DLQ}"]
     for c in _durables_of(service):
         pub += [*_consumer_api(c), subjects.dead_letter(c.durable)]
     pub += _processed(service)
@@ -140,8 +141,8 @@ def service(name: str) -> Permissions:
     base = _service_base(name)
     s = subjects
     if name == "monitor":
-        pub = [*base, s.MAPEK_TELEMETRY, s.MAPEK_HEALTH, *_kv_rw("telemetry"), *_kv_rw("health"),
-               *_kv_read("incidents")]
+        pub = [*base, s.MAPEK_TELEMETRY, s.MAPEK_HEALTH, f"{JS}.STREAM.INFO.{s.STREAM_MAPEK}", *_kv_rw("telemetry"),
+               *_kv_rw("health"), *_kv_read("incidents")]
         return _identity(name, "service", pub, [s.MONITOR_RPC.format(method="*")], responses=True,
                          doc="reads node telemetry and events; starts cycles; answers monitor.rpc.*")
     if name == "analyzer":
