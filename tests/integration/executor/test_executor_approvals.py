@@ -1,11 +1,12 @@
-"""On a real stack the executor carries out only actions approved with a key of its trust bundle: forged
-requests on mapek.action are refused (audited action.rejected, dead-lettered, the mesh untouched) while a
-real fault is still healed; a `done` planted in the `actions` bucket does not make it skip an approved action."""
+"""On a real (secured) stack the executor carries out only actions approved with a key of its trust bundle.
+The attacker holds a leaked bus credential -- the planner's NATS identity, which may publish on mapek.action,
+or the executor's, which may write the `actions` bucket -- but not a service's signing key: forged requests
+are refused (audited action.rejected, dead-lettered, the mesh untouched) while a real fault is still healed,
+and a `done` planted in the `actions` bucket does not make the executor skip an approved action."""
 from __future__ import annotations
 
 import time
 
-import nats
 import pytest
 from testkit import eventually, mesh_ready, scaled, start_mesh
 
@@ -34,17 +35,18 @@ async def audits(js) -> list[events_pb2.AuditEvent]:
 async def test_forged_action_requests_are_refused_while_a_real_fault_is_healed(stack_factory):
     stack = stack_factory()
     mesh = start_mesh(stack)
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()                   # the operator: reads the streams, injects the fault
+    leaked = await stack.connect("planner")      # the planner's bus credential, leaked (not its signing key)
     js = nc.jetstream()
     try:
         await eventually(lambda: mesh_ready(js, 9), scaled(30), what="the mesh reporting, DATA acknowledged")
         # the measured attack: ISOLATE of a healthy node "approved" by a proposal that never existed
-        await js.publish(subjects.MAPEK_ACTION, isolate("n2", "forged-1", "dao:never-existed",
-                                                        "never-existed").SerializeToString())
+        await leaked.jetstream().publish(subjects.MAPEK_ACTION, isolate("n2", "forged-1", "dao:never-existed",
+                                                                        "never-existed").SerializeToString())
         # the same with a signature, by a key the attacker made (calling itself the planner)
         attacker = Signer.generate("planner")
         forged = sign_approval(isolate("n2", "forged-2", "auto"), attacker, 300, time.time_ns())
-        await js.publish(subjects.MAPEK_ACTION, forged.SerializeToString())
+        await leaked.jetstream().publish(subjects.MAPEK_ACTION, forged.SerializeToString())
         # meanwhile a real fault
         cmd = mesh_pb2.MeshCommand(meta=new_meta("test"), node_id="n4", kind=mesh_pb2.MeshCommand.KIND_FAULT,
                                    params={"type": "kill"})
@@ -78,6 +80,7 @@ async def test_forged_action_requests_are_refused_while_a_real_fault_is_healed(s
         tel = await mesh_telemetry(js)
         assert tel["n2"].reachable and not [n for n, t in tel.items() if "n2" in t.avoided]
     finally:
+        await leaked.close()
         await nc.close()
         mesh.terminate()
         mesh.wait(10)
@@ -85,8 +88,10 @@ async def test_forged_action_requests_are_refused_while_a_real_fault_is_healed(s
 
 async def test_a_planted_done_claim_does_not_make_the_executor_skip_an_approved_action(stack_factory):
     stack = stack_factory(services=("executor",))
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     js = nc.jetstream()
+    planner = await stack.connect("planner")
+    leaked = await stack.connect("executor")     # the executor's bus credential: it may write `actions`
     try:
         req = events_pb2.ActionRequest(
             meta=new_meta("planner", "cycle-planted"), action_id="act-planted", plan_id="plan-planted",
@@ -94,8 +99,8 @@ async def test_a_planted_done_claim_does_not_make_the_executor_skip_an_approved_
             action=events_pb2.ActionSpec(kind=K.ACTION_KIND_CONFIG_CHANGE, target_node="n1"))
         sign_approval(req, Signer.load("planner", stack.secrets.signing_file("planner")), 300, time.time_ns())
         # someone who can write the bucket marks the (predictable) action id as done before it arrives
-        await (await js.key_value("actions")).put("act-planted", b"done")
-        await js.publish(subjects.MAPEK_ACTION, req.SerializeToString())
+        await (await leaked.jetstream().key_value("actions")).put("act-planted", b"done")
+        await planner.jetstream().publish(subjects.MAPEK_ACTION, req.SerializeToString())
 
         async def executed():
             evs = await audits(js)
@@ -107,7 +112,8 @@ async def test_a_planted_done_claim_does_not_make_the_executor_skip_an_approved_
         assert not [e for e in evs if e.event_type == "action.duplicate"]
         results = [events_pb2.ActionResult.FromString(m.data) for m in await read_all(js, subjects.MAPEK_RESULT)]
         assert [r.action_id for r in results] == ["act-planted"]
-        claim = (await (await js.key_value("actions")).get("act-planted")).value
+        claim = (await (await leaked.jetstream().key_value("actions")).get("act-planted")).value
         assert claim.startswith(b"done ") and claim != b"done"      # the executor's own, MAC'd claim
     finally:
-        await nc.close()
+        for c in (leaked, planner, nc):
+            await c.close()

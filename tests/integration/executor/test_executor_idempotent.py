@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-import nats
 from testkit import eventually
 
 from x0tta6bl4.bus import subjects
@@ -16,8 +15,10 @@ from x0tta6bl4.v1 import events_pb2
 
 async def test_same_action_published_twice_runs_once(stack_factory):
     stack = stack_factory(services=("executor",))
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     js = nc.jetstream()
+    planner = await stack.connect("planner")     # only the planner and governance may publish mapek.action
+    pjs = planner.jetstream()
     try:
         req = events_pb2.ActionRequest(
             meta=new_meta("planner", "cycle-1"), action_id="act-42", plan_id="plan-1", approved_by="auto",
@@ -28,12 +29,12 @@ async def test_same_action_published_twice_runs_once(stack_factory):
         data = req.SerializeToString()
         # the same event under two message ids (a producer retry after the de-duplication window),
         # and the same action id in a new event (a second planner replica, a re-published plan)
-        await js.publish(subjects.MAPEK_ACTION, data, headers={"Nats-Msg-Id": "first"})
-        await js.publish(subjects.MAPEK_ACTION, data, headers={"Nats-Msg-Id": "second"})
+        await pjs.publish(subjects.MAPEK_ACTION, data, headers={"Nats-Msg-Id": "first"})
+        await pjs.publish(subjects.MAPEK_ACTION, data, headers={"Nats-Msg-Id": "second"})
         again = events_pb2.ActionRequest()
         again.CopyFrom(req)
         again.meta.CopyFrom(new_meta("planner", "cycle-1"))
-        await js.publish(subjects.MAPEK_ACTION, again.SerializeToString(), headers={"Nats-Msg-Id": "third"})
+        await pjs.publish(subjects.MAPEK_ACTION, again.SerializeToString(), headers={"Nats-Msg-Id": "third"})
 
         async def audits():
             evs = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.executor.>")]
@@ -51,4 +52,5 @@ async def test_same_action_published_twice_runs_once(stack_factory):
         assert len([r for r in results if r.action_id == "act-42"]) == 1
         assert any(e.event_type == "action.duplicate" and e.subject_id == "act-42" for e in evs)
     finally:
+        await planner.close()
         await nc.close()
