@@ -2,8 +2,10 @@
 
 ``RuleAnalyzer`` applies the spec's threshold table to the latest telemetry of
 every node and finds the root cause the way an operator would: an unreachable
-node is the cause of its neighbours' symptoms; a node rejected for bad
-signatures is a compromised node; otherwise the worst node of each connected
+node is the cause of its neighbours' symptoms; a node with proven authentication
+failures (``failed_auth``: its revoked key still signing, or its key used under
+another id -- never packets that merely claim to come from it) is a compromised
+node; otherwise the worst node of each connected
 group of symptomatic nodes is the source. ``x0tta6bl4.analysis`` provides the
 learned detector (GraphSAGE) behind the same ``analyze(window)`` call.
 """
@@ -132,7 +134,11 @@ class RuleAnalyzer:
         if any(not t.reachable for t in window.nodes):
             # while a node is down, end-to-end loss/latency anywhere is its doing (routes through it broke)
             explained |= {n for n, t in nodes.items() if t.reachable and _only_end_to_end(t, th)}
-        # 2. failed authentication -> compromised node
+        # 2. failed authentication -> compromised node. failed_auth is evidence about the node itself (set
+        # from verified, fresh signatures its neighbours refused); the packets a node refused
+        # (rejected_packets: replayed, unsigned, bad signature, ...) prove nothing about anyone: anybody can
+        # forge a sender id or replay a capture, so they never make the receiver or the claimed sender
+        # "compromised"
         for t in window.nodes:
             if t.failed_auth and t.node_id not in explained:
                 out.append(anomaly(window, t.node_id, t.node_id, "compromised", 0.9, 0.85,
@@ -185,8 +191,8 @@ class RuleAnalyzer:
 # Learned detector + rules
 # ---------------------------------------------------------------------------------------------
 HARD_FACTS = ("node_down", "compromised")
-"""Rule findings that are facts (the monitor declared the node lost; packets with bad signatures
-were rejected): they keep their root cause and fault type whatever the model says."""
+"""Rule findings that are facts (the monitor declared the node lost; the node's own key signed what
+it must not): they keep their root cause and fault type whatever the model says."""
 
 SEVERITY_BY_FAULT: dict[str, common_pb2.Severity] = {
     "node_down": common_pb2.SEVERITY_CRITICAL,      # routes through it are broken now

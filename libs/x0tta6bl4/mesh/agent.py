@@ -13,18 +13,28 @@ Security hooks: ``signer(packet) -> packet`` is applied to every outgoing
 HELLO/RREQ/RREP/RERR (hop by hop, so relays re-sign); it should set ``key_id``
 and ``signature`` over :func:`~.packets.signing_bytes`.  ``verifier(packet) ->
 bool`` is applied to every incoming control packet; the default only relies on
-the codec's structural checks.  Rejections are counted (``dropped.bad_signature``,
-``failed_auth``) and reported as ``security.bad_signature`` events (rate
-limited, like ``security.malformed`` / ``security.spoofed_sender`` /
-``security.unknown_peer``).
+the codec's structural checks.  A refusal is a ``bad_signature`` rejection.
 
 Key-based security: ``security=`` (or :meth:`MeshAgent.attach_security`) takes a
 :class:`~.security.NodeSecurity`: control packets are then signed with the node's
-ML-DSA-65 key and verified against the keyvault key directory (drops counted as
-``dropped.<reason>`` -- unsigned, unknown_key, revoked_key, wrong_signer,
-stale_timestamp, bad_signature -- plus ``failed_auth`` and a ``security.<reason>``
-event), and DATA travels hop by hop over per-neighbour AES-256-GCM channels
-(flags ``ENC``/``HS``, see :mod:`.security`).
+ML-DSA-65 key and packet counter, checked against the receiver's replay windows and
+verified against the keyvault key directory, and DATA travels hop by hop over
+per-neighbour AES-256-GCM channels (flags ``ENC``/``HS``, see :mod:`.security`).
+
+Rejected packets (:data:`REJECT_REASONS`: malformed, from an unknown address, with a
+sender that does not match the address, unsigned, replayed, with an unknown, revoked
+or foreign key, a stale timestamp or counter, a bad signature, plaintext or
+undecryptable DATA, a bad handshake) are counted against THIS node, the receiver:
+``dropped.<reason>``, ``rejected.<reason>`` and the telemetry's ``rejected_packets``
+(per reason, since the last report), and reported as ``security.<reason>`` events
+(rate limited to 10/s per kind) whose ``peer`` is empty -- the node a packet claims to
+come from (``details["claimed"]``) or whose address it came from (``details["link"]``)
+is not blamed: both are forgeable. Only evidence (:class:`~.security.Verdict`: a
+verified, fresh, non-replayed signature by a revoked key or under another node's id)
+names a node: ``security.revoked_key_used`` / ``security.impersonation`` with ``peer`` =
+the key's owner, counted as ``auth_evidence.<kind>`` here; the monitor turns those
+events into the owner's ``failed_auth``. An agent never reports ``failed_auth`` about
+itself (its telemetry field stays 0).
 """
 
 from __future__ import annotations
@@ -66,6 +76,11 @@ Verifier = Callable[[Packet], bool]
 Sink = Callable[[dict], Any]
 
 MS = 1_000_000
+REJECT_REASONS = frozenset({
+    "malformed", "unknown_peer", "spoofed_sender", "unsigned", "replayed", "stale_counter", "unknown_key",
+    "revoked_key", "wrong_signer", "stale_timestamp", "bad_signature", "plaintext", "decrypt_failed",
+    "bad_frame", "bad_handshake", "handshake_failed", "no_security",
+})  # fmt: skip
 
 
 def structural_verifier(pkt: Packet) -> bool:
@@ -157,7 +172,7 @@ class MeshAgent:
         self._outcomes: deque[bool] = deque(maxlen=500)
         self.recent_events: deque[dict] = deque(maxlen=1000)
         self._event_budget: dict[str, tuple[int, int]] = {}
-        self._failed_auth_reported = 0
+        self._rejected_reported: Counter = Counter()
         self._tp_last: tuple[int, float] = (0, 0)  # (time ns, bytes) at start
         self._tp_samples: deque[tuple[int, float]] = deque(maxlen=32)  # every ~100 ms
         self.security = None
@@ -379,8 +394,7 @@ class MeshAgent:
         self.counters["rx_bytes"] += len(data)
         peer = self._addr_to_id.get((addr[0], addr[1]))
         if peer is None:
-            self.counters["dropped.unknown_peer"] += 1
-            self._security("security.unknown_peer", "", {"addr": f"{addr[0]}:{addr[1]}"})
+            self._reject("unknown_peer", {"addr": f"{addr[0]}:{addr[1]}"})
             return
         if peer in self.impair.blocked:
             self.counters["dropped.blocked"] += 1
@@ -391,13 +405,11 @@ class MeshAgent:
         try:
             pkt = decode(data)
         except PacketError as e:
-            self.counters["dropped.malformed"] += 1
             self.counters[f"dropped.malformed.{e.reason}"] += 1
-            self._security("security.malformed", peer, {"reason": e.reason})
+            self._reject("malformed", {"link": peer, "reason": e.reason, "detail": e.detail[:80]})
             return
         if pkt.sender != peer:
-            self.counters["dropped.spoofed_sender"] += 1
-            self._security("security.spoofed_sender", peer, {"claimed": pkt.sender})
+            self._reject("spoofed_sender", {"link": peer, "claimed": pkt.sender, "type": pkt.type_name})
             return
         sec = self.security
         if sec is not None:
@@ -405,36 +417,39 @@ class MeshAgent:
             if pkt.type == DATA:
                 if pkt.flags & FLAG_HS:
                     reason = sec.on_handshake(peer, pkt, now)
-                    if reason is not None:
+                    if reason in REJECT_REASONS:
+                        # handshake_failed: NodeSecurity already reported it (with the error)
+                        self._reject(reason, {"link": peer, "claimed": pkt.sender, "type": "HS"},
+                                     event=reason != "handshake_failed")
+                    elif reason is not None:
                         self.counters[f"dropped.{reason}"] += 1
                     self._drain_security()
                     return
                 if pkt.flags & FLAG_ENC:
                     res = sec.inbound(peer, pkt, now)
                     if isinstance(res, str):
-                        self.counters[f"dropped.{res}"] += 1
-                        if res in ("decrypt_failed", "replay", "revoked_key"):
-                            self.counters["failed_auth"] += 1
-                            self._security(f"security.{res}", peer, {"type": "DATA"})
+                        if res in REJECT_REASONS:
+                            self._reject(res, {"link": peer, "claimed": pkt.sender, "type": "DATA"})
+                        else:
+                            self.counters[f"dropped.{res}"] += 1
                         self._drain_security()
                         return
                     pkt = res
                 elif sec.require_encryption:
-                    self.counters["dropped.plaintext"] += 1
-                    self.counters["failed_auth"] += 1
-                    self._security("security.plaintext", peer, {"type": "DATA"})
+                    self._reject("plaintext", {"link": peer, "claimed": pkt.sender, "type": "DATA"})
                     return
             elif pkt.type in CONTROL_TYPES:
                 try:
-                    reason = sec.check(pkt, data, now)
+                    verdict = sec.inspect(pkt, data, now)
                 except Exception:  # a verifier bug must not kill the agent
                     log.exception("security check failed")
-                    reason = "bad_signature"
+                    verdict = None
+                reason = "bad_signature" if verdict is None else verdict.reason
                 if reason is not None:
-                    self.counters[f"dropped.{reason}"] += 1
-                    self.counters["failed_auth"] += 1
-                    self._security(f"security.{reason}", peer,
-                                   {"type": pkt.type_name, "key_id": pkt.key_id.hex()})
+                    self._reject(reason, {"link": peer, "claimed": pkt.sender, "type": pkt.type_name,
+                                          "key_id": pkt.key_id.hex(), "counter": pkt.counter})
+                    if verdict is not None and verdict.evidence is not None:
+                        self._evidence(*verdict.evidence, pkt, reason)
                     return
                 if pkt.type == HELLO:
                     sec.on_hello(peer, pkt, now)
@@ -447,12 +462,10 @@ class MeshAgent:
             except Exception:  # noqa: BLE001 - a verifier bug must not kill the agent
                 ok = False
             if not ok:
-                self.counters["dropped.bad_signature"] += 1
-                self.counters["failed_auth"] += 1
-                self._security("security.bad_signature", peer, {"type": pkt.type_name})
+                self._reject("bad_signature", {"link": peer, "claimed": pkt.sender, "type": pkt.type_name})
                 return
         elif pkt.flags & (FLAG_ENC | FLAG_HS):
-            self.counters["dropped.no_security"] += 1
+            self._reject("no_security", {"link": peer, "claimed": pkt.sender, "type": "DATA"}, event=False)
             return
         now = self.clock()
         try:
@@ -606,6 +619,23 @@ class MeshAgent:
         if self.event_sink is not None:
             self._call(self.event_sink, rec)
 
+    def _reject(self, reason: str, details: dict, *, event: bool = True) -> None:
+        """A packet refused for ``reason``: counted against this node (the receiver); the event names no
+        peer (the claimed sender and the link are in ``details``, as claims)."""
+        c = self.counters
+        c[f"dropped.{reason}"] += 1
+        c[f"rejected.{reason}"] += 1
+        c["rejected"] += 1
+        if event:
+            self._security(f"security.{reason}", "", details)
+
+    def _evidence(self, kind: str, culprit: str, pkt: Packet, reason: str) -> None:
+        """A packet that proves something about ``culprit`` (see :class:`~.security.Verdict`)."""
+        self.counters[f"auth_evidence.{kind}"] += 1
+        self.counters["auth_evidence"] += 1
+        self._security(f"security.{kind}", culprit, {"type": pkt.type_name, "claimed": pkt.sender,
+                                                     "key_id": pkt.key_id.hex(), "reason": reason})
+
     def _security(self, kind: str, peer: str, details: dict) -> None:
         """Security events, rate limited to 10/s per kind so floods cannot amplify."""
         now = self.clock()
@@ -636,8 +666,9 @@ class MeshAgent:
                 break
         dt = max(1e-3, (now - t0) / 1e9)
         throughput = (tbytes - b0) * 8 / dt
-        failed = c["failed_auth"] - self._failed_auth_reported
-        self._failed_auth_reported = c["failed_auth"]
+        rejected = {k.removeprefix("rejected."): int(v - self._rejected_reported[k]) for k, v in c.items()
+                    if k.startswith("rejected.") and v > self._rejected_reported[k]}
+        self._rejected_reported = Counter({k: v for k, v in c.items() if k.startswith("rejected.")})
         try:
             cpu = self._proc.cpu_percent(None)
             mem = self._proc.memory_percent()
@@ -662,7 +693,8 @@ class MeshAgent:
             "rss_bytes": rss,
             "links": self.core.neighbours.snapshot(now),
             "neighbours": self.core.neighbours.peers(),
-            "failed_auth": failed,
+            "failed_auth": 0,           # never about itself: see the module doc (evidence -> monitor)
+            "rejected_packets": rejected,   # packets this node refused since the last report, by reason
             "counters": {k: float(v) for k, v in sorted(c.items())},
             "rtt_by_dest": by_dest,
             "routes": self.core.router.table(),

@@ -103,6 +103,8 @@ def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> e
                     link_age_s=float(q.get("link_age_s", 0)))
     for k, v in (d.get("counters") or {}).items():
         t.counters[k] = float(v)
+    for k, v in (d.get("rejected_packets") or {}).items():
+        t.rejected_packets[k] = int(v)
     for r in d.get("routes") or []:
         if r.get("valid", True):
             t.routes[r["dest"]] = r["next_hop"]

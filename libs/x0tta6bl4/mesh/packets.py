@@ -10,7 +10,8 @@ Header (32 bytes, ``struct`` format ``!2sBBBBBBBBIIIQH``)
 Offset  Size   Field            Meaning
 ======  =====  ===============  ==============================================
 0       2      magic            ``b"X6"``
-2       1      version          ``1`` (anything else -> ``bad_version``)
+2       1      version          ``2`` (anything else -> ``bad_version``; version 1
+                                had no packet counter in the trailer)
 3       1      type             DATA 0x01, RREQ 0x02, RREP 0x03, RERR 0x04,
                                 HELLO 0x05
 4       1      flags            per type, see ``FLAG_*``; unknown bits rejected
@@ -37,6 +38,7 @@ origin id               ``origin_len`` ASCII bytes
 destination id          ``dest_len`` ASCII bytes
 body                    ``payload_len`` bytes, layout per type (below)
 key_id                  8 bytes: signing key id (all zero = unsigned)
+counter                 u64: the signer's packet counter (0 when unsigned), see below
 sig_len                 u16: signature length, 0..4096 (ML-DSA-65 = 3309)
 signature               ``sig_len`` bytes; must end exactly at end of datagram
 ======================  ==========================================================
@@ -76,8 +78,16 @@ Bodies
   from the echo (rtt = now - echo_ts - echo_delay).
 
 The signature (when present) covers :func:`signing_bytes`: everything from the
-magic up to and including ``key_id`` (the datagram without sig_len/signature).
+magic up to and including ``counter`` (the datagram without sig_len/signature).
 Any malformed input raises :class:`PacketError` with a ``reason`` code.
+
+Packet counter (version 2): every packet a node signs carries a counter that
+grows by one per signed packet of that signer (relays re-sign, so the counter is
+the transmitting hop's, like ``sender``). It is inside the signed region;
+receivers keep a sliding anti-replay window per signing key (highest counter
+seen + bitmap, as IPsec/DTLS do) and drop a counter seen before or older than the
+window (:mod:`.replay`). An unsigned packet carries counter 0 (a counter without a
+key id is ``bad_trailer``). Version 1 datagrams (no counter) are ``bad_version``.
 """
 
 from __future__ import annotations
@@ -87,7 +97,7 @@ import struct
 from dataclasses import dataclass, field, replace
 
 MAGIC = b"X6"
-VERSION = 1
+VERSION = 2
 
 DATA = 0x01
 RREQ = 0x02
@@ -123,13 +133,15 @@ MAX_HELLO_NEIGHBOURS = 64
 
 HEADER = struct.Struct("!2sBBBBBBBBIIIQH")
 assert HEADER.size == 32
-TRAILER_FIXED = KEY_ID_LEN + 2
+COUNTER_LEN = 8
+TRAILER_FIXED = KEY_ID_LEN + COUNTER_LEN + 2
 MIN_PACKET = HEADER.size + 1 + 1 + TRAILER_FIXED
 
 _ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,32}$")
 _U8 = struct.Struct("!B")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
 _HELLO_HEAD = struct.Struct("!bBB")
 _HELLO_ENTRY = struct.Struct("!HQI")
 
@@ -199,6 +211,7 @@ class Packet:
     body: Body = b""
     key_id: bytes = NO_KEY
     signature: bytes = field(default=b"", repr=False)
+    counter: int = 0
 
     @property
     def type_name(self) -> str:
@@ -383,6 +396,9 @@ def _encode_unsigned(p: Packet) -> tuple[bytearray, bytes]:
     body = _encode_body(p.type, p.body)
     if not isinstance(p.key_id, (bytes, bytearray)) or len(p.key_id) != KEY_ID_LEN:
         raise PacketError("bad_trailer", "key_id must be 8 bytes")
+    _uint("counter", p.counter, U64_MASK)
+    if p.counter and bytes(p.key_id) == NO_KEY:
+        raise PacketError("bad_trailer", "packet counter without key id")
     if not isinstance(p.signature, (bytes, bytearray)) or len(p.signature) > MAX_SIG_LEN:
         raise PacketError("bad_trailer", "signature too long")
     if len(body) > 0xFFFF:
@@ -405,12 +421,13 @@ def _encode_unsigned(p: Packet) -> tuple[bytearray, bytes]:
             len(body),
         )
     )
-    out += sender + origin + dest + body + bytes(p.key_id)
+    out += sender + origin + dest + body + bytes(p.key_id) + _U64.pack(p.counter)
     return out, body
 
 
 def signing_bytes(p: Packet) -> bytes:
-    """Bytes covered by the signature: the datagram minus sig_len and signature."""
+    """Bytes covered by the signature: the datagram minus sig_len and signature (so up to and
+    including ``key_id`` and ``counter``)."""
     out, _ = _encode_unsigned(p)
     return bytes(out)
 
@@ -437,7 +454,7 @@ def decode(data: bytes) -> Packet:
     if magic != MAGIC:
         raise PacketError("bad_magic")
     if ver != VERSION:
-        raise PacketError("bad_version", str(ver))
+        raise PacketError("bad_version", f"version {ver}, this node speaks {VERSION}")
     if ptype not in TYPE_NAMES:
         raise PacketError("bad_type", hex(ptype))
     if flags & ~ALLOWED_FLAGS[ptype]:
@@ -462,7 +479,8 @@ def decode(data: bytes) -> Packet:
         pos += ln
     body = _decode_body(ptype, buf[body_start:body_end])
     key_id = bytes(buf[body_end : body_end + KEY_ID_LEN])
-    (sig_len,) = _U16.unpack_from(buf, body_end + KEY_ID_LEN)
+    (counter,) = _U64.unpack_from(buf, body_end + KEY_ID_LEN)
+    (sig_len,) = _U16.unpack_from(buf, body_end + KEY_ID_LEN + COUNTER_LEN)
     if sig_len > MAX_SIG_LEN:
         raise PacketError("bad_trailer", f"sig_len {sig_len} > {MAX_SIG_LEN}")
     sig_start = body_end + TRAILER_FIXED
@@ -472,6 +490,8 @@ def decode(data: bytes) -> Packet:
         raise PacketError("trailing", f"{n - sig_start - sig_len} bytes after signature")
     if key_id == NO_KEY and sig_len:
         raise PacketError("bad_trailer", "signature without key id")
+    if key_id == NO_KEY and counter:
+        raise PacketError("bad_trailer", "packet counter without key id")
     return Packet(
         type=ptype,
         sender=ids[0],
@@ -487,6 +507,7 @@ def decode(data: bytes) -> Packet:
         body=body,
         key_id=key_id,
         signature=bytes(buf[sig_start : sig_start + sig_len]),
+        counter=counter,
     )
 
 

@@ -7,23 +7,42 @@ Three parts, all I/O-free (the agent and the host do the I/O):
   signature verifications. :meth:`MeshTrust.check` accepts a control packet only if
   its ``key_id`` is an accepted (active or retiring, not revoked) signing key *of the
   sender*, its timestamp is within ``max_skew_s`` of the receiver's clock and its
-  ML-DSA-65 signature verifies. A HELLO is broadcast to every neighbour; in one host
+  ML-DSA-65 signature verifies (stateless; the per-receiver replay window is in
+  :class:`NodeSecurity`). A HELLO is broadcast to every neighbour; in one host
   process they all verify the same bytes, so results are cached per
   SHA-256(signed region || signature) (the signature is part of the key: a tampered
   signature never hits the cache; revocation/retirement is checked before the cache).
 * :class:`NodeSecurity` -- one per agent: the node's identity (signing + KEM keys),
-  the packet signer and the per-neighbour channels.
+  the packet signer and counter, the receiver's replay windows and the per-neighbour channels.
 * :class:`LocalAuthority` -- an in-process keyvault stand-in (its own root key) for a
   host without keyvault (``--offline-keys``), unit tests and benchmarks.
 
-Packet signatures (wire format v1, see :mod:`.packets`): trailer ``key_id`` = the
+Packet signatures (wire format v2, see :mod:`.packets`): trailer ``key_id`` = the
 8 bytes of the signer's key id (16 hex chars = first 8 bytes of SHA-256 of the hybrid
-Ed25519+ML-DSA-65 public key, as issued by keyvault); ``signature`` = pure FIPS 204
-ML-DSA-65 (3309 bytes) with context ``x0tta6bl4/mesh/packet/v1`` over
-:func:`~.packets.signing_bytes`. Every hop signs what it transmits (relays re-sign).
-``timestamp_ns`` is the agent clock (CLOCK_MONOTONIC by default, shared by every
-process of one machine; agents on different machines need a synchronised clock,
+Ed25519+ML-DSA-65 public key, as issued by keyvault), ``counter`` = the signer's packet
+counter (:class:`~.replay.PacketCounter`: wall-clock seeded, +1 per signed packet);
+``signature`` = pure FIPS 204 ML-DSA-65 (3309 bytes) with context ``x0tta6bl4/mesh/packet/v1``
+over :func:`~.packets.signing_bytes` (which includes key id and counter). Every hop signs what
+it transmits (relays re-sign). ``timestamp_ns`` is the agent clock (CLOCK_MONOTONIC by default,
+shared by every process of one machine; agents on different machines need a synchronised clock,
 e.g. ``clock=time.time_ns``).
+
+Replay protection (:meth:`NodeSecurity.inspect`): each receiving node keeps an anti-replay window
+per signing key (:class:`~.replay.ReplayGuard`); a copy of a packet it accepted is ``replayed``
+(or ``stale_counter`` below the window), checked before the signature so a replay flood costs no
+verification. With the ``max_skew_s`` timestamp check this bounds every replay: within the skew
+the window catches it, beyond it the timestamp does (the reasoning for restarts is in
+:mod:`.replay`).
+
+Who is blamed: a refused packet says nothing about the node it claims to come from -- anyone can
+put a node's id, key id or source address on a datagram, or replay what it sent. Refusals are
+counted by the RECEIVING node (``rejected.<reason>``, telemetry ``rejected_packets``) and reported
+as ``security.<reason>`` events about the receiver (empty ``peer``). Only a packet whose signature
+verifies under a node's key, is no replay and has a fresh timestamp can prove something about that
+node (:class:`Verdict`: a revoked key still in use, or a key used to claim another identity); such
+evidence is reported as ``security.revoked_key_used`` / ``security.impersonation`` with ``peer`` =
+the key's owner, which the monitor counts as that node's ``failed_auth`` (the analyzer's
+``compromised``).
 
 Link handshake (DATA with flag ``HS``, ttl 1, dest = the neighbour; body
 ``!BBI`` hs_version=1, step, session epoch, then the message):
@@ -80,7 +99,7 @@ import struct
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from x0tta6bl4.keyvault.distribution import KeyDirectory, key_key, node_key, rev_key
 from x0tta6bl4.pqc import (
@@ -102,8 +121,10 @@ from x0tta6bl4.pqc import (
 from x0tta6bl4.pqc.identity import KeyPurpose
 
 from .packets import CONTROL_TYPES, DATA, FLAG_ENC, FLAG_HS, NO_KEY, Packet, signing_bytes
+from .replay import PacketCounter, ReplayGuard
 
-__all__ = ["AUTH_REASONS", "HS_VERSION", "SIG_CONTEXT", "LocalAuthority", "MeshTrust", "NodeSecurity"]
+__all__ = ["AUTH_REASONS", "EVIDENCE_KINDS", "HS_VERSION", "SIG_CONTEXT", "LocalAuthority", "MeshTrust",
+           "NodeSecurity", "Verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +137,27 @@ EPOCH_SHIFT = 8
 MAX_SESSION = (1 << (32 - EPOCH_SHIFT)) - 1
 _AAD = struct.Struct("!BBBBIIIQ")
 _CONFIRM = b"confirm"
-AUTH_REASONS = ("unsigned", "unknown_key", "revoked_key", "wrong_signer", "stale_timestamp", "bad_signature")
+AUTH_REASONS = ("unsigned", "unknown_key", "revoked_key", "wrong_signer", "stale_timestamp", "bad_signature",
+                "replayed", "stale_counter")
+EVIDENCE_KINDS = ("revoked_key_used", "impersonation")
+
+
+class Verdict(NamedTuple):
+    """What a receiver concluded about one signed control packet.
+
+    ``reason``: None (accepted) or why it was dropped (:data:`AUTH_REASONS`) -- counted against the
+    RECEIVING node, never the claimed sender. ``evidence``: set only when the packet proves something
+    about a node -- its signature verified under that node's key, it is not a replay and its timestamp
+    is fresh -- ``(kind, node)`` with kind from :data:`EVIDENCE_KINDS`:
+
+    * ``revoked_key_used``: a revoked key of ``node`` signed the packet more than ``max_skew_s`` after this
+      receiver first refused that key (so not a copy of a packet signed before the revocation);
+    * ``impersonation``: ``node``'s key signed a packet that claims another sender (no honest node
+      does: every hop signs what it transmits under its own id).
+    """
+
+    reason: str | None
+    evidence: tuple[str, str] | None = None
 
 
 def _aad(p: Packet) -> bytes:
@@ -178,7 +219,8 @@ class MeshTrust:
 
     # -- verification --------------------------------------------------------------
     def check(self, pkt: Packet, raw: bytes | None, now: int) -> str | None:
-        """None if ``pkt`` is acceptable, else a reason from :data:`AUTH_REASONS`."""
+        """None if ``pkt`` is acceptable, else a reason from :data:`AUTH_REASONS`. Stateless: replay
+        protection is per receiving node (:meth:`NodeSecurity.inspect`)."""
         if pkt.key_id == NO_KEY or not pkt.signature:
             return "unsigned"
         kid = pkt.key_id.hex()
@@ -186,32 +228,59 @@ class MeshTrust:
         rec = d.lookup(kid)
         if rec is None:
             return "revoked_key" if d.is_revoked(kid) else "unknown_key"
-        ent = self._vk.get(kid)
-        if ent is None or ent[0] is not rec:
-            if rec.purpose is not KeyPurpose.SIGNING:
-                return "unknown_key"
-            ent = (rec, SpiffeId.parse(rec.spiffe_id).node_id, rec.verify_key().mldsa)
-            self._vk[kid] = ent
+        ent = self._entry(kid, rec)
+        if ent is None:
+            return "unknown_key"
         if ent[1] != pkt.sender:
             return "wrong_signer"
         if abs(now - pkt.timestamp_ns) > self.max_skew_ns:
             return "stale_timestamp"
+        return None if self.signature_valid(pkt, raw, ent[2]) else "bad_signature"
+
+    def _entry(self, kid: str, rec) -> tuple[Any, str, MLDSA65PublicKey] | None:
+        ent = self._vk.get(kid)
+        if ent is None or ent[0] is not rec:
+            if rec.purpose is not KeyPurpose.SIGNING:
+                return None
+            ent = (rec, SpiffeId.parse(rec.spiffe_id).node_id, rec.verify_key().mldsa)
+            self._vk[kid] = ent
+        return ent
+
+    def signer(self, kid: str, claimed: str) -> tuple[str, MLDSA65PublicKey] | None:
+        """(owner node, public key) of signing key ``kid`` -- accepted, or revoked but still known (seen
+        before its revocation, or the current record of ``claimed``) -- else None. For evidence only:
+        acceptance goes through :meth:`check`."""
+        rec = self.directory.lookup(kid)
+        if rec is not None:
+            ent = self._entry(kid, rec)
+            return (ent[1], ent[2]) if ent is not None else None
+        ent = self._vk.get(kid)
+        if ent is not None:
+            return ent[1], ent[2]
+        cur = self.directory.current(claimed, "sig")
+        if cur is not None and cur.key_id == kid and cur.purpose is KeyPurpose.SIGNING:
+            return SpiffeId.parse(cur.spiffe_id).node_id, cur.verify_key().mldsa
+        return None
+
+    def signature_valid(self, pkt: Packet, raw: bytes | None, key: MLDSA65PublicKey) -> bool:
+        """ML-DSA-65 check of ``pkt``'s signature under ``key``, through the bounded cache of
+        verified (signed region, signature) digests."""
         region = bytes(raw[:len(raw) - 2 - len(pkt.signature)]) if raw is not None else signing_bytes(pkt)
         digest = hashlib.sha256(region + pkt.signature).digest()
         if digest in self._cache:
             self._cache.move_to_end(digest)
             self.stats["verify.cache_hits"] += 1
-            return None
+            return True
         self.stats["verify.calls"] += 1
         try:
-            ent[2].verify(pkt.signature, region, SIG_CONTEXT)
+            key.verify(pkt.signature, region, SIG_CONTEXT)
         except PQCError:
             self.stats["verify.failed"] += 1
-            return "bad_signature"
+            return False
         self._cache[digest] = None
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return None
+        return True
 
     # -- lookups for handshakes ----------------------------------------------------
 
@@ -309,7 +378,9 @@ class NodeSecurity:
     def __init__(self, node_id: str, identity: NodeIdentity, trust: MeshTrust, *, require_encryption: bool = True,
                  channel_overlap_s: float = 5.0, hs_timeout_s: float = 0.5, queue_limit: int = 1024,
                  clock: Callable[[], int] = time.monotonic_ns, rekey_spread_s: float = 0.0,
-                 echo_delay_s: float = 0.02, remote_peers: Iterable[str] = ()) -> None:
+                 echo_delay_s: float = 0.02, remote_peers: Iterable[str] = (), replay_window: int = 256,
+                 replay_max_keys: int = 4096, replay_idle_s: float | None = None,
+                 packet_counter: PacketCounter | None = None) -> None:
         self.node_id = node_id
         self.trust = trust
         self.require_encryption = require_encryption
@@ -329,10 +400,25 @@ class NodeSecurity:
         self.key_since_ns: int | None = None   # timestamp of our first HELLO signed with the current key
         self._rng = random.Random()
         self._hs_rtt_ns = 0        # EWMA of HS1 -> HS2 round trips (adaptive handshake timeout)
+        skew_s = trust.max_skew_ns / 1e9
+        replay_idle_s = 3 * skew_s if replay_idle_s is None else replay_idle_s
+        if replay_idle_s <= 2 * skew_s:
+            # a window may only be forgotten once every packet it accepted is stale by timestamp anyway
+            # (accepted up to max_skew_s ahead of our clock, refused once max_skew_s behind it)
+            raise ValueError(f"replay_idle_s ({replay_idle_s:g}) must exceed twice the trust's max_skew_s "
+                             f"({skew_s:g})")
+        self.packet_counter = packet_counter or PacketCounter()
+        # anti-replay windows of the keys whose packets this node received (see .replay); packets signed
+        # before this node started are not vouched for (floor = its clock now, again at bind())
+        self.replay = ReplayGuard(size=replay_window, max_keys=replay_max_keys, idle_s=replay_idle_s,
+                                  floor_ns=clock())
+        self._revoked_seen: dict[str, int] = {}   # revoked key id -> when this node first refused it
         self._set_identity(identity)
 
     def bind(self, counters: Counter, emit: Callable[[str, str, dict], None], clock: Callable[[], int]) -> None:
         self.counters, self.emit, self.clock = counters, emit, clock
+        if not self.replay.windows:
+            self.replay.floor_ns = clock()
 
     # -- keys --------------------------------------------------------------------------
     def _set_identity(self, identity: NodeIdentity) -> None:
@@ -375,16 +461,57 @@ class NodeSecurity:
 
     # -- signatures ----------------------------------------------------------------------
     def sign(self, pkt: Packet) -> Packet:
-        p = pkt.with_(key_id=self._kid, signature=b"")
+        """``pkt`` with our key id, the next packet counter and the signature over both."""
+        p = pkt.with_(key_id=self._kid, counter=self.packet_counter.next(), signature=b"")
         self.counters["signed"] += 1
         return p.with_(signature=self._sk.sign(signing_bytes(p), SIG_CONTEXT))
 
     def check(self, pkt: Packet, raw: bytes | None = None, now: int | None = None) -> str | None:
-        return self.trust.check(pkt, raw, self.clock() if now is None else now)
+        """:meth:`inspect`'s reason: None when ``pkt`` is accepted (and recorded in the replay window)."""
+        return self.inspect(pkt, raw, now).reason
 
     def verifier(self, pkt: Packet) -> bool:
         """``MeshAgent(verifier=...)`` compatible form of :meth:`check`."""
         return self.check(pkt) is None
+
+    def inspect(self, pkt: Packet, raw: bytes | None = None, now: int | None = None) -> Verdict:
+        """Accept or refuse a received control packet (``raw``: its datagram, saves re-encoding).
+
+        Order: unsigned -> replay window (a replay costs no signature check) -> key, sender, timestamp
+        and signature (:meth:`MeshTrust.check`) -> the window records the counter. A refused packet is
+        only evidence about a node in the two cases of :class:`Verdict`."""
+        now = self.clock() if now is None else now
+        if pkt.key_id == NO_KEY or not pkt.signature:
+            return Verdict("unsigned")
+        kid = pkt.key_id.hex()
+        replayed = self.replay.check(kid, pkt.counter, pkt.timestamp_ns)
+        if replayed is not None:
+            return Verdict(replayed)
+        reason = self.trust.check(pkt, raw, now)
+        if reason is None:
+            self.replay.accept(kid, pkt.counter, now, pkt.timestamp_ns)
+            return Verdict(None)
+        if reason in ("revoked_key", "wrong_signer"):
+            return Verdict(reason, self._evidence(reason, kid, pkt, raw, now))
+        return Verdict(reason)
+
+    def _evidence(self, reason: str, kid: str, pkt: Packet, raw: bytes | None, now: int) -> tuple[str, str] | None:
+        trust = self.trust
+        if reason == "revoked_key":
+            first = self._revoked_seen.setdefault(kid, now)
+            # signed after we learnt of the revocation (clocks agree within max_skew): not an old copy
+            if pkt.timestamp_ns <= first + trust.max_skew_ns:
+                return None
+        if abs(now - pkt.timestamp_ns) > trust.max_skew_ns:
+            return None
+        signer = trust.signer(kid, pkt.sender)
+        if signer is None or not trust.signature_valid(pkt, raw, signer[1]):
+            return None
+        owner = signer[0]
+        if reason == "revoked_key" and owner != pkt.sender:
+            reason = "wrong_signer"
+        self.replay.accept(kid, pkt.counter, now, pkt.timestamp_ns)   # a copy of it proves nothing new
+        return ("revoked_key_used" if reason == "revoked_key" else "impersonation"), owner
 
     # -- link state ------------------------------------------------------------------------
     def _link(self, peer: str) -> _Link:
@@ -605,10 +732,13 @@ class NodeSecurity:
             return None
         except PQCError as e:
             self.counters["hs.failed"] += 1
-            self.emit("security.handshake_failed", peer, {"step": STEP_NAMES[step], "error": str(e)[:200]})
+            # anyone can send a handshake message naming ``peer``: reported about this node, not the peer
+            self.emit("security.handshake_failed", "", {"link": peer, "step": STEP_NAMES[step],
+                                                        "error": str(e)[:200]})
             return "handshake_failed"
 
     def tick(self, now: int) -> None:
+        self.replay.prune(now)
         for peer, link in list(self.links.items()):
             for ep in [e for e, s in link.recv.items() if s.expires_ns is not None and now >= s.expires_ns]:
                 del link.recv[ep]
@@ -662,7 +792,7 @@ class NodeSecurity:
         try:
             pt = sess.chan.open(body, _aad(pkt))
         except ReplayError:
-            return "replay"
+            return "replayed"
         except DecryptionError:
             return "decrypt_failed"
         self.counters["rx.decrypted"] += 1

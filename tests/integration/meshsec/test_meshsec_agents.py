@@ -72,21 +72,25 @@ def test_signed_mesh_delivers_encrypted_and_rejects_forgeries():
             d, _addr = next((d, a) for d, a in frames if decode(d).flags & FLAG_ENC and decode(d).dest == "n0")
             await eventually(lambda: n0.counters["delivered"] == 1)
             inject(rt, "n1", "n0", d)
-            await eventually(lambda: n0.counters["dropped.replay"] == 1)
+            await eventually(lambda: n0.counters["dropped.replayed"] == 1)
             c = n0.counters
-            assert c["dropped.bad_signature"] == 1
-            assert c["dropped.unknown_key"] == 1
-            assert c["dropped.wrong_signer"] == 1
-            assert c["dropped.stale_timestamp"] == 1
-            assert c["dropped.unsigned"] == 1
-            assert c["dropped.plaintext"] == 1
+            reasons = ("bad_signature", "unknown_key", "wrong_signer", "stale_timestamp", "unsigned", "plaintext",
+                       "replayed")
+            for r in reasons:
+                assert c[f"dropped.{r}"] == c[f"rejected.{r}"] == 1, r
             assert c["delivered"] == 1
-            assert c["failed_auth"] == 7
-            kinds = {e["kind"] for e in n0.recent_events}
-            assert {"security.bad_signature", "security.unknown_key", "security.wrong_signer",
-                    "security.stale_timestamp", "security.unsigned", "security.plaintext",
-                    "security.replay"} <= kinds
-            assert n0.telemetry()["failed_auth"] == 7
+            assert c["rejected"] == 7 and c["failed_auth"] == 0
+            rejections = [e for e in n0.recent_events if e["kind"] in {f"security.{r}" for r in reasons}]
+            assert {e["kind"] for e in rejections} == {f"security.{r}" for r in reasons}
+            # counted against n0 (the receiver): no event blames n1, whose id and address they carried
+            assert all(e["peer"] == "" and e["details"]["link"] == "n1" for e in rejections)
+            # the one packet that proves something: n2's key, verified, on a packet claiming to be n1
+            [ev] = [e for e in n0.recent_events if e["kind"] == "security.impersonation"]
+            assert ev["peer"] == "n2" and ev["details"]["claimed"] == "n1"
+            assert c["auth_evidence.impersonation"] == 1
+            t = n0.telemetry()
+            assert t["failed_auth"] == 0 and t["rejected_packets"] == dict.fromkeys(reasons, 1)
+            assert n0.telemetry()["rejected_packets"] == {}            # per report
             assert n0.core.neighbours.links.keys() == {"n1"}       # the link itself is unaffected
         finally:
             await rt.stop()
@@ -143,7 +147,7 @@ def test_offline_rotation_rekeys_channels_without_loss_and_revocation_isolates()
             auth.revoke("n4", "compromised")
             await eventually(lambda: all("n4" not in rt.agents[p].core.neighbours.links
                                          for p in ("n1", "n3", "n5", "n7")))
-            assert all(rt.agents[p].counters["dropped.revoked_key"] > 0 for p in ("n1", "n3", "n5", "n7"))
+            assert all(rt.agents[p].counters["rejected.revoked_key"] > 0 for p in ("n1", "n3", "n5", "n7"))
             d0 = rt.agents["n8"].counters["delivered"]
             for _ in range(20):
                 rt.send("n0", "n8", b"after")

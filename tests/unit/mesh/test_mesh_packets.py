@@ -61,6 +61,7 @@ def packets(draw, ptype=None):
         body = HelloBody(draw(st.integers(-128, 127)), tuple(nbs))
     key_id = draw(key_ids)
     sig = b"" if key_id == P.NO_KEY else draw(st.one_of(st.binary(max_size=64), st.just(os.urandom(MLDSA65_SIG_LEN))))
+    counter = 0 if key_id == P.NO_KEY else draw(u64)
     return Packet(
         type=ptype,
         sender=draw(ids),
@@ -76,6 +77,7 @@ def packets(draw, ptype=None):
         body=body,
         key_id=key_id,
         signature=sig,
+        counter=counter,
     )
 
 
@@ -114,11 +116,40 @@ def test_mldsa65_signature_fits_with_data():
 def test_header_layout_is_documented_32_bytes():
     p = Packet(RREQ, "a", "bb", "ccc", ttl=7, hop_count=2, origin_seq=1, dest_seq=2, packet_id=3, timestamp_ns=4)
     w = encode(p)
-    assert w[:2] == b"X6" and w[2] == 1 and w[3] == RREQ and w[5] == 7 and w[6] == 2
+    assert w[:2] == b"X6" and w[2] == 2 and w[3] == RREQ and w[5] == 7 and w[6] == 2
     assert w[7:10] == bytes([1, 2, 3])
     assert struct.unpack("!IIIQH", w[10:32]) == (1, 2, 3, 4, 0)
     assert w[32:38] == b"abbccc"
-    assert w[38:46] == P.NO_KEY and w[46:48] == b"\x00\x00" and len(w) == 48
+    assert w[38:46] == P.NO_KEY and w[46:54] == bytes(8) and w[54:56] == b"\x00\x00" and len(w) == 56
+
+
+def test_trailer_carries_the_packet_counter_inside_the_signed_region():
+    p = Packet(HELLO, "n1", "n1", body=HelloBody(), key_id=b"K" * 8, counter=0x0102030405060708,
+               signature=b"s" * 5)
+    w = encode(p)
+    region = signing_bytes(p)
+    # the counter is the last 8 bytes of the signed region, right after the key id
+    assert region[-16:] == b"K" * 8 + bytes.fromhex("0102030405060708")
+    assert w == region + b"\x00\x05" + b"s" * 5
+    assert decode(w).counter == 0x0102030405060708
+    # a different counter is a different signed message
+    assert signing_bytes(p.with_(counter=p.counter + 1)) != region
+
+
+def test_counter_without_key_and_old_version_are_refused_with_their_reason():
+    with pytest.raises(PacketError, match="bad_trailer: packet counter without key id"):
+        encode(Packet(HELLO, "n1", "n1", body=HelloBody(), counter=5))
+    w = bytearray(encode(Packet(HELLO, "n1", "n1", body=HelloBody())))
+    w[-10:-2] = (5).to_bytes(8, "big")
+    with pytest.raises(PacketError, match="bad_trailer: packet counter without key id"):
+        decode(bytes(w))
+    v1 = bytearray(encode(Packet(HELLO, "n1", "n1", body=HelloBody())))
+    v1[2] = 1
+    with pytest.raises(PacketError) as ei:
+        decode(bytes(v1))
+    assert ei.value.reason == "bad_version" and "version 1, this node speaks 2" in str(ei.value)
+    with pytest.raises(PacketError, match="bad_field: counter"):
+        encode(Packet(HELLO, "n1", "n1", body=HelloBody(), key_id=b"K" * 8, counter=1 << 64))
 
 
 def _valid() -> bytes:
@@ -131,7 +162,7 @@ def _valid() -> bytes:
         (lambda w: w[:10], "short"),
         (lambda w: w + b"\x00" * (MAX_DATAGRAM + 1 - len(w)), "oversized"),
         (lambda w: b"XX" + w[2:], "bad_magic"),
-        (lambda w: w[:2] + b"\x02" + w[3:], "bad_version"),
+        (lambda w: w[:2] + b"\x01" + w[3:], "bad_version"),
         (lambda w: w[:3] + b"\x09" + w[4:], "bad_type"),
         (lambda w: w[:4] + b"\x80" + w[5:], "bad_flags"),
         (lambda w: w[:5] + b"\x00" + w[6:], "bad_ttl"),
