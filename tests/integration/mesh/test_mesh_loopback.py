@@ -149,14 +149,17 @@ async def test_bad_signature_dropped_and_counted():
 
     async with MeshRuntime(topo, seed=3, signer=signer, verifier=verifier, event_sink=events.append) as rt:
         # a few HELLO rounds: n0 and n1 become neighbours, n1 rejects what n2 signs (telemetry() is not
-        # called while waiting: it hands out failed_auth per report)
+        # called while waiting: it hands out rejected_packets per report)
         await eventually(lambda: rt.agents["n0"].core.neighbours.peers() == ["n1"]
                          and rt.agents["n1"].counters["dropped.bad_signature"] > 0, 10)
         assert rt.agents["n0"].core.neighbours.peers() == ["n1"]
         assert rt.agents["n1"].core.neighbours.peers() == ["n0"]  # n2's HELLOs rejected by n1
         t = rt.agents["n1"].telemetry()
-        assert t["failed_auth"] > 0 and t["counters"]["dropped.bad_signature"] > 0
-        assert any(e["kind"] == "security.bad_signature" and e["peer"] == "n2" for e in events)
+        assert t["rejected_packets"]["bad_signature"] > 0 and t["counters"]["dropped.bad_signature"] > 0
+        # counted against n1, the receiver: a refused signature proves nothing about n2 (failed_auth stays 0)
+        assert t["failed_auth"] == 0
+        assert any(e["kind"] == "security.bad_signature" and e["node_id"] == "n1" and e["peer"] == ""
+                   and e["details"]["claimed"] == "n2" for e in events)
 
 
 async def test_impairments_loss_latency_partition_pause():
