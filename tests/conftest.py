@@ -98,6 +98,15 @@ async def nc(nats_server: NatsServer):
     await client.close()
 
 
+def violations(stack: Stack) -> list[str]:
+    """The permission violations nats-server logged for this stack (a legitimate flow causes none)."""
+    log = stack.data_dir / "logs" / "nats-server.log"
+    try:
+        return [line for line in log.read_text(errors="replace").splitlines() if "Violation" in line]
+    except OSError:
+        return []
+
+
 def unready_logs(stack: Stack, lines: int = 15) -> str:
     out = []
     for sp in stack.procs:
@@ -110,13 +119,21 @@ def unready_logs(stack: Stack, lines: int = 15) -> str:
 
 @pytest.fixture
 def stack_factory(tmp_path: pathlib.Path):
-    """Start a Stack (real nats-server + real service processes); everything is stopped at teardown."""
+    """Start a Stack (real nats-server + real service processes); everything is stopped at teardown. The bus is
+    secured as in production (TLS, one nkey identity per process, least-privilege permissions): a test speaks
+    on it with ``await stack.connect(identity)`` (the operator by default, a service's name to act as that
+    service) and starts mesh hosts with ``stack.mesh_host_env(host, nodes)``. At teardown the nats-server log
+    must hold no permission violation: a legitimate flow is never refused."""
     stacks: list[Stack] = []
+    tolerant: set[int] = set()
 
     def make(services=("monitor", "analyzer", "planner", "executor", "governance", "keyvault"),
-             replicas: int = 1, env: dict | None = None, name: str = "stack", ready_s: float = 90.0) -> Stack:
-        s = Stack(tmp_path / name, tuple(services), replicas, env=dict(env or {}))
+             replicas: int = 1, env: dict | None = None, name: str = "stack", ready_s: float = 90.0,
+             secure: bool = True, violations_expected: bool = False) -> Stack:
+        s = Stack(tmp_path / name, tuple(services), replicas, env=dict(env or {}), secure=secure)
         stacks.append(s)
+        if violations_expected:
+            tolerant.add(id(s))
         try:
             return s.start(scaled(ready_s))
         except TimeoutError as e:   # say why: the end of each unready service's log
@@ -125,3 +142,6 @@ def stack_factory(tmp_path: pathlib.Path):
     yield make
     for s in stacks:
         s.stop()
+    refused = [f"{s.data_dir.name}: {line}" for s in stacks if id(s) not in tolerant for line in violations(s)]
+    assert not refused, "nats-server refused a legitimate flow (fix bus/permissions.py or the test's identity):\n" \
+        + "\n".join(refused[:20])

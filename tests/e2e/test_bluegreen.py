@@ -12,7 +12,6 @@ import sys
 import time
 import uuid
 
-import nats
 import psutil
 import pytest
 from testkit import eventually, mesh_ready, scaled
@@ -32,7 +31,7 @@ NODES = {f"n{i}" for i in range(9)}
 
 
 def start_blue(stack, health_port: int) -> subprocess.Popen:
-    env = stack.service_env("mesh-host", 0, 0)
+    env = stack.mesh_host_env("mesh", sorted(NODES))    # blue's own bus identity; green speaks as blue
     env.pop("X0TTA6BL4_KUBE_CONTEXT", None)
     proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", "grid:9",
                              "--traffic", "n0:n8", "--version", "v1", "--instance", "mesh-v1",
@@ -51,7 +50,11 @@ async def deploy(stack, nc, js, params: dict, timeout_s: float | None = None) ->
                                    action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_DEPLOY, params=params))
     # the executor runs only approved actions: signed here with the planner's key of the stack's secrets
     sign_approval(req, Signer.load("planner", stack.secrets.signing_file("planner")), timeout_s + 60, time.time_ns())
-    await Publisher(nc, "test").publish(subjects.MAPEK_ACTION, req)
+    planner = await stack.connect("planner")     # only the planner and governance may publish mapek.action
+    try:
+        await Publisher(planner, "test").publish(subjects.MAPEK_ACTION, req)
+    finally:
+        await planner.close()
 
     async def result():
         for m in await read_all(js, subjects.MAPEK_RESULT):
@@ -97,7 +100,7 @@ async def test_blue_green_switches_to_green_keeps_every_node_and_retires_blue(st
     stack = stack_factory(services=("monitor", "executor"))
     before = {p.pid for p in psutil.process_iter()}
     blue = start_blue(stack, free_port())
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     js = nc.jetstream()
     hosts = HostControl(nc)
     green_pid = 0
@@ -144,7 +147,7 @@ async def test_blue_green_with_failing_health_check_rolls_back(stack_factory):
     stack = stack_factory(services=("monitor", "executor"))
     before = {p.pid for p in psutil.process_iter()}
     blue = start_blue(stack, free_port())
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     js = nc.jetstream()
     hosts = HostControl(nc)
     try:

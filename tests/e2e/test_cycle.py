@@ -24,7 +24,7 @@ CLS = {subjects.MAPEK_TELEMETRY: events_pb2.TelemetryWindow, subjects.MAPEK_ANOM
 
 
 async def kill_and_follow(stack, victim="n4", timeout=20.0):
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     js = nc.jetstream()
     try:
         await eventually(lambda: mesh_ready(js, 9), 30)
@@ -126,7 +126,7 @@ async def test_a_rerouted_node_that_comes_back_is_reinstated_after_its_probation
     from x0tta6bl4.bus.reader import mesh_telemetry
     stack = stack_factory(env={"X0TTA6BL4_REINSTATE_AFTER_S": "1"})
     mesh = start_mesh(stack)
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     js = nc.jetstream()
     try:
         _, v, _, _ = await kill_and_follow(stack, "n4")

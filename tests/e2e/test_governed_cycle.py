@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 
 import grpc
-import nats
 import pytest
 from testkit import consistently, eventually, mesh_ready, start_mesh
 
@@ -36,7 +35,7 @@ async def governed_incident(stack_factory, choice: str):
                                 metadata=admin_metadata(directory=stack.data_dir))
         voters.append((name, key))
     mesh = start_mesh(stack)
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     js = nc.jetstream()
     try:
         await eventually(lambda: mesh_ready(js, 9), 30)

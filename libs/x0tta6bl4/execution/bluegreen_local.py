@@ -221,9 +221,29 @@ class LocalPlatform(HostControl):
         return cmd
 
     @staticmethod
-    def _spawn(cmd: list[str], log_file: pathlib.Path) -> subprocess.Popen:
-        env = dict(os.environ)
+    def green_env(blue: HostInfo | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Green's environment: this process's, but never its bus identity or signing key. On a secured bus
+        green speaks as the blue host it replaces (the same nodes): blue's identity, whose nkey lies beside
+        this process's own (a local stack's secrets; on Kubernetes the green Deployment mounts blue's)."""
+        environ = os.environ if environ is None else environ
+        env = {k: v for k, v in environ.items()
+               if k == "X0TTA6BL4_NATS_URL" or not k.startswith(("X0TTA6BL4_NATS_", "X0TTA6BL4_SIGNING_"))}
         env["PYTHONUNBUFFERED"] = "1"
+        own = environ.get("X0TTA6BL4_NATS_NKEY_FILE")
+        if own:
+            if blue is None or not blue.bus_identity:
+                raise DeployError("on a secured bus green needs the bus identity of the blue host it replaces; "
+                                  "no blue host reported one")
+            nkey = pathlib.Path(own).parent / f"{blue.bus_identity}.nk"
+            if not nkey.is_file():
+                raise DeployError(f"green needs blue's bus identity {blue.bus_identity!r}: {nkey} not found")
+            env.update({"X0TTA6BL4_NATS_NKEY_FILE": str(nkey), "X0TTA6BL4_NATS_IDENTITY": blue.bus_identity})
+            if environ.get("X0TTA6BL4_NATS_CA_FILE"):
+                env["X0TTA6BL4_NATS_CA_FILE"] = environ["X0TTA6BL4_NATS_CA_FILE"]
+        return env
+
+    @staticmethod
+    def _spawn(cmd: list[str], log_file: pathlib.Path, env: dict[str, str]) -> subprocess.Popen:
         with open(log_file, "ab") as fh:     # green outlives the executor: its own session
             proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
@@ -241,7 +261,8 @@ class LocalPlatform(HostControl):
         out = self.data_dir / "deploy"
         out.mkdir(parents=True, exist_ok=True)
         self.log_file = out / f"{spec.green_instance}.log"
-        self.proc = await asyncio.to_thread(self._spawn, self.green_command(spec, blue, port), self.log_file)
+        self.proc = await asyncio.to_thread(self._spawn, self.green_command(spec, blue, port), self.log_file,
+                                            self.green_env(blue))
         (out / f"{spec.green_instance}.pid").write_text(f"{self.proc.pid}\n")
         note = "" if port == spec.health_port else f" ({spec.health_port} busy)"
         return f"green {spec.green_instance} pid {self.proc.pid}, /health on :{port}{note}"

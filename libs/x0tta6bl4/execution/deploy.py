@@ -114,6 +114,7 @@ class HostInfo:
     keys: str = ""
     health_port: int = 0
     pid: int = 0
+    bus_identity: str = ""     # its NATS identity on a secured bus (a local green speaks as blue does)
 
     @classmethod
     def from_status(cls, d: Mapping) -> HostInfo:
@@ -121,7 +122,8 @@ class HostInfo:
                    nodes=tuple(d.get("nodes") or ()), topology=str(d.get("topology", "")),
                    traffic=tuple(d.get("traffic") or ()), rate=float(d.get("rate") or 0.0),
                    telemetry_interval=float(d.get("telemetry_interval") or 0.25), keys=str(d.get("keys", "")),
-                   health_port=int(d.get("health_port") or 0), pid=int(d.get("pid") or 0))
+                   health_port=int(d.get("health_port") or 0), pid=int(d.get("pid") or 0),
+                   bus_identity=str(d.get("bus_identity", "")))
 
 
 @dataclass(frozen=True)

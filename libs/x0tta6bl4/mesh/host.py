@@ -498,7 +498,8 @@ class MeshHost:
                 "nodes": self.nodes, "topology": self.topology_spec, "health_port": self.health_port,
                 "traffic": [f"{s}:{d}" for s, d, _ in self._flows],
                 "rate": self._flows[0][2] if self._flows else 0.0, "telemetry_interval": self.telemetry_interval,
-                "keys": keys, "ready": self.ready, "converged": self.runtime.started and self.runtime.converged()}
+                "keys": keys, "ready": self.ready, "converged": self.runtime.started and self.runtime.converged(),
+                "bus_identity": self.creds.identity if self.creds else os.environ.get("X0TTA6BL4_NATS_IDENTITY", "")}
 
     def stats(self) -> dict[str, Any]:
         """Per hosted node: DATA sent per flow and delivered per origin, security state (key id,

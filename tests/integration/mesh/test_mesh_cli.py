@@ -1,4 +1,6 @@
-"""meshctl mesh up/status/down and meshctl fault ... on a real stack (nats-server + monitor) with a real mesh host."""
+"""meshctl mesh up/status/down and meshctl fault ... on a real stack (nats-server + monitor) with a real mesh host.
+The bus is secured: meshctl speaks as the operator (the stack's secrets, found from --data-dir), every mesh host
+process as its own identity that ``mesh up`` registers and ``mesh down`` withdraws."""
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import nats
 import pytest
 from testkit import eventually_sync
 from typer.testing import CliRunner
@@ -29,10 +30,10 @@ def meshctl(*args: str, ok: bool = True):
     return out
 
 
-def live(url: str, seconds: float = 0.8) -> dict[str, events_pb2.NodeTelemetry]:
-    """The latest telemetry of each node heard during a sampling window of ``seconds``."""
+def live(stack, seconds: float = 0.8) -> dict[str, events_pb2.NodeTelemetry]:
+    """The latest telemetry of each node heard during a sampling window of ``seconds`` (as the operator)."""
     async def go():
-        nc = await nats.connect(url)
+        nc = await stack.connect()
         out: dict[str, events_pb2.NodeTelemetry] = {}
 
         async def cb(m):
@@ -45,10 +46,10 @@ def live(url: str, seconds: float = 0.8) -> dict[str, events_pb2.NodeTelemetry]:
     return asyncio.run(go())
 
 
-def wait_live(url: str, pred, timeout: float = 15.0) -> dict[str, events_pb2.NodeTelemetry]:
+def wait_live(stack, pred, timeout: float = 15.0) -> dict[str, events_pb2.NodeTelemetry]:
     """Sample live telemetry until ``pred`` holds for a sample."""
     def sample():
-        tel = live(url)
+        tel = live(stack)
         assert pred(tel), f"routes heard: { {n: dict(t.routes) for n, t in tel.items()} }"
         return tel
     return eventually_sync(sample, timeout, 0)
@@ -66,7 +67,7 @@ def status_shows(needle: str, *args: str, timeout: float = 10.0) -> str:
 
 def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
     stack = stack_factory(services=("monitor",))
-    url, data = stack.url, str(tmp_path / "var")
+    url, data = stack.url, str(stack.data_dir)
     common = ["--nats", url, "--data-dir", data]
 
     # nothing running yet: one clear line each
@@ -79,11 +80,13 @@ def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
     out = meshctl("mesh", "up", "--nodes", "9", "--topology", "grid", "--traffic", "n0:n8", "--rate", "50",
                   "--detach", *common)
     assert "9 nodes, 12 links (grid3x3), loopback mode" in out
-    state = json.loads((tmp_path / "var" / "mesh.json").read_text())
+    state = json.loads((stack.data_dir / "mesh.json").read_text())
     assert state["mode"] == "loopback" and len(state["nodes"]) == 9
+    # the host process has its own bus identity for exactly these nodes (registered, nats-server reloaded)
+    assert stack.secrets.hosts() == {"mesh": sorted(state["nodes"])} and state["identities"] == ["mesh"]
     assert "already running" in meshctl("mesh", "up", *common, ok=False)
     try:
-        tel = wait_live(url, lambda t: len(t) == 9 and "n8" in t.get("n0", events_pb2.NodeTelemetry()).routes
+        tel = wait_live(stack, lambda t: len(t) == 9 and "n8" in t.get("n0", events_pb2.NodeTelemetry()).routes
                         and t["n0"].counters.get("acked", 0) > 10)
         # status comes from the monitor's telemetry bucket: every node, neighbours and routes
         out = status_shows("from telemetry bucket", *common)
@@ -96,7 +99,7 @@ def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
         assert victim in ("n1", "n3")
         acked = tel["n0"].counters["acked"]
         assert "ok — fault kill applied" in meshctl("fault", "kill", victim, *common)
-        tel = wait_live(url, lambda t: victim not in t and t["n0"].routes.get("n8") not in (None, victim)
+        tel = wait_live(stack, lambda t: victim not in t and t["n0"].routes.get("n8") not in (None, victim)
                         and t["n0"].counters.get("acked", 0) > acked + 20, timeout=10)
         assert victim not in tel["n0"].neighbours
         status_shows("unreachable", *common)     # the monitor declares the killed node unreachable
@@ -112,15 +115,17 @@ def test_meshctl_mesh_and_faults_loopback(stack_factory, tmp_path):
         assert "no link" not in meshctl("fault", "flap", "n2", "--peer", "n5", "--period", "0.1", "--count", "1",
                                         *common)
         meshctl("fault", "loss", "n7", "140", *common, ok=False)  # out of range: rejected by the CLI
-        tel = wait_live(url, lambda t: "n5" not in t.get("n4", events_pb2.NodeTelemetry(neighbours=["n5"])).neighbours)
+        tel = wait_live(stack, lambda t: "n5" not in t.get("n4",
+                                                            events_pb2.NodeTelemetry(neighbours=["n5"])).neighbours)
 
         out = meshctl("fault", "heal", *common)
         assert out.count("HEAL: ok") == 9 and "failed" not in out
-        wait_live(url, lambda t: len(t) == 9 and "n5" in t["n4"].neighbours and victim in t["n0"].neighbours)
+        wait_live(stack, lambda t: len(t) == 9 and "n5" in t["n4"].neighbours and victim in t["n0"].neighbours)
     finally:
         out = meshctl("mesh", "down", "--data-dir", data)
     assert "mesh stopped: 9 nodes" in out
-    assert not (tmp_path / "var" / "mesh.json").exists()
+    assert not (stack.data_dir / "mesh.json").exists()
+    assert stack.secrets.hosts() == {} and not stack.secrets.nkey_file("mesh-host-mesh").exists()   # withdrawn
     with pytest.raises(ProcessLookupError):
         os.kill(state["pid"], 0)
 
@@ -129,7 +134,7 @@ def test_meshctl_mesh_up_over_two_host_processes_with_keys(stack_factory, tmp_pa
     """meshctl mesh up --hosts 2 --keys: one mesh over two host processes, identities from the stack's
     keyvault, signed HELLOs and encrypted links; traffic crosses the process boundary; down stops all."""
     stack = stack_factory(services=("keyvault",))
-    url, data = stack.url, str(tmp_path / "var")
+    url, data = stack.url, str(stack.data_dir)
     common = ["--nats", url, "--data-dir", data]
     env = {**ENV, "X0TTA6BL4_KEYVAULT_ADDR": stack.grpc_addr("keyvault")}
     assert "--netns" in meshctl("mesh", "up", "--netns", "--hosts", "2", *common, ok=False)
@@ -137,11 +142,12 @@ def test_meshctl_mesh_up_over_two_host_processes_with_keys(stack_factory, tmp_pa
                                  "--traffic", "n0:n5", "--rate", "20", "--detach", *common], env=env)
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     assert "2 host processes" in r.output and "signed HELLOs" in r.output
-    state = json.loads((tmp_path / "var" / "mesh.json").read_text())
+    state = json.loads((stack.data_dir / "mesh.json").read_text())
+    assert stack.secrets.hosts() == {"mesh-0": ["n0", "n1", "n2"], "mesh-1": ["n3", "n4", "n5"]}   # one each
     children = [int(p) for p in Path(f"/proc/{state['pid']}/task/{state['pid']}/children").read_text().split()]
     assert len(children) == 2
     try:
-        tel = wait_live(url, lambda t: len(t) == 6 and t.get("n0", events_pb2.NodeTelemetry()).counters.get(
+        tel = wait_live(stack, lambda t: len(t) == 6 and t.get("n0", events_pb2.NodeTelemetry()).counters.get(
             "acked", 0) > 10, timeout=60)
         assert all(t.counters.get("channels.established", 0) > 0 for t in tel.values())
         assert all(t.counters.get("failed_auth", 0) == 0 for t in tel.values())
@@ -159,25 +165,25 @@ def test_meshctl_mesh_reinstate_undoes_an_avoid(stack_factory, tmp_path):
     from x0tta6bl4.cli.mesh import send_command
     from x0tta6bl4.v1 import mesh_pb2
     stack = stack_factory(services=("monitor",))
-    url, data = stack.url, str(tmp_path / "var")
+    url, data = stack.url, str(stack.data_dir)
     common = ["--nats", url, "--data-dir", data]
     meshctl("mesh", "up", "--nodes", "4", "--topology", "line", "--traffic", "n0:n3", "--rate", "50", "--detach",
             *common)
     try:
-        wait_live(url, lambda t: t.get("n0", events_pb2.NodeTelemetry()).routes.get("n3") == "n1")
+        wait_live(stack, lambda t: t.get("n0", events_pb2.NodeTelemetry()).routes.get("n3") == "n1")
 
         async def avoid():
-            nc = await nats.connect(url)
+            nc = await stack.connect()
             try:
                 return await asyncio.gather(*(send_command(nc, n, mesh_pb2.MeshCommand.KIND_AVOID_NODE, peer="n2")
                                               for n in ("n0", "n1", "n3")))
             finally:
                 await nc.close()
         assert all(ok for ok, _ in asyncio.run(avoid()))
-        tel = wait_live(url, lambda t: "n3" not in t.get("n1", events_pb2.NodeTelemetry(routes={"n3": "x"})).routes)
+        tel = wait_live(stack, lambda t: "n3" not in t.get("n1", events_pb2.NodeTelemetry(routes={"n3": "x"})).routes)
         acked = tel["n0"].counters.get("acked", 0)
         out = meshctl("mesh", "reinstate", "n2", *common)
         assert "reinstate n2: 3/3 nodes route through it again" in out
-        wait_live(url, lambda t: t["n1"].routes.get("n3") == "n2" and t["n0"].counters.get("acked", 0) > acked + 20)
+        wait_live(stack, lambda t: t["n1"].routes.get("n3") == "n2" and t["n0"].counters.get("acked", 0) > acked + 20)
     finally:
         meshctl("mesh", "down", "--data-dir", data)

@@ -1,6 +1,7 @@
 """``python -m x0tta6bl4.mesh.cluster``: one mesh over two host processes behind one supervisor with
 the mesh host's command line and ready line (what ``meshctl mesh up`` starts); DATA crosses the
-process boundary, both hosts report telemetry, SIGTERM stops everything."""
+process boundary, both hosts report telemetry (each as its own bus identity, from ``--secrets``), SIGTERM
+stops everything."""
 from __future__ import annotations
 
 import asyncio
@@ -10,10 +11,10 @@ import signal
 import subprocess
 import sys
 
-import nats
 from testkit import eventually, eventually_sync
 
-from x0tta6bl4.bus.connection import ensure_topology
+from x0tta6bl4.mesh.cluster import partition
+from x0tta6bl4.mesh.topology import parse_spec
 from x0tta6bl4.v1 import events_pb2
 
 
@@ -29,15 +30,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_cluster_cli_runs_one_mesh_over_two_hosts_and_stops_them(nats_server, tmp_path):
-    async def prep():
-        nc = await nats.connect(nats_server.url)
-        await ensure_topology(nc.jetstream())
-        await nc.close()
-    asyncio.run(prep())
-    proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.cluster", "--nats", nats_server.url,
+def test_cluster_cli_runs_one_mesh_over_two_hosts_and_stops_them(stack_factory, tmp_path):
+    stack = stack_factory(services=())      # nats-server (secured, provisioned) only
+    shards = partition(parse_spec("grid:9"), 2)
+    for i, nodes in enumerate(shards):      # each host process: its own identity, its own nodes only
+        stack.add_mesh_host(f"mesh-{i}", nodes)
+    env = {k: v for k, v in stack.base_env().items() if not k.startswith("X0TTA6BL4_NATS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.cluster", "--nats", stack.url,
                              "--topology", "grid:9", "--hosts", "2", "--traffic", "n0:n8", "--rate", "20",
-                             "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--data-dir", str(tmp_path), "--secrets", str(stack.secrets.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         ready = json.loads(proc.stdout.readline())
         assert ready["ready"] and len(ready["nodes"]) == 9 and len(ready["links"]) == 12
@@ -46,7 +48,7 @@ def test_cluster_cli_runs_one_mesh_over_two_hosts_and_stops_them(nats_server, tm
         assert (tmp_path / "mesh-cluster" / "addresses.json").exists()
 
         async def watch():
-            nc = await nats.connect(nats_server.url)
+            nc = await stack.connect()
             seen: dict[str, events_pb2.NodeTelemetry] = {}
 
             async def cb(msg):

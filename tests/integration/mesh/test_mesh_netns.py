@@ -79,25 +79,19 @@ def _ns_out(ns: str, *cmd: str) -> str:
     return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True).stdout
 
 
-def test_meshctl_netns_kill_reroutes_and_kernel_faults(nats_server, tmp_path):
+def test_meshctl_netns_kill_reroutes_and_kernel_faults(stack_factory):
     import asyncio
     import json
 
     import nats
     from typer.testing import CliRunner
 
-    from x0tta6bl4.bus.connection import ensure_topology
     from x0tta6bl4.cli.mesh import cli
     from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
-    url, data = nats_server.url, str(tmp_path / "var")
+    stack = stack_factory(services=())       # a secured, provisioned nats-server: the host gets an identity
+    url, data = stack.url, str(stack.data_dir)
     common = ["--nats", url, "--data-dir", data]
-
-    async def setup():
-        nc = await nats.connect(url)
-        await ensure_topology(nc.jetstream())
-        await nc.close()
-    asyncio.run(setup())
 
     def meshctl(*args: str) -> str:
         r = CliRunner().invoke(cli, list(args), env={"COLUMNS": "250", "X0TTA6BL4_NATS_URL": ""})
@@ -105,7 +99,7 @@ def test_meshctl_netns_kill_reroutes_and_kernel_faults(nats_server, tmp_path):
         return r.output
 
     async def snapshot(seconds=0.8):
-        nc = await nats.connect(url)
+        nc = await stack.connect()
         tel, evs = {}, []
 
         async def on_tel(m):
@@ -133,7 +127,7 @@ def test_meshctl_netns_kill_reroutes_and_kernel_faults(nats_server, tmp_path):
     out = meshctl("mesh", "up", "--nodes", "6", "--topology", "ring", "--traffic", "n0:n2", "--rate", "50",
                   "--netns", "--detach", *common)
     assert "6 nodes, 6 links (ring6), netns mode" in out
-    state = json.loads((tmp_path / "var" / "mesh.json").read_text())
+    state = json.loads((stack.data_dir / "mesh.json").read_text())
     ns = state["namespaces"]
     try:
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
