@@ -221,13 +221,15 @@ def keyvault_key(directory: KeyDirectory, ev: events_pb2.AuditEvent) -> bytes:
     return HybridVerifyKey.from_bytes(rec.public_key).mldsa.public_bytes()
 
 
-def trusted_keys(bundle: TrustBundle, keyvault: KeyDirectory | None = None) -> KeyLookup:
+def trusted_keys(bundle: TrustBundle, keyvault: KeyDirectory | None = None,
+                 unverified: str = NO_KEYVAULT_ROOT) -> KeyLookup:
     """Services' chains against the trust bundle; edge chains against keyvault-signed records (``keyvault``
-    is fed from the ``keys`` bucket and verifies against a root from configuration; None: not pinned)."""
+    is fed from the ``keys`` bucket and verifies against a root pinned by configuration; None: no pinned
+    root, edge chains are reported ``unverified`` with that reason)."""
     def lookup(ev: events_pb2.AuditEvent) -> bytes:
         if ev.service == EDGE_SERVICE:
             if keyvault is None:
-                raise Unverifiable(NO_KEYVAULT_ROOT)
+                raise Unverifiable(unverified or NO_KEYVAULT_ROOT)
             return keyvault_key(keyvault, ev)
         return bundle_key(bundle, ev)
     return lookup

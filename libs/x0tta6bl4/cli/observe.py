@@ -114,24 +114,35 @@ def audit_tail(last: int = typer.Option(20, help="how many past events to show")
 
 TrustOpt = typer.Option(None, "--trust", envvar="X0TTA6BL4_TRUST_FILE",
                         help="trust bundle with the services' public keys (default: <data-dir>/secrets/trust.json)")
-RootOpt = typer.Option(None, "--keyvault-root", envvar="X0TTA6BL4_KEYVAULT_ROOT_FILE",
-                       help="the keyvault root ML-DSA-65 public key (raw or hex), pinned out of band: edge "
-                            "chains are verified against its signed key records (without it: unverified)")
+RootOpt = typer.Option(None, "--keyvault-root", envvar="X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT",
+                       help="fingerprint (sha256:<hex>) of keyvault's root key, pinned out of band (default: the "
+                            "stack's secrets/keyvault/root.pub): edge chains are verified against the key records "
+                            "it signed; without a pinned root they are reported unverified")
 
 
-def load_keyvault_root(path: pathlib.Path):
-    """The pinned keyvault root public key from a file (1952 raw bytes or their hex)."""
-    from x0tta6bl4.pqc import MLDSA65PublicKey
+def pinned_keyvault_root(fingerprint: str | None, data_dir: pathlib.Path, bucket_root: bytes | None):
+    """(the keyvault root public key, "") when a fingerprint is pinned and a key matching it is found (the
+    deployment's secrets/keyvault/root.pub, else the ``keys`` bucket's informational copy); else (None, why)."""
+    from x0tta6bl4.audit.chain import NO_KEYVAULT_ROOT
+    from x0tta6bl4.keyvault import pin
+    secrets_dir = data_dir / "secrets"
+    fp = fingerprint or pin.pinned_fingerprint(secrets_dir)
+    if not fp:
+        return None, NO_KEYVAULT_ROOT
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        fail(f"--keyvault-root {str(path)!r}: cannot read ({e.strerror})")
-    try:
-        if len(raw) != 1952:
-            raw = bytes.fromhex(raw.decode("ascii").strip())
-        return MLDSA65PublicKey.from_bytes(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        fail(f"--keyvault-root {str(path)!r}: not an ML-DSA-65 public key (1952 bytes, raw or hex): {e}")
+        fp = pin.normalize(fp)
+    except pin.RootPinError as e:
+        fail(str(e))
+    pub = secrets_dir / pin.ROOT_PUB_FILE
+    why = "no copy of the key found"
+    for source, raw in ((str(pub), pub.read_bytes() if pub.is_file() else None), ("the keys bucket", bucket_root)):
+        if not raw:
+            continue
+        try:
+            return pin.check(raw, fp, source=source), ""
+        except Exception as e:  # noqa: BLE001 - not this fingerprint or not a key at all: try the next copy
+            why = str(e)
+    return None, f"no keyvault root matching the pinned {fp} ({why})"
 
 
 def keyvault_directory(root, entries: dict[str, bytes]):
@@ -141,6 +152,8 @@ def keyvault_directory(root, entries: dict[str, bytes]):
     from x0tta6bl4.pqc import PQCError
     directory, rejected = KeyDirectory(root), 0
     for key, value in sorted(entries.items()):
+        if key == "root":
+            continue                      # the informational copy of the root (checked by fingerprint)
         try:
             directory.apply(key, value)
         except (PQCError, ValueError):
@@ -176,30 +189,35 @@ def print_report(report: TrailReport, rejected_records: int = 0) -> None:
 
 @audit_app.command("verify")
 def audit_verify(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt,
-                 trust: pathlib.Path | None = TrustOpt, keyvault_root: pathlib.Path | None = RootOpt,
+                 trust: pathlib.Path | None = TrustOpt, keyvault_root: str | None = RootOpt,
                  json_out: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
     """Prove the audit trail has no gap and no edit and that trusted keys signed it: every entry is checked;
     garbage, forged, edited, unknown-key and broken-link entries are reported per chain and the rest verified.
+    Services' chains are checked against the trust bundle, edge nodes' against keyvault-signed key records.
     Exit code 1 when anything is wrong."""
+    from x0tta6bl4.keyvault.distribution import BUCKET as KEYS_BUCKET
+    from x0tta6bl4.keyvault.distribution import ROOT_KEY
     path = trust or data_dir / "secrets" / "trust.json"
     try:
         bundle = TrustBundle.load(path)
     except TrustError as e:
         fail(f"{e}: the trust bundle is needed to know whose keys to trust (--trust or X0TTA6BL4_TRUST_FILE)")
-    root = load_keyvault_root(keyvault_root) if keyvault_root is not None else None
-    from x0tta6bl4.keyvault.distribution import BUCKET as KEYS_BUCKET
 
     async def go():
         nc = await connect(nats_url(nats, data_dir))
         js = nc.jetstream()
         stored = await read_all(js, subjects.AUDIT_ALL, stream=subjects.STREAM_AUDIT)
-        records = await kv_snapshot(js, KEYS_BUCKET) if root is not None else {}   # root-signed: checked
+        try:
+            records = await kv_snapshot(js, KEYS_BUCKET, timeout=5.0)   # root-signed: each is checked
+        except Exception:  # noqa: BLE001 - not readable with these credentials: edge chains stay unverified
+            records = {}
         await nc.close()
         return stored, records
     stored, records = run(go())
     events, garbage = read_trail(stored)
+    root, why = pinned_keyvault_root(keyvault_root, data_dir, records.get(ROOT_KEY))
     directory, rejected = keyvault_directory(root, records) if root is not None else (None, 0)
-    report = verify_chains(events, trusted_keys(bundle, directory), garbage)
+    report = verify_chains(events, trusted_keys(bundle, directory, unverified=why), garbage)
     if json_out:
         typer.echo(json.dumps({**report.to_dict(), "keys_records_rejected": rejected}))
     else:

@@ -8,16 +8,20 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 from testkit import eventually, scaled
 
-from x0tta6bl4.audit.chain import AuditChain, MLDSASigner
+from x0tta6bl4.audit.chain import EDGE_SERVICE, AuditChain, MLDSASigner, NodeAuditSigner
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.connection import NatsCredentials, connect_once
 from x0tta6bl4.bus.permissions import OPERATOR, PROVISIONER
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.bus.reader import read_all
+from x0tta6bl4.keyvault import distribution as dist
+from x0tta6bl4.keyvault import pin
+from x0tta6bl4.pqc import KeyvaultRoot, MLDSA65PrivateKey, NodeIdentity, records_for_identity
 from x0tta6bl4.runtime.stack import Stack, repo_root
 
 pytestmark = pytest.mark.timeout(180)
@@ -96,3 +100,52 @@ async def test_forged_chain_and_garbage_are_reported_and_the_rest_verified(stack
     assert f"chain {forger.chain_id} (governance): 2 event(s), 0 verified; unknown_key 2" in human.stdout
     assert "unreadable entries: 1 event(s), 0 verified; garbage 1 (stream seq" in human.stdout
     assert "1 chain(s) intact" in human.stdout
+
+
+async def test_edge_chains_are_trusted_only_through_records_signed_by_the_pinned_keyvault_root(stack_factory):
+    """An edge node's chain verifies when its signing key has a record signed by the keyvault root the
+    deployment pinned (secrets/keyvault/root.pub, X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT); a node without one
+    is an unknown key; with another root pinned, edge chains are reported unverified, never trusted."""
+    stack = stack_factory(services=("monitor",), env={"X0TTA6BL4_MONITOR_COLLECTOR": "off",
+                                                       "X0TTA6BL4_DISCOVER_HOSTS": "false"})
+    assert stack.secrets is not None
+    root = KeyvaultRoot(MLDSA65PrivateKey.from_private_bytes((stack.secrets.root / pin.ROOT_KEY_FILE).read_bytes()))
+    known = NodeIdentity.generate("x0tta6bl4.mesh", "n4", now=time.time())
+    stranger = NodeIdentity.generate("x0tta6bl4.mesh", "n8", now=time.time())
+
+    admin = await connect_as(stack, PROVISIONER)      # keyvault's records, as keyvault writes them
+    try:
+        kv = await admin.jetstream().key_value(dist.BUCKET)
+        for rec in records_for_identity(known):
+            await kv.put(dist.key_key(rec.key_id), root.sign(rec).to_bytes())
+    finally:
+        await admin.close()
+    chains = {}
+    op = await connect_as(stack, OPERATOR)            # edge sync publishes as the operator
+    try:
+        pub = Publisher(op, EDGE_SERVICE)
+        for ident in (known, stranger):
+            node = ident.spiffe_id.node_id
+            c = chains[node] = AuditChain(EDGE_SERVICE, NodeAuditSigner(ident), chain_id=f"edge-{node}-s1")
+            for i in range(2):
+                ev = c.next("decision.local", "n5", {"published_by": node, "i": i})
+                await pub.publish(subjects.audit(EDGE_SERVICE, ev.event_type), ev)
+    finally:
+        await op.close()
+
+    r = meshctl(stack, "audit", "verify", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    by_chain = {c["chain_id"]: c for c in json.loads(r.stdout)["results"]}
+    assert by_chain[chains["n4"].chain_id]["verified"] == 2 and by_chain[chains["n4"].chain_id]["counts"] == {}
+    unknown = by_chain[chains["n8"].chain_id]
+    assert unknown["counts"] == {"unknown_key": 2} and unknown["verified"] == 0
+    assert "has no keyvault-signed record" in unknown["examples"]["unknown_key"][0]
+
+    other = "sha256:" + "0" * 64                        # another root pinned: nothing of the edge is trusted
+    r = meshctl(stack, "audit", "verify", "--json", "--keyvault-root", other)
+    assert r.returncode == 0, r.stdout + r.stderr
+    edge = [c for c in json.loads(r.stdout)["results"] if c["service"] == EDGE_SERVICE]
+    assert len(edge) == 2 and all(c["unverified"].startswith(f"no keyvault root matching the pinned {other}")
+                                  for c in edge)
+    human = meshctl(stack, "audit", "verify", "--keyvault-root", other)
+    assert f"chain {chains['n4'].chain_id} (edge): 2 event(s) unverified: no keyvault root matching" in human.stdout
