@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-import nats
 from testkit import eventually
 
 from x0tta6bl4.bus import subjects
@@ -59,7 +58,7 @@ async def audits(js, event_type: str):
 
 
 def start_mesh(stack):
-    env = stack.service_env("mesh-host", 0, 0)
+    env = stack.mesh_host_env("mesh", [f"n{i}" for i in range(9)])    # its own bus identity: these nodes
     proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", "grid:9",
                              "--traffic", "n0:n8", "--data-dir", str(stack.data_dir)], cwd=repo_root(), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
@@ -71,7 +70,7 @@ async def test_shipped_model_detects_a_killed_node_on_the_live_mesh(stack_factor
     stack = stack_factory(services=("monitor", "analyzer"), env={"X0TTA6BL4_WINDOW_S": "0.5"})
     log = (stack.data_dir / "logs" / "analyzer-0.log")
     mesh = start_mesh(stack)
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()          # the operator: reads, commands the mesh
     js = nc.jetstream()
     try:
         async def telemetry_in():
@@ -115,9 +114,10 @@ async def test_bad_telemetry_is_rejected_with_a_reason_and_replicas_give_one_ans
 
     stack, det = await asyncio.gather(asyncio.to_thread(stack_factory, services=("analyzer",), replicas=2),
                                       asyncio.to_thread(load_detector))
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()              # the operator reads the results
     js = nc.jetstream()
-    pub = Publisher(nc, "test")
+    monitor = await stack.connect("monitor")  # telemetry windows come from the monitor's identity only
+    pub = Publisher(monitor, "test")
     try:
         for s in range(3):
             await pub.publish(subjects.MAPEK_TELEMETRY, window(s, healthy(s)))
@@ -128,7 +128,8 @@ async def test_bad_telemetry_is_rejected_with_a_reason_and_replicas_give_one_ans
         await pub.publish(subjects.MAPEK_TELEMETRY, window(4, healthy(4), trigger="n99"))
         # NaN: not even a valid message (published raw, the codec refuses it)
         nan = window(5, [*healthy(5, skip=("n1",)), tel("n1", 5, cpu_pct=float("nan"))], trigger="n1")
-        await js.publish(subjects.MAPEK_TELEMETRY, nan.SerializeToString(), headers={"Nats-Msg-Id": "w-5"})
+        await monitor.jetstream().publish(subjects.MAPEK_TELEMETRY, nan.SerializeToString(),
+                                          headers={"Nats-Msg-Id": "w-5"})
         # a bad bystander (memory > 100 %, a link to itself) is left out and audited; the real fault is found
         mixed = [t for t in healthy(6, skip=("n4", "n6", "n7")) if t]
         mixed += [tel("n4", 6, down=True), tel("n6", 6, mem_pct=250.0), tel("n7", 6)]
@@ -157,6 +158,7 @@ async def test_bad_telemetry_is_rejected_with_a_reason_and_replicas_give_one_ans
         await replicas_agree(nc, js, pub, det)
     finally:
         await nc.close()
+        await monitor.close()
 
 
 async def replicas_agree(nc, js, pub, det):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import nats
 from testkit import eventually
 
 from x0tta6bl4.bus import subjects
@@ -26,9 +25,10 @@ def _anomaly(first_ns: int, cycle: str) -> events_pb2.Anomaly:
 
 async def test_late_anomalies_of_a_repaired_incident_are_not_planned_again(stack_factory):
     stack = stack_factory(services=("planner",))
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()                   # the operator reads plans, audit, incidents
     js = nc.jetstream()
-    pub = Publisher(nc, "test")
+    analyzer, executor = await stack.connect("analyzer"), await stack.connect("executor")
+    pub = Publisher(analyzer, "test")            # anomalies come from the analyzer's identity only
 
     async def plans():
         return [events_pb2.Plan.FromString(m.data) for m in await read_all(js, subjects.MAPEK_PLAN)]
@@ -48,7 +48,7 @@ async def test_late_anomalies_of_a_repaired_incident_are_not_planned_again(stack
         v = events_pb2.Verification(meta=new_meta("executor", "c1"), action_id="a1", recovered=True,
                                     incident_id="n7.node_down", fault_type="node_down")
         v.meta.ts_unix_ns = verified_at
-        await pub.publish(subjects.MAPEK_VERIFIED, v)
+        await Publisher(executor, "test").publish(subjects.MAPEK_VERIFIED, v)   # ... by the executor
         kv = await js.key_value("incidents")
 
         async def resolved():
@@ -67,7 +67,8 @@ async def test_late_anomalies_of_a_repaired_incident_are_not_planned_again(stack
         got = await eventually(lambda: _len_at_least(plans, 2), 20)
         assert [p.meta.cycle_id for p in got] == ["c1", "c4"]
     finally:
-        await nc.close()
+        for c in (nc, analyzer, executor):
+            await c.close()
 
 
 async def _len_at_least(fn, n):
