@@ -12,7 +12,7 @@ import threading
 
 import nats
 import pytest
-from testkit import scaled
+from testkit import scaled, violations
 
 from x0tta6bl4.runtime.stack import NatsServer, Stack
 
@@ -96,15 +96,6 @@ async def nc(nats_server: NatsServer):
     await ensure_topology(client.jetstream())
     yield client
     await client.close()
-
-
-def violations(stack: Stack) -> list[str]:
-    """The permission violations nats-server logged for this stack (a legitimate flow causes none)."""
-    log = stack.data_dir / "logs" / "nats-server.log"
-    try:
-        return [line for line in log.read_text(errors="replace").splitlines() if "Violation" in line]
-    except OSError:
-        return []
 
 
 def unready_logs(stack: Stack, lines: int = 15) -> str:

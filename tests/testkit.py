@@ -192,6 +192,15 @@ def unused_pid() -> int:
     raise RuntimeError("every pid is in use")
 
 
+def violations(stack) -> list[str]:
+    """The permission violations nats-server logged for a stack (a legitimate flow causes none)."""
+    log = stack.data_dir / "logs" / "nats-server.log"
+    try:
+        return [line for line in log.read_text(errors="replace").splitlines() if "Violation" in line]
+    except OSError:
+        return []
+
+
 def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
     """A mesh host process on the stack, speaking on the bus as its own identity (mesh-host-mesh: these nodes)."""
     from x0tta6bl4.mesh.topology import parse_spec

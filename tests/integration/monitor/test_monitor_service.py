@@ -12,9 +12,8 @@ import textwrap
 import time
 import urllib.request
 
-import nats
 import pytest
-from testkit import eventually, scaled
+from testkit import eventually, scaled, violations
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.monitoring import bpf_loader
@@ -50,7 +49,8 @@ HOST_CODE = textwrap.dedent("""
 
 
 def start_host(stack: Stack, topology: str = "line:3", as_module: bool = False) -> subprocess.Popen:
-    env = stack.service_env("mesh-host", 0, 0)
+    from x0tta6bl4.mesh.topology import parse_spec
+    env = stack.mesh_host_env("mesh", parse_spec(topology).nodes)    # its own bus identity: these nodes
     args = ["--nats", stack.url, "--topology", topology, "--telemetry-interval", "0.25"]
     cmd = [sys.executable, "-m", "x0tta6bl4.mesh.host", *args] if as_module else \
         [sys.executable, "-c", HOST_CODE, *args]
@@ -93,7 +93,7 @@ def stack_with(tmp_path):
     made: list[tuple[Stack, list[subprocess.Popen]]] = []
 
     def make(env: dict[str, str]) -> tuple[Stack, list[subprocess.Popen]]:
-        s = Stack(tmp_path / f"stack{len(made)}", ("monitor",), env=env)
+        s = Stack(tmp_path / f"stack{len(made)}", ("monitor",), env=env, secure=True)
         hosts: list[subprocess.Popen] = []
         made.append((s, hosts))
         s.start(scaled(60))
@@ -104,6 +104,7 @@ def stack_with(tmp_path):
         for h in hosts:
             stop_host(h)
         s.stop()
+    assert not [v for s, _ in made for v in violations(s)], "nats-server refused a legitimate flow"
 
 
 @pytest.mark.timeout(60)
@@ -113,7 +114,7 @@ async def test_ebpf_monitor_kernel_signals_security_event_and_metrics(stack_with
                                "X0TTA6BL4_WINDOW_S": "1", "X0TTA6BL4_SECURITY_HOLD_S": "5"})
     host = start_host(stack)
     hosts.append(host)
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     try:
         # which collector runs, with which signals
         got = await eventually(lambda: _running(nc, host.pid), 20, 0.25)
@@ -211,7 +212,7 @@ async def test_forced_fallback_collector(stack_with) -> None:
     stack, hosts = stack_with({"X0TTA6BL4_MONITOR_COLLECTOR": "proc", "X0TTA6BL4_COLLECT_INTERVAL_S": "0.25"})
     host = start_host(stack, as_module=True)  # discovered from its command line
     hosts.append(host)
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect()
     try:
         got = await eventually(lambda: _running(nc, host.pid), 20, 0.25)
         assert got["collector"] == "proc"
@@ -226,11 +227,13 @@ async def test_forced_fallback_collector(stack_with) -> None:
         assert "proc.syscalls" not in t.kernel and t.kernel["collector.ebpf"] == 0
 
         # meshctl monitor info asks the running monitor
-        out = await asyncio.to_thread(meshctl, "monitor", "info", "--nats", stack.url)
+        out = await asyncio.to_thread(meshctl, "monitor", "info", "--nats", stack.url, "--data-dir",
+                                      str(stack.data_dir))
         assert out.exit_code == 0, out.output
         assert "collector proc (running)" in out.output and "proc collector forced" in out.output
         assert "syscalls" in out.output and f"monitored mesh host processes: pid {host.pid}" in out.output
-        js = await asyncio.to_thread(meshctl, "monitor", "info", "--json", "--nats", stack.url)
+        js = await asyncio.to_thread(meshctl, "monitor", "info", "--json", "--nats", stack.url, "--data-dir",
+                                     str(stack.data_dir))
         assert json.loads(js.output)["collector"] == "proc"
 
         # `meshctl cycle run` asks the running monitor to start a cycle over every node's latest telemetry
