@@ -7,6 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
+from prometheus_client import Counter
 from pydantic import Field
 
 from x0tta6bl4.bus.app import Service, run_service
@@ -29,12 +30,22 @@ class MonitorSettings(CommonSettings):
     security_hold_s: float = Field(30.0, gt=0, le=86400,
                                    description="a security event keeps its node a warning this long")
     watch_paths: str = Field("", description="extra sensitive path prefixes to watch, comma-separated")
+    report_max_future_s: float = Field(30.0, gt=0, le=86400, description="refuse reports stamped further ahead")
+    report_max_age_s: float = Field(300.0, gt=0, le=86400, description="refuse reports older than this")
+    own_report_fresh_s: float = Field(0.5, ge=0, le=60, description=(
+        "a node that reported itself this recently is not declared down on its neighbours' reports"))
+
+
+REFUSED = Counter("x0_monitor_refused_total", "node reports refused, by reason", ["reason"])
 
 
 def dependencies(settings: MonitorSettings, clock_ns: Callable[[], int] = time.time_ns) -> stage.MonitorDeps:
     return stage.MonitorDeps(thresholds=settings.threshold_table(), stale_after_s=settings.stale_after_s,
                              window_s=settings.window_s, instance=settings.instance, clock_ns=clock_ns,
-                             span=lambda name, **kw: tracer().start_as_current_span(name, **kw))
+                             span=lambda name, **kw: tracer().start_as_current_span(name, **kw),
+                             max_future_s=settings.report_max_future_s, max_age_s=settings.report_max_age_s,
+                             own_report_fresh_s=settings.own_report_fresh_s,
+                             count_refusal=lambda kind: REFUSED.labels(kind).inc())
 
 
 def build(settings: MonitorSettings, deps: stage.MonitorDeps | None = None) -> Service:

@@ -123,6 +123,7 @@ async def test_an_older_report_than_the_stored_one_is_ignored(mon):
 async def test_enough_neighbour_loss_reports_declare_a_node_down(mon):
     for n in ("n0", "n1", "n2"):
         await mon.report(n)
+    mon.clock.advance(0.6)                            # n1 falls silent; its neighbours notice
     first = await mon.event("n0", "neighbour_lost", "n1", silent_ms="600")
     assert mon.changes() == [] and mon.health("lost.n1.n0") == first.meta.ts_unix_ns
     assert mon.stored("n1").reachable                # one of two live neighbours is not enough
@@ -308,3 +309,127 @@ async def test_info_says_what_runs(mon):
     assert body["service"] == "monitor" and body["nodes"] == 1
     assert body["thresholds"]["cpu_percent"] == {"warning": 70.0, "critical": 90.0}
     assert body["state"] == "starting" and body["hosts"] == {}    # the kernel collector's part
+
+
+# ---- what a node cannot have sent (issue #16) --------------------------------------------------------------
+def telemetry(mon: Monitor, node: str, ts_ns: int | None = None, **fields) -> events_pb2.NodeTelemetry:
+    t = events_pb2.NodeTelemetry(meta=new_meta("agent"), node_id=node, reachable=True,
+                                 neighbours=LINE.get(node, []), **fields)
+    t.meta.ts_unix_ns = mon.clock() if ts_ns is None else ts_ns
+    return t
+
+
+async def test_a_node_id_that_does_not_match_its_subject_is_refused(mon):
+    await mon.report("n1", cpu_pct=10)
+    await mon.bus.publish(subjects.telemetry("n2"), telemetry(mon, "n1", cpu_pct=99))   # n2 speaking for n1
+    assert mon.stored("n1").cpu_pct == 10 and mon.bus.published == []
+    [audit] = mon.bus.audited("telemetry.refused")
+    assert audit.subject_id == "mesh.telemetry.n2" and audit.details["kind"] == "subject_mismatch"
+    assert audit.details["reason"] == "node_id 'n1' does not match subject 'mesh.telemetry.n2'"
+
+    forged = mesh_pb2.MeshEvent(meta=new_meta("agent"), node_id="n0", kind="neighbour_lost", peer="n1")
+    forged.meta.ts_unix_ns = mon.clock()
+    await mon.bus.publish(subjects.mesh_event("n2"), forged)                            # n2 speaking for n0
+    assert mon.health("lost.n1.n0") is None and mon.bus.audited("mesh.neighbour_lost") == []
+    [refused] = mon.bus.audited("event.refused")
+    assert refused.details["reason"] == "node_id 'n0' does not match subject 'mesh.event.n2'"
+    assert mon.deps.refusals == {"subject_mismatch": 2} and stage.info(mon.deps)["refused"] == {"subject_mismatch": 2}
+    assert mon.bus.dead_letters == []                 # acknowledged: refused, never retried
+
+
+async def test_a_report_from_ten_years_ahead_is_refused_and_real_reports_still_count(mon):
+    """The measured attack: one forged report stamped far ahead made every later real report look older."""
+    decade = 10 * 365 * 86400 * 10**9
+    await mon.bus.publish(subjects.telemetry("n1"), telemetry(mon, "n1", mon.clock() + decade, cpu_pct=99))
+    assert mon.stored("n1") is None and mon.bus.published == []
+    [audit] = mon.bus.audited("telemetry.refused")
+    assert audit.details["kind"] == "future_timestamp" and "in the future (at most 30 s)" in audit.details["reason"]
+
+    mon.clock.advance(1)
+    await mon.report("n1", cpu_pct=95)                # the real node: heard, and it is critical
+    assert mon.stored("n1").cpu_pct == 95 and mon.changes("n1")[0].current == CRITICAL
+
+
+async def test_the_clock_skew_allowed_is_the_setting(tmp_path):
+    mon = Monitor(tmp_path, report_max_future_s=5, report_max_age_s=60)
+    await mon.bus.publish(subjects.telemetry("n1"), telemetry(mon, "n1", mon.clock() + 4 * 10**9))
+    assert mon.stored("n1") is not None                        # 4 s ahead: a skewed clock, accepted
+    await mon.bus.publish(subjects.telemetry("n2"), telemetry(mon, "n2", mon.clock() + 6 * 10**9))
+    await mon.bus.publish(subjects.telemetry("n0"), telemetry(mon, "n0", mon.clock() - 61 * 10**9))
+    assert mon.stored("n2") is None and mon.stored("n0") is None
+    assert mon.deps.refusals == {"future_timestamp": 1, "stale_timestamp": 1}
+    [stale] = [a for a in mon.bus.audited("telemetry.refused") if a.details["kind"] == "stale_timestamp"]
+    assert stale.details["reason"] == "timestamp 61.0 s in the past (at most 60 s)"
+
+
+async def test_a_flood_of_refusals_is_audited_once_per_interval_with_the_count(mon):
+    for _ in range(5):
+        await mon.bus.publish(subjects.telemetry("n2"), telemetry(mon, "n1"))
+    [first] = mon.bus.audited("telemetry.refused")
+    assert first.details["suppressed_since_last"] == 0 and mon.deps.refusals["subject_mismatch"] == 5
+    mon.clock.advance(10)
+    await mon.bus.publish(subjects.telemetry("n2"), telemetry(mon, "n1"))
+    assert [a.details["suppressed_since_last"] for a in mon.bus.audited("telemetry.refused")] == [0, 4]
+
+
+async def test_forged_loss_reports_do_not_take_down_a_node_that_still_reports(mon):
+    """The measured attack: two neighbours' (forged) neighbour_lost reports about a healthy node made the
+    planner reroute around it, and repeating them every 10 s kept it out."""
+    for _ in range(3):                                 # 30 s of attack; n1 reports every 0.25 s throughout
+        for n in ("n0", "n1", "n2"):
+            await mon.report(n)
+        mon.clock.advance(0.1)
+        await mon.event("n0", "neighbour_lost", "n1")
+        await mon.event("n2", "neighbour_lost", "n1")
+        assert mon.stored("n1").reachable and mon.changes() == [] and mon.windows() == []
+        for _ in range(4):
+            mon.clock.advance(0.25)
+            await mon.report("n1")                     # the node itself: its reports withdraw the loss reports
+            await mon.report("n0")
+            await mon.report("n2")
+            assert await stage.stale_tick(mon.bus.context(), mon.deps) == []
+        assert mon.health("lost.n1.n0") is None and mon.health("lost.n1.n2") is None
+        assert "n1" not in mon.deps.losses.reporters
+        mon.clock.advance(9)
+    verdicts = [a.details["verdict"] for a in mon.bus.audited("mesh.neighbour_lost")]
+    assert verdicts == ["not enough neighbours agree yet", "not down: n1 itself reported 0.10 s ago"] * 3
+    assert mon.changes() == [] and mon.windows() == []
+
+
+async def test_a_node_reported_lost_while_its_last_report_is_fresh_is_declared_down_once_it_stays_silent(mon):
+    for n in ("n0", "n1", "n2"):
+        await mon.report(n)
+    mon.clock.advance(0.3)                             # n1 died right after its last report
+    first = await mon.event("n0", "neighbour_lost", "n1")
+    await mon.event("n2", "neighbour_lost", "n1")
+    assert mon.stored("n1").reachable                  # its own report is 0.3 s old: not yet
+    mon.clock.advance(0.1)
+    assert await stage.stale_tick(mon.bus.context(), mon.deps) == []
+    mon.clock.advance(0.15)                            # 0.55 s without a word from n1 itself
+    assert await stage.stale_tick(mon.bus.context(), mon.deps) == ["n1"]
+    assert not mon.stored("n1").reachable
+    [change] = mon.changes("n1")
+    assert change.current == CRITICAL and list(change.reasons) == ["unreachable"]
+    [w] = mon.windows()
+    assert w.trigger_node == "n1" and w.first_symptom_unix_ns == first.meta.ts_unix_ns
+    assert w.meta.cycle_id == derive_id("cycle", f"lost:n1:{first.meta.ts_unix_ns}")
+    assert await stage.stale_tick(mon.bus.context(), mon.deps) == []      # declared once
+
+
+async def test_a_loss_report_is_never_dated_after_its_arrival(mon):
+    for n in ("n0", "n1", "n2"):
+        await mon.report(n)
+    ev = mesh_pb2.MeshEvent(meta=new_meta("agent"), node_id="n0", kind="neighbour_lost", peer="n1")
+    ev.meta.ts_unix_ns = mon.clock() + 20 * 10**9      # within the skew allowed, but ahead of the monitor
+    await mon.bus.publish(subjects.mesh_event("n0"), ev)
+    assert mon.health("lost.n1.n0") == mon.clock()
+    mon.clock.advance(0.25)
+    await mon.report("n1")                             # so the node's next report withdraws it
+    assert mon.health("lost.n1.n0") is None
+
+
+def test_a_stored_report_from_the_future_does_not_hide_newer_ones(tmp_path):
+    mon = Monitor(tmp_path)
+    poisoned = telemetry(mon, "n1", mon.clock() + 10 * 365 * 86400 * 10**9)
+    stage.apply_telemetry(mon.deps, "n1", poisoned.SerializeToString())   # written before reports were checked
+    assert mon.deps.seen_ns["n1"] == 0

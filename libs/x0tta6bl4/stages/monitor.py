@@ -7,9 +7,17 @@ Handlers (bound by ``services/monitor/main.py``, tested on the in-memory bus):
   a change of health is recorded (compare-and-set in the ``health`` bucket, so one replica wins), published
   as a ``HealthChange`` and audited; a node getting worse starts a MAPE-K cycle (a ``TelemetryWindow``).
 - :func:`on_event` (consumer ``monitor-events``): ``neighbour_lost`` reports; enough of them declare the
-  node down (unreachable, critical). ``security.*`` events count as failed authentications of the peer.
-  Every event is audited.
-- :func:`stale_tick` (background, :func:`staleness`): a node silent for ``stale_after_s`` is unreachable.
+  node down (unreachable, critical) - but never while the node itself still reports (its own newest report
+  younger than ``own_report_fresh_s``; a report newer than a loss report withdraws it). ``security.*``
+  events count as failed authentications of the peer. Every event is audited.
+- Both refuse what a node cannot have sent (:func:`admit`): a ``node_id`` that is not the subject's (the
+  bus lets a node agent publish only its own subjects, so that is the sender's identity), a timestamp
+  more than ``max_future_s`` ahead or ``max_age_s`` behind the monitor's clock. A refusal is counted
+  (``refusals``, Prometheus) and audited (``telemetry.refused`` / ``event.refused`` with the reason; at most
+  once per ``refusal_audit_every_s`` per kind and node, with the number suppressed meanwhile, so a flood
+  cannot fill the audit trail); the message is acknowledged and changes nothing.
+- :func:`stale_tick` (background, :func:`staleness`): a node silent for ``stale_after_s`` is unreachable;
+  a node its neighbours reported lost is declared down once its own reports stop too.
 - :func:`window_tick` (background, :func:`periodic_windows`): a window every ``window_s`` when configured.
 - :func:`on_security`: a kernel security signal of a monitored process (from the monitor's collector).
 - :func:`info` and :func:`request_cycle`: the answers of ``monitor.rpc.Info`` and ``monitor.rpc.Cycle``.
@@ -26,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -109,6 +118,14 @@ class MonitorDeps:
     gauges: Gauges = field(default_factory=NoGauges)
     clock_ns: Callable[[], int] = time.time_ns
     span: Callable[..., AbstractContextManager[Any]] = no_span     # span(name, attributes={...}) for background work
+    # what a node may claim (see admit) and when its own reports outweigh its neighbours' loss reports
+    max_future_s: float = 30.0
+    max_age_s: float = 300.0
+    own_report_fresh_s: float = 0.5
+    refusal_audit_every_s: float = 10.0
+    refusals: Counter[str] = field(default_factory=Counter)          # per reason kind (monitor.rpc.Info)
+    count_refusal: Callable[[str], None] = lambda kind: None        # Prometheus, in the service
+    refusal_audits: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # last audit ns, suppressed
 
 
 # ---- caches of the buckets (mirror callbacks) -------------------------------------------------------
@@ -119,7 +136,10 @@ def apply_telemetry(deps: MonitorDeps, key: str, value: bytes | None) -> None:
         return
     t = events_pb2.NodeTelemetry.FromString(value)
     deps.view.update(t)
-    deps.seen_ns[t.node_id] = max(deps.seen_ns.get(t.node_id, 0), t.meta.ts_unix_ns if t.reachable else 0)
+    ts = t.meta.ts_unix_ns if t.reachable else 0
+    if ts > deps.clock_ns() + deps.max_future_s * 1e9:
+        ts = 0                    # stored before timestamps were checked: never let it hide newer reports
+    deps.seen_ns[t.node_id] = max(deps.seen_ns.get(t.node_id, 0), ts)
 
 
 def apply_health(deps: MonitorDeps, key: str, value: bytes | None) -> None:
@@ -135,7 +155,56 @@ def apply_health(deps: MonitorDeps, key: str, value: bytes | None) -> None:
         if value:
             deps.losses.report(lost, reporter, int(value))
         else:
-            deps.losses.clear(lost)
+            _withdraw(deps, lost, [reporter])
+
+
+def _withdraw(deps: MonitorDeps, lost: str, reporters: list[str]) -> None:
+    got = deps.losses.reporters.get(lost, {})
+    for r in reporters:
+        got.pop(r, None)
+    if not got:
+        deps.losses.clear(lost)
+
+
+# ---- what a node can have sent --------------------------------------------------------------------------
+REFUSED_SUBJECT, REFUSED_FUTURE, REFUSED_STALE = "subject_mismatch", "future_timestamp", "stale_timestamp"
+
+
+async def admit(what: str, node_id: str, ts_ns: int, subject: str, ctx: Context, deps: MonitorDeps) -> bool:
+    """Whether a report (``what``: "telemetry" or "event") of ``node_id`` stamped ``ts_ns`` and received on
+    ``ctx.subject`` (which should be ``subject``) is believable; a refusal is counted and audited."""
+    if ctx.subject != subject:
+        await refuse(what, REFUSED_SUBJECT, f"node_id {node_id!r} does not match subject {ctx.subject!r}",
+                     ctx, deps, node_id=node_id)
+        return False
+    now = deps.clock_ns()
+    if ts_ns > now + deps.max_future_s * 1e9:
+        await refuse(what, REFUSED_FUTURE, f"timestamp {(ts_ns - now) / 1e9:.1f} s in the future "
+                                           f"(at most {deps.max_future_s:g} s)", ctx, deps, node_id=node_id)
+        return False
+    if ts_ns < now - deps.max_age_s * 1e9:
+        await refuse(what, REFUSED_STALE, f"timestamp {(now - ts_ns) / 1e9:.1f} s in the past "
+                                          f"(at most {deps.max_age_s:g} s)", ctx, deps, node_id=node_id)
+        return False
+    return True
+
+
+async def refuse(what: str, kind: str, reason: str, ctx: Context, deps: MonitorDeps, **details: Any) -> None:
+    """Count a refusal and audit it: at most once per ``refusal_audit_every_s`` per kind and subject, with
+    how many were refused meanwhile."""
+    deps.refusals[kind] += 1
+    deps.count_refusal(kind)
+    key, now = (kind, ctx.subject), deps.clock_ns()
+    last, suppressed = deps.refusal_audits.get(key, (0, 0))
+    if last and now - last < deps.refusal_audit_every_s * 1e9:
+        deps.refusal_audits[key] = (last, suppressed + 1)
+        return
+    if len(deps.refusal_audits) > 10_000:      # many subjects: forget the oldest records
+        deps.refusal_audits.clear()
+    deps.refusal_audits[key] = (now, 0)
+    log.warning("monitor: %s on %s refused: %s", what, ctx.subject, reason)
+    await ctx.audit(f"{what}.refused", ctx.subject, {"kind": kind, "reason": reason,
+                                                     "suppressed_since_last": suppressed, **details})
 
 
 # ---- handlers ---------------------------------------------------------------------------------------
@@ -144,31 +213,64 @@ async def on_telemetry(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorD
 
     Telemetry is state, not a command: handling a redelivered report again is harmless (the newest report
     wins), so the service binds this handler without the per-event idempotency record, and wide."""
+    if not await admit("telemetry", t.node_id, t.meta.ts_unix_ns, subjects.telemetry(t.node_id), ctx, deps):
+        return
     if t.meta.ts_unix_ns < deps.seen_ns.get(t.node_id, 0):
         return  # older than what we have (out of order); keep the newest
+    deps.seen_ns[t.node_id] = t.meta.ts_unix_ns
     t.reachable = True
     t.kernel.update(deps.kernel_for(t.node_id))
     await store(t, ctx, deps)
     await evaluate(t, ctx, deps, ctx.event_id)
+    await withdraw_older_losses(t, ctx, deps)
 
 
 async def on_event(ev: mesh_pb2.MeshEvent, ctx: Context, deps: MonitorDeps) -> None:
     """An agent's event: loss reports may declare a node down; security events count against the peer."""
+    if not await admit("event", ev.node_id, ev.meta.ts_unix_ns, subjects.mesh_event(ev.node_id), ctx, deps):
+        return
+    verdict: dict[str, str] = {}
     if ev.kind == NEIGHBOUR_LOST and ev.peer:
-        await (await ctx.kv(HEALTH_BUCKET)).put(lost_key(ev.peer, ev.node_id), str(ev.meta.ts_unix_ns).encode())
-        deps.losses.report(ev.peer, ev.node_id, ev.meta.ts_unix_ns)
-        peer = deps.view.nodes.get(ev.peer)
-        if peer is not None and peer.reachable and deps.losses.declared_down(ev.peer, deps.view):
-            t = assessing.mark_unreachable(deps.view, ev.peer, deps.clock_ns())
-            await store(t, ctx, deps)
-            await evaluate(t, ctx, deps, ctx.event_id)
+        at = min(ev.meta.ts_unix_ns, deps.clock_ns())        # a report is never newer than its arrival
+        await (await ctx.kv(HEALTH_BUCKET)).put(lost_key(ev.peer, ev.node_id), str(at).encode())
+        deps.losses.report(ev.peer, ev.node_id, at)
+        verdict["verdict"] = await declare_if_down(ev.peer, ctx, deps, ctx.event_id)
     elif ev.kind.startswith(SECURITY_PREFIX) and ev.peer in deps.view.nodes:
         t = events_pb2.NodeTelemetry()
         t.CopyFrom(deps.view.nodes[ev.peer])
         t.failed_auth += 1
         await store(t, ctx, deps)
         await evaluate(t, ctx, deps, ctx.event_id)
-    await ctx.audit(f"mesh.{ev.kind}", ev.node_id, {"peer": ev.peer, **dict(ev.details)})
+    await ctx.audit(f"mesh.{ev.kind}", ev.node_id, {**dict(ev.details), "peer": ev.peer, **verdict})
+
+
+async def declare_if_down(node: str, ctx: Context, deps: MonitorDeps, cause_id: str) -> str:
+    """Declare ``node`` down (unreachable) when enough neighbours reported it lost and it does not report
+    itself any more; returns the verdict (audited with the loss report)."""
+    peer = deps.view.nodes.get(node)
+    if peer is None or not peer.reachable:
+        return "not reachable already" if peer is not None else "unknown node"
+    if not deps.losses.declared_down(node, deps.view):
+        return "not enough neighbours agree yet"
+    now = deps.clock_ns()
+    own_age_s = (now - deps.seen_ns.get(node, 0)) / 1e9
+    if own_age_s < deps.own_report_fresh_s:
+        return f"not down: {node} itself reported {own_age_s:.2f} s ago"
+    t = assessing.mark_unreachable(deps.view, node, now)
+    await store(t, ctx, deps)
+    await evaluate(t, ctx, deps, cause_id)
+    return "declared down"
+
+
+async def withdraw_older_losses(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps) -> None:
+    """The node reported after its neighbours said it was lost: those reports are contradicted, withdraw them."""
+    older = [r for r, at in deps.losses.reporters.get(t.node_id, {}).items() if at < t.meta.ts_unix_ns]
+    if not older:
+        return
+    kv = await ctx.kv(HEALTH_BUCKET)
+    for reporter in older:
+        await kv.delete(lost_key(t.node_id, reporter))
+    _withdraw(deps, t.node_id, older)
 
 
 async def on_security(sig: SecuritySignal, ctx: Context, deps: MonitorDeps) -> None:
@@ -191,6 +293,13 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
     Returns the nodes marked in this tick."""
     now = deps.clock_ns()
     marked = []
+    for node in [n for n in deps.losses.reporters if n in deps.view.nodes]:   # reported lost, now silent too?
+        try:
+            if await declare_if_down(node, ctx, deps, f"lost:{node}:{deps.losses.first_report_ns(node)}") \
+                    == "declared down":
+                marked.append(node)
+        except CasConflict as e:
+            log.warning("monitor: %s reported lost, its health not recorded: %s", node, e)
     for node, t in list(deps.view.nodes.items()):
         if t.reachable and now - t.meta.ts_unix_ns > deps.stale_after_s * 1e9:
             with deps.span("monitor.stale", attributes={"x0.node": node}):
@@ -206,7 +315,7 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
 
 async def staleness(ctx: Context, deps: MonitorDeps) -> None:
     while True:
-        await asyncio.sleep(min(0.25, deps.stale_after_s / 4))
+        await asyncio.sleep(min(0.1, deps.stale_after_s / 4))
         await stale_tick(ctx, deps)
 
 
@@ -233,7 +342,7 @@ async def periodic_windows(ctx: Context, deps: MonitorDeps) -> None:
 def info(deps: MonitorDeps) -> dict[str, Any]:
     """The answer of ``monitor.rpc.Info`` (``meshctl monitor info``): collector, hosts, thresholds."""
     return {"service": "monitor", "instance": deps.instance, **deps.collector_info(),
-            "thresholds": deps.thresholds.as_dict(), "nodes": len(deps.view.nodes)}
+            "thresholds": deps.thresholds.as_dict(), "nodes": len(deps.view.nodes), "refused": dict(deps.refusals)}
 
 
 async def request_cycle(ctx: Context, deps: MonitorDeps, trigger: str = "",
