@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-import nats
 from testkit import eventually
 
 from x0tta6bl4.bus import subjects
@@ -28,9 +27,9 @@ def test_partition_is_contiguous_and_complete():
 def test_two_host_processes_rotate_all_keys_under_cross_process_traffic_without_loss(stack):
     async def go():
         cl = MeshCluster(stack.url, "grid:9", hosts=2, keyvault=stack.kv_addr, name="t",
-                         host_args=["--telemetry-interval", "0.5"])
+                         host_args=["--telemetry-interval", "0.5"], host_env=stack.add_mesh_host)  # own identities
         await asyncio.to_thread(cl.start, 60)
-        nc = await nats.connect(stack.url)
+        nc = await stack.connect()
         reported: set[str] = set()
 
         async def on_tel(msg):

@@ -26,8 +26,10 @@ async def rpc(nc, method, req, resp_type):
 def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around(stack):
     async def go():
         # max_skew_s 3: a revoked key still signing becomes evidence 3 s after its first refusal
-        host = MeshHost(stack.url, parse_spec("grid:9", seed=0), keyvault=stack.kv_addr, telemetry_interval=1.0,
-                        max_skew_s=3.0)
+        host = MeshHost(stack.url, topo, keyvault=stack.kv_addr, telemetry_interval=1.0, max_skew_s=3.0,
+                        creds=stack.creds("mesh-host-mesh"))
+        executor = await stack.connect("executor")      # keyvault Rotate/Revoke over NATS: as the executor does
+        operator = await stack.connect()                # reads the audit trail
         await host.start()
         rt = host.runtime
         try:
@@ -47,7 +49,7 @@ def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around
             old = {n: host.security[n].key_id for n in host.nodes}
             # executor's ROTATE_KEYS: keyvault Rotate (over NATS, as the executor does) then RELOAD_KEYS
             t0 = time.monotonic()
-            rot = await rpc(host.nc, "Rotate", pb.RotateRequest(node_ids=host.nodes, overlap_s=2.0),
+            rot = await rpc(executor, "Rotate", pb.RotateRequest(node_ids=host.nodes, overlap_s=2.0),
                             pb.RotateResponse)
             new = {r.node_id: r.sig_key_id for r in rot.records}
             replies = await asyncio.gather(*(host.apply(n, C.KIND_RELOAD_KEYS) for n in host.nodes))
@@ -72,7 +74,7 @@ def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around
                        ("dropped.no_session", "dropped.decrypt_failed", "dropped.channel_queue_full"))
             assert lost == 0
             # audit trail: keyvault's steps plus the host's per-node events
-            js = host.nc.jetstream()
+            js = operator.jetstream()
             audit = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.>")]
             kinds = {a.event_type for a in audit}
             assert {"identity.issued", "key.rotation.started", "key.rotated", "key.retired"} <= kinds, kinds
@@ -81,7 +83,7 @@ def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around
                 assert ev.index("keys.reloaded") < ev.index("keys.verified") < ev.index("keys.retired")
 
             # revoke the centre: neighbours reject its beacons and route around it
-            await rpc(host.nc, "Revoke", pb.RevokeRequest(node_id="n4", reason="test"), pb.KeyRecord)
+            await rpc(executor, "Revoke", pb.RevokeRequest(node_id="n4", reason="test"), pb.KeyRecord)
             around = ("n1", "n3", "n5", "n7")
             await eventually(lambda: all("n4" not in rt.agents[p].core.neighbours.links for p in around), 10)
             assert all(rt.agents[p].counters["rejected.revoked_key"] > 0 for p in around)
@@ -102,4 +104,8 @@ def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around
                        if e["kind"] == "security.revoked_key")
         finally:
             await host.stop()
+            await executor.close()
+            await operator.close()
+    topo = parse_spec("grid:9", seed=0)
+    stack.add_mesh_host("mesh", topo.nodes)             # the host's own bus identity: these nodes only
     asyncio.run(go())
