@@ -1,4 +1,6 @@
-"""The Governance gRPC servicer: a thin adapter from RPCs to GovStore commands."""
+"""The Governance gRPC servicer: a thin adapter from RPCs to GovStore commands, served with mutual TLS
+(governance's X.509 SVID from keyvault, renewed at half-life) and the policy deciding every call from the
+caller's SPIFFE ID (:mod:`x0tta6bl4.policy`, decisions audited in governance's chain)."""
 from __future__ import annotations
 
 import asyncio
@@ -15,6 +17,7 @@ import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from x0tta6bl4.bus import subjects
+from x0tta6bl4.config import ConfigError
 from x0tta6bl4.governance import (
     LIMITS,
     GovernanceEngine,
@@ -27,9 +30,12 @@ from x0tta6bl4.governance import (
     proposal_signing_payload,
     vote_signing_payload,
 )
+from x0tta6bl4.keyvault import pin
+from x0tta6bl4.policy import PolicyEngine
 from x0tta6bl4.pqc import InvalidKey, MLDSA65PublicKey
 from x0tta6bl4.pqc import key_id as pqc_key_id
-from x0tta6bl4.rpc.server import BindError, GrpcServer, serve_grpc
+from x0tta6bl4.rpc.server import Audit, BindError, GrpcServer, ServerIdentity, serve_grpc
+from x0tta6bl4.rpc.svid import SvidError, SvidSource, ca_bundle, obtain_over_bus
 from x0tta6bl4.stages.governance import (
     action_from_pb,
     choice_from_pb,
@@ -286,22 +292,62 @@ class Governance(gpb_grpc.GovernanceServicer):
             await sub.unsubscribe()
 
 
+def pinned_root(settings: GovernanceSettings) -> str:
+    """The pinned fingerprint of keyvault's root (``X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT``); ConfigError when it
+    is missing or malformed: governance verifies voters' keyvault records only under a pinned root."""
+    fp = getattr(settings, "keyvault_root_fingerprint", None) or ""
+    if not fp:
+        raise ConfigError("X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT is not set: governance verifies voters' keyvault "
+                          "records only against a pinned keyvault root (meshctl secrets init writes "
+                          "keyvault/root.pub; meshctl keys info shows the fingerprint)")
+    try:
+        return pin.normalize(fp)
+    except pin.RootPinError as e:
+        raise ConfigError(str(e)) from None
+
+
+def keyvault_identities(nc: NATS, settings: GovernanceSettings) -> KeyvaultIdentities:
+    """Voter keys from keyvault's records, checked against the pinned root."""
+    return KeyvaultIdentities(nc, root_fingerprint=pinned_root(settings))
+
+
+def keyvault_identities_of(settings: GovernanceSettings) -> Callable[[NATS], KeyvaultIdentities]:
+    """Checks the pinned root setting now (a service without one does not start) and returns the factory
+    of :class:`KeyvaultIdentities` once NATS is connected."""
+    fp = pinned_root(settings)
+    return lambda nc: KeyvaultIdentities(nc, root_fingerprint=fp)
+
+
 async def serve(store: GovStore, nc: NATS, settings: GovernanceSettings, *,
-                precheck: Callable[[bytes, bytes, bytes], Awaitable[bool]], admin: AdminToken) -> GrpcServer:
-    """Start the Governance gRPC server (with health and reflection) on the configured address; the chosen
-    port goes to ``<data_dir>/run/governance-<instance>.grpc``, where the CLI finds it. A port that cannot
-    be bound stops the service with one line naming the address."""
+                precheck: Callable[[bytes, bytes, bytes], Awaitable[bool]], admin: AdminToken,
+                audit: Audit, identities: KeyvaultIdentities | None = None) -> GrpcServer:
+    """Start the Governance gRPC server (with health and reflection) on the configured address, with mutual
+    TLS: governance's SVID comes from keyvault over the bus (``keyvault.svid.<identity>``, retried while
+    keyvault starts) and is renewed at half-life; the policy decides every call. The chosen port goes to
+    ``<data_dir>/run/governance-<instance>.grpc``, where the CLI finds it. A port that cannot be bound, or no
+    SVID, stops the service with one line."""
     servicer = Governance(store, nc, settings.execution_window_s, precheck=precheck,
                           root_span_sample=settings.rpc_root_span_sample, admin=admin,
                           max_active_per_proposer=settings.max_active_per_proposer,
-                          identities=KeyvaultIdentities(nc))
+                          identities=identities or keyvault_identities(nc, settings))
     port_file = pathlib.Path(settings.data_dir) / "run" / f"governance-{settings.instance}.grpc"
+    bus_identity = settings.nats_identity or "governance"
+    bundle = ca_bundle(settings.ca_cert_file) if getattr(settings, "ca_cert_file", None) else ca_bundle()
+    source = SvidSource(functools.partial(obtain_over_bus, nc, bus_identity, bundle=bundle), name="governance")
     try:
-        return await serve_grpc("governance", settings.grpc_host, settings.grpc_port,
-                                [functools.partial(gpb_grpc.add_GovernanceServicer_to_server, servicer)],
-                                service_names=[SERVICE_NAME], port_file=port_file)
+        await source.start(timeout_s=getattr(settings, "svid_start_timeout_s", 60.0))
+    except SvidError as e:
+        raise SystemExit(f"governance: {e}") from None
+    identity = ServerIdentity(source, PolicyEngine(settings.trust_domain), audit)
+    try:
+        server = await serve_grpc("governance", settings.grpc_host, settings.grpc_port,
+                                  [functools.partial(gpb_grpc.add_GovernanceServicer_to_server, servicer)],
+                                  service_names=[SERVICE_NAME], port_file=port_file, identity=identity)
     except BindError as e:
+        await source.stop()
         raise SystemExit(str(e)) from None
+    server.closers.append(source.stop)
+    return server
 
 
 def producer_span(name: str, carrier: Mapping[str, str], attributes: Mapping[str, str]) -> AbstractContextManager[Any]:

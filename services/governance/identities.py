@@ -3,10 +3,12 @@
 A voter is an identity issued by keyvault (``spiffe://<trust-domain>/node/<id>``).
 ``KeyvaultIdentities.signing_key(voter)`` returns the ML-DSA-65 half of the voter's
 current (Ed25519 + ML-DSA-65) identity signing key, from keyvault's root-signed records in the JetStream KV bucket
-``keys`` (entry ``node.<id>.sig``), checked against the keyvault root key, which
-is pinned on first use from keyvault's ``Info`` (over NATS, ``keyvault.rpc.Info``)
-unless configured explicitly. A record that does not verify, belongs to another
-identity, is revoked or expired is refused with a clear error.
+``keys`` (entry ``node.<id>.sig``), checked against the keyvault root key. That key is pinned by
+configuration, never learnt over the bus: its fingerprint (``X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT``,
+:mod:`x0tta6bl4.keyvault.pin`) is set, and a root key keyvault's ``Info`` (``keyvault.rpc.Info``) offers is
+taken only when it has that fingerprint - whoever answers Info (a rogue responder on the bus) cannot plant
+another root. A record that does not verify, belongs to another identity, is revoked or expired is refused
+with a clear error.
 
 The ledger admin token: RegisterVoter mints voting power, so it needs
 ``authorization: Bearer <token>`` metadata. The token comes from
@@ -30,6 +32,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.governance import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from x0tta6bl4.keyvault import distribution as dist
+from x0tta6bl4.keyvault import pin
 from x0tta6bl4.pqc import MLDSA65PublicKey, PQCError, PublicKeyRecord, SpiffeId
 from x0tta6bl4.pqc.keystore import write_secret_file
 from x0tta6bl4.v1 import keyvault_pb2 as kpb
@@ -80,11 +83,20 @@ class AdminToken:
 class KeyvaultIdentities:
     """Current signing keys of keyvault identities, verified against the pinned keyvault root."""
 
-    def __init__(self, nc, *, root_public_key: bytes | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(self, nc, *, root_fingerprint: str, root_public_key: bytes | None = None,
+                 timeout_s: float = 5.0) -> None:
+        """``root_fingerprint``: the pinned ``sha256:<hex>`` (ValueError when malformed); ``root_public_key``:
+        the key itself when the caller has it (checked against the fingerprint too)."""
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout_s)
         self.timeout_s = timeout_s
-        self._root = MLDSA65PublicKey.from_bytes(root_public_key) if root_public_key else None
+        try:
+            self.fingerprint = pin.normalize(root_fingerprint)
+            self._root = pin.check(root_public_key, self.fingerprint, source="the configuration") \
+                if root_public_key else None
+        except pin.RootPinError as e:
+            raise ValueError(str(e)) from None
+        self.refused_roots = 0
         self._lock = asyncio.Lock()
 
     async def root(self) -> MLDSA65PublicKey:
@@ -98,7 +110,12 @@ class KeyvaultIdentities:
                 err = (msg.headers or {}).get(subjects.HEADER_ERROR)
                 if err:
                     raise Unavailable(f"keyvault Info failed: {err}")
-                self._root = MLDSA65PublicKey.from_bytes(kpb.InfoResponse.FromString(msg.data).root_public_key)
+                offered = kpb.InfoResponse.FromString(msg.data).root_public_key
+                try:
+                    self._root = pin.check(offered, self.fingerprint, source="keyvault.rpc.Info")
+                except (pin.RootPinError, PQCError, ValueError) as e:
+                    self.refused_roots += 1      # asked again next time: the real keyvault may answer then
+                    raise FailedPrecondition(f"keyvault root refused: {e}") from None
             return self._root
 
     async def record(self, voter: str) -> PublicKeyRecord:

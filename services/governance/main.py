@@ -9,7 +9,7 @@ import time
 from google.protobuf.message import Message
 from pydantic import Field
 
-from services.governance.api import producer_span, serve
+from services.governance.api import keyvault_identities_of, producer_span, serve
 from services.governance.identities import TOKEN_FILE_NAME, AdminToken
 from services.governance.store import GovStore
 from services.governance.verify import VoteVerifier, ledger_verifier
@@ -42,6 +42,9 @@ class GovernanceSettings(CommonSettings):
     max_active_per_proposer: int = Field(20, ge=0, le=1_000_000, description=(
         "ACTIVE proposals one proposer may have open through gRPC CreateProposal (0 = no limit; "
         "the planner's proposals from plans are not counted against it)"))
+    keyvault_root_fingerprint: str | None = Field(None, description=(
+        "sha256:<hex> of keyvault's root public key: voters' keyvault records verify only under that root"))
+    ca_cert_file: pathlib.Path | None = Field(None, description="the deployment CA (trust bundle of the SVIDs)")
     adopt_legacy_log: bool = Field(False, description=(
         "accept once a GOV log written before it was signed (unsigned v1 records): the first signed record "
         "seals them; without it such a log is refused at start"))
@@ -65,6 +68,7 @@ def build(settings: GovernanceSettings) -> Service:
         admin = AdminToken.load_or_create(settings.admin_token_file or settings.data_dir / TOKEN_FILE_NAME)
     except (ValueError, OSError) as e:
         raise ConfigError(f"admin_token_file: {e}") from None
+    identities = keyvault_identities_of(settings)     # ConfigError without a pinned keyvault root
     keys = VoteVerifier(threads=settings.verify_threads)
     store = GovStore(lambda: GovernanceEngine(ledger_verifier(lambda: store.engine, keys), time.time),
                      settings.signer("governance"), settings.trust_bundle(), adopt_legacy=settings.adopt_legacy_log)
@@ -85,7 +89,8 @@ def build(settings: GovernanceSettings) -> Service:
     @app.on_startup
     async def start() -> None:
         await store.start(app.nc)
-        grpc_server.append(await serve(store, app.nc, settings, precheck=keys.precheck, admin=admin))
+        grpc_server.append(await serve(store, app.nc, settings, precheck=keys.precheck, admin=admin,
+                                       audit=app.audit, identities=identities(app.nc)))
         await stage.resume(bg, deps)   # PASSED proposals whose ActionRequest a crash may have lost
 
     @app.background

@@ -6,14 +6,21 @@ private keys only go out over gRPC).
 """
 from __future__ import annotations
 
+import json
+import logging
+import pathlib
+from collections.abc import Mapping
+
 import grpc
 
 from services.keyvault import convert
 from x0tta6bl4.keyvault.errors import KeyvaultError
 from x0tta6bl4.keyvault.service import VIA_GRPC, KeyvaultService
-from x0tta6bl4.rpc.server import GrpcServer, serve_grpc
+from x0tta6bl4.rpc.server import GrpcServer, ServerIdentity, serve_grpc
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 from x0tta6bl4.v1 import keyvault_pb2_grpc as pb_grpc
+
+log = logging.getLogger("x0tta6bl4.keyvault")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Keyvault"].full_name
 GRPC_OPTIONS = (("grpc.max_send_message_length", 64 * 1024 * 1024),      # GetPrivateBundles of 1000 nodes
@@ -85,9 +92,40 @@ def servicer(api: KeyvaultApi) -> pb_grpc.KeyvaultServicer:
     return cls()
 
 
-async def serve(api: KeyvaultApi, host: str, port: int) -> GrpcServer:
-    """gRPC ``x0tta6bl4.v1.Keyvault`` with health and reflection on ``host:port`` (0: a free port, logged);
-    BindError naming the address when it cannot listen."""
+async def serve(api: KeyvaultApi, host: str, port: int, identity: ServerIdentity) -> GrpcServer:
+    """gRPC ``x0tta6bl4.v1.Keyvault`` with health and reflection on ``host:port`` (0: a free port, logged),
+    mutual TLS with keyvault's SVID and the policy on every call; BindError naming the address when it
+    cannot listen."""
     def add(server: grpc.aio.Server) -> None:
         pb_grpc.add_KeyvaultServicer_to_server(servicer(api), server)
-    return await serve_grpc("keyvault", host, port, [add], service_names=[SERVICE_NAME], options=GRPC_OPTIONS)
+    return await serve_grpc("keyvault", host, port, [add], service_names=[SERVICE_NAME], options=GRPC_OPTIONS,
+                            identity=identity)
+
+
+class HostsFile:
+    """The mesh hosts of the deployment and the nodes each acts for (``<secrets>/hosts.json``, written by
+    ``meshctl mesh up`` / ``Stack.add_mesh_host``): re-read when it changes, so a host added while keyvault
+    runs is known on its first call. A missing file: no hosts; a damaged one: the last good content."""
+
+    def __init__(self, path: pathlib.Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._hosts: dict[str, frozenset[str]] = {}
+
+    def __call__(self) -> Mapping[str, frozenset[str]]:
+        if self.path is None:
+            return self._hosts
+        try:
+            st = self.path.stat()
+        except OSError:
+            self._stamp, self._hosts = None, {}
+            return self._hosts
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            try:
+                data = json.loads(self.path.read_text())
+                self._hosts = {str(h): frozenset(str(n) for n in nodes) for h, nodes in data.items()}
+                self._stamp = stamp
+            except (OSError, ValueError, AttributeError, TypeError) as e:
+                log.error("hosts file %s unreadable (%s); keeping the last good one", self.path, e)
+        return self._hosts

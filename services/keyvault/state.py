@@ -59,15 +59,17 @@ class SharedVault(SharedState):
     # ---- opening --------------------------------------------------------------------------
     @classmethod
     async def open(cls, js: Any, mk: MasterKey, local: Keystore, trust_domain: str,  # type: ignore[override]
-                   **vault_kw: Any) -> tuple[SharedVault, bool, int]:
+                   root_key: bytes | None = None, **vault_kw: Any) -> tuple[SharedVault, bool, int]:
         """Load (or create once) the root key and every identity from the bucket, start the
         watcher, copy up local entries the bucket lacks. Returns (state, root_created, copied_up).
+        A bucket without a root gets the local keystore's (from before replication), else ``root_key``
+        (the deployment's, made with its secrets), else a new one.
         Raises StateError (wrong master key, damaged entry) with one clear line."""
         kv = NatsKV(await js.key_value(BUCKET), BUCKET, js)
 
         def local_root() -> bytes | None:   # a keystore from before replication: keep its root
             if LOCAL_ROOT not in local:
-                return None
+                return root_key
             try:
                 return local.get(LOCAL_ROOT)
             except KeystoreError as e:

@@ -11,7 +11,8 @@
     meshctl gov cancel PROPOSAL --proposer NAME [--key alice.key]
     meshctl gov watch [--state passed]
 
-The service address comes from --addr, X0TTA6BL4_GOV_ADDR, or 127.0.0.1:50051.
+The service address comes from --addr, X0TTA6BL4_GOV_ADDR, or 127.0.0.1:50051. The channel is mutual TLS as an
+operator (``x0tta6bl4.rpc.svid.operator_svid``); governance's policy decides every call.
 Errors print one line (the gRPC code and the service's message), never a traceback.
 """
 from __future__ import annotations
@@ -48,8 +49,13 @@ def address(explicit: str | None = None) -> str:
 def stub(addr: str, timeout_s: float = 5.0):
     import grpc
 
+    from x0tta6bl4.rpc import svid as svids
     from x0tta6bl4.v1 import governance_pb2_grpc as gg
-    channel = grpc.insecure_channel(addr)
+    try:
+        me = svids.operator_svid()
+    except svids.SvidError as e:
+        raise GovError(f"no operator SVID for mutual TLS: {e}") from None
+    channel = svids.secure_channel(addr, me, "governance", svids.trust_domain())
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
     except grpc.FutureTimeoutError:

@@ -8,7 +8,9 @@
     meshctl keys revoke NODE [--reason R]
     meshctl keys attest NODE --identity F     sign a fresh challenge with the saved bundle, ask keyvault to check it
 
-Target: --keyvault host:port, else $X0TTA6BL4_KEYVAULT_ADDR, else 127.0.0.1:50052.
+Target: --keyvault host:port, else $X0TTA6BL4_KEYVAULT_ADDR, else 127.0.0.1:50052. Mutual TLS as an operator
+(``x0tta6bl4.rpc.svid.operator_svid``: $X0TTA6BL4_SVID_CERT_FILE/_KEY_FILE, else the stack's CA in
+<data dir>/secrets, else an SVID from keyvault over the bus); keyvault's policy decides every call.
 """
 from __future__ import annotations
 
@@ -38,11 +40,17 @@ def _addr(explicit: str | None) -> str:
 def _call(addr: str | None, method: str, request: Any, timeout: float = 30.0) -> Any:
     import grpc
 
+    from x0tta6bl4.rpc import svid as svids
     from x0tta6bl4.v1 import keyvault_pb2_grpc
 
     target = _addr(addr)
     try:
-        with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as ch:
+        me = svids.operator_svid()
+    except svids.SvidError as e:
+        fail(f"no operator SVID for mutual TLS: {e}")
+    try:
+        with svids.secure_channel(target, me, "keyvault", svids.trust_domain(),
+                                  options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as ch:
             return getattr(keyvault_pb2_grpc.KeyvaultStub(ch), method)(request, timeout=timeout)
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None
@@ -116,11 +124,13 @@ def _print(records, as_json: bool, title: str = "", history: bool = False) -> No
 @keys_app.command("info")
 def info(keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     """The PQC backend keyvault uses (name, version, algorithms) and its root key."""
+    from x0tta6bl4.keyvault.pin import fingerprint
     r = _call(keyvault, "Info", _pb().InfoRequest())
     d = {"backend": r.backend, "backend_version": r.backend_version, "algorithms": list(r.algorithms),
          "classical": list(r.classical), "hybrids": list(r.hybrids), "root_key_id": r.root_key_id,
          "root_public_key_bytes": len(r.root_public_key), "identities": r.identities, "kv_bucket": r.kv_bucket,
-         "default_overlap_s": r.default_overlap_s, "keyvault": _addr(keyvault)}
+         "default_overlap_s": r.default_overlap_s, "keyvault": _addr(keyvault),
+         "root_fingerprint": fingerprint(r.root_public_key)}
     if as_json:
         console.print_json(json.dumps(d))
         return
@@ -129,6 +139,7 @@ def info(keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
     console.print(f"hybrids     {', '.join(r.hybrids)}")
     console.print(f"classical   {', '.join(r.classical)}")
     console.print(f"root key    ML-DSA-65 {r.root_key_id} ({len(r.root_public_key)} bytes)")
+    console.print(f"root pin    {fingerprint(r.root_public_key)}  (X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT)")
     console.print(f"identities  {r.identities}   KV bucket '{r.kv_bucket}'   default overlap {r.default_overlap_s:g} s")
 
 

@@ -1,4 +1,5 @@
-"""Real parts for the governance service tests: nats-server + service process + gRPC channel."""
+"""Real parts for the governance service tests: nats-server + keyvault (governance's SVID issuer) + the
+governance process + a mutual-TLS gRPC channel as an operator (an SVID from the stack's CA)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,15 +11,31 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import decode, encode
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.governance import vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey
+from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.runtime.stack import Stack, free_port
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import governance_pb2 as g
 from x0tta6bl4.v1 import governance_pb2_grpc as gg
+
+TD = "x0tta6bl4.mesh"
+
+
+def svid_for(stack: Stack, kind: str = "operator", name: str = "tester", ttl_s: float = 900) -> svids.Svid:
+    """An SVID of ``spiffe://<td>/<kind>/<name>`` minted with the stack's CA key."""
+    assert stack.secrets is not None
+    return svids.mint(stack.secrets.root, kind, name, ttl_s=ttl_s)
+
+
+def gov_channel(stack: Stack, addr: str, svid: svids.Svid | None = None) -> grpc.Channel:
+    """A mutual-TLS channel to governance at ``addr`` presenting ``svid`` (default: an operator's)."""
+    return svids.secure_channel(addr, svid or svid_for(stack), "governance", TD)
+
 
 CHOICE = {"YES": g.VOTE_CHOICE_YES, "NO": g.VOTE_CHOICE_NO, "ABSTAIN": g.VOTE_CHOICE_ABSTAIN}
 
@@ -31,7 +48,7 @@ class Gov:
         self.connect()
 
     def connect(self) -> None:
-        self.channel = grpc.insecure_channel(self.addr)
+        self.channel = gov_channel(self.stack, self.addr)
         grpc.channel_ready_future(self.channel).result(timeout=20)
         self.stub = gg.GovernanceStub(self.channel)
         self.admin = admin_metadata(directory=self.stack.data_dir)   # the ledger admin token
@@ -81,8 +98,10 @@ class Gov:
 
     # ---- the bus ---------------------------------------------------------------------------
     def publish(self, subject: str, msg, traceparent: str = "") -> None:
+        """Publish as the service that owns ``subject`` on the bus (plans: the planner, results: the executor)."""
         async def go():
-            nc = await nats.connect(self.stack.url)
+            nc = await self.stack.connect({subjects.MAPEK_PLAN: "planner", subjects.MAPEK_RESULT: "executor"}
+                                          .get(subject, "operator"))
             try:
                 pub = Publisher(nc, "test")
                 if not traceparent:
@@ -99,7 +118,7 @@ class Gov:
     def read_stream(self, stream: str, subject: str, cls=None, timeout: float = 2.0) -> list:
         """Every message on ``subject`` in ``stream`` (decoded as ``cls`` when given)."""
         async def go():
-            nc = await nats.connect(self.stack.url)
+            nc = await self.stack.connect()     # the operator reads every stream
             js = nc.jetstream()
             out = []
             try:
@@ -126,12 +145,14 @@ class Gov:
 @pytest.fixture(scope="module")
 def gov(tmp_path_factory):
     port = free_port()
-    stack = Stack(tmp_path_factory.mktemp("gov"), services=("governance",),
-                  env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_TICK_INTERVAL_S": "0.1",
-                       "X0TTA6BL4_ACK_WAIT_S": "5",
+    stack = Stack(tmp_path_factory.mktemp("gov"), services=("keyvault",),     # governance's SVID issuer
+                  env={"X0TTA6BL4_TICK_INTERVAL_S": "0.1", "X0TTA6BL4_ACK_WAIT_S": "5",
                        "X0TTA6BL4_STANDARD_QUORUM": "0.05", "X0TTA6BL4_EMERGENCY_QUORUM": "0.05"})
-    stack.start(60)
     try:
+        stack.start(60)
+        stack.env["X0TTA6BL4_GRPC_PORT"] = str(port)      # governance keeps its port across restarts
+        stack.start_service("governance")
+        stack.wait_ready(60)
         yield Gov(stack, port)
     finally:
         stack.stop()

@@ -15,9 +15,11 @@ import sys
 import grpc
 import pytest
 
+from tests.integration.governance.conftest import gov_channel, svid_for
 from x0tta6bl4.governance import Action, proposal_signing_payload, vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey, NodeIdentity
 from x0tta6bl4.pqc import key_id as pqc_key_id
+from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.runtime.locate import ADMIN_TOKEN_FILE, admin_metadata
 from x0tta6bl4.runtime.stack import Stack
 from x0tta6bl4.v1 import events_pb2
@@ -43,8 +45,8 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stubs(stack):
-    gch = grpc.insecure_channel(stack.grpc_addr("governance"))
-    kch = grpc.insecure_channel(stack.grpc_addr("keyvault"))
+    gch = gov_channel(stack, stack.grpc_addr("governance"))
+    kch = svids.secure_channel(stack.grpc_addr("keyvault"), svid_for(stack), "keyvault", TD)
     grpc.channel_ready_future(gch).result(timeout=20)
     grpc.channel_ready_future(kch).result(timeout=20)
     yield gg.GovernanceStub(gch), kgg.KeyvaultStub(kch)

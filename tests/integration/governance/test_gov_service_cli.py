@@ -59,7 +59,8 @@ def test_dao_vote_script(gov, tmp_path):
     assert r.returncode == 2 and "needs" in r.stderr
 
 
-def test_meshctl_gov(gov, tmp_path):
+def test_meshctl_gov(gov, tmp_path, monkeypatch):
+    monkeypatch.setenv("X0TTA6BL4_SECRETS_DIR", str(gov.stack.secrets.root))   # the operator's SVID, not its token
     run = CliRunner().invoke
     key = tmp_path / "v.key"
     r = run(gov_app, ["keygen", "--out", str(key)])

@@ -1,4 +1,5 @@
-"""A real nats-server + a real keyvault process (Stack) with a known gRPC port."""
+"""A real nats-server + a real keyvault process (Stack) with a known gRPC port; the test speaks to it over
+mutual TLS as an operator (an SVID minted with the stack's CA key, see :func:`channel`)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +8,30 @@ import time
 from dataclasses import dataclass
 
 import grpc
-import nats
 import pytest
 
+from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.runtime.stack import Stack, free_port
 from x0tta6bl4.v1 import keyvault_pb2_grpc
+
+TD = "x0tta6bl4.mesh"
+
+
+def svid_for(stack: Stack, kind: str = "operator", name: str = "tester", ttl_s: float = 900) -> svids.Svid:
+    """An SVID of ``spiffe://<td>/<kind>/<name>`` from the stack's CA."""
+    assert stack.secrets is not None
+    return svids.mint(stack.secrets.root, kind, name, ttl_s=ttl_s)
+
+
+def channel(stack: Stack, addr: str, svid: svids.Svid | None = None, service: str = "keyvault") -> grpc.Channel:
+    """A mutual-TLS channel to ``service`` at ``addr`` presenting ``svid`` (default: an operator's)."""
+    return svids.secure_channel(addr, svid or svid_for(stack), service, TD)
+
+
+def stub_as(kv: Keyvault, kind: str, name: str, ttl_s: float = 900) -> keyvault_pb2_grpc.KeyvaultStub:
+    ch = channel(kv.stack, kv.addr, svid_for(kv.stack, kind, name, ttl_s))
+    kv.extra_channels.append(ch)
+    return keyvault_pb2_grpc.KeyvaultStub(ch)
 
 
 @dataclass
@@ -20,6 +40,9 @@ class Keyvault:
     port: int
     channel: grpc.Channel
     stub: keyvault_pb2_grpc.KeyvaultStub
+
+    def __post_init__(self) -> None:
+        self.extra_channels: list[grpc.Channel] = []
 
     @property
     def addr(self) -> str:
@@ -43,10 +66,10 @@ class Keyvault:
         self.stack.wait_ready(30)
         grpc.channel_ready_future(self.channel).result(timeout=10)
 
-    def nats(self, coro_fn):
-        """Run ``coro_fn(nc)`` with a fresh NATS connection."""
+    def nats(self, coro_fn, identity: str = "operator"):
+        """Run ``coro_fn(nc)`` with a fresh NATS connection as ``identity`` (the operator by default)."""
         async def go():
-            nc = await nats.connect(self.nats_url)
+            nc = await self.stack.connect(identity)
             try:
                 return await coro_fn(nc)
             finally:
@@ -60,7 +83,7 @@ def start_keyvault(data_dir: pathlib.Path, env: dict | None = None) -> Keyvault:
                env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_RETIRE_TICK_S": "0.1", **(env or {})})
     t0 = time.monotonic()
     st.start(30)
-    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    ch = channel(st, f"127.0.0.1:{port}")
     grpc.channel_ready_future(ch).result(timeout=10)
     kv = Keyvault(st, port, ch, keyvault_pb2_grpc.KeyvaultStub(ch))
     kv.started_in = time.monotonic() - t0  # type: ignore[attr-defined]
@@ -90,17 +113,18 @@ def fresh_keyvault(tmp_path):
         kv.stack.stop()
 
 
-def start_replica(nats_server, data_dir: pathlib.Path, env: dict | None = None, wait: bool = True) -> Keyvault:
+def start_replica(nats_server, data_dir: pathlib.Path, env: dict | None = None, wait: bool = True,
+                  secrets=None) -> Keyvault:
     """A keyvault process with its own data dir on a shared nats-server (another machine, as far as
-    keyvault can tell: nothing on disk is shared)."""
+    keyvault can tell: nothing on disk is shared but the deployment's secrets, ``secrets``)."""
     port = free_port()
-    st = Stack(data_dir, services=("keyvault",), nats=nats_server,
+    st = Stack(data_dir, services=("keyvault",), nats=nats_server, secrets=secrets,
                env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_RETIRE_TICK_S": "0.1", **(env or {})})
     st.start_service("keyvault")
     if not wait:
         return Keyvault(st, port, None, None)  # type: ignore[arg-type]
     st.wait_ready(30)
-    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    ch = channel(st, f"127.0.0.1:{port}")
     grpc.channel_ready_future(ch).result(timeout=10)
     return Keyvault(st, port, ch, keyvault_pb2_grpc.KeyvaultStub(ch))
 
@@ -108,12 +132,15 @@ def start_replica(nats_server, data_dir: pathlib.Path, env: dict | None = None, 
 @pytest.fixture
 def replicas(tmp_path):
     """make(name, env) -> a keyvault replica with data dir tmp_path/name, all on one nats-server."""
+    from x0tta6bl4.runtime.secrets import init as init_secrets
     from x0tta6bl4.runtime.stack import NatsServer
-    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log").start()
+    secrets = init_secrets(tmp_path / "secrets")        # one deployment: one CA, one keyvault root
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log", secrets=secrets).start()
+    server.provision()                                  # secured: streams and buckets by the provisioner
     made: list[Keyvault] = []
 
     def make(name: str, env: dict | None = None, wait: bool = True) -> Keyvault:
-        kv = start_replica(server, tmp_path / name, env, wait)
+        kv = start_replica(server, tmp_path / name, env, wait, secrets)
         made.append(kv)
         return kv
 

@@ -7,9 +7,11 @@ import asyncio
 import grpc
 import pytest
 
+from tests.integration.keyvault.conftest import TD, svid_for
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.mesh.host import BundleBatcher
 from x0tta6bl4.pqc import NodeIdentity
+from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.v1 import events_pb2, keyvault_pb2_grpc
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 
@@ -80,8 +82,11 @@ def test_batcher_coalesces_concurrent_fetches_and_isolates_failures(keyvault):
         s.IssueIdentity(pb.IssueIdentityRequest(node_id=n), timeout=10)
     s.Revoke(pb.RevokeRequest(node_id="hrv", reason="test"), timeout=10)
 
+    keyvault.stack.secrets.add_mesh_host("hb", [*nodes, "hrv"])     # the mesh host acting for these nodes
+    me = svid_for(keyvault.stack, "host", "hb")
+
     async def go():
-        async with grpc.aio.insecure_channel(keyvault.addr) as ch:
+        async with svids.aio_channel(keyvault.addr, me, "keyvault", TD) as ch:
             b = BundleBatcher(keyvault_pb2_grpc.KeyvaultStub(ch))
             got = await asyncio.gather(*(b.get(n) for n in nodes))     # 20 reloads at once: one call
             calls_all_good = b.calls

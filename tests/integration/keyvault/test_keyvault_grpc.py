@@ -167,7 +167,7 @@ def test_attest_good_and_bad(keyvault):
     assert not a.valid and "revoked" in a.reason
 
 
-def test_cli_keys(keyvault, tmp_path):
+def test_cli_keys(keyvault, tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
@@ -175,6 +175,7 @@ def test_cli_keys(keyvault, tmp_path):
 
     app = typer.Typer()
     app.add_typer(keys_app, name="keys")
+    monkeypatch.setenv("X0TTA6BL4_DATA_DIR", str(keyvault.data_dir))   # meshctl finds the stack's CA there
     run = lambda *a: CliRunner().invoke(app, ["keys", *a, "--keyvault", keyvault.addr])  # noqa: E731
     r = run("info")
     assert r.exit_code == 0 and backend_info().name in r.output and "ML-DSA-65" in r.output
