@@ -287,12 +287,18 @@ async def dao_status(proposal_id: str = "", state: str = "") -> dict[str, Any]:
 
 # ---- PQC keys ---------------------------------------------------------------------------------------
 def _keyvault(method: str, request, timeout: float = 60.0):
+    """One keyvault gRPC call over mutual TLS with an operator SVID (``rpc.svid.operator_svid``)."""
     import grpc
 
+    from x0tta6bl4.rpc import svid as svids
     from x0tta6bl4.v1 import keyvault_pb2_grpc
     try:
-        with grpc.insecure_channel(keyvault_addr(),
-                                   options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as ch:
+        me = svids.operator_svid()
+    except svids.SvidError as e:
+        raise ValueError(f"no operator SVID for mutual TLS with keyvault: {e}") from None
+    try:
+        with svids.secure_channel(keyvault_addr(), me, "keyvault", svids.trust_domain(),
+                                  options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as ch:
             return getattr(keyvault_pb2_grpc.KeyvaultStub(ch), method)(request, timeout=timeout)
     except grpc.RpcError as e:
         raise ValueError(f"keyvault {keyvault_addr()}: {e.code().name}: {e.details()}") from None

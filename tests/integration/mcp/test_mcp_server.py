@@ -45,7 +45,8 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root() / "libs"), os.environ.get("PYTHONPATH", "")]))
     host = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", "line:3",
                              "--health-port", str(hp), "--telemetry-interval", "0.25"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**env, **stack.mesh_host_env("mesh", ["n0", "n1", "n2"])})
     try:
         # the node agents' host serves /health (liveness) and /ready (readiness) like every service
         def host_ready():
@@ -60,8 +61,10 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
             code, body = get(f"http://127.0.0.1:{sp.health_port}/ready")
             assert code == 200 and body["ready"] is True, sp.name
 
+        # the MCP server speaks on the bus as the operator (its nkey and the CA from X0TTA6BL4_NATS_*)
         server = StdioServerParameters(command=sys.executable, args=["-m", "x0tta6bl4.mcp_server"], env={
-            **env, "X0TTA6BL4_NATS_URL": stack.url, "X0TTA6BL4_GOV_ADDR": stack.grpc_addr("governance"),
+            **env, **stack.identity_env("operator"), "X0TTA6BL4_NATS_URL": stack.url,
+            "X0TTA6BL4_GOV_ADDR": stack.grpc_addr("governance"),
             "X0TTA6BL4_KEYVAULT_ADDR": stack.grpc_addr("keyvault"), "X0TTA6BL4_DATA_DIR": str(tmp_path / "mcp"),
             "X0TTA6BL4_ADMIN_TOKEN_FILE": str(stack.data_dir / "governance-admin.token")})
         async with stdio_client(server) as (read, write), ClientSession(read, write) as s:
@@ -84,6 +87,12 @@ async def test_mcp_tools_over_stdio_against_a_live_stack(stack_factory, tmp_path
 
             twin = result(await s.call_tool("simulate_failure", {"node": "n1"}))
             assert twin["partitioned"] is True and twin["connectivity_maintained"] < 1.0
+
+            # a cycle on request: the monitor starts it (monitor.rpc.Cycle), the operator only asks
+            cyc = result(await s.call_tool("run_mapek_cycle", {"trigger_node": "n1", "wait_s": 2}))
+            assert cyc["cycle_id"] and cyc["trigger_node"] == "n1"
+            bad = await s.call_tool("run_mapek_cycle", {"trigger_node": "n9", "wait_s": 1})
+            assert bad.isError and "unknown node 'n9'" in bad.content[0].text
 
             # DAO: a voter, a proposal, a signed quadratic vote, the tally
             key = str(tmp_path / "alice.key")
