@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -185,7 +186,8 @@ class MeshHost:
                  offline_keys: bool = False, security_options: dict[str, Any] | None = None,
                  max_skew_s: float = 10.0, reload_verify_timeout: float = 2.0, instance: str | None = None,
                  version: str = "", standby: bool = False, fail_health: bool = False,
-                 addresses: dict[str, tuple[str, int]] | None = None, creds: NatsCredentials | None = None):
+                 addresses: dict[str, tuple[str, int]] | None = None, creds: NatsCredentials | None = None,
+                 svid_identity: str = ""):
         self.nats_url = nats_url
         self.creds = creds   # its mesh-host identity on a secured bus (default: X0TTA6BL4_NATS_* settings)
         self.topology = topology
@@ -210,7 +212,9 @@ class MeshHost:
         self.trust: MeshTrust | None = None
         self.authority: LocalAuthority | None = None
         self.security: dict[str, NodeSecurity] = {}
-        self._grpc: Any = None   # grpc.aio.Channel (grpc is imported only with a keyvault)
+        self._grpc: Any = None   # RenewingChannel to keyvault (grpc is imported only with a keyvault)
+        self._svid: Any = None   # this host's SvidSource (with a keyvault)
+        self.svid_identity = svid_identity   # bus identity whose SVID it asks for (default: its credentials')
         self._stub: KeyvaultStub | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
         self._watch_task: asyncio.Task | None = None
@@ -255,6 +259,8 @@ class MeshHost:
                 await self._watcher.stop()
         if self._grpc is not None:
             await self._grpc.close()
+        if self._svid is not None:
+            await self._svid.stop()
         if self.nc:
             await self.nc.close()
 
@@ -290,17 +296,19 @@ class MeshHost:
             idents = {n: authority.issue(n) for n in self.nodes}
             trust = self.trust = authority.trust(max_skew_s=self.max_skew_s)
         else:
-            import grpc
-
+            from x0tta6bl4.rpc import svid as svids
             from x0tta6bl4.v1 import keyvault_pb2 as kpb
             from x0tta6bl4.v1 import keyvault_pb2_grpc as kpb_grpc
             assert self.nc is not None, "start() connects first"
-            self._grpc = grpc.aio.insecure_channel(self.keyvault_addr)
-            stub = self._stub = kpb_grpc.KeyvaultStub(self._grpc)
+            # mutual TLS as spiffe://<td>/host/<host>: keyvault lets this host act only for its assigned nodes
+            self._svid = await self._host_svid(svids)
+            self._grpc = svids.RenewingChannel(self.keyvault_addr, self._svid, "keyvault",
+                                               self._svid.current.trust_domain)
+            stub = self._stub = self._grpc.stub(kpb_grpc.KeyvaultStub)
             window = float(os.environ.get("X0TTA6BL4_KEY_RELOAD_BATCH_S", "0.005"))
             self._bundles = BundleBatcher(stub, window_s=max(window, 0.0), batched=window > 0)
             info = await stub.Info(kpb.InfoRequest(), timeout=15)
-            trust = self.trust = MeshTrust.pinned(info.root_public_key, max_skew_s=self.max_skew_s)
+            trust = self.trust = MeshTrust.pinned(self._pinned_root(info.root_public_key), max_skew_s=self.max_skew_s)
             self._watcher, initial = await watch_bucket(self.nc.jetstream(), info.kv_bucket or "keys")
             for e in initial:
                 trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
@@ -317,6 +325,35 @@ class MeshHost:
                                                "sig_key_id": idents[n].signing.key_id,
                                                "kem_key_id": idents[n].kem.key_id,
                                                "source": "offline" if self.offline_keys else "keyvault"})
+
+    async def _host_svid(self, svids: Any) -> Any:
+        """This host's X.509 SVID from keyvault (``keyvault.svid.<bus identity>``), renewed at half-life."""
+        identity = self.svid_identity or (self.creds.identity if self.creds else "") \
+            or os.environ.get("X0TTA6BL4_NATS_IDENTITY", "")
+        if not identity:
+            raise ValueError("mesh host: keyvault needs this host's identity (its NATS credentials, or "
+                             "X0TTA6BL4_NATS_IDENTITY=mesh-host-<name> on an open bus)")
+        assert self.nc is not None
+        source = svids.SvidSource(functools.partial(svids.obtain_over_bus, self.nc, identity), name=identity)
+        try:
+            await source.start(timeout_s=30)
+        except svids.SvidError as e:
+            raise ValueError(f"mesh host: {e}") from None
+        return source
+
+    @staticmethod
+    def _pinned_root(offered: bytes) -> bytes:
+        """Keyvault's root key, checked against the pinned fingerprint (X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT)
+        when one is set; without one the key from the mutually authenticated keyvault is used (logged)."""
+        from x0tta6bl4.keyvault import pin
+        fp = os.environ.get(pin.ENV_FINGERPRINT, "")
+        if not fp:
+            log.warning("keyvault root %s is not pinned (set %s)", pin.fingerprint(offered), pin.ENV_FINGERPRINT)
+            return offered
+        try:
+            return pin.check(offered, fp).public_bytes()
+        except pin.RootPinError as e:
+            raise ValueError(f"mesh host: {e}") from None
 
     async def _fetch_identity(self, node: str, issue: bool = False):
         """The node's current identity from keyvault (gRPC); its root-signed records are applied

@@ -84,6 +84,10 @@ class Svid:
                    cert.not_valid_after_utc.timestamp())
 
     @property
+    def trust_domain(self) -> str:
+        return self.spiffe_id.split("/")[2]
+
+    @property
     def renew_at(self) -> float:
         """Half-life, as SPIRE renews."""
         return self.not_before + (self.not_after - self.not_before) / 2

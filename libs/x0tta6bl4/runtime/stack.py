@@ -328,12 +328,14 @@ class Stack:
 
     def add_mesh_host(self, host: str, nodes: Iterable[str], timeout_s: float = 15.0) -> dict[str, str]:
         """Give mesh host ``host`` a bus identity for exactly ``nodes`` (nats-server reloaded, the identity
-        accepted); the X0TTA6BL4_NATS_* settings of a host process. {} on an open bus."""
-        if not self.bus_secured:
-            return {}
-        assert self.secrets is not None and self.nats is not None
+        accepted); the X0TTA6BL4_NATS_* settings of a host process. On an open bus the host is still recorded
+        (keyvault's policy lets it act for exactly these nodes) and named by X0TTA6BL4_NATS_IDENTITY only."""
+        assert self.secrets is not None
         self.secrets.add_mesh_host(host, nodes)
         identity = MESH_HOST_PREFIX + token(host)
+        if not self.bus_secured:
+            return {**self.identity_env(identity), "X0TTA6BL4_NATS_IDENTITY": identity}
+        assert self.nats is not None
         self.nats.reload(accepts=identity, timeout_s=timeout_s)
         return self.identity_env(identity)
 
