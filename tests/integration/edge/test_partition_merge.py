@@ -1,4 +1,4 @@
-"""Edge crisis mode against a real nats-server: part of the mesh is partitioned from the broker
+"""Edge crisis mode against a real (secured) nats-server: part of the mesh is partitioned from the broker
 (its TCP path to nats-server goes through a proxy we cut), both sides change configuration,
 routing hints, keys and audit events, the partition heals, and both sides converge with nothing
 lost; the offline period's audit events land on the AUDIT stream once each, in causal order, in
@@ -63,7 +63,17 @@ async def audit_events(nc) -> list[events_pb2.AuditEvent]:
 
 
 @pytest.mark.timeout(120)
-async def test_partition_changes_both_sides_reconnect_converge(tmp_path, nats_server, nc):
+async def test_partition_changes_both_sides_reconnect_converge(tmp_path, stack_factory):
+    stack = stack_factory(services=())          # a secured, provisioned nats-server
+    nc = await stack.connect()                  # the operator reads the audit trail
+    try:
+        await _partition_and_merge(tmp_path, stack, nc)
+    finally:
+        await nc.close()
+
+
+async def _partition_and_merge(tmp_path, stack, nc):
+    operator = stack.creds()                    # edge sync speaks as the operator (edge bucket, audit.edge.*)
     d = tmp_path / "edge"
     # n4 provisioned by the operator's command, offline, with a preloaded routing table
     r = subprocess.run([sys.executable, "-m", "x0tta6bl4.cli.edge", "setup", "n4", "--offline", "--topology", "grid:9",
@@ -74,11 +84,11 @@ async def test_partition_changes_both_sides_reconnect_converge(tmp_path, nats_se
     a = EdgeNode.setup(d, "n0", offline=False, topology="grid:9")          # stays connected
     c = EdgeNode.setup(d, "n8", offline=True, topology="grid:9")           # never reaches the broker
 
-    proxy = Proxy(nats_server.port)
+    proxy = Proxy(stack.nats.port)              # TLS passes through it: the agents verify nats-server's cert
     await proxy.start()
-    agent_a = EdgeAgent(a, nats_server.url)
-    agent_b = EdgeAgent(b, proxy.url)
-    agent_c = EdgeAgent(c, "nats://127.0.0.1:1")                         # nothing listens there
+    agent_a = EdgeAgent(a, stack.url, creds=operator)
+    agent_b = EdgeAgent(b, proxy.url, creds=operator)
+    agent_c = EdgeAgent(c, "nats://127.0.0.1:1", creds=operator)         # nothing listens there
 
     # everyone online once (c cannot): a shared starting point
     assert await agent_a.try_sync() is not None
@@ -123,7 +133,7 @@ async def test_partition_changes_both_sides_reconnect_converge(tmp_path, nats_se
     # ---- heal: b reconnects (a restarted process: state from the encrypted keystore) ----
     await proxy.start(proxy.port)
     b2 = EdgeNode.open(d, "n4")
-    agent_b2 = EdgeAgent(b2, proxy.url)
+    agent_b2 = EdgeAgent(b2, proxy.url, creds=operator)
     rep = await agent_b2.try_sync()
     assert rep is not None and not b2.offline
     await agent_a.try_sync()
@@ -163,7 +173,7 @@ async def test_partition_changes_both_sides_reconnect_converge(tmp_path, nats_se
     assert all(e.key_id in node_keys[e.details["published_by"]] for e in events)   # signed by the node's key
 
     # c reconnects much later: it learns everything and publishes nothing twice
-    agent_c.nats_url = nats_server.url
+    agent_c.nats_url = stack.url
     rc = await agent_c.try_sync()
     assert rc is not None and not set(rc.published) & set(ids)            # nothing published twice
     assert [e.event_type for e in c.state.audit_events() if e.event_id in rc.published] == ["edge.online"]
