@@ -282,7 +282,7 @@ class Stack:
     replicas: int = 1
     env: dict[str, str] = field(default_factory=dict)
     fixed_ports: bool = False      # replica 0 of gRPC services on their default ports (meshctl up)
-    secure: bool = False           # TLS, nkeys and least-privilege permissions (secrets in <data_dir>/secrets)
+    secure: bool = True            # TLS, nkeys and least-privilege permissions (secrets in <data_dir>/secrets)
     nats: NatsServer | None = None
     secrets: Secrets | None = None
     procs: list[ServiceProcess] = field(default_factory=list)
