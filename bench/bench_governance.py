@@ -30,11 +30,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs"))
 sys.path.insert(0, str(ROOT))
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from x0tta6bl4.governance import vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey
+from x0tta6bl4.rpc.svid import aio_channel
+from x0tta6bl4.rpc.svid import mint as mint_svid
 from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.runtime.stack import Stack, free_port
 from x0tta6bl4.v1 import events_pb2
@@ -83,8 +84,8 @@ async def paced(n: int, concurrency: int, rate: float, make_call) -> list[float]
 
 
 async def bench(addr: str, voters: int, votes: int, concurrency: int, channels: int, load: float,
-                admin: tuple) -> dict:
-    chans = [grpc.aio.insecure_channel(addr) for _ in range(channels)]
+                admin: tuple, svid) -> dict:
+    chans = [aio_channel(addr, svid, "governance", svid.trust_domain) for _ in range(channels)]   # mutual TLS
     for c in chans:
         await c.channel_ready()
     stubs = [gg.GovernanceStub(c) for c in chans]
@@ -168,12 +169,16 @@ def main() -> int:
     a = ap.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-gov-") as d:
-        stack = Stack(pathlib.Path(d), services=("governance",),
-                      env={"X0TTA6BL4_GRPC_PORT": str(port), "X0TTA6BL4_LOG_LEVEL": "WARNING"})
+        stack = Stack(pathlib.Path(d), services=("keyvault",),     # keyvault: governance's SVID issuer
+                      env={"X0TTA6BL4_LOG_LEVEL": "WARNING"})
         stack.start(60)
+        stack.env["X0TTA6BL4_GRPC_PORT"] = str(port)
+        stack.start_service("governance")
+        stack.wait_ready(60)
         try:
             out = asyncio.run(bench(f"127.0.0.1:{port}", a.voters, a.votes, a.concurrency, a.channels, a.load,
-                                    admin_metadata(directory=stack.data_dir)))
+                                    admin_metadata(directory=stack.data_dir),
+                                    svid=mint_svid(stack.secrets.root, "operator", "bench")))
         finally:
             stack.stop()
     print(f"governance CastVote ({out['voters']} voters, {out['concurrency']} concurrent clients, "

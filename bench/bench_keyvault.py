@@ -29,6 +29,8 @@ from x0tta6bl4.bus.kvwatch import next_update, watch_bucket
 from x0tta6bl4.keyvault import KeyDirectory
 from x0tta6bl4.keyvault.distribution import BUCKET
 from x0tta6bl4.pqc import MLDSA65PublicKey, PQCError
+from x0tta6bl4.rpc.svid import mint as mint_svid
+from x0tta6bl4.rpc.svid import secure_channel
 from x0tta6bl4.runtime.stack import Stack, free_port
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 from x0tta6bl4.v1 import keyvault_pb2_grpc
@@ -91,7 +93,8 @@ def run(report, nodes: int = 50, rounds: int = 3) -> None:
         t0 = time.perf_counter()
         with st:
             report("keyvault start (nats-server + service ready)", (time.perf_counter() - t0) * 1000, "ms")
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            me = mint_svid(st.secrets.root, "operator", "bench")      # mutual TLS as an operator
+            with secure_channel(f"127.0.0.1:{port}", me, "keyvault", me.trust_domain) as ch:
                 grpc.channel_ready_future(ch).result(timeout=10)
                 stub = keyvault_pb2_grpc.KeyvaultStub(ch)
                 info = stub.Info(pb.InfoRequest(), timeout=10)

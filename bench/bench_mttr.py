@@ -29,6 +29,7 @@ from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.reader import kv_snapshot, mesh_telemetry
 from x0tta6bl4.mapek.health import classify_node
+from x0tta6bl4.rpc.svid import mint as mint_svid
 from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.runtime.stack import Stack, repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
@@ -106,15 +107,15 @@ async def settle(js, nodes, src, timeout=30.0):
 class Voters:
     """Operators who approve every proposal at once (for the governed scenario)."""
 
-    def __init__(self, addr: str, admin: tuple = (), n: int = 2):
-        import grpc
-
+    def __init__(self, addr: str, admin: tuple = (), n: int = 2, svid=None):
         from x0tta6bl4.pqc import MLDSA65PrivateKey
         from x0tta6bl4.v1 import governance_pb2 as g
         from x0tta6bl4.v1 import governance_pb2_grpc as gg
         self.g = g
         self.admin = admin                   # ledger admin token metadata (RegisterVoter)
-        self.channel = grpc.aio.insecure_channel(addr)
+        from x0tta6bl4.rpc import svid as svids
+        me = svid or svids.operator_svid()               # mutual TLS as an operator
+        self.channel = svids.aio_channel(addr, me, "governance", me.trust_domain)
         self.stub = gg.GovernanceStub(self.channel)
         self.keys = [(f"spiffe://x0tta6bl4.mesh/operator/bench{i}", MLDSA65PrivateKey.generate()) for i in range(n)]
         self.voted: set[str] = set()
@@ -155,7 +156,8 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
     src, dst = nodes[0], nodes[-1]
     stop_voting = asyncio.Event()
     if scenario == "degrade":
-        voters = Voters(stack.grpc_addr("governance"), admin_metadata(directory=stack.data_dir))
+        voters = Voters(stack.grpc_addr("governance"), admin_metadata(directory=stack.data_dir),
+                        svid=mint_svid(stack.secrets.root, "operator", "bench"))
         await voters.register()
         voting = asyncio.create_task(voters.approve_all(stop_voting))
     rows = []

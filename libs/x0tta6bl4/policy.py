@@ -50,7 +50,7 @@ class Decision:
     method: str
     caller: str                    # the SPIFFE ID (or what identified the caller)
     audit: bool = True             # False: infrastructure (health, reflection) - decided, not audited
-    read: bool = False             # an allowed read may be sampled in the audit trail (never a denial)
+    sampled: bool = False          # an allowed high-volume call may be sampled in the audit trail (never a denial)
 
 
 class PolicyError(ValueError):
@@ -112,7 +112,7 @@ class Rule:
     grants: tuple[Grant, ...]
     targets: Targets = _none
     identity_targets: bool = False   # targets are SPIFFE IDs (voter, proposer), not node ids
-    read: bool = False               # an allowed call may be sampled in the audit trail
+    sampled: bool = False            # allowed calls sampled in the audit trail (reads; votes, see CastVote)
     audit: bool = True
     doc: str = ""
 
@@ -128,11 +128,11 @@ def _g(*spec: str) -> tuple[Grant, ...]:
 _READERS = _g("operator", "service", "node", "host")
 RULES: dict[str, Rule] = {
     # keyvault: public facts
-    f"{KEYVAULT}/Info": Rule(_g("any"), read=True, doc="backend and root key: every authenticated caller"),
-    f"{KEYVAULT}/Attest": Rule(_g("any"), read=True, doc="checks a signature; reveals nothing secret"),
-    f"{KEYVAULT}/GetPublicKeys": Rule(_g("operator", "service", "host/own", "node/own"), _node, read=True,
+    f"{KEYVAULT}/Info": Rule(_g("any"), sampled=True, doc="backend and root key: every authenticated caller"),
+    f"{KEYVAULT}/Attest": Rule(_g("any"), sampled=True, doc="checks a signature; reveals nothing secret"),
+    f"{KEYVAULT}/GetPublicKeys": Rule(_g("operator", "service", "host/own", "node/own"), _node, sampled=True,
                                       doc="a node reads only its own records, a host its nodes'"),
-    f"{KEYVAULT}/ListIdentities": Rule(_g("operator", "service"), read=True, doc="operators and services"),
+    f"{KEYVAULT}/ListIdentities": Rule(_g("operator", "service"), sampled=True, doc="operators and services"),
     # keyvault: private keys
     f"{KEYVAULT}/GetPrivateBundle": Rule(_g("operator", "host/own", "node/own"), _node,
                                          doc="a node's private keys: itself, its host, an operator (provisioning)"),
@@ -144,13 +144,15 @@ RULES: dict[str, Rule] = {
     f"{KEYVAULT}/Rotate": Rule(_g("operator", "service:executor"), _nodes, doc="operators and the executor"),
     f"{KEYVAULT}/Revoke": Rule(_g("operator", "service:executor"), _node, doc="operators and the executor"),
     # governance: reading the DAO
-    f"{GOVERNANCE}/GetProposal": Rule(_READERS, read=True),
-    f"{GOVERNANCE}/ListProposals": Rule(_READERS, read=True),
-    f"{GOVERNANCE}/GetBalance": Rule(_READERS, read=True),
-    f"{GOVERNANCE}/WatchProposals": Rule(_READERS, read=True),
+    f"{GOVERNANCE}/GetProposal": Rule(_READERS, sampled=True),
+    f"{GOVERNANCE}/ListProposals": Rule(_READERS, sampled=True),
+    f"{GOVERNANCE}/GetBalance": Rule(_READERS, sampled=True),
+    f"{GOVERNANCE}/WatchProposals": Rule(_READERS, sampled=True),
     # governance: acting in it (the signatures and the admin token are still checked by the service)
+    # a vote storm is the governance hot path; every vote is in the signed governance log, so allowed votes
+    # are sampled like reads (each audited one counts the ones left out since: ``suppressed``)
     f"{GOVERNANCE}/CastVote": Rule(_g("operator", "node/own"), _field("voter"), identity_targets=True,
-                                   doc="a node votes as itself; an operator relays signed votes"),
+                                   sampled=True, doc="a node votes as itself; an operator relays signed votes"),
     f"{GOVERNANCE}/CreateProposal": Rule(_g("operator", "node/own"), _field("proposer"),
                                          identity_targets=True, doc="a node proposes as itself"),
     f"{GOVERNANCE}/CancelProposal": Rule(_g("operator", "node/own"), _field("proposer"), identity_targets=True,
@@ -192,13 +194,13 @@ class PolicyEngine:
             return Decision(False, f"{p.label} may not call {m.rsplit('/', 1)[-1]} ({rule.doc or 'not granted'})",
                             m, caller, rule.audit)
         if any(g.scope == ALL for g in grants):
-            return Decision(True, f"{p.label}: granted", m, caller, rule.audit, rule.read)
+            return Decision(True, f"{p.label}: granted", m, caller, rule.audit, rule.sampled)
         try:
             targets = rule.targets(request) if request is not None else ()
         except (AttributeError, TypeError):
             return Decision(False, f"{m}: the request does not say what it acts on", m, caller, rule.audit)
         ok, why = self._own(p, targets, rule.identity_targets)
-        return Decision(ok, why, m, caller, rule.audit, rule.read and ok)
+        return Decision(ok, why, m, caller, rule.audit, rule.sampled and ok)
 
     def _own(self, p: Principal, targets: tuple[str, ...] | None, identities: bool) -> tuple[bool, str]:
         if targets is None:
@@ -232,9 +234,9 @@ ZeroTrustValidator = PolicyEngine
 
 
 class AuditSampler:
-    """Which allowed decisions go to the audit trail: every write and every denial; allowed reads up to
-    ``reads_per_s`` per (caller, method) each second, the ones left out counted in the next one audited
-    (``suppressed``). Thread-safe (gRPC calls it from the event loop, tests from anywhere)."""
+    """Which decisions go to the audit trail: every denial and every allowed write; allowed sampled calls
+    (reads, votes) up to ``reads_per_s`` per (caller, method) each second, the ones left out counted in the
+    next one audited (``suppressed``). Thread-safe."""
 
     def __init__(self, reads_per_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.reads_per_s, self.clock = reads_per_s, clock
@@ -245,7 +247,7 @@ class AuditSampler:
         """(audit this one?, how many were left out before it)."""
         if not d.audit:
             return False, 0
-        if not d.allowed or not d.read:
+        if not d.allowed or not d.sampled:
             return True, 0
         key, now = (d.caller, d.method), self.clock()
         with self._lock:

@@ -92,7 +92,7 @@ class BusPolicy:
             reason = "granted to every identity that may publish it"
         ok = bool(callers) and not denied
         d = Decision(ok, reason, full, label, True, ok and self.policy.rules.get(full) is not None
-                     and self.policy.rules[full].read)
+                     and self.policy.rules[full].sampled)
         admit, suppressed = self.sampler.admit(d)
         if admit:
             details = {"method": full, "caller": label, "reason": reason, "via": "nats",

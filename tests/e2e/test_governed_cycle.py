@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 
-import grpc
 import pytest
 from testkit import consistently, eventually, mesh_ready, start_mesh
 
@@ -13,18 +12,20 @@ from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.governance import vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey
+from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 from x0tta6bl4.v1 import governance_pb2 as g
 from x0tta6bl4.v1 import governance_pb2_grpc as gg
 
 ENV = {"X0TTA6BL4_WINDOW_S": "1", "X0TTA6BL4_STANDARD_VOTE_S": "30", "X0TTA6BL4_EMERGENCY_VOTE_S": "30"}
-SERVICES = ("monitor", "analyzer", "planner", "executor", "governance")
+SERVICES = ("keyvault", "monitor", "analyzer", "planner", "executor", "governance")   # keyvault: the SVIDs
 
 
 async def governed_incident(stack_factory, choice: str):
     stack = stack_factory(services=SERVICES, env=ENV)
-    channel = grpc.aio.insecure_channel(stack.grpc_addr("governance"))
+    me = svids.mint(stack.secrets.root, "operator", "e2e")           # mutual TLS as an operator
+    channel = svids.aio_channel(stack.grpc_addr("governance"), me, "governance", me.trust_domain)
     gov = gg.GovernanceStub(channel)
     voters = []
     for i in range(2):

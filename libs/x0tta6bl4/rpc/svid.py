@@ -158,9 +158,11 @@ class SvidSource:
     every renewal; listeners (``on_renew``) hear of each new SVID."""
 
     def __init__(self, obtain: Callable[[], Awaitable[Svid]], *, name: str = "",
-                 clock: Callable[[], float] = time.time, retry_s: float = 0.5, max_retry_s: float = 30.0) -> None:
+                 clock: Callable[[], float] = time.time, retry_s: float = 0.5, max_retry_s: float = 30.0,
+                 check_s: float = 5.0) -> None:
         self._obtain, self.name, self.clock = obtain, name, clock
         self.retry_s, self.max_retry_s = retry_s, max_retry_s
+        self.check_s = check_s           # the clock is re-read at least this often (suspend, clock jumps)
         self._svid: Svid | None = None
         self.version = 0
         self.renewals = 0
@@ -224,7 +226,8 @@ class SvidSource:
         while True:
             due = self.current.renew_at - self.clock()
             if due > 0:
-                await asyncio.sleep(due)
+                await asyncio.sleep(min(due, self.check_s))
+                continue
             try:
                 await self.renew()
                 wait = self.retry_s
