@@ -215,3 +215,41 @@ def test_the_signer_round_trips_through_its_seed():
     s = MLDSASigner()
     again = MLDSASigner.from_seed(s.seed_bytes_unsafe())
     assert again.public_bytes() == s.public_bytes() and "seed" not in repr(s)
+
+
+# ---- a service signs its chain with its signing key, which the trust bundle must list ---------------------
+def _settings(tmp_path, signer: Signer | None, bundle: TrustBundle | None):
+    from x0tta6bl4.config import CommonSettings
+    kw = {}
+    if signer is not None:
+        (tmp_path / "key.seed").write_bytes(signer.seed_bytes_unsafe())
+        kw["signing_key_file"] = tmp_path / "key.seed"
+    if bundle is not None:
+        (tmp_path / "trust.json").write_text(bundle.to_json())
+        kw["trust_file"] = tmp_path / "trust.json"
+    return CommonSettings(data_dir=tmp_path, **kw)
+
+
+def test_a_service_without_its_signing_key_does_not_start(tmp_path):
+    from x0tta6bl4.bus.app import Service
+    from x0tta6bl4.config import ConfigError
+    with pytest.raises(ConfigError, match="X0TTA6BL4_SIGNING_KEY_FILE is not set: governance needs its signing key"):
+        Service("governance", _settings(tmp_path, None, BUNDLE)).audit_signer()
+
+
+def test_a_service_whose_key_the_bundle_does_not_list_for_it_does_not_start(tmp_path):
+    from x0tta6bl4.bus.app import Service
+    from x0tta6bl4.config import ConfigError
+    stranger = Signer.generate("governance")
+    with pytest.raises(ConfigError, match=f"key {stranger.key_id} of governance is not in the trust bundle"):
+        Service("governance", _settings(tmp_path, stranger, BUNDLE)).audit_signer()
+    with pytest.raises(ConfigError, match=r"lists key .* for planner .* not for governance"):
+        Service("governance", _settings(tmp_path, SIGNERS["planner"], BUNDLE)).audit_signer()
+
+
+def test_a_services_chain_is_signed_with_its_signing_key(tmp_path):
+    from x0tta6bl4.bus.app import Service
+    signer = Service("governance", _settings(tmp_path, SIGNERS["governance"], BUNDLE)).audit_signer()
+    c = AuditChain("governance", signer)
+    evs = [c.next("service.started", "governance") for _ in range(2)]
+    assert signer.key_id == SIGNERS["governance"].key_id and verify_chains(evs, KEYS).verified == 2
