@@ -1,12 +1,16 @@
-"""Bus benchmarks (issue: foundation).
+"""Bus benchmarks (issues: foundation, zero trust on the bus).
 
 1. Publish throughput of our path (validate + encode + trace headers + Nats-Msg-Id,
    awaited PubAck) as a ratio to raw nats-py JetStream publishing of the same
    bytes, measured in the same run on the same server. Target >= 0.80.
-2. Stage-to-stage hop latency: publish -> a durable consumer's handler in our
-   Service runtime (decode, idempotency check, span, ack). Target p99 < 5 ms.
-3. Pipeline latency on the embedded stack: telemetry published -> result event
-   (monitor -> analyzer -> planner -> executor), p50/p99 over many cycles.
+2. The cost of security: the same publishing on a secured server (TLS, nkey
+   authentication, the permission table; a mesh host's identity) as a ratio to an
+   open server, both in the same run, rounds interleaved. Target >= 0.90.
+3. Stage-to-stage hop latency on the secured server: publish (as the analyzer) ->
+   the planner's durable consumer in our Service runtime (decode, idempotency check,
+   span, ack). Target p99 < 5 ms.
+4. Pipeline latency on the embedded (secured) stack: telemetry published -> result
+   event (monitor -> analyzer -> planner -> executor), p50/p99 over many cycles.
 
     python bench/bench_bus.py [--quick]
 """
@@ -25,9 +29,10 @@ import nats
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service
 from x0tta6bl4.bus.codec import new_meta
-from x0tta6bl4.bus.connection import ensure_topology
+from x0tta6bl4.bus.connection import NatsCredentials, ensure_topology
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.config import CommonSettings
+from x0tta6bl4.runtime import secrets as deployment
 from x0tta6bl4.runtime.stack import NatsServer, Stack
 from x0tta6bl4.v1 import events_pb2
 
@@ -44,40 +49,55 @@ def telemetry(i: int, node: str = "n1", cpu: float = 10.0) -> events_pb2.NodeTel
     return t
 
 
-async def throughput(url: str, n: int) -> dict:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await ensure_topology(js)
-    pub = Publisher(nc, "bench")
+BENCH_HOST = "bench"      # a mesh host identity for the nodes "raw" and "ours" (what the secured rounds publish as)
+
+
+async def _client(url: str, creds: NatsCredentials | None):
+    return await nats.connect(servers=[url], **(creds.options() if creds is not None else {}))
+
+
+async def throughput(open_url: str, secured_url: str, creds: NatsCredentials, n: int) -> dict:
+    """Raw and our publishing on the open server, and on the secured one as a mesh host, rounds interleaved
+    so that both servers share the machine's noise."""
+    conns = {"open": await _client(open_url, None), "secured": await _client(secured_url, creds)}
+    await ensure_topology(conns["open"].jetstream())
     payload = telemetry(0).SerializeToString()
-    results = {}
-    for rnd in range(3):  # interleave to share the machine's noise fairly
-        t0 = time.perf_counter()
-        for i in range(n):
-            await js.publish("mesh.telemetry.raw", payload, headers={"Nats-Msg-Id": f"raw-{rnd}-{i}"})
-        results.setdefault("raw", []).append(n / (time.perf_counter() - t0))
-        msgs = [telemetry(i) for i in range(n)]  # built by the caller in both cases
-        raw_payloads = [m.SerializeToString() for m in msgs]
-        del raw_payloads
-        t0 = time.perf_counter()
-        for m in msgs:
-            await pub.publish("mesh.telemetry.ours", m)
-        results.setdefault("ours", []).append(n / (time.perf_counter() - t0))
-    await nc.close()
-    raw, ours = statistics.median(results["raw"]), statistics.median(results["ours"])
-    return {"raw_msgs_per_s": round(raw), "ours_msgs_per_s": round(ours), "ratio": round(ours / raw, 3)}
+    results: dict[str, list[float]] = {}
+    for rnd in range(6):   # the order alternates: neither bus always runs first
+        for bus, nc in sorted(conns.items(), reverse=bool(rnd % 2)):
+            js, pub = nc.jetstream(), Publisher(nc, "bench")
+            t0 = time.perf_counter()
+            for i in range(n):
+                await js.publish(subjects.telemetry("raw"), payload, headers={"Nats-Msg-Id": f"raw-{rnd}-{i}"})
+            results.setdefault(f"{bus}.raw", []).append(n / (time.perf_counter() - t0))
+            msgs = [telemetry(i, "ours") for i in range(n)]  # built by the caller in both cases
+            t0 = time.perf_counter()
+            for m in msgs:
+                await pub.publish(subjects.telemetry("ours"), m)
+            results.setdefault(f"{bus}.ours", []).append(n / (time.perf_counter() - t0))
+    for nc in conns.values():
+        await nc.close()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    return {"raw_msgs_per_s": round(med["open.raw"]), "ours_msgs_per_s": round(med["open.ours"]),
+            "ratio": round(med["open.ours"] / med["open.raw"], 3),
+            "secured_raw_msgs_per_s": round(med["secured.raw"]), "secured_ours_msgs_per_s": round(med["secured.ours"]),
+            "secured_ratio": round(med["secured.ours"] / med["open.ours"], 3),
+            "secured_raw_ratio": round(med["secured.raw"] / med["open.raw"], 3)}
 
 
-async def hop_latency(url: str, data_dir: pathlib.Path, n: int) -> dict:
+async def hop_latency(url: str, sec: deployment.Secrets, data_dir: pathlib.Path, n: int) -> dict:
     lat: list[float] = []
-    app = Service("planner", CommonSettings(nats_url=url, data_dir=data_dir))
+    app = Service("planner", CommonSettings(nats_url=url, data_dir=data_dir, trust_file=sec.trust_file,
+                                            signing_key_file=sec.signing_file("planner"),
+                                            nats_nkey_file=sec.nkey_file("planner"), nats_ca_file=sec.ca_cert,
+                                            nats_identity="planner"))
 
     @app.subscriber("planner", events_pb2.Anomaly)
     async def on_anomaly(a, ctx):
         lat.append((time.time_ns() - a.meta.ts_unix_ns) / 1e6)
 
     await app.start()
-    nc = await nats.connect(url)
+    nc = await _client(url, NatsCredentials.in_secrets(sec.root, "analyzer"))   # anomalies: the analyzer's
     pub = Publisher(nc, "bench")
     for i in range(n):
         a = events_pb2.Anomaly(meta=new_meta("bench", "c"), node_id="n", root_cause="n", fault_type="f",
@@ -93,8 +113,9 @@ async def hop_latency(url: str, data_dir: pathlib.Path, n: int) -> dict:
 
 
 async def pipeline(stack: Stack, cycles: int) -> dict:
-    nc = await nats.connect(stack.url)
-    pub = Publisher(nc, "bench")
+    nc = await stack.connect()                                  # the operator watches MAPE-K
+    agents = await stack.connect(f"mesh-host-{BENCH_HOST}")     # the nodes' telemetry: their host's identity
+    pub = Publisher(agents, "bench")
     got: dict[str, int] = {}
     hops: dict[str, list[float]] = {"monitor": [], "analyzer": [], "planner": [], "executor": []}
     stamps: dict[str, dict[str, int]] = {}
@@ -128,6 +149,7 @@ async def pipeline(stack: Stack, cycles: int) -> dict:
         await asyncio.sleep(0.1)
     await sub.unsubscribe()
     await nc.close()
+    await agents.close()
     e2e = [(got[n] - sent[n]) / 1e6 for n in got]
     for n, st in stamps.items():
         if {"window", "anomaly", "action", "result"} <= st.keys():
@@ -148,24 +170,33 @@ def main(argv=None) -> dict:
     cycles = 30 if a.quick else 100
     with tempfile.TemporaryDirectory() as d:
         d = pathlib.Path(d)
-        server = NatsServer(d / "js").start()
+        sec = deployment.init(d / "secrets")
+        sec.add_mesh_host(BENCH_HOST, ["raw", "ours"])
+        open_server = NatsServer(d / "js-open").start()
+        secured = NatsServer(d / "js-secured", log_file=d / "nats-secured.log", secrets=sec).start()
         try:
-            thr = asyncio.run(throughput(server.url, n))
-            hop = asyncio.run(hop_latency(server.url, d / "svc", 300 if a.quick else 1000))
+            secured.provision()
+            thr = asyncio.run(throughput(open_server.url, secured.url,
+                                         NatsCredentials.in_secrets(sec.root, f"mesh-host-{BENCH_HOST}"), n))
+            hop = asyncio.run(hop_latency(secured.url, sec, d / "svc", 300 if a.quick else 1000))
         finally:
-            server.stop()
+            open_server.stop()
+            secured.stop()
         stack = Stack(d / "stack", services=("monitor", "analyzer", "planner", "executor"),
                       env={"X0TTA6BL4_STALE_AFTER_S": "3600", "X0TTA6BL4_LOG_LEVEL": "WARNING"})
         try:
             stack.start()
+            stack.add_mesh_host(BENCH_HOST, [f"b{i}" for i in range(cycles)])
             pipe = asyncio.run(pipeline(stack, cycles))
         finally:
             stack.stop()
     out = {"publish_throughput": thr, "hop_latency": hop, "pipeline": pipe}
     print("bus: publish throughput ours/raw = {ratio} ({ours_msgs_per_s} vs {raw_msgs_per_s} msg/s, target >= 0.80)"
           .format(**thr))
-    print(f"bus: stage-to-stage hop p50 {hop['p50_ms']} ms, p99 {hop['p99_ms']} ms over {hop['hops']} hops "
-          "(target p99 < 5 ms)")
+    print("bus: publish with TLS + nkey auth + permissions / open bus = {secured_ratio} ({secured_ours_msgs_per_s} vs "
+          "{ours_msgs_per_s} msg/s; raw nats-py {secured_raw_ratio}), target >= 0.90".format(**thr))
+    print(f"bus: stage-to-stage hop (secured bus) p50 {hop['p50_ms']} ms, p99 {hop['p99_ms']} ms over "
+          f"{hop['hops']} hops (target p99 < 5 ms)")
     print(f"bus: pipeline telemetry->result p50 {pipe['telemetry_to_result_p50_ms']} ms, "
           f"p99 {pipe['telemetry_to_result_p99_ms']} ms over {pipe['cycles']} cycles; "
           f"per stage p50 {pipe['per_stage_p50_ms']}")

@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs"))
 
 import grpc
-import nats
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.kvwatch import next_update, watch_bucket
@@ -38,8 +37,8 @@ from x0tta6bl4.v1 import keyvault_pb2_grpc
 TARGET_S = 2.0
 
 
-async def _rotate_rounds(url: str, root: MLDSA65PublicKey, nodes: int, rounds: int, report) -> None:
-    nc = await nats.connect(url)
+async def _rotate_rounds(st: Stack, root: MLDSA65PublicKey, nodes: int, rounds: int, report) -> None:
+    nc = await st.connect(name="bench-keyvault")   # the operator: keyvault.rpc.Rotate, reads the keys bucket
     try:
         directory = KeyDirectory(root)
         w, initial = await watch_bucket(nc.jetstream(), BUCKET)
@@ -104,7 +103,7 @@ def run(report, nodes: int = 50, rounds: int = 3) -> None:
                     stub.IssueIdentity(pb.IssueIdentityRequest(node_id=f"node-{i:03d}"), timeout=10)
                 report(f"issue {nodes} identities over gRPC (sequential)", (time.perf_counter() - t0) * 1000, "ms")
                 root = MLDSA65PublicKey.from_bytes(info.root_public_key)
-            asyncio.run(_rotate_rounds(st.url, root, nodes, rounds, report))
+            asyncio.run(_rotate_rounds(st, root, nodes, rounds, report))
 
 
 def main() -> None:

@@ -115,21 +115,22 @@ async def _until(pred, timeout: float, poll: float = 0.05):
         await asyncio.sleep(poll)
 
 
-async def mesh_rotation(url: str, kv_addr: str, nodes: int, flows: int, rate: float, hello: float,
+async def mesh_rotation(st, kv_addr: str, nodes: int, flows: int, rate: float, hello: float,
                         hosts: int, spread: float) -> bool:
-    import nats
+    url = st.url
     topo = parse_spec(f"grid:{nodes}", seed=0)
     host_args = ["--telemetry-interval", "5", "--hello-interval", str(hello)]
     if spread:
         host_args += ["--rekey-spread", str(spread)]
-    cl = MeshCluster(url, f"grid:{nodes}", hosts=hosts, keyvault=kv_addr, host_args=host_args, name="bench")
+    cl = MeshCluster(url, f"grid:{nodes}", hosts=hosts, keyvault=kv_addr, host_args=host_args, name="bench",
+                     host_env=st.add_mesh_host)       # each host process: its own bus identity, its own nodes
     t0 = time.perf_counter()
     await asyncio.to_thread(cl.start, 120)
     cross = sum(1 for a, b in topo.links if cl.shard_of(a) != cl.shard_of(b))
     report(f"mesh start: {len(topo.nodes)} identities from keyvault (gRPC) + agents in {hosts} host processes",
            (time.perf_counter() - t0) * 1e3, "ms")
     report(f"  links between agents of different host processes (of {len(topo.links)})", cross, "")
-    nc = await nats.connect(url)
+    nc = await st.connect(name="bench-meshsec")    # the operator: host ops, keyvault.rpc.Rotate, node commands
     ok = True
     try:
         async def converged():
@@ -233,7 +234,7 @@ def main() -> int:
                                                          "X0TTA6BL4_RETIRE_TICK_S": "0.1"})
         st.start(60)
         try:
-            ok = asyncio.run(mesh_rotation(st.url, f"127.0.0.1:{port}", a.nodes, a.flows, a.rate, a.hello_interval,
+            ok = asyncio.run(mesh_rotation(st, f"127.0.0.1:{port}", a.nodes, a.flows, a.rate, a.hello_interval,
                                            a.hosts, a.rekey_spread))
         finally:
             st.stop()

@@ -218,8 +218,6 @@ def bus_delay(n: int) -> dict:
     """Forbidden file open by a monitored process -> the monitor's audit event on the bus."""
     import asyncio
 
-    import nats
-
     from x0tta6bl4.runtime.stack import Stack
 
     opener = subprocess.Popen([sys.executable, "-c", OPENER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -230,7 +228,7 @@ def bus_delay(n: int) -> dict:
                                           "X0TTA6BL4_DISCOVER_HOSTS": "false", "X0TTA6BL4_LOG_LEVEL": "WARNING"})
 
     async def run() -> dict:
-        nc = await nats.connect(stack.url)
+        nc = await stack.connect(name="bench-monitor")   # the operator: audit trail, monitor.rpc.Info
         got: asyncio.Queue = asyncio.Queue()
 
         async def cb(m) -> None:

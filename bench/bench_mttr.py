@@ -1,7 +1,9 @@
 """make bench-mttr: measured repair time on the embedded stack.
 
 A 50-node grid of real UDP node agents with a DATA flow corner to corner, the
-six services as separate processes. Each trial kills a random node on the
+six services as separate processes, the bus secured as in production (TLS, one
+nkey identity per process, the permission table; the mesh host as its own
+identity). Each trial kills a random node on the
 active path (read from the agents' routing tables), then follows the cycle on
 the bus: detection (first neighbour_lost report), plan, action result and
 verified recovery, all measured from the kill. Between trials the node is
@@ -21,9 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-import nats
-import nats.js.errors
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
@@ -148,7 +147,7 @@ class Voters:
 async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_mesh, scenario: str = "kill",
               victims: list[str] | None = None) -> dict:
     rng = random.Random(seed)
-    nc = await nats.connect(stack.url)
+    nc = await stack.connect(name="bench-mttr")     # the operator: watches MAPE-K, injects the faults
     js = nc.jetstream()
     rec = Recorder()
     await nc.subscribe(subjects.MAPEK_ALL, cb=rec.on_msg)
@@ -256,7 +255,9 @@ def main(argv=None):
         box: dict = {}
         try:
             stack.start()
-            env = stack.service_env("mesh-host", 0, 0)
+            # the mesh host speaks as its own identity, for exactly the grid's nodes
+            from x0tta6bl4.mesh.topology import parse_spec
+            env = stack.mesh_host_env("mesh", parse_spec(f"grid:{a.nodes}").nodes)
 
             def start_mesh():
                 box["mesh"] = subprocess.Popen(
