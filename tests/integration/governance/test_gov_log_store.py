@@ -11,7 +11,7 @@ import time
 import pytest
 from testkit import eventually
 
-from services.governance.store import ADOPT_SETTING, GovStore
+from services.governance.store import ADOPT_SETTING, MAX_BATCH, REACTION_LAG, GovStore
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.config import ConfigError
 from x0tta6bl4.governance import Action, ActionKind, CloseReason, GovernanceEngine, ProposalState, Tally, fold
@@ -153,8 +153,8 @@ async def test_the_writer_is_not_ready_while_stuck_and_ready_again(stores, nc):
     store = await stores.start(on_commit=slow_reaction, stall_s=0.3)
     assert store.readiness()[0]
 
-    async def write_many() -> None:                     # one commit each: the reactions pile up
-        for i in range(50):
+    async def write_many() -> None:   # one commit each: the reactor takes up to MAX_BATCH, then they pile up
+        for i in range(MAX_BATCH + REACTION_LAG + 20):
             await store.execute(register(f"v{i}"))
     writes = asyncio.create_task(write_many())
 
