@@ -200,7 +200,8 @@ class PolicyEngine:
         except (AttributeError, TypeError):
             return Decision(False, f"{m}: the request does not say what it acts on", m, caller, rule.audit)
         ok, why = self._own(p, targets, rule.identity_targets)
-        return Decision(ok, why, m, caller, rule.audit, rule.sampled and ok)
+        return Decision(ok, why if ok else f"{m.rsplit('/', 1)[-1]}: {why}", m, caller, rule.audit,
+                        rule.sampled and ok)
 
     def _own(self, p: Principal, targets: tuple[str, ...] | None, identities: bool) -> tuple[bool, str]:
         if targets is None:

@@ -38,7 +38,7 @@ from .errors import InvalidArgument, KeyvaultError, PermissionDenied
 
 DEFAULT_TTL_S = 3600
 MIN_TTL_S = 10
-BACKDATE_S = 30            # not_before a little in the past: clocks of a deployment differ by seconds
+BACKDATE_S = 30            # not_before a little in the past (clocks differ by seconds), at most a tenth of the TTL
 KINDS = ("service", "operator", "host", "node")
 
 
@@ -168,7 +168,8 @@ class SvidIssuer:
         kind, name = self._check_id(sid)
         now = self.clock()
         ca_end = self.ca_cert.not_valid_after_utc.timestamp()
-        not_before, not_after = now - BACKDATE_S, min(now + self.ttl_s, ca_end)
+        # the half-life (when holders renew) stays ahead of now: backdating is a tenth of the TTL at most
+        not_before, not_after = now - min(BACKDATE_S, self.ttl_s / 10), min(now + self.ttl_s, ca_end)
         if not_after <= now:
             raise SvidConfigError("the CA certificate has expired: run meshctl secrets init --force")
         san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(sid)]

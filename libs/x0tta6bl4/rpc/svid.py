@@ -229,8 +229,12 @@ class SvidSource:
                 await asyncio.sleep(min(due, self.check_s))
                 continue
             try:
-                await self.renew()
+                svid = await self.renew()
                 wait = self.retry_s
+                if svid.renew_at <= self.clock():      # a certificate with no life ahead: do not spin
+                    log.warning("%s: the renewed SVID is already past its half-life (valid until %s)", self.name,
+                                _ts(svid.not_after))
+                    await asyncio.sleep(max(self.retry_s, 1.0))
             except Exception as e:  # noqa: BLE001 - keep the current SVID, try again
                 self.failures += 1
                 self.last_error = str(e)

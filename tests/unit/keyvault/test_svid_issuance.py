@@ -75,6 +75,9 @@ def test_an_svid_certifies_the_csr_key_with_one_uri_san(issuer, ca):
     svid = Svid.from_pem(key_pem, issued.certificate, issued.bundle)
     assert svid.renew_at == pytest.approx(svid.not_before + (svid.not_after - svid.not_before) / 2)
     assert svid.trust_domain == TD
+    short = SvidIssuer(issuer.ca_key, issuer.ca_cert, TD, ttl_s=20, clock=lambda: NOW)
+    brief = Svid.from_pem(key_pem, short.issue(csr_pem, sid).certificate, issued.bundle)
+    assert NOW < brief.renew_at < NOW + 10              # backdating never puts the half-life behind us
     host = x509.load_pem_x509_certificate(issuer.issue(new_key_and_csr()[1], f"spiffe://{TD}/host/h1").certificate)
     assert host.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
         .get_values_for_type(x509.DNSName) == []                              # only services are servers
