@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup ebpf-setup proto demo up up-detached down test test-unit test-under-load bench bench-mttr lint clean help
+.PHONY: setup ebpf-setup proto demo up up-detached down secrets test test-unit test-under-load bench bench-mttr lint clean help
 
 help:
 	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
@@ -14,11 +14,12 @@ help:
 	@echo "make test-unit   the unit layer only (pytest -m unit: in-process, seconds)"
 	@echo "make test-under-load  the suite with two busy CPU hogs beside it (tests/load.sh)"
 	@echo "make lint        ruff, mypy on libs/ and the import contract (the domain does no I/O)"
-	@echo "make up / down   run the embedded stack in the foreground / stop a detached one"
+	@echo "make up / down   run the embedded stack (secured: TLS, nkeys, permissions) / stop a detached one"
+	@echo "make secrets     the deployment's secrets in var/secrets (meshctl secrets init; up and demo make them too)"
 	@echo "make bench       benchmarks (ratios against raw baselines measured in the same run)"
 	@echo "make bench-mttr  measured MTTR on a 50-node mesh"
 	@echo "make proto       regenerate Python code from proto/"
-	@echo "make docs        regenerate the generated tables in docs/bus.md from bus/subjects.py"
+	@echo "make docs        regenerate the generated tables in docs/bus.md and docs/security.md (subjects.py, permissions.py)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,7 +38,7 @@ setup: $(STAMP) ebpf-setup
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
 
-# docs/bus.md's tables from bus/subjects.py (a test fails when they differ)
+# docs/bus.md's tables from bus/subjects.py, docs/security.md's from bus/permissions.py (a test fails when they differ)
 .PHONY: docs
 docs: $(STAMP)
 	$(BIN)/python tools/gen_docs.py
@@ -53,6 +54,9 @@ up-detached: $(STAMP)
 
 down: $(STAMP)
 	$(BIN)/meshctl down
+
+secrets: $(STAMP)
+	$(BIN)/meshctl secrets init
 
 test: $(STAMP) ebpf-setup
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
