@@ -134,7 +134,8 @@ class SvidIssuer:
                  ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time) -> None:
         if ttl_s < MIN_TTL_S:
             raise SvidConfigError(f"SVID validity of {ttl_s:g} s is too short ({MIN_TTL_S} s at least)")
-        if ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers():
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if ca_cert.public_key().public_bytes(*spki) != ca_key.public_key().public_bytes(*spki):
             raise SvidConfigError("the CA key does not belong to the CA certificate")
         self.ca_key, self.ca_cert, self.trust_domain = ca_key, ca_cert, trust_domain
         self.ttl_s, self.clock = float(ttl_s), clock

@@ -299,7 +299,7 @@ class MeshHost:
             from x0tta6bl4.rpc import svid as svids
             from x0tta6bl4.v1 import keyvault_pb2 as kpb
             from x0tta6bl4.v1 import keyvault_pb2_grpc as kpb_grpc
-            assert self.nc is not None, "start() connects first"
+            assert self.nc is not None and self.keyvault_addr, "start() connects first, with a keyvault"
             # mutual TLS as spiffe://<td>/host/<host>: keyvault lets this host act only for its assigned nodes
             self._svid = await self._host_svid(svids)
             self._grpc = svids.RenewingChannel(self.keyvault_addr, self._svid, "keyvault",
