@@ -159,6 +159,7 @@ class Service:
         self.needed_streams: set[str] = {subjects.STREAM_AUDIT, subjects.STREAM_DLQ}   # grows with what it uses
         self.needed_buckets: set[str] = set()
         self._missing: list[str] = []            # what the last topology check did not find
+        self._secured = False                    # connected with credentials: the provisioner declares topology
         # set by start(); a service is used only between start() and stop()
         self.nc: NATS = None  # type: ignore[assignment]
         self.publisher: Publisher = None  # type: ignore[assignment]
@@ -307,6 +308,7 @@ class Service:
             self.health = HealthServer(self, s.health_port)
             await self.health.start()
         creds = s.nats_credentials()
+        self._secured = creds is not None
         self.nc = await connect(s.nats_url, f"{self.name}@{s.instance}", creds=creds)
         self.publisher = Publisher(self.nc, self.name)
         if creds is None:   # an open broker (development): declare what is missing ourselves
@@ -450,10 +452,16 @@ class Service:
                 await psub.unsubscribe()
 
     async def _bind(self, sub: Subscription, c: subjects.Consumer, cfg):
+        """Bind to the durable consumer; on an open broker create it if missing, on a secured bus never (the
+        provisioner declares consumers; trying would be a permission violation): wait until it is there."""
         while True:
+            js = self.nc.jetstream()
             try:
-                psub = await self.nc.jetstream().pull_subscribe(c.subject, durable=c.durable, stream=c.stream,
-                                                                config=cfg)
+                if self._secured:
+                    await js.consumer_info(c.stream, c.durable)      # NotFoundError: not declared (again) yet
+                    psub = await js.pull_subscribe_bind(durable=c.durable, stream=c.stream, name=c.durable)
+                else:
+                    psub = await js.pull_subscribe(c.subject, durable=c.durable, stream=c.stream, config=cfg)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - broker, stream or consumer not there (yet): retried
