@@ -58,15 +58,17 @@ NATS_IDENTITY_ENV = ("X0TTA6BL4_NATS_NKEY_FILE", "X0TTA6BL4_NATS_CA_FILE", "X0TT
 
 
 def host_identity_env(secrets_dir: str | Path, host: str) -> dict[str, str]:
-    """The X0TTA6BL4_NATS_* settings of mesh host ``host`` registered in a secrets directory."""
+    """The X0TTA6BL4_NATS_* settings of mesh host ``host`` registered in a secrets directory (and the CA of the
+    X.509 SVIDs and the pinned keyvault root fingerprint)."""
     from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX
     from x0tta6bl4.bus.subjects import token
+    from x0tta6bl4.keyvault.pin import identity_env  # the SVIDs' CA and the pinned keyvault root
     identity = MESH_HOST_PREFIX + token(host)
     nkey = Path(secrets_dir) / "creds" / f"{identity}.nk"
     if not nkey.is_file():
         raise ValueError(f"mesh host {host!r} has no identity in {secrets_dir} ({nkey} is missing)")
     return {"X0TTA6BL4_NATS_NKEY_FILE": str(nkey), "X0TTA6BL4_NATS_CA_FILE": str(Path(secrets_dir) / "ca" / "ca.pem"),
-            "X0TTA6BL4_NATS_IDENTITY": identity}
+            "X0TTA6BL4_NATS_IDENTITY": identity, **identity_env(secrets_dir, identity)}
 
 
 def partition(topology: Topology, hosts: int) -> list[list[str]]:
