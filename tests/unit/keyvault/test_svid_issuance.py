@@ -187,3 +187,30 @@ def test_root_pin(tmp_path):
     assert pin.ENV_CA_KEY_FILE in env
     other = pin.identity_env(tmp_path, "governance", "governance")
     assert other[pin.ENV_FINGERPRINT] == fp and pin.ENV_CA_KEY_FILE not in other and pin.ENV_ROOT_KEY_FILE not in other
+
+
+def test_the_bus_answer_binds_the_svid_to_the_subjects_identity_and_audits(issuer):
+    from services.keyvault.rpc import issue_svid
+    from x0tta6bl4.v1 import keyvault_pb2 as kpb
+    trail: list[tuple[str, str, dict]] = []
+
+    async def audit(event: str, subject: str, details: dict) -> None:
+        trail.append((event, subject, details))
+
+    async def go():
+        key, csr = new_key_and_csr()
+        data, headers = await issue_svid(issuer, "mesh-host-h1", kpb.SvidRequest(csr=csr).SerializeToString(),
+                                         audit, True)
+        assert headers is None
+        resp = kpb.SvidResponse.FromString(data)
+        assert resp.spiffe_id == f"spiffe://{TD}/host/h1"
+        assert Svid.from_pem(key, resp.certificate, resp.bundle).spiffe_id == resp.spiffe_id
+        _, headers = await issue_svid(issuer, "audit-reader", kpb.SvidRequest(csr=csr).SerializeToString(),
+                                      audit, True)
+        assert headers is not None and headers["X0-Error-Code"] == "PERMISSION_DENIED"
+        _, headers = await issue_svid(issuer, "operator", b"\xff\x00garbage", audit, False)
+        assert headers is not None and headers["X0-Error-Code"] == "INVALID_ARGUMENT"
+    asyncio.run(go())
+    assert [(e, s) for e, s, _ in trail] == [("svid.issued", f"spiffe://{TD}/host/h1"),
+                                             ("svid.refused", "audit-reader"), ("svid.refused", "operator")]
+    assert trail[0][2]["identity"] == "mesh-host-h1" and trail[2][2]["bus_secured"] == "False"
