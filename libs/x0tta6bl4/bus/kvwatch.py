@@ -6,10 +6,10 @@ callback that would count delivered messages is still parked, so when the server
 pushed everything it reads 0 pending, 0 delivered and queues ``None`` first. A reader that stops
 at the first ``None`` then sees an empty bucket (a flaky CI failure of ours).
 
-``watch_bucket`` instead reads the bucket stream's last sequence *before* subscribing: the
-snapshot is complete once an entry at or beyond that sequence has arrived (with the
-last-per-subject policy the stream's last message is always delivered, or a newer one of its
-key). ``None`` markers are skipped everywhere.
+``watch_bucket`` instead reads the bucket stream's last sequence right *after* subscribing: the
+snapshot is complete once an entry at or beyond that sequence has arrived (delivery is in sequence
+order, and with the last-per-subject policy the stream's last message is always delivered, or a
+newer one of its key). ``None`` markers are skipped everywhere.
 
     watcher, initial = await watch_bucket(js, "keys")
     for e in initial: apply(e)
@@ -42,11 +42,19 @@ async def watch_bucket(js: Any, bucket: str,
     """
     try:
         kv = await js.key_value(bucket)
-        info = await js.stream_info(f"KV_{bucket}")
     except NotFoundError:
         raise BucketNotFound(f"key-value bucket {bucket!r} does not exist") from None
-    last = info.state.last_seq if info.state.messages else 0
     watcher = await kv.watchall()
+    # The stream's last sequence read AFTER the watch consumer exists: every key's value at that moment
+    # has a sequence at or below it, and delivery is in sequence order, so once an entry at or past it has
+    # arrived, no current key is missing. (Read before subscribing, a key rewritten in between could be
+    # delivered after the first entry past the old last sequence and be cut off.)
+    try:
+        info = await js.stream_info(f"KV_{bucket}")
+    except NotFoundError:
+        await watcher.stop()
+        raise BucketNotFound(f"key-value bucket {bucket!r} does not exist") from None
+    last = info.state.last_seq if info.state.messages else 0
     initial: list[KeyValue.Entry] = []
     deadline = time.monotonic() + timeout
     seen = 0

@@ -31,6 +31,34 @@ async def test_initial_snapshot_is_complete_every_time(nc):
         assert len(initial) == 300                      # one entry per key: its latest revision
 
 
+async def test_snapshot_during_concurrent_updates_never_misses_a_key(nc):
+    """Keys rewritten while snapshots are taken (the issue-21 finding: status missed nodes the bucket held)."""
+    js = nc.jetstream()
+    kv = await js.create_key_value(KeyValueConfig(bucket="kvbusy", history=1))
+    keys = [f"n{i}" for i in range(300)]
+    await asyncio.gather(*(kv.put(k, b"0") for k in keys))
+    stop = asyncio.Event()
+
+    async def writer() -> int:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await asyncio.gather(*(kv.put(k, str(n).encode()) for k in keys[n % 3::3]))
+        return n
+
+    task = asyncio.create_task(writer())
+    try:
+        for _ in range(20):
+            w, initial = await watch_bucket(js, "kvbusy", timeout=10)
+            await w.stop()
+            got = {e.key for e in initial if e.operation is None}
+            assert got == set(keys), f"missing {sorted(set(keys) - got)[:10]}"
+    finally:
+        stop.set()
+        rounds = await task
+    assert rounds > 20          # the writer really ran during the snapshots
+
+
 async def test_empty_bucket_then_updates_in_order(nc):
     js = nc.jetstream()
     kv = await js.create_key_value(KeyValueConfig(bucket="kvw2"))
