@@ -105,7 +105,8 @@ def build(s: KeyvaultSettings) -> Service:
         if s.keyvault_root_fingerprint and root_fp != pinned:
             await state.close()
             print(f"keyvault: config error: the root key of the shared keyvault state is {root_fp}, but "
-                  f"X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT pins {pinned}: every verifier would refuse its records",
+                  f"X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT pins {pinned}: every verifier would refuse its records "
+                  f"(a keyvault state from before the root was pinned: pin {root_fp} everywhere, or start afresh)",
                   file=sys.stderr, flush=True)
             raise SystemExit(2)
         if not s.keyvault_root_fingerprint:
