@@ -245,13 +245,15 @@ def main(argv=None):
     ap.add_argument("--scenario", choices=["kill", "degrade"], default="kill",
                     help="kill: a node on the active path crashes (auto-repair); degrade: its links get 150 ms "
                          "slower (medium confidence: a DAO vote that scripted operators approve at once)")
+    ap.add_argument("--open-bus", action="store_true",
+                    help="a comparison only: no TLS, no authentication, no permissions (never how it runs)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="x0-mttr-") as d:
         env_extra = {"X0TTA6BL4_LOG_LEVEL": "WARNING"}
         if a.scenario == "degrade":
             env_extra.update({"X0TTA6BL4_WINDOW_S": "1", "X0TTA6BL4_STANDARD_VOTE_S": "60",
                               "X0TTA6BL4_EMERGENCY_VOTE_S": "60"})
-        stack = Stack(pathlib.Path(d), env=env_extra)
+        stack = Stack(pathlib.Path(d), env=env_extra, secure=not a.open_bus)
         box: dict = {}
         try:
             stack.start()
@@ -282,7 +284,8 @@ def main(argv=None):
             stack.stop()
     v = out["verified_ms"] or {}
     what = "node kills healed automatically" if a.scenario == "kill" else "degraded nodes routed around after a vote"
-    print(f"mttr: {out['recovered']}/{out['trials']} {what} on a {a.nodes}-node grid; "
+    print(f"mttr: {out['recovered']}/{out['trials']} {what} on a {a.nodes}-node grid, "
+          f"{'OPEN bus (comparison)' if a.open_bus else 'secured bus (TLS, nkeys, permissions)'}; "
           f"kill->detect p50 {out['detect_ms']['p50'] if out['detect_ms'] else '-'} ms, "
           f"->plan p50 {out['plan_ms']['p50'] if out['plan_ms'] else '-'} ms, "
           f"->acted p50 {out['act_ms']['p50'] if out['act_ms'] else '-'} ms, "

@@ -29,6 +29,7 @@ def stack_file(data_dir: pathlib.Path) -> pathlib.Path:
 
 
 _URL_DIRS: dict[str, pathlib.Path] = {}   # the data dir each URL was found for (its secrets are there)
+_SPEAKING_AS: list[str] = []              # the bus identity of this process's connections
 
 
 def nats_url(explicit: str | None, data_dir: pathlib.Path = DEFAULT_DATA_DIR) -> str:
@@ -58,13 +59,18 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(130) from None
     except (typer.Exit, SystemExit):
         raise
-    except (ConnectionRefusedError, OSError) as e:
-        fail(f"cannot reach NATS: {e}")
     except Exception as e:
         if os.environ.get("X0TTA6BL4_DEBUG"):
             raise
         name = type(e).__name__
-        if "NoServers" in name or ("Timeout" in name and "nats" in type(e).__module__):
+        nats_error = type(e).__module__.startswith("nats")
+        if isinstance(e, OSError) and not nats_error:
+            fail(f"cannot reach NATS: {e}")
+        if "NoServers" in name or ("Timeout" in name and nats_error):
+            who = _SPEAKING_AS[-1] if _SPEAKING_AS else None
+            if who and who != OPERATOR:
+                fail(f"no answer from NATS ({name}): identity {who!r} may not do this (nats-server logs a "
+                     "permissions violation), or the stack is down")
             fail(f"cannot reach NATS ({name}); is the stack up? (make up)")
         fail(f"{name}: {e}")
     raise AssertionError("unreachable")
@@ -73,6 +79,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 async def connect(url: str, data_dir: pathlib.Path | None = None):
     """A bounded connection to the stack's NATS as the operator."""
     creds = credentials(url, data_dir)
+    _SPEAKING_AS.append(creds.identity if creds is not None else "")
     try:
         return await connect_once(url, "meshctl", timeout_s=5, creds=creds)
     except Exception as e:  # noqa: BLE001 - one clear line
