@@ -304,7 +304,7 @@ class RenewingChannel:
         self._channel: Any = None
         self._version = -1
         self.channels_made = 0
-        self._closing: set[asyncio.Task] = set()
+        self._closing: dict[asyncio.Task, Any] = {}      # closing task -> the old channel it closes
 
     @property
     def channel(self):
@@ -315,8 +315,8 @@ class RenewingChannel:
             self.channels_made += 1
             if old is not None:
                 t = asyncio.get_running_loop().create_task(self._close_later(old))
-                self._closing.add(t)
-                t.add_done_callback(self._closing.discard)
+                self._closing[t] = old
+                t.add_done_callback(lambda done: self._closing.pop(done, None))
         return self._channel
 
     async def _close_later(self, ch) -> None:
@@ -333,8 +333,9 @@ class RenewingChannel:
         return _Stub()
 
     async def close(self) -> None:
-        for t in list(self._closing):
+        for t, old in list(self._closing.items()):
             t.cancel()
+            await old.close()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
