@@ -186,10 +186,12 @@ def test_a_mesh_host_reads_only_its_own_nodes_bundles(stack):
     assert {e.details["method"] for e in mine} >= {"x0tta6bl4.v1.Keyvault/GetPrivateBundle",
                                                    "x0tta6bl4.v1.Keyvault/GetPrivateBundles"}
     assert all(e.details["caller"] == f"spiffe://{TD}/host/h1" and "not b0" in e.details["reason"] for e in mine)
-    allowed = [e for e in audited(stack, "keyvault", "policy.allowed")
-               if e.details.get("method") == "x0tta6bl4.v1.Keyvault/GetPrivateBundles"
-               and e.subject_id == f"spiffe://{TD}/host/h1"]
-    assert allowed and allowed[-1].details["reason"] == "host h1: its assigned nodes"
+    def allowed_audited():              # allowed calls are audited off the call's path: wait for it
+        return [e for e in audited(stack, "keyvault", "policy.allowed")
+                if e.details.get("method") == "x0tta6bl4.v1.Keyvault/GetPrivateBundles"
+                and e.subject_id == f"spiffe://{TD}/host/h1"]
+    allowed = eventually_sync(allowed_audited, 15, 0.2, what="the allowed GetPrivateBundles audited")
+    assert allowed[-1].details["reason"] == "host h1: its assigned nodes"
 
 
 def test_issue_rotate_revoke_without_the_role_are_denied_and_audited(stack):
