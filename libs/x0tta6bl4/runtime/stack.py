@@ -340,9 +340,11 @@ class Stack:
         return self.identity_env(identity)
 
     def remove_mesh_host(self, host: str) -> None:
+        """Withdraw a mesh host: its nodes are no longer its own for keyvault, nor (secured) its identity on the bus."""
+        assert self.secrets is not None
+        self.secrets.remove_mesh_host(host)
         if self.bus_secured:
-            assert self.secrets is not None and self.nats is not None
-            self.secrets.remove_mesh_host(host)
+            assert self.nats is not None
             self.nats.reload()
 
     def mesh_host_env(self, host: str, nodes: Iterable[str]) -> dict[str, str]:
