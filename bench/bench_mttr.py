@@ -6,7 +6,8 @@ nkey identity per process, the permission table; the mesh host as its own
 identity). Each trial kills a random node on the
 active path (read from the agents' routing tables), then follows the cycle on
 the bus: detection (first neighbour_lost report), plan, action result and
-verified recovery, all measured from the kill. Between trials the node is
+verified recovery, all measured from the kill. The mesh runs signed HELLOs and PQC
+links with identities from keyvault (``--no-keys`` turns them off for a comparison). Between trials the node is
 revived and un-avoided and the mesh is let settle.
 
     python bench/bench_mttr.py [--nodes 50] [--trials 20] [--hello 0.2]
@@ -247,6 +248,9 @@ def main(argv=None):
                          "slower (medium confidence: a DAO vote that scripted operators approve at once)")
     ap.add_argument("--open-bus", action="store_true",
                     help="a comparison only: no TLS, no authentication, no permissions (never how it runs)")
+    ap.add_argument("--no-keys", action="store_true",
+                    help="a comparison only: unsigned HELLOs and plain links (default: signed HELLOs and PQC "
+                         "links with identities from keyvault)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="x0-mttr-") as d:
         env_extra = {"X0TTA6BL4_LOG_LEVEL": "WARNING"}
@@ -264,7 +268,8 @@ def main(argv=None):
             def start_mesh():
                 box["mesh"] = subprocess.Popen(
                     [sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology",
-                     f"grid:{a.nodes}", "--traffic", f"n0:n{a.nodes - 1}", "--rate", "50"],
+                     f"grid:{a.nodes}", "--traffic", f"n0:n{a.nodes - 1}", "--rate", "50"]
+                    + ([] if a.no_keys else ["--keyvault", stack.grpc_addr("keyvault")]),
                     cwd=repo_root(), env=env, stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL,
                     start_new_session=True)
                 return json.loads(box["mesh"].stdout.readline())["nodes"]
@@ -285,7 +290,8 @@ def main(argv=None):
     v = out["verified_ms"] or {}
     what = "node kills healed automatically" if a.scenario == "kill" else "degraded nodes routed around after a vote"
     print(f"mttr: {out['recovered']}/{out['trials']} {what} on a {a.nodes}-node grid, "
-          f"{'OPEN bus (comparison)' if a.open_bus else 'secured bus (TLS, nkeys, permissions)'}; "
+          f"{'OPEN bus (comparison)' if a.open_bus else 'secured bus (TLS, nkeys, permissions)'}, "
+          f"{'keys OFF (unsigned HELLOs, comparison)' if a.no_keys else 'signed HELLOs + PQC links'}; "
           f"kill->detect p50 {out['detect_ms']['p50'] if out['detect_ms'] else '-'} ms, "
           f"->plan p50 {out['plan_ms']['p50'] if out['plan_ms'] else '-'} ms, "
           f"->acted p50 {out['act_ms']['p50'] if out['act_ms'] else '-'} ms, "

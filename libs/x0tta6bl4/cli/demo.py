@@ -31,7 +31,9 @@ from x0tta6bl4.telemetry.tracing import load_spans, spans_for
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
 
-def start_mesh(stack: Stack, nodes: int) -> tuple[subprocess.Popen, list[str]]:
+def start_mesh(stack: Stack, nodes: int, keys: bool = True) -> tuple[subprocess.Popen, list[str]]:
+    """The demo mesh; ``keys``: signed HELLOs and PQC links with identities from the stack's keyvault (the
+    default, as in production; off only for a comparison)."""
     import math
 
     from x0tta6bl4.mesh.topology import parse_spec
@@ -41,7 +43,9 @@ def start_mesh(stack: Stack, nodes: int) -> tuple[subprocess.Popen, list[str]]:
     with open(stack.data_dir / "logs" / "mesh-host.log", "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url,
                                  "--topology", f"grid:{n}", "--traffic", f"n0:n{n - 1}", "--data-dir",
-                                 str(stack.data_dir)], cwd=repo_root(), env=env, stdout=subprocess.PIPE,
+                                 str(stack.data_dir)]
+                                + (["--keyvault", stack.grpc_addr("keyvault")] if keys else []),
+                                cwd=repo_root(), env=env, stdout=subprocess.PIPE,
                                 stderr=log, start_new_session=True, text=True)
     assert proc.stdout is not None, "started with stdout=PIPE"
     line = proc.stdout.readline()
@@ -124,7 +128,7 @@ async def scenario(stack: Stack, nodes: list[str], timeout_s: float) -> int:
     return 0 if v.recovered and report.ok else 1
 
 
-def run_demo(data_dir: pathlib.Path | None, nodes: int, timeout_s: float) -> int:
+def run_demo(data_dir: pathlib.Path | None, nodes: int, timeout_s: float, keys: bool = True) -> int:
     tmp = None
     if data_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="x0tta6bl4-demo-")
@@ -138,7 +142,9 @@ def run_demo(data_dir: pathlib.Path | None, nodes: int, timeout_s: float) -> int
         stack.start()
         console.print(f"   stack ready in {time.monotonic() - t0:.1f} s on {stack.url}"
                       + (" (TLS, nkeys, least-privilege permissions)" if stack.bus_secured else ""))
-        mesh, node_ids = start_mesh(stack, nodes)
+        mesh, node_ids = start_mesh(stack, nodes, keys)
+        console.print("   mesh: " + ("signed HELLOs and PQC links (identities from keyvault)" if keys
+                                     else "[yellow]keys OFF (unsigned HELLOs, plain links): a comparison only[/]"))
         return asyncio.run(scenario(stack, node_ids, timeout_s))
     except KeyboardInterrupt:
         return 130

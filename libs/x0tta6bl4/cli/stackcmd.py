@@ -136,8 +136,10 @@ def down(data_dir: pathlib.Path = DataOpt) -> None:
 
 def demo(data_dir: pathlib.Path = typer.Option(None, "--data-dir", help="keep state here (default: a temp dir)"),
          nodes: int = typer.Option(9, min=4, max=100, help="nodes in the demo mesh"),
-         timeout_s: float = typer.Option(60.0, help="give up after this long")) -> None:
+         timeout_s: float = typer.Option(60.0, help="give up after this long"),
+         keys: bool = typer.Option(True, "--keys/--no-keys", help="signed HELLOs and PQC links (default); "
+                                                                 "--no-keys only for a comparison")) -> None:
     """Run the orchestrator on an embedded stack, inject a fault and watch one MAPE-K cycle heal it."""
     from x0tta6bl4.cli.demo import run_demo
-    code = run_demo(data_dir, nodes, timeout_s)
+    code = run_demo(data_dir, nodes, timeout_s, keys)
     raise typer.Exit(code)
