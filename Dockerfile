@@ -5,10 +5,28 @@
 #   docker run --rm x0tta6bl4:latest python -m services.monitor.main          # a service
 #   docker run --rm x0tta6bl4:latest python -m x0tta6bl4.mesh.host --nats nats://nats:4222 --health-port 8080
 #   docker run --rm x0tta6bl4:latest meshctl --help
+#   docker build --target nats -t x0tta6bl4-nats:latest .                     # nats-server, non-root
+# docker-compose.yml builds both and runs them secured (docs/deploy.md).
 #
 # Build arg EXTRAS=ml adds PyTorch/GraphSAGE (large); the default image uses the rule-based analyzer.
+# Base images are build arguments: PYTHON_IMAGE (services) and NATS_IMAGE (the `nats` target, below).
+# Every stage runs as the non-root user 10001.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NATS_IMAGE=nats:2.10-alpine
+
+# ---- nats: the official NATS image as a non-root user (docker build --target nats) ------------------
+# JetStream's store /data is created owned by 10001, so a new named volume mounted there is writable by
+# it. The configuration (TLS, nkey users, permissions) is mounted at run time:
+#   nats-server -c /run/secrets/x0tta6bl4/nats.conf     (python -m x0tta6bl4.runtime.deploy writes it)
+FROM ${NATS_IMAGE} AS nats
+USER root
+RUN mkdir -p /data && chown 10001:10001 /data
+USER 10001:10001
+EXPOSE 4222
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=10 \
+  CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8222/healthz?js-enabled-only=true"]
+CMD ["nats-server", "-c", "/run/secrets/x0tta6bl4/nats.conf"]
 
 # ---- build: a virtualenv with the package and its dependencies ---------------------------------
 FROM ${PYTHON_IMAGE} AS build

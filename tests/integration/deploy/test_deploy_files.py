@@ -1,7 +1,10 @@
-"""Static checks of the container and Kubernetes deployment files (no Docker engine needed):
-docker-compose.yml is valid for Debian's docker-compose, every command is a real entry point of our
-package, every X0TTA6BL4_* variable is a setting the service accepts; the Kubernetes manifests validate
-against the Kubernetes schemas (kubernetes-validate, offline) and probe /ready and /health on 8080."""
+"""Static checks of the container and Kubernetes deployment files (no Docker engine, no cluster here):
+docker-compose.yml is valid for Debian's docker-compose 1.29 with the generated .env, every container gets
+exactly its own identity's credentials (as the generator derives them from the secrets directory), nothing is
+published beyond 127.0.0.1, nothing runs as root; every command is a real entry point of our package and
+every X0TTA6BL4_* variable a setting it reads; the Kubernetes manifests (committed and generated) validate
+against the Kubernetes schemas (kubernetes-validate, offline), mount only their own identity's Secret, run
+restricted, and the NetworkPolicies deny by default."""
 from __future__ import annotations
 
 import importlib
@@ -16,15 +19,13 @@ import pytest
 import yaml
 
 from x0tta6bl4.config import PREFIX, CommonSettings
+from x0tta6bl4.runtime import deploy
 from x0tta6bl4.runtime.stack import SERVICES
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "k8s"
-
-
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+CD = deploy.CONTAINER_DIR
 
 
 def settings_class(module) -> type[CommonSettings]:
@@ -47,39 +48,163 @@ def argparse_flags(module: str) -> set[str]:
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", out.stdout))
 
 
+def identity_settings() -> set[str]:
+    """The settings :meth:`Secrets.env_for` gives every process (some are read outside the Settings classes:
+    the mesh host's pinned root, the SVID CA)."""
+    return {"X0TTA6BL4_NATS_NKEY_FILE", "X0TTA6BL4_NATS_CA_FILE", "X0TTA6BL4_NATS_IDENTITY", "X0TTA6BL4_TRUST_FILE",
+            "X0TTA6BL4_CA_CERT_FILE", "X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT", "X0TTA6BL4_TRUST_DOMAIN"}
+
+
+# ---- compose ----------------------------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("docker-compose") is None,
                     reason="docker-compose not installed (apt-get install -y docker-compose; `make setup` does it)")
-def test_compose_config_is_valid():
-    r = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
-                       timeout=60, cwd=ROOT)
+def test_compose_config_is_valid_with_the_generated_env_and_refused_without(generated_compose, tmp_path):
+    r = subprocess.run(["docker-compose", "--env-file", str(generated_compose.env_file), "-f", str(COMPOSE),
+                        "config"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+    resolved = yaml.safe_load(r.stdout)
+    dep = generated_compose.dep
+    for name, ident in dep.containers().items():      # docker-compose's own reading of the files mounted
+        svc = resolved["services"][name]
+        mounted = {s["target"]: pathlib.Path(resolved["secrets"][s["source"]]["file"]) for s in svc["secrets"]}
+        assert mounted == {f"{CD}/{n}": p for n, p in ident.files.items()}, name
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    r = subprocess.run(["docker-compose", "--env-file", str(empty), "-f", str(COMPOSE), "config", "-q"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode != 0 and "python -m x0tta6bl4.runtime.deploy compose" in r.stderr, r.stderr
 
 
-def test_compose_runs_every_service_nats_and_a_mesh_ordered_on_health():
-    c = compose()
+def test_compose_needs_the_generated_values_no_insecure_fallback(generated_compose):
+    with pytest.raises(Exception, match=r"runtime\.deploy compose first"):
+        generated_compose.compose(values={})
+    env = generated_compose.values
+    assert env["X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT"] == generated_compose.dep.fingerprint()
+    assert pathlib.Path(env["X0TTA6BL4_COMPOSE_SECRETS"]) == generated_compose.dep.root
+    assert int(env["X0TTA6BL4_SECRETS_GID"]) >= 0
+    assert any("docker compose up" in line for line in generated_compose.lines)
+
+
+def test_compose_every_container_gets_its_own_credentials_only(generated_compose):
+    c = generated_compose.compose()
+    dep = generated_compose.dep
+    containers = dep.containers()
+    assert set(c["services"]) == set(containers), "a container without an identity, or an identity without one"
+    owner: dict[pathlib.Path, set[str]] = {}
+    for name, ident in containers.items():
+        svc = c["services"][name]
+        mounted = {s["target"]: pathlib.Path(c["secrets"][s["source"]]["file"]) for s in svc["secrets"]}
+        assert mounted == {f"{CD}/{n}": p for n, p in ident.files.items()}, \
+            f"{name}: mounts {sorted(mounted)} but its identity {ident.name} has {sorted(ident.files)}"
+        for p in mounted.values():
+            assert p.is_file(), p
+            owner.setdefault(p, set()).add(name)
+        env = env_names(svc.get("environment"))
+        for key, value in {**ident.env, **ident.values}.items():
+            assert env.get(key) == value, f"{name}: {key}={env.get(key)!r}, expected {value!r}"
+        if ident.name != "nats":
+            assert env["X0TTA6BL4_NATS_URL"] == "tls://nats:4222", name
+    # secrets are not shared: only the public files are in more than one container
+    public = {p for ident in containers.values() for n, p in ident.files.items() if n in deploy.PUBLIC}
+    shared = {str(p): names for p, names in owner.items() if len(names) > 1 and p not in public}
+    assert not shared, shared
+    ca_key = dep.secrets.ca_key
+    assert owner[ca_key] == {"keyvault"}, "the CA key goes to keyvault only"
+    for svc in SERVICES:
+        assert owner[dep.secrets.signing_file(svc)] == {svc} and owner[dep.secrets.nkey_file(svc)] == {svc}
+    assert c["services"]["mesh"]["environment"]["X0TTA6BL4_NATS_IDENTITY"] == "mesh-host-demo"
+    # mounted files are readable by the group the containers join, by nobody else
+    for p in owner:
+        mode = p.stat().st_mode & 0o777
+        assert mode & 0o007 == (0o004 if p in public else 0), (p, oct(mode))
+        assert p.stat().st_gid == int(generated_compose.values["X0TTA6BL4_SECRETS_GID"]), p
+    assert dep.root.stat().st_mode & 0o077 == 0
+
+
+def test_compose_publishes_nothing_beyond_loopback(generated_compose):
+    c = generated_compose.compose()
+    published = []
+    for name, svc in c["services"].items():
+        assert svc.get("network_mode") is None and not svc.get("privileged"), name
+        for p in svc.get("ports", []):
+            if isinstance(p, dict):
+                assert p.get("host_ip") == "127.0.0.1", (name, p)
+                published.append(int(p["published"]))
+            else:
+                parts = str(p).split(":")
+                assert len(parts) == 3 and parts[0] == "127.0.0.1", (name, p)
+                published.append(int(parts[1]))
+    assert sorted(published) == [4222, 50051, 50052], published   # NATS, governance, keyvault; no monitoring
+    conf = yaml.safe_load(generated_compose.dep.nats_conf.read_text())
+    assert conf["http"] == "127.0.0.1:8222"    # monitoring on nats-server's container loopback only
+    # gRPC bind addresses are explicit where a service serves gRPC
+    for name in ("keyvault", "governance"):
+        assert c["services"][name]["environment"]["X0TTA6BL4_GRPC_HOST"] == "0.0.0.0"
+
+
+def test_compose_no_container_runs_as_root_and_filesystems_are_read_only(generated_compose):
+    c = generated_compose.compose()
+    gid = generated_compose.values["X0TTA6BL4_SECRETS_GID"]
+    for name, svc in c["services"].items():
+        user = str(svc.get("user", ""))
+        assert user and user.split(":")[0] not in ("0", "root"), f"{name} runs as {user or 'the image user'}"
+        assert svc["read_only"] is True and "/tmp" in svc["tmpfs"], name
+        assert svc["cap_drop"] == ["ALL"] and "no-new-privileges:true" in svc["security_opt"], name
+        assert svc["group_add"] == [gid], name
+        for v in svc.get("volumes", []):
+            src = v.split(":")[0]
+            assert src in c["volumes"], f"{name}: {v} is not a named volume"
+    # the images: every Dockerfile stage the file builds ends as a non-root user
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.split(r"^FROM\s+", text, flags=re.MULTILINE)[1:]
+    targets = {s["build"].get("target") for s in c["services"].values() if "build" in s}
+    assert targets == {None, "nats"}
+    by_name = {re.match(r"\S+\s+AS\s+(\w+)", s).group(1): s for s in stages}
+    for target in ("nats", list(by_name)[-1]):
+        users = re.findall(r"^USER\s+(\S+)", by_name[target], re.MULTILINE)
+        assert users and users[-1].split(":")[0] not in ("root", "0"), target
+    assert re.search(r"^ARG NATS_IMAGE=nats:2\.10", text, re.MULTILINE)
+    assert re.search(r"^ARG PYTHON_IMAGE=", text, re.MULTILINE)
+
+
+def test_compose_nats_is_configured_secured_and_services_wait_for_the_provisioner(generated_compose):
+    c = generated_compose.compose()
     svcs = c["services"]
-    assert set(SERVICES) <= set(svcs) and "nats" in svcs and "mesh" in svcs
     nats = svcs["nats"]
-    assert nats["image"].startswith("nats:2.10")
-    assert {"-js", "-sd", "/data"} <= set(nats["command"])
+    assert nats["command"] == ["nats-server", "-c", f"{CD}/nats.conf"]
     assert any(v.split(":")[0] in c["volumes"] and v.endswith(":/data") for v in nats["volumes"])
+    conf = yaml.safe_load(generated_compose.dep.nats_conf.read_text())
+    assert conf["tls"] == {"cert_file": f"{CD}/server.pem", "key_file": f"{CD}/server.key", "timeout": 5}
+    assert conf["jetstream"]["store_dir"] == "/data" and conf["port"] == 4222
+    assert "no_auth_user" not in conf and "authorization" not in conf
+    users = conf["accounts"]["X0"]["users"]
+    assert users and all(u["nkey"].startswith("U") and u["permissions"] for u in users)
+    prov = svcs["provision"]
+    assert prov["command"][:4] == ["python", "-m", "x0tta6bl4.runtime.deploy", "provision"]
+    assert prov["restart"] == "no" and prov["depends_on"] == {"nats": {"condition": "service_healthy"}}
     for name, s in svcs.items():
-        assert s.get("restart") in ("unless-stopped", "always", "on-failure"), name
-        assert "healthcheck" in s and s["healthcheck"]["test"], name
-        if name != "nats":
-            assert "/health" in " ".join(s["healthcheck"]["test"]) and "8080" in " ".join(s["healthcheck"]["test"])
-            deps = s["depends_on"]
-            assert deps["nats"]["condition"] == "service_healthy", name
-            assert all(d["condition"] == "service_healthy" for d in deps.values()), name
-            assert s["build"]["dockerfile"] == "Dockerfile"
-    for name in SERVICES:
-        env = env_names(svcs[name]["environment"])
-        assert env["X0TTA6BL4_NATS_URL"] == "nats://nats:4222" and env["X0TTA6BL4_HEALTH_PORT"] == "8080"
+        assert s.get("restart") in ("unless-stopped", "always", "on-failure", "no"), name
+        if name == "provision":
+            continue
+        assert s["healthcheck"]["test"], name
+        if name == "nats":
+            assert "127.0.0.1:8222/healthz" in " ".join(s["healthcheck"]["test"])
+            continue
+        assert "/health" in " ".join(s["healthcheck"]["test"]) and "8080" in " ".join(s["healthcheck"]["test"])
+        deps = s["depends_on"]
+        assert deps["nats"]["condition"] == "service_healthy", name
+        if name in SERVICES:
+            assert deps["provision"]["condition"] == "service_completed_successfully", name
+        assert all(d["condition"] in ("service_healthy", "service_completed_successfully")
+                   for d in deps.values()), name
+        assert s["build"]["dockerfile"] == "Dockerfile"
+    for name in ("governance", "executor", "mesh"):
+        assert svcs[name]["depends_on"]["keyvault"]["condition"] == "service_healthy", name
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_compose_service_command_is_our_entry_point_and_env_are_real_settings(name):
-    s = compose()["services"][name]
+def test_compose_service_command_is_our_entry_point_and_env_are_real_settings(generated_compose, name):
+    s = generated_compose.compose()["services"][name]
     cmd = s["command"]
     assert cmd[:2] == ["python", "-m"] and cmd[2] == f"services.{name}.main" and len(cmd) == 3
     module = importlib.import_module(cmd[2])
@@ -87,31 +212,39 @@ def test_compose_service_command_is_our_entry_point_and_env_are_real_settings(na
     fields = set(settings_class(module).model_fields)
     for var in env_names(s["environment"]):
         assert var.startswith(PREFIX), var
-        assert var[len(PREFIX):].lower() in fields, f"{name}: {var} is not a setting of {cmd[2]}"
+        assert var[len(PREFIX):].lower() in fields or var in identity_settings(), \
+            f"{name}: {var} is not a setting of {cmd[2]}"
+    assert env_names(s["environment"])["X0TTA6BL4_HEALTH_PORT"] == "8080"
 
 
-def test_compose_mesh_host_flags_exist():
-    cmd = compose()["services"]["mesh"]["command"]
+def test_compose_mesh_host_flags_exist_and_it_uses_keyvault(generated_compose):
+    cmd = generated_compose.compose()["services"]["mesh"]["command"]
     assert cmd[:3] == ["python", "-m", "x0tta6bl4.mesh.host"]
     flags = argparse_flags("x0tta6bl4.mesh.host")
     used = {a for a in cmd if a.startswith("--")}
     assert used <= flags, used - flags
     assert cmd[cmd.index("--health-port") + 1] == "8080"
+    assert cmd[cmd.index("--nats") + 1] == "tls://nats:4222"
+    assert cmd[cmd.index("--keyvault") + 1] == "keyvault:50052"
+    assert cmd[cmd.index("--topology") + 1] == "grid:9"
+    assert generated_compose.dep.mesh_hosts()[deploy.DEMO_HOST] == list(deploy.DEMO_NODES)
 
 
-def test_dockerfile_multistage_nonroot_healthcheck():
+def test_dockerfile_multistage_nonroot_healthcheck_and_secrets_never_in_the_context():
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\w+)", text, re.MULTILINE)
-    assert len(stages) >= 2, stages
+    assert len(stages) >= 3 and stages[-1] == "runtime", stages
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*", text, re.MULTILINE) and "/health" in text
     assert "COPY services" in text.replace("--chown=10001:10001 ", "")
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert ".venv" in ignored and ".git" in ignored
+    assert {".venv", ".git", ".env", "deploy", "var"} <= set(ignored)
+    gitignored = (ROOT / ".gitignore").read_text().split()
+    assert {"/.env", "/deploy/compose/secrets/", "/deploy/k8s/secrets/"} <= set(gitignored)
 
 
-# ---- Kubernetes ---------------------------------------------------------------------------------
+# ---- Kubernetes -------------------------------------------------------------------------------------------
 def k8s_docs() -> list[tuple[str, dict]]:
     out = []
     for f in sorted(K8S.glob("*.yaml")):
@@ -119,11 +252,28 @@ def k8s_docs() -> list[tuple[str, dict]]:
     return out
 
 
-def test_k8s_manifests_validate_against_kubernetes_schemas():
+def generated_docs(gen) -> list[tuple[str, dict]]:
+    out = []
+    for f in sorted((gen.dep.root / "manifests").glob("*.yaml")):
+        out += [(f.name, d) for d in yaml.safe_load_all(f.read_text()) if d]
+    return out
+
+
+def pod_spec(d: dict) -> dict:
+    return d["spec"]["template"]["spec"]
+
+
+def workloads(docs) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for _, d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job",
+                                                                       "DaemonSet")}
+
+
+def test_k8s_manifests_validate_against_kubernetes_schemas(generated_k8s):
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     version = kv.latest_version()
-    docs = k8s_docs()
-    assert docs
+    docs = k8s_docs() + generated_docs(generated_k8s)
+    assert {d["kind"] for _, d in docs} >= {"Namespace", "ConfigMap", "NetworkPolicy", "StatefulSet", "Job",
+                                            "Deployment", "Secret", "Service"}
     for fname, d in docs:
         try:
             kv.validate(d, version, strict=True)
@@ -131,34 +281,156 @@ def test_k8s_manifests_validate_against_kubernetes_schemas():
             pytest.fail(f"{fname}: {d['kind']}/{d['metadata']['name']}: {e.message} at {list(e.path)}")
 
 
-def containers(d: dict) -> list[dict]:
-    return d["spec"]["template"]["spec"]["containers"]
+# workload -> the identity whose Secret it mounts
+K8S_IDENTITIES = {**{s: s for s in SERVICES}, "nats": "nats", "x0tta6bl4-provision": "provisioner",
+                  "x0tta6bl4-mesh": "mesh-host-demo", "x0tta6bl4-edge": "operator"}
 
 
-def test_k8s_services_probes_nats_and_daemonset():
+def test_k8s_every_pod_mounts_only_its_own_identity_secret_with_matching_settings(generated_k8s):
+    dep = generated_k8s.dep
+    idents = {i.name: i for i in dep.identities()}
+    secrets = {d["metadata"]["name"]: d for _, d in generated_docs(generated_k8s) if d["kind"] == "Secret"}
+    assert set(secrets) == {i.secret_name for i in idents.values()}, "one Secret per identity"
+    for i in idents.values():
+        assert set(secrets[i.secret_name]["data"]) == set(i.files), i.name
+    expected = dict(K8S_IDENTITIES)
+    for node in ("worker-1", "worker-2-example"):
+        expected[f"node-agent-{node}"] = f"mesh-host-k8s-{node}"
+    wl = workloads(k8s_docs() + generated_docs(generated_k8s))
+    assert set(wl) == set(expected), set(wl) ^ set(expected)
+    for name, d in wl.items():
+        ident = idents[expected[name]]
+        spec = pod_spec(d)
+        mounted = [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v]
+        assert mounted == [ident.secret_name], f"{name} mounts {mounted}"
+        vol = next(v["name"] for v in spec["volumes"] if "secret" in v)
+        (c,) = spec["containers"]
+        mount = next(m for m in c["volumeMounts"] if m["name"] == vol)
+        assert mount == {"name": vol, "mountPath": CD, "readOnly": True}, name
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        for key, value in ident.env.items():
+            assert env.get(key) == value, f"{name}: {key}={env.get(key)!r}, expected {value!r}"
+        if ident.name != "nats":
+            assert env["X0TTA6BL4_NATS_IDENTITY"] == ident.name, name
+            refs = [e["configMapRef"]["name"] for e in c["envFrom"]]
+            assert refs == ["x0tta6bl4-common", deploy.DEPLOYMENT_CONFIGMAP], name
+            for key, value in env.items():   # every file it names is in its Secret
+                if value and value.startswith(CD + "/"):
+                    assert value[len(CD) + 1:] in ident.files, (name, key)
+        for other in spec.get("initContainers", []):
+            assert not any(m["name"] == vol for m in other.get("volumeMounts", [])), name
+    cm = next(d for _, d in generated_docs(generated_k8s) if d["kind"] == "ConfigMap"
+              and d["metadata"]["name"] == deploy.DEPLOYMENT_CONFIGMAP)
+    assert cm["data"] == {"X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT": dep.fingerprint(),
+                          "X0TTA6BL4_TRUST_DOMAIN": "x0tta6bl4.mesh"}
+    keyvault = secrets["x0tta6bl4-keyvault"]["data"]
+    assert "ca.key" in keyvault and "master.key" in keyvault
+    assert all("ca.key" not in s["data"] for n, s in secrets.items() if n != "x0tta6bl4-keyvault")
+
+
+def test_k8s_pods_run_restricted(generated_k8s):
+    for name, d in workloads(k8s_docs() + generated_docs(generated_k8s)).items():
+        spec = pod_spec(d)
+        sc = spec["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0, name
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for c in spec["containers"] + spec.get("initContainers", []):
+            csc = c["securityContext"]
+            assert csc["readOnlyRootFilesystem"] is True and csc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert csc["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
+            assert csc.get("runAsUser", 1) != 0 and not csc.get("privileged"), (name, c["name"])
+        assert not any("hostPath" in v for v in spec["volumes"]), name
+        assert not spec.get("hostNetwork"), name
+    ns = next(d for _, d in k8s_docs() if d["kind"] == "Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_k8s_network_policies_deny_by_default_and_admit_only_the_callers(generated_k8s):
     docs = k8s_docs()
-    by = {(d["kind"], d["metadata"]["name"]): (f, d) for f, d in docs}
+    pols = {d["metadata"]["name"]: d["spec"] for _, d in docs if d["kind"] == "NetworkPolicy"}
+    deny = pols["default-deny"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny and "egress" not in deny
+    ingress: dict[str, list] = {}
+    for name, p in pols.items():
+        for rule in p.get("ingress", []):
+            assert rule.get("from"), f"{name}: an ingress rule from anywhere"
+            assert rule.get("ports"), f"{name}: an ingress rule to every port"
+            target = p["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            ingress.setdefault(target, []).append(rule)
+        for rule in p.get("egress", []):
+            assert rule.get("to") and rule.get("ports"), f"{name}: egress anywhere"
+
+    def admitted(target: str) -> set[tuple[str, int]]:
+        return {(next(iter(f["podSelector"]["matchLabels"].items()))[0] + "=" +
+                 next(iter(f["podSelector"]["matchLabels"].values())), port["port"])
+                for rule in ingress[target] for f in rule["from"] for port in rule["ports"]}
+    assert set(ingress) == {"nats", "keyvault", "governance"}
+    assert admitted("nats") == {("x0tta6bl4/bus=client", 4222)}
+    assert admitted("keyvault") == {("x0tta6bl4/keyvault=client", 50052)}
+    assert admitted("governance") == {("x0tta6bl4/governance=client", 50051)}
+    # who carries which label: everything on the bus; keyvault's gRPC only for the mesh hosts
+    for name, d in workloads(docs + generated_docs(generated_k8s)).items():
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert (labels.get("x0tta6bl4/bus") == "client") == (name != "nats"), name
+        mesh_host = K8S_IDENTITIES.get(name, "mesh-host-").startswith("mesh-host-")
+        assert (labels.get("x0tta6bl4/keyvault") == "client") == mesh_host, name
+        assert "x0tta6bl4/governance" not in labels, name
+
+
+def test_k8s_services_nats_and_grpc_bind_addresses(generated_k8s):
+    docs = k8s_docs()
+    by = {(d["kind"], d["metadata"]["name"]): d for _, d in docs}
     for name in SERVICES:
-        _, dep = by[("Deployment", name)]
-        (c,) = containers(dep)
+        dep = by[("Deployment", name)]
+        (c,) = pod_spec(dep)["containers"]
         assert c["command"] == ["python", "-m", f"services.{name}.main"]
         assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080}
         assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
-        assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
         fields = set(settings_class(importlib.import_module(f"services.{name}.main")).model_fields)
-        for e in c.get("env", []):
-            if e["name"].startswith(PREFIX):
-                assert e["name"][len(PREFIX):].lower() in fields, (name, e["name"])
-    _, cm = by[("ConfigMap", "x0tta6bl4-common")]
-    assert cm["data"]["X0TTA6BL4_HEALTH_PORT"] == "8080"
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        for var in env:
+            if var.startswith(PREFIX):
+                assert var[len(PREFIX):].lower() in fields or var in identity_settings(), (name, var)
+        if name in ("keyvault", "governance"):
+            assert env["X0TTA6BL4_GRPC_HOST"] == "0.0.0.0" and env["X0TTA6BL4_GRPC_PORT"], name
+    cm = by[("ConfigMap", "x0tta6bl4-common")]
+    assert cm["data"]["X0TTA6BL4_HEALTH_PORT"] == "8080" and cm["data"]["X0TTA6BL4_NATS_URL"] == "tls://nats:4222"
     assert all(k[len(PREFIX):].lower() in CommonSettings.model_fields for k in cm["data"])
-    _, nats = by[("StatefulSet", "nats")]
-    assert {"-js", "-sd", "/data"} <= set(containers(nats)[0]["args"])
-    _, ds = by[("DaemonSet", "node-agent")]
-    (agent,) = containers(ds)
-    assert agent["command"][:3] == ["python", "-m", "x0tta6bl4.mesh.host"]
-    assert {a for a in agent["command"] if a.startswith("--")} <= argparse_flags("x0tta6bl4.mesh.host")
-    assert agent["readinessProbe"]["httpGet"]["port"] == 8080 and agent["livenessProbe"]["httpGet"]["path"] == "/health"
+    nats = by[("StatefulSet", "nats")]
+    (c,) = pod_spec(nats)["containers"]
+    assert c["command"] == ["nats-server", "-c", f"{CD}/nats.conf"]
+    assert [p["containerPort"] for p in c["ports"]] == [4222]
+    assert "8222" in " ".join(c["readinessProbe"]["exec"]["command"])     # probed from inside the pod
+    assert [p["port"] for p in by[("Service", "nats")]["spec"]["ports"]] == [4222]
+    job = by[("Job", "x0tta6bl4-provision")]
+    (c,) = pod_spec(job)["containers"]
+    assert c["command"][:4] == ["python", "-m", "x0tta6bl4.runtime.deploy", "provision"]
+    conf = yaml.safe_load(generated_k8s.dep.nats_conf.read_text())
+    assert conf["http"] == "127.0.0.1:8222" and conf["tls"]["cert_file"] == f"{CD}/server.pem"
+
+
+def test_k8s_node_agents_have_their_own_identity_and_keyvault(generated_k8s):
+    docs = generated_docs(generated_k8s)
+    agents = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "Deployment"}
+    assert set(agents) == {"node-agent-worker-1", "node-agent-worker-2-example"}
+    hosts = generated_k8s.dep.mesh_hosts()
+    flags = argparse_flags("x0tta6bl4.mesh.host")
+    for name, d in agents.items():
+        node = name.removeprefix("node-agent-")
+        assert hosts[f"k8s-{node}"] == [node]
+        spec = pod_spec(d)
+        term = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert term[0]["matchFields"][0]["key"] == "metadata.name"
+        (c,) = spec["containers"]
+        assert c["command"][:3] == ["python", "-m", "x0tta6bl4.mesh.host"]
+        assert {a for a in c["command"] if a.startswith("--")} <= flags
+        assert c["command"][c["command"].index("--keyvault") + 1] == "keyvault:50052"
+        topo = next(x for _, x in docs if x["kind"] == "ConfigMap" and x["metadata"]["name"] == name)
+        assert yaml.safe_load(topo["data"]["topology.yaml"])["nodes"] == [node]
+        assert c["readinessProbe"]["httpGet"]["port"] == 8080 and c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert "Worker.2.Example" in str(agents["node-agent-worker-2-example"])   # pinned to the node's real name
 
 
 def test_spec_mesh_deployment_yaml():
@@ -166,13 +438,18 @@ def test_spec_mesh_deployment_yaml():
     deps = [d for d in docs if d["kind"] == "Deployment"]
     assert deps
     for d in deps:
-        for c in containers(d):
+        for c in pod_spec(d)["containers"]:
             assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
             assert c["readinessProbe"]["httpGet"]["port"] == 8080
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     assert cm["data"]["offline"] in ("true", "false")
+    mesh = next(d for d in deps if d["metadata"]["name"] == "x0tta6bl4-mesh")
+    (c,) = pod_spec(mesh)["containers"]
+    assert {a for a in c["command"] if a.startswith("--")} <= argparse_flags("x0tta6bl4.mesh.host")
+    assert c["command"][c["command"].index("--keyvault") + 1] == "keyvault:50052"
+    assert cm["data"]["topology"] == "grid:9"     # the nodes of the demo host's identity
     edge = next(d for d in deps if d["metadata"]["name"] == "x0tta6bl4-edge")
-    init = edge["spec"]["template"]["spec"]["initContainers"][0]
+    init = pod_spec(edge)["initContainers"][0]
     assert "edge setup" in " ".join(init["command"]) and "--offline" in " ".join(init["command"])
     # the edge CLI really has the commands and flags the manifest uses
     from typer.testing import CliRunner
