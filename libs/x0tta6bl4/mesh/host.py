@@ -23,7 +23,10 @@ already has one). ``RELOAD_KEYS`` fetches the node's current bundle, applies its
 root-signed records, switches the signer (the old generation stays usable for
 handshakes in flight) and answers once the beacon-signing check passed: every hosted
 neighbour has accepted a HELLO signed with the new key (or after
-``reload_verify_timeout``, answering with what was verified). Audit-like MeshEvents on
+``reload_verify_timeout``, answering with what was verified). A rotation from any other entry point
+(``meshctl keys rotate``, the MCP tool, a schedule) reaches the agents too: a newer ``node.<n>.sig``
+record in the bucket for a hosted node makes the host reload that node the same way (one reload at a
+time per node, shared with RELOAD_KEYS). Audit-like MeshEvents on
 ``mesh.event.<node>``: ``keys.loaded``, ``keys.reloaded``, ``keys.verified``,
 ``keys.retired``, ``keys.revoked``, ``channel.established`` (kinds outside
 ``security.*``, so the monitor does not count them as failed authentication).
@@ -218,6 +221,11 @@ class MeshHost:
         self._stub: KeyvaultStub | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
         self._watch_task: asyncio.Task | None = None
+        # rotation from any entry point reaches the agents: a newer node.<n>.sig record in the bucket
+        # reloads the node's keys (one reload at a time per node; RELOAD_KEYS takes the same lock)
+        self._reload_locks: dict[str, asyncio.Lock] = {}
+        self._wanted_gen: dict[str, int] = {}
+        self._auto_reloads: dict[str, asyncio.Task] = {}
         # blue-green: identity, standby/active, retirement
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
         self.version = version
@@ -254,6 +262,8 @@ class MeshHost:
         await self.runtime.stop()
         if self._watch_task:
             self._watch_task.cancel()
+        for t in self._auto_reloads.values():
+            t.cancel()
         if self._watcher is not None:
             with contextlib.suppress(Exception):  # the watcher's connection may be gone already
                 await self._watcher.stop()
@@ -394,6 +404,11 @@ class MeshHost:
 
     def _on_key_change(self, key: str, verified, deleted: bool) -> None:
         parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "node" and parts[2] == "sig" and not deleted:
+            rec = getattr(verified, "record", None)
+            if rec is not None and not getattr(rec, "revoked", False):
+                self._want_generation(parts[1], int(rec.generation), rec.key_id)
+            return
         if len(parts) != 2:
             return
         kid = parts[1]
@@ -430,7 +445,42 @@ class MeshHost:
             (ok if sec.peer_key(node) == key_id else wait).append(p)
         return ok, wait
 
+    def _want_generation(self, node: str, generation: int, key_id: str) -> None:
+        """Keyvault published a new current signing key for ``node`` (whoever asked for the rotation:
+        meshctl, MCP, the executor, a schedule): reload the hosted node's keys unless it already has them."""
+        sec = self.security.get(node)
+        if sec is None or self.authority is not None or self._stub is None:
+            return
+        if generation <= sec.identity.generation or key_id == sec.key_id:
+            return
+        self._wanted_gen[node] = max(self._wanted_gen.get(node, 0), generation)
+        t = self._auto_reloads.get(node)
+        if t is None or t.done():
+            self._auto_reloads[node] = asyncio.get_running_loop().create_task(
+                self._auto_reload(node), name=f"mesh-keys-reload-{node}")
+
+    async def _auto_reload(self, node: str) -> None:
+        for _ in range(5):      # a rotation published while reloading: once more (bounded)
+            sec = self.security.get(node)
+            if sec is None or self._wanted_gen.get(node, 0) <= sec.identity.generation:
+                return
+            try:
+                msg = await self.reload_keys(node)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - keyvault unreachable meanwhile: the next record or RELOAD_KEYS retries
+                log.warning("node %s: automatic key reload failed: %s", node, e)
+                self._key_event(node, "keys.reload_failed", {"error": str(e)[:200]})
+                return
+            log.info("node %s: %s (automatic, on the new record in the keys bucket)", node, msg)
+
     async def reload_keys(self, node: str) -> str:
+        if node not in self.security:
+            return "agent uses the structural verifier: no keys to reload"
+        async with self._reload_locks.setdefault(node, asyncio.Lock()):
+            return await self._reload_keys(node)
+
+    async def _reload_keys(self, node: str) -> str:
         sec = self.security.get(node)
         if sec is None:
             return "agent uses the structural verifier: no keys to reload"
