@@ -23,6 +23,7 @@ from x0tta6bl4.governance import (
     GovernanceEngine,
     GovernanceError,
     InvalidArgument,
+    PermissionDenied,
     Unauthenticated,
     VoteChoice,
     cancel_signing_payload,
@@ -104,8 +105,10 @@ class Governance(gpb_grpc.GovernanceServicer):
     def __init__(self, store: GovStore, nc, default_execution_window_s: float = LIMITS.default_execution_window_s,
                  precheck: Callable[[bytes, bytes, bytes], Awaitable[bool]] | None = None,
                  root_span_sample: float = 1.0, admin: AdminToken | None = None,
-                 identities: KeyvaultIdentities | None = None, max_active_per_proposer: int = 0):
+                 identities: KeyvaultIdentities | None = None, max_active_per_proposer: int = 0,
+                 audit: Audit | None = None):
         self.store = store
+        self.audit = audit
         self.max_active_per_proposer = max_active_per_proposer
         self.admin = admin
         self.identities = identities
@@ -132,6 +135,7 @@ class Governance(gpb_grpc.GovernanceServicer):
             title=req.title, description=req.description, action=action, proposer=req.proposer,
             duration_s=req.duration_s, quorum=req.quorum, threshold=req.threshold,
             execution_window_s=req.execution_window_s, request_id=req.request_id, nonce=nonce) if req.signature else b""
+        await self._refuse_revoked(req.proposer, "CreateProposal", "opening a proposal")
         await self._authenticate_proposer(req.proposer, nonce, bytes(req.signature), payload, _metadata(context),
                                           "opening a proposal")
         # a signed request without an idempotency key gets the digest of what was signed
@@ -150,6 +154,7 @@ class Governance(gpb_grpc.GovernanceServicer):
     @rpc
     async def CastVote(self, req: gpb.CastVoteRequest, context) -> gpb.CastVoteResponse:
         choice = choice_from_pb(req.choice)
+        await self._refuse_revoked(req.voter, "CastVote", f"voting on {req.proposal_id!r}")
         voter = self.store.engine.state.voters.get(req.voter)
         if self.precheck is not None and voter is not None:
             # verify the signature in a worker thread before the vote reaches the single writer
@@ -208,6 +213,7 @@ class Governance(gpb_grpc.GovernanceServicer):
     async def CancelProposal(self, req: gpb.CancelProposalRequest, context) -> gpb.Proposal:
         nonce = bytes(req.nonce)
         payload = cancel_signing_payload(req.id, req.proposer, nonce) if req.signature else b""
+        await self._refuse_revoked(req.proposer, "CancelProposal", f"cancelling proposal {req.id!r}")
         await self._authenticate_proposer(req.proposer, nonce, bytes(req.signature), payload, _metadata(context),
                                           f"cancelling proposal {req.id!r}")
 
@@ -215,6 +221,23 @@ class Governance(gpb_grpc.GovernanceServicer):
             events = eng.cancel_proposal(req.id, req.proposer)
             return Outcome(lambda e: self._proposal(e, req.id), events)
         return await self.store.execute(cmd)
+
+    async def _refuse_revoked(self, identity: str, method: str, what: str) -> None:
+        """PERMISSION_DENIED naming the revocation when keyvault has revoked ``identity`` (followed from the
+        ``keys`` bucket, see :class:`KeyvaultIdentities`); the refusal is audited before the caller hears of it."""
+        if self.identities is None or not identity:
+            return
+        try:
+            await self.identities.refuse_if_revoked(identity, what)
+        except PermissionDenied as e:
+            log.info("refused %s of revoked identity %s", method, identity)
+            if self.audit is not None:
+                try:
+                    await self.audit("identity.revoked_refused", identity,
+                                     {"method": method, "identity": identity, "reason": str(e)})
+                except Exception as err:  # noqa: BLE001 - refused either way
+                    log.error("cannot audit the refusal of %s to revoked %s: %s", method, identity, err)
+            raise
 
     async def _authenticate_proposer(self, proposer: str, nonce: bytes, signature: bytes, payload: bytes,
                                      md: dict[str, str], what: str) -> None:
@@ -329,7 +352,9 @@ async def serve(store: GovStore, nc: NATS, settings: GovernanceSettings, *,
     servicer = Governance(store, nc, settings.execution_window_s, precheck=precheck,
                           root_span_sample=settings.rpc_root_span_sample, admin=admin,
                           max_active_per_proposer=settings.max_active_per_proposer,
-                          identities=identities or keyvault_identities(nc, settings))
+                          identities=identities or keyvault_identities(nc, settings), audit=audit)
+    assert servicer.identities is not None
+    servicer.identities.start()          # follow keyvault's revocations (and current keys) from the bucket
     port_file = pathlib.Path(settings.data_dir) / "run" / f"governance-{settings.instance}.grpc"
     bus_identity = settings.nats_identity or "governance"
     bundle = ca_bundle(settings.ca_cert_file) if getattr(settings, "ca_cert_file", None) else ca_bundle()
@@ -345,8 +370,10 @@ async def serve(store: GovStore, nc: NATS, settings: GovernanceSettings, *,
                                   service_names=[SERVICE_NAME], port_file=port_file, identity=identity)
     except BindError as e:
         await source.stop()
+        await servicer.identities.stop()
         raise SystemExit(str(e)) from None
     server.closers.append(source.stop)
+    server.closers.append(servicer.identities.stop)
     return server
 
 

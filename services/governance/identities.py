@@ -10,6 +10,15 @@ taken only when it has that fingerprint - whoever answers Info (a rogue responde
 another root. A record that does not verify, belongs to another identity, is revoked or expired is refused
 with a clear error.
 
+Revocations are followed as they happen: ``start()`` watches the ``keys`` bucket and keeps, for every
+keyvault identity, its current signing key id (``node.<id>.sig``) and the root-signed revocation records
+(``rev.<key-id>``). ``revocation(identity)`` answers from that view with no I/O (so the check costs a
+vote nothing): an identity whose current key is revoked gets its :class:`RevocationRecord`, and
+governance refuses its votes, proposals and cancels with PERMISSION_DENIED naming it. Until the view
+holds the bucket's initial values (keyvault not reachable yet, or the watch being re-established), the
+identity's record is read directly (fail closed: records that cannot be read refuse the call as
+UNAVAILABLE).
+
 The ledger admin token: RegisterVoter mints voting power, so it needs
 ``authorization: Bearer <token>`` metadata. The token comes from
 ``X0TTA6BL4_ADMIN_TOKEN_FILE`` (default ``<data dir>/governance-admin.token``),
@@ -22,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import logging
 import os
 import pathlib
 import time
@@ -30,18 +40,28 @@ import nats
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.governance import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from x0tta6bl4.bus.kvwatch import WatchError, next_update, watch_bucket
+from x0tta6bl4.governance import (
+    FailedPrecondition,
+    GovernanceError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from x0tta6bl4.keyvault import distribution as dist
 from x0tta6bl4.keyvault import pin
-from x0tta6bl4.pqc import MLDSA65PublicKey, PQCError, PublicKeyRecord, SpiffeId
+from x0tta6bl4.pqc import MLDSA65PublicKey, PQCError, PublicKeyRecord, RevocationRecord, SpiffeId
 from x0tta6bl4.pqc.keystore import write_secret_file
 from x0tta6bl4.v1 import keyvault_pb2 as kpb
 
 from .store import Unavailable
 
-__all__ = ["TOKEN_FILE_NAME", "AdminToken", "KeyvaultIdentities"]
+__all__ = ["TOKEN_FILE_NAME", "AdminToken", "KeyvaultIdentities", "revocation_message"]
 
 TOKEN_FILE_NAME = "governance-admin.token"
+
+log = logging.getLogger("x0tta6bl4.governance.identities")
 
 
 class AdminToken:
@@ -98,6 +118,14 @@ class KeyvaultIdentities:
             raise ValueError(str(e)) from None
         self.refused_roots = 0
         self._lock = asyncio.Lock()
+        # the revocation view (see the module's doc), fed by the bucket watch
+        self._sig_key: dict[str, str] = {}                       # identity -> current signing key id
+        self._sig_revoked: set[str] = set()                       # identities whose current record is flagged
+        self._revocations: dict[str, RevocationRecord] = {}      # revoked key id -> its record
+        self._by_identity: dict[str, list[RevocationRecord]] = {}
+        self.synced = asyncio.Event()
+        self.rejected_entries = 0
+        self._task: asyncio.Task | None = None
 
     async def root(self) -> MLDSA65PublicKey:
         async with self._lock:
@@ -157,3 +185,117 @@ class KeyvaultIdentities:
             return rec.verify_key().mldsa.public_bytes()
         except PQCError as e:
             raise FailedPrecondition(f"keyvault record of {voter!r} holds no usable signing key: {e}") from None
+
+    # ---- revocations -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Follow the ``keys`` bucket in the background (revocations and current keys)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._follow(), name="governance-keys-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _follow(self) -> None:
+        delay = 0.2
+        while True:
+            watcher = None
+            try:
+                root = await self.root()
+                watcher, initial = await watch_bucket(self.js, dist.BUCKET, timeout=self.timeout_s)
+                for entry in initial:
+                    self._apply(entry, root)
+                self.synced.set()
+                log.info("following keyvault revocations: %d revoked keys", len(self._revocations))
+                delay = 0.2
+                while True:
+                    update = await next_update(watcher, timeout=60)
+                    if update is not None:
+                        self._apply(update, root)
+            except asyncio.CancelledError:
+                raise
+            except (GovernanceError, Unavailable, WatchError, TimeoutError, nats.errors.Error,
+                    nats.js.errors.Error) as e:
+                log.warning("keyvault records: cannot follow the %r bucket (%s: %s); retrying in %.1f s",
+                            dist.BUCKET, type(e).__name__, e, delay)
+            finally:
+                self.synced.clear()     # until the watch is back, revocations are checked by direct reads
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _apply(self, e, root: MLDSA65PublicKey) -> None:
+        key, value = e.key, e.value or b""
+        parts = key.split(".")
+        if e.operation in ("DEL", "PURGE") or not (parts[0] == "rev" or (parts[0] == "node" and parts[-1] == "sig")):
+            return                   # key.* entries and KEM records say nothing about who may vote
+        try:
+            rec = dist.verify_entry(key, value, root).record
+        except PQCError as err:
+            self.rejected_entries += 1
+            log.warning("keyvault record %r refused: %s", key, err)
+            return
+        if isinstance(rec, RevocationRecord):
+            if rec.key_id not in self._revocations:
+                self._revocations[rec.key_id] = rec
+                self._by_identity.setdefault(rec.spiffe_id, []).append(rec)
+                log.info("keyvault revoked key %s of %s at %d (%s)", rec.key_id, rec.spiffe_id, rec.revoked_at,
+                         rec.reason or "no reason given")
+        elif isinstance(rec, PublicKeyRecord):
+            self._sig_key[rec.spiffe_id] = rec.key_id
+            if rec.revoked:
+                self._sig_revoked.add(rec.spiffe_id)
+            else:
+                self._sig_revoked.discard(rec.spiffe_id)
+
+    def _revoked_now(self, identity: str) -> RevocationRecord | None:
+        recs = self._by_identity.get(identity)
+        if not recs:
+            return None
+        current = self._sig_key.get(identity)
+        if current is None:              # no current record (never issued here, or deleted): any revocation counts
+            return max(recs, key=lambda r: r.revoked_at)
+        rec = self._revocations.get(current)
+        if rec is not None:
+            return rec
+        if identity in self._sig_revoked:
+            return max(recs, key=lambda r: r.revoked_at)
+        return None                      # an older key was revoked; the identity was re-issued since
+
+    async def revocation(self, identity: str) -> RevocationRecord | None:
+        """The revocation of ``identity``'s current key, or None (not revoked, or not a keyvault identity).
+        Answered from the followed bucket; before it is followed, from a direct read of the identity's record
+        (Unavailable when keyvault's records cannot be read)."""
+        try:
+            SpiffeId.parse(identity)
+        except PQCError:
+            return None                  # not a keyvault identity (an explicit-key voter): keyvault cannot revoke it
+        if self.synced.is_set():
+            return self._revoked_now(identity)
+        try:
+            await self.record(identity)
+        except NotFound:
+            return None
+        except FailedPrecondition as e:
+            if "revoked" not in str(e):
+                return None              # its record is odd (expired...): the ledger key decides, as before
+            rec = self._revoked_now(identity)
+            return rec or RevocationRecord(identity, "0" * 16, 0, "revoked in keyvault")
+        return None
+
+    async def refuse_if_revoked(self, identity: str, what: str) -> None:
+        """PermissionDenied naming the revocation when ``identity``'s current key is revoked."""
+        rec = await self.revocation(identity)
+        if rec is not None:
+            raise PermissionDenied(revocation_message(identity, rec, what))
+
+
+def revocation_message(identity: str, rec: RevocationRecord, what: str) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.revoked_at)) if rec.revoked_at else "?"
+    return (f"{what}: identity {identity!r} is revoked in keyvault (key {rec.key_id} revoked at {when}, "
+            f"reason: {rec.reason or 'none given'}); it may not vote, propose or cancel")
