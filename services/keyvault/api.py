@@ -47,7 +47,8 @@ class KeyvaultApi:
         return pb.ListIdentitiesResponse(records=[convert.listed(self.root, e) for e in entries])
 
     async def Rotate(self, req: pb.RotateRequest, via: str) -> pb.RotateResponse:
-        entries = await self.service.rotate(list(req.node_ids), req.all, req.overlap_s, req.request_id, via)
+        entries = await self.service.rotate(list(req.node_ids), req.all, req.overlap_s, req.request_id, via,
+                                            include_operators=req.include_operators)
         return pb.RotateResponse(records=[convert.listed(self.root, e) for e in entries])
 
     async def Revoke(self, req: pb.RevokeRequest, via: str) -> pb.KeyRecord:

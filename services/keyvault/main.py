@@ -88,7 +88,8 @@ def build(s: KeyvaultSettings) -> Service:
     parts: dict[str, Any] = {}
     own_id = spiffe_id(s.trust_domain, "service", "keyvault")
     svid = SvidSource(lambda: asyncio.to_thread(obtain_local, issuer, own_id), name="keyvault")
-    policy = PolicyEngine(s.trust_domain, api.HostsFile(s.hosts_file))
+    hosts = api.HostsFile(s.hosts_file)
+    policy = PolicyEngine(s.trust_domain, hosts)
 
     @app.on_startup
     async def start() -> None:
@@ -113,7 +114,8 @@ def build(s: KeyvaultSettings) -> Service:
             log.warning("keyvault: root fingerprint %s is not pinned here; pin it in every verifier as "
                         "X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT", root_fp)
         parts["svc"] = svc = KeyvaultService(state, await app.kv(dist.BUCKET), app.audit,
-                                             snapshot=functools.partial(kv_snapshot, js, dist.BUCKET))
+                                             snapshot=functools.partial(kv_snapshot, js, dist.BUCKET),
+                                             hosted=lambda: frozenset().union(*hosts().values()))
         parts["state"] = state
         n = await svc.opened(created, copied)
         log.info("keyvault: %d identities, root key %s%s, %d copied up, %d records resynced", len(state.vault.entries),

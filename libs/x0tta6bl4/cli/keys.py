@@ -181,7 +181,10 @@ def show(node: str, keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt)
 
 @keys_app.command("rotate")
 def rotate(nodes: list[str] | None = typer.Argument(None, help="node ids (or --all)"),
-           all_: bool = typer.Option(False, "--all", help="rotate every non-revoked identity"),
+           all_: bool = typer.Option(False, "--all", help="rotate every non-revoked node identity (the nodes "
+                                     "mesh hosts run; operators' and voters' too with --include-operators)"),
+           include_operators: bool = typer.Option(False, "--include-operators",
+                                                  help="with --all: also the identities no mesh host runs"),
            overlap: float = typer.Option(0.0, "--overlap", help="seconds the old keys stay accepted (0 = default)"),
            request_id: str = typer.Option("", "--request-id", help="idempotency key: a repeat rotates nothing"),
            keyvault: str | None = KeyvaultOpt, as_json: bool = JsonOpt) -> None:
@@ -189,7 +192,8 @@ def rotate(nodes: list[str] | None = typer.Argument(None, help="node ids (or --a
     if not nodes and not all_:
         fail("name nodes to rotate, or --all")
     r = _call(keyvault, "Rotate", _pb().RotateRequest(node_ids=nodes or [], all=all_, overlap_s=overlap,
-                                                      request_id=request_id), timeout=120)
+                                                      request_id=request_id, include_operators=include_operators),
+              timeout=120)
     _print(r.records, as_json, f"rotated {len(r.records)} identities")
 
 

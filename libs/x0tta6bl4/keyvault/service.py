@@ -94,8 +94,12 @@ class KeyvaultService:
     """Issue, rotate, revoke, attest, export; keep the ``keys`` bucket equal to the shared state."""
 
     def __init__(self, state: State, keys: KV, audit: Audit, *, snapshot: Snapshot | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 hosted: Callable[[], frozenset[str]] | None = None) -> None:
         self.state, self.keys, self._audit = state, keys, audit
+        # the nodes the deployment's mesh hosts run (hosts.json): "rotate all" rotates these, not the
+        # identities of operators and voters, unless asked (None or empty: every identity is a node)
+        self.hosted = hosted
         self.snapshot: Snapshot = snapshot or (lambda: read_bucket(keys))
         self.monotonic = monotonic
         self.lock = asyncio.Lock()         # one change at a time in this replica
@@ -249,8 +253,9 @@ class KeyvaultService:
         return self.vault.list(include_revoked)
 
     async def rotate(self, node_ids: list[str], all_nodes: bool = False, overlap_s: float = 0.0,
-                     request_id: str = "", via: str = VIA_GRPC) -> list[Entry]:
-        """Rotate the given nodes (or all): a new active generation each, the old one retiring for
+                     request_id: str = "", via: str = VIA_GRPC, include_operators: bool = False) -> list[Entry]:
+        """Rotate the given nodes (or all: the nodes mesh hosts run, plus the other identities, such as
+        operators' and voters', with ``include_operators``): a new active generation each, the old one retiring for
         ``overlap_s`` (0: the default). A repeated ``request_id`` rotates nothing again. Returns each
         identity as this rotation left it."""
         for n in node_ids:
@@ -268,9 +273,14 @@ class KeyvaultService:
                 targets = done
             else:
                 targets = vault.resolve_targets(node_ids, all_nodes)
+                hosted = self.hosted() if self.hosted is not None and all_nodes and not include_operators \
+                    else frozenset()
+                if hosted:
+                    targets = [n for n in targets if n in hosted]
                 if targets:
                     await self.audit("key.rotation.started", request_id or "-", {
-                        "nodes": len(targets), "all": all_nodes, "overlap_s": overlap, "via": via})
+                        "nodes": len(targets), "all": all_nodes, "include_operators": include_operators,
+                        "overlap_s": overlap, "via": via})
 
                     def plan(n: str):  # a node revoked meanwhile by another replica is left as it is
                         prev = vault.entries[n]

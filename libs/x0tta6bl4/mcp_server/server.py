@@ -331,8 +331,9 @@ async def pqc_issue_identity(node: str) -> dict[str, Any]:
 
 @mcp.tool(annotations=DESTRUCTIVE)
 async def pqc_rotate_keys(nodes: list[str] | None = None, all_nodes: bool = False, overlap_s: float = 0.0,
-                          request_id: str = "") -> dict[str, Any]:
-    """Rotate PQC keys (ML-KEM-768 / ML-DSA-65 hybrids) for NODES or every identity (all_nodes): a new generation
+                          request_id: str = "", include_operators: bool = False) -> dict[str, Any]:
+    """Rotate PQC keys (ML-KEM-768 / ML-DSA-65 hybrids) for NODES or every node (all_nodes: the nodes mesh hosts
+    run; operators' and voters' identities too only with include_operators): a new generation
     becomes active, the old one stays accepted for overlap_s (0 = keyvault default) and is then retired; new
     records go to the `keys` KV bucket and node agents reload. DESTRUCTIVE: old keys stop being valid after the
     overlap; sessions must re-handshake. request_id makes a retry rotate nothing twice."""
@@ -340,7 +341,8 @@ async def pqc_rotate_keys(nodes: list[str] | None = None, all_nodes: bool = Fals
     if not nodes and not all_nodes:
         raise ValueError("name nodes to rotate, or set all_nodes")
     r = await asyncio.to_thread(_keyvault, "Rotate", kv.RotateRequest(node_ids=nodes or [], all=all_nodes,
-                                                                      overlap_s=overlap_s, request_id=request_id), 120)
+                                                                      overlap_s=overlap_s, request_id=request_id,
+                                                                      include_operators=include_operators), 120)
     return {"rotated": [_key_rec(x) for x in r.records]}
 
 

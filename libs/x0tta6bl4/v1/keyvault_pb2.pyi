@@ -81,16 +81,18 @@ class GetPublicKeysRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
-    __slots__ = ("node_ids", "all", "overlap_s", "request_id")
+    __slots__ = ("node_ids", "all", "overlap_s", "request_id", "include_operators")
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_S_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_OPERATORS_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     all: bool
     overlap_s: float
     request_id: str
-    def __init__(self, node_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., overlap_s: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    include_operators: bool
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., overlap_s: _Optional[float] = ..., request_id: _Optional[str] = ..., include_operators: _Optional[bool] = ...) -> None: ...
 
 class RotateResponse(_message.Message):
     __slots__ = ("records",)
