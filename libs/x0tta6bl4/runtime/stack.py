@@ -471,7 +471,11 @@ class Stack:
             self.nats_file.unlink(missing_ok=True)
 
     def __enter__(self) -> Stack:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()        # a service that did not come up: nothing is left running
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
