@@ -34,6 +34,7 @@ ebpf-setup:
 	-command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null)); }
 
 setup: $(STAMP) ebpf-setup
+	-command -v npm >/dev/null && cd tools/liboqs-interop && npm ci --no-audit --no-fund --loglevel=error  # liboqs (WASM) for tests/integration/pqc
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
