@@ -2,15 +2,21 @@
 deploy tests of one module."""
 from __future__ import annotations
 
+import json
 import pathlib
 import re
+import shutil
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import yaml
+from testkit import eventually_sync
 
 from x0tta6bl4.runtime import deploy
 from x0tta6bl4.runtime.secrets import Secrets
+from x0tta6bl4.runtime.stack import free_port, nats_server_binary
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -84,3 +90,72 @@ def generated_k8s(tmp_path_factory) -> Generated:
     lines = deploy.kubernetes(d / "secrets", NODE_AGENTS)
     dep = deploy.Deployment(Secrets((d / "secrets").resolve()), kubernetes=True)
     return Generated(dep, d / "none", {}, lines)
+
+
+# ---- the container layout, laid out in a temporary directory -------------------------------------------------
+def rewrite(value, mapping: dict[str, str]):
+    """Every string that is a path under one of ``mapping``'s directories, moved to the other one."""
+    if isinstance(value, dict):
+        return {k: rewrite(v, mapping) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rewrite(v, mapping) for v in value]
+    if isinstance(value, str):
+        for old, new in mapping.items():
+            if value == old or value.startswith(old + "/"):
+                return new + value[len(old):]
+    return value
+
+
+def _materialize(ident: deploy.Identity, dest: pathlib.Path) -> dict[str, str]:
+    """What the container of ``ident`` sees, laid out in ``dest``; its settings with paths there."""
+    dest.mkdir(parents=True)
+    for name, path in ident.files.items():
+        shutil.copyfile(path, dest / name)
+    return {**rewrite(dict(ident.env), {deploy.CONTAINER_DIR: str(dest)}), **ident.values}
+
+
+@pytest.fixture
+def materialize() -> Callable[[deploy.Identity, pathlib.Path], dict[str, str]]:
+    return _materialize
+
+
+@pytest.fixture
+def rewrite_paths():
+    return rewrite
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    tmp: pathlib.Path
+    log: pathlib.Path
+
+
+@pytest.fixture
+def secured_nats(generated_compose, tmp_path):
+    """A real nats-server running the configuration generated for its container, with the container paths
+    (credentials, JetStream store) moved into ``tmp_path`` and the port made free."""
+    dep = generated_compose.dep
+    nats_dir = tmp_path / "nats-secrets"
+    _materialize(dep.nats(), nats_dir)
+    conf = json.loads((nats_dir / deploy.NATS_CONF).read_text())
+    port = free_port()
+    conf = rewrite(conf, {deploy.CONTAINER_DIR: str(nats_dir), deploy.NATS_STORE: str(tmp_path / "jetstream")})
+    assert "/run/" not in json.dumps(conf), "a container path the test did not rewrite"
+    conf.update(host="127.0.0.1", port=port, http=f"127.0.0.1:{free_port()}")
+    config = tmp_path / "nats.conf"
+    config.write_text(json.dumps(conf))
+    log = tmp_path / "nats.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=fh, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"nats-server refused the generated configuration:\n{log.read_text()[-3000:]}"
+        return b"Server is ready" in log.read_bytes()
+    try:
+        eventually_sync(ready, timeout=15)
+        yield Server(f"tls://127.0.0.1:{port}", port, tmp_path, log)
+    finally:
+        proc.terminate()
+        proc.wait(10)

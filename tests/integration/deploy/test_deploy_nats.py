@@ -5,76 +5,24 @@ anonymous and unknown clients are refused; the provisioning step (the compose `p
 Kubernetes Job) declares the topology as the provisioner, which no service identity may do."""
 from __future__ import annotations
 
-import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
 import nats
 import nkeys
 import pytest
-from testkit import eventually_sync, scaled
+from testkit import scaled
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.connection import NatsCredentials, connect_once
-from x0tta6bl4.runtime import deploy
-from x0tta6bl4.runtime.stack import free_port, nats_server_binary, repo_root
-
-CD = deploy.CONTAINER_DIR
+from x0tta6bl4.runtime.stack import repo_root
 
 
-def rewrite(value, mapping: dict[str, str]):
-    """Every string that is a container path, with its directory replaced."""
-    if isinstance(value, dict):
-        return {k: rewrite(v, mapping) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rewrite(v, mapping) for v in value]
-    if isinstance(value, str):
-        for old, new in mapping.items():
-            if value == old or value.startswith(old + "/"):
-                return new + value[len(old):]
-    return value
-
-
-def materialize(ident: deploy.Identity, dest: pathlib.Path) -> dict[str, str]:
-    """What the container of ``ident`` sees, laid out in ``dest``; its settings with paths there."""
-    dest.mkdir(parents=True)
-    for name, path in ident.files.items():
-        shutil.copyfile(path, dest / name)
-    return {**rewrite(dict(ident.env), {CD: str(dest)}), **ident.values}
-
-
-@pytest.fixture
-def server(generated_compose, tmp_path):
-    dep = generated_compose.dep
-    nats_dir = tmp_path / "nats-secrets"
-    materialize(dep.nats(), nats_dir)
-    conf = json.loads((nats_dir / deploy.NATS_CONF).read_text())
-    port = free_port()
-    conf = rewrite(conf, {CD: str(nats_dir), deploy.NATS_STORE: str(tmp_path / "jetstream")})
-    assert "/run/" not in json.dumps(conf), "a container path the test did not rewrite"
-    conf.update(host="127.0.0.1", port=port, http=f"127.0.0.1:{free_port()}")
-    config = tmp_path / "nats.conf"
-    config.write_text(json.dumps(conf))
-    log = tmp_path / "nats.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=fh, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"nats-server refused the generated configuration:\n{log.read_text()[-3000:]}"
-        return b"Server is ready" in log.read_bytes()
-    try:
-        eventually_sync(ready, timeout=scaled(15))
-        yield f"tls://127.0.0.1:{port}", tmp_path, log
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-async def test_every_container_identity_connects_with_tls_and_its_own_nkey(generated_compose, server):
-    url, tmp, _log = server
+async def test_every_container_identity_connects_with_tls_and_its_own_nkey(generated_compose, secured_nats,
+                                                                           materialize):
+    url, tmp = secured_nats.url, secured_nats.tmp
     for name, ident in generated_compose.dep.containers().items():
         if ident.name == "nats":
             continue
@@ -89,8 +37,8 @@ async def test_every_container_identity_connects_with_tls_and_its_own_nkey(gener
             await nc.close()
 
 
-async def test_anonymous_plaintext_and_unknown_clients_are_refused(generated_compose, server):
-    url, tmp, log = server
+async def test_anonymous_plaintext_and_unknown_clients_are_refused(generated_compose, secured_nats, materialize):
+    url, tmp, log = secured_nats.url, secured_nats.tmp, secured_nats.log
     ca = materialize(generated_compose.dep.identity("operator"), tmp / "op")["X0TTA6BL4_NATS_CA_FILE"]
     tls = NatsCredentials("anonymous", pathlib.Path("/nonexistent"), pathlib.Path(ca)).options()["tls"]
     # no credentials at all, over TLS with the right CA
@@ -121,8 +69,9 @@ def provision(env: dict[str, str], url: str, timeout: float) -> subprocess.Compl
                           env=full, capture_output=True, text=True, timeout=scaled(120))
 
 
-async def test_the_provision_step_declares_the_topology_and_only_the_provisioner_may(generated_compose, server):
-    url, tmp, _log = server
+async def test_the_provision_step_declares_the_topology_and_only_the_provisioner_may(generated_compose, secured_nats,
+                                                                                     materialize):
+    url, tmp = secured_nats.url, secured_nats.tmp
     dep = generated_compose.dep
     monitor_env = materialize(dep.identity("monitor", "monitor"), tmp / "monitor")
     # a service identity cannot declare streams: the step fails, in one line, and declares nothing
