@@ -2,6 +2,7 @@
 deploy tests of one module."""
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import re
@@ -132,11 +133,10 @@ class Server:
     log: pathlib.Path
 
 
-@pytest.fixture
-def secured_nats(generated_compose, tmp_path):
+@contextlib.contextmanager
+def running_nats(dep: deploy.Deployment, tmp_path: pathlib.Path):
     """A real nats-server running the configuration generated for its container, with the container paths
     (credentials, JetStream store) moved into ``tmp_path`` and the port made free."""
-    dep = generated_compose.dep
     nats_dir = tmp_path / "nats-secrets"
     _materialize(dep.nats(), nats_dir)
     conf = json.loads((nats_dir / deploy.NATS_CONF).read_text())
@@ -159,3 +159,17 @@ def secured_nats(generated_compose, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def secured_nats(generated_compose, tmp_path):
+    """nats-server on the configuration generated for compose."""
+    with running_nats(generated_compose.dep, tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def secured_nats_k8s(generated_k8s, tmp_path):
+    """nats-server on the configuration generated for Kubernetes."""
+    with running_nats(generated_k8s.dep, tmp_path) as server:
+        yield server
