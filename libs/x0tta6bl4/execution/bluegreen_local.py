@@ -355,7 +355,8 @@ def green_deployment(docs: list[dict], spec: DeploySpec) -> dict:
     d["metadata"]["name"] = name
     d["metadata"]["labels"] = dict(labels)
     d["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/name": name}}
-    d["spec"]["template"]["metadata"]["labels"] = dict(labels)
+    # the pod keeps its other labels: the NetworkPolicies admit it to NATS and keyvault by them
+    d["spec"]["template"]["metadata"]["labels"] = {**base["spec"]["template"]["metadata"].get("labels", {}), **labels}
     c = d["spec"]["template"]["spec"]["containers"][0]
     c["image"] = spec.image or f"x0tta6bl4:{spec.version}"
     cmd = list(c["command"])

@@ -459,3 +459,19 @@ def test_spec_mesh_deployment_yaml():
                        ("serve", ["--nats", "--health-port", "--data-dir"])):
         out = CliRunner().invoke(edge_app, [sub, "--help"], env={"COLUMNS": "200"})
         assert out.exit_code == 0 and all(f in out.output for f in flags), out.output
+
+
+def test_k8s_blue_green_green_keeps_its_identity_and_network_labels():
+    """Blue-green on Kubernetes applies a renamed copy of the mesh Deployment: it must keep the demo host's
+    Secret and the labels the NetworkPolicies admit to NATS and keyvault by, and validate."""
+    from x0tta6bl4.execution.bluegreen_local import green_deployment
+    from x0tta6bl4.execution.deploy import DeploySpec
+    docs = list(yaml.safe_load_all((K8S / "mesh-deployment.yaml").read_text()))
+    green = green_deployment(docs, DeploySpec.from_params({"version": "v2"}))
+    labels = green["spec"]["template"]["metadata"]["labels"]
+    assert labels["x0tta6bl4/bus"] == "client" and labels["x0tta6bl4/keyvault"] == "client"
+    assert green["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert [v["secret"]["secretName"] for v in pod_spec(green)["volumes"] if "secret" in v] == \
+        ["x0tta6bl4-mesh-host-demo"]
+    kv = pytest.importorskip("kubernetes_validate")
+    kv.validate(green, kv.latest_version(), strict=True)
