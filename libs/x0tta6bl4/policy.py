@@ -141,6 +141,8 @@ RULES: dict[str, Rule] = {
     # keyvault: changes - the operator role or the executor's identity (a host enrols its own nodes)
     f"{KEYVAULT}/IssueIdentity": Rule(_g("operator", "service:executor", "host/own"), _node,
                                       doc="operators, the executor; a mesh host enrols the nodes assigned to it"),
+    f"{KEYVAULT}/CertifyKeys": Rule(_g("operator", "host/own", "node/own"), _node,
+                                    doc="a node's own keys: the node, its mesh host or an operator"),
     f"{KEYVAULT}/Rotate": Rule(_g("operator", "service:executor"), _nodes, doc="operators and the executor"),
     f"{KEYVAULT}/Revoke": Rule(_g("operator", "service:executor"), _node, doc="operators and the executor"),
     # governance: reading the DAO

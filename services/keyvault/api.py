@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import grpc
 
 from services.keyvault import convert
+from x0tta6bl4.keyvault import certify as cert
 from x0tta6bl4.keyvault.errors import KeyvaultError
 from x0tta6bl4.keyvault.service import VIA_GRPC, KeyvaultService
 from x0tta6bl4.rpc.server import GrpcServer, ServerIdentity, serve_grpc
@@ -64,6 +65,11 @@ class KeyvaultApi:
         [(e, bundle)] = await self.service.export_private([req.node_id], via)
         return convert.issued(self.root, e, bundle)
 
+    async def CertifyKeys(self, req: pb.CertifyKeysRequest, via: str) -> pb.KeyRecord:
+        r = cert.CertifyRequest(req.node_id, req.signing_public_key, req.kem_public_key, req.nonce,
+                                req.timestamp_unix, req.proof)
+        return convert.identity(self.root, await self.service.certify(r, req.overlap_s, via))
+
     async def GetPrivateBundles(self, req: pb.GetPrivateBundlesRequest, via: str) -> pb.GetPrivateBundlesResponse:
         out = await self.service.private_bundles(list(req.node_ids), via)
         return pb.GetPrivateBundlesResponse(bundles=[convert.issued(self.root, e, b) for e, b in out])
@@ -73,7 +79,7 @@ METHODS: dict[str, type] = {
     "IssueIdentity": pb.IssueIdentityRequest, "GetPublicKeys": pb.GetPublicKeysRequest,
     "Rotate": pb.RotateRequest, "Revoke": pb.RevokeRequest, "ListIdentities": pb.ListIdentitiesRequest,
     "Attest": pb.AttestRequest, "Info": pb.InfoRequest, "GetPrivateBundle": pb.GetPrivateBundleRequest,
-    "GetPrivateBundles": pb.GetPrivateBundlesRequest,
+    "GetPrivateBundles": pb.GetPrivateBundlesRequest, "CertifyKeys": pb.CertifyKeysRequest,
 }
 """Every method and its request type (the gRPC service and keyvault.rpc.<method> on NATS)."""
 

@@ -33,6 +33,7 @@ from x0tta6bl4.bus.ports import KV, KeyNotFound
 from x0tta6bl4.pqc import backend_info
 from x0tta6bl4.pqc.backend import BackendInfo
 
+from . import certify as cert
 from . import distribution as dist
 from .errors import InvalidArgument, KeyvaultError, PermissionDenied
 from .vault import AttestResult, Entry, Generation, Vault, check_node_id
@@ -100,6 +101,7 @@ class KeyvaultService:
         # the nodes the deployment's mesh hosts run (hosts.json): "rotate all" rotates these, not the
         # identities of operators and voters, unless asked (None or empty: every identity is a node)
         self.hosted = hosted
+        self.certify_checker = cert.Checker()
         self.snapshot: Snapshot = snapshot or (lambda: read_bucket(keys))
         self.monotonic = monotonic
         self.lock = asyncio.Lock()         # one change at a time in this replica
@@ -243,6 +245,41 @@ class KeyvaultService:
             "spiffe_id": e.spiffe_id, "generation": e.generation, "sig_key_id": e.current.sig_key_id,
             "kem_key_id": e.current.kem_key_id, "private_returned": return_private, "via": via})
         return e, (e.current.identity.export_private_unsafe() if return_private else b"")
+
+    async def certify(self, req: cert.CertifyRequest, overlap_s: float = 0.0, via: str = VIA_GRPC) -> Entry:
+        """Certify public keys the node generated itself (CSR-style, proof of possession checked): its first
+        generation or the next one, the previous retiring for ``overlap_s`` (0: the default). Keyvault never
+        sees the private keys; the records are root-signed and published like any others."""
+        check_node_id(req.node_id)
+        vault = self.vault
+        try:
+            self.certify_checker.check(req, vault.clock())
+        except KeyvaultError as err:
+            await self.audit("key.certify.refused", req.node_id, {"reason": str(err), "via": via})
+            raise
+        async with self.lock:
+            await self.state.refresh()
+            overlap = vault.check_overlap(overlap_s)
+
+            def plan(n: str):
+                return vault.plan_certify(n, req.signing_public_key, req.kem_public_key, overlap)
+
+            def entry_of(r):
+                return None if r[1] is r[0] else r[1]
+            res = await self.state.mutate([req.node_id], plan, entry_of)
+            (prev, e, step), rev = res[req.node_id]
+            if e is not prev:
+                await self.publish([(prev, e, rev)])
+        if e is prev:
+            return e
+        if step is not None and step.retired_early is not None:
+            await self.audit_nodes("key.retired", [(e.node_id, step.retired_early)],
+                                   {"why": "rotated again during its overlap"})
+        await self.audit("key.certified", e.node_id, {
+            "spiffe_id": e.spiffe_id, "generation": e.generation, "sig_key_id": e.current.sig_key_id,
+            "kem_key_id": e.current.kem_key_id, "retiring": step.old.generation if step else "-",
+            "overlap_s": overlap if step else "-", "private_held_by_keyvault": False, "via": via})
+        return e
 
     async def public_keys(self, node_id: str) -> Entry:
         await self.state.refresh()

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from x0tta6bl4.pqc import (
     InvalidIdentity,
+    KeyPurpose,
     KeyvaultRoot,
     MLDSA65PublicKey,
     NodeIdentity,
@@ -47,6 +48,7 @@ from x0tta6bl4.pqc import (
     PublicKeyRecord,
     SignedRecord,
     SpiffeId,
+    key_id,
     records_for_identity,
     validate_node_id,
 )
@@ -321,8 +323,11 @@ class Vault:
     def private_bundle(self, node_id: str) -> bytes:
         """The current generation's private export (NodeIdentity.export_private_unsafe)."""
         e = self.get(node_id)
-        if e.revoked or e.current.identity is None:
+        if e.revoked:
             raise FailedPrecondition(f"node {node_id!r} is revoked; its private keys were destroyed")
+        if e.current.identity is None:
+            raise FailedPrecondition(f"node {node_id!r} generated its own keys (certified by keyvault): keyvault "
+                                     f"holds no private key of it")
         return e.current.identity.export_private_unsafe()
 
     def _sign_generation(self, ident: NodeIdentity) -> Generation:
@@ -402,6 +407,39 @@ class Vault:
         e.retiring, e.current = old, new
         e.version += 1
         return RotationStep(node_id, old, new, early, e)
+
+    def plan_certify(self, node_id: str, signing_public_key: bytes, kem_public_key: bytes,
+                     overlap_s: float) -> tuple[Entry | None, Entry, RotationStep | None]:
+        """The node's entry with public keys it generated itself as its new active generation (the root signs
+        their records; keyvault holds no private key of it): a new identity at generation 1, or the next
+        generation with the old one retiring for ``overlap_s``. (prev, new entry, the rotation step or None).
+        The proof of possession is checked before (:mod:`.certify`). Certifying the current keys again
+        changes nothing (a retry)."""
+        check_node_id(node_id)
+        cur = self.entries.get(node_id)
+        if cur is not None and cur.revoked:
+            raise FailedPrecondition(f"node {node_id!r} is revoked; node ids are never reused")
+        kid = key_id(bytes(signing_public_key))
+        if cur is not None and cur.current.sig_key_id == kid:
+            return cur, cur, None
+        if cur is not None and kid in {g.sig_key_id for g in cur.previous()}:
+            raise FailedPrecondition(f"key {kid} was an earlier generation of {node_id!r}: generate new keys")
+        now = self.clock()
+        gen = cur.generation + 1 if cur is not None else 1
+        spiffe = str(SpiffeId(self.trust_domain, node_id))
+        recs = [PublicKeyRecord(spiffe_id=spiffe, purpose=p, public_key=bytes(pk), not_before=int(now),
+                                not_after=int(now) + self.validity_s, generation=gen)
+                for p, pk in ((KeyPurpose.SIGNING, signing_public_key), (KeyPurpose.KEM, kem_public_key))]
+        new = Generation(gen, self.root.sign(recs[0]).to_bytes(), self.root.sign(recs[1]).to_bytes(), ACTIVE, None)
+        if cur is None:
+            return None, Entry(node_id, spiffe, int(now), new), None
+        e = cur.clone()
+        early = self._retire(e, int(now)) if e.retiring is not None else None
+        old = e.current
+        old.status, old.retiring_until = RETIRING, now + overlap_s
+        e.retiring, e.current = old, new
+        e.version += 1
+        return cur, e, RotationStep(node_id, old, new, early, e)
 
     @staticmethod
     def _retire(e: Entry, now: int) -> Generation:

@@ -207,3 +207,21 @@ class SvidResponse(_message.Message):
     bundle: bytes
     not_after_unix: float
     def __init__(self, spiffe_id: _Optional[str] = ..., certificate: _Optional[bytes] = ..., bundle: _Optional[bytes] = ..., not_after_unix: _Optional[float] = ...) -> None: ...
+
+class CertifyKeysRequest(_message.Message):
+    __slots__ = ("node_id", "signing_public_key", "kem_public_key", "nonce", "timestamp_unix", "proof", "overlap_s")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEM_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_S_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    signing_public_key: bytes
+    kem_public_key: bytes
+    nonce: bytes
+    timestamp_unix: int
+    proof: bytes
+    overlap_s: float
+    def __init__(self, node_id: _Optional[str] = ..., signing_public_key: _Optional[bytes] = ..., kem_public_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., timestamp_unix: _Optional[int] = ..., proof: _Optional[bytes] = ..., overlap_s: _Optional[float] = ...) -> None: ...

@@ -81,6 +81,11 @@ class KeyvaultStub:
                 request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.SerializeToString,
                 response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.FromString,
                 _registered_method=True)
+        self.CertifyKeys = channel.unary_unary(
+                '/x0tta6bl4.v1.Keyvault/CertifyKeys',
+                request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.CertifyKeysRequest.SerializeToString,
+                response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.KeyRecord.FromString,
+                _registered_method=True)
 
 
 class KeyvaultServicer:
@@ -146,6 +151,14 @@ class KeyvaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CertifyKeys(self, request, context):
+        """CSR-style: certify public keys a node (or its mesh host) generated itself, with proof of
+        possession; keyvault signs the records and never sees the private keys. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyvaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +206,11 @@ def add_KeyvaultServicer_to_server(servicer, server):
                     servicer.GetPrivateBundles,
                     request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.FromString,
                     response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.SerializeToString,
+            ),
+            'CertifyKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.CertifyKeys,
+                    request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.CertifyKeysRequest.FromString,
+                    response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.KeyRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +458,33 @@ class Keyvault:
             '/x0tta6bl4.v1.Keyvault/GetPrivateBundles',
             x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.SerializeToString,
             x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CertifyKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/x0tta6bl4.v1.Keyvault/CertifyKeys',
+            x0tta6bl4_dot_v1_dot_keyvault__pb2.CertifyKeysRequest.SerializeToString,
+            x0tta6bl4_dot_v1_dot_keyvault__pb2.KeyRecord.FromString,
             options,
             channel_credentials,
             insecure,
