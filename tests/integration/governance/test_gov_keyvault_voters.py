@@ -177,7 +177,8 @@ def test_cli_registers_a_keyvault_identity_and_votes_with_its_bundle(stack, stub
     # the identity opens a proposal signed with its keyvault bundle (no admin token needed)
     r = subprocess.run([*meshctl, "gov", "create", "--title", "carol's change", "--duration", "600", "--quorum", "0.9",
                         "--proposer", voter, "--key", str(bundle), "--json"],
-                       env=dict(env, X0TTA6BL4_DATA_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
+                       env=dict(env, X0TTA6BL4_DATA_DIR=str(tmp_path), **stack.identity_env("operator")),
+                       capture_output=True, text=True, timeout=60)   # elsewhere: the operator's bus credentials
     assert r.returncode == 0, r.stderr
     p = gov.GetProposal(g.GetProposalRequest(id=json.loads(r.stdout)["id"]))
     assert (p.proposer, p.title) == (voter, "carol's change")
@@ -186,5 +187,6 @@ def test_cli_registers_a_keyvault_identity_and_votes_with_its_bundle(stack, stub
     assert "weight=4" in r.stdout
     # without the token the CLI says what is missing, in one line
     r = subprocess.run([*meshctl, "gov", "register", f"spiffe://{TD}/node/op-x", "--balance", "1"],
-                       env=dict(env, X0TTA6BL4_DATA_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
+                       env=dict(env, X0TTA6BL4_DATA_DIR=str(tmp_path), **stack.identity_env("operator")),
+                       capture_output=True, text=True, timeout=60)   # elsewhere: the operator's bus credentials
     assert r.returncode != 0 and "UNAUTHENTICATED" in (r.stdout + r.stderr) and "Traceback" not in r.stderr
