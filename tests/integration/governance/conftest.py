@@ -156,3 +156,31 @@ def gov(tmp_path_factory):
         yield Gov(stack, port)
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def kv_gov_stack(tmp_path_factory):
+    """keyvault + governance on a secured stack, low quorums (one per test module)."""
+    st = Stack(tmp_path_factory.mktemp("gov-kv"), services=("keyvault", "governance"),
+               env={"X0TTA6BL4_STANDARD_QUORUM": "0.05", "X0TTA6BL4_EMERGENCY_QUORUM": "0.05"})
+    st.start(90)
+    try:
+        yield st
+    finally:
+        st.stop()
+
+
+@pytest.fixture(scope="module")
+def kv_gov_stubs(kv_gov_stack):
+    """(GovernanceStub, KeyvaultStub) over mutual TLS, as the operator."""
+    from x0tta6bl4.rpc import svid as svids
+    from x0tta6bl4.v1 import governance_pb2_grpc, keyvault_pb2_grpc
+    st = kv_gov_stack
+    gch = gov_channel(st, st.grpc_addr("governance"))
+    kch = svids.secure_channel(st.grpc_addr("keyvault"), svid_for(st), "keyvault", "x0tta6bl4.mesh")
+    grpc.channel_ready_future(gch).result(timeout=20)
+    grpc.channel_ready_future(kch).result(timeout=20)
+    yield governance_pb2_grpc.GovernanceStub(gch), keyvault_pb2_grpc.KeyvaultStub(kch)
+    gch.close()
+    kch.close()
+

@@ -15,43 +15,26 @@ import sys
 import grpc
 import pytest
 
-from tests.integration.governance.conftest import gov_channel, svid_for
 from x0tta6bl4.governance import Action, proposal_signing_payload, vote_signing_payload
 from x0tta6bl4.pqc import MLDSA65PrivateKey, NodeIdentity
 from x0tta6bl4.pqc import key_id as pqc_key_id
-from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.runtime.locate import ADMIN_TOKEN_FILE, admin_metadata
-from x0tta6bl4.runtime.stack import Stack
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import governance_pb2 as g
-from x0tta6bl4.v1 import governance_pb2_grpc as gg
 from x0tta6bl4.v1 import keyvault_pb2 as kpb
-from x0tta6bl4.v1 import keyvault_pb2_grpc as kgg
 
 C = grpc.StatusCode
 TD = "x0tta6bl4.mesh"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    st = Stack(tmp_path_factory.mktemp("gov-kv"), services=("keyvault", "governance"),
-               env={"X0TTA6BL4_STANDARD_QUORUM": "0.05", "X0TTA6BL4_EMERGENCY_QUORUM": "0.05"})
-    st.start(90)
-    try:
-        yield st
-    finally:
-        st.stop()
+def stack(kv_gov_stack):
+    return kv_gov_stack
 
 
 @pytest.fixture(scope="module")
-def stubs(stack):
-    gch = gov_channel(stack, stack.grpc_addr("governance"))
-    kch = svids.secure_channel(stack.grpc_addr("keyvault"), svid_for(stack), "keyvault", TD)
-    grpc.channel_ready_future(gch).result(timeout=20)
-    grpc.channel_ready_future(kch).result(timeout=20)
-    yield gg.GovernanceStub(gch), kgg.KeyvaultStub(kch)
-    gch.close()
-    kch.close()
+def stubs(kv_gov_stubs):
+    return kv_gov_stubs
 
 
 def _err(fn, *a, **kw):

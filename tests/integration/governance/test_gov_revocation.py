@@ -14,20 +14,15 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from testkit import eventually_sync, scaled
 
-from tests.integration.governance.conftest import gov_channel, svid_for
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import decode
 from x0tta6bl4.bus.connection import NatsCredentials, connect_once
 from x0tta6bl4.governance import Action, cancel_signing_payload, proposal_signing_payload, vote_signing_payload
 from x0tta6bl4.pqc import NodeIdentity
-from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.runtime.locate import admin_metadata
-from x0tta6bl4.runtime.stack import Stack
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import governance_pb2 as g
-from x0tta6bl4.v1 import governance_pb2_grpc as gg
 from x0tta6bl4.v1 import keyvault_pb2 as kpb
-from x0tta6bl4.v1 import keyvault_pb2_grpc as kgg
 
 C = grpc.StatusCode
 TD = "x0tta6bl4.mesh"
@@ -35,25 +30,13 @@ REFUSED_AUDIT = "identity.revoked_refused"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    st = Stack(tmp_path_factory.mktemp("gov-rev"), services=("keyvault", "governance"),
-               env={"X0TTA6BL4_STANDARD_QUORUM": "0.05", "X0TTA6BL4_EMERGENCY_QUORUM": "0.05"})
-    st.start(90)
-    try:
-        yield st
-    finally:
-        st.stop()
+def stack(kv_gov_stack):
+    return kv_gov_stack
 
 
 @pytest.fixture(scope="module")
-def stubs(stack):
-    gch = gov_channel(stack, stack.grpc_addr("governance"))
-    kch = svids.secure_channel(stack.grpc_addr("keyvault"), svid_for(stack), "keyvault", TD)   # the operator
-    grpc.channel_ready_future(gch).result(timeout=20)
-    grpc.channel_ready_future(kch).result(timeout=20)
-    yield gg.GovernanceStub(gch), kgg.KeyvaultStub(kch)
-    gch.close()
-    kch.close()
+def stubs(kv_gov_stubs):
+    return kv_gov_stubs
 
 
 def _voter(gov, kv, stack, node_id: str):
