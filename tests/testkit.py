@@ -218,3 +218,15 @@ async def mesh_ready(js, n):
     tel = await mesh_telemetry(js)
     src = tel.get("n0")
     return len(tel) >= n and src is not None and src.counters.get("acked", 0) > 10 and src.loss_pct == 0
+
+
+def load_tool(name: str):
+    """A script of tools/ (not a package) loaded as a module, e.g. load_tool("gen_docs")."""
+    import importlib.util
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(name, root / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,11 +2,11 @@
 the docs' links resolve, the README stays a front page, and no page keeps a test count by hand."""
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 
 import pytest
+from testkit import load_tool
 
 from x0tta6bl4.bus import subjects
 
@@ -14,15 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 BUS_DOC = ROOT / "docs" / "bus.md"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "tools" / "gen_docs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen_docs = _generator()
+gen_docs = load_tool("gen_docs")
 
 
 def test_bus_doc_matches_the_subject_table():

@@ -2,8 +2,9 @@
 what a third-party client needs: the files `meshctl secrets init` makes, each identity's inbox prefix."""
 from __future__ import annotations
 
-import importlib.util
 import pathlib
+
+from testkit import load_tool
 
 from x0tta6bl4.bus import permissions
 
@@ -11,15 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "security.md"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "tools" / "gen_docs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen_docs = _generator()
+gen_docs = load_tool("gen_docs")
 
 
 def test_security_doc_matches_the_permission_table():
