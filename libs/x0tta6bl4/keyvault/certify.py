@@ -57,8 +57,8 @@ def certify_request(identity: NodeIdentity, nonce: bytes, now: float | None = No
 def check_public_key(purpose: KeyPurpose, data: bytes, what: str) -> None:
     """InvalidArgument unless ``data`` is a well-formed public key for ``purpose``."""
     try:
-        PublicKeyRecord(spiffe_id="spiffe://check.invalid/node/check", purpose=purpose, public_key=bytes(data), not_before=0,
-                        not_after=1, generation=1)
+        PublicKeyRecord(spiffe_id="spiffe://check.invalid/node/check", purpose=purpose, public_key=bytes(data),
+                        not_before=0, not_after=1, generation=1)
     except PQCError as e:
         raise InvalidArgument(f"{what}: {e}") from None
 
