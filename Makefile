@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup ebpf-setup proto demo up up-detached down secrets test test-unit test-under-load bench bench-mttr lint clean help
+.PHONY: setup ebpf-setup proto demo up up-detached down secrets test test-unit test-under-load interop bench bench-mttr lint clean help
 
 help:
 	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
@@ -33,8 +33,14 @@ ebpf-setup:
 	-bash ebpf/setup.sh
 	-command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null)); }
 
-setup: $(STAMP) ebpf-setup
-	-command -v npm >/dev/null && cd tools/liboqs-interop && npm ci --no-audit --no-fund --loglevel=error  # liboqs (WASM) for tests/integration/pqc
+# liboqs compiled to WebAssembly (npm @oqs/liboqs-js), cross-checked against our PQC in tests/integration/pqc
+INTEROP := tools/liboqs-interop
+$(INTEROP)/node_modules/.installed: $(INTEROP)/package-lock.json
+	-command -v npm >/dev/null && cd $(INTEROP) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed
+
+interop: $(INTEROP)/node_modules/.installed
+
+setup: $(STAMP) ebpf-setup interop
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
@@ -59,14 +65,14 @@ down: $(STAMP)
 secrets: $(STAMP)
 	$(BIN)/meshctl secrets init
 
-test: $(STAMP) ebpf-setup
+test: $(STAMP) ebpf-setup interop
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)
 
 # the suite beside two CPU hogs (killed afterwards): what a busy 2-core CI machine does to timing
-test-under-load: $(STAMP) ebpf-setup
+test-under-load: $(STAMP) ebpf-setup interop
 	PY=$(BIN)/python bash tests/load.sh $(PYTEST_ARGS)
 
 # configured in pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]
