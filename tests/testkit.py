@@ -230,3 +230,63 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class FlowWatch:
+    """A paced DATA flow src -> dst on an in-process mesh host, and a watcher sampling every node's
+    neighbour table: what a key rotation must not disturb (no neighbour lost, no DATA lost)."""
+
+    def __init__(self, host, src: str = "n0", dst: str = "n8", pace_s: float = 0.01):
+        self.host, self.rt = host, host.runtime
+        self.src, self.dst = self.rt.agents[src], self.rt.agents[dst]
+        self.dst_name, self.pace_s = dst, pace_s
+        self.sent = 0
+        self.lost_links: list[tuple[str, str]] = []
+        self.base_delivered, self.base_acked = self.dst.counters["delivered"], self.src.counters["acked"]
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def _traffic(self) -> None:
+        while not self._stop.is_set():
+            if self.src.send(self.dst_name, b"data") is not None:
+                self.sent += 1
+            await asyncio.sleep(self.pace_s)   # pacing, not a wait for a state
+
+    async def _watch(self) -> None:
+        topo = self.rt.topology
+        while not self._stop.is_set():
+            for n in self.host.nodes:
+                links = self.rt.agents[n].core.neighbours.links
+                self.lost_links.extend((n, p) for p in topo.neighbours(n) if p not in links)
+            await asyncio.sleep(0.02)          # sampling period
+
+    def start(self) -> FlowWatch:
+        self._tasks = [asyncio.create_task(self._traffic()), asyncio.create_task(self._watch())]
+        return self
+
+    def delivered(self) -> int:
+        return self.dst.counters["delivered"] - self.base_delivered
+
+    def cancel(self) -> None:
+        """On the way out of a failed test."""
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+
+    async def stop_and_check(self) -> None:
+        """Stop; then every DATA sent was delivered and acknowledged, no neighbour was lost, nothing dropped."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        try:
+            await eventually(lambda: (self.delivered(), self.src.counters["acked"] - self.base_acked)
+                             == (self.sent, self.sent), 10)
+        except AssertionError:
+            raise AssertionError(f"DATA lost: sent {self.sent}, delivered {self.delivered()}, acked "
+                                 f"{self.src.counters['acked'] - self.base_acked}") from None
+        assert not self.lost_links, f"neighbours lost: {sorted(set(self.lost_links))[:10]}"
+        dropped = sum(a.counters[k] for a in self.rt.agents.values()
+                      for k in ("dropped.no_session", "dropped.decrypt_failed", "dropped.channel_queue_full"))
+        assert dropped == 0
+        rejected = {k: v for a in self.rt.agents.values() for k, v in a.counters.items() if k.startswith("rejected.")}
+        assert not any(rejected.values()), rejected
+
