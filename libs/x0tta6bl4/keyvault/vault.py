@@ -13,6 +13,15 @@ two root-signed public-key records (signing, KEM); private keys are kept only
 for ``active`` and ``retiring`` generations and dropped when a generation is
 retired or revoked.
 
+Custodial and node-held identities: keyvault holds the private keys of an identity
+it generated (``IssueIdentity``: *custodial*, ``Entry.custodial``) until they are
+exported once for offline provisioning (``plan_export``); it never holds those of an
+identity whose keys the node (or its mesh host) generated and keyvault certified
+(``plan_certify``), nor of an exported one (*node-held*). Keyvault rotates a custodial
+identity itself (``plan_rotate``); for a node-held one it can only ask the holder
+(``plan_request_rotation``: a root-signed rotation request, ``Entry.rotation``,
+published as ``rot.<node>``), which the certification of the next generation clears.
+
 Replication (several keyvault replicas, one shared state): :class:`Vault` is a
 cache of entries, each tagged with the revision of the shared store it was read
 at (``revisions``). Changes are *planned* (``plan_issue``, ``plan_rotate``,
@@ -46,6 +55,7 @@ from x0tta6bl4.pqc import (
     NodeIdentity,
     PQCError,
     PublicKeyRecord,
+    RotationRequestRecord,
     SignedRecord,
     SpiffeId,
     key_id,
@@ -65,6 +75,7 @@ __all__ = [
     "RETIRED",
     "RETIRING",
     "REVOKED",
+    "ROTATION_PENDING",
     "AttestResult",
     "Entry",
     "Generation",
@@ -74,6 +85,8 @@ __all__ = [
     "check_node_id",
     "sign_attestation",
 ]
+
+ROTATION_PENDING = "rotation_pending"
 
 ACTIVE, RETIRING, RETIRED, REVOKED = "active", "retiring", "retired", "revoked"
 ATTEST_CONTEXT = b"x0tta6bl4/attest/v1"
@@ -127,6 +140,8 @@ class Generation:
     identity: NodeIdentity | None = None    # private keys; None once retired/revoked
     retiring_until: float = 0.0
     retired_at: int = 0
+    exported_at: int = 0                    # unix time its private keys were exported (then destroyed here)
+    exported_to: str = ""                   # key id of the recipient ML-KEM-768 key they were wrapped to
     sig_record: PublicKeyRecord = field(init=False, repr=False)
     kem_record: PublicKeyRecord = field(init=False, repr=False)
 
@@ -150,6 +165,7 @@ class Generation:
         return {"generation": self.generation, "status": self.status,
                 "signed_sig": _b64(self.signed_sig), "signed_kem": _b64(self.signed_kem),
                 "retiring_until": self.retiring_until, "retired_at": self.retired_at,
+                "exported_at": self.exported_at, "exported_to": self.exported_to,
                 "private": _b64(self.identity.export_private_unsafe()) if self.identity else None}
 
     @classmethod
@@ -157,7 +173,8 @@ class Generation:
         priv = _unb64(d.get("private"))
         ident = NodeIdentity.import_private(priv, backend=backend) if priv else None
         return cls(int(d["generation"]), base64.b64decode(d["signed_sig"]), base64.b64decode(d["signed_kem"]),
-                   d["status"], ident, float(d.get("retiring_until", 0.0)), int(d.get("retired_at", 0)))
+                   d["status"], ident, float(d.get("retiring_until", 0.0)), int(d.get("retired_at", 0)),
+                   int(d.get("exported_at", 0)), str(d.get("exported_to", "")))
 
 
 @dataclass
@@ -174,6 +191,7 @@ class Entry:
     revocation_reason: str = ""
     revocations: dict[str, bytes] = field(default_factory=dict)  # key id -> signed RevocationRecord
     version: int = 1                   # number of changes (issue = 1); grows by one per change
+    rotation: bytes | None = None      # pending rotation request: signed RotationRequestRecord (node-held keys)
 
     def clone(self) -> Entry:
         """A copy to change without touching this one (key objects and records are shared: immutable)."""
@@ -188,6 +206,20 @@ class Entry:
     @property
     def generation(self) -> int:
         return self.current.generation
+
+    @property
+    def custodial(self) -> bool:
+        """Keyvault holds the current generation's private keys (it generated them and never exported them)."""
+        return self.current.identity is not None
+
+    def rotation_request(self) -> RotationRequestRecord | None:
+        """The pending rotation request (still to be answered by a newer certified generation), else None."""
+        if self.rotation is None or self.revoked:
+            return None
+        rec = SignedRecord.from_bytes(self.rotation).record()
+        if not isinstance(rec, RotationRequestRecord) or rec.from_generation != self.generation:
+            return None
+        return rec
 
     def previous(self) -> list[Generation]:
         return ([self.retiring] if self.retiring else []) + list(self.retired)
@@ -208,7 +240,8 @@ class Entry:
                 "retiring": self.retiring.to_json() if self.retiring else None,
                 "retired": [g.to_json() for g in self.retired],
                 "revoked_at": self.revoked_at, "revocation_reason": self.revocation_reason,
-                "revocations": {k: _b64(v) for k, v in self.revocations.items()}, "version": self.version}
+                "revocations": {k: _b64(v) for k, v in self.revocations.items()}, "version": self.version,
+                "rotation": _b64(self.rotation)}
 
     @classmethod
     def from_json(cls, d: dict, backend: Backend | None) -> Entry:
@@ -216,7 +249,8 @@ class Entry:
                    Generation.from_json(d["retiring"], backend) if d.get("retiring") else None,
                    [Generation.from_json(g, backend) for g in d.get("retired", [])],
                    int(d.get("revoked_at", 0)), d.get("revocation_reason", ""),
-                   {k: base64.b64decode(v) for k, v in d.get("revocations", {}).items()}, int(d.get("version", 1)))
+                   {k: base64.b64decode(v) for k, v in d.get("revocations", {}).items()}, int(d.get("version", 1)),
+                   _unb64(d.get("rotation")))
 
 
 @dataclass(frozen=True)
@@ -394,7 +428,11 @@ class Vault:
         cur = self.get(node_id)
         if cur.revoked:
             raise FailedPrecondition(f"node {node_id!r} is revoked and cannot be rotated")
+        if not cur.custodial:
+            raise FailedPrecondition(f"node {node_id!r} holds its own keys: keyvault cannot generate them; "
+                                     f"request the rotation (the node certifies its next generation)")
         e = cur.clone()
+        e.rotation = None
         now = self.clock()
         early = None
         if e.retiring is not None:
@@ -407,6 +445,46 @@ class Vault:
         e.retiring, e.current = old, new
         e.version += 1
         return RotationStep(node_id, old, new, early, e)
+
+    def plan_request_rotation(self, node_id: str, overlap_s: float, request_id: str) -> Entry | None:
+        """The node's entry with a root-signed rotation request for its current generation (a node-held identity:
+        the node generates and certifies the next one, which clears the request). None when a request from the
+        current generation is pending already (it stands, with its own request id and overlap)."""
+        cur = self.get(node_id)
+        if cur.revoked:
+            raise FailedPrecondition(f"node {node_id!r} is revoked and cannot be rotated")
+        if cur.rotation_request() is not None:
+            return None
+        rec = RotationRequestRecord(node_id, cur.generation, overlap_s, request_id, int(self.clock()))
+        e = cur.clone()
+        e.rotation = self.root.sign(rec).to_bytes()
+        e.version += 1
+        return e
+
+    def plan_export(self, node_id: str, recipient_key_id: str) -> tuple[Entry, NodeIdentity]:
+        """The entry once the current generation's private keys are exported (single use): keyvault's copies of
+        every private key of the node are destroyed, the generation is node-held from then on. Returns the new
+        entry and the identity to hand out (wrapped by the caller)."""
+        cur = self.get(node_id)
+        if cur.revoked:
+            raise FailedPrecondition(f"node {node_id!r} is revoked; its private keys were destroyed")
+        g = cur.current
+        if g.identity is None:
+            if g.exported_at:
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(g.exported_at))
+                raise FailedPrecondition(f"generation {g.generation} of {node_id!r} was already exported at {when} "
+                                         f"(to recipient key {g.exported_to}); export is single use and keyvault "
+                                         f"destroyed its copy")
+            raise FailedPrecondition(f"node {node_id!r} generated its own keys (certified by keyvault): keyvault "
+                                     f"holds no private key of it to export")
+        ident = g.identity
+        e = cur.clone()
+        e.current.identity, e.current.exported_at, e.current.exported_to = None, max(int(self.clock()), 1), \
+            recipient_key_id
+        if e.retiring is not None:
+            e.retiring.identity = None
+        e.version += 1
+        return e, ident
 
     def plan_certify(self, node_id: str, signing_public_key: bytes, kem_public_key: bytes,
                      overlap_s: float) -> tuple[Entry | None, Entry, RotationStep | None]:
@@ -434,6 +512,7 @@ class Vault:
         if cur is None:
             return None, Entry(node_id, spiffe, int(now), new), None
         e = cur.clone()
+        e.rotation = None                     # a newer generation answers any pending rotation request
         early = self._retire(e, int(now)) if e.retiring is not None else None
         old = e.current
         old.status, old.retiring_until = RETIRING, now + overlap_s
@@ -496,6 +575,7 @@ class Vault:
             e.retired.insert(0, e.retiring)
             e.retiring = None
         e.revoked_at, e.revocation_reason = max(now, 1), reason
+        e.rotation = None
         e.version += 1
         return e
 

@@ -11,7 +11,7 @@ Public API (see module docstrings for formats):
   :class:`SessionKeys`, :class:`HandshakeInitiator`, :class:`HandshakeResponder`
 * data channel: :class:`SecureChannel`, :class:`ReplayWindow`
 * identities/records: :class:`SpiffeId`, :class:`NodeIdentity`, :class:`KeyvaultRoot`,
-  :class:`PublicKeyRecord`, :class:`RevocationRecord`, :class:`SignedRecord`,
+  :class:`PublicKeyRecord`, :class:`RevocationRecord`, :class:`RotationRequestRecord`, :class:`SignedRecord`,
   :func:`verify_record`, :class:`RecordVerifier`, :func:`records_for_identity`
 * storage/rotation: :class:`Keystore`, :class:`MasterKey`, :class:`Keyring`
 * errors: :class:`PQCError` and subclasses
@@ -56,6 +56,7 @@ from .records import (
     PublicKeyRecord,
     RecordVerifier,
     RevocationRecord,
+    RotationRequestRecord,
     SignedRecord,
     records_for_identity,
     verify_record,
@@ -100,6 +101,7 @@ __all__ = [
     "ReplayWindow",
     "RevocationRecord",
     "Role",
+    "RotationRequestRecord",
     "SecureChannel",
     "SessionKeys",
     "SignedRecord",

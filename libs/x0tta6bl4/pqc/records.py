@@ -4,6 +4,8 @@ Canonical encoding (deterministic, so any node can re-verify a record it got
 over the mesh): ``pack(magic, kind, fields...)`` with u32 length prefixes,
 integers as u64 big-endian, strings UTF-8, booleans one byte. The root signs
 the canonical body with the FIPS 204 context ``x0tta6bl4/keyvault/<kind>/v1``.
+Kinds: ``pubkey`` (:class:`PublicKeyRecord`), ``revocation`` (:class:`RevocationRecord`),
+``rotation`` (:class:`RotationRequestRecord`).
 
 Wire form of a signed record: ``pack(b"x0tta6bl4/signed-record/v1", kind,
 body, signer_key_id, signature)``.
@@ -11,13 +13,14 @@ body, signer_key_id, signature)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ._encoding import from_u64, pack, to_bytes, u64, unpack
 from .backend import Backend
 from .errors import InvalidRecord, InvalidSignature, KeyExpired, KeyRevoked, PQCError
-from .identity import KeyPurpose, NodeIdentity, SpiffeId
+from .identity import KeyPurpose, NodeIdentity, SpiffeId, validate_node_id
 from .keys import (
     HYBRID_KEM_PUBLIC_KEY_SIZE,
     HYBRID_SIG_PUBLIC_KEY_SIZE,
@@ -35,6 +38,7 @@ __all__ = [
     "PublicKeyRecord",
     "RecordVerifier",
     "RevocationRecord",
+    "RotationRequestRecord",
     "SignedRecord",
     "records_for_identity",
     "verify_record",
@@ -45,6 +49,10 @@ _MAGIC = b"x0tta6bl4/keyvault-record/v1"
 _SIGNED_MAGIC = b"x0tta6bl4/signed-record/v1"
 KIND_PUBKEY = "pubkey"
 KIND_REVOCATION = "revocation"
+KIND_ROTATION = "rotation"
+KINDS = (KIND_PUBKEY, KIND_REVOCATION, KIND_ROTATION)
+MAX_REQUEST_ID = 128
+MAX_OVERLAP_MS = 7 * 86400 * 1000
 _PK_SIZES = {KeyPurpose.SIGNING: HYBRID_SIG_PUBLIC_KEY_SIZE, KeyPurpose.KEM: HYBRID_KEM_PUBLIC_KEY_SIZE}
 
 
@@ -163,7 +171,64 @@ class RevocationRecord:
         return cls(_s(f[2], "spiffe id"), _s(f[3], "key id"), _i(f[4], "revoked_at"), _s(f[5], "reason"))
 
 
-Record = PublicKeyRecord | RevocationRecord
+@dataclass(frozen=True)
+class RotationRequestRecord:
+    """Keyvault asks the holder of a node's keys (the node or its mesh host) to rotate them: generate the next
+    generation and have it certified (``CertifyKeys``). Published under ``rot.<node_id>`` in the ``keys`` bucket
+    while pending; deleted once a generation newer than ``from_generation`` is certified.
+
+    Canonical body: ``pack(b"x0tta6bl4/keyvault-record/v1", b"rotation", node_id, u64(from_generation),
+    u64(overlap_ms), request_id, u64(requested_at))`` (``overlap_s`` travels as whole milliseconds,
+    ``requested_at`` as unix seconds); signed with the FIPS 204 context ``x0tta6bl4/keyvault/rotation/v1``.
+    """
+
+    node_id: str
+    from_generation: int            # the generation to replace (the node's current one when requested)
+    overlap_s: float                # how long the replaced generation stays accepted after the new one
+    request_id: str                 # the Rotate call's request id (one is made up when the caller gave none)
+    requested_at: int               # unix seconds
+
+    def __post_init__(self) -> None:
+        try:
+            validate_node_id(self.node_id)
+        except PQCError as exc:
+            raise InvalidRecord(f"rotation request: {exc}") from None
+        if not (1 <= int(self.from_generation) < 2**32):
+            raise InvalidRecord(f"rotation request: from_generation must be >= 1, got {self.from_generation!r}")
+        ms = round(float(self.overlap_s) * 1000) if math.isfinite(self.overlap_s) else -1
+        if not (0 < ms <= MAX_OVERLAP_MS):
+            raise InvalidRecord(f"rotation request: overlap_s must be in (0, {MAX_OVERLAP_MS // 1000}] seconds, "
+                                f"got {self.overlap_s!r}")
+        object.__setattr__(self, "overlap_s", ms / 1000)
+        if not self.request_id or len(self.request_id) > MAX_REQUEST_ID:
+            raise InvalidRecord(f"rotation request: request_id must be 1..{MAX_REQUEST_ID} characters")
+        if not (0 <= int(self.requested_at) < 2**63):
+            raise InvalidRecord("rotation request: requested_at out of range")
+        object.__setattr__(self, "from_generation", int(self.from_generation))
+        object.__setattr__(self, "requested_at", int(self.requested_at))
+
+    @property
+    def overlap_ms(self) -> int:
+        return round(self.overlap_s * 1000)
+
+    def canonical_bytes(self) -> bytes:
+        return pack(_MAGIC, KIND_ROTATION.encode(), self.node_id.encode(), u64(self.from_generation),
+                    u64(self.overlap_ms), self.request_id.encode(), u64(self.requested_at))
+
+    @classmethod
+    def from_canonical_bytes(cls, data: bytes) -> RotationRequestRecord:
+        f = unpack(to_bytes(data, "record"), 7, what="rotation request record", error=InvalidRecord)
+        if f[0] != _MAGIC or f[1] != KIND_ROTATION.encode():
+            raise InvalidRecord("rotation request record: bad magic or kind")
+        rec = cls(_s(f[2], "node id"), _i(f[3], "from_generation"), _i(f[4], "overlap_ms") / 1000,
+                  _s(f[5], "request id"), _i(f[6], "requested_at"))
+        if rec.canonical_bytes() != bytes(data):
+            raise InvalidRecord("rotation request record is not in canonical form")
+        return rec
+
+
+Record = PublicKeyRecord | RevocationRecord | RotationRequestRecord
+_KIND_OF = {PublicKeyRecord: KIND_PUBKEY, RevocationRecord: KIND_REVOCATION, RotationRequestRecord: KIND_ROTATION}
 
 
 @dataclass(frozen=True)
@@ -182,7 +247,7 @@ class SignedRecord:
         if f[0] != _SIGNED_MAGIC:
             raise InvalidRecord("signed record: bad magic/version")
         kind = _s(f[1], "kind")
-        if kind not in (KIND_PUBKEY, KIND_REVOCATION):
+        if kind not in KINDS:
             raise InvalidRecord(f"signed record: unknown kind {kind!r}")
         return cls(kind, f[2], _s(f[3], "signer key id"), f[4])
 
@@ -190,6 +255,8 @@ class SignedRecord:
         """Parse the body *without* verifying it (use :func:`verify_record`)."""
         if self.kind == KIND_PUBKEY:
             return PublicKeyRecord.from_canonical_bytes(self.body)
+        if self.kind == KIND_ROTATION:
+            return RotationRequestRecord.from_canonical_bytes(self.body)
         return RevocationRecord.from_canonical_bytes(self.body)
 
 
@@ -217,7 +284,7 @@ class KeyvaultRoot:
         return self._key.public_key().key_id
 
     def sign(self, record: Record) -> SignedRecord:
-        kind = KIND_PUBKEY if isinstance(record, PublicKeyRecord) else KIND_REVOCATION
+        kind = _KIND_OF[type(record)]
         body = record.canonical_bytes()
         return SignedRecord(kind, body, self.key_id, self._key.sign(body, _context(kind)))
 
@@ -240,7 +307,7 @@ def _verify_signed(signed: SignedRecord | bytes, root: MLDSA65PublicKey) -> tupl
 
 
 def verify_signed(signed: SignedRecord | bytes, root: MLDSA65PublicKey) -> Record:
-    """Verify the root signature only; return the record (public-key or revocation)
+    """Verify the root signature only; return the record (public-key, revocation or rotation request)
     without checking its revoked flag or validity (use :func:`verify_record` for that)."""
     return _verify_signed(signed, root)[1]
 
@@ -260,7 +327,7 @@ def verify_record(
     """
     _, rec = _verify_signed(signed, root)
     if not isinstance(rec, PublicKeyRecord):
-        raise InvalidRecord("expected a public-key record, got a revocation record")
+        raise InvalidRecord(f"expected a public-key record, got a {type(rec).__name__}")
     if rec.revoked or rec.key_id in set(revoked_key_ids):
         raise KeyRevoked(f"key {rec.key_id} of {rec.spiffe_id} is revoked")
     if now is not None and not (rec.not_before <= now < rec.not_after):
