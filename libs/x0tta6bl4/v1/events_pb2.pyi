@@ -57,7 +57,7 @@ class LinkQuality(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., rssi_dbm: _Optional[float] = ..., snr_db: _Optional[float] = ..., loss_rate: _Optional[float] = ..., latency_ms: _Optional[float] = ..., link_age_s: _Optional[float] = ...) -> None: ...
 
 class NodeTelemetry(_message.Message):
-    __slots__ = ("meta", "node_id", "p99_latency_ms", "loss_pct", "throughput_bps", "peer_count", "route_count", "cpu_pct", "mem_pct", "links", "failed_auth", "counters", "kernel", "reachable", "neighbours", "routes", "avoided", "rejected_packets")
+    __slots__ = ("meta", "node_id", "p99_latency_ms", "loss_pct", "throughput_bps", "peer_count", "route_count", "cpu_pct", "mem_pct", "links", "failed_auth", "counters", "kernel", "reachable", "neighbours", "routes", "avoided", "rejected_packets", "flows")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class NodeTelemetry(_message.Message):
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     AVOIDED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
     meta: _common_pb2.Meta
     node_id: str
     p99_latency_ms: float
@@ -122,7 +123,20 @@ class NodeTelemetry(_message.Message):
     routes: _containers.ScalarMap[str, str]
     avoided: _containers.RepeatedScalarFieldContainer[str]
     rejected_packets: _containers.ScalarMap[str, int]
-    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., node_id: _Optional[str] = ..., p99_latency_ms: _Optional[float] = ..., loss_pct: _Optional[float] = ..., throughput_bps: _Optional[float] = ..., peer_count: _Optional[int] = ..., route_count: _Optional[int] = ..., cpu_pct: _Optional[float] = ..., mem_pct: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkQuality, _Mapping]]] = ..., failed_auth: _Optional[int] = ..., counters: _Optional[_Mapping[str, float]] = ..., kernel: _Optional[_Mapping[str, float]] = ..., reachable: _Optional[bool] = ..., neighbours: _Optional[_Iterable[str]] = ..., routes: _Optional[_Mapping[str, str]] = ..., avoided: _Optional[_Iterable[str]] = ..., rejected_packets: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    flows: _containers.RepeatedCompositeFieldContainer[FlowCounters]
+    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., node_id: _Optional[str] = ..., p99_latency_ms: _Optional[float] = ..., loss_pct: _Optional[float] = ..., throughput_bps: _Optional[float] = ..., peer_count: _Optional[int] = ..., route_count: _Optional[int] = ..., cpu_pct: _Optional[float] = ..., mem_pct: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkQuality, _Mapping]]] = ..., failed_auth: _Optional[int] = ..., counters: _Optional[_Mapping[str, float]] = ..., kernel: _Optional[_Mapping[str, float]] = ..., reachable: _Optional[bool] = ..., neighbours: _Optional[_Iterable[str]] = ..., routes: _Optional[_Mapping[str, str]] = ..., avoided: _Optional[_Iterable[str]] = ..., rejected_packets: _Optional[_Mapping[str, int]] = ..., flows: _Optional[_Iterable[_Union[FlowCounters, _Mapping]]] = ...) -> None: ...
+
+class FlowCounters(_message.Message):
+    __slots__ = ("dest", "sent", "acked", "idle_s")
+    DEST_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    dest: str
+    sent: int
+    acked: int
+    idle_s: float
+    def __init__(self, dest: _Optional[str] = ..., sent: _Optional[int] = ..., acked: _Optional[int] = ..., idle_s: _Optional[float] = ...) -> None: ...
 
 class HealthChange(_message.Message):
     __slots__ = ("meta", "node_id", "previous", "current", "reasons")
@@ -181,7 +195,7 @@ class Anomaly(_message.Message):
     def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., node_id: _Optional[str] = ..., root_cause: _Optional[str] = ..., fault_type: _Optional[str] = ..., anomaly_score: _Optional[float] = ..., confidence: _Optional[float] = ..., severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., top_features: _Optional[_Iterable[str]] = ..., affected_nodes: _Optional[_Iterable[str]] = ..., detector: _Optional[str] = ..., first_symptom_unix_ns: _Optional[int] = ..., incident_id: _Optional[str] = ...) -> None: ...
 
 class ActionSpec(_message.Message):
-    __slots__ = ("kind", "target_node", "params")
+    __slots__ = ("kind", "target_node", "params", "expected")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -192,13 +206,31 @@ class ActionSpec(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
     kind: ActionKind
     target_node: str
     params: _containers.ScalarMap[str, str]
-    def __init__(self, kind: _Optional[_Union[ActionKind, str]] = ..., target_node: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    expected: ExpectedEffect
+    def __init__(self, kind: _Optional[_Union[ActionKind, str]] = ..., target_node: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., expected: _Optional[_Union[ExpectedEffect, _Mapping]] = ...) -> None: ...
+
+class ExpectedEffect(_message.Message):
+    __slots__ = ("summary", "removed", "rejoins", "connectivity", "min_delivery", "reversible")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    REJOINS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIVITY_FIELD_NUMBER: _ClassVar[int]
+    MIN_DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    REVERSIBLE_FIELD_NUMBER: _ClassVar[int]
+    summary: str
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    rejoins: _containers.RepeatedScalarFieldContainer[str]
+    connectivity: float
+    min_delivery: float
+    reversible: bool
+    def __init__(self, summary: _Optional[str] = ..., removed: _Optional[_Iterable[str]] = ..., rejoins: _Optional[_Iterable[str]] = ..., connectivity: _Optional[float] = ..., min_delivery: _Optional[float] = ..., reversible: _Optional[bool] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("meta", "plan_id", "incident_id", "fault_type", "root_cause", "confidence", "severity", "decision", "action", "alternatives", "expected_effect", "predicted_connectivity", "cascade_risk", "rationale", "vote_duration_s", "first_symptom_unix_ns")
+    __slots__ = ("meta", "plan_id", "incident_id", "fault_type", "root_cause", "confidence", "severity", "decision", "action", "alternatives", "expected_effect", "predicted_connectivity", "cascade_risk", "rationale", "vote_duration_s", "first_symptom_unix_ns", "escalation")
     META_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +247,7 @@ class Plan(_message.Message):
     RATIONALE_FIELD_NUMBER: _ClassVar[int]
     VOTE_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     FIRST_SYMPTOM_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_FIELD_NUMBER: _ClassVar[int]
     meta: _common_pb2.Meta
     plan_id: str
     incident_id: str
@@ -231,7 +264,8 @@ class Plan(_message.Message):
     rationale: str
     vote_duration_s: int
     first_symptom_unix_ns: int
-    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., plan_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., fault_type: _Optional[str] = ..., root_cause: _Optional[str] = ..., confidence: _Optional[float] = ..., severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., decision: _Optional[_Union[DecisionKind, str]] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ..., alternatives: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ..., expected_effect: _Optional[str] = ..., predicted_connectivity: _Optional[float] = ..., cascade_risk: _Optional[_Iterable[str]] = ..., rationale: _Optional[str] = ..., vote_duration_s: _Optional[int] = ..., first_symptom_unix_ns: _Optional[int] = ...) -> None: ...
+    escalation: str
+    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., plan_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., fault_type: _Optional[str] = ..., root_cause: _Optional[str] = ..., confidence: _Optional[float] = ..., severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., decision: _Optional[_Union[DecisionKind, str]] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ..., alternatives: _Optional[_Iterable[_Union[ActionSpec, _Mapping]]] = ..., expected_effect: _Optional[str] = ..., predicted_connectivity: _Optional[float] = ..., cascade_risk: _Optional[_Iterable[str]] = ..., rationale: _Optional[str] = ..., vote_duration_s: _Optional[int] = ..., first_symptom_unix_ns: _Optional[int] = ..., escalation: _Optional[str] = ...) -> None: ...
 
 class ActionRequest(_message.Message):
     __slots__ = ("meta", "action_id", "plan_id", "action", "approved_by", "proposal_id", "timeout_s", "first_symptom_unix_ns", "incident_id", "fault_type", "approval")
@@ -312,7 +346,7 @@ class ActionResult(_message.Message):
     def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., action_id: _Optional[str] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ..., success: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[ActionStep, _Mapping]]] = ..., error: _Optional[str] = ..., duration_ms: _Optional[float] = ..., proposal_id: _Optional[str] = ..., first_symptom_unix_ns: _Optional[int] = ..., incident_id: _Optional[str] = ..., fault_type: _Optional[str] = ...) -> None: ...
 
 class Verification(_message.Message):
-    __slots__ = ("meta", "action_id", "recovered", "mttr_ms", "checks_failed", "checks_passed", "incident_id", "fault_type", "action")
+    __slots__ = ("meta", "action_id", "recovered", "mttr_ms", "checks_failed", "checks_passed", "incident_id", "fault_type", "action", "rolled_back", "escalated")
     META_FIELD_NUMBER: _ClassVar[int]
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     RECOVERED_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +356,8 @@ class Verification(_message.Message):
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     FAULT_TYPE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_FIELD_NUMBER: _ClassVar[int]
     meta: _common_pb2.Meta
     action_id: str
     recovered: bool
@@ -331,7 +367,31 @@ class Verification(_message.Message):
     incident_id: str
     fault_type: str
     action: ActionSpec
-    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., action_id: _Optional[str] = ..., recovered: _Optional[bool] = ..., mttr_ms: _Optional[float] = ..., checks_failed: _Optional[_Iterable[str]] = ..., checks_passed: _Optional[_Iterable[str]] = ..., incident_id: _Optional[str] = ..., fault_type: _Optional[str] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ...) -> None: ...
+    rolled_back: bool
+    escalated: bool
+    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., action_id: _Optional[str] = ..., recovered: _Optional[bool] = ..., mttr_ms: _Optional[float] = ..., checks_failed: _Optional[_Iterable[str]] = ..., checks_passed: _Optional[_Iterable[str]] = ..., incident_id: _Optional[str] = ..., fault_type: _Optional[str] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ..., rolled_back: _Optional[bool] = ..., escalated: _Optional[bool] = ...) -> None: ...
+
+class Escalation(_message.Message):
+    __slots__ = ("meta", "incident_id", "action_id", "action", "fault_type", "reason", "detail", "checks_failed", "rolled_back")
+    META_FIELD_NUMBER: _ClassVar[int]
+    INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FAULT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    meta: _common_pb2.Meta
+    incident_id: str
+    action_id: str
+    action: ActionSpec
+    fault_type: str
+    reason: str
+    detail: str
+    checks_failed: _containers.RepeatedScalarFieldContainer[str]
+    rolled_back: bool
+    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., incident_id: _Optional[str] = ..., action_id: _Optional[str] = ..., action: _Optional[_Union[ActionSpec, _Mapping]] = ..., fault_type: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., checks_failed: _Optional[_Iterable[str]] = ..., rolled_back: _Optional[bool] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("meta", "original_subject", "consumer", "reason", "data", "headers", "deliveries", "stream_sequence")
