@@ -170,6 +170,8 @@ class MeshAgent:
         self.acks: deque[tuple[int, str, int, int]] = deque(maxlen=20000)  # (now, dest, id, ts)
         self._pending_acks: dict[tuple[str, int], int] = {}
         self._outcomes: deque[bool] = deque(maxlen=500)
+        # per destination: DATA originated, end-to-end acknowledged, last send (the flows in telemetry)
+        self.flows: dict[str, list[int]] = {}
         self.recent_events: deque[dict] = deque(maxlen=1000)
         self._event_budget: dict[str, tuple[int, int]] = {}
         self._rejected_reported: Counter = Counter()
@@ -363,6 +365,9 @@ class MeshAgent:
         out, pkt = self.core.send_data(dest, payload, now, ack=ack)
         self.counters["sent"] += 1
         self.counters["sent_bytes"] += len(payload)
+        flow = self.flows.setdefault(dest, [0, 0, now])
+        flow[0] += 1
+        flow[2] = now
         if ack:
             self._pending_acks[(dest, pkt.packet_id)] = now
         self._process(out)
@@ -532,6 +537,8 @@ class MeshAgent:
                 continue
             if p.flags & FLAG_ACK:
                 self.counters["acked"] += 1
+                if p.origin in self.flows:
+                    self.flows[p.origin][1] += 1
                 sent = self._pending_acks.pop((p.origin, p.packet_id), None)
                 rtt = now - p.timestamp_ns
                 self.rtt_by_dest.setdefault(p.origin, deque(maxlen=1000)).append(rtt)
@@ -696,6 +703,8 @@ class MeshAgent:
             "failed_auth": 0,           # never about itself: see the module doc (evidence -> monitor)
             "rejected_packets": rejected,   # packets this node refused since the last report, by reason
             "counters": {k: float(v) for k, v in sorted(c.items())},
+            "flows": {d: {"sent": f[0], "acked": f[1], "idle_s": max(0.0, (now - f[2]) / 1e9)}
+                      for d, f in self.flows.items()},
             "rtt_by_dest": by_dest,
             "routes": self.core.router.table(),
             "avoided": sorted(self.core.router.avoided),

@@ -113,6 +113,8 @@ def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> e
         if r.get("valid", True):
             t.routes[r["dest"]] = r["next_hop"]
     t.avoided.extend(d.get("avoided") or [])
+    for dest, f in sorted((d.get("flows") or {}).items()):
+        t.flows.add(dest=dest, sent=int(f["sent"]), acked=int(f["acked"]), idle_s=float(f.get("idle_s", 0.0)))
     return t
 
 
