@@ -149,7 +149,7 @@ def service(name: str) -> Permissions:
         pub = [*base, s.MAPEK_ANOMALY, *_stream_read(s.STREAM_MAPEK)]
         return _identity(name, "service", pub, doc="reads telemetry windows; publishes anomalies")
     if name == "planner":
-        pub = [*base, s.MAPEK_PLAN, s.MAPEK_ACTION, *_kv_rw("incidents"), *_kv_rw("avoided"),
+        pub = [*base, s.MAPEK_PLAN, s.MAPEK_ACTION, s.MAPEK_ESCALATION, *_kv_rw("incidents"), *_kv_rw("avoided"),
                *_kv_rw("knowledge"), *_kv_read("telemetry")]
         return _identity(name, "service", pub, doc="plans; auto-approved actions (signed)")
     if name == "governance":
@@ -158,8 +158,8 @@ def service(name: str) -> Permissions:
         return _identity(name, "service", pub, [s.GOV_WATCH_ALL],
                          doc="the DAO: governance event log, passed proposals' actions (signed)")
     if name == "executor":
-        pub = base + [s.MAPEK_RESULT, s.MAPEK_VERIFIED, s.MESH_CMD_ALL] + _kv_rw("actions") \
-            + _kv_read("telemetry") + [s.keyvault_rpc(m) for m in ("Revoke", "Rotate")]
+        pub = base + [s.MAPEK_RESULT, s.MAPEK_VERIFIED, s.MAPEK_ESCALATION, s.MESH_CMD_ALL] + _kv_rw("actions") \
+            + _kv_rw("budget") + _kv_read("telemetry") + [s.keyvault_rpc(m) for m in ("Revoke", "Rotate")]
         return _identity(name, "service", pub, [s.MESH_TELEMETRY_ALL],
                          doc="carries out signed, approved actions on the mesh")
     if name == "keyvault":

@@ -19,6 +19,7 @@ MAPEK_PLAN = "mapek.plan"                # Plan: planner -> governance / operato
 MAPEK_ACTION = "mapek.action"            # ActionRequest: planner (auto) or governance (passed) -> executor
 MAPEK_RESULT = "mapek.result"            # ActionResult: executor -> governance, planner
 MAPEK_VERIFIED = "mapek.verified"        # Verification: executor -> knowledge, planner
+MAPEK_ESCALATION = "mapek.escalation"    # Escalation: executor, planner -> operators (the loop hands over)
 AUDIT = "audit.{service}.{event}"        # AuditEvent from every service (and audit.edge.* from edge nodes)
 DEAD_LETTER = "dlq.{consumer}"           # DeadLetter: poison messages, parked
 GOV_EVENTS = "gov.events.{kind}"         # governance event-sourced state (stream GOV)
@@ -147,6 +148,7 @@ BUCKETS: tuple[Bucket, ...] = (
     Bucket("incidents", 300, doc="incidents being handled (planner de-duplication)"),
     Bucket("avoided", 0, doc="nodes routed around after a verified REROUTE, until the planner reinstates them"),
     Bucket("actions", 7 * 86400, doc="executor action claims and outcomes (idempotent actions)"),
+    Bucket("budget", 3600, doc="actions taken per node and per incident (the executor's action budget)"),
     Bucket("knowledge", 0, history=5, doc="repair outcomes aggregated per fault type and action"),
     Bucket("keys", 0, doc="root-signed public-key and revocation records (keyvault -> node agents)"),
     Bucket("keyvault", 0, doc="keyvault replicas' shared state: identities with private keys and the root key, "
@@ -210,6 +212,8 @@ SUBJECTS: tuple[Subject, ...] = (
             "each step's outcome"),
     Subject(MAPEK_VERIFIED, "x0tta6bl4.v1.Verification", ("executor",), ("planner",), STREAM_MAPEK,
             "recovered or not, MTTR"),
+    Subject(MAPEK_ESCALATION, "x0tta6bl4.v1.Escalation", ("executor", "planner"), ("operator",), STREAM_MAPEK,
+            "an incident handed to operators: harmful action rolled back, live endpoint, over budget"),
     Subject(AUDIT, "x0tta6bl4.v1.AuditEvent", ("every service", "edge node"), ("audit reader", "operator"),
             STREAM_AUDIT, "hash-chained, signed audit trail"),
     Subject(DEAD_LETTER, "x0tta6bl4.v1.DeadLetter", ("every service",), ("operator",), STREAM_DLQ,
