@@ -522,7 +522,7 @@ class Service:
             attributes={"messaging.destination": m.subject, "messaging.consumer": sub.durable,
                         "x0.deliveries": deliveries}) as span:
             try:
-                msg = decode(sub.msg_type, m.data)
+                msg = decode(sub.msg_type, m.data, headers.get(subjects.HEADER_TYPE))
             except InvalidMessage as e:
                 await self._dead_letter(sub, m, str(e), deliveries)
                 HANDLED.labels(self.name, sub.durable, "invalid").inc()

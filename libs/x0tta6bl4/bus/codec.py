@@ -5,6 +5,26 @@ reason a human can act on; the subscriber parks such messages on the
 dead-letter subject. Validation is declarative: every message has a ``meta``,
 the fields listed in ``REQUIRED`` must be set, and no float may be NaN or
 infinite.
+
+Protobuf parses almost any bytes as almost any message: a ``MeshEvent`` published on a telemetry
+subject parses as a ``NodeTelemetry`` (same ``meta`` and ``node_id`` numbers; the rest lands in the
+unknown fields) and would become a phantom node. ``decode`` is strict about the type:
+
+* the ``X0-Type`` header (set by every publisher, :mod:`x0tta6bl4.bus.publisher`), when the message
+  carries one, must name the expected type;
+* a field number the expected type defines must arrive with that field's wire type (a newer version
+  of the same message never changes a field's type: another wire type means another message), at
+  any depth. Field numbers the type does not define are tolerated and kept (fields a newer producer
+  appended, or an older one still sends).
+
+With the header every bus type sent as another is refused (a unit test checks every pair). Without
+it, a message whose fields line up with the expected type's by number and wire type cannot be told
+from one (an ``AuditEvent`` read as a ``MeshEvent``: string, string, string, map); no such pair ends
+in a type the loop acts on (a report, anomaly, plan, action, result or verification), and the
+handlers' own checks (the monitor's subject and timestamp checks) remain.
+
+The check walks the message, so it runs only when the message has unknown fields at all (its size
+changes when they are discarded): the usual message pays for two ``ByteSize`` calls.
 """
 from __future__ import annotations
 
@@ -12,8 +32,11 @@ import functools
 import math
 from typing import Any, TypeVar, cast
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
+from x0tta6bl4.bus.subjects import HEADER_TYPE
 from x0tta6bl4.ids import SCHEMA_VERSION, new_meta  # noqa: F401 - re-exported
 from x0tta6bl4.v1 import common_pb2, events_pb2, governance_pb2, mesh_pb2
 
@@ -138,12 +161,70 @@ def validate(msg: Message) -> Message:
     return msg
 
 
-def decode(cls: type[M], data: bytes) -> M:
+# ---- strict typing: is it really this message? ------------------------------------------------------
+WIRE_NAMES = {0: "VARINT", 1: "I64", 2: "LEN", 3: "SGROUP", 4: "EGROUP", 5: "I32"}
+_FIXED64 = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64)
+_FIXED32 = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_SFIXED32)
+_LENGTH = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_MESSAGE)
+
+
+def wire_types(fd: FieldDescriptor) -> tuple[int, ...]:
+    """The wire types a field may arrive with (a repeated scalar: packed or not)."""
+    if fd.type in _LENGTH:
+        return (2,)
+    if fd.type == FieldDescriptor.TYPE_GROUP:
+        return (3,)
+    own = 1 if fd.type in _FIXED64 else 5 if fd.type in _FIXED32 else 0
+    return (own, 2) if fd.is_repeated else (own,)
+
+
+def _foreign_field(msg: Message, path: str = "") -> str:
+    """Why ``msg`` (parsed from bytes) is not of its type: "" when nothing says so."""
+    desc = msg.DESCRIPTOR
+    for u in UnknownFieldSet(msg):
+        fd = desc.fields_by_number.get(u.field_number)
+        if fd is not None:
+            want = "/".join(WIRE_NAMES[w] for w in wire_types(fd))
+            return (f"{path}field {u.field_number} ({path}{fd.name}) arrived as "
+                    f"{WIRE_NAMES.get(u.wire_type, u.wire_type)}, but {desc.full_name} declares it {want}")
+    for fd, value in msg.ListFields():
+        if fd.message_type is None:
+            continue
+        if fd.message_type.GetOptions().map_entry:
+            if fd.message_type.fields_by_name["value"].message_type is None:
+                continue
+            items = [(f"{fd.name}[{k}]", v) for k, v in value.items()]
+        elif fd.is_repeated:
+            items = [(f"{fd.name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(fd.name, value)]
+        for name, sub in items:
+            why = _foreign_field(sub, f"{path}{name}.")
+            if why:
+                return why
+    return ""
+
+
+def decode(cls: type[M], data: bytes, type_name: str | None = None) -> M:
+    """Parse and validate ``data`` as a ``cls``; ``type_name``: the message's ``X0-Type`` header, if any.
+
+    Raises :class:`InvalidMessage` naming what is wrong: another type named in the header, bytes that
+    do not parse, fields of another message (see the module doc), missing fields, non-finite numbers."""
+    full = cls.DESCRIPTOR.full_name
+    if type_name and type_name != full:
+        raise InvalidMessage(f"{full} expected, but the message is a {type_name} (header {HEADER_TYPE})")
     msg = cls()
     try:
         msg.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as e:
-        raise InvalidMessage(f"{cls.DESCRIPTOR.full_name}: does not parse ({e})") from None
+        raise InvalidMessage(f"{full}: does not parse ({e})") from None
+    size = msg.ByteSize()
+    msg.DiscardUnknownFields()
+    if msg.ByteSize() != size:           # it had unknown fields: whose are they?
+        msg = cls.FromString(data)
+        why = _foreign_field(msg)
+        if why:
+            raise InvalidMessage(f"{full}: not a {cls.DESCRIPTOR.name}: {why}")
     return validate(msg)  # type: ignore[return-value]
 
 
