@@ -287,6 +287,8 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
     if keys:
         from x0tta6bl4.runtime import locate
         cmd += ["--keyvault", locate.grpc_addr("keyvault", directory=data_dir)]
+        if hosts == 1:      # the nodes' private keys stay with their host (a cluster gives each host its own)
+            cmd += ["--key-dir", str(data_dir / "mesh-keys" / MESH_HOST)]
     for f in flows:
         cmd += ["--traffic", f]
     log_file = data_dir / "logs" / "mesh-host.log"

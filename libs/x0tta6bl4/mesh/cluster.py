@@ -10,7 +10,8 @@ per shard. Every host bridges its own nodes to NATS exactly as a single host doe
 (``mesh.telemetry.<node>``, ``mesh.event.<node>``, commands on ``mesh.cmd.<node>``), so
 the executor, the monitor and ``meshctl`` reach the nodes the same way; agents of
 different hosts talk UDP to each other like agents of one host. With keyvault, every
-host loads the keys of its own nodes and follows the ``keys`` bucket; a rotation's
+host generates the keys of its own nodes (kept in ``<key root>/<instance>``: ``DATA_DIR/mesh-keys/<name>-<i>``
+with ``--data-dir``), has keyvault certify them and follows the ``keys`` bucket; a rotation's
 beacon check counts a neighbour in another process once that neighbour's HELLO echoes
 a HELLO signed with the new key (see :mod:`.security`).
 
@@ -106,7 +107,8 @@ class MeshCluster:
                  name: str = "mesh", host_args: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
                  workdir: str | Path | None = None, traffic: list[str] | tuple[str, ...] = (),
                  rate: float | None = None,
-                 host_env: Callable[[str, list[str]], Mapping[str, str]] | None = None) -> None:
+                 host_env: Callable[[str, list[str]], Mapping[str, str]] | None = None,
+                 key_root: str | Path | None = None) -> None:
         self.nats_url = nats_url
         self.host_env = host_env
         self.spec = topology
@@ -128,10 +130,16 @@ class MeshCluster:
             self._tmp = tempfile.TemporaryDirectory(prefix="mesh-cluster-")
             workdir = self._tmp.name
         self.workdir = Path(workdir)
+        # with keyvault every host keeps its nodes' private keys in <key_root>/<instance> (--key-dir)
+        self.key_root = Path(key_root) if key_root is not None else self.workdir / "mesh-keys"
         self.addresses: dict[str, tuple[str, int]] = {}
         self.procs: list[subprocess.Popen] = []
         self.instances = [f"{name}-{i}" for i in range(len(self.shards))]
         self._logs: list[Any] = []
+
+    def key_dir(self, i: int) -> Path:
+        """The key directory of host ``i`` (its nodes' private keys, generated there, certified by keyvault)."""
+        return self.key_root / self.instances[i]
 
     def identities(self) -> dict[str, list[str]]:
         """Each host process (its instance id) and the nodes it speaks for on the bus."""
@@ -152,7 +160,7 @@ class MeshCluster:
                    "--seed", str(self.seed), "--nodes", ",".join(nodes), "--addresses", str(addr_file),
                    "--instance", self.instances[i], *self.host_args]
             if self.keyvault:
-                cmd += ["--keyvault", self.keyvault]
+                cmd += ["--keyvault", self.keyvault, "--key-dir", str(self.key_dir(i))]
             for f in self.traffic:
                 if f.partition(":")[0] in nodes:
                     cmd += ["--traffic", f]
@@ -274,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cl = MeshCluster(a.nats, a.topology, hosts=a.hosts, seed=a.seed, keyvault=a.keyvault, name=a.name,
                          host_args=host_args, traffic=a.traffic, rate=a.rate, workdir=workdir,
+                         key_root=Path(a.data_dir) / "mesh-keys" if a.data_dir else None,
                          host_env=(lambda host, _nodes: host_identity_env(a.secrets, host)) if a.secrets else None)
         if a.secrets:
             for host in cl.identities():

@@ -17,19 +17,29 @@ receives only their commands.
 Keys (``--keyvault HOST:PORT`` or ``--offline-keys``; without either the agents use
 the structural verifier as before). With keyvault the host pins the root public key
 from ``Info``, loads and then watches the KV bucket ``keys`` into one shared
-:class:`~.security.MeshTrust`, and obtains each node's identity with its private keys
-over gRPC (``IssueIdentity(return_private)``, or ``GetPrivateBundle`` when the node
-already has one). ``RELOAD_KEYS`` fetches the node's current bundle, applies its
-root-signed records, switches the signer (the old generation stays usable for
-handshakes in flight) and answers once the beacon-signing check passed: every hosted
-neighbour has accepted a HELLO signed with the new key (or after
-``reload_verify_timeout``, answering with what was verified). A rotation from any other entry point
-(``meshctl keys rotate``, the MCP tool, a schedule) reaches the agents too: a newer ``node.<n>.sig``
-record in the bucket for a hosted node makes the host reload that node the same way (one reload at a
-time per node, shared with RELOAD_KEYS). Audit-like MeshEvents on
-``mesh.event.<node>``: ``keys.loaded``, ``keys.reloaded``, ``keys.verified``,
-``keys.retired``, ``keys.revoked``, ``channel.established`` (kinds outside
-``security.*``, so the monitor does not count them as failed authentication).
+:class:`~.security.MeshTrust`. Private keys never leave the host: it generates each
+hosted node's identity itself and keyvault certifies the public keys (``CertifyKeys``
+with proof of possession, :mod:`x0tta6bl4.keyvault.certify`). The keys are kept in the
+host's key directory (:mod:`.hostkeys`: ``--key-dir``, ``X0TTA6BL4_MESH_KEY_DIR``, default
+``<data dir>/mesh-keys/<host>``; 0700, 0600 files written atomically) before they are
+certified. At start a kept key is used again when it is keyvault's current record for the
+node (same signing key id); otherwise the host generates the next generation and has it
+certified (at most ``certify_concurrency`` certifications in flight).
+
+Rotation: keyvault's ``Rotate`` of such a node publishes a root-signed rotation request
+``rot.<node>`` (from_generation, overlap_s, request_id) in the bucket. For a hosted node whose
+current generation is from_generation the host generates the next generation, keeps it,
+certifies it with the requested overlap and switches the agent to it: the old generation stays
+usable for handshakes in flight, a HELLO goes out at once, and the answer waits until the
+beacon-signing check passed (every hosted neighbour has accepted a HELLO signed with the new
+key, or ``reload_verify_timeout``). ``RELOAD_KEYS`` (the executor's ROTATE_KEYS sends it after
+keyvault's Rotate) carries out a pending request for the node (read from the bucket if the watch
+has not delivered it yet) or answers ``keys current`` when there is none (already carried out);
+one rotation at a time per node, so one request never rotates a node twice. Audit-like
+MeshEvents on ``mesh.event.<node>``: ``keys.loaded``, ``keys.reloaded``, ``keys.verified``,
+``keys.retired``, ``keys.revoked``, ``keys.foreign`` (keyvault published a key for the node that
+this host did not generate), ``channel.established`` (kinds outside ``security.*``, so the
+monitor does not count them as failed authentication).
 
 Sharding (``--nodes n0,n1,... --addresses FILE``): the host runs only these nodes of the topology,
 binds each to its address from FILE (JSON ``{node: [host, port]}`` for every node) and sends to
@@ -58,6 +68,7 @@ import functools
 import json
 import logging
 import os
+import pathlib
 import signal
 import socket
 import sys
@@ -70,12 +81,16 @@ from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
 from x0tta6bl4.bus.connection import NatsCredentials, connect
 from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.kvwatch import drain_queued, next_update, watch_bucket
+from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX
 from x0tta6bl4.bus.publisher import Publisher
+from x0tta6bl4.keyvault.distribution import key_key, node_key, rot_key
 from x0tta6bl4.mesh.core import CoreConfig
+from x0tta6bl4.mesh.hostkeys import ENV_KEY_DIR, NEXT, HostKeyDir, restamp
 from x0tta6bl4.mesh.routing import Event
 from x0tta6bl4.mesh.runtime import MeshRuntime
 from x0tta6bl4.mesh.security import LocalAuthority, MeshTrust, NodeSecurity
 from x0tta6bl4.mesh.topology import Topology, parse_spec
+from x0tta6bl4.pqc import NodeIdentity
 from x0tta6bl4.telemetry.tracing import setup_tracing, tracer
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
@@ -91,6 +106,28 @@ C = mesh_pb2.MeshCommand
 # Host-level blue-green commands ride on an existing kind with params["host_op"] (the codec requires a
 # non-zero kind); HEAL is the harmless choice should a host without host_op support receive one.
 HOST_OP_KIND = C.KIND_HEAL
+ROT_PREFIX = "rot"      # keys bucket: rot.<node> = keyvault's root-signed request for the node's next generation
+
+
+def _matching(held: list[NodeIdentity], cur: tuple[str, int, bool] | None) -> NodeIdentity | None:
+    """The kept identity whose signing key is keyvault's current (not revoked) one for the node."""
+    if cur is None or cur[2]:
+        return None
+    return next((i for i in held if i.signing.key_id == cur[0]), None)
+
+
+def _rotation_of(verified: Any) -> Any:
+    """The rotation request (a :class:`~x0tta6bl4.pqc.RotationRequestRecord`: node_id, from_generation, overlap_s,
+    request_id) of a verified ``rot.`` entry."""
+    return getattr(verified, "rotation", None)
+
+
+def _rpc_error(e: BaseException) -> str:
+    """A gRPC error as "CODE: details", anything else as its message."""
+    code, details = getattr(e, "code", None), getattr(e, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return str(e) or type(e).__name__
 
 
 def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> events_pb2.NodeTelemetry:
@@ -118,70 +155,6 @@ def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> e
     return t
 
 
-class BundleBatcher:
-    """Coalesces this host's private-bundle fetches into one keyvault ``GetPrivateBundles`` call.
-
-    A "rotate all" makes the executor send every node a RELOAD_KEYS at nearly the same moment;
-    fetches that arrive within ``window_s`` of the first one share a call (50 nodes: one call
-    instead of 50). When the batch call fails for one node (revoked meanwhile, unknown), every
-    node of the batch is fetched on its own, so each gets its own answer; a keyvault without the
-    batch call (UNIMPLEMENTED) is asked one node at a time from then on."""
-
-    def __init__(self, stub: Any, window_s: float = 0.005, timeout_s: float = 15.0, batched: bool = True) -> None:
-        self.stub, self.window_s, self.timeout_s = stub, window_s, timeout_s
-        self.batched = batched
-        self.calls = 0                      # keyvault calls made (batch or single), for tests and logs
-        self._pending: dict[str, list[asyncio.Future]] = {}
-        self._flushing: asyncio.Task | None = None
-
-    async def get(self, node: str):
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(node, []).append(fut)
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush(), name="keyvault-bundles")
-        return await fut
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(self.window_s)
-        batch, self._pending, self._flushing = self._pending, {}, None
-        nodes = list(batch)
-        results: dict[str, Any] = {}
-        if self.batched and len(nodes) > 1:
-            results = await self._fetch_batch(nodes)
-        missing = [n for n in nodes if n not in results]
-        if missing:
-            singles = await asyncio.gather(*(self._fetch_one(n) for n in missing), return_exceptions=True)
-            results.update(zip(missing, singles, strict=True))
-        for n, futs in batch.items():
-            for f in futs:
-                if f.done():
-                    continue
-                if isinstance(results[n], BaseException):
-                    f.set_exception(results[n])
-                else:
-                    f.set_result(results[n])
-
-    async def _fetch_batch(self, nodes: list[str]) -> dict[str, Any]:
-        import grpc
-
-        from x0tta6bl4.v1 import keyvault_pb2 as kpb
-        self.calls += 1
-        try:
-            resp = await self.stub.GetPrivateBundles(kpb.GetPrivateBundlesRequest(node_ids=nodes),
-                                                     timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self.batched = False
-            log.info("keyvault GetPrivateBundles for %d nodes: %s; fetching one by one", len(nodes), e.code().name)
-            return {}
-        return dict(zip(nodes, resp.bundles, strict=False))  # fewer bundles: the rest one by one
-
-    async def _fetch_one(self, node: str):
-        from x0tta6bl4.v1 import keyvault_pb2 as kpb
-        self.calls += 1
-        return await self.stub.GetPrivateBundle(kpb.GetPrivateBundleRequest(node_id=node), timeout=self.timeout_s)
-
-
 class MeshHost:
     """Node agents of one topology (or a subset) bridged to NATS."""
 
@@ -192,13 +165,15 @@ class MeshHost:
                  max_skew_s: float = 10.0, reload_verify_timeout: float = 2.0, instance: str | None = None,
                  version: str = "", standby: bool = False, fail_health: bool = False,
                  addresses: dict[str, tuple[str, int]] | None = None, creds: NatsCredentials | None = None,
-                 svid_identity: str = ""):
+                 svid_identity: str = "", key_dir: str | os.PathLike[str] | None = None,
+                 data_dir: str | os.PathLike[str] | None = None, certify_concurrency: int = 8):
         self.nats_url = nats_url
         self.creds = creds   # its mesh-host identity on a secured bus (default: X0TTA6BL4_NATS_* settings)
         self.topology = topology
         self.latency_window_ns = int(latency_window_s * 1e9)
         hosted = set(nodes) if nodes is not None else set(topology.nodes)
         self.nodes = [n for n in topology.nodes if n in hosted]
+        self._hosted = frozenset(self.nodes)
         self.runtime = MeshRuntime(topology, config=config, seed=seed, telemetry_sink=self._on_telemetry,
                                    event_sink=self._on_event, telemetry_interval=telemetry_interval,
                                    ack_timeout=ack_timeout, nodes=self.nodes, addresses=addresses)
@@ -223,10 +198,20 @@ class MeshHost:
         self._stub: KeyvaultStub | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
         self._watch_task: asyncio.Task | None = None
-        # rotation from any entry point reaches the agents: a newer node.<n>.sig record in the bucket
-        # reloads the node's keys (one reload at a time per node; RELOAD_KEYS takes the same lock)
+        self._bucket = "keys"
+        # the nodes' private keys: generated here, kept in the key directory, certified by keyvault
+        self.key_dir = key_dir          # default: $X0TTA6BL4_MESH_KEY_DIR, else <data dir>/mesh-keys/<identity>
+        self.data_dir = data_dir
+        self.keys: HostKeyDir | None = None
+        self.certify_concurrency = certify_concurrency   # certifications in flight at start (50 nodes: fast)
+        self._trust_domain = ""
+        self._held: dict[str, set[str]] = {}     # node -> signing key ids generated here (kept or certified)
+        self._certified = 0                      # generations generated here and certified (tests, logs)
+        # rotation from any entry point reaches the agents: keyvault's rotation request (rot.<node> in the
+        # bucket) makes the host generate and certify the node's next generation and switch to it (one
+        # rotation at a time per node; RELOAD_KEYS takes the same lock)
         self._reload_locks: dict[str, asyncio.Lock] = {}
-        self._wanted_gen: dict[str, int] = {}
+        self._rotations: dict[str, Any] = {}     # node -> pending rotation request (from the bucket)
         self._auto_reloads: dict[str, asyncio.Task] = {}
         # blue-green: identity, standby/active, retirement
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
@@ -303,31 +288,45 @@ class MeshHost:
     # ---- keys ---------------------------------------------------------------------
     async def _setup_keys(self) -> None:
         opts = self.security_options
+        source: dict[str, str] = {}
         if self.offline_keys:
             authority = self.authority = LocalAuthority()
             idents = {n: authority.issue(n) for n in self.nodes}
+            source = dict.fromkeys(self.nodes, "offline")
             trust = self.trust = authority.trust(max_skew_s=self.max_skew_s)
+            trust.listeners.append(self._on_key_change)
         else:
             from x0tta6bl4.rpc import svid as svids
             from x0tta6bl4.v1 import keyvault_pb2 as kpb
             from x0tta6bl4.v1 import keyvault_pb2_grpc as kpb_grpc
             assert self.nc is not None and self.keyvault_addr, "start() connects first, with a keyvault"
+            identity = self._bus_identity()
+            # the nodes' private keys live here, generated on this machine; keyvault only certifies them
+            self.keys = HostKeyDir(self._key_dir_path(identity))
             # mutual TLS as spiffe://<td>/host/<host>: keyvault lets this host act only for its assigned nodes
-            self._svid = await self._host_svid(svids)
-            self._grpc = svids.RenewingChannel(self.keyvault_addr, self._svid, "keyvault",
-                                               self._svid.current.trust_domain)
+            self._svid = await self._host_svid(svids, identity)
+            self._trust_domain = self._svid.current.trust_domain
+            self._grpc = svids.RenewingChannel(self.keyvault_addr, self._svid, "keyvault", self._trust_domain)
             stub = self._stub = self._grpc.stub(kpb_grpc.KeyvaultStub)
-            window = float(os.environ.get("X0TTA6BL4_KEY_RELOAD_BATCH_S", "0.005"))
-            self._bundles = BundleBatcher(stub, window_s=max(window, 0.0), batched=window > 0)
             info = await stub.Info(kpb.InfoRequest(), timeout=15)
             trust = self.trust = MeshTrust.pinned(self._pinned_root(info.root_public_key), max_skew_s=self.max_skew_s)
-            self._watcher, initial = await watch_bucket(self.nc.jetstream(), info.kv_bucket or "keys")
+            trust.listeners.append(self._on_key_change)     # rotation requests in the initial state count too
+            self._bucket = info.kv_bucket or "keys"
+            self._watcher, initial = await watch_bucket(self.nc.jetstream(), self._bucket)
             for e in initial:
                 trust.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
             self._watch_task = asyncio.create_task(self._watch_keys(), name="mesh-keys-watch")
-            fetched = await asyncio.gather(*(self._fetch_identity(n, issue=True) for n in self.nodes))
-            idents = dict(zip(self.nodes, fetched, strict=True))
-        trust.listeners.append(self._on_key_change)
+            t0 = time.monotonic()
+            gate = asyncio.Semaphore(max(1, self.certify_concurrency))
+            results = await asyncio.gather(*(self._enrol(n, gate) for n in self.nodes), return_exceptions=True)
+            idents = {}
+            for n, r in zip(self.nodes, results, strict=True):
+                if isinstance(r, BaseException):
+                    raise ValueError(f"mesh host: keys of node {n}: {_rpc_error(r)}") from None
+                idents[n], source[n] = r
+            kept = sum(1 for s in source.values() if s == "kept")
+            log.info("keys of %d nodes in %s: %d kept, %d generated and certified by keyvault in %.2f s",
+                     len(self.nodes), self.keys.path, kept, len(self.nodes) - kept, time.monotonic() - t0)
         for n in self.nodes:
             remote = [p for p in self.topology.neighbours(n) if self.runtime.remote(p)]
             sec = NodeSecurity(n, idents[n], trust, remote_peers=remote, **opts)
@@ -336,15 +335,34 @@ class MeshHost:
             self._key_event(n, "keys.loaded", {"generation": idents[n].generation,
                                                "sig_key_id": idents[n].signing.key_id,
                                                "kem_key_id": idents[n].kem.key_id,
-                                               "source": "offline" if self.offline_keys else "keyvault"})
+                                               "source": "offline" if self.offline_keys else "keyvault",
+                                               "key": source[n]})
+        for n in self.nodes:        # a rotation requested while this host was down
+            self._schedule_rotation(n)
 
-    async def _host_svid(self, svids: Any) -> Any:
-        """This host's X.509 SVID from keyvault (``keyvault.svid.<bus identity>``), renewed at half-life."""
+    def _bus_identity(self) -> str:
         identity = self.svid_identity or (self.creds.identity if self.creds else "") \
             or os.environ.get("X0TTA6BL4_NATS_IDENTITY", "")
         if not identity:
             raise ValueError("mesh host: keyvault needs this host's identity (its NATS credentials, or "
                              "X0TTA6BL4_NATS_IDENTITY=mesh-host-<name> on an open bus)")
+        return identity
+
+    def _key_dir_path(self, identity: str) -> pathlib.Path:
+        """``key_dir`` (--key-dir), else $X0TTA6BL4_MESH_KEY_DIR, else <data dir>/mesh-keys/<host> (the bus
+        identity mesh-host-<host>)."""
+        if self.key_dir:
+            return pathlib.Path(self.key_dir)
+        if os.environ.get(ENV_KEY_DIR):
+            return pathlib.Path(os.environ[ENV_KEY_DIR])
+        data = self.data_dir or os.environ.get("X0TTA6BL4_DATA_DIR", "")
+        if data:
+            return pathlib.Path(data) / "mesh-keys" / subjects.token(identity.removeprefix(MESH_HOST_PREFIX))
+        raise ValueError(f"mesh host: keys from keyvault need a directory for the nodes' private keys "
+                         f"(--key-dir, {ENV_KEY_DIR} or --data-dir)")
+
+    async def _host_svid(self, svids: Any, identity: str) -> Any:
+        """This host's X.509 SVID from keyvault (``keyvault.svid.<bus identity>``), renewed at half-life."""
         assert self.nc is not None
         source = svids.SvidSource(functools.partial(svids.obtain_over_bus, self.nc, identity), name=identity)
         try:
@@ -367,30 +385,92 @@ class MeshHost:
         except pin.RootPinError as e:
             raise ValueError(f"mesh host: {e}") from None
 
-    async def _fetch_identity(self, node: str, issue: bool = False):
-        """The node's current identity from keyvault (gRPC); its root-signed records are applied
-        to the trust at once, so the new key is known here before the KV watch delivers it."""
+    async def _enrol(self, node: str, gate: asyncio.Semaphore) -> tuple[NodeIdentity, str]:
+        """The node's identity at start: the key kept in the key directory when it is keyvault's current
+        record for the node ("kept"), else a new generation generated here and certified ("generated")."""
+        assert self.keys is not None and self.trust is not None
+        held = await asyncio.to_thread(self.keys.held, node)
+        self._held[node] = {i.signing.key_id for i in held}
+        cur = self._record_of(self.trust.directory.current(node, "sig"))
+        match = _matching(held, cur)
+        if match is None and held:          # the bucket may lag behind keyvault: ask it
+            cur = await self._public_record(node)
+            match = _matching(held, cur)
+        if match is not None and cur is not None:
+            ident = restamp(match, cur[1])
+            await asyncio.to_thread(self.keys.promote, ident)
+            return ident, "kept"
+        if cur is not None and cur[2]:
+            raise ValueError(f"node {node} is revoked in keyvault (node ids are never reused)")
+        async with gate:
+            ident = await self._certify_new(node, cur[1] + 1 if cur is not None else 1)
+        return ident, "generated"
+
+    @staticmethod
+    def _record_of(rec: Any) -> tuple[str, int, bool] | None:
+        """(signing key id, generation, revoked) of a verified record from the bucket."""
+        return None if rec is None else (rec.key_id, int(rec.generation), bool(rec.revoked))
+
+    async def _public_record(self, node: str) -> tuple[str, int, bool] | None:
+        """Keyvault's current record for ``node`` (:meth:`_get_public_keys`) as (key id, generation, revoked)."""
+        r = await self._get_public_keys(node)
+        return None if r is None else (r.sig_key_id, int(r.generation), bool(r.revoked))
+
+    async def _get_public_keys(self, node: str) -> Any:
+        """Keyvault's current record for ``node`` (GetPublicKeys), None when it has none. Its signed records and
+        a pending rotation request go through the trust (verified against the pinned root) at once."""
         import grpc
 
-        from x0tta6bl4.keyvault.distribution import key_key, node_key
-        from x0tta6bl4.pqc import NodeIdentity
         from x0tta6bl4.v1 import keyvault_pb2 as kpb
-        assert self._stub is not None and self.trust is not None, "only with a keyvault, after _setup_keys()"
-        resp = None
-        if issue:
-            try:
-                resp = await self._stub.IssueIdentity(kpb.IssueIdentityRequest(node_id=node, return_private=True),
-                                                      timeout=15)
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.ALREADY_EXISTS:
-                    raise
-        if resp is None:
-            resp = await self._bundles.get(node)
-        r = resp.record
-        self.trust.apply_many([(key_key(r.sig_key_id), r.signed_sig_record), (key_key(r.kem_key_id),
-                               r.signed_kem_record), (node_key(node, "sig"), r.signed_sig_record),
-                               (node_key(node, "kem"), r.signed_kem_record)])
-        return await asyncio.to_thread(NodeIdentity.import_private, resp.private_bundle)
+        assert self._stub is not None and self.trust is not None
+        try:
+            r = await self._stub.GetPublicKeys(kpb.GetPublicKeysRequest(node_id=node), timeout=15)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        self._apply_record(node, r)
+        if r.signed_rotation_request:
+            self.trust.apply(rot_key(node), r.signed_rotation_request)
+        return r
+
+    def _apply_record(self, node: str, r: Any) -> None:
+        """Keyvault's signed records of ``node`` into the trust at once (before the KV watch delivers them)."""
+        assert self.trust is not None
+        entries = [(node_key(node, "sig"), r.signed_sig_record), (node_key(node, "kem"), r.signed_kem_record)]
+        if not r.revoked:
+            entries += [(key_key(r.sig_key_id), r.signed_sig_record), (key_key(r.kem_key_id), r.signed_kem_record)]
+        self.trust.apply_many([(k, v) for k, v in entries if v])
+
+    def _generate(self, node: str, generation: int) -> tuple[NodeIdentity, Any]:
+        """A new identity for ``node``, kept in the key directory (slot "next") before anyone certifies it,
+        and its certification request (proof of possession). Runs in a worker thread (key generation,
+        signing and fsync stay off the agents' event loop)."""
+        from x0tta6bl4.keyvault.certify import certify_request
+        assert self.keys is not None
+        ident = NodeIdentity.generate(self._trust_domain, node, now=time.time(), generation=generation)
+        self.keys.save(ident, NEXT)
+        return ident, certify_request(ident, nonce=os.urandom(16))
+
+    async def _certify_new(self, node: str, generation: int, overlap_s: float = 0.0) -> NodeIdentity:
+        """Generate ``node``'s next identity here, keep it, have keyvault certify its public keys
+        (``CertifyKeys`` with proof of possession; the previous generation stays accepted for ``overlap_s``,
+        0: keyvault's default) and make it the node's current key in the key directory."""
+        from x0tta6bl4.v1 import keyvault_pb2 as kpb
+        assert self._stub is not None and self.keys is not None
+        ident, req = await asyncio.to_thread(self._generate, node, generation)
+        self._held.setdefault(node, set()).add(ident.signing.key_id)
+        r = await self._stub.CertifyKeys(kpb.CertifyKeysRequest(
+            node_id=node, signing_public_key=req.signing_public_key, kem_public_key=req.kem_public_key,
+            nonce=req.nonce, timestamp_unix=req.timestamp, proof=req.proof, overlap_s=overlap_s), timeout=15)
+        if r.sig_key_id != ident.signing.key_id:
+            raise ValueError(f"keyvault certified key {r.sig_key_id} for node {node}, not ours "
+                             f"({ident.signing.key_id})")
+        ident = restamp(ident, int(r.generation))
+        self._apply_record(node, r)
+        await asyncio.to_thread(self.keys.promote, ident)
+        self._certified += 1
+        return ident
 
     async def _watch_keys(self) -> None:
         watcher, trust = self._watcher, self.trust
@@ -406,10 +486,13 @@ class MeshHost:
 
     def _on_key_change(self, key: str, verified, deleted: bool) -> None:
         parts = key.split(".")
+        if len(parts) == 2 and parts[0] == ROT_PREFIX:
+            self._on_rotation_request(parts[1], verified, deleted)
+            return
         if len(parts) == 3 and parts[0] == "node" and parts[2] == "sig" and not deleted:
             rec = getattr(verified, "record", None)
             if rec is not None and not getattr(rec, "revoked", False):
-                self._want_generation(parts[1], int(rec.generation), rec.key_id)
+                self._check_current(parts[1], rec)
             return
         if len(parts) != 2:
             return
@@ -421,6 +504,140 @@ class MeshHost:
                 self._key_event(n, "keys.retired", {"generation": prev.generation, "sig_key_id": kid})
             elif parts[0] == "rev" and not deleted and kid in (sec.key_id, sec.identity.kem.key_id):
                 self._key_event(n, "keys.revoked", {"key_id": kid})
+
+    def _check_current(self, node: str, rec: Any) -> None:
+        """Keyvault published a current signing key for a hosted node that this host did not generate
+        (someone else certified keys for it): logged and reported, the node keeps its own keys."""
+        sec = self.security.get(node)
+        if sec is None or self.authority is not None or rec.key_id in self._held.get(node, ()):
+            return
+        if int(rec.generation) <= sec.identity.generation:
+            return
+        log.warning("node %s: keyvault's current key %s (generation %d) was not generated by this host; the "
+                    "node keeps its key %s (generation %d)", node, rec.key_id, rec.generation, sec.key_id,
+                    sec.identity.generation)
+        self._key_event(node, "keys.foreign", {"sig_key_id": rec.key_id, "generation": int(rec.generation),
+                                               "own_sig_key_id": sec.key_id})
+
+    # ---- rotation: the node generates, keyvault certifies ---------------------------------
+    def _on_rotation_request(self, node: str, verified: Any, deleted: bool) -> None:
+        """A ``rot.<node>`` entry: keyvault asks for the node's next generation (deleted: none pending)."""
+        if node not in self._hosted:
+            return
+        req = None if deleted or verified is None else _rotation_of(verified)
+        if req is None:
+            self._rotations.pop(node, None)
+            return
+        self._rotations[node] = req
+        self._schedule_rotation(node)
+
+    def _schedule_rotation(self, node: str) -> None:
+        """Start the node's rotation in the background when a request for its current generation is pending."""
+        sec, req = self.security.get(node), self._rotations.get(node)
+        if sec is None or req is None or self._stub is None or req.from_generation != sec.identity.generation:
+            return
+        t = self._auto_reloads.get(node)
+        if t is None or t.done():
+            self._auto_reloads[node] = asyncio.get_running_loop().create_task(
+                self._auto_rotate(node), name=f"mesh-keys-rotate-{node}")
+
+    async def _auto_rotate(self, node: str) -> None:
+        for _ in range(5):      # another request arrived while rotating: once more (bounded)
+            sec, req = self.security.get(node), self._rotations.get(node)
+            if sec is None or req is None or req.from_generation != sec.identity.generation:
+                return
+            try:
+                async with self._reload_locks.setdefault(node, asyncio.Lock()):
+                    req = self._rotations.get(node)
+                    if req is None or req.from_generation != self.security[node].identity.generation:
+                        return          # RELOAD_KEYS did it meanwhile
+                    msg = await self._rotate_locked(node, req)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - keyvault unreachable meanwhile: RELOAD_KEYS or a restart retries
+                log.warning("node %s: key rotation failed: %s", node, _rpc_error(e))
+                self._key_event(node, "keys.reload_failed", {"error": _rpc_error(e)[:200]})
+                return
+            log.info("node %s: %s (on keyvault's rotation request in the keys bucket)", node, msg)
+
+    async def _fetch_rotation(self, node: str) -> Any:
+        """The node's pending rotation request from keyvault's public record (when the watch has not delivered
+        it yet), verified against the pinned root through the trust; None when there is none."""
+        r = await self._get_public_keys(node)
+        return self._rotations.get(node) if r is not None and r.signed_rotation_request else None
+
+    async def reload_keys(self, node: str) -> str:
+        """RELOAD_KEYS: carry out the node's pending rotation request (generate, keep, certify, switch, verify
+        the beacon), or answer that its keys are current (the request was already carried out, or there is
+        none). One at a time per node, shared with the rotations started from the bucket."""
+        if node not in self.security:
+            return "agent uses the structural verifier: no keys to reload"
+        async with self._reload_locks.setdefault(node, asyncio.Lock()):
+            return await self._reload_keys(node)
+
+    async def _reload_keys(self, node: str) -> str:
+        sec = self.security.get(node)
+        if sec is None:
+            return "agent uses the structural verifier: no keys to reload"
+        t0 = time.monotonic()
+        if self.authority is not None:
+            ident = self.authority.identities[node]
+            if ident.signing.key_id != sec.key_id:
+                return await self._switch(node, ident, t0)
+            return await self._current(node, t0)
+        gen = sec.identity.generation
+        req = self._rotations.get(node)
+        if req is None or req.from_generation != gen:
+            req = await self._fetch_rotation(node) or req
+        if req is not None and req.from_generation == gen:
+            return await self._rotate_locked(node, req)
+        return await self._current(node, t0)
+
+    async def _rotate_locked(self, node: str, req: Any) -> str:
+        """The node's next generation for rotation request ``req`` (caller holds the node's lock)."""
+        t0 = time.monotonic()
+        old = self.security[node].identity
+        ident = await self._certify_new(node, old.generation + 1, overlap_s=float(req.overlap_s))
+        return await self._switch(node, ident, t0, request_id=str(req.request_id))
+
+    async def _switch(self, node: str, ident: NodeIdentity, t0: float, request_id: str = "") -> str:
+        """Sign with ``ident`` from now on (the old generation stays usable for handshakes in flight), announce
+        it with an immediate HELLO and wait until every neighbour accepted a beacon signed with it."""
+        sec = self.security[node]
+        old = sec.identity
+        sec.reload(ident)
+        new_kid = sec.key_id
+        self.runtime.agents[node].hello_soon(0)        # announce the new key now, not at the next interval
+        details = {"generation": ident.generation, "sig_key_id": new_kid, "previous_generation": old.generation,
+                   "previous_sig_key_id": old.signing.key_id}
+        if request_id:
+            details["request_id"] = request_id
+        self._key_event(node, "keys.reloaded", details)
+        ok, wait, ms = await self._await_beacon(node, new_kid, t0)
+        verdict = "verified" if not wait else "unverified"
+        self._key_event(node, f"keys.{verdict}", {"generation": ident.generation, "sig_key_id": new_kid,
+                                                  "neighbours_ok": ",".join(ok), "neighbours_waiting": ",".join(wait),
+                                                  "ms": f"{ms:.1f}"})
+        return (f"keys reloaded: generation {ident.generation} sig {new_kid}; beacon {verdict} by "
+                f"{len(ok)}/{len(ok) + len(wait)} neighbours in {ms:.0f} ms")
+
+    async def _current(self, node: str, t0: float) -> str:
+        """The answer to RELOAD_KEYS for a node with no rotation pending: its keys, and whether its neighbours
+        accept its beacon (the rotation that brought them is usually just done)."""
+        sec = self.security[node]
+        ok, wait, ms = await self._await_beacon(node, sec.key_id, t0)
+        verdict = "verified" if not wait else "unverified"
+        return (f"keys current: generation {sec.identity.generation} sig {sec.key_id} (no rotation request "
+                f"pending); beacon {verdict} by {len(ok)}/{len(ok) + len(wait)} neighbours in {ms:.0f} ms")
+
+    async def _await_beacon(self, node: str, key_id: str, t0: float) -> tuple[list[str], list[str], float]:
+        agent = self.runtime.agents[node]
+        deadline = t0 + self.reload_verify_timeout
+        ok, wait = self.beacon_verified(node, key_id)
+        while wait and agent.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)     # polls the neighbours' tables (no event to wait on)
+            ok, wait = self.beacon_verified(node, key_id)
+        return ok, wait, (time.monotonic() - t0) * 1000
 
     def _key_event(self, node: str, kind: str, details: dict) -> None:
         agent = self.runtime.agents[node]
@@ -446,71 +663,6 @@ class MeshHost:
                 continue
             (ok if sec.peer_key(node) == key_id else wait).append(p)
         return ok, wait
-
-    def _want_generation(self, node: str, generation: int, key_id: str) -> None:
-        """Keyvault published a new current signing key for ``node`` (whoever asked for the rotation:
-        meshctl, MCP, the executor, a schedule): reload the hosted node's keys unless it already has them."""
-        sec = self.security.get(node)
-        if sec is None or self.authority is not None or self._stub is None:
-            return
-        if generation <= sec.identity.generation or key_id == sec.key_id:
-            return
-        self._wanted_gen[node] = max(self._wanted_gen.get(node, 0), generation)
-        t = self._auto_reloads.get(node)
-        if t is None or t.done():
-            self._auto_reloads[node] = asyncio.get_running_loop().create_task(
-                self._auto_reload(node), name=f"mesh-keys-reload-{node}")
-
-    async def _auto_reload(self, node: str) -> None:
-        for _ in range(5):      # a rotation published while reloading: once more (bounded)
-            sec = self.security.get(node)
-            if sec is None or self._wanted_gen.get(node, 0) <= sec.identity.generation:
-                return
-            try:
-                msg = await self.reload_keys(node)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - keyvault unreachable meanwhile: the next record or RELOAD_KEYS retries
-                log.warning("node %s: automatic key reload failed: %s", node, e)
-                self._key_event(node, "keys.reload_failed", {"error": str(e)[:200]})
-                return
-            log.info("node %s: %s (automatic, on the new record in the keys bucket)", node, msg)
-
-    async def reload_keys(self, node: str) -> str:
-        if node not in self.security:
-            return "agent uses the structural verifier: no keys to reload"
-        async with self._reload_locks.setdefault(node, asyncio.Lock()):
-            return await self._reload_keys(node)
-
-    async def _reload_keys(self, node: str) -> str:
-        sec = self.security.get(node)
-        if sec is None:
-            return "agent uses the structural verifier: no keys to reload"
-        t0 = time.monotonic()
-        old = sec.identity
-        if self.authority is not None:
-            ident = self.authority.identities[node]
-        else:
-            ident = await self._fetch_identity(node)
-        sec.reload(ident)
-        new_kid = sec.key_id
-        self.runtime.agents[node].hello_soon(0)        # announce the new key now, not at the next interval
-        self._key_event(node, "keys.reloaded", {"generation": ident.generation, "sig_key_id": new_kid,
-                                                "previous_generation": old.generation,
-                                                "previous_sig_key_id": old.signing.key_id})
-        agent = self.runtime.agents[node]
-        deadline = t0 + self.reload_verify_timeout
-        ok, wait = self.beacon_verified(node, new_kid)
-        while wait and agent.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            ok, wait = self.beacon_verified(node, new_kid)
-        ms = (time.monotonic() - t0) * 1000
-        verdict = "verified" if not wait else "unverified"
-        self._key_event(node, f"keys.{verdict}", {"generation": ident.generation, "sig_key_id": new_kid,
-                                                  "neighbours_ok": ",".join(ok), "neighbours_waiting": ",".join(wait),
-                                                  "ms": f"{ms:.1f}"})
-        return (f"keys reloaded: generation {ident.generation} sig {new_kid}; beacon {verdict} by "
-                f"{len(ok)}/{len(ok) + len(wait)} neighbours in {ms:.0f} ms")
 
     # ---- agent -> bus ---------------------------------------------------------
     def _loss(self, d: dict) -> float:
@@ -583,11 +735,13 @@ class MeshHost:
     # ---- blue-green ---------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         keys = "offline" if self.offline_keys else f"keyvault:{self.keyvault_addr}" if self.keyvault_addr else ""
+        key_dir = str(self.keys.path) if self.keys is not None else ""
         return {"instance": self.instance, "version": self.version, "active": self.active, "pid": os.getpid(),
                 "nodes": self.nodes, "topology": self.topology_spec, "health_port": self.health_port,
                 "traffic": [f"{s}:{d}" for s, d, _ in self._flows],
                 "rate": self._flows[0][2] if self._flows else 0.0, "telemetry_interval": self.telemetry_interval,
-                "keys": keys, "ready": self.ready, "converged": self.runtime.started and self.runtime.converged(),
+                "keys": keys, "key_dir": key_dir, "ready": self.ready,
+                "converged": self.runtime.started and self.runtime.converged(),
                 "bus_identity": self.creds.identity if self.creds else os.environ.get("X0TTA6BL4_NATS_IDENTITY", "")}
 
     def stats(self) -> dict[str, Any]:
@@ -711,7 +865,8 @@ async def _main(args: argparse.Namespace) -> int:
                     telemetry_interval=args.telemetry_interval, seed=args.seed,
                     keyvault=args.keyvault or None, offline_keys=args.offline_keys, max_skew_s=args.max_skew,
                     instance=args.instance or None, version=args.version, standby=args.standby,
-                    fail_health=args.fail_health, security_options=sec_opts)
+                    fail_health=args.fail_health, security_options=sec_opts, key_dir=args.key_dir or None,
+                    data_dir=args.data_dir)
     host.topology_spec, host.health_port = args.topology, args.health_port
     await host.start()
     health = None
@@ -757,6 +912,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keyvault", default=os.environ.get("X0TTA6BL4_KEYVAULT_ADDR", ""),
                    help="keyvault gRPC HOST:PORT: signed control packets and encrypted DATA channels "
                         "(env X0TTA6BL4_KEYVAULT_ADDR)")
+    p.add_argument("--key-dir", default=os.environ.get(ENV_KEY_DIR, ""),
+                   help="with --keyvault: the directory keeping the hosted nodes' private keys, generated here and "
+                        "certified by keyvault (0700; env X0TTA6BL4_MESH_KEY_DIR; default "
+                        "DATA_DIR/mesh-keys/<host>)")
     p.add_argument("--offline-keys", action="store_true",
                    help="locally generated identities under an in-process root (no keyvault)")
     p.add_argument("--max-skew", type=float, default=10.0, help="accepted control-packet timestamp skew (s)")

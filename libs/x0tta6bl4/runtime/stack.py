@@ -347,11 +347,17 @@ class Stack:
             assert self.nats is not None
             self.nats.reload()
 
+    def mesh_key_dir(self, host: str) -> pathlib.Path:
+        """Where mesh host ``host`` keeps its nodes' private keys (generated there, certified by keyvault)."""
+        return self.data_dir / "mesh-keys" / token(host)
+
     def mesh_host_env(self, host: str, nodes: Iterable[str]) -> dict[str, str]:
-        """The whole environment of a mesh host process for ``nodes`` of this stack (its own identity)."""
+        """The whole environment of a mesh host process for ``nodes`` of this stack (its own identity and its
+        own key directory)."""
         env = self.base_env()
         env = {k: v for k, v in env.items() if not k.startswith("X0TTA6BL4_NATS_")}
-        env.update({"X0TTA6BL4_NATS_URL": self.url, "X0TTA6BL4_DATA_DIR": str(self.data_dir)})
+        env.update({"X0TTA6BL4_NATS_URL": self.url, "X0TTA6BL4_DATA_DIR": str(self.data_dir),
+                    "X0TTA6BL4_MESH_KEY_DIR": str(self.mesh_key_dir(host))})
         env.update(self.add_mesh_host(host, nodes))
         return env
 
