@@ -57,7 +57,7 @@ class LinkQuality(_message.Message):
     def __init__(self, peer: _Optional[str] = ..., rssi_dbm: _Optional[float] = ..., snr_db: _Optional[float] = ..., loss_rate: _Optional[float] = ..., latency_ms: _Optional[float] = ..., link_age_s: _Optional[float] = ...) -> None: ...
 
 class NodeTelemetry(_message.Message):
-    __slots__ = ("meta", "node_id", "p99_latency_ms", "loss_pct", "throughput_bps", "peer_count", "route_count", "cpu_pct", "mem_pct", "links", "failed_auth", "counters", "kernel", "reachable", "neighbours", "routes", "avoided", "rejected_packets", "flows")
+    __slots__ = ("meta", "node_id", "p99_latency_ms", "loss_pct", "throughput_bps", "peer_count", "route_count", "cpu_pct", "mem_pct", "links", "failed_auth", "counters", "kernel", "reachable", "neighbours", "routes", "avoided", "rejected_packets", "flows", "mesh_generation")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class NodeTelemetry(_message.Message):
     AVOIDED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_PACKETS_FIELD_NUMBER: _ClassVar[int]
     FLOWS_FIELD_NUMBER: _ClassVar[int]
+    MESH_GENERATION_FIELD_NUMBER: _ClassVar[int]
     meta: _common_pb2.Meta
     node_id: str
     p99_latency_ms: float
@@ -124,7 +125,8 @@ class NodeTelemetry(_message.Message):
     avoided: _containers.RepeatedScalarFieldContainer[str]
     rejected_packets: _containers.ScalarMap[str, int]
     flows: _containers.RepeatedCompositeFieldContainer[FlowCounters]
-    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., node_id: _Optional[str] = ..., p99_latency_ms: _Optional[float] = ..., loss_pct: _Optional[float] = ..., throughput_bps: _Optional[float] = ..., peer_count: _Optional[int] = ..., route_count: _Optional[int] = ..., cpu_pct: _Optional[float] = ..., mem_pct: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkQuality, _Mapping]]] = ..., failed_auth: _Optional[int] = ..., counters: _Optional[_Mapping[str, float]] = ..., kernel: _Optional[_Mapping[str, float]] = ..., reachable: _Optional[bool] = ..., neighbours: _Optional[_Iterable[str]] = ..., routes: _Optional[_Mapping[str, str]] = ..., avoided: _Optional[_Iterable[str]] = ..., rejected_packets: _Optional[_Mapping[str, int]] = ..., flows: _Optional[_Iterable[_Union[FlowCounters, _Mapping]]] = ...) -> None: ...
+    mesh_generation: str
+    def __init__(self, meta: _Optional[_Union[_common_pb2.Meta, _Mapping]] = ..., node_id: _Optional[str] = ..., p99_latency_ms: _Optional[float] = ..., loss_pct: _Optional[float] = ..., throughput_bps: _Optional[float] = ..., peer_count: _Optional[int] = ..., route_count: _Optional[int] = ..., cpu_pct: _Optional[float] = ..., mem_pct: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkQuality, _Mapping]]] = ..., failed_auth: _Optional[int] = ..., counters: _Optional[_Mapping[str, float]] = ..., kernel: _Optional[_Mapping[str, float]] = ..., reachable: _Optional[bool] = ..., neighbours: _Optional[_Iterable[str]] = ..., routes: _Optional[_Mapping[str, str]] = ..., avoided: _Optional[_Iterable[str]] = ..., rejected_packets: _Optional[_Mapping[str, int]] = ..., flows: _Optional[_Iterable[_Union[FlowCounters, _Mapping]]] = ..., mesh_generation: _Optional[str] = ...) -> None: ...
 
 class FlowCounters(_message.Message):
     __slots__ = ("dest", "sent", "acked", "idle_s")
