@@ -1,5 +1,5 @@
-"""Who may say what on the bus: one NATS identity per service, mesh host, operator, audit reader and the
-provisioner, each with least-privilege subject permissions derived from the subject table
+"""Who may say what on the bus: one NATS identity per service, mesh host, operator, audit reader, edge node
+sync and the provisioner, each with least-privilege subject permissions derived from the subject table
 (:mod:`x0tta6bl4.bus.subjects`). The nats-server authorization block and docs/security.md are generated
 from here (no I/O in this module).
 
@@ -23,6 +23,8 @@ SERVICES = ("monitor", "analyzer", "planner", "governance", "executor", "keyvaul
 OPERATOR = "operator"
 AUDIT_READER = "audit-reader"
 PROVISIONER = "provisioner"
+EDGE = "edge"
+EDGE_DOC_KEY = "doc"          # the one key of the edge bucket that edge sync merges into (edge/sync.py)
 MESH_HOST_PREFIX = "mesh-host-"
 
 
@@ -34,7 +36,7 @@ def inbox_prefix(identity: str) -> str:
 @dataclass(frozen=True)
 class Permissions:
     identity: str
-    kind: str                                  # service | mesh-host | operator | audit-reader | provisioner
+    kind: str                                  # service | mesh-host | operator | audit-reader | edge | provisioner
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     deny_publish: tuple[str, ...] = ()
@@ -206,6 +208,16 @@ def audit_reader() -> Permissions:
                      [subjects.AUDIT_ALL], doc="reads the audit trail only")
 
 
+def edge() -> Permissions:
+    """Edge nodes' sync on reconnect (``meshctl edge sync|serve``, :mod:`x0tta6bl4.edge.sync`): read the edge
+    bucket and compare-and-set its one document, publish the offline period's audit events on
+    ``audit.edge.*`` (each chain signed by the node's own key); nothing else - no MAPE-K, governance, mesh
+    commands or other buckets."""
+    return _identity(EDGE, "edge", [f"{JS}.INFO", *_kv_read("edge"), *_kv_write("edge", EDGE_DOC_KEY),
+                                    subjects.audit_of("edge")],
+                     doc="edge nodes' sync: the edge bucket's document, audit.edge.*")
+
+
 def provisioner() -> Permissions:
     """Creates the streams, buckets and durable consumers of the subject table (at stack start)."""
     return Permissions(PROVISIONER, "provisioner", (f"{JS}.>", "$KV.>", "$JS.FC.>"),
@@ -228,8 +240,8 @@ class Table:
 
 
 def table(mesh_hosts: Mapping[str, Iterable[str]] | None = None) -> Table:
-    """The identities of a deployment: the six services, operator, audit reader, provisioner, mesh hosts."""
-    ids = [service(n) for n in SERVICES] + [operator(), audit_reader(), provisioner()]
+    """The identities of a deployment: the six services, operator, audit reader, edge, provisioner, mesh hosts."""
+    ids = [service(n) for n in SERVICES] + [operator(), audit_reader(), edge(), provisioner()]
     ids += [mesh_host(h, nodes) for h, nodes in sorted((mesh_hosts or {}).items())]
     return Table(tuple(ids))
 

@@ -172,9 +172,11 @@ def _nats(url: str | None) -> str:
 
 
 def _creds(url: str):
-    """The operator's credentials for the broker (edge sync writes the edge bucket and audit.edge.*)."""
+    """The ``edge`` identity's credentials for the broker (edge sync writes the edge bucket's document and
+    audit.edge.*, nothing else); X0TTA6BL4_NATS_* settings first."""
+    from x0tta6bl4.bus.permissions import EDGE
     from x0tta6bl4.cli.common import credentials
-    return credentials(url)
+    return credentials(url, identity=EDGE)
 
 
 @edge_app.command("sync")

@@ -23,6 +23,7 @@ from typing import Any
 from x0tta6bl4.audit.chain import EDGE_SERVICE, AuditChain, NodeAuditSigner
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.connection import NatsCredentials, connect_once
+from x0tta6bl4.bus.permissions import EDGE_DOC_KEY
 from x0tta6bl4.bus.publisher import Publisher
 
 from .node import EdgeNode
@@ -31,7 +32,7 @@ from .state import AuditEntry, EdgeState
 log = logging.getLogger("x0tta6bl4.edge")
 
 BUCKET = "edge"            # broker-side CRDT document (one key: DOC_KEY)
-DOC_KEY = "doc"
+DOC_KEY = EDGE_DOC_KEY     # the only key the ``edge`` bus identity may write
 AUDIT_SERVICE = EDGE_SERVICE  # audit.edge.<event>
 
 
@@ -130,7 +131,7 @@ class EdgeAgent:
     def __init__(self, en: EdgeNode, nats_url: str | None, interval_s: float = 2.0, connect_timeout_s: float = 3.0,
                  creds: NatsCredentials | None = None):
         self.connect_timeout_s = connect_timeout_s
-        self.creds = creds   # the operator's identity on a secured bus (default: X0TTA6BL4_NATS_* settings)
+        self.creds = creds   # the ``edge`` identity on a secured bus (default: X0TTA6BL4_NATS_* settings)
         self.en = en
         self.nats_url = nats_url
         self.interval_s = interval_s

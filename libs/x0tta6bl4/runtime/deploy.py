@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.permissions import AUDIT_READER, MESH_HOST_PREFIX, OPERATOR, PROVISIONER, SERVICES
+from x0tta6bl4.bus.permissions import AUDIT_READER, EDGE, MESH_HOST_PREFIX, OPERATOR, PROVISIONER, SERVICES
 from x0tta6bl4.keyvault import pin
 from x0tta6bl4.runtime.secrets import Secrets, SecretsError
 from x0tta6bl4.runtime.secrets import init as init_secrets
@@ -208,9 +208,9 @@ class Deployment:
 
     def identities(self) -> list[Identity]:
         """Everything that gets a Kubernetes Secret: nats-server, the services, the provisioner, the operator
-        and the audit reader (for tools run in the cluster), every mesh host."""
+        and the audit reader (for tools run in the cluster), the edge node's sync, every mesh host."""
         out = [self.nats(), self.identity(PROVISIONER), *(self.identity(s, s) for s in SERVICES),
-               self.identity(OPERATOR), self.identity(AUDIT_READER)]
+               self.identity(OPERATOR), self.identity(AUDIT_READER), self.identity(EDGE)]
         out += [self.identity(mesh_host_identity(h)) for h in sorted(self.mesh_hosts())]
         return out
 

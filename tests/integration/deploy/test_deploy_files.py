@@ -283,7 +283,7 @@ def test_k8s_manifests_validate_against_kubernetes_schemas(generated_k8s):
 
 # workload -> the identity whose Secret it mounts
 K8S_IDENTITIES = {**{s: s for s in SERVICES}, "nats": "nats", "x0tta6bl4-provision": "provisioner",
-                  "x0tta6bl4-mesh": "mesh-host-demo", "x0tta6bl4-edge": "operator"}
+                  "x0tta6bl4-mesh": "mesh-host-demo", "x0tta6bl4-edge": "edge"}
 
 
 def test_k8s_every_pod_mounts_only_its_own_identity_secret_with_matching_settings(generated_k8s):

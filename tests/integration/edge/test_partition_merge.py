@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from x0tta6bl4.audit.chain import verify_chains
+from x0tta6bl4.bus.permissions import EDGE
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.edge import EdgeNode
 from x0tta6bl4.edge.sync import EdgeAgent
@@ -73,7 +74,7 @@ async def test_partition_changes_both_sides_reconnect_converge(tmp_path, stack_f
 
 
 async def _partition_and_merge(tmp_path, stack, nc):
-    operator = stack.creds()                    # edge sync speaks as the operator (edge bucket, audit.edge.*)
+    edge_creds = stack.creds(EDGE)             # edge sync speaks as the edge identity (edge bucket, audit.edge.*)
     d = tmp_path / "edge"
     # n4 provisioned by the operator's command, offline, with a preloaded routing table
     r = subprocess.run([sys.executable, "-m", "x0tta6bl4.cli.edge", "setup", "n4", "--offline", "--topology", "grid:9",
@@ -86,9 +87,9 @@ async def _partition_and_merge(tmp_path, stack, nc):
 
     proxy = Proxy(stack.nats.port)              # TLS passes through it: the agents verify nats-server's cert
     await proxy.start()
-    agent_a = EdgeAgent(a, stack.url, creds=operator)
-    agent_b = EdgeAgent(b, proxy.url, creds=operator)
-    agent_c = EdgeAgent(c, "nats://127.0.0.1:1", creds=operator)         # nothing listens there
+    agent_a = EdgeAgent(a, stack.url, creds=edge_creds)
+    agent_b = EdgeAgent(b, proxy.url, creds=edge_creds)
+    agent_c = EdgeAgent(c, "nats://127.0.0.1:1", creds=edge_creds)         # nothing listens there
 
     # everyone online once (c cannot): a shared starting point
     assert await agent_a.try_sync() is not None
@@ -133,7 +134,7 @@ async def _partition_and_merge(tmp_path, stack, nc):
     # ---- heal: b reconnects (a restarted process: state from the encrypted keystore) ----
     await proxy.start(proxy.port)
     b2 = EdgeNode.open(d, "n4")
-    agent_b2 = EdgeAgent(b2, proxy.url, creds=operator)
+    agent_b2 = EdgeAgent(b2, proxy.url, creds=edge_creds)
     rep = await agent_b2.try_sync()
     assert rep is not None and not b2.offline
     await agent_a.try_sync()
