@@ -2,6 +2,7 @@
 an injected clock; no nats-server, no sleeps."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -433,3 +434,92 @@ def test_a_stored_report_from_the_future_does_not_hide_newer_ones(tmp_path):
     poisoned = telemetry(mon, "n1", mon.clock() + 10 * 365 * 86400 * 10**9)
     stage.apply_telemetry(mon.deps, "n1", poisoned.SerializeToString())   # written before reports were checked
     assert mon.deps.seen_ns["n1"] == 0
+
+
+# ---- planned maintenance is not a failure ---------------------------------------------------------------
+async def announce(mon: Monitor, node: str, kind: str, **details: str) -> None:
+    """What meshctl mesh down / drain publishes (as the operator) on the node's event subject."""
+    ev = mesh_pb2.MeshEvent(meta=new_meta("meshctl"), node_id=node, kind=kind, details=details)
+    ev.meta.ts_unix_ns = mon.clock()
+    await mon.bus.publish(subjects.mesh_event(node), ev)
+
+
+async def test_a_node_in_maintenance_that_stops_reporting_starts_no_cycle(mon):
+    for n in ("n0", "n1", "n2"):
+        await mon.report(n, mesh_generation="g1")
+    await announce(mon, "n1", stage.MAINTENANCE_START, reason="drain")
+    record = json.loads(mon.bus.kv("health").value("maint.n1"))
+    assert record == {"since_ns": mon.clock(), "reason": "drain", "by": "meshctl", "generation": "g1"}
+    [audit] = mon.bus.audited("mesh.maintenance.start")
+    assert audit.details["verdict"] == "in maintenance: no repair"
+
+    mon.clock.advance(2.1)                            # n1 stopped: silent past stale_after_s
+    await mon.report("n0", mesh_generation="g1")
+    await mon.report("n2", mesh_generation="g1")
+    assert await stage.stale_tick(mon.bus.context(), mon.deps) == ["n1"]
+    await mon.event("n0", "neighbour_lost", "n1")     # its neighbours notice, as they do
+    await mon.event("n2", "neighbour_lost", "n1")
+    [change] = mon.changes("n1")                      # the truth is recorded...
+    assert change.current == CRITICAL and "in planned maintenance: no repair" in change.reasons
+    assert mon.windows() == []                        # ...but no cycle starts
+    assert mon.health("mesh") is None and mon.changes("") == []   # and the mesh is not unhealthy for it
+
+
+async def test_windows_leave_nodes_in_maintenance_out(tmp_path):
+    mon = Monitor(tmp_path, window_s=5)
+    for n in ("n0", "n1", "n2"):
+        await mon.report(n)
+    await announce(mon, "n2", stage.MAINTENANCE_START, reason="mesh down")
+    w = await stage.window_tick(mon.bus.context(), mon.deps)
+    assert w is not None and [t.node_id for t in w.nodes] == ["n0", "n1"]
+    await mon.report("n1", cpu_pct=99)                # a real failure elsewhere still starts its cycle
+    [_, cycle] = mon.windows()
+    assert cycle.trigger_node == "n1" and [t.node_id for t in cycle.nodes] == ["n0", "n1"]
+
+
+async def test_maintenance_ends_with_its_announcement_and_a_node_still_down_is_a_failure_then(mon):
+    await mon.report("n0")
+    await mon.report("n1")
+    await announce(mon, "n1", stage.MAINTENANCE_START, reason="drain")
+    mon.clock.advance(2.1)
+    await mon.report("n0")
+    await stage.stale_tick(mon.bus.context(), mon.deps)
+    assert mon.windows() == []
+    await announce(mon, "n1", stage.MAINTENANCE_END, reason="undrain")
+    assert mon.bus.kv("health").value("maint.n1") is None and not mon.deps.in_maintenance("n1")
+    [w] = mon.windows()                               # it did not come back: from now on that is a failure
+    assert w.trigger_node == "n1" and "maintenance ended" in w.trigger_reasons
+    [ended] = mon.bus.audited("maintenance.ended")
+    assert ended.subject_id == "n1" and ended.details == {"reason": "undrain"}
+
+
+async def test_a_new_mesh_generation_under_the_same_names_is_not_in_maintenance(mon):
+    for n in ("n0", "n1"):
+        await mon.report(n, mesh_generation="old")
+    for n in ("n0", "n1"):                            # meshctl mesh down
+        await announce(mon, n, stage.MAINTENANCE_START, reason="mesh down")
+    mon.clock.advance(2.1)
+    assert sorted(await stage.stale_tick(mon.bus.context(), mon.deps)) == ["n0", "n1"]
+    assert mon.windows() == []
+    await mon.report("n0", mesh_generation="new")     # meshctl mesh up: a new mesh, same node names
+    assert not mon.deps.in_maintenance("n0") and mon.deps.in_maintenance("n1")
+    [ended] = mon.bus.audited("maintenance.ended")
+    assert ended.details["reason"].startswith("reports from a new mesh generation new")
+    await mon.report("n0", mesh_generation="new", cpu_pct=99)   # and its failures are failures again
+    assert [w.trigger_node for w in mon.windows()] == ["n0"]
+
+
+async def test_maintenance_survives_a_restart_of_the_monitor(tmp_path):
+    """The record lives in the health bucket: another replica, or this one restarted, follows it."""
+    one = Monitor(tmp_path)
+    await one.report("n1")
+    await announce(one, "n1", stage.MAINTENANCE_START, reason="drain")
+    two = Monitor(tmp_path)
+    two.bus.buckets["health"] = one.bus.kv("health")
+    for key in await one.bus.kv("health").keys():
+        stage.apply_health(two.deps, key, one.bus.kv("health").value(key))
+    assert two.deps.in_maintenance("n1")
+    await two.report("n1")
+    two.clock.advance(2.1)
+    await stage.stale_tick(two.bus.context(), two.deps)
+    assert two.windows() == []

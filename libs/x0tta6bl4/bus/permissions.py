@@ -152,7 +152,7 @@ def service(name: str) -> Permissions:
         return _identity(name, "service", pub, doc="reads telemetry windows; publishes anomalies")
     if name == "planner":
         pub = [*base, s.MAPEK_PLAN, s.MAPEK_ACTION, s.MAPEK_ESCALATION, *_kv_rw("incidents"), *_kv_rw("avoided"),
-               *_kv_rw("knowledge"), *_kv_read("telemetry")]
+               *_kv_rw("knowledge"), *_kv_read("telemetry"), *_kv_read("health")]
         return _identity(name, "service", pub, doc="plans; auto-approved actions (signed)")
     if name == "governance":
         pub = base + [s.GOV_EVENTS_ALL, s.GOV_WATCH_ALL, s.MAPEK_ACTION] + _stream_read(s.STREAM_GOV) \
@@ -191,6 +191,7 @@ def operator() -> Permissions:
     request subjects; never administer JetStream, never publish MAPE-K or governance events."""
     s = subjects
     pub = [f"{JS}.INFO", f"{JS}.STREAM.NAMES", f"{JS}.STREAM.LIST", s.MESH_CMD_ALL, s.KEYVAULT_RPC_ALL,
+           s.MESH_EVENT_ALL,      # maintenance.start, .end announcements (meshctl mesh down, drain)
            s.MONITOR_RPC.format(method="*"), subjects.audit_of("edge")]
     for st in s.STREAMS:
         pub += _stream_read(st.name)

@@ -194,8 +194,8 @@ class Subject:
 SUBJECTS: tuple[Subject, ...] = (
     Subject(TELEMETRY, "x0tta6bl4.v1.NodeTelemetry", ("node agent",), ("monitor",), STREAM_MESH,
             "a node's periodic report (1 per HELLO interval)"),
-    Subject(MESH_EVENT, "x0tta6bl4.v1.MeshEvent", ("node agent",), ("monitor",), STREAM_MESH,
-            "neighbour lost, bad signature, key events"),
+    Subject(MESH_EVENT, "x0tta6bl4.v1.MeshEvent", ("node agent", "operator"), ("monitor",), STREAM_MESH,
+            "neighbour lost, bad signature, key events; planned maintenance (maintenance.start, maintenance.end)"),
     Subject(MESH_CMD, "x0tta6bl4.v1.MeshCommand -> MeshEvent", ("executor", "operator"), ("node agent",), "",
             "commands to a node agent, request/reply"),
     Subject(MAPEK_TELEMETRY, "x0tta6bl4.v1.TelemetryWindow", ("monitor",), ("analyzer",), STREAM_MAPEK,

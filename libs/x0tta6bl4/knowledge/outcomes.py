@@ -3,11 +3,18 @@
 Answers "which action recovers this fault fastest and most reliably". Pure
 functions over JSON-serialisable stats; the planner keeps them in the
 ``knowledge`` key-value bucket (key ``<fault>.<action>``).
+
+An outcome is counted once per action: the stats remember the ids of the last
+:data:`RECENT_ACTIONS` actions they counted, so a verification handled twice (a
+redelivery after a failure later in the handler, a second verification of the
+same action) leaves them as they are.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+
+RECENT_ACTIONS = 256
 
 
 @dataclass
@@ -19,6 +26,7 @@ class ActionStats:
     total_mttr_ms: float = 0.0
     best_mttr_ms: float = 0.0
     last_topology_size: int = 0
+    recent_actions: list[str] = field(default_factory=list)    # ids of the last actions counted, oldest first
 
     @property
     def success_rate(self) -> float:
@@ -29,7 +37,16 @@ class ActionStats:
     def mean_mttr_ms(self) -> float:
         return self.total_mttr_ms / self.successes if self.successes else float("inf")
 
-    def record(self, success: bool, mttr_ms: float, topology_size: int = 0) -> ActionStats:
+    def counted(self, action_id: str) -> bool:
+        """Whether the outcome of ``action_id`` is already in these stats."""
+        return bool(action_id) and action_id in self.recent_actions
+
+    def record(self, success: bool, mttr_ms: float, topology_size: int = 0, action_id: str = "") -> ActionStats:
+        """Count one outcome (nothing when ``action_id``'s is counted already)."""
+        if self.counted(action_id):
+            return self
+        if action_id:
+            self.recent_actions = [*self.recent_actions, action_id][-RECENT_ACTIONS:]
         self.attempts += 1
         if success:
             self.successes += 1
@@ -43,7 +60,9 @@ class ActionStats:
 
     @classmethod
     def from_json(cls, data: bytes) -> ActionStats:
-        return cls(**json.loads(data))
+        doc = json.loads(data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})    # a newer writer's fields are skipped
 
 
 def key(fault_type: str, action: str) -> str:

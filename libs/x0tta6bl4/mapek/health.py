@@ -88,6 +88,33 @@ def classify_node(t: events_pb2.NodeTelemetry,
     return worst, reasons
 
 
+def link_clean(q: events_pb2.LinkQuality, thresholds: Thresholds | None = None) -> bool:
+    """A link, as measured from HELLO beacons, within the healthy range of the table (loss and latency
+    below their warning thresholds)."""
+    table = as_field_table(thresholds)
+    return 100.0 * q.loss_rate < table["loss_pct"][0] and q.latency_ms < table["p99_latency_ms"][0]
+
+
+def links_healthy(node: str, telemetry: Mapping[str, events_pb2.NodeTelemetry],
+                  thresholds: Thresholds | None = None) -> tuple[bool, list[str]]:
+    """Whether ``node``'s links are back to normal: it has at least one, and every link measured by it
+    or by a reachable neighbour towards it is clean (:func:`link_clean`); the reasons when not. A node
+    that is merely routed around carries no DATA, so its own p99 and loss say nothing: the HELLO
+    beacons still cross its links and do. ``telemetry``: latest report per node (keyed by anything)."""
+    by_node = {t.node_id: t for t in telemetry.values()}
+    own = by_node.get(node)
+    if own is None or not own.links:
+        return False, [f"{node} reports no link"]
+    bad = [f"{node}->{q.peer} loss {100 * q.loss_rate:.1f}% latency {q.latency_ms:.1f} ms"
+           for q in own.links if not link_clean(q, thresholds)]
+    for other in by_node.values():
+        if other.node_id == node or not other.reachable:
+            continue
+        bad += [f"{other.node_id}->{node} loss {100 * q.loss_rate:.1f}% latency {q.latency_ms:.1f} ms"
+                for q in other.links if q.peer == node and not link_clean(q, thresholds)]
+    return not bad, bad
+
+
 def node_metrics(t: events_pb2.NodeTelemetry):
     """The table's metrics of one node (for Prometheus), as a NodeMetrics."""
     from x0tta6bl4.monitoring.thresholds import NodeMetrics

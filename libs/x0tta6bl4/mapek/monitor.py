@@ -44,11 +44,14 @@ def _health(value: int) -> common_pb2.Health:
 
 
 def window(view: MeshView, cause_event_id: str, trigger: str = "", reasons: list[str] | None = None,
-           first_symptom_ns: int = 0) -> events_pb2.TelemetryWindow:
+           first_symptom_ns: int = 0, exclude: set[str] | None = None) -> events_pb2.TelemetryWindow:
+    """The window a cycle starts with: every node's latest telemetry but ``exclude`` (nodes in planned
+    maintenance: not part of the monitored mesh while it lasts)."""
     cycle_id = derive_id("cycle", cause_event_id)
+    nodes = [t for t in view.snapshot() if not exclude or t.node_id not in exclude]
     return events_pb2.TelemetryWindow(
         meta=new_meta("monitor", cycle_id, event_id=derive_id("window", cause_event_id)), trigger_node=trigger,
-        trigger_reasons=reasons or [], nodes=view.snapshot(), first_symptom_unix_ns=first_symptom_ns)
+        trigger_reasons=reasons or [], nodes=nodes, first_symptom_unix_ns=first_symptom_ns)
 
 
 @dataclass

@@ -9,7 +9,15 @@ Handlers (bound by ``services/monitor/main.py``, tested on the in-memory bus):
 - :func:`on_event` (consumer ``monitor-events``): ``neighbour_lost`` reports; enough of them declare the
   node down (unreachable, critical) - but never while the node itself still reports (its own newest report
   younger than ``own_report_fresh_s``; a report newer than a loss report withdraws it). ``security.*``
-  events count as failed authentications of the peer. Every event is audited.
+  events count as failed authentications of the peer. ``maintenance.start`` / ``maintenance.end`` (the
+  operator's ``meshctl mesh down`` and ``mesh drain``, or the node's own mesh host) put the node in
+  planned maintenance and take it out (see below). Every event is audited.
+- Planned maintenance is not a failure: a node in maintenance (``maint.<node>`` in the ``health`` bucket,
+  so replicas and a restarted monitor know it) starts no cycle when it gets worse or goes silent, is left
+  out of every window (the analyzer never sees it) and out of the mesh's health; its health changes are
+  still recorded, with the reason. Maintenance ends with ``maintenance.end`` (a node still unhealthy then
+  starts a cycle at once: from now on it is a failure) or when the node reports from another mesh
+  generation (a new mesh under the same names).
 - Both refuse what a node cannot have sent (:func:`admit`): a ``node_id`` that is not the subject's (the
   bus lets a node agent publish only its own subjects, so that is the sender's identity), a timestamp
   more than ``max_future_s`` ahead or ``max_age_s`` behind the monitor's clock. A refusal is counted
@@ -22,8 +30,9 @@ Handlers (bound by ``services/monitor/main.py``, tested on the in-memory bus):
 - :func:`on_security`: a kernel security signal of a monitored process (from the monitor's collector).
 - :func:`info` and :func:`request_cycle`: the answers of ``monitor.rpc.Info`` and ``monitor.rpc.Cycle``.
 
-The ``health`` bucket holds ``node.<node>`` (the node's Health value), ``mesh`` (the mesh's) and
-``lost.<node>.<reporter>`` (when a neighbour reported the node lost). :func:`apply_telemetry` and
+The ``health`` bucket holds ``node.<node>`` (the node's Health value), ``mesh`` (the mesh's),
+``lost.<node>.<reporter>`` (when a neighbour reported the node lost) and ``maint.<node>`` (JSON: since,
+reason, who announced it, the mesh generation; while the node is in planned maintenance). :func:`apply_telemetry` and
 :func:`apply_health` keep the per-process caches in :class:`MonitorDeps` equal to the buckets.
 
 No broker here: handlers use only the :class:`~x0tta6bl4.bus.ports.Context` they are given.
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import Counter
@@ -60,6 +70,7 @@ TELEMETRY_BUCKET = "telemetry"
 MESH_KEY = "mesh"
 NEIGHBOUR_LOST = "neighbour_lost"
 SECURITY_PREFIX = "security."
+MAINTENANCE_START, MAINTENANCE_END = "maintenance.start", "maintenance.end"
 
 
 def node_key(node: str) -> str:
@@ -68,6 +79,10 @@ def node_key(node: str) -> str:
 
 def lost_key(lost: str, reporter: str) -> str:
     return f"lost.{subjects.token(lost)}.{subjects.token(reporter)}"
+
+
+def maintenance_key(node: str) -> str:
+    return f"maint.{subjects.token(node)}"
 
 
 class Gauges(Protocol):
@@ -126,6 +141,10 @@ class MonitorDeps:
     refusals: Counter[str] = field(default_factory=Counter)          # per reason kind (monitor.rpc.Info)
     count_refusal: Callable[[str], None] = lambda kind: None        # Prometheus, in the service
     refusal_audits: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # last audit ns, suppressed
+    maintenance: dict[str, dict] = field(default_factory=dict)     # node -> its maint.<node> record
+
+    def in_maintenance(self, node: str) -> bool:
+        return subjects.token(node) in self.maintenance
 
 
 # ---- caches of the buckets (mirror callbacks) -------------------------------------------------------
@@ -156,6 +175,20 @@ def apply_health(deps: MonitorDeps, key: str, value: bytes | None) -> None:
             deps.losses.report(lost, reporter, int(value))
         else:
             _withdraw(deps, lost, [reporter])
+    elif kind == "maint":
+        record = _record(value) if value else None
+        if record is None:
+            deps.maintenance.pop(rest, None)
+        else:
+            deps.maintenance[rest] = record
+
+
+def _record(value: bytes) -> dict | None:
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _withdraw(deps: MonitorDeps, lost: str, reporters: list[str]) -> None:
@@ -221,6 +254,10 @@ async def on_telemetry(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorD
     t.reachable = True
     t.kernel.update(deps.kernel_for(t.node_id))
     await store(t, ctx, deps)
+    maint = deps.maintenance.get(subjects.token(t.node_id))
+    if maint and maint.get("generation") and t.mesh_generation and t.mesh_generation != maint["generation"]:
+        await end_maintenance(t.node_id, ctx, deps, f"reports from a new mesh generation {t.mesh_generation} "
+                                                    f"(maintenance was for {maint['generation']})", recheck=False)
     await evaluate(t, ctx, deps, ctx.event_id)
     await withdraw_older_losses(t, ctx, deps)
 
@@ -235,6 +272,10 @@ async def on_event(ev: mesh_pb2.MeshEvent, ctx: Context, deps: MonitorDeps) -> N
         await (await ctx.kv(HEALTH_BUCKET)).put(lost_key(ev.peer, ev.node_id), str(at).encode())
         deps.losses.report(ev.peer, ev.node_id, at)
         verdict["verdict"] = await declare_if_down(ev.peer, ctx, deps, ctx.event_id)
+    elif ev.kind == MAINTENANCE_START:
+        verdict["verdict"] = await start_maintenance(ev, ctx, deps)
+    elif ev.kind == MAINTENANCE_END:
+        verdict["verdict"] = await end_maintenance(ev.node_id, ctx, deps, ev.details.get("reason", "announced"))
     elif ev.kind.startswith(SECURITY_PREFIX) and ev.peer in deps.view.nodes:
         t = events_pb2.NodeTelemetry()
         t.CopyFrom(deps.view.nodes[ev.peer])
@@ -242,6 +283,36 @@ async def on_event(ev: mesh_pb2.MeshEvent, ctx: Context, deps: MonitorDeps) -> N
         await store(t, ctx, deps)
         await evaluate(t, ctx, deps, ctx.event_id)
     await ctx.audit(f"mesh.{ev.kind}", ev.node_id, {**dict(ev.details), "peer": ev.peer, **verdict})
+
+
+async def start_maintenance(ev: mesh_pb2.MeshEvent, ctx: Context, deps: MonitorDeps) -> str:
+    """``maintenance.start`` for ``ev.node_id``: recorded in the ``health`` bucket (replicas, restarts)."""
+    node = ev.node_id
+    known = deps.view.nodes.get(node)
+    record = {"since_ns": ev.meta.ts_unix_ns, "reason": ev.details.get("reason", ""), "by": ev.meta.producer,
+              "generation": ev.details.get("generation") or (known.mesh_generation if known else "")}
+    await (await ctx.kv(HEALTH_BUCKET)).put(maintenance_key(node), json.dumps(record).encode())
+    deps.maintenance[subjects.token(node)] = record
+    await mesh_transition(ctx, deps)
+    return "in maintenance: no repair"
+
+
+async def end_maintenance(node: str, ctx: Context, deps: MonitorDeps, why: str, recheck: bool = True) -> str:
+    """Take ``node`` out of maintenance; with ``recheck``, one still unhealthy now starts a cycle (it is a
+    failure from now on; a node reporting from a new mesh is evaluated as any report is)."""
+    if subjects.token(node) not in deps.maintenance:
+        return "not in maintenance"
+    await (await ctx.kv(HEALTH_BUCKET)).delete(maintenance_key(node))
+    deps.maintenance.pop(subjects.token(node), None)
+    await ctx.audit("maintenance.ended", node, {"reason": why})
+    t = deps.view.nodes.get(node)
+    level, reasons = classify_node(t, deps.thresholds) if t is not None else (HEALTHY, [])
+    if recheck and level > HEALTHY:
+        w = assessing.window(deps.view, f"maintenance-end:{node}:{ctx.event_id or deps.clock_ns()}", node,
+                             [*reasons, "maintenance ended"], deps.clock_ns(), exclude=set(deps.maintenance))
+        await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+    await mesh_transition(ctx, deps)
+    return f"maintenance ended: {why}"
 
 
 async def declare_if_down(node: str, ctx: Context, deps: MonitorDeps, cause_id: str) -> str:
@@ -325,7 +396,7 @@ async def window_tick(ctx: Context, deps: MonitorDeps) -> events_pb2.TelemetryWi
         return None
     idx = int(deps.clock_ns() / 1e9 // deps.window_s)
     with deps.span("monitor.window"):
-        w = assessing.window(deps.view, f"window:{idx}")
+        w = assessing.window(deps.view, f"window:{idx}", exclude=set(deps.maintenance))
         await ctx.publish(subjects.MAPEK_TELEMETRY, w)
     return w
 
@@ -353,7 +424,7 @@ async def request_cycle(ctx: Context, deps: MonitorDeps, trigger: str = "",
         return {"error": f"unknown node {trigger!r}; known: {', '.join(sorted(deps.view.nodes)) or 'none'}"}
     with deps.span("monitor.cycle_request"):
         w = assessing.window(deps.view, f"operator:{new_id()}", trigger, reasons or ["operator request"],
-                             first_symptom_ns=deps.clock_ns())
+                             first_symptom_ns=deps.clock_ns(), exclude=set(deps.maintenance) - {trigger})
         await ctx.publish(subjects.MAPEK_TELEMETRY, w)
         await ctx.audit("cycle.requested", w.meta.cycle_id, {"nodes": len(w.nodes)}, cycle_id=w.meta.cycle_id)
     return {"cycle_id": w.meta.cycle_id, "nodes": len(w.nodes)}
@@ -393,9 +464,11 @@ async def evaluate(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps,
     deps.health[t.node_id] = a.current
     a.previous = prev
     cycle_id = ""
-    if a.starts_cycle:
+    if deps.in_maintenance(t.node_id):
+        a.reasons = [*a.reasons, "in planned maintenance: no repair"]
+    elif a.starts_cycle:
         first = deps.losses.first_report_ns(t.node_id) or t.meta.ts_unix_ns
-        w = assessing.window(deps.view, cause_id, t.node_id, a.reasons, first)
+        w = assessing.window(deps.view, cause_id, t.node_id, a.reasons, first, exclude=set(deps.maintenance))
         cycle_id = w.meta.cycle_id
         await ctx.publish(subjects.MAPEK_TELEMETRY, w)
     await ctx.publish(subjects.MAPEK_HEALTH, assessing.health_change(a, cycle_id))
@@ -411,8 +484,9 @@ async def evaluate(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps,
 
 
 async def mesh_transition(ctx: Context, deps: MonitorDeps, cycle_id: str = "") -> None:
-    """The mesh's health (worst node) changed? Publish a HealthChange with node_id "" and audit it."""
-    current, reasons = mesh_health(deps.health)
+    """The mesh's health (worst node not in maintenance) changed? Publish a HealthChange with node_id ""
+    and audit it."""
+    current, reasons = mesh_health({n: h for n, h in deps.health.items() if n not in deps.maintenance})
     prev = await transition(ctx, MESH_KEY, current)
     if prev is None:
         return
