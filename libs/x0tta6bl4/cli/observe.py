@@ -229,7 +229,9 @@ def audit_verify(nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt,
 
 # ---- cycles -----------------------------------------------------------------
 STAGES = [(subjects.MAPEK_TELEMETRY, "monitor"), (subjects.MAPEK_ANOMALY, "analyze"), (subjects.MAPEK_PLAN, "plan"),
-          (subjects.MAPEK_ACTION, "execute"), (subjects.MAPEK_RESULT, "result"), (subjects.MAPEK_VERIFIED, "verify")]
+          (subjects.MAPEK_ACTION, "execute"), (subjects.MAPEK_RESULT, "result"), (subjects.MAPEK_VERIFIED, "verify"),
+          (subjects.MAPEK_ESCALATION, "escalate")]
+ACTED = (subjects.MAPEK_ACTION, subjects.MAPEK_RESULT, subjects.MAPEK_VERIFIED, subjects.MAPEK_ESCALATION)
 
 
 async def load_cycles(js) -> dict[str, list]:
@@ -252,27 +254,52 @@ def summarize(events: list) -> str:
             parts.append(events_pb2.DecisionKind.Name(ev.decision).removeprefix("DECISION_KIND_").lower())
         elif m.subject == subjects.MAPEK_VERIFIED:
             parts.append(("recovered" if ev.recovered else "NOT recovered") + f" mttr={ev.mttr_ms:.0f}ms")
+        elif m.subject == subjects.MAPEK_ESCALATION:
+            parts.append(f"ESCALATED ({ev.reason})")
     return " → ".join(parts)
 
 
+def acted(events: list) -> bool:
+    """Whether a cycle did (or asked to do) something: an action, its result or verification, an
+    escalation, or a plan that is more than an observation (a vote)."""
+    for m, ev in events:
+        if m.subject in ACTED:
+            return True
+        if m.subject == subjects.MAPEK_PLAN and ev.decision != events_pb2.DECISION_KIND_OBSERVE:
+            return True
+    return False
+
+
+def cycles_to_show(cycles: dict[str, list], all_: bool, last: int) -> tuple[list[tuple[str, list]], int]:
+    """The newest ``last`` cycles to list (those that acted; with ``all_`` every cycle), oldest first, and
+    how many older or observe-only ones were left out."""
+    shown = [(c, e) for c, e in cycles.items() if all_ or acted(e)]
+    shown.sort(key=lambda kv: kv[1][0][1].meta.ts_unix_ns)
+    return shown[-last:] if last > 0 else [], len(cycles) - min(len(shown), max(last, 0))
+
+
 @cycle_app.command("list")
-def cycle_list(last: int = typer.Option(20),
-               all_: bool = typer.Option(False, "--all", help="also cycles that found nothing"),
+def cycle_list(last: int = typer.Option(20, min=1, help="how many cycles to show (the newest)"),
+               all_: bool = typer.Option(False, "--all", help="also observe-only cycles and those that found "
+                                                              "nothing (path_degraded every second ...)"),
                nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
-    """Past cycles with their trace ids and outcome."""
+    """Past cycles that acted (an action, a vote, an escalation) with their trace ids and outcome."""
     async def go():
         nc = await connect(nats_url(nats, data_dir))
         c = await load_cycles(nc.jetstream())
         await nc.close()
         return c
     cycles = run(go())
+    shown, hidden = cycles_to_show(cycles, all_, last)
     table = Table("started", "cycle", "trace", "stages", "summary")
-    shown = [(c, e) for c, e in cycles.items() if all_ or len(e) > 1]
-    for cid, evs in sorted(shown, key=lambda kv: kv[1][0][1].meta.ts_unix_ns)[-last:]:
+    for cid, evs in shown:
         t = time.strftime("%H:%M:%S", time.localtime(evs[0][1].meta.ts_unix_ns / 1e9))
         stages = "/".join(dict(STAGES).get(m.subject, "?") for m, _ in evs)
         table.add_row(t, cid, trace_id_of(evs[0][0]), stages, summarize(evs))
     console.print(table)
+    if hidden:
+        console.print(f"[dim]{hidden} other cycle(s) not shown"
+                      + ("" if all_ else " (observe-only, found nothing, or older: --all, --last N)") + "[/]")
 
 
 def timeline_table(evs: list) -> Table:
