@@ -16,7 +16,10 @@ issued by the deployment CA. Every call then goes through :class:`PolicyIntercep
 (from the handshake), an expiry check of its certificate (a long-lived connection outlives its SVID),
 ``policy.decide(caller, method, request)``, and an audit event ``policy.allowed`` / ``policy.denied``
 (allowed reads sampled, denials never dropped). A denied call ends with PERMISSION_DENIED (UNAUTHENTICATED
-when the caller has no valid SVID) and the policy's reason.
+when the caller has no valid SVID) and the policy's reason. Every decision is also counted on the process's
+Prometheus /metrics: ``x0_policy_decisions_total{service, method, role, decision}`` (role: the caller's kind of
+SPIFFE ID - service, operator, host, node - or ``none`` without an SVID, ``foreign`` for another trust
+domain or a malformed ID).
 """
 from __future__ import annotations
 
@@ -35,11 +38,16 @@ import grpc
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter
 
-from x0tta6bl4.policy import AuditSampler, Decision, PolicyEngine
+from x0tta6bl4.policy import AuditSampler, Decision, PolicyEngine, PolicyError, parse_principal
 from x0tta6bl4.rpc.svid import SvidSource
 
 log = logging.getLogger("x0tta6bl4.rpc")
+
+
+DECISIONS = Counter("x0_policy_decisions_total", "gRPC policy decisions (every call, allowed or denied)",
+                    ["service", "method", "role", "decision"])
 
 
 class BindError(RuntimeError):
@@ -75,9 +83,11 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
     """Decides every call with the policy engine and audits the decision (see the module's doc)."""
 
     def __init__(self, ident: ServerIdentity, *, clock: Callable[[], float] = time.time,
-                 queue_size: int = 10_000) -> None:
+                 queue_size: int = 10_000, service: str = "") -> None:
         self.ident, self.clock = ident, clock
+        self.service = service
         self.decisions = {"allowed": 0, "denied": 0}
+        self._counted: dict[tuple[str, str, bool], Any] = {}      # (method, caller, allowed) -> metric child
         self.groups: dict[str, int] = {}          # negotiated TLS key exchange groups seen (per call)
         self._queue: asyncio.Queue | None = None
         self._queue_size = queue_size
@@ -107,6 +117,7 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         """Allow the call or abort it (PERMISSION_DENIED / UNAUTHENTICATED) with the reason; audit."""
         d, details = self.decide(method, request, context)
         self.decisions["allowed" if d.allowed else "denied"] += 1
+        self._count(d)
         admit, suppressed = self.ident.sampler.admit(d)
         if admit:
             ev = ("policy.allowed" if d.allowed else "policy.denied", d.caller,
@@ -124,6 +135,25 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.UNAUTHENTICATED if d.caller == "-" or "expired" in d.reason \
                 else grpc.StatusCode.PERMISSION_DENIED
             await context.abort(code, f"policy: {d.reason}")
+
+    def role(self, caller: str) -> str:
+        """The metric's role label of a caller: its kind of SPIFFE ID, ``none`` or ``foreign``."""
+        if not caller or caller == "-":
+            return "none"
+        try:
+            return parse_principal(caller, self.ident.policy.trust_domain).kind
+        except PolicyError:
+            return "foreign"
+
+    def _count(self, d: Decision) -> None:
+        key = (d.method, d.caller, d.allowed)
+        child = self._counted.get(key)
+        if child is None:
+            if len(self._counted) > 10_000:     # callers come and go (SVIDs of many nodes): bounded memory
+                self._counted.clear()
+            child = self._counted[key] = DECISIONS.labels(self.service, d.method, self.role(d.caller),
+                                                          "allowed" if d.allowed else "denied")
+        child.inc()
 
     # ---- audit of allowed calls: in order, off the call's path -------------------------------------------
     def _enqueue(self, ev: tuple) -> None:
@@ -244,7 +274,7 @@ async def serve_grpc(name: str, host: str, port: int,
     """
     if identity is None and not insecure:
         raise ValueError(f"{name}: a gRPC server needs mutual TLS (identity=ServerIdentity(...))")
-    interceptor = PolicyInterceptor(identity) if identity is not None else None
+    interceptor = PolicyInterceptor(identity, service=name) if identity is not None else None
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *options],
                              interceptors=[interceptor] if interceptor is not None else None)
     for add in add_servicers:

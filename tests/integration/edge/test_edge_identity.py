@@ -47,7 +47,7 @@ class Refusals:
             await self.nc.subscribe(subject)
         await self.nc.flush()
         needle = f'permissions violation for {what} to "{subject.lower()}"'
-        await eventually(lambda: any(needle in e for e in self.errors), scaled(5), 0.05,
+        await eventually(lambda: any(needle in e for e in self.errors), 5, 0.05,
                          what=f"the broker refuses {self.identity}: {what} to {subject}")
 
 
