@@ -1,5 +1,6 @@
-"""Mesh security against the real keyvault process and nats-server: identities issued over gRPC,
-records from the KV bucket ``keys``, rotation (Rotate + RELOAD_KEYS) under traffic, revocation."""
+"""Mesh security against the real keyvault process and nats-server: identities the host generates and keyvault
+certifies over gRPC, records from the KV bucket ``keys``, rotation (Rotate + RELOAD_KEYS, as the executor's
+ROTATE_KEYS) under traffic: each node rotated exactly once, by its host; revocation."""
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,7 @@ def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around
     async def go():
         # max_skew_s 3: a revoked key still signing becomes evidence 3 s after its first refusal
         host = MeshHost(stack.url, topo, keyvault=stack.kv_addr, telemetry_interval=1.0, max_skew_s=3.0,
-                        creds=stack.creds("mesh-host-mesh"))
+                        key_dir=stack.mesh_key_dir("mesh"), creds=stack.creds("mesh-host-mesh"))
         executor = await stack.connect("executor")      # keyvault Rotate/Revoke over NATS: as the executor does
         operator = await stack.connect()                # reads the audit trail
         await host.start()
@@ -47,15 +48,24 @@ def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around
             task = asyncio.create_task(traffic())
             await eventually(lambda: n8.counters["delivered"] > 50, 15)
             old = {n: host.security[n].key_id for n in host.nodes}
-            # executor's ROTATE_KEYS: keyvault Rotate (over NATS, as the executor does) then RELOAD_KEYS
+            old_gen = {n: host.security[n].identity.generation for n in host.nodes}
+            certified = host._certified
+            # executor's ROTATE_KEYS: keyvault Rotate (over NATS, as the executor does) then RELOAD_KEYS. Keyvault
+            # publishes a rotation request per node; the host generates, certifies and switches each node
             t0 = time.monotonic()
             rot = await rpc(executor, "Rotate", pb.RotateRequest(node_ids=host.nodes, overlap_s=2.0),
                             pb.RotateResponse)
+            assert not rot.pending, rot.pending              # certified by the host while Rotate waited
             new = {r.node_id: r.sig_key_id for r in rot.records}
             replies = await asyncio.gather(*(host.apply(n, C.KIND_RELOAD_KEYS) for n in host.nodes))
             t_verified = time.monotonic() - t0
             assert all("beacon verified" in r for r in replies), replies
             assert {n: host.security[n].key_id for n in host.nodes} == new
+            # exactly once per node: one new generation each, generated and certified by the host
+            assert {n: host.security[n].identity.generation for n in host.nodes} == {n: g + 1
+                                                                                    for n, g in old_gen.items()}
+            assert host._certified == certified + len(host.nodes)
+            assert all(host.keys.load(n).signing.key_id == new[n] for n in host.nodes)
             for n in host.nodes:            # every neighbour accepts beacons signed with the new key only
                 ok, wait = host.beacon_verified(n, new[n])
                 assert ok and not wait
@@ -77,7 +87,8 @@ def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around
             js = operator.jetstream()
             audit = [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.>")]
             kinds = {a.event_type for a in audit}
-            assert {"identity.issued", "key.rotation.started", "key.rotated", "key.retired"} <= kinds, kinds
+            assert {"key.certified", "key.rotation.started", "key.rotation.requested", "key.retired"} <= kinds, kinds
+            assert "identity.issued" not in kinds and "key.rotated" not in kinds   # keyvault generated nothing
             for n in host.nodes:
                 ev = [e["kind"] for e in rt.agents[n].recent_events]
                 assert ev.index("keys.reloaded") < ev.index("keys.verified") < ev.index("keys.retired")

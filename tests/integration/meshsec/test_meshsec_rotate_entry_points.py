@@ -2,9 +2,10 @@
 
 Real nats-server (secured) + real keyvault process + a mesh host with nine nodes under traffic. The
 rotation is started by ``meshctl keys rotate --all`` (a subprocess, operator SVID over mutual TLS) and by
-the MCP tool ``pqc_rotate_keys``: nobody sends RELOAD_KEYS. The host sees the new records in the ``keys``
-bucket and reloads its nodes itself: every node ends on its new generation, no node loses a neighbour at
-any moment, no DATA is lost, and the old keys are retired after the overlap."""
+the MCP tool ``pqc_rotate_keys``: nobody sends RELOAD_KEYS. The host sees keyvault's rotation requests in
+the ``keys`` bucket, generates each node's next generation, has keyvault certify it and switches to it:
+every node ends on its new generation (exactly one), no node loses a neighbour at any moment, no DATA is
+lost, and the old keys are retired after the overlap."""
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +37,7 @@ async def _rotate_and_check(host: MeshHost, rotate) -> None:
     n8 = rt.agents["n8"]
     old = {n: host.security[n].key_id for n in host.nodes}
     old_gen = {n: host.security[n].identity.generation for n in host.nodes}
+    certified = host._certified
     flow = FlowWatch(host, pace_s=0.005).start()   # ~200 packets/s
     await eventually(lambda: flow.delivered() > 50, 15)
     new = await asyncio.to_thread(rotate)            # node id -> new sig key id, from keyvault's answer
@@ -44,6 +46,7 @@ async def _rotate_and_check(host: MeshHost, rotate) -> None:
     # nobody sent RELOAD_KEYS: the host reloads from the bucket
     await eventually(lambda: {n: host.security[n].key_id for n in host.nodes} == new, 15)
     assert all(host.security[n].identity.generation == old_gen[n] + 1 for n in host.nodes)
+    assert host._certified == certified + len(host.nodes)      # the host generated each one, exactly once
     await eventually(lambda: all(host.beacon_verified(n, new[n])[1] == [] for n in host.nodes), 10)
     await eventually(lambda: all(host.security[n].session_keys(p) == (new[n], new[p])
                                  for n in host.nodes for p in topo.neighbours(n)), 10)
@@ -77,7 +80,7 @@ def test_meshctl_and_mcp_rotation_reach_the_running_agents(stack, monkeypatch):
 
     async def go():
         host = MeshHost(stack.url, topo, keyvault=stack.kv_addr, telemetry_interval=1.0,
-                        creds=stack.creds("mesh-host-rot"))
+                        key_dir=stack.mesh_key_dir("rot"), creds=stack.creds("mesh-host-rot"))
         await host.start()
         try:
             await host.runtime.wait_converged(15)
