@@ -2,7 +2,7 @@
 decided from the caller's SPIFFE ID (the URI SAN of its X.509 SVID, proven by mutual TLS) and the request.
 
     engine = PolicyEngine("x0tta6bl4.mesh", assignments=lambda: {"h1": {"n0", "n1"}})
-    d = engine.decide("spiffe://x0tta6bl4.mesh/host/h1", "x0tta6bl4.v1.Keyvault/GetPrivateBundle", request)
+    d = engine.decide("spiffe://x0tta6bl4.mesh/host/h1", "x0tta6bl4.v1.Keyvault/CertifyKeys", request)
     d.allowed, d.reason          # False, "host h1 may act only for its nodes n0, n1; not n5"
 
 Pure: no I/O, no grpc (the interceptor in :mod:`x0tta6bl4.rpc.server` calls :meth:`PolicyEngine.decide`
@@ -133,14 +133,13 @@ RULES: dict[str, Rule] = {
     f"{KEYVAULT}/GetPublicKeys": Rule(_g("operator", "service", "host/own", "node/own"), _node, sampled=True,
                                       doc="a node reads only its own records, a host its nodes'"),
     f"{KEYVAULT}/ListIdentities": Rule(_g("operator", "service"), sampled=True, doc="operators and services"),
-    # keyvault: private keys
-    f"{KEYVAULT}/GetPrivateBundle": Rule(_g("operator", "host/own", "node/own"), _node,
-                                         doc="a node's private keys: itself, its host, an operator (provisioning)"),
-    f"{KEYVAULT}/GetPrivateBundles": Rule(_g("operator", "host/own", "node/own"), _nodes,
-                                          doc="as GetPrivateBundle, every node of the request"),
-    # keyvault: changes - the operator role or the executor's identity (a host enrols its own nodes)
-    f"{KEYVAULT}/IssueIdentity": Rule(_g("operator", "service:executor", "host/own"), _node,
-                                      doc="operators, the executor; a mesh host enrols the nodes assigned to it"),
+    # keyvault: private keys - nobody gets them but an operator provisioning an offline edge node, wrapped to
+    # a recipient key, once (GetPrivateBundle / GetPrivateBundles no longer exist: nodes hold their own keys)
+    f"{KEYVAULT}/ExportIdentity": Rule(_g("operator"), _node,
+                                       doc="a custodial identity's private keys, wrapped, once: operators only"),
+    # keyvault: changes - the operator role or the executor's identity (a host certifies its own nodes' keys)
+    f"{KEYVAULT}/IssueIdentity": Rule(_g("operator", "service:executor"), _node,
+                                      doc="custodial identities (keyvault makes the keys): operators, the executor"),
     f"{KEYVAULT}/CertifyKeys": Rule(_g("operator", "host/own", "node/own"), _node,
                                     doc="a node's own keys: the node, its mesh host or an operator"),
     f"{KEYVAULT}/Rotate": Rule(_g("operator", "service:executor"), _nodes, doc="operators and the executor"),

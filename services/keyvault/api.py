@@ -2,7 +2,7 @@
 
 :class:`KeyvaultApi` is shared by the gRPC servicer (:func:`servicer`, errors become status codes)
 and the NATS request/reply routing (:mod:`.rpc`); ``via`` says which one called ("grpc" or "nats":
-private keys only go out over gRPC).
+ExportIdentity, the one method that hands out private keys - wrapped, once - is gRPC only).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from x0tta6bl4.v1 import keyvault_pb2_grpc as pb_grpc
 log = logging.getLogger("x0tta6bl4.keyvault")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Keyvault"].full_name
-GRPC_OPTIONS = (("grpc.max_send_message_length", 64 * 1024 * 1024),      # GetPrivateBundles of 1000 nodes
+GRPC_OPTIONS = (("grpc.max_send_message_length", 64 * 1024 * 1024),      # ListIdentities / Rotate all
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024))
 
 
@@ -37,8 +37,7 @@ class KeyvaultApi:
         return self.service.vault.root_key_id
 
     async def IssueIdentity(self, req: pb.IssueIdentityRequest, via: str) -> pb.IssueIdentityResponse:
-        e, bundle = await self.service.issue(req.node_id, req.return_private, via)
-        return convert.issued(self.root, e, bundle)
+        return convert.issued(self.root, await self.service.issue(req.node_id, via))
 
     async def GetPublicKeys(self, req: pb.GetPublicKeysRequest, via: str) -> pb.KeyRecord:
         return convert.identity(self.root, await self.service.public_keys(req.node_id))
@@ -49,8 +48,8 @@ class KeyvaultApi:
 
     async def Rotate(self, req: pb.RotateRequest, via: str) -> pb.RotateResponse:
         entries = await self.service.rotate(list(req.node_ids), req.all, req.overlap_s, req.request_id, via,
-                                            include_operators=req.include_operators)
-        return pb.RotateResponse(records=[convert.listed(self.root, e) for e in entries])
+                                            include_operators=req.include_operators, wait_s=req.wait_s)
+        return convert.rotated(self.root, entries)
 
     async def Revoke(self, req: pb.RevokeRequest, via: str) -> pb.KeyRecord:
         return convert.identity(self.root, await self.service.revoke(req.node_id, req.reason, via))
@@ -61,25 +60,22 @@ class KeyvaultApi:
     async def Info(self, req: pb.InfoRequest, via: str) -> pb.InfoResponse:
         return convert.info_response(await self.service.info())
 
-    async def GetPrivateBundle(self, req: pb.GetPrivateBundleRequest, via: str) -> pb.IssueIdentityResponse:
-        [(e, bundle)] = await self.service.export_private([req.node_id], via)
-        return convert.issued(self.root, e, bundle)
-
     async def CertifyKeys(self, req: pb.CertifyKeysRequest, via: str) -> pb.KeyRecord:
         r = cert.CertifyRequest(req.node_id, req.signing_public_key, req.kem_public_key, req.nonce,
                                 req.timestamp_unix, req.proof)
         return convert.identity(self.root, await self.service.certify(r, req.overlap_s, via))
 
-    async def GetPrivateBundles(self, req: pb.GetPrivateBundlesRequest, via: str) -> pb.GetPrivateBundlesResponse:
-        out = await self.service.private_bundles(list(req.node_ids), via)
-        return pb.GetPrivateBundlesResponse(bundles=[convert.issued(self.root, e, b) for e, b in out])
+    async def ExportIdentity(self, req: pb.ExportIdentityRequest, via: str) -> pb.ExportIdentityResponse:
+        e, wrapped, kid = await self.service.export_identity(req.node_id, req.recipient_kem_public_key, via)
+        return pb.ExportIdentityResponse(record=convert.key_record(self.root, e, e.current), wrapped_bundle=wrapped,
+                                         recipient_key_id=kid, exported_at_unix=e.current.exported_at)
 
 
 METHODS: dict[str, type] = {
     "IssueIdentity": pb.IssueIdentityRequest, "GetPublicKeys": pb.GetPublicKeysRequest,
     "Rotate": pb.RotateRequest, "Revoke": pb.RevokeRequest, "ListIdentities": pb.ListIdentitiesRequest,
-    "Attest": pb.AttestRequest, "Info": pb.InfoRequest, "GetPrivateBundle": pb.GetPrivateBundleRequest,
-    "GetPrivateBundles": pb.GetPrivateBundlesRequest, "CertifyKeys": pb.CertifyKeysRequest,
+    "Attest": pb.AttestRequest, "Info": pb.InfoRequest, "CertifyKeys": pb.CertifyKeysRequest,
+    "ExportIdentity": pb.ExportIdentityRequest,
 }
 """Every method and its request type (the gRPC service and keyvault.rpc.<method> on NATS)."""
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from x0tta6bl4.keyvault.service import Info
-from x0tta6bl4.keyvault.vault import RETIRED, RETIRING, REVOKED, AttestResult, Entry, Generation
+from x0tta6bl4.keyvault.vault import RETIRED, RETIRING, REVOKED, ROTATION_PENDING, AttestResult, Entry, Generation
 from x0tta6bl4.pqc import SignedRecord
 from x0tta6bl4.pqc.backend import MLKEM768_PUBLIC_KEY_SIZE
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 
 KEY_MATERIAL = ("ed25519_public_key", "mldsa_public_key", "mlkem_public_key", "x25519_public_key",
-                "signed_sig_record", "signed_kem_record", "root_signature")
+                "signed_sig_record", "signed_kem_record", "root_signature", "signed_rotation_request")
 
 
 def key_record(root_key_id: str, e: Entry, g: Generation, with_previous: bool = False) -> pb.KeyRecord:
@@ -28,7 +28,10 @@ def key_record(root_key_id: str, e: Entry, g: Generation, with_previous: bool = 
         retired_at_unix=g.retired_at if g.status == RETIRED else 0,
         revoked_at_unix=e.revoked_at if g.status == REVOKED else 0,
         revocation_reason=e.revocation_reason if g.status == REVOKED else "",
+        custodial=g.identity is not None, exported_at_unix=g.exported_at,
     )
+    if g is e.current and e.rotation_request() is not None and e.rotation is not None:
+        r.signed_rotation_request = e.rotation
     if with_previous:
         r.previous.extend(key_record(root_key_id, e, p) for p in e.previous())
     return r
@@ -59,8 +62,22 @@ def with_slim_previous(r: pb.KeyRecord) -> pb.KeyRecord:
     return r
 
 
-def issued(root_key_id: str, e: Entry, private_bundle: bytes = b"") -> pb.IssueIdentityResponse:
-    return pb.IssueIdentityResponse(record=key_record(root_key_id, e, e.current), private_bundle=private_bundle)
+def issued(root_key_id: str, e: Entry) -> pb.IssueIdentityResponse:
+    return pb.IssueIdentityResponse(record=key_record(root_key_id, e, e.current))
+
+
+def rotated(root_key_id: str, entries: list[Entry]) -> pb.RotateResponse:
+    """Rotate's reply: each identity as listed; one whose rotation request is still pending (a node-held
+    identity that did not certify its next generation in time) has status ``rotation_pending`` and is named in
+    ``pending``."""
+    out = pb.RotateResponse()
+    for e in entries:
+        r = listed(root_key_id, e)
+        if e.rotation_request() is not None:
+            r.status = ROTATION_PENDING
+            out.pending.append(e.node_id)
+        out.records.append(r)
+    return out
 
 
 def attest_response(r: AttestResult) -> pb.AttestResponse:

@@ -36,6 +36,9 @@ class KeyvaultSettings(CommonSettings):
     master_key: SecretStr | None = Field(None, description="keystore master key: 64 hex chars or base64 of 32 bytes")
     master_key_file: pathlib.Path | None = Field(None, description="file holding the master key (raw 32 bytes or text)")
     rotation_overlap_s: float = Field(30.0, gt=0, le=7 * 86400, description="default overlap window of a rotation")
+    rotation_wait_s: float = Field(10.0, ge=0, le=300, description=(
+        "how long Rotate waits for node-held identities to certify their next generation (their rotation "
+        "request stays pending after it)"))
     key_validity_s: int = Field(90 * 86400, ge=60, description="validity of issued keys")
     retire_tick_s: float = Field(0.2, gt=0, le=60, description="how often retiring keys are checked")
     ca_cert_file: pathlib.Path | None = Field(None, description="the deployment CA certificate (SVID trust bundle)")
@@ -115,7 +118,8 @@ def build(s: KeyvaultSettings) -> Service:
                         "X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT", root_fp)
         parts["svc"] = svc = KeyvaultService(state, await app.kv(dist.BUCKET), app.audit,
                                              snapshot=functools.partial(kv_snapshot, js, dist.BUCKET),
-                                             hosted=lambda: frozenset().union(*hosts().values()))
+                                             hosted=lambda: frozenset().union(*hosts().values()),
+                                             rotation_wait_s=s.rotation_wait_s)
         parts["state"] = state
         n = await svc.opened(created, copied)
         log.info("keyvault: %d identities, root key %s%s, %d copied up, %d records resynced", len(state.vault.entries),

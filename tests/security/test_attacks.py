@@ -38,8 +38,11 @@ Attack (as measured) -> test
     a forged audit chain and garbage on audit.* (governance's) -> test_forged_audit_chain_is_reported
       (in depth: integration/bus/test_audit_verify.py)
   issue #17, over mutual TLS with SVIDs from the deployment CA
-    private-key export of another node (a node's SVID, another host's SVID)
-                                                       -> test_private_key_export_by_another_identity_is_denied
+    private-key export of another node (a node's SVID, another host's SVID, the node's own host, the executor;
+    the removed GetPrivateBundle(s))                   -> test_private_key_export_by_another_identity_is_denied
+      (in depth: integration/keyvault/test_keyvault_rotation_requests.py)
+    a forged rotation request planted in the keys bucket (rot.<node>), one signed by a rogue root
+                                                       -> test_a_forged_rotation_request_is_refused
     IssueIdentity / Rotate / Revoke without the role  -> test_issue_rotate_revoke_without_the_role_are_denied
     a vote with a stolen key (cast as another voter)  -> test_a_vote_in_another_identitys_name_is_denied
       (in depth: integration/keyvault/test_keyvault_mtls.py)
@@ -192,8 +195,8 @@ def test_no_svid_no_grpc(stack):
         for what, ch in {"plaintext": grpc.insecure_channel(addr),
                          "another CA's SVID": svids.secure_channel(addr, rogue, service, TD)}.items():
             if service == "keyvault":
-                code, _ = grpc_error(kg.KeyvaultStub(ch).GetPrivateBundles,
-                                     kpb.GetPrivateBundlesRequest(node_ids=["n0", "n1"]))
+                code, _ = grpc_error(kg.KeyvaultStub(ch).ExportIdentity,
+                                     kpb.ExportIdentityRequest(node_id="n0", recipient_kem_public_key=b"\0" * 1184))
             else:
                 code, _ = grpc_error(gg.GovernanceStub(ch).ListProposals, g.ListProposalsRequest())
             ch.close()
@@ -460,12 +463,28 @@ def test_forged_audit_chain_is_reported(stack):
 
 # ---- issue #17: identities over mutual TLS -------------------------------------------------------------------
 def test_private_key_export_by_another_identity_is_denied(stack):
-    node = kv_stub(stack, svids.mint(stack.secrets.root, "node", "n0"))
-    code, msg = grpc_error(node.GetPrivateBundle, kpb.GetPrivateBundleRequest(node_id="n4"))
-    assert code == C.PERMISSION_DENIED, (code, msg)
-    other = kv_stub(stack, host_svid(stack, OTHER_HOST))
-    code, msg = grpc_error(other.GetPrivateBundles, kpb.GetPrivateBundlesRequest(node_ids=["x0", "n4"]))
-    assert code == C.PERMISSION_DENIED and "n4" in msg, (code, msg)
+    """Private keys leave keyvault only through ExportIdentity, an operator's: not to a node (for itself or
+    another), not to another host, not to the node's own mesh host, not to a service; the old export methods are
+    gone (nothing answers them)."""
+    from x0tta6bl4.pqc import recipient_keygen
+    _, pub = recipient_keygen()
+    for who, svid, node in (("node n0 for n4", svids.mint(stack.secrets.root, "node", "n0"), "n4"),
+                            ("node n4 for itself", svids.mint(stack.secrets.root, "node", "n4"), "n4"),
+                            ("another host", host_svid(stack, OTHER_HOST), "n4"),
+                            ("n4's own host", host_svid(stack, NODE_AGENT), "n4"),
+                            ("the executor", svids.mint(stack.secrets.root, "service", "executor"), "n4")):
+        code, msg = grpc_error(kv_stub(stack, svid).ExportIdentity,
+                               kpb.ExportIdentityRequest(node_id=node, recipient_kem_public_key=pub))
+        assert code == C.PERMISSION_DENIED and "ExportIdentity" in msg, (who, code, msg)
+    ch = svids.secure_channel(stack.grpc_addr("keyvault"), host_svid(stack, NODE_AGENT), "keyvault", TD)
+    try:
+        for gone in ("GetPrivateBundle", "GetPrivateBundles"):
+            call = ch.unary_unary(f"/x0tta6bl4.v1.Keyvault/{gone}", request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+            code, msg = grpc_error(call, kpb.GetPublicKeysRequest(node_id="n4").SerializeToString())
+            assert code in (C.PERMISSION_DENIED, C.UNIMPLEMENTED), (gone, code, msg)
+    finally:
+        ch.close()
 
 
 def test_issue_rotate_revoke_without_the_role_are_denied(stack):
@@ -499,6 +518,21 @@ def test_replayed_hello_is_dropped():
 def test_spoofed_packets_frame_nobody():
     replay.test_packets_spoofed_in_a_nodes_name_do_not_frame_it()
 
+async def test_a_forged_rotation_request_is_refused(stack):
+    """A rotation request makes a node's holder generate and certify new keys: a node agent cannot plant one in
+    the keys bucket (broker), and one signed by anyone but keyvault's root does not verify (a mesh host's
+    KeyDirectory drops it)."""
+    from x0tta6bl4.keyvault.distribution import KeyDirectory, rot_key
+    from x0tta6bl4.pqc import InvalidSignature, KeyvaultRoot, MLDSA65PublicKey, RotationRequestRecord
+    rogue = KeyvaultRoot.generate().sign(RotationRequestRecord("n4", 1, 1.0, "evil", int(time.time()))).to_bytes()
+    async with Attacker(NODE_AGENT) as a:
+        await a.refused(f"$KV.keys.{rot_key('n4')}", rogue)
+    root = kv_stub(stack, svids.mint(stack.secrets.root, "operator", "probe")).Info(kpb.InfoRequest(),
+                                                                                  timeout=scaled(10)).root_public_key
+    with pytest.raises(InvalidSignature):
+        KeyDirectory(MLDSA65PublicKey.from_bytes(root)).apply(rot_key("n4"), rogue)
+
+
 
 # ---- and the legitimate loop still works ---------------------------------------------------------------------
 async def test_zz_legitimate_traffic_still_flows(stack):
@@ -522,3 +556,4 @@ async def test_zz_legitimate_traffic_still_flows(stack):
         await nc.close()
     legit = [line for line in violations(stack) if not any(f"attacker-{i}" in line for i in ATTACKERS)]
     assert not legit, "nats-server refused a legitimate flow:\n" + "\n".join(legit[:10])
+

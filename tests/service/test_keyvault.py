@@ -22,12 +22,13 @@ from x0tta6bl4.keyvault import (
     sign_attestation,
     verify_entry,
 )
+from x0tta6bl4.keyvault import certify as cert
 from x0tta6bl4.keyvault import distribution as dist
 from x0tta6bl4.keyvault.errors import PermissionDenied
 from x0tta6bl4.keyvault.service import VIA_NATS, KeyvaultService
 from x0tta6bl4.keyvault.shared import BUCKET as STATE_BUCKET
 from x0tta6bl4.keyvault.shared import SharedState, StateError
-from x0tta6bl4.pqc import MasterKey, NodeIdentity, RevocationRecord
+from x0tta6bl4.pqc import MasterKey, NodeIdentity, RevocationRecord, recipient_keygen, unwrap_bundle
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 
 
@@ -85,10 +86,25 @@ def attest(svc: KeyvaultService, node: str, ident: NodeIdentity):
     return svc.attest(node, ch, sign_attestation(ident, ch))
 
 
+def held(svc: KeyvaultService, node: str) -> NodeIdentity:
+    """The private keys keyvault holds for a custodial identity (read from its state, as only a test may)."""
+    ident = svc.vault.get(node).current.identity
+    assert ident is not None
+    return ident
+
+
+async def certify(svc: KeyvaultService, node: str, gen: int, overlap_s: float = 0.0) -> NodeIdentity:
+    """What a mesh host does: generate the node's generation ``gen`` itself and have keyvault certify it."""
+    ident = NodeIdentity.generate("mesh", node, now=svc.vault.clock(), generation=gen)
+    await svc.certify(cert.certify_request(ident, os.urandom(16), svc.vault.clock()), overlap_s)
+    return ident
+
+
 async def test_issue_stores_sealed_state_publishes_signed_records_and_audits(bus, svc):
-    e, bundle = await svc.issue("n1", return_private=True)
-    ident = NodeIdentity.import_private(bundle)
-    assert (e.node_id, e.generation, ident.generation) == ("n1", 1, 1)
+    e = await svc.issue("n1")
+    ident = held(svc, "n1")
+    bundle = ident.export_private_unsafe()
+    assert (e.node_id, e.generation, ident.generation) == ("n1", 1, 1) and e.custodial
     assert ident.signing.key_id == e.current.sig_key_id
     keys = bus.kv(dist.BUCKET).snapshot()
     assert set(keys) == {"root", f"key.{e.current.sig_key_id}", f"key.{e.current.kem_key_id}",
@@ -102,7 +118,7 @@ async def test_issue_stores_sealed_state_publishes_signed_records_and_audits(bus
     assert ident.signing.private.private_bytes_unsafe()[:32] not in sealed
     assert b"spiffe://" not in sealed and b"node/n1" not in sealed
     [a] = bus.audited("identity.issued")
-    assert a.subject_id == "n1" and a.details["private_returned"] == "True" and a.details["via"] == "grpc"
+    assert a.subject_id == "n1" and a.details["custodial"] == "True" and a.details["via"] == "grpc"
     assert a.details["sig_key_id"] == e.current.sig_key_id
     assert (await attest(svc, "n1", ident)).valid
     with pytest.raises(AlreadyExists, match="'n1' already has an identity"):
@@ -111,17 +127,17 @@ async def test_issue_stores_sealed_state_publishes_signed_records_and_audits(bus
 
 
 async def test_private_keys_never_leave_over_nats(bus, svc):
-    with pytest.raises(PermissionDenied, match="only returned over gRPC"):
-        await svc.issue("n1", return_private=True, via=VIA_NATS)
-    assert bus.kv(STATE_BUCKET).value("node.n1") is None and not bus.audited("identity.issued")
     await svc.issue("n1", via=VIA_NATS)
-    with pytest.raises(PermissionDenied):
-        await svc.private_bundles(["n1"], via=VIA_NATS)
-    assert not bus.audited("identity.private_exported")
+    _, pub = recipient_keygen()
+    with pytest.raises(PermissionDenied, match="only exported over gRPC"):
+        await svc.export_identity("n1", pub, via=VIA_NATS)
+    assert not bus.audited("identity.private_exported") and svc.vault.get("n1").custodial
 
 
 async def test_rotate_keeps_the_old_key_for_the_overlap_then_retires_it(bus, svc, wall):
-    e1, b1 = await svc.issue("n1", return_private=True)
+    await svc.issue("n1")
+    old = held(svc, "n1")
+    e1 = svc.vault.get("n1")
     await svc.issue("n2")
     old_sig = e1.current.sig_key_id
     [e] = await svc.rotate(["n1"], overlap_s=60)
@@ -133,7 +149,6 @@ async def test_rotate_keeps_the_old_key_for_the_overlap_then_retires_it(bus, svc
     assert d.current("n1").key_id == e.current.sig_key_id
     [rot] = bus.audited("key.rotated")
     assert rot.subject_id == "n1" and rot.details["n1"].startswith("gen=2 ") and "retiring=1" in rot.details["n1"]
-    old = NodeIdentity.import_private(b1)
     r = await attest(svc, "n1", old)
     assert r.valid and r.status == "retiring"
     # before the deadline nothing retires; after it, the old generation does and its keys leave the bucket
@@ -167,7 +182,8 @@ async def test_rotate_all_default_overlap_request_id_and_early_retirement(bus, s
 
 
 async def test_revoke_publishes_revocation_records(bus, svc):
-    e, bundle = await svc.issue("n1", return_private=True)
+    await svc.issue("n1")
+    ident = held(svc, "n1")
     [e] = await svc.rotate(["n1"], overlap_s=600)
     key_ids = [*e.current.key_ids, *e.retiring.key_ids]
     r = await svc.revoke("n1", "compromised")
@@ -181,38 +197,126 @@ async def test_revoke_publishes_revocation_records(bus, svc):
     assert all(d.is_revoked(k) and d.lookup(k) is None for k in key_ids) and d.current("n1").revoked
     [a] = bus.audited("identity.revoked")
     assert a.subject_id == "n1" and a.details["key_ids"] == ",".join(sorted(key_ids))
-    assert not (await attest(svc, "n1", NodeIdentity.import_private(bundle))).valid
+    assert not (await attest(svc, "n1", ident)).valid
     # revoking again changes nothing; a revoked node cannot be rotated nor exported, its id never reused
     assert (await svc.revoke("n1", "again")).revocation_reason == "compromised"
     assert len(bus.audited("identity.revoked")) == 1
     with pytest.raises(FailedPrecondition, match="revoked"):
         await svc.rotate(["n1"])
     with pytest.raises(FailedPrecondition, match="private keys were destroyed"):
-        await svc.private_bundles(["n1"])
+        await svc.export_identity("n1", recipient_keygen()[1])
     with pytest.raises(AlreadyExists, match="never reused"):
         await svc.issue("n1")
 
 
-async def test_bundle_export_is_audited_all_or_nothing(bus, svc):
-    for n in ("b1", "b2"):
-        await svc.issue(n)
-    out = await svc.private_bundles(["b2", "b1"])
-    assert [e.node_id for e, _ in out] == ["b2", "b1"]
-    assert [NodeIdentity.import_private(b).signing.key_id for _, b in out] == \
-        [svc.vault.get("b2").current.sig_key_id, svc.vault.get("b1").current.sig_key_id]
+async def test_export_is_wrapped_single_use_audited_and_custodial_only(bus, svc, wall):
+    await svc.issue("edge1")
+    ident = held(svc, "edge1")
+    priv, pub = recipient_keygen()
+    e, wrapped, kid = await svc.export_identity("edge1", pub)
+    head, bundle = unwrap_bundle(wrapped, priv)
+    assert bundle == ident.export_private_unsafe() and (head.node_id, head.generation, head.recipient_key_id) == \
+        ("edge1", 1, kid)
+    assert NodeIdentity.import_private(bundle).signing.key_id == e.current.sig_key_id
+    # keyvault destroyed its copy: the state holds no private key of edge1 any more; the records stay
+    assert not e.custodial and e.current.exported_at == int(wall.t) and e.current.exported_to == kid
+    stored = svc.state.decode("edge1", bus.kv(STATE_BUCKET).value("node.edge1"))
+    assert stored.current.identity is None and stored.to_json()["current"]["private"] is None
+    assert directory(bus, svc).lookup(e.current.sig_key_id) is not None
     [a] = bus.audited("identity.private_exported")
-    assert a.subject_id == "2 nodes" and a.details["via"] == "grpc"
-    assert a.details["b1"] == f"gen=1 sig={svc.vault.get('b1').current.sig_key_id} " \
-                              f"kem={svc.vault.get('b1').current.kem_key_id}"
-    with pytest.raises(NotFound, match="'ghost'"):
-        await svc.private_bundles(["b1", "ghost"])
-    with pytest.raises(InvalidArgument, match="node_ids is empty"):
-        await svc.private_bundles([])
-    with pytest.raises(InvalidArgument, match="repeats 'b1'"):
-        await svc.private_bundles(["b1", "b2", "b1"])
-    with pytest.raises(InvalidArgument, match="1001 node_ids, at most 1000"):
-        await svc.private_bundles([f"x{i}" for i in range(1001)])
-    assert len(bus.audited("identity.private_exported")) == 1      # failed calls exported nothing
+    assert a.subject_id == "edge1" and a.details["recipient_key_id"] == kid and a.details["generation"] == "1"
+    assert all(bundle.hex()[:64] not in v and pub.hex()[:64] not in v for v in a.details.values())
+    # single use: a second export is refused, naming when and to whom it went
+    with pytest.raises(FailedPrecondition, match=rf"already exported at .* \(to recipient key {kid}\); export is "
+                                                 r"single use"):
+        await svc.export_identity("edge1", recipient_keygen()[1])
+    # a node-held identity (keys certified, never held) cannot be exported; a bad recipient key is named
+    await certify(svc, "c1", 1)
+    with pytest.raises(FailedPrecondition, match="holds no private key"):
+        await svc.export_identity("c1", pub)
+    await svc.issue("edge2")
+    with pytest.raises(InvalidArgument, match=r"recipient_kem_public_key: .* 1184 bytes, got 5"):
+        await svc.export_identity("edge2", b"short")
+    assert svc.vault.get("edge2").custodial
+    assert len(bus.audited("identity.private_exported")) == 1
+    refused = bus.audited("identity.export.refused")
+    assert [r.subject_id for r in refused] == ["edge1", "c1"] and "single use" in refused[0].details["reason"]
+    # once exported the identity is node-held: a rotation is a request to the holder
+    [after] = await svc.rotate(["edge1"], wait_s=-1)
+    assert after.generation == 1 and after.rotation_request() is not None
+
+
+async def test_node_held_rotation_is_a_request_the_holder_answers(bus, svc, wall):
+    """keyvault cannot generate a certified node's keys: Rotate publishes rot.<node>, the holder (here the test,
+    playing the mesh host) generates and certifies the next generation, Rotate returns the new records."""
+    g1 = await certify(svc, "h1", 1)
+    await svc.issue("op-a")                                   # custodial: rotated by keyvault at once
+    keys = bus.kv(dist.BUCKET)
+    seen: list = []
+
+    async def host() -> NodeIdentity:
+        while dist.rot_key("h1") not in keys.snapshot():
+            await asyncio.sleep(0.01)
+        v = directory(bus, svc).apply(dist.rot_key("h1"), keys.value(dist.rot_key("h1")))
+        seen.append(v.rotation)
+        return await certify(svc, "h1", v.rotation.from_generation + 1)   # overlap 0: the request's
+    task = asyncio.create_task(host())
+    out = await svc.rotate(["h1", "op-a"], overlap_s=45, request_id="rq-1", wait_s=5)
+    g2 = await task
+    [req] = seen
+    assert (req.node_id, req.from_generation, req.overlap_s, req.request_id) == ("h1", 1, 45.0, "rq-1")
+    assert [(e.node_id, e.generation) for e in out] == [("h1", 2), ("op-a", 2)]
+    h1 = out[0]
+    assert h1.current.sig_key_id == g2.signing.key_id and not h1.custodial and h1.rotation_request() is None
+    assert h1.retiring.sig_key_id == g1.signing.key_id and h1.retiring.retiring_until == wall.t + 45
+    assert dist.rot_key("h1") not in keys.snapshot()          # answered: the request is deleted
+    [requested] = bus.audited("key.rotation.requested")
+    assert requested.subject_id == "h1" and "from_gen=1" in requested.details["h1"] and "rq-1" in \
+        requested.details["h1"]
+    [rotated] = bus.audited("key.rotated")
+    assert rotated.subject_id == "op-a"
+    assert [c.details["rotation_request"] for c in bus.audited("key.certified")] == ["-", "rq-1"]
+    assert not bus.audited("key.rotation.pending")
+    # the same request id again: nothing rotates or is requested again, the current records come back
+    again = await svc.rotate(["h1", "op-a"], request_id="rq-1", wait_s=5)
+    assert [(e.node_id, e.generation) for e in again] == [("h1", 2), ("op-a", 2)]
+    assert len(bus.audited("key.rotation.requested")) == 1 and dist.rot_key("h1") not in keys.snapshot()
+    # no private key of h1 anywhere in keyvault's state or the public bucket
+    secrets = [g.signing.private.private_bytes_unsafe() for g in (g1, g2)] + [g.export_private_unsafe()
+                                                                             for g in (g1, g2)]
+    state = svc.state.decode("h1", bus.kv(STATE_BUCKET).value("node.h1"))
+    assert all(g.identity is None for g in [state.current, *state.previous()])
+    plain = svc.vault.encode_entry(state)
+    assert not any(s in plain or any(s in v for v in keys.snapshot().values()) for s in secrets)
+
+
+async def test_a_rotation_not_certified_in_time_stays_pending(bus, svc, wall):
+    await certify(svc, "h1", 1)
+    await certify(svc, "h2", 1)
+    out = await svc.rotate([], all_nodes=True, overlap_s=20, request_id="rq-2", wait_s=0.3)
+    assert [(e.node_id, e.generation) for e in out] == [("h1", 1), ("h2", 1)]
+    assert all(e.rotation_request().request_id == "rq-2" for e in out)
+    [pending] = bus.audited("key.rotation.pending")
+    assert pending.subject_id == "2 nodes" and "from_gen=1" in pending.details["h1"]
+    reply = (await KeyvaultApi(svc).Rotate(pb.RotateRequest(node_ids=["h1"], wait_s=-1), "grpc"))
+    assert list(reply.pending) == ["h1"] and reply.records[0].status == "rotation_pending"
+    assert reply.records[0].signed_rotation_request
+    # a second Rotate while it is pending adds no request (the first one stands, with its own id)
+    assert bus.kv(dist.BUCKET).value(dist.rot_key("h1")) == svc.vault.get("h1").rotation
+    assert len(bus.audited("key.rotation.requested")) == 1
+    # the holder answers later; the request's overlap applies; the request is gone from the bucket
+    await certify(svc, "h1", 2)
+    e = svc.vault.get("h1")
+    assert e.generation == 2 and e.retiring.retiring_until == wall.t + 20 and e.rotation_request() is None
+    assert dist.rot_key("h1") not in bus.kv(dist.BUCKET).snapshot()
+    assert dist.rot_key("h2") in bus.kv(dist.BUCKET).snapshot()
+    # the request survives a new replica (it is in the shared state), and a revocation withdraws it
+    other = await replica(bus, svc.state.mk, wall)
+    assert (await other.public_keys("h2")).rotation_request().request_id == "rq-2"
+    await other.revoke("h2", "lost")
+    assert dist.rot_key("h2") not in bus.kv(dist.BUCKET).snapshot()
+    with pytest.raises(InvalidArgument, match="wait_s must be at most 300"):
+        await svc.rotate(["h1"], wait_s=301)
 
 
 @pytest.mark.parametrize(("call", "message"), [
@@ -290,7 +394,7 @@ async def test_a_change_another_replica_did_not_publish_is_repaired(bus, mk, wal
 
 
 async def test_resync_restores_the_bucket_and_leaves_unknown_keys(bus, svc):
-    e, _ = await svc.issue("n1")
+    e = await svc.issue("n1")
     keys = bus.kv(dist.BUCKET)
     await keys.delete(f"key.{e.current.sig_key_id}")
     await keys.put("node.n1.kem", b"tampered")
@@ -319,8 +423,10 @@ async def test_rpc_replies_and_errors_carry_the_status_code(svc):
     data, headers = await ask("IssueIdentity", pb.IssueIdentityRequest(node_id="r1"))
     assert headers is None and pb.IssueIdentityResponse.FromString(data).record.node_id == "r1"
     errors = {}
-    for label, method, req in [("private", "IssueIdentity", pb.IssueIdentityRequest(node_id="r2", return_private=True)),
-                               ("export", "GetPrivateBundle", pb.GetPrivateBundleRequest(node_id="r1")),
+    _, pub = recipient_keygen()
+    for label, method, req in [("export", "ExportIdentity", pb.ExportIdentityRequest(node_id="r1",
+                                                                                      recipient_kem_public_key=pub)),
+                               ("removed", "GetPrivateBundle", pb.GetPublicKeysRequest(node_id="r1")),
                                ("unknown node", "Revoke", pb.RevokeRequest(node_id="ghost")),
                                ("bad id", "Rotate", pb.RotateRequest(node_ids=["Not Valid"])),
                                ("no such method", "Frobnicate", pb.InfoRequest()),
@@ -331,11 +437,11 @@ async def test_rpc_replies_and_errors_carry_the_status_code(svc):
         assert headers[subjects.HEADER_ERROR].startswith(f"{code}: ")
         errors[label] = (code, headers[subjects.HEADER_ERROR])
     assert {k: c for k, (c, _) in errors.items()} == {
-        "private": "PERMISSION_DENIED", "export": "PERMISSION_DENIED", "unknown node": "NOT_FOUND",
+        "export": "PERMISSION_DENIED", "removed": "UNIMPLEMENTED", "unknown node": "NOT_FOUND",
         "bad id": "INVALID_ARGUMENT", "no such method": "UNIMPLEMENTED", "garbage": "INVALID_ARGUMENT"}
     assert "'ghost'" in errors["unknown node"][1] and "known: IssueIdentity" in errors["no such method"][1]
     assert "not a valid RotateRequest" in errors["garbage"][1]
-    assert not svc.vault.entries.get("r2")                       # nothing issued for the refused request
+    assert svc.vault.get("r1").custodial                         # nothing exported over NATS
     # a reply too big for one NATS message goes without key material
     for n in ("r3", "r4"):
         await svc.issue(n)

@@ -1,9 +1,18 @@
 """The keyvault application service: the use cases, on ports (no nats, no grpc here).
 
     svc = KeyvaultService(state, keys, audit)          # state: SharedState (x0tta6bl4.keyvault.shared)
-    entry, bundle = await svc.issue("n1", return_private=True, via=VIA_GRPC)
-    entries = await svc.rotate(["n1"], overlap_s=60)
+    entry = await svc.issue("op-alice")                 # custodial: keyvault generates the keys
+    entry = await svc.certify(request)                  # node-held: the node generated them (certify.py)
+    entries = await svc.rotate(["n1"], overlap_s=60)    # custodial: now; node-held: a request, then a wait
+    entry, wrapped, kid = await svc.export_identity("edge1", recipient_public_key)   # single use
     await svc.retire_due()                              # the background tick
+
+Rotation of a node-held identity: keyvault cannot generate its keys, so ``rotate`` records a root-signed
+rotation request in the identity's entry (durable in the shared state) and publishes it as ``rot.<node>`` in
+the ``keys`` bucket; the node's holder (its mesh host) generates the next generation and certifies it, which
+clears the request. ``rotate`` waits for that (outside the lock, at most ``wait_s``, default
+``rotation_wait_s``) and returns the new entries; an identity not certified in time is returned unchanged
+with its request pending (audited ``key.rotation.pending``).
 
 What it talks to:
 
@@ -11,8 +20,8 @@ What it talks to:
   JetStream adapter): the identity cache, changes written by compare-and-set;
 * ``keys``: the public bucket ``keys`` (:mod:`.distribution`) behind the key-value port: root-signed
   records node agents verify, kept equal to the state after every change;
-* ``audit(event_type, subject_id, details)``: every issue / rotate / retire / revoke / attest /
-  private export is an audit event;
+* ``audit(event_type, subject_id, details)``: every issue / certify / rotate (request) / retire / revoke /
+  attest / export is an audit event;
 * the clock: the vault's (deadlines of overlap windows) and a monotonic one (record repairs).
 
 The gRPC servicer and the NATS request/reply routing of the service (``services/keyvault``)
@@ -25,13 +34,15 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from x0tta6bl4.bus.ports import KV, KeyNotFound
-from x0tta6bl4.pqc import backend_info
+from x0tta6bl4.pqc import PQCError, backend_info, wrap_bundle
 from x0tta6bl4.pqc.backend import BackendInfo
+from x0tta6bl4.pqc.wrap import recipient_key_id
 
 from . import certify as cert
 from . import distribution as dist
@@ -42,9 +53,11 @@ log = logging.getLogger("x0tta6bl4.keyvault")
 
 VIA_GRPC, VIA_NATS = "grpc", "nats"
 KV_BATCH = 64             # concurrent writes to the keys bucket in flight
-AUDIT_CHUNK = 50          # nodes per rotation/retirement/export audit event
-MAX_BUNDLES_PER_CALL = 1000
+AUDIT_CHUNK = 50          # nodes per rotation/retirement audit event
 REPAIR_AFTER_S = 2.0      # a change by another replica: its records are checked this long after
+DEFAULT_ROTATION_WAIT_S = 10.0   # how long Rotate waits for node-held identities to certify their next generation
+MAX_ROTATION_WAIT_S = 300.0
+WAIT_POLL_S = 0.5         # while waiting, the state is re-read this often (a missed change notification)
 
 Audit = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 Snapshot = Callable[[], Awaitable[dict[str, bytes]]]
@@ -88,7 +101,7 @@ async def read_bucket(kv: KV) -> dict[str, bytes]:
 
 def _check_private(via: str) -> None:
     if via != VIA_GRPC:
-        raise PermissionDenied("private keys are only returned over gRPC, not over NATS")
+        raise PermissionDenied("private keys are only exported over gRPC (mutual TLS), not over NATS")
 
 
 class KeyvaultService:
@@ -96,8 +109,11 @@ class KeyvaultService:
 
     def __init__(self, state: State, keys: KV, audit: Audit, *, snapshot: Snapshot | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
-                 hosted: Callable[[], frozenset[str]] | None = None) -> None:
+                 hosted: Callable[[], frozenset[str]] | None = None,
+                 rotation_wait_s: float = DEFAULT_ROTATION_WAIT_S) -> None:
         self.state, self.keys, self._audit = state, keys, audit
+        self.rotation_wait_s = float(rotation_wait_s)
+        self._changed = asyncio.Event()    # replaced on every learned change (rotate waits on it)
         # the nodes the deployment's mesh hosts run (hosts.json): "rotate all" rotates these, not the
         # identities of operators and voters, unless asked (None or empty: every identity is a node)
         self.hosted = hosted
@@ -124,7 +140,9 @@ class KeyvaultService:
             chunk = items[i:i + AUDIT_CHUNK]
             details: dict[str, Any] = dict(common)
             for node, x in chunk:
-                if isinstance(x, Generation):
+                if isinstance(x, str):
+                    details[node] = x
+                elif isinstance(x, Generation):
                     details[node] = f"gen={x.generation} sig={x.sig_key_id} kem={x.kem_key_id}"
                 else:              # a RotationStep
                     details[node] = (f"gen={x.new.generation} sig={x.new.sig_key_id} kem={x.new.kem_key_id} "
@@ -193,8 +211,13 @@ class KeyvaultService:
 
     def on_learn(self, node: str, prev: Entry | None, new: Entry | None) -> None:
         """A change committed by another replica: check its records a little later (repair them if
-        that replica died between its commit and its publish)."""
+        that replica died between its commit and its publish). Wakes rotations waiting for certifications."""
         self.learned.setdefault(node, self.monotonic())
+        self._notify()
+
+    def _notify(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
 
     async def repair_records(self) -> int:
         """Republish the records of identities changed by other replicas whose records in the bucket
@@ -231,10 +254,9 @@ class KeyvaultService:
         return True
 
     # ---- use cases -------------------------------------------------------------------------------
-    async def issue(self, node_id: str, return_private: bool = False, via: str = VIA_GRPC) -> tuple[Entry, bytes]:
-        """A new identity; its private bundle too when asked (over gRPC only), else b""."""
-        if return_private:
-            _check_private(via)
+    async def issue(self, node_id: str, via: str = VIA_GRPC) -> Entry:
+        """A new custodial identity (keyvault generates and keeps its private keys; they leave keyvault only
+        through :meth:`export_identity`, once)."""
         vault = self.vault
         async with self.lock:
             await self.state.refresh()
@@ -243,13 +265,15 @@ class KeyvaultService:
             await self.publish([(None, e, rev)])
         await self.audit("identity.issued", e.node_id, {
             "spiffe_id": e.spiffe_id, "generation": e.generation, "sig_key_id": e.current.sig_key_id,
-            "kem_key_id": e.current.kem_key_id, "private_returned": return_private, "via": via})
-        return e, (e.current.identity.export_private_unsafe() if return_private else b"")
+            "kem_key_id": e.current.kem_key_id, "custodial": True, "via": via})
+        return e
 
     async def certify(self, req: cert.CertifyRequest, overlap_s: float = 0.0, via: str = VIA_GRPC) -> Entry:
         """Certify public keys the node generated itself (CSR-style, proof of possession checked): its first
-        generation or the next one, the previous retiring for ``overlap_s`` (0: the default). Keyvault never
-        sees the private keys; the records are root-signed and published like any others."""
+        generation or the next one, the previous retiring for ``overlap_s`` (0: the pending rotation request's
+        overlap if there is one, else the default). Keyvault never sees the private keys; the records are
+        root-signed and published like any others. A pending rotation request is answered (``rot.<node>``
+        deleted)."""
         check_node_id(req.node_id)
         vault = self.vault
         try:
@@ -259,7 +283,9 @@ class KeyvaultService:
             raise
         async with self.lock:
             await self.state.refresh()
-            overlap = vault.check_overlap(overlap_s)
+            cur = vault.entries.get(req.node_id)
+            pending = cur.rotation_request() if cur is not None else None
+            overlap = pending.overlap_s if pending is not None and not overlap_s else vault.check_overlap(overlap_s)
 
             def plan(n: str):
                 return vault.plan_certify(n, req.signing_public_key, req.kem_public_key, overlap)
@@ -275,10 +301,13 @@ class KeyvaultService:
         if step is not None and step.retired_early is not None:
             await self.audit_nodes("key.retired", [(e.node_id, step.retired_early)],
                                    {"why": "rotated again during its overlap"})
+        answered = prev.rotation_request() if prev is not None else None
+        self._notify()
         await self.audit("key.certified", e.node_id, {
             "spiffe_id": e.spiffe_id, "generation": e.generation, "sig_key_id": e.current.sig_key_id,
             "kem_key_id": e.current.kem_key_id, "retiring": step.old.generation if step else "-",
-            "overlap_s": overlap if step else "-", "private_held_by_keyvault": False, "via": via})
+            "overlap_s": overlap if step else "-", "private_held_by_keyvault": False, "via": via,
+            "rotation_request": answered.request_id if answered else "-"})
         return e
 
     async def public_keys(self, node_id: str) -> Entry:
@@ -289,18 +318,35 @@ class KeyvaultService:
         await self.state.refresh()
         return self.vault.list(include_revoked)
 
+    def check_wait(self, wait_s: float | None) -> float:
+        """How long Rotate waits for node-held identities: 0/None the default, negative not at all."""
+        if wait_s is None or wait_s == 0:
+            return self.rotation_wait_s
+        if wait_s != wait_s or wait_s > MAX_ROTATION_WAIT_S:      # NaN or too long
+            raise InvalidArgument(f"wait_s must be at most {MAX_ROTATION_WAIT_S:g} seconds (0 = default "
+                                  f"{self.rotation_wait_s:g} s, negative = do not wait), got {wait_s!r}")
+        return max(float(wait_s), 0.0)
+
     async def rotate(self, node_ids: list[str], all_nodes: bool = False, overlap_s: float = 0.0,
-                     request_id: str = "", via: str = VIA_GRPC, include_operators: bool = False) -> list[Entry]:
+                     request_id: str = "", via: str = VIA_GRPC, include_operators: bool = False,
+                     wait_s: float = 0.0) -> list[Entry]:
         """Rotate the given nodes (or all: the nodes mesh hosts run, plus the other identities, such as
-        operators' and voters', with ``include_operators``): a new active generation each, the old one retiring for
-        ``overlap_s`` (0: the default). A repeated ``request_id`` rotates nothing again. Returns each
-        identity as this rotation left it."""
+        operators' and voters', with ``include_operators``), the old generation retiring for ``overlap_s``
+        (0: the default). A custodial identity gets its new generation at once (keyvault generates it); a
+        node-held one gets a rotation request (``rot.<node>``) its holder answers by certifying the next
+        generation, which this call then waits for (outside the lock, at most ``wait_s``: 0 the default
+        ``rotation_wait_s``, negative not at all). A repeated ``request_id`` changes nothing again (and waits
+        the same way). Returns each identity as this rotation left it: a node-held one not certified in time
+        unchanged, its request still pending (``Entry.rotation_request()``; audited ``key.rotation.pending``
+        when the call waited)."""
         for n in node_ids:
             check_node_id(n)
+        wait = self.check_wait(wait_s)
         vault = self.vault
         t0 = time.perf_counter()
         steps: list[Any] = []
-        commits: list[Any] = []
+        requested: list[Entry] = []
+        commits: list[tuple[Entry | None, Entry, int]] = []
         async with self.lock:
             await self.state.refresh()
             overlap = vault.check_overlap(overlap_s)
@@ -315,34 +361,85 @@ class KeyvaultService:
                 if hosted:
                     targets = [n for n in targets if n in hosted]
                 if targets:
+                    rid = request_id or f"rot-{uuid.uuid4().hex[:16]}"
+                    held = sum(not vault.entries[n].custodial for n in targets)
                     await self.audit("key.rotation.started", request_id or "-", {
-                        "nodes": len(targets), "all": all_nodes, "include_operators": include_operators,
-                        "overlap_s": overlap, "via": via})
+                        "nodes": len(targets), "custodial": len(targets) - held, "node_held": held,
+                        "all": all_nodes, "include_operators": include_operators, "overlap_s": overlap,
+                        "request_id": rid, "via": via})
 
                     def plan(n: str):  # a node revoked meanwhile by another replica is left as it is
                         prev = vault.entries[n]
-                        return prev, (None if prev.revoked else vault.plan_rotate(n, overlap))
-                    res = await self.state.mutate(targets, plan, lambda r: r[1].entry if r[1] else None)
-                    commits = [(r[0], r[1], rev) for r, rev in (res[n] for n in targets) if r[1] is not None]
-                    steps = [st for _, st, _ in commits]
+                        if prev.revoked:
+                            return prev, None, None
+                        if prev.custodial:
+                            return prev, vault.plan_rotate(n, overlap), None
+                        return prev, None, vault.plan_request_rotation(n, overlap, rid)
+
+                    def entry_of(r):
+                        return r[1].entry if r[1] is not None else r[2]
+                    res = await self.state.mutate(targets, plan, entry_of)
+                    for n in targets:
+                        (prev, st, req), rev = res[n]
+                        if rev is None:
+                            continue
+                        if st is not None:
+                            steps.append(st)
+                            commits.append((prev, st.entry, rev))
+                        elif req is not None:
+                            requested.append(req)
+                            commits.append((prev, req, rev))
                     if request_id:
                         await self.state.record_request(request_id, targets)
             t_gen = time.perf_counter()
-            changes = await self.publish([(prev, st.entry, rev) for prev, st, rev in commits]) if steps else 0
+            changes = await self.publish(commits) if commits else 0
             t_kv = time.perf_counter()
             early = [(st.node_id, st.retired_early) for st in steps if st.retired_early is not None]
             await self.audit_nodes("key.retired", early, {"why": "rotated again during its overlap"})
             await self.audit_nodes("key.rotated", [(st.node_id, st) for st in steps], {"overlap_s": overlap})
-            if steps:
+            await self.audit_nodes("key.rotation.requested", [(e.node_id, _request_line(e)) for e in requested],
+                                   {"overlap_s": overlap, "key": "rot.<node-id>", "bucket": dist.BUCKET})
+            if commits:
                 t_end = time.perf_counter()
                 timing = {"generate_persist_ms": f"{(t_gen - t0) * 1000:.1f}", "kv_ms": f"{(t_kv - t_gen) * 1000:.1f}",
                           "audit_ms": f"{(t_end - t_kv) * 1000:.1f}"}
-                log.info("rotated %d identities: %s", len(steps), timing)
+                log.info("rotated %d identities, requested %d rotations: %s", len(steps), len(requested), timing)
                 await self.audit("key.rotation.published", request_id or "-", {
-                    "nodes": len(steps), "kv_changes": changes, "bucket": dist.BUCKET, **timing})
+                    "nodes": len(steps), "requested": len(requested), "kv_changes": changes, "bucket": dist.BUCKET,
+                    **timing})
+        # outside the lock (the certifications need it): wait for the node-held identities' new generations
+        pending = await self.await_certified(targets, wait)
+        if pending and wait > 0:           # (a caller that chose not to wait learns it from the reply)
+            await self.audit_nodes("key.rotation.pending", [(n, _request_line(self.vault.entries[n]))
+                                                            for n in pending],
+                                   {"waited_s": f"{wait:g}", "request_id": request_id or "-"})
         # each identity as this rotation left it (a later change by another replica shows on the next read)
         mine = {st.node_id: st.entry for st in steps}
         return [mine.get(n) or vault.entries[n] for n in targets]
+
+    def pending_rotations(self, node_ids: list[str]) -> list[str]:
+        """Those of ``node_ids`` with a rotation request still pending."""
+        out = []
+        for n in node_ids:
+            e = self.vault.entries.get(n)
+            if e is not None and e.rotation_request() is not None:
+                out.append(n)
+        return out
+
+    async def await_certified(self, node_ids: list[str], wait_s: float) -> list[str]:
+        """Wait up to ``wait_s`` until no node of ``node_ids`` has a pending rotation request (each certified
+        its next generation, or was revoked). Returns those still pending."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            pending = self.pending_rotations(node_ids)
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                return pending
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(left, WAIT_POLL_S))
+            with contextlib.suppress(KeyvaultError):
+                await self.state.refresh()
 
     async def revoke(self, node_id: str, reason: str = "", via: str = VIA_GRPC) -> Entry:
         """Revoke every key of the node (a revocation record per key in the keys bucket); revoking
@@ -375,26 +472,41 @@ class KeyvaultService:
         return Info(backend_info(), v.root_public.public_bytes(), v.root_key_id, len(v.list()), dist.BUCKET,
                     v.default_overlap_s)
 
-    async def private_bundles(self, node_ids: list[str], via: str = VIA_GRPC) -> list[tuple[Entry, bytes]]:
-        """The current private bundles of ``node_ids`` (gRPC only; one state refresh; audited, one
-        event per AUDIT_CHUNK nodes); all or nothing: an unknown or revoked node fails the call, named."""
-        ids = list(node_ids)
-        if not ids:
-            raise InvalidArgument("GetPrivateBundles: node_ids is empty")
-        if len(ids) > MAX_BUNDLES_PER_CALL:
-            raise InvalidArgument(f"GetPrivateBundles: {len(ids)} node_ids, at most {MAX_BUNDLES_PER_CALL} per call")
-        if len(set(ids)) != len(ids):
-            dup = sorted({n for n in ids if ids.count(n) > 1})
-            raise InvalidArgument(f"GetPrivateBundles: node_ids repeats {', '.join(map(repr, dup[:5]))}")
-        return await self.export_private(ids, via)
-
-    async def export_private(self, ids: list[str], via: str = VIA_GRPC) -> list[tuple[Entry, bytes]]:
+    async def export_identity(self, node_id: str, recipient_public_key: bytes,
+                              via: str = VIA_GRPC) -> tuple[Entry, bytes, str]:
+        """Offline edge provisioning: the current generation's private bundle of a custodial identity, wrapped
+        to the recipient's ML-KEM-768 key (:mod:`x0tta6bl4.pqc.wrap`; AAD: node id, generation, recipient key
+        id). Single use: keyvault's copies of the node's private keys are destroyed in the same compare-and-set
+        (two replicas cannot both export), the identity is node-held from then on (rotations are requests).
+        gRPC only. Returns (entry after the export, wrapped bundle, recipient key id); audited
+        ``identity.private_exported`` (recipient key id, never a key)."""
         _check_private(via)
-        await self.state.refresh()
-        entries = [self.vault.get(n) for n in ids]
-        out = [(e, self.vault.private_bundle(e.node_id)) for e in entries]
-        await self.audit_nodes("identity.private_exported", [(e.node_id, e.current) for e in entries], {"via": via})
-        return out
+        check_node_id(node_id)
+        try:
+            kid = recipient_key_id(bytes(recipient_public_key))
+        except PQCError as bad:
+            raise InvalidArgument(f"recipient_kem_public_key: {bad}") from None
+        vault = self.vault
+        try:
+            async with self.lock:
+                await self.state.refresh()
+
+                def plan(n: str):
+                    new, ident = vault.plan_export(n, kid)
+                    wrapped = wrap_bundle(ident.export_private_unsafe(), bytes(recipient_public_key), n,
+                                          new.generation)
+                    return new, wrapped
+                res = await self.state.mutate([node_id], plan, lambda r: r[0])
+        except KeyvaultError as err:
+            await self.audit("identity.export.refused", node_id, {"reason": str(err), "recipient_key_id": kid,
+                                                                  "via": via})
+            raise
+        (out, wrapped), _ = res[node_id]
+        await self.audit("identity.private_exported", node_id, {
+            "generation": out.generation, "sig_key_id": out.current.sig_key_id, "kem_key_id": out.current.kem_key_id,
+            "recipient_key_id": kid, "wrapping": "ML-KEM-768+HKDF-SHA256+AES-256-GCM", "single_use": True,
+            "private_held_by_keyvault": False, "via": via})
+        return out, wrapped, kid
 
     async def retire_due(self) -> int:
         """Retire generations whose overlap window passed. Every replica tries; the compare-and-set
@@ -421,6 +533,12 @@ class KeyvaultService:
     async def tick(self) -> tuple[int, int]:
         """One iteration of :func:`retire_loop`: (generations retired, identities repaired)."""
         return await self.retire_due(), await self.repair_records()
+
+
+def _request_line(e: Entry) -> str:
+    r = e.rotation_request()
+    return f"from_gen={r.from_generation} overlap_s={r.overlap_s:g} request={r.request_id}" if r else \
+        f"gen={e.generation}"
 
 
 async def retire_loop(service: Callable[[], KeyvaultService], every_s: float) -> None:

@@ -354,16 +354,6 @@ class Vault:
     def list(self, include_revoked: bool = False) -> list[Entry]:
         return [self.entries[k] for k in sorted(self.entries) if include_revoked or not self.entries[k].revoked]
 
-    def private_bundle(self, node_id: str) -> bytes:
-        """The current generation's private export (NodeIdentity.export_private_unsafe)."""
-        e = self.get(node_id)
-        if e.revoked:
-            raise FailedPrecondition(f"node {node_id!r} is revoked; its private keys were destroyed")
-        if e.current.identity is None:
-            raise FailedPrecondition(f"node {node_id!r} generated its own keys (certified by keyvault): keyvault "
-                                     f"holds no private key of it")
-        return e.current.identity.export_private_unsafe()
-
     def _sign_generation(self, ident: NodeIdentity) -> Generation:
         sig, kem = records_for_identity(ident)
         return Generation(ident.generation, self.root.sign(sig).to_bytes(), self.root.sign(kem).to_bytes(),

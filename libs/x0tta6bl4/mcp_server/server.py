@@ -323,7 +323,8 @@ async def pqc_list_keys(include_revoked: bool = False) -> dict[str, Any]:
 
 @mcp.tool(annotations=WRITES)
 async def pqc_issue_identity(node: str) -> dict[str, Any]:
-    """Issue a PQC identity (signing + KEM keys, root-signed records) for NODE in the keyvault."""
+    """Issue a custodial PQC identity (signing + KEM keys, root-signed records) for NODE in the keyvault; its private
+    keys stay in keyvault (nodes run by mesh hosts generate their own keys and have keyvault certify them)."""
     from x0tta6bl4.v1 import keyvault_pb2 as kv
     r = await asyncio.to_thread(_keyvault, "IssueIdentity", kv.IssueIdentityRequest(node_id=node))
     return _key_rec(r.record)
@@ -331,19 +332,25 @@ async def pqc_issue_identity(node: str) -> dict[str, Any]:
 
 @mcp.tool(annotations=DESTRUCTIVE)
 async def pqc_rotate_keys(nodes: list[str] | None = None, all_nodes: bool = False, overlap_s: float = 0.0,
-                          request_id: str = "", include_operators: bool = False) -> dict[str, Any]:
+                          request_id: str = "", include_operators: bool = False,
+                          wait_s: float = 0.0) -> dict[str, Any]:
     """Rotate PQC keys (ML-KEM-768 / ML-DSA-65 hybrids) for NODES or every node (all_nodes: the nodes mesh hosts
     run; operators' and voters' identities too only with include_operators): a new generation
     becomes active, the old one stays accepted for overlap_s (0 = keyvault default) and is then retired; new
-    records go to the `keys` KV bucket and node agents reload. DESTRUCTIVE: old keys stop being valid after the
-    overlap; sessions must re-handshake. request_id makes a retry rotate nothing twice."""
+    records go to the `keys` KV bucket and node agents reload. Nodes hold their own private keys: keyvault
+    publishes a rotation request, each node's mesh host generates and certifies the next generation, and this
+    waits up to wait_s (0 = keyvault default, 10 s) for them; `pending` names nodes that had not yet (their records
+    come back unchanged with status rotation_pending; the request stands and they rotate when they see it). DESTRUCTIVE:
+    old keys stop being valid after the overlap; sessions must re-handshake. request_id makes a retry rotate
+    nothing twice."""
     from x0tta6bl4.v1 import keyvault_pb2 as kv
     if not nodes and not all_nodes:
         raise ValueError("name nodes to rotate, or set all_nodes")
     r = await asyncio.to_thread(_keyvault, "Rotate", kv.RotateRequest(node_ids=nodes or [], all=all_nodes,
                                                                       overlap_s=overlap_s, request_id=request_id,
-                                                                      include_operators=include_operators), 120)
-    return {"rotated": [_key_rec(x) for x in r.records]}
+                                                                      include_operators=include_operators,
+                                                                      wait_s=wait_s), 120 + max(wait_s, 0.0))
+    return {"rotated": [_key_rec(x) for x in r.records], "pending": list(r.pending)}
 
 
 # ---- edge crisis mode ---------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ Public API (see module docstrings for formats):
   :class:`PublicKeyRecord`, :class:`RevocationRecord`, :class:`RotationRequestRecord`, :class:`SignedRecord`,
   :func:`verify_record`, :class:`RecordVerifier`, :func:`records_for_identity`
 * storage/rotation: :class:`Keystore`, :class:`MasterKey`, :class:`Keyring`
+* export for offline provisioning: :func:`wrap_bundle`, :func:`unwrap_bundle`, :func:`recipient_keygen`
+  (a private bundle wrapped to an ML-KEM-768 recipient key, :mod:`.wrap`)
 * errors: :class:`PQCError` and subclasses
 """
 
@@ -63,6 +65,7 @@ from .records import (
     verify_signed,
 )
 from .rotation import Keyring
+from .wrap import WrappedBundle, recipient_keygen, unwrap_bundle, wrap_bundle
 
 __all__ = [
     "BackendInfo",
@@ -106,16 +109,20 @@ __all__ = [
     "SessionKeys",
     "SignedRecord",
     "SpiffeId",
+    "WrappedBundle",
     "WrongMasterKey",
     "available_backends",
     "backend_info",
     "derive_session_keys",
     "get_backend",
     "key_id",
+    "recipient_keygen",
     "records_for_identity",
     "transcript_hash",
+    "unwrap_bundle",
     "validate_node_id",
     "validate_trust_domain",
     "verify_record",
     "verify_signed",
+    "wrap_bundle",
 ]

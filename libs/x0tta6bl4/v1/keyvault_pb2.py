@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bx0tta6bl4/v1/keyvault.proto\x12\x0cx0tta6bl4.v1\"\xce\x04\n\tKeyRecord\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\r\x12\x12\n\nsig_key_id\x18\x04 \x01(\t\x12\x15\n\rsig_algorithm\x18\x05 \x01(\t\x12\x18\n\x10mldsa_public_key\x18\x06 \x01(\x0c\x12\x1a\n\x12\x65\x64\x32\x35\x35\x31\x39_public_key\x18\x07 \x01(\x0c\x12\x12\n\nkem_key_id\x18\x08 \x01(\t\x12\x15\n\rkem_algorithm\x18\t \x01(\t\x12\x18\n\x10mlkem_public_key\x18\n \x01(\x0c\x12\x19\n\x11x25519_public_key\x18\x0b \x01(\x0c\x12\x17\n\x0fnot_before_unix\x18\x0c \x01(\x03\x12\x16\n\x0enot_after_unix\x18\r \x01(\x03\x12\x0f\n\x07revoked\x18\x0e \x01(\x08\x12\x16\n\x0eroot_signature\x18\x0f \x01(\x0c\x12\x13\n\x0broot_key_id\x18\x10 \x01(\t\x12\x0e\n\x06status\x18\x11 \x01(\t\x12\x19\n\x11signed_sig_record\x18\x12 \x01(\x0c\x12\x19\n\x11signed_kem_record\x18\x13 \x01(\x0c\x12\x1b\n\x13retiring_until_unix\x18\x14 \x01(\x01\x12\x17\n\x0fretired_at_unix\x18\x15 \x01(\x03\x12\x17\n\x0frevoked_at_unix\x18\x16 \x01(\x03\x12\x19\n\x11revocation_reason\x18\x17 \x01(\t\x12)\n\x08previous\x18\x18 \x03(\x0b\x32\x17.x0tta6bl4.v1.KeyRecord\"?\n\x14IssueIdentityRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0ereturn_private\x18\x02 \x01(\x08\"X\n\x15IssueIdentityResponse\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.x0tta6bl4.v1.KeyRecord\x12\x16\n\x0eprivate_bundle\x18\x02 \x01(\x0c\"\'\n\x14GetPublicKeysRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"p\n\rRotateRequest\x12\x10\n\x08node_ids\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x11\n\toverlap_s\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x19\n\x11include_operators\x18\x05 \x01(\x08\":\n\x0eRotateResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.x0tta6bl4.v1.KeyRecord\"0\n\rRevokeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x15ListIdentitiesRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"B\n\x16ListIdentitiesResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.x0tta6bl4.v1.KeyRecord\"F\n\rAttestRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"c\n\x0e\x41ttestResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\r\x12\x0e\n\x06status\x18\x05 \x01(\t\"*\n\x17GetPrivateBundleRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\",\n\x18GetPrivateBundlesRequest\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"Q\n\x19GetPrivateBundlesResponse\x12\x34\n\x07\x62undles\x18\x01 \x03(\x0b\x32#.x0tta6bl4.v1.IssueIdentityResponse\"\r\n\x0bInfoRequest\"\xe0\x01\n\x0cInfoResponse\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61\x63kend_version\x18\x02 \x01(\t\x12\x12\n\nalgorithms\x18\x03 \x03(\t\x12\x17\n\x0froot_public_key\x18\x04 \x01(\x0c\x12\x13\n\x0broot_key_id\x18\x05 \x01(\t\x12\x12\n\nidentities\x18\x06 \x01(\r\x12\x11\n\tclassical\x18\x07 \x03(\t\x12\x0f\n\x07hybrids\x18\x08 \x03(\t\x12\x11\n\tkv_bucket\x18\t \x01(\t\x12\x19\n\x11\x64\x65\x66\x61ult_overlap_s\x18\n \x01(\x01\"\x1a\n\x0bSvidRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"^\n\x0cSvidResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x0e\n\x06\x62undle\x18\x03 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x04 \x01(\x01\"\xa2\x01\n\x12\x43\x65rtifyKeysRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x16\n\x0ekem_public_key\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x16\n\x0etimestamp_unix\x18\x05 \x01(\x03\x12\r\n\x05proof\x18\x06 \x01(\x0c\x12\x11\n\toverlap_s\x18\x07 \x01(\x01\x32\xa8\x06\n\x08Keyvault\x12X\n\rIssueIdentity\x12\".x0tta6bl4.v1.IssueIdentityRequest\x1a#.x0tta6bl4.v1.IssueIdentityResponse\x12L\n\rGetPublicKeys\x12\".x0tta6bl4.v1.GetPublicKeysRequest\x1a\x17.x0tta6bl4.v1.KeyRecord\x12\x43\n\x06Rotate\x12\x1b.x0tta6bl4.v1.RotateRequest\x1a\x1c.x0tta6bl4.v1.RotateResponse\x12>\n\x06Revoke\x12\x1b.x0tta6bl4.v1.RevokeRequest\x1a\x17.x0tta6bl4.v1.KeyRecord\x12[\n\x0eListIdentities\x12#.x0tta6bl4.v1.ListIdentitiesRequest\x1a$.x0tta6bl4.v1.ListIdentitiesResponse\x12\x43\n\x06\x41ttest\x12\x1b.x0tta6bl4.v1.AttestRequest\x1a\x1c.x0tta6bl4.v1.AttestResponse\x12=\n\x04Info\x12\x19.x0tta6bl4.v1.InfoRequest\x1a\x1a.x0tta6bl4.v1.InfoResponse\x12^\n\x10GetPrivateBundle\x12%.x0tta6bl4.v1.GetPrivateBundleRequest\x1a#.x0tta6bl4.v1.IssueIdentityResponse\x12\x64\n\x11GetPrivateBundles\x12&.x0tta6bl4.v1.GetPrivateBundlesRequest\x1a\'.x0tta6bl4.v1.GetPrivateBundlesResponse\x12H\n\x0b\x43\x65rtifyKeys\x12 .x0tta6bl4.v1.CertifyKeysRequest\x1a\x17.x0tta6bl4.v1.KeyRecordb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bx0tta6bl4/v1/keyvault.proto\x12\x0cx0tta6bl4.v1\"\x9c\x05\n\tKeyRecord\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\r\x12\x12\n\nsig_key_id\x18\x04 \x01(\t\x12\x15\n\rsig_algorithm\x18\x05 \x01(\t\x12\x18\n\x10mldsa_public_key\x18\x06 \x01(\x0c\x12\x1a\n\x12\x65\x64\x32\x35\x35\x31\x39_public_key\x18\x07 \x01(\x0c\x12\x12\n\nkem_key_id\x18\x08 \x01(\t\x12\x15\n\rkem_algorithm\x18\t \x01(\t\x12\x18\n\x10mlkem_public_key\x18\n \x01(\x0c\x12\x19\n\x11x25519_public_key\x18\x0b \x01(\x0c\x12\x17\n\x0fnot_before_unix\x18\x0c \x01(\x03\x12\x16\n\x0enot_after_unix\x18\r \x01(\x03\x12\x0f\n\x07revoked\x18\x0e \x01(\x08\x12\x16\n\x0eroot_signature\x18\x0f \x01(\x0c\x12\x13\n\x0broot_key_id\x18\x10 \x01(\t\x12\x0e\n\x06status\x18\x11 \x01(\t\x12\x19\n\x11signed_sig_record\x18\x12 \x01(\x0c\x12\x19\n\x11signed_kem_record\x18\x13 \x01(\x0c\x12\x1b\n\x13retiring_until_unix\x18\x14 \x01(\x01\x12\x17\n\x0fretired_at_unix\x18\x15 \x01(\x03\x12\x17\n\x0frevoked_at_unix\x18\x16 \x01(\x03\x12\x19\n\x11revocation_reason\x18\x17 \x01(\t\x12)\n\x08previous\x18\x18 \x03(\x0b\x32\x17.x0tta6bl4.v1.KeyRecord\x12\x1f\n\x17signed_rotation_request\x18\x19 \x01(\x0c\x12\x11\n\tcustodial\x18\x1a \x01(\x08\x12\x18\n\x10\x65xported_at_unix\x18\x1b \x01(\x03\"=\n\x14IssueIdentityRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03R\x0ereturn_private\"V\n\x15IssueIdentityResponse\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.x0tta6bl4.v1.KeyRecordJ\x04\x08\x02\x10\x03R\x0eprivate_bundle\"\'\n\x14GetPublicKeysRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x80\x01\n\rRotateRequest\x12\x10\n\x08node_ids\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x11\n\toverlap_s\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x19\n\x11include_operators\x18\x05 \x01(\x08\x12\x0e\n\x06wait_s\x18\x06 \x01(\x01\"K\n\x0eRotateResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.x0tta6bl4.v1.KeyRecord\x12\x0f\n\x07pending\x18\x02 \x03(\t\"0\n\rRevokeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x15ListIdentitiesRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"B\n\x16ListIdentitiesResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.x0tta6bl4.v1.KeyRecord\"F\n\rAttestRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"c\n\x0e\x41ttestResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\r\x12\x0e\n\x06status\x18\x05 \x01(\t\"J\n\x15\x45xportIdentityRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12 \n\x18recipient_kem_public_key\x18\x02 \x01(\x0c\"\x8d\x01\n\x16\x45xportIdentityResponse\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.x0tta6bl4.v1.KeyRecord\x12\x16\n\x0ewrapped_bundle\x18\x02 \x01(\x0c\x12\x18\n\x10recipient_key_id\x18\x03 \x01(\t\x12\x18\n\x10\x65xported_at_unix\x18\x04 \x01(\x03\"\r\n\x0bInfoRequest\"\xe0\x01\n\x0cInfoResponse\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61\x63kend_version\x18\x02 \x01(\t\x12\x12\n\nalgorithms\x18\x03 \x03(\t\x12\x17\n\x0froot_public_key\x18\x04 \x01(\x0c\x12\x13\n\x0broot_key_id\x18\x05 \x01(\t\x12\x12\n\nidentities\x18\x06 \x01(\r\x12\x11\n\tclassical\x18\x07 \x03(\t\x12\x0f\n\x07hybrids\x18\x08 \x03(\t\x12\x11\n\tkv_bucket\x18\t \x01(\t\x12\x19\n\x11\x64\x65\x66\x61ult_overlap_s\x18\n \x01(\x01\"\x1a\n\x0bSvidRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"^\n\x0cSvidResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x0e\n\x06\x62undle\x18\x03 \x01(\x0c\x12\x16\n\x0enot_after_unix\x18\x04 \x01(\x01\"\xa2\x01\n\x12\x43\x65rtifyKeysRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x16\n\x0ekem_public_key\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x16\n\x0etimestamp_unix\x18\x05 \x01(\x03\x12\r\n\x05proof\x18\x06 \x01(\x0c\x12\x11\n\toverlap_s\x18\x07 \x01(\x01\x32\xbf\x05\n\x08Keyvault\x12X\n\rIssueIdentity\x12\".x0tta6bl4.v1.IssueIdentityRequest\x1a#.x0tta6bl4.v1.IssueIdentityResponse\x12L\n\rGetPublicKeys\x12\".x0tta6bl4.v1.GetPublicKeysRequest\x1a\x17.x0tta6bl4.v1.KeyRecord\x12\x43\n\x06Rotate\x12\x1b.x0tta6bl4.v1.RotateRequest\x1a\x1c.x0tta6bl4.v1.RotateResponse\x12>\n\x06Revoke\x12\x1b.x0tta6bl4.v1.RevokeRequest\x1a\x17.x0tta6bl4.v1.KeyRecord\x12[\n\x0eListIdentities\x12#.x0tta6bl4.v1.ListIdentitiesRequest\x1a$.x0tta6bl4.v1.ListIdentitiesResponse\x12\x43\n\x06\x41ttest\x12\x1b.x0tta6bl4.v1.AttestRequest\x1a\x1c.x0tta6bl4.v1.AttestResponse\x12=\n\x04Info\x12\x19.x0tta6bl4.v1.InfoRequest\x1a\x1a.x0tta6bl4.v1.InfoResponse\x12H\n\x0b\x43\x65rtifyKeys\x12 .x0tta6bl4.v1.CertifyKeysRequest\x1a\x17.x0tta6bl4.v1.KeyRecord\x12[\n\x0e\x45xportIdentity\x12#.x0tta6bl4.v1.ExportIdentityRequest\x1a$.x0tta6bl4.v1.ExportIdentityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,43 +32,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'x0tta6bl4.v1.keyvault_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_KEYRECORD']._serialized_start=46
-  _globals['_KEYRECORD']._serialized_end=636
-  _globals['_ISSUEIDENTITYREQUEST']._serialized_start=638
-  _globals['_ISSUEIDENTITYREQUEST']._serialized_end=701
-  _globals['_ISSUEIDENTITYRESPONSE']._serialized_start=703
-  _globals['_ISSUEIDENTITYRESPONSE']._serialized_end=791
-  _globals['_GETPUBLICKEYSREQUEST']._serialized_start=793
-  _globals['_GETPUBLICKEYSREQUEST']._serialized_end=832
-  _globals['_ROTATEREQUEST']._serialized_start=834
-  _globals['_ROTATEREQUEST']._serialized_end=946
-  _globals['_ROTATERESPONSE']._serialized_start=948
-  _globals['_ROTATERESPONSE']._serialized_end=1006
-  _globals['_REVOKEREQUEST']._serialized_start=1008
-  _globals['_REVOKEREQUEST']._serialized_end=1056
-  _globals['_LISTIDENTITIESREQUEST']._serialized_start=1058
-  _globals['_LISTIDENTITIESREQUEST']._serialized_end=1106
-  _globals['_LISTIDENTITIESRESPONSE']._serialized_start=1108
-  _globals['_LISTIDENTITIESRESPONSE']._serialized_end=1174
-  _globals['_ATTESTREQUEST']._serialized_start=1176
-  _globals['_ATTESTREQUEST']._serialized_end=1246
-  _globals['_ATTESTRESPONSE']._serialized_start=1248
-  _globals['_ATTESTRESPONSE']._serialized_end=1347
-  _globals['_GETPRIVATEBUNDLEREQUEST']._serialized_start=1349
-  _globals['_GETPRIVATEBUNDLEREQUEST']._serialized_end=1391
-  _globals['_GETPRIVATEBUNDLESREQUEST']._serialized_start=1393
-  _globals['_GETPRIVATEBUNDLESREQUEST']._serialized_end=1437
-  _globals['_GETPRIVATEBUNDLESRESPONSE']._serialized_start=1439
-  _globals['_GETPRIVATEBUNDLESRESPONSE']._serialized_end=1520
-  _globals['_INFOREQUEST']._serialized_start=1522
-  _globals['_INFOREQUEST']._serialized_end=1535
-  _globals['_INFORESPONSE']._serialized_start=1538
-  _globals['_INFORESPONSE']._serialized_end=1762
-  _globals['_SVIDREQUEST']._serialized_start=1764
-  _globals['_SVIDREQUEST']._serialized_end=1790
-  _globals['_SVIDRESPONSE']._serialized_start=1792
-  _globals['_SVIDRESPONSE']._serialized_end=1886
-  _globals['_CERTIFYKEYSREQUEST']._serialized_start=1889
-  _globals['_CERTIFYKEYSREQUEST']._serialized_end=2051
-  _globals['_KEYVAULT']._serialized_start=2054
-  _globals['_KEYVAULT']._serialized_end=2862
+  _globals['_KEYRECORD']._serialized_end=714
+  _globals['_ISSUEIDENTITYREQUEST']._serialized_start=716
+  _globals['_ISSUEIDENTITYREQUEST']._serialized_end=777
+  _globals['_ISSUEIDENTITYRESPONSE']._serialized_start=779
+  _globals['_ISSUEIDENTITYRESPONSE']._serialized_end=865
+  _globals['_GETPUBLICKEYSREQUEST']._serialized_start=867
+  _globals['_GETPUBLICKEYSREQUEST']._serialized_end=906
+  _globals['_ROTATEREQUEST']._serialized_start=909
+  _globals['_ROTATEREQUEST']._serialized_end=1037
+  _globals['_ROTATERESPONSE']._serialized_start=1039
+  _globals['_ROTATERESPONSE']._serialized_end=1114
+  _globals['_REVOKEREQUEST']._serialized_start=1116
+  _globals['_REVOKEREQUEST']._serialized_end=1164
+  _globals['_LISTIDENTITIESREQUEST']._serialized_start=1166
+  _globals['_LISTIDENTITIESREQUEST']._serialized_end=1214
+  _globals['_LISTIDENTITIESRESPONSE']._serialized_start=1216
+  _globals['_LISTIDENTITIESRESPONSE']._serialized_end=1282
+  _globals['_ATTESTREQUEST']._serialized_start=1284
+  _globals['_ATTESTREQUEST']._serialized_end=1354
+  _globals['_ATTESTRESPONSE']._serialized_start=1356
+  _globals['_ATTESTRESPONSE']._serialized_end=1455
+  _globals['_EXPORTIDENTITYREQUEST']._serialized_start=1457
+  _globals['_EXPORTIDENTITYREQUEST']._serialized_end=1531
+  _globals['_EXPORTIDENTITYRESPONSE']._serialized_start=1534
+  _globals['_EXPORTIDENTITYRESPONSE']._serialized_end=1675
+  _globals['_INFOREQUEST']._serialized_start=1677
+  _globals['_INFOREQUEST']._serialized_end=1690
+  _globals['_INFORESPONSE']._serialized_start=1693
+  _globals['_INFORESPONSE']._serialized_end=1917
+  _globals['_SVIDREQUEST']._serialized_start=1919
+  _globals['_SVIDREQUEST']._serialized_end=1945
+  _globals['_SVIDRESPONSE']._serialized_start=1947
+  _globals['_SVIDRESPONSE']._serialized_end=2041
+  _globals['_CERTIFYKEYSREQUEST']._serialized_start=2044
+  _globals['_CERTIFYKEYSREQUEST']._serialized_end=2206
+  _globals['_KEYVAULT']._serialized_start=2209
+  _globals['_KEYVAULT']._serialized_end=2912
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class KeyRecord(_message.Message):
-    __slots__ = ("spiffe_id", "node_id", "generation", "sig_key_id", "sig_algorithm", "mldsa_public_key", "ed25519_public_key", "kem_key_id", "kem_algorithm", "mlkem_public_key", "x25519_public_key", "not_before_unix", "not_after_unix", "revoked", "root_signature", "root_key_id", "status", "signed_sig_record", "signed_kem_record", "retiring_until_unix", "retired_at_unix", "revoked_at_unix", "revocation_reason", "previous")
+    __slots__ = ("spiffe_id", "node_id", "generation", "sig_key_id", "sig_algorithm", "mldsa_public_key", "ed25519_public_key", "kem_key_id", "kem_algorithm", "mlkem_public_key", "x25519_public_key", "not_before_unix", "not_after_unix", "revoked", "root_signature", "root_key_id", "status", "signed_sig_record", "signed_kem_record", "retiring_until_unix", "retired_at_unix", "revoked_at_unix", "revocation_reason", "previous", "signed_rotation_request", "custodial", "exported_at_unix")
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,9 @@ class KeyRecord(_message.Message):
     REVOKED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_ROTATION_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CUSTODIAL_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
     spiffe_id: str
     node_id: str
     generation: int
@@ -56,23 +59,22 @@ class KeyRecord(_message.Message):
     revoked_at_unix: int
     revocation_reason: str
     previous: _containers.RepeatedCompositeFieldContainer[KeyRecord]
-    def __init__(self, spiffe_id: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., sig_key_id: _Optional[str] = ..., sig_algorithm: _Optional[str] = ..., mldsa_public_key: _Optional[bytes] = ..., ed25519_public_key: _Optional[bytes] = ..., kem_key_id: _Optional[str] = ..., kem_algorithm: _Optional[str] = ..., mlkem_public_key: _Optional[bytes] = ..., x25519_public_key: _Optional[bytes] = ..., not_before_unix: _Optional[int] = ..., not_after_unix: _Optional[int] = ..., revoked: _Optional[bool] = ..., root_signature: _Optional[bytes] = ..., root_key_id: _Optional[str] = ..., status: _Optional[str] = ..., signed_sig_record: _Optional[bytes] = ..., signed_kem_record: _Optional[bytes] = ..., retiring_until_unix: _Optional[float] = ..., retired_at_unix: _Optional[int] = ..., revoked_at_unix: _Optional[int] = ..., revocation_reason: _Optional[str] = ..., previous: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ...) -> None: ...
+    signed_rotation_request: bytes
+    custodial: bool
+    exported_at_unix: int
+    def __init__(self, spiffe_id: _Optional[str] = ..., node_id: _Optional[str] = ..., generation: _Optional[int] = ..., sig_key_id: _Optional[str] = ..., sig_algorithm: _Optional[str] = ..., mldsa_public_key: _Optional[bytes] = ..., ed25519_public_key: _Optional[bytes] = ..., kem_key_id: _Optional[str] = ..., kem_algorithm: _Optional[str] = ..., mlkem_public_key: _Optional[bytes] = ..., x25519_public_key: _Optional[bytes] = ..., not_before_unix: _Optional[int] = ..., not_after_unix: _Optional[int] = ..., revoked: _Optional[bool] = ..., root_signature: _Optional[bytes] = ..., root_key_id: _Optional[str] = ..., status: _Optional[str] = ..., signed_sig_record: _Optional[bytes] = ..., signed_kem_record: _Optional[bytes] = ..., retiring_until_unix: _Optional[float] = ..., retired_at_unix: _Optional[int] = ..., revoked_at_unix: _Optional[int] = ..., revocation_reason: _Optional[str] = ..., previous: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., signed_rotation_request: _Optional[bytes] = ..., custodial: _Optional[bool] = ..., exported_at_unix: _Optional[int] = ...) -> None: ...
 
 class IssueIdentityRequest(_message.Message):
-    __slots__ = ("node_id", "return_private")
+    __slots__ = ("node_id",)
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    RETURN_PRIVATE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    return_private: bool
-    def __init__(self, node_id: _Optional[str] = ..., return_private: _Optional[bool] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class IssueIdentityResponse(_message.Message):
-    __slots__ = ("record", "private_bundle")
+    __slots__ = ("record",)
     RECORD_FIELD_NUMBER: _ClassVar[int]
-    PRIVATE_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     record: KeyRecord
-    private_bundle: bytes
-    def __init__(self, record: _Optional[_Union[KeyRecord, _Mapping]] = ..., private_bundle: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, record: _Optional[_Union[KeyRecord, _Mapping]] = ...) -> None: ...
 
 class GetPublicKeysRequest(_message.Message):
     __slots__ = ("node_id",)
@@ -81,24 +83,28 @@ class GetPublicKeysRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
-    __slots__ = ("node_ids", "all", "overlap_s", "request_id", "include_operators")
+    __slots__ = ("node_ids", "all", "overlap_s", "request_id", "include_operators", "wait_s")
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_S_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_OPERATORS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     all: bool
     overlap_s: float
     request_id: str
     include_operators: bool
-    def __init__(self, node_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., overlap_s: _Optional[float] = ..., request_id: _Optional[str] = ..., include_operators: _Optional[bool] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., overlap_s: _Optional[float] = ..., request_id: _Optional[str] = ..., include_operators: _Optional[bool] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class RotateResponse(_message.Message):
-    __slots__ = ("records",)
+    __slots__ = ("records", "pending")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[KeyRecord]
-    def __init__(self, records: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ...) -> None: ...
+    pending: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, records: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., pending: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
     __slots__ = ("node_id", "reason")
@@ -144,23 +150,25 @@ class AttestResponse(_message.Message):
     status: str
     def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., key_id: _Optional[str] = ..., generation: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
 
-class GetPrivateBundleRequest(_message.Message):
-    __slots__ = ("node_id",)
+class ExportIdentityRequest(_message.Message):
+    __slots__ = ("node_id", "recipient_kem_public_key")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_KEM_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    recipient_kem_public_key: bytes
+    def __init__(self, node_id: _Optional[str] = ..., recipient_kem_public_key: _Optional[bytes] = ...) -> None: ...
 
-class GetPrivateBundlesRequest(_message.Message):
-    __slots__ = ("node_ids",)
-    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
-    node_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
-
-class GetPrivateBundlesResponse(_message.Message):
-    __slots__ = ("bundles",)
-    BUNDLES_FIELD_NUMBER: _ClassVar[int]
-    bundles: _containers.RepeatedCompositeFieldContainer[IssueIdentityResponse]
-    def __init__(self, bundles: _Optional[_Iterable[_Union[IssueIdentityResponse, _Mapping]]] = ...) -> None: ...
+class ExportIdentityResponse(_message.Message):
+    __slots__ = ("record", "wrapped_bundle", "recipient_key_id", "exported_at_unix")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    record: KeyRecord
+    wrapped_bundle: bytes
+    recipient_key_id: str
+    exported_at_unix: int
+    def __init__(self, record: _Optional[_Union[KeyRecord, _Mapping]] = ..., wrapped_bundle: _Optional[bytes] = ..., recipient_key_id: _Optional[str] = ..., exported_at_unix: _Optional[int] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -26,8 +26,11 @@ if _version_not_supported:
 
 
 class KeyvaultStub:
-    """Keyvault owns every key in the mesh. Private keys never leave it except
-    through IssueIdentity (once, to the node being provisioned).
+    """Keyvault certifies every key in the mesh. A node (or its mesh host) generates its own keys and keyvault
+    certifies the public halves (CertifyKeys); keyvault generates keys only for custodial identities
+    (IssueIdentity: operators, voters, offline edge nodes), whose private keys leave it only once, wrapped to a
+    recipient's ML-KEM-768 key (ExportIdentity). GetPrivateBundle / GetPrivateBundles (removed, issue #17)
+    handed private keys to mesh hosts; they no longer exist.
     """
 
     def __init__(self, channel):
@@ -71,26 +74,24 @@ class KeyvaultStub:
                 request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoRequest.SerializeToString,
                 response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoResponse.FromString,
                 _registered_method=True)
-        self.GetPrivateBundle = channel.unary_unary(
-                '/x0tta6bl4.v1.Keyvault/GetPrivateBundle',
-                request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.SerializeToString,
-                response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.FromString,
-                _registered_method=True)
-        self.GetPrivateBundles = channel.unary_unary(
-                '/x0tta6bl4.v1.Keyvault/GetPrivateBundles',
-                request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.SerializeToString,
-                response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.FromString,
-                _registered_method=True)
         self.CertifyKeys = channel.unary_unary(
                 '/x0tta6bl4.v1.Keyvault/CertifyKeys',
                 request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.CertifyKeysRequest.SerializeToString,
                 response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.KeyRecord.FromString,
                 _registered_method=True)
+        self.ExportIdentity = channel.unary_unary(
+                '/x0tta6bl4.v1.Keyvault/ExportIdentity',
+                request_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.ExportIdentityRequest.SerializeToString,
+                response_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.ExportIdentityResponse.FromString,
+                _registered_method=True)
 
 
 class KeyvaultServicer:
-    """Keyvault owns every key in the mesh. Private keys never leave it except
-    through IssueIdentity (once, to the node being provisioned).
+    """Keyvault certifies every key in the mesh. A node (or its mesh host) generates its own keys and keyvault
+    certifies the public halves (CertifyKeys); keyvault generates keys only for custodial identities
+    (IssueIdentity: operators, voters, offline edge nodes), whose private keys leave it only once, wrapped to a
+    recipient's ML-KEM-768 key (ExportIdentity). GetPrivateBundle / GetPrivateBundles (removed, issue #17)
+    handed private keys to mesh hosts; they no longer exist.
     """
 
     def IssueIdentity(self, request, context):
@@ -135,25 +136,19 @@ class KeyvaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetPrivateBundle(self, request, context):
-        """gRPC only (never over NATS): the private bundle of a node's current
-        generation, e.g. for the node agent after a rotation. Audited.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetPrivateBundles(self, request, context):
-        """The same for many nodes in one call (a host process reloading its nodes after
-        "rotate all"): bundles in the order of node_ids, at most 1000; gRPC only, audited.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def CertifyKeys(self, request, context):
         """CSR-style: certify public keys a node (or its mesh host) generated itself, with proof of
         possession; keyvault signs the records and never sees the private keys. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportIdentity(self, request, context):
+        """Offline edge provisioning (operators only, gRPC only, audited): the private bundle of a custodial
+        identity's current generation, wrapped to the recipient's ML-KEM-768 key (x0tta6bl4.pqc.wrap). Single
+        use: keyvault destroys its copy, the identity is node-held from then on; a second export fails
+        FAILED_PRECONDITION naming when it was exported.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,20 +192,15 @@ def add_KeyvaultServicer_to_server(servicer, server):
                     request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoRequest.FromString,
                     response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.InfoResponse.SerializeToString,
             ),
-            'GetPrivateBundle': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetPrivateBundle,
-                    request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.FromString,
-                    response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.SerializeToString,
-            ),
-            'GetPrivateBundles': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetPrivateBundles,
-                    request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.FromString,
-                    response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.SerializeToString,
-            ),
             'CertifyKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.CertifyKeys,
                     request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.CertifyKeysRequest.FromString,
                     response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.KeyRecord.SerializeToString,
+            ),
+            'ExportIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportIdentity,
+                    request_deserializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.ExportIdentityRequest.FromString,
+                    response_serializer=x0tta6bl4_dot_v1_dot_keyvault__pb2.ExportIdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,8 +211,11 @@ def add_KeyvaultServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Keyvault:
-    """Keyvault owns every key in the mesh. Private keys never leave it except
-    through IssueIdentity (once, to the node being provisioned).
+    """Keyvault certifies every key in the mesh. A node (or its mesh host) generates its own keys and keyvault
+    certifies the public halves (CertifyKeys); keyvault generates keys only for custodial identities
+    (IssueIdentity: operators, voters, offline edge nodes), whose private keys leave it only once, wrapped to a
+    recipient's ML-KEM-768 key (ExportIdentity). GetPrivateBundle / GetPrivateBundles (removed, issue #17)
+    handed private keys to mesh hosts; they no longer exist.
     """
 
     @staticmethod
@@ -415,60 +408,6 @@ class Keyvault:
             _registered_method=True)
 
     @staticmethod
-    def GetPrivateBundle(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/x0tta6bl4.v1.Keyvault/GetPrivateBundle',
-            x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundleRequest.SerializeToString,
-            x0tta6bl4_dot_v1_dot_keyvault__pb2.IssueIdentityResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetPrivateBundles(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/x0tta6bl4.v1.Keyvault/GetPrivateBundles',
-            x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesRequest.SerializeToString,
-            x0tta6bl4_dot_v1_dot_keyvault__pb2.GetPrivateBundlesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def CertifyKeys(request,
             target,
             options=(),
@@ -485,6 +424,33 @@ class Keyvault:
             '/x0tta6bl4.v1.Keyvault/CertifyKeys',
             x0tta6bl4_dot_v1_dot_keyvault__pb2.CertifyKeysRequest.SerializeToString,
             x0tta6bl4_dot_v1_dot_keyvault__pb2.KeyRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/x0tta6bl4.v1.Keyvault/ExportIdentity',
+            x0tta6bl4_dot_v1_dot_keyvault__pb2.ExportIdentityRequest.SerializeToString,
+            x0tta6bl4_dot_v1_dot_keyvault__pb2.ExportIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,8 +15,9 @@ import sys
 import grpc
 import pytest
 
+from tests.integration.keyvault.conftest import certify_new
 from x0tta6bl4.governance import Action, proposal_signing_payload, vote_signing_payload
-from x0tta6bl4.pqc import MLDSA65PrivateKey, NodeIdentity
+from x0tta6bl4.pqc import MLDSA65PrivateKey
 from x0tta6bl4.pqc import key_id as pqc_key_id
 from x0tta6bl4.runtime.locate import ADMIN_TOKEN_FILE, admin_metadata
 from x0tta6bl4.v1 import events_pb2
@@ -86,8 +87,7 @@ def test_register_voter_needs_the_admin_token(stack, stubs):
 def test_voter_key_comes_from_keyvault_and_signs_votes(stack, stubs):
     gov, kv = stubs
     admin = admin_metadata(directory=stack.data_dir)
-    issued = kv.IssueIdentity(kpb.IssueIdentityRequest(node_id="op-alice", return_private=True))
-    ident = NodeIdentity.import_private(issued.private_bundle)
+    ident, _ = certify_new(kv, "op-alice")     # the voter's keys generated here, certified by keyvault
     voter = f"spiffe://{TD}/node/op-alice"
     assert str(ident.uri) == voter
     mldsa = ident.signing.private.mldsa
@@ -108,13 +108,10 @@ def test_voter_key_comes_from_keyvault_and_signs_votes(stack, stubs):
 def test_ledger_follows_a_keyvault_key_rotation(stack, stubs):
     gov, kv = stubs
     admin = admin_metadata(directory=stack.data_dir)
-    issued = kv.IssueIdentity(kpb.IssueIdentityRequest(node_id="op-dave", return_private=True))
-    old = NodeIdentity.import_private(issued.private_bundle).signing.private.mldsa
+    old = certify_new(kv, "op-dave")[0].signing.private.mldsa
     voter = f"spiffe://{TD}/node/op-dave"
     gov.RegisterVoter(g.RegisterVoterRequest(voter=voter, balance=100), metadata=admin)
-    kv.Rotate(kpb.RotateRequest(node_ids=["op-dave"], overlap_s=1.0))
-    new = NodeIdentity.import_private(
-        kv.GetPrivateBundle(kpb.GetPrivateBundleRequest(node_id="op-dave")).private_bundle).signing.private.mldsa
+    new = certify_new(kv, "op-dave", 2, overlap_s=1.0)[0].signing.private.mldsa     # the holder rotates
     assert new.public_key().public_bytes() != old.public_key().public_bytes()
     # a proposal signed under the rotated key: the service finds keyvault's new root-signed record and records it
     p = _proposal(gov, voter, new)

@@ -14,11 +14,11 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from testkit import eventually_sync, scaled
 
+from tests.integration.keyvault.conftest import certify_new
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import decode
 from x0tta6bl4.bus.connection import NatsCredentials, connect_once
 from x0tta6bl4.governance import Action, cancel_signing_payload, proposal_signing_payload, vote_signing_payload
-from x0tta6bl4.pqc import NodeIdentity
 from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import governance_pb2 as g
@@ -40,8 +40,7 @@ def stubs(kv_gov_stubs):
 
 
 def _voter(gov, kv, stack, node_id: str):
-    issued = kv.IssueIdentity(kpb.IssueIdentityRequest(node_id=node_id, return_private=True))
-    key = NodeIdentity.import_private(issued.private_bundle).signing.private.mldsa
+    key = certify_new(kv, node_id)[0].signing.private.mldsa     # keys generated here, certified by keyvault
     voter = f"spiffe://{TD}/node/{node_id}"
     gov.RegisterVoter(g.RegisterVoterRequest(voter=voter, balance=400),
                       metadata=admin_metadata(directory=stack.data_dir))

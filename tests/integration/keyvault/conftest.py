@@ -3,6 +3,7 @@ mutual TLS as an operator (an SVID minted with the stack's CA key, see :func:`ch
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import time
 from dataclasses import dataclass
@@ -10,11 +11,37 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
+from x0tta6bl4.keyvault import certify as cert
+from x0tta6bl4.pqc import NodeIdentity, recipient_keygen, unwrap_bundle
 from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.runtime.stack import Stack, free_port
+from x0tta6bl4.v1 import keyvault_pb2 as pb
 from x0tta6bl4.v1 import keyvault_pb2_grpc
 
 TD = "x0tta6bl4.mesh"
+
+
+def certify_pb(ident: NodeIdentity, *, overlap_s: float = 0.0, nonce: bytes | None = None,
+               now: float | None = None) -> pb.CertifyKeysRequest:
+    """The CertifyKeys request a node (or its mesh host) sends for keys it generated itself."""
+    r = cert.certify_request(ident, nonce or os.urandom(16), now)
+    return pb.CertifyKeysRequest(node_id=r.node_id, signing_public_key=r.signing_public_key,
+                                 kem_public_key=r.kem_public_key, nonce=r.nonce, timestamp_unix=r.timestamp,
+                                 proof=r.proof, overlap_s=overlap_s)
+
+
+def certify_new(stub: keyvault_pb2_grpc.KeyvaultStub, node: str, generation: int = 1,
+                overlap_s: float = 0.0) -> tuple[NodeIdentity, pb.KeyRecord]:
+    """Generate ``node``'s keys here (as its mesh host would) and have keyvault certify them."""
+    ident = NodeIdentity.generate(TD, node, now=time.time(), generation=generation)
+    return ident, stub.CertifyKeys(certify_pb(ident, overlap_s=overlap_s), timeout=30)
+
+
+def export(stub: keyvault_pb2_grpc.KeyvaultStub, node: str) -> NodeIdentity:
+    """A custodial identity's private keys, exported (once) wrapped to a fresh recipient key and unwrapped here."""
+    priv, pub = recipient_keygen()
+    r = stub.ExportIdentity(pb.ExportIdentityRequest(node_id=node, recipient_kem_public_key=pub), timeout=10)
+    return NodeIdentity.import_private(unwrap_bundle(r.wrapped_bundle, priv)[1])
 
 
 def svid_for(stack: Stack, kind: str = "operator", name: str = "tester", ttl_s: float = 900) -> svids.Svid:

@@ -53,9 +53,14 @@ def test_a_host_certifies_keys_it_generated_and_keyvault_never_holds_them(fresh_
     rec = verify_signed(r1.signed_sig_record, MLDSA65PublicKey.from_bytes(info.root_public_key))
     assert isinstance(rec, PublicKeyRecord) and rec.key_id == g1.signing.key_id and rec.generation == 1
 
-    # keyvault holds no private key of c1: no export, and nothing private in replies or in the bucket
-    code, msg = error(h1.GetPrivateBundle, pb.GetPrivateBundleRequest(node_id="c1"))
+    # keyvault holds no private key of c1: nothing to export (and a host may not export at all), nothing
+    # private in replies or in the bucket
+    export = pb.ExportIdentityRequest(node_id="c1", recipient_kem_public_key=b"\0" * 1184)
+    code, msg = error(h1.ExportIdentity, export)
+    assert code == C.PERMISSION_DENIED and "ExportIdentity" in msg
+    code, msg = error(kv.stub.ExportIdentity, export)
     assert code == C.FAILED_PRECONDITION and "holds no private key" in msg
+    assert not r1.custodial
 
     # rotation: the host generates the next generation and keyvault certifies it; the old one retires
     g2 = NodeIdentity.generate(TD, "c1", now=time.time(), generation=2)

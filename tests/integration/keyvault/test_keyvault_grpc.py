@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.integration.keyvault.conftest import certify_new
 from x0tta6bl4.keyvault import sign_attestation
 from x0tta6bl4.pqc import MLDSA65PublicKey, NodeIdentity, backend_info, verify_record
 from x0tta6bl4.v1 import keyvault_pb2 as pb
@@ -43,7 +44,7 @@ def test_issue_get_list_and_errors(keyvault):
     r = s.IssueIdentity(pb.IssueIdentityRequest(node_id="alpha"), timeout=10)
     rec = r.record
     assert rec.spiffe_id == "spiffe://x0tta6bl4.mesh/node/alpha" and rec.generation == 1 and rec.status == "active"
-    assert not r.private_bundle  # only on request
+    assert rec.custodial and not rec.exported_at_unix     # keyvault generated the keys and keeps them
     assert len(rec.mldsa_public_key) == 1952 and len(rec.ed25519_public_key) == 32
     assert len(rec.mlkem_public_key) == 1184 and len(rec.x25519_public_key) == 32
     assert rec.not_after_unix > rec.not_before_unix
@@ -122,7 +123,7 @@ def test_revoke(keyvault):
     assert c == grpc.StatusCode.FAILED_PRECONDITION and "revoked" in msg
     c, _ = code_of(s.IssueIdentity, pb.IssueIdentityRequest(node_id="rv"))
     assert c == grpc.StatusCode.ALREADY_EXISTS
-    c, _ = code_of(s.GetPrivateBundle, pb.GetPrivateBundleRequest(node_id="rv"))
+    c, _ = code_of(s.ExportIdentity, pb.ExportIdentityRequest(node_id="rv", recipient_kem_public_key=b"\0" * 1184))
     assert c == grpc.StatusCode.FAILED_PRECONDITION
     out = s.Rotate(pb.RotateRequest(all=True, overlap_s=60), timeout=30)  # all skips revoked nodes
     assert "rv" not in {x.node_id for x in out.records}
@@ -130,9 +131,9 @@ def test_revoke(keyvault):
 
 def test_attest_good_and_bad(keyvault):
     s = keyvault.stub
-    r = s.IssueIdentity(pb.IssueIdentityRequest(node_id="at", return_private=True), timeout=10)
-    ident = NodeIdentity.import_private(r.private_bundle)
-    assert ident.signing.key_id == r.record.sig_key_id
+    ident, rec = certify_new(s, "at")              # keys generated here, certified by keyvault
+    r = pb.IssueIdentityResponse(record=rec)
+    assert ident.signing.key_id == r.record.sig_key_id and not rec.custodial
     ch = os.urandom(32)
     ok = s.Attest(pb.AttestRequest(node_id="at", challenge=ch, signature=sign_attestation(ident, ch)), timeout=10)
     assert ok.valid and ok.key_id == r.record.sig_key_id and ok.generation == 1 and ok.status == "active"
@@ -153,10 +154,9 @@ def test_attest_good_and_bad(keyvault):
                         timeout=10).valid
     c, _ = code_of(s.Attest, pb.AttestRequest(node_id="at", challenge=b"", signature=bytes(sig)))
     assert c == grpc.StatusCode.INVALID_ARGUMENT
-    # after a rotation: the new key (from GetPrivateBundle) is active, the old one accepted while retiring
-    s.Rotate(pb.RotateRequest(node_ids=["at"], overlap_s=60), timeout=30)
-    bundle = s.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="at"), timeout=10).private_bundle
-    new = NodeIdentity.import_private(bundle)
+    # after a rotation (the node certifies its next generation): the new key is active, the old one accepted
+    # while retiring
+    new, _ = certify_new(s, "at", 2, overlap_s=60)
     assert new.generation == 2
     a = s.Attest(pb.AttestRequest(node_id="at", challenge=ch, signature=sign_attestation(new, ch)), timeout=10)
     assert a.valid and a.generation == 2 and a.status == "active"
@@ -177,18 +177,54 @@ def test_cli_keys(keyvault, tmp_path, monkeypatch):
     app.add_typer(keys_app, name="keys")
     monkeypatch.setenv("X0TTA6BL4_DATA_DIR", str(keyvault.data_dir))   # meshctl finds the stack's CA there
     run = lambda *a: CliRunner().invoke(app, ["keys", *a, "--keyvault", keyvault.addr])  # noqa: E731
+    run_plain = lambda *a: CliRunner().invoke(app, ["keys", *a])  # noqa: E731   (offline commands)
+    flat = lambda r: " ".join(r.output.split())  # noqa: E731   (rich wraps long lines)
     r = run("info")
     assert r.exit_code == 0 and backend_info().name in r.output and "ML-DSA-65" in r.output
     bundle = tmp_path / "cli-node.key"
-    r = run("issue", "cli-node", "--private-out", str(bundle))
+    r = run("issue", "cli-node", "--private-out", str(bundle))       # generated here, certified by keyvault
     assert r.exit_code == 0, r.output
-    assert bundle.stat().st_mode & 0o777 == 0o600
+    assert bundle.stat().st_mode & 0o777 == 0o600 and "keyvault holds no copy" in flat(r)
+    ident = NodeIdentity.import_private(bundle.read_bytes())
+    assert keyvault.stub.GetPublicKeys(pb.GetPublicKeysRequest(node_id="cli-node"),
+                                       timeout=10).sig_key_id == ident.signing.key_id
+    r = run("issue", "cli-node", "--private-out", str(bundle))
+    assert r.exit_code == 1 and "exists; refusing to overwrite" in flat(r)
+    r = run("issue", "cli-revoked", "--private-out", str(tmp_path / "x.key"))
+    assert r.exit_code == 0 and run("revoke", "cli-revoked").exit_code == 0
+    r = run("issue", "cli-revoked", "--private-out", str(tmp_path / "y.key"))      # refused: no stray key file
+    assert r.exit_code == 1 and "FAILED_PRECONDITION" in flat(r) and not (tmp_path / "y.key").exists()
     r = run("attest", "cli-node", "--identity", str(bundle))
     assert r.exit_code == 0 and "valid" in r.output
-    assert run("rotate", "cli-node", "--overlap", "60").exit_code == 0
-    r = run("show", "cli-node")
+    # the node holds its keys: keyvault asks it to rotate (nobody answers here: pending)
+    r = run("rotate", "cli-node", "--overlap", "60", "--wait", "-1")
+    assert r.exit_code == 0 and "rotation pending" in flat(r) and "cli-node" in flat(r), r.output
+    # a custodial identity rotates at once
+    r = run("issue", "cli-cust")
+    assert r.exit_code == 0 and "custodial" in flat(r)
+    assert run("rotate", "cli-cust", "--overlap", "60").exit_code == 0
+    r = run("show", "cli-cust")
     assert r.exit_code == 0 and "retiring" in r.output
     assert run("list").exit_code == 0
+    # offline edge provisioning: recipient key pair, export wrapped (once), unwrap, the bundle attests
+    rkey = tmp_path / "edge.key"
+    r = run_plain("recipient-keygen", str(rkey))
+    assert r.exit_code == 0 and rkey.stat().st_mode & 0o777 == 0o600 and len(rkey.with_suffix(".pub").read_bytes()) \
+        == 1184, r.output
+    wrapped = tmp_path / "cli-cust.wrapped"
+    r = run("export", "cli-cust", "--recipient", str(rkey.with_suffix(".pub")), "--out", str(wrapped))
+    assert r.exit_code == 0 and "single use" in flat(r), r.output
+    unwrapped = tmp_path / "cli-cust.bundle"
+    r = run_plain("unwrap", str(wrapped), "--recipient-key", str(rkey), "--out", str(unwrapped))
+    assert r.exit_code == 0 and unwrapped.stat().st_mode & 0o777 == 0o600, r.output
+    r = run("attest", "cli-cust", "--identity", str(unwrapped))
+    assert r.exit_code == 0 and "valid" in r.output
+    r = run("export", "cli-cust", "--recipient", str(rkey.with_suffix(".pub")), "--out", str(tmp_path / "again"))
+    assert r.exit_code == 1 and "already exported" in flat(r) and not (tmp_path / "again").exists()
+    other = tmp_path / "other.key"
+    assert run_plain("recipient-keygen", str(other)).exit_code == 0
+    r = run_plain("unwrap", str(wrapped), "--recipient-key", str(other), "--out", str(tmp_path / "z"))
+    assert r.exit_code == 1 and "cannot unwrap" in flat(r) and "Traceback" not in r.output
     r = run("revoke", "cli-node", "--reason", "cli test")
     assert r.exit_code == 0 and "revoked" in r.output
     r = run("show", "NOPE")

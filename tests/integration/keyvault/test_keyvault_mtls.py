@@ -23,9 +23,10 @@ import pytest
 from cryptography import x509
 from testkit import eventually, eventually_sync, violations
 
-from tests.integration.keyvault.conftest import TD, svid_for
+from tests.integration.keyvault.conftest import TD, certify_new, certify_pb, svid_for
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.keyvault.svid import SvidIssuer, spiffe_id, spiffe_id_of
+from x0tta6bl4.pqc import NodeIdentity
 from x0tta6bl4.rpc import svid as svids
 from x0tta6bl4.runtime.secrets import make_ca
 from x0tta6bl4.runtime.stack import Stack
@@ -169,28 +170,30 @@ def host_svid(stack: Stack, host: str) -> svids.Svid:
     return asyncio.run(go())
 
 
-def test_a_mesh_host_reads_only_its_own_nodes_bundles(stack):
+def test_a_mesh_host_certifies_only_its_own_nodes_keys_and_exports_nothing(stack):
     h1 = kv_stub(stack, host_svid(stack, "h1"))
-    r = h1.GetPrivateBundles(pb.GetPrivateBundlesRequest(node_ids=["a0", "a1"]), timeout=10)
-    assert [b.record.node_id for b in r.bundles] == ["a0", "a1"] and all(b.private_bundle for b in r.bundles)
-    code, msg = error(h1.GetPrivateBundle, pb.GetPrivateBundleRequest(node_id="b0"))
+    ident, _ = certify_new(h1, "a0", 2, overlap_s=30)         # the host generated a0's next generation
+    assert h1.GetPublicKeys(pb.GetPublicKeysRequest(node_id="a0"), timeout=10).sig_key_id == ident.signing.key_id
+    req = certify_pb(NodeIdentity.generate(TD, "b0", now=time.time(), generation=2))
+    code, msg = error(h1.CertifyKeys, req)
     assert code == C.PERMISSION_DENIED and "host h1 may act only for its nodes (a0, a1); not b0" in msg
-    code, msg = error(h1.GetPrivateBundles, pb.GetPrivateBundlesRequest(node_ids=["a0", "b0"]))
-    assert code == C.PERMISSION_DENIED and "not b0" in msg
+    code, msg = error(h1.ExportIdentity, pb.ExportIdentityRequest(node_id="a1", recipient_kem_public_key=b"k"))
+    assert code == C.PERMISSION_DENIED and "may not call ExportIdentity" in msg
     node = kv_stub(stack, svid_for(stack, "node", "a0"))
     assert node.GetPublicKeys(pb.GetPublicKeysRequest(node_id="a0"), timeout=10).node_id == "a0"
     code, msg = error(node.GetPublicKeys, pb.GetPublicKeysRequest(node_id="a1"))
     assert code == C.PERMISSION_DENIED and "only its own records" in msg
     denied = audited(stack, "keyvault", "policy.denied")
-    mine = [e for e in denied if e.subject_id == f"spiffe://{TD}/host/h1"]
-    assert {e.details["method"] for e in mine} >= {"x0tta6bl4.v1.Keyvault/GetPrivateBundle",
-                                                   "x0tta6bl4.v1.Keyvault/GetPrivateBundles"}
-    assert all(e.details["caller"] == f"spiffe://{TD}/host/h1" and "not b0" in e.details["reason"] for e in mine)
+    mine = {e.details["method"]: e for e in denied if e.subject_id == f"spiffe://{TD}/host/h1"}
+    assert {"x0tta6bl4.v1.Keyvault/CertifyKeys", "x0tta6bl4.v1.Keyvault/ExportIdentity"} <= set(mine)
+    assert all(e.details["caller"] == f"spiffe://{TD}/host/h1" for e in mine.values())
+    assert "not b0" in mine["x0tta6bl4.v1.Keyvault/CertifyKeys"].details["reason"]
+
     def allowed_audited():              # allowed calls are audited off the call's path: wait for it
         return [e for e in audited(stack, "keyvault", "policy.allowed")
-                if e.details.get("method") == "x0tta6bl4.v1.Keyvault/GetPrivateBundles"
+                if e.details.get("method") == "x0tta6bl4.v1.Keyvault/CertifyKeys"
                 and e.subject_id == f"spiffe://{TD}/host/h1"]
-    allowed = eventually_sync(allowed_audited, 15, 0.2, what="the allowed GetPrivateBundles audited")
+    allowed = eventually_sync(allowed_audited, 15, 0.2, what="the allowed CertifyKeys audited")
     assert allowed[-1].details["reason"] == "host h1: its assigned nodes"
 
 

@@ -2,17 +2,19 @@
 ``keys``, rotation overlap and the audit trail, against a real keyvault process."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
 import pytest
 
+from tests.integration.keyvault.conftest import certify_new
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.kvwatch import next_update, watch_bucket
 from x0tta6bl4.bus.reader import kv_snapshot
 from x0tta6bl4.keyvault import KeyDirectory, sign_attestation, verify_entry
 from x0tta6bl4.keyvault.distribution import BUCKET
-from x0tta6bl4.pqc import InvalidRecord, InvalidSignature, KeyRevoked, MLDSA65PublicKey, NodeIdentity, PQCError
+from x0tta6bl4.pqc import InvalidRecord, InvalidSignature, KeyRevoked, MLDSA65PublicKey, PQCError
 from x0tta6bl4.v1 import events_pb2
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 
@@ -43,7 +45,8 @@ def test_nats_request_reply_rotate_revoke(keyvault):
         for method, req in [("Revoke", pb.RevokeRequest(node_id="ghost")),
                             ("Rotate", pb.RotateRequest(node_ids=["nx2"])),
                             ("Rotate", pb.RotateRequest(node_ids=["Not Valid"])),
-                            ("IssueIdentity", pb.IssueIdentityRequest(node_id="nx3", return_private=True)),
+                            ("ExportIdentity", pb.ExportIdentityRequest(node_id="nx1",
+                                                                        recipient_kem_public_key=b"\0" * 1184)),
                             ("Frobnicate", pb.InfoRequest())]:
             r = await nc.request(rpc(method), req.SerializeToString(), timeout=10)
             errors[(method, r.headers["X0-Error-Code"])] = r.headers["X0-Error"]
@@ -56,7 +59,7 @@ def test_nats_request_reply_rotate_revoke(keyvault):
 
     errors = keyvault.nats(go)
     assert set(errors) == {("Revoke", "NOT_FOUND"), ("Rotate", "FAILED_PRECONDITION"), ("Rotate", "INVALID_ARGUMENT"),
-                           ("IssueIdentity", "PERMISSION_DENIED"), ("Frobnicate", "UNIMPLEMENTED"),
+                           ("ExportIdentity", "PERMISSION_DENIED"), ("Frobnicate", "UNIMPLEMENTED"),
                            ("garbage", "INVALID_ARGUMENT")}
     assert errors[("Revoke", "NOT_FOUND")].startswith("NOT_FOUND: ") and "ghost" in errors[("Revoke", "NOT_FOUND")]
     assert "revoked" in errors[("Rotate", "FAILED_PRECONDITION")]
@@ -96,12 +99,13 @@ def test_kv_records_verify_with_root_and_tampering_fails(keyvault):
 
 
 def test_rotation_overlap_retiring_then_retired_pushed_to_watchers(keyvault):
-    """Overlap 1 s: old key listed as retiring and still in the KV, then retired and removed;
-    a watcher (a node agent's KeyDirectory) gets every change without polling."""
+    """A node holding its own keys, rotated over NATS as the executor does: keyvault publishes the rotation request,
+    the watcher (playing the node's mesh host) answers it by certifying the next generation and Rotate returns it.
+    Overlap 1 s: old key listed as retiring and still in the KV, then retired and removed; a watcher (a node
+    agent's KeyDirectory) gets every change without polling."""
     s = keyvault.stub
-    r = s.IssueIdentity(pb.IssueIdentityRequest(node_id="ov", return_private=True), timeout=10)
-    old_ident = NodeIdentity.import_private(r.private_bundle)
-    old_sig = r.record.sig_key_id
+    old_ident, rec = certify_new(s, "ov")
+    old_sig = rec.sig_key_id
     root = root_of(keyvault)
 
     async def go(nc):
@@ -112,11 +116,9 @@ def test_rotation_overlap_retiring_then_retired_pushed_to_watchers(keyvault):
                 directory.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
         assert directory.lookup(old_sig) is not None
         t0 = time.monotonic()
-        rep = await nc.request(rpc("Rotate"), pb.RotateRequest(node_ids=["ov"], overlap_s=1.0).SerializeToString(),
-                               timeout=10)
-        new = pb.RotateResponse.FromString(rep.data).records[0]
-        assert new.previous[0].status == "retiring" and new.previous[0].sig_key_id == old_sig
-        events = []
+        rotate = asyncio.create_task(nc.request(rpc("Rotate"), pb.RotateRequest(
+            node_ids=["ov"], overlap_s=1.0, wait_s=20).SerializeToString(), timeout=30))
+        events: list = []
 
         async def pump(until):
             while not until():
@@ -126,7 +128,18 @@ def test_rotation_overlap_retiring_then_retired_pushed_to_watchers(keyvault):
                 events.append((round(time.monotonic() - t0, 3), e.key, e.operation))
                 directory.apply(e.key, e.value, deleted=e.operation in ("DEL", "PURGE"))
 
-        await pump(lambda: directory.lookup(new.sig_key_id) is not None)
+        # the mesh host's part: the request arrives in the watch; generate generation 2 and certify it
+        await pump(lambda: directory.rotation("ov") is not None)
+        req = directory.rotation("ov")
+        assert (req.from_generation, req.overlap_s) == (1, 1.0)
+        new_ident, _ = await asyncio.to_thread(certify_new, s, "ov", req.from_generation + 1)
+        rep = await rotate
+        assert not (rep.headers or {}).get("X0-Error"), rep.headers
+        reply = pb.RotateResponse.FromString(rep.data)
+        new = reply.records[0]
+        assert not reply.pending and new.generation == 2 and new.sig_key_id == new_ident.signing.key_id
+        assert new.previous[0].status == "retiring" and new.previous[0].sig_key_id == old_sig
+        await pump(lambda: directory.lookup(new.sig_key_id) is not None and directory.rotation("ov") is None)
         t_new = time.monotonic() - t0
         # overlap: both generations accepted, old one listed as retiring
         assert directory.lookup(old_sig) is not None

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from testkit import eventually_sync
 
+from tests.integration.keyvault.conftest import certify_new, export
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.reader import kv_snapshot
 from x0tta6bl4.keyvault import sign_attestation, verify_entry
@@ -81,25 +82,23 @@ def test_two_replicas_separate_dirs_share_every_identity(replicas, master_env):
     assert a.data_dir != b.data_dir
     ia = a.stub.Info(pb.InfoRequest(), timeout=10)
     assert ia.root_public_key == b.stub.Info(pb.InfoRequest(), timeout=10).root_public_key  # one root
-    # issue through A, read and attest through B
-    r = a.stub.IssueIdentity(pb.IssueIdentityRequest(node_id="n1", return_private=True), timeout=10)
-    ident = NodeIdentity.import_private(r.private_bundle)
+    # certify (keys generated here) through A, read and attest through B
+    ident, rec = certify_new(a.stub, "n1")
     got = b.stub.GetPublicKeys(pb.GetPublicKeysRequest(node_id="n1"), timeout=10)
-    assert (got.sig_key_id, got.kem_key_id, got.generation) == (r.record.sig_key_id, r.record.kem_key_id, 1)
+    assert (got.sig_key_id, got.kem_key_id, got.generation) == (rec.sig_key_id, rec.kem_key_id, 1)
     assert attest(b.stub, "n1", ident).valid
     with pytest.raises(grpc.RpcError) as ei:
         b.stub.IssueIdentity(pb.IssueIdentityRequest(node_id="n1"), timeout=10)
     assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    # rotate through B: A serves the new key (and the same private bundle)
-    rot = b.stub.Rotate(pb.RotateRequest(node_ids=["n1"], overlap_s=600), timeout=30).records[0]
-    assert rot.generation == 2
-    ga = a.stub.GetPublicKeys(pb.GetPublicKeysRequest(node_id="n1"), timeout=10)
-    assert (ga.generation, ga.sig_key_id) == (2, rot.sig_key_id) and ga.previous[0].status == "retiring"
-    bundle = a.stub.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="n1"), timeout=10).private_bundle
-    assert bundle == b.stub.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="n1"), timeout=10).private_bundle
-    new_ident = NodeIdentity.import_private(bundle)
-    assert new_ident.generation == 2
-    assert attest(a.stub, "n1", new_ident).valid and attest(a.stub, "n1", ident).valid  # overlap: both accepted
+    # rotate through B: a request (n1 holds its keys) that A serves too; the node answers it through A
+    rot = b.stub.Rotate(pb.RotateRequest(node_ids=["n1"], overlap_s=600, wait_s=-1), timeout=30)
+    assert list(rot.pending) == ["n1"] and rot.records[0].status == "rotation_pending"
+    assert a.stub.GetPublicKeys(pb.GetPublicKeysRequest(node_id="n1"), timeout=10).signed_rotation_request
+    new_ident, _ = certify_new(a.stub, "n1", 2)
+    gb = b.stub.GetPublicKeys(pb.GetPublicKeysRequest(node_id="n1"), timeout=10)
+    assert (gb.generation, gb.sig_key_id) == (2, new_ident.signing.key_id) and gb.previous[0].status == "retiring"
+    assert not gb.signed_rotation_request and gb.previous[0].retiring_until_unix > rec.not_before_unix + 500
+    assert attest(b.stub, "n1", new_ident).valid and attest(b.stub, "n1", ident).valid  # overlap: both accepted
     # request ids are shared: a retry through the other replica does not rotate again
     b.stub.IssueIdentity(pb.IssueIdentityRequest(node_id="n2"), timeout=10)
     assert a.stub.Rotate(pb.RotateRequest(node_ids=["n2"], request_id="req-1"), timeout=30).records[0].generation == 2
@@ -127,13 +126,14 @@ def test_two_replicas_separate_dirs_share_every_identity(replicas, master_env):
     # the shared state never holds a private key in the clear
     state = bucket(a, STATE_BUCKET)
     assert set(state) == {"root", "requests", "node.n1", "node.n2"}
-    bundle2 = a.stub.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="n2"), timeout=10).private_bundle
+    held = export(b.stub, "n2")             # the custodial n2's keys, as keyvault held them (sealed)
+    assert held.generation == 2
     for v in state.values():
         assert v[:4] == b"X0KS"
-        for secret in (bundle, bundle2, r.private_bundle):
+        for secret in (ident.export_private_unsafe(), new_ident.export_private_unsafe(), held.export_private_unsafe()):
             for i in range(0, len(secret) - 32, 32):
                 assert secret[i:i + 32] not in v
-        assert b'"node_id"' not in v and b"spiffe://" not in v       # no metadata in the clear either
+        assert b'"node_id"' not in v and b"spiffe://" not in v and b'"private"' not in v   # no metadata either
 
 
 def test_concurrent_rotations_through_two_replicas_do_not_fork(replicas, master_env):
@@ -163,8 +163,7 @@ def test_concurrent_rotations_through_two_replicas_do_not_fork(replicas, master_
         chain = {(r.generation, r.sig_key_id) for rep in replies for r in rep.records if r.node_id == n}
         assert len(chain) == 2 * rounds and len({g for g, _ in chain}) == 2 * rounds  # no generation twice
         assert (sa[n][0], sa[n][2]) in chain
-    pa = a.stub.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="c0"), timeout=10).private_bundle
-    assert pa == b.stub.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="c0"), timeout=10).private_bundle
+    assert export(b.stub, "c0").signing.key_id == sa["c0"][2]      # the private keys match the chain's head
     check_keys_bucket(a, a.stub)
     assert "lost to another replica" in a.log_text() + b.log_text()  # the race did happen
 
@@ -172,10 +171,8 @@ def test_concurrent_rotations_through_two_replicas_do_not_fork(replicas, master_
 def test_kill9_mid_rotation_restart_and_a_new_empty_replica(replicas, master_env):
     a, b = replicas("a", master_env), replicas("b", master_env)
     nodes = [f"k{i}" for i in range(30)]
-    bundles = {}
     for n in nodes:
-        bundles[n] = a.stub.IssueIdentity(pb.IssueIdentityRequest(node_id=n, return_private=True),
-                                          timeout=10).private_bundle
+        a.stub.IssueIdentity(pb.IssueIdentityRequest(node_id=n), timeout=10)
     a.stub.Revoke(pb.RevokeRequest(node_id="k29", reason="gone"), timeout=10)
     before = snapshot(a.stub)
     # kill -9 B while it rotates everything: once it has committed an identity (B writes its local copy
@@ -194,10 +191,9 @@ def test_kill9_mid_rotation_restart_and_a_new_empty_replica(replicas, master_env
     assert set(after) == set(before)
     for n in nodes[:-1]:   # each identity before or after its rotation, never in between
         assert after[n] == before[n] or (after[n][0] == 2 and after[n][5][0][2] == before[n][2]), n
-        bundle = a.stub.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id=n), timeout=10).private_bundle
-        ident = NodeIdentity.import_private(bundle)
+    for n in nodes[1:-1]:  # and the private keys keyvault holds are that generation's (k0 stays custodial)
+        ident = export(a.stub, n)
         assert ident.generation == after[n][0] and attest(a.stub, n, ident).valid
-        assert attest(a.stub, n, NodeIdentity.import_private(bundles[n])).valid   # gen 1: active or retiring
     assert after["k29"][1] == "revoked"
     # A repairs the public records of changes B committed but may not have published
     eventually_sync(settled(lambda: check_keys_bucket(a, a.stub)), timeout=8, interval=0.3)

@@ -8,10 +8,11 @@ import grpc
 import pytest
 from testkit import eventually_sync
 
+from tests.integration.keyvault.conftest import export
 from x0tta6bl4.bus.reader import kv_snapshot
 from x0tta6bl4.keyvault import sign_attestation, verify_entry
 from x0tta6bl4.keyvault.distribution import BUCKET
-from x0tta6bl4.pqc import MLDSA65PublicKey, NodeIdentity
+from x0tta6bl4.pqc import MLDSA65PublicKey
 from x0tta6bl4.v1 import keyvault_pb2 as pb
 
 
@@ -29,10 +30,8 @@ def test_kill9_restart_keeps_identities_generations_revocations(fresh_keyvault):
     # generated master key file: 0600, announced once, never logged
     mk_file = kv.data_dir / "keys" / "keyvault-master.key"
     assert mk_file.stat().st_mode & 0o777 == 0o600
-    bundles = {}
     for i in range(6):
-        bundles[f"k{i}"] = s.IssueIdentity(pb.IssueIdentityRequest(node_id=f"k{i}", return_private=True),
-                                           timeout=10).private_bundle
+        s.IssueIdentity(pb.IssueIdentityRequest(node_id=f"k{i}"), timeout=10)
     s.Rotate(pb.RotateRequest(node_ids=["k0", "k1"], overlap_s=3600), timeout=30)
     s.Rotate(pb.RotateRequest(node_ids=["k1"], overlap_s=3600), timeout=30)
     s.Rotate(pb.RotateRequest(node_ids=["k3"], overlap_s=1), timeout=30)   # retires while keyvault is down
@@ -51,18 +50,17 @@ def test_kill9_restart_keeps_identities_generations_revocations(fresh_keyvault):
         assert after[n] == before[n], n
     assert after["k1"][0] == 3 and after["k0"][5][0][1] == "retiring" and after["k2"][1] == "revoked"
     assert after["k3"][:3] == before["k3"][:3] and after["k3"][5][0][1] == "retired"
-    # private keys survived: attest with the issued bundle of a never-rotated node
+    # private keys survived: export (wrapped) and attest with a never-rotated node's keys and a rotated one's
     ch = os.urandom(16)
-    ident = NodeIdentity.import_private(bundles["k4"])
+    ident = export(kv.stub, "k4")
     assert kv.stub.Attest(pb.AttestRequest(node_id="k4", challenge=ch, signature=sign_attestation(ident, ch)),
                           timeout=10).valid
-    bundle = kv.stub.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="k1"), timeout=10).private_bundle
-    assert NodeIdentity.import_private(bundle).generation == 3
+    assert export(kv.stub, "k1").generation == 3
     with pytest.raises(grpc.RpcError) as ei:
         kv.stub.Rotate(pb.RotateRequest(node_ids=["k2"]), timeout=10)
     assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     # rotation continues from the persisted generation
-    assert kv.stub.Rotate(pb.RotateRequest(node_ids=["k1"]), timeout=30).records[0].generation == 4
+    assert kv.stub.Rotate(pb.RotateRequest(node_ids=["k0"]), timeout=30).records[0].generation == 3
     # the KV still verifies against the same root, revocations included
     root = MLDSA65PublicKey.from_bytes(info.root_public_key)
 
@@ -90,12 +88,15 @@ def test_master_key_from_env_never_logged_and_wrong_key_refused(fresh_keyvault):
     raw = os.urandom(32)
     b64 = base64.b64encode(raw).decode()
     kv = fresh_keyvault(env={"X0TTA6BL4_MASTER_KEY": b64, "X0TTA6BL4_LOG_LEVEL": "DEBUG"}, name="envkey")
-    kv.stub.IssueIdentity(pb.IssueIdentityRequest(node_id="e1"), timeout=10)
+    for n in ("e1", "e2"):
+        kv.stub.IssueIdentity(pb.IssueIdentityRequest(node_id=n), timeout=10)
     assert not (kv.data_dir / "keys" / "keyvault-master.key").exists()
-    # the keystore holds no plaintext: the node's private export does not appear on disk
-    bundle = kv.stub.GetPrivateBundle(pb.GetPrivateBundleRequest(node_id="e1"), timeout=10).private_bundle
+    # the keystore holds no plaintext: no private bundle (its magic), no record on disk while keyvault holds
+    # e1's and e2's keys; once e1 is exported its keys are gone from the disk too
+    bundle = export(kv.stub, "e1").export_private_unsafe()
     for f in (kv.data_dir / "keyvault").iterdir():
         data = f.read_bytes()
+        assert b"x0tta6bl4/node-identity/private/v1" not in data and b"spiffe://" not in data
         assert bundle[40:80] not in data and f.stat().st_mode & 0o777 == 0o600
     # restart with a wrong master key: refused with one clear line, nothing overwritten
     sp = next(p for p in kv.stack.procs if p.name == "keyvault")

@@ -49,23 +49,35 @@ def test_a_node_reads_only_its_own_records(engine):
     assert engine.decide(N0, kv("GetPublicKeys"), pb.GetPublicKeysRequest(node_id="n0")).allowed
     d = engine.decide(N0, kv("GetPublicKeys"), pb.GetPublicKeysRequest(node_id="n1"))
     assert not d.allowed and "only its own records" in d.reason and "n1" in d.reason
-    assert engine.decide(N0, kv("GetPrivateBundle"), pb.GetPrivateBundleRequest(node_id="n0")).allowed
-    assert not engine.decide(N0, kv("GetPrivateBundle"), pb.GetPrivateBundleRequest(node_id="n5")).allowed
-    d = engine.decide(N0, kv("GetPrivateBundles"), pb.GetPrivateBundlesRequest(node_ids=["n0", "n1"]))
+    assert engine.decide(N0, kv("CertifyKeys"), pb.CertifyKeysRequest(node_id="n0")).allowed
+    d = engine.decide(N0, kv("CertifyKeys"), pb.CertifyKeysRequest(node_id="n1"))
     assert not d.allowed and "n1" in d.reason
     assert not engine.decide(N0, kv("ListIdentities"), pb.ListIdentitiesRequest()).allowed
 
 
 def test_a_mesh_host_acts_only_for_its_assigned_nodes(engine):
-    ok = engine.decide(H1, kv("GetPrivateBundles"), pb.GetPrivateBundlesRequest(node_ids=["n0", "n1"]))
+    ok = engine.decide(H1, kv("CertifyKeys"), pb.CertifyKeysRequest(node_id="n1"))
     assert ok.allowed and ok.reason == "host h1: its assigned nodes"
-    d = engine.decide(H1, kv("GetPrivateBundles"), pb.GetPrivateBundlesRequest(node_ids=["n0", "n5"]))
+    d = engine.decide(H1, kv("CertifyKeys"), pb.CertifyKeysRequest(node_id="n5"))
     assert not d.allowed and "n0, n1" in d.reason and "not n5" in d.reason
-    assert engine.decide(H1, kv("IssueIdentity"), pb.IssueIdentityRequest(node_id="n1")).allowed   # enrolment
-    assert not engine.decide(H1, kv("IssueIdentity"), pb.IssueIdentityRequest(node_id="n9")).allowed
-    d = engine.decide(f"spiffe://{TD}/host/h3", kv("GetPrivateBundle"), pb.GetPrivateBundleRequest(node_id="n0"))
+    assert engine.decide(H1, kv("GetPublicKeys"), pb.GetPublicKeysRequest(node_id="n1")).allowed
+    # a host certifies the keys it generated; it enrols no custodial identity
+    assert not engine.decide(H1, kv("IssueIdentity"), pb.IssueIdentityRequest(node_id="n1")).allowed
+    d = engine.decide(f"spiffe://{TD}/host/h3", kv("CertifyKeys"), pb.CertifyKeysRequest(node_id="n0"))
     assert not d.allowed and "no nodes" in d.reason            # a host nobody assigned anything to
     assert not engine.decide(H1, kv("Rotate"), pb.RotateRequest(node_ids=["n0"])).allowed
+
+
+def test_private_keys_only_through_export_by_an_operator(engine):
+    """Nobody gets private keys but an operator provisioning an offline edge node (ExportIdentity)."""
+    req = pb.ExportIdentityRequest(node_id="n0", recipient_kem_public_key=b"k")
+    assert engine.decide(OP, kv("ExportIdentity"), req).allowed
+    for other in (N0, H1, EXECUTOR, GOV):
+        d = engine.decide(other, kv("ExportIdentity"), req)
+        assert not d.allowed and "ExportIdentity" in d.reason, other
+    for gone in ("GetPrivateBundle", "GetPrivateBundles"):
+        d = engine.decide(OP, kv(gone), None)
+        assert not d.allowed and "no policy rule" in d.reason
 
 
 def test_issue_rotate_revoke_need_an_operator_or_the_executor(engine):
@@ -120,19 +132,16 @@ def test_every_bus_identity_allowed_to_publish_a_keyvault_method_is_allowed_by_t
     from services.keyvault.rpc import bus_callers
     for method in pb.DESCRIPTOR.services_by_name["Keyvault"].methods_by_name:
         for caller in bus_callers(method, TD):
-            req = {"GetPrivateBundle": pb.GetPrivateBundleRequest(node_id="n0"),
-                   "GetPrivateBundles": pb.GetPrivateBundlesRequest(node_ids=["n0"])}.get(method)
-            if req is None:
-                req = getattr(pb, f"{method}Request", None)
-                req = req() if req is not None else None
+            req = getattr(pb, f"{method}Request", None)
+            req = req() if req is not None else None
             if method in ("Rotate",):
                 req = pb.RotateRequest(node_ids=["n0"])
-            if method in ("Revoke", "IssueIdentity", "GetPublicKeys"):
+            if method in ("Revoke", "IssueIdentity", "GetPublicKeys", "CertifyKeys", "ExportIdentity"):
                 req = getattr(pb, f"{method}Request")(node_id="n0")
             assert engine.decide(caller, f"{KEYVAULT}/{method}", req).allowed, (method, caller)
     # and the executor is among the NATS callers of Rotate and Revoke, a mesh host is among none
     assert EXECUTOR in bus_callers("Rotate", TD) and EXECUTOR in bus_callers("Revoke", TD)
-    assert not any("/host/" in c for m in ("Rotate", "GetPrivateBundles") for c in bus_callers(m, TD))
+    assert not any("/host/" in c for m in ("Rotate", "ExportIdentity") for c in bus_callers(m, TD))
     assert permissions.OPERATOR in {c.rsplit("/", 1)[-1] for c in bus_callers("Info", TD)}
 
 
