@@ -2,6 +2,7 @@
 
     meshctl mesh up --nodes 50 --topology grid [--seed N] [--traffic n0:n49] [--netns] [--detach]
     meshctl mesh status [--node n7] [--wide]
+    meshctl mesh drain n4 [--stop] | meshctl mesh undrain n4
     meshctl mesh down
     meshctl fault kill n7 | partition n3 n4 | loss n5 30 | latency n5 80 | flap n5 [--peer n6] | heal [n7]
 
@@ -18,6 +19,15 @@ in ``<data-dir>/mesh.json``:
 
 Every ``fault`` is a MeshCommand request on ``mesh.cmd.<node>``; whichever host
 runs the node answers, so the CLI is the same in both modes.
+
+Planned maintenance is not a failure: ``mesh down`` and ``mesh drain NODE`` first announce it on the bus
+(MeshEvent ``maintenance.start`` on ``mesh.event.<node>``, stored in stream MESH; the monitor records it in
+its ``health`` bucket, so replicas and restarts know) and wait for the monitor to have recorded it; only then
+is the host stopped, or the node drained (every other node avoids it; ``--stop`` also stops its agent). The
+loop starts no repair for a node in maintenance. ``mesh undrain NODE`` revives it, lets every node route
+through it again and ends the maintenance (``maintenance.end``). ``mesh up`` gives the mesh a new
+generation (recorded in ``mesh.json``, carried by every report): the actions planned for an old mesh are
+refused by the new one's hosts, and its maintenance does not cover the new one.
 
 On a secured stack (``meshctl up``, any embedded stack: ``<data-dir>/stack.json`` or ``nats.json``) every
 host process gets its own bus identity for exactly its nodes (``mesh-host-mesh``, or ``mesh-host-mesh-<i>``
@@ -275,6 +285,9 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
               "x0tta6bl4.mesh.cluster" if hosts > 1 else "x0tta6bl4.mesh.host")
     cmd = [sys.executable, "-m", module, "--nats", url, "--topology", spec, "--seed", str(seed),
            "--rate", str(rate), "--data-dir", str(data_dir)]
+    generation = "" if netns else f"{MESH_HOST}@{int(time.time() * 1000)}"   # this mesh's (see the module doc)
+    if generation:
+        cmd += ["--generation", generation]
     if hosts > 1:
         from x0tta6bl4.mesh.cluster import partition
         identities = {f"{MESH_HOST}-{i}": shard for i, shard in enumerate(partition(topo, hosts))}
@@ -306,7 +319,8 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
     state = {"pid": proc.pid, "mode": "netns" if netns else "loopback", "nats_url": url, "topology": spec,
              "seed": seed, "nodes": ready["nodes"], "links": ready["links"], "traffic": flows,
              "namespaces": ready.get("namespaces", {}), "log": str(log_file), "started_unix": time.time(),
-             "identities": list(identities) if secrets_dir is not None else []}
+             "identities": list(identities) if secrets_dir is not None else [],
+             "generation": ready.get("generation", generation)}
     mf = mesh_file(data_dir)
     mf.write_text(json.dumps(state, indent=1))
     console.print(f"mesh up: [bold]{len(topo.nodes)}[/] nodes, {len(topo.links)} links ({topo.name}), "
@@ -329,6 +343,10 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
     except KeyboardInterrupt:
         pass
     finally:
+        if proc.poll() is None:   # a planned stop: announced as maintenance (see mesh down)
+            with contextlib.suppress(typer.Exit):
+                announce(url, list(state["nodes"]), MAINTENANCE_START, "mesh down", state["generation"], data_dir,
+                         5.0)
         _terminate(proc.pid)
         mf.unlink(missing_ok=True)
         revoke_hosts(url, data_dir, state["identities"])
@@ -336,12 +354,22 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
 
 
 @mesh_app.command("down")
-def down(data_dir: pathlib.Path = DataOpt) -> None:
-    """Stop the mesh started with meshctl mesh up (agents, and namespaces in --netns mode)."""
+def down(data_dir: pathlib.Path = DataOpt,
+         confirm_s: float = typer.Option(5.0, "--confirm-timeout", min=0, max=120,
+                                         help="how long to wait for the monitor to record the maintenance")) -> None:
+    """Stop the mesh started with meshctl mesh up (agents, and namespaces in --netns mode). Announced as
+    planned maintenance first: the loop starts no repair for its nodes."""
     state = running_mesh(data_dir)
     if state is None:
         console.print("no mesh is running")
         return
+    url = str(state.get("nats_url", ""))
+    if url:
+        try:
+            announce(url, list(state["nodes"]), MAINTENANCE_START, "mesh down", str(state.get("generation", "")),
+                     data_dir.resolve(), confirm_s)
+        except typer.Exit:   # the bus is away (said above): stopping the mesh must not depend on it
+            console.print("[yellow]warning:[/] maintenance not announced: the loop may try to repair the nodes")
     stopped = _terminate(int(state["pid"]))
     mesh_file(data_dir).unlink(missing_ok=True)
     revoke_hosts(str(state.get("nats_url", "")), data_dir.resolve(), list(state.get("identities", [])))
@@ -460,6 +488,137 @@ def _node_detail(t: events_pb2.NodeTelemetry) -> None:
     console.print(f"avoided: {', '.join(t.avoided) or 'none'}; reachable: {t.reachable}; "
                   f"counters: " + ", ".join(f"{k}={v:g}" for k, v in sorted(t.counters.items())
                                             if k in ("sent", "delivered", "forwarded", "acked", "ack_timeouts")))
+
+
+# ---- planned maintenance ----------------------------------------------------------------
+MAINTENANCE_START, MAINTENANCE_END = "maintenance.start", "maintenance.end"
+
+
+async def _announce(url: str, nodes: list[str], kind: str, reason: str, generation: str,
+                    data_dir: pathlib.Path | None, confirm_s: float) -> list[str]:
+    """Publish ``kind`` for each node (as the operator, stored in stream MESH), then wait up to ``confirm_s``
+    for the monitor to have recorded it (``maint.<node>`` in the health bucket: there for a start, gone for
+    an end). The nodes it has not confirmed."""
+    from x0tta6bl4.bus.codec import new_meta
+    from x0tta6bl4.bus.publisher import Publisher
+    nc = await connect(url, data_dir)
+    try:
+        pub = Publisher(nc, "meshctl", retry_for_s=5.0)
+        for n in nodes:
+            ev = mesh_pb2.MeshEvent(meta=new_meta("meshctl"), node_id=n, kind=kind,
+                                    details={"reason": reason, "generation": generation})
+            await pub.publish(subjects.mesh_event(n), ev)
+        try:
+            kv = await nc.jetstream().key_value("health")
+        except Exception:  # noqa: BLE001 - no monitor bucket here: nothing can confirm it
+            return list(nodes)
+        deadline = time.monotonic() + confirm_s
+        pending = list(nodes)
+        while True:
+            left = []
+            for n in pending:
+                try:
+                    present = (await kv.get(f"maint.{subjects.token(n)}")).value is not None
+                except Exception:  # noqa: BLE001 - not there (or deleted)
+                    present = False
+                if present != (kind == MAINTENANCE_START):
+                    left.append(n)
+            pending = left
+            if not pending or time.monotonic() >= deadline:
+                return pending
+            await asyncio.sleep(0.1)      # polling the monitor's record
+    finally:
+        await nc.close()
+
+
+def announce(url: str, nodes: list[str], kind: str, reason: str, generation: str, data_dir: pathlib.Path | None,
+             confirm_s: float) -> None:
+    what = "maintenance" if kind == MAINTENANCE_START else "the end of maintenance"
+    unconfirmed = run(_announce(url, nodes, kind, reason, generation, data_dir, confirm_s))
+    if unconfirmed:
+        console.print(f"[yellow]warning:[/] announced {what} ({reason}) for {len(nodes)} node(s); the monitor has "
+                      f"not confirmed it for {', '.join(unconfirmed[:10])}"
+                      + ("…" if len(unconfirmed) > 10 else "") + f" within {confirm_s:g} s (is it running?)")
+    else:
+        console.print(f"{what} announced ({reason}) for {len(nodes)} node(s), recorded by the monitor")
+
+
+async def _everywhere(url: str, data_dir: pathlib.Path | None, nodes: list[str], kind: int,
+                      peer: str) -> list[tuple[str, bool, str]]:
+    nc = await connect(url, data_dir)
+    try:
+        replies = await asyncio.gather(*(send_command(nc, n, kind, peer=peer) for n in nodes))
+    finally:
+        await nc.close()
+    return [(n, ok, detail) for n, (ok, detail) in zip(nodes, replies, strict=True)]
+
+
+def _node_generation(url: str, node: str) -> str:
+    _, tel = run(mesh_telemetry(url, 1.0))
+    t = tel.get(node)
+    return t.mesh_generation if t is not None else ""
+
+
+@mesh_app.command("drain")
+def mesh_drain(node: str,
+               stop: bool = typer.Option(False, "--stop", help="also stop the node's agent (undrain revives it)"),
+               reason: str = typer.Option("drain", "--reason", help="recorded with the maintenance"),
+               confirm_s: float = typer.Option(5.0, "--confirm-timeout", min=0, max=120),
+               nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """Take NODE out of service for planned maintenance: announce it (no repair starts for it), then every
+    other node routes around it (and with --stop its agent stops)."""
+    url = nats_url(nats, data_dir)
+    nodes = mesh_nodes(url, data_dir)
+    if node not in nodes:
+        fail(f"unknown node {node!r}; known: {', '.join(nodes) or 'none (no mesh is running)'}")
+    state = running_mesh(data_dir)
+    generation = str(state.get("generation", "")) if state else _node_generation(url, node)
+    announce(url, [node], MAINTENANCE_START, reason, generation, data_dir.resolve(), confirm_s)
+    others = [n for n in nodes if n != node]
+    results = run(_everywhere(url, data_dir.resolve(), others, C.KIND_AVOID_NODE, node))
+    bad = [(n, d) for n, ok, d in results if not ok]
+    for n, d in bad:
+        console.print(f"{n:>6} ← AVOID {node}: [red]failed[/] — {d}")
+    console.print(f"drain {node}: {len(results) - len(bad)}/{len(results)} nodes route around it")
+    if stop:
+        ok, detail = run(_commands_one(url, data_dir, node, C.KIND_FAULT, {"type": "kill"}))
+        console.print(f"{node:>6} ← stop: {'[green]ok[/]' if ok else '[red]failed[/]'} — {detail}")
+        bad += [] if ok else [(node, detail)]
+    if bad:
+        raise typer.Exit(1)
+
+
+@mesh_app.command("undrain")
+def mesh_undrain(node: str, confirm_s: float = typer.Option(5.0, "--confirm-timeout", min=0, max=120),
+                 nats: str | None = NatsOpt, data_dir: pathlib.Path = DataOpt) -> None:
+    """Bring a drained NODE back: revive its agent if it was stopped, let every node route through it again,
+    end the maintenance (a node still unhealthy then is a failure the loop repairs)."""
+    url = nats_url(nats, data_dir)
+    nodes = mesh_nodes(url, data_dir)
+    if node not in nodes:
+        fail(f"unknown node {node!r}; known: {', '.join(nodes) or 'none (no mesh is running)'}")
+    ok, detail = run(_commands_one(url, data_dir, node, C.KIND_HEAL, None))
+    console.print(f"{node:>6} ← HEAL (revive if stopped): {'[green]ok[/]' if ok else '[red]failed[/]'} — {detail}")
+    others = [n for n in nodes if n != node]
+    results = run(_everywhere(url, data_dir.resolve(), others, C.KIND_UNAVOID_NODE, node))
+    bad = [(n, d) for n, good, d in results if not good]
+    for n, d in bad:
+        console.print(f"{n:>6} ← UNAVOID {node}: [red]failed[/] — {d}")
+    console.print(f"undrain {node}: {len(results) - len(bad)}/{len(results)} nodes route through it again")
+    state = running_mesh(data_dir)
+    generation = str(state.get("generation", "")) if state else ""
+    announce(url, [node], MAINTENANCE_END, "undrain", generation, data_dir.resolve(), confirm_s)
+    if bad or not ok:
+        raise typer.Exit(1)
+
+
+async def _commands_one(url: str, data_dir: pathlib.Path, node: str, kind: int, params: dict | None
+                        ) -> tuple[bool, str]:
+    nc = await connect(url, data_dir.resolve())
+    try:
+        return await send_command(nc, node, kind, params)
+    finally:
+        await nc.close()
 
 
 # ---- faults -------------------------------------------------------------------------

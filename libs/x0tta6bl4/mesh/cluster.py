@@ -108,8 +108,10 @@ class MeshCluster:
                  workdir: str | Path | None = None, traffic: list[str] | tuple[str, ...] = (),
                  rate: float | None = None,
                  host_env: Callable[[str, list[str]], Mapping[str, str]] | None = None,
-                 key_root: str | Path | None = None) -> None:
+                 key_root: str | Path | None = None, generation: str = "") -> None:
         self.nats_url = nats_url
+        # one mesh generation for every host process (default: name@start ms): see x0tta6bl4.mesh.host
+        self.generation = generation
         self.host_env = host_env
         self.spec = topology
         self.topology = parse_spec(topology, seed=seed)
@@ -155,10 +157,11 @@ class MeshCluster:
         libs = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = libs + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.update(self.env)
+        self.generation = self.generation or f"{self.name}@{int(time.time() * 1000)}"
         for i, nodes in enumerate(self.shards):
             cmd = [sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", self.nats_url, "--topology", self.spec,
                    "--seed", str(self.seed), "--nodes", ",".join(nodes), "--addresses", str(addr_file),
-                   "--instance", self.instances[i], *self.host_args]
+                   "--instance", self.instances[i], "--generation", self.generation, *self.host_args]
             if self.keyvault:
                 cmd += ["--keyvault", self.keyvault, "--key-dir", str(self.key_dir(i))]
             for f in self.traffic:
@@ -269,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keyvault", default=os.environ.get("X0TTA6BL4_KEYVAULT_ADDR", ""))
     p.add_argument("--name", default="mesh")
+    p.add_argument("--generation", default="", help="the mesh generation of every host (default: NAME@start ms)")
     p.add_argument("--traffic", action="append", default=[], help="SRC:DST DATA flow (repeatable)")
     p.add_argument("--rate", type=float, default=None, help="packets per second per flow")
     p.add_argument("--data-dir", default=None, help="host logs and the address map go to DATA_DIR/mesh-cluster")
@@ -283,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         cl = MeshCluster(a.nats, a.topology, hosts=a.hosts, seed=a.seed, keyvault=a.keyvault, name=a.name,
                          host_args=host_args, traffic=a.traffic, rate=a.rate, workdir=workdir,
                          key_root=Path(a.data_dir) / "mesh-keys" if a.data_dir else None,
-                         host_env=(lambda host, _nodes: host_identity_env(a.secrets, host)) if a.secrets else None)
+                         host_env=(lambda host, _nodes: host_identity_env(a.secrets, host)) if a.secrets else None,
+                         generation=a.generation)
         if a.secrets:
             for host in cl.identities():
                 host_identity_env(a.secrets, host)
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cl.start()
-    print(json.dumps({"ready": True, "nodes": cl.topology.nodes,
+    print(json.dumps({"ready": True, "nodes": cl.topology.nodes, "generation": cl.generation,
                       "links": sorted(sorted(link) for link in cl.topology.links),
                       "hosts": [{"instance": i, "pid": pr.pid, "nodes": s}
                                 for i, pr, s in zip(cl.instances, cl.procs, cl.shards, strict=True)]}), flush=True)

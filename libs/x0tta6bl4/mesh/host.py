@@ -50,6 +50,12 @@ new key with an immediate HELLO. Host ops ``traffic`` (``flows`` "SRC:DST,...", 
 ``traffic_stop`` and ``stats`` (per-node DATA counts per flow and origin, key ids, session keys, CPU
 time) serve benchmarks and tests that drive hosts in other processes.
 
+Mesh generation (``--generation``, default ``<instance>@<start ms>``; ``meshctl mesh up`` and a cluster give
+all their host processes one): every report carries it (``NodeTelemetry.mesh_generation``), planned
+actions name it (``params["generation"]`` of their commands), and a command for another generation is
+refused (``command.failed``) and reported (MeshEvent ``command.refused``): a new mesh started under the same
+node names never carries out an old mesh's reroutes.
+
 Blue-green (``--standby``, ``--instance``, ``--version``): a host in standby runs its agents dark
 (they bind, exchange HELLOs and converge among themselves, so the set is warm) but publishes no
 telemetry or events, sends no DATA and leaves unaddressed commands to the active host. Host-level
@@ -166,7 +172,8 @@ class MeshHost:
                  version: str = "", standby: bool = False, fail_health: bool = False,
                  addresses: dict[str, tuple[str, int]] | None = None, creds: NatsCredentials | None = None,
                  svid_identity: str = "", key_dir: str | os.PathLike[str] | None = None,
-                 data_dir: str | os.PathLike[str] | None = None, certify_concurrency: int = 8):
+                 data_dir: str | os.PathLike[str] | None = None, certify_concurrency: int = 8,
+                 generation: str = ""):
         self.nats_url = nats_url
         self.creds = creds   # its mesh-host identity on a secured bus (default: X0TTA6BL4_NATS_* settings)
         self.topology = topology
@@ -215,6 +222,9 @@ class MeshHost:
         self._auto_reloads: dict[str, asyncio.Task] = {}
         # blue-green: identity, standby/active, retirement
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        # the mesh generation its telemetry carries; a command for another generation is refused (a new mesh
+        # never carries out an old one's reroutes): one id per started mesh (meshctl mesh up, a cluster)
+        self.generation = generation or f"{self.instance}@{int(self.started_at * 1000)}"
         self.version = version
         self.active = not standby
         self.fail_health = fail_health
@@ -695,6 +705,7 @@ class MeshHost:
         assert self.publisher is not None, "agents run after start()"
         try:
             t = to_proto(d, len(self.runtime.agents), self._loss(d), self._p99_ms(d["node_id"]))
+            t.mesh_generation = self.generation
             await self.publisher.emit(subjects.telemetry(t.node_id), t)
         except (InvalidMessage, KeyError, TypeError, ValueError) as e:
             log.warning("telemetry of %s not sent: %s", d.get("node_id"), e)
@@ -721,6 +732,11 @@ class MeshHost:
             addressed = cmd.params.get("host", "")
             if (addressed and addressed != self.instance) or (not addressed and not self.active):
                 return          # another host's command, or a standby host leaving it to the active one
+            wanted = cmd.params.get("generation", "")
+            if wanted and wanted != self.generation:
+                await self._refused(node, cmd, wanted)
+                raise ValueError(f"refused: the command is for mesh generation {wanted!r}, this mesh is "
+                                 f"{self.generation!r}")
             if cmd.kind == HOST_OP_KIND and cmd.params.get("host_op"):
                 detail = await self.host_op(cmd.params["host_op"], dict(cmd.params))
             else:
@@ -732,11 +748,23 @@ class MeshHost:
         if msg.reply and self.nc is not None:   # commands arrive only through self.nc
             await self.nc.publish(msg.reply, reply.SerializeToString())
 
+    async def _refused(self, node: str, cmd: mesh_pb2.MeshCommand, wanted: str) -> None:
+        """Report a command of another mesh generation (MeshEvent ``command.refused``, audited by the monitor)."""
+        log.warning("refused %s for %s: generation %s, this mesh is %s", C.Kind.Name(cmd.kind), node, wanted,
+                    self.generation)
+        if self.publisher is not None:
+            ev = mesh_pb2.MeshEvent(meta=new_meta("mesh-agent"), node_id=node, kind="command.refused", peer=cmd.peer,
+                                    details={"reason": "another mesh generation", "command": C.Kind.Name(cmd.kind),
+                                             "command_id": cmd.command_id, "generation": wanted,
+                                             "current": self.generation})
+            await self.publisher.publish(subjects.mesh_event(node), ev)
+
     # ---- blue-green ---------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         keys = "offline" if self.offline_keys else f"keyvault:{self.keyvault_addr}" if self.keyvault_addr else ""
         key_dir = str(self.keys.path) if self.keys is not None else ""
-        return {"instance": self.instance, "version": self.version, "active": self.active, "pid": os.getpid(),
+        return {"instance": self.instance, "generation": self.generation, "version": self.version,
+                "active": self.active, "pid": os.getpid(),
                 "nodes": self.nodes, "topology": self.topology_spec, "health_port": self.health_port,
                 "traffic": [f"{s}:{d}" for s, d, _ in self._flows],
                 "rate": self._flows[0][2] if self._flows else 0.0, "telemetry_interval": self.telemetry_interval,
@@ -866,7 +894,7 @@ async def _main(args: argparse.Namespace) -> int:
                     keyvault=args.keyvault or None, offline_keys=args.offline_keys, max_skew_s=args.max_skew,
                     instance=args.instance or None, version=args.version, standby=args.standby,
                     fail_health=args.fail_health, security_options=sec_opts, key_dir=args.key_dir or None,
-                    data_dir=args.data_dir)
+                    data_dir=args.data_dir, generation=args.generation)
     host.topology_spec, host.health_port = args.topology, args.health_port
     await host.start()
     health = None
@@ -880,7 +908,7 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(json.dumps({"ready": True, "nodes": host.nodes, "instance": host.instance,
+    print(json.dumps({"ready": True, "nodes": host.nodes, "instance": host.instance, "generation": host.generation,
                       "links": sorted(sorted(link) for link in topo.links)}), flush=True)
     retired = asyncio.create_task(host.retired.wait())
     stopped = asyncio.create_task(stop.wait())
@@ -923,6 +951,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--standby", action="store_true",
                    help="blue-green: run the agents dark until a host_op=activate command")
     p.add_argument("--instance", default="", help="host instance id for addressed host commands (default host-pid)")
+    p.add_argument("--generation", default="", help="the mesh generation its telemetry names and its commands must "
+                   "name (default: instance@start ms; meshctl mesh up and a cluster give all their hosts one)")
     p.add_argument("--version", default="", help="node-agent version label reported by host_op=status")
     p.add_argument("--fail-health", action="store_true",
                    help="canary aid: /health answers 503 (rehearses a blue-green rollback)")
