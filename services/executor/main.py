@@ -10,6 +10,7 @@ from x0tta6bl4.bus.app import Service, run_service
 from x0tta6bl4.config import CommonSettings
 from x0tta6bl4.execution import bluegreen_local
 from x0tta6bl4.mapek.health import classify_node
+from x0tta6bl4.mapek.verify import History
 from x0tta6bl4.stages import executor as stage
 from x0tta6bl4.v1 import events_pb2
 
@@ -19,15 +20,33 @@ class ExecutorSettings(CommonSettings):
     verify_timeout_s: float = Field(10.0, gt=0, le=600)
     verify_poll_s: float = Field(0.05, gt=0, le=10)
     fresh_telemetry_s: float = Field(0.0, ge=0, le=60, description="only telemetry newer than the action counts")
+    verify_hold_s: float = Field(1.0, gt=0, le=60, description="a recovery counts once it has held this long")
+    min_delivery: float = Field(0.95, gt=0, le=1, description=(
+        "share of each flow's delivery before the incident it must deliver again (and below which, against "
+        "the delivery just before the action, the action is rolled back)"))
+    baseline_window_s: float = Field(5.0, gt=0, le=60, description="the delivery before an incident: over this")
+    baseline_gap_s: float = Field(1.0, ge=0, le=60, description="... ending this long before its first symptom")
+    harm_after_s: float = Field(2.0, gt=0, le=600, description=(
+        "from this long after an action, delivery worse than before it rolls the action back"))
+    history_s: float = Field(120.0, ge=10, le=3600, description="every node's reports are kept this long")
+    budget_window_s: float = Field(60.0, gt=0, le=86400, description="actions are counted over this window")
+    budget_per_node: int = Field(4, ge=0, le=1000, description="actions against one node per window (0: no limit)")
+    budget_per_incident: int = Field(3, ge=0, le=1000, description=(
+        "actions for one incident per window until it is repaired (0: no limit)"))
 
 
 def deps(settings: ExecutorSettings, telemetry: Mapping[str, events_pb2.NodeTelemetry],
-         deploy: stage.Deploy = stage.no_deploy) -> stage.ExecutorDeps:
+         deploy: stage.Deploy = stage.no_deploy, history: History | None = None) -> stage.ExecutorDeps:
     return stage.ExecutorDeps(
         telemetry=telemetry, classify=functools.partial(classify_node, thresholds=settings.threshold_table()),
         trust=settings.trust_bundle(), claim_key=stage.claim_key_of(settings.signer("executor")), deploy=deploy,
         step_timeout_s=settings.step_timeout_s, verify_timeout_s=settings.verify_timeout_s,
-        verify_poll_s=settings.verify_poll_s, fresh_telemetry_s=settings.fresh_telemetry_s)
+        verify_poll_s=settings.verify_poll_s, fresh_telemetry_s=settings.fresh_telemetry_s,
+        history=history if history is not None else History(settings.history_s), hold_s=settings.verify_hold_s,
+        min_delivery=settings.min_delivery, baseline_window_s=settings.baseline_window_s,
+        baseline_gap_s=settings.baseline_gap_s, harm_after_s=settings.harm_after_s,
+        budget_window_s=settings.budget_window_s, budget_per_node=settings.budget_per_node,
+        budget_per_incident=settings.budget_per_incident)
 
 
 def build(settings: ExecutorSettings) -> Service:
@@ -37,7 +56,9 @@ def build(settings: ExecutorSettings) -> Service:
         """Blue-green deploy needs the broker connection (it starts and watches agent processes)."""
         return await bluegreen_local.deploy(app.nc, params, settings.nats_url, settings.data_dir)
 
-    d = deps(settings, app.mirror("telemetry", events_pb2.NodeTelemetry.FromString), deploy)
+    history = History(settings.history_s)     # every node's recent reports: delivery before an incident
+    d = deps(settings, app.mirror("telemetry", events_pb2.NodeTelemetry.FromString, history.on_change), deploy,
+             history)
     app.subscribe("executor", events_pb2.ActionRequest, functools.partial(stage.on_action, deps=d), concurrency=4)
     return app
 

@@ -31,7 +31,8 @@ def request(kind: int = K.ACTION_KIND_ISOLATE, node: str = "n3", approved_by: st
     return events_pb2.ActionRequest(
         meta=new_meta("planner", "cycle-1"), action_id=action_id, plan_id="plan-1", approved_by=approved_by,
         proposal_id=proposal_id, action=events_pb2.ActionSpec(kind=kind, target_node=node, params=params),
-        timeout_s=5.0, incident_id=f"{node}.node_down", fault_type="node_down", first_symptom_unix_ns=900 * S)
+        timeout_s=5.0, incident_id=f"{node}.node_down", first_symptom_unix_ns=900 * S,
+        fault_type="compromised" if kind == K.ACTION_KIND_ISOLATE else "node_down")   # an isolation revokes at once
 
 
 def forge(req: events_pb2.ActionRequest, signer: Signer, approver: str, *, ttl_s: float = 60.0,

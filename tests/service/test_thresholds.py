@@ -23,6 +23,7 @@ from x0tta6bl4.config import load_settings
 from x0tta6bl4.ids import new_meta
 from x0tta6bl4.mapek import plan as planning
 from x0tta6bl4.mapek.approval import sign_approval
+from x0tta6bl4.mapek.verify import History
 from x0tta6bl4.stages import executor as executor_stage
 from x0tta6bl4.stages import planner as planner_stage
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
@@ -100,8 +101,13 @@ async def test_the_executor_verifies_by_the_configured_table(table: str, keys: K
 
     async def sleep(s: float) -> None:
         now[0] += int(s * S)
+    history = History()                 # the mesh before the incident (the executor's telemetry history)
+    for n in RING:
+        before = tel(n)
+        before.meta.ts_unix_ns = 995 * S
+        history.record(before)
     d = executor_deps(load_settings(ExecutorSettings, verify_timeout_s=1.0), {n: tel(n, 80.0 if n == "n2" else 5.0)
-                                                                              for n in RING})
+                                                                              for n in RING}, history=history)
     d = dataclasses.replace(d, clock_ns=lambda: now[0], monotonic=lambda: now[0] / S, sleep=sleep)
     req = events_pb2.ActionRequest(meta=new_meta("planner", "c1", event_id="e1"), action_id="a1", timeout_s=5.0,
                                    action=events_pb2.ActionSpec(kind=K.ACTION_KIND_RESTART, target_node="n2"),

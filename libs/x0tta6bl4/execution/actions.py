@@ -1,7 +1,15 @@
-"""What each action does, as a list of steps (no I/O).
+"""What each action does, as a list of steps (no I/O), and how it is undone.
 
 The executor service turns steps into NATS requests to node agents and gRPC
 calls to keyvault; this module decides which steps, to whom, in what order.
+
+Undo (:func:`undo_steps`, the executor's rollback of an action that made delivery worse): a reroute or an
+isolation is undone by un-avoiding the node everywhere, a reinstatement by avoiding it again; restarts, key
+rotations, configuration changes and deployments cannot be undone here (None). An isolation revokes the
+node's identity at once only for a security fault (``compromised``, ``key_compromise``, or no fault named):
+those keys stay revoked whatever happens. For any other fault the revocation waits until the isolation is
+verified (:func:`after_verified_steps`), so rolling such an isolation back re-admits the node with its keys
+(keyvault revocations are final).
 """
 from __future__ import annotations
 
@@ -28,7 +36,15 @@ class UnsupportedAction(ValueError):
     pass
 
 
-def plan_steps(action: events_pb2.ActionSpec, live_nodes: list[str]) -> list[list[Step]]:
+SECURITY_FAULTS = frozenset({"compromised", "key_compromise"})
+
+
+def revokes_at_once(fault_type: str) -> bool:
+    """An isolation for this fault revokes the node's identity before anything else (a security fault)."""
+    return not fault_type or fault_type in SECURITY_FAULTS
+
+
+def plan_steps(action: events_pb2.ActionSpec, live_nodes: list[str], fault_type: str = "") -> list[list[Step]]:
     """Steps grouped in phases: steps within a phase run concurrently, phases in order."""
     target = action.target_node
     others = [n for n in live_nodes if n != target]
@@ -39,8 +55,10 @@ def plan_steps(action: events_pb2.ActionSpec, live_nodes: list[str]) -> list[lis
     if action.kind == K.ACTION_KIND_ISOLATE:
         if not target:
             raise UnsupportedAction("isolate needs a target_node")
-        return [[Step(f"revoke identity of {target}", "keyvault", op="revoke", node=target)],
-                [Step(f"avoid {target} at {n}", "mesh", n, C.KIND_AVOID_NODE, target) for n in others]]
+        avoid = [Step(f"avoid {target} at {n}", "mesh", n, C.KIND_AVOID_NODE, target) for n in others]
+        if not revokes_at_once(fault_type):
+            return [avoid]          # the revocation follows the verified isolation (after_verified_steps)
+        return [[Step(f"revoke identity of {target}", "keyvault", op="revoke", node=target)], avoid]
     if action.kind == K.ACTION_KIND_ROTATE_KEYS:
         scope = [target] if target and target != "*" else list(live_nodes)
         return [[Step("rotate keys of " + (target or "all nodes"), "keyvault", op="rotate",
@@ -61,3 +79,21 @@ def plan_steps(action: events_pb2.ActionSpec, live_nodes: list[str]) -> list[lis
     if action.kind == K.ACTION_KIND_DEPLOY:
         return [[Step("blue-green deploy", "deploy", params=dict(action.params))]]
     raise UnsupportedAction(f"unknown action kind {action.kind}")
+
+
+def after_verified_steps(action: events_pb2.ActionSpec, fault_type: str = "") -> list[list[Step]]:
+    """What follows a verified action: the revocation of an isolation for a fault that is not a security one."""
+    if action.kind == K.ACTION_KIND_ISOLATE and action.target_node and not revokes_at_once(fault_type):
+        return [[Step(f"revoke identity of {action.target_node}", "keyvault", op="revoke", node=action.target_node)]]
+    return []
+
+
+def undo_steps(action: events_pb2.ActionSpec, nodes: list[str]) -> list[list[Step]] | None:
+    """The steps that undo ``action`` at ``nodes`` (the nodes it commanded), or None: it cannot be undone."""
+    target = action.target_node
+    others = [n for n in nodes if n != target]
+    if action.kind in (K.ACTION_KIND_REROUTE, K.ACTION_KIND_ISOLATE) and target:
+        return [[Step(f"unavoid {target} at {n}", "mesh", n, C.KIND_UNAVOID_NODE, target) for n in others]]
+    if action.kind == K.ACTION_KIND_REINSTATE and target:
+        return [[Step(f"avoid {target} at {n}", "mesh", n, C.KIND_AVOID_NODE, target) for n in others]]
+    return None

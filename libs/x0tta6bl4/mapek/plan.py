@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import networkx as nx
 
 from x0tta6bl4.governance.decision import Decision, DecisionKind, DecisionPolicy, Severity, decide
 from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.knowledge.outcomes import ActionStats, rank
+from x0tta6bl4.mapek.verify import BRINGS_BACK, REMOVES, REVERSIBLE
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 K = events_pb2
@@ -69,15 +72,90 @@ def candidate_actions(fault_type: str, knowledge: dict[str, ActionStats]) -> lis
     return [by_name[n] for n in order]
 
 
+# ---- do no harm -------------------------------------------------------------------------------------
+LIVE_FLOW_IDLE_S = 5.0     # a flow that sent DATA this recently is live
+MIN_DELIVERY = 0.95        # what an action promises: flows deliver this share of their rate before the incident
+
+
+@dataclass(frozen=True)
+class MeshFacts:
+    """What the planner knows of the mesh to do no harm (from the telemetry mirror)."""
+    adjacency: dict[str, list[str]] = field(default_factory=dict)
+    reachable: frozenset[str] = frozenset()
+    flows: tuple[tuple[str, str], ...] = ()       # live flows (source, destination)
+    avoided: frozenset[str] = frozenset()          # nodes every other reachable node routes around
+
+
+def mesh_facts(telemetry: Iterable[events_pb2.NodeTelemetry], idle_s: float = LIVE_FLOW_IDLE_S) -> MeshFacts:
+    tel = [t for t in telemetry if t.node_id]
+    reachable = frozenset(t.node_id for t in tel if t.reachable)
+    flows = tuple(sorted({(t.node_id, f.dest) for t in tel if t.reachable for f in t.flows if f.idle_s <= idle_s}))
+    reporters = [t for t in tel if t.reachable]
+    avoided = frozenset(n for n in reachable
+                        if (others := [t for t in reporters if t.node_id != n]) and all(n in t.avoided for t in others))
+    return MeshFacts({t.node_id: list(t.neighbours) for t in tel}, reachable, flows, avoided)
+
+
+def flows_cut(mesh: MeshFacts, node: str) -> list[str]:
+    """Live flows that reach their destination over the reported links (avoiding the nodes everyone routes
+    around) now, and would not once ``node`` is taken out too."""
+    g = nx.Graph()
+    usable = mesh.reachable - mesh.avoided
+    g.add_nodes_from(usable)
+    g.add_edges_from((a, b) for a in usable for b in mesh.adjacency.get(a, ()) if b in usable and b != a)
+    without = g.copy()
+    if node in without:
+        without.remove_node(node)
+    return [f"{s}->{d}" for s, d in mesh.flows
+            if s in g and d in g and nx.has_path(g, s, d) and not (s in without and d in without
+                                                                  and nx.has_path(without, s, d))]
+
+
+def refusal(kind: int, node: str, mesh: MeshFacts) -> str:
+    """Why taking ``node`` out with ``kind`` would do harm the loop must not do on its own ("": it would not):
+    it is a live endpoint of a flow, or no path would be left for a live flow. A node that is down already
+    costs nothing to route around."""
+    if kind not in REMOVES or node not in mesh.reachable:
+        return ""
+    ends = [f"{s}->{d}" for s, d in mesh.flows if node in (s, d)]
+    if ends:
+        return (f"{node} is a live endpoint of flow {', '.join(ends)}: a live endpoint is never routed around "
+                "or isolated")
+    cut = flows_cut(mesh, node)
+    if cut:
+        return f"taking {node} out would leave flow {', '.join(cut)} no path (around it and the nodes avoided)"
+    return ""
+
+
+def expected_effect(kind: int, node: str, verdict: TwinVerdict) -> events_pb2.ExpectedEffect:
+    """What an action on ``node`` states it will do (the executor verifies the mesh against it)."""
+    return events_pb2.ExpectedEffect(
+        summary=EFFECT.get(kind, "").format(node=node), removed=[node] if kind in REMOVES and node else [],
+        rejoins=[node] if kind in BRINGS_BACK and node else [], connectivity=verdict.connectivity,
+        min_delivery=MIN_DELIVERY, reversible=kind in REVERSIBLE)
+
+
+def escalated_claim(cycle_id: str, escalated_ns: int, generation: str = "") -> bytes:
+    """The incident went to operators: an open claim (nothing is planned for it until the claim expires)."""
+    doc: dict = {"cycle": cycle_id, "escalated_ns": int(escalated_ns)}
+    if generation:
+        doc["generation"] = generation
+    return json.dumps(doc).encode()
+
+
 def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
               knowledge: dict[str, ActionStats] | None = None,
-              twin: Callable[[int, str], TwinVerdict] | None = None) -> tuple[events_pb2.Plan, Decision]:
-    """Choose what to do about an anomaly (decision matrix + twin + knowledge)."""
+              twin: Callable[[int, str], TwinVerdict] | None = None,
+              mesh: MeshFacts | None = None) -> tuple[events_pb2.Plan, Decision]:
+    """Choose what to do about an anomaly (decision matrix + twin + knowledge). With ``mesh``, an action that
+    would take out a live endpoint of a flow or leave a live flow no path is refused: the plan observes and
+    names the reason in ``escalation`` (the planner hands it to operators)."""
     decision = decide(anomaly.confidence, _SEVERITY.get(anomaly.severity, Severity.LOW), policy)
     actions = candidate_actions(anomaly.fault_type, knowledge or {})
     node = anomaly.root_cause
     chosen = actions[0]
-    verdict = twin(chosen, node) if twin else TwinVerdict()
+    verdicts = {k: twin(k, node) if twin else TwinVerdict() for k in actions}
+    verdict = verdicts[chosen]
     # A node that is already down has already shed its load: routing around it adds no risk, the
     # cascade is reported for the operator. Taking a *live* node out (isolate, or rerouting around a
     # degraded one) could start the cascade, so that needs a human.
@@ -88,7 +166,13 @@ def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
                             policy.emergency_quorum, policy.emergency_threshold,
                             f"{decision.reason}; but the twin predicts a cascade of {len(verdict.cascade)} nodes: "
                             "manual review (emergency vote)", decision.confidence, decision.severity)
-    specs = [events_pb2.ActionSpec(kind=k, target_node=node) for k in actions]
+    refused = refusal(chosen, node, mesh) if mesh is not None and decision.kind is not DecisionKind.OBSERVE else ""
+    if refused:
+        decision = Decision(DecisionKind.OBSERVE, 0.0, 0.0, 0.0,
+                            f"{decision.reason}; refused: {refused}; escalated to operators",
+                            decision.confidence, decision.severity)
+    specs = [events_pb2.ActionSpec(kind=k, target_node=node, expected=expected_effect(k, node, verdicts[k]))
+             for k in actions]
     chosen_spec = specs[actions.index(chosen)]
     plan = events_pb2.Plan(
         meta=new_meta("planner", anomaly.meta.cycle_id),
@@ -107,6 +191,7 @@ def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
         rationale=decision.reason,
         vote_duration_s=int(decision.vote_duration_s),
         first_symptom_unix_ns=anomaly.first_symptom_unix_ns,
+        escalation=refused,
     )
     return plan, decision
 

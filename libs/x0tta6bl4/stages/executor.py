@@ -6,9 +6,22 @@ that fails is refused: audited ``action.rejected`` with the reason and dead-lett
 or sent to the mesh. Then it claims the action id in the ``actions`` bucket (an action runs once,
 whichever replica gets it and however often it is delivered), runs its steps
 (:func:`x0tta6bl4.execution.actions.plan_steps`: commands to node agents, keyvault calls, a blue-green
-deploy), publishes the ActionResult, then polls the telemetry until the mesh is back to normal by the
-deployment's threshold table or the verification time runs out, and publishes the Verification with the
-MTTR.
+deploy), publishes the ActionResult, then verifies (:mod:`x0tta6bl4.mapek.verify`) until the mesh is
+recovered -- the flows deliver at least 95 % of their rate before the incident, held ``hold_s``, every
+node that should be reachable is, connectivity as the digital twin predicts -- or the verification time
+runs out, and publishes the Verification with the MTTR. The delivery before the incident comes from
+:class:`~x0tta6bl4.mapek.verify.History`, every node's reports of the last minutes (fed by the telemetry
+mirror), never from the degraded state at action time.
+
+Do no harm: once ``harm_after_s`` have passed (or at the verification's end), a flow that delivers worse
+than just before the action, or connectivity below the twin's prediction and below what it was, rolls the
+action back (:func:`x0tta6bl4.execution.actions.undo_steps`: un-avoid a rerouted or isolated node, avoid a
+reinstated one again), audited ``action.rolled_back``, and escalates: an ``Escalation`` on
+``mapek.escalation`` (audited ``incident.escalated``) and a Verification marked ``rolled_back`` and
+``escalated`` (the planner then leaves the incident to operators). An action that cannot be undone
+(rotation, restart) is escalated the same way. A budget caps the actions per target node and per incident
+within ``budget_window_s`` (the ``budget`` bucket; a verified repair resets its incident's): an action over
+budget does not run -- its ActionResult says why, it is audited ``action.over_budget`` and escalated.
 
 The claim is a lease: while another replica holds a live claim, wait for its outcome; a claim older
 than the lease belongs to an executor that died mid-way, so take it over (every step is idempotent);
@@ -27,14 +40,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.ports import Context, Entry, Reject, cas_update
-from x0tta6bl4.execution.actions import Step, UnsupportedAction, plan_steps
+from x0tta6bl4.execution.actions import (
+    SECURITY_FAULTS,
+    Step,
+    UnsupportedAction,
+    after_verified_steps,
+    plan_steps,
+    undo_steps,
+)
 from x0tta6bl4.ids import new_meta
 from x0tta6bl4.mapek import verify as verifying
 from x0tta6bl4.mapek.approval import ApprovalError, approval_digest, verify_approval
@@ -66,6 +87,15 @@ class ExecutorDeps:
     verify_timeout_s: float = 10.0
     verify_poll_s: float = 0.05
     fresh_telemetry_s: float = 0.0       # > 0: only telemetry newer than the action counts
+    history: verifying.History = field(default_factory=verifying.History)   # every node's recent reports
+    hold_s: float = 1.0                  # recovery must hold this long
+    min_delivery: float = 0.95           # of each flow's delivery before the incident
+    baseline_window_s: float = 5.0       # the window before the incident its delivery is measured over
+    baseline_gap_s: float = 1.0          # ... ending this long before the first symptom
+    harm_after_s: float = 2.0            # from then on, delivery worse than before the action rolls it back
+    budget_window_s: float = 60.0        # actions counted over this window
+    budget_per_node: int = 4             # actions against one target node (0: no limit)
+    budget_per_incident: int = 3         # actions for one incident until it is repaired (0: no limit)
     claim_poll_s: float = 0.1
     clock_ns: Callable[[], int] = time.time_ns          # wall clock (claims are compared across replicas)
     monotonic: Callable[[], float] = time.monotonic
@@ -143,14 +173,18 @@ async def claim(req: events_pb2.ActionRequest, ctx: Context, deps: ExecutorDeps)
 
 
 # ---- the steps --------------------------------------------------------------------------------------
-async def run_step(step: Step, ctx: Context, deps: ExecutorDeps) -> list[events_pb2.ActionStep]:
-    """One step (a blue-green deploy reports one ActionStep per phase, the last one the outcome)."""
+async def run_step(step: Step, ctx: Context, deps: ExecutorDeps,
+                   req: events_pb2.ActionRequest | None = None) -> list[events_pb2.ActionStep]:
+    """One step (a blue-green deploy reports one ActionStep per phase, the last one the outcome). A command
+    to an agent names the mesh generation ``req``'s action is for (a host of another generation refuses it)."""
     t0 = time.perf_counter()
     ok, detail = False, ""
     try:
         if step.kind == "mesh":
+            generation = req.action.params.get("generation", "") if req is not None else ""
             cmd = mesh_pb2.MeshCommand(meta=new_meta("executor"), node_id=step.node, kind=step.command,
-                                       peer=step.peer, params=step.params)
+                                       peer=step.peer, params={**step.params, "generation": generation}
+                                       if generation else step.params)
             cmd.command_id = cmd.meta.event_id
             reply = await ctx.request(subjects.mesh_cmd(step.node), cmd.SerializeToString(), deps.step_timeout_s)
             ev = mesh_pb2.MeshEvent.FromString(reply.data)
@@ -161,7 +195,10 @@ async def run_step(step: Step, ctx: Context, deps: ExecutorDeps) -> list[events_
                     node_id=step.node, reason="isolated by executor").SerializeToString()
             else:
                 nodes = [n for n in step.params.get("nodes", "").split(",") if n]
-                method, data = "Rotate", keyvault_pb2.RotateRequest(node_ids=nodes, all=not nodes).SerializeToString()
+                # nodes that hold their own keys rotate on a request keyvault publishes: the RELOAD_KEYS phase
+                # that follows performs (or confirms) it at each node, so keyvault need not wait here
+                method, data = "Rotate", keyvault_pb2.RotateRequest(node_ids=nodes, all=not nodes,
+                                                                    wait_s=-1).SerializeToString()
             reply = await ctx.request(subjects.keyvault_rpc(method), data, deps.step_timeout_s)
             err = reply.headers.get(subjects.HEADER_ERROR)
             ok, detail = err is None, err or "ok"
@@ -189,7 +226,7 @@ async def execute(req: events_pb2.ActionRequest, phases: list[list[Step]], ctx: 
     try:
         async with asyncio.timeout(deadline):
             for phase in phases:
-                for steps in await asyncio.gather(*(run_step(s, ctx, deps) for s in phase)):
+                for steps in await asyncio.gather(*(run_step(s, ctx, deps, req) for s in phase)):
                     result.steps.extend(steps)
     except TimeoutError:
         result.error = f"action timed out after {deadline}s"
@@ -217,40 +254,197 @@ async def check_approval(req: events_pb2.ActionRequest, ctx: Context, deps: Exec
 async def on_action(req: events_pb2.ActionRequest, ctx: Context, deps: ExecutorDeps) -> None:
     approver = await check_approval(req, ctx, deps)
     try:
-        plan_steps(req.action, [])        # an action that can never run is dead-lettered, not claimed
+        plan_steps(req.action, [], req.fault_type)     # an action that can never run is dead-lettered, not claimed
     except UnsupportedAction as e:
         raise Reject(str(e)) from None
     if not await claim(req, ctx, deps):
         return
+    over = await take_budget(req, ctx, deps)
+    if over:
+        await refuse_over_budget(req, over, approver, ctx, deps)
+        return
+    acted_ns = deps.clock_ns()
     nodes = list(deps.telemetry.values())
-    phases = plan_steps(req.action, [t.node_id for t in nodes if t.reachable])
-    baseline = verifying.traffic_baseline(nodes)
+    base = verifying.baseline(deps.history, req.first_symptom_unix_ns or acted_ns, deps.baseline_window_s,
+                              deps.baseline_gap_s)
+    effect = verifying.expected_effect(req.action, base, deps.min_delivery)
+    before = verifying.before_action(deps.history, base, nodes, acted_ns)
+    phases = plan_steps(req.action, [t.node_id for t in nodes if t.reachable], req.fault_type)
     result = await execute(req, phases, ctx, deps)
     await ctx.publish(subjects.MAPEK_RESULT, result)
-    await (await ctx.kv("actions")).put(req.action_id, claim_value(deps.claim_key, req.action_id, DONE,
-                                                                   deps.clock_ns(), approval_digest(req)))
+    await done(req, ctx, deps)
     await ctx.audit("action.executed", req.action_id, {
         "action": action_name(req.action.kind), "target": req.action.target_node, "success": result.success,
         "approved_by": req.approved_by, "approver": approver, "key_id": req.approval.key_id,
         "steps": len(result.steps), "error": result.error,
         "duration_ms": f"{result.duration_ms:.1f}"})
-    await verify(req, result.success, baseline, ctx, deps)
+    commanded = sorted({st.node for phase in phases for st in phase if st.kind == "mesh"})
+    await verify(req, result.success, Verifying(acted_ns, base, effect, before, commanded), ctx, deps)
 
 
-async def verify(req: events_pb2.ActionRequest, steps_ok: bool, baseline: dict[str, tuple[float, float]],
-                 ctx: Context, deps: ExecutorDeps) -> None:
-    """Poll the telemetry until the checks pass or time runs out (a failed action fails at once)."""
-    acted_ns = deps.clock_ns()
-    deadline = deps.monotonic() + deps.verify_timeout_s
+async def done(req: events_pb2.ActionRequest, ctx: Context, deps: ExecutorDeps) -> None:
+    """The action's claim says it ran (a redelivery is a duplicate from now on)."""
+    await (await ctx.kv("actions")).put(req.action_id, claim_value(deps.claim_key, req.action_id, DONE,
+                                                                   deps.clock_ns(), approval_digest(req)))
+
+
+# ---- the budget -------------------------------------------------------------------------------------
+def budget_key(kind: str, value: str) -> str:
+    return f"{kind}.{subjects.token(value)}"
+
+
+def _budget_entries(entry: Entry | None) -> list[list]:
+    try:
+        doc = json.loads(entry.value) if entry is not None else {}
+        rows = doc.get("actions", []) if isinstance(doc, dict) else []
+        return [[str(r[0]), int(r[1])] for r in rows if isinstance(r, list) and len(r) == 2]
+    except (ValueError, TypeError):
+        return []               # unreadable: counts as empty (the window refills it)
+
+
+async def take_budget(req: events_pb2.ActionRequest, ctx: Context, deps: ExecutorDeps) -> str:
+    """Count the action against its incident's and its target node's budget; why it is over budget ("": it is
+    not). An action already counted (a takeover, a redelivery) is not counted twice."""
+    kv = await ctx.kv("budget")
+    now = deps.clock_ns()
+    window_ns = int(deps.budget_window_s * 1e9)
+    checks = (("incident", req.incident_id, deps.budget_per_incident),
+              ("node", req.action.target_node or "mesh", deps.budget_per_node))
+    for kind, value, limit in checks:
+        if not value or limit <= 0:
+            continue
+        over = ""
+
+        def change(entry: Entry | None, kind: str = kind, value: str = value, limit: int = limit) -> bytes | None:
+            nonlocal over
+            over = ""
+            rows = [r for r in _budget_entries(entry) if now - r[1] <= window_ns]
+            if any(r[0] == req.action_id for r in rows):
+                return None
+            if len(rows) >= limit:
+                over = (f"{kind} {value} has had {len(rows)} action(s) in the last {deps.budget_window_s:g} s "
+                        f"(budget {limit}): {', '.join(r[0] for r in rows)[:300]}")
+                return None
+            return json.dumps({"actions": [*rows, [req.action_id, now]]}).encode()
+        await cas_update(kv, budget_key(kind, value), change)
+        if over:
+            return over
+    return ""
+
+
+async def refuse_over_budget(req: events_pb2.ActionRequest, over: str, approver: str, ctx: Context,
+                             deps: ExecutorDeps) -> None:
+    """Nothing runs: the result says why, the action is marked done, the incident goes to operators."""
+    result = events_pb2.ActionResult(meta=new_meta("executor"), action_id=req.action_id, action=req.action,
+                                     proposal_id=req.proposal_id, incident_id=req.incident_id,
+                                     fault_type=req.fault_type, first_symptom_unix_ns=req.first_symptom_unix_ns,
+                                     success=False, error=f"not run: over the action budget: {over}")
+    await ctx.publish(subjects.MAPEK_RESULT, result)
+    await done(req, ctx, deps)
+    await ctx.audit("action.over_budget", req.action_id, {
+        "action": action_name(req.action.kind), "target": req.action.target_node, "incident": req.incident_id,
+        "approved_by": req.approved_by, "approver": approver, "reason": over})
+    await escalate(req, "over_budget", f"{action_name(req.action.kind)} {req.action.target_node} not run: {over}",
+                   [over], False, ctx)
+
+
+# ---- verification, rollback, escalation -------------------------------------------------------------
+@dataclass
+class Verifying:
+    """What an action is verified against (taken before it ran)."""
+    acted_ns: int
+    base: verifying.Baseline
+    effect: events_pb2.ExpectedEffect
+    before: verifying.BeforeAction
+    commanded: list[str]             # the nodes the action sent mesh commands to (where an undo goes)
+
+
+async def verify(req: events_pb2.ActionRequest, steps_ok: bool, v: Verifying, ctx: Context,
+                 deps: ExecutorDeps) -> None:
+    """Check until recovered, harmed (from ``harm_after_s`` on) or out of time; a failed action fails at once.
+    Harm rolls the action back and escalates."""
+    t0 = deps.monotonic()
+    deadline = t0 + deps.verify_timeout_s
+    harmed: list[str] = []
     while True:
         nodes = list(deps.telemetry.values())
         if deps.fresh_telemetry_s:
-            nodes = [t for t in nodes if t.meta.ts_unix_ns >= acted_ns]
-        outcome = verifying.check(req.action, nodes, deps.classify, steps_ok, baseline)
-        if outcome.recovered or not steps_ok or deps.monotonic() > deadline:
+            nodes = [t for t in nodes if t.meta.ts_unix_ns >= v.acted_ns]
+        outcome = verifying.check(req.action, nodes, deps.classify, steps_ok, v.base, v.effect, deps.history,
+                                  v.acted_ns, deps.hold_s)
+        if outcome.recovered or not steps_ok or outcome.final:
             break
+        timed_out = deps.monotonic() > deadline
+        if timed_out or deps.monotonic() - t0 >= deps.harm_after_s:
+            harmed = verifying.harm(v.before, v.base, v.effect, deps.history, nodes, v.acted_ns, deps.hold_s)
+            if harmed or timed_out:
+                break
         await deps.sleep(deps.verify_poll_s)
-    mttr_ms = (deps.clock_ns() - (req.first_symptom_unix_ns or acted_ns)) / 1e6
-    await ctx.publish(subjects.MAPEK_VERIFIED, verifying.verification(req, outcome, mttr_ms))
+    rolled_back = escalated = False
+    if harmed:
+        outcome.recovered = False
+        outcome.failed.extend(f"worse since the action: {h}" for h in harmed)
+        rolled_back = await rollback(req, v, outcome, harmed, ctx, deps)
+        escalated = True
+    elif outcome.recovered:
+        await after_verified(req, ctx, deps)
+    mttr_ms = (deps.clock_ns() - (req.first_symptom_unix_ns or v.acted_ns)) / 1e6
+    await ctx.publish(subjects.MAPEK_VERIFIED, verifying.verification(req, outcome, mttr_ms, v.effect, rolled_back,
+                                                                      escalated))
     await ctx.audit("verification", req.action_id, {
-        "recovered": outcome.recovered, "mttr_ms": f"{mttr_ms:.0f}", "failed": "; ".join(outcome.failed)[:1000]})
+        "recovered": outcome.recovered, "mttr_ms": f"{mttr_ms:.0f}", "failed": "; ".join(outcome.failed)[:1000],
+        "rolled_back": rolled_back, "escalated": escalated})
+
+
+async def after_verified(req: events_pb2.ActionRequest, ctx: Context, deps: ExecutorDeps) -> None:
+    """A verified repair resets its incident's budget and runs what waits for the verification."""
+    if req.incident_id:
+        await (await ctx.kv("budget")).delete(budget_key("incident", req.incident_id))
+    for phase in after_verified_steps(req.action, req.fault_type):
+        steps = [s for r in await asyncio.gather(*(run_step(st, ctx, deps, req) for st in phase)) for s in r]
+        await ctx.audit("action.completed", req.action_id, {
+            "steps": "; ".join(f"{s.name}: {'ok' if s.ok else s.detail}" for s in steps)[:1000],
+            "success": all(s.ok for s in steps)})
+
+
+async def rollback(req: events_pb2.ActionRequest, v: Verifying, outcome: verifying.Outcome, harmed: list[str],
+                   ctx: Context, deps: ExecutorDeps) -> bool:
+    """Undo the action (when it can be undone) and escalate; True when it was rolled back."""
+    name = f"{action_name(req.action.kind)} {req.action.target_node}".strip()
+    undo = undo_steps(req.action, v.commanded)
+    if undo is None:
+        await escalate(req, "irreversible", f"{name} made delivery worse and cannot be undone: "
+                       + "; ".join(harmed), outcome.failed, False, ctx)
+        return False
+    steps: list[events_pb2.ActionStep] = []
+    for phase in undo:
+        for r in await asyncio.gather(*(run_step(st, ctx, deps, req) for st in phase)):
+            steps.extend(r)
+    ok = all(s.ok for s in steps)
+    errors = "; ".join(f"{s.name}: {s.detail}" for s in steps if not s.ok)[:1000]
+    await ctx.audit("action.rolled_back", req.action_id, {
+        "action": action_name(req.action.kind), "target": req.action.target_node, "incident": req.incident_id,
+        "ok": ok, "steps": len(steps), "error": errors, "harm": "; ".join(harmed)[:1000]})
+    outcome.failed.append(f"rolled back ({len(steps)} step(s))" if ok else f"rollback failed: {errors}")
+    keys = ""
+    if req.action.kind == events_pb2.ACTION_KIND_ISOLATE:
+        keys = (f"; {req.action.target_node}'s identity stays revoked ({req.fault_type or 'security fault'})"
+                if req.fault_type in SECURITY_FAULTS or not req.fault_type
+                else f"; {req.action.target_node}'s identity was not revoked (re-admitted)")
+    await escalate(req, "rolled_back" if ok else "rollback_failed",
+                   f"{name} made delivery worse: {'; '.join(harmed)}; "
+                   + ("undone" if ok else f"undoing it failed: {errors}") + keys, outcome.failed, ok, ctx)
+    return ok
+
+
+async def escalate(req: events_pb2.ActionRequest, reason: str, detail: str, failed: list[str], rolled_back: bool,
+                   ctx: Context) -> None:
+    """Hand the incident to operators: an Escalation on mapek.escalation and the audit event."""
+    esc = events_pb2.Escalation(meta=new_meta("executor", req.meta.cycle_id), incident_id=req.incident_id,
+                                action_id=req.action_id, action=req.action, fault_type=req.fault_type,
+                                reason=reason, detail=detail[:2000], checks_failed=failed[:50],
+                                rolled_back=rolled_back)
+    await ctx.publish(subjects.MAPEK_ESCALATION, esc)
+    await ctx.audit("incident.escalated", req.incident_id or req.action_id, {
+        "reason": reason, "action_id": req.action_id, "action": action_name(req.action.kind),
+        "target": req.action.target_node, "rolled_back": rolled_back, "detail": detail[:1000]})

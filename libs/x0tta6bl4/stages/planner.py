@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.ports import DELETE, KV, CasConflict, Context, Entry, KeyNotFound, cas_update
 from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
+from x0tta6bl4.ids import new_meta
 from x0tta6bl4.knowledge.outcomes import ActionStats
 from x0tta6bl4.knowledge.outcomes import key as knowledge_key
 from x0tta6bl4.mapek import plan as planning
@@ -101,17 +102,31 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
         return
     adjacency = {t.node_id: list(t.neighbours) for t in deps.telemetry.values()}
     plan, decision = planning.make_plan(anomaly, deps.policy, await knowledge_for(ctx, anomaly.fault_type),
-                                        functools.partial(twin_verdict, adjacency))
+                                        functools.partial(twin_verdict, adjacency),
+                                        planning.mesh_facts(deps.telemetry.values()))
     await ctx.publish(subjects.MAPEK_PLAN, plan)
     await ctx.audit("decision", plan.plan_id, {
         "decision": decision.kind.value, "reason": decision.reason, "incident": plan.incident_id,
         "action": planning.action_name(plan.action.kind), "target": plan.root_cause,
         "confidence": f"{anomaly.confidence:.3f}",
         "auto_approved": decision.kind is DecisionKind.AUTO_EXECUTE})
+    if plan.escalation:      # do no harm: refused to act on its own (x0tta6bl4.mapek.plan.refusal)
+        await escalate(plan, ctx)
     if decision.kind is DecisionKind.AUTO_EXECUTE:
         await ctx.publish(subjects.MAPEK_ACTION, approved_request(plan, deps))
     # OBSERVE keeps the incident claim until it expires (bucket TTL), so the same observation is
     # not re-planned on every window; a different root cause or fault is a different incident.
+
+
+async def escalate(plan: events_pb2.Plan, ctx: Context) -> None:
+    """Hand a refused plan's incident to operators: an Escalation on mapek.escalation, audited."""
+    reason = "live_endpoint" if "live endpoint" in plan.escalation else "flow_cut"
+    await ctx.publish(subjects.MAPEK_ESCALATION, events_pb2.Escalation(
+        meta=new_meta("planner", plan.meta.cycle_id), incident_id=plan.incident_id, action=plan.action,
+        fault_type=plan.fault_type, reason=reason, detail=plan.escalation))
+    await ctx.audit("incident.escalated", plan.incident_id, {
+        "reason": reason, "plan": plan.plan_id, "action": planning.action_name(plan.action.kind),
+        "target": plan.root_cause, "detail": plan.escalation[:1000]})
 
 
 # ---- verified outcomes -> knowledge ---------------------------------------------------------------
@@ -162,6 +177,9 @@ async def on_verified(v: events_pb2.Verification, ctx: Context, deps: PlannerDep
     incidents = await ctx.kv("incidents")
     if v.recovered:   # late anomalies of this incident (symptom before now) are not planned again
         await incidents.put(v.incident_id, planning.resolved_claim(v.meta.cycle_id, v.meta.ts_unix_ns))
+    elif v.escalated:  # handed to operators (e.g. rolled back): nothing is planned for it until the claim expires
+        await incidents.put(v.incident_id, planning.escalated_claim(v.meta.cycle_id, v.meta.ts_unix_ns,
+                                                                    v.action.params.get("generation", "")))
     else:             # not repaired: the next anomaly may plan again at once
         await incidents.delete(v.incident_id)
 

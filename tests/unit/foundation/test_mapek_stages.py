@@ -95,17 +95,33 @@ def test_knowledge_prefers_the_action_that_worked():
     assert rank(["restart", "reroute"], {}) == ["restart", "reroute"]
 
 
+def before_incident(*nodes, at_s=95):
+    """A history holding one report of each node from before the incident (at ``at_s``)."""
+    history = verify.History()
+    for t in nodes:
+        t.meta.ts_unix_ns = at_s * 10**9
+        history.record(t)
+    return history
+
+
 def test_verify_ignores_the_routed_around_node_and_requires_the_rest_healthy():
     spec = events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REROUTE, target_node="n3")
+    history = before_incident(tel("n1"), tel("n2"), tel("n3"), tel("n4"))
+    base = verify.baseline(history, 100 * 10**9)
+    effect = verify.expected_effect(spec, base)
+    assert list(effect.removed) == ["n3"] and round(effect.connectivity, 2) == 0.33   # n4 hangs on n3 (a line)
+
+    def check(nodes, steps_ok=True):
+        return verify.check(spec, nodes, classify_node, steps_ok, base, effect, history, 100 * 10**9)
     nodes = [tel("n1"), tel("n2"), tel("n3", reachable=False), tel("n4")]
-    assert verify.check(spec, nodes, classify_node).recovered
+    assert check(nodes).recovered
     nodes[1] = tel("n2", p99_latency_ms=60)  # warning band: reported, not failed
-    out = verify.check(spec, nodes, classify_node)
+    out = check(nodes)
     assert out.recovered and "warning band" in out.passed[0]
     nodes[1] = tel("n2", loss_pct=20)
-    out = verify.check(spec, nodes, classify_node)
+    out = check(nodes)
     assert not out.recovered and any("n2 critical" in f for f in out.failed)
-    assert not verify.check(spec, [tel("n1")], classify_node, steps_ok=False).recovered
+    assert not check([tel("n1")], steps_ok=False).recovered
 
 
 def test_monitor_starts_a_cycle_only_when_a_node_gets_worse():
@@ -162,20 +178,29 @@ def test_a_node_with_all_links_slow_is_the_source_of_end_to_end_latency():
     assert p.decision == events_pb2.DECISION_KIND_STANDARD_VOTE and p.action.target_node == "n3"
 
 
-def test_verify_needs_data_acknowledged_since_the_action():
+def test_verify_needs_the_flows_delivering_as_before_the_incident_held_after_the_action():
     spec = events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REROUTE, target_node="n3")
+    s = 10**9
 
-    def src(sent, acked):
+    def src(at_s, sent, acked):
         t = tel("n1")
-        t.counters["sent"], t.counters["acked"] = sent, acked
+        t.meta.ts_unix_ns = int(at_s * s)
+        t.flows.add(dest="n2", sent=sent, acked=acked)
         return t
-    base = verify.traffic_baseline([src(100, 90)])
-    quiet = [src(120, 90), tel("n2"), tel("n3", reachable=False), tel("n4")]
-    out = verify.check(spec, quiet, classify_node, baseline=base)
-    assert not out.recovered and "no DATA acknowledged since the action at n1" in out.failed
-    flowing = [src(130, 95), tel("n2"), tel("n3", reachable=False), tel("n4")]
-    out = verify.check(spec, flowing, classify_node, baseline=base)
-    assert out.recovered and "DATA flows again end to end" in out.passed
+    history = verify.History()
+    for t in (src(90, 0, 0), src(95, 100, 100), tel("n2"), tel("n3"), tel("n4")):
+        t.meta.ts_unix_ns = t.meta.ts_unix_ns if t.node_id == "n1" else 95 * s
+        history.record(t)
+    base = verify.baseline(history, 100 * s)            # the window 94..99 s: 100 of 100 acknowledged
+    effect = verify.expected_effect(spec, base)
+    others = [tel("n2"), tel("n3", reachable=False), tel("n4")]
+    history.record(src(100.5, 110, 100))
+    history.record(src(101.0, 120, 100))                 # nothing acknowledged since the action at 100 s
+    out = verify.check(spec, [src(101.0, 120, 100), *others], classify_node, True, base, effect, history, 100 * s)
+    assert not out.recovered
+    history.record(src(101.6, 130, 119))                 # 19 of 20 since 100.5 s, held 1.1 s
+    out = verify.check(spec, [src(101.6, 130, 119), *others], classify_node, True, base, effect, history, 100 * s)
+    assert out.recovered, out.failed
 
 
 def test_down_node_victims_include_the_neighbours_it_last_reported():
