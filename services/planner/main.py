@@ -24,18 +24,20 @@ class PlannerSettings(CommonSettings):
     reinstate_tick_s: float = Field(1.0, gt=0, le=60)
 
 
-def deps(settings: PlannerSettings, telemetry: Mapping[str, events_pb2.NodeTelemetry]) -> stage.PlannerDeps:
+def deps(settings: PlannerSettings, telemetry: Mapping[str, events_pb2.NodeTelemetry],
+         health: Mapping[str, bytes] | None = None) -> stage.PlannerDeps:
     return stage.PlannerDeps(
         policy=DecisionPolicy(emergency_vote_duration_s=settings.emergency_vote_s,
                               standard_vote_duration_s=settings.standard_vote_s),
         thresholds=settings.threshold_table(), telemetry=telemetry, signer=settings.signer("planner"),
         action_timeout_s=settings.action_timeout_s, approval_ttl_s=settings.approval_ttl_s,
-        reinstate_after_s=settings.reinstate_after_s, reinstate_tick_s=settings.reinstate_tick_s)
+        reinstate_after_s=settings.reinstate_after_s, reinstate_tick_s=settings.reinstate_tick_s,
+        health=health if health is not None else {})
 
 
 def build(settings: PlannerSettings) -> Service:
     app = Service("planner", settings)
-    d = deps(settings, app.mirror("telemetry", events_pb2.NodeTelemetry.FromString))
+    d = deps(settings, app.mirror("telemetry", events_pb2.NodeTelemetry.FromString), app.mirror("health"))
 
     @app.background
     async def reinstate_healthy_nodes() -> None:

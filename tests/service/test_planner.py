@@ -45,7 +45,10 @@ def tel(node: str, neighbours=(), **over) -> events_pb2.NodeTelemetry:
     t = events_pb2.NodeTelemetry(meta=new_meta("monitor"), node_id=node, reachable=True, cpu_pct=5.0,
                                  mem_pct=20.0, neighbours=list(neighbours))
     for k, v in over.items():
-        setattr(t, k, v)
+        if k == "links":
+            t.links.extend(v)
+        else:
+            setattr(t, k, v)
     return t
 
 
@@ -186,14 +189,17 @@ async def test_the_next_plan_prefers_the_action_that_worked(bus: TestBus):
 
 
 # ---- nodes routed around and their reinstatement -------------------------------------------------
-async def test_a_verified_reroute_of_a_dead_node_puts_it_in_avoided(bus: TestBus):
+async def test_a_verified_reroute_puts_its_node_in_avoided_with_the_fault(bus: TestBus):
     await bus.publish(subjects.MAPEK_VERIFIED, verification(at_ns=2_000 * S))
     record = json.loads(bus.kv("avoided").value("n3"))
-    assert record == {"node": "n3", "plan": "act-1", "since_ns": 2_000 * S}
-    # a degraded node routed around, or a reroute that did not verify, is not tracked
+    assert record == {"node": "n3", "plan": "act-1", "since_ns": 2_000 * S, "fault": "node_down"}
+    # a degraded or congested node routed around is tracked too (its probation asks for clean links)
     await bus.publish(subjects.MAPEK_VERIFIED, verification(node="n5", fault="congestion", action_id="a5"))
+    assert json.loads(bus.kv("avoided").value("n5"))["fault"] == "congestion"
+    # a reroute that did not verify, or one of a compromised node (an operator lifts that), is not
     await bus.publish(subjects.MAPEK_VERIFIED, verification(node="n6", recovered=False, action_id="a6"))
-    assert await bus.kv("avoided").keys() == ["n3"]
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(node="n7", fault="compromised", action_id="a7"))
+    assert sorted(await bus.kv("avoided").keys()) == ["n3", "n5"]
 
 
 async def test_a_verified_reinstatement_takes_the_node_out_and_a_failed_one_restarts_probation(bus: TestBus):
@@ -284,3 +290,147 @@ async def test_a_signing_key_not_in_the_trust_bundle_approves_nothing(bus: TestB
     [req] = bus.messages(subjects.MAPEK_ACTION)
     with pytest.raises(ApprovalError, match="is not in the trust bundle"):
         verify_approval(req, stranger.bundle, req.approval.issued_unix_ns)
+
+
+# ---- what a verification counts -----------------------------------------------------------------------
+async def test_an_outcome_is_counted_once_per_action_even_when_handled_again(bus: TestBus):
+    """The finding: a handler that failed after recording was retried and counted the outcome each time.
+    A second Verification of the same action (another event id: not a redelivery) counts nothing either."""
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(action_id="act-1", mttr_ms=700.0))
+    again = verification(action_id="act-1", mttr_ms=700.0)
+    again.meta.event_id = "another-event"
+    await bus.publish(subjects.MAPEK_VERIFIED, again)
+    stats = ActionStats.from_json(bus.kv("knowledge").value("node_down.reroute"))
+    assert (stats.attempts, stats.successes, stats.recent_actions) == (1, 1, ["act-1"])
+    assert [a.details["action_id"] for a in bus.audited("knowledge.recorded")] == ["act-1"]
+    [dup] = bus.audited("knowledge.duplicate")
+    assert dup.subject_id == "node_down.reroute" and dup.details["action_id"] == "act-1"
+
+
+async def test_a_verification_without_incident_id_is_refused_once_and_counted_never(bus: TestBus):
+    v = verification(action_id="act-9")
+    v.incident_id = ""
+    await bus.publish(subjects.MAPEK_VERIFIED, v)
+    [dead] = bus.dead_letters
+    assert dead.consumer == "planner-knowledge"
+    assert dead.reason == ("rejected by planner: verification of action 'act-9' names no incident_id: not counted "
+                           "in the knowledge base, no incident resolved")
+    assert bus.kv("knowledge").value("node_down.reroute") is None and bus.audited("knowledge.recorded") == []
+    assert await bus.kv("avoided").keys() == []
+
+
+def test_stats_written_by_a_newer_planner_still_load():
+    data = json.dumps({"fault_type": "f", "action": "reroute", "attempts": 2, "successes": 1,
+                       "a_field_from_the_future": 1}).encode()
+    assert ActionStats.from_json(data).attempts == 2
+
+
+# ---- planned maintenance and mesh generations -------------------------------------------------------------
+def maintenance(bus: TestBus, node: str, generation: str = "", reason: str = "drain") -> None:
+    """What the monitor records when meshctl mesh drain / mesh down announces maintenance."""
+    doc = {"since_ns": 1_000 * S, "reason": reason, "by": "meshctl", "generation": generation}
+    bus.kv("health")._set(stage.maintenance_key(node), json.dumps(doc).encode())
+
+
+async def test_an_anomaly_of_a_node_in_maintenance_is_not_planned(bus: TestBus):
+    maintenance(bus, "n3", reason="mesh down")
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("n3", "node_down"))
+    assert bus.messages(subjects.MAPEK_PLAN) == [] and bus.messages(subjects.MAPEK_ACTION) == []
+    [audit] = bus.audited("anomaly.maintenance")
+    assert audit.subject_id == "n3.node_down" and audit.details["reason"] == "mesh down"
+    assert bus.kv("incidents").value("n3.node_down") is None       # nothing claimed: nothing to release
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("n5", "node_down", cycle="c2"))   # others still are
+    assert [p.root_cause for p in bus.messages(subjects.MAPEK_PLAN)] == ["n5"]
+
+
+async def test_maintenance_of_an_older_mesh_generation_does_not_cover_the_new_mesh(bus: TestBus):
+    maintenance(bus, "n3", generation="old")
+    await report(bus, tel("n3", mesh_generation="new"))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("n3", "congestion"))
+    assert len(bus.messages(subjects.MAPEK_PLAN)) == 1 and bus.audited("anomaly.maintenance") == []
+
+
+async def test_actions_name_the_mesh_generation_of_their_target(bus: TestBus, keys: Keys):
+    await report(bus, tel("n3", ["n2"], mesh_generation="mesh-A"), tel("n2", ["n3"], mesh_generation="mesh-A"))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly())
+    [plan] = bus.messages(subjects.MAPEK_PLAN)
+    assert plan.action.params["generation"] == "mesh-A"
+    assert all(a.params["generation"] == "mesh-A" for a in plan.alternatives)
+    [req] = bus.messages(subjects.MAPEK_ACTION)
+    assert req.action.params["generation"] == "mesh-A"
+    assert verify_approval(req, keys.bundle, req.approval.issued_unix_ns) == "planner"   # signed with it
+    assert json.loads(bus.kv("incidents").value("n3.node_down"))["generation"] == "mesh-A"
+
+
+async def test_an_old_mesh_generations_claim_does_not_hold_up_the_new_meshs_incident(bus: TestBus):
+    await report(bus, tel("n3", mesh_generation="old"))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c1"))
+    # meshctl mesh down (without maintenance) and up: the same names, a new mesh, the same fault
+    await report(bus, tel("n3", mesh_generation="new"))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c2", first_ns=1_001 * S))
+    assert [p.meta.cycle_id for p in bus.messages(subjects.MAPEK_PLAN)] == ["c1", "c2"]
+    assert [p.action.params["generation"] for p in bus.messages(subjects.MAPEK_PLAN)] == ["old", "new"]
+    assert bus.audited("anomaly.duplicate") == []
+
+
+async def test_an_avoided_node_of_an_old_mesh_generation_is_dropped_not_reinstated():
+    bus = TestBus(service="planner")
+    telemetry = {"n3": tel("n3", mesh_generation="new")}
+    d = deps(PlannerSettings(reinstate_after_s=10.0), telemetry)
+    await bus.kv("avoided").put("n3", planning.avoided_record("n3", "act-1", 1_000 * S, "node_down", "old"))
+    await stage.reinstate_tick(bus.context(), d, 1_001 * S)
+    assert bus.kv("avoided").value("n3") is None and bus.messages(subjects.MAPEK_ACTION) == []
+    [audit] = bus.audited("avoided.dropped")
+    assert audit.subject_id == "n3" and audit.details == {"reason": "mesh generation changed", "was": "old",
+                                                           "now": "new"}
+
+
+# ---- reinstating degraded and congested nodes -----------------------------------------------------------
+def link(peer: str, loss: float = 0.0, latency_ms: float = 0.2) -> events_pb2.LinkQuality:
+    return events_pb2.LinkQuality(peer=peer, loss_rate=loss, latency_ms=latency_ms, link_age_s=30.0)
+
+
+@pytest.mark.parametrize("fault", ["congestion", "degrading_link"])
+async def test_a_degraded_node_is_reinstated_once_its_links_are_clean_through_its_probation(fault, keys: Keys):
+    """Routed around, the slow node carries no DATA (its p99 and loss look perfect); the HELLO beacons still
+    cross its links, so its own and its neighbours' link measurements say when it is really back."""
+    bus = TestBus(service="planner")
+    slow = 150.0
+    telemetry = {"n3": tel("n3", ["n2", "n4"], links=[link("n2", latency_ms=slow), link("n4", latency_ms=slow)]),
+                 "n2": tel("n2", ["n3"], links=[link("n3", latency_ms=slow)]),
+                 "n4": tel("n4", ["n3"], links=[link("n3", latency_ms=slow)])}
+    d = deps(PlannerSettings(reinstate_after_s=10.0), telemetry)
+    await bus.kv("avoided").put("n3", planning.avoided_record("n3", "act-1", 1_000 * S, fault))
+    ctx = bus.context()
+    await stage.reinstate_tick(ctx, d, 1_001 * S)                  # healthy by the table, links slow: waits
+    assert "healthy_since_ns" not in json.loads(bus.kv("avoided").value("n3"))
+    telemetry["n3"] = tel("n3", ["n2", "n4"], links=[link("n2"), link("n4")])
+    await stage.reinstate_tick(ctx, d, 1_002 * S)                  # its own links clean, a neighbour's not
+    assert "healthy_since_ns" not in json.loads(bus.kv("avoided").value("n3"))
+    telemetry["n2"] = tel("n2", ["n3"], links=[link("n3")])
+    telemetry["n4"] = tel("n4", ["n3"], links=[link("n3")])
+    await stage.reinstate_tick(ctx, d, 1_003 * S)                  # every view clean: probation starts
+    assert json.loads(bus.kv("avoided").value("n3"))["healthy_since_ns"] == 1_003 * S
+    telemetry["n4"] = tel("n4", ["n3"], links=[link("n3", loss=0.2)])   # lossy again meanwhile: over again
+    await stage.reinstate_tick(ctx, d, 1_006 * S)
+    assert "healthy_since_ns" not in json.loads(bus.kv("avoided").value("n3"))
+    telemetry["n4"] = tel("n4", ["n3"], links=[link("n3")])
+    await stage.reinstate_tick(ctx, d, 1_007 * S)
+    await stage.reinstate_tick(ctx, d, 1_016 * S)
+    assert bus.messages(subjects.MAPEK_PLAN) == []
+    await stage.reinstate_tick(ctx, d, 1_017 * S)
+    [plan] = bus.messages(subjects.MAPEK_PLAN)
+    assert plan.action.kind == K.ACTION_KIND_REINSTATE and plan.action.target_node == "n3"
+    assert f"({fault}) and has been reachable and healthy with clean links for 10 s" in plan.rationale
+    [req] = bus.messages(subjects.MAPEK_ACTION)
+    assert verify_approval(req, keys.bundle, req.approval.issued_unix_ns) == "planner"
+
+
+async def test_a_degraded_node_without_any_link_is_not_back():
+    bus = TestBus(service="planner")
+    telemetry = {"n3": tel("n3")}                                   # reports, healthy, but no link at all
+    d = deps(PlannerSettings(reinstate_after_s=1.0), telemetry)
+    await bus.kv("avoided").put("n3", planning.avoided_record("n3", "act-1", 1_000 * S, "congestion"))
+    for t in (1_001, 1_003, 1_005):
+        await stage.reinstate_tick(bus.context(), d, t * S)
+    assert bus.messages(subjects.MAPEK_PLAN) == []

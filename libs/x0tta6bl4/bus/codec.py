@@ -168,7 +168,7 @@ _FIXED32 = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_FIXED32, FieldDescr
 _LENGTH = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_MESSAGE)
 
 
-def wire_types(fd: FieldDescriptor) -> tuple[int, ...]:
+def wire_types(fd: Any) -> tuple[int, ...]:
     """The wire types a field may arrive with (a repeated scalar: packed or not)."""
     if fd.type in _LENGTH:
         return (2,)
@@ -181,7 +181,7 @@ def wire_types(fd: FieldDescriptor) -> tuple[int, ...]:
 def _foreign_field(msg: Message, path: str = "") -> str:
     """Why ``msg`` (parsed from bytes) is not of its type: "" when nothing says so."""
     desc = msg.DESCRIPTOR
-    for u in UnknownFieldSet(msg):
+    for u in cast(Any, UnknownFieldSet(msg)):        # (iterable; its stub says otherwise)
         fd = desc.fields_by_number.get(u.field_number)
         if fd is not None:
             want = "/".join(WIRE_NAMES[w] for w in wire_types(fd))

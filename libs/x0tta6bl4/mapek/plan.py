@@ -28,6 +28,7 @@ FAULT_ACTIONS: dict[str, tuple[events_pb2.ActionKind, ...]] = {
     "key_compromise": (K.ACTION_KIND_ROTATE_KEYS, K.ACTION_KIND_ISOLATE),
 }
 DEFAULT_ACTIONS: tuple[events_pb2.ActionKind, ...] = (K.ACTION_KIND_REROUTE,)
+GENERATION = "generation"   # ActionSpec.params / MeshCommand.params: the mesh generation an action is for
 MAX_AUTO_CASCADE = 2
 
 EFFECT = {
@@ -218,27 +219,36 @@ def action_request(plan: events_pb2.Plan, approved_by: str, proposal_id: str = "
 # time of the verification. Windows overlap, so anomalies of an incident keep arriving for a moment
 # after it was repaired: one whose first symptom predates the verified repair belongs to the incident
 # just resolved and must not be planned again (re-planning it would, say, make every node avoid a
-# node that has just come back). A symptom that starts after the repair is a new incident.
+# node that has just come back). A symptom that starts after the repair is a new incident. An entry
+# of another mesh generation (the node's mesh was replaced since) is no claim on this mesh's incident.
 CLAIM_NEW, CLAIM_OPEN, CLAIM_STALE = "new", "open", "stale"
 
 
-def open_claim(cycle_id: str) -> bytes:
-    return json.dumps({"cycle": cycle_id}).encode()
+def _with_generation(doc: dict, generation: str) -> bytes:
+    return json.dumps({**doc, "generation": generation} if generation else doc).encode()
 
 
-def resolved_claim(cycle_id: str, verified_ns: int) -> bytes:
-    return json.dumps({"cycle": cycle_id, "resolved_ns": int(verified_ns)}).encode()
+def open_claim(cycle_id: str, generation: str = "") -> bytes:
+    return _with_generation({"cycle": cycle_id}, generation)
 
 
-def claim_verdict(existing: bytes | None, first_symptom_ns: int) -> str:
-    """What to do with an anomaly whose incident already has an entry ``existing`` (None: no entry)."""
+def resolved_claim(cycle_id: str, verified_ns: int, generation: str = "") -> bytes:
+    return _with_generation({"cycle": cycle_id, "resolved_ns": int(verified_ns)}, generation)
+
+
+def claim_verdict(existing: bytes | None, first_symptom_ns: int, generation: str = "") -> str:
+    """What to do with an anomaly whose incident already has an entry ``existing`` (None: no entry);
+    ``generation``: the mesh generation the anomaly's root cause reports from ("" unknown)."""
     if existing is None:
         return CLAIM_NEW
     try:
         doc = json.loads(existing)
         resolved = int(doc.get("resolved_ns", 0)) if isinstance(doc, dict) else 0
+        theirs = str(doc.get("generation", "")) if isinstance(doc, dict) else ""
     except (ValueError, TypeError):
-        resolved = 0                       # an older plain claim (cycle id bytes): still open
+        resolved, theirs = 0, ""           # an older plain claim (cycle id bytes): still open
+    if generation and theirs and theirs != generation:
+        return CLAIM_NEW                   # the claim of a mesh that is gone
     if not resolved:
         return CLAIM_OPEN
     return CLAIM_NEW if first_symptom_ns > resolved else CLAIM_STALE
@@ -254,8 +264,19 @@ WAIT, UPDATE, REINSTATE = "wait", "update", "reinstate"
 REINSTATE_STALE_NS = 120 * 10**9   # a reinstatement without a verification by then is tried again
 
 
-def avoided_record(node: str, plan_id: str, since_ns: int) -> bytes:
-    return json.dumps({"node": node, "plan": plan_id, "since_ns": int(since_ns)}).encode()
+def avoided_record(node: str, plan_id: str, since_ns: int, fault: str = "node_down", generation: str = "") -> bytes:
+    """``fault``: why it was routed around (a dead node must be back and healthy; a degraded one's links
+    clean too); ``generation``: the mesh generation it was routed around in."""
+    return _with_generation({"node": node, "plan": plan_id, "since_ns": int(since_ns), "fault": fault},
+                            generation)
+
+
+def avoided_fault(record: bytes) -> str:
+    return str(_doc(record).get("fault", "node_down"))
+
+
+def avoided_generation(record: bytes) -> str:
+    return str(_doc(record).get("generation", ""))
 
 
 def _doc(record: bytes) -> dict:
@@ -307,6 +328,8 @@ def reinstate_plan(record: bytes, probation_s: float) -> events_pb2.Plan:
     doc = _doc(record)
     node, since = str(doc["node"]), int(doc.get("healthy_since_ns", 0))
     key = (node, str(doc.get("since_ns", 0)), str(doc.get("reinstating_ns", 0)))
+    fault, generation = str(doc.get("fault", "node_down")), str(doc.get("generation", ""))
+    back = "reachable and healthy" if fault == "node_down" else "reachable and healthy with clean links"
     return events_pb2.Plan(
         meta=new_meta("planner", derive_id("cycle", "reinstate", *key)),
         plan_id=derive_id("plan", "reinstate", *key),
@@ -316,9 +339,10 @@ def reinstate_plan(record: bytes, probation_s: float) -> events_pb2.Plan:
         confidence=1.0,
         severity=common_pb2.SEVERITY_LOW,
         decision=K.DECISION_KIND_AUTO_EXECUTE,
-        action=events_pb2.ActionSpec(kind=K.ACTION_KIND_REINSTATE, target_node=node),
+        action=events_pb2.ActionSpec(kind=K.ACTION_KIND_REINSTATE, target_node=node,
+                                     params={GENERATION: generation} if generation else {}),
         expected_effect=EFFECT[K.ACTION_KIND_REINSTATE].format(node=node),
-        rationale=f"{node} was routed around by a REROUTE and has been reachable and healthy for "
+        rationale=f"{node} was routed around by a REROUTE ({fault}) and has been {back} for "
                   f"{probation_s:g} s: undo the avoid (auto: it reverses an automatic action)",
         first_symptom_unix_ns=since,
     )

@@ -1,17 +1,26 @@
 """Plan stage: anomaly -> plan (decision matrix, digital twin, knowledge) -> action when auto-approved;
 verified outcomes -> knowledge; nodes routed around are reinstated once healthy again.
 
-* :func:`on_anomaly` claims the anomaly's incident in the ``incidents`` bucket (one plan per incident
-  across replicas; late anomalies of a repaired incident are stale, see
-  :func:`x0tta6bl4.mapek.plan.claim_verdict`), plans it and, when the decision is AUTO_EXECUTE,
+* :func:`on_anomaly` drops an anomaly whose root cause is in planned maintenance (``maint.<node>`` in the
+  ``health`` bucket, kept by the monitor from ``maintenance.*`` MeshEvents; audited
+  ``anomaly.maintenance``), claims the anomaly's incident in the ``incidents`` bucket (one plan per
+  incident across replicas; late anomalies of a repaired incident are stale, see
+  :func:`x0tta6bl4.mapek.plan.claim_verdict`; a claim of another mesh generation does not count), plans
+  it for the mesh generation its root cause reports from (``params["generation"]`` of the actions: a
+  host of another generation refuses their commands) and, when the decision is AUTO_EXECUTE,
   publishes the ActionRequest, signed as approved by the planner (:func:`approved_request`; the executor
   runs nothing unsigned). Other decisions leave the plan to governance.
-* :func:`on_verified` records the outcome in the knowledge base (per fault type and action, with the
-  topology size at verification time), keeps the ``avoided`` bucket (a verified REROUTE of a dead
-  node puts it in, a verified REINSTATE takes it out) and resolves or releases the incident claim.
+* :func:`on_verified` refuses a verification without an incident id (dead-lettered once: its outcome
+  belongs to no incident), records the outcome in the knowledge base once per action id (per fault
+  type and action, with the topology size at verification time), keeps the ``avoided`` bucket (a
+  verified REROUTE puts the node in, a verified REINSTATE takes it out) and resolves or releases the
+  incident claim.
 * :func:`reinstate_tick` (every ``reinstate_tick_s``, :func:`reinstate_loop`) moves each avoided node's
   probation on and reinstates the node once it has been reachable and healthy -- by the deployment's
-  threshold table -- for ``reinstate_after_s``.
+  threshold table -- for ``reinstate_after_s``; a node routed around for a gray failure (slow, lossy,
+  congested, flapping) must also have clean links, measured by itself and its neighbours (HELLO
+  beacons still cross a node nobody routes through). The record of a node whose mesh generation
+  changed is dropped: the new mesh's agents never avoided it.
 
 Every shared write is a compare-and-set (:func:`x0tta6bl4.bus.ports.cas_update`): replicas agree.
 """
@@ -20,20 +29,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.ports import DELETE, KV, CasConflict, Context, Entry, KeyNotFound, cas_update
+from x0tta6bl4.bus.ports import DELETE, KV, CasConflict, Context, Entry, KeyNotFound, Reject, _Delete, cas_update
 from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
 from x0tta6bl4.ids import new_meta
 from x0tta6bl4.knowledge.outcomes import ActionStats
 from x0tta6bl4.knowledge.outcomes import key as knowledge_key
 from x0tta6bl4.mapek import plan as planning
 from x0tta6bl4.mapek.approval import sign_approval
-from x0tta6bl4.mapek.health import classify_node
+from x0tta6bl4.mapek.health import classify_node, links_healthy
 from x0tta6bl4.mapek.twin_adapter import twin_verdict
 from x0tta6bl4.monitoring.thresholds import Thresholds
 from x0tta6bl4.trust import Signer
@@ -56,6 +66,42 @@ class PlannerDeps:
     reinstate_after_s: float = 10.0                      # 0: never reinstate
     reinstate_tick_s: float = 1.0
     clock_ns: Callable[[], int] = time.time_ns
+    # the `health` bucket's mirror: maint.<node> holds a node's planned maintenance (the monitor keeps it)
+    health: Mapping[str, bytes] = field(default_factory=dict)
+
+    def generation(self, node: str) -> str:
+        """The mesh generation ``node`` last reported from ("" unknown)."""
+        t = self.telemetry.get(subjects.token(node)) if node else None
+        return t.mesh_generation if t is not None else ""
+
+    def maintenance(self, node: str) -> dict | None:
+        """The node's maintenance record (who announced it, why, since when) while it is in maintenance."""
+        return maintenance_of(self.health, node, self.generation(node))
+
+
+MAINTENANCE_PREFIX = "maint."
+
+
+def maintenance_key(node: str) -> str:
+    return MAINTENANCE_PREFIX + subjects.token(node)
+
+
+def maintenance_of(health: Mapping[str, bytes], node: str, generation: str = "") -> dict | None:
+    """``node``'s record in the ``health`` bucket's ``maint.`` keys, unless it is for another mesh
+    generation than ``generation`` (a mesh started since is not in maintenance)."""
+    raw = health.get(maintenance_key(node)) if node else None
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    theirs = str(doc.get("generation", ""))
+    if generation and theirs and theirs != generation:
+        return None
+    return doc
 
 
 # ---- anomalies -> plans -----------------------------------------------------------------------------
@@ -66,15 +112,16 @@ def approved_request(plan: events_pb2.Plan, deps: PlannerDeps) -> events_pb2.Act
     return sign_approval(req, deps.signer, deps.action_timeout_s + deps.approval_ttl_s, deps.clock_ns())
 
 
-async def claim(anomaly: events_pb2.Anomaly, ctx: Context) -> bool:
-    """Claim the anomaly's incident (True: plan it); a duplicate or stale anomaly is audited."""
+async def claim(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "") -> bool:
+    """Claim the anomaly's incident (True: plan it); a duplicate or stale anomaly is audited.
+    ``generation``: the mesh generation of its root cause (a claim of another generation is no claim)."""
     incidents = await ctx.kv("incidents")
     verdict = planning.CLAIM_NEW
 
     def change(entry: Entry | None) -> bytes | None:
         nonlocal verdict
-        verdict = planning.claim_verdict(entry.value if entry else None, anomaly.first_symptom_unix_ns)
-        return planning.open_claim(anomaly.meta.cycle_id) if verdict == planning.CLAIM_NEW else None
+        verdict = planning.claim_verdict(entry.value if entry else None, anomaly.first_symptom_unix_ns, generation)
+        return planning.open_claim(anomaly.meta.cycle_id, generation) if verdict == planning.CLAIM_NEW else None
 
     try:
         if (await cas_update(incidents, anomaly.incident_id, change, tries=CLAIM_TRIES)).written:
@@ -97,13 +144,29 @@ async def knowledge_for(ctx: Context, fault: str) -> dict[str, ActionStats]:
     return out
 
 
+def for_generation(plan: events_pb2.Plan, generation: str) -> events_pb2.Plan:
+    """The plan's actions (chosen and alternatives) name the mesh generation they are for."""
+    if generation:
+        for spec in (plan.action, *plan.alternatives):
+            spec.params[planning.GENERATION] = generation
+    return plan
+
+
 async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDeps) -> None:
-    if not await claim(anomaly, ctx):
+    maint = deps.maintenance(anomaly.root_cause)
+    if maint is not None:      # planned: nothing to repair (the monitor starts no cycle for it either)
+        await ctx.audit("anomaly.maintenance", anomaly.incident_id, {
+            "node": anomaly.root_cause, "fault": anomaly.fault_type, "reason": str(maint.get("reason", "")),
+            "since_ns": str(maint.get("since_ns", ""))})
+        return
+    generation = deps.generation(anomaly.root_cause)
+    if not await claim(anomaly, ctx, generation):
         return
     adjacency = {t.node_id: list(t.neighbours) for t in deps.telemetry.values()}
     plan, decision = planning.make_plan(anomaly, deps.policy, await knowledge_for(ctx, anomaly.fault_type),
                                         functools.partial(twin_verdict, adjacency),
                                         planning.mesh_facts(deps.telemetry.values()))
+    for_generation(plan, generation)
     await ctx.publish(subjects.MAPEK_PLAN, plan)
     await ctx.audit("decision", plan.plan_id, {
         "decision": decision.kind.value, "reason": decision.reason, "incident": plan.incident_id,
@@ -130,34 +193,46 @@ async def escalate(plan: events_pb2.Plan, ctx: Context) -> None:
 
 
 # ---- verified outcomes -> knowledge ---------------------------------------------------------------
-async def record_outcome(v: events_pb2.Verification, ctx: Context, topology_size: int) -> tuple[str, ActionStats]:
-    """Add one verified outcome to the knowledge base; the key and the stats as written."""
+async def record_outcome(v: events_pb2.Verification, ctx: Context,
+                         topology_size: int) -> tuple[str, ActionStats, bool]:
+    """Add one verified outcome to the knowledge base, once per action id: the key, the stats as they
+    are now, and whether this call counted it (False: this action's outcome was counted already)."""
     kv = await ctx.kv("knowledge")
     fault, name = v.fault_type or "unknown", planning.action_name(v.action.kind)
     k = knowledge_key(fault, name)
 
-    stats = ActionStats(fault, name)
+    stats, counted = ActionStats(fault, name), False
 
-    def change(entry: Entry | None) -> bytes:
-        nonlocal stats
+    def change(entry: Entry | None) -> bytes | None:
+        nonlocal stats, counted
         stats = ActionStats.from_json(entry.value) if entry else ActionStats(fault, name)
-        return stats.record(v.recovered, v.mttr_ms, topology_size=topology_size).to_json()
+        counted = not stats.counted(v.action_id)
+        if not counted:
+            return None
+        return stats.record(v.recovered, v.mttr_ms, topology_size=topology_size, action_id=v.action_id).to_json()
 
     await cas_update(kv, k, change, tries=KNOWLEDGE_TRIES)
-    return k, stats
+    return k, stats, counted
+
+
+NOT_REINSTATED = frozenset({"compromised", "key_compromise"})
+"""Faults whose REROUTE is not undone on its own: a security verdict is an operator's to lift."""
 
 
 async def track_avoided(v: events_pb2.Verification, ctx: Context) -> None:
-    """A verified REROUTE of a dead node puts it in ``avoided``; a verified REINSTATE takes it out."""
+    """A verified REROUTE puts its node in ``avoided`` (with the fault, which decides what "back to
+    normal" means, and the mesh generation); a verified REINSTATE takes it out."""
     node = v.action.target_node
     if not node:
         return
     avoided = await ctx.kv("avoided")
     key = subjects.token(node)
-    if v.action.kind == events_pb2.ACTION_KIND_REROUTE and v.recovered and v.fault_type == "node_down":
-        # only a node that died and comes back is reinstated on its own: a degraded node that is
-        # merely routed around looks healthy once nothing crosses it, and would flap in and out
-        await avoided.put(key, planning.avoided_record(node, v.action_id, v.meta.ts_unix_ns))
+    if v.action.kind == events_pb2.ACTION_KIND_REROUTE and v.recovered and v.fault_type not in NOT_REINSTATED:
+        # a degraded node routed around looks healthy as soon as no DATA crosses it: its probation
+        # also asks for clean links (see node_back), so it does not flap in and out
+        await avoided.put(key, planning.avoided_record(node, v.action_id, v.meta.ts_unix_ns,
+                                                       v.fault_type or "node_down",
+                                                       v.action.params.get(planning.GENERATION, "")))
     elif v.action.kind == events_pb2.ACTION_KIND_REINSTATE:
         def change(entry: Entry | None):
             if entry is None:
@@ -169,14 +244,24 @@ async def track_avoided(v: events_pb2.Verification, ctx: Context) -> None:
 
 
 async def on_verified(v: events_pb2.Verification, ctx: Context, deps: PlannerDeps) -> None:
-    k, stats = await record_outcome(v, ctx, topology_size=len(deps.telemetry))
-    await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": f"{v.mttr_ms:.0f}",
-                                              "success_rate": f"{stats.success_rate:.2f}",
-                                              "topology_size": stats.last_topology_size})
+    if not v.incident_id:
+        # refused at once (dead-lettered, audited by the runtime), never retried: whatever it says belongs
+        # to no incident, so it is not counted and resolves nothing
+        raise Reject(f"verification of action {v.action_id!r} names no incident_id: not counted in the "
+                     "knowledge base, no incident resolved")
+    k, stats, counted = await record_outcome(v, ctx, topology_size=len(deps.telemetry))
+    if counted:
+        await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": f"{v.mttr_ms:.0f}",
+                                                  "success_rate": f"{stats.success_rate:.2f}",
+                                                  "topology_size": stats.last_topology_size,
+                                                  "action_id": v.action_id})
+    else:
+        await ctx.audit("knowledge.duplicate", k, {"action_id": v.action_id, "recovered": v.recovered})
     await track_avoided(v, ctx)
     incidents = await ctx.kv("incidents")
+    generation = v.action.params.get(planning.GENERATION, "")
     if v.recovered:   # late anomalies of this incident (symptom before now) are not planned again
-        await incidents.put(v.incident_id, planning.resolved_claim(v.meta.cycle_id, v.meta.ts_unix_ns))
+        await incidents.put(v.incident_id, planning.resolved_claim(v.meta.cycle_id, v.meta.ts_unix_ns, generation))
     elif v.escalated:  # handed to operators (e.g. rolled back): nothing is planned for it until the claim expires
         await incidents.put(v.incident_id, planning.escalated_claim(v.meta.cycle_id, v.meta.ts_unix_ns,
                                                                     v.action.params.get("generation", "")))
@@ -189,24 +274,40 @@ def node_healthy(t: events_pb2.NodeTelemetry | None, thresholds: Thresholds) -> 
     return t is not None and t.reachable and classify_node(t, thresholds)[0] == common_pb2.HEALTH_HEALTHY
 
 
+def node_back(node: str, fault: str, deps: PlannerDeps) -> bool:
+    """Whether a node routed around for ``fault`` looks back to normal now: reachable and healthy by the
+    table; for anything but a dead node also with clean links (its own and its neighbours' view)."""
+    if not node_healthy(deps.telemetry.get(subjects.token(node)), deps.thresholds):
+        return False
+    return fault == "node_down" or links_healthy(node, deps.telemetry, deps.thresholds)[0]
+
+
 async def reinstate_one(ctx: Context, deps: PlannerDeps, avoided: KV, key: str, now_ns: int) -> None:
     """One avoided node: move its probation on, and reinstate it when it has served it."""
     probation_ns = int(deps.reinstate_after_s * 1e9)
-    step, node = planning.WAIT, ""
+    step, node, dropped = planning.WAIT, "", ""
 
-    def change(entry: Entry | None) -> bytes | None:
-        nonlocal step, node
+    def change(entry: Entry | None) -> bytes | _Delete | None:
+        nonlocal step, node, dropped
+        step, dropped = planning.WAIT, ""
         if entry is None:
-            step = planning.WAIT
             return None
         node = planning.avoided_node(entry.value)
-        healthy = bool(node) and node_healthy(deps.telemetry.get(subjects.token(node)), deps.thresholds)
+        theirs, now_gen = planning.avoided_generation(entry.value), deps.generation(node)
+        if theirs and now_gen and theirs != now_gen:
+            dropped = theirs            # the mesh it was avoided in is gone; the new one never avoided it
+            return DELETE
+        healthy = bool(node) and node_back(node, planning.avoided_fault(entry.value), deps)
         step, record = planning.reinstate_step(entry.value, healthy, now_ns, probation_ns)
         return record
 
     try:      # one try: when another replica moved the record first, its move stands
         out = await cas_update(avoided, key, change, tries=1)
     except CasConflict:
+        return
+    if dropped and out.written:
+        await ctx.audit("avoided.dropped", node, {"reason": "mesh generation changed", "was": dropped,
+                                                  "now": deps.generation(node)})
         return
     if step != planning.REINSTATE or not out.written or out.value is None:
         return
