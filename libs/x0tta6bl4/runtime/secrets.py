@@ -2,6 +2,8 @@
 
     <dir>/ca/ca.pem, ca.key            the deployment CA (TLS for NATS; X.509 SVIDs for gRPC)
     <dir>/nats/server.pem, server.key  nats-server's certificate (127.0.0.1, ::1, localhost, nats)
+    <dir>/nats/route.pem, route.key    the certificate nats-servers of a cluster present to each other on
+                                       their routes (mutual TLS, same names; see Secrets.cluster_block)
     <dir>/nats/auth.json               nats-server accounts, users (nkeys) and permissions (generated from
                                        bus/permissions.py; rewritten when a mesh host is added, then
                                        embedded in the server's configuration)
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -152,6 +155,14 @@ class Secrets:
         return self.root / "nats" / "server.key"
 
     @property
+    def route_cert(self) -> pathlib.Path:
+        return self.root / "nats" / "route.pem"
+
+    @property
+    def route_key(self) -> pathlib.Path:
+        return self.root / "nats" / "route.key"
+
+    @property
     def auth_file(self) -> pathlib.Path:
         return self.root / "nats" / "auth.json"
 
@@ -248,9 +259,26 @@ class Secrets:
             self.nkey_file(permissions.MESH_HOST_PREFIX + subjects.token(host)).unlink(missing_ok=True)
         return True
 
+    def cluster_block(self, port: int, routes: Iterable[str] = (), *, host: str = "127.0.0.1",
+                      name: str = "x0tta6bl4") -> dict:
+        """nats-server's ``cluster`` block (``nats_config(..., cluster=...)``): routes on ``host:port`` to
+        ``routes`` (``nats-route://host:port`` of the other servers) over mutual TLS - each server presents the
+        route certificate and accepts only a peer presenting that same certificate, signed by the deployment CA
+        (its public key pinned: the CA also signs every SVID, and a route sees every account's traffic)."""
+        if not self.route_cert.is_file() or not self.route_key.is_file():
+            raise SecretsError(f"secrets {str(self.root)!r}: nats/route.pem or route.key is missing "
+                               f"(run: meshctl secrets init --dir {self.root})")
+        spki = x509.load_pem_x509_certificate(self.route_cert.read_bytes()).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        pin = hashlib.sha256(spki).hexdigest()          # nats-server pins the certificate's public key
+        return {"name": name, "host": host, "port": port, "routes": list(routes),
+                "tls": {"cert_file": str(self.route_cert), "key_file": str(self.route_key),
+                        "ca_file": str(self.ca_cert), "verify": True, "pinned_certs": [pin], "timeout": 5}}
+
     def nats_config(self, port: int, store_dir: pathlib.Path, *, host: str = "127.0.0.1", name: str = "",
                     http_port: int = 0, cluster: dict | None = None) -> str:
-        """A nats-server configuration (JSON, which nats-server reads) with TLS and this authorization."""
+        """A nats-server configuration (JSON, which nats-server reads) with TLS and this authorization;
+        ``cluster``: a cluster block, e.g. :meth:`cluster_block` (routes over mutual TLS)."""
         conf: dict = {
             "host": host, "port": port, "server_name": name or f"x0tta6bl4-{port}",
             "jetstream": {"store_dir": str(store_dir)},
@@ -307,6 +335,11 @@ def init(root: str | pathlib.Path, trust_domain: str | None = None, *, force: bo
         write_secret_file(s.server_key, _pem_key(key))
         _write_public(s.server_cert, cert.public_bytes(serialization.Encoding.PEM))
         note(s.server_cert)
+    if force or not s.route_cert.is_file() or not s.route_key.is_file():     # cluster routes (mutual TLS)
+        key, cert = issue_server_cert(ca_key, ca, "nats-route", SERVER_NAMES, ("127.0.0.1", "::1"))
+        write_secret_file(s.route_key, _pem_key(key))
+        _write_public(s.route_cert, cert.public_bytes(serialization.Encoding.PEM))
+        note(s.route_cert)
     signers = []
     for svc in permissions.SERVICES:
         path = s.signing_file(svc)
