@@ -128,7 +128,7 @@ def refusal(kind: int, node: str, mesh: MeshFacts) -> str:
     return ""
 
 
-def expected_effect(kind: int, node: str, verdict: TwinVerdict) -> events_pb2.ExpectedEffect:
+def expected_effect(kind: events_pb2.ActionKind, node: str, verdict: TwinVerdict) -> events_pb2.ExpectedEffect:
     """What an action on ``node`` states it will do (the executor verifies the mesh against it)."""
     return events_pb2.ExpectedEffect(
         summary=EFFECT.get(kind, "").format(node=node), removed=[node] if kind in REMOVES and node else [],
