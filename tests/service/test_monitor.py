@@ -487,10 +487,36 @@ async def test_maintenance_ends_with_its_announcement_and_a_node_still_down_is_a
     assert mon.windows() == []
     await announce(mon, "n1", stage.MAINTENANCE_END, reason="undrain")
     assert mon.bus.kv("health").value("maint.n1") is None and not mon.deps.in_maintenance("n1")
-    [w] = mon.windows()                               # it did not come back: from now on that is a failure
-    assert w.trigger_node == "n1" and "maintenance ended" in w.trigger_reasons
     [ended] = mon.bus.audited("maintenance.ended")
     assert ended.subject_id == "n1" and ended.details == {"reason": "undrain"}
+    mon.clock.advance(1.9)                            # it gets stale_after_s to report again
+    await mon.report("n0")
+    await stage.stale_tick(mon.bus.context(), mon.deps)
+    assert mon.windows() == []
+    mon.clock.advance(0.2)                            # it did not come back: from now on that is a failure
+    await mon.report("n0")
+    await stage.stale_tick(mon.bus.context(), mon.deps)
+    [w] = mon.windows()
+    assert w.trigger_node == "n1" and "not back after its maintenance" in w.trigger_reasons
+    await stage.stale_tick(mon.bus.context(), mon.deps)
+    assert len(mon.windows()) == 1                    # once
+
+
+async def test_a_drained_node_that_reports_again_after_its_maintenance_starts_no_cycle(mon):
+    await mon.report("n0")
+    await mon.report("n1")
+    await announce(mon, "n1", stage.MAINTENANCE_START, reason="drain")
+    mon.clock.advance(2.1)
+    await mon.report("n0")
+    await stage.stale_tick(mon.bus.context(), mon.deps)    # stopped: unreachable, in maintenance
+    await announce(mon, "n1", stage.MAINTENANCE_END, reason="undrain")   # undrain revives it...
+    mon.clock.advance(0.5)
+    await mon.report("n1")                                 # ...and its first report comes a moment later
+    mon.clock.advance(2.0)
+    await mon.report("n0")
+    await mon.report("n1")
+    await stage.stale_tick(mon.bus.context(), mon.deps)
+    assert mon.windows() == [] and mon.changes("n1")[-1].current == HEALTHY
 
 
 async def test_a_new_mesh_generation_under_the_same_names_is_not_in_maintenance(mon):

@@ -15,9 +15,9 @@ Handlers (bound by ``services/monitor/main.py``, tested on the in-memory bus):
 - Planned maintenance is not a failure: a node in maintenance (``maint.<node>`` in the ``health`` bucket,
   so replicas and a restarted monitor know it) starts no cycle when it gets worse or goes silent, is left
   out of every window (the analyzer never sees it) and out of the mesh's health; its health changes are
-  still recorded, with the reason. Maintenance ends with ``maintenance.end`` (a node still unhealthy then
-  starts a cycle at once: from now on it is a failure) or when the node reports from another mesh
-  generation (a new mesh under the same names).
+  still recorded, with the reason. Maintenance ends with ``maintenance.end`` (a node unhealthy then that
+  does not report within ``stale_after_s`` starts a cycle: from now on it is a failure) or when the node
+  reports from another mesh generation (a new mesh under the same names).
 - Both refuse what a node cannot have sent (:func:`admit`): a ``node_id`` that is not the subject's (the
   bus lets a node agent publish only its own subjects, so that is the sender's identity), a timestamp
   more than ``max_future_s`` ahead or ``max_age_s`` behind the monitor's clock. A refusal is counted
@@ -142,6 +142,7 @@ class MonitorDeps:
     count_refusal: Callable[[str], None] = lambda kind: None        # Prometheus, in the service
     refusal_audits: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # last audit ns, suppressed
     maintenance: dict[str, dict] = field(default_factory=dict)     # node -> its maint.<node> record
+    rechecks: dict[str, int] = field(default_factory=dict)   # node out of maintenance, unhealthy -> look again at
 
     def in_maintenance(self, node: str) -> bool:
         return subjects.token(node) in self.maintenance
@@ -251,6 +252,7 @@ async def on_telemetry(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorD
     if t.meta.ts_unix_ns < deps.seen_ns.get(t.node_id, 0):
         return  # older than what we have (out of order); keep the newest
     deps.seen_ns[t.node_id] = t.meta.ts_unix_ns
+    deps.rechecks.pop(t.node_id, None)      # it reports: evaluated as any report is
     t.reachable = True
     t.kernel.update(deps.kernel_for(t.node_id))
     await store(t, ctx, deps)
@@ -298,21 +300,39 @@ async def start_maintenance(ev: mesh_pb2.MeshEvent, ctx: Context, deps: MonitorD
 
 
 async def end_maintenance(node: str, ctx: Context, deps: MonitorDeps, why: str, recheck: bool = True) -> str:
-    """Take ``node`` out of maintenance; with ``recheck``, one still unhealthy now starts a cycle (it is a
-    failure from now on; a node reporting from a new mesh is evaluated as any report is)."""
+    """Take ``node`` out of maintenance. With ``recheck``, a node that is unhealthy now (say, stopped for a
+    drain) gets ``stale_after_s`` to report again: if it has not by then, that is a failure from now on and
+    starts a cycle (:func:`due_rechecks`). A node reporting from a new mesh is evaluated as any report is."""
     if subjects.token(node) not in deps.maintenance:
         return "not in maintenance"
     await (await ctx.kv(HEALTH_BUCKET)).delete(maintenance_key(node))
     deps.maintenance.pop(subjects.token(node), None)
     await ctx.audit("maintenance.ended", node, {"reason": why})
     t = deps.view.nodes.get(node)
-    level, reasons = classify_node(t, deps.thresholds) if t is not None else (HEALTHY, [])
-    if recheck and level > HEALTHY:
-        w = assessing.window(deps.view, f"maintenance-end:{node}:{ctx.event_id or deps.clock_ns()}", node,
-                             [*reasons, "maintenance ended"], deps.clock_ns(), exclude=set(deps.maintenance))
-        await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+    if recheck and t is not None and classify_node(t, deps.thresholds)[0] > HEALTHY:
+        deps.rechecks[node] = deps.clock_ns() + int(deps.stale_after_s * 1e9)
     await mesh_transition(ctx, deps)
     return f"maintenance ended: {why}"
+
+
+async def due_rechecks(ctx: Context, deps: MonitorDeps) -> list[str]:
+    """Nodes out of maintenance that were unhealthy then and have not reported since: each starts a cycle.
+    Returns them."""
+    now, started = deps.clock_ns(), []
+    for node, at in list(deps.rechecks.items()):
+        if now < at:
+            continue
+        del deps.rechecks[node]
+        t = deps.view.nodes.get(node)
+        if t is None or deps.in_maintenance(node):
+            continue
+        level, reasons = classify_node(t, deps.thresholds)
+        if level > HEALTHY:
+            w = assessing.window(deps.view, f"maintenance-end:{node}:{at}", node,
+                                 [*reasons, "not back after its maintenance"], now, exclude=set(deps.maintenance))
+            await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+            started.append(node)
+    return started
 
 
 async def declare_if_down(node: str, ctx: Context, deps: MonitorDeps, cause_id: str) -> str:
@@ -364,6 +384,7 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
     Returns the nodes marked in this tick."""
     now = deps.clock_ns()
     marked = []
+    await due_rechecks(ctx, deps)
     for node in [n for n in deps.losses.reporters if n in deps.view.nodes]:   # reported lost, now silent too?
         try:
             if await declare_if_down(node, ctx, deps, f"lost:{node}:{deps.losses.first_report_ns(node)}") \
