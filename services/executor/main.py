@@ -22,12 +22,13 @@ class ExecutorSettings(CommonSettings):
     fresh_telemetry_s: float = Field(0.0, ge=0, le=60, description="only telemetry newer than the action counts")
     verify_hold_s: float = Field(1.0, gt=0, le=60, description="a recovery counts once it has held this long")
     min_delivery: float = Field(0.95, gt=0, le=1, description=(
-        "share of each flow's delivery before the incident it must deliver again (and below which, against "
-        "the delivery just before the action, the action is rolled back)"))
+        "share of each flow's delivery before the incident it must deliver again"))
     baseline_window_s: float = Field(5.0, gt=0, le=60, description="the delivery before an incident: over this")
     baseline_gap_s: float = Field(1.0, ge=0, le=60, description="... ending this long before its first symptom")
     harm_after_s: float = Field(2.0, gt=0, le=600, description=(
         "from this long after an action, delivery worse than before it rolls the action back"))
+    harm_margin: float = Field(0.2, gt=0, le=1, description=(
+        "an action is harmful when a flow delivers this share less than just before it"))
     history_s: float = Field(120.0, ge=10, le=3600, description="every node's reports are kept this long")
     budget_window_s: float = Field(60.0, gt=0, le=86400, description="actions are counted over this window")
     budget_per_node: int = Field(4, ge=0, le=1000, description="actions against one node per window (0: no limit)")
@@ -44,7 +45,7 @@ def deps(settings: ExecutorSettings, telemetry: Mapping[str, events_pb2.NodeTele
         verify_poll_s=settings.verify_poll_s, fresh_telemetry_s=settings.fresh_telemetry_s,
         history=history if history is not None else History(settings.history_s), hold_s=settings.verify_hold_s,
         min_delivery=settings.min_delivery, baseline_window_s=settings.baseline_window_s,
-        baseline_gap_s=settings.baseline_gap_s, harm_after_s=settings.harm_after_s,
+        baseline_gap_s=settings.baseline_gap_s, harm_after_s=settings.harm_after_s, harm_margin=settings.harm_margin,
         budget_window_s=settings.budget_window_s, budget_per_node=settings.budget_per_node,
         budget_per_incident=settings.budget_per_incident)
 

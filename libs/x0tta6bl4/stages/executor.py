@@ -13,10 +13,10 @@ runs out, and publishes the Verification with the MTTR. The delivery before the 
 :class:`~x0tta6bl4.mapek.verify.History`, every node's reports of the last minutes (fed by the telemetry
 mirror), never from the degraded state at action time.
 
-Do no harm: once ``harm_after_s`` have passed (or at the verification's end), a flow that delivers worse
-than just before the action, or connectivity below the twin's prediction and below what it was, rolls the
-action back (:func:`x0tta6bl4.execution.actions.undo_steps`: un-avoid a rerouted or isolated node, avoid a
-reinstated one again), audited ``action.rolled_back``, and escalates: an ``Escalation`` on
+Do no harm: once ``harm_after_s`` have passed (or at the verification's end), a flow that delivers more
+than ``harm_margin`` worse than just before the action, or connectivity below the twin's prediction and below
+what it was, rolls the action back (:func:`x0tta6bl4.execution.actions.undo_steps`: un-avoid a rerouted or
+isolated node, avoid a reinstated one again), audited ``action.rolled_back``, and escalates: an ``Escalation`` on
 ``mapek.escalation`` (audited ``incident.escalated``) and a Verification marked ``rolled_back`` and
 ``escalated`` (the planner then leaves the incident to operators). An action that cannot be undone
 (rotation, restart) is escalated the same way. A budget caps the actions per target node and per incident
@@ -93,6 +93,7 @@ class ExecutorDeps:
     baseline_window_s: float = 5.0       # the window before the incident its delivery is measured over
     baseline_gap_s: float = 1.0          # ... ending this long before the first symptom
     harm_after_s: float = 2.0            # from then on, delivery worse than before the action rolls it back
+    harm_margin: float = 0.2             # ... worse by more than this share
     budget_window_s: float = 60.0        # actions counted over this window
     budget_per_node: int = 4             # actions against one target node (0: no limit)
     budget_per_incident: int = 3         # actions for one incident until it is repaired (0: no limit)
@@ -376,7 +377,8 @@ async def verify(req: events_pb2.ActionRequest, steps_ok: bool, v: Verifying, ct
             break
         timed_out = deps.monotonic() > deadline
         if timed_out or deps.monotonic() - t0 >= deps.harm_after_s:
-            harmed = verifying.harm(v.before, v.base, v.effect, deps.history, nodes, v.acted_ns, deps.hold_s)
+            harmed = verifying.harm(v.before, v.base, v.effect, deps.history, nodes, v.acted_ns, deps.hold_s,
+                                    deps.harm_margin)
             if harmed or timed_out:
                 break
         await deps.sleep(deps.verify_poll_s)
