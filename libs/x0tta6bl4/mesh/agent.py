@@ -487,7 +487,8 @@ class MeshAgent:
         if self._transport is None:
             return
         if pkt.type in CONTROL_TYPES and self.signer is not None:
-            pkt = self.signer(pkt)
+            # with keys: link MACs where every receiver has a session, else an ML-DSA-65 signature
+            pkt = self.signer(pkt) if self.security is None else self.security.protect(pkt, to, self.peers)
             if pkt.type == HELLO and self.security is not None:
                 self.security.hello_sent(pkt.timestamp_ns)
         elif pkt.type == DATA and self.security is not None and to is not None:
