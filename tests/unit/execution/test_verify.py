@@ -78,14 +78,31 @@ def test_the_baseline_ends_before_the_first_symptom():
     flow = base.flows[("a", "d")]
     assert flow.ratio == 1.0 and flow.rate == 20.0       # measured before the symptom, not the cut state
     assert verify.baseline(h, incident_ns=80 * S).missing.startswith("no telemetry recorded before the incident")
-    # a node whose last report is older than stale_s had gone already; a flow without two reports in the
-    # window is not measured
+    # a node whose last report is older than stale_s had gone already; a flow that had just started counts,
+    # with what little it delivered (too few packets to measure a bar: held to 100 %)
     h2 = verify.History()
     h2.record(tel("a", 10, flows=[("d", 0, 0)]))
     h2.record(tel("a", 95, flows=[("d", 5, 5)]))
     h2.record(tel("b", 50))
     base2 = verify.baseline(h2, 101 * S)
-    assert set(base2.nodes) == {"a"} and base2.flows == {}
+    assert set(base2.nodes) == {"a"} and base2.flows == {("a", "d"): verify.Delivery(5, 5, 0.0)}
+    assert verify.before_ratio(base2.flows[("a", "d")]) == 1.0
+
+
+def test_a_flow_too_young_to_measure_is_held_to_delivering_fully():
+    h = verify.History()
+    for at, sent, acked in ((95.0, 0, 0), (99.5, 10, 5)):    # the flow started just before the incident
+        for n in SQUARE:
+            h.record(tel(n, at, flows=[("d", sent, acked)] if n == "a" else []))
+    base = verify.baseline(h, 101 * S)
+    assert base.flows[("a", "d")].sent == 10 and base.flows[("a", "d")].ratio == 0.5
+    spec = events_pb2.ActionSpec(kind=K.ACTION_KIND_REROUTE, target_node="b")
+    effect = verify.expected_effect(spec, base)
+    for at, sent, acked in ((101.0, 40, 20), (102.0, 60, 36)):   # since the action: 16 of 20
+        h.record(tel("a", at, flows=[("d", sent, acked)]))
+    out = verify.check(spec, [tel(n, 102) for n in SQUARE], classify_node, True, base, effect, h, 101 * S)
+    assert out.failed == ["flow a->d delivers 80 % (16/20 in 1.0 s, 16.0/s), below 95 % (it had sent 10 packet(s) "
+                          "in the window before the incident: too few to measure, held to 100 %)"]
 
 
 def test_the_expected_effect_of_each_action():
