@@ -21,7 +21,7 @@ from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.reader import read_all
 from x0tta6bl4.mesh.host import MeshHost
 from x0tta6bl4.mesh.hostkeys import HostKeyDir
-from x0tta6bl4.mesh.topology import parse_spec
+from x0tta6bl4.mesh.topology import Topology, parse_spec
 from x0tta6bl4.pqc import NodeIdentity
 from x0tta6bl4.pqc.keystore import Keystore
 from x0tta6bl4.v1 import events_pb2
@@ -32,6 +32,13 @@ async def rpc(nc, method, req, resp_type):
     r = await nc.request(subjects.KEYVAULT_RPC.format(method=method), req.SerializeToString(), timeout=20)
     assert not (r.headers or {}).get("X0-Error"), r.headers
     return resp_type.FromString(r.data)
+
+
+def named_grid(prefix: str, n: int) -> Topology:
+    """grid:n with node ids <prefix>0..: each test has nodes of its own in the module's keyvault."""
+    g = parse_spec(f"grid:{n}", seed=0)
+    return Topology([prefix + x for x in g.nodes], {frozenset(prefix + x for x in link) for link in g.links},
+                    {prefix + x: p for x, p in g.positions.items()}, name=f"{prefix}{g.name}")
 
 
 def secrets_of(ident: NodeIdentity) -> list[bytes]:
@@ -52,7 +59,7 @@ def generations(entry: dict) -> list[dict]:
 
 
 def test_host_generates_and_keeps_its_nodes_keys_keyvault_only_certifies(stack):
-    topo = parse_spec("grid:4", seed=0)
+    topo = named_grid("hk", 4)
     stack.add_mesh_host("hk", topo.nodes)
     key_dir = stack.mesh_key_dir("hk")
     keys = HostKeyDir(key_dir)
@@ -125,39 +132,40 @@ def test_host_generates_and_keeps_its_nodes_keys_keyvault_only_certifies(stack):
 
     # n1: its key file is lost; n2: damaged; n3: a next generation kept but never certified (crash before
     # CertifyKeys); n0: untouched
-    td = keys.load("n0").spiffe_id.trust_domain
-    n0_key = keys.file("n0").read_bytes()
-    keys.file("n1").unlink()
-    keys.file("n2").write_bytes(b"not a key")
-    keys.save(NodeIdentity.generate(td, "n3", now=time.time(), generation=2), "next")
+    n0, n1, n2, n3 = topo.nodes
+    td = keys.load(n0).spiffe_id.trust_domain
+    n0_key = keys.file(n0).read_bytes()
+    keys.file(n1).unlink()
+    keys.file(n2).write_bytes(b"not a key")
+    keys.save(NodeIdentity.generate(td, n3, now=time.time(), generation=2), "next")
 
     async def after_losses(host, operator, recs, how):
-        assert how == {"n0": "kept", "n1": "generated", "n2": "generated", "n3": "kept"}
-        for n in ("n1", "n2"):      # a new certified generation; the lost one retires
+        assert how == {n0: "kept", n1: "generated", n2: "generated", n3: "kept"}
+        for n in (n1, n2):      # a new certified generation; the lost one retires
             assert recs[n].generation == 2 and recs[n].sig_key_id != first[n]
             assert [(p.generation, p.sig_key_id) for p in recs[n].previous][:1] == [(1, first[n])]
-        for n in ("n0", "n3"):
+        for n in (n0, n3):
             assert (recs[n].generation, recs[n].sig_key_id) == (1, first[n])
         assert host._certified == 2
     asyncio.run(run_host(after_losses))
-    assert keys.file("n0").read_bytes() == n0_key
+    assert keys.file(n0).read_bytes() == n0_key
 
     # a crash after CertifyKeys but before the key file was replaced: the certified generation waits in
-    # n1.next, n1.key still holds the previous one -> the certified one is used, nothing is certified again
-    certified = keys.load("n1")
-    stale = NodeIdentity.generate(td, "n1", now=time.time(), generation=1)
+    # <n1>.next, <n1>.key still holds the previous one -> the certified one is used, nothing is certified again
+    certified = keys.load(n1)
+    stale = NodeIdentity.generate(td, n1, now=time.time(), generation=1)
     keys.save(certified, "next")
     keys.save(stale)
 
     async def after_crash(host, operator, recs, how):
-        assert how["n1"] == "kept" and host._certified == 0
-        assert recs["n1"].sig_key_id == certified.signing.key_id
+        assert how[n1] == "kept" and host._certified == 0
+        assert recs[n1].sig_key_id == certified.signing.key_id
     asyncio.run(run_host(after_crash))
 
 
 def test_fifty_nodes_start_with_certified_keys_quickly_and_restart_with_them(stack):
     """Certifications run concurrently (bounded): a 50-node host enrols in about a second here."""
-    topo = parse_spec("grid:50", seed=0)
+    topo = named_grid("big", 50)
     stack.add_mesh_host("big", topo.nodes)
 
     async def start_stop() -> tuple[float, int, dict[str, str]]:
@@ -184,7 +192,7 @@ def test_reload_keys_carries_out_a_pending_rotation_request_exactly_once(stack):
     request the watch has not delivered from keyvault."""
     from x0tta6bl4.v1 import mesh_pb2
     reload_keys = mesh_pb2.MeshCommand.KIND_RELOAD_KEYS
-    topo = parse_spec("grid:4", seed=0)
+    topo = named_grid("hr", 4)
     stack.add_mesh_host("hr", topo.nodes)
 
     async def go():
@@ -226,18 +234,106 @@ def test_reload_keys_carries_out_a_pending_rotation_request_exactly_once(stack):
 
             # a watch that has not delivered the request yet: RELOAD_KEYS finds it in keyvault's public record
             host._watch_task.cancel()
-            rot = await rpc(executor, "Rotate", pb.RotateRequest(node_ids=["n0"], overlap_s=2.0, wait_s=-1),
+            n0 = topo.nodes[0]
+            rot = await rpc(executor, "Rotate", pb.RotateRequest(node_ids=[n0], overlap_s=2.0, wait_s=-1),
                             pb.RotateResponse)
-            assert list(rot.pending) == ["n0"]
-            reply = await host.apply("n0", reload_keys)
-            assert reply.startswith(f"keys reloaded: generation {gen['n0'] + 2}") and "beacon verified" in reply
+            assert list(rot.pending) == [n0]
+            reply = await host.apply(n0, reload_keys)
+            assert reply.startswith(f"keys reloaded: generation {gen[n0] + 2}") and "beacon verified" in reply
             await eventually(keyvault_agrees, 10, 0.2)
             assert host._certified == certified + len(topo.nodes) + 1
-            ev = [e for e in host.runtime.agents["n0"].recent_events if e["kind"] == "keys.reloaded"]
-            assert [e["details"]["generation"] for e in ev] == [str(gen["n0"] + 1), str(gen["n0"] + 2)]
+            ev = [e for e in host.runtime.agents[n0].recent_events if e["kind"] == "keys.reloaded"]
+            assert [e["details"]["generation"] for e in ev] == [str(gen[n0] + 1), str(gen[n0] + 2)]
             assert ev[0]["details"]["request_id"] == "rk-1"
         finally:
             await host.stop()
+            await executor.close()
+            await operator.close()
+    asyncio.run(go())
+
+
+def test_blue_green_hosts_only_the_active_one_rotates_and_activation_takes_the_keys_over(stack):
+    """Two hosts run the same nodes (blue-green). Sharing a key directory (a local green started beside blue):
+    green uses blue's keys, only the active host answers a rotation request and the standby follows from the
+    directory. With its own directory (a green pod): green certifies its own generation at start, and a host
+    activated again (a rollback) whose keys keyvault no longer has as current takes the nodes over with a new
+    certified generation."""
+    topo = named_grid("bg", 4)
+    stack.add_mesh_host("bg", topo.nodes)
+    shared, own = stack.mesh_key_dir("bg"), stack.data_dir / "mesh-keys" / "bg-pod"
+
+    def host(instance: str, key_dir, standby: bool = False) -> MeshHost:
+        return MeshHost(stack.url, topo, keyvault=stack.kv_addr, telemetry_interval=1.0, instance=instance,
+                        standby=standby, key_dir=key_dir, creds=stack.creds("mesh-host-bg"))
+
+    async def go():
+        executor = await stack.connect("executor")
+        operator = await stack.connect()
+
+        async def current() -> dict[str, tuple[str, int]]:
+            out = {}
+            for n in topo.nodes:
+                r = await rpc(operator, "GetPublicKeys", pb.GetPublicKeysRequest(node_id=n), pb.KeyRecord)
+                out[n] = (r.sig_key_id, r.generation)
+            return out
+
+        def keys_of(h: MeshHost) -> dict[str, tuple[str, int]]:
+            return {n: (h.security[n].key_id, h.security[n].identity.generation) for n in topo.nodes}
+
+        blue, green, pod = host("bg-v1", shared), host("bg-v2", shared, standby=True), None
+        await blue.start()
+        await green.start()
+        try:
+            await blue.runtime.wait_converged(scaled(15))
+            await green.runtime.wait_converged(scaled(15))    # dark, but warm: its agents accept each other
+            assert green._certified == 0 and keys_of(green) == keys_of(blue) == await current()
+            before = await current()
+            rot = await rpc(executor, "Rotate", pb.RotateRequest(node_ids=topo.nodes, overlap_s=30.0),
+                            pb.RotateResponse)
+            assert not rot.pending
+            after = await current()
+            assert all(after[n][1] == before[n][1] + 1 for n in topo.nodes)             # one generation each
+            await eventually(lambda: keys_of(blue) == after and keys_of(green) == after, 10)
+            assert blue._certified == len(topo.nodes) * 2 and green._certified == 0     # the active one only
+
+            # switch: green active, blue standby; the next rotation is green's, blue follows
+            await blue.host_op("standby")
+            await green.host_op("activate")
+            rot = await rpc(executor, "Rotate", pb.RotateRequest(node_ids=topo.nodes, overlap_s=30.0),
+                            pb.RotateResponse)
+            assert not rot.pending
+            third = await current()
+            assert all(third[n][1] == after[n][1] + 1 for n in topo.nodes)
+            await eventually(lambda: keys_of(blue) == third and keys_of(green) == third, 10)
+            assert green._certified == len(topo.nodes) and blue._certified == len(topo.nodes) * 2
+            await blue.stop()
+
+            # a green pod with its own key directory: its own generation at start; green (active) keeps its keys
+            pod = host("bg-v3", own, standby=True)
+            await pod.start()
+            mine = await current()
+            assert pod._certified == len(topo.nodes) and keys_of(pod) == mine
+            assert all(mine[n][1] == third[n][1] + 1 for n in topo.nodes)
+            await eventually(lambda: all(any(e["kind"] == "keys.foreign" for e in green.runtime.agents[n].recent_events)
+                                         for n in topo.nodes), 10)
+            assert keys_of(green) == third
+            # roll back to green: its keys are not keyvault's current ones any more and it does not hold the pod's,
+            # so it takes the nodes over with a new generation it certifies
+            await pod.host_op("standby")
+            await green.host_op("activate")       # it was active all along: nothing to take over
+            assert keys_of(green) == third
+            await green.host_op("standby")
+            await green.host_op("activate")
+            await eventually(lambda: all(green.security[n].identity.generation == mine[n][1] + 1
+                                         for n in topo.nodes), 15)
+
+            async def green_is_current():
+                return keys_of(green) == await current()
+            await eventually(green_is_current, 10, 0.2)
+        finally:
+            for h in (blue, green, pod):
+                if h is not None and h.nc is not None and not h.nc.is_closed:
+                    await h.stop()
             await executor.close()
             await operator.close()
     asyncio.run(go())
