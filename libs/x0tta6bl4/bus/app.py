@@ -42,7 +42,7 @@ from prometheus_client import Counter, Histogram
 from x0tta6bl4.audit.chain import AuditChain, ServiceAuditSigner
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
-from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology, missing_topology
+from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology, install_event_loop, missing_topology
 from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.kv import NatsKV
 from x0tta6bl4.bus.ports import KeyNotFound, Reject, Reply
@@ -597,8 +597,9 @@ class Service:
 def run_service(name: str, settings_cls: type[CommonSettings], build: Callable[[Any], Service]) -> None:
     """A service's main(): settings -> build -> run. A bad setting (found by build, or at start by a
     startup hook raising ConfigError) stops it with one line naming the setting and exit code 2 (never a
-    traceback)."""
+    traceback). Its event loop: uvloop when installed (X0TTA6BL4_EVENT_LOOP=asyncio for the standard one)."""
     try:
+        install_event_loop()
         settings = load_settings(settings_cls)
         app = build(settings)
         app.run()

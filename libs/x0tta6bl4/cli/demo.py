@@ -98,7 +98,7 @@ async def scenario(stack: Stack, nodes: list[str], timeout_s: float) -> int:
     cycle_id = v.meta.cycle_id
     events = []
     for msg in await read_all(js, subjects.MAPEK_ALL):
-        if msg.subject == subjects.MAPEK_HEALTH:
+        if msg.subject in (subjects.MAPEK_HEALTH, subjects.MAPEK_ESCALATION):   # the cycle's stages only
             continue
         cls: dict[str, Any] = {
             subjects.MAPEK_TELEMETRY: events_pb2.TelemetryWindow, subjects.MAPEK_ANOMALY: events_pb2.Anomaly,

@@ -187,13 +187,14 @@ def baseline(history: History, incident_ns: int, window_s: float = 5.0, gap_s: f
         last = history.at(node, end)
         if last is not None and end - last.ts_ns <= stale_s * 1e9:
             out.nodes[node] = last
-        if node not in out.nodes:
+        kept = out.nodes.get(node)
+        if kept is None:
             continue
         win = history.window(node, start, end)
-        for dest, counts in last.flows.items():
+        for dest, (sent, acked) in kept.flows.items():
             # a flow that started just before the incident has too few packets in the window to measure: it
             # still counts, held to delivering as well as a flow can (see before_ratio)
-            d = delivery(win[0], win[1], dest) if win is not None else Delivery(*counts, 0.0)
+            d = delivery(win[0], win[1], dest) if win is not None else Delivery(sent, acked, 0.0)
             if d.acked > 0:
                 out.flows[(node, dest)] = d
     if not out.nodes:

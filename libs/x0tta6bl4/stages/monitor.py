@@ -330,7 +330,8 @@ async def due_rechecks(ctx: Context, deps: MonitorDeps) -> list[str]:
         if level > HEALTHY:
             w = assessing.window(deps.view, f"maintenance-end:{node}:{at}", node,
                                  [*reasons, "not back after its maintenance"], now, exclude=set(deps.maintenance))
-            await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+            with deps.span("monitor.recheck", attributes={"x0.node": node}):   # the cycle is traced
+                await ctx.publish(subjects.MAPEK_TELEMETRY, w)
             started.append(node)
     return started
 
@@ -387,8 +388,9 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
     await due_rechecks(ctx, deps)
     for node in [n for n in deps.losses.reporters if n in deps.view.nodes]:   # reported lost, now silent too?
         try:
-            if await declare_if_down(node, ctx, deps, f"lost:{node}:{deps.losses.first_report_ns(node)}") \
-                    == "declared down":
+            with deps.span("monitor.lost", attributes={"x0.node": node}):    # the cycle it may start is traced
+                verdict = await declare_if_down(node, ctx, deps, f"lost:{node}:{deps.losses.first_report_ns(node)}")
+            if verdict == "declared down":
                 marked.append(node)
         except CasConflict as e:
             log.warning("monitor: %s reported lost, its health not recorded: %s", node, e)
