@@ -4,9 +4,15 @@ Produces per-node time series of ``FEATURES`` for a twin topology, under a
 normal load profile with benign distractors (load bursts, interference loss
 spikes, link re-establishments, stray auth failures) and injected faults.
 Faults propagate to neighbours the way they do on a real mesh (a failing node
-raises its neighbours' loss and latency; a compromised node makes its
-neighbours log auth failures), so the root cause is not simply "the node with
-the worst numbers".
+raises its neighbours' loss and latency), so the root cause is not simply "the
+node with the worst numbers".
+
+``failed_auth`` is what the live monitor reports: verified evidence against
+the node itself (its revoked key still signing, its key used under another id),
+counted by the neighbours that refused its packets. A compromised node carries
+it; its neighbours log nothing against themselves, and a healthy node never has
+any (packets refused for a bad signature or a replay count against the receiver's
+``rejected_packets``, never as anybody's ``failed_auth``).
 
 Units: rssi dBm, snr dB, loss_rate %, link_age s (mean age of the node's
 links), latency_ms ms, throughput Mbit/s, cpu %, memory %, failed_auth count
@@ -41,8 +47,9 @@ FAULT_TYPES: tuple[str, ...] = (
     "flapping",
     "compromised",
 )
-SPREADING_FAULTS = frozenset({"node_down", "degrading_link", "congestion", "flapping", "compromised"})
-"""Faults whose 1-hop neighbours are labelled anomalous (same incident)."""
+SPREADING_FAULTS = frozenset({"node_down", "degrading_link", "congestion", "flapping"})
+"""Faults whose 1-hop neighbours are labelled anomalous (same incident): their links to the node suffer.
+A compromised node's neighbours only refuse its packets; their own telemetry is clean."""
 RAMP_STEPS = {
     "node_down": 1,
     "degrading_link": 24,
@@ -222,7 +229,7 @@ class TelemetrySimulator:
         x[..., F["throughput"]] = thr_b[:, None] * load + rng.normal(0, 3, (N, S))
         x[..., F["cpu"]] = cpu_b[:, None] * load + rng.normal(0, 3, (N, S))
         x[..., F["memory"]] = mem_b[:, None] + rng.normal(0, 1, (N, S))
-        x[..., F["failed_auth"]] = rng.poisson(0.03, (N, S))
+        x[..., F["failed_auth"]] = 0.0   # verified evidence only: a healthy node has none
         # link age: grows with time; benign re-establishment of one link shortens the mean
         age = np.empty((N, S))
         age[:, 0] = age0
@@ -249,9 +256,6 @@ class TelemetrySimulator:
                 b = min(S, a + int(rng.integers(1, 3)))
                 x[i, a:b, F["loss_rate"]] += rng.uniform(3, 20)
                 x[i, a:b, F["snr"]] -= rng.uniform(3, 8)
-            auth = np.flatnonzero(rng.random(N) < 0.02)
-            for i in auth:  # mistyped credentials / clock skew
-                x[i, w * T + int(rng.integers(0, T)), F["failed_auth"]] += int(rng.integers(1, 4))
             gc = np.flatnonzero(rng.random(N) < 0.03)
             for i in gc:  # memory grows then GC
                 a = w * T + int(rng.integers(0, T - 3))
@@ -349,9 +353,10 @@ class TelemetrySimulator:
         elif ft == "compromised":
             x[r, :, F["throughput"]] += 50 * inten
             x[r, :, F["cpu"]] += 15 * inten
-            x[r, :, F["failed_auth"]] += rng.poisson(1.0 * inten)
             x[r, :, F["latency_ms"]] += 5 * inten
-            x[nb, :, F["failed_auth"]] += rng.poisson(np.broadcast_to(5 * inten, (len(nb), S)))
+            # the evidence its neighbours verified is counted against it (the monitor's failed_auth):
+            # about one refused packet per neighbour and sample once fully active; nothing on the neighbours
+            x[r, :, F["failed_auth"]] += rng.poisson(max(self.deg[r], 1.0) * inten)
             x[nb, :, F["cpu"]] += (3 * inten)[None, :]
 
     def _two_hop(self, x: np.ndarray, r: int, feat: str, amount: np.ndarray) -> None:
