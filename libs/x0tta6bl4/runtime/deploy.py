@@ -374,7 +374,8 @@ def env_list(ident: Identity) -> list[dict[str, Any]]:
 
 def k8s_node_agent(dep: Deployment, node_name: str) -> list[dict[str, Any]]:
     """A node agent pinned to Kubernetes node ``node_name``: mesh host k8s-<node> hosting the one mesh node
-    <node>, with its own identity, keys from keyvault (signed control packets)."""
+    <node>, with its own identity; the pod generates the node's keys (data volume) and keyvault certifies them
+    (signed control packets)."""
     nid = k8s_node_id(node_name)
     host = K8S_AGENT_PREFIX + nid
     ident = dep.identity(mesh_host_identity(host))
