@@ -99,12 +99,14 @@ def percentile(samples, q: float) -> float:
 @dataclass
 class Impairments:
     drop_prob: float = 0.0  # inbound datagrams dropped with this probability
+    tx_drop_prob: float = 0.0  # outbound datagrams (per neighbour) dropped with this probability
     latency_ms: float = 0.0  # added to every outbound datagram
     blocked: set[str] = field(default_factory=set)  # peers whose link is cut
     paused: bool = False  # frozen: no rx, no tx, no timers (like SIGSTOP)
 
     def clear(self) -> None:
         self.drop_prob = 0.0
+        self.tx_drop_prob = 0.0
         self.latency_ms = 0.0
         self.blocked.clear()
         self.paused = False
@@ -336,7 +338,13 @@ class MeshAgent:
     def apply_fault(self, params: Mapping[str, Any]) -> None:
         t = params.get("type")
         if t == "loss":
-            self.impair.drop_prob = float(params["pct"]) / 100.0
+            direction = str(params.get("direction", "in"))
+            if direction not in ("in", "out", "both"):
+                raise ValueError(f"loss direction must be in, out or both, got {direction!r}")
+            if direction in ("in", "both"):
+                self.impair.drop_prob = float(params["pct"]) / 100.0
+            if direction in ("out", "both"):
+                self.impair.tx_drop_prob = float(params["pct"]) / 100.0
         elif t == "latency":
             self.impair.latency_ms = float(params["ms"])
         elif t == "block":
@@ -509,6 +517,9 @@ class MeshAgent:
                 continue
             if t in self.impair.blocked:
                 self.counters["dropped.blocked_tx"] += 1
+                continue
+            if self.impair.tx_drop_prob and self.rng.random() < self.impair.tx_drop_prob:
+                self.counters["dropped.impair_tx_loss"] += 1
                 continue
             self.counters["tx_packets"] += 1
             self.counters["tx_bytes"] += len(data)
@@ -711,6 +722,7 @@ class MeshAgent:
             "avoided": sorted(self.core.router.avoided),
             "impairments": {
                 "drop_prob": self.impair.drop_prob,
+                "tx_drop_prob": self.impair.tx_drop_prob,
                 "latency_ms": self.impair.latency_ms,
                 "blocked": sorted(self.impair.blocked),
                 "paused": self.impair.paused,

@@ -9,11 +9,16 @@ Used identically by the UDP agent, the in-memory simulator and the tests.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .neighbours import NS, NeighbourTable, PathLoss
+from .neighbours import NS, LinkMetric, NeighbourTable, PathLoss
 from .packets import HELLO, Packet
 from .routing import AodvConfig, AodvRouter, Event, Output, Send
+
+# a link whose cost falls to this share of its reference cost (or grows by its inverse) makes the router
+# re-measure its active paths at once (a returning neighbour, a recovered link, a link turning lossy); the
+# reference follows the cost at each trigger
+CHANGED = 0.75
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class CoreConfig:
     hello_jitter: float = 0.1  # HELLOs are sent up to this fraction *early*
     tx_power_dbm: int = 0
     aodv: AodvConfig = AodvConfig()
+    metric: LinkMetric = field(default_factory=LinkMetric)
 
 
 class MeshCore:
@@ -44,6 +50,7 @@ class MeshCore:
             tx_power_dbm=self.config.tx_power_dbm,
             path_loss_db=path_loss_db,
             rng=self.rng,
+            metric=self.config.metric,
         )
         self.router = AodvRouter(node_id, self.config.aodv, rng=self.rng)
         self.next_hello_ns: int | None = None
@@ -53,12 +60,22 @@ class MeshCore:
         if pkt.sender == self.node_id:
             return Output()
         if pkt.type == HELLO:
-            _link, is_new = self.neighbours.on_hello(pkt, now)
+            link, is_new = self.neighbours.on_hello(pkt, now)
+            self._link_cost(pkt.sender, link, now)
             out = self.router.neighbour_up(pkt.sender, pkt.dest_seq, now)
             if is_new:
                 out.events.insert(0, Event("neighbour_added", pkt.sender, {}))
             return out
         return self.router.handle(pkt, now)
+
+    def _link_cost(self, peer: str, link, now: int) -> None:
+        """Give the router the link's current cost; a clear improvement triggers a path refresh."""
+        cost = self.neighbours.cost(peer, now)
+        self.router.link_cost[peer] = cost
+        ref = link.trigger_cost
+        if cost <= ref * CHANGED or cost * CHANGED >= ref:
+            link.trigger_cost = cost
+            self.router.link_changed(peer, cost < ref, now)
 
     def tick(self, now: int) -> Output:
         out = Output()
@@ -74,6 +91,8 @@ class MeshCore:
 
     def hello_now(self, now: int) -> Output:
         """A HELLO now (also off schedule: a triggered beacon); the next one follows one interval later."""
+        for peer, link in self.neighbours.links.items():   # overdue HELLOs count as lost
+            self._link_cost(peer, link, now)
         ival = self.neighbours.hello_interval_ns
         self.next_hello_ns = now + int(ival * (1.0 - self.config.hello_jitter * self.rng.random()))
         return Output(sends=[Send(None, self.make_hello(now))])
@@ -119,7 +138,9 @@ class MeshCore:
             cands.append(min(link.last_heard_ns for link in self.neighbours.links.values()) + dead + 1)
         if self.router.pending:
             cands.append(min(d.deadline_ns for d in self.router.pending.values()))
+        if self.router.refresh_at:
+            cands.append(min(self.router.refresh_at.values()))
         return min(cands)
 
 
-__all__ = ["NS", "CoreConfig", "MeshCore"]
+__all__ = ["NS", "CoreConfig", "LinkMetric", "MeshCore"]

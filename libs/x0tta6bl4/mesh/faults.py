@@ -6,7 +6,8 @@ Fault language (one fault per string)::
     pause NODE / resume NODE   freeze / unfreeze the node
     partition A B          cut the link A-B (both directions)
     unpartition A B        restore the link A-B
-    loss NODE PCT          drop PCT % of the datagrams NODE receives
+    loss NODE PCT [DIR]    drop PCT % of the datagrams NODE receives (DIR ``in``, default),
+                           sends (``out``) or both (``both``)
     latency NODE MS        add MS ms to every datagram NODE sends
     flap A B [PERIOD [COUNT]]   toggle link A-B every PERIOD s (default 0.5 s, 4 times)
     heal                   remove every impairment and revive killed nodes
@@ -32,11 +33,14 @@ OPS: dict[str, int | tuple[int, int]] = {
     "resume": 1,
     "partition": 2,
     "unpartition": 2,
-    "loss": 2,
+    "loss": (2, 3),
     "latency": 2,
     "flap": (2, 4),
     "heal": 0,
 }
+
+
+LOSS_DIRECTIONS = ("in", "out", "both")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ def parse_fault(spec: str) -> Fault:
         raise ValueError(f"{op} takes {want} arguments, got {len(args)}")
     if op == "loss" and not 0 <= float(args[1]) <= 100:
         raise ValueError("loss percentage must be 0..100")
+    if op == "loss" and len(args) > 2 and args[2] not in LOSS_DIRECTIONS:
+        raise ValueError(f"loss direction must be one of {', '.join(LOSS_DIRECTIONS)}, got {args[2]!r}")
     if op == "latency" and float(args[1]) < 0:
         raise ValueError("latency must be >= 0")
     return Fault(op, args)
@@ -91,7 +97,7 @@ class AgentFaults:
         elif f.op == "unpartition":
             self.unpartition(a[0], a[1])
         elif f.op == "loss":
-            self.loss(a[0], float(a[1]))
+            self.loss(a[0], float(a[1]), a[2] if len(a) > 2 else "in")
         elif f.op == "latency":
             self.latency(a[0], float(a[1]))
         elif f.op == "flap":
@@ -113,8 +119,12 @@ class AgentFaults:
         self._agent(a).impair.blocked.discard(b)
         self._agent(b).impair.blocked.discard(a)
 
-    def loss(self, node: str, pct: float) -> None:
-        self._agent(node).impair.drop_prob = pct / 100.0
+    def loss(self, node: str, pct: float, direction: str = "in") -> None:
+        impair = self._agent(node).impair
+        if direction in ("in", "both"):
+            impair.drop_prob = pct / 100.0
+        if direction in ("out", "both"):
+            impair.tx_drop_prob = pct / 100.0
 
     def latency(self, node: str, ms: float) -> None:
         self._agent(node).impair.latency_ms = ms

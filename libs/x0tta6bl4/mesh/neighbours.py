@@ -12,7 +12,20 @@ neighbour we keep:
   HELLO echo (our timestamp echoed back, minus the neighbour's dwell time);
 * ``reverse_loss``: the loss the neighbour reports seeing from us; ``symmetric``
   when it lists us in its HELLO;
-* ``quality``: (1 - loss) * clamp(snr / 40, 0, 1).
+* ``quality``: (1 - loss) * clamp(snr / 40, 0, 1);
+* the route metric's link **cost** (:meth:`NeighbourTable.cost`), as Babel
+  computes ETX (RFC 8966 appendix A.2.2): ``rx_ratio`` = HELLOs received out of
+  those expected, by HELLO sequence number, over the last ``window`` (16) and
+  over the last ``long_window`` (64), whichever is lower (loss shows within a
+  few HELLOs; a link that was lossy is trusted again only after a clean long
+  window, so a lucky streak cannot pull traffic back onto it); ``tx_ratio`` =
+  the same ratio the neighbour reports for our HELLOs (the ``loss_permille`` it
+  lists for us, Babel's IHU); ``etx = 1 / (rx_ratio * tx_ratio)`` and
+  ``cost = hop_cost + loss_weight * (etx - 1) + delay penalty`` (see
+  :class:`LinkMetric`), capped at ``max_cost``.  A new link (or one back after
+  an outage of a whole ``window``, or a restarted neighbour) is on probation:
+  its ratio counts at least ``min_slots`` HELLO slots, so one HELLO heard gives
+  1/3 and it costs its nominal value after 3 HELLOs in a row.
 
 All times are integers in nanoseconds from an injected clock.
 """
@@ -27,6 +40,35 @@ from .packets import U32_MASK, HelloBody, HelloNeighbour, Packet
 
 NS = 1_000_000_000
 NOISE_FLOOR_DBM = -95.0
+
+
+@dataclass(frozen=True)
+class LinkMetric:
+    """How a link's cost (the route metric's unit) is computed from HELLO reception and delay.
+
+    Without link-layer retransmissions a packet lost on a link is lost end to end, so loss weighs much
+    more than in Babel's ETX cost (256 x ETX): with ``loss_weight`` 8192 a link losing 10 % in both
+    directions costs 2178, more than eight clean hops, and one HELLO missed in the 16-HELLO window adds
+    546 (two hops) until it leaves the window. The delay penalty follows Babel's RTT extension: 0 below
+    ``rtt_min_ms`` of round-trip time, ``rtt_penalty`` at ``rtt_max_ms`` and above, linear in between.
+    """
+
+    hop_cost: int = 256
+    loss_weight: int = 8192
+    window: int = 16          # HELLO slots in the reception history (Babel: 16)
+    long_window: int = 64     # ... and in the long one: the lower of the two ratios counts
+    min_slots: int = 3        # probation: a new link's ratio counts at least this many slots
+    rtt_min_ms: float = 20.0
+    rtt_max_ms: float = 200.0
+    rtt_penalty: int = 768
+    max_cost: int = 4096
+
+    def __post_init__(self) -> None:
+        if not (self.hop_cost >= 1 and self.loss_weight >= 0
+                and 1 <= self.min_slots <= self.window <= self.long_window <= 256
+                and self.rtt_max_ms > self.rtt_min_ms >= 0 and self.rtt_penalty >= 0
+                and self.hop_cost <= self.max_cost < 0xFFFF):
+            raise ValueError(f"invalid link metric settings: {self}")
 
 
 @dataclass(slots=True)
@@ -44,11 +86,24 @@ class LinkState:
     snr_db: float = 0.0
     reverse_loss: float = 0.0
     symmetric: bool = False
+    hist: int = 1            # HELLO reception history, bit 0 = the newest sequence number (1 = received)
+    slots: int = 1           # sequence numbers the history covers (up to the long window)
+    tx_ratio: float = 0.0    # the share of OUR HELLOs the neighbour reports receiving (0 until it lists us)
+    trigger_cost: int = 0xFFFF   # MeshCore: the link's cost when it last triggered a path re-measurement
 
     @property
     def quality(self) -> float:
         snr_factor = min(1.0, max(0.0, self.snr_db / 40.0))
         return round((1.0 - self.loss_rate) * snr_factor, 4)
+
+    def heard(self, gap: int, window: int) -> None:
+        """A HELLO ``gap`` sequence numbers after the previous one (gap - 1 of them missed)."""
+        self.hist = ((self.hist << gap) | 1) & ((1 << window) - 1)
+        self.slots = min(window, self.slots + gap)
+
+    def fresh(self) -> None:
+        """Start the reception history again (a restarted peer, or back after a long outage)."""
+        self.hist, self.slots = 1, 1
 
     def snapshot(self, now_ns: int) -> dict:
         return {
@@ -76,6 +131,7 @@ class NeighbourTable:
     tx_power_dbm: int = 0
     path_loss_db: PathLoss = 40.0
     rng: random.Random = field(default_factory=random.Random)
+    metric: LinkMetric = field(default_factory=LinkMetric)
     links: dict[str, LinkState] = field(default_factory=dict)
     lost_links: dict[str, LinkState] = field(default_factory=dict)
 
@@ -126,11 +182,16 @@ class NeighbourTable:
                 # sequence went backwards or jumped: peer restarted, reset stats
                 link.loss_rate = 0.0
                 link.first_seen_ns = now_ns
+                link.fresh()
             else:
                 a = self.alpha
                 for _ in range(min(gap - 1, 50)):
                     link.loss_rate = a + (1 - a) * link.loss_rate
                 link.loss_rate = (1 - a) * link.loss_rate
+                if gap >= self.metric.window:
+                    link.fresh()        # silent for a whole window: a new link, on probation again
+                else:
+                    link.heard(gap, self.metric.long_window)   # a short outage counts as loss
             link.last_seq = pkt.origin_seq
             link.last_heard_ns = now_ns
             link.peer_ts_ns = pkt.timestamp_ns
@@ -144,6 +205,7 @@ class NeighbourTable:
                 continue
             link.symmetric = True
             link.reverse_loss = nb.loss_permille / 1000.0
+            link.tx_ratio = 1.0 - link.reverse_loss
             if nb.echo_ts_ns:
                 rtt_ns = now_ns - nb.echo_ts_ns - nb.echo_delay_us * 1000
                 if 0 <= rtt_ns < 10 * NS:
@@ -169,6 +231,43 @@ class NeighbourTable:
     def remove(self, peer: str) -> bool:
         return self.links.pop(peer, None) is not None
 
+    # ------------------------------------------------------------------ link cost
+    def rx_ratio(self, link: LinkState, now_ns: int, *, probation: bool = True) -> float:
+        """Share of the neighbour's HELLOs received over the window, counting the ones overdue by now
+        (a HELLO a whole interval late is missed: scheduling delays on a busy host are not loss). With
+        ``probation`` a link younger than ``min_slots`` HELLOs counts that many slots."""
+        m = self.metric
+        ival = self.hello_interval_ns
+        overdue = max(0, int((now_ns - link.last_heard_ns) / ival - 1.0))
+        hist = link.hist << overdue
+        slots = link.slots + overdue
+        floor = m.min_slots if probation else 1
+        short = (hist & ((1 << m.window) - 1)).bit_count() / max(floor, min(m.window, slots))
+        long = (hist & ((1 << m.long_window) - 1)).bit_count() / max(floor, min(m.long_window, slots))
+        return min(short, long)
+
+    def cost(self, peer: str, now_ns: int) -> int:
+        """The link's cost in the route metric (``max_cost`` for an unknown or one-way link)."""
+        link = self.links.get(peer)
+        m = self.metric
+        if link is None or not link.symmetric:
+            return m.max_cost
+        d = self.rx_ratio(link, now_ns) * link.tx_ratio
+        if d <= 0.0:
+            return m.max_cost
+        c = m.hop_cost + m.loss_weight * (1.0 / d - 1.0)
+        if link.latency_ms is not None:
+            x = (2.0 * link.latency_ms - m.rtt_min_ms) / (m.rtt_max_ms - m.rtt_min_ms)
+            c += m.rtt_penalty * min(1.0, max(0.0, x))
+        return min(m.max_cost, round(c))
+
+    def etx(self, peer: str, now_ns: int) -> float | None:
+        link = self.links.get(peer)
+        if link is None or not link.symmetric:
+            return None
+        d = self.rx_ratio(link, now_ns) * link.tx_ratio
+        return round(1.0 / d, 3) if d > 0 else None
+
     # ------------------------------------------------------------------ output
     def make_hello_body(self, now_ns: int) -> HelloBody:
         entries = []
@@ -176,7 +275,8 @@ class NeighbourTable:
             entries.append(
                 HelloNeighbour(
                     node_id=link.node_id,
-                    loss_permille=min(1000, round(link.loss_rate * 1000)),
+                    # what we receive of its HELLOs over the window: its tx_ratio (Babel's IHU)
+                    loss_permille=min(1000, round((1.0 - self.rx_ratio(link, now_ns, probation=False)) * 1000)),
                     echo_ts_ns=link.peer_ts_ns,
                     echo_delay_us=max(0, min(0xFFFFFFFF, (now_ns - link.last_heard_ns) // 1000)),
                 )
@@ -191,4 +291,12 @@ class NeighbourTable:
         return sorted(self.links)
 
     def snapshot(self, now_ns: int) -> list[dict]:
-        return [self.links[p].snapshot(now_ns) for p in sorted(self.links)]
+        out = []
+        for p in sorted(self.links):
+            snap = self.links[p].snapshot(now_ns)
+            snap["rx_ratio"] = round(self.rx_ratio(self.links[p], now_ns), 4)
+            snap["tx_ratio"] = round(self.links[p].tx_ratio, 4)
+            snap["etx"] = self.etx(p, now_ns) or 0.0
+            snap["cost"] = self.cost(p, now_ns)
+            out.append(snap)
+        return out

@@ -9,7 +9,7 @@ with its topology neighbours as peers (their address on the shared link).
 Faults use real kernel tools: ``kill`` = SIGKILL of the node process,
 ``pause``/``resume`` = SIGSTOP/SIGCONT, ``partition`` = ``ip link set down``
 of the veth pair, ``loss`` = nftables ``numgen random mod 100 < PCT drop`` on
-the node's input, ``latency`` = agent-level (tc netem is not available) via a
+the node's input (and/or output: ``loss N PCT both``), ``latency`` = agent-level (tc netem is not available) via a
 stdin command, ``heal`` = undo all and restart killed nodes.  Every namespace
 created is deleted on :meth:`NetnsMesh.close` (also registered with atexit).
 
@@ -217,7 +217,7 @@ class NetnsMesh:
         elif f.op == "unpartition":
             self.set_link(a[0], a[1], up=True)
         elif f.op == "loss":
-            self.loss(a[0], float(a[1]))
+            self.loss(a[0], float(a[1]), a[2] if len(a) > 2 else "in")
         elif f.op == "latency":
             self.command(a[0], {"kind": "fault", "params": {"type": "latency", "ms": float(a[1])}})
         elif f.op == "flap":
@@ -280,7 +280,11 @@ class NetnsMesh:
         if not self._closed:
             self.set_link(a, b, up=True)
 
-    def loss(self, n: str, pct: float) -> None:
+    def loss(self, n: str, pct: float, direction: str = "in") -> None:
+        """Random loss with nftables in the node's namespace: PCT % of the mesh datagrams it receives
+        (``in``), sends (``out``, each neighbour's copy drawn apart) or both; ``pct=0`` removes it."""
+        if direction not in ("in", "out", "both"):
+            raise ValueError(f"loss direction must be in, out or both, got {direction!r}")
         ns = self.nodes[n].ns
         _run("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", NFT_TABLE, check=False)
         if pct <= 0:
@@ -288,14 +292,16 @@ class NetnsMesh:
         if shutil.which("nft") is None:
             raise RuntimeError("nft not installed")
         _run("ip", "netns", "exec", ns, "nft", "add", "table", "inet", NFT_TABLE)
-        _run(
-            "ip", "netns", "exec", ns, "nft", "add", "chain", "inet", NFT_TABLE, "input",
-            "{ type filter hook input priority 0 ; policy accept ; }",
-        )  # fmt: skip
-        _run(
-            "ip", "netns", "exec", ns, "nft", "add", "rule", "inet", NFT_TABLE, "input",
-            "udp", "dport", str(self.port), "numgen", "random", "mod", "100", "<", str(int(pct)), "drop",
-        )  # fmt: skip
+        hooks = {"in": ["input"], "out": ["output"], "both": ["input", "output"]}[direction]
+        for hook in hooks:
+            _run(
+                "ip", "netns", "exec", ns, "nft", "add", "chain", "inet", NFT_TABLE, hook,
+                f"{{ type filter hook {hook} priority 0 ; policy accept ; }}",
+            )  # fmt: skip
+            _run(
+                "ip", "netns", "exec", ns, "nft", "add", "rule", "inet", NFT_TABLE, hook,
+                "udp", "dport", str(self.port), "numgen", "random", "mod", "100", "<", str(int(pct)), "drop",
+            )  # fmt: skip
 
     def heal(self) -> None:
         for n, node in self.nodes.items():

@@ -28,7 +28,8 @@ supervisor and their bridge.
   FAULT type=block peer=P     ``ip link set down`` of the veth pair node-P
   FAULT type=unblock peer=P   ``ip link set up`` of that pair
   FAULT type=loss pct=X       nftables ``udp dport numgen random mod 100 < X drop``
-                              on the node's input (``pct=0`` removes it)
+                              on the node's input (``direction=out|both``: output
+                              or both; ``pct=0`` removes it)
   FAULT type=latency ms=X     agent-level via a stdin command (no tc netem here)
   HEAL                        all of the above undone for the node, restarted if dead
   AVOID/UNAVOID/FLUSH_ROUTES  stdin JSON command to the agent
@@ -243,8 +244,10 @@ class NetnsHost:
             pct = float(params["pct"])
             if not 0 <= pct <= 100:
                 raise ValueError("loss percentage must be 0..100")
-            await run(m.loss, node, pct)
-            return f"nftables: drop {int(pct)}% of udp/{m.port} input" if pct > 0 else "nftables rule removed"
+            direction = str(params.get("direction", "in"))
+            await run(m.loss, node, pct, direction)
+            hooks = {"in": "input", "out": "output", "both": "input and output"}[direction]
+            return f"nftables: drop {int(pct)}% of udp/{m.port} {hooks}" if pct > 0 else "nftables rule removed"
         if t == "latency":
             ms = float(params["ms"])
             if ms < 0:

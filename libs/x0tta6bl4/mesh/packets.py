@@ -59,14 +59,21 @@ Bodies
     the neighbour): ``!BBI`` hs_version (1), step (0 REQUEST, 1 HS1, 2 HS2,
     3 HS3, 4 CONFIRM), session epoch, then the pqc handshake message.  Never
     routed or delivered to the application.
-* RREQ: empty, or an avoid list ``!B`` count (1..32), count x (``!B`` id_len,
-  id): nodes that must not relay this request (set by an originator told to
-  avoid them).  origin = RREQ originator, dest = sought destination,
-  dest_seq = last known seq of dest; flags ``J`` 0x01 ``R`` 0x02 ``G`` 0x04
-  ``D`` 0x08 (destination only) ``U`` 0x10 (unknown seq).
-* RREP: ``!I`` lifetime_ms.  dest = route destination, dest_seq = its seq,
-  origin = RREQ originator (the RREP travels towards it); flags ``R`` 0x01
-  ``A`` 0x02.
+* RREQ: with flag ``M`` 0x20 first ``!H`` metric (the route metric from the
+  originator to the transmitting hop, see :mod:`.routing`), then optionally an
+  avoid list ``!B`` count (1..32), count x (``!B`` id_len, id): nodes that
+  must not relay this request (set by an originator told to avoid them);
+  without ``M`` only the avoid list (or nothing).  origin = RREQ originator,
+  dest = sought destination, dest_seq = last known seq of dest; flags ``J``
+  0x01 ``R`` 0x02 ``G`` 0x04 ``D`` 0x08 (destination only) ``U`` 0x10
+  (unknown seq) ``M`` 0x20 (metric present).
+* RREP: ``!I`` lifetime_ms, with flag ``M`` 0x04 followed by ``!H`` metric (the
+  route metric from the destination to the transmitting hop).  dest = route
+  destination, dest_seq = its seq, origin = RREQ originator (the RREP travels
+  towards it); flags ``R`` 0x01 ``A`` 0x02 ``M`` 0x04.  (``M`` was added
+  without a version bump like ``ENC``/``HS``: an older node rejects the bit as
+  ``bad_flags`` instead of misreading the body.)  Metrics are 16-bit,
+  ``0xFFFF`` = infinite.
 * RERR: ``!B`` count (1..), then count x (``!B`` id_len, id, ``!I`` seq) of
   unreachable destinations; flag ``N`` 0x01 (no delete).
 * HELLO: ``!bBB`` tx_power_dbm (signed), noise_floor offset (unused, 0),
@@ -117,10 +124,13 @@ FLAG_RREQ_R = 0x02
 FLAG_RREQ_G = 0x04
 FLAG_RREQ_D = 0x08
 FLAG_RREQ_U = 0x10
+FLAG_RREQ_M = 0x20  # body starts with the metric
 FLAG_RREP_R = 0x01
 FLAG_RREP_A = 0x02
+FLAG_RREP_M = 0x04  # body carries the metric after the lifetime
 FLAG_RERR_N = 0x01
-ALLOWED_FLAGS = {DATA: 0x0F, RREQ: 0x1F, RREP: 0x03, RERR: 0x01, HELLO: 0x00}
+ALLOWED_FLAGS = {DATA: 0x0F, RREQ: 0x3F, RREP: 0x07, RERR: 0x01, HELLO: 0x00}
+METRIC_INF = 0xFFFF  # 16-bit route metrics (as in Babel): 0xFFFF = unreachable
 
 DEFAULT_TTL = 16
 MAX_ID_LEN = 32
@@ -143,6 +153,7 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _HELLO_HEAD = struct.Struct("!bBB")
+_RREP_M = struct.Struct("!IH")
 _HELLO_ENTRY = struct.Struct("!HQI")
 
 U32_MASK = 0xFFFFFFFF
@@ -179,11 +190,13 @@ class HelloBody:
 @dataclass(frozen=True, slots=True)
 class RreqBody:
     avoid: tuple[str, ...] = ()
+    metric: int | None = None  # present on the wire iff flag M (0x20)
 
 
 @dataclass(frozen=True, slots=True)
 class RrepBody:
     lifetime_ms: int = 3000
+    metric: int | None = None  # present on the wire iff flag M (0x04)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +265,14 @@ def _uint(name: str, value: int, mask: int) -> int:
     return value
 
 
+def _metric_flag(ptype: int, flags: int, body: Body) -> None:
+    """The ``M`` flag of RREQ/RREP is set exactly when the body carries a metric."""
+    bit = FLAG_RREQ_M if ptype == RREQ else FLAG_RREP_M
+    has = getattr(body, "metric", None) is not None
+    if bool(flags & bit) != has:
+        raise PacketError("bad_flags", f"{TYPE_NAMES[ptype]} flag M {'without' if not has else 'missing for'} a metric")
+
+
 def _encode_body(ptype: int, body: Body) -> bytes:
     if ptype == DATA:
         if not isinstance(body, (bytes, bytearray, memoryview)):
@@ -262,9 +283,12 @@ def _encode_body(ptype: int, body: Body) -> bytes:
             return b""
         if not isinstance(body, RreqBody) or len(body.avoid) > MAX_RREQ_AVOID:
             raise PacketError("bad_body", "RREQ body must be empty or RreqBody with <= 32 ids")
+        out = bytearray()
+        if body.metric is not None:
+            out += _U16.pack(_uint("metric", body.metric, METRIC_INF))
         if not body.avoid:
-            return b""
-        out = bytearray(_U8.pack(len(body.avoid)))
+            return bytes(out)
+        out += _U8.pack(len(body.avoid))
         for node in body.avoid:
             raw = _check_id(node)
             out += _U8.pack(len(raw)) + raw
@@ -272,7 +296,10 @@ def _encode_body(ptype: int, body: Body) -> bytes:
     if ptype == RREP:
         if not isinstance(body, RrepBody):
             raise PacketError("bad_body", "RREP body must be RrepBody")
-        return _U32.pack(_uint("lifetime_ms", body.lifetime_ms, U32_MASK))
+        life = _uint("lifetime_ms", body.lifetime_ms, U32_MASK)
+        if body.metric is None:
+            return _U32.pack(life)
+        return _RREP_M.pack(life, _uint("metric", body.metric, METRIC_INF))
     if ptype == RERR:
         if not isinstance(body, RerrBody) or not (1 <= len(body.unreachable) <= 255):
             raise PacketError("bad_body", "RERR body must be RerrBody with 1..255 entries")
@@ -314,25 +341,37 @@ def _read_id(buf: memoryview, pos: int, end: int) -> tuple[str, int]:
     return raw.decode("ascii"), pos + n
 
 
-def _decode_body(ptype: int, buf: memoryview) -> Body:
+def _decode_body(ptype: int, buf: memoryview, flags: int = 0) -> Body:
     end = len(buf)
     if ptype == DATA:
         return bytes(buf)
     if ptype == RREQ:
-        if not end:
-            return RreqBody(())
-        count = buf[0]
+        metric = None
+        pos = 0
+        if flags & FLAG_RREQ_M:
+            if end < 2:
+                raise PacketError("bad_body", "RREQ flag M without a metric")
+            metric = _U16.unpack_from(buf, 0)[0]
+            pos = 2
+        if pos == end:
+            return RreqBody((), metric)
+        count = buf[pos]
         if count == 0 or count > MAX_RREQ_AVOID:
             raise PacketError("bad_body", "RREQ avoid count must be 1..32")
-        pos = 1
+        pos += 1
         avoid = []
         for _ in range(count):
             node, pos = _read_id(buf, pos, end)
             avoid.append(node)
         if pos != end:
             raise PacketError("bad_body", "trailing bytes in RREQ body")
-        return RreqBody(tuple(avoid))
+        return RreqBody(tuple(avoid), metric)
     if ptype == RREP:
+        if flags & FLAG_RREP_M:
+            if end != _RREP_M.size:
+                raise PacketError("bad_body", "RREP body with metric must be 6 bytes")
+            life, metric = _RREP_M.unpack_from(buf, 0)
+            return RrepBody(life, metric)
         if end != 4:
             raise PacketError("bad_body", "RREP body must be 4 bytes")
         return RrepBody(_U32.unpack_from(buf, 0)[0])
@@ -393,6 +432,8 @@ def _encode_unsigned(p: Packet) -> tuple[bytearray, bytes]:
     dest = _check_id(p.dest, allow_empty=True)
     if p.type in (DATA, RREQ, RREP) and not dest:
         raise PacketError("bad_id", f"{p.type_name} needs a destination")
+    if p.type in (RREQ, RREP):
+        _metric_flag(p.type, p.flags, p.body)
     body = _encode_body(p.type, p.body)
     if not isinstance(p.key_id, (bytes, bytearray)) or len(p.key_id) != KEY_ID_LEN:
         raise PacketError("bad_trailer", "key_id must be 8 bytes")
@@ -477,7 +518,7 @@ def decode(data: bytes) -> Packet:
             raise PacketError("bad_id", "invalid node id")
         ids.append(raw.decode("ascii"))
         pos += ln
-    body = _decode_body(ptype, buf[body_start:body_end])
+    body = _decode_body(ptype, buf[body_start:body_end], flags)
     key_id = bytes(buf[body_end : body_end + KEY_ID_LEN])
     (counter,) = _U64.unpack_from(buf, body_end + KEY_ID_LEN)
     (sig_len,) = _U16.unpack_from(buf, body_end + KEY_ID_LEN + COUNTER_LEN)

@@ -53,6 +53,7 @@ class SimNetwork:
         self.tick = int(tick_ms * MS)
         self.wire = wire
         self.loss = loss
+        self.node_loss: dict[str, float] = {}  # node -> share of what it sends and of what it receives dropped
         self.dead: set[str] = set()
         self.blocked: set[frozenset[str]] = set()
         self._q: list = []
@@ -89,6 +90,8 @@ class SimNetwork:
                     continue
                 if self.loss and self.rng.random() < self.loss:
                     continue
+                if self.node_loss and any(self.rng.random() < self.node_loss.get(n, 0.0) for n in (node, t)):
+                    continue
                 heapq.heappush(self._q, (self.now + self.hop_delay, next(self._seq), t, data if self.wire else pkt))
 
     # ------------------------------------------------------------------ clock
@@ -123,6 +126,11 @@ class SimNetwork:
 
     def kill(self, node: str) -> None:
         self.dead.add(node)
+
+    def revive(self, node: str, seed: int = 0) -> None:
+        """A killed node starts again with fresh protocol state (a restarted process)."""
+        self.dead.discard(node)
+        self.cores[node] = MeshCore(node, self.config, seed=seed or self.rng.randrange(1 << 30))
 
     def cut(self, a: str, b: str) -> None:
         self.blocked.add(frozenset((a, b)))

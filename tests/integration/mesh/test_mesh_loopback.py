@@ -56,7 +56,10 @@ async def test_grid_kill_on_active_path_reroutes():
         new = rt.path("n0", "n5")
         assert new is not None and victim not in new
         assert any(e["kind"] == "route_broken" and e["node_id"] == "n0" for e in events)
-        assert any(e["kind"] == "route_repaired" and e["node_id"] == "n0" for e in events)
+        # repaired after the loss was declared, or switched away earlier: the victim's missing HELLOs made
+        # the link costly and the path was re-measured (routes that improve, #21)
+        assert any(e["kind"] in ("route_repaired", "route_switched") and e["node_id"] == "n0" and e["peer"] == "n5"
+                   for e in events)
         # delivery keeps going on the new path
         before = len(after)
         await _flow(rt, "n0", "n5", 0.3)

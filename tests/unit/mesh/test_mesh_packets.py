@@ -45,10 +45,11 @@ def packets(draw, ptype=None):
     dest = draw(ids) if ptype in (DATA, RREQ, RREP) else draw(st.one_of(st.just(""), ids))
     if ptype == DATA:
         body = draw(st.binary(max_size=600))
-    elif ptype == RREQ:
-        body = RreqBody(tuple(draw(st.lists(ids, max_size=32))))
-    elif ptype == RREP:
-        body = RrepBody(draw(u32))
+    elif ptype == RREQ:  # flag M (0x20) iff the body carries a metric
+        metric = draw(st.integers(0, P.METRIC_INF)) if flags & P.FLAG_RREQ_M else None
+        body = RreqBody(tuple(draw(st.lists(ids, max_size=32))), metric)
+    elif ptype == RREP:  # flag M (0x04) iff the body carries a metric
+        body = RrepBody(draw(u32), draw(st.integers(0, P.METRIC_INF)) if flags & P.FLAG_RREP_M else None)
     elif ptype == RERR:
         body = RerrBody(tuple(draw(st.lists(st.tuples(ids, u32), min_size=1, max_size=20))))
     else:
