@@ -36,7 +36,8 @@ Route metric and routes that improve (issue #21; docs/mesh.md "Route metric"):
   forward route, its destination for the reverse one, routes nobody else
   learns from them) choose among those offers with hysteresis: another path is
   taken only when its metric is at most ``switch_ratio`` (0.8) of the current
-  path's and ``switch_min_gain`` smaller. Intermediate nodes install what they
+  path's and ``switch_min_gain`` smaller, and a next hop left by a switch is not
+  taken back within ``switch_holddown_ms``. Intermediate nodes install what they
   forward, so the feasibility invariant holds everywhere.
 
 Events (``Event.kind``): ``route_added``, ``route_broken``, ``route_repaired``,
