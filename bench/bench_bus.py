@@ -8,6 +8,9 @@
    open server, both in the same run, rounds paired. Target >= 0.90. One publisher
    awaiting each PubAck is latency-bound (TLS adds ~30 us of client CPU per round
    trip in Python's asyncio TLS); with 16 publishers in flight TLS records coalesce.
+   Measured on the event loop the services run on (install_event_loop: uvloop when
+   installed, X0TTA6BL4_EVENT_LOOP) - the headline - and on asyncio's standard loop
+   beside it, in the same run.
 3. Stage-to-stage hop latency on the secured server: publish (as the analyzer) ->
    the planner's durable consumer in our Service runtime (decode, idempotency check,
    span, ack). Target p99 < 5 ms.
@@ -21,17 +24,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import statistics
 import tempfile
 import time
+import uuid
 
 import nats
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service
 from x0tta6bl4.bus.codec import new_meta
-from x0tta6bl4.bus.connection import NatsCredentials, ensure_topology
+from x0tta6bl4.bus.connection import ENV_EVENT_LOOP, NatsCredentials, ensure_topology, install_event_loop
 from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.config import CommonSettings
 from x0tta6bl4.runtime import secrets as deployment
@@ -58,31 +63,52 @@ async def _client(url: str, creds: NatsCredentials | None):
     return await nats.connect(servers=[url], **(creds.options() if creds is not None else {}))
 
 
-async def throughput(open_url: str, secured_url: str, creds: NatsCredentials, n: int, rounds: int) -> dict:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (0.0 where there is no /proc)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(open_url: str, secured_url: str, creds: NatsCredentials, n: int, rounds: int,
+                     server_pids: dict[str, int] | None = None) -> dict:
     """Raw and our publishing on the open server, and on the secured one as a mesh host. Each round times
     both buses back to back (the order alternates, so that neither always runs first); a ratio is the median
-    of the per-round ratios, which the machine's drifting load affects least."""
+    of the per-round ratios, which the machine's drifting load affects least. Where the time goes: the CPU
+    this client and each nats-server (``server_pids``) used per awaited publish, summed over the rounds
+    (less sensitive to a busy machine than the wall clock)."""
+    cpu: dict[str, list[float]] = {}      # "bus.path" -> [client s, server s, messages]
     conns = {"open": await _client(open_url, None), "secured": await _client(secured_url, creds)}
     await ensure_topology(conns["open"].jetstream())
     payload = telemetry(0).SerializeToString()
+    run = uuid.uuid4().hex[:8]       # raw message ids unique per run: a repeat would be a cheaper duplicate
     results: dict[str, list[float]] = {}
     for rnd in range(rounds):
         for bus, nc in sorted(conns.items(), reverse=bool(rnd % 2)):
             js, pub = nc.jetstream(), Publisher(nc, "bench")
             msgs = [telemetry(i, "ours") for i in range(n)]  # built by the caller in both cases
             for path in sorted(("raw", "ours"), reverse=bool(rnd // 2 % 2)):
+                srv = (server_pids or {}).get(bus)
+                c0, s0 = time.process_time(), process_cpu_s(srv) if srv else 0.0
                 t0 = time.perf_counter()
                 if path == "raw":
                     for i in range(n):
                         await js.publish(subjects.telemetry("raw"), payload,
-                                         headers={"Nats-Msg-Id": f"raw-{rnd}-{i}"})
+                                         headers={"Nats-Msg-Id": f"raw-{run}-{rnd}-{i}"})
                 else:
                     for m in msgs:
                         await pub.publish(subjects.telemetry("ours"), m)
                 results.setdefault(f"{bus}.{path}", []).append(n / (time.perf_counter() - t0))
+                acc = cpu.setdefault(f"{bus}.{path}", [0.0, 0.0, 0])
+                acc[0] += time.process_time() - c0
+                acc[1] += (process_cpu_s(srv) - s0) if srv else 0.0
+                acc[2] += n
     for nc in conns.values():
         await nc.close()
     med = {k: statistics.median(v) for k, v in results.items()}
+    cpu_us = {k: {"client": round(c / m * 1e6, 1), "server": round(sv / m * 1e6, 1)} for k, (c, sv, m) in cpu.items()}
 
     def ratio(a: str, b: str) -> float:
         return round(statistics.median(x / y for x, y in zip(results[a], results[b], strict=True)), 3)
@@ -90,7 +116,7 @@ async def throughput(open_url: str, secured_url: str, creds: NatsCredentials, n:
             "ratio": ratio("open.ours", "open.raw"),
             "secured_raw_msgs_per_s": round(med["secured.raw"]), "secured_ours_msgs_per_s": round(med["secured.ours"]),
             "secured_ratio": ratio("secured.ours", "open.ours"), "secured_raw_ratio": ratio("secured.raw", "open.raw"),
-            "rounds": rounds, "per_round": n}
+            "rounds": rounds, "per_round": n, "cpu_us_per_publish": cpu_us}
 
 
 async def concurrent(open_url: str, secured_url: str, creds: NatsCredentials, n: int, rounds: int,
@@ -195,12 +221,20 @@ async def pipeline(stack: Stack, cycles: int) -> dict:
             "per_stage_p50_ms": {k: round(pct(v, 50), 2) for k, v in hops.items() if v}}
 
 
+def on_loop(loop: str, coro):
+    """Run ``coro`` on the event loop named ``loop`` (as install_event_loop chooses it for the services)."""
+    install_event_loop({ENV_EVENT_LOOP: loop})
+    return asyncio.run(coro)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     n = 1000 if a.quick else 3000
     cycles = 30 if a.quick else 100
+    headline = install_event_loop()          # the services' loop: uvloop when installed (X0TTA6BL4_EVENT_LOOP)
+    loops = [headline] + [lp for lp in ("asyncio",) if lp != headline]
     with tempfile.TemporaryDirectory() as d:
         d = pathlib.Path(d)
         sec = deployment.init(d / "secrets")
@@ -209,13 +243,14 @@ def main(argv=None) -> dict:
         secured = NatsServer(d / "js-secured", log_file=d / "nats-secured.log", secrets=sec).start()
         try:
             secured.provision()
-            thr = asyncio.run(throughput(open_server.url, secured.url,
-                                         NatsCredentials.in_secrets(sec.root, f"mesh-host-{BENCH_HOST}"),
-                                         n // 2, 12 if a.quick else 24))
-            par = asyncio.run(concurrent(open_server.url, secured.url,
-                                         NatsCredentials.in_secrets(sec.root, f"mesh-host-{BENCH_HOST}"),
-                                         n, 8 if a.quick else 16))
-            hop = asyncio.run(hop_latency(secured.url, sec, d / "svc", 300 if a.quick else 1000))
+            creds = NatsCredentials.in_secrets(sec.root, f"mesh-host-{BENCH_HOST}")
+            thr_by, par_by = {}, {}
+            for lp in loops:                 # the same servers, one loop after the other
+                thr_by[lp] = on_loop(lp, throughput(open_server.url, secured.url, creds, n // 2,
+                                                    12 if a.quick else 24,
+                                                    {"open": open_server.pid, "secured": secured.pid}))
+                par_by[lp] = on_loop(lp, concurrent(open_server.url, secured.url, creds, n, 8 if a.quick else 16))
+            hop = on_loop(headline, hop_latency(secured.url, sec, d / "svc", 300 if a.quick else 1000))
         finally:
             open_server.stop()
             secured.stop()
@@ -224,17 +259,31 @@ def main(argv=None) -> dict:
         try:
             stack.start()
             stack.add_mesh_host(BENCH_HOST, [f"b{i}" for i in range(cycles)])
-            pipe = asyncio.run(pipeline(stack, cycles))
+            pipe = on_loop(headline, pipeline(stack, cycles))
         finally:
             stack.stop()
-    out = {"publish_throughput": thr, "publish_concurrent": par, "hop_latency": hop, "pipeline": pipe}
-    print("bus: publish throughput ours/raw = {ratio} ({ours_msgs_per_s} vs {raw_msgs_per_s} msg/s, target >= 0.80)"
-          .format(**thr))
-    print("bus: publish with TLS + nkey auth + permissions / open bus = {secured_ratio} ({secured_ours_msgs_per_s} vs "
-          "{ours_msgs_per_s} msg/s; raw nats-py {secured_raw_ratio}; median of {rounds} paired rounds), "
-          "target >= 0.90".format(**thr))
-    print("bus: the same with {width} publishers in flight: secured / open = {secured_ratio} ({secured_msgs_per_s} vs "
-          "{open_msgs_per_s} msg/s)".format(**par))
+    thr, par = thr_by[headline], par_by[headline]
+    out = {"event_loop": headline, "publish_throughput": thr, "publish_concurrent": par,
+           "by_event_loop": {lp: {"publish_throughput": thr_by[lp], "publish_concurrent": par_by[lp]} for lp in loops},
+           "hop_latency": hop, "pipeline": pipe}
+    print(f"bus: event loop {headline} (the services' loop; X0TTA6BL4_EVENT_LOOP)"
+          + "".join(f", also measured on {lp}" for lp in loops[1:]))
+    for lp in loops:
+        t, c = thr_by[lp], par_by[lp]
+        print(f"bus [{lp}]: publish throughput ours/raw = {t['ratio']} ({t['ours_msgs_per_s']} vs "
+              f"{t['raw_msgs_per_s']} msg/s, target >= 0.80)")
+        print(f"bus [{lp}]: publish with TLS + nkey auth + permissions / open bus = {t['secured_ratio']} "
+              f"({t['secured_ours_msgs_per_s']} vs {t['ours_msgs_per_s']} msg/s; raw nats-py "
+              f"{t['secured_raw_ratio']}; median of {t['rounds']} paired rounds), target >= 0.90: "
+              f"{'met' if t['secured_ratio'] >= 0.90 else 'MISSED'}")
+        cu = t["cpu_us_per_publish"]
+        print(f"bus [{lp}]: CPU per awaited publish (ours), open -> secured: this client {cu['open.ours']['client']} "
+              f"-> {cu['secured.ours']['client']} us, nats-server {cu['open.ours']['server']} -> "
+              f"{cu['secured.ours']['server']} us (raw nats-py: client {cu['open.raw']['client']} -> "
+              f"{cu['secured.raw']['client']} us, nats-server {cu['open.raw']['server']} -> "
+              f"{cu['secured.raw']['server']} us)")
+        print(f"bus [{lp}]: the same with {c['width']} publishers in flight: secured / open = {c['secured_ratio']} "
+              f"({c['secured_msgs_per_s']} vs {c['open_msgs_per_s']} msg/s)")
     print(f"bus: stage-to-stage hop (secured bus) p50 {hop['p50_ms']} ms, p99 {hop['p99_ms']} ms over "
           f"{hop['hops']} hops (target p99 < 5 ms)")
     print(f"bus: pipeline telemetry->result p50 {pipe['telemetry_to_result_p50_ms']} ms, "
