@@ -17,8 +17,12 @@ from .routing import AodvConfig, AodvRouter, Event, Output, Send
 
 # a link whose cost falls to this share of its reference cost (or grows by its inverse) makes the router
 # re-measure its active paths at once (a returning neighbour, a recovered link, a link turning lossy); the
-# reference follows the cost at each trigger
+# reference follows the cost at each such change
 CHANGED = 0.75
+# ... an improvement only when the link was at least this many nominal hops' cost (a returning neighbour
+# starts at the maximum, a lossy link costs several hops): a HELLO that arrives late on a busy host makes
+# the cost jump by two hops and back, and every such jump re-flooded the active paths (50-node host CPU)
+BAD_HOPS = 4
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,9 @@ class MeshCore:
         ref = link.trigger_cost
         if cost <= ref * CHANGED or cost * CHANGED >= ref:
             link.trigger_cost = cost
-            self.router.link_changed(peer, cost < ref, now)
+            better = cost < ref
+            if not better or ref >= BAD_HOPS * self.neighbours.metric.hop_cost:
+                self.router.link_changed(peer, better, now)
 
     def tick(self, now: int) -> Output:
         out = Output()
@@ -91,9 +97,10 @@ class MeshCore:
 
     def hello_now(self, now: int) -> Output:
         """A HELLO now (also off schedule: a triggered beacon); the next one follows one interval later."""
-        for peer, link in self.neighbours.links.items():   # overdue HELLOs count as lost
-            self._link_cost(peer, link, now)
         ival = self.neighbours.hello_interval_ns
+        for peer, link in self.neighbours.links.items():   # overdue HELLOs count as lost
+            if now - link.last_heard_ns > ival:      # (a link heard since has the cost its HELLO gave it)
+                self._link_cost(peer, link, now)
         self.next_hello_ns = now + int(ival * (1.0 - self.config.hello_jitter * self.rng.random()))
         return Output(sends=[Send(None, self.make_hello(now))])
 

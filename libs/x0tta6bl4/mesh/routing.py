@@ -238,6 +238,7 @@ class AodvRouter:
         self.offers: dict[str, dict[str, Offer]] = {}   # dest -> next hop -> a path not (yet) taken
         self.refresh_at: dict[str, int] = {}  # active dest -> when its path is re-measured next
         self.last_refresh: dict[str, int] = {}
+        self.refresh_metric: dict[str, int] = {}   # active dest -> its route's metric at its last re-measurement
         self.switched: dict[str, dict[str, int]] = {}   # dest -> next hops left by switches -> when (hold-down)
         self.followup: dict[str, bool] = {}   # dest -> re-measure once more soon after the next refresh
 
@@ -532,6 +533,9 @@ class AodvRouter:
         """Re-measure the path to an active destination: a destination-only RREQ (no retries, nothing
         buffered); the answers are offers (:meth:`_offer`)."""
         self.last_refresh[dest] = now
+        r = self.routes.get(dest)
+        if r is not None:
+            self.refresh_metric[dest] = self.metric_now(r)
         jitter = 1.0 - 0.1 * self.rng.random()
         period = self.config.refresh_interval_ms * MS * jitter
         if self.followup.pop(dest, False):   # after a link improved: once more soon (the links beyond it
@@ -542,11 +546,16 @@ class AodvRouter:
     def link_changed(self, peer: str, better: bool, now: int) -> None:
         """The link to ``peer`` got clearly better or worse (MeshCore): re-measure soon, without waiting a
         full period, the active destinations that may now have a better path: through it when it got
-        better (those not reached through it), around it when it got worse (those reached through it)."""
+        better (those not reached through it), around it when it got worse (those reached through it and
+        whose metric grew enough since their last re-measurement that a path as good as it was then would
+        now be taken)."""
         gap = self.config.refresh_min_gap_ms * MS
         for dest, t in self.refresh_at.items():
             r = self.routes.get(dest)
             if (r is not None and r.next_hop == peer) == better:
+                continue
+            if not better and r is not None and dest in self.refresh_metric \
+                    and self.metric_now(r) * self.config.switch_ratio <= self.refresh_metric[dest]:
                 continue
             self.refresh_at[dest] = min(t, max(now, self.last_refresh.get(dest, 0) + gap))
             if better:
@@ -630,6 +639,7 @@ class AodvRouter:
         self.pending.clear()
         self.offers.clear()
         self.refresh_at.clear()
+        self.refresh_metric.clear()
         self.switched.clear()
         return out
 
@@ -953,6 +963,7 @@ class AodvRouter:
             if dest not in self.active_dests:
                 del self.refresh_at[dest]
                 self.last_refresh.pop(dest, None)
+                self.refresh_metric.pop(dest, None)
                 self.followup.pop(dest, None)
         for dest in self.active_dests:
             r = self.lookup(dest)
