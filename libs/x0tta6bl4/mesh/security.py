@@ -159,6 +159,7 @@ REQUEST, HS1, HS2, HS3, CONFIRM = range(5)
 STEP_NAMES = {REQUEST: "REQUEST", HS1: "HS1", HS2: "HS2", HS3: "HS3", CONFIRM: "CONFIRM"}
 EPOCH_SHIFT = 8
 MAX_SESSION = (1 << (32 - EPOCH_SHIFT)) - 1
+MAX_HS_TIMEOUT_NS = 10_000_000_000   # the adaptive handshake retry timeout's ceiling (WireGuard: 5 s fixed)
 _AAD = struct.Struct("!BBBBIIIQ")
 _CONFIRM = b"confirm"
 AUTH_REASONS = ("unsigned", "unknown_key", "revoked_key", "wrong_signer", "stale_timestamp", "bad_signature",
@@ -421,6 +422,7 @@ class _Link:
         "rekey_at",
         "resp",
         "send",
+        "superseded",
         "tighten",
     )
 
@@ -439,6 +441,8 @@ class _Link:
         self.echo_ts = 0           # our HELLO timestamp last echoed by the peer (it accepted that HELLO)
         self.rekey_at: int | None = None   # spread: earliest start of the pending re-key
         self.tighten = False       # old sessions kept long until the peer sends on the new one
+        # epoch -> start of our handshakes given up on timeout (their late HS2 still measures the round trip)
+        self.superseded: dict[int, int] = {}
 
 
 class NodeSecurity:
@@ -752,10 +756,14 @@ class NodeSecurity:
         s = link.send
         return s is None or s.my_key != self.key_id or (link.hello_key is not None and s.peer_key != link.hello_key)
 
+    def _rtt_sample(self, rtt: int) -> None:
+        self._hs_rtt_ns = rtt if not self._hs_rtt_ns else (3 * self._hs_rtt_ns + rtt) // 4
+
     def _timeout(self, link: _Link) -> int:
         """Handshake retry timeout: ``hs_timeout_s``, or 4x the recent HS1->HS2 round trip when that is
         longer (a loaded host answers slowly; restarting then only adds work), doubled per retry."""
-        return max(self.hs_timeout_ns, 4 * self._hs_rtt_ns) << min(max(link.attempts - 1, 0), 3)
+        t = max(self.hs_timeout_ns, 4 * self._hs_rtt_ns) << min(max(link.attempts - 1, 0), 3)
+        return min(t, max(self.hs_timeout_ns, MAX_HS_TIMEOUT_NS))
 
     def _maybe_handshake(self, peer: str, link: _Link, now: int, *, force: bool = False) -> None:
         if not (force or self._wanted(link)):
@@ -795,6 +803,13 @@ class NodeSecurity:
         sig, kem = keys
         if link.init is not None and link.init.cand is not None:   # responder may have switched: keep it readable
             self._retire(link, link.init.cand, now)
+        if link.init is not None and link.init.step == HS1:
+            # given up before its HS2 came: remember when it started, so a late HS2 still measures the
+            # round trip (a starved host answers slower than hs_timeout_s: without the sample the
+            # timeout never adapts and every retry is given up too, each costing a fresh key exchange)
+            link.superseded[link.init.epoch] = link.init.t
+            while len(link.superseded) > 4:
+                del link.superseded[next(iter(link.superseded))]
         epoch = link.next_epoch
         link.next_epoch = epoch + 1 if epoch < MAX_SESSION else 1
         try:
@@ -860,9 +875,12 @@ class NodeSecurity:
             if step == HS2:
                 init = link.init
                 if init is None or init.epoch != epoch or init.step != HS1:
+                    started = link.superseded.pop(epoch, None)
+                    if started is not None:
+                        self._rtt_sample(now - started)
+                        self.counters["hs.late_reply"] += 1
                     return "stale_handshake"
-                rtt = now - init.t
-                self._hs_rtt_ns = rtt if not self._hs_rtt_ns else (3 * self._hs_rtt_ns + rtt) // 4
+                self._rtt_sample(now - init.t)
                 hs3, keys = init.hs.finish(msg)
                 sess = self._session(peer, epoch, keys, Role.INITIATOR, init.my_key, init.peer_key)
                 link.recv[epoch] = sess
