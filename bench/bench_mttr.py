@@ -82,10 +82,19 @@ def path(tel, src, dst):
     return p if cur == dst else None
 
 
-async def command(nc, node, kind, peer="", **params):
-    cmd = C(meta=new_meta("bench"), node_id=node, kind=kind, peer=peer, params={k: str(v) for k, v in params.items()})
+async def command(nc, node, kind, peer="", *, params: dict | None = None, **kw):
+    """A MeshCommand to ``node`` (``params`` and keyword arguments become its params); the host's answer."""
+    ps = {k: str(v) for k, v in {**(params or {}), **kw}.items()}
+    cmd = C(meta=new_meta("bench"), node_id=node, kind=kind, peer=peer, params=ps)
     r = await nc.request(subjects.mesh_cmd(node), cmd.SerializeToString(), timeout=5)
     return mesh_pb2.MeshEvent.FromString(r.data)
+
+
+async def fault_command(nc, node, **params) -> None:
+    """A FAULT for ``node``; a refusal by its host is an error naming the node and the host's words."""
+    ev = await command(nc, node, C.KIND_FAULT, params=params)
+    if ev.kind != "command.ok":
+        raise RuntimeError(f"FAULT {params} on {node} refused: {ev.kind} {dict(ev.details) if ev.details else ''}")
 
 
 async def settle(js, nodes, src, timeout=30.0, nc=None, cleared: list | None = None, keep: set | None = None):
@@ -202,18 +211,19 @@ class Fault:
         self.nc, self.scenario, self.victim, self.neighbours = nc, scenario, victim, neighbours
         self.loss_pct, self.flap_period = loss_pct, flap_period
         self.task: asyncio.Task | None = None
+        self.failed = 0
 
     async def inject(self) -> None:
         nc, v = self.nc, self.victim
         if self.scenario == "kill":
-            await command(nc, v, C.KIND_FAULT, type="kill")
+            await fault_command(nc, v, type="kill")
         elif self.scenario == "degrade":
-            await command(nc, v, C.KIND_FAULT, type="latency", ms=150)
+            await fault_command(nc, v, type="latency", ms=150)
         elif self.scenario == "loss":
-            await command(nc, v, C.KIND_FAULT, type="loss", pct=self.loss_pct, direction="both")
+            await fault_command(nc, v, type="loss", pct=self.loss_pct, direction="both")
         elif self.scenario == "congestion":
-            await command(nc, v, C.KIND_FAULT, type="latency", ms=100)
-            await command(nc, v, C.KIND_FAULT, type="loss", pct=5, direction="both")
+            await fault_command(nc, v, type="latency", ms=100)
+            await fault_command(nc, v, type="loss", pct=5, direction="both")
         elif self.scenario == "flap":
             await self._links("block")
             self.task = asyncio.create_task(self._flap())
@@ -221,10 +231,15 @@ class Fault:
             raise ValueError(f"unknown scenario {self.scenario!r}")
 
     async def _links(self, what: str) -> None:
-        # a host that does not answer in time fails only this round of the flap (the next one retries)
-        await asyncio.gather(*(command(self.nc, self.victim, C.KIND_FAULT, type=what, peer=p) for p in self.neighbours),
-                             *(command(self.nc, p, C.KIND_FAULT, type=what, peer=self.victim)
-                               for p in self.neighbours), return_exceptions=True)
+        # a host that does not answer in time fails only this round of the flap (the next one retries);
+        # a refusal is counted (``self.failed``)
+        res = await asyncio.gather(*(fault_command(self.nc, self.victim, type=what, peer=p) for p in self.neighbours),
+                                   *(fault_command(self.nc, p, type=what, peer=self.victim)
+                                     for p in self.neighbours), return_exceptions=True)
+        errors = [r for r in res if isinstance(r, BaseException)]
+        self.failed += len(errors)
+        if errors and self.failed == len(errors):
+            print(f"flap {self.victim}: {len(errors)} of {len(res)} link commands failed, e.g. {errors[0]}", flush=True)
 
     async def _flap(self) -> None:
         down = True
