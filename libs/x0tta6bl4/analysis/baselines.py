@@ -38,6 +38,7 @@ class TreeBaseline:
         kw = dict(max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=31, random_state=seed,
                   early_stopping=False)
         self.anomaly_threshold = anomaly_threshold
+        self.training_data: dict = {}       # what it was fitted on (set by analysis.train)
         self.anom = HistGradientBoostingClassifier(**kw)
         self.root = HistGradientBoostingClassifier(**kw)
         self.ftype = HistGradientBoostingClassifier(**kw)
@@ -54,21 +55,35 @@ class TreeBaseline:
         return self
 
     def analyse(self, graph_snapshot):
-        nf = graph_snapshot if isinstance(graph_snapshot, NodeFeatures) else extract(graph_snapshot)
-        X = neighbour_features(nf.x, nf.edge_index)
-        prob = self.anom.predict_proba(X)[:, 1]
-        anom = prob >= self.anomaly_threshold
-        root = self.root.predict_proba(X)[:, 1]
-        types = ["normal"] * len(prob)
-        if anom.any():
-            pred = self.ftype.predict(X[anom])
-            for i, t in zip(np.flatnonzero(anom), pred, strict=True):
-                types[i] = FAULT_TYPES[int(t)]
-        conf = np.where(anom, prob, 1 - prob)
-        incidents, member_of = group_incidents(
-            nf.node_ids, nf.edge_index, anom, prob, root, types, conf, self.name
-        )
-        return nf, prob, anom, root, types, incidents, member_of
+        return self.analyse_many([graph_snapshot])[0]
+
+    def analyse_many(self, snapshots) -> list[tuple]:
+        """:meth:`analyse` of several windows with one prediction per model (the trees' per-call
+        overhead dominates on small meshes)."""
+        nfs = [s if isinstance(s, NodeFeatures) else extract(s) for s in snapshots]
+        if not nfs:
+            return []
+        X = np.concatenate([neighbour_features(nf.x, nf.edge_index) for nf in nfs])
+        prob_all = self.anom.predict_proba(X)[:, 1]
+        root_all = self.root.predict_proba(X)[:, 1]
+        anom_all = prob_all >= self.anomaly_threshold
+        types_all = ["normal"] * len(prob_all)
+        if anom_all.any():
+            pred = self.ftype.predict(X[anom_all])
+            for i, t in zip(np.flatnonzero(anom_all), pred, strict=True):
+                types_all[i] = FAULT_TYPES[int(t)]
+        out, off = [], 0
+        for nf in nfs:
+            n = len(nf.node_ids)
+            prob, anom, root = prob_all[off:off + n], anom_all[off:off + n], root_all[off:off + n]
+            types = types_all[off:off + n]
+            off += n
+            conf = np.where(anom, prob, 1 - prob)
+            incidents, member_of = group_incidents(
+                nf.node_ids, nf.edge_index, anom, prob, root, types, conf, self.name
+            )
+            out.append((nf, prob, anom, root, types, incidents, member_of))
+        return out
 
     def detect(self, graph_snapshot):
         return self.analyse(graph_snapshot)[5]
