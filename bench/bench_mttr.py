@@ -290,7 +290,10 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
     cleared: list = []
     victims_so_far: set[str] = set()
     startup_actions = None
-    for trial in range(trials):
+    attempts = 0
+    while len(rows) < trials and attempts < 3 * trials:   # a trial without a relay to fault is tried again
+        attempts += 1
+        trial = len(rows)
         try:
             tel = await settle(js, nodes, src, nc=nc, cleared=cleared, keep=victims_so_far)
         except TimeoutError as e:
