@@ -105,13 +105,20 @@ def links_healthy(node: str, telemetry: Mapping[str, events_pb2.NodeTelemetry],
     own = by_node.get(node)
     if own is None or not own.links:
         return False, [f"{node} reports no link"]
-    bad = [f"{node}->{q.peer} loss {100 * q.loss_rate:.1f}% latency {q.latency_ms:.1f} ms"
-           for q in own.links if not link_clean(q, thresholds)]
+    def verdict(who: str, q: events_pb2.LinkQuality) -> str | None:
+        if q.latency_ms == 0.0:
+            # a link whose HELLO round trip is not measured yet (new, or back after an outage) reports 0:
+            # no evidence that it is clean (a slow link re-established for a moment must not end a probation)
+            return f"{who}->{q.peer} latency not measured yet"
+        if not link_clean(q, thresholds):
+            return f"{who}->{q.peer} loss {100 * q.loss_rate:.1f}% latency {q.latency_ms:.1f} ms"
+        return None
+
+    bad = [r for q in own.links if (r := verdict(node, q))]
     for other in by_node.values():
         if other.node_id == node or not other.reachable:
             continue
-        bad += [f"{other.node_id}->{node} loss {100 * q.loss_rate:.1f}% latency {q.latency_ms:.1f} ms"
-                for q in other.links if q.peer == node and not link_clean(q, thresholds)]
+        bad += [r for q in other.links if q.peer == node and (r := verdict(other.node_id, q))]
     return not bad, bad
 
 
