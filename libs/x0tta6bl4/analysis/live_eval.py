@@ -6,8 +6,9 @@ Every detector gets what the analyzer gets: per snapshot of the recording, the l
 the node series of the 12 snapshots up to it (:mod:`x0tta6bl4.analysis.live`), the rules see the
 ``TelemetryWindow`` itself. Rows:
 
-* ``graphsage``: the learned detector (shipped weights or ``--weights``);
-* ``tree``: the tree baseline, fitted on the same training data as the shipped weights (twin
+* ``graphsage``: the learned detector trained on live faults too (``weights/live/``, :data:`LIVE_WEIGHTS`;
+  ``--weights`` evaluates others, e.g. the analyzer's default ``weights/graphsage.pt``);
+* ``tree``: the tree baseline, fitted on the same training data as those weights (twin
   scenarios + the live ``train`` sessions, :func:`x0tta6bl4.analysis.train.training_data`);
 * ``rules``: the analyzer's rules (:class:`x0tta6bl4.mapek.analyze.RuleAnalyzer`: thresholds plus
   its root-cause rules -- an unreachable node is the cause, end-to-end symptoms at a node with clean
@@ -143,20 +144,24 @@ def format_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+LIVE_WEIGHTS = Path(__file__).with_name("weights") / "live" / "graphsage.pt"
+"""Weights trained on the twin plus the live ``train`` sessions (``python -m x0tta6bl4.analysis.train``)."""
+
+
 def report(data: str | Path | None = None, weights: str | Path | None = None, tree=None,
            faults: bool = True, detector=None) -> dict:
     """The live evaluation: data summary, the table rows and root-cause top-1 per fault.
 
     ``tree``: the tree saved next to the weights (``tree.pkl.gz``, written by
     :mod:`~x0tta6bl4.analysis.train` with them), else fitted again on the same training data."""
-    from . import WEIGHTS_PATH, load_detector
+    from . import load_detector
     from .train import TREE_FILE, fit_tree, load_tree
 
     sessions = livedata.load(data)
     test = livedata.samples([s for s in sessions if s.split == "test"], keep_window=True)
-    det = detector if detector is not None else load_detector(weights)
+    det = detector if detector is not None else load_detector(weights if weights is not None else LIVE_WEIGHTS)
     if tree is None:
-        wp = Path(weights) if weights is not None else WEIGHTS_PATH
+        wp = Path(weights) if weights is not None else LIVE_WEIGHTS
         tree = load_tree(wp.with_name(TREE_FILE)) or fit_tree(data)
     out = {"data": livedata.summary(sessions), "held_out_snapshots": len(test),
            "incident_snapshots": sum(1 for s in test if s.incidents),
@@ -171,7 +176,7 @@ def report(data: str | Path | None = None, weights: str | Path | None = None, tr
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help=f"recording directory (default {livedata.DEFAULT_DIR})")
-    ap.add_argument("--weights", default=None, help="GraphSAGE weights (default: shipped)")
+    ap.add_argument("--weights", default=None, help=f"GraphSAGE weights (default {LIVE_WEIGHTS})")
     ap.add_argument("--json", action="store_true", help="print the full JSON report")
     args = ap.parse_args(argv)
     try:
