@@ -4,7 +4,8 @@ and on telemetry recorded on real meshes under faults (``datasets/live-faults``,
 ``python -m x0tta6bl4.analysis.train [--seed 0] [--out DIR] [--data DIR]`` writes ``graphsage.pt``
 (state_dict + metadata), ``tree.pkl.gz`` (the tree baseline fitted on the same training data) and
 ``report.json`` (held-out evaluation on the simulator and on the held-out live sessions, calibration)
-to ``DIR`` (default: the package's ``weights/`` directory).
+to ``DIR`` (default: the package's ``weights/live/``; the analyzer's default ``weights/graphsage.pt`` was
+trained on the twin alone, before the live recordings).
 
 Training data (:func:`training_data`): the simulator's ``train`` split plus the live ``train``
 sessions, each live sample repeated ``live_repeat`` times (live meshes are small: without it the
@@ -256,7 +257,9 @@ def train(seed: int = 0, out_dir: str | Path | None = WEIGHTS_DIR, cfg: dict | N
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--out", default=str(WEIGHTS_DIR / "live"),
+                    help="output directory (default: weights/live, the weights trained on live faults too; the "
+                         "analyzer's default weights/ were trained on the twin alone)")
     ap.add_argument("--data", default=None, help=f"live recording (default {livedata.DEFAULT_DIR})")
     args = ap.parse_args(argv)
     try:
