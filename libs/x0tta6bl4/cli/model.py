@@ -17,14 +17,15 @@ model_app = typer.Typer(help="the analyzer's learned detector: train, eval, info
 
 @model_app.command()
 def train(seed: int = typer.Option(0, help="seed of the generated topologies, faults and training"),
-          out: Path | None = typer.Option(None, help="output directory (default: the shipped weights dir)"),
+          out: Path | None = typer.Option(None, help="output directory (default: the package's weights/live: the "
+                                          "shipped default weights, trained on the twin alone, stay as they are)"),
           json_out: bool = typer.Option(False, "--json", help="print the full JSON report")) -> None:
-    """Generate labelled data from the twin, train, calibrate, evaluate, write weights + report."""
+    """Train on the twin's labelled data and the recorded live faults, calibrate, evaluate, write weights + report."""
     from x0tta6bl4.analysis.evaluate import format_table
     from x0tta6bl4.analysis.train import WEIGHTS_DIR
     from x0tta6bl4.analysis.train import train as run_train
 
-    target = out or WEIGHTS_DIR
+    target = out or WEIGHTS_DIR / "live"
     rep = run_train(seed, target, log=lambda *a: typer.echo(" ".join(map(str, a)), err=True))
     if json_out:
         typer.echo(json.dumps(rep, indent=2, sort_keys=True))
