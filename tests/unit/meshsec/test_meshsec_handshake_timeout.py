@@ -4,22 +4,12 @@ than ``hs_timeout_s``: the initiator gives the attempt up and starts another one
 the late HS2 of the first one used to be dropped without measuring anything, so every retry was given up too."""
 from __future__ import annotations
 
-import pytest
-
 from x0tta6bl4.mesh.packets import decode, encode
-from x0tta6bl4.mesh.security import LocalAuthority, NodeSecurity
+from x0tta6bl4.mesh.security import NodeSecurity
 
 from .test_meshsec_mac import NODES, Clock, beacon, deliver
 
 S = 10**9
-
-
-@pytest.fixture(scope="module")
-def auth():
-    a = LocalAuthority()
-    for n in NODES:
-        a.issue(n)
-    return a
 
 
 def test_a_late_answer_to_a_given_up_handshake_stretches_the_retry_timeout_and_the_next_attempt_completes(auth):

@@ -21,14 +21,6 @@ class Clock:
         return self.ns
 
 
-@pytest.fixture(scope="module")
-def auth():
-    a = LocalAuthority()
-    for n in ("n0", "n1", "n2"):
-        a.issue(n)
-    return a
-
-
 @pytest.fixture
 def mesh(auth):
     """n1 and n2 as senders, n0 as receiver, sharing one trust (as agents of one host process do)."""

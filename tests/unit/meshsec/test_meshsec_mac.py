@@ -5,8 +5,6 @@ checks and the rule that a refusal frames nobody hold as for signed packets; fir
 without a session, a rotation in progress and a revoked key fall back to signatures."""
 from __future__ import annotations
 
-import pytest
-
 from x0tta6bl4.mesh.packets import HELLO, MLDSA65_SIG_LEN, RREP, HelloBody, Packet, RrepBody, decode, encode
 from x0tta6bl4.mesh.security import MAC_ENTRY, MAC_MARK, LocalAuthority, NodeSecurity
 
@@ -58,14 +56,6 @@ def beacon(nodes: dict[str, NodeSecurity], clock: Clock, sender: str) -> dict[st
             nodes[r].on_hello(sender, decode(raw), clock.ns)
         out[r] = v.reason
     return out
-
-
-@pytest.fixture(scope="module")
-def auth():
-    a = LocalAuthority()
-    for n in NODES:
-        a.issue(n)
-    return a
 
 
 def line(auth, trust=None):
