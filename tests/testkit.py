@@ -201,12 +201,13 @@ def violations(stack) -> list[str]:
         return []
 
 
-def start_mesh(stack, topology="grid:9", traffic="n0:n8"):
-    """A mesh host process on the stack, speaking on the bus as its own identity (mesh-host-mesh: these nodes)."""
+def start_mesh(stack, topology="grid:9", traffic="n0:n8", extra=()):
+    """A mesh host process on the stack, speaking on the bus as its own identity (mesh-host-mesh: these nodes);
+    ``extra``: more mesh host arguments."""
     from x0tta6bl4.mesh.topology import parse_spec
     env = stack.mesh_host_env("mesh", parse_spec(topology).nodes)
     proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", stack.url, "--topology", topology,
-                             "--traffic", traffic, "--data-dir", str(stack.data_dir)], cwd=repo_root(), env=env,
+                             "--traffic", traffic, "--data-dir", str(stack.data_dir), *extra], cwd=repo_root(), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     ready = json.loads(proc.stdout.readline())
     assert ready["ready"]

@@ -92,7 +92,8 @@ from x0tta6bl4.bus.publisher import Publisher
 from x0tta6bl4.keyvault.distribution import key_key, node_key, rot_key
 from x0tta6bl4.mesh.core import CoreConfig
 from x0tta6bl4.mesh.hostkeys import CURRENT, ENV_KEY_DIR, NEXT, HostKeyDir, restamp
-from x0tta6bl4.mesh.routing import Event
+from x0tta6bl4.mesh.neighbours import HOP_COUNT
+from x0tta6bl4.mesh.routing import AodvConfig, Event
 from x0tta6bl4.mesh.runtime import MeshRuntime
 from x0tta6bl4.mesh.security import LocalAuthority, MeshTrust, NodeSecurity
 from x0tta6bl4.mesh.topology import Topology, parse_spec
@@ -107,6 +108,7 @@ if TYPE_CHECKING:
 
     from x0tta6bl4.v1.keyvault_pb2_grpc import KeyvaultStub
 
+ENV_ROUTE_METRIC = "X0TTA6BL4_ROUTE_METRIC"
 log = logging.getLogger("x0tta6bl4.mesh.host")
 C = mesh_pb2.MeshCommand
 # Host-level blue-green commands ride on an existing kind with params["host_op"] (the codec requires a
@@ -951,7 +953,12 @@ async def _main(args: argparse.Namespace) -> int:
     topo = parse_spec(args.topology, seed=args.seed)
     nodes = [n for n in args.nodes.split(",") if n] if args.nodes else None
     addresses = load_addresses(args.addresses) if args.addresses else None
-    config = CoreConfig(hello_interval=args.hello_interval) if args.hello_interval else None
+    config = None
+    if args.hello_interval or args.route_metric != "etx":
+        config = CoreConfig(**({"hello_interval": args.hello_interval} if args.hello_interval else {}),
+                            # hop count: routes are kept until they break (nothing to re-measure)
+                            **({"metric": HOP_COUNT, "aodv": AodvConfig(refresh_interval_ms=0)}
+                               if args.route_metric == "hops" else {}))
     sec_opts = {"rekey_spread_s": args.rekey_spread} if args.rekey_spread else None
     host = MeshHost(args.nats, topo, nodes=nodes, addresses=addresses, config=config,
                     telemetry_interval=args.telemetry_interval, seed=args.seed,
@@ -994,6 +1001,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--addresses", default="", help="JSON file {node: [host, port]} for every node: where each "
                    "hosted agent binds and where remote neighbours listen (required with --nodes)")
     p.add_argument("--hello-interval", type=float, default=0.0, help="HELLO period in s (default 0.2)")
+    p.add_argument("--route-metric", choices=("etx", "hops"), default=os.environ.get(ENV_ROUTE_METRIC) or "etx",
+                   help="route choice: etx (default: measured loss both ways plus delay, paths re-measured every "
+                        "second, docs/mesh.md) or hops (hop count, routes kept until they break: slow or lossy "
+                        f"links are left to the loop; env {ENV_ROUTE_METRIC})")
     p.add_argument("--rekey-spread", type=float, default=0.0,
                    help="with keys: spread each link's re-key after a rotation over [0, S) s")
     p.add_argument("--traffic", action="append", default=[], help="SRC:DST DATA flow (repeatable)")
@@ -1021,6 +1032,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fail-health", action="store_true",
                    help="canary aid: /health answers 503 (rehearses a blue-green rollback)")
     args = p.parse_args(argv)
+    if args.route_metric not in ("etx", "hops"):          # argparse does not check a default from the environment
+        p.error(f"{ENV_ROUTE_METRIC}={args.route_metric!r}: expected etx or hops")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mesh-host %(levelname)s %(message)s")
     try:
         install_event_loop()           # uvloop when installed (X0TTA6BL4_EVENT_LOOP=asyncio: the standard loop)

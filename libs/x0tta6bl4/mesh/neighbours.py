@@ -71,6 +71,11 @@ class LinkMetric:
             raise ValueError(f"invalid link metric settings: {self}")
 
 
+HOP_COUNT = LinkMetric(loss_weight=0, rtt_penalty=0)
+"""Route by hop count alone (every symmetric link costs ``hop_cost``): the mesh host's ``--route-metric hops``,
+for operators who want slow or lossy links handled by the loop rather than by route choice."""
+
+
 @dataclass(slots=True)
 class LinkState:
     node_id: str
