@@ -28,6 +28,14 @@ async def kill_and_follow(stack, victim="n4", timeout=20.0):
     js = nc.jetstream()
     try:
         await eventually(lambda: mesh_ready(js, 9), 30)
+        # the executor measures the flows before the incident (a window ending 1 s before the first symptom): a
+        # kill in the first second of the mesh's reports cannot be verified ("no telemetry recorded before the
+        # incident"), so the mesh runs and stays ready a moment first
+        t_ready = time.monotonic()
+
+        async def reported_a_while() -> bool:
+            return await mesh_ready(js, 9) and time.monotonic() - t_ready >= 2.5
+        await eventually(reported_a_while, 30)
         cmd = mesh_pb2.MeshCommand(meta=new_meta("test"), node_id=victim, kind=mesh_pb2.MeshCommand.KIND_FAULT,
                                    params={"type": "kill"})
         t_kill = time.time_ns()
@@ -97,7 +105,7 @@ async def test_replicated_services_share_consumers_and_heal_once(stack_factory):
     finally:
         mesh.terminate()
         mesh.wait(10)
-    assert v.recovered
+    assert v.recovered, list(v.checks_failed)
     assert [m.subject for m, _ in cycle] == ORDER, "two replicas of each stage still produce one of each event"
     executed = [a for a in audit if a.event_type == "action.executed" and a.meta.cycle_id == v.meta.cycle_id]
     assert len(executed) == 1
