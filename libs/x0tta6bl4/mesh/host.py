@@ -70,6 +70,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -955,10 +956,11 @@ async def _main(args: argparse.Namespace) -> int:
     addresses = load_addresses(args.addresses) if args.addresses else None
     config = None
     if args.hello_interval or args.route_metric != "etx":
-        config = CoreConfig(**({"hello_interval": args.hello_interval} if args.hello_interval else {}),
-                            # hop count: routes are kept until they break (nothing to re-measure)
-                            **({"metric": HOP_COUNT, "aodv": AodvConfig(refresh_interval_ms=0)}
-                               if args.route_metric == "hops" else {}))
+        config = CoreConfig()
+        if args.hello_interval:
+            config = dataclasses.replace(config, hello_interval=args.hello_interval)
+        if args.route_metric == "hops":   # hop count: routes are kept until they break (nothing to re-measure)
+            config = dataclasses.replace(config, metric=HOP_COUNT, aodv=AodvConfig(refresh_interval_ms=0))
     sec_opts = {"rekey_spread_s": args.rekey_spread} if args.rekey_spread else None
     host = MeshHost(args.nats, topo, nodes=nodes, addresses=addresses, config=config,
                     telemetry_interval=args.telemetry_interval, seed=args.seed,
