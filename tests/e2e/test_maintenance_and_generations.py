@@ -112,7 +112,8 @@ def test_heal_verify_list_then_maintenance_and_a_new_generation(stack_factory):
     assert "9 nodes, 12 links" in out
     old = json.loads((stack.data_dir / "mesh.json").read_text())["generation"]
     try:
-        eventually_sync(lambda: on_bus(stack, lambda _nc, js: mesh_ready(js, 9)), 40, 0.3)
+        # 3 s of the 50/s flow: the executor needs telemetry from before the incident to verify the heal
+        eventually_sync(lambda: on_bus(stack, lambda _nc, js: mesh_ready(js, 9, min_acked=150)), 40, 0.3)
         assert {t.mesh_generation for t in telemetry(stack).values()} == {old}
 
         # 1. a real heal: a corner of the grid off the flow's path dies and is routed around (the corner is
