@@ -39,7 +39,8 @@ async def test_forged_action_requests_are_refused_while_a_real_fault_is_healed(s
     leaked = await stack.connect("planner")      # the planner's bus credential, leaked (not its signing key)
     js = nc.jetstream()
     try:
-        await eventually(lambda: mesh_ready(js, 9), scaled(30), what="the mesh reporting, DATA acknowledged")
+        await eventually(lambda: mesh_ready(js, 9, min_acked=60), scaled(30),   # 3 s of flow: a baseline to verify
+                         what="the mesh reporting, DATA acknowledged")
         # the measured attack: ISOLATE of a healthy node "approved" by a proposal that never existed
         await leaked.jetstream().publish(subjects.MAPEK_ACTION, isolate("n2", "forged-1", "dao:never-existed",
                                                                         "never-existed").SerializeToString())
