@@ -189,10 +189,15 @@ def format_table(report: dict) -> str:
         ("detection_delay_windows_mean", "delay"), ("faults_missed", "missed"),
         ("inference_ms_1000_nodes", "wall/1k"), ("inference_cpu_ms_1000_nodes", "cpu/1k"),
     ]
-    head = f"{'detector':<10}" + "".join(f"{c[1]:>8}" for c in cols)
+    return metric_table(report["detectors"], cols)
+
+
+def metric_table(rows: dict, cols: Sequence[tuple[str, str]], name_width: int = 10) -> str:
+    """A detector per row, ``cols`` = (metric key, header) per column; floats to three places."""
+    head = f"{'detector':<{name_width}}" + "".join(f"{c[1]:>8}" for c in cols)
     lines = [head, "-" * len(head)]
-    for name, m in report["detectors"].items():
-        row = f"{name:<10}"
+    for name, m in rows.items():
+        row = f"{name:<{name_width}}"
         for key, _ in cols:
             v = m.get(key)
             row += f"{v:>8.3f}" if isinstance(v, float) else f"{v!s:>8}"

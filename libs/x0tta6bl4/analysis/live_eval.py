@@ -37,7 +37,7 @@ from x0tta6bl4.mapek.analyze import OBSERVE_BELOW, HybridAnalyzer, RuleAnalyzer
 
 from . import livedata
 from .dataset import GraphSample
-from .evaluate import evaluate_detector, run_detector
+from .evaluate import evaluate_detector, metric_table, run_detector
 from .features import NodeFeatures
 from .rules import RuleBasedDetector
 from .types import Incident
@@ -133,15 +133,7 @@ def per_fault(test: Sequence[GraphSample], detector=None, tree=None, runs=None) 
 
 
 def format_table(rows: dict) -> str:
-    head = f"{'detector':<12}" + "".join(f"{c[1]:>8}" for c in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for name, m in rows.items():
-        row = f"{name:<12}"
-        for key, _ in COLUMNS:
-            v = m.get(key)
-            row += f"{v:>8.3f}" if isinstance(v, float) else f"{v!s:>8}"
-        lines.append(row)
-    return "\n".join(lines)
+    return metric_table(rows, COLUMNS, 12)
 
 
 LIVE_WEIGHTS = Path(__file__).with_name("weights") / "live" / "graphsage.pt"
