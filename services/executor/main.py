@@ -29,6 +29,8 @@ class ExecutorSettings(CommonSettings):
         "from this long after an action, delivery worse than before it rolls the action back"))
     harm_margin: float = Field(0.2, gt=0, le=1, description=(
         "an action is harmful when a flow delivers this share less than just before it"))
+    harm_hold_s: float = Field(1.5, ge=0, le=600, description=(
+        "... at every check for this long (a reroute's transient while routes converge is not harm)"))
     history_s: float = Field(120.0, ge=10, le=3600, description="every node's reports are kept this long")
     budget_window_s: float = Field(60.0, gt=0, le=86400, description="actions are counted over this window")
     budget_per_node: int = Field(4, ge=0, le=1000, description="actions against one node per window (0: no limit)")
@@ -46,6 +48,7 @@ def deps(settings: ExecutorSettings, telemetry: Mapping[str, events_pb2.NodeTele
         history=history if history is not None else History(settings.history_s), hold_s=settings.verify_hold_s,
         min_delivery=settings.min_delivery, baseline_window_s=settings.baseline_window_s,
         baseline_gap_s=settings.baseline_gap_s, harm_after_s=settings.harm_after_s, harm_margin=settings.harm_margin,
+        harm_hold_s=settings.harm_hold_s,
         budget_window_s=settings.budget_window_s, budget_per_node=settings.budget_per_node,
         budget_per_incident=settings.budget_per_incident)
 

@@ -425,9 +425,40 @@ async def test_a_deploy_reports_one_step_per_phase(mesh, clock, keys):
 
 
 # ---- do no harm: rollback and escalation ---------------------------------------------------------
+@pytest.mark.parametrize("harm_hold_s, rolled_back", [(1.5, False), (0.0, True)])
+async def test_a_reroute_transient_that_passes_is_not_harm(clock, keys, harm_hold_s, rolled_back):
+    """A reroute's transient: the detour delivers 70 % while routes converge (for 2.6 s after the action,
+    past harm_after_s), then 100 % again. Harm must hold for harm_hold_s: with the default no rollback;
+    judged at first sight (harm_hold_s=0) the same transient would have undone a working repair."""
+    m = Mesh(SQUARE)
+    m.run(960 * S, 1_000 * S)
+    bus = TestBus(service="executor")
+    t_cmd: list[float] = []
+
+    def effect(cmd: mesh_pb2.MeshCommand) -> None:
+        if cmd.kind == C.KIND_AVOID_NODE and not t_cmd:
+            t_cmd.append(clock.monotonic())
+
+    def transient() -> None:
+        if t_cmd:
+            since = clock.monotonic() - t_cmd[0]
+            m.ratio[("n1", "n2")] = 0.7 if since < 2.6 else 1.0
+
+    m.follow(clock, then=transient)
+    agents = Agents(bus, effect=effect)
+    d = make_deps(m, clock, keys, verify_hold_s=1.0, harm_hold_s=harm_hold_s)
+    await bus.deliver(stage.on_action, approved(keys, clock, fault="congestion"), deps=d)
+    [v] = bus.messages(subjects.MAPEK_VERIFIED)
+    assert v.rolled_back is rolled_back and v.escalated is rolled_back, list(v.checks_failed)
+    assert (agents.sent(C.KIND_UNAVOID_NODE) != []) is rolled_back
+    assert (bus.audited("action.rolled_back") != []) is rolled_back
+    assert v.recovered is not rolled_back                  # with the default: recovered once the detour settled
+
+
 async def test_a_reroute_that_makes_delivery_worse_is_rolled_back_and_escalated(clock, keys):
     """The degrade finding: n3, the relay, is slow but delivers; routing around it cuts the flow to 10 %.
-    From harm_after_s on the executor undoes the avoid at every node it commanded and escalates."""
+    From harm_after_s on, once every check for harm_hold_s found it worse, the executor undoes the avoid at every
+    node it commanded and escalates."""
     m = Mesh(SQUARE)
     m.run(960 * S, 1_000 * S)                           # slow, not lost: delivery stays at 100 %
     m.follow(clock)
@@ -437,7 +468,7 @@ async def test_a_reroute_that_makes_delivery_worse_is_rolled_back_and_escalated(
     await bus.deliver(stage.on_action, req, deps=make_deps(m, clock, keys))
     assert agents.sent(C.KIND_AVOID_NODE) == [("n1", "n3"), ("n2", "n3"), ("n4", "n3")]
     assert agents.sent(C.KIND_UNAVOID_NODE) == [("n1", "n3"), ("n2", "n3"), ("n4", "n3")]
-    assert 2.0 <= sum(clock.sleeps) <= 2.2                # judged once harm_after_s (2 s) had passed
+    assert 3.45 <= sum(clock.sleeps) <= 3.7               # harm_after_s (2 s), then held harm_hold_s (1.5 s)
     [v] = bus.messages(subjects.MAPEK_VERIFIED)
     assert not v.recovered and v.rolled_back and v.escalated
     assert any(f.startswith("worse since the action: flow n1->n2 delivers 10 %") and "100 % just before it" in f

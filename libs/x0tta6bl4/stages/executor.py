@@ -13,9 +13,10 @@ runs out, and publishes the Verification with the MTTR. The delivery before the 
 :class:`~x0tta6bl4.mapek.verify.History`, every node's reports of the last minutes (fed by the telemetry
 mirror), never from the degraded state at action time.
 
-Do no harm: once ``harm_after_s`` have passed (or at the verification's end), a flow that delivers more
-than ``harm_margin`` worse than just before the action, or connectivity below the twin's prediction and below
-what it was, rolls the action back (:func:`x0tta6bl4.execution.actions.undo_steps`: un-avoid a rerouted or
+Do no harm: once ``harm_after_s`` have passed, a flow that delivers more than ``harm_margin`` worse than just
+before the action, or connectivity below the twin's prediction and below what it was, found at every check for
+``harm_hold_s`` (a reroute's transient while routes converge is not harm; a mesh still worse at the
+verification's end is), rolls the action back (:func:`x0tta6bl4.execution.actions.undo_steps`: un-avoid a rerouted or
 isolated node, avoid a reinstated one again), audited ``action.rolled_back``, and escalates: an ``Escalation`` on
 ``mapek.escalation`` (audited ``incident.escalated``) and a Verification marked ``rolled_back`` and
 ``escalated`` (the planner then leaves the incident to operators). An action that cannot be undone
@@ -94,6 +95,7 @@ class ExecutorDeps:
     baseline_gap_s: float = 1.0          # ... ending this long before the first symptom
     harm_after_s: float = 2.0            # from then on, delivery worse than before the action rolls it back
     harm_margin: float = 0.2             # ... worse by more than this share
+    harm_hold_s: float = 1.5             # ... seen at every check for this long (a reroute's transient is not harm)
     budget_window_s: float = 60.0        # actions counted over this window
     budget_per_node: int = 4             # actions against one target node (0: no limit)
     budget_per_incident: int = 3         # actions for one incident until it is repaired (0: no limit)
@@ -362,11 +364,12 @@ class Verifying:
 
 async def verify(req: events_pb2.ActionRequest, steps_ok: bool, v: Verifying, ctx: Context,
                  deps: ExecutorDeps) -> None:
-    """Check until recovered, harmed (from ``harm_after_s`` on) or out of time; a failed action fails at once.
-    Harm rolls the action back and escalates."""
+    """Check until recovered, harmed (from ``harm_after_s`` on, held ``harm_hold_s``) or out of time; a failed
+    action fails at once. Harm rolls the action back and escalates."""
     t0 = deps.monotonic()
     deadline = t0 + deps.verify_timeout_s
     harmed: list[str] = []
+    harm_since: float | None = None          # since when every check found the mesh worse than before the action
     while True:
         nodes = list(deps.telemetry.values())
         if deps.fresh_telemetry_s:
@@ -374,12 +377,15 @@ async def verify(req: events_pb2.ActionRequest, steps_ok: bool, v: Verifying, ct
         outcome = verifying.check(req.action, nodes, deps.classify, steps_ok, v.base, v.effect, deps.history,
                                   v.acted_ns, deps.hold_s)
         if outcome.recovered or not steps_ok or outcome.final:
+            harmed = []
             break
-        timed_out = deps.monotonic() > deadline
-        if timed_out or deps.monotonic() - t0 >= deps.harm_after_s:
+        now = deps.monotonic()
+        timed_out = now > deadline
+        if timed_out or now - t0 >= deps.harm_after_s:
             harmed = verifying.harm(v.before, v.base, v.effect, deps.history, nodes, v.acted_ns, deps.hold_s,
                                     deps.harm_margin)
-            if harmed or timed_out:
+            harm_since = (harm_since if harm_since is not None else now) if harmed else None
+            if timed_out or (harm_since is not None and now - harm_since >= deps.harm_hold_s):
                 break
         await deps.sleep(deps.verify_poll_s)
     rolled_back = escalated = False
