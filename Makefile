@@ -19,7 +19,7 @@ help:
 	@echo "make bench       benchmarks (ratios against raw baselines measured in the same run)"
 	@echo "make bench-mttr  measured MTTR on a 50-node mesh"
 	@echo "make proto       regenerate Python code from proto/"
-	@echo "make docs        regenerate the generated tables in docs/bus.md and docs/security.md (subjects.py, permissions.py)"
+	@echo "make docs        regenerate docs/bus.md's and docs/security.md's tables and docs/asyncapi.yaml (subjects.py, permissions.py, protos)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,14 +38,24 @@ INTEROP := tools/liboqs-interop
 $(INTEROP)/node_modules/.installed: $(INTEROP)/package-lock.json
 	-command -v npm >/dev/null && cd $(INTEROP) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed
 
-interop: $(INTEROP)/node_modules/.installed
+# contract tooling (npm @asyncapi/cli, @bufbuild/buf: tests/integration/contracts) and the Node.js client example
+# (examples/node: docs/integrate.md, tests/integration/node_client)
+CONTRACTS := tools/contracts
+$(CONTRACTS)/node_modules/.installed: $(CONTRACTS)/package-lock.json
+	-command -v npm >/dev/null && cd $(CONTRACTS) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed
+NODE_EXAMPLE := examples/node
+$(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package-lock.json
+	-command -v npm >/dev/null && cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed
+
+interop: $(INTEROP)/node_modules/.installed $(CONTRACTS)/node_modules/.installed $(NODE_EXAMPLE)/node_modules/.installed
 
 setup: $(STAMP) ebpf-setup interop
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
 
-# docs/bus.md's tables from bus/subjects.py, docs/security.md's from bus/permissions.py (a test fails when they differ)
+# docs/bus.md's tables from bus/subjects.py, docs/security.md's from bus/permissions.py, docs/asyncapi.yaml from
+# both and the protos (a test fails when they differ)
 .PHONY: docs
 docs: $(STAMP)
 	$(BIN)/python tools/gen_docs.py

@@ -227,6 +227,8 @@ SUBJECTS: tuple[Subject, ...] = (
     Subject(KEYVAULT_SVID, "x0tta6bl4.v1.SvidRequest -> SvidResponse", ("every service", "operator", "mesh host"),
             ("keyvault",), "", "an X.509 SVID for the publisher's own bus identity (attested by the subject)"),
     Subject(MONITOR_RPC, "empty -> JSON", ("operator",), ("monitor",), "", "monitor info (collector, hosts)"),
+    Subject(GOVERNANCE_RPC, "reserved", (), (), "",
+            "reserved for governance methods over NATS: nobody may publish it, nothing answers (use gRPC)"),
 )
 
 
