@@ -2,7 +2,12 @@
 """dao-vote.py: the spec's DAO client (a thin gRPC client of the governance service).
 
     dao-vote.py --action create --title "reroute n3" --duration 300 [--description ...] [--quorum 0.5]
+                                [--kind reroute --target n3 --param KEY=VALUE ...]
                                 [--proposer ID --key FILE]   (signed by that ledger identity; else the admin token)
+    dao-vote.py --action topology_update --title "Auto-heal: reroute around node-3" --duration 300
+                                --param link=n2,n3 --param state=down
+                (the spec's form: --action naming a proposal kind creates a proposal of that kind)
+    dao-vote.py --action config_change --title "slower HELLOs" --duration 300 --param hello_interval=0.3
     dao-vote.py --action vote --proposal ID --voter ID --choice yes --tokens 100 --key FILE
     dao-vote.py --action status --proposal ID
     dao-vote.py --action list [--state active]
@@ -28,13 +33,19 @@ from x0tta6bl4.cli import gov
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="vote on mesh changes (x0tta6bl4 governance)")
-    ap.add_argument("--action", required=True, choices=("create", "vote", "status", "list", "keygen", "register"))
+    ops = ("create", "vote", "status", "list", "keygen", "register")
+    ap.add_argument("--action", required=True, choices=ops + gov.ACTIONS,
+                    help="what to do, or a proposal kind (" + ", ".join(gov.ACTIONS) + "): create a proposal of "
+                         "that kind")
     ap.add_argument("--addr", default=None)
     ap.add_argument("--title")
     ap.add_argument("--description", default="")
     ap.add_argument("--duration", type=float, help="voting period in seconds")
     ap.add_argument("--kind", default="config_change", help="the proposal's action: " + ", ".join(gov.ACTIONS))
     ap.add_argument("--target", default="", help="target node of the action")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a parameter of the proposal's action (repeatable): topology_update link=A,B state=down|up; "
+                         "config_change hello_interval=S miss_count=N")
     ap.add_argument("--quorum", type=float, default=0.5)
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--proposer", default="")
@@ -49,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", default="")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.action in gov.ACTIONS:          # the spec's `--action topology_update`: create a proposal of that kind
+        a.kind, a.action = a.action, "create"
 
     def need(*names: str) -> None:
         missing = [f"--{n.replace('_', '-')}" for n in names if getattr(a, n) in (None, "")]
@@ -60,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.action == "create":
             need("title", "duration")
             out = gov.create(addr, a.title, a.duration, description=a.description, action=a.kind, target=a.target,
-                             proposer=a.proposer, quorum=a.quorum, threshold=a.threshold, key_file=a.key,
+                             params=a.param, proposer=a.proposer, quorum=a.quorum, threshold=a.threshold,
+                             key_file=a.key,
                              admin_token=gov.read_token_file(a.admin_token_file))
             line = gov.proposal_line(out)
         elif a.action == "vote":

@@ -5,6 +5,9 @@
     meshctl gov balance VOTER
     meshctl gov create --title "reroute n3" --duration 300 [--action reroute --target n3 --param k=v]
                        [--proposer VOTER --key alice.key]      signed by a ledger identity, else admin token
+        --action topology_update --param link=n1,n2 --param state=down|up     a link out of service / back
+        --action config_change --param hello_interval=0.3 [--param miss_count=4]   every node's HELLO timing
+        (x0tta6bl4.execution.changes; a passed proposal is executed, verified and rolled back if it harms)
     meshctl gov vote PROPOSAL --voter VOTER --choice yes --tokens 100 --key alice.key [--vote-id ID]
     meshctl gov status PROPOSAL
     meshctl gov list [--state active] [--page-size 50]
@@ -29,7 +32,7 @@ import typer
 from x0tta6bl4.runtime import locate
 
 DEFAULT_ADDR = locate.GRPC["governance"][1]
-ACTIONS = ("reroute", "rotate_keys", "deploy", "config_change", "isolate", "restart")
+ACTIONS = ("reroute", "rotate_keys", "deploy", "config_change", "isolate", "restart", "reinstate", "topology_update")
 STATES = ("active", "passed", "rejected", "executed", "expired", "canceled")
 
 gov_app = typer.Typer(help="governance: proposals and signed quadratic votes (gRPC client)",
@@ -160,6 +163,11 @@ def action_spec(kind: str, target: str = "", params: list[str] | None = None):
             raise GovError(f"--param must be KEY=VALUE, got {p!r}")
         k, v = p.split("=", 1)
         out[k] = v
+    from x0tta6bl4.execution import changes
+    try:
+        changes.validate(kind, target, out)
+    except changes.ChangeError as e:
+        raise GovError(f"INVALID_ARGUMENT: {e}") from None
     action_kind = cast("events_pb2.ActionKind", events_pb2.ActionKind.Value("ACTION_KIND_" + kind.upper()))
     return events_pb2.ActionSpec(kind=action_kind, target_node=target, params=out)
 

@@ -4,8 +4,10 @@ The executor service turns steps into NATS requests to node agents and gRPC
 calls to keyvault; this module decides which steps, to whom, in what order.
 
 Undo (:func:`undo_steps`, the executor's rollback of an action that made delivery worse): a reroute or an
-isolation is undone by un-avoiding the node everywhere, a reinstatement by avoiding it again; restarts, key
-rotations, configuration changes and deployments cannot be undone here (None). An isolation revokes the
+isolation is undone by un-avoiding the node everywhere, a reinstatement by avoiding it again, a topology
+update by the opposite link state at both ends, a configuration change by each commanded node restoring the
+values it had before; restarts, key rotations and deployments cannot be undone here (None). What
+``topology_update`` and ``config_change`` do: :mod:`x0tta6bl4.execution.changes`. An isolation revokes the
 node's identity at once only for a security fault (``compromised``, ``key_compromise``, or no fault named):
 those keys stay revoked whatever happens. For any other fault the revocation waits until the isolation is
 verified (:func:`after_verified_steps`), so rolling such an isolation back re-admits the node with its keys
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from x0tta6bl4.execution import changes
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
 K = events_pb2
@@ -74,8 +77,23 @@ def plan_steps(action: events_pb2.ActionSpec, live_nodes: list[str], fault_type:
             raise UnsupportedAction("reinstate needs a target_node")
         return [[Step(f"unavoid {target} at {n}", "mesh", n, C.KIND_UNAVOID_NODE, target) for n in others]]
     if action.kind == K.ACTION_KIND_CONFIG_CHANGE:
-        nodes = [target] if target else list(live_nodes)
-        return [[Step(f"apply config at {n}", "mesh", n, C.KIND_HEAL, params=dict(action.params)) for n in nodes]]
+        try:
+            values = changes.config_values(action.params)
+        except changes.ChangeError as e:
+            raise UnsupportedAction(str(e)) from None
+        if not values:
+            return []            # nothing to change: the executor only verifies the mesh
+        params = {k: f"{v:g}" for k, v in sorted(values.items())}
+        return [[Step(f"set {' '.join(f'{k}={v}' for k, v in params.items())} at {n}", "mesh", n,
+                      C.KIND_SET_CONFIG, params=params) for n in live_nodes]]
+    if action.kind == K.ACTION_KIND_TOPOLOGY_UPDATE:
+        if changes.is_route_refresh(action.params):
+            return [[Step(f"refresh routes at {n}", "mesh", n, C.KIND_FLUSH_ROUTES) for n in live_nodes]]
+        try:
+            a, b, state = changes.topology_change(action.params)
+        except changes.ChangeError as e:
+            raise UnsupportedAction(str(e)) from None
+        return [_link_steps(a, b, state)]
     if action.kind == K.ACTION_KIND_DEPLOY:
         return [[Step("blue-green deploy", "deploy", params=dict(action.params))]]
     raise UnsupportedAction(f"unknown action kind {action.kind}")
@@ -96,4 +114,16 @@ def undo_steps(action: events_pb2.ActionSpec, nodes: list[str]) -> list[list[Ste
         return [[Step(f"unavoid {target} at {n}", "mesh", n, C.KIND_UNAVOID_NODE, target) for n in others]]
     if action.kind == K.ACTION_KIND_REINSTATE and target:
         return [[Step(f"avoid {target} at {n}", "mesh", n, C.KIND_AVOID_NODE, target) for n in others]]
+    if action.kind == K.ACTION_KIND_TOPOLOGY_UPDATE and not changes.is_route_refresh(action.params):
+        a, b, state = changes.topology_change(action.params)
+        return [_link_steps(a, b, changes.UP if state == changes.DOWN else changes.DOWN)]
+    if action.kind == K.ACTION_KIND_CONFIG_CHANGE and nodes:
+        return [[Step(f"restore previous config at {n}", "mesh", n, C.KIND_SET_CONFIG,
+                      params={changes.RESTORE: changes.PREVIOUS}) for n in nodes]]
     return None
+
+
+def _link_steps(a: str, b: str, state: str) -> list[Step]:
+    """Both ends of link a,b set to ``state`` (one phase)."""
+    return [Step(f"link {x}-{y} {state} at {x}", "mesh", x, C.KIND_SET_LINK, y, params={changes.STATE: state})
+            for x, y in ((a, b), (b, a))]

@@ -27,6 +27,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from x0tta6bl4.execution import changes
+
 from .clock import Clock
 from .decision import Decision, DecisionKind
 from .errors import (
@@ -301,6 +303,10 @@ class GovernanceEngine:
                                   proposal_id, request_id, cycle_id) -> dict:
         if not isinstance(action, Action):
             raise InvalidArgument(f"action must be an Action, got {type(action).__name__}")
+        try:   # a topology_update or config_change that could never run is refused before anyone votes
+            changes.validate(action.kind.value, action.target_node, action.params)
+        except changes.ChangeError as e:
+            raise InvalidArgument(str(e)) from None
         if proposal_id is not None:
             check_identity("proposal_id", proposal_id)
         if request_id != "":

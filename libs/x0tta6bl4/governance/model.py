@@ -36,6 +36,7 @@ class ActionKind(str, enum.Enum):
     ISOLATE = "isolate"
     RESTART = "restart"
     REINSTATE = "reinstate"
+    TOPOLOGY_UPDATE = "topology_update"
 
 
 class VoteChoice(str, enum.Enum):

@@ -15,7 +15,10 @@
   before and after a fault, and the repair cannot change that);
 - the mesh's connectivity (share of node pairs that reach each other over the reported neighbour
   links) is at least what the digital twin predicts for the action on the pre-incident topology;
-- the action's steps all succeeded.
+- the action's steps all succeeded;
+- for an operator's ``topology_update`` or ``config_change``: the nodes' telemetry shows the change in force
+  (:func:`x0tta6bl4.execution.changes.check`: the link's ends list each other or not, every live node
+  reports the parameter's new value).
 
 Otherwise the verification fails and says why (``checks_failed``), one line per reason.
 
@@ -34,6 +37,7 @@ import bisect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from x0tta6bl4.execution import changes
 from x0tta6bl4.ids import new_meta
 from x0tta6bl4.twin.twin import MeshDigitalTwin
 from x0tta6bl4.v1 import common_pb2, events_pb2
@@ -43,7 +47,10 @@ MIN_PACKETS = 20                 # a delivery ratio over fewer packets says too 
 HARM_MARGIN = 0.2                # a flow is harmed when it delivers this much (share) less than before the action
 REMOVES = (K.ACTION_KIND_REROUTE, K.ACTION_KIND_ISOLATE)
 BRINGS_BACK = (K.ACTION_KIND_RESTART, K.ACTION_KIND_REINSTATE)
-REVERSIBLE = (K.ACTION_KIND_REROUTE, K.ACTION_KIND_ISOLATE, K.ACTION_KIND_REINSTATE)
+REVERSIBLE = (K.ACTION_KIND_REROUTE, K.ACTION_KIND_ISOLATE, K.ACTION_KIND_REINSTATE, K.ACTION_KIND_TOPOLOGY_UPDATE,
+              K.ACTION_KIND_CONFIG_CHANGE)
+# operator changes whose effect the nodes' telemetry shows (x0tta6bl4.execution.changes.check)
+CHANGES = {K.ACTION_KIND_TOPOLOGY_UPDATE: changes.TOPOLOGY_UPDATE, K.ACTION_KIND_CONFIG_CHANGE: changes.CONFIG_CHANGE}
 Flow = tuple[str, str]
 
 
@@ -341,6 +348,13 @@ def check(action: events_pb2.ActionSpec, nodes: list[events_pb2.NodeTelemetry],
                           f"{action_name(action.kind)} {action.target_node}".rstrip())
     else:
         out.passed.append(f"connectivity {actual:.2f} as the twin predicts ({effect.connectivity:.2f})")
+    if action.kind in CHANGES:
+        try:
+            ok, bad = changes.check(CHANGES[action.kind], action.params, nodes)
+        except changes.ChangeError as e:
+            ok, bad = [], [str(e)]
+        out.passed.extend(ok)
+        out.failed.extend(bad)
     if base.flows:
         check_flows(base, effect, history, acted_ns, hold_s, out)
     else:

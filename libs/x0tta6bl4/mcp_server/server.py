@@ -255,8 +255,9 @@ async def dao_create_proposal(title: str, duration_s: float = 300.0, action: str
                               target_node: str = "", description: str = "", params: dict[str, str] | None = None,
                               quorum: float = 0.5, threshold: float = 0.5, proposer: str = "x0tta6bl4-mcp",
                               key_file: str = "") -> dict[str, Any]:
-    """Open a DAO proposal (quadratic voting). action: reroute, rotate_keys, deploy, config_change, isolate, restart.
-    A proposal that passes is executed by the orchestrator's executor. With key_file (the proposer's voter
+    """Open a DAO proposal (quadratic voting). action: reroute, rotate_keys, deploy, config_change, isolate, restart,
+    reinstate, topology_update (params link="A,B", state=down|up); config_change params hello_interval (s),
+    miss_count. A proposal that passes is executed by the orchestrator's executor. With key_file (the proposer's voter
     key) the proposal is signed by that ledger identity; without, the ledger admin token is used."""
     gov = _gov()
     p = await _in_thread(gov.create, gov_addr(), title, duration_s, description=description, action=action,

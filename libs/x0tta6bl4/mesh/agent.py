@@ -40,6 +40,7 @@ itself (its telemetry field stays 0).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import random
@@ -159,6 +160,8 @@ class MeshAgent:
         self.path_loss_db = path_loss_db
         self.ack_timeout_ns = int(ack_timeout * 1e9)
         self.impair = Impairments()
+        self.links_down: set[str] = set()   # neighbours whose link an operator took out of service (set_link)
+        self._config_history: list[CoreConfig] = []   # what set_config replaced (restore_config goes back)
         self.rng = random.Random(seed)
         self.core = MeshCore(node_id, self.config, seed=seed, path_loss_db=path_loss_db)
         self.peers: dict[str, Address] = {}
@@ -361,6 +364,49 @@ class MeshAgent:
     def block(self, peer: str) -> None:
         self.impair.blocked.add(peer)
 
+    # ================================================================ operator changes
+    def set_link(self, peer: str, state: str) -> str:
+        """An operator's topology change (not a fault: a heal does not undo it): ``down`` stops sending on the
+        link to ``peer`` and drops what arrives on it, ``up`` puts it back."""
+        if peer not in self.peers:
+            raise ValueError(f"{peer!r} is not a neighbour of {self.node_id} (no such link in the topology)")
+        if state == "down":
+            self.links_down.add(peer)
+        elif state == "up":
+            self.links_down.discard(peer)
+        else:
+            raise ValueError(f"link state must be down or up, got {state!r}")
+        return f"link {self.node_id}-{peer} {state}"
+
+    def set_config(self, hello_interval: float | None = None, miss_count: int | None = None) -> str:
+        """Set the HELLO interval and/or miss count in force (the previous values are kept for
+        :meth:`restore_config`)."""
+        old = self.config
+        new = dataclasses.replace(old, hello_interval=hello_interval if hello_interval is not None
+                                  else old.hello_interval, miss_count=miss_count if miss_count is not None
+                                  else old.miss_count)
+        self._config_history.append(old)
+        self._apply_config(new)
+        return (f"hello_interval {old.hello_interval:g} -> {new.hello_interval:g}, "
+                f"miss_count {old.miss_count} -> {new.miss_count}")
+
+    def restore_config(self) -> str:
+        """Go back to the values the last :meth:`set_config` replaced."""
+        if not self._config_history:
+            return "nothing to restore"
+        old = self._config_history.pop()
+        self._apply_config(old)
+        return f"restored hello_interval {old.hello_interval:g}, miss_count {old.miss_count}"
+
+    def _apply_config(self, cfg: CoreConfig) -> None:
+        if cfg.hello_interval <= 0 or cfg.miss_count < 1:
+            raise ValueError("hello_interval must be > 0 and miss_count >= 1")
+        self.config = cfg
+        self.core.config = cfg
+        self.core.neighbours.hello_interval = cfg.hello_interval
+        self.core.neighbours.miss_count = cfg.miss_count
+        self.core.next_hello_ns = None      # the next HELLO at once, on the new schedule after it
+
     # ================================================================ data
     def send(self, dest: str, payload: bytes = b"", *, ack: bool = True) -> Packet | None:
         """Originate one DATA packet (with ``ack`` the destination echoes it -> RTT)."""
@@ -409,7 +455,7 @@ class MeshAgent:
         if peer is None:
             self._reject("unknown_peer", {"addr": f"{addr[0]}:{addr[1]}"})
             return
-        if peer in self.impair.blocked:
+        if peer in self.impair.blocked or peer in self.links_down:
             self.counters["dropped.blocked"] += 1
             return
         if self.impair.drop_prob and self.rng.random() < self.impair.drop_prob:
@@ -515,7 +561,7 @@ class MeshAgent:
             if addr is None:
                 self.counters["dropped.unknown_next_hop"] += 1
                 continue
-            if t in self.impair.blocked:
+            if t in self.impair.blocked or t in self.links_down:
                 self.counters["dropped.blocked_tx"] += 1
                 continue
             if self.impair.tx_drop_prob and self.rng.random() < self.impair.tx_drop_prob:
@@ -714,7 +760,9 @@ class MeshAgent:
             "neighbours": self.core.neighbours.peers(),
             "failed_auth": 0,           # never about itself: see the module doc (evidence -> monitor)
             "rejected_packets": rejected,   # packets this node refused since the last report, by reason
-            "counters": {k: float(v) for k, v in sorted(c.items())},
+            "counters": {**{k: float(v) for k, v in sorted(c.items())},
+                         "config.hello_interval_s": float(self.config.hello_interval),   # in force (config_change)
+                         "config.miss_count": float(self.config.miss_count)},
             "flows": {d: {"sent": f[0], "acked": f[1], "idle_s": max(0.0, (now - f[2]) / 1e9)}
                       for d, f in self.flows.items()},
             "rtt_by_dest": by_dest,
@@ -727,5 +775,6 @@ class MeshAgent:
                 "blocked": sorted(self.impair.blocked),
                 "paused": self.impair.paused,
             },
+            "links_down": sorted(self.links_down),
             "reachable": self.running,
         }

@@ -90,6 +90,7 @@ from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.kvwatch import drain_queued, next_update, watch_bucket
 from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX
 from x0tta6bl4.bus.publisher import Publisher
+from x0tta6bl4.execution import changes
 from x0tta6bl4.keyvault.distribution import key_key, node_key, rot_key
 from x0tta6bl4.mesh.core import CoreConfig
 from x0tta6bl4.mesh.hostkeys import CURRENT, ENV_KEY_DIR, NEXT, HostKeyDir, restamp
@@ -928,9 +929,26 @@ class MeshHost:
                 return "impairments cleared, agent revived"
         elif kind == C.KIND_RELOAD_KEYS:
             return await self.reload_keys(node)
+        elif kind == C.KIND_SET_LINK:
+            return agent.set_link(peer, str(params.get("state", "")))
+        elif kind == C.KIND_SET_CONFIG:
+            return self.set_config(node, params)
         else:
             raise ValueError(f"unknown command kind {kind}")
         return "ok"
+
+
+    def set_config(self, node: str, params: dict) -> str:
+        """KIND_SET_CONFIG at ``node``: ``hello_interval`` / ``miss_count`` (checked by
+        :func:`x0tta6bl4.execution.changes.config_values`), or ``restore=previous``."""
+        agent = self.runtime.agents[node]
+        if params.get(changes.RESTORE) == changes.PREVIOUS:
+            return agent.restore_config()
+        values = changes.config_values({k: v for k, v in params.items() if k != "generation"})
+        if not values:
+            raise ValueError("set config: no parameter (hello_interval, miss_count)")
+        miss = values.get(changes.MISS_COUNT)
+        return agent.set_config(values.get(changes.HELLO_INTERVAL), int(miss) if miss is not None else None)
 
 
 class HostHealthServer(HealthServer):

@@ -12,7 +12,8 @@ The domain (:mod:`x0tta6bl4.governance`) decides; this module connects it to the
   ProposalEvent per changed proposal on ``gov.watch.<kind>`` (core NATS, for WatchProposals), an
   audit event per state change (grouped when one commit holds many of a kind), and the
   :func:`request_action` of every proposal that PASSED.
-* :func:`request_action`: the ActionRequest of a PASSED proposal that came from a plan, with a derived
+* :func:`request_action`: the ActionRequest of a PASSED proposal (from a plan, or an operator's own action:
+  :func:`operator_request`), with a derived
   event id and action id, so publishing it again (redelivery, restart: :func:`resume`) is harmless;
   signed by governance's key as approved by the proposal (:mod:`x0tta6bl4.mapek.approval`), valid until
   the proposal's execution window ends plus the action's timeout.
@@ -221,7 +222,8 @@ SEVERITY = {common_pb2.SEVERITY_LOW: Severity.LOW, common_pb2.SEVERITY_MEDIUM: S
 def action_from_pb(spec: events_pb2.ActionSpec) -> Action:
     if spec.kind == events_pb2.ACTION_KIND_UNSPECIFIED:
         raise InvalidArgument("action.kind is required "
-                              "(reroute, rotate_keys, deploy, config_change, isolate, restart, reinstate)")
+                              "(reroute, rotate_keys, deploy, config_change, isolate, restart, reinstate, "
+                              "topology_update)")
     try:
         name = events_pb2.ActionKind.Name(spec.kind)
         kind = ActionKind(name[len(_ACTION_PREFIX):].lower())
@@ -335,29 +337,45 @@ async def on_result(result: events_pb2.ActionResult, ctx: Context, deps: Governa
 
 
 async def request_action(pid: str, ctx: Context, deps: GovernanceDeps) -> None:
-    """Publish the ActionRequest of a PASSED proposal that came from a plan (same ids every time)."""
+    """Publish the ActionRequest of a PASSED proposal, from a plan or an operator's (same ids every time)."""
     store = deps.store
     link = store.links.get(pid)
     p = store.engine.state.proposals.get(pid)
-    if link is None or p is None or p.auto_approved or not link.get("plan"):
+    if p is None or p.auto_approved:
         return
-    plan = events_pb2.Plan.FromString(base64.b64decode(link["plan"]))
-    req = action_request(plan, f"dao:{pid}", pid, timeout_s=deps.action_timeout_s)
+    if link is not None and link.get("plan"):
+        plan = events_pb2.Plan.FromString(base64.b64decode(link["plan"]))
+        req = action_request(plan, f"dao:{pid}", pid, timeout_s=deps.action_timeout_s)
+        plan_id, cycle_id = plan.plan_id, plan.meta.cycle_id
+    else:   # an operator's proposal: the action is the proposal's own
+        req = operator_request(p, deps.action_timeout_s)
+        plan_id, cycle_id = "", p.cycle_id
     req.meta.event_id = derive_id("governance-action", pid)
     if deps.signer is None:   # the executor runs nothing unsigned: say so rather than publish it
         log.error("governance: no signing key: the action of passed proposal %s is not requested", pid)
         await ctx.audit("action.not_requested", pid, {"action_id": req.action_id, "reason": "no signing key"},
-                        cycle_id=plan.meta.cycle_id)
+                        cycle_id=cycle_id)
         return
     now_ns = deps.clock_ns()
     deadline_s = p.execution_deadline if p.execution_deadline is not None else now_ns / 1e9 + p.execution_window_s
     sign_approval(req, deps.signer, max(deadline_s - now_ns / 1e9, 0.0) + deps.action_timeout_s, now_ns)
-    carrier = {"traceparent": link["traceparent"]} if link.get("traceparent") else {}
+    carrier = {"traceparent": link["traceparent"]} if link is not None and link.get("traceparent") else {}
     with deps.trace("governance.action_requested", carrier,
-                    {"x0.cycle_id": plan.meta.cycle_id, "x0.proposal": pid}):
-        await ctx.publish(subjects.MAPEK_ACTION, req, cycle_id=plan.meta.cycle_id)
-        await ctx.audit("action.requested", pid, {"action_id": req.action_id, "approved_by": req.approved_by,
-                                                  "plan": plan.plan_id}, cycle_id=plan.meta.cycle_id)
+                    {"x0.cycle_id": cycle_id, "x0.proposal": pid}):
+        await ctx.publish(subjects.MAPEK_ACTION, req, cycle_id=cycle_id)
+        details = {"action_id": req.action_id, "approved_by": req.approved_by, "plan": plan_id}
+        if not plan_id:
+            details["proposer"] = p.proposer      # an operator's proposal
+        await ctx.audit("action.requested", pid, details, cycle_id=cycle_id)
+
+
+def operator_request(p: Proposal, timeout_s: float) -> events_pb2.ActionRequest:
+    """The ActionRequest of a passed proposal an operator made (not from a plan): its own action, the same ids
+    every time (a redelivery or a restart publishes the same request)."""
+    return events_pb2.ActionRequest(
+        meta=new_meta(PRODUCER, p.cycle_id), action_id=derive_id("action", "operator", p.proposal_id),
+        action=action_to_pb(p.action), approved_by=f"dao:{p.proposal_id}", proposal_id=p.proposal_id,
+        timeout_s=timeout_s)
 
 
 def audit_type(e: GovernanceEvent) -> str:
@@ -419,11 +437,11 @@ async def on_quarantine(stream_seq: int, subject: str, reason: str, ctx: Context
 
 
 async def resume(ctx: Context, deps: GovernanceDeps) -> int:
-    """At start: publish again the ActionRequest of every PASSED plan proposal (it may have been lost in a
+    """At start: publish again the ActionRequest of every PASSED proposal (it may have been lost in a
     crash; the same event id is de-duplicated by JetStream, the same action id runs once). Returns how many."""
     store = deps.store
     pids = [pid for pid, p in list(store.engine.state.proposals.items())
-            if p.state is ProposalState.PASSED and pid in store.links]
+            if p.state is ProposalState.PASSED and (pid in store.links or not p.auto_approved)]
     for pid in pids:
         await request_action(pid, ctx, deps)
     return len(pids)

@@ -18,6 +18,7 @@ class ActionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_KIND_DEPLOY: _ClassVar[ActionKind]
     ACTION_KIND_CONFIG_CHANGE: _ClassVar[ActionKind]
     ACTION_KIND_REINSTATE: _ClassVar[ActionKind]
+    ACTION_KIND_TOPOLOGY_UPDATE: _ClassVar[ActionKind]
 
 class DecisionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,7 @@ ACTION_KIND_RESTART: ActionKind
 ACTION_KIND_DEPLOY: ActionKind
 ACTION_KIND_CONFIG_CHANGE: ActionKind
 ACTION_KIND_REINSTATE: ActionKind
+ACTION_KIND_TOPOLOGY_UPDATE: ActionKind
 DECISION_KIND_UNSPECIFIED: DecisionKind
 DECISION_KIND_AUTO_EXECUTE: DecisionKind
 DECISION_KIND_EMERGENCY_VOTE: DecisionKind

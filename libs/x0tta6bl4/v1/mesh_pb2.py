@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from x0tta6bl4.v1 import common_pb2 as x0tta6bl4_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17x0tta6bl4/v1/mesh.proto\x12\x0cx0tta6bl4.v1\x1a\x19x0tta6bl4/v1/common.proto\"\xc8\x03\n\x0bMeshCommand\x12 \n\x04meta\x18\x01 \x01(\x0b\x32\x12.x0tta6bl4.v1.Meta\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.x0tta6bl4.v1.MeshCommand.Kind\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x35\n\x06params\x18\x06 \x03(\x0b\x32%.x0tta6bl4.v1.MeshCommand.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fKIND_AVOID_NODE\x10\x01\x12\x15\n\x11KIND_UNAVOID_NODE\x10\x02\x12\x15\n\x11KIND_FLUSH_ROUTES\x10\x03\x12\x11\n\rKIND_SHUTDOWN\x10\x04\x12\x14\n\x10KIND_ROTATE_KEYS\x10\x05\x12\x0e\n\nKIND_FAULT\x10\x06\x12\r\n\tKIND_HEAL\x10\x07\x12\x10\n\x0cKIND_RESTART\x10\x08\x12\x14\n\x10KIND_RELOAD_KEYS\x10\t\"\xc1\x01\n\tMeshEvent\x12 \n\x04meta\x18\x01 \x01(\x0b\x32\x12.x0tta6bl4.v1.Meta\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x35\n\x07\x64\x65tails\x18\x05 \x03(\x0b\x32$.x0tta6bl4.v1.MeshEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17x0tta6bl4/v1/mesh.proto\x12\x0cx0tta6bl4.v1\x1a\x19x0tta6bl4/v1/common.proto\"\xf0\x03\n\x0bMeshCommand\x12 \n\x04meta\x18\x01 \x01(\x0b\x32\x12.x0tta6bl4.v1.Meta\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.x0tta6bl4.v1.MeshCommand.Kind\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x35\n\x06params\x18\x06 \x03(\x0b\x32%.x0tta6bl4.v1.MeshCommand.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fKIND_AVOID_NODE\x10\x01\x12\x15\n\x11KIND_UNAVOID_NODE\x10\x02\x12\x15\n\x11KIND_FLUSH_ROUTES\x10\x03\x12\x11\n\rKIND_SHUTDOWN\x10\x04\x12\x14\n\x10KIND_ROTATE_KEYS\x10\x05\x12\x0e\n\nKIND_FAULT\x10\x06\x12\r\n\tKIND_HEAL\x10\x07\x12\x10\n\x0cKIND_RESTART\x10\x08\x12\x14\n\x10KIND_RELOAD_KEYS\x10\t\x12\x11\n\rKIND_SET_LINK\x10\n\x12\x13\n\x0fKIND_SET_CONFIG\x10\x0b\"\xc1\x01\n\tMeshEvent\x12 \n\x04meta\x18\x01 \x01(\x0b\x32\x12.x0tta6bl4.v1.Meta\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x35\n\x07\x64\x65tails\x18\x05 \x03(\x0b\x32$.x0tta6bl4.v1.MeshEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESHEVENT_DETAILSENTRY']._loaded_options = None
   _globals['_MESHEVENT_DETAILSENTRY']._serialized_options = b'8\001'
   _globals['_MESHCOMMAND']._serialized_start=69
-  _globals['_MESHCOMMAND']._serialized_end=525
+  _globals['_MESHCOMMAND']._serialized_end=565
   _globals['_MESHCOMMAND_PARAMSENTRY']._serialized_start=270
   _globals['_MESHCOMMAND_PARAMSENTRY']._serialized_end=315
   _globals['_MESHCOMMAND_KIND']._serialized_start=318
-  _globals['_MESHCOMMAND_KIND']._serialized_end=525
-  _globals['_MESHEVENT']._serialized_start=528
-  _globals['_MESHEVENT']._serialized_end=721
-  _globals['_MESHEVENT_DETAILSENTRY']._serialized_start=675
-  _globals['_MESHEVENT_DETAILSENTRY']._serialized_end=721
+  _globals['_MESHCOMMAND_KIND']._serialized_end=565
+  _globals['_MESHEVENT']._serialized_start=568
+  _globals['_MESHEVENT']._serialized_end=761
+  _globals['_MESHEVENT_DETAILSENTRY']._serialized_start=715
+  _globals['_MESHEVENT_DETAILSENTRY']._serialized_end=761
 # @@protoc_insertion_point(module_scope)

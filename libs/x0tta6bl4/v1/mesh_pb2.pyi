@@ -22,6 +22,8 @@ class MeshCommand(_message.Message):
         KIND_HEAL: _ClassVar[MeshCommand.Kind]
         KIND_RESTART: _ClassVar[MeshCommand.Kind]
         KIND_RELOAD_KEYS: _ClassVar[MeshCommand.Kind]
+        KIND_SET_LINK: _ClassVar[MeshCommand.Kind]
+        KIND_SET_CONFIG: _ClassVar[MeshCommand.Kind]
     KIND_UNSPECIFIED: MeshCommand.Kind
     KIND_AVOID_NODE: MeshCommand.Kind
     KIND_UNAVOID_NODE: MeshCommand.Kind
@@ -32,6 +34,8 @@ class MeshCommand(_message.Message):
     KIND_HEAL: MeshCommand.Kind
     KIND_RESTART: MeshCommand.Kind
     KIND_RELOAD_KEYS: MeshCommand.Kind
+    KIND_SET_LINK: MeshCommand.Kind
+    KIND_SET_CONFIG: MeshCommand.Kind
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]

@@ -223,3 +223,18 @@ def test_active_proposals_per_proposer_are_capped(hv):
         h.propose(title="full again", max_active_for_proposer=3)
     h.tick(h.T0 + 61)                          # the 60 s ones close
     assert h.propose(title="after close", max_active_for_proposer=3).state is ProposalState.ACTIVE
+
+
+@pytest.mark.parametrize(("kind", "target", "params", "says"), [
+    ("topology_update", "", {"link": "n1,n2"}, "state must be down or up"),
+    ("topology_update", "", {"state": "down"}, "needs link=A,B"),
+    ("config_change", "", {"hello_interval": "0"}, "hello_interval must be between 0.05 and 2"),
+    ("config_change", "", {"retries": "3"}, "unknown parameter 'retries'"),
+])
+def test_an_operator_change_that_could_never_run_is_refused(hv, kind, target, params, says):
+    with pytest.raises(InvalidArgument, match=says):
+        hv.engine.create_proposal(title="t", description="", action=Action(kind, params, target), proposer="ops",
+                                  duration_s=60, quorum=0.5, threshold=0.5)
+    p = hv.engine.create_proposal(title="t", description="", proposer="ops", duration_s=60, quorum=0.5,
+                                  threshold=0.5, action=Action("topology_update", {"link": "n1,n2", "state": "down"}))
+    assert p.proposal.action.kind is ActionKind.TOPOLOGY_UPDATE
