@@ -14,7 +14,7 @@ from services.governance.verify import VoteVerifier, ledger_verifier
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service
 from x0tta6bl4.bus.memory import TestBus
-from x0tta6bl4.governance import GovernanceEngine, ManualClock, ProposalState, vote_signing_payload
+from x0tta6bl4.governance import Action, GovernanceEngine, ManualClock, ProposalState, vote_signing_payload
 from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.mapek.approval import verify_approval
 from x0tta6bl4.pqc import MLDSA65PrivateKey
@@ -314,3 +314,34 @@ async def test_many_events_of_one_kind_in_one_commit_make_one_audit_event(gov):
     assert grouped.details["ids"].split(",") == [f"plan-{p.plan_id}" for p in plans]
     # watchers still get one event per proposal
     assert len(gov.bus.messages(subjects.gov_watch("rejected"))) == 3
+
+
+# ---- an operator's proposal (not from a plan) --------------------------------------------------------------
+async def test_a_passed_operator_proposal_requests_its_own_action_signed(gov, tmp_path):
+    for name in ("alice", "bob"):
+        await gov.voter(name)
+    action = Action("topology_update", {"link": "n1,n2", "state": "down"})
+    def create(eng):
+        r = eng.create_proposal(title="n1-n2 down", description="", action=action, proposer="alice",
+                                duration_s=60, quorum=0.5, threshold=0.5)
+        return Outcome(r.proposal.proposal_id, r.events)
+    pid = await gov.store.execute(create)
+    assert gov.actions() == []                      # nothing before the vote
+    for name in ("alice", "bob"):
+        await gov.vote(pid, name)
+    [req] = gov.actions()
+    assert req.approved_by == f"dao:{pid}" and req.proposal_id == pid and req.plan_id == ""
+    assert req.action_id == derive_id("action", "operator", pid)
+    assert req.meta.cycle_id == derive_id("cycle", "operator", pid)      # a cycle of its own
+    assert req.action.kind == K.ACTION_KIND_TOPOLOGY_UPDATE
+    assert dict(req.action.params) == {"link": "n1,n2", "state": "down"}
+    assert verify_approval(req, gov.trust.bundle, int(T0 * 1e9)) == "governance"
+    [requested] = gov.bus.audited("action.requested")
+    assert requested.details["proposer"] == "alice" and requested.details["plan"] == ""
+    # a restart requests it again under the same ids; the executor's result marks it executed
+    restarted = Gov(tmp_path / "again", log=gov.store.log)
+    assert await stage.resume(restarted.ctx, restarted.deps) == 1
+    [again] = restarted.actions()
+    assert (again.action_id, again.meta.event_id) == (req.action_id, req.meta.event_id)
+    await gov.bus.publish(subjects.MAPEK_RESULT, result(pid, req.action_id))
+    assert gov.proposal(pid).state is ProposalState.EXECUTED

@@ -349,7 +349,7 @@ async def request_action(pid: str, ctx: Context, deps: GovernanceDeps) -> None:
         plan_id, cycle_id = plan.plan_id, plan.meta.cycle_id
     else:   # an operator's proposal: the action is the proposal's own
         req = operator_request(p, deps.action_timeout_s)
-        plan_id, cycle_id = "", p.cycle_id
+        plan_id, cycle_id = "", req.meta.cycle_id
     req.meta.event_id = derive_id("governance-action", pid)
     if deps.signer is None:   # the executor runs nothing unsigned: say so rather than publish it
         log.error("governance: no signing key: the action of passed proposal %s is not requested", pid)
@@ -371,9 +371,11 @@ async def request_action(pid: str, ctx: Context, deps: GovernanceDeps) -> None:
 
 def operator_request(p: Proposal, timeout_s: float) -> events_pb2.ActionRequest:
     """The ActionRequest of a passed proposal an operator made (not from a plan): its own action, the same ids
-    every time (a redelivery or a restart publishes the same request)."""
+    every time (a redelivery or a restart publishes the same request); its cycle is the proposal's, or one derived
+    from the proposal id (an operator's change is a cycle of its own: execution, verification)."""
+    cycle_id = p.cycle_id or derive_id("cycle", "operator", p.proposal_id)
     return events_pb2.ActionRequest(
-        meta=new_meta(PRODUCER, p.cycle_id), action_id=derive_id("action", "operator", p.proposal_id),
+        meta=new_meta(PRODUCER, cycle_id), action_id=derive_id("action", "operator", p.proposal_id),
         action=action_to_pb(p.action), approved_by=f"dao:{p.proposal_id}", proposal_id=p.proposal_id,
         timeout_s=timeout_s)
 
