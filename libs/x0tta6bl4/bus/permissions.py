@@ -24,6 +24,7 @@ OPERATOR = "operator"
 AUDIT_READER = "audit-reader"
 PROVISIONER = "provisioner"
 EDGE = "edge"
+DASHBOARD = "dashboard"
 EDGE_DOC_KEY = "doc"          # the one key of the edge bucket that edge sync merges into (edge/sync.py)
 MESH_HOST_PREFIX = "mesh-host-"
 
@@ -36,7 +37,8 @@ def inbox_prefix(identity: str) -> str:
 @dataclass(frozen=True)
 class Permissions:
     identity: str
-    kind: str                                  # service | mesh-host | operator | audit-reader | edge | provisioner
+    kind: str                                  # service | mesh-host | operator | audit-reader | edge | dashboard
+                                               # | provisioner
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     deny_publish: tuple[str, ...] = ()
@@ -219,6 +221,18 @@ def edge() -> Permissions:
                      doc="edge nodes' sync: the edge bucket's document, audit.edge.*")
 
 
+def dashboard() -> Permissions:
+    """The web dashboard (:mod:`x0tta6bl4.dashboard`): reads the telemetry and avoided buckets, the MAPEK and
+    AUDIT streams (ordered consumers of its own), governance's proposal fan-out; the one request it may make
+    is monitor.rpc.Cycle (run a cycle now, for an operator who gave the dashboard's token). No mesh commands,
+    no keyvault, no KV writes, no MAPE-K, audit or governance events."""
+    s = subjects
+    pub = [f"{JS}.INFO", *_kv_read("telemetry"), *_kv_read("avoided"), *_stream_read(s.STREAM_MAPEK),
+           *_stream_read(s.STREAM_AUDIT), s.MONITOR_CYCLE]
+    return _identity(DASHBOARD, "dashboard", pub, [s.GOV_WATCH_ALL],
+                     doc="the web dashboard: reads mesh state, cycles, audit, proposals; asks for a cycle")
+
+
 def provisioner() -> Permissions:
     """Creates the streams, buckets and durable consumers of the subject table (at stack start)."""
     return Permissions(PROVISIONER, "provisioner", (f"{JS}.>", "$KV.>", "$JS.FC.>"),
@@ -241,8 +255,9 @@ class Table:
 
 
 def table(mesh_hosts: Mapping[str, Iterable[str]] | None = None) -> Table:
-    """The identities of a deployment: the six services, operator, audit reader, edge, provisioner, mesh hosts."""
-    ids = [service(n) for n in SERVICES] + [operator(), audit_reader(), edge(), provisioner()]
+    """The identities of a deployment: the six services, operator, audit reader, edge, dashboard, provisioner,
+    mesh hosts."""
+    ids = [service(n) for n in SERVICES] + [operator(), audit_reader(), edge(), dashboard(), provisioner()]
     ids += [mesh_host(h, nodes) for h, nodes in sorted((mesh_hosts or {}).items())]
     return Table(tuple(ids))
 
