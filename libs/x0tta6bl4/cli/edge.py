@@ -1,6 +1,7 @@
 """meshctl edge: crisis mode - nodes that work with no broker and sync through CRDTs on reconnect.
 
-    meshctl edge setup NODE --offline [--topology grid:9 | --routes routes.yaml] [--allow-action reroute ...]
+    meshctl edge setup NODE --offline [--topology grid:9 [--attach n0] | --routes routes.yaml] [--allow-action ...]
+                                  (any node name: one not in the topology joins it through --attach)
     meshctl edge status NODE                     identity, routes, policy, CRDT contents, unpublished events
     meshctl edge config NODE KEY VALUE           set a configuration value (recorded in the CRDT)
     meshctl edge route NODE DEST [--via HOP | --avoid]   a routing hint; `edge route NODE DEST` alone resolves
@@ -59,6 +60,9 @@ def setup(node: str, offline: bool = typer.Option(False, "--offline", help="prov
           topology: str | None = typer.Option(None, "--topology", help="known mesh (grid:9, a YAML file ...): "
                                                  "preload shortest-path next hops"),
           routes: pathlib.Path | None = typer.Option(None, "--routes", help="YAML mapping destination -> next hop"),
+          attach: list[str] = typer.Option([], "--attach", help="for a node new to the --topology: the mesh node(s) "
+                                            "it will be a neighbour of (repeatable; default the topology's "
+                                            "first node): routes go through the nearest"),
           allow_action: list[str] = typer.Option([], "--allow-action",
                                                  help="action allowed without the DAO (repeatable; default "
                                                       "reroute, isolate, restart)"),
@@ -79,7 +83,7 @@ def setup(node: str, offline: bool = typer.Option(False, "--offline", help="prov
             policy["allowed_actions"] = list(allow_action)
         en = EdgeNode.setup(d, node, offline=offline, topology=topology,
                             routes=load_routes_file(routes) if routes else None, policy=policy,
-                            trust_domain=trust_domain, force=force)
+                            trust_domain=trust_domain, force=force, attach=attach)
         en.save()
     except EdgeError as e:
         fail(str(e))

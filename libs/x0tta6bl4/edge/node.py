@@ -50,18 +50,38 @@ class EdgeError(Exception):
     """A problem to report as one line."""
 
 
-def routing_table(node: str, topology: str | None = None, routes: dict[str, str] | None = None) -> dict[str, str]:
-    """Preloaded next hops: shortest paths over a known topology, overridden by explicit routes."""
+def routing_table(node: str, topology: str | None = None, routes: dict[str, str] | None = None,
+                  attach: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """Preloaded next hops: shortest paths over a known topology, overridden by explicit routes.
+
+    A node of the topology routes along its shortest paths. A new node (an edge node deployed into a mesh it is
+    not part of yet, e.g. ``edge-7`` next to ``grid:9``) joins it through ``attach`` -- the mesh nodes it will
+    be a neighbour of (default: the topology's first node): every mesh node is reached through the attachment
+    node nearest to it. Naming ``attach`` for a node of the topology is an error (its links are known)."""
     table: dict[str, str] = {}
     if topology:
         topo = parse_spec(topology)
-        if node not in topo.nodes:
-            raise EdgeError(f"node {node!r} is not in topology {topology!r} ({', '.join(topo.nodes[:8])} ...)")
-        for dest in topo.nodes:
-            if dest != node:
-                path = topo.shortest_path(node, dest)
-                if path and len(path) > 1:
-                    table[dest] = path[1]
+        if node in topo.nodes:
+            if attach:
+                raise EdgeError(f"--attach is for a node new to the mesh; {node!r} is in topology {topology!r} "
+                                "(its links are known)")
+            for dest in topo.nodes:
+                if dest != node:
+                    path = topo.shortest_path(node, dest)
+                    if path and len(path) > 1:
+                        table[dest] = path[1]
+        else:
+            gates = list(dict.fromkeys(attach)) or topo.nodes[:1]
+            unknown = [g for g in gates if g not in topo.nodes]
+            if unknown:
+                raise EdgeError(f"--attach {', '.join(unknown)}: not in topology {topology!r} "
+                                f"({', '.join(topo.nodes[:8])}{' ...' if len(topo.nodes) > 8 else ''})")
+            for dest in topo.nodes:
+                hops = [(len(p), g) for g in gates if (p := topo.shortest_path(g, dest)) is not None]
+                if hops:
+                    table[dest] = min(hops)[1]
+    elif attach:
+        table.update({g: g for g in attach})      # no topology: the attachment nodes are the known neighbours
     for dest, hop in (routes or {}).items():
         table[str(dest)] = str(hop)
     return dict(sorted(table.items()))
@@ -118,7 +138,8 @@ class EdgeNode:
     @classmethod
     def setup(cls, data_dir: pathlib.Path | str, node: str, *, offline: bool = True, topology: str | None = None,
               routes: dict[str, str] | None = None, policy: dict[str, Any] | None = None,
-              trust_domain: str = "x0tta6bl4.mesh", validity_s: int = 90 * 86400, force: bool = False) -> EdgeNode:
+              trust_domain: str = "x0tta6bl4.mesh", validity_s: int = 90 * 86400, force: bool = False,
+              attach: list[str] | tuple[str, ...] = ()) -> EdgeNode:
         """Provision ``node`` with no network at all: keys, routing table, policy, offline flag."""
         try:
             validate_node_id(node)
@@ -134,7 +155,7 @@ class EdgeNode:
             raise EdgeError(f"unknown action(s) in policy: {', '.join(bad)} (known: {', '.join(ACTIONS)})")
         if not 0.0 <= float(pol["min_confidence"]) <= 1.0:
             raise EdgeError("policy min_confidence must be in [0, 1]")
-        table = routing_table(node, topology, routes)
+        table = routing_table(node, topology, routes, attach)
         ks = Keystore(ks_dir, _master_key(node_dir, create=True))
         identity = NodeIdentity.generate(trust_domain, node, now=time.time(), validity_seconds=validity_s)
         ks.put_identity("identity", identity)
