@@ -96,7 +96,7 @@ class BusPolicy:
         admit, suppressed = self.sampler.admit(d)
         if admit:
             details = {"method": full, "caller": label, "reason": reason, "via": "nats",
-                       **({"suppressed": str(suppressed)} if suppressed else {})}
+                       **({"suppressed": suppressed} if suppressed else {})}
             try:
                 await self.audit("policy.allowed" if ok else "policy.denied", label, details)
             except Exception as e:  # noqa: BLE001 - decided either way

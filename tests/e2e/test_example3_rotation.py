@@ -103,7 +103,7 @@ async def test_example3_pqc_rotate_keys_for_all_nodes(stack_factory, monkeypatch
                 return None
             req = {k for a in audit if a.event_type == "key.rotation.requested" for k in a.details if k in topo.nodes}
             cert = {a.subject_id for a in audit if a.event_type == "key.certified" and a.details["generation"] == "2"
-                    and a.details["private_held_by_keyvault"] == "False"}
+                    and a.details["private_held_by_keyvault"] == "false"}
             ret = {k for a in audit if a.event_type == "key.retired" for k in a.details if k in topo.nodes}
             return req == cert == ret == set(topo.nodes)
         await eventually(audited, 15)

@@ -172,7 +172,7 @@ async def test_knowledge_is_recorded_once_per_verification_with_the_topology_siz
     assert (stats.attempts, stats.successes, stats.mean_mttr_ms, stats.last_topology_size) == (2, 1, 800.0, 5)
     recorded = bus.audited("knowledge.recorded")
     assert [(a.subject_id, a.details["success_rate"]) for a in recorded] == [
-        ("node_down.reroute", "0.67"), ("node_down.reroute", "0.50")]
+        ("node_down.reroute", 0.67), ("node_down.reroute", 0.5)]
     assert recorded[1].details["topology_size"] == 5
 
 

@@ -2,10 +2,22 @@
 
 Each service instance keeps one chain. Event ``n`` carries ``chain_seq = n``,
 ``prev_hash`` = the hash of event ``n-1`` (32 zero bytes for the first) and
-``hash`` = SHA-256 over the deterministic encoding of the event with ``hash``,
-``signature``, ``key_id`` and ``public_key`` cleared. ``signature`` is
-ML-DSA-65 over ``hash``; ``key_id`` names the signing key and ``public_key``
-carries it (informational only: a verifier never trusts the key an event brings).
+``hash`` = SHA-256 over :func:`canonical_bytes`: the deterministic protobuf encoding
+(``SerializeToString(deterministic=True)``: fields in field-number order, fields at
+their default value left out, map entries sorted by key) of the event with ``hash``,
+``signature``, ``key_id`` and ``public_key`` (fields 9-12) cleared - so it covers
+``meta``, ``service``, ``event_type``, ``subject_id``, ``details``, ``chain_id``,
+``chain_seq``, ``prev_hash`` and ``trace_id`` (fields 1-8 and 13). Events are published
+with the same deterministic encoding, so the canonical bytes are also the published
+bytes with the records of fields 9-12 removed. ``signature`` is pure ML-DSA-65
+(FIPS 204, empty context: ``trust.CONTEXTS["audit"]`` is empty) over the 32 ``hash``
+bytes, by a service's key for the role ``audit`` or an edge node's signing key;
+``key_id`` names the signing key and ``public_key`` carries it (informational only: a
+verifier never trusts the key an event brings).
+
+Details (``map<string, string>``) are typed by :func:`detail_value`: a string is stored as
+it is, any other value as its JSON text; docs/audit-events.md lists every event type and
+the type of each of its details (:mod:`x0tta6bl4.audit.types`).
 
 Who may sign what (:func:`trusted_keys`): a service's chain is signed by that
 service's signing key, which must be in the trust bundle (configuration, read-only
@@ -21,7 +33,10 @@ problem with its kind (:data:`KINDS`) and keeps verifying the rest.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
+import json
+import math
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -129,6 +144,35 @@ class NodeAuditSigner:
         return f"NodeAuditSigner(key_id={self.key_id})"
 
 
+def _jsonable(v: object) -> object:
+    if isinstance(v, enum.Enum):
+        return _jsonable(v.value)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (set, frozenset)):
+        return sorted((_jsonable(x) for x in v), key=str)
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return v
+    return str(v)
+
+
+def detail_value(v: object) -> str:
+    """One audit detail as stored: a string as it is (a str enum: its value), anything else as JSON text
+    (``true``, ``null``, ``3``, ``0.5``, ``["a"]``, ``{"k":1}``: sorted keys, no spaces; NaN and infinities
+    become ``null``, bytes their hex, other objects their str())."""
+    if isinstance(v, enum.Enum) and isinstance(v.value, str):
+        return v.value
+    if isinstance(v, str):
+        return str.__str__(v)
+    return json.dumps(_jsonable(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_bytes(ev: events_pb2.AuditEvent) -> bytes:
     c = events_pb2.AuditEvent()
     c.CopyFrom(ev)
@@ -166,7 +210,7 @@ class AuditChain:
             trace_id=trace_id,
         )
         for k, v in (details or {}).items():
-            ev.details[str(k)] = str(v)
+            ev.details[str(k)] = detail_value(v)
         ev.hash = hashlib.sha256(canonical_bytes(ev)).digest()
         ev.signature = self.signer.sign(ev.hash)
         ev.key_id = self.signer.key_id

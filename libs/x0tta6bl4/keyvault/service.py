@@ -130,7 +130,7 @@ class KeyvaultService:
 
     # ---- audit ------------------------------------------------------------------------------
     async def audit(self, event: str, subject_id: str, details: dict[str, Any]) -> None:
-        await self._audit(event, subject_id, {k: str(v) for k, v in details.items()})
+        await self._audit(event, subject_id, dict(details))   # typed: x0tta6bl4.audit.chain.detail_value
 
     async def audit_nodes(self, event: str, items: list[tuple[str, Any]], common: dict[str, Any]) -> None:
         """One audit event per AUDIT_CHUNK nodes: details[<node id>] describes that node's step

@@ -122,7 +122,7 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         if admit:
             ev = ("policy.allowed" if d.allowed else "policy.denied", d.caller,
                   {"method": d.method, "caller": d.caller, "reason": d.reason, **details,
-                   **({"suppressed": str(suppressed)} if suppressed else {})})
+                   **({"suppressed": suppressed} if suppressed else {})})
             if d.allowed:
                 self._enqueue(ev)
             else:                      # a denial is in the trail before the caller hears of it

@@ -127,5 +127,5 @@ async def on_window(window: events_pb2.TelemetryWindow, ctx: Context, deps: Anal
     for a in relevant(window, anomalies):
         await ctx.publish(subjects.MAPEK_ANOMALY, a)     # its id derives from the window and the incident
         await ctx.audit("anomaly.detected", a.incident_id, {
-            "root_cause": a.root_cause, "fault": a.fault_type, "confidence": f"{a.confidence:.3f}",
+            "root_cause": a.root_cause, "fault": a.fault_type, "confidence": round(a.confidence, 3),
             "detector": a.detector, "affected": ",".join(a.affected_nodes)})

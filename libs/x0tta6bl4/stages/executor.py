@@ -280,7 +280,7 @@ async def on_action(req: events_pb2.ActionRequest, ctx: Context, deps: ExecutorD
         "action": action_name(req.action.kind), "target": req.action.target_node, "success": result.success,
         "approved_by": req.approved_by, "approver": approver, "key_id": req.approval.key_id,
         "steps": len(result.steps), "error": result.error,
-        "duration_ms": f"{result.duration_ms:.1f}"})
+        "duration_ms": round(result.duration_ms, 1)})
     commanded = sorted({st.node for phase in phases for st in phase if st.kind == "mesh"})
     await verify(req, result.success, Verifying(acted_ns, base, effect, before, commanded), ctx, deps)
 
@@ -400,7 +400,7 @@ async def verify(req: events_pb2.ActionRequest, steps_ok: bool, v: Verifying, ct
     await ctx.publish(subjects.MAPEK_VERIFIED, verifying.verification(req, outcome, mttr_ms, v.effect, rolled_back,
                                                                       escalated))
     await ctx.audit("verification", req.action_id, {
-        "recovered": outcome.recovered, "mttr_ms": f"{mttr_ms:.0f}", "failed": "; ".join(outcome.failed)[:1000],
+        "recovered": outcome.recovered, "mttr_ms": round(mttr_ms), "failed": "; ".join(outcome.failed)[:1000],
         "rolled_back": rolled_back, "escalated": escalated})
 
 

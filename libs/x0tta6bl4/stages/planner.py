@@ -171,7 +171,7 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
     await ctx.audit("decision", plan.plan_id, {
         "decision": decision.kind.value, "reason": decision.reason, "incident": plan.incident_id,
         "action": planning.action_name(plan.action.kind), "target": plan.root_cause,
-        "confidence": f"{anomaly.confidence:.3f}",
+        "confidence": round(anomaly.confidence, 3),
         "auto_approved": decision.kind is DecisionKind.AUTO_EXECUTE})
     if plan.escalation:      # do no harm: refused to act on its own (x0tta6bl4.mapek.plan.refusal)
         await escalate(plan, ctx)
@@ -251,8 +251,8 @@ async def on_verified(v: events_pb2.Verification, ctx: Context, deps: PlannerDep
                      "knowledge base, no incident resolved")
     k, stats, counted = await record_outcome(v, ctx, topology_size=len(deps.telemetry))
     if counted:
-        await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": f"{v.mttr_ms:.0f}",
-                                                  "success_rate": f"{stats.success_rate:.2f}",
+        await ctx.audit("knowledge.recorded", k, {"recovered": v.recovered, "mttr_ms": round(v.mttr_ms),
+                                                  "success_rate": round(stats.success_rate, 2),
                                                   "topology_size": stats.last_topology_size,
                                                   "action_id": v.action_id})
     else:

@@ -111,7 +111,7 @@ async def test_a_reroute_that_cuts_the_flow_is_rolled_back_and_escalated(stack_f
         assert esc.detail.startswith("reroute n3 made delivery worse: flow n0->n8") and "undone" in esc.detail
         audit = await loop.audits()
         [rb] = [a for a in audit if a.event_type == "action.rolled_back"]
-        assert rb.subject_id == "around-n3" and rb.details["ok"] == "True" and rb.details["steps"] == "8"
+        assert rb.subject_id == "around-n3" and rb.details["ok"] == "true" and rb.details["steps"] == "8"
         assert [a.details["reason"] for a in audit if a.event_type == "incident.escalated"] == ["rolled_back"]
 
         # undone: nobody avoids n3 any more and the flow delivers again (over n3; n1 stays avoided)
@@ -170,7 +170,7 @@ async def test_a_rotation_after_which_the_nodes_are_cut_off_is_not_called_recove
         audit = await loop.audits()
         assert [a for a in audit if a.event_type == "action.rolled_back"] == []
         [verification] = [a for a in audit if a.event_type == "verification" and a.subject_id == "rotate-all"]
-        assert verification.details["recovered"] == "False" and verification.details["escalated"] == "True"
+        assert verification.details["recovered"] == "false" and verification.details["escalated"] == "true"
     finally:
         await planner.close()
         await nc.close()

@@ -156,7 +156,7 @@ def test_an_svid_is_issued_only_for_ones_own_bus_identity(stack):
     assert mine.spiffe_id == f"spiffe://{TD}/host/h1" and mine.not_after - mine.not_before <= TTL_S * 1.1 + 1
     assert any("keyvault.svid.mesh-host-h2" in v for v in violations(stack))
     issued = [e for e in audited(stack, "keyvault", "svid.issued") if e.subject_id == mine.spiffe_id]
-    assert issued and issued[-1].details["identity"] == "mesh-host-h1" and issued[-1].details["bus_secured"] == "True"
+    assert issued and issued[-1].details["identity"] == "mesh-host-h1" and issued[-1].details["bus_secured"] == "true"
 
 
 # ---- the policy -------------------------------------------------------------------------------------------

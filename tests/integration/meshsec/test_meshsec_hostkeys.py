@@ -118,7 +118,7 @@ def test_host_generates_and_keeps_its_nodes_keys_keyvault_only_certifies(stack):
             issued = [a for a in audit if a.event_type == "identity.issued" and a.subject_id in topo.nodes]
             assert not issued, issued
             return set(done) == set(topo.nodes) and all(
-                a.details["private_held_by_keyvault"] == "False" for a in done.values())
+                a.details["private_held_by_keyvault"] == "false" for a in done.values())
         await eventually(audited, 15, 0.2)
     asyncio.run(run_host(first_start))
     first = {n: keys.load(n).signing.key_id for n in topo.nodes}
