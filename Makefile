@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup ebpf-setup proto demo up up-detached down secrets test test-unit test-under-load interop bench bench-mttr lint clean help
+.PHONY: setup ebpf-setup browser-setup proto demo up up-detached down secrets test test-unit test-under-load interop bench bench-mttr lint clean help
 
 help:
 	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
@@ -33,6 +33,11 @@ ebpf-setup:
 	-bash ebpf/setup.sh
 	-command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null)); }
 
+# Debian's chromium for the dashboard's browser test (tests/e2e/test_dashboard.py, driven by Playwright, which
+# downloads no browser); idempotent, quick when installed, never fails the build (the test says why it skips)
+browser-setup:
+	-@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); } || echo "browser-setup: chromium not installed (needs root and apt): the dashboard's browser test will skip"
+
 # liboqs compiled to WebAssembly (npm @oqs/liboqs-js), cross-checked against our PQC in tests/integration/pqc
 INTEROP := tools/liboqs-interop
 $(INTEROP)/node_modules/.installed: $(INTEROP)/package-lock.json
@@ -49,7 +54,7 @@ $(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package-lock.json
 
 interop: $(INTEROP)/node_modules/.installed $(CONTRACTS)/node_modules/.installed $(NODE_EXAMPLE)/node_modules/.installed
 
-setup: $(STAMP) ebpf-setup interop
+setup: $(STAMP) ebpf-setup browser-setup interop
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
@@ -75,14 +80,14 @@ down: $(STAMP)
 secrets: $(STAMP)
 	$(BIN)/meshctl secrets init
 
-test: $(STAMP) ebpf-setup interop
+test: $(STAMP) ebpf-setup browser-setup interop
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)
 
 # the suite beside two CPU hogs (killed afterwards): what a busy 2-core CI machine does to timing
-test-under-load: $(STAMP) ebpf-setup interop
+test-under-load: $(STAMP) ebpf-setup browser-setup interop
 	PY=$(BIN)/python bash tests/load.sh $(PYTEST_ARGS)
 
 # configured in pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]
