@@ -120,8 +120,9 @@ def stack_factory(tmp_path: pathlib.Path):
 
     def make(services=("monitor", "analyzer", "planner", "executor", "governance", "keyvault"),
              replicas: int = 1, env: dict | None = None, name: str = "stack", ready_s: float = 90.0,
-             secure: bool = True, violations_expected: bool = False) -> Stack:
-        s = Stack(tmp_path / name, tuple(services), replicas, env=dict(env or {}), secure=secure)
+             secure: bool = True, violations_expected: bool = False, nats_servers: int = 1) -> Stack:
+        s = Stack(tmp_path / name, tuple(services), replicas, env=dict(env or {}), secure=secure,
+                  nats_servers=nats_servers)
         stacks.append(s)
         if violations_expected:
             tolerant.add(id(s))

@@ -193,12 +193,15 @@ def unused_pid() -> int:
 
 
 def violations(stack) -> list[str]:
-    """The permission violations nats-server logged for a stack (a legitimate flow causes none)."""
-    log = stack.data_dir / "logs" / "nats-server.log"
-    try:
-        return [line for line in log.read_text(errors="replace").splitlines() if "Violation" in line]
-    except OSError:
-        return []
+    """The permission violations nats-server logged for a stack (a legitimate flow causes none); every server of
+    a cluster (logs/nats-server.log, nats-server-1.log, ...)."""
+    out: list[str] = []
+    for log in sorted((stack.data_dir / "logs").glob("nats-server*.log")):
+        try:
+            out += [line for line in log.read_text(errors="replace").splitlines() if "Violation" in line]
+        except OSError:
+            continue
+    return out
 
 
 def start_mesh(stack, topology="grid:9", traffic="n0:n8", extra=()):

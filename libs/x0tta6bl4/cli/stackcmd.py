@@ -45,8 +45,14 @@ def _write_state(sf: pathlib.Path, stack: Stack, ready: bool) -> None:
 
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the background (stop with meshctl down)"),
        replicas: int = typer.Option(1, min=1, max=8, help="replicas of every service"),
+       nats_servers: int = typer.Option(1, "--nats-servers", min=1, max=5,
+                                        help="nats-servers: 1, or a JetStream cluster of 3 or 5 on loopback (every "
+                                             "stream and bucket replicated on each; survives losing a minority)"),
        data_dir: pathlib.Path = DataOpt) -> None:
     """Start nats-server and the six services; show a live status view until Ctrl-C."""
+    if nats_servers % 2 == 0:
+        fail(f"--nats-servers {nats_servers}: use 1, 3 or 5 (a cluster of {nats_servers} stops when "
+             f"{nats_servers // 2} are lost, no better than {nats_servers - 1})")
     data_dir = data_dir.resolve()
     sf = stack_file(data_dir)
     if sf.exists():
@@ -58,8 +64,9 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         data_dir.mkdir(parents=True, exist_ok=True)
         with open(data_dir / "stack.log", "ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.cli.main", "up", "--replicas", str(replicas),
-                                     "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                     "--nats-servers", str(nats_servers), "--data-dir", str(data_dir)],
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if sf.exists() and json.loads(sf.read_text()).get("ready"):
@@ -81,7 +88,8 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
     if made:
         console.print(f"secrets: made {len(made)} files in {secrets.root} (CA, NATS credentials, signing keys, "
                       "trust bundle)")
-    stack = Stack(data_dir, SERVICES, replicas, fixed_ports=True, secrets=secrets, secure=True)
+    stack = Stack(data_dir, SERVICES, replicas, fixed_ports=True, secrets=secrets, secure=True,
+                  nats_servers=nats_servers)
     stopping = False
 
     def _stop(*_):

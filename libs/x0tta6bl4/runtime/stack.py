@@ -1,5 +1,5 @@
-"""The embedded stack: one local nats-server with JetStream and the six services
-as separate processes. Used by ``make demo``, ``make up``, the tests and the
+"""The embedded stack: a local nats-server with JetStream (or a cluster of three on loopback,
+:class:`NatsCluster`) and the six services as separate processes. Used by ``make demo``, ``make up``, the tests and the
 benchmarks. Everything it starts it stops: no process is left behind.
 """
 from __future__ import annotations
@@ -75,21 +75,36 @@ class NatsServer:
     """
 
     def __init__(self, store_dir: pathlib.Path, port: int | None = None, log_file: pathlib.Path | None = None,
-                 secrets: Secrets | None = None):
+                 secrets: Secrets | None = None, *, cluster_port: int = 0, route_ports: Iterable[int] = (),
+                 http_port: int = 0):
         self.store_dir = pathlib.Path(store_dir)
         self.port = port or free_port()
         self.log_file = log_file or self.store_dir.parent / "nats-server.log"
         self.secrets = secrets
+        self.cluster_port = cluster_port       # a member of a cluster (:class:`NatsCluster`): its route port
+        self.route_ports = tuple(route_ports)  # ... and the other members' route ports
+        self.http_port = http_port             # monitoring (/healthz, /jsz) on loopback; 0: none
         self.proc: subprocess.Popen | None = None
         self.external_pid = 0      # a server another process started (:meth:`running`)
 
+    @property
+    def name(self) -> str:
+        """The server's name (JetStream reports stream leaders by it)."""
+        return f"x0tta6bl4-{self.port}"
+
     @classmethod
-    def running(cls, info: dict[str, Any], secrets: Secrets | None) -> NatsServer:
+    def running(cls, info: dict[str, Any], secrets: Secrets | None) -> NatsServer | NatsCluster:
         """The nats-server of a stack another process runs (``stack.json``'s ``nats`` entry: pid, port,
-        store_dir, config), to :meth:`reload` its authorization."""
+        store_dir, config), to :meth:`reload` its authorization; a :class:`NatsCluster` when the entry lists
+        ``servers``."""
+        if isinstance(info.get("servers"), list):
+            return NatsCluster.running(info, secrets)
         try:
             server = cls(pathlib.Path(info["store_dir"]), int(info["port"]), secrets=secrets,
-                         log_file=pathlib.Path(info["log"]) if info.get("log") else None)
+                         log_file=pathlib.Path(info["log"]) if info.get("log") else None,
+                         cluster_port=int(info.get("cluster_port") or 0),
+                         route_ports=[int(p) for p in info.get("route_ports") or ()],
+                         http_port=int(info.get("http_port") or 0))
             server.external_pid = int(info["pid"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"stack.json: bad 'nats' entry {info!r} ({e})") from None
@@ -105,7 +120,8 @@ class NatsServer:
         """What another process needs to find and reload this server (stack.json)."""
         return {"pid": self.pid, "port": self.port, "url": self.url, "store_dir": str(self.store_dir),
                 "config": str(self.config_file) if self.secrets is not None else "",
-                "log": str(self.log_file)}
+                "log": str(self.log_file), "cluster_port": self.cluster_port, "route_ports": list(self.route_ports),
+                "http_port": self.http_port}
 
     @property
     def url(self) -> str:
@@ -117,8 +133,14 @@ class NatsServer:
 
     def _command(self) -> list[str]:
         if self.secrets is None:
-            return [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
-                    "-n", f"x0tta6bl4-{self.port}"]
+            cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
+                   "-n", self.name]
+            if self.http_port:
+                cmd += ["-m", str(self.http_port)]
+            if self.cluster_port:      # an open cluster (development): plain routes
+                cmd += ["--cluster_name", CLUSTER_NAME, "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                        "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.route_ports)]
+            return cmd
         self.write_config()
         return [nats_server_binary(), "-c", str(self.config_file)]
 
@@ -126,7 +148,11 @@ class NatsServer:
         assert self.secrets is not None
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.config_file.with_suffix(".tmp")
-        tmp.write_text(self.secrets.nats_config(self.port, self.store_dir))
+        cluster = (self.secrets.cluster_block(self.cluster_port, [f"nats-route://127.0.0.1:{p}"
+                                                                  for p in self.route_ports], name=CLUSTER_NAME)
+                   if self.cluster_port else None)
+        tmp.write_text(self.secrets.nats_config(self.port, self.store_dir, name=self.name, http_port=self.http_port,
+                                                cluster=cluster))
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.config_file)
 
@@ -177,12 +203,23 @@ class NatsServer:
             return -1
 
     def start(self, timeout_s: float = 15.0) -> NatsServer:
+        ready_before = self.launch()
+        self.wait_started(ready_before, timeout_s)
+        return self
+
+    def launch(self) -> int:
+        """Start the process without waiting; returns what :meth:`wait_started` needs (a cluster starts all
+        its servers first: a clustered server's JetStream waits for its peers)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         ready_before = self._log_count(READY_LINE)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
+        return ready_before
+
+    def wait_started(self, ready_before: int, timeout_s: float = 15.0) -> NatsServer:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -214,16 +251,154 @@ class NatsServer:
 
     def provision(self, replicas: int = 1, timeout_s: float = 30.0) -> None:
         """Declare every stream, bucket and durable consumer (as the provisioner on a secured server)."""
-        from x0tta6bl4.bus.connection import NatsCredentials, connect_once, ensure_topology
+        from x0tta6bl4.bus.connection import NatsCredentials
         creds = (NatsCredentials.in_secrets(self.secrets.root, PROVISIONER) if self.secrets is not None else None)
 
-        async def run() -> None:
-            nc = await connect_once(self.url, "provisioner", timeout_s=timeout_s, creds=creds)
+        _provision(self.url, creds, replicas, timeout_s)
+
+    def healthz(self, js_enabled_only: bool = False) -> bool:
+        """The server's monitoring /healthz (its JetStream is current with the cluster unless
+        ``js_enabled_only``); False without a monitoring port or while it does not answer."""
+        if not self.http_port:
+            return False
+        query = "?js-enabled-only=true" if js_enabled_only else ""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz{query}", timeout=1) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def monitor(self, path: str) -> dict[str, Any]:
+        """A monitoring endpoint's JSON (``jsz?streams=true``, ``routez``, ...)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/{path}", timeout=2) as r:
+            return dict(json.loads(r.read()))
+
+
+CLUSTER_NAME = "x0tta6bl4"
+
+
+def _provision(url: str, creds: NatsCredentials | None, replicas: int, timeout_s: float) -> None:
+    """Declare the topology, retrying until ``timeout_s``: a new cluster answers JetStream requests only once
+    its meta leader is elected and enough peers are current for ``replicas``."""
+    from x0tta6bl4.bus.connection import RETRYABLE, connect_once, ensure_topology
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
             try:
-                await ensure_topology(nc.jetstream(), replicas)
-            finally:
-                await nc.close()
-        _run_async(run())
+                nc = await connect_once(url, "provisioner", timeout_s=min(10.0, timeout_s), creds=creds)
+                try:
+                    await asyncio.wait_for(ensure_topology(nc.jetstream(), replicas), max(1.0, deadline - loop.time()))
+                finally:
+                    await nc.close()
+                return
+            except (*RETRYABLE, ConnectionError) as e:
+                if loop.time() >= deadline:
+                    raise TimeoutError(f"could not declare the streams and buckets ({replicas} replicas) on {url} "
+                                       f"within {timeout_s:g}s: {type(e).__name__}: {e}") from None
+                await asyncio.sleep(0.25)
+    _run_async(run())
+
+
+class NatsCluster:
+    """``size`` nats-servers on loopback forming one JetStream cluster (routes over mutual TLS when secured,
+    :meth:`Secrets.cluster_block`), each with its own store, log and monitoring port. The same interface as
+    :class:`NatsServer` where a stack uses it: ``url`` names every server (clients fail over among them),
+    :meth:`reload` reloads every running server, :meth:`provision` replicates every stream and bucket
+    ``size`` ways."""
+
+    def __init__(self, data_dir: pathlib.Path, size: int = 3, log_dir: pathlib.Path | None = None,
+                 secrets: Secrets | None = None):
+        if size < 1:
+            raise ValueError(f"a cluster of {size} nats-servers: expected at least 1")
+        data_dir = pathlib.Path(data_dir)
+        log_dir = log_dir or data_dir / "logs"
+        ports = [free_port() for _ in range(size)]
+        routes = [free_port() for _ in range(size)]
+        self.secrets = secrets
+        self.servers = [
+            NatsServer(data_dir / f"jetstream-{i}", ports[i], secrets=secrets,
+                       log_file=log_dir / ("nats-server.log" if i == 0 else f"nats-server-{i}.log"),
+                       cluster_port=routes[i], route_ports=[p for j, p in enumerate(routes) if j != i],
+                       http_port=free_port())
+            for i in range(size)]
+
+    @classmethod
+    def running(cls, info: dict[str, Any], secrets: Secrets | None) -> NatsCluster:
+        """The cluster of a stack another process runs (``stack.json``'s ``nats`` entry with ``servers``)."""
+        cluster = cls.__new__(cls)
+        cluster.secrets = secrets
+        servers = []
+        for entry in info.get("servers") or []:
+            server = NatsServer.running(entry, secrets)
+            if not isinstance(server, NatsServer):
+                raise ValueError(f"stack.json: bad 'nats' entry (a cluster within a cluster) {entry!r}")
+            servers.append(server)
+        if not servers:
+            raise ValueError(f"stack.json: bad 'nats' entry {info!r} (no servers)")
+        cluster.servers = servers
+        return cluster
+
+    @property
+    def url(self) -> str:
+        return ",".join(s.url for s in self.servers)
+
+    @property
+    def port(self) -> int:
+        return self.servers[0].port
+
+    @property
+    def pid(self) -> int:
+        """A running member's pid (0: none runs)."""
+        from x0tta6bl4.runtime.process import pid_alive
+        return next((s.pid for s in self.servers if s.pid and pid_alive(s.pid)), 0)
+
+    def info(self) -> dict[str, Any]:
+        return {**self.servers[0].info(), "url": self.url, "servers": [s.info() for s in self.servers]}
+
+    def by_name(self, name: str) -> NatsServer:
+        for s in self.servers:
+            if s.name == name:
+                return s
+        raise KeyError(f"no nats-server named {name!r} in this cluster")
+
+    def start(self, timeout_s: float = 30.0) -> NatsCluster:
+        before = [s.launch() for s in self.servers]
+        deadline = time.monotonic() + timeout_s
+        try:
+            for s, b in zip(self.servers, before, strict=True):
+                s.wait_started(b, max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        for s in self.servers:
+            if s.proc and s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        for s in self.servers:
+            s.stop(kill)
+
+    def reload(self, accepts: str | None = None, timeout_s: float = 15.0) -> None:
+        """Reload every running member's authorization; with ``accepts``, return once each accepts it."""
+        from x0tta6bl4.runtime.process import pid_alive
+        for s in self.servers:
+            if s.pid and pid_alive(s.pid):
+                s.reload(accepts=accepts, timeout_s=timeout_s)
+
+    def wait_accepts(self, identity: str, timeout_s: float = 15.0) -> None:
+        from x0tta6bl4.runtime.process import pid_alive
+        for s in self.servers:
+            if s.pid and pid_alive(s.pid):
+                s.wait_accepts(identity, timeout_s)
+
+    def provision(self, replicas: int | None = None, timeout_s: float = 60.0) -> None:
+        """Every stream and bucket replicated on ``replicas`` (default: every) server."""
+        from x0tta6bl4.bus.connection import NatsCredentials
+        creds = (NatsCredentials.in_secrets(self.secrets.root, PROVISIONER) if self.secrets is not None else None)
+        _provision(self.url, creds, replicas or len(self.servers), timeout_s)
 
 
 def _run_async(coro) -> None:
@@ -283,7 +458,8 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     fixed_ports: bool = False      # replica 0 of gRPC services on their default ports (meshctl up)
     secure: bool = True            # TLS, nkeys and least-privilege permissions (secrets in <data_dir>/secrets)
-    nats: NatsServer | None = None
+    nats_servers: int = 1          # >1: a JetStream cluster of that many servers, every stream replicated on each
+    nats: NatsServer | NatsCluster | None = None
     secrets: Secrets | None = None
     procs: list[ServiceProcess] = field(default_factory=list)
 
@@ -324,7 +500,7 @@ class Stack:
         creds = self.creds(identity)
         opts: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.2,
                                 **(creds.options() if creds is not None else {}), **options}
-        return await nats.connect(servers=[self.url], name=name or identity, **opts)
+        return await nats.connect(servers=self.url.split(","), name=name or identity, **opts)
 
     def add_mesh_host(self, host: str, nodes: Iterable[str], timeout_s: float = 15.0) -> dict[str, str]:
         """Give mesh host ``host`` a bus identity for exactly ``nodes`` (nats-server reloaded, the identity
@@ -396,9 +572,16 @@ class Stack:
         return env
 
     def start_nats(self) -> None:
-        self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log",
-                               secrets=self.secrets if self.secure else None).start()
-        self.nats.provision()
+        secrets = self.secrets if self.secure else None
+        if self.nats_servers > 1:
+            cluster = NatsCluster(self.data_dir, self.nats_servers, self.data_dir / "logs", secrets=secrets)
+            self.nats = cluster.start()
+            self.env.setdefault("X0TTA6BL4_STREAM_REPLICAS", str(self.nats_servers))
+            cluster.provision(self.nats_servers)
+        else:
+            self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log",
+                                   secrets=secrets).start()
+            self.nats.provision()
         self.write_nats_file()
 
     @property
