@@ -34,6 +34,8 @@ class MonitorSettings(CommonSettings):
     report_max_age_s: float = Field(300.0, gt=0, le=86400, description="refuse reports older than this")
     own_report_fresh_s: float = Field(0.5, ge=0, le=60, description=(
         "a node that reported itself this recently is not declared down on its neighbours' reports"))
+    max_lag_s: float = Field(5.0, gt=0, le=3600, description=(
+        "/ready is false while the monitor is further behind its telemetry than this"))
 
 
 REFUSED = Counter("x0_monitor_refused_total", "node reports refused, by reason", ["reason"])
@@ -51,8 +53,14 @@ def dependencies(settings: MonitorSettings, clock_ns: Callable[[], int] = time.t
 def build(settings: MonitorSettings, deps: stage.MonitorDeps | None = None) -> Service:
     deps = dependencies(settings) if deps is None else deps
     app = Service("monitor", settings)
-    metrics = prom.build_registry(wiring.default_registry())
-    deps.gauges = wiring.PromGauges(metrics, deps.thresholds)
+    registry, flush = wiring.default_registry(), wiring.FlushOnScrape()
+    if registry is not None:
+        registry.register(flush)     # before the gauges: a scrape sets the per-node gauges, then reads them
+    metrics = prom.build_registry(registry)
+    gauges = wiring.PromGauges(metrics, deps.thresholds)
+    flush.gauges = gauges
+    deps.gauges = gauges
+    wiring.attach_lag(app, deps, gauges, settings.max_lag_s)
     wiring.attach_kernel_feed(app, settings, deps, metrics)
     app.mirror(stage.TELEMETRY_BUCKET, on_change=partial(stage.apply_telemetry, deps))
     app.mirror(stage.HEALTH_BUCKET, on_change=partial(stage.apply_health, deps))

@@ -1,6 +1,7 @@
 """Monitor: node telemetry -> health changes -> the TelemetryWindow that starts a cycle (no I/O)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -43,12 +44,21 @@ def _health(value: int) -> common_pb2.Health:
     return cast("common_pb2.Health", value)
 
 
+WINDOW_MAX_BYTES = 56 * 1024
+"""The node telemetry a window carries at most (the whole event stays under 64 KB, far below NATS's
+1 MiB payload limit, whatever the mesh size)."""
+
+
 def window(view: MeshView, cause_event_id: str, trigger: str = "", reasons: list[str] | None = None,
-           first_symptom_ns: int = 0, exclude: set[str] | None = None) -> events_pb2.TelemetryWindow:
+           first_symptom_ns: int = 0, exclude: set[str] | None = None, focus: Iterable[str] = (),
+           max_bytes: int = WINDOW_MAX_BYTES) -> events_pb2.TelemetryWindow:
     """The window a cycle starts with: every node's latest telemetry but ``exclude`` (nodes in planned
-    maintenance: not part of the monitored mesh while it lasts)."""
+    maintenance: not part of the monitored mesh while it lasts) when that fits in ``max_bytes``; on a
+    larger mesh the incident's neighbourhood - the trigger (or, with no trigger, the ``focus`` nodes: the
+    unhealthy ones) and its neighbours hop by hop, as many as fit. The analyzer sees the incident and
+    what surrounds it; the planner reads the whole mesh from the ``telemetry`` bucket anyway."""
     cycle_id = derive_id("cycle", cause_event_id)
-    nodes = [t for t in view.snapshot() if not exclude or t.node_id not in exclude]
+    nodes = view.neighbourhood([trigger] if trigger else focus, max_bytes, exclude)
     return events_pb2.TelemetryWindow(
         meta=new_meta("monitor", cycle_id, event_id=derive_id("window", cause_event_id)), trigger_node=trigger,
         trigger_reasons=reasons or [], nodes=nodes, first_symptom_unix_ns=first_symptom_ns)

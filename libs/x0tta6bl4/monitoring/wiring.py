@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.config import ConfigError
-from x0tta6bl4.mapek.health import node_metrics
+from x0tta6bl4.mapek.health import classify_node, node_metrics
 from x0tta6bl4.monitoring import prometheus as prom
 from x0tta6bl4.monitoring.feed import KernelFeed, parse_host_map
 from x0tta6bl4.monitoring.thresholds import Health, Thresholds, evaluate_node
@@ -36,16 +36,28 @@ def default_registry() -> Any:
 
 @dataclass
 class PromGauges:
-    """The stage's :class:`~x0tta6bl4.stages.monitor.Gauges` on Prometheus metrics (values: -1..2)."""
+    """The stage's :class:`~x0tta6bl4.stages.monitor.Gauges` on Prometheus metrics (values: -1..2).
+
+    A report only replaces the node's newest telemetry here (a dict write); :meth:`flush` sets the per-node
+    gauges from them when /metrics is read (:class:`FlushOnScrape`) and every ``GAUGE_FLUSH_S``
+    (:func:`attach_lag`'s loop), not once per message."""
 
     metrics: prom.MonitorMetrics
     thresholds: Thresholds
+    dirty: dict[str, events_pb2.NodeTelemetry] = field(default_factory=dict)
 
-    def node(self, t: events_pb2.NodeTelemetry, health: int) -> None:
-        with contextlib.suppress(ValueError):  # NaN cannot arrive (the codec rejects it); never fail over a gauge
-            m = node_metrics(t)
-            prom.update(self.metrics, t.node_id, m, evaluate_node(t.node_id, m, self.thresholds))
-        self.node_health(t.node_id, health)
+    def node(self, t: events_pb2.NodeTelemetry) -> None:
+        self.dirty[t.node_id] = t
+
+    def flush(self) -> int:
+        """Set the gauges of the nodes reported since the last flush; returns how many."""
+        dirty, self.dirty = self.dirty, {}
+        for node, t in list(dirty.items()):     # /metrics may call this from its own thread
+            with contextlib.suppress(ValueError):  # NaN cannot arrive (the codec rejects it); never fail a gauge
+                m = node_metrics(t)
+                prom.update(self.metrics, node, m, evaluate_node(node, m, self.thresholds))
+            self.node_health(node, classify_node(t, self.thresholds)[0])   # with kernel and security signals
+        return len(dirty)
 
     def node_health(self, node: str, health: int) -> None:
         self.metrics.node_health.labels(node).set(int(HEALTH_LEVEL.get(health, Health.UNKNOWN)))
@@ -109,3 +121,75 @@ def attach_rpc(app: Service, deps: stage.MonitorDeps) -> None:
         await nc.subscribe(subjects.MONITOR_CYCLE, queue="monitor", cb=answer_cycle)
 
     app.on_startup(subscribe)
+
+
+class FlushOnScrape:
+    """A Prometheus collector with no metrics of its own: registered before the monitor's gauges, it sets
+    the per-node gauges (:meth:`PromGauges.flush`) just before a scrape reads them."""
+
+    def __init__(self) -> None:
+        self.gauges: PromGauges | None = None
+
+    def collect(self) -> list[Any]:
+        if self.gauges is not None:
+            self.gauges.flush()
+        return []
+
+
+GAUGE_FLUSH_S = 5.0
+LAG_EVERY_S = 0.25
+
+
+def attach_lag(app: Service, deps: stage.MonitorDeps, gauges: PromGauges, max_lag_s: float) -> None:
+    """How far behind the telemetry consumer is (:class:`x0tta6bl4.mapek.liveness.Lag`): every
+    ``LAG_EVERY_S`` the consumer's pending messages (``monitor-telemetry`` consumer info: not delivered
+    yet plus delivered and not acknowledged) go into the stage's horizon; ``x0_monitor_lag_seconds`` and
+    ``x0_monitor_pending`` on /metrics; /ready is false (``telemetry_lag``) while the lag is over
+    ``max_lag_s``. The same loop flushes the per-node gauges every ``GAUGE_FLUSH_S``."""
+    from prometheus_client import Gauge
+
+    registry = default_registry_for("x0_monitor_lag_seconds")
+    lag_g = Gauge("x0_monitor_lag_seconds", "how far behind its telemetry the monitor has read", registry=registry)
+    pending_g = Gauge("x0_monitor_pending", "telemetry messages waiting for the monitor's consumer",
+                      registry=registry)
+    c = subjects.consumer("monitor-telemetry")
+
+    async def pending() -> int | None:
+        try:
+            info = await app.nc.jetstream().consumer_info(c.stream, c.durable, timeout=1.0)
+        except Exception:  # noqa: BLE001 - unknown: judged by the handled reports alone
+            return None
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def follow() -> None:
+        last_flush = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(LAG_EVERY_S)
+            n = await pending()
+            deps.lag.estimate(deps.clock_ns(), n)
+            lag_g.set(deps.lag.lag_s)
+            pending_g.set(-1 if n is None else n)
+            if loop.time() - last_flush >= GAUGE_FLUSH_S:
+                last_flush = loop.time()
+                gauges.flush()
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        details: dict[str, Any] = {"lag_s": round(deps.lag.lag_s, 3), "pending": deps.lag.pending,
+                                   "max_lag_s": max_lag_s}
+        if deps.lag.lag_s > max_lag_s:
+            details["reason"] = (f"the monitor is {deps.lag.lag_s:.1f} s behind its telemetry "
+                                 f"(at most {max_lag_s:g} s)")
+            return False, details
+        return True, details
+
+    app.background(follow)
+    app.readiness_check("telemetry_lag", ready)
+
+
+def default_registry_for(name: str) -> Any:
+    """prometheus_client's default registry unless ``name`` is registered there already (a second monitor
+    built in one test process): None then (a metric nobody scrapes)."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+    taken = name in getattr(REGISTRY, "_names_to_collectors", {})
+    return CollectorRegistry() if taken else REGISTRY

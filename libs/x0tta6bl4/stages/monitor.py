@@ -55,6 +55,7 @@ from x0tta6bl4.bus.ports import CasConflict, Context, Entry, cas_update
 from x0tta6bl4.ids import new_id
 from x0tta6bl4.mapek import monitor as assessing
 from x0tta6bl4.mapek.health import classify_node, mesh_health
+from x0tta6bl4.mapek.liveness import Deadlines, Lag
 from x0tta6bl4.mapek.state import MeshView
 from x0tta6bl4.monitoring.thresholds import Thresholds
 from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
@@ -86,9 +87,10 @@ def maintenance_key(node: str) -> str:
 
 
 class Gauges(Protocol):
-    """Where the monitor's health gauges go (Prometheus in the service; nothing in tests)."""
+    """Where the monitor's health gauges go (Prometheus in the service; nothing in tests). ``node`` is
+    called for every report: it must be cheap (the service keeps the newest and sets the gauges later)."""
 
-    def node(self, t: events_pb2.NodeTelemetry, health: int) -> None: ...
+    def node(self, t: events_pb2.NodeTelemetry) -> None: ...
 
     def node_health(self, node: str, health: int) -> None: ...
 
@@ -96,7 +98,7 @@ class Gauges(Protocol):
 
 
 class NoGauges:
-    def node(self, t: events_pb2.NodeTelemetry, health: int) -> None:
+    def node(self, t: events_pb2.NodeTelemetry) -> None:
         pass
 
     def node_health(self, node: str, health: int) -> None:
@@ -143,9 +145,28 @@ class MonitorDeps:
     refusal_audits: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # last audit ns, suppressed
     maintenance: dict[str, dict] = field(default_factory=dict)     # node -> its maint.<node> record
     rechecks: dict[str, int] = field(default_factory=dict)   # node out of maintenance, unhealthy -> look again at
+    # liveness against what the monitor has read (mapek.liveness): its lag, and when each node goes stale
+    lag: Lag = field(default_factory=Lag)
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    # cycles whose window could not be published: node -> (cause id, attempts, next try ns); retried by stale_tick
+    unpublished: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
     def in_maintenance(self, node: str) -> bool:
         return subjects.token(node) in self.maintenance
+
+    def horizon_ns(self) -> int:
+        """How far in time the monitor has read its telemetry (the clock when it is caught up)."""
+        return self.lag.horizon(self.clock_ns())
+
+    def track(self, t: events_pb2.NodeTelemetry) -> None:
+        """Keep the node's staleness deadline equal to its newest report in the view."""
+        if t.reachable:
+            self.deadlines.touch(t.node_id, t.meta.ts_unix_ns + int(self.stale_after_s * 1e9))
+        else:
+            self.deadlines.forget(t.node_id)
+
+    def unhealthy(self) -> list[str]:
+        return [n for n, h in self.health.items() if h > HEALTHY]
 
 
 # ---- caches of the buckets (mirror callbacks) -------------------------------------------------------
@@ -153,9 +174,14 @@ def apply_telemetry(deps: MonitorDeps, key: str, value: bytes | None) -> None:
     """A ``telemetry`` bucket change: the mesh view and the newest report time per node."""
     if value is None:
         deps.view.remove(key)
+        deps.deadlines.forget(key)
         return
     t = events_pb2.NodeTelemetry.FromString(value)
+    known = deps.view.nodes.get(t.node_id)
+    if known is not None and known.meta.ts_unix_ns > t.meta.ts_unix_ns:
+        return      # the watcher replays an older value (it lags behind our own writes): keep the newer one
     deps.view.update(t)
+    deps.track(t)
     ts = t.meta.ts_unix_ns if t.reachable else 0
     if ts > deps.clock_ns() + deps.max_future_s * 1e9:
         ts = 0                    # stored before timestamps were checked: never let it hide newer reports
@@ -249,6 +275,7 @@ async def on_telemetry(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorD
     wins), so the service binds this handler without the per-event idempotency record, and wide."""
     if not await admit("telemetry", t.node_id, t.meta.ts_unix_ns, subjects.telemetry(t.node_id), ctx, deps):
         return
+    deps.lag.handled(t.meta.ts_unix_ns, deps.clock_ns())
     if t.meta.ts_unix_ns < deps.seen_ns.get(t.node_id, 0):
         return  # older than what we have (out of order); keep the newest
     deps.seen_ns[t.node_id] = t.meta.ts_unix_ns
@@ -345,7 +372,7 @@ async def declare_if_down(node: str, ctx: Context, deps: MonitorDeps, cause_id: 
     if not deps.losses.declared_down(node, deps.view):
         return "not enough neighbours agree yet"
     now = deps.clock_ns()
-    own_age_s = (now - deps.seen_ns.get(node, 0)) / 1e9
+    own_age_s = (deps.horizon_ns() - deps.seen_ns.get(node, 0)) / 1e9
     if own_age_s < deps.own_report_fresh_s:
         return f"not down: {node} itself reported {own_age_s:.2f} s ago"
     t = assessing.mark_unreachable(deps.view, node, now)
@@ -381,10 +408,15 @@ async def on_security(sig: SecuritySignal, ctx: Context, deps: MonitorDeps) -> N
 
 # ---- background work ----------------------------------------------------------------------------------
 async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
-    """Nodes that stopped reporting are unreachable (the fallback when no neighbour reports them).
-    Returns the nodes marked in this tick."""
+    """Nodes that stopped reporting are unreachable (the fallback when no neighbour reports them): silent
+    for ``stale_after_s`` before the monitor's horizon (how far it has read, :mod:`x0tta6bl4.mapek.liveness`),
+    found through their deadlines (no scan of every node). Cycles whose window could not be published are
+    tried again. Returns the nodes marked in this tick."""
     now = deps.clock_ns()
+    horizon = deps.horizon_ns()
+    stale_ns = int(deps.stale_after_s * 1e9)
     marked = []
+    await retry_unpublished(ctx, deps)
     await due_rechecks(ctx, deps)
     for node in [n for n in deps.losses.reporters if n in deps.view.nodes]:   # reported lost, now silent too?
         try:
@@ -394,23 +426,55 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
                 marked.append(node)
         except CasConflict as e:
             log.warning("monitor: %s reported lost, its health not recorded: %s", node, e)
-    for node, t in list(deps.view.nodes.items()):
-        if t.reachable and now - t.meta.ts_unix_ns > deps.stale_after_s * 1e9:
-            with deps.span("monitor.stale", attributes={"x0.node": node}):
-                u = assessing.mark_unreachable(deps.view, node, now)
-                await store(u, ctx, deps)
-                try:
-                    await evaluate(u, ctx, deps, f"stale:{node}:{t.meta.event_id}")
-                except CasConflict as e:
-                    log.warning("monitor: %s stale, its health not recorded: %s", node, e)
-            marked.append(node)
+    for node in deps.deadlines.due(horizon):
+        t = deps.view.nodes.get(node)
+        if t is None or not t.reachable:
+            continue
+        if horizon - max(t.meta.ts_unix_ns, deps.seen_ns.get(node, 0)) <= stale_ns:   # it reported since
+            deps.track(t)
+            continue
+        with deps.span("monitor.stale", attributes={"x0.node": node}):
+            u = assessing.mark_unreachable(deps.view, node, now)
+            await store(u, ctx, deps)
+            try:
+                await evaluate(u, ctx, deps, f"stale:{node}:{t.meta.event_id}")
+            except CasConflict as e:
+                log.warning("monitor: %s stale, its health not recorded: %s", node, e)
+        marked.append(node)
     return marked
 
 
+async def retry_unpublished(ctx: Context, deps: MonitorDeps) -> list[str]:
+    """Evaluate again the nodes whose cycle could not be published (their health was put back, so the
+    change is seen again and its window published, under the same cause: the same ids). Returns them."""
+    now, tried = deps.clock_ns(), []
+    for node, (cause, _, at) in list(deps.unpublished.items()):
+        t = deps.view.nodes.get(node)
+        if now < at:
+            continue
+        if t is None:
+            del deps.unpublished[node]
+            continue
+        tried.append(node)
+        try:
+            await evaluate(t, ctx, deps, cause)
+        except CasConflict as e:
+            log.warning("monitor: %s: retrying its cycle, health not recorded: %s", node, e)
+        if node in deps.unpublished and deps.unpublished[node][0] == cause and deps.unpublished[node][2] == at:
+            del deps.unpublished[node]       # published (or nothing to publish any more)
+    return tried
+
+
 async def staleness(ctx: Context, deps: MonitorDeps) -> None:
+    """The staleness task: never ends on an error (a tick that fails is logged; the next one runs)."""
     while True:
         await asyncio.sleep(min(0.1, deps.stale_after_s / 4))
-        await stale_tick(ctx, deps)
+        try:
+            await stale_tick(ctx, deps)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the broker away, a bucket missing: the next tick tries again
+            log.exception("monitor: staleness tick failed; next tick in %.2f s", min(0.1, deps.stale_after_s / 4))
 
 
 async def window_tick(ctx: Context, deps: MonitorDeps) -> events_pb2.TelemetryWindow | None:
@@ -419,7 +483,7 @@ async def window_tick(ctx: Context, deps: MonitorDeps) -> events_pb2.TelemetryWi
         return None
     idx = int(deps.clock_ns() / 1e9 // deps.window_s)
     with deps.span("monitor.window"):
-        w = assessing.window(deps.view, f"window:{idx}", exclude=set(deps.maintenance))
+        w = assessing.window(deps.view, f"window:{idx}", exclude=set(deps.maintenance), focus=deps.unhealthy())
         await ctx.publish(subjects.MAPEK_TELEMETRY, w)
     return w
 
@@ -447,7 +511,8 @@ async def request_cycle(ctx: Context, deps: MonitorDeps, trigger: str = "",
         return {"error": f"unknown node {trigger!r}; known: {', '.join(sorted(deps.view.nodes)) or 'none'}"}
     with deps.span("monitor.cycle_request"):
         w = assessing.window(deps.view, f"operator:{new_id()}", trigger, reasons or ["operator request"],
-                             first_symptom_ns=deps.clock_ns(), exclude=set(deps.maintenance) - {trigger})
+                             first_symptom_ns=deps.clock_ns(), exclude=set(deps.maintenance) - {trigger},
+                             focus=deps.unhealthy())
         await ctx.publish(subjects.MAPEK_TELEMETRY, w)
         await ctx.audit("cycle.requested", w.meta.cycle_id, {"nodes": len(w.nodes)}, cycle_id=w.meta.cycle_id)
     return {"cycle_id": w.meta.cycle_id, "nodes": len(w.nodes)}
@@ -457,7 +522,8 @@ async def request_cycle(ctx: Context, deps: MonitorDeps, trigger: str = "",
 async def store(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps) -> None:
     """The node's latest telemetry: in the view, in the gauges and in the ``telemetry`` bucket."""
     deps.view.update(t)
-    deps.gauges.node(t, classify_node(t, deps.thresholds)[0])
+    deps.track(t)
+    deps.gauges.node(t)
     await (await ctx.kv(TELEMETRY_BUCKET)).put(subjects.token(t.node_id), t.SerializeToString())
 
 
@@ -493,7 +559,12 @@ async def evaluate(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps,
         first = deps.losses.first_report_ns(t.node_id) or t.meta.ts_unix_ns
         w = assessing.window(deps.view, cause_id, t.node_id, a.reasons, first, exclude=set(deps.maintenance))
         cycle_id = w.meta.cycle_id
-        await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+        try:
+            await ctx.publish(subjects.MAPEK_TELEMETRY, w)
+        except Exception as e:   # noqa: BLE001 - never leave the node recorded worse with no cycle
+            await unpublished(t.node_id, cause_id, prev, a.current, e, ctx, deps)
+            return
+        deps.unpublished.pop(t.node_id, None)
     await ctx.publish(subjects.MAPEK_HEALTH, assessing.health_change(a, cycle_id))
     await ctx.audit("health.changed", t.node_id, {
         "from": common_pb2.Health.Name(a.previous), "to": common_pb2.Health.Name(a.current),
@@ -504,6 +575,32 @@ async def evaluate(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps,
         for reporter in list(deps.losses.reporters.get(t.node_id, {})):
             await kv.delete(lost_key(t.node_id, reporter))
         deps.losses.clear(t.node_id)
+
+
+async def unpublished(node: str, cause_id: str, prev: int, current: int, error: Exception, ctx: Context,
+                      deps: MonitorDeps) -> None:
+    """A cycle's window could not be published (the publisher already retried a broker away): put the
+    node's health back, so the change is seen again, and retry it from :func:`stale_tick` with back-off;
+    escalated in the log and the audit trail (the audit, too, may fail: logged)."""
+    attempts = deps.unpublished.get(node, ("", 0, 0))[1] + 1
+    delay_ns = int(min(0.25 * 2 ** attempts, 30.0) * 1e9)
+    deps.unpublished[node] = (cause_id, attempts, deps.clock_ns() + delay_ns)
+    reverted = False
+    with contextlib.suppress(Exception):
+        kv = await ctx.kv(HEALTH_BUCKET)
+        entry = await kv.get(node_key(node))
+        if int(entry.value) == current:
+            await kv.update(node_key(node), str(prev).encode(), entry.revision)
+            reverted = True
+    deps.health[node] = prev
+    log.error("monitor: the cycle for %s could not be published (attempt %d, %s: %s); health %s, retried in "
+              "%.2f s", node, attempts, type(error).__name__, error, "put back" if reverted else "NOT put back",
+              delay_ns / 1e9)
+    try:
+        await ctx.audit("cycle.publish_failed", node, {"cause": cause_id, "attempt": attempts,
+                                                       "error": f"{type(error).__name__}: {error}"})
+    except Exception as e:  # noqa: BLE001 - the bus may be what failed
+        log.error("monitor: auditing the failed cycle of %s failed too: %s", node, e)
 
 
 async def mesh_transition(ctx: Context, deps: MonitorDeps, cycle_id: str = "") -> None:
