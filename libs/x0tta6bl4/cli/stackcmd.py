@@ -38,9 +38,24 @@ def _write_state(sf: pathlib.Path, stack: Stack, ready: bool) -> None:
              "secrets_dir": str(stack.secrets.root), "nats": stack.nats.info()}
     if ready:
         state["grpc"] = {n: stack.grpc_addr(n) for n in ("governance", "keyvault")}
+    dashboard = next((sp for sp in stack.procs if sp.name == "dashboard"), None)
+    if dashboard is not None:
+        state["dashboard"] = f"http://127.0.0.1:{dashboard.health_port}/"
     tmp = sf.with_name(sf.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, sf)
+
+
+def _start_dashboard(stack: Stack, port: int) -> None:
+    """The web dashboard beside the services; a stack without it still runs (a port in use is said)."""
+    from x0tta6bl4.dashboard.process import start_dashboard
+    try:
+        dash = start_dashboard(stack, port)
+    except (RuntimeError, TimeoutError) as e:
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        console.print(f"[yellow]dashboard not started[/]: {last}")
+        return
+    console.print(f"dashboard at {dash.url} (read-only; the operator token is in {dash.token_file})")
 
 
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the background (stop with meshctl down)"),
@@ -48,6 +63,9 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
        nats_servers: int = typer.Option(1, "--nats-servers", min=1, max=5,
                                         help="nats-servers: 1, or a JetStream cluster of 3 or 5 on loopback (every "
                                              "stream and bucket replicated on each; survives losing a minority)"),
+       dashboard_port: int = typer.Option(8088, "--dashboard-port", min=0, max=65535,
+                                          help="the web dashboard's port on 127.0.0.1 (0: any free port)"),
+       dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="start the web dashboard"),
        data_dir: pathlib.Path = DataOpt) -> None:
     """Start nats-server and the six services; show a live status view until Ctrl-C."""
     if nats_servers % 2 == 0:
@@ -64,14 +82,18 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         data_dir.mkdir(parents=True, exist_ok=True)
         with open(data_dir / "stack.log", "ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.cli.main", "up", "--replicas", str(replicas),
-                                     "--nats-servers", str(nats_servers), "--data-dir", str(data_dir)],
+                                     "--nats-servers", str(nats_servers), "--data-dir", str(data_dir),
+                                     "--dashboard-port", str(dashboard_port),
+                                     "--dashboard" if dashboard else "--no-dashboard"],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if sf.exists() and json.loads(sf.read_text()).get("ready"):
-                url = json.loads(sf.read_text())["nats_url"]
-                console.print(f"stack up in the background (pid {proc.pid}), NATS at {url}")
+                state = json.loads(sf.read_text())
+                console.print(f"stack up in the background (pid {proc.pid}), NATS at {state['nats_url']}")
+                if state.get("dashboard"):
+                    console.print(f"dashboard at {state['dashboard']}")
                 return
             if proc.poll() is not None:
                 fail(f"stack exited with {proc.returncode}; see {data_dir / 'stack.log'}")
@@ -101,6 +123,8 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         sf.parent.mkdir(parents=True, exist_ok=True)
         _write_state(sf, stack, ready=False)
         stack.start()
+        if dashboard:
+            _start_dashboard(stack, dashboard_port)
         _write_state(sf, stack, ready=True)
         if not sys.stdout.isatty():
             console.print(_status_table(stack))

@@ -66,9 +66,11 @@ def start_dashboard(stack: Stack, port: int = 0, host: str = "127.0.0.1", timeou
     deadline = time.monotonic() + timeout_s
     while not sp.ready():
         if proc.poll() is not None:
+            stack.procs.remove(sp)
             tail = log_file.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"the dashboard exited with {proc.returncode}:\n{tail}")
         if time.monotonic() > deadline:
+            stack.stop_service(sp)
             raise TimeoutError(f"the dashboard was not ready within {timeout_s:g} s; see {log_file}")
         time.sleep(0.1)               # polling its /ready
     return Dashboard(sp, host, tokens)
