@@ -17,8 +17,7 @@ neighbour we keep:
   computes ETX (RFC 8966 appendix A.2.2): ``rx_ratio`` = HELLOs received out of
   those expected, by HELLO sequence number, over the last ``window`` (16) and
   over the last ``long_window`` (64), whichever is lower (loss shows within a
-  few HELLOs; a link that was lossy is trusted again only after a clean long
-  window, so a lucky streak cannot pull traffic back onto it); ``tx_ratio`` =
+  few HELLOs and the long window remembers it); ``tx_ratio`` =
   the same ratio the neighbour reports for our HELLOs (the ``loss_permille`` it
   lists for us, Babel's IHU); ``etx = 1 / (rx_ratio * tx_ratio)`` and
   ``cost = hop_cost + loss_weight * (etx - 1) + delay penalty`` (see
@@ -26,6 +25,20 @@ neighbour we keep:
   an outage of a whole ``window``, or a restarted neighbour) is on probation:
   its ratio counts at least ``min_slots`` HELLO slots, so one HELLO heard gives
   1/3 and it costs its nominal value after 3 HELLOs in a row.
+
+Recovery with hysteresis (a short and a long memory, as flap damping does): a
+link whose long window still shows loss is **re-admitted** (ratio 1) once its
+last ``recover_slots`` (8, 1.6 s at 0.2 s) HELLOs all arrived, so a link that is
+clean again costs its nominal value within ~2 s instead of after a whole long
+window (12.8 s).  Every *relapse* - loss again after a re-admission, or a link
+back from an outage less than ``flap_memory_s`` after its previous outage -
+doubles the clean streak the next re-admission needs, up to ``recover_max_slots``
+(16 HELLOs, 3.2 s), and a link back from such an outage is on probation for that
+many slots.  A link that flaps faster than that is never re-admitted by the
+streak rule (only after a clean long window, which also forgets its relapses);
+a randomly lossy link has ever fewer lucky streaks long enough, and the router's
+hysteresis and hold-down (routing.py) absorb the rest.  A restarted neighbour
+(sequence numbers reset) starts afresh.
 
 All times are integers in nanoseconds from an injected clock.
 """
@@ -58,6 +71,9 @@ class LinkMetric:
     window: int = 16          # HELLO slots in the reception history (Babel: 16)
     long_window: int = 64     # ... and in the long one: the lower of the two ratios counts
     min_slots: int = 3        # probation: a new link's ratio counts at least this many slots
+    recover_slots: int = 8    # a lossy link's last N HELLOs all received: re-admitted (doubled per relapse) ...
+    recover_max_slots: int = 16   # ... up to this many (a clean long window re-admits any link)
+    flap_memory_s: float = 30.0   # a link back from an outage this soon after its previous one: a relapse
     rtt_min_ms: float = 20.0
     rtt_max_ms: float = 200.0
     rtt_penalty: int = 768
@@ -66,6 +82,8 @@ class LinkMetric:
     def __post_init__(self) -> None:
         if not (self.hop_cost >= 1 and self.loss_weight >= 0
                 and 1 <= self.min_slots <= self.window <= self.long_window <= 256
+                and 1 <= self.recover_slots <= self.recover_max_slots <= self.long_window
+                and self.flap_memory_s >= 0
                 and self.rtt_max_ms > self.rtt_min_ms >= 0 and self.rtt_penalty >= 0
                 and self.hop_cost <= self.max_cost < 0xFFFF):
             raise ValueError(f"invalid link metric settings: {self}")
@@ -95,6 +113,9 @@ class LinkState:
     slots: int = 1           # sequence numbers the history covers (up to the long window)
     tx_ratio: float = 0.0    # the share of OUR HELLOs the neighbour reports receiving (0 until it lists us)
     trigger_cost: int = 0xFFFF   # MeshCore: the link's cost when it last triggered a path re-measurement
+    relapses: int = 0        # lossy again after a re-admission / repeated outages, since a clean long window
+    readmitted: bool = False     # its ratio is 1 by the clean-streak rule while the long window shows loss
+    last_outage_ns: int | None = None   # when it last came back from an outage (flap memory)
 
     @property
     def quality(self) -> float:
@@ -109,6 +130,12 @@ class LinkState:
     def fresh(self) -> None:
         """Start the reception history again (a restarted peer, or back after a long outage)."""
         self.hist, self.slots = 1, 1
+        self.readmitted = False
+
+    def streak(self) -> int:
+        """HELLOs received in a row, the newest included (trailing ones of the history)."""
+        inv = ~self.hist
+        return (inv & -inv).bit_length() - 1
 
     def snapshot(self, now_ns: int) -> dict:
         return {
@@ -188,15 +215,26 @@ class NeighbourTable:
                 link.loss_rate = 0.0
                 link.first_seen_ns = now_ns
                 link.fresh()
+                link.relapses, link.last_outage_ns = 0, None
             else:
                 a = self.alpha
                 for _ in range(min(gap - 1, 50)):
                     link.loss_rate = a + (1 - a) * link.loss_rate
                 link.loss_rate = (1 - a) * link.loss_rate
                 if gap >= self.metric.window:
-                    link.fresh()        # silent for a whole window: a new link, on probation again
+                    # silent for a whole window: a new link, on probation again; a second outage soon
+                    # after the previous one is a flap (a relapse: a longer probation)
+                    prev = link.last_outage_ns
+                    if prev is not None and now_ns - prev < self.metric.flap_memory_s * NS:
+                        link.relapses += 1
+                    link.last_outage_ns = now_ns
+                    link.fresh()
                 else:
+                    if gap > 1 and link.readmitted:
+                        link.relapses += 1         # lossy again after a re-admission
+                        link.readmitted = False
                     link.heard(gap, self.metric.long_window)   # a short outage counts as loss
+            self._recovery(link)
             link.last_seq = pkt.origin_seq
             link.last_heard_ns = now_ns
             link.peer_ts_ns = pkt.timestamp_ns
@@ -237,19 +275,39 @@ class NeighbourTable:
         return self.links.pop(peer, None) is not None
 
     # ------------------------------------------------------------------ link cost
+    def recover_need(self, link: LinkState) -> int:
+        """HELLOs in a row that re-admit the link: ``recover_slots``, doubled per relapse, capped."""
+        m = self.metric
+        return min(m.recover_max_slots, m.recover_slots << min(link.relapses, 8))
+
+    def _recovery(self, link: LinkState) -> None:
+        """After a HELLO: note a re-admission (the clean-streak rule lifts the ratio), forget the relapses
+        after a clean long window."""
+        m = self.metric
+        mask = (1 << m.long_window) - 1
+        if link.slots >= m.long_window and link.hist & mask == mask:
+            link.relapses, link.readmitted = 0, False
+        elif link.slots > link.streak() and link.streak() >= self.recover_need(link):
+            link.readmitted = True
+
     def rx_ratio(self, link: LinkState, now_ns: int, *, probation: bool = True) -> float:
         """Share of the neighbour's HELLOs received over the window, counting the ones overdue by now
         (a HELLO a whole interval late is missed: scheduling delays on a busy host are not loss). With
-        ``probation`` a link younger than ``min_slots`` HELLOs counts that many slots."""
+        ``probation`` a link younger than ``min_slots`` HELLOs counts that many slots (after a flap, the
+        re-admission's streak). A link whose last :meth:`recover_need` HELLOs all arrived has ratio 1."""
         m = self.metric
         ival = self.hello_interval_ns
         overdue = max(0, int((now_ns - link.last_heard_ns) / ival - 1.0))
         hist = link.hist << overdue
         slots = link.slots + overdue
-        floor = m.min_slots if probation else 1
+        need = self.recover_need(link)
+        floor = (need if link.relapses else m.min_slots) if probation else 1
         short = (hist & ((1 << m.window) - 1)).bit_count() / max(floor, min(m.window, slots))
         long = (hist & ((1 << m.long_window) - 1)).bit_count() / max(floor, min(m.long_window, slots))
-        return min(short, long)
+        ratio = min(short, long)
+        if ratio < 1.0 and not overdue and link.streak() >= max(need, floor):
+            return 1.0          # clean again for long enough: re-admitted
+        return ratio
 
     def cost(self, peer: str, now_ns: int) -> int:
         """The link's cost in the route metric (``max_cost`` for an unknown or one-way link)."""

@@ -50,6 +50,7 @@ class LossTrial:
     lost: int = 0            # DATA sent in the window without an ACK back
     tail: float = 0.0        # round-trip delivery of the DATA sent in the window's second half
     end_switches: dict[str, int] = field(default_factory=dict)   # route_switched events per end of the flow
+    back_s: float | None = None  # loss off -> first DATA sent that went over the relay again (None: not measured)
 
     def delivery_over(self, full_s: float) -> float:
         """Delivery over a window of ``full_s`` seconds (the issue's 30 s) that continued like this one's
@@ -63,7 +64,8 @@ class LossTrial:
         return {"loss_pct": self.pct, "window_s": self.window_s, "delivery": round(self.delivery, 4),
                 "sent": self.sent, "lost": self.lost, "tail_delivery": round(self.tail, 4),
                 "switches": self.switches, "end_switches": self.end_switches,
-                "left_after_s": None if self.left_after_s is None else round(self.left_after_s, 2)}
+                "left_after_s": None if self.left_after_s is None else round(self.left_after_s, 2),
+                "back_s": None if self.back_s is None else round(self.back_s, 2)}
 
 
 class RingRoutes:
@@ -151,7 +153,9 @@ class RingRoutes:
               for r in self.m.records(n, "event") if r.get("kind") == "route_switched" and r.get("peer") == peer]
         return max(ts, default=0.0)
 
-    def lossy_relay(self, pct: int, window_s: float) -> LossTrial:
+    def lossy_relay(self, pct: int, window_s: float, back_timeout: float = 0.0) -> LossTrial:
+        """Loss on the relay for ``window_s``; with ``back_timeout`` also how soon after the loss is
+        removed traffic is back on the relay (``back_s``, None if not within the timeout)."""
         self.on_path(self.short)
         # a route switched back to the relay just now does not leave it for the detour within the hold-down
         # (AodvConfig.switch_holddown_ms): start when the last switch is older than that
@@ -174,11 +178,20 @@ class RingRoutes:
         ends = {n: sum(1 for r in self.m.records(n, "event", t0) if r.get("kind") == "route_switched"
                        and r.get("peer") == peer and r["_rx"] <= t1)
                 for n, peer in ((self.src, self.dst), (self.dst, self.src))}
-        return LossTrial(pct, window_s, delivery, sent, switches, left, round(sent * (1 - delivery)), tail, ends)
+        back = None
+        if back_timeout > 0:
+            try:
+                rec = self.wait_delivered(lambda r: r["hops"] == self.short and r["ts"] / 1e9 >= t1, t1,
+                                          back_timeout, "traffic back on the relay")
+                back = rec["ts"] / 1e9 - t1
+            except TimeoutError:
+                pass
+        return LossTrial(pct, window_s, delivery, sent, switches, left, round(sent * (1 - delivery)), tail, ends,
+                         back)
 
     def restore(self) -> None:
-        """Traffic back on the relay after a loss trial without waiting out the lossy link's long window:
-        the relay is restarted (its neighbours see a new link, on probation only)."""
+        """Traffic back on the relay after a loss trial that did not move back by itself: the relay is
+        restarted (its neighbours see a new link, on probation only)."""
         self.m.kill(self.relay)
         self.m.revive(self.relay)
         self.on_path(self.short, timeout=30.0)

@@ -716,11 +716,14 @@ class AodvRouter:
 
     def _handle_data(self, pkt: Packet, now: int, out: Output) -> None:
         prev = pkt.sender
-        # learn/refresh the reverse route to the origin (the path it came along is loop-free)
+        # refresh the reverse route to the origin; learn one only from the origin itself: the previous hop
+        # of a relayed packet may reach the origin through us (its route towards us says nothing about its
+        # route back), and a route learnt from it would close a loop
         if pkt.origin != self.node_id and pkt.origin not in self.avoided:
             rr = self.routes.get(pkt.origin)
             if rr is None or not self.usable(rr):
-                self._update_route(pkt.origin, prev, pkt.hop_count + 1, 0, False, self._art_ns(), now, out)
+                if prev == pkt.origin:
+                    self._update_route(pkt.origin, prev, 1, 0, False, self._art_ns(), now, out)
             else:
                 self._refresh(pkt.origin, now)
         if pkt.dest == self.node_id:

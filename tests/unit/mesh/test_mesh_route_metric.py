@@ -102,16 +102,68 @@ def test_overdue_hellos_count_as_lost_until_they_arrive():
     assert nt.cost("b", t + int(3.1 * IVAL)) > nt.cost("b", t + int(2.1 * IVAL)) > M.hop_cost
 
 
-def test_a_link_that_was_lossy_is_trusted_only_after_a_clean_long_window():
+def test_a_link_clean_again_is_re_admitted_within_2s_and_a_relapse_doubles_the_streak():
     nt = NeighbourTable("a")
-    seqs = [s for s in range(1, 33) if s % 10]     # 10, 20 and 30 lost: 2 in the short window, 3 in 32
+    seqs = [s for s in range(1, 30) if s % 5]      # every 5th lost: 3 in the short window, 5 in 29
     t = feed(nt, "b", seqs)
     lossy = nt.cost("b", t)
-    assert lossy == expected_cost(min(14 / 16, 29 / 32), 1.0)
-    t = feed(nt, "b", range(33, 33 + M.window))    # a clean short window: the long one remembers
-    assert M.hop_cost < nt.cost("b", t) < lossy
-    t = feed(nt, "b", range(33 + M.window, 33 + M.long_window))
+    assert lossy == expected_cost(min(13 / 16, 24 / 29), 1.0)
+    link = nt.links["b"]
+    assert link.relapses == 0 and not link.readmitted      # never clean long enough to be re-admitted
+    # clean again: 7 HELLOs in a row are not enough, the 8th (1.6 s at 0.2 s) re-admits it
+    t = feed(nt, "b", range(31, 31 + M.recover_slots - 1))      # 30 lost too
+    assert M.hop_cost < nt.cost("b", t) < 2 * lossy
+    t = feed(nt, "b", [31 + M.recover_slots - 1])
+    assert nt.cost("b", t) == M.hop_cost and link.readmitted
+    assert M.recover_slots * IVAL / 1e9 <= 2.0
+    # what we report to b (its tx_ratio) follows: b re-admits its side at the same time
+    assert nt.make_hello_body(t).neighbours[0].loss_permille == 0
+    # a HELLO overdue is not yet a relapse, but costs at once
+    assert nt.cost("b", t + int(2.1 * IVAL)) > M.hop_cost
+    # lossy again right after: a relapse, and the next re-admission needs twice the streak
+    s0 = 31 + M.recover_slots + 1                  # one lost
+    t = feed(nt, "b", [s0])
+    assert link.relapses == 1 and not link.readmitted and nt.recover_need(link) == 2 * M.recover_slots
+    t = feed(nt, "b", range(s0 + 1, s0 + 2 * M.recover_slots - 1))
+    assert nt.cost("b", t) > M.hop_cost            # 2 x recover_slots - 1 in a row: not yet
+    t = feed(nt, "b", [s0 + 2 * M.recover_slots - 1])
     assert nt.cost("b", t) == M.hop_cost
+    # doubling stops at recover_max_slots; a clean long window forgets the relapses
+    link.relapses = 5
+    assert nt.recover_need(link) == M.recover_max_slots
+    t = feed(nt, "b", range(s0 + 2 * M.recover_slots, s0 + 2 * M.recover_slots + M.long_window))
+    assert link.relapses == 0 and nt.recover_need(link) == M.recover_slots and nt.cost("b", t) == M.hop_cost
+
+
+def test_a_flapping_link_is_not_re_admitted():
+    """Down 1 s, up 1 s (the bench's flap): an up period (5 HELLOs) never reaches the clean streak; a link
+    whose outages outlast the short window comes back on a probation as long as its re-admission streak."""
+    nt = NeighbourTable("a")
+    t = feed(nt, "b", range(1, 65))                # a clean link
+    assert nt.cost("b", t) == M.hop_cost
+    s = 65
+    for _ in range(8):
+        s += 5                                     # 5 HELLOs lost
+        t = feed(nt, "b", range(s, s + 5))         # 5 received
+        assert nt.cost("b", t) > 2 * M.hop_cost
+        s += 5
+    # long outages (each > the short window, so a fresh history), 10 s apart: the second one is a flap
+    nt2 = NeighbourTable("a")
+    t = feed(nt2, "b", range(1, 65))
+    t = feed(nt2, "b", range(65 + M.window, 65 + M.window + M.min_slots))
+    assert nt2.cost("b", t) == M.hop_cost           # the first outage: a new link, nominal after min_slots
+    s = 65 + M.window + 50
+    t = feed(nt2, "b", range(s, s + M.min_slots))
+    link = nt2.links["b"]
+    assert link.relapses == 1 and nt2.cost("b", t) > 2 * M.hop_cost     # the second: probation of 16
+    t = feed(nt2, "b", range(s + M.min_slots, s + nt2.recover_need(link)))
+    assert nt2.cost("b", t) == M.hop_cost
+    # an outage after the flap memory is not a relapse; a restart forgets them
+    s += M.window * 2 + round(M.flap_memory_s / 0.2)
+    feed(nt2, "b", [s])
+    assert link.relapses == 1
+    t = feed(nt2, "b", [5, 6, 7], t0=t)             # restarted (sequence went back)
+    assert link.relapses == 0 and nt2.cost("b", t) == M.hop_cost
 
 
 def test_outages_restarts_and_delay():
@@ -131,6 +183,8 @@ def test_outages_restarts_and_delay():
         assert nt.cost("b", t) == expected_cost(1.0, 1.0, rtt)
     with pytest.raises(ValueError):
         LinkMetric(window=32, long_window=16)
+    with pytest.raises(ValueError):
+        LinkMetric(recover_slots=32, recover_max_slots=16)
 
 
 # ------------------------------------------------------------------------------------------ wire
