@@ -202,3 +202,63 @@ async def test_dashboard_shows_a_node_failure_and_its_repair(stack_factory, tmp_
             await nc.close()
             mesh.terminate()
             mesh.wait(10)
+
+
+async def test_dashboard_shows_a_proposal_and_its_tally(stack_factory):
+    """A DAO proposal and its votes appear as governance announces them, with the tally governance computes."""
+    import secrets as pysecrets
+
+    from x0tta6bl4.governance import vote_signing_payload
+    from x0tta6bl4.pqc import MLDSA65PrivateKey
+    from x0tta6bl4.rpc import svid as svids
+    from x0tta6bl4.runtime.locate import admin_metadata
+    from x0tta6bl4.v1 import events_pb2
+    from x0tta6bl4.v1 import governance_pb2 as g
+    from x0tta6bl4.v1 import governance_pb2_grpc as gg
+
+    stack = stack_factory(services=("keyvault", "governance"))
+    dash = start_dashboard(stack, timeout_s=scaled(30))
+    me = svids.mint(stack.secrets.root, "operator", "e2e-dashboard")
+    channel = svids.aio_channel(stack.grpc_addr("governance"), me, "governance", me.trust_domain)
+    gov = gg.GovernanceStub(channel)
+    admin = admin_metadata(directory=stack.data_dir)
+    from playwright.async_api import async_playwright
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                           args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+            await page.goto(dash.url)
+            ms = scaled(30) * 1000
+            await page.wait_for_selector('#conn[data-state="live"]', timeout=ms)
+            voters = []
+            for i in range(2):
+                key = MLDSA65PrivateKey.generate()
+                name = f"spiffe://x0tta6bl4.mesh/operator/dash{i}"
+                await gov.RegisterVoter(g.RegisterVoterRequest(voter=name, balance=100,
+                                                               public_key=key.public_key().public_bytes()),
+                                        metadata=admin)
+                voters.append((name, key))
+            p = await gov.CreateProposal(g.CreateProposalRequest(
+                title="take n7 out of the mesh", proposer="ops", duration_s=120, quorum=0.5, threshold=0.5,
+                action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_ISOLATE, target_node="n7")), metadata=admin)
+            row = await page.wait_for_selector(f'tr[data-proposal="{p.id}"][data-state="active"]', timeout=ms)
+            assert "take n7 out of the mesh" in await row.inner_text() and "isolate n7" in await row.inner_text()
+            name, key = voters[0]
+            nonce = pysecrets.token_bytes(16)
+            await gov.CastVote(g.CastVoteRequest(proposal_id=p.id, voter=name, tokens=100.0, nonce=nonce,
+                                                 choice=g.VOTE_CHOICE_YES,
+                                                 signature=key.sign(vote_signing_payload(p.id, name, "YES", 100.0,
+                                                                                         nonce))))
+            tally = (await gov.GetProposal(g.GetProposalRequest(id=p.id))).tally
+            assert tally.yes > 0
+            want = f"{tally.yes:.2f} / {tally.no:.2f} / {tally.abstain:.2f}"
+
+            async def shown() -> bool:
+                return want in await page.inner_text(f'tr[data-proposal="{p.id}"] td.tally')
+            await eventually(shown, 20, 0.1, what=f"the page shows the tally {want}")
+            turnout = await page.inner_text(f'tr[data-proposal="{p.id}"]')
+            assert f"{100 * tally.turnout:.0f} %" in turnout and "quorum 50 %" in turnout, turnout
+        finally:
+            await browser.close()
+            await channel.close()

@@ -167,6 +167,9 @@ class DashboardServer:
             req = await self._read(reader)
             if req is None:
                 writer.write(self._json("400 Bad Request", {"error": "malformed HTTP request line"}))
+            elif not self.host_allowed(req):
+                writer.write(self._json("421 Misdirected Request", {"error": "this dashboard answers requests for "
+                                                                    "127.0.0.1 or localhost only"}))
             elif req.method == "GET" and req.path.split("?")[0] == "/events":
                 await self._sse(writer)
                 return
@@ -178,6 +181,15 @@ class DashboardServer:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    def host_allowed(self, req: Request) -> bool:
+        """On loopback, only requests addressed to a loopback name: a web page elsewhere that re-points its own
+        domain at 127.0.0.1 (DNS rebinding) cannot read the dashboard through the operator's browser."""
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            return True
+        host = req.headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+        return name in ("127.0.0.1", "localhost", "[::1]")
 
     def authorized(self, req: Request) -> bool:
         scheme, _, given = req.headers.get("authorization", "").partition(" ")

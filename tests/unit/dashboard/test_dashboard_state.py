@@ -171,6 +171,16 @@ def test_writes_need_the_token_and_bad_input_is_named():
     assert route(server, "GET", "/ready")[0] == 503
 
 
+def test_on_loopback_only_loopback_host_names_are_answered():
+    server = DashboardServer(DashboardState(), "t" * 32, port=8088)
+    ok = [Request("GET", "/", {"host": h}, b"") for h in ("127.0.0.1:8088", "localhost:8088", "[::1]:8088")]
+    assert all(server.host_allowed(r) for r in ok)
+    assert not server.host_allowed(Request("GET", "/", {"host": "evil.example:8088"}, b""))
+    assert not server.host_allowed(Request("GET", "/", {}, b""))
+    assert DashboardServer(DashboardState(), "t" * 32, host="0.0.0.0").host_allowed(
+        Request("GET", "/", {"host": "mesh-ops.example"}, b""))
+
+
 def test_the_page_is_self_contained():
     """No CDN: every script, style and image the page loads comes from the dashboard itself."""
     server = DashboardServer(DashboardState(), "t" * 32)
