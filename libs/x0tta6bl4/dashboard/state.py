@@ -82,11 +82,28 @@ class Cycle:
     stages: list[dict[str, Any]] = field(default_factory=list)
     target: str = ""
     fault: str = ""
-    status: str = "open"        # open | no anomaly | verified | failed | escalated
+    status: str = "open"        # open | verified | failed | escalated (and, when shown: no anomaly | no action)
 
-    def as_dict(self) -> dict[str, Any]:
+    def shown_status(self, now_ns: int, settle_s: float) -> str:
+        """An open cycle that has been quiet for ``settle_s``: "no anomaly" (a window and nothing found) or
+        "no action" (an anomaly no plan followed, e.g. one already being handled); one with a plan stays open
+        (a vote can take minutes)."""
+        if self.status != "open":
+            return self.status
+        last = self.stages[-1]["ts_ns"] if self.stages else self.started_ns
+        if now_ns - last < settle_s * 1e9:
+            return "open"
+        stages = {s["stage"] for s in self.stages}
+        if stages <= {"monitor"}:
+            return "no anomaly"
+        if not stages & {"plan", "execute", "result"}:
+            return "no action"
+        return "open"
+
+    def as_dict(self, now_ns: int, settle_s: float) -> dict[str, Any]:
         return {"cycle_id": self.cycle_id, "trace_id": self.trace_id, "started_ns": self.started_ns,
-                "target": self.target, "fault": self.fault, "status": self.status, "stages": list(self.stages)}
+                "target": self.target, "fault": self.fault, "status": self.shown_status(now_ns, settle_s),
+                "stages": list(self.stages)}
 
 
 @dataclass
@@ -96,6 +113,7 @@ class DashboardState:
     max_audit: int = 100
     max_proposals: int = 30
     silent_after_s: float = 5.0
+    settle_s: float = 15.0
     nodes: dict[str, events_pb2.NodeTelemetry] = field(default_factory=dict)
     links: set[tuple[str, str]] = field(default_factory=set)
     avoided: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -237,20 +255,17 @@ class DashboardState:
         return {"nodes": nodes, "links": links, "counts": counts,
                 "routed_around": sorted({x["id"] for x in nodes if x["routed_around"]}, key=natural)}
 
-    def cycles_view(self) -> dict[str, Any]:
+    def cycles_view(self, now_ns: int) -> dict[str, Any]:
         ordered = list(self.cycles.values())
-        current = ordered[-1].as_dict() if ordered else None
-        recent = [c.as_dict() for c in ordered if len(c.stages) > 1][-self.max_cycles:]
-        for c in ordered:
-            if len(c.stages) == 1 and c.stages[0]["stage"] == "monitor" and c is not ordered[-1]:
-                c.status = "no anomaly"
+        current = ordered[-1].as_dict(now_ns, self.settle_s) if ordered else None
+        recent = [c.as_dict(now_ns, self.settle_s) for c in ordered if len(c.stages) > 1][-self.max_cycles:]
         return {"current": current, "recent": list(reversed(recent))}
 
     def section(self, name: str, now_ns: int) -> dict[str, Any]:
         if name == "mesh":
             return self.mesh_view(now_ns)
         if name == "cycles":
-            return self.cycles_view()
+            return self.cycles_view(now_ns)
         if name == "proposals":
             return {"proposals": list(reversed(self.proposals.values()))}
         if name == "audit":

@@ -89,17 +89,26 @@ def test_a_cycle_with_its_trace_and_stages():
     for subject, m in ((subjects.MAPEK_ANOMALY, a), (subjects.MAPEK_TELEMETRY, w), (subjects.MAPEK_PLAN, p),
                        (subjects.MAPEK_VERIFIED, v)):
         assert st.apply_mapek(subject, m.SerializeToString(), tp) == {"cycles"}
-    cur = st.cycles_view()["current"]
+    cur = st.cycles_view(NOW + 5)["current"]
     assert cur["cycle_id"] == "c1" and cur["trace_id"] == "ab" * 16 and cur["status"] == "verified"
     assert (cur["target"], cur["fault"]) == ("n4", "node_down")
     assert [s["stage"] for s in cur["stages"]] == ["monitor", "analyze", "plan", "verify"]   # in time order
     assert cur["stages"][2]["text"] == "auto_execute: reroute n4"
     assert "MTTR 1.70 s" in cur["stages"][3]["text"]
-    assert st.cycles_view()["recent"][0]["cycle_id"] == "c1"
+    assert st.cycles_view(NOW + 5)["recent"][0]["cycle_id"] == "c1"
     # a periodic window with nothing after it is the current cycle, not a recent one
     st.apply_mapek(subjects.MAPEK_TELEMETRY, events_pb2.TelemetryWindow(meta=meta("c2", NOW + 9)).SerializeToString())
-    view = st.cycles_view()
+    view = st.cycles_view(NOW + 10)
     assert view["current"]["cycle_id"] == "c2" and [c["cycle_id"] for c in view["recent"]] == ["c1"]
+    assert view["current"]["status"] == "open"
+    assert st.cycles_view(NOW + 20 * S)["current"]["status"] == "no anomaly"    # quiet for settle_s: found nothing
+    # an anomaly no plan followed (the planner already handles the incident) settles as "no action"
+    st.apply_mapek(subjects.MAPEK_ANOMALY, events_pb2.Anomaly(meta=meta("c3", NOW + 11), root_cause="n0",
+                                                              fault_type="path_degraded").SerializeToString())
+    st.apply_mapek(subjects.MAPEK_TELEMETRY, events_pb2.TelemetryWindow(meta=meta("c3", NOW + 10)).SerializeToString())
+    statuses = {c["cycle_id"]: c["status"] for c in st.cycles_view(NOW + 20 * S)["recent"]}
+    assert statuses == {"c1": "verified", "c3": "no action"}
+    assert {c["cycle_id"]: c["status"] for c in st.cycles_view(NOW + 12)["recent"]} == {"c1": "verified", "c3": "open"}
     # what is not a MAPE-K stage or has no cycle is not shown
     assert st.apply_mapek("mapek.unknown", b"") == set()
     assert st.apply_mapek(subjects.MAPEK_ANOMALY, events_pb2.Anomaly().SerializeToString()) == set()
