@@ -20,9 +20,11 @@ BENCHES = {
     "meshsec": ["bench_meshsec.py", "--quick"],
     "monitor": ["bench_monitor.py", "--duration", "4"],
     "analysis": ["bench_analysis.py", "--quick"],
+    "meshctl": ["bench_meshctl.py"],
 }
 FULL = {"bus": ["bench_bus.py"], "keyvault": ["bench_keyvault.py"], "governance": ["bench_governance.py"],
-        "mesh": ["bench_mesh.py"], "monitor": ["bench_monitor.py"], "analysis": ["bench_analysis.py"]}
+        "mesh": ["bench_mesh.py"], "monitor": ["bench_monitor.py"], "analysis": ["bench_analysis.py"],
+        "scale": ["bench_scale.py"]}
 
 
 def main() -> int:

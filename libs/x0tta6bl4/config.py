@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from x0tta6bl4.config_errors import ConfigError
 from x0tta6bl4.monitoring.thresholds import ThresholdConfigError, Thresholds, load_thresholds
 
 if TYPE_CHECKING:
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
 
 PREFIX = "X0TTA6BL4_"
 CONFIG_FILE_ENV = PREFIX + "CONFIG_FILE"
-
-
-class ConfigError(Exception):
-    """A setting is missing, malformed or out of range. str() is one line."""
 
 
 class _FileSource(PydanticBaseSettingsSource):

@@ -34,7 +34,7 @@ from tenacity import (
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.permissions import inbox_prefix
-from x0tta6bl4.config import ConfigError
+from x0tta6bl4.config_errors import ConfigError
 
 log = logging.getLogger("x0tta6bl4.bus")
 

@@ -10,7 +10,6 @@ from rich.table import Table
 from x0tta6bl4.bus.reader import mesh_telemetry
 from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
 from x0tta6bl4.mapek.health import classify_node
-from x0tta6bl4.twin.twin import MeshDigitalTwin
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 NatsOpt = typer.Option(None, "--nats", help="NATS URL (default: the running stack's)")
@@ -58,6 +57,7 @@ def simulate_failure(node: str, duration_s: float = typer.Option(60.0, "--durati
     nodes = run(live_telemetry(nats_url(nats, data_dir)))
     if node not in nodes:
         fail(f"unknown node {node!r}; known: {', '.join(sorted(nodes)) or 'none (no telemetry yet)'}")
+    from x0tta6bl4.twin.twin import MeshDigitalTwin  # networkx, numpy: only for this command
     twin = MeshDigitalTwin("meshctl")
     twin.from_neighbours({n: list(t.neighbours) for n, t in nodes.items()})
     r = twin.simulate_node_failure(node, duration_s)
