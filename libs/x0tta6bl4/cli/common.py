@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import time
 from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
@@ -45,6 +46,15 @@ def credentials(url: str, data_dir: pathlib.Path | None = None, identity: str = 
         return locate.credentials(identity, data_dir or _URL_DIRS.get(url, DEFAULT_DATA_DIR))
     except CredentialsError as e:
         fail(str(e))
+
+
+_STARTED = time.monotonic()
+
+
+def progress(step: str) -> None:
+    """One line per step of a long command, on stderr (stdout stays the command's result): the time since
+    meshctl started and what it is doing now."""
+    err_console.print(f"[dim]{time.monotonic() - _STARTED:6.1f}s[/] {step}", highlight=False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -54,7 +54,7 @@ from rich.table import Table
 
 from x0tta6bl4.bus import reader, subjects
 from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX
-from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, run
+from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, connect, console, fail, nats_url, progress, run
 from x0tta6bl4.runtime import locate
 from x0tta6bl4.runtime.process import pid_alive
 from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
@@ -279,6 +279,7 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
         if len({f.partition(':')[0] for f in flows}) != len(flows):
             fail("--netns runs at most one --traffic flow per source node")
     url = nats_url(nats, data_dir)
+    progress(f"checking the stack at {url}")
     run(_check_stack(url))
 
     module = ("x0tta6bl4.mesh.netns_host" if netns else
@@ -294,6 +295,7 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
         cmd += ["--hosts", str(hosts), "--name", MESH_HOST]
     else:
         identities = {MESH_HOST: list(topo.nodes)}
+    progress(f"granting {len(identities)} mesh host identit{'y' if len(identities) == 1 else 'ies'} on the bus")
     secrets_dir = grant_hosts(url, data_dir, identities)
     if secrets_dir is not None and hosts > 1:
         cmd += ["--secrets", secrets_dir]
@@ -312,6 +314,8 @@ def up(nodes: int = typer.Option(9, "--nodes", "-n", min=2, max=1000, help="numb
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=host_env(secrets_dir if hosts == 1 else None,
                                                                          MESH_HOST))
+        progress(f"starting {len(topo.nodes)} node agents (host pid {proc.pid}, log {log_file}), waiting until "
+                 "they are up" + (" and certified by keyvault" if keys else ""))
         ready = _wait_ready(proc, log_file, offset, timeout_s)
     except BaseException:
         revoke_hosts(url, data_dir, list(identities))

@@ -13,7 +13,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, console, fail, stack_file
+from x0tta6bl4.cli.common import DEFAULT_DATA_DIR, console, fail, progress, stack_file
 from x0tta6bl4.runtime.process import pid_alive
 from x0tta6bl4.runtime.stack import SERVICES, Stack
 
@@ -87,8 +87,14 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
                                      "--dashboard" if dashboard else "--no-dashboard"],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
+        progress(f"starting the stack in the background (pid {proc.pid}, log {data_dir / 'stack.log'})")
         deadline = time.monotonic() + 90
+        said_nats = False
         while time.monotonic() < deadline:
+            if sf.exists() and not said_nats:
+                said_nats = True
+                progress(f"nats-server up at {json.loads(sf.read_text()).get('nats_url', '?')}; starting the "
+                         "services, waiting until each is ready")
             if sf.exists() and json.loads(sf.read_text()).get("ready"):
                 state = json.loads(sf.read_text())
                 console.print(f"stack up in the background (pid {proc.pid}), NATS at {state['nats_url']}")
@@ -102,6 +108,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
     from x0tta6bl4.runtime.secrets import SecretsError
     from x0tta6bl4.runtime.secrets import init as init_secrets
     made: list[str] = []
+    progress("secrets: checking (made when missing)")
     try:   # the deployment's secrets: made when missing (meshctl secrets init), else used as they are
         secrets = init_secrets(pathlib.Path(os.environ.get("X0TTA6BL4_SECRETS_DIR") or data_dir / "secrets"),
                                made=made)
@@ -119,13 +126,18 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         stopping = True
     signal.signal(signal.SIGTERM, _stop)
     try:
+        progress(f"starting nats-server ({nats_servers} server{'s' if nats_servers > 1 else ''})")
         stack.start_nats()
         sf.parent.mkdir(parents=True, exist_ok=True)
         _write_state(sf, stack, ready=False)
+        progress(f"starting the services ({', '.join(SERVICES)}; {replicas} replica(s) each), waiting until "
+                 "each is ready")
         stack.start()
         if dashboard:
+            progress("starting the dashboard")
             _start_dashboard(stack, dashboard_port)
         _write_state(sf, stack, ready=True)
+        progress("stack ready")
         if not sys.stdout.isatty():
             console.print(_status_table(stack))
         with Live(_status_table(stack), console=console, refresh_per_second=1,
