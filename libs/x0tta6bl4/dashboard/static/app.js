@@ -126,7 +126,9 @@
   function cycleBlock(c, open) {
     const d = el("details", { class: "cycle", "data-cycle": c.cycle_id, "data-status": c.status, "data-target": c.target });
     d.open = opened.has(c.cycle_id) ? opened.get(c.cycle_id) : open;
-    d.addEventListener("toggle", () => opened.set(c.cycle_id, d.open));
+    d.addEventListener("toggle", () => {       // only the operator's choice is kept (not the default)
+      if (d.open !== open) opened.set(c.cycle_id, d.open); else opened.delete(c.cycle_id);
+    });
     const s = el("summary", {});
     s.appendChild(badge(c.status));
     s.appendChild(document.createTextNode(" " + time(c.started_ns) + " " + (c.fault || "") + (c.target ? " at " + c.target : "") + " "));
