@@ -57,20 +57,21 @@ class Operator:
         return pid
 
     async def outcome(self, js, pid: str, timeout: float = 60) -> tuple[dict, events_pb2.Verification]:
-        """The proposal once EXECUTED, and the Verification of its action."""
-        async def executed():
-            r = await self.dao("--action", "status", "--proposal", pid, "--json")
-            assert r.returncode == 0, r.stderr
-            p = json.loads(r.stdout)
-            assert p["state"] != "PROPOSAL_STATE_EXPIRED", p
-            return p if p["state"] == "PROPOSAL_STATE_EXECUTED" else None
-        p = await eventually(executed, timeout, 0.3, what=f"proposal {pid} executed")
+        """The Verification of the proposal's action (read from the MAPEK stream), then the proposal, EXECUTED
+        (dao-vote.py --action status)."""
         action_id = derive_id("action", "operator", pid)     # governance's request for an operator's proposal
 
         async def verification():
             vs = [events_pb2.Verification.FromString(m.data) for m in await read_all(js, subjects.MAPEK_VERIFIED)]
             return next((v for v in vs if v.action_id == action_id), None)
-        return p, await eventually(verification, timeout, 0.2, what=f"verification of {pid}")
+        v = await eventually(verification, timeout, 0.2, what=f"verification of {pid}")
+
+        async def executed():
+            r = await self.dao("--action", "status", "--proposal", pid, "--json")
+            assert r.returncode == 0, r.stderr
+            p = json.loads(r.stdout)
+            return p if p["state"] == "PROPOSAL_STATE_EXECUTED" else None
+        return await eventually(executed, 20, 0.5, what=f"proposal {pid} executed"), v
 
 
 async def neighbours(js) -> dict[str, set[str]]:
