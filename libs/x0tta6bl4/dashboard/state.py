@@ -14,6 +14,7 @@ Four sections, each a JSON-able dict the page renders as it is:
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,31 @@ def natural(name: str) -> tuple[int, str]:
     """n2 before n10."""
     digits = "".join(c for c in name if c.isdigit())
     return (int(digits) if digits else -1, name)
+
+
+def layout(nodes: list[str], links: Iterable[tuple[str, str]]) -> dict[str, tuple[float, float]]:
+    """Where each node goes on the map, in [0, 1] x [0, 1]: a force-directed layout of the links ever seen,
+    started from a grid in name order (a grid mesh stays a grid, a ring becomes a circle, a line a line),
+    deterministic for the same nodes and links."""
+    if not nodes:
+        return {}
+    import networkx as nx
+    cols = max(1, math.ceil(math.sqrt(len(nodes))))
+    rows = max(1, math.ceil(len(nodes) / cols))
+    start = {n: ((i % cols) / max(cols - 1, 1), (i // cols) / max(rows - 1, 1)) for i, n in enumerate(nodes)}
+    if len(nodes) < 3:
+        return start
+    g = nx.Graph()
+    g.add_nodes_from(nodes)
+    g.add_edges_from((a, b) for a, b in links if a in start and b in start)
+    pos = nx.spring_layout(g, pos=start, seed=0, iterations=100)
+    xs = [float(p[0]) for p in pos.values()]
+    ys = [float(p[1]) for p in pos.values()]
+
+    def scale(v: float, lo: float, hi: float) -> float:
+        return 0.5 if hi - lo < 1e-9 else (v - lo) / (hi - lo)
+    return {n: (round(scale(float(pos[n][0]), min(xs), max(xs)), 4),
+                round(scale(float(pos[n][1]), min(ys), max(ys)), 4)) for n in nodes}
 
 
 def trace_id_of(traceparent: str | None) -> str:
@@ -120,6 +146,7 @@ class DashboardState:
     cycles: OrderedDict[str, Cycle] = field(default_factory=OrderedDict)
     proposals: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     audit: deque[dict[str, Any]] = field(default_factory=deque)
+    _layout: tuple[Any, dict[str, tuple[float, float]]] = (None, {})
 
     # ---- folding -------------------------------------------------------------------------------------
     def apply_telemetry(self, t: events_pb2.NodeTelemetry) -> set[str]:
@@ -244,6 +271,11 @@ class DashboardState:
                           "p99_ms": round(t.p99_latency_ms, 1) if t else None,
                           "loss_pct": round(t.loss_pct, 1) if t else None,
                           "neighbours": sorted(t.neighbours, key=natural) if t else []})
+        drawn = (tuple(names), tuple(sorted(self.links)))       # laid out again only when these change
+        if self._layout[0] != drawn:
+            self._layout = (drawn, layout(names, self.links))
+        for node in nodes:
+            node["x"], node["y"] = self._layout[1][node["id"]]
         alive = {n["id"] for n in nodes if not n["silent"]}
         live = {(min(a, b), max(a, b)) for a, r in self.nodes.items() if a in alive for b in r.neighbours
                 if b in alive and b in self.nodes and a in self.nodes[b].neighbours}

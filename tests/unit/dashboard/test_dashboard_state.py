@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from importlib import resources
 
@@ -10,7 +11,7 @@ import pytest
 
 from x0tta6bl4.bus import permissions, subjects
 from x0tta6bl4.dashboard.server import DashboardServer, Request
-from x0tta6bl4.dashboard.state import DashboardState, trace_id_of
+from x0tta6bl4.dashboard.state import DashboardState, layout, trace_id_of
 from x0tta6bl4.v1 import common_pb2, events_pb2, governance_pb2
 
 S = 1_000_000_000
@@ -55,6 +56,26 @@ def test_nodes_links_health_and_silence():
     # no report for longer than silent_after_s: failed too
     view = st.mesh_view(NOW + 10 * S)
     assert all(n["silent"] for n in view["nodes"]) and "silent for 10 s" in by_id(view)["n0"]["reasons"]
+
+
+def test_the_map_layout_follows_the_links():
+    grid = [(f"n{r * 3 + c}", f"n{r * 3 + c + 1}") for r in range(3) for c in range(2)] + \
+        [(f"n{r * 3 + c}", f"n{(r + 1) * 3 + c}") for r in range(2) for c in range(3)]
+    names = [f"n{i}" for i in range(9)]
+    pos = layout(names, grid)
+    assert pos == layout(names, grid), "deterministic"
+    assert all(0 <= x <= 1 and 0 <= y <= 1 for x, y in pos.values())
+    assert abs(pos["n4"][0] - 0.5) < 0.1 and abs(pos["n4"][1] - 0.5) < 0.1, "the grid's centre in the middle"
+    assert {(round(x), round(y)) for n, (x, y) in pos.items() if n in ("n0", "n2", "n6", "n8")} == \
+        {(0, 0), (1, 0), (0, 1), (1, 1)}, "its corners at the corners"
+    ring = [(f"n{i}", f"n{(i + 1) % 8}") for i in range(8)]
+    radii = [math.dist(p, (0.5, 0.5)) for p in layout([f"n{i}" for i in range(8)], ring).values()]
+    assert max(radii) - min(radii) < 0.1, "a ring is drawn as a circle"
+    # a link lost does not move the nodes (the layout is of the links ever seen)
+    st = line_mesh()
+    before = {n["id"]: (n["x"], n["y"]) for n in st.mesh_view(NOW)["nodes"]}
+    st.apply_telemetry(tel("n1", ["n0"]))
+    assert {n["id"]: (n["x"], n["y"]) for n in st.mesh_view(NOW)["nodes"]} == before
 
 
 def test_a_warning_from_the_thresholds():

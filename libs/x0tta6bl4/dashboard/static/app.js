@@ -30,6 +30,10 @@
     const n = nodes.length, cols = Math.max(1, Math.ceil(Math.sqrt(n))), rows = Math.max(1, Math.ceil(n / cols));
     const pad = 70, w = 600 - 2 * pad, h = 600 - 2 * pad, pos = {};
     nodes.forEach((node, i) => {
+      if (typeof node.x === "number" && typeof node.y === "number") {   // the server's layout of the links
+        pos[node.id] = { x: pad + w * node.x, y: pad + h * node.y };
+        return;
+      }
       const c = i % cols, r = Math.floor(i / cols);
       pos[node.id] = { x: pad + (cols > 1 ? (w * c) / (cols - 1) : w / 2), y: pad + (rows > 1 ? (h * r) / (rows - 1) : h / 2) };
     });
