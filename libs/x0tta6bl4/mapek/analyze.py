@@ -86,6 +86,68 @@ def _degraded_links_node(nodes: dict[str, events_pb2.NodeTelemetry], exclude: se
     return (best[1], best[2]) if best else None
 
 
+def _link_bad(q: events_pb2.LinkQuality, th: Thresholds | None = None) -> bool:
+    loss_warn, lat_warn = _warnings(th)
+    return 100.0 * q.loss_rate >= loss_warn or q.latency_ms >= lat_warn
+
+
+def _bad_link_hub(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
+                  th: Thresholds | None = None) -> tuple[str, list[str], float, float] | None:
+    """The node at the centre of the degraded links: every link reported out of the healthy range (by
+    either end) is a pair; the node in the most such pairs, at least two, and in more than any other node,
+    is where they meet - the slow, lossy or congested node, not its neighbours (each of which shares only
+    its one link with it). Returns (node, why, its bad links' mean latency, mean loss %) or None."""
+    bad: dict[frozenset[str], list[events_pb2.LinkQuality]] = {}
+    for n, t in nodes.items():
+        if not t.reachable:
+            continue
+        for q in t.links:
+            if q.peer != n and _link_bad(q, th):
+                bad.setdefault(frozenset((n, q.peer)), []).append(q)
+    count: dict[str, int] = {}
+    for pair in bad:
+        for n in pair:
+            count[n] = count.get(n, 0) + 1
+    ranked = sorted(((c, n) for n, c in count.items() if n in nodes and n not in exclude
+                     and nodes[n].reachable), reverse=True)
+    if not ranked or ranked[0][0] < 2 or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
+        return None
+    c, hub = ranked[0]
+    qs = [q for pair, ql in bad.items() if hub in pair for q in ql]
+    lat = sum(q.latency_ms for q in qs) / len(qs)
+    loss = 100.0 * sum(q.loss_rate for q in qs) / len(qs)
+    peers = sorted(n for pair in bad if hub in pair for n in pair - {hub})
+    return hub, [f"{c} degraded links meet at {hub} ({', '.join(peers)}): latency {lat:.1f} ms, "
+                 f"loss {loss:.2f}% on average"], lat, loss
+
+
+FLAP_AGE_S = 3.0
+"""A link re-established this recently after an outage (it kept its loss history: ``loss_rate`` > 0;
+a restarted node's links start clean) is evidence of a flap."""
+
+
+def _reborn(q: events_pb2.LinkQuality) -> bool:
+    return q.link_age_s < FLAP_AGE_S and q.loss_rate > 0.0
+
+
+def _flapping(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str]) -> list[tuple[str, list[str]]]:
+    """Nodes whose links all went down and came back together, seen from both sides: two or more of
+    its neighbours report their link to it re-established after an outage within ``FLAP_AGE_S``, and
+    its own links are all such (or it has none at the moment: down again)."""
+    out = []
+    for n, t in nodes.items():
+        if n in exclude or not t.reachable:
+            continue
+        seen = [(o, q) for o, ot in nodes.items() if o != n and ot.reachable for q in ot.links if q.peer == n]
+        reborn = sorted(o for o, q in seen if _reborn(q))
+        own = list(t.links)
+        if len(reborn) >= 2 and len(reborn) == len(seen) and all(_reborn(q) for q in own):
+            ages = ", ".join(f"{q.peer} {q.link_age_s:.1f} s" for q in own) or "none up"
+            out.append((n, [f"links of {n} re-established after outages by {', '.join(reborn)}; "
+                            f"its own: {ages}"]))
+    return out
+
+
 def _only_end_to_end(t: events_pb2.NodeTelemetry, th: Thresholds | None = None) -> bool:
     _, reasons = classify_node(t, th)
     return bool(reasons) and all(r.startswith(END_TO_END) for r in reasons) and _links_clean(t, th)
@@ -144,7 +206,17 @@ class RuleAnalyzer:
                 out.append(anomaly(window, t.node_id, t.node_id, "compromised", 0.9, 0.85,
                                    common_pb2.SEVERITY_HIGH, [f"failed_auth={t.failed_auth}"], [], self.name))
                 explained.add(t.node_id)
-        # 3. threshold symptoms grouped by adjacency; the worst node of a group is its source
+        # 3. flapping: a node whose links all went down and came back together (both ends saw it)
+        for n, why in _flapping(nodes, explained):
+            victims = sorted({o for o, ot in nodes.items() if n in ot.neighbours or any(
+                q.peer == n for q in ot.links)} - {n})
+            out.append(anomaly(window, n, n, "flapping", 0.9, 0.95, common_pb2.SEVERITY_HIGH, why, victims,
+                               self.name))
+            explained |= {n, *victims}
+        # 4. threshold symptoms grouped by adjacency; the worst node of a group is its source, unless the
+        # degraded links of the mesh meet at one node (then that node is: its neighbours only share a link
+        # with it)
+        hub = _bad_link_hub(nodes, explained, th)
         health = {n: classify_node(t, th) for n, t in nodes.items() if n not in explained and t.reachable}
         sick = {n: h for n, h in health.items() if h[0] != common_pb2.HEALTH_HEALTHY}
         seen: set[str] = set()
@@ -167,7 +239,16 @@ class RuleAnalyzer:
             confidence = 0.95 if critical else 0.7
             victims = sorted(set(group) - {root})
             node = root
-            if metric in END_TO_END and _links_clean(nodes[root], th):
+            near = hub is not None and (hub[0] in group or any(hub[0] in nodes[n].neighbours or any(
+                q.peer == hub[0] for q in nodes[n].links) for n in group))
+            if hub is not None and near and hub[0] != root and metric in END_TO_END:
+                # the group's end-to-end symptoms run through the node where the degraded links meet
+                bad, why, lat, _loss = hub
+                fault = "congestion" if lat >= _warnings(th)[1] else "degrading_link"   # queueing delay
+                confidence = 0.95 if bad in sick else 0.7
+                victims = sorted(set(group) - {bad})
+                root, reasons = bad, [*why, f"seen end to end by {', '.join(sorted(group))}"]
+            elif metric in END_TO_END and _links_clean(nodes[root], th):
                 # end-to-end loss/latency seen by a node whose own links are clean: the trouble is
                 # further along the path. A node whose own links are all degraded is the source;
                 # without one, observe until a node-level cause shows up.
@@ -181,6 +262,10 @@ class RuleAnalyzer:
                     confidence = 0.7  # inferred from links, not measured at the node: a person decides
                     victims = sorted(set(group))
                     root, reasons = bad, [*why, f"seen end to end by {', '.join(victims)}"]
+            same = next((a for a in out if a.incident_id == f"{root}.{fault}"), None)
+            if same is not None:        # another group whose symptoms lead to the same node: one incident
+                same.affected_nodes[:] = sorted({*same.affected_nodes, *victims} - {root})
+                continue
             out.append(anomaly(window, node, root, fault, min(1.0, 0.5 + score / 2), confidence,
                                common_pb2.SEVERITY_CRITICAL if critical and confidence > 0.9 else
                                common_pb2.SEVERITY_MEDIUM, reasons, victims, self.name))
