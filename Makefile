@@ -6,12 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup ebpf-setup browser-setup proto demo up up-detached down secrets test test-unit test-under-load interop bench bench-mttr lint clean help
+.PHONY: setup ebpf-setup browser-setup proto demo up up-detached down secrets test test-unit test-under-load test-containers image compose-timing interop bench bench-mttr lint clean help
 
 help:
 	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
 	@echo "make test        set up and run the test suite"
 	@echo "make test-unit   the unit layer only (pytest -m unit: in-process, seconds)"
+	@echo "make test-containers  docker compose up for real (a Docker engine, images built here): CI runs it too"
+	@echo "make image       the images without a registry (Debian base, wheelhouse) and the compose secrets"
 	@echo "make test-under-load  the suite with two busy CPU hogs beside it (tests/load.sh)"
 	@echo "make lint        ruff, mypy on libs/ and the import contract (the domain does no I/O)"
 	@echo "make up / down   run the embedded stack (secured: TLS, nkeys, permissions) / stop a detached one"
@@ -28,10 +30,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,ml]"
 	touch $(STAMP)
 
-# Debian's bcc, kernel headers, tracefs, nftables (idempotent, quick when done; never fails the build)
+# Debian's bcc, kernel headers, tracefs, nftables; docker-compose (brings docker.io) and debootstrap (idempotent, quick when done; never fails the build)
 ebpf-setup:
 	-bash ebpf/setup.sh
-	-command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null)); }
+	-{ command -v docker-compose && command -v debootstrap; } >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q docker-compose debootstrap >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q docker-compose debootstrap >/dev/null)); }
 
 # Debian's chromium for the dashboard's browser test (tests/e2e/test_dashboard.py, driven by Playwright, which
 # downloads no browser); idempotent, quick when installed, never fails the build (the test says why it skips)
@@ -81,7 +83,20 @@ secrets: $(STAMP)
 	$(BIN)/meshctl secrets init
 
 test: $(STAMP) ebpf-setup browser-setup interop
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --ignore=tests/containers $(PYTEST_ARGS)
+
+# docker compose up for real: builds the images (a Debian base when no registry answers), runs the secured
+# stack in a Docker engine (started here, with its own data root, when none runs) and attacks/restarts it
+test-containers: $(STAMP) ebpf-setup
+	$(BIN)/python -m pytest -q -ra -s tests/containers $(PYTEST_ARGS)
+
+# the images, without a registry if need be: base image, wheelhouse, secrets and .env, docker compose build
+image: $(STAMP) ebpf-setup
+	$(BIN)/python -m x0tta6bl4.runtime.images prepare
+
+# how long `docker compose up` takes here: a cold build, a warm one, up until every container is healthy
+compose-timing: $(STAMP) ebpf-setup
+	$(BIN)/python -m x0tta6bl4.runtime.images timing
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)

@@ -17,7 +17,7 @@ from testkit import scaled, violations
 from x0tta6bl4.runtime.stack import NatsServer, Stack
 
 TESTS = pathlib.Path(__file__).resolve().parent
-LAYERS = ("unit", "service", "integration", "e2e", "security")
+LAYERS = ("unit", "service", "integration", "e2e", "security", "containers")
 
 
 def _layer(path: pathlib.Path) -> str | None:

