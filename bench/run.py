@@ -21,6 +21,7 @@ BENCHES = {
     "monitor": ["bench_monitor.py", "--duration", "4"],
     "analysis": ["bench_analysis.py", "--quick"],
     "meshctl": ["bench_meshctl.py"],
+    "scale": ["bench_scale.py", "--quick"],
 }
 FULL = {"bus": ["bench_bus.py"], "keyvault": ["bench_keyvault.py"], "governance": ["bench_governance.py"],
         "mesh": ["bench_mesh.py"], "monitor": ["bench_monitor.py"], "analysis": ["bench_analysis.py"],

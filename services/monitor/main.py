@@ -34,6 +34,9 @@ class MonitorSettings(CommonSettings):
     report_max_age_s: float = Field(300.0, gt=0, le=86400, description="refuse reports older than this")
     own_report_fresh_s: float = Field(0.5, ge=0, le=60, description=(
         "a node that reported itself this recently is not declared down on its neighbours' reports"))
+    telemetry_concurrency: int = Field(1, ge=1, le=64, description=(
+        "reports handled at once; 1: a fetched batch in one go, its acks and writes sent in one socket write "
+        "(measured about twice the reports per CPU second of 8)"))
     max_lag_s: float = Field(5.0, gt=0, le=3600, description=(
         "/ready is false while the monitor is further behind its telemetry than this"))
 
@@ -64,8 +67,11 @@ def build(settings: MonitorSettings, deps: stage.MonitorDeps | None = None) -> S
     wiring.attach_kernel_feed(app, settings, deps, metrics)
     app.mirror(stage.TELEMETRY_BUCKET, on_change=partial(stage.apply_telemetry, deps))
     app.mirror(stage.HEALTH_BUCKET, on_change=partial(stage.apply_health, deps))
+    wiring.attach_report_writer(app, deps)
+    # state, not a command (see stage.on_telemetry): no idempotency record, and no span per report (a cycle a
+    # report starts still continues the report's trace); by default one at a time (telemetry_concurrency)
     app.subscribe("monitor-telemetry", events_pb2.NodeTelemetry, partial(stage.on_telemetry, deps=deps),
-                  concurrency=8, idempotent_skip=False)  # state, not a command: see stage.on_telemetry
+                  concurrency=settings.telemetry_concurrency, idempotent_skip=False, traced=False)
     app.subscribe("monitor-events", mesh_pb2.MeshEvent, partial(stage.on_event, deps=deps), concurrency=4)
 
     async def staleness() -> None:

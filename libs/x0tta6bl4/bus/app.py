@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -36,7 +36,8 @@ from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import context as otel_context
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
 from x0tta6bl4.audit.chain import AuditChain, ServiceAuditSigner
@@ -110,6 +111,7 @@ class Subscription(Generic[M]):
     handler: Callable[[M, Context], Awaitable[None]]
     concurrency: int = 1
     idempotent_skip: bool = True
+    traced: bool = True        # a span per message (False: only the sender's trace context, for publishes)
     bound: bool = False
     failures: int = 0          # consecutive failed fetches (or bind attempts)
     last_error: str = ""
@@ -123,6 +125,16 @@ class Subscription(Generic[M]):
             return False, {"reason": f"{self.failures} fetches on consumer {self.durable} failed in a row: "
                                      f"{self.last_error}"}
         return True, {}
+
+
+@contextlib.contextmanager
+def _sender_context(headers: dict[str, str]) -> Iterator[Span]:
+    """No span of our own, only the sender's trace context (so what the handler publishes joins its trace)."""
+    token = otel_context.attach(extract_context(headers))
+    try:
+        yield INVALID_SPAN
+    finally:
+        otel_context.detach(token)
 
 
 def _describe(e: BaseException) -> str:
@@ -168,18 +180,21 @@ class Service:
         self.started_at = time.time()
 
     # ---- registration -------------------------------------------------------
-    def subscriber(self, durable: str, msg_type: type[M], concurrency: int = 1, idempotent_skip: bool = True):
+    def subscriber(self, durable: str, msg_type: type[M], concurrency: int = 1, idempotent_skip: bool = True,
+                   traced: bool = True):
         subjects.consumer(durable)  # fail fast on a name not in the table
 
         def deco(fn: Callable[[M, Context], Awaitable[None]]):
-            self.subscriptions.append(Subscription(durable, msg_type, fn, concurrency, idempotent_skip))
+            self.subscriptions.append(Subscription(durable, msg_type, fn, concurrency, idempotent_skip, traced))
             return fn
         return deco
 
     def subscribe(self, durable: str, msg_type: type[M], handler: Callable[[M, Context], Awaitable[None]],
-                  concurrency: int = 1, idempotent_skip: bool = True) -> None:
-        """Register ``handler`` (usually a stage function with its dependencies bound) on a durable consumer."""
-        self.subscriber(durable, msg_type, concurrency, idempotent_skip)(handler)
+                  concurrency: int = 1, idempotent_skip: bool = True, traced: bool = True) -> None:
+        """Register ``handler`` (usually a stage function with its dependencies bound) on a durable consumer.
+        ``traced=False``: no span per message (high-rate state such as telemetry); what the handler publishes
+        still continues the sender's trace."""
+        self.subscriber(durable, msg_type, concurrency, idempotent_skip, traced)(handler)
 
     def on_startup(self, fn):
         self._startup.append(fn)
@@ -517,10 +532,11 @@ class Service:
         headers = dict(m.headers or {})
         deliveries = m.metadata.num_delivered if m.metadata else 1
         started = time.perf_counter()
-        with tracer().start_as_current_span(
+        scope = tracer().start_as_current_span(
             f"{self.name}.{sub.durable}", context=extract_context(headers), kind=SpanKind.CONSUMER,
             attributes={"messaging.destination": m.subject, "messaging.consumer": sub.durable,
-                        "x0.deliveries": deliveries}) as span:
+                        "x0.deliveries": deliveries}) if sub.traced else _sender_context(headers)
+        with scope as span:
             try:
                 msg = decode(sub.msg_type, m.data, headers.get(subjects.HEADER_TYPE))
             except InvalidMessage as e:

@@ -123,6 +123,19 @@ def attach_rpc(app: Service, deps: stage.MonitorDeps) -> None:
     app.on_startup(subscribe)
 
 
+def attach_report_writer(app: Service, deps: stage.MonitorDeps) -> None:
+    """Nodes' reports go into the ``telemetry`` bucket as plain publishes on its subject (JetStream stores
+    them; no reply awaited per message - the measured cost of an acknowledged put per report)."""
+    prefix = f"$KV.{stage.TELEMETRY_BUCKET}."
+
+    async def write(key: str, data: bytes) -> None:
+        await app.nc.publish(prefix + key, data)
+
+    async def connected() -> None:       # on the broker only (the in-memory bus keeps ordinary puts)
+        deps.write_report = write
+    app.on_startup(connected)
+
+
 class FlushOnScrape:
     """A Prometheus collector with no metrics of its own: registered before the monitor's gauges, it sets
     the per-node gauges (:meth:`PromGauges.flush`) just before a scrape reads them."""

@@ -45,7 +45,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -148,6 +148,9 @@ class MonitorDeps:
     # liveness against what the monitor has read (mapek.liveness): its lag, and when each node goes stale
     lag: Lag = field(default_factory=Lag)
     deadlines: Deadlines = field(default_factory=Deadlines)
+    # a node's report into the ``telemetry`` bucket without waiting for the broker's reply (the service: a
+    # plain publish on the bucket's subject; None: an ordinary put). The next report supersedes a lost one.
+    write_report: Callable[[str, bytes], Awaitable[None]] | None = None
     # cycles whose window could not be published: node -> (cause id, attempts, next try ns); retried by stale_tick
     unpublished: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
@@ -282,7 +285,7 @@ async def on_telemetry(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorD
     deps.rechecks.pop(t.node_id, None)      # it reports: evaluated as any report is
     t.reachable = True
     t.kernel.update(deps.kernel_for(t.node_id))
-    await store(t, ctx, deps)
+    await store(t, ctx, deps, report=True)
     maint = deps.maintenance.get(subjects.token(t.node_id))
     if maint and maint.get("generation") and t.mesh_generation and t.mesh_generation != maint["generation"]:
         await end_maintenance(t.node_id, ctx, deps, f"reports from a new mesh generation {t.mesh_generation} "
@@ -519,11 +522,16 @@ async def request_cycle(ctx: Context, deps: MonitorDeps, trigger: str = "",
 
 
 # ---- decisions ----------------------------------------------------------------------------------------
-async def store(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps) -> None:
-    """The node's latest telemetry: in the view, in the gauges and in the ``telemetry`` bucket."""
+async def store(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps, report: bool = False) -> None:
+    """The node's latest telemetry: in the view, in the gauges and in the ``telemetry`` bucket (a node's own
+    ``report`` through ``deps.write_report`` when set: no wait for the broker's reply per message; what the
+    monitor decides - unreachable, a failed authentication - always with an acknowledged put)."""
     deps.view.update(t)
     deps.track(t)
     deps.gauges.node(t)
+    if report and deps.write_report is not None:
+        await deps.write_report(subjects.token(t.node_id), t.SerializeToString())
+        return
     await (await ctx.kv(TELEMETRY_BUCKET)).put(subjects.token(t.node_id), t.SerializeToString())
 
 
