@@ -203,3 +203,15 @@ async def test_the_staleness_task_survives_failing_ticks(tmp_path, monkeypatch):
         assert not task.done() and len(calls) >= 4
     finally:
         task.cancel()
+
+
+def test_ready_says_how_far_behind_the_monitor_is(tmp_path):
+    mon = Monitor(tmp_path, max_lag_s=3)
+    check = mon.bus.app.readiness_checks["telemetry_lag"]
+    assert check() == (True, {"lag_s": 0.0, "pending": None, "max_lag_s": 3.0})
+    mon.deps.lag.handled(T0, T0)
+    mon.deps.lag.estimate(T0, pending=0)
+    mon.deps.lag.estimate(T0 + 4 * S, pending=12_000)          # stuck behind 12,000 messages for 4 s
+    ok, details = check()
+    assert not ok and details["lag_s"] == 4.0 and details["pending"] == 12_000
+    assert details["reason"] == "the monitor is 4.0 s behind its telemetry (at most 3 s)"
