@@ -200,6 +200,76 @@ def all_messages() -> dict[str, Descriptor]:
     return dict(sorted(out.items()))
 
 
+# ---- the governance log (gov.events.*): JSON, its schema from the event dataclasses -----------------------
+def _gov_value_schema(hint: object) -> dict[str, Any]:
+    import enum as _enum
+
+    from x0tta6bl4.governance.model import Action, ActionKind, Tally
+    if isinstance(hint, type) and issubclass(hint, _enum.Enum):
+        return {"type": "string", "enum": [m.value for m in hint]}
+    if hint is bytes:
+        return {"type": "string", "pattern": "^([0-9a-f]{2})*$", "description": "hex"}
+    if hint is Action:
+        return {"type": "object", "required": ["kind"], "additionalProperties": False, "properties": {
+            "kind": {"type": "string", "enum": [k.value for k in ActionKind]},
+            "params": {"type": "object", "additionalProperties": {"type": "string"}},
+            "target_node": {"type": "string"}}}
+    if hint is Tally:
+        return {"type": "object", "additionalProperties": False, "properties": {
+            k: {"type": "integer" if k in ("voters", "eligible_voters") else "number"}
+            for k in ("yes", "no", "abstain", "eligible", "voters", "eligible_voters")}}
+    return {str: {"type": "string"}, float: {"type": "number"}, int: {"type": "integer"},
+            bool: {"type": "boolean"}}[hint]  # type: ignore[index]
+
+
+def governance_schemas() -> dict[str, Any]:
+    """JSON Schemas of a governance log record's header and body and of every governance event
+    (``x0tta6bl4.governance.events.event_to_dict``; the record format: ``x0tta6bl4.governance.eventlog``)."""
+    import dataclasses
+    import typing
+
+    from x0tta6bl4.governance import eventlog
+    from x0tta6bl4.governance import events as gev
+    out: dict[str, Any] = {
+        "GovernanceLogHeader": {
+            "type": "object", "additionalProperties": False,
+            "required": ["v", "seq", "prev", "hash", "key_id", "sig"],
+            "description": "the first line of a record: hash = SHA-256(field(\"" + eventlog.HASH_DOMAIN.decode()
+                           + "\") || uint64_be(seq) || field(prev bytes) || field(key_id) || field(body bytes)), "
+                           "field(x) = uint32_be(len(x)) || x; sig = ML-DSA-65 (FIPS 204 context "
+                           "\"x0tta6bl4/gov-event/v1\") over the 32 hash bytes by the governance log key",
+            "properties": {"v": {"type": "integer", "const": eventlog.LOG_VERSION},
+                           "seq": {"type": "integer", "minimum": 1},
+                           "prev": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                           "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                           "key_id": {"type": "string"}, "sig": {"type": "string", "contentEncoding": "base64"}}},
+        "GovernanceLogBody": {
+            "type": "object", "required": ["events", "links"],
+            "description": "the rest of the record after the first newline (its exact bytes are hashed)",
+            "properties": {
+                "events": {"type": "array", "items": {"oneOf": [
+                    {"$ref": f"#/components/schemas/{cls.TYPE}"} for cls in gev.EVENT_TYPES.values()]}},
+                "links": {"type": "array", "items": {"type": "object", "required": ["proposal_id"],
+                                                     "additionalProperties": {"type": "string"},
+                                                     "description": "a proposal's link to the plan (base64 "
+                                                                    "protobuf Plan), its trace and action id"}},
+                "legacy": {"type": "object", "properties": {"records": {"type": "integer"},
+                                                            "sha256": {"type": "string"}}}}},
+    }
+    for cls in gev.EVENT_TYPES.values():
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        out[cls.TYPE] = {
+            "type": "object", "additionalProperties": False,
+            "required": ["type", "schema_version", *(f.name for f in fields
+                                                     if f.default is dataclasses.MISSING
+                                                     and f.default_factory is dataclasses.MISSING)],
+            "properties": {"type": {"type": "string", "const": cls.TYPE},
+                           "schema_version": {"type": "integer", "const": gev.SCHEMA_VERSION},
+                           **{f.name: _gov_value_schema(hints[f.name]) for f in fields}}}
+    return out
+
+
 # ---- headers ----------------------------------------------------------------------------------------------
 _TRACE = {
     "traceparent": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
@@ -346,9 +416,13 @@ def build() -> dict[str, Any]:
             continue
         if sj.pattern == subjects.GOV_EVENTS:
             rec = json_message("GovernanceLogRecord", "governance log record",
-                               "one group commit of the governance event log: <header JSON> \\n <body JSON>, "
-                               "signed and hash-chained (x0tta6bl4.governance.eventlog; docs/governance.md)",
-                               {"type": "string", "contentMediaType": "text/plain"})
+                               "one group commit of the governance event log, UTF-8: a header line (JSON, "
+                               "schema GovernanceLogHeader), a newline, the body (JSON, schema GovernanceLogBody: "
+                               "the events, each one of the governance.* schemas); signed and hash-chained "
+                               "(x0tta6bl4.governance.eventlog; docs/governance.md)",
+                               {"type": "string", "contentMediaType": "text/plain",
+                                "x-header": schema_ref("GovernanceLogHeader"),
+                                "x-body": schema_ref("GovernanceLogBody")})
             messages["GovernanceLogRecord"]["contentType"] = "text/plain"
             add_channel(sj, sj.pattern, {"GovernanceLogRecord": rec}, sj.doc)
             continue
@@ -377,6 +451,7 @@ def build() -> dict[str, Any]:
                 mt = mt.fields_by_name["value"].message_type
             if mt is not None and mt.full_name not in seen:
                 todo.append(mt.full_name)
+    schemas.update(governance_schemas())
     schemas = {k: schemas[k] for k in [*HEADERS, *sorted(k for k in schemas if k not in HEADERS)]}
 
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
+import pytest
 import yaml
 from testkit import load_tool
 
@@ -113,3 +114,45 @@ def test_wildcards():
     assert not asyncapi.covers("mesh.cmd.n0", "mesh.cmd.*") and asyncapi.overlaps("mesh.cmd.n0", "mesh.cmd.*")
     assert not asyncapi.covers("audit.monitor.>", "audit.>") and asyncapi.overlaps("audit.monitor.>", "audit.>")
     assert not asyncapi.overlaps("mapek.plan", "mapek.action") and not asyncapi.overlaps("a.b", "a.b.c")
+
+
+def test_governance_log_records_match_their_schemas():
+    """A sealed governance log record with every event type validates against the document's schemas (and a
+    record with a field of the wrong type does not)."""
+    import json
+
+    import jsonschema
+
+    from x0tta6bl4.governance import Action, ActionKind, CloseReason, ProposalState, Tally, VoteChoice
+    from x0tta6bl4.governance import events as gev
+    from x0tta6bl4.governance.decision import Severity
+    from x0tta6bl4.governance.eventlog import GENESIS, seal
+    from x0tta6bl4.trust import Signer
+
+    act = Action(ActionKind.REROUTE, {"peer": "n2"}, "n1")
+    events = [
+        gev.VoterRegistered("v1", 100.0, 1.0, "k1", b"\x01\x02"),
+        gev.VoterKeyRotated("v1", "k2", b"\x03", 1.5),
+        gev.ProposalCreated("p1", "t", "d", act, "alice", 60.0, 0.1, 0.5, 600.0, 2.0, "c1", "r1"),
+        gev.ProposalAutoApproved("p2", "t", "d", act, "planner", 600.0, 0.9, Severity.HIGH, "auto", 2.5),
+        gev.VoteCast("vote1", "p1", "v1", VoteChoice.YES, 100.0, 10.0, b"\x00" * 16, b"\x05", 3.0),
+        gev.ProposalClosed("p1", ProposalState.PASSED, CloseReason.QUORUM_AND_THRESHOLD_MET,
+                           Tally(10, 0, 0, 10, 1, 1), True, 4.0),
+        gev.ProposalCanceled("p3", "alice", 5.0), gev.ExecutionFailed("p1", "boom", 6.0),
+        gev.ProposalExecuted("p1", "ok", 7.0), gev.ProposalExpired("p2", 8.0)]
+    assert {type(e) for e in events} == set(gev.EVENT_TYPES.values())
+    data, _ = seal(GENESIS, events, [{"proposal_id": "p1", "action_id": "a1", "plan": "", "traceparent": ""}],
+                   Signer.generate("governance"))
+    header_line, body = data.split(b"\n", 1)
+    schemas = doc()["components"]["schemas"]
+    resolver = {"components": {"schemas": schemas}}
+
+    def validate(instance, name):
+        jsonschema.validate(instance, {"$ref": f"#/components/schemas/{name}", **resolver})
+
+    validate(json.loads(header_line), "GovernanceLogHeader")
+    validate(json.loads(body), "GovernanceLogBody")
+    bad = json.loads(body)
+    bad["events"][4]["tokens"] = "a hundred"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad, "GovernanceLogBody")
