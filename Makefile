@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup ebpf-setup browser-setup proto demo up up-detached down secrets test test-unit test-under-load test-containers image compose-timing interop bench bench-mttr lint clean help
+.PHONY: setup ebpf-setup browser-setup proto demo up up-detached down secrets test test-unit test-under-load test-containers image compose-timing interop bench bench-mttr chaos lint clean help
 
 help:
 	@echo "make demo        set up and run one healed MAPE-K cycle on the embedded stack"
@@ -20,6 +20,7 @@ help:
 	@echo "make secrets     the deployment's secrets in var/secrets (meshctl secrets init; up and demo make them too)"
 	@echo "make bench       benchmarks (ratios against raw baselines measured in the same run)"
 	@echo "make bench-mttr  measured MTTR on a 50-node mesh"
+	@echo "make chaos       a 30-minute soak of mixed faults on a real mesh, its invariants checked (MINUTES=2 to shorten)"
 	@echo "make proto       regenerate Python code from proto/"
 	@echo "make docs        regenerate docs/bus.md's and docs/security.md's tables and docs/asyncapi.yaml (subjects.py, permissions.py, protos)"
 
@@ -116,6 +117,10 @@ bench: $(STAMP) ebpf-setup
 
 bench-mttr: $(STAMP) ebpf-setup
 	$(BIN)/python bench/bench_mttr.py
+
+MINUTES ?= 30
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py --minutes $(MINUTES)
 
 clean:
 	rm -rf var .pytest_cache
