@@ -362,18 +362,20 @@ def _edge_dir(data_dir: str) -> pathlib.Path:
 @mcp.tool(annotations=WRITES)
 async def edge_setup(node: str, offline: bool = True, topology: str = "", routes: dict[str, str] | None = None,
                      allowed_actions: list[str] | None = None, min_confidence: float = 0.9,
-                     data_dir: str = "") -> dict[str, Any]:
+                     data_dir: str = "", attach: list[str] | None = None) -> dict[str, Any]:
     """Provision an edge node for a disconnected environment (same as `meshctl edge setup NODE --offline`): a PQC
     keypair generated locally (no keyvault), a preloaded routing table (from a known topology such as grid:9
     and/or explicit dest->next-hop routes), an offline policy (actions allowed without the DAO) and offline=true,
-    stored encrypted under data_dir (default $X0TTA6BL4_DATA_DIR/edge). Refuses to re-key an existing node."""
+    stored encrypted under data_dir (default $X0TTA6BL4_DATA_DIR/edge). Refuses to re-key an existing node.
+    Any node name: one not in the topology (e.g. edge-7) joins it through attach (default its first node)."""
     from x0tta6bl4.edge import EdgeError, EdgeNode
     policy: dict[str, Any] = {"min_confidence": min_confidence}
     if allowed_actions:
         policy["allowed_actions"] = allowed_actions
     try:
         en = await asyncio.to_thread(EdgeNode.setup, _edge_dir(data_dir), node, offline=offline,
-                                     topology=topology or None, routes=routes, policy=policy)
+                                     topology=topology or None, routes=routes, policy=policy,
+                                     attach=list(attach or []))
         en.save()
     except EdgeError as e:
         raise ValueError(str(e)) from None
