@@ -215,3 +215,19 @@ def test_ready_says_how_far_behind_the_monitor_is(tmp_path):
     ok, details = check()
     assert not ok and details["lag_s"] == 4.0 and details["pending"] == 12_000
     assert details["reason"] == "the monitor is 4.0 s behind its telemetry (at most 3 s)"
+
+
+def test_the_telemetry_mirror_never_replaces_a_newer_report_with_an_older_replay(mon):
+    new = mon.telemetry("n1", ["n2"], ts_ns=T0 + 3 * S)
+    stage.apply_telemetry(mon.deps, "n1", new.SerializeToString())
+    old = mon.telemetry("n1", ["n2"], ts_ns=T0 + 1 * S)
+    stage.apply_telemetry(mon.deps, "n1", old.SerializeToString())       # the watcher lagging behind
+    assert mon.deps.view.nodes["n1"].meta.ts_unix_ns == T0 + 3 * S
+    assert mon.deps.deadlines.due(T0 + 4 * S + 1) == []                   # its deadline is the newer report's
+    gone = events_pb2.NodeTelemetry()
+    gone.CopyFrom(new)
+    gone.reachable, gone.meta.ts_unix_ns = False, T0 + 5 * S              # a replica marked it unreachable
+    stage.apply_telemetry(mon.deps, "n1", gone.SerializeToString())
+    back = mon.telemetry("n1", ["n2"], ts_ns=T0 + int(4.9 * S))          # then it reported (its clock behind)
+    stage.apply_telemetry(mon.deps, "n1", back.SerializeToString())
+    assert mon.deps.view.nodes["n1"].reachable

@@ -181,8 +181,9 @@ def apply_telemetry(deps: MonitorDeps, key: str, value: bytes | None) -> None:
         return
     t = events_pb2.NodeTelemetry.FromString(value)
     known = deps.view.nodes.get(t.node_id)
-    if known is not None and known.meta.ts_unix_ns > t.meta.ts_unix_ns:
+    if known is not None and known.meta.ts_unix_ns > t.meta.ts_unix_ns and (known.reachable or not t.reachable):
         return      # the watcher replays an older value (it lags behind our own writes): keep the newer one
+    # (a node's report older than our "unreachable" stamp is taken: the node's clock may be behind ours)
     deps.view.update(t)
     deps.track(t)
     ts = t.meta.ts_unix_ns if t.reachable else 0
