@@ -1,18 +1,20 @@
 """The seed's Example 2 as written: an operator's DAO proposal of kind topology_update / config_change, made with
 skill/scripts/dao-vote.py (or meshctl gov), passes the vote and is EXECUTED: governance signs the action, the
 executor applies its parameters on the real mesh, verifies them from the nodes' telemetry, and rolls a harmful
-one back. Bad parameters are refused when the proposal is made; reinstate is accepted by both CLIs.
+one back. Bad parameters are refused when the proposal is made; reinstate is accepted by both CLIs. The mesh is
+started with `meshctl mesh up`, whose progress (a line per step) goes to stderr.
 Real secured stack (TLS, nkeys, permissions), real mesh agents, real gRPC, ML-DSA-65 signed votes."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
-from testkit import eventually, mesh_ready, mesh_telemetry, start_mesh
+from testkit import eventually, mesh_ready, mesh_telemetry
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.reader import read_all
@@ -85,7 +87,17 @@ async def test_operator_changes_pass_the_dao_and_are_executed(stack_factory, tmp
     assert (await op.dao("--action", "keygen", "--key", str(op.key))).returncode == 0
     r = await op.dao("--action", "register", "--voter", "alice", "--balance", "100", "--key", str(op.key))
     assert r.returncode == 0, r.stderr
-    mesh = start_mesh(stack)                       # grid:9, a flow n0 -> n8
+    # the mesh as an operator starts it: meshctl mesh up, a long command that shows a line per step on stderr
+    common = ("--nats", stack.url, "--data-dir", str(stack.data_dir))
+    r = await op.meshctl("mesh", "up", "--nodes", "9", "--topology", "grid", "--traffic", "n0:n8", "--detach",
+                         *common)
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert all(re.match(r"^\s*\d+\.\ds ", ln) for ln in steps), steps          # elapsed time, then the step
+    found = [next(i for i, ln in enumerate(steps) if w in ln)
+             for w in ("checking the stack", "granting 1 mesh host identity", "starting 9 node agents")]
+    assert found == sorted(found), steps                                          # in order
+    assert "9 nodes, 12 links" in r.stdout and "checking the stack" not in r.stdout   # the result on stdout
     nc = await stack.connect()
     js = nc.jetstream()
     try:
@@ -156,5 +168,5 @@ async def test_operator_changes_pass_the_dao_and_are_executed(stack_factory, tmp
         await eventually(n0_back, 30, 0.2, what="link n0-n3 back after the rollback")
     finally:
         await nc.close()
-        mesh.terminate()
-        mesh.wait(10)
+        down = await op.meshctl("mesh", "down", "--data-dir", str(stack.data_dir))
+        assert down.returncode == 0, down.stdout + down.stderr

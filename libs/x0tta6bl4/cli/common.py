@@ -54,7 +54,7 @@ _STARTED = time.monotonic()
 def progress(step: str) -> None:
     """One line per step of a long command, on stderr (stdout stays the command's result): the time since
     meshctl started and what it is doing now."""
-    err_console.print(f"[dim]{time.monotonic() - _STARTED:6.1f}s[/] {step}", highlight=False)
+    err_console.print(f"[dim]{time.monotonic() - _STARTED:6.1f}s[/] {step}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
