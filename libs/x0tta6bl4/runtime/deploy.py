@@ -46,7 +46,7 @@ import yaml
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.permissions import AUDIT_READER, EDGE, MESH_HOST_PREFIX, OPERATOR, PROVISIONER, SERVICES
 from x0tta6bl4.keyvault import pin
-from x0tta6bl4.runtime.secrets import Secrets, SecretsError
+from x0tta6bl4.runtime.secrets import ROUTE_NAMES, Secrets, SecretsError
 from x0tta6bl4.runtime.secrets import init as init_secrets
 
 CONTAINER_DIR = "/run/secrets/x0tta6bl4"
@@ -57,6 +57,8 @@ NATS_PORT = 4222
 NATS_STORE = "/data"
 NATS_MONITOR = "127.0.0.1:8222"            # health checks inside nats-server's own container only
 NATS_SERVER_NAME = "x0tta6bl4-nats"
+NATS_SERVERS = 3                           # a JetStream cluster: nats-0..2 (compose services, StatefulSet pods)
+NATS_CLUSTER_PORT = 6222                   # routes between them (mutual TLS with the route certificate)
 DEMO_HOST = "demo"
 DEMO_NODES = tuple(f"n{i}" for i in range(9))   # grid:9, the demo mesh of compose and mesh-deployment.yaml
 K8S_AGENT_PREFIX = "k8s-"                  # the mesh host of Kubernetes node N is k8s-<N>
@@ -77,7 +79,8 @@ NKEY, CA, TRUST, SIGNING = "nats.nk", "ca.pem", "trust.json", "signing.seed"
 CA_KEY, ROOT_KEY, HOSTS, ADMIN_TOKEN, MASTER_KEY = "ca.key", "keyvault-root.key", "hosts.json", "admin.token", \
     "master.key"
 NATS_CONF, SERVER_CERT, SERVER_KEY = "nats.conf", "server.pem", "server.key"
-PUBLIC = frozenset({CA, TRUST, HOSTS, NATS_CONF, SERVER_CERT})
+ROUTE_CERT, ROUTE_KEY = "route.pem", "route.key"
+PUBLIC = frozenset({CA, TRUST, HOSTS, NATS_CONF, SERVER_CERT, ROUTE_CERT})
 FILES = {NKEY: "the identity's NATS nkey seed", CA: "the deployment CA certificate (public)",
          TRUST: "the trust bundle: the services' public signing keys (public)",
          SIGNING: "the service's ML-DSA-65 signing seed", CA_KEY: "the CA key (keyvault only: it issues SVIDs)",
@@ -85,7 +88,9 @@ FILES = {NKEY: "the identity's NATS nkey seed", CA: "the deployment CA certifica
          HOSTS: "mesh hosts and their nodes (keyvault only)", ADMIN_TOKEN: "the ledger admin token (governance)",
          MASTER_KEY: "keyvault's keystore master key (Kubernetes: replicas share it)",
          NATS_CONF: "nats-server's configuration", SERVER_CERT: "nats-server's certificate",
-         SERVER_KEY: "nats-server's private key"}
+         SERVER_KEY: "nats-server's private key",
+         ROUTE_CERT: "the certificate clustered nats-servers present on their routes",
+         ROUTE_KEY: "the route certificate's private key (nats-server only)"}
 
 
 class DeployError(Exception):
@@ -192,8 +197,10 @@ class Deployment:
         return Identity(name, service, files, env, values)
 
     def nats(self) -> Identity:
-        """nats-server's container: its configuration, certificate and key."""
-        files = {NATS_CONF: self.nats_conf, SERVER_CERT: self.secrets.server_cert, SERVER_KEY: self.secrets.server_key}
+        """nats-server's container (each server of the cluster): its configuration, its certificate and key, the
+        route certificate and key and the CA (the routes' mutual TLS)."""
+        files = {NATS_CONF: self.nats_conf, SERVER_CERT: self.secrets.server_cert, SERVER_KEY: self.secrets.server_key,
+                 ROUTE_CERT: self.secrets.route_cert, ROUTE_KEY: self.secrets.route_key, CA: self.secrets.ca_cert}
         return Identity("nats", None, files, {})
 
     def mesh_hosts(self) -> dict[str, list[str]]:
@@ -201,7 +208,8 @@ class Deployment:
 
     def containers(self) -> dict[str, Identity]:
         """Every container identity of the deployment by its compose service / Kubernetes workload name."""
-        out = {"nats": self.nats(), "provision": self.identity(PROVISIONER)}
+        out = {"nats": self.nats(), **{f"nats-{i}": self.nats() for i in range(1, NATS_SERVERS)},
+               "provision": self.identity(PROVISIONER)}
         out.update({svc: self.identity(svc, svc) for svc in SERVICES})
         out["mesh"] = self.identity(mesh_host_identity(DEMO_HOST))
         return out
@@ -228,6 +236,16 @@ class Deployment:
         conf["tls"]["cert_file"] = f"{CONTAINER_DIR}/{SERVER_CERT}"
         conf["tls"]["key_file"] = f"{CONTAINER_DIR}/{SERVER_KEY}"
         conf["http"] = NATS_MONITOR
+        # the cluster: every server routes to nats-0..2.nats (a route to itself is recognised and dropped) over
+        # mutual TLS with the route certificate (its key pinned); each server's name comes from its command line
+        # (--name); clients are not told the servers' addresses (they reach `nats`, which names every server)
+        block = self.secrets.cluster_block(NATS_CLUSTER_PORT, [f"nats-route://{name}:{NATS_CLUSTER_PORT}"
+                                                               for name in ROUTE_NAMES[:NATS_SERVERS]],
+                                           host="0.0.0.0", name="x0tta6bl4")
+        block["tls"].update(cert_file=f"{CONTAINER_DIR}/{ROUTE_CERT}", key_file=f"{CONTAINER_DIR}/{ROUTE_KEY}",
+                            ca_file=f"{CONTAINER_DIR}/{CA}")
+        block["no_advertise"] = True
+        conf["cluster"] = block
         return json.dumps(conf, indent=1) + "\n"
 
 
@@ -463,8 +481,15 @@ async def provision(timeout_s: float) -> str:
                                   f"({_describe(e)})") from None
             await asyncio.sleep(0.5)
     try:
-        await asyncio.wait_for(ensure_topology(nc.jetstream(), s.stream_replicas, s.max_deliver, s.ack_wait_s),
-                               timeout_s)
+        while True:     # a new cluster answers once its meta leader is elected and enough servers are current
+            try:
+                await asyncio.wait_for(ensure_topology(nc.jetstream(), s.stream_replicas, s.max_deliver,
+                                                       s.ack_wait_s), max(1.0, deadline - loop.time()))
+                break
+            except Exception:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
     except Exception as e:  # noqa: BLE001 - a permission violation goes unanswered: a timeout
         raise DeployError(f"{who} could not declare the streams, buckets and consumers on {s.nats_url} "
                           f"({_describe(e)}): only the provisioner identity may (X0TTA6BL4_NATS_IDENTITY="

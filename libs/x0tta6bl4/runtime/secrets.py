@@ -41,6 +41,9 @@ from x0tta6bl4.trust import ROLES, Signer, TrustBundle
 
 ACCOUNT = "X0"
 SERVER_NAMES = ("localhost", "nats")
+# the names clustered nats-servers reach each other by on their routes (docker-compose.yml's network aliases,
+# the Kubernetes StatefulSet's pods behind the headless Service `nats`); under the CA's `nats` name constraint
+ROUTE_NAMES = tuple(f"nats-{i}.nats" for i in range(5))
 
 
 class SecretsError(Exception):
@@ -112,6 +115,17 @@ def ca_constraints_current(ca_pem: pathlib.Path) -> bool:
         return True
     return not any(isinstance(n, x509.UniformResourceIdentifier) and "://" in n.value
                    for n in nc.permitted_subtrees or ())
+
+
+def route_names_current(route_pem: pathlib.Path) -> bool:
+    """False for a route certificate made before it named the routes' hosts (:data:`ROUTE_NAMES`): ``init``
+    makes a new one (its key is pinned by each server's cluster block, so every server's configuration follows)."""
+    try:
+        cert = x509.load_pem_x509_certificate(route_pem.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+    return set(ROUTE_NAMES) <= set(names.get_values_for_type(x509.DNSName))
 
 
 def issue_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, cn: str,
@@ -335,8 +349,9 @@ def init(root: str | pathlib.Path, trust_domain: str | None = None, *, force: bo
         write_secret_file(s.server_key, _pem_key(key))
         _write_public(s.server_cert, cert.public_bytes(serialization.Encoding.PEM))
         note(s.server_cert)
-    if force or not s.route_cert.is_file() or not s.route_key.is_file():     # cluster routes (mutual TLS)
-        key, cert = issue_server_cert(ca_key, ca, "nats-route", SERVER_NAMES, ("127.0.0.1", "::1"))
+    if (force or not s.route_cert.is_file() or not s.route_key.is_file()       # cluster routes (mutual TLS)
+            or not route_names_current(s.route_cert)):
+        key, cert = issue_server_cert(ca_key, ca, "nats-route", (*SERVER_NAMES, *ROUTE_NAMES), ("127.0.0.1", "::1"))
         write_secret_file(s.route_key, _pem_key(key))
         _write_public(s.route_cert, cert.public_bytes(serialization.Encoding.PEM))
         note(s.route_cert)

@@ -127,38 +127,54 @@ def rewrite_paths():
 
 @dataclass
 class Server:
-    url: str
+    url: str                    # the first server's
     port: int
     tmp: pathlib.Path
     log: pathlib.Path
+    urls: str = ""              # every server's, comma-separated (what the containers' `nats` names)
+    logs: tuple[pathlib.Path, ...] = ()
 
 
 @contextlib.contextmanager
 def running_nats(dep: deploy.Deployment, tmp_path: pathlib.Path):
-    """A real nats-server running the configuration generated for its container, with the container paths
-    (credentials, JetStream store) moved into ``tmp_path`` and the port made free."""
+    """The cluster of real nats-servers (deploy.NATS_SERVERS) running the configuration generated for their
+    container, with the container paths (credentials, JetStream store) moved into ``tmp_path``, the ports made
+    free, each server named as its container's command names it and the routes' hosts (nats-<i>.nats) made
+    loopback (the route certificate names 127.0.0.1 too)."""
     nats_dir = tmp_path / "nats-secrets"
     _materialize(dep.nats(), nats_dir)
-    conf = json.loads((nats_dir / deploy.NATS_CONF).read_text())
-    port = free_port()
-    conf = rewrite(conf, {deploy.CONTAINER_DIR: str(nats_dir), deploy.NATS_STORE: str(tmp_path / "jetstream")})
-    assert "/run/" not in json.dumps(conf), "a container path the test did not rewrite"
-    conf.update(host="127.0.0.1", port=port, http=f"127.0.0.1:{free_port()}")
-    config = tmp_path / "nats.conf"
-    config.write_text(json.dumps(conf))
-    log = tmp_path / "nats.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=fh, stderr=subprocess.STDOUT)
+    base = json.loads((nats_dir / deploy.NATS_CONF).read_text())
+    n = deploy.NATS_SERVERS
+    ports, routes = [free_port() for _ in range(n)], [free_port() for _ in range(n)]
+    assert base["cluster"]["routes"] == [f"nats-route://nats-{i}.nats:{deploy.NATS_CLUSTER_PORT}" for i in range(n)]
+    procs, logs = [], []
+    for i in range(n):
+        conf = rewrite(base, {deploy.CONTAINER_DIR: str(nats_dir), deploy.NATS_STORE: str(tmp_path / f"js-{i}")})
+        assert "/run/" not in json.dumps(conf), "a container path the test did not rewrite"
+        conf.update(host="127.0.0.1", port=ports[i], http=f"127.0.0.1:{free_port()}")
+        conf["cluster"].update(host="127.0.0.1", port=routes[i],
+                               routes=[f"nats-route://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i])
+        config = tmp_path / f"nats-{i}.conf"
+        config.write_text(json.dumps(conf))
+        log = tmp_path / ("nats.log" if i == 0 else f"nats-{i}.log")
+        logs.append(log)
+        with open(log, "wb") as fh:
+            procs.append(subprocess.Popen([nats_server_binary(), "-c", str(config), "--name", f"nats-{i}"],
+                                          stdout=fh, stderr=subprocess.STDOUT))
 
     def ready() -> bool:
-        assert proc.poll() is None, f"nats-server refused the generated configuration:\n{log.read_text()[-3000:]}"
-        return b"Server is ready" in log.read_bytes()
+        for proc, log in zip(procs, logs, strict=True):
+            assert proc.poll() is None, f"nats-server refused the generated configuration:\n{log.read_text()[-3000:]}"
+        return all(b"Server is ready" in log.read_bytes() for log in logs)
     try:
         eventually_sync(ready, timeout=15)
-        yield Server(f"tls://127.0.0.1:{port}", port, tmp_path, log)
+        yield Server(f"tls://127.0.0.1:{ports[0]}", ports[0], tmp_path, logs[0],
+                     ",".join(f"tls://127.0.0.1:{p}" for p in ports), tuple(logs))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
 
 
 @pytest.fixture

@@ -106,7 +106,8 @@ def test_compose_every_container_gets_its_own_credentials_only(generated_compose
             assert env["X0TTA6BL4_NATS_URL"] == "tls://nats:4222", name
     # secrets are not shared: only the public files are in more than one container
     public = {p for ident in containers.values() for n, p in ident.files.items() if n in deploy.PUBLIC}
-    shared = {str(p): names for p, names in owner.items() if len(names) > 1 and p not in public}
+    servers = {"nats", *(f"nats-{i}" for i in range(1, deploy.NATS_SERVERS))}    # one identity, three servers
+    shared = {str(p): names for p, names in owner.items() if len(names) > 1 and p not in public and names != servers}
     assert not shared, shared
     ca_key = dep.secrets.ca_key
     assert owner[ca_key] == {"keyvault"}, "the CA key goes to keyvault only"
@@ -170,9 +171,17 @@ def test_compose_no_container_runs_as_root_and_filesystems_are_read_only(generat
 def test_compose_nats_is_configured_secured_and_services_wait_for_the_provisioner(generated_compose):
     c = generated_compose.compose()
     svcs = c["services"]
-    nats = svcs["nats"]
-    assert nats["command"] == ["nats-server", "-c", f"{CD}/nats.conf"]
-    assert any(v.split(":")[0] in c["volumes"] and v.endswith(":/data") for v in nats["volumes"])
+    stores = set()
+    for i in range(deploy.NATS_SERVERS):       # a JetStream cluster of three: nats (nats-0), nats-1, nats-2
+        nats = svcs["nats" if i == 0 else f"nats-{i}"]
+        assert nats["command"] == ["nats-server", "-c", f"{CD}/nats.conf", "--name", f"nats-{i}"]
+        (store,) = [v.split(":")[0] for v in nats["volumes"] if v.endswith(":/data")]
+        assert store in c["volumes"]
+        stores.add(store)
+        aliases = nats["networks"]["default"]["aliases"]
+        assert f"nats-{i}.nats" in aliases and ("nats" in aliases) == (i > 0), aliases   # `nats` names all three
+        assert nats["healthcheck"] == svcs["nats"]["healthcheck"] and nats["user"] == svcs["nats"]["user"]
+    assert len(stores) == deploy.NATS_SERVERS, "each server its own store"
     conf = yaml.safe_load(generated_compose.dep.nats_conf.read_text())
     assert conf["tls"] == {"cert_file": f"{CD}/server.pem", "key_file": f"{CD}/server.key", "timeout": 5}
     assert conf["jetstream"]["store_dir"] == "/data" and conf["port"] == 4222
@@ -181,13 +190,18 @@ def test_compose_nats_is_configured_secured_and_services_wait_for_the_provisione
     assert users and all(u["nkey"].startswith("U") and u["permissions"] for u in users)
     prov = svcs["provision"]
     assert prov["command"][:4] == ["python", "-m", "x0tta6bl4.runtime.deploy", "provision"]
-    assert prov["restart"] == "no" and prov["depends_on"] == {"nats": {"condition": "service_healthy"}}
+    servers = ("nats", *(f"nats-{i}" for i in range(1, deploy.NATS_SERVERS)))
+    assert prov["restart"] == "no" and prov["depends_on"] == {n: {"condition": "service_healthy"} for n in servers}
+    assert all(svcs[s]["environment"]["X0TTA6BL4_STREAM_REPLICAS"] == "3" for s in SERVICES)
+    cluster = conf["cluster"]
+    assert cluster["routes"] == [f"nats-route://nats-{i}.nats:6222" for i in range(deploy.NATS_SERVERS)]
+    assert cluster["no_advertise"] is True and cluster["tls"]["verify"] is True
     for name, s in svcs.items():
         assert s.get("restart") in ("unless-stopped", "always", "on-failure", "no"), name
         if name == "provision":
             continue
         assert s["healthcheck"]["test"], name
-        if name == "nats":
+        if name.startswith("nats"):
             assert "127.0.0.1:8222/healthz" in " ".join(s["healthcheck"]["test"])
             continue
         assert "/health" in " ".join(s["healthcheck"]["test"]) and "8080" in " ".join(s["healthcheck"]["test"])
@@ -367,7 +381,7 @@ def test_k8s_network_policies_deny_by_default_and_admit_only_the_callers(generat
                  next(iter(f["podSelector"]["matchLabels"].values())), port["port"])
                 for rule in ingress[target] for f in rule["from"] for port in rule["ports"]}
     assert set(ingress) == {"nats", "keyvault", "governance"}
-    assert admitted("nats") == {("x0tta6bl4/bus=client", 4222)}
+    assert admitted("nats") == {("x0tta6bl4/bus=client", 4222), ("app.kubernetes.io/name=nats", 6222)}  # routes
     assert admitted("keyvault") == {("x0tta6bl4/keyvault=client", 50052)}
     assert admitted("governance") == {("x0tta6bl4/governance=client", 50051)}
     # who carries which label: everything on the bus; keyvault's gRPC only for the mesh hosts
@@ -400,15 +414,29 @@ def test_k8s_services_nats_and_grpc_bind_addresses(generated_k8s):
     assert all(k[len(PREFIX):].lower() in CommonSettings.model_fields for k in cm["data"])
     nats = by[("StatefulSet", "nats")]
     (c,) = pod_spec(nats)["containers"]
-    assert c["command"] == ["nats-server", "-c", f"{CD}/nats.conf"]
-    assert [p["containerPort"] for p in c["ports"]] == [4222]
+    assert c["command"] == ["nats-server", "-c", f"{CD}/nats.conf", "--name", "$(POD_NAME)"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
+    assert [p["containerPort"] for p in c["ports"]] == [4222, 6222]
     assert "8222" in " ".join(c["readinessProbe"]["exec"]["command"])     # probed from inside the pod
-    assert [p["port"] for p in by[("Service", "nats")]["spec"]["ports"]] == [4222]
+    # a JetStream cluster of three behind the headless Service `nats` (nats-<i>.nats: the routes' hosts)
+    assert nats["spec"]["replicas"] == deploy.NATS_SERVERS == 3 and nats["spec"]["serviceName"] == "nats"
+    svc = by[("Service", "nats")]["spec"]
+    assert [p["port"] for p in svc["ports"]] == [4222] and svc["clusterIP"] == "None"
+    assert svc["publishNotReadyAddresses"] is True
+    pdb = by[("PodDisruptionBudget", "nats")]["spec"]
+    assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"] == {"app.kubernetes.io/name": "nats"}
+    assert cm["data"]["X0TTA6BL4_STREAM_REPLICAS"] == "3"
     job = by[("Job", "x0tta6bl4-provision")]
     (c,) = pod_spec(job)["containers"]
     assert c["command"][:4] == ["python", "-m", "x0tta6bl4.runtime.deploy", "provision"]
     conf = yaml.safe_load(generated_k8s.dep.nats_conf.read_text())
     assert conf["http"] == "127.0.0.1:8222" and conf["tls"]["cert_file"] == f"{CD}/server.pem"
+    cluster = conf["cluster"]
+    assert cluster["port"] == 6222 and cluster["no_advertise"] is True
+    assert cluster["routes"] == [f"nats-route://nats-{i}.nats:6222" for i in range(3)]
+    assert cluster["tls"]["verify"] is True and len(cluster["tls"]["pinned_certs"]) == 1
+    assert {cluster["tls"][k] for k in ("cert_file", "key_file", "ca_file")} == {f"{CD}/route.pem", f"{CD}/route.key",
+                                                                               f"{CD}/ca.pem"}
 
 
 def test_k8s_node_agents_have_their_own_identity_and_keyvault(generated_k8s):
