@@ -130,6 +130,40 @@ async def raw(a: argparse.Namespace) -> None:
     await nc.close()
 
 
+def handler_cost(n: int) -> dict[str, float]:
+    """CPU per report in the monitor's own handlers, in this process on the in-memory bus (the service's
+    composition root, no broker: decoding, the NATS client and TLS are not in it): two rounds of n nodes."""
+    import tempfile as tf
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))     # services/ (the monitor's composition root)
+
+    from services.monitor.main import MonitorSettings, build, dependencies
+    from x0tta6bl4.bus import subjects
+    from x0tta6bl4.bus.memory import TestBus
+    from x0tta6bl4.ids import new_meta
+    from x0tta6bl4.v1 import events_pb2
+
+    with tf.TemporaryDirectory() as d:
+        s = MonitorSettings(data_dir=d, monitor_collector="off", discover_hosts=False)
+        deps = dependencies(s)
+        bus = TestBus(build(s, deps))
+        mesh = grid(n)
+
+        async def rounds() -> float:
+            t0 = time.process_time()
+            for _ in range(2):
+                for node, nb in mesh.items():
+                    t = events_pb2.NodeTelemetry(meta=new_meta(node), node_id=node, reachable=True, neighbours=nb,
+                                                 cpu_pct=10)
+                    for p in nb:
+                        t.links.add(peer=p, latency_ms=1.0)
+                    await bus.publish(subjects.telemetry(node), t)
+            return time.process_time() - t0
+        cpu = asyncio.run(rounds())
+    per = cpu / (2 * n)
+    return {"cpu_per_report_us": round(per * 1e6, 1), "reports_per_cpu_s": round(1 / per)}
+
+
 # ---- the measuring process ------------------------------------------------------------------------------
 def spawn(mode: str, **kw: Any) -> subprocess.Popen:
     args = [sys.executable, str(HERE / "bench_scale.py"), mode]
@@ -280,6 +314,8 @@ async def run_scale(n: int, duration: float, tmp: pathlib.Path) -> dict[str, Any
             "false_criticals": false_deaths, "windows": len(windows),
             "window_max_bytes": max(windows, default=0), "pending_after_kill": after["pending"],
             "cpu": usage, "cpu_per_node_monitor_pct": round(usage.get("monitor", {}).get("cpu_pct", 0) / n, 4),
+            "monitor_cpu_per_report_us": round(usage.get("monitor", {}).get("cpu_pct", 0) / 100
+                                               / max(handled_rate, 1e-9) * 1e6),
         }
     finally:
         for p in (gen, rawp):
@@ -350,6 +386,12 @@ def main() -> int:
         sizes, replicas, a.duration = [1000], [1, 2], 8.0
     results: dict[str, Any] = {"note": "figures measured on a busy shared machine are indicative only",
                                "scale": [], "replicas": []}
+    results["handlers"] = handler_cost(max(sizes))
+    if not a.json:
+        h = results["handlers"]
+        print(f"monitor handlers in process (in-memory bus, {max(sizes)} nodes x 2): {h['cpu_per_report_us']} us "
+              f"CPU per report, {h['reports_per_cpu_s']} reports per CPU second (incl. building the reports)",
+              flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
         for n in sizes:
             r = asyncio.run(run_scale(n, a.duration, pathlib.Path(d) / f"scale-{n}"))
@@ -361,7 +403,8 @@ def main() -> int:
                       f"{r['backlog_s'][-1] if r['backlog_s'] else 0} s, growing: {r['backlog_growing']}; "
                       f"dropped unread {r['dropped_unread']}; kill to plan {r['kill_to_plan_s']} s "
                       f"({r['beyond_liveness_s']} s beyond the {STALE_AFTER_S:g} s liveness timeout); "
-                      f"false criticals {len(r['false_criticals'])}; largest window {r['window_max_bytes']} B",
+                      f"false criticals {len(r['false_criticals'])}; largest window {r['window_max_bytes']} B; "
+                      f"monitor {r['monitor_cpu_per_report_us']} us CPU per report handled",
                       flush=True)
                 for name, u in sorted(r["cpu"].items()):
                     print(f"        {name:<14} {u['cpu_pct']:6.1f} % of a core  {u['rss_mb']:7.1f} MB", flush=True)

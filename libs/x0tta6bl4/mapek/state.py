@@ -64,24 +64,34 @@ class MeshView:
         whose serialized telemetry fits in ``max_bytes``; the whole mesh when it fits. A focus node is
         always included (even alone over the budget). Sorted by node id, like :meth:`snapshot`."""
         exclude = exclude or set()
-        sizes = {n: t.ByteSize() + 6 for n, t in self.nodes.items() if n not in exclude}  # + field tag, length
-        if sum(sizes.values()) <= max_bytes:
-            return [self.nodes[k] for k in sorted(sizes)]
+
+        def size(n: str) -> int:
+            return self.nodes[n].ByteSize() + 6           # + the field's tag and length
+
+        total = 0
+        for n in self.nodes:                              # stops as soon as the mesh does not fit
+            if n not in exclude:
+                total += size(n)
+                if total > max_bytes:
+                    break
+        else:
+            return [self.nodes[k] for k in sorted(self.nodes) if k not in exclude]
         chosen: dict[str, None] = {}
         used = 0
-        frontier = [n for n in dict.fromkeys(focus) if n in sizes]
+        frontier = [n for n in dict.fromkeys(focus) if n in self.nodes and n not in exclude]
         for n in frontier:
             chosen[n] = None
-            used += sizes[n]
+            used += size(n)
         while frontier and used < max_bytes:
             nxt: list[str] = []
             for n in frontier:
                 for p in self.neighbours(n):
-                    if p in sizes and p not in chosen:
-                        if used + sizes[p] > max_bytes:
+                    if p in self.nodes and p not in exclude and p not in chosen:
+                        sz = size(p)
+                        if used + sz > max_bytes:
                             return [self.nodes[k] for k in sorted(chosen)]
                         chosen[p] = None
-                        used += sizes[p]
+                        used += sz
                         nxt.append(p)
             frontier = nxt
         return [self.nodes[k] for k in sorted(chosen)]
