@@ -23,6 +23,7 @@ from x0tta6bl4.runtime.stack import repo_root
 from x0tta6bl4.v1 import events_pb2
 
 SCRIPT = repo_root() / "skill" / "scripts" / "dao-vote.py"
+SEED_SCRIPT = "skills/x0tta6bl4-mesh-orchestrator/scripts/dao-vote.py"    # the seed's path (a symlink to skill/)
 SERVICES = ("keyvault", "monitor", "executor", "governance")   # no analyzer/planner: only the operator acts
 # six operator changes within a minute, all with no target node: the executor's per-node action budget (4 a minute
 # against "mesh") would refuse the last ones (as it should: that is its job); this test is about the changes
@@ -42,15 +43,16 @@ class Operator:
         return await asyncio.to_thread(subprocess.run, list(argv), capture_output=True, text=True, timeout=120,
                                        env=self.env, cwd=repo_root())
 
-    async def dao(self, *args: str) -> subprocess.CompletedProcess:
-        return await self.run(sys.executable, str(SCRIPT), *args)
+    async def dao(self, *args: str, script: str | None = None) -> subprocess.CompletedProcess:
+        return await self.run(sys.executable, script or str(SCRIPT), *args)
 
     async def meshctl(self, *args: str) -> subprocess.CompletedProcess:
         return await self.run(sys.executable, "-m", "x0tta6bl4.cli.main", *args)
 
-    async def propose_and_pass(self, *args: str) -> str:
+    async def propose_and_pass(self, *args: str, script: str | None = None) -> str:
         """Create a proposal with dao-vote.py ``args`` (signed by alice), vote it through; its id."""
-        r = await self.dao(*args, "--duration", "300", "--proposer", "alice", "--key", str(self.key), "--json")
+        r = await self.dao(*args, "--duration", "300", "--proposer", "alice", "--key", str(self.key), "--json",
+                           script=script)
         assert r.returncode == 0, r.stderr
         pid = json.loads(r.stdout)["id"]
         r = await self.dao("--action", "vote", "--proposal", pid, "--voter", "alice", "--choice", "yes",
@@ -118,8 +120,10 @@ async def test_operator_changes_pass_the_dao_and_are_executed(stack_factory, tmp
                              "--duration", "300")
         assert r.returncode == 0 and "ACTIVE" in r.stdout, r.stderr
 
-        # the seed's command as written (no parameters): a route refresh at every node, executed and verified
-        pid = await op.propose_and_pass("--action", "topology_update", "--title", "Auto-heal: reroute around node-3")
+        # the seed's command as written, by the seed's path (no parameters): a route refresh at every node,
+        # executed and verified
+        pid = await op.propose_and_pass("--action", "topology_update", "--title", "Auto-heal: reroute around node-3",
+                                        script=SEED_SCRIPT)
         _, v = await op.outcome(js, pid)
         assert v.recovered, list(v.checks_failed)
 
