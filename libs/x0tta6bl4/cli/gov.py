@@ -33,6 +33,8 @@ from x0tta6bl4.runtime import locate
 
 DEFAULT_ADDR = locate.GRPC["governance"][1]
 ACTIONS = ("reroute", "rotate_keys", "deploy", "config_change", "isolate", "restart", "reinstate", "topology_update")
+NEEDS_TARGET = {"reroute": "route around", "isolate": "isolate", "restart": "restart",
+                "reinstate": "route through again"}
 STATES = ("active", "passed", "rejected", "executed", "expired", "canceled")
 
 gov_app = typer.Typer(help="governance: proposals and signed quadratic votes (gRPC client)",
@@ -163,6 +165,9 @@ def action_spec(kind: str, target: str = "", params: list[str] | None = None):
             raise GovError(f"--param must be KEY=VALUE, got {p!r}")
         k, v = p.split("=", 1)
         out[k] = v
+    if kind in NEEDS_TARGET and not target:     # the executor could never run it: say so before anyone votes
+        raise GovError(f"INVALID_ARGUMENT: a {kind} proposal needs a target node (--target NODE: the node to "
+                       f"{NEEDS_TARGET[kind]})")
     from x0tta6bl4.execution import changes
     try:
         changes.validate(kind, target, out)

@@ -93,3 +93,19 @@ def test_check_reads_the_change_from_telemetry():
     ok, bad = changes.check("config_change", cfg, [T("a", [], on), T("b", [], {"config.hello_interval_s": 0.2}),
                                                    T("c", [], {})])
     assert bad == ["hello_interval=0.3 not in force at b, c"]
+
+
+def test_the_clients_refuse_what_could_never_run_before_calling_the_service():
+    from x0tta6bl4.cli import gov
+    with pytest.raises(gov.GovError, match="a reroute proposal needs a target node"):
+        gov.action_spec("reroute")
+    with pytest.raises(gov.GovError, match="INVALID_ARGUMENT: topology_update: state must be down or up"):
+        gov.action_spec("topology_update", params=["link=n1,n2", "state=off"])
+    with pytest.raises(gov.GovError, match="--param must be KEY=VALUE"):
+        gov.action_spec("config_change", params=["hello_interval"])
+    with pytest.raises(gov.GovError, match="--action must be one of"):
+        gov.action_spec("teleport")
+    spec = gov.action_spec("reinstate", "n3")
+    assert spec.kind == K.ACTION_KIND_REINSTATE and spec.target_node == "n3"
+    spec = gov.action_spec("topology_update", params=["link=n1,n2", "state=down"])
+    assert spec.kind == K.ACTION_KIND_TOPOLOGY_UPDATE and dict(spec.params) == {"link": "n1,n2", "state": "down"}
