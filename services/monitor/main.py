@@ -60,10 +60,10 @@ def build(settings: MonitorSettings, deps: stage.MonitorDeps | None = None) -> S
     if registry is not None:
         registry.register(flush)     # before the gauges: a scrape sets the per-node gauges, then reads them
     metrics = prom.build_registry(registry)
-    gauges = wiring.PromGauges(metrics, deps.thresholds)
-    flush.gauges = gauges
-    deps.gauges = gauges
-    wiring.attach_lag(app, deps, gauges, settings.max_lag_s)
+    if registry is None:
+        metrics.registry.register(flush)   # a private registry (a second monitor in one process)
+    deps.gauges = flush.gauges = wiring.PromGauges(metrics, deps.thresholds)
+    wiring.attach_lag(app, deps, settings.max_lag_s)
     wiring.attach_kernel_feed(app, settings, deps, metrics)
     app.mirror(stage.TELEMETRY_BUCKET, on_change=partial(stage.apply_telemetry, deps))
     app.mirror(stage.HEALTH_BUCKET, on_change=partial(stage.apply_health, deps))
