@@ -577,6 +577,9 @@ class Stack:
             cluster = NatsCluster(self.data_dir, self.nats_servers, self.data_dir / "logs", secrets=secrets)
             self.nats = cluster.start()
             self.env.setdefault("X0TTA6BL4_STREAM_REPLICAS", str(self.nats_servers))
+            # a repair verified while a server is lost: the executor's telemetry mirror (a KV watch, an ordered
+            # consumer) resumes after its missed heartbeats (~10 s) and the stream leader's election (up to ~9 s)
+            self.env.setdefault("X0TTA6BL4_VERIFY_TIMEOUT_S", "30")
             cluster.provision(self.nats_servers)
         else:
             self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log",
