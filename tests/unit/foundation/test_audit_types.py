@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
@@ -38,6 +39,7 @@ def _pattern(node: ast.expr, consts: dict[str, str]) -> list[str] | None:
     return None
 
 
+@functools.cache
 def audit_calls() -> list[tuple[str, str, list[str] | None]]:
     """(where, event type or pattern, literal detail keys or None) of every audit call with a literal type."""
     out = []
