@@ -316,7 +316,8 @@ class MeshAgent:
 
     async def command(self, cmd: Mapping[str, Any]) -> dict:
         """Dispatch a command dict: {"kind": "avoid"|"unavoid"|"flush_routes"|"shutdown"|
-        "send"|"fault"|"heal", "peer": ..., "params": {...}}. Returns {"ok": bool, ...}."""
+        "send"|"fault"|"heal"|"set_link"|"set_config", "peer": ..., "params": {...}}. Returns {"ok": bool, ...}
+        (a bad value raises ValueError)."""
         kind = str(cmd.get("kind", "")).lower().removeprefix("kind_")
         peer = cmd.get("peer", "")
         params = cmd.get("params") or {}
@@ -334,6 +335,14 @@ class MeshAgent:
             self.apply_fault(params)
         elif kind == "heal":
             self.impair.clear()
+        elif kind == "set_link":
+            return {"ok": True, "detail": self.set_link(peer, str(params.get("state", "")))}
+        elif kind == "set_config":
+            if params.get("restore") == "previous":
+                return {"ok": True, "detail": self.restore_config()}
+            hello, miss = params.get("hello_interval"), params.get("miss_count")
+            return {"ok": True, "detail": self.set_config(float(hello) if hello is not None else None,
+                                                          int(float(miss)) if miss is not None else None)}
         else:
             return {"ok": False, "error": f"unknown command {kind!r}"}
         return {"ok": True}

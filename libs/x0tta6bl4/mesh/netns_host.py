@@ -215,6 +215,22 @@ class NetnsHost:
             return "agent uses the structural verifier: no keys to reload"
         elif kind == C.KIND_FAULT:
             return await self._fault(node, params)
+        elif kind == C.KIND_SET_LINK:         # an operator's topology_update (x0tta6bl4.execution.changes)
+            if frozenset((node, peer)) not in m.links:
+                raise ValueError(f"{peer!r} is not a neighbour of {node} (no such link in the topology)")
+            state = str(params.get("state", ""))
+            if state not in ("down", "up"):
+                raise ValueError(f"link state must be down or up, got {state!r}")
+            self._stdin(node, {"kind": "set_link", "peer": peer, "params": {"state": state}})
+            return f"link {node}-{peer} {state} (sent to the node process)"
+        elif kind == C.KIND_SET_CONFIG:       # an operator's config_change: checked here, applied by the agent
+            from x0tta6bl4.execution import changes
+            if params.get(changes.RESTORE) != changes.PREVIOUS and not changes.config_values(
+                    {k: v for k, v in params.items() if k != "generation"}):
+                raise ValueError("set config: no parameter (hello_interval, miss_count)")
+            self._stdin(node, {"kind": "set_config", "params": {k: v for k, v in params.items()
+                                                                if k != "generation"}})
+            return "config sent to the node process"
         else:
             raise ValueError(f"unknown command kind {kind}")
         return "ok"

@@ -39,3 +39,17 @@ def test_hello_timing_set_reported_and_restored():
     assert a.restore_config() == "restored hello_interval 0.2, miss_count 3"
     assert a.restore_config() == "nothing to restore"
     assert (a.core.neighbours.hello_interval, a.core.neighbours.miss_count) == (0.2, 3)
+
+
+async def test_the_same_changes_as_stdin_commands_of_a_node_process():
+    """What a netns mesh host sends to each node process (x0tta6bl4.mesh.netns_host: SET_LINK / SET_CONFIG)."""
+    a = agent()
+    assert await a.command({"kind": "set_link", "peer": "n0", "params": {"state": "down"}}) == {
+        "ok": True, "detail": "link n1-n0 down"}
+    assert a.links_down == {"n0"}
+    r = await a.command({"kind": "set_config", "params": {"hello_interval": "0.5", "miss_count": "4"}})
+    assert r["ok"] and (a.config.hello_interval, a.config.miss_count) == (0.5, 4)
+    r = await a.command({"kind": "set_config", "params": {"restore": "previous"}})
+    assert r == {"ok": True, "detail": "restored hello_interval 0.2, miss_count 3"}
+    with pytest.raises(ValueError, match="down or up"):
+        await a.command({"kind": "set_link", "peer": "n0", "params": {"state": ""}})
