@@ -83,6 +83,7 @@ async def generate(a: argparse.Namespace) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     kill_file = pathlib.Path(a.kill_file)
     killed, last_of_killed, published, started = False, 0, 0, time.monotonic()
+    longest = 0.0          # the longest round: about the longest gap between two reports of a node
     nodes = list(mesh)
     slices = 20
     while not stop.is_set():
@@ -101,9 +102,11 @@ async def generate(a: argparse.Namespace) -> None:
                 if node == a.kill:
                     last_of_killed = t.meta.ts_unix_ns
             await asyncio.sleep(max(0.0, round_start + (k + 1) / slices - time.monotonic()))
+        longest = max(longest, time.monotonic() - round_start)
     await nc.flush()
     await nc.close()
-    print(json.dumps({"published": published, "seconds": time.monotonic() - started}), flush=True)
+    print(json.dumps({"published": published, "seconds": time.monotonic() - started, "longest_round_s": longest}),
+          flush=True)
 
 
 async def raw(a: argparse.Namespace) -> None:
@@ -312,6 +315,7 @@ async def run_scale(n: int, duration: float, tmp: pathlib.Path) -> dict[str, Any
             "kill_to_plan_s": None if plan_at is None else round(plan_at - last_report, 2),
             "beyond_liveness_s": None if plan_at is None else round(plan_at - last_report - STALE_AFTER_S, 2),
             "false_criticals": false_deaths, "windows": len(windows),
+            "generator_longest_round_s": round(gen_out.get("longest_round_s", 0.0), 2),
             "window_max_bytes": max(windows, default=0), "pending_after_kill": after["pending"],
             "cpu": usage, "cpu_per_node_monitor_pct": round(usage.get("monitor", {}).get("cpu_pct", 0) / n, 4),
             "monitor_cpu_per_report_us": round(usage.get("monitor", {}).get("cpu_pct", 0) / 100
@@ -403,7 +407,9 @@ def main() -> int:
                       f"{r['backlog_s'][-1] if r['backlog_s'] else 0} s, growing: {r['backlog_growing']}; "
                       f"dropped unread {r['dropped_unread']}; kill to plan {r['kill_to_plan_s']} s "
                       f"({r['beyond_liveness_s']} s beyond the {STALE_AFTER_S:g} s liveness timeout); "
-                      f"false criticals {len(r['false_criticals'])}; largest window {r['window_max_bytes']} B; "
+                      f"criticals other than the stopped node {len(r['false_criticals'])} (the generator's longest "
+                      f"round {r['generator_longest_round_s']} s: above {STALE_AFTER_S:g} s its nodes were really "
+                      f"silent that long); largest window {r['window_max_bytes']} B; "
                       f"monitor {r['monitor_cpu_per_report_us']} us CPU per report handled",
                       flush=True)
                 for name, u in sorted(r["cpu"].items()):
