@@ -107,7 +107,9 @@ def admin(c: Compose) -> tuple:
 
 async def audit_events(js) -> list[events_pb2.AuditEvent]:
     from x0tta6bl4.bus.reader import read_all
-    return [events_pb2.AuditEvent.FromString(m.data) for m in await read_all(js, "audit.>")]
+    # the audit reader may read the AUDIT stream and nothing else (not even look a stream up by subject)
+    msgs = await read_all(js, "audit.>", stream=subjects.STREAM_AUDIT)
+    return [events_pb2.AuditEvent.FromString(m.data) for m in msgs]
 
 
 def truthy(v) -> bool:
@@ -166,7 +168,7 @@ async def test_from_the_host_audit_reader_reads_and_operator_votes_over_mutual_t
         await channel.close()
 
 
-async def kill_and_verify(c: Compose, victim: str, timeout: float = 120.0) -> events_pb2.AuditEvent:
+async def kill_and_verify(c: Compose, victim: str, timeout: float = 180.0) -> events_pb2.AuditEvent:
     """Kill a node of the mesh container (as the operator, over NATS) and wait for the verified repair in
     the audit trail (read with the audit reader's credentials)."""
     op = await c.connect("operator")
@@ -181,11 +183,12 @@ async def kill_and_verify(c: Compose, victim: str, timeout: float = 120.0) -> ev
         assert reply.kind == "command.ok", reply
 
         async def verified():
+            # the loop may take more than one action for an incident (a first one not verified in time is
+            # followed by another): wait for the verified repair, with whatever was verified before it
             for e in await audit_events(js):
-                if e.event_type == "verification" and e.subject_id not in before:
+                if e.event_type == "verification" and e.subject_id not in before and truthy(e.details["recovered"]):
                     return e
-        ev = await eventually(verified, timeout, 0.5, what=f"a verification of the repair of {victim}")
-        return ev
+        return await eventually(verified, timeout, 0.5, what=f"a verified repair after {victim} was killed")
     finally:
         await op.close()
         await reader.close()
@@ -207,12 +210,18 @@ async def test_a_node_failure_in_the_mesh_container_is_repaired_and_verified_in_
     assert truthy(ev.details["recovered"]), dict(ev.details)
 
 
-async def test_a_killed_executor_is_restarted_by_its_policy_and_heals_the_next_failure(compose):
+async def test_a_crashed_executor_is_restarted_by_its_policy_and_heals_the_next_failure(compose):
+    """The executor's process killed with SIGKILL (what an OOM kill or a crash does): the container exits and
+    its restart policy starts it again. (`docker kill` itself would not do: Docker records it as a stop by
+    hand - moby's killWithSignal sets HasBeenManuallyStopped - and restart policies leave such a container
+    alone.)"""
     c = compose
     before = c.inspect("executor")["RestartCount"]
-    c.docker("kill", c.container("executor"))
-    eventually_sync(lambda: c.inspect("executor")["RestartCount"] > before and c.health("executor") == "healthy",
-                    180, 1.0, what="the executor restarted and healthy")
+    # every process of the container's user but its init (kill -1 spares PID 1 and the caller)
+    c.docker("exec", c.container("executor"), "sh", "-c", "kill -KILL -1", check=False)
+    eventually_sync(lambda: c.inspect("executor")["RestartCount"] > before, 120, 0.5,
+                    what="the executor restarted by its policy")
+    eventually_sync(lambda: c.health("executor") == "healthy", 180, 1.0, what="the restarted executor healthy")
     await eventually(lambda: mesh_reporting(c, 8), 120, 1.0, what="the mesh reporting again")
     ev = await kill_and_verify(c, "n1")
     assert truthy(ev.details["recovered"]), dict(ev.details)
