@@ -342,8 +342,14 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
         t_act = min((t for t, s, e in evs if s == subjects.MAPEK_RESULT and e.action.target_node == victim),
                     default=None)
         # a REINSTATE of an earlier victim (back and healthy) undoes an avoid: not an action against a node
-        false_actions = sum(1 for t, s, e in evs if s == subjects.MAPEK_ACTION and e.action.target_node != victim
-                            and e.action.kind != events_pb2.ACTION_KIND_REINSTATE)
+        wrong = [e for t, s, e in evs if s == subjects.MAPEK_ACTION and e.action.target_node != victim
+                 and e.action.kind != events_pb2.ACTION_KIND_REINSTATE]
+        false_actions = len(wrong)
+        # what each false action was and which finding led to it (the anomaly of its incident)
+        found = {e.incident_id: e for t, s, e in evs if s == subjects.MAPEK_ANOMALY}
+        false_detail = [f"{events_pb2.ActionKind.Name(e.action.kind)[12:]} {e.action.target_node}: {e.incident_id}"
+                        + (f" by {found[e.incident_id].detector} p={found[e.incident_id].confidence:.2f}"
+                           if e.incident_id in found else "") for e in wrong]
         after = (await telemetry(js))[src]
         ds, da = after.counters.get("sent", 0) - sent0, after.counters.get("acked", 0) - acked0
         # gray failures: the flow must deliver again while the fault is still on (kills: measured too)
@@ -370,7 +376,8 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
                "escalations": [e.reason for t, s, e in rec.since(t_kill) if s == subjects.MAPEK_ESCALATION],
                "detected": detected, "acted_on_victim": acted_on_victim, "flow_after": flow_after,
                "healed": healed, "healed_without_action": healed_quiet,
-               "delivery_ratio": round(min(1.0, da / ds), 3) if ds else None, "false_actions": false_actions}
+               "delivery_ratio": round(min(1.0, da / ds), 3) if ds else None, "false_actions": false_actions,
+               "false_action_detail": false_detail}
         rows.append(row)
         print(json.dumps(row), flush=True)
         # restore: revive, un-avoid everywhere
