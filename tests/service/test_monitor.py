@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
+from monitorkit import T0, MonitorOnBus
 
-from services.monitor.main import MonitorSettings, build, dependencies
+from services.monitor.main import MonitorSettings, build
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.memory import TestBus
 from x0tta6bl4.config import ConfigError
 from x0tta6bl4.ids import derive_id, new_meta
 from x0tta6bl4.monitoring.collectors import KernelEvent
@@ -18,29 +18,10 @@ from x0tta6bl4.stages import monitor as stage
 from x0tta6bl4.v1 import common_pb2, events_pb2, mesh_pb2
 
 HEALTHY, WARNING, CRITICAL = common_pb2.HEALTH_HEALTHY, common_pb2.HEALTH_WARNING, common_pb2.HEALTH_CRITICAL
-T0 = 1_700_000_000 * 10**9
 LINE = {"n0": ["n1"], "n1": ["n0", "n2"], "n2": ["n1"]}   # n0 - n1 - n2
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.ns = T0
-
-    def __call__(self) -> int:
-        return self.ns
-
-    def advance(self, seconds: float) -> None:
-        self.ns += int(seconds * 1e9)
-
-
-class Monitor:
-    """One monitor replica on its own in-memory bus."""
-
-    def __init__(self, tmp_path, **settings) -> None:
-        s = MonitorSettings(data_dir=tmp_path, monitor_collector="off", discover_hosts=False, **settings)
-        self.clock = Clock()
-        self.deps = dependencies(s, clock_ns=self.clock)
-        self.bus = TestBus(build(s, self.deps))
+class Monitor(MonitorOnBus):
 
     async def report(self, node: str, **fields) -> events_pb2.NodeTelemetry:
         t = events_pb2.NodeTelemetry(meta=new_meta("agent"), node_id=node, reachable=True,

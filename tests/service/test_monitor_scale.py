@@ -9,37 +9,21 @@ import random
 import time
 
 import pytest
+from monitorkit import T0, MonitorOnBus
 
-from services.monitor.main import MonitorSettings, build, dependencies
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.memory import TestBus
 from x0tta6bl4.ids import new_meta
 from x0tta6bl4.stages import monitor as stage
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
 HEALTHY, CRITICAL = common_pb2.HEALTH_HEALTHY, common_pb2.HEALTH_CRITICAL
 S = 10**9
-T0 = 1_700_000_000 * S
 LIMIT = 64 * 1024
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.ns = T0
-
-    def __call__(self) -> int:
-        return self.ns
-
-    def advance(self, seconds: float) -> None:
-        self.ns += int(seconds * 1e9)
-
-
-class Monitor:
+class Monitor(MonitorOnBus):
     def __init__(self, tmp_path, **settings) -> None:
-        s = MonitorSettings(data_dir=tmp_path, monitor_collector="off", discover_hosts=False, **settings)
-        self.clock = Clock()
-        self.deps = dependencies(s, clock_ns=self.clock)
-        self.bus = TestBus(build(s, self.deps))
+        super().__init__(tmp_path, **settings)
         self.rng = random.Random(3)
 
     def telemetry(self, node: str, neighbours: list[str], ts_ns: int | None = None) -> events_pb2.NodeTelemetry:
