@@ -59,8 +59,12 @@ def test_delta_sync_by_state_vector():
 def test_routing_table_from_topology_and_overrides():
     t = routing_table("n0", "grid:9", {"n8": "n3"})
     assert t["n1"] == "n1" and t["n8"] == "n3" and len(t) == 8
-    with pytest.raises(EdgeError):
-        routing_table("zz", "grid:9")
+    new = routing_table("zz", "grid:9")            # a node new to the mesh joins through its first node
+    assert new["n0"] == "n0" and new["n8"] == "n0" and len(new) == 9
+    with pytest.raises(EdgeError, match="--attach n99: not in topology"):
+        routing_table("zz", "grid:9", attach=["n99"])
+    with pytest.raises(EdgeError, match="--attach is for a node new to the mesh"):
+        routing_table("n0", "grid:9", attach=["n1"])
 
 
 def test_offline_node_policy_routing_and_encrypted_storage(tmp_path):

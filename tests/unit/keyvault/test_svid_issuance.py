@@ -213,4 +213,4 @@ def test_the_bus_answer_binds_the_svid_to_the_subjects_identity_and_audits(issue
     asyncio.run(go())
     assert [(e, s) for e, s, _ in trail] == [("svid.issued", f"spiffe://{TD}/host/h1"),
                                              ("svid.refused", "audit-reader"), ("svid.refused", "operator")]
-    assert trail[0][2]["identity"] == "mesh-host-h1" and trail[2][2]["bus_secured"] == "False"
+    assert trail[0][2]["identity"] == "mesh-host-h1" and trail[2][2]["bus_secured"] is False
