@@ -99,6 +99,15 @@ def test_rotation_under_traffic_loses_nothing_then_revoked_node_is_routed_around
             await eventually(lambda: all("n4" not in rt.agents[p].core.neighbours.links for p in around), 10)
             assert all(rt.agents[p].counters["rejected.revoked_key"] > 0 for p in around)
             assert any(e["kind"] == "keys.revoked" for e in rt.agents["n4"].recent_events)
+            # a route around n4 is found (a probe gets through), then nothing sent over it is lost
+            d0 = n8.counters["delivered"]
+
+            def probe() -> bool:
+                if n8.counters["delivered"] > d0:
+                    return True
+                n0.send("n8", b"probe")
+                return False
+            await eventually(probe, 10, 0.2, what="a packet from n0 delivered at n8 around the revoked n4")
             d0 = n8.counters["delivered"]
             for _ in range(20):
                 n0.send("n8", b"after")
