@@ -27,7 +27,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from x0tta6bl4.runtime.stack import repo_root
+from x0tta6bl4.runtime.stack import free_port, repo_root
 
 DEFAULT_PYTHON_IMAGE = "python:3.11-slim-bookworm"
 LOCAL_BASE = "x0tta6bl4-base:bookworm"
@@ -311,12 +310,6 @@ class ComposeProject:
             got = self.docker(*kind.split(), "-q", "--filter", label).stdout.split()
             out += [f"{kind.split()[0]} {x}" for x in got]
         return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scratch_project(env: dict[str, str], directory: pathlib.Path, log: Callable[[str], None] = print,

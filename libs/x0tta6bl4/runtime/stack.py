@@ -46,10 +46,48 @@ def repo_root() -> pathlib.Path:
     return pathlib.Path.cwd()
 
 
+_EPHEMERAL_DEFAULT = (32768, 60999)
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return _EPHEMERAL_DEFAULT
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback port (TCP and UDP) free now, for a server this process starts.
+
+    Not one the kernel hands out by itself: ``bind(0)`` and every outgoing connection take their ports from the
+    ephemeral range, so a port taken from there and released can be grabbed by a client socket before the server
+    binds it (a nats-server of a test cluster died of exactly that on a busy machine). Ports come from below that
+    range, at random, each handed out once per process."""
+    import random
+    lo, _ = _ephemeral_range()
+    low, high = (10000, lo - 1) if lo > 12000 else (_EPHEMERAL_DEFAULT[1] + 1, 65535)
+    with _port_lock:
+        for _ in range(2000):
+            port = random.randint(low, high)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:   # an odd machine: take what the kernel gives
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def nats_server_binary() -> str:
