@@ -164,7 +164,10 @@ def running_nats(dep: deploy.Deployment, tmp_path: pathlib.Path):
 
     def ready() -> bool:
         for proc, log in zip(procs, logs, strict=True):
-            assert proc.poll() is None, f"nats-server refused the generated configuration:\n{log.read_text()[-3000:]}"
+            if proc.poll() is not None:
+                text = log.read_text()
+                errors = [ln for ln in text.splitlines() if "[FTL]" in ln or "[ERR]" in ln]
+                raise AssertionError(f"nats-server {log.name} exited: {' | '.join(errors) or text[-3000:]}")
         return all(b"Server is ready" in log.read_bytes() for log in logs)
     try:
         eventually_sync(ready, timeout=15)
