@@ -3,7 +3,9 @@
 Settings (X0TTA6BL4_*): NATS_URL and the NATS credentials of the ``dashboard`` identity (NATS_NKEY_FILE,
 NATS_CA_FILE), DASHBOARD_HOST (127.0.0.1), DASHBOARD_PORT (8088; 0 = any free port), DASHBOARD_TOKEN_FILE
 (the operator's token; made when missing), DASHBOARD_HISTORY_S (how far back cycles and audit events are
-read at start). It prints one JSON line ``{"ready": true, "url": ...}`` once it serves.
+read at start), DASHBOARD_ALLOWED_HOSTS (the names requests may address, comma-separated; default: the
+loopback names when it listens on loopback - a container listening on 0.0.0.0 behind a port published on
+127.0.0.1 sets ``127.0.0.1,localhost``). It prints one JSON line ``{"ready": true, "url": ...}`` once it serves.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ class DashboardSettings(CommonSettings):
                                                description="the operator's token for write actions")
     dashboard_history_s: float = Field(900.0, ge=0, le=7 * 86400,
                                        description="cycles and audit events read back at start (seconds)")
+    dashboard_allowed_hosts: str = Field("", description="Host names requests may address, comma-separated "
+                                         "(empty: loopback names when listening on loopback, else any)")
 
 
 async def serve(settings: DashboardSettings) -> None:
@@ -39,7 +43,8 @@ async def serve(settings: DashboardSettings) -> None:
         raise ConfigError(f"X0TTA6BL4_DASHBOARD_TOKEN_FILE={str(settings.dashboard_token_file)!r}: {e}") from None
     nc = await connect(settings.nats_url, "dashboard")
     server = DashboardServer(DashboardState(), token, settings.dashboard_port, settings.dashboard_host,
-                             request_cycle=lambda body: request_cycle(nc, body))
+                             request_cycle=lambda body: request_cycle(nc, body),
+                             allowed_hosts=tuple(settings.dashboard_allowed_hosts.split(",")))
     try:
         await server.start()
     except OSError as e:

@@ -71,8 +71,9 @@ class DashboardServer:
 
     def __init__(self, state: DashboardState, token: str, port: int = 0, host: str = "127.0.0.1",
                  request_cycle: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
-                 clock_ns: Callable[[], int] = time.time_ns):
+                 clock_ns: Callable[[], int] = time.time_ns, allowed_hosts: tuple[str, ...] = ()):
         self.state, self.token, self.host, self.port = state, token, host, port
+        self.allowed_hosts = tuple(h.strip().lower() for h in allowed_hosts if h.strip())
         self.request_cycle = request_cycle
         self.clock_ns = clock_ns
         self.ready = False
@@ -168,8 +169,9 @@ class DashboardServer:
             if req is None:
                 writer.write(self._json("400 Bad Request", {"error": "malformed HTTP request line"}))
             elif not self.host_allowed(req):
-                writer.write(self._json("421 Misdirected Request", {"error": "this dashboard answers requests for "
-                                                                    "127.0.0.1 or localhost only"}))
+                names = ", ".join(self.allowed_hosts) or "127.0.0.1 or localhost"
+                writer.write(self._json("421 Misdirected Request", {"error": f"this dashboard answers requests "
+                                                                    f"for {names} only"}))
             elif req.method == "GET" and req.path.split("?")[0] == "/events":
                 await self._sse(writer)
                 return
@@ -184,12 +186,16 @@ class DashboardServer:
 
     def host_allowed(self, req: Request) -> bool:
         """On loopback, only requests addressed to a loopback name: a web page elsewhere that re-points its own
-        domain at 127.0.0.1 (DNS rebinding) cannot read the dashboard through the operator's browser."""
-        if self.host not in ("127.0.0.1", "localhost", "::1"):
+        domain at 127.0.0.1 (DNS rebinding) cannot read the dashboard through the operator's browser. With
+        ``allowed_hosts`` (a container listening on every interface, published on the host's loopback), only
+        those names, wherever it listens; /health and /ready answer any name (probes address the pod's IP)."""
+        if req.path.split("?")[0] in ("/health", "/ready"):
+            return True
+        if not self.allowed_hosts and self.host not in ("127.0.0.1", "localhost", "::1"):
             return True
         host = req.headers.get("host", "")
         name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-        return name in ("127.0.0.1", "localhost", "[::1]")
+        return name.lower() in (self.allowed_hosts or ("127.0.0.1", "localhost", "[::1]"))
 
     def authorized(self, req: Request) -> bool:
         scheme, _, given = req.headers.get("authorization", "").partition(" ")

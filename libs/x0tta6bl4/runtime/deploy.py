@@ -13,8 +13,9 @@ so running them again after adding a mesh host only adds what is new (then reloa
 Every container sees its own files, and only those, under :data:`CONTAINER_DIR` with the same names in
 compose and Kubernetes (:data:`FILES`): ``nats.nk`` (its identity's nkey), ``ca.pem`` and ``trust.json``
 (public), ``signing.seed`` (a service's own signing key), keyvault alone ``ca.key`` (it issues the X.509
-SVIDs), ``keyvault-root.key`` and ``hosts.json``, governance alone ``admin.token``, nats-server alone
-``nats.conf``, ``server.pem`` and ``server.key``.
+SVIDs), ``keyvault-root.key`` and ``hosts.json``, governance alone ``admin.token``, the dashboard alone
+``dashboard.token`` (the operator's token for its write action), nats-server alone ``nats.conf``,
+``server.pem`` and ``server.key``.
 
 * compose: the files stay in the secrets directory and docker-compose.yml mounts each container's own as
   Docker secrets (read-only bind mounts). The generator writes ``.env`` beside docker-compose.yml with the
@@ -44,7 +45,7 @@ from typing import Any
 import yaml
 
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.permissions import AUDIT_READER, EDGE, MESH_HOST_PREFIX, OPERATOR, PROVISIONER, SERVICES
+from x0tta6bl4.bus.permissions import AUDIT_READER, DASHBOARD, EDGE, MESH_HOST_PREFIX, OPERATOR, PROVISIONER, SERVICES
 from x0tta6bl4.keyvault import pin
 from x0tta6bl4.runtime.secrets import ROUTE_NAMES, Secrets, SecretsError
 from x0tta6bl4.runtime.secrets import init as init_secrets
@@ -68,6 +69,7 @@ DEPLOYMENT_CONFIGMAP = SECRET_PREFIX + "deployment"
 
 ENV_ADMIN_TOKEN_FILE = "X0TTA6BL4_ADMIN_TOKEN_FILE"
 ENV_MASTER_KEY_FILE = "X0TTA6BL4_MASTER_KEY_FILE"
+ENV_DASHBOARD_TOKEN_FILE = "X0TTA6BL4_DASHBOARD_TOKEN_FILE"
 ENV_TRUST_DOMAIN = "X0TTA6BL4_TRUST_DOMAIN"
 ENV_IDENTITY = "X0TTA6BL4_NATS_IDENTITY"
 # compose: what docker-compose.yml interpolates from .env
@@ -80,6 +82,7 @@ CA_KEY, ROOT_KEY, HOSTS, ADMIN_TOKEN, MASTER_KEY = "ca.key", "keyvault-root.key"
     "master.key"
 NATS_CONF, SERVER_CERT, SERVER_KEY = "nats.conf", "server.pem", "server.key"
 ROUTE_CERT, ROUTE_KEY = "route.pem", "route.key"
+DASHBOARD_TOKEN = "dashboard.token"
 PUBLIC = frozenset({CA, TRUST, HOSTS, NATS_CONF, SERVER_CERT, ROUTE_CERT})
 FILES = {NKEY: "the identity's NATS nkey seed", CA: "the deployment CA certificate (public)",
          TRUST: "the trust bundle: the services' public signing keys (public)",
@@ -90,7 +93,8 @@ FILES = {NKEY: "the identity's NATS nkey seed", CA: "the deployment CA certifica
          NATS_CONF: "nats-server's configuration", SERVER_CERT: "nats-server's certificate",
          SERVER_KEY: "nats-server's private key",
          ROUTE_CERT: "the certificate clustered nats-servers present on their routes",
-         ROUTE_KEY: "the route certificate's private key (nats-server only)"}
+         ROUTE_KEY: "the route certificate's private key (nats-server only)",
+         DASHBOARD_TOKEN: "the operator's dashboard token: its write action (the dashboard only)"}
 
 
 class DeployError(Exception):
@@ -145,6 +149,11 @@ class Deployment:
         return self.root / "governance" / "admin.token"
 
     @property
+    def dashboard_token(self) -> pathlib.Path:
+        """The operator's dashboard token (where the embedded stack keeps it too: dashboard/process.py)."""
+        return self.root / "dashboard" / "token"
+
+    @property
     def master_key(self) -> pathlib.Path:
         return self.root / "keyvault" / "master.key"
 
@@ -188,6 +197,9 @@ class Deployment:
         if service == "governance":
             files[ADMIN_TOKEN] = self.admin_token
             env[ENV_ADMIN_TOKEN_FILE] = f"{CONTAINER_DIR}/{ADMIN_TOKEN}"
+        if name == DASHBOARD:
+            files[DASHBOARD_TOKEN] = self.dashboard_token
+            env[ENV_DASHBOARD_TOKEN_FILE] = f"{CONTAINER_DIR}/{DASHBOARD_TOKEN}"
         if service == "keyvault" and self.kubernetes:
             files[MASTER_KEY] = self.master_key
             env[ENV_MASTER_KEY_FILE] = f"{CONTAINER_DIR}/{MASTER_KEY}"
@@ -212,13 +224,15 @@ class Deployment:
                "provision": self.identity(PROVISIONER)}
         out.update({svc: self.identity(svc, svc) for svc in SERVICES})
         out["mesh"] = self.identity(mesh_host_identity(DEMO_HOST))
+        out["dashboard"] = self.identity(DASHBOARD)
         return out
 
     def identities(self) -> list[Identity]:
         """Everything that gets a Kubernetes Secret: nats-server, the services, the provisioner, the operator
-        and the audit reader (for tools run in the cluster), the edge node's sync, every mesh host."""
+        and the audit reader (for tools run in the cluster), the edge node's sync, the dashboard, every mesh
+        host."""
         out = [self.nats(), self.identity(PROVISIONER), *(self.identity(s, s) for s in SERVICES),
-               self.identity(OPERATOR), self.identity(AUDIT_READER), self.identity(EDGE)]
+               self.identity(OPERATOR), self.identity(AUDIT_READER), self.identity(EDGE), self.identity(DASHBOARD)]
         out += [self.identity(mesh_host_identity(h)) for h in sorted(self.mesh_hosts())]
         return out
 
@@ -306,6 +320,10 @@ def generate(out: str | pathlib.Path, *, kubernetes: bool, trust_domain: str | N
         token = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=") + b"\n"
         _write(dep.admin_token, token, 0o600)
         made.append(str(dep.admin_token.relative_to(dep.root)))
+    if force or not dep.dashboard_token.is_file():
+        token = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=") + b"\n"
+        _write(dep.dashboard_token, token, 0o600)
+        made.append(str(dep.dashboard_token.relative_to(dep.root)))
     if kubernetes and (force or not dep.master_key.is_file()):
         dep.master_key.unlink(missing_ok=True)
         MasterKey.generate().write_file(dep.master_key)
@@ -350,6 +368,9 @@ def compose(out: pathlib.Path, env_file: pathlib.Path, **kw: Any) -> list[str]:
             + (f"made {len(made)}: {', '.join(made)}" if made else "complete, nothing to make"),
             f"{len(files)} files mounted into containers, readable by group {gid}; {env_file} sets "
             f"{', '.join(values)}",
+            f"dashboard: http://127.0.0.1:8088/ (X0TTA6BL4_DASHBOARD_PORT) once up (read-only; its write action "
+            f"needs the token in "
+            f"{dep.dashboard_token})",
             "next: docker compose up --build    (operator tools on this host: "
             f"X0TTA6BL4_SECRETS_DIR={dep.root} X0TTA6BL4_NATS_URL=tls://127.0.0.1:{NATS_PORT} meshctl status)"]
 

@@ -46,9 +46,9 @@ ENV_NATS_TARGET = "X0TTA6BL4_NATS_TARGET"
 ENV_NATS_IMAGE = "X0TTA6BL4_NATS_IMAGE"
 DEFAULT_NATS_IMAGE = "nats:2.10-alpine"
 IMAGES = ("x0tta6bl4:latest", "x0tta6bl4-nats:latest")
-SERVICES = ("nats", "keyvault", "governance", "monitor", "analyzer", "planner", "executor", "mesh")
+SERVICES = ("nats", "keyvault", "governance", "monitor", "analyzer", "planner", "executor", "mesh", "dashboard")
 PORT_SETTINGS = {"nats": "X0TTA6BL4_COMPOSE_NATS_PORT", "governance": "X0TTA6BL4_COMPOSE_GOVERNANCE_PORT",
-                 "keyvault": "X0TTA6BL4_COMPOSE_KEYVAULT_PORT"}
+                 "keyvault": "X0TTA6BL4_COMPOSE_KEYVAULT_PORT", "dashboard": "X0TTA6BL4_DASHBOARD_PORT"}
 
 
 class ImageError(RuntimeError):

@@ -114,6 +114,9 @@ def test_compose_every_container_gets_its_own_credentials_only(generated_compose
     for svc in SERVICES:
         assert owner[dep.secrets.signing_file(svc)] == {svc} and owner[dep.secrets.nkey_file(svc)] == {svc}
     assert c["services"]["mesh"]["environment"]["X0TTA6BL4_NATS_IDENTITY"] == "mesh-host-demo"
+    assert c["services"]["dashboard"]["environment"]["X0TTA6BL4_NATS_IDENTITY"] == "dashboard"
+    assert owner[dep.dashboard_token] == {"dashboard"}, "the operator's dashboard token goes to the dashboard only"
+    assert owner[dep.secrets.nkey_file("dashboard")] == {"dashboard"}
     # mounted files are readable by the group the containers join, by nobody else
     for p in owner:
         mode = p.stat().st_mode & 0o777
@@ -135,7 +138,14 @@ def test_compose_publishes_nothing_beyond_loopback(generated_compose):
                 parts = str(p).split(":")
                 assert len(parts) == 3 and parts[0] == "127.0.0.1", (name, p)
                 published.append(int(parts[1]))
-    assert sorted(published) == [4222, 50051, 50052], published   # NATS, governance, keyvault; no monitoring
+    assert sorted(published) == [4222, 8088, 50051, 50052], published   # NATS, dashboard, governance, keyvault
+    dash = c["services"]["dashboard"]
+    assert dash["ports"] == ["127.0.0.1:8088:8080"]
+    env = dash["environment"]
+    assert (env["X0TTA6BL4_DASHBOARD_HOST"], env["X0TTA6BL4_DASHBOARD_PORT"]) == ("0.0.0.0", "8080")
+    assert env["X0TTA6BL4_DASHBOARD_ALLOWED_HOSTS"] == "127.0.0.1,localhost"    # DNS rebinding: loopback names
+    moved = generated_compose.compose(values={**generated_compose.values, "X0TTA6BL4_DASHBOARD_PORT": "18088"})
+    assert moved["services"]["dashboard"]["ports"] == ["127.0.0.1:18088:8080"]
     conf = yaml.safe_load(generated_compose.dep.nats_conf.read_text())
     assert conf["http"] == "127.0.0.1:8222"    # monitoring on nats-server's container loopback only
     # gRPC bind addresses are explicit where a service serves gRPC
@@ -204,7 +214,8 @@ def test_compose_nats_is_configured_secured_and_services_wait_for_the_provisione
         if name.startswith("nats"):
             assert "127.0.0.1:8222/healthz" in " ".join(s["healthcheck"]["test"])
             continue
-        assert "/health" in " ".join(s["healthcheck"]["test"]) and "8080" in " ".join(s["healthcheck"]["test"])
+        probe = "/ready" if name == "dashboard" else "/health"     # the dashboard: healthy once it read the bus
+        assert probe in " ".join(s["healthcheck"]["test"]) and "8080" in " ".join(s["healthcheck"]["test"])
         deps = s["depends_on"]
         assert deps["nats"]["condition"] == "service_healthy", name
         if name in SERVICES:
@@ -214,6 +225,8 @@ def test_compose_nats_is_configured_secured_and_services_wait_for_the_provisione
         assert s["build"]["dockerfile"] == "Dockerfile"
     for name in ("governance", "executor", "mesh"):
         assert svcs[name]["depends_on"]["keyvault"]["condition"] == "service_healthy", name
+    assert svcs["dashboard"]["depends_on"]["provision"]["condition"] == "service_completed_successfully"
+    assert svcs["dashboard"]["restart"] == "unless-stopped"
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -242,6 +255,16 @@ def test_compose_mesh_host_flags_exist_and_it_uses_keyvault(generated_compose):
     assert cmd[cmd.index("--keyvault") + 1] == "keyvault:50052"
     assert cmd[cmd.index("--topology") + 1] == "grid:9"
     assert generated_compose.dep.mesh_hosts()[deploy.DEMO_HOST] == list(deploy.DEMO_NODES)
+
+
+def test_compose_dashboard_command_and_env_are_real_settings(generated_compose):
+    s = generated_compose.compose()["services"]["dashboard"]
+    assert s["command"] == ["python", "-m", "x0tta6bl4.dashboard"]
+    module = importlib.import_module("x0tta6bl4.dashboard.__main__")
+    fields = set(settings_class(module).model_fields)
+    for var in env_names(s["environment"]):
+        assert var.startswith(PREFIX) and (var[len(PREFIX):].lower() in fields or var in identity_settings()), var
+    assert s["image"] == generated_compose.compose()["services"]["monitor"]["image"]      # the project image
 
 
 def test_dockerfile_multistage_nonroot_healthcheck_and_secrets_never_in_the_context():
@@ -297,7 +320,7 @@ def test_k8s_manifests_validate_against_kubernetes_schemas(generated_k8s):
 
 # workload -> the identity whose Secret it mounts
 K8S_IDENTITIES = {**{s: s for s in SERVICES}, "nats": "nats", "x0tta6bl4-provision": "provisioner",
-                  "x0tta6bl4-mesh": "mesh-host-demo", "x0tta6bl4-edge": "edge"}
+                  "x0tta6bl4-mesh": "mesh-host-demo", "x0tta6bl4-edge": "edge", "dashboard": "dashboard"}
 
 
 def test_k8s_every_pod_mounts_only_its_own_identity_secret_with_matching_settings(generated_k8s):
@@ -337,6 +360,8 @@ def test_k8s_every_pod_mounts_only_its_own_identity_secret_with_matching_setting
               and d["metadata"]["name"] == deploy.DEPLOYMENT_CONFIGMAP)
     assert cm["data"] == {"X0TTA6BL4_KEYVAULT_ROOT_FINGERPRINT": dep.fingerprint(),
                           "X0TTA6BL4_TRUST_DOMAIN": "x0tta6bl4.mesh"}
+    assert set(secrets["x0tta6bl4-dashboard"]["data"]) == {"nats.nk", "ca.pem", "trust.json", "dashboard.token"}
+    assert all("dashboard.token" not in s["data"] for n, s in secrets.items() if n != "x0tta6bl4-dashboard")
     keyvault = secrets["x0tta6bl4-keyvault"]["data"]
     assert "ca.key" in keyvault and "master.key" in keyvault
     assert all("ca.key" not in s["data"] for n, s in secrets.items() if n != "x0tta6bl4-keyvault")
@@ -380,17 +405,18 @@ def test_k8s_network_policies_deny_by_default_and_admit_only_the_callers(generat
         return {(next(iter(f["podSelector"]["matchLabels"].items()))[0] + "=" +
                  next(iter(f["podSelector"]["matchLabels"].values())), port["port"])
                 for rule in ingress[target] for f in rule["from"] for port in rule["ports"]}
-    assert set(ingress) == {"nats", "keyvault", "governance"}
+    assert set(ingress) == {"nats", "keyvault", "governance", "dashboard"}
     assert admitted("nats") == {("x0tta6bl4/bus=client", 4222), ("app.kubernetes.io/name=nats", 6222)}  # routes
     assert admitted("keyvault") == {("x0tta6bl4/keyvault=client", 50052)}
     assert admitted("governance") == {("x0tta6bl4/governance=client", 50051)}
+    assert admitted("dashboard") == {("x0tta6bl4/dashboard=client", 8080)}
     # who carries which label: everything on the bus; keyvault's gRPC only for the mesh hosts
     for name, d in workloads(docs + generated_docs(generated_k8s)).items():
         labels = d["spec"]["template"]["metadata"]["labels"]
         assert (labels.get("x0tta6bl4/bus") == "client") == (name != "nats"), name
         mesh_host = K8S_IDENTITIES.get(name, "mesh-host-").startswith("mesh-host-")
         assert (labels.get("x0tta6bl4/keyvault") == "client") == mesh_host, name
-        assert "x0tta6bl4/governance" not in labels, name
+        assert "x0tta6bl4/governance" not in labels and "x0tta6bl4/dashboard" not in labels, name
 
 
 def test_k8s_services_nats_and_grpc_bind_addresses(generated_k8s):
@@ -409,6 +435,17 @@ def test_k8s_services_nats_and_grpc_bind_addresses(generated_k8s):
                 assert var[len(PREFIX):].lower() in fields or var in identity_settings(), (name, var)
         if name in ("keyvault", "governance"):
             assert env["X0TTA6BL4_GRPC_HOST"] == "0.0.0.0" and env["X0TTA6BL4_GRPC_PORT"], name
+    (c,) = pod_spec(by[("Deployment", "dashboard")])["containers"]
+    assert c["command"] == ["python", "-m", "x0tta6bl4.dashboard"] and c["image"] == "x0tta6bl4:latest"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
+    fields = set(settings_class(importlib.import_module("x0tta6bl4.dashboard.__main__")).model_fields)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert all(v[len(PREFIX):].lower() in fields or v in identity_settings() for v in env), env
+    assert env["X0TTA6BL4_DASHBOARD_PORT"] == "8080"
+    assert env["X0TTA6BL4_DASHBOARD_ALLOWED_HOSTS"] == "127.0.0.1,localhost"
+    svc = by[("Service", "dashboard")]["spec"]
+    assert [(p["port"], p["targetPort"]) for p in svc["ports"]] == [(8080, 8080)] and "type" not in svc   # ClusterIP
     cm = by[("ConfigMap", "x0tta6bl4-common")]
     assert cm["data"]["X0TTA6BL4_HEALTH_PORT"] == "8080" and cm["data"]["X0TTA6BL4_NATS_URL"] == "tls://nats:4222"
     assert all(k[len(PREFIX):].lower() in CommonSettings.model_fields for k in cm["data"])

@@ -6,7 +6,8 @@ and $(VAR) references resolved), only the files it mounts - after the provisioni
 Only what a container runtime provides is translated: mount paths (/run/secrets/x0tta6bl4, /var/lib/x0tta6bl4,
 /topology) become directories of the test, the network names (`nats`, `keyvault`) and the fixed ports become
 free loopback ports. Every service and mesh host must become ready with no permission violation on the bus,
-the mesh's nodes must report through their own host identity, and their keys must come from keyvault."""
+the mesh's nodes must report through their own host identity, and their keys must come from keyvault; the
+dashboard must have read the bus (its /ready) with its own identity, and show every node."""
 from __future__ import annotations
 
 import base64
@@ -54,6 +55,8 @@ class Proc:
         env = {k: move(v, paths) for k, v in env.items()}
         assert env["X0TTA6BL4_NATS_URL"] == "tls://nats:4222", name
         env.update(X0TTA6BL4_NATS_URL=nats_url, X0TTA6BL4_HEALTH_PORT=str(self.health_port))
+        if env.get("X0TTA6BL4_DASHBOARD_PORT") == "8080":      # the dashboard serves /ready on its own port
+            env.update(X0TTA6BL4_DASHBOARD_PORT=str(self.health_port), X0TTA6BL4_DASHBOARD_HOST="127.0.0.1")
         if name in grpc:
             env["X0TTA6BL4_GRPC_PORT"] = str(grpc[name])
         network = {"tls://nats:4222": nats_url, "keyvault:50052": f"127.0.0.1:{grpc['keyvault']}",
@@ -195,6 +198,12 @@ async def rehearse(procs: dict[str, Proc], server, secrets_root: pathlib.Path, m
             await eventually(meshes_report_and_are_keyed, timeout=60, interval=0.5)
         finally:
             await nc.close()
+        dash = procs["dashboard"]    # the dashboard reads the nodes' reports with its own credentials
+
+        def dashboard_shows_every_node() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{dash.health_port}/api/state", timeout=5) as r:
+                return nodes <= {n["id"] for n in json.loads(r.read())["mesh"]["nodes"]}
+        await eventually(dashboard_shows_every_node, timeout=30, interval=0.5, what="every node on the dashboard")
         for name in meshes:      # each mesh host got its SVID (mutual TLS to keyvault) for its own identity
             assert "spiffe://x0tta6bl4.mesh/host/" in procs[name].tail(), procs[name].tail()
         refused = [ln for log in server.logs for ln in log.read_text().splitlines() if "Permissions Violation" in ln]
@@ -207,7 +216,7 @@ async def rehearse(procs: dict[str, Proc], server, secrets_root: pathlib.Path, m
 async def test_compose_runs_secured_as_declared(generated_compose, secured_nats, tmp_path):
     grpc = {"keyvault": free_port(), "governance": free_port()}
     procs = compose_procs(generated_compose.compose(), tmp_path / "containers", secured_nats.urls, grpc)
-    assert set(procs) == {"provision", "mesh", *deploy.SERVICES}
+    assert set(procs) == {"provision", "mesh", "dashboard", *deploy.SERVICES}
     await rehearse(procs, secured_nats, generated_compose.dep.root, {"mesh": set(deploy.DEMO_NODES)})
 
 
@@ -216,6 +225,6 @@ async def test_kubernetes_runs_secured_as_declared(generated_k8s, secured_nats_k
     procs = k8s_procs(k8s_docs(generated_k8s), tmp_path / "pods", secured_nats_k8s.urls, grpc)
     # one generated node agent is enough here (the other one is the same template)
     procs.pop("node-agent-worker-2-example")
-    assert set(procs) == {"provision", "x0tta6bl4-mesh", "node-agent-worker-1", *deploy.SERVICES}
+    assert set(procs) == {"provision", "x0tta6bl4-mesh", "node-agent-worker-1", "dashboard", *deploy.SERVICES}
     await rehearse(procs, secured_nats_k8s, generated_k8s.dep.root,
                    {"x0tta6bl4-mesh": set(deploy.DEMO_NODES), "node-agent-worker-1": {"worker-1"}})

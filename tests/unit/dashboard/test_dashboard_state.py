@@ -211,6 +211,18 @@ def test_on_loopback_only_loopback_host_names_are_answered():
         Request("GET", "/", {"host": "mesh-ops.example"}, b""))
 
 
+def test_in_a_container_only_the_allowed_host_names_are_answered_but_probes_are():
+    """A container listens on 0.0.0.0 behind a port published on the host's 127.0.0.1: the loopback names it
+    is given are still the only ones a page may address (DNS rebinding), except /health and /ready."""
+    server = DashboardServer(DashboardState(), "t" * 32, host="0.0.0.0", allowed_hosts=("127.0.0.1", "LocalHost", " "))
+    assert server.allowed_hosts == ("127.0.0.1", "localhost")
+    assert all(server.host_allowed(Request("GET", p, {"host": h}, b""))
+               for p in ("/", "/api/state", "/events") for h in ("127.0.0.1:18088", "localhost:8080"))
+    assert not server.host_allowed(Request("GET", "/api/state", {"host": "evil.example:18088"}, b""))
+    assert not server.host_allowed(Request("POST", "/api/cycle", {"host": "10.0.0.7:8080"}, b""))
+    assert all(server.host_allowed(Request("GET", p, {"host": "10.0.0.7:8080"}, b"")) for p in ("/health", "/ready"))
+
+
 def test_the_page_is_self_contained():
     """No CDN: every script, style and image the page loads comes from the dashboard itself."""
     server = DashboardServer(DashboardState(), "t" * 32)
