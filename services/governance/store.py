@@ -7,9 +7,11 @@ service records (links from a proposal to the Plan that caused it), signed by
 the governance log key (``signing_key_file``, role ``govlog``) and linked to
 the record before it. It goes to ``gov.events.<kind>`` (``kind`` = the events'
 kind when they all share one, ``mixed`` otherwise, ``log`` for a record without
-events). Every append carries ``Nats-Expected-Last-Sequence`` = the last stream
-sequence this replica has read, so two replicas can never append on top of
-different histories: on "wrong last sequence" the replica rebuilds its engine
+events), in the v3 format (a ``x0tta6bl4.v1.GovLogRecord`` protobuf, header
+``X0-Type``); a log written by an earlier version (v2 JSON records) goes on
+with v3 records. Every append carries ``Nats-Expected-Last-Sequence`` = the
+last stream sequence this replica has read, so two replicas can never append
+on top of different histories: on "wrong last sequence" the replica rebuilds its engine
 from the stream and re-runs the commands. A retried publish (timeout) reuses its
 ``Nats-Msg-Id`` and is de-duplicated.
 
@@ -63,7 +65,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 from prometheus_client import Counter
 
-from x0tta6bl4.bus.subjects import GOV_EVENTS_ALL, STREAM_GOV, gov_event
+from x0tta6bl4.bus.subjects import GOV_EVENTS_ALL, HEADER_TYPE, STREAM_GOV, gov_event
 from x0tta6bl4.config import ConfigError
 from x0tta6bl4.governance import EventStreamError, GovernanceEngine, GovernanceError, fold
 from x0tta6bl4.governance.eventlog import (
@@ -89,6 +91,7 @@ REACTION_LAG = 32       # stored commits that may wait for their reactions (audi
 REACTION_LINGER_S = 0.02   # how long the reactor gathers commits before one round of audit
 STALL_S = 10.0          # a batch in progress this long: the writer is stuck (/ready false)
 ADOPT_SETTING = "X0TTA6BL4_ADOPT_LEGACY_LOG"
+GOV_LOG_TYPE = "x0tta6bl4.v1.GovLogRecord"   # the X0-Type header of the records this writer appends (v3)
 
 QUARANTINED = Counter("x0_gov_events_quarantined_total",
                       "governance log messages quarantined (not applied): undecodable, altered, not signed by a "
@@ -323,7 +326,8 @@ class GovStore:
     async def _append(self, events: list, links: list[dict], legacy: LegacySeal | None = None) -> int:
         """Store the next record (signed, after the chain head); returns its stream sequence."""
         data, record = seal(self.replay.head, events, links, self.signer, legacy)
-        headers = {"Nats-Expected-Last-Sequence": str(self.last_seq), "Nats-Msg-Id": uuid.uuid4().hex}
+        headers = {"Nats-Expected-Last-Sequence": str(self.last_seq), "Nats-Msg-Id": uuid.uuid4().hex,
+                   HEADER_TYPE: GOV_LOG_TYPE}
         subject = gov_event(kind_of(events))
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.05

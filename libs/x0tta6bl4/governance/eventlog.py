@@ -9,7 +9,38 @@ chain; anything else is *quarantined* (reported with its reason, never applied),
 from the last valid record, so a forged or garbage message neither enters the state nor breaks the chain
 of the genuine records written after it.
 
-Wire format (one message, UTF-8)::
+Formats. The writer writes v3; replay reads v3, v2 and the unsigned v1 (see Migration). One chain may hold
+both signed formats: a log written by an earlier version goes on after an upgrade with v3 records whose
+``prev`` is the hash of the last v2 record (``seq`` and ``prev`` do not depend on the format, each record's
+hash is computed by the rules of its own format). A message is read as JSON (v1 or v2) when its first byte
+is ``{``, as a v3 protobuf otherwise.
+
+v3 (written): one message = a ``x0tta6bl4.v1.GovLogRecord`` (proto/x0tta6bl4/v1/govlog.proto) in the
+protobuf binary encoding::
+
+    GovLogRecord {version = 3, seq, prev, hash, key_id, sig, body}      fields 1..7
+    body = a serialized GovLogBody {events: [GovEvent ...], links: [GovLogLink ...], legacy?: GovLegacySeal}
+
+* ``seq``: the record's position in the chain (1, 2, 3 ...; counts valid records only, not stream
+  sequences: foreign messages also take stream sequences, and an archived stream restored elsewhere
+  is renumbered).
+* ``prev``: the hash of record ``seq - 1`` (32 raw bytes; 32 zero bytes for record 1), whatever its format.
+* ``hash``: the 32 raw bytes of SHA-256 of the canonical encoding::
+
+      field(b"x0tta6bl4/gov-log/v3") || uint64_be(seq) || field(prev) || field(key_id) || field(body)
+
+      field(x) = uint32_be(len(x)) || x;  prev = the 32 raw hash bytes;  key_id = UTF-8;
+      body = the exact bytes of GovLogRecord.body (never re-encoded)
+
+* ``sig``: the raw ML-DSA-65 (FIPS 204) signature over the 32 raw ``hash`` bytes with the ``govlog``
+  context ``b"x0tta6bl4/gov-event/v1"`` (``trust.CONTEXTS``), by the key ``key_id`` (the first 16 hex digits
+  of SHA-256 of its public key).
+* The message must be the canonical encoding of its fields (each field once, in field-number order, no
+  unknown fields: what ``SerializeToString()`` gives): nothing outside the hash and the signature rides
+  along. The body's events and links are :mod:`.events_pb` (each event dataclass is the message of the same
+  name; the oneof member is its ``TYPE`` without ``governance.``).
+
+v2 (read, no longer written): one message, UTF-8::
 
     <header JSON> "\\n" <body>
 
@@ -17,30 +48,22 @@ Wire format (one message, UTF-8)::
     body   = {"events": [event_to_dict(e), ...], "links": [{...}, ...]}          (JSON, no newline)
              optionally with "legacy": {"records": <int>, "sha256": <hex>}       (see Migration)
 
-* ``seq``: the record's position in the chain (1, 2, 3 ...; counts valid records only, not stream
-  sequences: foreign messages also take stream sequences, and an archived stream restored elsewhere
-  is renumbered).
-* ``prev``: the ``hash`` of record ``seq - 1`` (64 zero hex digits for record 1).
-* ``hash``: SHA-256 of the canonical encoding::
+  with ``seq``, ``prev`` (hex), ``key_id`` and ``sig`` (base64) as in v3, and ``hash`` (hex) the SHA-256 of
+  ``field(b"x0tta6bl4/gov-log/v2") || uint64_be(seq) || field(prev) || field(key_id) || field(body)``,
+  body = the exact body bytes of the message (after the first newline; never re-encoded).
 
-      field(b"x0tta6bl4/gov-log/v2") || uint64_be(seq) || field(prev) || field(key_id) || field(body)
+Verification order (the first failure is the quarantine reason): envelope (v3: protobuf, version, canonical
+encoding; v2: header), hash, signature, chain link, body. The writer keeps the chain head of the last
+*valid* record and appends after it.
 
-      field(x) = uint32_be(len(x)) || x;  prev = the 32 raw hash bytes;  key_id = UTF-8;
-      body = the exact body bytes of the message (after the first newline; never re-encoded)
-
-* ``sig``: ML-DSA-65 (FIPS 204) signature over the 32 raw ``hash`` bytes with the ``govlog`` context
-  (``trust.CONTEXTS``), by the key ``key_id`` (the first 16 hex digits of SHA-256 of its public key).
-
-Verification order (the first failure is the quarantine reason): header, hash, signature, chain link,
-body. The writer keeps the chain head of the last *valid* record and appends after it.
-
-Migration: the log written before this format (``{"v": 1, "events": [...], "links": [...]}``, unsigned)
+Migration: the log written before signing (``{"v": 1, "events": [...], "links": [...]}``, unsigned)
 cannot be verified. Replay keeps such *legacy* records found before the first signed record aside
 (:attr:`LogReplay.legacy`, not applied). The service refuses to start on a log that has legacy records and
 no signed record unless the operator accepts them once (setting ``gov_adopt_legacy_log``): then the
-legacy records are applied and the first signed record seals them, carrying ``"legacy": {"records": N,
-"sha256": legacy_digest(...)}``; later replays apply the legacy prefix only when it matches that seal. A
-legacy-format record after a signed one, or a prefix no signed record seals, is quarantined.
+legacy records are applied and the first signed record seals them, carrying ``legacy`` = the number of
+records and ``legacy_digest(...)`` (v3: ``GovLogBody.legacy``; v2: ``"legacy": {"records": N, "sha256":
+<hex>}``); later replays apply the legacy prefix only when it matches that seal. A legacy-format record
+after a signed one, or a prefix no signed record seals, is quarantined.
 """
 from __future__ import annotations
 
@@ -53,11 +76,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from google.protobuf.message import DecodeError
+
+from x0tta6bl4.v1 import govlog_pb2
+
 from .events import GovernanceEvent, event_from_dict, event_to_dict
+from .events_pb import event_from_pb, event_to_pb, link_from_pb, link_to_pb
 
 __all__ = [
     "GENESIS",
     "HASH_DOMAIN",
+    "HASH_DOMAINS",
+    "JSON_VERSION",
     "LEGACY_VERSION",
     "LOG_VERSION",
     "OWNERS",
@@ -81,9 +111,11 @@ __all__ = [
     "seal",
 ]
 
-LOG_VERSION = 2
-LEGACY_VERSION = 1
-HASH_DOMAIN = b"x0tta6bl4/gov-log/v2"
+LOG_VERSION = 3                  # what the writer writes: a GovLogRecord protobuf
+JSON_VERSION = 2                 # the signed JSON format before it (read)
+LEGACY_VERSION = 1               # the unsigned JSON format before signing (read, see Migration)
+HASH_DOMAINS = {JSON_VERSION: b"x0tta6bl4/gov-log/v2", LOG_VERSION: b"x0tta6bl4/gov-log/v3"}
+HASH_DOMAIN = HASH_DOMAINS[LOG_VERSION]
 LEGACY_DOMAIN = b"x0tta6bl4/gov-log-legacy/v1"
 ROLE = "govlog"                  # x0tta6bl4.trust.ROLE_GOVLOG (not imported: the domain names no key store)
 OWNERS = ("governance",)         # whose govlog keys may sign the log
@@ -135,7 +167,7 @@ class LegacySeal:
 
 @dataclass(frozen=True)
 class Record:
-    """A verified (or just sealed) record."""
+    """A verified (or just sealed) record; ``version`` its format (3, or 2 for a JSON record)."""
 
     seq: int
     prev: bytes
@@ -145,6 +177,7 @@ class Record:
     events: tuple[GovernanceEvent, ...]
     links: tuple[dict, ...]
     legacy: LegacySeal | None = None
+    version: int = LOG_VERSION
 
     @property
     def head(self) -> Head:
@@ -184,11 +217,19 @@ def _field(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def record_hash(seq: int, prev: bytes, key_id: str, body: bytes) -> bytes:
-    """SHA-256 of the canonical encoding of a record (see the module docstring)."""
+def _version(version: int) -> bytes:
+    try:
+        return HASH_DOMAINS[version]
+    except KeyError:
+        raise LogError(f"no signed log format version {version!r} (known: 2, 3)") from None
+
+
+def record_hash(seq: int, prev: bytes, key_id: str, body: bytes, version: int = LOG_VERSION) -> bytes:
+    """SHA-256 of the canonical encoding of a record of format ``version`` (see the module docstring)."""
+    domain = _version(version)
     if not 0 < seq < 2 ** 64:
         raise LogError(f"record position {seq} out of range")
-    return hashlib.sha256(_field(HASH_DOMAIN) + struct.pack(">Q", seq) + _field(prev)
+    return hashlib.sha256(_field(domain) + struct.pack(">Q", seq) + _field(prev)
                           + _field(key_id.encode()) + _field(body)).digest()
 
 
@@ -197,25 +238,37 @@ def _json(value: Any) -> bytes:
 
 
 def encode_body(events: Sequence[GovernanceEvent], links: Sequence[Mapping[str, Any]],
-                legacy: LegacySeal | None = None) -> bytes:
-    doc: dict[str, Any] = {"events": [event_to_dict(e) for e in events], "links": [dict(lk) for lk in links]}
+                legacy: LegacySeal | None = None, version: int = LOG_VERSION) -> bytes:
+    """A record's body: a serialized GovLogBody (v3) or the JSON body (v2)."""
+    _version(version)
+    if version == JSON_VERSION:
+        doc: dict[str, Any] = {"events": [event_to_dict(e) for e in events], "links": [dict(lk) for lk in links]}
+        if legacy is not None:
+            doc["legacy"] = {"records": legacy.records, "sha256": legacy.sha256.hex()}
+        return _json(doc)
+    body = govlog_pb2.GovLogBody(events=[event_to_pb(e) for e in events], links=[link_to_pb(lk) for lk in links])
     if legacy is not None:
-        doc["legacy"] = {"records": legacy.records, "sha256": legacy.sha256.hex()}
-    return _json(doc)
+        body.legacy.records, body.legacy.sha256 = legacy.records, legacy.sha256
+    return body.SerializeToString(deterministic=True)
 
 
 def seal(head: Head, events: Sequence[GovernanceEvent], links: Sequence[Mapping[str, Any]], signer: LogSigner,
-         legacy: LegacySeal | None = None) -> tuple[bytes, Record]:
-    """The message of the record after ``head`` (and the record itself)."""
-    body = encode_body(events, links, legacy)
+         legacy: LegacySeal | None = None, *, version: int = LOG_VERSION) -> tuple[bytes, Record]:
+    """The message of the record after ``head`` (and the record itself), in format ``version`` (3; 2 only to
+    write what an earlier writer wrote: tests, migration tools)."""
+    body = encode_body(events, links, legacy, version)
     seq = head.seq + 1
-    digest = record_hash(seq, head.hash, signer.key_id, body)
+    digest = record_hash(seq, head.hash, signer.key_id, body, version)
     sig = signer.sign(ROLE, digest)
-    header = {"v": LOG_VERSION, "seq": seq, "prev": head.hash.hex(), "hash": digest.hex(),
-              "key_id": signer.key_id, "sig": base64.b64encode(sig).decode()}
     record = Record(seq, head.hash, digest, signer.key_id, sig, tuple(events),
-                    tuple(dict(lk) for lk in links), legacy)
-    return _json(header) + b"\n" + body, record
+                    tuple(dict(lk) for lk in links), legacy, version)
+    if version == JSON_VERSION:
+        header = {"v": JSON_VERSION, "seq": seq, "prev": head.hash.hex(), "hash": digest.hex(),
+                  "key_id": signer.key_id, "sig": base64.b64encode(sig).decode()}
+        return _json(header) + b"\n" + body, record
+    msg = govlog_pb2.GovLogRecord(version=LOG_VERSION, seq=seq, prev=head.hash, hash=digest, key_id=signer.key_id,
+                                  sig=sig, body=body)
+    return msg.SerializeToString(), record
 
 
 # ---- decoding ------------------------------------------------------------------------------------------
@@ -225,7 +278,7 @@ def _short(e: Exception) -> str:
 
 
 def _decode_events(raw: Any) -> tuple[tuple[GovernanceEvent, ...], tuple[dict, ...]]:
-    """events and links of a body document (v1 or v2), or LogError."""
+    """events and links of a JSON body document (v1 or v2), or LogError."""
     if not isinstance(raw, dict):
         raise LogError("body is not a JSON object")
     events, links = raw.get("events"), raw.get("links", [])
@@ -245,15 +298,16 @@ def _decode_events(raw: Any) -> tuple[tuple[GovernanceEvent, ...], tuple[dict, .
 def _header(data: bytes) -> tuple[dict, bytes]:
     head, sep, body = data.partition(b"\n")
     if not sep:
-        raise LogError("not a log record: no header line")
+        raise LogError("not a log record: JSON without a header line (neither v1 nor v2)")
     try:
         header = json.loads(head)
     except (ValueError, UnicodeDecodeError) as e:
         raise LogError(f"not a log record: header is not JSON ({_short(e)})") from None
     if not isinstance(header, dict):
         raise LogError("not a log record: header is not a JSON object")
-    if header.get("v") != LOG_VERSION:
-        raise LogError(f"unsupported log record version {header.get('v')!r} (expected {LOG_VERSION})")
+    if header.get("v") != JSON_VERSION:
+        raise LogError(f"unsupported JSON log record version {header.get('v')!r} (JSON records are v{JSON_VERSION}; "
+                       f"v{LOG_VERSION} is a GovLogRecord protobuf)")
     if set(header) != _HEADER_KEYS:
         raise LogError(f"header fields {sorted(header)}, expected {sorted(_HEADER_KEYS)}")
     if not isinstance(header["seq"], int) or isinstance(header["seq"], bool) \
@@ -262,23 +316,16 @@ def _header(data: bytes) -> tuple[dict, bytes]:
     return header, body
 
 
-def open_record(data: bytes, head: Head, verifier: LogVerifier) -> Record:
-    """The record ``data`` if it is valid and the next link after ``head``; LogError names what is wrong."""
-    header, body = _header(data)
-    seq = header["seq"]
-    try:
-        prev = bytes.fromhex(header["prev"])
-        claimed = bytes.fromhex(header["hash"])
-        sig = base64.b64decode(header["sig"], validate=True)
-    except (ValueError, binascii.Error) as e:
-        raise LogError(f"header: bad hex or base64 ({_short(e)})") from None
+def _check(version: int, seq: int, prev: bytes, claimed: bytes, key_id: str, sig: bytes, body: bytes, head: Head,
+           verifier: LogVerifier) -> bytes:
+    """Hash, signature and chain link of a record (in that order); returns its hash."""
     if len(prev) != 32 or len(claimed) != 32:
         raise LogError("header: prev and hash must be 32-byte SHA-256 digests")
-    digest = record_hash(seq, prev, header["key_id"], body)
+    digest = record_hash(seq, prev, key_id, body, version)
     if digest != claimed:
         raise LogError(f"record {seq}: hash mismatch (the record was altered)")
     try:
-        verifier.verify(ROLE, header["key_id"], digest, sig, owners=OWNERS)
+        verifier.verify(ROLE, key_id, digest, sig, owners=OWNERS)
     except Exception as e:  # noqa: BLE001 - whatever the verifier raises is the reason (TrustError)
         raise LogError(f"record {seq}: signature not trusted: {e}") from None
     if seq <= head.seq:
@@ -288,6 +335,19 @@ def open_record(data: bytes, head: Head, verifier: LogVerifier) -> Record:
     if prev != head.hash:
         raise LogError(f"record {seq} does not link to record {head.seq} (prev {prev.hex()[:16]}, "
                        f"expected {head.hash.hex()[:16]})")
+    return digest
+
+
+def _open_json(data: bytes, head: Head, verifier: LogVerifier) -> Record:
+    header, body = _header(data)
+    seq = header["seq"]
+    try:
+        prev = bytes.fromhex(header["prev"])
+        claimed = bytes.fromhex(header["hash"])
+        sig = base64.b64decode(header["sig"], validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise LogError(f"header: bad hex or base64 ({_short(e)})") from None
+    digest = _check(JSON_VERSION, seq, prev, claimed, header["key_id"], sig, body, head, verifier)
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -300,7 +360,61 @@ def open_record(data: bytes, head: Head, verifier: LogVerifier) -> Record:
             legacy = LegacySeal(int(raw["records"]), bytes.fromhex(raw["sha256"]))
         except (ValueError, KeyError, TypeError) as e:
             raise LogError(f"record {seq}: bad legacy seal ({_short(e)})") from None
-    return Record(seq, prev, digest, header["key_id"], sig, events, links, legacy)
+    return Record(seq, prev, digest, header["key_id"], sig, events, links, legacy, JSON_VERSION)
+
+
+def _envelope(data: bytes) -> govlog_pb2.GovLogRecord:
+    if not data:
+        raise LogError("not a log record: empty message")
+    try:
+        rec = govlog_pb2.GovLogRecord.FromString(data)
+    except (DecodeError, ValueError) as e:
+        raise LogError(f"not a log record: neither JSON (v1, v2) nor a GovLogRecord protobuf (v3): "
+                       f"{_short(e)}") from None
+    if rec.version != LOG_VERSION:
+        raise LogError(f"not a log record: GovLogRecord version {rec.version} (expected {LOG_VERSION}); "
+                       f"neither JSON (v1, v2) nor a v3 GovLogRecord")
+    known = govlog_pb2.GovLogRecord(version=rec.version, seq=rec.seq, prev=rec.prev, hash=rec.hash,
+                                    key_id=rec.key_id, sig=rec.sig, body=rec.body)
+    if known.SerializeToString() != data:   # the known fields alone, in order: nothing else rides along
+        raise LogError("GovLogRecord not in its canonical encoding (unknown, repeated or reordered fields)")
+    if not rec.key_id:
+        raise LogError("GovLogRecord without key_id")
+    if rec.seq < 1:
+        raise LogError("GovLogRecord: seq must be at least 1")
+    return rec
+
+
+def _open_pb(data: bytes, head: Head, verifier: LogVerifier) -> Record:
+    rec = _envelope(data)
+    seq = rec.seq
+    digest = _check(LOG_VERSION, seq, rec.prev, rec.hash, rec.key_id, rec.sig, rec.body, head, verifier)
+    try:
+        body = govlog_pb2.GovLogBody.FromString(rec.body)
+    except (DecodeError, ValueError) as e:
+        raise LogError(f"record {seq}: body is not a GovLogBody ({_short(e)})") from None
+    try:
+        events = tuple(event_from_pb(e) for e in body.events)
+    except Exception as e:  # noqa: BLE001 - untrusted input: any failure to decode is the reason
+        raise LogError(f"record {seq}: undecodable event: {_short(e)}") from None
+    try:
+        links = tuple(link_from_pb(lk) for lk in body.links)
+    except ValueError as e:
+        raise LogError(f"record {seq}: bad link: {_short(e)}") from None
+    legacy = None
+    if body.HasField("legacy"):
+        if len(body.legacy.sha256) != 32:
+            raise LogError(f"record {seq}: bad legacy seal (sha256 of {len(body.legacy.sha256)} bytes)")
+        legacy = LegacySeal(body.legacy.records, body.legacy.sha256)
+    return Record(seq, rec.prev, digest, rec.key_id, rec.sig, events, links, legacy, LOG_VERSION)
+
+
+def open_record(data: bytes, head: Head, verifier: LogVerifier) -> Record:
+    """The record ``data`` (v3 protobuf, or v2 JSON when it starts with ``{``) if it is valid and the next link
+    after ``head``; LogError names what is wrong."""
+    if data[:1] == b"{":
+        return _open_json(data, head, verifier)
+    return _open_pb(data, head, verifier)
 
 
 def encode_legacy(events: Sequence[GovernanceEvent], links: Sequence[Mapping[str, Any]]) -> bytes:

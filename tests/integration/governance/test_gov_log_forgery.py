@@ -19,6 +19,7 @@ import uuid
 
 import grpc
 import nats
+from google.protobuf.message import DecodeError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from testkit import consistently_sync, eventually_sync
 
@@ -29,7 +30,7 @@ from x0tta6bl4.governance import Action, ActionKind, CloseReason, ProposalState,
 from x0tta6bl4.governance import events as gev
 from x0tta6bl4.governance.eventlog import Head, encode_legacy, seal
 from x0tta6bl4.trust import Signer
-from x0tta6bl4.v1 import common_pb2, events_pb2
+from x0tta6bl4.v1 import common_pb2, events_pb2, govlog_pb2
 from x0tta6bl4.v1 import governance_pb2 as g
 
 QUARANTINED_AUDIT = "gov.event.quarantined"
@@ -61,12 +62,14 @@ def gov_head(gov) -> Head:
         js = nc.jetstream()
         seq = (await js.stream_info(subjects.STREAM_GOV)).state.last_seq
         while seq:
-            header, _, _ = (await js.get_msg(subjects.STREAM_GOV, seq)).data.partition(b"\n")
-            try:
-                h = json.loads(header)
-                return Head(h["seq"], bytes.fromhex(h["hash"]))
-            except (ValueError, KeyError, TypeError):
-                seq -= 1
+            data = (await js.get_msg(subjects.STREAM_GOV, seq)).data
+            try:   # a v3 record (the writer's format); the forgeries published before it are not
+                rec = govlog_pb2.GovLogRecord.FromString(data)
+                if rec.version == 3 and len(rec.hash) == 32:
+                    return Head(rec.seq, rec.hash)
+            except DecodeError:
+                pass
+            seq -= 1
         raise AssertionError("no signed record in GOV")
     return bus(gov.stack, "governance", work)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from x0tta6bl4.governance import events as gev
 from x0tta6bl4.governance.eventlog import Applied, LogReplay, encode_legacy, seal
 from x0tta6bl4.stages.governance import Outcome
 from x0tta6bl4.trust import Signer, TrustBundle
+from x0tta6bl4.v1 import govlog_pb2
 
 GOV = Signer.generate("governance")
 PLANNER = Signer.generate("planner")
@@ -103,9 +103,9 @@ async def test_foreign_messages_are_quarantined_and_the_writer_goes_on(stores, n
 
     # the genuine record after the forgeries links to the last genuine one
     msgs = await stream_messages(nc)
-    genuine = [json.loads(d.split(b"\n", 1)[0]) for seq, d in msgs if seq not in store.quarantined]
-    assert [h["seq"] for h in genuine] == [1, 2, 3, 4]
-    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(genuine))
+    genuine = [govlog_pb2.GovLogRecord.FromString(d) for seq, d in msgs if seq not in store.quarantined]
+    assert [r.seq for r in genuine] == [1, 2, 3, 4] and {r.version for r in genuine} == {3}
+    assert all(b.prev == a.hash for a, b in itertools.pairwise(genuine))
 
     # a restart replays the same state and quarantines the same messages (reported again by the new process)
     stores.reports.clear()

@@ -1,5 +1,6 @@
 """The signed, hash-chained governance event log (x0tta6bl4.governance.eventlog): what replay applies and
-what it quarantines, with real ML-DSA-65 keys and a real trust bundle."""
+what it quarantines, with real ML-DSA-65 keys and a real trust bundle. These tests write the v2 (JSON) format
+that logs written before v3 hold (replay reads it); test_gov_eventlog_v3.py: the v3 protobuf records."""
 from __future__ import annotations
 
 import base64
@@ -9,21 +10,30 @@ import struct
 
 import pytest
 
-from x0tta6bl4.governance import Action, ActionKind, CloseReason, ProposalState, Tally, fold
+from x0tta6bl4.governance import Action, ActionKind, CloseReason, ProposalState, Tally, eventlog, fold
 from x0tta6bl4.governance import events as gev
 from x0tta6bl4.governance.eventlog import (
     GENESIS,
-    HASH_DOMAIN,
     Applied,
     LogError,
     LogReplay,
     Quarantined,
     encode_legacy,
     open_record,
-    record_hash,
-    seal,
 )
 from x0tta6bl4.trust import ROLE_APPROVE, ROLE_AUDIT, ROLE_GOVLOG, Signer, TrustBundle
+
+HASH_DOMAIN = eventlog.HASH_DOMAINS[2]
+
+
+def seal(*args, **kw):
+    """The v2 writer (the format of logs written before v3)."""
+    return eventlog.seal(*args, version=2, **kw)
+
+
+def record_hash(*args):
+    return eventlog.record_hash(*args, version=2)
+
 
 GOV = Signer.generate("governance")
 PLANNER = Signer.generate("planner")
