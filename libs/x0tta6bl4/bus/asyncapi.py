@@ -25,7 +25,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from x0tta6bl4.bus import codec, permissions, subjects
 from x0tta6bl4.ids import SCHEMA_VERSION
-from x0tta6bl4.v1 import common_pb2, events_pb2, governance_pb2, keyvault_pb2, mesh_pb2
+from x0tta6bl4.v1 import common_pb2, events_pb2, governance_pb2, govlog_pb2, keyvault_pb2, mesh_pb2
 
 VERSION = "1.0.0"
 PACKAGE = "x0tta6bl4.v1"
@@ -33,7 +33,8 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MESH_HOST = permissions.MESH_HOST_PREFIX + "<host>"
 _EXAMPLE_HOST = "h1"
-_MODULES = (common_pb2, events_pb2, mesh_pb2, governance_pb2, keyvault_pb2)
+_MODULES = (common_pb2, events_pb2, mesh_pb2, governance_pb2, keyvault_pb2, govlog_pb2)
+GOV_LOG_RECORD, GOV_LOG_BODY = f"{PACKAGE}.GovLogRecord", f"{PACKAGE}.GovLogBody"
 
 # ---- NATS subject patterns -----------------------------------------------------------------------------
 
@@ -200,7 +201,8 @@ def all_messages() -> dict[str, Descriptor]:
     return dict(sorted(out.items()))
 
 
-# ---- the governance log (gov.events.*): JSON, its schema from the event dataclasses -----------------------
+# ---- the governance log (gov.events.*): v3 is protobuf (govlog.proto); the v2 JSON records an earlier version
+# wrote (still read): their schema from the event dataclasses ----------------------------------------------
 def _gov_value_schema(hint: object) -> dict[str, Any]:
     import enum as _enum
 
@@ -223,8 +225,8 @@ def _gov_value_schema(hint: object) -> dict[str, Any]:
 
 
 def governance_schemas() -> dict[str, Any]:
-    """JSON Schemas of a governance log record's header and body and of every governance event
-    (``x0tta6bl4.governance.events.event_to_dict``; the record format: ``x0tta6bl4.governance.eventlog``)."""
+    """JSON Schemas of a v2 (JSON) governance log record's header and body and of every governance event in it
+    (``x0tta6bl4.governance.events.event_to_dict``; the record formats: ``x0tta6bl4.governance.eventlog``)."""
     import dataclasses
     import typing
 
@@ -234,18 +236,19 @@ def governance_schemas() -> dict[str, Any]:
         "GovernanceLogHeader": {
             "type": "object", "additionalProperties": False,
             "required": ["v", "seq", "prev", "hash", "key_id", "sig"],
-            "description": "the first line of a record: hash = SHA-256(field(\"" + eventlog.HASH_DOMAIN.decode()
+            "description": "the first line of a v2 record (read, no longer written): hash = SHA-256(field(\""
+                           + eventlog.HASH_DOMAINS[eventlog.JSON_VERSION].decode()
                            + "\") || uint64_be(seq) || field(prev bytes) || field(key_id) || field(body bytes)), "
                            "field(x) = uint32_be(len(x)) || x; sig = ML-DSA-65 (FIPS 204 context "
                            "\"x0tta6bl4/gov-event/v1\") over the 32 hash bytes by the governance log key",
-            "properties": {"v": {"type": "integer", "const": eventlog.LOG_VERSION},
+            "properties": {"v": {"type": "integer", "const": eventlog.JSON_VERSION},
                            "seq": {"type": "integer", "minimum": 1},
                            "prev": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                            "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                            "key_id": {"type": "string"}, "sig": {"type": "string", "contentEncoding": "base64"}}},
         "GovernanceLogBody": {
             "type": "object", "required": ["events", "links"],
-            "description": "the rest of the record after the first newline (its exact bytes are hashed)",
+            "description": "the rest of a v2 record after the first newline (its exact bytes are hashed)",
             "properties": {
                 "events": {"type": "array", "items": {"oneOf": [
                     {"$ref": f"#/components/schemas/{cls.TYPE}"} for cls in gev.EVENT_TYPES.values()]}},
@@ -289,6 +292,19 @@ HEADERS: dict[str, dict[str, Any]] = {
             subjects.HEADER_CYCLE: {"type": "string", "description": "the MAPE-K cycle id (meta.cycle_id), when "
                                     "the event belongs to a cycle"},
             **_TRACE,
+        },
+    },
+    "GovLogHeaders": {
+        "type": "object", "required": [subjects.HEADER_MSG_ID, "Nats-Expected-Last-Sequence"],
+        "description": "set by the governance log writer on every record it appends",
+        "properties": {
+            subjects.HEADER_MSG_ID: {"type": "string", "description": "random per record: a retried publish is "
+                                     "de-duplicated"},
+            "Nats-Expected-Last-Sequence": {"type": "string", "description": "the last stream sequence the "
+                                            "writer read: JetStream refuses the append if another replica "
+                                            "appended first"},
+            subjects.HEADER_TYPE: {"type": "string", "const": GOV_LOG_RECORD, "description": "on v3 records "
+                                   "(absent on the v2 JSON records an earlier version wrote)"},
         },
     },
     "RequestHeaders": {
@@ -415,16 +431,29 @@ def build() -> dict[str, Any]:
                         "identity may publish it and nothing answers it (use the gRPC API)")
             continue
         if sj.pattern == subjects.GOV_EVENTS:
-            rec = json_message("GovernanceLogRecord", "governance log record",
-                               "one group commit of the governance event log, UTF-8: a header line (JSON, "
-                               "schema GovernanceLogHeader), a newline, the body (JSON, schema GovernanceLogBody: "
-                               "the events, each one of the governance.* schemas); signed and hash-chained "
-                               "(x0tta6bl4.governance.eventlog; docs/governance.md)",
-                               {"type": "string", "contentMediaType": "text/plain",
-                                "x-header": schema_ref("GovernanceLogHeader"),
-                                "x-body": schema_ref("GovernanceLogBody")})
+            messages["GovLogRecord"] = {
+                "name": GOV_LOG_RECORD, "title": "GovLogRecord", "contentType": PROTOBUF,
+                "description": "one group commit of the governance event log (format v3, what governance writes): "
+                               "a GovLogRecord whose body is a serialized GovLogBody (the events, each a typed "
+                               "message of the GovEvent oneof; the plan links); signed and hash-chained, the hash "
+                               "over the exact body bytes (x0tta6bl4.governance.eventlog; docs/governance-log.md)",
+                "headers": schema_ref("GovLogHeaders"), "payload": schema_ref(GOV_LOG_RECORD)}
+            used.update((GOV_LOG_RECORD, GOV_LOG_BODY))
+            v2 = json_message("GovernanceLogRecord", "governance log record v2 (JSON, read only)",
+                              "the format before v3, still in logs an earlier version wrote (replay reads it, "
+                              "governance no longer writes it), UTF-8: a header line (JSON, schema "
+                              "GovernanceLogHeader), a newline, the body (JSON, schema GovernanceLogBody: the "
+                              "events, each one of the governance.* schemas); a chain may go on from v2 records "
+                              "to v3 ones", {"type": "string", "contentMediaType": "text/plain",
+                                             "x-header": schema_ref("GovernanceLogHeader"),
+                                             "x-body": schema_ref("GovernanceLogBody")}, "GovLogHeaders")
             messages["GovernanceLogRecord"]["contentType"] = "text/plain"
-            add_channel(sj, sj.pattern, {"GovernanceLogRecord": rec}, sj.doc)
+            add_channel(sj, sj.pattern, {"GovLogRecord": {"$ref": "#/components/messages/GovLogRecord"},
+                                         "GovernanceLogRecord": v2}, sj.doc)
+            channels[_channel_id(sj.pattern)]["parameters"]["kind"] = {
+                "description": "the record's events' kind when they share one (voter_registered, vote_cast, "
+                               "proposal_created, ...: the GovEvent member), mixed otherwise, log for a record "
+                               "without events"}
             continue
         types = _types_in(sj.message)
         if "->" in sj.message:
@@ -451,6 +480,7 @@ def build() -> dict[str, Any]:
                 mt = mt.fields_by_name["value"].message_type
             if mt is not None and mt.full_name not in seen:
                 todo.append(mt.full_name)
+    schemas[GOV_LOG_RECORD]["properties"]["body"]["x-protobuf-payload"] = GOV_LOG_BODY   # bytes of a GovLogBody
     schemas.update(governance_schemas())
     schemas = {k: schemas[k] for k in [*HEADERS, *sorted(k for k in schemas if k not in HEADERS)]}
 

@@ -125,8 +125,8 @@ def test_wildcards():
 
 
 def test_governance_log_records_match_their_schemas():
-    """A sealed governance log record with every event type validates against the document's schemas (and a
-    record with a field of the wrong type does not)."""
+    """A sealed v2 (JSON) governance log record with every event type validates against the document's schemas
+    (and a record with a field of the wrong type does not); the v3 record is the GovLogRecord protobuf."""
     import jsonschema
 
     from x0tta6bl4.governance import Action, ActionKind, CloseReason, ProposalState, Tally, VoteChoice
@@ -148,7 +148,7 @@ def test_governance_log_records_match_their_schemas():
         gev.ProposalExecuted("p1", "ok", 7.0), gev.ProposalExpired("p2", 8.0)]
     assert {type(e) for e in events} == set(gev.EVENT_TYPES.values())
     data, _ = seal(GENESIS, events, [{"proposal_id": "p1", "action_id": "a1", "plan": "", "traceparent": ""}],
-                   Signer.generate("governance"))
+                   Signer.generate("governance"), version=2)
     header_line, body = data.split(b"\n", 1)
     schemas = doc()["components"]["schemas"]
     resolver = {"components": {"schemas": schemas}}
@@ -162,3 +162,18 @@ def test_governance_log_records_match_their_schemas():
     bad["events"][4]["tokens"] = "a hundred"
     with pytest.raises(jsonschema.ValidationError):
         validate(bad, "GovernanceLogBody")
+
+    # v3: the channel's first message is the protobuf record; its body field names the GovLogBody schema, whose
+    # events are one message per event type
+    d = doc()
+    channel = d["channels"]["gov_events_kind"]["messages"]
+    assert list(channel) == ["GovLogRecord", "GovernanceLogRecord"]
+    v3 = d["components"]["messages"]["GovLogRecord"]
+    assert v3["contentType"] == "application/x-protobuf"
+    assert v3["payload"] == {"$ref": "#/components/schemas/x0tta6bl4.v1.GovLogRecord"}
+    record = schemas["x0tta6bl4.v1.GovLogRecord"]["properties"]
+    assert list(record) == ["version", "seq", "prev", "hash", "key_id", "sig", "body"]
+    assert record["body"]["x-protobuf-payload"] == "x0tta6bl4.v1.GovLogBody"
+    members = schemas["x0tta6bl4.v1.GovEvent"]["properties"]
+    assert {m.split(".", 1)[1] for m in gev.EVENT_TYPES} == set(members)
+    assert all(f"x0tta6bl4.v1.{type(e).__name__}" in schemas for e in events)
