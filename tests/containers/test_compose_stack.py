@@ -9,10 +9,14 @@ stack is left alone. The tests run in order against one stack; `down -v` at the 
 """
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import pathlib
 import secrets
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from testkit import eventually
@@ -44,6 +48,29 @@ class Compose(images.ComposeProject):
         c = NatsCredentials.in_secrets(self.secrets_dir, identity)
         assert c is not None, identity
         return c
+
+    def dashboard(self, path: str, method: str = "GET", token: str | None = None, body: bytes | None = None,
+                  host: str | None = None) -> tuple[int, str, bytes]:
+        """An HTTP request to the dashboard's published port, as a browser on this host makes it: (status,
+        content type, body)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ports['dashboard']}{path}", data=body, method=method)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        if host is not None:
+            req.add_header("Host", host)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type", ""), e.read()
+
+    def dashboard_state(self) -> dict:
+        status, _, body = self.dashboard("/api/state")
+        assert status == 200, (status, body[:200])
+        return json.loads(body)
+
+    def dashboard_token(self) -> str:
+        return (self.secrets_dir / "dashboard" / "token").read_text().strip()
 
     async def connect(self, identity: str):
         import nats
@@ -129,7 +156,10 @@ def test_every_container_is_healthy_non_root_read_only_and_published_on_loopback
         for bindings in (info["HostConfig"].get("PortBindings") or {}).values():
             assert all(b["HostIp"] == "127.0.0.1" for b in bindings), (s, bindings)
     published = {s for s in SERVICES if c.inspect(s)["HostConfig"].get("PortBindings")}
-    assert published == {"nats", "governance", "keyvault"}
+    assert published == {"nats", "governance", "keyvault", "dashboard"}
+    assert c.inspect("dashboard")["HostConfig"]["PortBindings"] == {
+        "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(c.ports["dashboard"])}]}
+    assert c.inspect("dashboard")["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
 
 
 async def test_from_the_host_audit_reader_reads_and_operator_votes_over_mutual_tls(compose):
@@ -166,6 +196,51 @@ async def test_from_the_host_audit_reader_reads_and_operator_votes_over_mutual_t
         c.vote = (p.id, r.vote_id, r.proposal.tally.no)
     finally:
         await channel.close()
+
+
+def sse_mesh(c: Compose) -> dict:
+    """The first ``mesh`` frame of the dashboard's server-sent events (/events sends every section at once)."""
+    conn = http.client.HTTPConnection("127.0.0.1", c.ports["dashboard"], timeout=10)
+    try:
+        conn.request("GET", "/events")
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream", r.status
+        event = ""
+        while True:
+            line = r.fp.readline().decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "mesh":
+                return json.loads(line.removeprefix("data: "))
+    finally:
+        conn.close()
+
+
+def test_the_dashboard_serves_the_mesh_from_the_host_and_is_read_only_without_the_token(compose):
+    """The dashboard container (identity `dashboard`), from this host on its published loopback port: the page,
+    the mesh's nine nodes in its state and its event stream; requests for another host name refused (DNS
+    rebinding); its one write action, a cycle now, refused without the operator's token and run with it."""
+    c = compose
+    assert c.health("dashboard") == "healthy"
+    status, ctype, page = c.dashboard("/")
+    assert status == 200 and ctype.startswith("text/html") and b"/static/app.js" in page, (status, ctype)
+    nodes = {f"n{i}" for i in range(9)}
+    eventually_sync(lambda: {n["id"] for n in c.dashboard_state()["mesh"]["nodes"] if not n["silent"]} >= nodes,
+                    120, 1.0, what="the nine nodes of the mesh reporting on the dashboard")
+    assert any(e["service"] == "keyvault" for e in c.dashboard_state()["audit"]["events"]), "the audit trail"
+    assert {n["id"] for n in sse_mesh(c)["nodes"]} >= nodes
+    status, _, body = c.dashboard("/api/state", host="evil.example")
+    assert status == 421 and b"mesh" not in body
+    status, _, body = c.dashboard("/api/cycle", "POST", body=b"{}")
+    assert status == 401 and b"token" in body, (status, body)
+    status, _, body = c.dashboard("/api/cycle", "POST", token="not-" + "the-token" * 4, body=b"{}")
+    assert status == 401, (status, body)
+    status, _, body = c.dashboard("/api/cycle", "POST", token=c.dashboard_token(), body=b"{}")
+    assert status == 200 and json.loads(body).get("cycle_id"), (status, body)
+    cycle_id = json.loads(body)["cycle_id"]       # the monitor ran it: its audit event, on the dashboard
+    eventually_sync(lambda: any(e["event_type"] == "cycle.requested" and e["cycle_id"] == cycle_id
+                                for e in c.dashboard_state()["audit"]["events"]), 60, 1.0,
+                    what="the requested cycle in the audit trail on the dashboard")
 
 
 async def kill_and_verify(c: Compose, victim: str, timeout: float = 180.0) -> events_pb2.AuditEvent:
@@ -208,6 +283,26 @@ async def test_a_node_failure_in_the_mesh_container_is_repaired_and_verified_in_
     await eventually(lambda: mesh_reporting(c), 120, 1.0, what="the mesh reporting, DATA acknowledged")
     ev = await kill_and_verify(c, "n4")
     assert truthy(ev.details["recovered"]), dict(ev.details)
+    c.n4_repair = ev
+
+
+def test_the_dashboard_shows_the_failure_and_its_verified_repair(compose):
+    c = compose
+
+    cycle_id = c.n4_repair.meta.cycle_id
+    assert cycle_id, c.n4_repair
+
+    def shown():
+        state = c.dashboard_state()
+        n4 = [n for n in state["mesh"]["nodes"] if n["id"] == "n4" and (n["silent"] or n["routed_around"])]
+        cycles = [x for x in state["cycles"]["recent"] if x["cycle_id"] == cycle_id and x["status"] == "verified"]
+        repaired = [e for e in state["audit"]["events"] if e["event_type"] == "verification"
+                    and e["cycle_id"] == cycle_id]
+        return n4 and cycles and repaired and (cycles[0], repaired[0])
+    cycle, repaired = eventually_sync(shown, 60, 1.0, what="n4 failed and its verified repair on the dashboard")
+    stages = [s["stage"] for s in cycle["stages"]]
+    assert stages[-1] == "verify" and "execute" in stages and cycle["trace_id"], cycle
+    assert repaired["subject_id"] == c.n4_repair.subject_id
 
 
 async def test_a_crashed_executor_is_restarted_by_its_policy_and_heals_the_next_failure(compose):
