@@ -348,7 +348,8 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
         # what each false action was and which finding led to it (the anomaly of its incident)
         found = {e.incident_id: e for t, s, e in evs if s == subjects.MAPEK_ANOMALY}
         false_detail = [f"{events_pb2.ActionKind.Name(e.action.kind)[12:]} {e.action.target_node}: {e.incident_id}"
-                        + (f" by {found[e.incident_id].detector} p={found[e.incident_id].confidence:.2f}"
+                        + (f" by {found[e.incident_id].detector} p={found[e.incident_id].confidence:.2f} "
+                           f"({'; '.join(found[e.incident_id].top_features[:2])})"
                            if e.incident_id in found else "") for e in wrong]
         after = (await telemetry(js))[src]
         ds, da = after.counters.get("sent", 0) - sent0, after.counters.get("acked", 0) - acked0

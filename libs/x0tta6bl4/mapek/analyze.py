@@ -69,16 +69,19 @@ def _links_clean(t: events_pb2.NodeTelemetry, th: Thresholds | None = None) -> b
 
 def _degraded_links_node(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
                          th: Thresholds | None = None) -> tuple[str, list[str]] | None:
-    """The node whose own links (as measured by HELLO beacons from both ends) are all out of the
-    healthy range; the worst one when there are several."""
-    loss_warn, lat_warn = _warnings(th)
+    """The node whose own links (as measured by HELLO beacons from both ends) are all clearly degraded:
+    slow (latency at the warning line) or lossy above the critical line; the worst one when there are
+    several. Inferred from links alone, so the loss bar is the critical one: one HELLO lost in a window of
+    64 is 1.6 %, over the warning line, and a node whose fault ended keeps such a trace on every link for
+    a while - it was blamed for the next incident elsewhere (a false action of the loss scenario)."""
+    loss_warn, lat_warn = as_field_table(th)["loss_pct"][1], _warnings(th)[1]
     best = None
     for n, t in nodes.items():
         if n in exclude or not t.reachable or not t.links:
             continue
         lat = min(q.latency_ms for q in t.links)
         loss = min(100.0 * q.loss_rate for q in t.links)
-        if lat >= lat_warn or loss >= loss_warn:
+        if lat >= lat_warn or loss > loss_warn:
             severity = max(lat / lat_warn, loss / loss_warn)
             why = [f"every link of {n} degraded: latency >= {lat:.1f} ms, loss >= {loss:.2f}%"]
             if best is None or severity > best[0]:
@@ -119,6 +122,34 @@ def _bad_link_hub(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
     peers = sorted(n for pair in bad if hub in pair for n in pair - {hub})
     return hub, [f"{c} degraded links meet at {hub} ({', '.join(peers)}): latency {lat:.1f} ms, "
                  f"loss {loss:.2f}% on average"], lat, loss
+
+
+def _bad_peers(n: str, nodes: dict[str, events_pb2.NodeTelemetry], th: Thresholds | None = None) -> set[str]:
+    """The peers whose link with ``n`` either end reports out of the healthy range."""
+    out = {q.peer for q in nodes[n].links if q.peer != n and _link_bad(q, th)}
+    out |= {o for o, t in nodes.items() if o != n and t.reachable and any(q.peer == n and _link_bad(q, th)
+                                                                          for q in t.links)}
+    return out
+
+
+def _link_source(n: str, nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
+                 th: Thresholds | None = None) -> tuple[str, list[str]] | None:
+    """When ``n``'s trouble is on its links to a neighbour that is in trouble on its other links too, that
+    neighbour: ``n`` has a clean link besides its bad ones, and the neighbour has at least two bad links and more
+    than ``n``. A lossy node's neighbours each share one bad link with it and see the loss; blaming them
+    (instead of the node their bad links meet at) was the loss scenario's false action. The worst such
+    neighbour when there are several; None when the links say nothing more."""
+    bad = _bad_peers(n, nodes, th)
+    peers = {q.peer for q in nodes[n].links} | bad
+    if not bad or len(peers) <= len(bad):
+        return None
+    ranked = sorted(((len(pb), p) for p in bad if p in nodes and p not in exclude and nodes[p].reachable
+                     and len(pb := _bad_peers(p, nodes, th)) >= 2 and len(pb) > len(bad)), reverse=True)
+    if not ranked:
+        return None
+    c, p = ranked[0]
+    return p, [f"{n}'s degraded link{'s' if len(bad) > 1 else ''} lead{'' if len(bad) > 1 else 's'} to {p}, "
+               f"which has {c} degraded links; {n}'s other links are clean"]
 
 
 FLAP_AGE_S = 3.0
@@ -248,6 +279,13 @@ class RuleAnalyzer:
                 confidence = 0.95 if bad in sick else 0.7
                 victims = sorted(set(group) - {bad})
                 root, reasons = bad, [*why, f"seen end to end by {', '.join(sorted(group))}"]
+            elif metric in END_TO_END and (src := _link_source(root, nodes, explained, th)) is not None:
+                # the root's trouble is its link(s) to a neighbour in trouble on its other links too
+                bad, why = src
+                fault = "congestion" if metric == "p99_latency_ms" else "degrading_link"
+                confidence = 0.95 if bad in sick else 0.7
+                victims = sorted(set(group) - {bad})
+                root, reasons = bad, [*why, f"seen by {', '.join(sorted(group))}"]
             elif metric in END_TO_END and _links_clean(nodes[root], th):
                 # end-to-end loss/latency seen by a node whose own links are clean: the trouble is
                 # further along the path. A node whose own links are all degraded is the source;

@@ -10,9 +10,11 @@
   every node's reports), never from the degraded state at action time. A flow that starts or ends at
   a node the action takes out of routing is reported, not counted (no route can reach it);
 - every node that was reachable before the incident reports, reachable (the nodes the action takes
-  out excepted, the node it brings back included) and none is CRITICAL by the threshold table; nodes
-  in the warning band are reported, not failed (end-to-end latency over a long path can sit there
-  before and after a fault, and the repair cannot change that);
+  out excepted, the node it brings back included) and none is CRITICAL by the threshold table in two
+  reports in a row on metrics it was not critical on before the incident (:func:`critical_verdict`: one
+  report over the line - a 0.5 s latency percentile on a busy machine - or a node as critical before
+  the incident is reported, not failed); nodes in the warning band are reported, not failed (end-to-end
+  latency over a long path can sit there before and after a fault, and the repair cannot change that);
 - the mesh's connectivity (share of node pairs that reach each other over the reported neighbour
   links) is at least what the digital twin predicts for the action on the pre-incident topology;
 - the action's steps all succeeded;
@@ -44,6 +46,7 @@ from x0tta6bl4.v1 import common_pb2, events_pb2
 
 K = events_pb2
 MIN_PACKETS = 20                 # a delivery ratio over fewer packets says too little (1 packet = 5 %)
+SPIKE_GAP_S = 2.0               # a report this close before a critical one that was not critical: a spike
 HARM_MARGIN = 0.2                # a flow is harmed when it delivers this much (share) less than before the action
 REMOVES = (K.ACTION_KIND_REROUTE, K.ACTION_KIND_ISOLATE)
 BRINGS_BACK = (K.ACTION_KIND_RESTART, K.ACTION_KIND_REINSTATE)
@@ -66,11 +69,24 @@ class Sample:
     reachable: bool
     neighbours: tuple[str, ...]
     flows: Mapping[str, tuple[int, int]]      # dest -> (sent, acked), cumulative
+    health: events_pb2.NodeTelemetry | None = None   # the fields health is judged on (see :func:`health_view`)
 
     @classmethod
     def of(cls, t: events_pb2.NodeTelemetry) -> Sample:
         return cls(t.meta.ts_unix_ns, t.reachable, tuple(t.neighbours),
-                   {f.dest: (f.sent, f.acked) for f in t.flows})
+                   {f.dest: (f.sent, f.acked) for f in t.flows}, health_view(t))
+
+
+def health_view(t: events_pb2.NodeTelemetry) -> events_pb2.NodeTelemetry:
+    """The part of a report the threshold table judges (metrics, failed authentication, security signals), kept
+    for every report of the history without its links, routes and counters."""
+    v = events_pb2.NodeTelemetry(node_id=t.node_id, reachable=t.reachable, p99_latency_ms=t.p99_latency_ms,
+                                 loss_pct=t.loss_pct, cpu_pct=t.cpu_pct, mem_pct=t.mem_pct,
+                                 failed_auth=t.failed_auth)
+    for k, x in t.kernel.items():
+        if k.startswith("security."):
+            v.kernel[k] = x
+    return v
 
 
 class History:
@@ -306,6 +322,35 @@ def check_flows(base: Baseline, effect: events_pb2.ExpectedEffect, history: Hist
                           f"the incident, held {hold_s:g} s")
 
 
+def _critical_metrics(view: events_pb2.NodeTelemetry,
+                      classify: Callable[[events_pb2.NodeTelemetry], tuple[int, list[str]]]) -> set[str]:
+    health, reasons = classify(view)
+    if health != common_pb2.HEALTH_CRITICAL:
+        return set()
+    return {r.split("=", 1)[0] for r in reasons if "(critical)" in r} or {"critical"}
+
+
+def critical_verdict(history: History, base: Baseline, node: str, latest: events_pb2.NodeTelemetry,
+                     classify: Callable[[events_pb2.NodeTelemetry], tuple[int, list[str]]]) -> str:
+    """Why a node CRITICAL in ``latest`` is not failed ("": it is): it was critical in this report only (the one
+    before it was not: a 0.5 s latency percentile on a busy machine crosses the line and comes back), or it was
+    critical on the same metrics before the incident already (the repair cannot be asked to fix that)."""
+    now = _critical_metrics(health_view(latest), classify)
+    rows = [r for r in history.since(node, 0) if r.health is not None and r.ts_ns < latest.meta.ts_unix_ns]
+    if rows and latest.meta.ts_unix_ns - rows[-1].ts_ns <= SPIKE_GAP_S * 1e9 \
+            and not _critical_metrics(rows[-1].health, classify):   # type: ignore[arg-type]
+        return "critical in one report only"
+    before: set[str] = set()
+    for r in history.since(node, base.start_ns):
+        if r.ts_ns > base.end_ns:
+            break
+        if r.health is not None:
+            before |= _critical_metrics(r.health, classify)
+    if now and now <= before:
+        return f"critical before the incident too ({', '.join(sorted(now))})"
+    return ""
+
+
 def check(action: events_pb2.ActionSpec, nodes: list[events_pb2.NodeTelemetry],
           classify: Callable[[events_pb2.NodeTelemetry], tuple[int, list[str]]],
           steps_ok: bool, base: Baseline, effect: events_pb2.ExpectedEffect, history: History,
@@ -332,7 +377,10 @@ def check(action: events_pb2.ActionSpec, nodes: list[events_pb2.NodeTelemetry],
                                                     else " (it was reachable before the incident)"))
         else:
             health, reasons = classify(t)
-            if health == common_pb2.HEALTH_CRITICAL:
+            excused = critical_verdict(history, base, n, t, classify) if health == common_pb2.HEALTH_CRITICAL else ""
+            if excused:
+                warnings.append(f"{n} {excused}: " + "; ".join(reasons))
+            elif health == common_pb2.HEALTH_CRITICAL:
                 out.failed.append(f"{n} critical: " + "; ".join(reasons))
             elif health == common_pb2.HEALTH_WARNING:
                 warnings.append(f"{n} warning: " + "; ".join(reasons))

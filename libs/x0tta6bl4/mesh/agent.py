@@ -730,7 +730,8 @@ class MeshAgent:
         if self._outcomes:
             loss_pct = 100.0 * sum(1 for o in self._outcomes if not o) / len(self._outcomes)
         else:
-            links = self.core.neighbours.links.values()
+            avoided = self.core.router.avoided      # links to avoided nodes carry none of this node's traffic
+            links = [q for p, q in self.core.neighbours.links.items() if p not in avoided]
             loss_pct = 100.0 * (sum(link.loss_rate for link in links) / len(links)) if links else 0.0
         tbytes = c["delivered_bytes"] + c["forwarded_bytes"]
         t0, b0 = self._tp_last

@@ -140,6 +140,16 @@ def _rpc_error(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def link_loss_pct(d: dict[str, Any]) -> float:
+    """A node that sends no DATA of its own: the mean loss of the links it routes over, measured by HELLO beacons.
+    Links to nodes it was told to route around carry none of its traffic and are left out: a neighbour of a lossy
+    node that everyone avoids is not lossy itself (counting that link made the neighbours look critical, drew
+    false actions against them and failed the repair's verification)."""
+    avoided = set(d.get("avoided") or ())
+    links = [q for q in d.get("links") or [] if q.get("peer") not in avoided]
+    return 100.0 * sum(float(q.get("loss_rate", 0)) for q in links) / len(links) if links else 0.0
+
+
 def to_proto(d: dict[str, Any], share: int, loss_pct: float, p99_ms: float) -> events_pb2.NodeTelemetry:
     """Agent telemetry dict -> NodeTelemetry. CPU and memory are the process's, shared by ``share`` agents."""
     t = events_pb2.NodeTelemetry(
@@ -750,8 +760,7 @@ class MeshHost:
         da, dl = acked - pa, lost - pl
         if da + dl > 0:
             return 100.0 * dl / (da + dl)
-        links = d.get("links") or []
-        return 100.0 * sum(float(q.get("loss_rate", 0)) for q in links) / len(links) if links else 0.0
+        return link_loss_pct(d)
 
     def _p99_ms(self, node: str) -> float:
         """p99 of DATA round-trip (acks) and one-way (deliveries) latency over the recent window."""

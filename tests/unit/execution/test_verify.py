@@ -18,9 +18,9 @@ SQUARE = {"a": ["b", "c"], "b": ["a", "d"], "c": ["a", "d"], "d": ["b", "c"]}
 
 
 def tel(node: str, at_s: float, reachable: bool = True, neighbours=None, flows=(), **over) -> events_pb2.NodeTelemetry:
-    t = events_pb2.NodeTelemetry(meta=new_meta("monitor"), node_id=node, reachable=reachable, cpu_pct=5.0,
-                                 mem_pct=20.0, neighbours=SQUARE.get(node, []) if neighbours is None else neighbours,
-                                 **over)
+    t = events_pb2.NodeTelemetry(meta=new_meta("monitor"), node_id=node, reachable=reachable,
+                                 neighbours=SQUARE.get(node, []) if neighbours is None else neighbours,
+                                 **{"cpu_pct": 5.0, "mem_pct": 20.0, **over})
     t.meta.ts_unix_ns = int(at_s * S)
     for dest, sent, acked in flows:
         t.flows.add(dest=dest, sent=sent, acked=acked)
@@ -234,3 +234,58 @@ def test_an_isolation_revokes_at_once_only_for_a_security_fault():
     (later,) = after_verified_steps(spec, "flapping")
     assert [(s.op, s.node) for s in later] == [("revoke", "b")]
     assert after_verified_steps(events_pb2.ActionSpec(kind=K.ACTION_KIND_REROUTE, target_node="b"), "x") == []
+
+
+def _reports(h: verify.History, at: float, **c_over) -> list[events_pb2.NodeTelemetry]:
+    """Every node of the square reports at ``at`` (a's flow to d fully delivered; c with ``c_over``)."""
+    sent = int((at - 80) * 20)
+    out = [tel(n, at, flows=[("d", sent, sent)] if n == "a" else [], **(c_over if n == "c" else {})) for n in SQUARE]
+    for t in out:
+        h.record(t)
+    return out
+
+
+def test_a_critical_spike_in_one_report_is_reported_two_in_a_row_fail_and_critical_before_is_excused():
+    """A node critical in its latest report but not in the one just before (a 0.5 s latency percentile on a busy
+    machine) is reported, not failed; critical in two reports in a row it fails the verification; a node that
+    was as critical on the same metric before the incident is reported (the repair cannot fix that)."""
+    h = square_history(until_s=100)
+    base = verify.baseline(h, 101 * S)
+    spec = events_pb2.ActionSpec(kind=K.ACTION_KIND_RESTART, target_node="b")
+    effect = verify.expected_effect(spec, base)
+    for at in (101.0, 101.5):
+        _reports(h, at)
+    out = verify.check(spec, _reports(h, 102.0, p99_latency_ms=250.0), classify_node, True, base, effect, h,
+                       101 * S, hold_s=0.5)
+    assert out.recovered, out.failed
+    assert any("c critical in one report only: p99_latency_ms=250" in p for p in out.passed), out.passed
+    # still critical at the next report: a node that stays so
+    out = verify.check(spec, _reports(h, 102.5, p99_latency_ms=240.0), classify_node, True, base, effect, h,
+                       101 * S, hold_s=0.5)
+    assert not out.recovered and "c critical: p99_latency_ms=240 > 100 (critical)" in out.failed, out.failed
+    # critical on the same metric before the incident already (in the baseline window): excused
+    h2 = square_history(until_s=99.5)
+    _reports(h2, 100.0, p99_latency_ms=300.0)
+    base2 = verify.baseline(h2, 101 * S)
+    effect2 = verify.expected_effect(spec, base2)
+    for at in (101.0, 101.5):
+        _reports(h2, at, p99_latency_ms=280.0)
+    out = verify.check(spec, _reports(h2, 102.0, p99_latency_ms=260.0), classify_node, True, base2, effect2, h2,
+                       101 * S, hold_s=0.5)
+    assert out.recovered, out.failed
+    assert any("c critical before the incident too (p99_latency_ms)" in p for p in out.passed), out.passed
+    # cpu critical now (twice) but only latency before: not excused
+    _reports(h2, 102.5, p99_latency_ms=260.0, cpu_pct=97.0)
+    out = verify.check(spec, _reports(h2, 103.0, p99_latency_ms=260.0, cpu_pct=97.0), classify_node, True, base2,
+                       effect2, h2, 101 * S, hold_s=0.5)
+    assert any(f.startswith("c critical: ") and "cpu_pct=97" in f for f in out.failed), out.failed
+
+
+def test_a_node_that_sends_nothing_reports_the_loss_of_the_links_it_routes_over():
+    """host.link_loss_pct: the mean HELLO loss of a node's links, without the links to nodes it routes around."""
+    from x0tta6bl4.mesh.host import link_loss_pct
+    d = {"links": [{"peer": "b", "loss_rate": 0.3}, {"peer": "c", "loss_rate": 0.0}, {"peer": "d", "loss_rate": 0.0}]}
+    assert link_loss_pct(d) == pytest.approx(10.0)
+    assert link_loss_pct({**d, "avoided": ["b"]}) == 0.0
+    assert link_loss_pct({"links": [], "avoided": []}) == 0.0
+    assert link_loss_pct({**d, "avoided": ["b", "c", "d"]}) == 0.0
