@@ -36,9 +36,10 @@ protobuf binary encoding::
   context ``b"x0tta6bl4/gov-event/v1"`` (``trust.CONTEXTS``), by the key ``key_id`` (the first 16 hex digits
   of SHA-256 of its public key).
 * The message must be the canonical encoding of its fields (each field once, in field-number order, no
-  unknown fields: what ``SerializeToString()`` gives): nothing outside the hash and the signature rides
-  along. The body's events and links are :mod:`.events_pb` (each event dataclass is the message of the same
-  name; the oneof member is its ``TYPE`` without ``governance.``).
+  unknown fields, a field at its default value left out - the empty body of a record without events and
+  links: what ``SerializeToString()`` gives): nothing outside the hash and the signature rides along.
+  The body's events and links are :mod:`.events_pb` (each event dataclass is the message of the same name;
+  the oneof member is its ``TYPE`` without ``governance.``).
 
 v2 (read, no longer written): one message, UTF-8::
 
