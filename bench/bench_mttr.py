@@ -42,6 +42,7 @@ from x0tta6bl4.runtime.stack import Stack, repo_root
 from x0tta6bl4.v1 import events_pb2, mesh_pb2
 
 C = mesh_pb2.MeshCommand
+DUMP = os.environ.get("X0TTA6BL4_BENCH_DUMP", "")   # a file: each false action's finding and its window
 
 
 def pct(xs, q):
@@ -52,6 +53,7 @@ def pct(xs, q):
 class Recorder:
     def __init__(self):
         self.events: list[tuple[int, str, object]] = []   # (received ns, subject, message)
+        self.windows: dict[str, events_pb2.TelemetryWindow] = {}     # cycle id -> window (X0TTA6BL4_BENCH_DUMP)
 
     async def on_msg(self, m):
         now = time.time_ns()
@@ -61,8 +63,29 @@ class Recorder:
                subjects.MAPEK_ESCALATION: events_pb2.Escalation}.get(m.subject)
         if cls is None and m.subject.startswith("mesh.event."):
             cls = mesh_pb2.MeshEvent
+        if m.subject == subjects.MAPEK_TELEMETRY and DUMP:      # the windows, to explain false actions
+            w = events_pb2.TelemetryWindow.FromString(m.data)
+            self.windows[w.meta.cycle_id] = w
+            while len(self.windows) > 400:
+                self.windows.pop(next(iter(self.windows)))
         if cls is not None:
             self.events.append((now, m.subject, cls.FromString(m.data)))
+
+    def dump(self, anomaly, path: str) -> None:
+        """The window a (false) finding came from, around its root cause, as one JSON line in ``path``."""
+        w = self.windows.get(anomaly.meta.cycle_id)
+        if w is None:
+            return
+        nodes = {t.node_id: t for t in w.nodes}
+        root = nodes.get(anomaly.root_cause)
+        near = {anomaly.root_cause, *anomaly.affected_nodes, *(root.neighbours if root else [])}
+        doc = {"incident": anomaly.incident_id, "reasons": list(anomaly.top_features),
+               "nodes": {n: {"loss_pct": t.loss_pct, "p99": t.p99_latency_ms, "reachable": t.reachable,
+                             "avoided": list(t.avoided), "links": {q.peer: [round(q.loss_rate, 3),
+                                                                          round(q.latency_ms, 1)] for q in t.links}}
+                         for n, t in nodes.items() if n in near}}
+        with open(path, "a") as fh:
+            fh.write(json.dumps(doc) + "\n")
 
     def since(self, t0: int):
         return [(t, s, e) for t, s, e in self.events if t >= t0]
@@ -347,6 +370,10 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
         false_actions = len(wrong)
         # what each false action was and which finding led to it (the anomaly of its incident)
         found = {e.incident_id: e for t, s, e in evs if s == subjects.MAPEK_ANOMALY}
+        if DUMP:
+            for e in wrong:
+                if e.incident_id in found:
+                    rec.dump(found[e.incident_id], DUMP)
         false_detail = [f"{events_pb2.ActionKind.Name(e.action.kind)[12:]} {e.action.target_node}: {e.incident_id}"
                         + (f" by {found[e.incident_id].detector} p={found[e.incident_id].confidence:.2f} "
                            f"({'; '.join(found[e.incident_id].top_features[:2])})"

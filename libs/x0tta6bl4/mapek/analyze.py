@@ -90,8 +90,11 @@ def _degraded_links_node(nodes: dict[str, events_pb2.NodeTelemetry], exclude: se
 
 
 def _link_bad(q: events_pb2.LinkQuality, th: Thresholds | None = None) -> bool:
-    loss_warn, lat_warn = _warnings(th)
-    return 100.0 * q.loss_rate >= loss_warn or q.latency_ms >= lat_warn
+    """A link clearly degraded: slow (latency at the warning line) or lossy above the critical line. The loss
+    bar is the critical one because the links are evidence against a node: one HELLO lost in a window of 64
+    is 1.6 % (over the warning line), and a node whose fault has ended keeps such a trace on its links for a
+    while; counted, it made that node the 'hub' of the next incident elsewhere."""
+    return 100.0 * q.loss_rate > as_field_table(th)["loss_pct"][1] or q.latency_ms >= _warnings(th)[1]
 
 
 def _bad_link_hub(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
@@ -224,6 +227,13 @@ class RuleAnalyzer:
                                    common_pb2.SEVERITY_CRITICAL, ["reachable=false"], victims, self.name,
                                    symptom_since_ns=t.meta.ts_unix_ns))
                 explained |= {t.node_id, *victims}
+        # 1b. a node every other reachable node routes around has an action in force (or an operator's): its
+        # trouble is being handled, and planning another action against it would be a second one
+        reporters = [t for t in window.nodes if t.reachable]
+        for t in reporters:
+            others = [o for o in reporters if o.node_id != t.node_id]
+            if others and all(t.node_id in o.avoided for o in others):
+                explained.add(t.node_id)
         if any(not t.reachable for t in window.nodes):
             # while a node is down, end-to-end loss/latency anywhere is its doing (routes through it broke)
             explained |= {n for n, t in nodes.items() if t.reachable and _only_end_to_end(t, th)}
@@ -286,6 +296,15 @@ class RuleAnalyzer:
                 confidence = 0.95 if bad in sick else 0.7
                 victims = sorted(set(group) - {bad})
                 root, reasons = bad, [*why, f"seen by {', '.join(sorted(group))}"]
+            elif metric in END_TO_END and _bad_peers(root, nodes, th) and len(_bad_peers(root, nodes, th)) < len(
+                    {q.peer for q in nodes[root].links} | _bad_peers(root, nodes, th)):
+                # some of the root's links are degraded, the others clean, and nothing shows the trouble at the
+                # other end of the bad ones: either end may be at fault (a lossy node's neighbour sees its one
+                # bad link before the node's other neighbours do). Observe until the evidence points at a node.
+                far = sorted(_bad_peers(root, nodes, th))
+                fault, confidence = METRIC_FAULT.get(metric, "degraded"), 0.5
+                reasons = [*reasons, f"only its link{'s' if len(far) > 1 else ''} to {', '.join(far)} degraded: "
+                                     "either end may be at fault"]
             elif metric in END_TO_END and _links_clean(nodes[root], th):
                 # end-to-end loss/latency seen by a node whose own links are clean: the trouble is
                 # further along the path. A node whose own links are all degraded is the source;

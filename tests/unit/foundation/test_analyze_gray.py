@@ -8,7 +8,7 @@ import collections
 import pytest
 
 from x0tta6bl4.bus.codec import new_meta
-from x0tta6bl4.governance.decision import DecisionPolicy
+from x0tta6bl4.governance.decision import STANDARD_FROM, DecisionPolicy
 from x0tta6bl4.mapek import plan
 from x0tta6bl4.mapek.analyze import FLAP_AGE_S, RuleAnalyzer
 from x0tta6bl4.v1 import events_pb2
@@ -105,20 +105,27 @@ def test_live_recordings_blame_the_victim_not_its_neighbours(live):
     """Every live episode replayed through the rules (the snapshots from 2 after the injection to the
     heal): the share of snapshots whose acting findings (not observe-only) blame another node than the
     victim. Before the hub rule: congestion 170 of 245 (0.69), slow 207 of 404 (0.51); flapping was
-    never reported (flap episodes: degrading_link / congestion)."""
+    never reported (flap episodes: degrading_link / congestion). Counting only findings the planner acts on
+    or votes on (confidence >= 0.6), before / after the link rules of the loss scenario (a neighbour whose
+    one bad link leads to a node bad elsewhere blames that node; one end of one bad link is observed; links
+    count against a node above the critical loss line): wrong blame loss 0.275 / 0.26, flap 0.206 / 0.18,
+    congestion 0.106 / 0.086, slow 0.255 / 0.252; victim found in loss 0.788 / 0.518 (found a window or two
+    later: the first neighbour to see the loss is no longer blamed), slow 0.495 / 0.52."""
     ra = RuleAnalyzer()
     n, wrong, hit, types = collections.Counter(), collections.Counter(), collections.Counter(), collections.Counter()
     for s in live:
         for ep in s.episodes:
             for i in range(ep.on + 2, ep.off):
-                acting = [a for a in ra.analyze(s.windows[i]) if a.fault_type != "path_degraded"]
+                # acting: what the planner would act on or put to a vote (observe-only findings are not)
+                acting = [a for a in ra.analyze(s.windows[i]) if a.fault_type != "path_degraded"
+                          and a.confidence >= STANDARD_FROM]
                 n[ep.fault] += 1
                 wrong[ep.fault] += any(a.root_cause != ep.victim for a in acting)
                 hit[ep.fault] += any(a.root_cause == ep.victim for a in acting)
                 types.update((ep.fault, a.fault_type) for a in acting if a.root_cause == ep.victim)
     rate = {f: round(wrong[f] / n[f], 3) for f in n}
     print("\nwrong blame per fault:", rate, "victim found:", {f: round(hit[f] / n[f], 3) for f in n})
-    assert rate["congestion"] <= 0.2 and rate["slow"] <= 0.35
+    assert rate["congestion"] <= 0.1 and rate["slow"] <= 0.3 and rate["loss"] <= 0.27 and rate["flap"] <= 0.2
     assert hit["congestion"] / n["congestion"] >= 0.65
     assert types[("flap", "flapping")] > max(types[("flap", "degrading_link")], types[("flap", "congestion")])
     assert types[("loss", "flapping")] == 0 and types[("kill", "flapping")] == 0
