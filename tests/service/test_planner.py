@@ -126,6 +126,25 @@ async def test_one_plan_per_incident_while_it_is_handled(bus: TestBus):
     assert [p.incident_id for p in bus.messages(subjects.MAPEK_PLAN)] == ["n3.node_down", "n5.node_down"]
 
 
+async def test_an_observed_incident_is_planned_again_once_a_finding_of_it_would_act(bus: TestBus):
+    """A lossy node is first seen by one neighbour (observed, 0.5); a window later the evidence names it at
+    0.95: that finding is planned and acted on at once, not held back by the observation's claim until it
+    expires. A second observation, or a vote-level finding after an acting one, changes nothing."""
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(fault="degrading_link", cycle="c1", confidence=0.5,
+                                                      severity=common_pb2.SEVERITY_LOW))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(fault="degrading_link", cycle="c2", confidence=0.5,
+                                                      severity=common_pb2.SEVERITY_LOW))
+    assert [p.decision for p in bus.messages(subjects.MAPEK_PLAN)] == [K.DECISION_KIND_OBSERVE]
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(fault="degrading_link", cycle="c3", confidence=0.95))
+    assert [p.decision for p in bus.messages(subjects.MAPEK_PLAN)] == [K.DECISION_KIND_OBSERVE,
+                                                                        K.DECISION_KIND_AUTO_EXECUTE]
+    [req] = bus.messages(subjects.MAPEK_ACTION)
+    assert req.incident_id == "n3.degrading_link"
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(fault="degrading_link", cycle="c4", confidence=0.7,
+                                                      severity=common_pb2.SEVERITY_MEDIUM))
+    assert len(bus.messages(subjects.MAPEK_PLAN)) == 2 and len(bus.audited("anomaly.duplicate")) == 2
+
+
 async def test_after_a_verified_repair_late_anomalies_are_stale_and_new_symptoms_are_planned(bus: TestBus):
     await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c1", first_ns=1_000 * S))
     await bus.publish(subjects.MAPEK_VERIFIED, verification(at_ns=2_000 * S))

@@ -228,29 +228,41 @@ def _with_generation(doc: dict, generation: str) -> bytes:
     return json.dumps({**doc, "generation": generation} if generation else doc).encode()
 
 
-def open_claim(cycle_id: str, generation: str = "") -> bytes:
-    return _with_generation({"cycle": cycle_id}, generation)
+def open_claim(cycle_id: str, generation: str = "", observe: bool = False) -> bytes:
+    """An open claim; ``observe``: the anomaly that made it is only observed (confidence below the vote line), so
+    a later finding of the same incident that would act or go to a vote is planned after all."""
+    return _with_generation({"cycle": cycle_id, "observe": True} if observe else {"cycle": cycle_id}, generation)
+
+
+def observes(anomaly: events_pb2.Anomaly, policy: DecisionPolicy) -> bool:
+    """Whether the decision matrix alone only observes ``anomaly`` (nothing to act on, nothing to vote on)."""
+    return decide(anomaly.confidence, _SEVERITY.get(anomaly.severity, Severity.LOW), policy).kind \
+        is DecisionKind.OBSERVE
 
 
 def resolved_claim(cycle_id: str, verified_ns: int, generation: str = "") -> bytes:
     return _with_generation({"cycle": cycle_id, "resolved_ns": int(verified_ns)}, generation)
 
 
-def claim_verdict(existing: bytes | None, first_symptom_ns: int, generation: str = "") -> str:
+def claim_verdict(existing: bytes | None, first_symptom_ns: int, generation: str = "", acting: bool = False) -> str:
     """What to do with an anomaly whose incident already has an entry ``existing`` (None: no entry);
-    ``generation``: the mesh generation the anomaly's root cause reports from ("" unknown)."""
+    ``generation``: the mesh generation the anomaly's root cause reports from ("" unknown); ``acting``: the
+    anomaly would be acted on or voted on (an open claim made by an observed-only finding then gives way: the
+    evidence grew - a lossy node is first seen by one neighbour, observed, and blamed a window later)."""
     if existing is None:
         return CLAIM_NEW
+    observed = False
     try:
         doc = json.loads(existing)
         resolved = int(doc.get("resolved_ns", 0)) if isinstance(doc, dict) else 0
         theirs = str(doc.get("generation", "")) if isinstance(doc, dict) else ""
+        observed = bool(doc.get("observe")) if isinstance(doc, dict) else False
     except (ValueError, TypeError):
         resolved, theirs = 0, ""           # an older plain claim (cycle id bytes): still open
     if generation and theirs and theirs != generation:
         return CLAIM_NEW                   # the claim of a mesh that is gone
     if not resolved:
-        return CLAIM_OPEN
+        return CLAIM_NEW if observed and acting else CLAIM_OPEN
     return CLAIM_NEW if first_symptom_ns > resolved else CLAIM_STALE
 
 

@@ -112,16 +112,19 @@ def approved_request(plan: events_pb2.Plan, deps: PlannerDeps) -> events_pb2.Act
     return sign_approval(req, deps.signer, deps.action_timeout_s + deps.approval_ttl_s, deps.clock_ns())
 
 
-async def claim(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "") -> bool:
+async def claim(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "", observe: bool = False) -> bool:
     """Claim the anomaly's incident (True: plan it); a duplicate or stale anomaly is audited.
-    ``generation``: the mesh generation of its root cause (a claim of another generation is no claim)."""
+    ``generation``: the mesh generation of its root cause (a claim of another generation is no claim);
+    ``observe``: the anomaly is only observed (its claim gives way to a later finding that acts or votes)."""
     incidents = await ctx.kv("incidents")
     verdict = planning.CLAIM_NEW
 
     def change(entry: Entry | None) -> bytes | None:
         nonlocal verdict
-        verdict = planning.claim_verdict(entry.value if entry else None, anomaly.first_symptom_unix_ns, generation)
-        return planning.open_claim(anomaly.meta.cycle_id, generation) if verdict == planning.CLAIM_NEW else None
+        verdict = planning.claim_verdict(entry.value if entry else None, anomaly.first_symptom_unix_ns, generation,
+                                         acting=not observe)
+        return planning.open_claim(anomaly.meta.cycle_id, generation, observe) \
+            if verdict == planning.CLAIM_NEW else None
 
     try:
         if (await cas_update(incidents, anomaly.incident_id, change, tries=CLAIM_TRIES)).written:
@@ -160,7 +163,7 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
             "since_ns": str(maint.get("since_ns", ""))})
         return
     generation = deps.generation(anomaly.root_cause)
-    if not await claim(anomaly, ctx, generation):
+    if not await claim(anomaly, ctx, generation, planning.observes(anomaly, deps.policy)):
         return
     adjacency = {t.node_id: list(t.neighbours) for t in deps.telemetry.values()}
     plan, decision = planning.make_plan(anomaly, deps.policy, await knowledge_for(ctx, anomaly.fault_type),
@@ -178,7 +181,8 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
     if decision.kind is DecisionKind.AUTO_EXECUTE:
         await ctx.publish(subjects.MAPEK_ACTION, approved_request(plan, deps))
     # OBSERVE keeps the incident claim until it expires (bucket TTL), so the same observation is
-    # not re-planned on every window; a different root cause or fault is a different incident.
+    # not re-planned on every window, unless a later finding of the incident would act or vote (see
+    # planning.claim_verdict); a different root cause or fault is a different incident.
 
 
 async def escalate(plan: events_pb2.Plan, ctx: Context) -> None:

@@ -219,6 +219,11 @@ def test_incident_claims_open_resolved_stale_and_new():
     assert planning.claim_verdict(done, 999) == planning.CLAIM_STALE         # symptom before the repair
     assert planning.claim_verdict(done, 1_000) == planning.CLAIM_STALE
     assert planning.claim_verdict(done, 1_001) == planning.CLAIM_NEW          # a new symptom: a new incident
+    # an observed-only claim gives way to a finding that would act; an acting claim does not
+    observed = planning.open_claim("c1", observe=True)
+    assert planning.claim_verdict(observed, 5) == planning.CLAIM_OPEN
+    assert planning.claim_verdict(observed, 5, acting=True) == planning.CLAIM_NEW
+    assert planning.claim_verdict(planning.open_claim("c1"), 5, acting=True) == planning.CLAIM_OPEN
 
 
 def test_reinstatement_waits_for_the_probation_and_restarts_it_on_trouble():
