@@ -18,7 +18,7 @@ def test_round_trip_keeps_every_field():
      "missing required field node_id"),
     (events_pb2.Anomaly(meta=new_meta("a"), node_id="n", root_cause="n", fault_type="f",
                         incident_id="i").SerializeToString(), "meta.cycle_id"),
-])
+], ids=["garbage", "no-meta", "no-node-id", "no-cycle-id"])   # fixed ids: the data holds random event ids
 def test_invalid_messages_name_the_problem(data, reason):
     with pytest.raises(InvalidMessage, match=reason):
         decode(events_pb2.Anomaly, data)
