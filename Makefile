@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test runs the suite in this many pytest-xdist workers, one test file per worker at a time (most of the
+# suite waits on real processes, so two workers on two cores halve its wall time); TEST_WORKERS=0 runs it serially
+TEST_WORKERS ?= 2
 
 .PHONY: setup ebpf-setup browser-setup proto demo up up-detached down secrets test test-unit test-under-load test-containers image compose-timing interop bench bench-mttr chaos lint clean help
 
@@ -84,7 +87,7 @@ secrets: $(STAMP)
 	$(BIN)/meshctl secrets init
 
 test: $(STAMP) ebpf-setup browser-setup interop
-	$(BIN)/python -m pytest -q -ra --ignore=tests/containers $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --ignore=tests/containers -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # docker compose up for real: builds the images (a Debian base when no registry answers), runs the secured
 # stack in a Docker engine (started here, with its own data root, when none runs) and attacks/restarts it

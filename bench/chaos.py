@@ -165,7 +165,12 @@ class Soak:
         plans = [e for t, s, e in evs if s == subjects.MAPEK_PLAN and e.decision != events_pb2.DECISION_KIND_OBSERVE
                  and e.action.kind != events_pb2.ACTION_KIND_UNSPECIFIED]
         done = {e.incident_id for t, s, e in evs if s in (subjects.MAPEK_VERIFIED, subjects.MAPEK_ESCALATION)}
-        unresolved = sorted({p.incident_id for p in plans} - done)
+        acted = {e.incident_id for t, s, e in evs if s == subjects.MAPEK_ACTION}
+        auto = {p.incident_id for p in plans if p.decision == events_pb2.DECISION_KIND_AUTO_EXECUTE}
+        # a plan put to a vote is in the operators' hands (nobody votes in the soak): reported, not unresolved;
+        # once a vote passed and the action ran, its verification is owed like any other
+        voted = sorted({p.incident_id for p in plans} - auto - acted - done)
+        unresolved = sorted((auto | acted) - done)
         false_actions = []
         first_fault = min((f["on_ns"] for f in self.faults), default=None)
         for t, s, e in evs:
@@ -192,6 +197,7 @@ class Soak:
             "missed_repairs": [f"{f['kind']} {f['victim']}" for f in self.faults if not f["healed"]],
             "mttr_s": {"p50": pct(mttr, 50), "p99": pct(mttr, 99), "n": len(mttr)},
             "incidents_acted_on": len({p.incident_id for p in plans}), "unresolved_incidents": unresolved,
+            "put_to_vote": voted,
             "false_actions": false_actions,
             "audit": {"events": trail.events, "chains": trail.chains, "ok": trail.ok,
                       "problems": [str(p) for p in trail.problems][:10]},

@@ -5,6 +5,7 @@ integration, e2e, security (registered in pyproject.toml). `pytest -m unit` sele
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import socket
 import sys
@@ -17,6 +18,9 @@ from testkit import scaled, violations
 from x0tta6bl4.runtime.stack import NatsServer, Stack
 
 TESTS = pathlib.Path(__file__).resolve().parent
+# the CLIs the tests start print rich tables: without a terminal (a pytest-xdist worker's stdin is a pipe, so is
+# CI's) rich falls back to 80 columns and truncates the ids and words the tests look for
+os.environ.setdefault("COLUMNS", "200")
 LAYERS = ("unit", "service", "integration", "e2e", "security", "containers")
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr
 
 from services.keyvault import api, rpc
 from services.keyvault.keystore import open_keystore
-from services.keyvault.state import SharedVault, StateError
+from services.keyvault.state import BUCKET, SharedVault, StateError
 from x0tta6bl4.bus.app import Service, run_service
 from x0tta6bl4.bus.reader import kv_snapshot
 from x0tta6bl4.config import CommonSettings, ConfigError
@@ -88,6 +88,9 @@ def build(s: KeyvaultSettings) -> Service:
         except pin.RootPinError as e:
             raise ConfigError(str(e)) from None
     app = KeyvaultApp("keyvault", s)
+    # its state lives in this bucket: on a secured bus the service waits for the provisioner to declare it (a
+    # keyvault started right after the provisioning job, on a cluster still settling, exited with a traceback)
+    app.needed_buckets.add(BUCKET)
     parts: dict[str, Any] = {}
     own_id = spiffe_id(s.trust_domain, "service", "keyvault")
     svid = SvidSource(lambda: asyncio.to_thread(obtain_local, issuer, own_id), name="keyvault")
