@@ -326,6 +326,27 @@ class RuleAnalyzer:
             out.append(anomaly(window, node, root, fault, min(1.0, 0.5 + score / 2), confidence,
                                common_pb2.SEVERITY_CRITICAL if critical and confidence > 0.9 else
                                common_pb2.SEVERITY_MEDIUM, reasons, victims, self.name))
+        # 5. a node whose every link is clearly degraded (slow, or lossy above the critical line, as either end
+        # measures it) while nothing suffers end to end: routing already carries the traffic around it. Said,
+        # observed (an operator sees it), never acted on: there is nothing to repair that routing has not.
+        blamed = {a.root_cause for a in out}
+        lat_warn = _warnings(th)[1]
+        for n, t in sorted(nodes.items()):
+            if n in explained or n in blamed or not t.reachable:
+                continue
+            peers = {q.peer for q in t.links} | _bad_peers(n, nodes, th)
+            bad = _bad_peers(n, nodes, th)
+            if len(peers) < 2 or bad != peers:
+                continue
+            qs = [q for q in t.links if q.peer in bad] + [q for o in bad if o in nodes for q in nodes[o].links
+                                                          if q.peer == n]
+            lat = sum(q.latency_ms for q in qs) / len(qs)
+            loss = 100.0 * sum(q.loss_rate for q in qs) / len(qs)
+            fault = "congestion" if lat >= lat_warn else "degrading_link"
+            out.append(anomaly(window, n, n, fault, 0.5, 0.5, common_pb2.SEVERITY_LOW,
+                               [f"every link of {n} degraded ({', '.join(sorted(bad))}): latency {lat:.1f} ms, "
+                                f"loss {loss:.2f}% on average", "nothing suffers end to end: routing carries the "
+                                "traffic around it; observed"], sorted(bad), self.name))
         return out
 
 

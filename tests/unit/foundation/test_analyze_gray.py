@@ -11,7 +11,7 @@ from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.governance.decision import STANDARD_FROM, DecisionPolicy
 from x0tta6bl4.mapek import plan
 from x0tta6bl4.mapek.analyze import FLAP_AGE_S, RuleAnalyzer
-from x0tta6bl4.v1 import events_pb2
+from x0tta6bl4.v1 import common_pb2, events_pb2
 
 RING = {f"n{i}": [f"n{(i - 1) % 6}", f"n{(i + 1) % 6}"] for i in range(6)}
 
@@ -142,7 +142,9 @@ def test_a_neighbour_whose_only_bad_link_leads_to_a_lossy_node_is_not_blamed_wit
             "n0": tel("n0", {"n1": lossy}, loss_pct=15),
             "n2": tel("n2", {"n1": lossy}), "n3": tel("n3", {"n4": lossy}), "n5": tel("n5", {"n4": lossy})}
     out = RuleAnalyzer().analyze(ring(over))
-    assert [(a.root_cause, a.fault_type) for a in out] == [("n1", "degrading_link")], out
+    # n4, lossy too but with nobody suffering from it, is observed (0.5)
+    assert [(a.root_cause, a.fault_type, a.confidence) for a in out] == [("n1", "degrading_link", 0.7),
+                                                                         ("n4", "degrading_link", 0.5)], out
     assert "n0" in out[0].affected_nodes and any("lead" in f and "to n1" in f for f in out[0].top_features)
     assert out[0].confidence == 0.7        # n1 itself reports nothing out of range: a vote, not an auto action
 
@@ -159,3 +161,19 @@ def test_a_node_whose_links_carry_only_a_trace_of_loss_is_not_blamed_for_loss_el
     assert [(a.root_cause, a.fault_type, a.confidence) for a in trace] == [("n3", "path_degraded", 0.5)], trace
     lossy = RuleAnalyzer().analyze(mesh(0.08))
     assert [(a.root_cause, a.fault_type) for a in lossy] == [("n5", "degrading_link")], lossy
+
+
+def test_a_node_with_every_link_slow_and_no_end_to_end_symptom_is_observed_not_acted_on():
+    """n3's links are all +150 ms (both ends measure it) and routing already carries the traffic around it:
+    nobody is sick. The rules say so (an observe-level finding: the operator sees it, nothing is done); one slow
+    link alone says nothing."""
+    slow = (150.0, 0.0, 300.0)
+    out = RuleAnalyzer().analyze(ring({"n3": tel("n3", {"n2": slow, "n4": slow}),
+                                       "n2": tel("n2", {"n3": slow}), "n4": tel("n4", {"n3": slow})}))
+    assert [(a.root_cause, a.fault_type, a.confidence) for a in out] == [("n3", "congestion", 0.5)], out
+    assert out[0].severity == common_pb2.SEVERITY_LOW
+    assert "routing carries the traffic around it" in out[0].top_features[1]
+    p, _ = plan.make_plan(out[0], DecisionPolicy())
+    assert p.decision == events_pb2.DECISION_KIND_OBSERVE
+    one = RuleAnalyzer().analyze(ring({"n3": tel("n3", {"n2": slow}), "n2": tel("n2", {"n3": slow})}))
+    assert one == []
