@@ -155,6 +155,28 @@ def _link_source(n: str, nodes: dict[str, events_pb2.NodeTelemetry], exclude: se
                f"which has {c} degraded links; {n}'s other links are clean"]
 
 
+def _links_only(n: str, nodes: dict[str, events_pb2.NodeTelemetry], th: Thresholds | None,
+                reasons: list[str]) -> tuple[str, float, bool, list[str]]:
+    """A node whose only trouble is that every link of it is clearly degraded as it measures them: (fault,
+    confidence, critical, reasons). Its neighbours' measurements corroborate it when every neighbour that
+    reports a link to it sees that link degraded too (then the node is the common end: it is the source);
+    at the critical line (latency at the p99 critical line, or loss above the critical line on every link) that
+    is an automatic action (0.95, critical), below it a vote (0.7); not corroborated, it is observed (0.5)."""
+    t = nodes[n]
+    table = as_field_table(th)
+    seen_by = [q for o, ot in nodes.items() if o != n and ot.reachable for q in ot.links if q.peer == n]
+    corroborated = bool(seen_by) and all(_link_bad(q, th) for q in seen_by)
+    qs = [*t.links, *seen_by]
+    lat = min(q.latency_ms for q in qs)
+    loss = min(100.0 * q.loss_rate for q in qs)
+    fault = "congestion" if lat >= table["p99_latency_ms"][0] else "degrading_link"
+    severe = lat > table["p99_latency_ms"][1] or loss > table["loss_pct"][1]
+    confidence = (0.95 if severe else 0.7) if corroborated else 0.5
+    why = [*reasons, f"seen from {len(seen_by)} neighbour(s): "
+                     + ("every one measures its link to it degraded too" if corroborated else "not all agree")]
+    return fault, confidence, corroborated and severe, why
+
+
 FLAP_AGE_S = 3.0
 """A link re-established this recently after an outage (it kept its loss history: ``loss_rate`` > 0;
 a restarted node's links start clean) is evidence of a flap."""
@@ -280,6 +302,16 @@ class RuleAnalyzer:
             confidence = 0.95 if critical else 0.7
             victims = sorted(set(group) - {root})
             node = root
+            if not metric and reasons and all(r.startswith("links_degraded=") for r in reasons):
+                # the root is a warning for its links alone (every one clearly degraded as it measures them)
+                fault, confidence, critical, reasons = _links_only(root, nodes, th, reasons)
+                victims = sorted(set(group) - {root})
+                if any(a.incident_id == f"{root}.{fault}" for a in out):
+                    continue
+                out.append(anomaly(window, root, root, fault, 0.5 + confidence / 2, confidence,
+                                   common_pb2.SEVERITY_CRITICAL if critical else common_pb2.SEVERITY_MEDIUM,
+                                   reasons, victims, self.name))
+                continue
             near = hub is not None and (hub[0] in group or any(hub[0] in nodes[n].neighbours or any(
                 q.peer == hub[0] for q in nodes[n].links) for n in group))
             if hub is not None and near and hub[0] != root and metric in END_TO_END:

@@ -77,6 +77,10 @@ def classify_node(t: events_pb2.NodeTelemetry,
             bound = f"> {crit:g}" if h == common_pb2.HEALTH_CRITICAL else f">= {warn:g}"
             reasons.append(f"{metric}={value:g} {bound} ({level})")
         worst = max(worst, h)
+    slow = links_degraded(t, thresholds)
+    if slow:
+        worst = max(worst, common_pb2.HEALTH_WARNING)
+        reasons.append(slow)
     if t.failed_auth:
         worst = max(worst, common_pb2.HEALTH_WARNING)
         reasons.append(f"failed_auth={t.failed_auth}")
@@ -86,6 +90,23 @@ def classify_node(t: events_pb2.NodeTelemetry,
             worst = max(worst, common_pb2.HEALTH_WARNING)
             reasons.append(f"{key}={v:g}")
     return worst, reasons
+
+
+def links_degraded(t: events_pb2.NodeTelemetry,
+                   thresholds: Thresholds | Mapping[str, tuple[float, float]] | None = None) -> str:
+    """Why every one of the node's links (two at least, as it measures them from HELLO beacons) is clearly
+    degraded - slow (latency at the warning line) or lossy above the critical line - or "". A node that is
+    slow on every link carries no DATA once routing avoids it, so its own percentiles say nothing: its links
+    do (a node made 150 ms slower was never noticed). Makes the node a warning, never critical by itself."""
+    if len(t.links) < 2:
+        return ""
+    table = dict(_table(thresholds))
+    loss_crit, lat_warn = table["loss_pct"][1], table["p99_latency_ms"][0]
+    if not all(100.0 * q.loss_rate > loss_crit or q.latency_ms >= lat_warn for q in t.links):
+        return ""
+    lat = min(q.latency_ms for q in t.links)
+    loss = min(100.0 * q.loss_rate for q in t.links)
+    return f"links_degraded={len(t.links)}: latency >= {lat:.1f} ms or loss >= {loss:.1f}% on every link (warning)"
 
 
 def link_clean(q: events_pb2.LinkQuality, thresholds: Thresholds | None = None) -> bool:
