@@ -183,7 +183,7 @@ async def connect_once(url: str, name: str, timeout_s: float = 10.0, connect_tim
         return None
     return await asyncio.wait_for(
         nats.connect(servers=_servers(url, creds), name=name, connect_timeout=connect_timeout_s,
-                     allow_reconnect=False, max_reconnect_attempts=1, error_cb=_quiet,
+                     allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=_quiet,
                      **(creds.options() if creds is not None else {})), timeout_s)
 
 
