@@ -337,6 +337,12 @@ class RuleAnalyzer:
                 fault, confidence = METRIC_FAULT.get(metric, "degraded"), 0.5
                 reasons = [*reasons, f"only its link{'s' if len(far) > 1 else ''} to {', '.join(far)} degraded: "
                                      "either end may be at fault"]
+            elif metric in END_TO_END and not critical and not nodes[root].flows and not _links_clean(nodes[root], th):
+                # a node that sends no DATA of its own reports the loss and latency of its links: in the warning
+                # band, with none of them clearly degraded, that is too little to act on (a congested node's
+                # neighbour losing 1-2 % of its HELLOs was rerouted by a vote). Observe.
+                fault, confidence = METRIC_FAULT.get(metric, "degraded"), 0.5
+                reasons = [*reasons, "its links lose or delay a little, none clearly degraded: observed"]
             elif metric in END_TO_END and _links_clean(nodes[root], th):
                 # end-to-end loss/latency seen by a node whose own links are clean: the trouble is
                 # further along the path. A node whose own links are all degraded is the source;

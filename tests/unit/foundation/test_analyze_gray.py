@@ -197,3 +197,15 @@ def test_a_node_slow_on_every_link_is_the_source_even_when_nothing_suffers_end_t
     assert "routing carries the traffic around it" in observed[0].top_features[1]
     slow = (150.0, 0.0, 300.0)
     assert RuleAnalyzer().analyze(ring({"n3": tel("n3", {"n2": slow}), "n2": tel("n2", {"n3": slow})})) == []
+
+
+def test_a_relay_losing_a_few_hellos_on_its_links_is_observed_not_put_to_a_vote():
+    """n2 sends no DATA; its links lose 3 % of HELLOs (warning band, none clearly degraded): observed. Critical
+    (8 % on both links) it is the source."""
+    little = (1.0, 0.03, 300.0)
+    out = RuleAnalyzer().analyze(ring({"n2": tel("n2", {"n1": little, "n3": little}, loss_pct=3)}))
+    assert [(a.root_cause, a.confidence) for a in out] == [("n2", 0.5)], out
+    assert "none clearly degraded: observed" in out[0].top_features[-1]
+    lossy = (1.0, 0.08, 300.0)
+    out = RuleAnalyzer().analyze(ring({"n2": tel("n2", {"n1": lossy, "n3": lossy}, loss_pct=8)}))
+    assert [(a.root_cause, a.fault_type) for a in out] == [("n2", "degrading_link")] and out[0].confidence >= 0.7
