@@ -8,7 +8,9 @@ import hashlib
 import json
 import struct
 
+import govlogkit
 import pytest
+from govlogkit import applied, quarantined
 
 from x0tta6bl4.governance import Action, ActionKind, CloseReason, ProposalState, Tally, eventlog, fold
 from x0tta6bl4.governance import events as gev
@@ -66,19 +68,7 @@ def chain(*batches: list, signer: Signer = GOV) -> list[bytes]:
 
 
 def replay(messages: list[bytes]) -> tuple[LogReplay, list]:
-    r = LogReplay(BUNDLE)
-    verdicts = []
-    for i, m in enumerate(messages, 1):
-        verdicts += r.feed(i, m)
-    return r, verdicts
-
-
-def applied(verdicts) -> list[int]:
-    return [v.stream_seq for v in verdicts if isinstance(v, Applied)]
-
-
-def quarantined(verdicts) -> dict[int, str]:
-    return {v.stream_seq: v.reason for v in verdicts if isinstance(v, Quarantined)}
+    return govlogkit.replay(messages, BUNDLE)
 
 
 def test_a_genuine_chain_replays_in_full():

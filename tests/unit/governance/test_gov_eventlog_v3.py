@@ -9,7 +9,9 @@ import dataclasses
 import hashlib
 import struct
 
+import govlogkit
 import pytest
+from govlogkit import applied, quarantined
 
 from x0tta6bl4.governance import Action, ActionKind, CloseReason, ProposalState, Tally, VoteChoice, fold
 from x0tta6bl4.governance import events as gev
@@ -69,19 +71,7 @@ def chain(*batches: list, head=GENESIS, versions=None) -> list[bytes]:
 
 
 def replay(messages: list[bytes]) -> tuple[LogReplay, list]:
-    r = LogReplay(BUNDLE)
-    verdicts = []
-    for i, m in enumerate(messages, 1):
-        verdicts += r.feed(i, m)
-    return r, verdicts
-
-
-def applied(verdicts) -> list[int]:
-    return [v.stream_seq for v in verdicts if isinstance(v, Applied)]
-
-
-def quarantined(verdicts) -> dict[int, str]:
-    return {v.stream_seq: v.reason for v in verdicts if isinstance(v, Quarantined)}
+    return govlogkit.replay(messages, BUNDLE)
 
 
 def signed(body: bytes, head=GENESIS, signer: Signer = GOV) -> bytes:
