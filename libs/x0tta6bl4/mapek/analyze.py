@@ -372,19 +372,19 @@ class RuleAnalyzer:
         for n, t in sorted(nodes.items()):
             if n in explained or n in blamed or not t.reachable:
                 continue
-            peers = {q.peer for q in t.links} | _bad_peers(n, nodes, th)
-            bad = _bad_peers(n, nodes, th)
-            if len(peers) < 2 or bad != peers:
+            slow_peers = _bad_peers(n, nodes, th)
+            peers = {q.peer for q in t.links} | slow_peers
+            if len(peers) < 2 or slow_peers != peers:
                 continue
-            qs = [q for q in t.links if q.peer in bad] + [q for o in bad if o in nodes for q in nodes[o].links
-                                                          if q.peer == n]
+            qs = [q for q in t.links if q.peer in slow_peers]
+            qs += [q for o in slow_peers if o in nodes for q in nodes[o].links if q.peer == n]
             lat = sum(q.latency_ms for q in qs) / len(qs)
             loss = 100.0 * sum(q.loss_rate for q in qs) / len(qs)
             fault = "congestion" if lat >= lat_warn else "degrading_link"
             out.append(anomaly(window, n, n, fault, 0.5, 0.5, common_pb2.SEVERITY_LOW,
-                               [f"every link of {n} degraded ({', '.join(sorted(bad))}): latency {lat:.1f} ms, "
+                               [f"every link of {n} degraded ({', '.join(sorted(slow_peers))}): latency {lat:.1f} ms, "
                                 f"loss {loss:.2f}% on average", "nothing suffers end to end: routing carries the "
-                                "traffic around it; observed"], sorted(bad), self.name))
+                                "traffic around it; observed"], sorted(slow_peers), self.name))
         return out
 
 
