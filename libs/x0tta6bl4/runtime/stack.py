@@ -79,6 +79,12 @@ def free_port() -> int:
     import random
     lo, _ = _ephemeral_range()
     low, high = (10000, lo - 1) if lo > 12000 else (_EPHEMERAL_DEFAULT[1] + 1, 65535)
+    # pytest-xdist workers are processes that choose at the same time: each gets a slice of its own
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit() and int(workers) > 1:
+        size = (high - low + 1) // int(workers)
+        low = low + int(worker[2:]) % int(workers) * size
+        high = low + size - 1
     with _port_lock:
         for _ in range(2000):
             port = random.randint(low, high)
@@ -262,14 +268,9 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
-            if self.secrets is not None:   # TLS: a bare TCP probe would be logged as a failed handshake
-                if self._log_count(READY_LINE) > ready_before:
-                    return self
-            else:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
-                                                                             timeout=0.2) as s:
-                    if s.recv(4096).startswith(b"INFO"):
-                        return self
+            # its own log says so (a TCP probe could be answered by another server that took the port first)
+            if self._log_count(READY_LINE) > ready_before:
+                return self
             time.sleep(0.05)
         raise TimeoutError(f"nats-server did not listen on {self.port} within {timeout_s}s")
 
