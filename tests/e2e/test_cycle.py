@@ -163,8 +163,14 @@ async def test_a_rerouted_node_that_comes_back_is_reinstated_after_its_probation
             tel = await mesh_telemetry(js)
             return len(tel) == 9 and not any("n4" in t.avoided for t in tel.values())
         await eventually(nobody_avoids, 15, 0.1)
-        with pytest.raises(nats.js.errors.KeyNotFoundError):
-            await kv.get("n4")
+
+        async def record_gone() -> bool:       # the planner deletes it after the verification: wait for that
+            try:
+                await kv.get("n4")
+            except nats.js.errors.KeyNotFoundError:
+                return True
+            return False
+        await eventually(record_gone, 10, 0.1, what="n4's avoided record deleted after its reinstatement")
         plans = [events_pb2.Plan.FromString(m.data) for m in await read_all(js, subjects.MAPEK_PLAN)]
         reinstates = [p for p in plans if p.action.kind == events_pb2.ACTION_KIND_REINSTATE]
         assert len(reinstates) == 1 and reinstates[0].decision == events_pb2.DECISION_KIND_AUTO_EXECUTE
