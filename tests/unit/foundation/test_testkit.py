@@ -35,7 +35,9 @@ def test_a_timeout_names_the_check_and_its_last_value():
     assert "lambda: {\"acked\": 0}.get(\"acked\")" in msg and "last value: 0" in msg and "tries" in msg
 
 
-async def test_a_timeout_shows_the_last_assertion_and_chains_it():
+async def test_a_timeout_shows_the_last_assertion_and_chains_it(monkeypatch):
+    monkeypatch.setattr(testkit, "TIMEOUT_SCALE", 1.0)      # deadlines as written (make test doubles them)
+
     def check():
         assert 1 + 1 == 3, "arithmetic still broken"
     with pytest.raises(AssertionError) as ei:
@@ -57,6 +59,12 @@ def test_deadlines_scale_with_the_environment(monkeypatch):
     assert testkit.scaled(4) == 10
     with pytest.raises(AssertionError, match=r"not within 0.05s \(0.02s x X0TTA6BL4_TEST_TIMEOUT_SCALE=2.5\)"):
         eventually_sync(lambda: False, timeout=0.02, interval=0.01)
+    # unset: 1, or 2 under two or more pytest-xdist workers (a busy machine)
+    monkeypatch.delenv(testkit.SCALE_ENV)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert testkit._timeout_scale() == 2.0
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "1")
+    assert testkit._timeout_scale() == 1.0
     for bad in ("0", "-1", "fast"):
         monkeypatch.setenv(testkit.SCALE_ENV, bad)
         with pytest.raises(ValueError, match="expected a positive number"):
