@@ -35,7 +35,7 @@ import time
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import new_meta
 from x0tta6bl4.bus.reader import kv_snapshot, mesh_telemetry
-from x0tta6bl4.mapek.health import as_field_table, classify_node
+from x0tta6bl4.mapek.health import classify_node, link_clearly_bad
 from x0tta6bl4.rpc.svid import mint as mint_svid
 from x0tta6bl4.runtime.locate import admin_metadata
 from x0tta6bl4.runtime.stack import Stack, repo_root
@@ -149,9 +149,7 @@ async def settle(js, nodes, src, timeout=30.0, nc=None, cleared: list | None = N
                     bad.append(k)
             # the links too: an earlier trial's fault leaves its trace in the link estimates (latency EWMA, loss
             # window) for seconds after it is removed, and a trial started meanwhile overlaps the last one
-            loss_crit, lat_warn = as_field_table()["loss_pct"][1], as_field_table()["p99_latency_ms"][0]
-            slow = sorted({n for n, t in tel.items() for q in t.links
-                           if 100 * q.loss_rate > loss_crit or q.latency_ms >= lat_warn})
+            slow = sorted({n for n, t in tel.items() for q in t.links if link_clearly_bad(q)})
             if not bad and not slow:
                 return tel
             why = ("critical: " + "; ".join(f"{k[5:]} ({', '.join(classify_node(tel[k[5:]])[1])})"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from x0tta6bl4.ids import derive_id, new_meta
-from x0tta6bl4.mapek.health import as_field_table, classify_node
+from x0tta6bl4.mapek.health import as_field_table, classify_node, link_clearly_bad
 from x0tta6bl4.monitoring.thresholds import Thresholds
 from x0tta6bl4.v1 import common_pb2, events_pb2
 
@@ -89,14 +89,6 @@ def _degraded_links_node(nodes: dict[str, events_pb2.NodeTelemetry], exclude: se
     return (best[1], best[2]) if best else None
 
 
-def _link_bad(q: events_pb2.LinkQuality, th: Thresholds | None = None) -> bool:
-    """A link clearly degraded: slow (latency at the warning line) or lossy above the critical line. The loss
-    bar is the critical one because the links are evidence against a node: one HELLO lost in a window of 64
-    is 1.6 % (over the warning line), and a node whose fault has ended keeps such a trace on its links for a
-    while; counted, it made that node the 'hub' of the next incident elsewhere."""
-    return 100.0 * q.loss_rate > as_field_table(th)["loss_pct"][1] or q.latency_ms >= _warnings(th)[1]
-
-
 def _bad_link_hub(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
                   th: Thresholds | None = None) -> tuple[str, list[str], float, float] | None:
     """The node at the centre of the degraded links: every link reported out of the healthy range (by
@@ -108,7 +100,7 @@ def _bad_link_hub(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
         if not t.reachable:
             continue
         for q in t.links:
-            if q.peer != n and _link_bad(q, th):
+            if q.peer != n and link_clearly_bad(q, th):
                 bad.setdefault(frozenset((n, q.peer)), []).append(q)
     count: dict[str, int] = {}
     for pair in bad:
@@ -129,8 +121,8 @@ def _bad_link_hub(nodes: dict[str, events_pb2.NodeTelemetry], exclude: set[str],
 
 def _bad_peers(n: str, nodes: dict[str, events_pb2.NodeTelemetry], th: Thresholds | None = None) -> set[str]:
     """The peers whose link with ``n`` either end reports out of the healthy range."""
-    out = {q.peer for q in nodes[n].links if q.peer != n and _link_bad(q, th)}
-    out |= {o for o, t in nodes.items() if o != n and t.reachable and any(q.peer == n and _link_bad(q, th)
+    out = {q.peer for q in nodes[n].links if q.peer != n and link_clearly_bad(q, th)}
+    out |= {o for o, t in nodes.items() if o != n and t.reachable and any(q.peer == n and link_clearly_bad(q, th)
                                                                           for q in t.links)}
     return out
 
@@ -165,7 +157,7 @@ def _links_only(n: str, nodes: dict[str, events_pb2.NodeTelemetry], th: Threshol
     t = nodes[n]
     table = as_field_table(th)
     seen_by = [q for o, ot in nodes.items() if o != n and ot.reachable for q in ot.links if q.peer == n]
-    corroborated = bool(seen_by) and all(_link_bad(q, th) for q in seen_by)
+    corroborated = bool(seen_by) and all(link_clearly_bad(q, th) for q in seen_by)
     qs = [*t.links, *seen_by]
     lat = min(q.latency_ms for q in qs)
     loss = min(100.0 * q.loss_rate for q in qs)
@@ -328,12 +320,12 @@ class RuleAnalyzer:
                 confidence = 0.95 if bad in sick else 0.7
                 victims = sorted(set(group) - {bad})
                 root, reasons = bad, [*why, f"seen by {', '.join(sorted(group))}"]
-            elif metric in END_TO_END and _bad_peers(root, nodes, th) and len(_bad_peers(root, nodes, th)) < len(
-                    {q.peer for q in nodes[root].links} | _bad_peers(root, nodes, th)):
+            elif metric in END_TO_END and (far_set := _bad_peers(root, nodes, th)) and len(far_set) < len(
+                    {q.peer for q in nodes[root].links} | far_set):
                 # some of the root's links are degraded, the others clean, and nothing shows the trouble at the
                 # other end of the bad ones: either end may be at fault (a lossy node's neighbour sees its one
                 # bad link before the node's other neighbours do). Observe until the evidence points at a node.
-                far = sorted(_bad_peers(root, nodes, th))
+                far = sorted(far_set)
                 fault, confidence = METRIC_FAULT.get(metric, "degraded"), 0.5
                 reasons = [*reasons, f"only its link{'s' if len(far) > 1 else ''} to {', '.join(far)} degraded: "
                                      "either end may be at fault"]

@@ -92,6 +92,15 @@ def classify_node(t: events_pb2.NodeTelemetry,
     return worst, reasons
 
 
+def link_clearly_bad(q: events_pb2.LinkQuality,
+                     thresholds: Thresholds | Mapping[str, tuple[float, float]] | None = None) -> bool:
+    """A link clearly degraded, as evidence against a node: slow (latency at the warning line) or lossy above the
+    critical line (one HELLO lost in a window of 64 is 1.6 %, over the warning line, and a node whose fault has
+    ended keeps such a trace on its links for a while)."""
+    table = dict(_table(thresholds))
+    return 100.0 * q.loss_rate > table["loss_pct"][1] or q.latency_ms >= table["p99_latency_ms"][0]
+
+
 def links_degraded(t: events_pb2.NodeTelemetry,
                    thresholds: Thresholds | Mapping[str, tuple[float, float]] | None = None) -> str:
     """Why every one of the node's links (two at least, as it measures them from HELLO beacons) is clearly
@@ -100,9 +109,7 @@ def links_degraded(t: events_pb2.NodeTelemetry,
     do (a node made 150 ms slower was never noticed). Makes the node a warning, never critical by itself."""
     if len(t.links) < 2:
         return ""
-    table = dict(_table(thresholds))
-    loss_crit, lat_warn = table["loss_pct"][1], table["p99_latency_ms"][0]
-    if not all(100.0 * q.loss_rate > loss_crit or q.latency_ms >= lat_warn for q in t.links):
+    if not all(link_clearly_bad(q, thresholds) for q in t.links):
         return ""
     lat = min(q.latency_ms for q in t.links)
     loss = min(100.0 * q.loss_rate for q in t.links)
