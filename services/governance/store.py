@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -99,6 +101,11 @@ QUARANTINED = Counter("x0_gov_events_quarantined_total",
 
 QuarantineReport = Callable[[int, str, str], Awaitable[None]]
 """``report(stream_seq, subject, reason)``: a quarantined log message, reported once per stream sequence."""
+
+
+LEADERLESS = (TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError,
+              nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError)
+"""What reading the stream raises while its (or its consumer's) leader is elected or the broker is away."""
 
 
 class Unavailable(Exception):
@@ -224,29 +231,71 @@ class GovStore:
 
     # ---- reading the log ---------------------------------------------------------
     async def _read_from(self, start_seq: int) -> list[tuple[int, str, bytes]]:
-        """(stream sequence, subject, data) of every message from ``start_seq`` on (nothing decoded yet)."""
-        info = await self.js.stream_info(STREAM_GOV)
-        last = info.state.last_seq
+        """(stream sequence, subject, data) of every message from ``start_seq`` on (nothing decoded yet).
+
+        In a cluster the stream or the reading consumer may have no leader for a moment (a server was killed, an
+        election runs): the broker answers 503 or not at all. Reading resumes from the next sequence with a new
+        consumer until ``retry_for_s`` has passed, then raises :class:`Unavailable`; it never returns a log cut
+        short by a stalled consumer (which would replay a partial ledger)."""
         out: list[tuple[int, str, bytes]] = []
-        if last < start_seq:
-            return out
+        next_seq = start_seq
+        empty_rounds = 0
+        delay = 0.1
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            if out:   # resume after what was read (also after a failure part-way)
+                next_seq = max(next_seq, out[-1][0] + 1)
+            try:
+                info = await self.js.stream_info(STREAM_GOV)
+                last = info.state.last_seq
+                if last < next_seq:
+                    return out
+                got = await self._read_range(next_seq, last, out)
+            except LEADERLESS as e:
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"governance log: stream {STREAM_GOV} cannot be read from seq {next_seq} "
+                                      f"for {self.retry_for_s:.0f} s ({type(e).__name__}: no leader or no "
+                                      f"broker)") from None
+                log.warning("governance: reading %s from seq %d: %s; retrying in %.1f s", STREAM_GOV, next_seq,
+                            type(e).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if out:
+                next_seq = max(next_seq, out[-1][0] + 1)
+            if next_seq > last:
+                return out
+            if got:
+                empty_rounds = 0
+                continue
+            # a fresh consumer from next_seq delivered nothing below `last`: removed (limits, deletes) or a
+            # consumer that stalled; a second fresh consumer tells them apart
+            empty_rounds += 1
+            if empty_rounds >= 2:
+                return out
+
+    async def _read_range(self, start_seq: int, last: int, out: list[tuple[int, str, bytes]]) -> int:
+        """Append messages start_seq..last to ``out`` with an ephemeral consumer; returns how many it read
+        before the stream ran out or a fetch timed out."""
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq,
                              ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
         sub = await self.js.pull_subscribe(GOV_EVENTS_ALL, stream=STREAM_GOV, config=cfg)
+        n = 0
         try:
             seq = start_seq - 1
             while seq < last:
                 try:
                     msgs = await sub.fetch(256, timeout=2.0)
                 except (TimeoutError, nats.errors.TimeoutError):
-                    break  # messages below `last` were removed (limits): nothing more to read
+                    break
                 for m in msgs:
                     seq = m.metadata.sequence.stream
                     out.append((seq, m.subject, m.data))
+                    n += 1
         finally:
             with contextlib.suppress(Exception):   # the ephemeral consumer goes away on its own
                 await sub.unsubscribe()
-        return out
+        return n
 
     def _apply_links(self, links: list[dict]) -> None:
         apply_links(links, self.links, self.by_action)

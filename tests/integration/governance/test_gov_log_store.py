@@ -197,3 +197,45 @@ async def test_a_legacy_log_is_refused_unless_adopted(stores, nc):
 async def test_a_key_the_bundle_does_not_trust_for_the_log_does_not_start(stores):
     with pytest.raises(ConfigError, match=r"cannot sign the governance log.*belongs to planner"):
         GovStore(engine, Signer("governance", PLANNER._key), TrustBundle("x", (PLANNER.trusted(),)), None)
+
+
+async def test_a_replay_rides_out_a_leaderless_moment_without_losing_or_repeating_records(stores, nc, monkeypatch):
+    """A 503 (the stream's or consumer's leader is being elected) part-way through a replay: reading resumes
+    after the last record read; the replayed ledger is the whole one, each record once."""
+    from nats.js.errors import ServiceUnavailableError
+    first = await stores.start()
+    for i in range(5):
+        await first.execute(register(f"v{i}", 10.0 + i))
+    real = GovStore._read_range
+    failures = {"left": 2}
+
+    async def flaky(self, start_seq, last, out):
+        if failures["left"]:
+            failures["left"] -= 1
+            if start_seq == 1:   # the first attempt dies after two records
+                await real(self, start_seq, last, out)
+                del out[2:]
+            raise ServiceUnavailableError
+        return await real(self, start_seq, last, out)
+
+    monkeypatch.setattr(GovStore, "_read_range", flaky)
+    again = await stores.start()
+    assert failures["left"] == 0
+    assert again.replay.head == first.replay.head and again.last_seq == first.last_seq
+    assert {v: again.engine.get_balance(v) for v in (f"v{i}" for i in range(5))} == {
+        f"v{i}": 10.0 + i for i in range(5)}
+    assert not again.quarantined and not stores.reports   # no record read twice (it would be out of chain)
+
+
+async def test_a_replay_that_never_gets_a_leader_fails_with_a_clear_error(stores, nc, monkeypatch):
+    from nats.js.errors import ServiceUnavailableError
+
+    from services.governance.store import Unavailable
+    await stores.start()
+
+    async def down(self, start_seq, last, out):
+        raise ServiceUnavailableError
+
+    monkeypatch.setattr(GovStore, "_read_range", down)
+    with pytest.raises(Unavailable, match="cannot be read from seq 1 for 1 s"):
+        await stores.start(retry_for_s=1.0)
