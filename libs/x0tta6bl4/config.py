@@ -76,6 +76,9 @@ class CommonSettings(BaseSettings):
     ack_wait_s: float = Field(30.0, gt=0, le=3600)
     fetch_batch: int = Field(32, ge=1, le=1024)
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas for streams (clustered NATS)")
+    monitor_partitions: int = Field(1, ge=1, le=16, description=(
+        "telemetry partitions across monitor replicas (the MESH stream stores each node's reports under its "
+        "partition; one durable consumer per partition): the same on every service and the provisioner"))
     instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     trust_domain: str = Field("x0tta6bl4.mesh", pattern=r"^[a-z0-9.-]{1,253}$")
     nats_nkey_file: pathlib.Path | None = Field(None, description="this identity's NATS nkey seed file")

@@ -10,8 +10,9 @@ from typing import Literal
 from prometheus_client import Counter
 from pydantic import Field
 
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service, run_service
-from x0tta6bl4.config import CommonSettings
+from x0tta6bl4.config import CommonSettings, ConfigError
 from x0tta6bl4.monitoring import prometheus as prom
 from x0tta6bl4.monitoring import wiring
 from x0tta6bl4.stages import monitor as stage
@@ -39,13 +40,26 @@ class MonitorSettings(CommonSettings):
         "(measured about twice the reports per CPU second of 8)"))
     max_lag_s: float = Field(5.0, gt=0, le=3600, description=(
         "/ready is false while the monitor is further behind its telemetry than this"))
+    monitor_partition: int = Field(0, ge=0, le=15, description=(
+        "this replica's telemetry partition, below X0TTA6BL4_MONITOR_PARTITIONS (replicas of one partition "
+        "share its durable consumer)"))
 
 
 REFUSED = Counter("x0_monitor_refused_total", "node reports refused, by reason", ["reason"])
 
 
+def check_partition(settings: MonitorSettings) -> None:
+    """ConfigError unless the replica's partition is one of X0TTA6BL4_MONITOR_PARTITIONS."""
+    if settings.monitor_partition >= settings.monitor_partitions:
+        raise ConfigError(f"X0TTA6BL4_MONITOR_PARTITION={settings.monitor_partition}: must be below "
+                          f"X0TTA6BL4_MONITOR_PARTITIONS={settings.monitor_partitions} (partitions are numbered "
+                          f"from 0)")
+
+
 def dependencies(settings: MonitorSettings, clock_ns: Callable[[], int] = time.time_ns) -> stage.MonitorDeps:
-    return stage.MonitorDeps(thresholds=settings.threshold_table(), stale_after_s=settings.stale_after_s,
+    check_partition(settings)
+    return stage.MonitorDeps(partitions=settings.monitor_partitions, partition=settings.monitor_partition,
+                             thresholds=settings.threshold_table(), stale_after_s=settings.stale_after_s,
                              window_s=settings.window_s, instance=settings.instance, clock_ns=clock_ns,
                              span=lambda name, **kw: tracer().start_as_current_span(name, **kw),
                              max_future_s=settings.report_max_future_s, max_age_s=settings.report_max_age_s,
@@ -54,7 +68,10 @@ def dependencies(settings: MonitorSettings, clock_ns: Callable[[], int] = time.t
 
 
 def build(settings: MonitorSettings, deps: stage.MonitorDeps | None = None) -> Service:
+    check_partition(settings)
     deps = dependencies(settings) if deps is None else deps
+    deps.partitions, deps.partition = settings.monitor_partitions, settings.monitor_partition
+    telemetry = subjects.monitor_telemetry_consumer(deps.partition, deps.partitions)
     app = Service("monitor", settings)
     registry, flush = wiring.default_registry(), wiring.FlushOnScrape()
     if registry is not None:
@@ -63,14 +80,15 @@ def build(settings: MonitorSettings, deps: stage.MonitorDeps | None = None) -> S
     if registry is None:
         metrics.registry.register(flush)   # a private registry (a second monitor in one process)
     deps.gauges = flush.gauges = wiring.PromGauges(metrics, deps.thresholds)
-    wiring.attach_lag(app, deps, settings.max_lag_s)
+    wiring.attach_lag(app, deps, settings.max_lag_s, telemetry)
     wiring.attach_kernel_feed(app, settings, deps, metrics)
     app.mirror(stage.TELEMETRY_BUCKET, on_change=partial(stage.apply_telemetry, deps))
     app.mirror(stage.HEALTH_BUCKET, on_change=partial(stage.apply_health, deps))
     wiring.attach_report_writer(app, deps)
     # state, not a command (see stage.on_telemetry): no idempotency record, and no span per report (a cycle a
-    # report starts still continues the report's trace); by default one at a time (telemetry_concurrency)
-    app.subscribe("monitor-telemetry", events_pb2.NodeTelemetry, partial(stage.on_telemetry, deps=deps),
+    # report starts still continues the report's trace); by default one at a time (telemetry_concurrency);
+    # partitioned: this replica's partition's consumer (monitor-telemetry-p<i>)
+    app.subscribe(telemetry, events_pb2.NodeTelemetry, partial(stage.on_telemetry, deps=deps),
                   concurrency=settings.telemetry_concurrency, idempotent_skip=False, traced=False)
     app.subscribe("monitor-events", mesh_pb2.MeshEvent, partial(stage.on_event, deps=deps), concurrency=4)
 

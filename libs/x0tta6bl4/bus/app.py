@@ -327,7 +327,8 @@ class Service:
         self.nc = await connect(s.nats_url, f"{self.name}@{s.instance}", creds=creds)
         self.publisher = Publisher(self.nc, self.name)
         if creds is None:   # an open broker (development): declare what is missing ourselves
-            await ensure_topology(self.nc.jetstream(), s.stream_replicas, s.max_deliver, s.ack_wait_s)
+            await ensure_topology(self.nc.jetstream(), s.stream_replicas, s.max_deliver, s.ack_wait_s,
+                                  s.monitor_partitions)
         else:               # a secured bus: the provisioner declared it; wait for it, never create it
             await self._wait_topology()
         self.chain = AuditChain(self.name, audit_signer)

@@ -23,6 +23,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 from tenacity import (
@@ -187,7 +188,10 @@ async def connect_once(url: str, name: str, timeout_s: float = 10.0, connect_tim
                      **(creds.options() if creds is not None else {})), timeout_s)
 
 
-def stream_config(s: subjects.Stream, replicas: int = 1) -> StreamConfig:
+def stream_config(s: subjects.Stream, replicas: int = 1, telemetry_partitions: int = 1) -> StreamConfig:
+    """A stream's configuration; MESH with ``telemetry_partitions`` > 1 stores each report under its node's
+    partition (:func:`x0tta6bl4.bus.subjects.telemetry_transform`)."""
+    transform = subjects.telemetry_transform(telemetry_partitions) if s.name == subjects.STREAM_MESH else None
     return StreamConfig(
         name=s.name,
         subjects=list(s.subjects),
@@ -201,15 +205,21 @@ def stream_config(s: subjects.Stream, replicas: int = 1) -> StreamConfig:
         deny_purge=s.deny_delete,
         discard=DiscardPolicy.NEW if s.discard_new else DiscardPolicy.OLD,
         allow_direct=True,
+        subject_transform=None if transform is None else SubjectTransform(src=transform[0], dest=transform[1]),
     )
 
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1, max_deliver: int = 5,
-                          ack_wait_s: float = 30.0) -> None:
+                          ack_wait_s: float = 30.0, telemetry_partitions: int = 1) -> None:
     """Create or update every stream, bucket and durable consumer (idempotent, safe from many replicas).
-    On a secured bus only the provisioner may (see :mod:`x0tta6bl4.bus.permissions`)."""
+    On a secured bus only the provisioner may (see :mod:`x0tta6bl4.bus.permissions`). With
+    ``telemetry_partitions`` > 1 (X0TTA6BL4_MONITOR_PARTITIONS) MESH stores telemetry by partition and each
+    partition gets its durable consumer ``monitor-telemetry-p<i>``."""
+    if not 1 <= telemetry_partitions <= subjects.MAX_MONITOR_PARTITIONS:
+        raise ValueError(f"telemetry partitions: {telemetry_partitions}, expected 1 to "
+                         f"{subjects.MAX_MONITOR_PARTITIONS}")
     for s in subjects.STREAMS:
-        cfg = stream_config(s, replicas)
+        cfg = stream_config(s, replicas, telemetry_partitions)
         try:
             await js.add_stream(cfg)
         except BadRequestError:
@@ -221,7 +231,7 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1, max_deliver: 
             with contextlib.suppress(BadRequestError):   # created concurrently by another replica
                 await js.create_key_value(KeyValueConfig(bucket=b.name, history=b.history,
                                                          ttl=b.ttl_s or None, replicas=replicas))
-    for c in subjects.CONSUMERS:
+    for c in (*subjects.CONSUMERS, *subjects.partition_consumers(telemetry_partitions)):
         try:
             await js.consumer_info(c.stream, c.durable)
         except NotFoundError:

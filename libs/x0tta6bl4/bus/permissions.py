@@ -89,7 +89,9 @@ def _kv_rw(bucket: str, keys: str = ">") -> list[str]:
 
 
 def _durables_of(service: str) -> list[subjects.Consumer]:
-    return [c for c in subjects.CONSUMERS if c.service == service]
+    """The service's durable consumers (the monitor's: with every telemetry partition's, so a replica of any
+    partition may pull its own; which exist is the provisioner's X0TTA6BL4_MONITOR_PARTITIONS)."""
+    return [c for c in (*subjects.CONSUMERS, *subjects.PARTITION_CONSUMERS) if c.service == service]
 
 
 def _processed(service: str) -> list[str]:
@@ -112,7 +114,7 @@ def _service_base(service: str) -> list[str]:
 def _protect_durables(owner: str) -> list[str]:
     """Deny every durable consumer API subject of the consumers ``owner`` does not own."""
     out = []
-    for c in subjects.CONSUMERS:
+    for c in (*subjects.CONSUMERS, *subjects.PARTITION_CONSUMERS):
         if c.service == owner:
             continue
         out += [f"{JS}.CONSUMER.MSG.NEXT.{c.stream}.{c.durable}", f"$JS.ACK.{c.stream}.{c.durable}.>",
@@ -262,13 +264,19 @@ def table(mesh_hosts: Mapping[str, Iterable[str]] | None = None) -> Table:
     return Table(tuple(ids))
 
 
+def _one_for_partitions(subject: str) -> str:
+    """``dlq.monitor-telemetry-p0`` stands for every partition's in the table (``-p<0..15>``)."""
+    return subject[:-1] + f"<0..{subjects.MAX_MONITOR_PARTITIONS - 1}>" if subject.endswith("-p0") else subject
+
+
 def describe() -> str:
     """A markdown table of who may publish and subscribe what (docs/security.md is generated from it)."""
     lines = ["| identity | kind | publishes (besides JetStream API and its own inbox) | subscribes | "
              "answers requests |", "|---|---|---|---|---|"]
     example = table({"h1": ["n0", "n1"]})
     for p in example.identities:
-        pubs = [x for x in p.publish if not x.startswith(("$JS", "$KV"))]
+        pubs = [_one_for_partitions(x) for x in p.publish if not x.startswith(("$JS", "$KV"))
+                 and not any(x.endswith(f"-p{i}") for i in range(1, subjects.MAX_MONITOR_PARTITIONS))]
         kvw = sorted({x.split(".")[1] for x in p.publish if x.startswith("$KV.")})
         if kvw:
             pubs.append("writes KV " + ", ".join(kvw))

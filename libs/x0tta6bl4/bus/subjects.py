@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 # ---- subjects ---------------------------------------------------------------
 TELEMETRY = "mesh.telemetry.{node}"      # NodeTelemetry from node agents
+TELEMETRY_STORED = "mesh.telemetry.{partition}.{node}"  # how MESH stores it when telemetry is partitioned
 MESH_EVENT = "mesh.event.{node}"         # MeshEvent from node agents (neighbour lost, bad signature ...)
 MESH_CMD = "mesh.cmd.{node}"             # MeshCommand to node agents (core NATS request/reply)
 MAPEK_TELEMETRY = "mapek.telemetry"      # TelemetryWindow: monitor -> analyzer (starts a cycle)
@@ -64,6 +65,44 @@ def token(value: str) -> str:
 
 def telemetry(node: str) -> str:
     return TELEMETRY.format(node=token(node))
+
+
+# ---- telemetry partitioned across monitor replicas -----------------------------------------------------
+MAX_MONITOR_PARTITIONS = 16
+"""At most this many telemetry partitions (X0TTA6BL4_MONITOR_PARTITIONS): the monitor's permissions name
+each partition's durable consumer (a subject wildcard cannot match part of a token)."""
+
+
+def partition_of(node: str, partitions: int) -> int:
+    """The partition of ``node``'s telemetry: nats-server's ``{{partition(K,1)}}`` of the subject token
+    (FNV-1a, 32 bits, modulo K), so a monitor knows which nodes the stream gives its consumer."""
+    h = 0x811C9DC5
+    for b in token(node).encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h % partitions if partitions > 1 else 0
+
+
+def telemetry_stored(node: str, partitions: int) -> str:
+    """The subject MESH stores ``node``'s report under: ``mesh.telemetry.<node>`` as published, or with
+    ``partitions`` > 1 ``mesh.telemetry.<partition>.<node>`` (the stream's subject transform)."""
+    if partitions <= 1:
+        return telemetry(node)
+    return TELEMETRY_STORED.format(partition=partition_of(node, partitions), node=token(node))
+
+
+def telemetry_transform(partitions: int) -> tuple[str, str] | None:
+    """MESH's subject transform for ``partitions`` (source, destination); None for one partition (as
+    published). Publishers and core NATS subscribers keep ``mesh.telemetry.<node>``: only what the stream
+    stores, and so what its consumers filter, carries the partition."""
+    if partitions <= 1:
+        return None
+    return MESH_TELEMETRY_ALL, f"mesh.telemetry.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"
+
+
+def monitor_telemetry_consumer(partition: int, partitions: int) -> str:
+    """The durable consumer of a monitor replica of ``partition`` (of ``partitions``): ``monitor-telemetry``
+    when telemetry is not partitioned, ``monitor-telemetry-p<partition>`` when it is."""
+    return "monitor-telemetry" if partitions <= 1 else f"monitor-telemetry-p{partition}"
 
 
 def mesh_event(node: str) -> str:
@@ -232,8 +271,20 @@ SUBJECTS: tuple[Subject, ...] = (
 )
 
 
+PARTITION_CONSUMERS: tuple[Consumer, ...] = tuple(
+    Consumer(monitor_telemetry_consumer(i, MAX_MONITOR_PARTITIONS), "MESH",
+             TELEMETRY_STORED.format(partition=i, node="*"), "monitor", f"node telemetry of partition {i}")
+    for i in range(MAX_MONITOR_PARTITIONS))
+"""One durable consumer per telemetry partition (declared for the partitions in use only)."""
+
+
+def partition_consumers(partitions: int) -> tuple[Consumer, ...]:
+    """The consumers the provisioner declares for ``partitions`` (none for one: ``monitor-telemetry``)."""
+    return PARTITION_CONSUMERS[:partitions] if partitions > 1 else ()
+
+
 def consumer(durable: str) -> Consumer:
-    for c in CONSUMERS:
+    for c in (*CONSUMERS, *PARTITION_CONSUMERS):
         if c.durable == durable:
             return c
     raise KeyError(f"no consumer named {durable!r} in bus.subjects.CONSUMERS")
@@ -258,4 +309,7 @@ def describe() -> str:
     lines += ["", "| durable consumer | stream | subject | service |", "|---|---|---|---|"]
     for c in CONSUMERS:
         lines.append(f"| {c.durable} | {c.stream} | {c.subject} | {c.service} |")
+    first, last = PARTITION_CONSUMERS[0], PARTITION_CONSUMERS[-1]
+    lines.append(f"| {first.durable} .. {last.durable.rpartition('-')[2]} (X0TTA6BL4_MONITOR_PARTITIONS > 1) | "
+                 f"{first.stream} | mesh.telemetry.<partition>.* | {first.service} |")
     return "\n".join(lines)

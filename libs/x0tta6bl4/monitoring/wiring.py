@@ -152,9 +152,10 @@ class FlushOnScrape:
 LAG_EVERY_S = 0.25
 
 
-def attach_lag(app: Service, deps: stage.MonitorDeps, max_lag_s: float) -> None:
+def attach_lag(app: Service, deps: stage.MonitorDeps, max_lag_s: float, durable: str = "monitor-telemetry") -> None:
     """How far behind the telemetry consumer is (:class:`x0tta6bl4.mapek.liveness.Lag`): every
-    ``LAG_EVERY_S`` the consumer's pending messages (``monitor-telemetry`` consumer info: not delivered
+    ``LAG_EVERY_S`` the consumer's pending messages (``durable``'s consumer info, ``monitor-telemetry`` or the
+    replica's partition's ``monitor-telemetry-p<i>``: not delivered
     yet plus delivered and not acknowledged) go into the stage's horizon; ``x0_monitor_lag_seconds`` and
     ``x0_monitor_pending`` on /metrics; /ready is false (``telemetry_lag``) while the lag is over
     ``max_lag_s``."""
@@ -164,7 +165,7 @@ def attach_lag(app: Service, deps: stage.MonitorDeps, max_lag_s: float) -> None:
     lag_g = Gauge("x0_monitor_lag_seconds", "how far behind its telemetry the monitor has read", registry=registry)
     pending_g = Gauge("x0_monitor_pending", "telemetry messages waiting for the monitor's consumer",
                       registry=registry)
-    c = subjects.consumer("monitor-telemetry")
+    c = subjects.consumer(durable)
 
     async def pending() -> int | None:
         try:

@@ -505,7 +505,8 @@ async def provision(timeout_s: float) -> str:
         while True:     # a new cluster answers once its meta leader is elected and enough servers are current
             try:
                 await asyncio.wait_for(ensure_topology(nc.jetstream(), s.stream_replicas, s.max_deliver,
-                                                       s.ack_wait_s), max(1.0, deadline - loop.time()))
+                                                       s.ack_wait_s, s.monitor_partitions),
+                                       max(1.0, deadline - loop.time()))
                 break
             except Exception:
                 if loop.time() >= deadline:

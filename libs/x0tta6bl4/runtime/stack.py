@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX, OPERATOR, PROVISIONER
-from x0tta6bl4.bus.subjects import token
+from x0tta6bl4.bus.subjects import MAX_MONITOR_PARTITIONS, token
 from x0tta6bl4.runtime.secrets import Secrets
 from x0tta6bl4.runtime.secrets import init as init_secrets
 
@@ -288,12 +288,12 @@ class NatsServer:
         self.stop()
         self.start()
 
-    def provision(self, replicas: int = 1, timeout_s: float = 30.0) -> None:
+    def provision(self, replicas: int = 1, timeout_s: float = 30.0, telemetry_partitions: int = 1) -> None:
         """Declare every stream, bucket and durable consumer (as the provisioner on a secured server)."""
         from x0tta6bl4.bus.connection import NatsCredentials
         creds = (NatsCredentials.in_secrets(self.secrets.root, PROVISIONER) if self.secrets is not None else None)
 
-        _provision(self.url, creds, replicas, timeout_s)
+        _provision(self.url, creds, replicas, timeout_s, telemetry_partitions)
 
     def healthz(self, js_enabled_only: bool = False) -> bool:
         """The server's monitoring /healthz (its JetStream is current with the cluster unless
@@ -316,7 +316,8 @@ class NatsServer:
 CLUSTER_NAME = "x0tta6bl4"
 
 
-def _provision(url: str, creds: NatsCredentials | None, replicas: int, timeout_s: float) -> None:
+def _provision(url: str, creds: NatsCredentials | None, replicas: int, timeout_s: float,
+               telemetry_partitions: int = 1) -> None:
     """Declare the topology, retrying until ``timeout_s``: a new cluster answers JetStream requests only once
     its meta leader is elected and enough peers are current for ``replicas``."""
     from x0tta6bl4.bus.connection import RETRYABLE, connect_once, ensure_topology
@@ -328,7 +329,9 @@ def _provision(url: str, creds: NatsCredentials | None, replicas: int, timeout_s
             try:
                 nc = await connect_once(url, "provisioner", timeout_s=min(10.0, timeout_s), creds=creds)
                 try:
-                    await asyncio.wait_for(ensure_topology(nc.jetstream(), replicas), max(1.0, deadline - loop.time()))
+                    await asyncio.wait_for(ensure_topology(nc.jetstream(), replicas,
+                                                           telemetry_partitions=telemetry_partitions),
+                                           max(1.0, deadline - loop.time()))
                 finally:
                     await nc.close()
                 return
@@ -433,11 +436,11 @@ class NatsCluster:
             if s.pid and pid_alive(s.pid):
                 s.wait_accepts(identity, timeout_s)
 
-    def provision(self, replicas: int | None = None, timeout_s: float = 60.0) -> None:
+    def provision(self, replicas: int | None = None, timeout_s: float = 60.0, telemetry_partitions: int = 1) -> None:
         """Every stream and bucket replicated on ``replicas`` (default: every) server."""
         from x0tta6bl4.bus.connection import NatsCredentials
         creds = (NatsCredentials.in_secrets(self.secrets.root, PROVISIONER) if self.secrets is not None else None)
-        _provision(self.url, creds, replicas or len(self.servers), timeout_s)
+        _provision(self.url, creds, replicas or len(self.servers), timeout_s, telemetry_partitions)
 
 
 def _run_async(coro) -> None:
@@ -498,12 +501,23 @@ class Stack:
     fixed_ports: bool = False      # replica 0 of gRPC services on their default ports (meshctl up)
     secure: bool = True            # TLS, nkeys and least-privilege permissions (secrets in <data_dir>/secrets)
     nats_servers: int = 1          # >1: a JetStream cluster of that many servers, every stream replicated on each
+    monitor_partitions: int = 1    # >1: telemetry partitioned by node; monitor replica i takes partition i % K
     nats: NatsServer | NatsCluster | None = None
     secrets: Secrets | None = None
     procs: list[ServiceProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir).resolve()
+        given = self.env.get("X0TTA6BL4_MONITOR_PARTITIONS", "")
+        if given and self.monitor_partitions == 1:     # named in the environment only: the same for provisioning
+            try:
+                self.monitor_partitions = int(given)
+            except ValueError:
+                raise ValueError(f"X0TTA6BL4_MONITOR_PARTITIONS={given!r}: expected an integer") from None
+        if not 1 <= self.monitor_partitions <= MAX_MONITOR_PARTITIONS:
+            raise ValueError(f"monitor_partitions={self.monitor_partitions}: expected 1 to {MAX_MONITOR_PARTITIONS}")
+        if self.monitor_partitions > 1:     # every service and the provisioner: the same MESH stream
+            self.env.setdefault("X0TTA6BL4_MONITOR_PARTITIONS", str(self.monitor_partitions))
         if self.secrets is None:   # signing keys and the trust bundle exist on every stack
             self.secrets = init_secrets(self.data_dir / "secrets")
 
@@ -607,6 +621,8 @@ class Stack:
         env.update(self.identity_env(name, service=name))
         if grpc_port:
             env["X0TTA6BL4_GRPC_PORT"] = str(grpc_port)
+        if name == "monitor" and self.monitor_partitions > 1:
+            env["X0TTA6BL4_MONITOR_PARTITION"] = str(index % self.monitor_partitions)
         env.update(self.env)
         return env
 
@@ -619,11 +635,11 @@ class Stack:
             # a repair verified while a server is lost: the executor's telemetry mirror (a KV watch, an ordered
             # consumer) resumes after its missed heartbeats (~10 s) and the stream leader's election (up to ~9 s)
             self.env.setdefault("X0TTA6BL4_VERIFY_TIMEOUT_S", "30")
-            cluster.provision(self.nats_servers)
+            cluster.provision(self.nats_servers, telemetry_partitions=self.monitor_partitions)
         else:
             self.nats = NatsServer(self.data_dir / "jetstream", log_file=self.data_dir / "logs" / "nats-server.log",
                                    secrets=secrets).start()
-            self.nats.provision()
+            self.nats.provision(telemetry_partitions=self.monitor_partitions)
         self.write_nats_file()
 
     @property

@@ -35,6 +35,15 @@ The ``health`` bucket holds ``node.<node>`` (the node's Health value), ``mesh`` 
 reason, who announced it, the mesh generation; while the node is in planned maintenance). :func:`apply_telemetry` and
 :func:`apply_health` keep the per-process caches in :class:`MonitorDeps` equal to the buckets.
 
+Partitions (``partitions`` > 1, X0TTA6BL4_MONITOR_PARTITIONS): the MESH stream stores each node's reports
+under its partition (nats-server's ``{{partition(K,1)}}`` of the node's subject token,
+:func:`x0tta6bl4.bus.subjects.partition_of`) and each partition has its durable consumer; a replica of
+partition ``partition`` handles only its nodes' reports and alone judges their staleness, their neighbours'
+loss reports and their kernel signals (:meth:`MonitorDeps.owns`), so no two replicas open a cycle for one node.
+Mesh events stay on one shared consumer. The other partitions' nodes come from the ``telemetry`` bucket kept
+undecoded until a window or a neighbours' count reads them (:meth:`MonitorDeps.sync_view`): windows still
+carry neighbours of every partition.
+
 No broker here: handlers use only the :class:`~x0tta6bl4.bus.ports.Context` they are given.
 """
 from __future__ import annotations
@@ -153,6 +162,36 @@ class MonitorDeps:
     write_report: Callable[[str, bytes], Awaitable[None]] | None = None
     # cycles whose window could not be published: node -> (cause id, attempts, next try ns); retried by stale_tick
     unpublished: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    # telemetry partitioned across replicas (see "Partitions" above): this replica's partition of ``partitions``
+    partitions: int = 1
+    partition: int = 0
+    foreign: dict[str, bytes | None] = field(default_factory=dict)   # other partitions' bucket changes, not decoded
+    _owned: dict[str, bool] = field(default_factory=dict)
+
+    def owns(self, node: str) -> bool:
+        """Whether this replica judges ``node`` (its partition's; every node when telemetry is not partitioned)."""
+        if self.partitions <= 1:
+            return True
+        owned = self._owned.get(node)
+        if owned is None:
+            if len(self._owned) > 100_000:
+                self._owned.clear()
+            owned = self._owned[node] = subjects.partition_of(node, self.partitions) == self.partition
+        return owned
+
+    def telemetry_subject(self, node: str) -> str:
+        """The subject ``node``'s report reaches this replica on (with its partition when partitioned)."""
+        return subjects.telemetry_stored(node, self.partitions)
+
+    def sync_view(self) -> int:
+        """Decode the other partitions' telemetry changed since the last call into the view (before anything
+        reads nodes of other partitions: a window, neighbours' agreement). Returns how many."""
+        if not self.foreign:
+            return 0
+        pending, self.foreign = self.foreign, {}
+        for key, value in pending.items():
+            _apply(self, key, value)
+        return len(pending)
 
     def in_maintenance(self, node: str) -> bool:
         return subjects.token(node) in self.maintenance
@@ -162,7 +201,10 @@ class MonitorDeps:
         return self.lag.horizon(self.clock_ns())
 
     def track(self, t: events_pb2.NodeTelemetry) -> None:
-        """Keep the node's staleness deadline equal to its newest report in the view."""
+        """Keep the node's staleness deadline equal to its newest report in the view (nodes of this replica's
+        partition only: another partition's replica judges the others)."""
+        if not self.owns(t.node_id):
+            return
         if t.reachable:
             self.deadlines.touch(t.node_id, t.meta.ts_unix_ns + int(self.stale_after_s * 1e9))
         else:
@@ -174,7 +216,15 @@ class MonitorDeps:
 
 # ---- caches of the buckets (mirror callbacks) -------------------------------------------------------
 def apply_telemetry(deps: MonitorDeps, key: str, value: bytes | None) -> None:
-    """A ``telemetry`` bucket change: the mesh view and the newest report time per node."""
+    """A ``telemetry`` bucket change: the mesh view and the newest report time per node. A node of another
+    partition is kept undecoded until something reads it (:meth:`MonitorDeps.sync_view`)."""
+    if not deps.owns(key):
+        deps.foreign[key] = value
+        return
+    _apply(deps, key, value)
+
+
+def _apply(deps: MonitorDeps, key: str, value: bytes | None) -> None:
     if value is None:
         deps.view.remove(key)
         deps.deadlines.forget(key)
@@ -277,7 +327,7 @@ async def on_telemetry(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorD
 
     Telemetry is state, not a command: handling a redelivered report again is harmless (the newest report
     wins), so the service binds this handler without the per-event idempotency record, and wide."""
-    if not await admit("telemetry", t.node_id, t.meta.ts_unix_ns, subjects.telemetry(t.node_id), ctx, deps):
+    if not await admit("telemetry", t.node_id, t.meta.ts_unix_ns, deps.telemetry_subject(t.node_id), ctx, deps):
         return
     deps.lag.handled(t.meta.ts_unix_ns, deps.clock_ns())
     if t.meta.ts_unix_ns < deps.seen_ns.get(t.node_id, 0):
@@ -299,12 +349,16 @@ async def on_event(ev: mesh_pb2.MeshEvent, ctx: Context, deps: MonitorDeps) -> N
     """An agent's event: loss reports may declare a node down; security events count against the peer."""
     if not await admit("event", ev.node_id, ev.meta.ts_unix_ns, subjects.mesh_event(ev.node_id), ctx, deps):
         return
+    deps.sync_view()
     verdict: dict[str, str] = {}
     if ev.kind == NEIGHBOUR_LOST and ev.peer:
         at = min(ev.meta.ts_unix_ns, deps.clock_ns())        # a report is never newer than its arrival
         await (await ctx.kv(HEALTH_BUCKET)).put(lost_key(ev.peer, ev.node_id), str(at).encode())
         deps.losses.report(ev.peer, ev.node_id, at)
-        verdict["verdict"] = await declare_if_down(ev.peer, ctx, deps, ctx.event_id)
+        if deps.owns(ev.peer):
+            verdict["verdict"] = await declare_if_down(ev.peer, ctx, deps, ctx.event_id)
+        else:    # the replica of its partition knows its own reports: it declares it (health bucket: lost.*)
+            verdict["verdict"] = f"left to the monitor of partition {subjects.partition_of(ev.peer, deps.partitions)}"
     elif ev.kind == MAINTENANCE_START:
         verdict["verdict"] = await start_maintenance(ev, ctx, deps)
     elif ev.kind == MAINTENANCE_END:
@@ -354,6 +408,7 @@ async def due_rechecks(ctx: Context, deps: MonitorDeps) -> list[str]:
         if now < at:
             continue
         del deps.rechecks[node]
+        deps.sync_view()          # the node may be another partition's (the event came on the shared consumer)
         t = deps.view.nodes.get(node)
         if t is None or deps.in_maintenance(node):
             continue
@@ -401,7 +456,7 @@ async def on_security(sig: SecuritySignal, ctx: Context, deps: MonitorDeps) -> N
     then re-evaluate its nodes (the kernel map now holds the count, so they become a warning)."""
     await ctx.audit(f"security.{sig.kind}", ",".join(sig.nodes), sig.details())
     for node in sig.nodes:
-        if node not in deps.view.nodes:
+        if node not in deps.view.nodes or not deps.owns(node):    # another partition's replica judges it
             continue
         t = events_pb2.NodeTelemetry()
         t.CopyFrom(deps.view.nodes[node])
@@ -422,7 +477,10 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
     marked = []
     await retry_unpublished(ctx, deps)
     await due_rechecks(ctx, deps)
-    for node in [n for n in deps.losses.reporters if n in deps.view.nodes]:   # reported lost, now silent too?
+    lost = [n for n in deps.losses.reporters if deps.owns(n) and n in deps.view.nodes]   # reported lost, silent too?
+    if lost:
+        deps.sync_view()        # its neighbours (maybe of other partitions): how many must agree
+    for node in lost:
         try:
             with deps.span("monitor.lost", attributes={"x0.node": node}):    # the cycle it may start is traced
                 verdict = await declare_if_down(node, ctx, deps, f"lost:{node}:{deps.losses.first_report_ns(node)}")
@@ -486,6 +544,7 @@ async def window_tick(ctx: Context, deps: MonitorDeps) -> events_pb2.TelemetryWi
     if not deps.view.nodes or not deps.window_s:
         return None
     idx = int(deps.clock_ns() / 1e9 // deps.window_s)
+    deps.sync_view()
     with deps.span("monitor.window"):
         w = assessing.window(deps.view, f"window:{idx}", exclude=set(deps.maintenance), focus=deps.unhealthy())
         await ctx.publish(subjects.MAPEK_TELEMETRY, w)
@@ -503,7 +562,10 @@ async def periodic_windows(ctx: Context, deps: MonitorDeps) -> None:
 # ---- requests -----------------------------------------------------------------------------------------
 def info(deps: MonitorDeps) -> dict[str, Any]:
     """The answer of ``monitor.rpc.Info`` (``meshctl monitor info``): collector, hosts, thresholds."""
+    deps.sync_view()
     return {"service": "monitor", "instance": deps.instance, **deps.collector_info(),
+            **({"partition": deps.partition, "partitions": deps.partitions,
+                "nodes_judged": sum(1 for n in deps.view.nodes if deps.owns(n))} if deps.partitions > 1 else {}),
             "thresholds": deps.thresholds.as_dict(), "nodes": len(deps.view.nodes), "refused": dict(deps.refusals)}
 
 
@@ -511,6 +573,7 @@ async def request_cycle(ctx: Context, deps: MonitorDeps, trigger: str = "",
                         reasons: list[str] | None = None) -> dict[str, Any]:
     """``meshctl cycle run`` (and the MCP server's cycle tools): start a MAPE-K cycle now over the latest
     telemetry of every node; ``trigger``: the node the operator asks about (one the monitor knows)."""
+    deps.sync_view()
     if trigger and trigger not in deps.view.nodes:
         return {"error": f"unknown node {trigger!r}; known: {', '.join(sorted(deps.view.nodes)) or 'none'}"}
     with deps.span("monitor.cycle_request"):
@@ -566,6 +629,7 @@ async def evaluate(t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps,
         a.reasons = [*a.reasons, "in planned maintenance: no repair"]
     elif a.starts_cycle:
         first = deps.losses.first_report_ns(t.node_id) or t.meta.ts_unix_ns
+        deps.sync_view()
         w = assessing.window(deps.view, cause_id, t.node_id, a.reasons, first, exclude=set(deps.maintenance))
         cycle_id = w.meta.cycle_id
         try:

@@ -1,0 +1,173 @@
+"""Telemetry partitioned across monitor replicas by node (issue #20), on a real stack: real nats-server (TLS,
+nkeys, permissions), real monitor processes, telemetry published under a mesh host's own bus identity on
+the usual ``mesh.telemetry.<node>``. The MESH stream stores each report under its node's partition
+(``{{partition(2,1)}}``) and each replica pulls its partition's durable consumer: every node is judged by
+the replica of its partition alone (one cycle per failed node), and a replica killed and started again
+resumes from its consumer."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from testkit import eventually, scaled, violations
+
+from x0tta6bl4.bus import subjects
+from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX
+from x0tta6bl4.bus.publisher import Publisher
+from x0tta6bl4.ids import new_meta
+from x0tta6bl4.runtime.stack import Stack, repo_root
+from x0tta6bl4.v1 import common_pb2, events_pb2
+
+K = 2
+NODES = [f"n{i}" for i in range(12)]
+OF = {n: subjects.partition_of(n, K) for n in NODES}
+
+
+def neighbours(i: int) -> list[str]:
+    return [NODES[(i - 1) % len(NODES)], NODES[(i + 1) % len(NODES)]]
+
+
+async def infos(nc, count: int) -> dict[str, dict]:
+    """monitor.rpc.Info from each of ``count`` replicas (every replica answers it)."""
+    got: dict[str, dict] = {}
+
+    async def on(msg) -> None:
+        doc = json.loads(msg.data)
+        got[doc["instance"]] = doc
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on)
+    try:
+        async def all_answered() -> dict[str, dict] | None:
+            await nc.publish(subjects.MONITOR_INFO, b"", reply=inbox)
+            await asyncio.sleep(0)
+            return dict(got) if len(got) >= count else None
+        return await eventually(all_answered, 10, 0.2, what=f"monitor.rpc.Info from {count} replicas")
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest.mark.timeout(180)
+async def test_each_node_is_judged_by_its_partitions_replica_and_a_restarted_replica_resumes(tmp_path):
+    stack = Stack(tmp_path / "stack", ("monitor",), replicas=K, monitor_partitions=K, secure=True,
+                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false"})
+    stack.start(scaled(60))
+    stopped: set[str] = set()
+    try:
+        stack.add_mesh_host("gen", NODES)
+        gen = await stack.connect(MESH_HOST_PREFIX + "gen")      # publishes mesh.telemetry.<node> as always
+        op = await stack.connect()
+        js = op.jetstream()
+        pub = Publisher(gen, "gen")
+        windows: dict[str, list[str]] = {}       # trigger node -> cycle ids of the windows published
+        criticals: dict[str, int] = {}
+
+        async def on_window(msg) -> None:
+            w = events_pb2.TelemetryWindow.FromString(msg.data)
+            windows.setdefault(w.trigger_node, []).append(w.meta.cycle_id)
+
+        async def on_health(msg) -> None:
+            ch = events_pb2.HealthChange.FromString(msg.data)
+            if ch.node_id and ch.current == common_pb2.HEALTH_CRITICAL:
+                criticals[ch.node_id] = criticals.get(ch.node_id, 0) + 1
+        await op.subscribe(subjects.MAPEK_TELEMETRY, cb=on_window)
+        await op.subscribe(subjects.MAPEK_HEALTH, cb=on_health)
+        await op.flush()
+
+        async def generate() -> None:
+            while True:
+                for i, n in enumerate(NODES):
+                    if n not in stopped:
+                        t = events_pb2.NodeTelemetry(meta=new_meta(n), node_id=n, reachable=True,
+                                                     neighbours=neighbours(i), cpu_pct=10)
+                        await pub.emit(subjects.telemetry(n), t)
+                await asyncio.sleep(0.25)
+        task = asyncio.create_task(generate())
+        try:
+            # the stream stores each node's reports under its partition: nats-server's partition() is ours
+            async def stored() -> set[str] | None:
+                info = await js.stream_info(subjects.STREAM_MESH, subjects_filter="mesh.telemetry.>")
+                got = set(info.state.subjects or {})
+                return got if len(got) == len(NODES) else None
+            assert await eventually(stored, 15, 0.2) == {subjects.telemetry_stored(n, K) for n in NODES}
+            assert {subjects.telemetry_stored(n, K).split(".")[2] for n in NODES} == {"0", "1"}
+
+            # each replica takes its partition and judges exactly its nodes; the unpartitioned consumer gets none
+            async def judged() -> dict[str, dict] | None:
+                got = await infos(op, K)
+                return got if all(d["nodes"] == len(NODES) for d in got.values()) else None
+            got = await eventually(judged, 15, 0.2)
+            assert {(d["instance"], d["partition"], d["nodes_judged"]) for d in got.values()} == {
+                (f"monitor-{p}", p, sum(1 for n in NODES if OF[n] == p)) for p in range(K)}
+            for p in range(K):
+                ci = await js.consumer_info(subjects.STREAM_MESH, f"monitor-telemetry-p{p}")
+                assert ci.delivered.consumer_seq > 0 and ci.config.filter_subject == f"mesh.telemetry.{p}.*"
+            assert (await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry")).delivered.consumer_seq == 0
+
+            # a node killed in either partition: exactly one cycle each (and once more later: still one)
+            first = {p: next(n for n in NODES if OF[n] == p) for p in range(K)}
+            stopped.update(first.values())
+            await eventually(lambda: all(windows.get(n) for n in first.values()), 20, 0.1,
+                             what=f"a window for each of {sorted(first.values())}")
+            later = next(n for n in NODES if OF[n] == 1 and n not in stopped)
+            stopped.add(later)
+            await eventually(lambda: windows.get(later), 20, 0.1, what=f"a window for {later}")
+            for n in (*first.values(), later):
+                assert len(windows[n]) == 1 and criticals.get(n) == 1, (n, windows[n], criticals)
+
+            # partition 0's replica killed while its nodes go on reporting, then started again: it resumes from
+            # its durable consumer (what was published meanwhile is delivered to it), judges its nodes again
+            sp = next(s for s in stack.procs if s.name == "monitor" and s.index == 0)
+            stack.stop_service(sp, kill=True)
+
+            async def backlog() -> int | None:
+                ci = await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")
+                return ci.num_pending or None
+            await eventually(backlog, 10, 0.1, what="partition 0's consumer holding what was published")
+            before = (await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")).delivered.stream_seq
+            stack.start_service("monitor", 0)
+            stack.wait_ready(scaled(60))
+
+            async def resumed() -> bool:
+                ci = await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")
+                assert ci.delivered.stream_seq > before and ci.num_pending < len(NODES), ci
+                return True
+            await eventually(resumed, 20, 0.2, what="partition 0's replica caught up on its consumer")
+            again = next(n for n in NODES if OF[n] == 0 and n not in stopped)
+            stopped.add(again)
+            await eventually(lambda: windows.get(again), 20, 0.1, what=f"a window for {again} after the restart")
+            alive = [n for n in NODES if n not in stopped]
+            assert not [n for n in alive if criticals.get(n)], criticals       # no healthy node declared dead
+            assert len(windows[again]) == 1 and criticals.get(again) == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await gen.close()
+            await op.close()
+    finally:
+        stack.stop()
+    assert not violations(stack), "nats-server refused a legitimate flow"
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"X0TTA6BL4_MONITOR_PARTITIONS": "2", "X0TTA6BL4_MONITOR_PARTITION": "2"},
+     "monitor: config error: X0TTA6BL4_MONITOR_PARTITION=2: must be below X0TTA6BL4_MONITOR_PARTITIONS=2"),
+    ({"X0TTA6BL4_MONITOR_PARTITIONS": "0"},
+     "monitor: config error: X0TTA6BL4_MONITOR_PARTITIONS='0': Input should be greater than or equal to 1"),
+])
+def test_a_monitor_with_a_bad_partition_setting_stops_with_one_line(tmp_path, env, expected) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("X0TTA6BL4_")}
+    root = repo_root()
+    base["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "libs")])
+    p = subprocess.run([sys.executable, "-m", "services.monitor.main"], cwd=root, capture_output=True, text=True,
+                       env={**base, "X0TTA6BL4_DATA_DIR": str(tmp_path), **env}, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip().startswith(expected), p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_a_stack_with_a_bad_partition_count_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="monitor_partitions=0: expected 1 to 16"):
+        Stack(tmp_path / "s", ("monitor",), monitor_partitions=0)
