@@ -16,12 +16,16 @@ For each N (default 1,000 and 10,000):
 - in the same run, beside them: raw nats-py consumption of the same telemetry (a core subscription that
   decodes every message and does nothing else), its rate and CPU: the ceiling a Python consumer has here.
 
-Then monitor replicas 1 / 2 / 4 (``--replicas``): monitors only, the generator at the largest N, and
-the messages per second the replicas handle together (acknowledged on their shared durable consumer).
+Then monitor replicas 1 / 2 / 4 (``--replicas``): monitors only, the generator at the largest N (or
+``--replica-nodes``), telemetry partitioned by node across them (X0TTA6BL4_MONITOR_PARTITIONS = the number
+of replicas, replica i on partition i: its own durable consumer ``monitor-telemetry-p<i>``; ``--shared``:
+all on the one shared consumer instead), and the messages per second each replica handles (acknowledged on
+its partition's consumer) and all together, beside the raw nats-py baseline measured in the same run.
 
-Figures on a busy machine are indicative only. ``--quick``: N = 1,000, 8 s, replicas 1 and 2.
+Figures on a busy machine are indicative only. ``--quick``: N = 1,000, 8 s, replicas 1, 2 and 4.
 
-    python bench/bench_scale.py [--nodes 1000,10000] [--duration 20] [--replicas 1,2,4] [--quick] [--json]
+    python bench/bench_scale.py [--nodes 1000,10000] [--duration 20] [--replicas 1,2,4] [--replica-nodes N]
+                                [--shared] [--quick] [--json]
 """
 from __future__ import annotations
 
@@ -219,16 +223,16 @@ class CPU:
         return out
 
 
-async def consumer_state(js: Any) -> dict[str, int]:
-    ci = await js.consumer_info("MESH", "monitor-telemetry")
+async def consumer_state(js: Any, durable: str = "monitor-telemetry") -> dict[str, int]:
+    ci = await js.consumer_info("MESH", durable)
     return {"pending": int(ci.num_pending or 0), "ack_pending": int(ci.num_ack_pending or 0),
             "delivered": int(ci.delivered.consumer_seq or 0),
             "handled": int(ci.delivered.consumer_seq or 0) - int(ci.num_ack_pending or 0)}
 
 
-def stack_for(tmp: pathlib.Path, services: tuple[str, ...], replicas: int = 1) -> Any:
+def stack_for(tmp: pathlib.Path, services: tuple[str, ...], replicas: int = 1, partitions: int = 1) -> Any:
     from x0tta6bl4.runtime.stack import Stack
-    return Stack(tmp, services, replicas=replicas, secure=True,
+    return Stack(tmp, services, replicas=replicas, secure=True, monitor_partitions=partitions,
                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false",
                       "X0TTA6BL4_STALE_AFTER_S": str(STALE_AFTER_S)})
 
@@ -328,33 +332,47 @@ async def run_scale(n: int, duration: float, tmp: pathlib.Path) -> dict[str, Any
         stack.stop()
 
 
-async def run_replicas(k: int, n: int, duration: float, tmp: pathlib.Path) -> dict[str, Any]:
-    from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX
-    stack = stack_for(tmp, ("monitor",), replicas=k)
+async def run_replicas(k: int, n: int, duration: float, tmp: pathlib.Path, partitioned: bool = True
+                       ) -> dict[str, Any]:
+    """``k`` monitor replicas under the generator's ``n`` nodes: partitioned (replica i pulls partition i's
+    durable consumer ``monitor-telemetry-p<i>``, X0TTA6BL4_MONITOR_PARTITIONS=k) or all on the shared
+    ``monitor-telemetry``; what each replica handled per second, its CPU, and beside them in the same run
+    the raw nats-py baseline (one core subscription decoding every report)."""
+    from x0tta6bl4.bus import subjects
+    from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX, OPERATOR
+    parts = k if partitioned else 1
+    stack = stack_for(tmp, ("monitor",), replicas=k, partitions=parts)
     stack.start(120)
-    gen = None
+    gen = rawp = None
     try:
         stack.add_mesh_host("gen", list(grid(n)))
         nc = await stack.connect()
         js = nc.jetstream()
+        durables = [subjects.monitor_telemetry_consumer(i, parts) for i in range(parts)]
+        rawp = spawn("raw", url=stack.url, secrets=stack.secrets.root, identity=OPERATOR)
         gen = spawn("generate", url=stack.url, secrets=stack.secrets.root, identity=MESH_HOST_PREFIX + "gen",
                     nodes=n, kill="", kill_file=tmp / "never")
         await asyncio.sleep(3)
         cpu = CPU({f"monitor-{sp.index}": sp.proc.pid for sp in stack.procs})
         cpu.start()
-        first, t0 = await consumer_state(js), time.monotonic()
+        first, t0 = [await consumer_state(js, d) for d in durables], time.monotonic()
         await asyncio.sleep(duration)
-        last, wall = await consumer_state(js), time.monotonic() - t0
+        last, wall = [await consumer_state(js, d) for d in durables], time.monotonic() - t0
         usage = cpu.stop()
         gen_out = finish(gen)
-        gen = None
+        raw_out = finish(rawp)
+        gen = rawp = None
         await nc.close()
-        return {"replicas": k, "nodes": n, "handled_per_s": round((last["handled"] - first["handled"]) / wall),
+        per_consumer = [round((b["handled"] - a["handled"]) / wall) for a, b in zip(first, last, strict=True)]
+        return {"replicas": k, "partitions": parts, "nodes": n, "handled_per_s": sum(per_consumer),
+                "handled_per_s_per_partition": per_consumer,
                 "offered_per_s": round(gen_out.get("published", 0) / max(gen_out.get("seconds", 1.0), 1e-9)),
-                "pending_end": last["pending"], "cpu": usage}
+                "raw_received_per_s": round(raw_out.get("received", 0) / max(raw_out.get("seconds", 1), 1e-9)),
+                "pending_end": sum(s["pending"] for s in last), "cpu": usage}
     finally:
-        if gen is not None:
-            finish(gen)
+        for p in (gen, rawp):
+            if p is not None:
+                finish(p)
         stack.stop()
 
 
@@ -364,6 +382,10 @@ def main() -> int:
     p.add_argument("--nodes", default="1000,10000")
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--replicas", default="1,2,4")
+    p.add_argument("--replica-nodes", type=int, default=0,
+                   help="nodes offered to the replica runs (default: the largest --nodes)")
+    p.add_argument("--shared", action="store_true",
+                   help="replicas on the one shared durable consumer (before partitioning), not partitioned")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
     # children
@@ -387,7 +409,11 @@ def main() -> int:
         print(f"--nodes {a.nodes!r} / --replicas {a.replicas!r}: expected comma-separated integers", file=sys.stderr)
         return 2
     if a.quick:
-        sizes, replicas, a.duration = [1000], [1, 2], 8.0
+        sizes, replicas, a.duration = [1000], [1, 2, 4], 8.0
+    if a.replica_nodes < 0 or any(k < 1 or k > 16 for k in replicas):
+        print(f"--replica-nodes {a.replica_nodes} / --replicas {a.replicas!r}: expected nodes >= 0 and replicas "
+              "from 1 to 16", file=sys.stderr)
+        return 2
     results: dict[str, Any] = {"note": "figures measured on a busy shared machine are indicative only",
                                "scale": [], "replicas": []}
     results["handlers"] = handler_cost(max(sizes))
@@ -414,15 +440,19 @@ def main() -> int:
                       flush=True)
                 for name, u in sorted(r["cpu"].items()):
                     print(f"        {name:<14} {u['cpu_pct']:6.1f} % of a core  {u['rss_mb']:7.1f} MB", flush=True)
-        big = max(sizes)
+        big = a.replica_nodes or max(sizes)
         for k in replicas:
-            r = asyncio.run(run_replicas(k, big, a.duration, pathlib.Path(d) / f"replicas-{k}"))
+            r = asyncio.run(run_replicas(k, big, a.duration, pathlib.Path(d) / f"replicas-{k}", not a.shared))
             results["replicas"].append(r)
             if not a.json:
                 per = ", ".join(f"{u['cpu_pct']:.0f} %" for u in r["cpu"].values())
-                print(f"{k} monitor replica(s), {big} nodes: {r['handled_per_s']}/s handled of "
-                      f"{r['offered_per_s']}/s offered "
-                      f"(pending at the end {r['pending_end']}); CPU per replica {per}", flush=True)
+                layout = (f"{r['partitions']} partition(s), per replica "
+                          f"{', '.join(f'{x}/s' for x in r['handled_per_s_per_partition'])}"
+                          if not a.shared else "one shared consumer")
+                print(f"{k} monitor replica(s), {big} nodes, {layout}: {r['handled_per_s']}/s handled together "
+                      f"of {r['offered_per_s']}/s offered (raw nats-py baseline in the same run "
+                      f"{r['raw_received_per_s']}/s; pending at the end {r['pending_end']}); CPU per replica "
+                      f"{per}", flush=True)
     if a.json:
         print(json.dumps(results, indent=2))
     else:

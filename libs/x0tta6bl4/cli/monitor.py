@@ -43,6 +43,9 @@ def info(nats: str | None = typer.Option(None, "--nats", help="NATS URL (default
                   f"({d['state']}), every {d['interval_s']:g} s")
     if d.get("reason"):
         console.print(f"reason: {d['reason']}")
+    if d.get("partitions"):
+        console.print(f"telemetry partition {d['partition']} of {d['partitions']}: judges {d.get('nodes_judged', '?')} "
+                      f"of {d.get('nodes', '?')} nodes known")
     table = Table("signal", "available", "what")
     for name, what in SIGNAL_DESCRIPTIONS.items():
         ok = name in d["signals"]

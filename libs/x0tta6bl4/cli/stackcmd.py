@@ -63,6 +63,9 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
        nats_servers: int = typer.Option(1, "--nats-servers", min=1, max=5,
                                         help="nats-servers: 1, or a JetStream cluster of 3 or 5 on loopback (every "
                                              "stream and bucket replicated on each; survives losing a minority)"),
+       monitor_partitions: int = typer.Option(1, "--monitor-partitions", min=1, max=16,
+                                              help="telemetry partitioned by node across the monitor replicas "
+                                                   "(replica i takes partition i mod K; at most --replicas)"),
        dashboard_port: int = typer.Option(8088, "--dashboard-port", min=0, max=65535,
                                           help="the web dashboard's port on 127.0.0.1 (0: any free port)"),
        dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="start the web dashboard"),
@@ -71,6 +74,9 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
     if nats_servers % 2 == 0:
         fail(f"--nats-servers {nats_servers}: use 1, 3 or 5 (a cluster of {nats_servers} stops when "
              f"{nats_servers // 2} are lost, no better than {nats_servers - 1})")
+    if monitor_partitions > replicas:
+        fail(f"--monitor-partitions {monitor_partitions}: at most --replicas ({replicas}); a partition without a "
+             "monitor replica would leave its nodes unwatched")
     data_dir = data_dir.resolve()
     sf = stack_file(data_dir)
     if sf.exists():
@@ -83,6 +89,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         with open(data_dir / "stack.log", "ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen([sys.executable, "-m", "x0tta6bl4.cli.main", "up", "--replicas", str(replicas),
                                      "--nats-servers", str(nats_servers), "--data-dir", str(data_dir),
+                                     "--monitor-partitions", str(monitor_partitions),
                                      "--dashboard-port", str(dashboard_port),
                                      "--dashboard" if dashboard else "--no-dashboard"],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -118,7 +125,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="run in the bac
         console.print(f"secrets: made {len(made)} files in {secrets.root} (CA, NATS credentials, signing keys, "
                       "trust bundle)")
     stack = Stack(data_dir, SERVICES, replicas, fixed_ports=True, secrets=secrets, secure=True,
-                  nats_servers=nats_servers)
+                  nats_servers=nats_servers, monitor_partitions=monitor_partitions)
     stopping = False
 
     def _stop(*_):

@@ -516,6 +516,9 @@ class Stack:
                 raise ValueError(f"X0TTA6BL4_MONITOR_PARTITIONS={given!r}: expected an integer") from None
         if not 1 <= self.monitor_partitions <= MAX_MONITOR_PARTITIONS:
             raise ValueError(f"monitor_partitions={self.monitor_partitions}: expected 1 to {MAX_MONITOR_PARTITIONS}")
+        if "monitor" in self.services and self.replicas < self.monitor_partitions:
+            raise ValueError(f"monitor_partitions={self.monitor_partitions} with {self.replicas} monitor replica(s): "
+                             "a partition without a replica would leave its nodes unwatched")
         if self.monitor_partitions > 1:     # every service and the provisioner: the same MESH stream
             self.env.setdefault("X0TTA6BL4_MONITOR_PARTITIONS", str(self.monitor_partitions))
         if self.secrets is None:   # signing keys and the trust bundle exist on every stack

@@ -152,6 +152,65 @@ async def test_each_node_is_judged_by_its_partitions_replica_and_a_restarted_rep
     assert not violations(stack), "nats-server refused a legitimate flow"
 
 
+@pytest.mark.timeout(180)
+async def test_two_replicas_of_a_partition_share_its_consumer_and_one_carries_on_alone(tmp_path):
+    stack = Stack(tmp_path / "stack", ("monitor",), replicas=2 * K, monitor_partitions=K, secure=True,
+                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false",
+                       "X0TTA6BL4_ACK_WAIT_S": "2"})        # what the killed replica held is redelivered soon
+    stack.start(scaled(90))
+    stopped: set[str] = set()
+    try:
+        stack.add_mesh_host("gen", NODES)
+        gen = await stack.connect(MESH_HOST_PREFIX + "gen")
+        op = await stack.connect()
+        pub = Publisher(gen, "gen")
+        windows: dict[str, list[str]] = {}
+
+        async def on_window(msg) -> None:
+            w = events_pb2.TelemetryWindow.FromString(msg.data)
+            windows.setdefault(w.trigger_node, []).append(w.meta.cycle_id)
+        await op.subscribe(subjects.MAPEK_TELEMETRY, cb=on_window)
+        await op.flush()
+
+        async def generate() -> None:
+            while True:
+                for i, n in enumerate(NODES):
+                    if n not in stopped:
+                        await pub.emit(subjects.telemetry(n), events_pb2.NodeTelemetry(
+                            meta=new_meta(n), node_id=n, reachable=True, neighbours=neighbours(i), cpu_pct=10))
+                await asyncio.sleep(0.25)
+        task = asyncio.create_task(generate())
+        try:
+            async def all_know() -> dict[str, dict] | None:
+                got = await infos(op, 2 * K)
+                return got if all(d["nodes"] == len(NODES) for d in got.values()) else None
+            got = await eventually(all_know, 15, 0.2)
+            assert sorted((d["instance"], d["partition"]) for d in got.values()) == [
+                (f"monitor-{i}", i % K) for i in range(2 * K)]
+            zero = [n for n in NODES if OF[n] == 0]
+            # both replicas of partition 0 up: one cycle for its failed node
+            stopped.add(zero[0])
+            await eventually(lambda: windows.get(zero[0]), 20, 0.1, what=f"a window for {zero[0]}")
+            # one of them killed: the other carries on with the partition's consumer, still one cycle per node
+            stack.stop_service(next(s for s in stack.procs if s.name == "monitor" and s.index == 0), kill=True)
+            stopped.add(zero[1])
+            await eventually(lambda: windows.get(zero[1]), 30, 0.1, what=f"a window for {zero[1]} from monitor-2")
+            one = next(n for n in NODES if OF[n] == 1)
+            stopped.add(one)
+            await eventually(lambda: windows.get(one), 20, 0.1, what=f"a window for {one}")
+            for n in (zero[0], zero[1], one):
+                assert len(windows[n]) == 1, (n, windows[n])
+            assert not [n for n in windows if n not in stopped], windows      # no healthy node declared dead
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await gen.close()
+            await op.close()
+    finally:
+        stack.stop()
+    assert not violations(stack), "nats-server refused a legitimate flow"
+
+
 @pytest.mark.parametrize(("env", "expected"), [
     ({"X0TTA6BL4_MONITOR_PARTITIONS": "2", "X0TTA6BL4_MONITOR_PARTITION": "2"},
      "monitor: config error: X0TTA6BL4_MONITOR_PARTITION=2: must be below X0TTA6BL4_MONITOR_PARTITIONS=2"),
@@ -171,3 +230,22 @@ def test_a_monitor_with_a_bad_partition_setting_stops_with_one_line(tmp_path, en
 def test_a_stack_with_a_bad_partition_count_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="monitor_partitions=0: expected 1 to 16"):
         Stack(tmp_path / "s", ("monitor",), monitor_partitions=0)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--replicas", "2", "--monitor-partitions", "3"], "--monitor-partitions 3: at most --replicas (2)"),
+    (["--monitor-partitions", "0"], "--monitor-partitions"),
+    (["--monitor-partitions", "17"], "--monitor-partitions"),
+])
+def test_meshctl_up_with_a_bad_partition_count_is_one_clear_error(tmp_path, args, needle) -> None:
+    from typer.testing import CliRunner
+
+    from x0tta6bl4.cli.main import app
+    r = CliRunner().invoke(app, ["up", *args, "--data-dir", str(tmp_path)], env={"COLUMNS": "200"})
+    assert r.exit_code != 0 and needle in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "stack.json").exists()
+
+
+def test_a_stack_with_fewer_monitor_replicas_than_partitions_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="a partition without a replica would leave its nodes unwatched"):
+        Stack(tmp_path / "s", ("monitor",), replicas=1, monitor_partitions=2)
