@@ -368,7 +368,12 @@ async def run_replicas(k: int, n: int, duration: float, tmp: pathlib.Path, parti
                 "handled_per_s_per_partition": per_consumer,
                 "offered_per_s": round(gen_out.get("published", 0) / max(gen_out.get("seconds", 1.0), 1e-9)),
                 "raw_received_per_s": round(raw_out.get("received", 0) / max(raw_out.get("seconds", 1), 1e-9)),
-                "pending_end": sum(s["pending"] for s in last), "cpu": usage}
+                "pending_end": sum(s["pending"] for s in last), "cpu": usage,
+                # a replica's CPU over what it handled: what a report costs it (its share plus the whole mesh's
+                # telemetry bucket mirror), so what one replica could handle on a core of its own
+                "cpu_us_per_report": [round(u["cpu_pct"] / 100 / max(x, 1e-9) * 1e6) for u, x in
+                                      zip(usage.values(), per_consumer if partitioned else
+                                          [sum(per_consumer) / k] * k, strict=True)]}
     finally:
         for p in (gen, rawp):
             if p is not None:
@@ -452,7 +457,8 @@ def main() -> int:
                 print(f"{k} monitor replica(s), {big} nodes, {layout}: {r['handled_per_s']}/s handled together "
                       f"of {r['offered_per_s']}/s offered (raw nats-py baseline in the same run "
                       f"{r['raw_received_per_s']}/s; pending at the end {r['pending_end']}); CPU per replica "
-                      f"{per}", flush=True)
+                      f"{per}, per report handled {', '.join(f'{x} us' for x in r['cpu_us_per_report'])}",
+                      flush=True)
     if a.json:
         print(json.dumps(results, indent=2))
     else:
