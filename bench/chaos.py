@@ -54,6 +54,28 @@ FALSE_GRACE_S = 15.0     # an action on a victim this long after its fault was r
 SETTLE_S = 60.0
 
 
+def why_not(evs, victim: str) -> str:
+    """What the loop did about a victim whose repair was not verified: its findings, plans and escalations."""
+    seen: list[str] = []
+    for _t, s, e in evs:
+        if s == subjects.MAPEK_ANOMALY and e.root_cause == victim:
+            item = f"anomaly {e.fault_type}@{e.confidence:.2f}"
+        elif s == subjects.MAPEK_PLAN and (e.root_cause == victim or e.action.target_node == victim):
+            item = (f"plan {events_pb2.DecisionKind.Name(e.decision).removeprefix('DECISION_KIND_').lower()} "
+                    f"{events_pb2.ActionKind.Name(e.action.kind).removeprefix('ACTION_KIND_').lower()}"
+                    + (f" ({e.escalation[:80]})" if e.escalation else ""))
+        elif s == subjects.MAPEK_ESCALATION and victim in str(e):
+            item = f"escalation {str(e)[:120]!r}"
+        elif s == subjects.MAPEK_VERIFIED and e.action.target_node == victim:
+            item = (f"verification {'recovered' if e.recovered else 'failed'}"
+                    + (f" ({', '.join(e.checks_failed)[:100]})" if e.checks_failed else ""))
+        else:
+            continue
+        if not seen or seen[-1] != item:
+            seen.append(item)
+    return "; ".join(seen[:12]) or "no finding or plan about it"
+
+
 def pct(xs: list[float], q: float) -> float | None:
     xs = sorted(xs)
     return round(xs[min(len(xs) - 1, int(q / 100 * len(xs)))], 1) if xs else None
@@ -146,7 +168,8 @@ class Soak:
             detected = any((s.startswith("mesh.event.") and e.kind == "neighbour_lost" and e.peer == victim)
                            or (s == subjects.MAPEK_ANOMALY and e.root_cause == victim) for t, s, e in rec.since(t_on))
             ok_flow = flow_after is not None and flow_after >= mt.HEALED_DELIVERY
-            row = {"kind": kind, "victim": victim, "on_ns": t_on, "off_ns": t_off,
+            row = {"why": why_not(rec.since(t_on), victim) if not verified else "",
+                   "kind": kind, "victim": victim, "on_ns": t_on, "off_ns": t_off,
                    "verified_s": round((verified - t_on) / 1e9, 3) if verified else None,
                    "acted": acted, "detected": detected, "flow_after": flow_after,
                    "healed": (bool(verified) and ok_flow) or (kind != "kill" and detected and not acted and ok_flow)}
@@ -223,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grace", type=float, default=10.0, help="wait for the last verifications (s)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", default="", help="write the result here")
+    ap.add_argument("--data-dir", default="", help="keep the stack's files and logs here (default: a temporary "
+                    "directory, removed)")
     a = ap.parse_args(argv)
     if a.minutes <= 0:
         ap.error(f"--minutes must be positive, got {a.minutes:g}")
@@ -231,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.hold <= 0 or a.grace < 0:
         ap.error("--hold must be positive and --grace not negative")
     from x0tta6bl4.mesh.topology import parse_spec
-    with tempfile.TemporaryDirectory(prefix="x0-chaos-") as d:
+    with tempfile.TemporaryDirectory(prefix="x0-chaos-") as tmp:
+        d = a.data_dir or tmp
+        pathlib.Path(d).mkdir(parents=True, exist_ok=True)
         stack = Stack(pathlib.Path(d), env={"X0TTA6BL4_LOG_LEVEL": "WARNING", "X0TTA6BL4_WINDOW_S": "1",
                                             "X0TTA6BL4_STANDARD_VOTE_S": "60", "X0TTA6BL4_EMERGENCY_VOTE_S": "60"})
         mesh = None

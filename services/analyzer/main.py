@@ -5,10 +5,9 @@ import datetime as dt
 import functools
 import logging
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
-
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.app import Service, run_service
+from x0tta6bl4.bus.reader import subscribe_since
 from x0tta6bl4.config import CommonSettings
 from x0tta6bl4.stages import analyzer as stage
 from x0tta6bl4.v1 import events_pb2
@@ -40,12 +39,10 @@ def build(settings: AnalyzerSettings) -> Service:
     async def follow_windows() -> None:
         """Keep the history equal to the stream's recent windows (JetStream is the source of truth)."""
         start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.history_horizon_s)
-        sub = await app.nc.jetstream().subscribe(
-            subjects.MAPEK_TELEMETRY, stream=subjects.STREAM_MAPEK, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start))
+        sub = await subscribe_since(app.nc.jetstream(), subjects.MAPEK_TELEMETRY, subjects.STREAM_MAPEK, start)
         try:
             async for m in sub.messages:
-                stage.remember(deps.history, m.data)
+                stage.remember(deps, m.data)
         finally:
             await sub.unsubscribe()
 

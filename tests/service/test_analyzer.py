@@ -150,7 +150,7 @@ async def test_the_handler_waits_for_the_follower_then_uses_its_history():
 
     def follower_catches_up() -> None:     # the ordered consumer over MAPEK delivers the window at the third poll
         if len(clock.sleeps) == 3:
-            stage.remember(deps.history, w.SerializeToString())
+            stage.remember(deps, w.SerializeToString())
     clock.on_sleep = follower_catches_up
     bus = TestBus(service="analyzer")
     out = await bus.deliver(stage.on_window, w, deps=deps)
@@ -162,12 +162,30 @@ async def test_the_handler_waits_for_the_follower_then_uses_its_history():
     assert sum(clock.sleeps) == pytest.approx(1.0, abs=0.11) and "w2" in deps.history
     # a window already in the history is not waited for
     clock.sleeps.clear()
-    stage.remember(deps.history, window("w3", ring()).SerializeToString())
+    stage.remember(deps, window("w3", ring()).SerializeToString())
     await bus.deliver(stage.on_window, window("w3", ring()), deps=deps)
     assert clock.sleeps == [] and list(deps.history.snaps) == ["w1", "w2", "w3"]
     # the follower skips what the codec refuses (the consumer dead-letters it)
-    stage.remember(deps.history, b"\xff not a window")
+    stage.remember(deps, b"\xff not a window")
     assert len(deps.history) == 3
+
+
+async def test_a_follower_found_behind_is_not_waited_for_again_until_it_delivers():
+    """After a broker restart the follower's consumer is re-created (~10 s): one wait, not one per window."""
+    clock = FakeClock()
+    deps = stage.AnalyzerDeps(Thresholds(), history=History(), history_wait_s=1.0, history_poll_s=0.1,
+                              monotonic=clock.monotonic, sleep=clock.sleep)
+    bus = TestBus(service="analyzer")
+    await bus.deliver(stage.on_window, window("w1", ring()), deps=deps)
+    assert sum(clock.sleeps) == pytest.approx(1.0, abs=0.11)        # found behind once
+    for key in ("w2", "w3", "w4"):
+        clock.sleeps.clear()
+        await bus.deliver(stage.on_window, window(key, ring()), deps=deps)
+        assert clock.sleeps == [] and key in deps.history            # still silent: no wait
+    stage.remember(deps, window("w1", ring()).SerializeToString())   # the re-created consumer delivers again
+    clock.sleeps.clear()
+    await bus.deliver(stage.on_window, window("w5", ring()), deps=deps)
+    assert sum(clock.sleeps) == pytest.approx(1.0, abs=0.11)        # waited for again
 
 
 class BrokenModel:

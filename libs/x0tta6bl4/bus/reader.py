@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 from nats.aio.msg import Msg
@@ -50,6 +51,21 @@ async def follow(js: JetStreamContext, subject: str, new_only: bool = False) -> 
             yield msg
     finally:
         await sub.unsubscribe()
+
+
+async def subscribe_since(js: JetStreamContext, subject: str, stream: str, since: dt.datetime,
+                          cb: Callable[[Msg], Awaitable[None]] | None = None) -> JetStreamContext.PushSubscription:
+    """An ordered consumer of ``subject`` from the time ``since`` on that survives the loss of its consumer.
+
+    nats-py re-creates a lost ordered consumer (a server restart drops it; two missed heartbeats tell) from
+    the next stream sequence, with the creation request it kept: that request would still carry the start
+    time beside the new start sequence, which the server refuses, so the subscription went silent forever
+    after the first restart (the analyzer's window history then waited ``history_wait_s`` on every window).
+    Once the consumer exists its start time has done its work: it is dropped from the kept request."""
+    cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)
+    sub = await js.subscribe(subject, stream=stream, cb=cb, ordered_consumer=True, config=cfg)
+    cfg.opt_start_time = None     # the object nats-py keeps for re-creation (it does not copy the config)
+    return sub
 
 
 async def kv_snapshot(js: JetStreamContext, bucket: str, timeout: float = 10.0) -> dict[str, bytes]:

@@ -278,10 +278,9 @@ class DashboardServer:
 async def follow_bus(nc: Any, server: DashboardServer, history_s: float) -> list[Any]:
     """Fill the state from the bus and keep it current; returns what to stop (subscriptions, watchers,
     tasks). The server is ready once the buckets' current values have been read."""
-    from nats.js.api import ConsumerConfig, DeliverPolicy
-
     from x0tta6bl4.bus import subjects
     from x0tta6bl4.bus.kvwatch import BucketNotFound, next_update, watch_bucket
+    from x0tta6bl4.bus.reader import subscribe_since
     from x0tta6bl4.v1 import events_pb2
 
     js = nc.jetstream()
@@ -332,8 +331,7 @@ async def follow_bus(nc: Any, server: DashboardServer, history_s: float) -> list
 
     for subject, stream, cb in ((subjects.MAPEK_ALL, subjects.STREAM_MAPEK, on_mapek),
                                 (subjects.AUDIT_ALL, subjects.STREAM_AUDIT, on_audit)):
-        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)
-        handles.append(await js.subscribe(subject, stream=stream, cb=cb, ordered_consumer=True, config=cfg))
+        handles.append(await subscribe_since(js, subject, stream, since, cb))
     handles.append(await nc.subscribe(subjects.GOV_WATCH_ALL, cb=on_proposal))
     server.ready = True
     return handles

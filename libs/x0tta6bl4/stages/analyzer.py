@@ -46,6 +46,8 @@ class AnalyzerDeps:
     history: History = field(default_factory=History)
     history_wait_s: float = 1.0
     history_poll_s: float = 0.01
+    followed: int = 0                        # windows the follower (the stream) has delivered so far
+    stalled_at: int | None = None            # ``followed`` when the follower was last found behind
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rules: RuleAnalyzer = field(init=False)
@@ -71,22 +73,31 @@ def learned_detector(use_model: bool, weights_path: str = "") -> tuple[Any | Non
     return detector, ""
 
 
-def remember(history: History, data: bytes) -> None:
+def remember(deps: AnalyzerDeps, data: bytes) -> None:
     """Add one ``mapek.telemetry`` message (raw bytes from the stream) to the history; an invalid one
     is skipped here (the analyzer's consumer dead-letters it)."""
+    deps.followed += 1
     try:
         w = decode(events_pb2.TelemetryWindow, data)
     except InvalidMessage:
         return
-    history.add(w.meta.event_id, w.nodes)
+    deps.history.add(w.meta.event_id, w.nodes)
 
 
 async def cached(key: str, window: events_pb2.TelemetryWindow, deps: AnalyzerDeps) -> None:
-    """Wait (at most ``history_wait_s``) for the follower to store the window; then store it ourselves."""
-    deadline = deps.monotonic() + deps.history_wait_s
+    """Wait (at most ``history_wait_s``) for the follower to store the window; then store it ourselves.
+    A follower found behind that has delivered nothing since is not waited for again (its consumer may be
+    re-created after a broker restart, ~10 s: waiting a second on every window would put the whole loop
+    that far behind)."""
+    if deps.stalled_at is not None and deps.followed == deps.stalled_at:
+        wait = 0.0
+    else:
+        deps.stalled_at, wait = None, deps.history_wait_s
+    deadline = deps.monotonic() + wait
     while key not in deps.history and deps.monotonic() < deadline:
         await deps.sleep(deps.history_poll_s)
     if key not in deps.history:  # the follower lags: never block the pipeline
+        deps.stalled_at = deps.followed
         deps.history.add(key, window.nodes)
 
 

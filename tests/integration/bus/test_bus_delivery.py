@@ -148,3 +148,36 @@ async def test_redelivered_event_is_not_handled_twice(nats_server, nc, tmp_path)
         assert seen == [1]
     finally:
         await app.stop()
+
+
+async def test_a_stream_followed_since_a_time_keeps_flowing_after_a_broker_restart(nats_server, nc):
+    """The analyzer's window history and the dashboard follow MAPEK from a start time with an ordered consumer.
+    A broker restart drops that consumer; it is re-created from the next sequence and delivers what follows
+    (before the fix, nats-py's re-creation carried the start time too, the server refused it, and the
+    subscription stayed silent forever: the analyzer then spent 1 s per window waiting for its history)."""
+    import datetime as dt
+
+    from x0tta6bl4.bus.reader import subscribe_since
+    got: list[int] = []
+
+    async def cb(m) -> None:
+        got.append(m.metadata.sequence.stream)
+
+    js = nc.jetstream()
+    early = [(await js.publish(subjects.MAPEK_ANOMALY, b"before-start")).seq]
+    since = dt.datetime.now(dt.UTC)
+    await asyncio.sleep(0.01)
+    before = [(await js.publish(subjects.MAPEK_ANOMALY, b"a")).seq for _ in range(2)]
+    sub = await subscribe_since(js, subjects.MAPEK_ANOMALY, subjects.STREAM_MAPEK, since, cb)
+    try:
+        await eventually(lambda: got == before, timeout=10, what="the messages after the start time")
+        await asyncio.to_thread(nats_server.restart)
+        after = []
+        for _ in range(2):
+            after.append((await Publisher(nc, "test", retry_for_s=30).publish(
+                subjects.MAPEK_ANOMALY, anomaly(len(after)))).seq)
+        await eventually(lambda: got == before + after, timeout=30,
+                         what="the messages published after the restart, each once, in order")
+        assert early[0] not in got
+    finally:
+        await sub.unsubscribe()
