@@ -81,6 +81,29 @@ async def test_a_node_whose_loss_cuts_a_live_flow_is_not_taken_out():
     assert esc.reason == "flow_cut" and esc.detail.startswith("taking n3 out would leave flow n0->n8 no path")
 
 
+async def test_a_refused_incident_is_planned_again_once_the_harm_is_gone():
+    """A killed relay still counts as reachable until the monitor finds it stale (its neighbours reported it
+    lost first): routing around it is refused while n1 is routed around too. The refusal only observes, so the
+    incident is not held until its claim expires: repeated while the facts stand it is a duplicate (one
+    escalation); once n3 is down (nothing to lose) or n1 is back, the next finding acts."""
+    bus = TestBus(build(PlannerSettings()))
+    await grid(bus, avoided=("n1",))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("n3", "node_down"))
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("n3", "node_down", cycle="c2", first_ns=1_001 * S))
+    assert [p.decision for p in bus.messages(subjects.MAPEK_PLAN)] == [K.DECISION_KIND_OBSERVE]
+    assert len(bus.messages(subjects.MAPEK_ESCALATION)) == 1 and len(bus.audited("anomaly.duplicate")) == 1
+    assert bus.messages(subjects.MAPEK_ACTION) == []
+    await grid(bus, avoided=("n1",), down=("n3",))        # the monitor finds n3 stale
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("n3", "node_down", cycle="c3", first_ns=1_002 * S))
+    plans = bus.messages(subjects.MAPEK_PLAN)
+    assert [(p.decision, p.escalation) for p in plans[1:]] == [(K.DECISION_KIND_AUTO_EXECUTE, "")]
+    [req] = bus.messages(subjects.MAPEK_ACTION)
+    assert (req.action.kind, req.action.target_node) == (K.ACTION_KIND_REROUTE, "n3")
+    # the acting claim now holds the incident: a further finding is a duplicate, not planned twice
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly("n3", "node_down", cycle="c4", first_ns=1_003 * S))
+    assert len(bus.messages(subjects.MAPEK_PLAN)) == 2 and len(bus.audited("anomaly.duplicate")) == 2
+
+
 async def test_routing_around_a_relay_with_a_detour_or_a_dead_endpoint_goes_ahead():
     bus = TestBus(build(PlannerSettings()))
     await grid(bus, down=("n8",))

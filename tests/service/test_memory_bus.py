@@ -120,3 +120,37 @@ async def test_requests_reach_the_registered_responder_or_time_out():
         await ctx.request(subjects.keyvault_rpc("Revoke"), b"", 1.0)
     with pytest.raises(KeyError, match="no key-value bucket named 'nope'"):
         bus.kv("nope")
+
+
+async def test_a_fresh_watch_drops_the_keys_deleted_while_the_old_one_was_down():
+    """What a mirror does with a new watch after a reconnection: the keys it replays are the bucket; a key of
+    the view it does not replay was deleted meanwhile and leaves the view (on_change says so)."""
+    import asyncio
+
+    from x0tta6bl4.bus.app import _follow_bucket
+
+    class Entry:
+        def __init__(self, key, value, operation=None):
+            self.key, self.value, self.operation = key, value, operation
+
+    class Watcher:
+        def __init__(self, entries):
+            self.queue: asyncio.Queue = asyncio.Queue()
+            for e in entries:
+                self.queue.put_nowait(e)
+
+        async def updates(self, timeout=None):
+            return await self.queue.get()
+
+    view = {"n1": b"old", "n2": b"gone", "n3": b"three"}
+    changes = []
+    reconnected = asyncio.Event()
+    watcher = Watcher([Entry("n1", b"new"), Entry("n3", b"three"), None, Entry("n4", b"later")])
+    task = asyncio.create_task(_follow_bucket(watcher, view, bytes, lambda k, v: changes.append((k, v)),
+                                              reconnected))
+    while ("n4", b"later") not in changes:
+        await asyncio.sleep(0)
+    assert view == {"n1": b"new", "n3": b"three", "n4": b"later"}
+    assert ("n2", None) in changes
+    reconnected.set()                        # the next reconnection ends this watch (a new one starts)
+    await asyncio.wait_for(task, 5)

@@ -162,6 +162,7 @@ class Service:
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._background: list[Callable[[], Awaitable[None]]] = []
+        self._reconnect_events: set[asyncio.Event] = set()   # set on every reconnection (mirrors re-watch)
         self._tasks: list[asyncio.Task] = []
         self._kv: dict[str, NatsKV] = {}
         self.mirrors: dict[str, list[tuple[dict, Callable[[bytes], Any], Callable[[str, Any], None] | None]]] = {}
@@ -212,27 +213,44 @@ class Service:
     def mirror(self, bucket: str, decode: Callable[[bytes], Any] = lambda b: b,
                on_change: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
         """A dict kept equal to a key-value bucket by a watcher (a cache shared state is read from;
-        the bucket stays the source of truth, so replicas see the same data)."""
+        the bucket stays the source of truth, so replicas see the same data).
+
+        The watcher's ordered consumer lives on one server: a broker restart (or the loss of the server in a
+        cluster) drops it, and nats-py would notice only after two missed heartbeats (10 s) - ten seconds in
+        which the planner judged harm, and the executor verified repairs, on a frozen view. So every
+        reconnection starts a new watch at once: it replays each key's latest value, and keys deleted
+        meanwhile leave the view."""
         view: dict[str, Any] = {}
         self.mirrors.setdefault(bucket, []).append((view, decode, on_change))
 
         async def watch() -> None:
-            kv = await self.raw_kv(bucket)
-            watcher = await kv.watchall()
-            async for entry in watcher:
-                if entry is None:
+            while not self._stopping.is_set():
+                reconnected = asyncio.Event()
+                self._reconnect_events.add(reconnected)
+                try:
+                    watcher = await (await self.raw_kv(bucket)).watchall()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - the broker is away or JetStream is not ready yet
+                    self._reconnect_events.discard(reconnected)
+                    log.warning("%s: cannot watch bucket %s (%s); trying again in 1 s", self.name, bucket,
+                                _describe(e))
+                    await asyncio.sleep(1.0)
                     continue
-                if entry.operation is None and entry.value is not None:
-                    value = decode(entry.value)
-                    view[entry.key] = value
-                else:
-                    value = None
-                    view.pop(entry.key, None)
-                if on_change is not None:
-                    on_change(entry.key, value)
+                try:
+                    await _follow_bucket(watcher, view, decode, on_change, reconnected)
+                finally:
+                    self._reconnect_events.discard(reconnected)
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+                log.info("%s: reconnected: watching bucket %s afresh", self.name, bucket)
         watch.__name__ = f"mirror_{bucket}"
         self._background.append(watch)
         return view
+
+    async def _reconnected(self) -> None:
+        for ev in list(self._reconnect_events):
+            ev.set()
 
     # ---- helpers for handlers ----------------------------------------------
     async def kv(self, bucket: str) -> NatsKV:
@@ -324,7 +342,8 @@ class Service:
             await self.health.start()
         creds = s.nats_credentials()
         self._secured = creds is not None
-        self.nc = await connect(s.nats_url, f"{self.name}@{s.instance}", creds=creds)
+        self.nc = await connect(s.nats_url, f"{self.name}@{s.instance}", creds=creds,
+                                on_reconnected=self._reconnected)
         self.publisher = Publisher(self.nc, self.name)
         if creds is None:   # an open broker (development): declare what is missing ourselves
             await ensure_topology(self.nc.jetstream(), s.stream_replicas, s.max_deliver, s.ack_wait_s,
@@ -609,6 +628,42 @@ class Service:
         await self.audit("message.dead_lettered", m.subject,
                          {"consumer": sub.durable, "reason": reason, "stream_seq": seq})
         await m.term()
+
+
+async def _follow_bucket(watcher: Any, view: dict[str, Any], decode: Callable[[bytes], Any],
+                         on_change: Callable[[str, Any], None] | None, reconnected: asyncio.Event) -> None:
+    """Apply a bucket watcher's entries to ``view`` until ``reconnected`` is set. The watch starts with every
+    key's latest value, then an end marker (None): keys of the view not among them were deleted meanwhile."""
+    initial: set[str] | None = set()
+    waiter = asyncio.ensure_future(reconnected.wait())
+    try:
+        while True:
+            nxt = asyncio.ensure_future(watcher.updates(timeout=None))
+            done, _ = await asyncio.wait({nxt, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                nxt.cancel()
+                return
+            entry = nxt.result()
+            if entry is None or not hasattr(entry, "key"):    # the end of the initial values
+                if initial is not None:
+                    for key in [k for k in view if k not in initial]:
+                        view.pop(key, None)
+                        if on_change is not None:
+                            on_change(key, None)
+                    initial = None
+                continue
+            if initial is not None:
+                initial.add(entry.key)
+            if entry.operation is None and entry.value is not None:
+                value = decode(entry.value)
+                view[entry.key] = value
+            else:
+                value = None
+                view.pop(entry.key, None)
+            if on_change is not None:
+                on_change(entry.key, value)
+    finally:
+        waiter.cancel()
 
 
 def run_service(name: str, settings_cls: type[CommonSettings], build: Callable[[Any], Service]) -> None:

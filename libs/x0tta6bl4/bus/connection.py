@@ -7,7 +7,7 @@ import logging
 import os
 import pathlib
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,9 +138,11 @@ def _servers(url: str, creds: NatsCredentials | None) -> list[str]:
 
 
 async def connect(url: str, name: str, connect_timeout_s: float = 60.0,
-                  creds: NatsCredentials | None = None) -> NATS:
+                  creds: NatsCredentials | None = None,
+                  on_reconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """Connect with back-off, then keep reconnecting for ever through broker restarts.
-    ``creds``: this process's identity (default: from the environment, see :class:`NatsCredentials`)."""
+    ``creds``: this process's identity (default: from the environment, see :class:`NatsCredentials`);
+    ``on_reconnected``: called after each reconnection."""
     creds = creds if creds is not None else NatsCredentials.from_env()
 
     async def _disconnected() -> None:
@@ -148,6 +150,8 @@ async def connect(url: str, name: str, connect_timeout_s: float = 60.0,
 
     async def _reconnected() -> None:
         log.info("%s: reconnected to NATS", name)
+        if on_reconnected is not None:
+            await on_reconnected()
 
     async def _error(e: Exception) -> None:
         log.debug("%s: NATS error: %s", name, e)

@@ -124,7 +124,9 @@ def refusal(kind: int, node: str, mesh: MeshFacts) -> str:
                 "or isolated")
     cut = flows_cut(mesh, node)
     if cut:
-        return f"taking {node} out would leave flow {', '.join(cut)} no path (around it and the nodes avoided)"
+        avoided = ", ".join(sorted(mesh.avoided)[:8]) or "none"
+        return (f"taking {node} out would leave flow {', '.join(cut)} no path (around it and the nodes avoided: "
+                f"{avoided})")
     return ""
 
 

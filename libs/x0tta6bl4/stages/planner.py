@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.ports import DELETE, KV, CasConflict, Context, Entry, KeyNotFound, Reject, _Delete, cas_update
-from x0tta6bl4.governance.decision import DecisionKind, DecisionPolicy
+from x0tta6bl4.governance.decision import Decision, DecisionKind, DecisionPolicy
 from x0tta6bl4.ids import new_meta
 from x0tta6bl4.knowledge.outcomes import ActionStats
 from x0tta6bl4.knowledge.outcomes import key as knowledge_key
@@ -131,9 +131,24 @@ async def claim(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "",
             return True
     except CasConflict:
         verdict = planning.CLAIM_OPEN     # lost every race: another replica is on it
+    await not_planned(anomaly, ctx, verdict)
+    return False
+
+
+async def not_planned(anomaly: events_pb2.Anomaly, ctx: Context, verdict: str) -> None:
     await ctx.audit("anomaly.stale" if verdict == planning.CLAIM_STALE else "anomaly.duplicate",
                     anomaly.incident_id, {"node": anomaly.node_id})
-    return False
+
+
+async def claim_open_to(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "") -> str:
+    """The claim verdict an acting finding of the anomaly's incident would get now (nothing written): a
+    finding that cannot be planned anyway is not planned (planning costs a twin run per candidate action)."""
+    incidents = await ctx.kv("incidents")
+    try:
+        existing: bytes | None = (await incidents.get(anomaly.incident_id)).value
+    except KeyNotFound:
+        existing = None
+    return planning.claim_verdict(existing, anomaly.first_symptom_unix_ns, generation, acting=True)
 
 
 async def knowledge_for(ctx: Context, fault: str) -> dict[str, ActionStats]:
@@ -163,12 +178,29 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
             "since_ns": str(maint.get("since_ns", ""))})
         return
     generation = deps.generation(anomaly.root_cause)
-    if not await claim(anomaly, ctx, generation, planning.observes(anomaly, deps.policy)):
+
+    async def planned() -> tuple[events_pb2.Plan, Decision]:
+        adjacency = {t.node_id: list(t.neighbours) for t in deps.telemetry.values()}
+        return planning.make_plan(anomaly, deps.policy, await knowledge_for(ctx, anomaly.fault_type),
+                                  functools.partial(twin_verdict, adjacency),
+                                  planning.mesh_facts(deps.telemetry.values()))
+
+    observe = planning.observes(anomaly, deps.policy)
+    made: tuple[events_pb2.Plan, Decision] | None = None
+    if not observe:
+        # a finding that would act is planned before it claims: a plan refused to do no harm (it would cut a
+        # live flow, or take out a live endpoint) only observes, so its claim gives way to a later finding
+        # that may act - the facts change (a killed relay still counts as reachable until it is stale; a
+        # node routed around comes back) - instead of holding the incident until the claim expires
+        verdict = await claim_open_to(anomaly, ctx, generation)
+        if verdict != planning.CLAIM_NEW:
+            await not_planned(anomaly, ctx, verdict)
+            return
+        made = await planned()
+        observe = made[1].kind is DecisionKind.OBSERVE
+    if not await claim(anomaly, ctx, generation, observe):
         return
-    adjacency = {t.node_id: list(t.neighbours) for t in deps.telemetry.values()}
-    plan, decision = planning.make_plan(anomaly, deps.policy, await knowledge_for(ctx, anomaly.fault_type),
-                                        functools.partial(twin_verdict, adjacency),
-                                        planning.mesh_facts(deps.telemetry.values()))
+    plan, decision = made if made is not None else await planned()
     for_generation(plan, generation)
     await ctx.publish(subjects.MAPEK_PLAN, plan)
     await ctx.audit("decision", plan.plan_id, {
@@ -180,9 +212,9 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
         await escalate(plan, ctx)
     if decision.kind is DecisionKind.AUTO_EXECUTE:
         await ctx.publish(subjects.MAPEK_ACTION, approved_request(plan, deps))
-    # OBSERVE keeps the incident claim until it expires (bucket TTL), so the same observation is
-    # not re-planned on every window, unless a later finding of the incident would act or vote (see
-    # planning.claim_verdict); a different root cause or fault is a different incident.
+    # OBSERVE (also a refused plan) keeps the incident claim until it expires (bucket TTL), so the same
+    # observation is not re-planned on every window, unless a later finding of the incident would act or
+    # vote (see planning.claim_verdict); a different root cause or fault is a different incident.
 
 
 async def escalate(plan: events_pb2.Plan, ctx: Context) -> None:

@@ -53,7 +53,7 @@ def test_a_live_endpoint_is_never_taken_out():
 def test_a_node_whose_loss_leaves_a_live_flow_no_path_is_not_taken_out():
     assert plan.refusal(K.ACTION_KIND_REROUTE, "n3", mesh()) == ""              # n0 still has n1
     assert plan.refusal(K.ACTION_KIND_REROUTE, "n3", mesh(avoided=("n1",))) == (
-        "taking n3 out would leave flow n0->n8 no path (around it and the nodes avoided)")
+        "taking n3 out would leave flow n0->n8 no path (around it and the nodes avoided: n1)")
     assert plan.flows_cut(mesh(avoided=("n1",)), "n4") == []                    # n0-n3-n6-n7-n8 remains
 
 
