@@ -249,3 +249,29 @@ def test_meshctl_up_with_a_bad_partition_count_is_one_clear_error(tmp_path, args
 def test_a_stack_with_fewer_monitor_replicas_than_partitions_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="a partition without a replica would leave its nodes unwatched"):
         Stack(tmp_path / "s", ("monitor",), replicas=1, monitor_partitions=2)
+
+
+async def test_provisioning_again_changes_the_partition_count(nc) -> None:
+    """The provision step run again with another X0TTA6BL4_MONITOR_PARTITIONS updates MESH's transform and
+    declares the new partitions' consumers; back to one partition, reports are stored as published again."""
+    from x0tta6bl4.bus.connection import ensure_topology
+    js = nc.jetstream()
+
+    async def stored_as(node: str) -> str:
+        ack = await js.publish(subjects.telemetry(node), b"x")
+        return (await js.get_msg(subjects.STREAM_MESH, ack.seq)).subject
+
+    assert (await js.stream_info(subjects.STREAM_MESH)).config.subject_transform is None
+    assert await stored_as("n1") == "mesh.telemetry.n1"
+    await ensure_topology(js, telemetry_partitions=4)
+    tr = (await js.stream_info(subjects.STREAM_MESH)).config.subject_transform
+    assert tr is not None and tr.dest == "mesh.telemetry.{{partition(4,1)}}.{{wildcard(1)}}"
+    assert await stored_as("n1") == subjects.telemetry_stored("n1", 4) == "mesh.telemetry.0.n1"
+    for i in range(4):
+        assert (await js.consumer_info(subjects.STREAM_MESH, f"monitor-telemetry-p{i}")).num_pending >= 0
+    await ensure_topology(js, telemetry_partitions=4)                  # again: nothing changes
+    await ensure_topology(js)
+    assert (await js.stream_info(subjects.STREAM_MESH)).config.subject_transform is None
+    assert await stored_as("n1") == "mesh.telemetry.n1"
+    with pytest.raises(ValueError, match="telemetry partitions: 17, expected 1 to 16"):
+        await ensure_topology(js, telemetry_partitions=17)
