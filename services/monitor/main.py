@@ -81,6 +81,7 @@ def build(settings: MonitorSettings, deps: stage.MonitorDeps | None = None) -> S
         metrics.registry.register(flush)   # a private registry (a second monitor in one process)
     deps.gauges = flush.gauges = wiring.PromGauges(metrics, deps.thresholds)
     wiring.attach_lag(app, deps, settings.max_lag_s, telemetry)
+    wiring.attach_partition_check(app, deps)
     wiring.attach_kernel_feed(app, settings, deps, metrics)
     app.mirror(stage.TELEMETRY_BUCKET, on_change=partial(stage.apply_telemetry, deps))
     app.mirror(stage.HEALTH_BUCKET, on_change=partial(stage.apply_health, deps))

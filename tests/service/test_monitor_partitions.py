@@ -147,3 +147,28 @@ def test_bad_partition_settings_are_a_config_error_naming_them(tmp_path, env, ex
 def test_the_partition_limit_is_the_subject_tables() -> None:
     assert MonitorSettings.model_fields["monitor_partitions"].metadata[-1].le == subjects.MAX_MONITOR_PARTITIONS
     assert len(subjects.PARTITION_CONSUMERS) == subjects.MAX_MONITOR_PARTITIONS
+
+
+async def test_no_silence_is_judged_while_the_stream_is_partitioned_otherwise_and_counts_from_the_match(two):
+    for n in LINE:
+        await two.report(n)
+    two.a.deps.judging = False                 # MESH stores telemetry for another partition count
+    two.clock.advance(5)
+    assert await stage.stale_tick(two.a.bus.context(), two.a.deps) == []
+    two.a.deps.judging, two.a.deps.judged_since_ns = True, two.clock()      # they match again
+    two.clock.advance(1.5)
+    assert await stage.stale_tick(two.a.bus.context(), two.a.deps) == []     # 6.5 s silent, 1.5 s judged
+    await two.report("n3")
+    two.clock.advance(0.6)
+    assert await stage.stale_tick(two.a.bus.context(), two.a.deps) == ["n1"]
+    assert two.criticals("n1") == ["a"] and two.criticals("n3") == []
+
+
+def test_the_partition_mismatch_named() -> None:
+    from x0tta6bl4.monitoring.wiring import partition_mismatch
+    assert partition_mismatch(None, 1) == "" and partition_mismatch(subjects.telemetry_transform(4), 4) == ""
+    assert partition_mismatch(None, 2) == (
+        "the MESH stream stores telemetry as published (one partition), this monitor expects it in 2 partitions "
+        "(X0TTA6BL4_MONITOR_PARTITIONS=2): provision with the same setting as the monitors")
+    assert partition_mismatch(subjects.telemetry_transform(4), 1).startswith(
+        "the MESH stream stores telemetry in 4 partitions, this monitor expects it as published (one partition)")

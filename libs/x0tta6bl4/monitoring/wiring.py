@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,8 @@ from x0tta6bl4.v1 import common_pb2, events_pb2
 
 if TYPE_CHECKING:
     from x0tta6bl4.bus.app import Service
+
+log = logging.getLogger("x0tta6bl4.monitor")
 
 HEALTH_LEVEL: dict[int, Health] = {common_pb2.HEALTH_HEALTHY: Health.HEALTHY, common_pb2.HEALTH_WARNING: Health.WARNING,
                 common_pb2.HEALTH_CRITICAL: Health.CRITICAL}
@@ -201,3 +205,61 @@ def default_registry_for(name: str) -> Any:
     from prometheus_client import REGISTRY, CollectorRegistry
     taken = name in getattr(REGISTRY, "_names_to_collectors", {})
     return CollectorRegistry() if taken else REGISTRY
+
+
+PARTITION_CHECK_S = 2.0
+_PARTITIONS = re.compile(r"partition\((\d+),")
+
+
+def _stored(transform: tuple[str, str] | None) -> str:
+    if transform is None:
+        return "as published (one partition)"
+    m = _PARTITIONS.search(transform[1])
+    return f"in {m.group(1)} partitions" if m else f"as {transform[1]}"
+
+
+def partition_mismatch(got: tuple[str, str] | None, partitions: int) -> str:
+    """"" when the MESH stream's subject transform ``got`` is the one for ``partitions``, else why not."""
+    expected = subjects.telemetry_transform(partitions)
+    if got == expected:
+        return ""
+    return (f"the MESH stream stores telemetry {_stored(got)}, this monitor expects it {_stored(expected)} "
+            f"(X0TTA6BL4_MONITOR_PARTITIONS={partitions}): provision with the same setting as the monitors")
+
+
+def attach_partition_check(app: Service, deps: stage.MonitorDeps) -> None:
+    """The MESH stream must store telemetry for this replica's partition count (X0TTA6BL4_MONITOR_PARTITIONS,
+    the provisioner's and the monitor's): otherwise its consumer gets none of its nodes' reports. Checked every
+    ``PARTITION_CHECK_S``; while they differ /ready is false (``telemetry_partitions``, with the reason), the
+    error is logged once and the replica judges no node's silence (``deps.judging``); once they match again a
+    node's silence counts from then (``deps.judged_since_ns``). A check that cannot run (the broker away)
+    changes nothing."""
+    state = {"mismatch": ""}
+
+    async def check() -> None:
+        while True:
+            try:
+                info = await asyncio.wait_for(app.nc.jetstream().stream_info(subjects.STREAM_MESH), 2.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - unknown now: the last verdict stands
+                info = None
+            if info is not None:
+                tr = info.config.subject_transform
+                why = partition_mismatch((tr.src, tr.dest) if tr is not None and tr.src else None, deps.partitions)
+                if why and why != state["mismatch"]:
+                    log.error("monitor: %s; no node's silence is judged meanwhile", why)
+                elif not why and state["mismatch"]:
+                    log.info("monitor: the MESH stream's telemetry partitions match again")
+                    deps.judged_since_ns = deps.clock_ns()     # its nodes' reports are only starting to come
+                state["mismatch"], deps.judging = why, not why
+            await asyncio.sleep(PARTITION_CHECK_S)
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        details: dict[str, Any] = {"partitions": deps.partitions, "partition": deps.partition}
+        if state["mismatch"]:
+            return False, {**details, "reason": state["mismatch"]}
+        return True, details
+
+    app.background(check)
+    app.readiness_check("telemetry_partitions", ready)

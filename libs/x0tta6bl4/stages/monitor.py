@@ -166,6 +166,10 @@ class MonitorDeps:
     partitions: int = 1
     partition: int = 0
     foreign: dict[str, bytes | None] = field(default_factory=dict)   # other partitions' bucket changes, not decoded
+    # False while the MESH stream stores telemetry for another partition count than this replica's (its consumer
+    # would get none of its nodes' reports: judging their silence would declare healthy nodes dead)
+    judging: bool = True
+    judged_since_ns: int = 0     # judging resumed then: silence before it does not count (0: always judged)
     _owned: dict[str, bool] = field(default_factory=dict)
 
     def owns(self, node: str) -> bool:
@@ -470,7 +474,9 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
     """Nodes that stopped reporting are unreachable (the fallback when no neighbour reports them): silent
     for ``stale_after_s`` before the monitor's horizon (how far it has read, :mod:`x0tta6bl4.mapek.liveness`),
     found through their deadlines (no scan of every node). Cycles whose window could not be published are
-    tried again. Returns the nodes marked in this tick."""
+    tried again. Returns the nodes marked in this tick (none while ``deps.judging`` is off)."""
+    if not deps.judging:
+        return []
     now = deps.clock_ns()
     horizon = deps.horizon_ns()
     stale_ns = int(deps.stale_after_s * 1e9)
@@ -492,8 +498,12 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
         t = deps.view.nodes.get(node)
         if t is None or not t.reachable:
             continue
-        if horizon - max(t.meta.ts_unix_ns, deps.seen_ns.get(node, 0)) <= stale_ns:   # it reported since
-            deps.track(t)
+        last = max(t.meta.ts_unix_ns, deps.seen_ns.get(node, 0), deps.judged_since_ns)
+        if horizon - last <= stale_ns:   # it reported since (or judging resumed since)
+            if deps.judged_since_ns > t.meta.ts_unix_ns:
+                deps.deadlines.touch(node, last + stale_ns)
+            else:
+                deps.track(t)
             continue
         with deps.span("monitor.stale", attributes={"x0.node": node}):
             u = assessing.mark_unreachable(deps.view, node, now)

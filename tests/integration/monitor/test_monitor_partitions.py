@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 from testkit import eventually, scaled, violations
@@ -201,6 +203,92 @@ async def test_two_replicas_of_a_partition_share_its_consumer_and_one_carries_on
             for n in (zero[0], zero[1], one):
                 assert len(windows[n]) == 1, (n, windows[n])
             assert not [n for n in windows if n not in stopped], windows      # no healthy node declared dead
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await gen.close()
+            await op.close()
+    finally:
+        stack.stop()
+    assert not violations(stack), "nats-server refused a legitimate flow"
+
+
+def ready_doc(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+@pytest.mark.timeout(180)
+async def test_a_stream_provisioned_for_another_partition_count_makes_the_monitors_unready_not_trigger_happy(
+        tmp_path):
+    stack = Stack(tmp_path / "stack", ("monitor",), replicas=K, monitor_partitions=K, secure=True,
+                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false"})
+    stack.start(scaled(60))
+    stopped: set[str] = set()
+    try:
+        stack.add_mesh_host("gen", NODES)
+        gen = await stack.connect(MESH_HOST_PREFIX + "gen")
+        op = await stack.connect()
+        js = op.jetstream()
+        pub = Publisher(gen, "gen")
+        windows: dict[str, list[str]] = {}
+        criticals: list[str] = []
+
+        async def on_window(msg) -> None:
+            w = events_pb2.TelemetryWindow.FromString(msg.data)
+            windows.setdefault(w.trigger_node, []).append(w.meta.cycle_id)
+
+        async def on_health(msg) -> None:
+            ch = events_pb2.HealthChange.FromString(msg.data)
+            if ch.node_id and ch.current == common_pb2.HEALTH_CRITICAL:
+                criticals.append(ch.node_id)
+        await op.subscribe(subjects.MAPEK_TELEMETRY, cb=on_window)
+        await op.subscribe(subjects.MAPEK_HEALTH, cb=on_health)
+        await op.flush()
+
+        async def generate() -> None:
+            while True:
+                for i, n in enumerate(NODES):
+                    if n not in stopped:
+                        await pub.emit(subjects.telemetry(n), events_pb2.NodeTelemetry(
+                            meta=new_meta(n), node_id=n, reachable=True, neighbours=neighbours(i), cpu_pct=10))
+                await asyncio.sleep(0.25)
+        task = asyncio.create_task(generate())
+        ports = [sp.health_port for sp in stack.procs if sp.name == "monitor"]
+        try:
+            async def all_know() -> bool:
+                return all(d["nodes"] == len(NODES) for d in (await infos(op, K)).values())
+            await eventually(all_know, 15, 0.2)
+            # the provisioner run with another setting: MESH stores telemetry unpartitioned again
+            await asyncio.to_thread(stack.nats.provision, telemetry_partitions=1)
+
+            def unready() -> list[str]:
+                reasons = [ready_doc(p).get("checks", {}).get("telemetry_partitions", {}).get("reason", "")
+                           for p in ports]
+                return reasons if all(reasons) else []
+            reasons = await eventually(unready, 10, 0.2, what="both monitors unready, naming the mismatch")
+            assert all(r.startswith("the MESH stream stores telemetry as published (one partition), this monitor "
+                                    "expects it in 2 partitions (X0TTA6BL4_MONITOR_PARTITIONS=2)") for r in reasons)
+
+            # reports go on reaching MESH for longer than the liveness timeout (2 s), none reaches the monitors:
+            # no node is declared dead
+            async def unread_rounds() -> bool:
+                ci = await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry")
+                return ci.num_pending >= 12 * len(NODES)          # 12 rounds of 0.25 s: 3 s
+            await eventually(unread_rounds, 20, 0.2)
+            assert criticals == [] and not windows
+
+            # provisioned right again: ready, judging again
+            await asyncio.to_thread(stack.nats.provision, telemetry_partitions=K)
+            await eventually(lambda: all(ready_doc(p).get("ready") for p in ports), 15, 0.2,
+                             what="both monitors ready again")
+            victim = NODES[5]
+            stopped.add(victim)
+            await eventually(lambda: windows.get(victim), 20, 0.1, what=f"a window for {victim}")
+            assert len(windows[victim]) == 1 and criticals == [victim], (windows, criticals)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
