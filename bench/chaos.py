@@ -64,8 +64,9 @@ def why_not(evs, victim: str) -> str:
             item = (f"plan {events_pb2.DecisionKind.Name(e.decision).removeprefix('DECISION_KIND_').lower()} "
                     f"{events_pb2.ActionKind.Name(e.action.kind).removeprefix('ACTION_KIND_').lower()}"
                     + (f" ({e.escalation[:80]})" if e.escalation else ""))
-        elif s == subjects.MAPEK_ESCALATION and victim in str(e):
-            item = f"escalation {str(e)[:120]!r}"
+        elif s == subjects.MAPEK_ESCALATION and (e.action.target_node == victim or e.incident_id.startswith(
+                victim + ".")):
+            item = f"escalation {e.reason}: {e.detail[:100]}"
         elif s == subjects.MAPEK_VERIFIED and e.action.target_node == victim:
             item = (f"verification {'recovered' if e.recovered else 'failed'}"
                     + (f" ({', '.join(e.checks_failed)[:100]})" if e.checks_failed else ""))
