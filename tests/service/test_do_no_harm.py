@@ -136,4 +136,6 @@ async def test_an_incident_the_executor_escalated_is_not_planned_again():
                                  incident_id="n5.congestion", fault_type="congestion",
                                  action=events_pb2.ActionSpec(kind=K.ACTION_KIND_REROUTE, target_node="n5"))
     await bus.publish(subjects.MAPEK_VERIFIED, v2)
-    assert bus.kv("incidents").value("n5.congestion") is None
+    released = bus.kv("incidents").value("n5.congestion")
+    assert planning.claim_verdict(released, 2_000 * S, acting=True) == planning.CLAIM_NEW
+    assert planning.failed_actions(released) == {"reroute"}

@@ -157,13 +157,26 @@ async def test_after_a_verified_repair_late_anomalies_are_stale_and_new_symptoms
     assert [p.meta.cycle_id for p in bus.messages(subjects.MAPEK_PLAN)] == ["c1", "c3"]
 
 
-async def test_a_failed_repair_releases_the_incident_at_once(bus: TestBus):
+async def test_a_failed_repair_releases_the_incident_at_once_for_another_action(bus: TestBus):
+    """A reroute that did not repair n3: the next finding is planned at once, with the next candidate (restart),
+    not the reroute again; when that fails too, the incident goes to operators instead of a third try."""
     await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c1"))
     await bus.publish(subjects.MAPEK_VERIFIED, verification(recovered=False))
-    assert bus.kv("incidents").value("n3.node_down") is None
+    assert planning.failed_actions(bus.kv("incidents").value("n3.node_down")) == {"reroute"}
     await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c2", first_ns=1_001 * S))
-    assert [p.meta.cycle_id for p in bus.messages(subjects.MAPEK_PLAN)] == ["c1", "c2"]
+    plans = bus.messages(subjects.MAPEK_PLAN)
+    assert [(p.meta.cycle_id, p.action.kind) for p in plans] == [("c1", K.ACTION_KIND_REROUTE),
+                                                                 ("c2", K.ACTION_KIND_RESTART)]
     assert bus.audited("anomaly.duplicate") == []
+    await bus.publish(subjects.MAPEK_VERIFIED, verification(kind=K.ACTION_KIND_RESTART, recovered=False,
+                                                            cycle="c2", action_id="act-2"))
+    assert planning.failed_actions(bus.kv("incidents").value("n3.node_down")) == {"reroute", "restart"}
+    await bus.publish(subjects.MAPEK_ANOMALY, anomaly(cycle="c3", first_ns=1_002 * S))
+    last = bus.messages(subjects.MAPEK_PLAN)[-1]
+    assert last.decision == K.DECISION_KIND_OBSERVE and "already failed for this incident" in last.escalation
+    assert len(bus.messages(subjects.MAPEK_ACTION)) == 2
+    [esc] = bus.messages(subjects.MAPEK_ESCALATION)
+    assert esc.reason == "actions_failed" and esc.incident_id == "n3.node_down"
 
 
 async def test_a_claim_lost_to_another_replica_is_not_planned():

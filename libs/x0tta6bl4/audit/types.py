@@ -203,8 +203,8 @@ TYPES: tuple[EventType, ...] = (
                D("auto_approved", BOOLEAN, "the planner approved (signed) the action itself"))),
     EventType("incident.escalated", ("planner", "executor"), "the incident id (or the action id)",
               "an incident handed to operators",
-              (D("reason", STRING, "rolled_back, irreversible, rollback_failed, live_endpoint, flow_cut or "
-                                   "over_budget"),
+              (D("reason", STRING, "rolled_back, irreversible, rollback_failed, live_endpoint, flow_cut, "
+                                   "actions_failed or over_budget"),
                D("plan", STRING, "planner: the plan id"), D("action_id", STRING, "executor: the action id"),
                _ACTION, _TARGET, D("rolled_back", BOOLEAN, "executor: the action was undone"),
                D("detail", STRING, "what happened (at most 1000 characters)"))),

@@ -149,12 +149,14 @@ def escalated_claim(cycle_id: str, escalated_ns: int, generation: str = "") -> b
 def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
               knowledge: dict[str, ActionStats] | None = None,
               twin: Callable[[int, str], TwinVerdict] | None = None,
-              mesh: MeshFacts | None = None) -> tuple[events_pb2.Plan, Decision]:
+              mesh: MeshFacts | None = None, failed: frozenset[str] = frozenset()) -> tuple[events_pb2.Plan, Decision]:
     """Choose what to do about an anomaly (decision matrix + twin + knowledge). With ``mesh``, an action that
     would take out a live endpoint of a flow or leave a live flow no path is refused: the plan observes and
     names the reason in ``escalation`` (the planner hands it to operators)."""
     decision = decide(anomaly.confidence, _SEVERITY.get(anomaly.severity, Severity.LOW), policy)
-    actions = candidate_actions(anomaly.fault_type, knowledge or {})
+    ranked = candidate_actions(anomaly.fault_type, knowledge or {})
+    actions = [k for k in ranked if action_name(k) not in failed] or ranked
+    exhausted = len(actions) == len(ranked) and bool(failed & {action_name(k) for k in ranked})
     node = anomaly.root_cause
     chosen = actions[0]
     verdicts = {k: twin(k, node) if twin else TwinVerdict() for k in actions}
@@ -170,6 +172,9 @@ def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
                             f"{decision.reason}; but the twin predicts a cascade of {len(verdict.cascade)} nodes: "
                             "manual review (emergency vote)", decision.confidence, decision.severity)
     refused = refusal(chosen, node, mesh) if mesh is not None and decision.kind is not DecisionKind.OBSERVE else ""
+    if exhausted and decision.kind is not DecisionKind.OBSERVE and not refused:
+        refused = (f"every candidate action for {anomaly.fault_type} at {node} already failed for this incident "
+                   f"({', '.join(sorted(failed))}): the loop does not repeat them")
     if refused:
         decision = Decision(DecisionKind.OBSERVE, 0.0, 0.0, 0.0,
                             f"{decision.reason}; refused: {refused}; escalated to operators",
@@ -230,10 +235,30 @@ def _with_generation(doc: dict, generation: str) -> bytes:
     return json.dumps({**doc, "generation": generation} if generation else doc).encode()
 
 
-def open_claim(cycle_id: str, generation: str = "", observe: bool = False) -> bytes:
+def open_claim(cycle_id: str, generation: str = "", observe: bool = False,
+               failed: Iterable[str] = ()) -> bytes:
     """An open claim; ``observe``: the anomaly that made it is only observed (confidence below the vote line), so
-    a later finding of the same incident that would act or go to a vote is planned after all."""
-    return _with_generation({"cycle": cycle_id, "observe": True} if observe else {"cycle": cycle_id}, generation)
+    a later finding of the same incident that would act or go to a vote is planned after all; ``failed``: the
+    actions that already failed for this incident (carried over from a released claim)."""
+    doc: dict = {"cycle": cycle_id, "observe": True} if observe else {"cycle": cycle_id}
+    if failed:
+        doc["failed"] = sorted(set(failed))
+    return _with_generation(doc, generation)
+
+
+def released_claim(cycle_id: str, released_ns: int, failed: Iterable[str], generation: str = "") -> bytes:
+    """An incident whose action did not repair it (and was not escalated): the next finding is planned at once,
+    but not with an action that already failed for it (``failed``) - repeating it would only spend the node's
+    action budget (and a restart of a lossy node makes it look flapping: a second incident of the loop's own
+    making)."""
+    return _with_generation({"cycle": cycle_id, "released_ns": int(released_ns), "failed": sorted(set(failed))},
+                            generation)
+
+
+def failed_actions(existing: bytes | None) -> frozenset[str]:
+    """The actions a claim records as failed for its incident (none for a missing or older claim)."""
+    failed = _doc(existing).get("failed") if existing else None
+    return frozenset(str(x) for x in failed) if isinstance(failed, list) else frozenset()
 
 
 def observes(anomaly: events_pb2.Anomaly, policy: DecisionPolicy) -> bool:
@@ -254,6 +279,7 @@ def claim_verdict(existing: bytes | None, first_symptom_ns: int, generation: str
     if existing is None:
         return CLAIM_NEW
     observed = False
+    doc = None
     try:
         doc = json.loads(existing)
         resolved = int(doc.get("resolved_ns", 0)) if isinstance(doc, dict) else 0
@@ -263,6 +289,8 @@ def claim_verdict(existing: bytes | None, first_symptom_ns: int, generation: str
         resolved, theirs = 0, ""           # an older plain claim (cycle id bytes): still open
     if generation and theirs and theirs != generation:
         return CLAIM_NEW                   # the claim of a mesh that is gone
+    if isinstance(doc, dict) and doc.get("released_ns"):
+        return CLAIM_NEW                   # its action did not repair it: plan again (another action)
     if not resolved:
         return CLAIM_NEW if observed and acting else CLAIM_OPEN
     return CLAIM_NEW if first_symptom_ns > resolved else CLAIM_STALE

@@ -112,7 +112,8 @@ def approved_request(plan: events_pb2.Plan, deps: PlannerDeps) -> events_pb2.Act
     return sign_approval(req, deps.signer, deps.action_timeout_s + deps.approval_ttl_s, deps.clock_ns())
 
 
-async def claim(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "", observe: bool = False) -> bool:
+async def claim(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "", observe: bool = False,
+                failed: frozenset[str] = frozenset()) -> bool:
     """Claim the anomaly's incident (True: plan it); a duplicate or stale anomaly is audited.
     ``generation``: the mesh generation of its root cause (a claim of another generation is no claim);
     ``observe``: the anomaly is only observed (its claim gives way to a later finding that acts or votes)."""
@@ -123,7 +124,8 @@ async def claim(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "",
         nonlocal verdict
         verdict = planning.claim_verdict(entry.value if entry else None, anomaly.first_symptom_unix_ns, generation,
                                          acting=not observe)
-        return planning.open_claim(anomaly.meta.cycle_id, generation, observe) \
+        carried = failed | planning.failed_actions(entry.value if entry else None)   # kept until it expires
+        return planning.open_claim(anomaly.meta.cycle_id, generation, observe, carried) \
             if verdict == planning.CLAIM_NEW else None
 
     try:
@@ -140,15 +142,17 @@ async def not_planned(anomaly: events_pb2.Anomaly, ctx: Context, verdict: str) -
                     anomaly.incident_id, {"node": anomaly.node_id})
 
 
-async def claim_open_to(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "") -> str:
-    """The claim verdict an acting finding of the anomaly's incident would get now (nothing written): a
-    finding that cannot be planned anyway is not planned (planning costs a twin run per candidate action)."""
+async def claim_open_to(anomaly: events_pb2.Anomaly, ctx: Context, generation: str = "") -> tuple[str, frozenset[str]]:
+    """The claim verdict an acting finding of the anomaly's incident would get now (nothing written), and the
+    actions that already failed for the incident: a finding that cannot be planned anyway is not planned
+    (planning costs a twin run per candidate action)."""
     incidents = await ctx.kv("incidents")
     try:
         existing: bytes | None = (await incidents.get(anomaly.incident_id)).value
     except KeyNotFound:
         existing = None
-    return planning.claim_verdict(existing, anomaly.first_symptom_unix_ns, generation, acting=True)
+    return (planning.claim_verdict(existing, anomaly.first_symptom_unix_ns, generation, acting=True),
+            planning.failed_actions(existing))
 
 
 async def knowledge_for(ctx: Context, fault: str) -> dict[str, ActionStats]:
@@ -183,22 +187,24 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
         adjacency = {t.node_id: list(t.neighbours) for t in deps.telemetry.values()}
         return planning.make_plan(anomaly, deps.policy, await knowledge_for(ctx, anomaly.fault_type),
                                   functools.partial(twin_verdict, adjacency),
-                                  planning.mesh_facts(deps.telemetry.values()))
+                                  planning.mesh_facts(deps.telemetry.values()), failed)
 
     observe = planning.observes(anomaly, deps.policy)
     made: tuple[events_pb2.Plan, Decision] | None = None
+    failed: frozenset[str] = frozenset()
     if not observe:
         # a finding that would act is planned before it claims: a plan refused to do no harm (it would cut a
         # live flow, or take out a live endpoint) only observes, so its claim gives way to a later finding
         # that may act - the facts change (a killed relay still counts as reachable until it is stale; a
         # node routed around comes back) - instead of holding the incident until the claim expires
-        verdict = await claim_open_to(anomaly, ctx, generation)
+        # an action that failed for this incident is not chosen again (planning.released_claim)
+        verdict, failed = await claim_open_to(anomaly, ctx, generation)
         if verdict != planning.CLAIM_NEW:
             await not_planned(anomaly, ctx, verdict)
             return
         made = await planned()
         observe = made[1].kind is DecisionKind.OBSERVE
-    if not await claim(anomaly, ctx, generation, observe):
+    if not await claim(anomaly, ctx, generation, observe, failed):
         return
     plan, decision = made if made is not None else await planned()
     for_generation(plan, generation)
@@ -219,7 +225,8 @@ async def on_anomaly(anomaly: events_pb2.Anomaly, ctx: Context, deps: PlannerDep
 
 async def escalate(plan: events_pb2.Plan, ctx: Context) -> None:
     """Hand a refused plan's incident to operators: an Escalation on mapek.escalation, audited."""
-    reason = "live_endpoint" if "live endpoint" in plan.escalation else "flow_cut"
+    reason = "live_endpoint" if "live endpoint" in plan.escalation else \
+        "actions_failed" if "already failed" in plan.escalation else "flow_cut"
     await ctx.publish(subjects.MAPEK_ESCALATION, events_pb2.Escalation(
         meta=new_meta("planner", plan.meta.cycle_id), incident_id=plan.incident_id, action=plan.action,
         fault_type=plan.fault_type, reason=reason, detail=plan.escalation))
@@ -301,8 +308,14 @@ async def on_verified(v: events_pb2.Verification, ctx: Context, deps: PlannerDep
     elif v.escalated:  # handed to operators (e.g. rolled back): nothing is planned for it until the claim expires
         await incidents.put(v.incident_id, planning.escalated_claim(v.meta.cycle_id, v.meta.ts_unix_ns,
                                                                     v.action.params.get("generation", "")))
-    else:             # not repaired: the next anomaly may plan again at once
-        await incidents.delete(v.incident_id)
+    else:             # not repaired: the next anomaly may plan again at once, with another action
+        failed_kind = planning.action_name(v.action.kind)
+
+        def release(entry: Entry | None) -> bytes:
+            before = planning.failed_actions(entry.value if entry else None)
+            return planning.released_claim(v.meta.cycle_id, v.meta.ts_unix_ns, before | {failed_kind}, generation)
+        with contextlib.suppress(CasConflict):   # a newer claim written meanwhile stands
+            await cas_update(incidents, v.incident_id, release, tries=CLAIM_TRIES)
 
 
 # ---- reinstating nodes routed around --------------------------------------------------------------
