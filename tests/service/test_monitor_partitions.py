@@ -172,3 +172,17 @@ def test_the_partition_mismatch_named() -> None:
         "(X0TTA6BL4_MONITOR_PARTITIONS=2): provision with the same setting as the monitors")
     assert partition_mismatch(subjects.telemetry_transform(4), 1).startswith(
         "the MESH stream stores telemetry in 4 partitions, this monitor expects it as published (one partition)")
+
+
+async def test_a_replica_on_the_broker_judges_no_silence_before_its_first_lag_estimate(tmp_path):
+    """A restarted replica's mirror replays reports older than its consumer's backlog: until it knows how far
+    behind it is (the first estimate from the broker), nobody is stale."""
+    mon = MonitorOnBus(tmp_path)
+    t = events_pb2.NodeTelemetry(meta=new_meta("agent"), node_id="n1", reachable=True)
+    t.meta.ts_unix_ns = mon.clock()
+    await mon.bus.publish(subjects.telemetry("n1"), t)
+    mon.deps.judge_after_first_lag = True             # set on the broker (wiring.attach_lag's startup)
+    mon.clock.advance(5)
+    assert await stage.stale_tick(mon.bus.context(), mon.deps) == []
+    mon.deps.lag.estimate(mon.clock(), 0)             # caught up: the horizon is now
+    assert await stage.stale_tick(mon.bus.context(), mon.deps) == ["n1"]

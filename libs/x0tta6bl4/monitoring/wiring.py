@@ -159,8 +159,9 @@ LAG_EVERY_S = 0.25
 def attach_lag(app: Service, deps: stage.MonitorDeps, max_lag_s: float, durable: str = "monitor-telemetry") -> None:
     """How far behind the telemetry consumer is (:class:`x0tta6bl4.mapek.liveness.Lag`): every
     ``LAG_EVERY_S`` the consumer's pending messages (``durable``'s consumer info, ``monitor-telemetry`` or the
-    replica's partition's ``monitor-telemetry-p<i>``: not delivered
-    yet plus delivered and not acknowledged) go into the stage's horizon; ``x0_monitor_lag_seconds`` and
+    replica's partition's ``monitor-telemetry-p<i>``: not delivered yet plus delivered and not acknowledged)
+    go into the stage's horizon (no node's silence is judged before the first estimate: a restarted replica's
+    mirror replays reports older than its consumer's backlog); ``x0_monitor_lag_seconds`` and
     ``x0_monitor_pending`` on /metrics; /ready is false (``telemetry_lag``) while the lag is over
     ``max_lag_s``."""
     from prometheus_client import Gauge
@@ -170,6 +171,10 @@ def attach_lag(app: Service, deps: stage.MonitorDeps, max_lag_s: float, durable:
     pending_g = Gauge("x0_monitor_pending", "telemetry messages waiting for the monitor's consumer",
                       registry=registry)
     c = subjects.consumer(durable)
+
+    async def on_broker() -> None:     # the in-memory bus has no lag to estimate: it judges by the clock
+        deps.judge_after_first_lag = True
+    app.on_startup(on_broker)
 
     async def pending() -> int | None:
         try:

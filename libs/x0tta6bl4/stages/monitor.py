@@ -170,6 +170,9 @@ class MonitorDeps:
     # would get none of its nodes' reports: judging their silence would declare healthy nodes dead)
     judging: bool = True
     judged_since_ns: int = 0     # judging resumed then: silence before it does not count (0: always judged)
+    # the service estimates its lag from the broker (monitoring.wiring.attach_lag): no silence is judged before
+    # the first estimate (a restarted replica's bucket holds reports older than its consumer's backlog)
+    judge_after_first_lag: bool = False
     _owned: dict[str, bool] = field(default_factory=dict)
 
     def owns(self, node: str) -> bool:
@@ -475,7 +478,7 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
     for ``stale_after_s`` before the monitor's horizon (how far it has read, :mod:`x0tta6bl4.mapek.liveness`),
     found through their deadlines (no scan of every node). Cycles whose window could not be published are
     tried again. Returns the nodes marked in this tick (none while ``deps.judging`` is off)."""
-    if not deps.judging:
+    if not deps.judging or (deps.judge_after_first_lag and not deps.lag.horizon_ns):
         return []
     now = deps.clock_ns()
     horizon = deps.horizon_ns()
