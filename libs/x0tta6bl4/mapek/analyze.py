@@ -485,3 +485,38 @@ class HybridAnalyzer:
                 seen.add(a.incident_id)
                 unique.append(a)
         return unique
+
+
+# ---------------------------------------------------------------------------------------------
+# Common mode: the whole mesh degraded at once
+# ---------------------------------------------------------------------------------------------
+COMMON_MODE_SHARE = 0.5
+COMMON_MODE_MIN = 4
+GRAY_FAULTS = frozenset({"congestion", "degrading_link", "high_latency", "packet_loss", "path_degraded",
+                         "degraded", "flapping"})
+"""What a common cause (a loaded host, the network under the mesh) shows as; a dead or compromised node is a
+fact about that node whatever else happens."""
+
+
+def common_mode(window: events_pb2.TelemetryWindow, anomalies: list[events_pb2.Anomaly],
+                th: Thresholds | None = None) -> list[events_pb2.Anomaly]:
+    """Gray findings while half or more of the reachable nodes (at least ``COMMON_MODE_MIN``) are degraded at
+    once, and no one node's neighbourhood holds them all, are observed, not acted on: when everything is
+    slow no node is the culprit, and routing around one only moves traffic onto others as slow (a busy host
+    made the soak reroute seven nodes in one minute). A node whose neighbours suffer with it still is the
+    culprit: its neighbourhood holds every degraded node."""
+    reachable = [t for t in window.nodes if t.reachable]
+    sick = {t.node_id for t in reachable if classify_node(t, th)[0] != common_pb2.HEALTH_HEALTHY}
+    if len(sick) < max(COMMON_MODE_MIN, COMMON_MODE_SHARE * len(reachable)):
+        return anomalies
+    for t in reachable:
+        if sick <= {t.node_id, *t.neighbours}:
+            return anomalies
+    why = (f"{len(sick)} of {len(reachable)} nodes degraded at once with no node in common: a common cause, "
+           "not this node; observed")
+    for a in anomalies:
+        if a.fault_type in GRAY_FAULTS and a.confidence >= OBSERVE_BELOW:
+            a.confidence = 0.5
+            a.severity = common_pb2.SEVERITY_LOW
+            a.top_features.append(why)
+    return anomalies

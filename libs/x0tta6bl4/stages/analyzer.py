@@ -30,7 +30,7 @@ from x0tta6bl4.analysis.live import LIVE_STEPS, History, to_window
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode
 from x0tta6bl4.bus.ports import Context, Reject
-from x0tta6bl4.mapek.analyze import HybridAnalyzer, RuleAnalyzer, relevant
+from x0tta6bl4.mapek.analyze import HybridAnalyzer, RuleAnalyzer, common_mode, relevant
 from x0tta6bl4.monitoring.thresholds import Thresholds
 from x0tta6bl4.v1 import events_pb2
 
@@ -135,6 +135,7 @@ async def on_window(window: events_pb2.TelemetryWindow, ctx: Context, deps: Anal
             await ctx.audit("analyzer.model_failed", key, {"error": f"{type(e).__name__}: {e}"})
     if anomalies is None:
         anomalies = deps.rules.analyze(clean)
+    anomalies = common_mode(clean, anomalies, deps.thresholds)
     for a in relevant(window, anomalies):
         await ctx.publish(subjects.MAPEK_ANOMALY, a)     # its id derives from the window and the incident
         await ctx.audit("anomaly.detected", a.incident_id, {

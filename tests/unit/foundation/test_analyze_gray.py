@@ -209,3 +209,27 @@ def test_a_relay_losing_a_few_hellos_on_its_links_is_observed_not_put_to_a_vote(
     lossy = (1.0, 0.08, 300.0)
     out = RuleAnalyzer().analyze(ring({"n2": tel("n2", {"n1": lossy, "n3": lossy}, loss_pct=8)}))
     assert [(a.root_cause, a.fault_type) for a in out] == [("n2", "degrading_link")] and out[0].confidence >= 0.7
+
+
+def test_a_mesh_degraded_all_over_is_a_common_cause_observed_not_one_node_acted_on():
+    """A busy host makes every node slow at once: the rules still name the worst node, but with half the ring
+    degraded and no node whose neighbourhood holds them all, the finding is observed (confidence 0.5, low)."""
+    from x0tta6bl4.mapek.analyze import common_mode
+    slow = (130.0, 0.05, 300.0)
+    everywhere = ring({n: tel(n, {p: slow for p in RING[n]}, p99_latency_ms=400) for n in ("n0", "n1", "n3", "n4")})
+    before = RuleAnalyzer().analyze(everywhere)
+    acting = sorted(a.root_cause for a in before if not plan.observes(a, DecisionPolicy()))
+    assert acting == ["n1", "n4"]                     # without it: two reroutes of nodes that are no worse
+    out = common_mode(everywhere, before)
+    assert out and all(plan.observes(a, DecisionPolicy()) for a in out)
+    assert sorted(a.root_cause for a in out if "4 of 6 nodes degraded at once with no node in common" in
+                  a.top_features[-1]) == acting
+    # one congested node with its suffering neighbours: its neighbourhood holds them all - still blamed and acted on
+    one = ring(congested())
+    (a,) = common_mode(one, RuleAnalyzer().analyze(one))
+    assert (a.root_cause, a.fault_type) == ("n1", "congestion") and a.confidence > 0.6
+    # a dead node stays a fact whatever else is slow
+    dead = ring({**{n: tel(n, {p: slow for p in RING[n]}, p99_latency_ms=400) for n in ("n0", "n1", "n3", "n4")},
+                 "n2": tel("n2", reachable=False)})
+    downs = [a for a in common_mode(dead, RuleAnalyzer().analyze(dead)) if a.fault_type == "node_down"]
+    assert downs and all(a.confidence >= 0.95 for a in downs)
