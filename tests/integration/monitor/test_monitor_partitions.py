@@ -7,12 +7,15 @@ resumes from its consumer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from testkit import eventually, scaled, violations
@@ -31,6 +34,67 @@ OF = {n: subjects.partition_of(n, K) for n in NODES}
 
 def neighbours(i: int) -> list[str]:
     return [NODES[(i - 1) % len(NODES)], NODES[(i + 1) % len(NODES)]]
+
+
+def generator(pub: Publisher, stopped: set[str]) -> asyncio.Task:
+    """Every node of NODES reporting 4 times a second as its mesh host would, but those in ``stopped``."""
+    async def generate() -> None:
+        while True:
+            for i, n in enumerate(NODES):
+                if n not in stopped:
+                    await pub.emit(subjects.telemetry(n), events_pb2.NodeTelemetry(
+                        meta=new_meta(n), node_id=n, reachable=True, neighbours=neighbours(i), cpu_pct=10))
+            await asyncio.sleep(0.25)
+    return asyncio.create_task(generate())
+
+
+class Rig:
+    """A secured stack of partitioned monitors, a mesh host identity publishing every node's telemetry (those in
+    ``stopped`` fall silent), and what the monitors publish: windows by trigger node, critical health changes."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.stopped: set[str] = set()
+        self.windows: dict[str, list[str]] = {}       # trigger node -> cycle ids of the windows published
+        self.criticals: dict[str, int] = {}           # node -> critical health changes
+        self.op: Any = None                           # the operator's connection (and its JetStream)
+        self.js: Any = None
+
+    async def on_window(self, msg) -> None:
+        w = events_pb2.TelemetryWindow.FromString(msg.data)
+        self.windows.setdefault(w.trigger_node, []).append(w.meta.cycle_id)
+
+    async def on_health(self, msg) -> None:
+        ch = events_pb2.HealthChange.FromString(msg.data)
+        if ch.node_id and ch.current == common_pb2.HEALTH_CRITICAL:
+            self.criticals[ch.node_id] = self.criticals.get(ch.node_id, 0) + 1
+
+
+@contextlib.asynccontextmanager
+async def partitioned(tmp_path, replicas: int, start_s: float = 60, **env: str) -> AsyncIterator[Rig]:
+    stack = Stack(tmp_path / "stack", ("monitor",), replicas=replicas, monitor_partitions=K, secure=True,
+                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false", **env})
+    stack.start(scaled(start_s))
+    rig = Rig(stack)
+    try:
+        stack.add_mesh_host("gen", NODES)
+        gen = await stack.connect(MESH_HOST_PREFIX + "gen")      # publishes mesh.telemetry.<node> as always
+        rig.op = await stack.connect()
+        rig.js = rig.op.jetstream()
+        await rig.op.subscribe(subjects.MAPEK_TELEMETRY, cb=rig.on_window)
+        await rig.op.subscribe(subjects.MAPEK_HEALTH, cb=rig.on_health)
+        await rig.op.flush()
+        task = generator(Publisher(gen, "gen"), rig.stopped)
+        try:
+            yield rig
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await gen.close()
+            await rig.op.close()
+    finally:
+        stack.stop()
+    assert not violations(stack), "nats-server refused a legitimate flow"
 
 
 async def infos(nc, count: int) -> dict[str, dict]:
@@ -54,163 +118,88 @@ async def infos(nc, count: int) -> dict[str, dict]:
 
 @pytest.mark.timeout(180)
 async def test_each_node_is_judged_by_its_partitions_replica_and_a_restarted_replica_resumes(tmp_path):
-    stack = Stack(tmp_path / "stack", ("monitor",), replicas=K, monitor_partitions=K, secure=True,
-                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false"})
-    stack.start(scaled(60))
-    stopped: set[str] = set()
-    try:
-        stack.add_mesh_host("gen", NODES)
-        gen = await stack.connect(MESH_HOST_PREFIX + "gen")      # publishes mesh.telemetry.<node> as always
-        op = await stack.connect()
-        js = op.jetstream()
-        pub = Publisher(gen, "gen")
-        windows: dict[str, list[str]] = {}       # trigger node -> cycle ids of the windows published
-        criticals: dict[str, int] = {}
+    async with partitioned(tmp_path, K) as rig:
+        # the stream stores each node's reports under its partition: nats-server's partition() is ours
+        async def stored() -> set[str] | None:
+            info = await rig.js.stream_info(subjects.STREAM_MESH, subjects_filter="mesh.telemetry.>")
+            got = set(info.state.subjects or {})
+            return got if len(got) == len(NODES) else None
+        assert await eventually(stored, 15, 0.2) == {subjects.telemetry_stored(n, K) for n in NODES}
+        assert {subjects.telemetry_stored(n, K).split(".")[2] for n in NODES} == {"0", "1"}
 
-        async def on_window(msg) -> None:
-            w = events_pb2.TelemetryWindow.FromString(msg.data)
-            windows.setdefault(w.trigger_node, []).append(w.meta.cycle_id)
+        # each replica takes its partition and judges exactly its nodes; the unpartitioned consumer gets none
+        async def judged() -> dict[str, dict] | None:
+            got = await infos(rig.op, K)
+            return got if all(d["nodes"] == len(NODES) for d in got.values()) else None
+        got = await eventually(judged, 15, 0.2)
+        assert {(d["instance"], d["partition"], d["nodes_judged"]) for d in got.values()} == {
+            (f"monitor-{p}", p, sum(1 for n in NODES if OF[n] == p)) for p in range(K)}
+        for p in range(K):
+            ci = await rig.js.consumer_info(subjects.STREAM_MESH, f"monitor-telemetry-p{p}")
+            assert ci.delivered.consumer_seq > 0 and ci.config.filter_subject == f"mesh.telemetry.{p}.*"
+        assert (await rig.js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry")).delivered.consumer_seq == 0
 
-        async def on_health(msg) -> None:
-            ch = events_pb2.HealthChange.FromString(msg.data)
-            if ch.node_id and ch.current == common_pb2.HEALTH_CRITICAL:
-                criticals[ch.node_id] = criticals.get(ch.node_id, 0) + 1
-        await op.subscribe(subjects.MAPEK_TELEMETRY, cb=on_window)
-        await op.subscribe(subjects.MAPEK_HEALTH, cb=on_health)
-        await op.flush()
+        # a node killed in either partition: exactly one cycle each (and once more later: still one)
+        first = {p: next(n for n in NODES if OF[n] == p) for p in range(K)}
+        rig.stopped.update(first.values())
+        await eventually(lambda: all(rig.windows.get(n) for n in first.values()), 20, 0.1,
+                         what=f"a window for each of {sorted(first.values())}")
+        later = next(n for n in NODES if OF[n] == 1 and n not in rig.stopped)
+        rig.stopped.add(later)
+        await eventually(lambda: rig.windows.get(later), 20, 0.1, what=f"a window for {later}")
+        for n in (*first.values(), later):
+            assert len(rig.windows[n]) == 1 and rig.criticals.get(n) == 1, (n, rig.windows[n], rig.criticals)
 
-        async def generate() -> None:
-            while True:
-                for i, n in enumerate(NODES):
-                    if n not in stopped:
-                        t = events_pb2.NodeTelemetry(meta=new_meta(n), node_id=n, reachable=True,
-                                                     neighbours=neighbours(i), cpu_pct=10)
-                        await pub.emit(subjects.telemetry(n), t)
-                await asyncio.sleep(0.25)
-        task = asyncio.create_task(generate())
-        try:
-            # the stream stores each node's reports under its partition: nats-server's partition() is ours
-            async def stored() -> set[str] | None:
-                info = await js.stream_info(subjects.STREAM_MESH, subjects_filter="mesh.telemetry.>")
-                got = set(info.state.subjects or {})
-                return got if len(got) == len(NODES) else None
-            assert await eventually(stored, 15, 0.2) == {subjects.telemetry_stored(n, K) for n in NODES}
-            assert {subjects.telemetry_stored(n, K).split(".")[2] for n in NODES} == {"0", "1"}
+        # partition 0's replica killed while its nodes go on reporting, then started again: it resumes from
+        # its durable consumer (what was published meanwhile is delivered to it), judges its nodes again
+        sp = next(s for s in rig.stack.procs if s.name == "monitor" and s.index == 0)
+        rig.stack.stop_service(sp, kill=True)
 
-            # each replica takes its partition and judges exactly its nodes; the unpartitioned consumer gets none
-            async def judged() -> dict[str, dict] | None:
-                got = await infos(op, K)
-                return got if all(d["nodes"] == len(NODES) for d in got.values()) else None
-            got = await eventually(judged, 15, 0.2)
-            assert {(d["instance"], d["partition"], d["nodes_judged"]) for d in got.values()} == {
-                (f"monitor-{p}", p, sum(1 for n in NODES if OF[n] == p)) for p in range(K)}
-            for p in range(K):
-                ci = await js.consumer_info(subjects.STREAM_MESH, f"monitor-telemetry-p{p}")
-                assert ci.delivered.consumer_seq > 0 and ci.config.filter_subject == f"mesh.telemetry.{p}.*"
-            assert (await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry")).delivered.consumer_seq == 0
+        async def backlog() -> int | None:
+            ci = await rig.js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")
+            return ci.num_pending or None
+        await eventually(backlog, 10, 0.1, what="partition 0's consumer holding what was published")
+        before = (await rig.js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")).delivered.stream_seq
+        rig.stack.start_service("monitor", 0)
+        rig.stack.wait_ready(scaled(60))
 
-            # a node killed in either partition: exactly one cycle each (and once more later: still one)
-            first = {p: next(n for n in NODES if OF[n] == p) for p in range(K)}
-            stopped.update(first.values())
-            await eventually(lambda: all(windows.get(n) for n in first.values()), 20, 0.1,
-                             what=f"a window for each of {sorted(first.values())}")
-            later = next(n for n in NODES if OF[n] == 1 and n not in stopped)
-            stopped.add(later)
-            await eventually(lambda: windows.get(later), 20, 0.1, what=f"a window for {later}")
-            for n in (*first.values(), later):
-                assert len(windows[n]) == 1 and criticals.get(n) == 1, (n, windows[n], criticals)
-
-            # partition 0's replica killed while its nodes go on reporting, then started again: it resumes from
-            # its durable consumer (what was published meanwhile is delivered to it), judges its nodes again
-            sp = next(s for s in stack.procs if s.name == "monitor" and s.index == 0)
-            stack.stop_service(sp, kill=True)
-
-            async def backlog() -> int | None:
-                ci = await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")
-                return ci.num_pending or None
-            await eventually(backlog, 10, 0.1, what="partition 0's consumer holding what was published")
-            before = (await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")).delivered.stream_seq
-            stack.start_service("monitor", 0)
-            stack.wait_ready(scaled(60))
-
-            async def resumed() -> bool:
-                ci = await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")
-                assert ci.delivered.stream_seq > before and ci.num_pending < len(NODES), ci
-                return True
-            await eventually(resumed, 20, 0.2, what="partition 0's replica caught up on its consumer")
-            again = next(n for n in NODES if OF[n] == 0 and n not in stopped)
-            stopped.add(again)
-            await eventually(lambda: windows.get(again), 20, 0.1, what=f"a window for {again} after the restart")
-            alive = [n for n in NODES if n not in stopped]
-            assert not [n for n in alive if criticals.get(n)], criticals       # no healthy node declared dead
-            assert len(windows[again]) == 1 and criticals.get(again) == 1
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await gen.close()
-            await op.close()
-    finally:
-        stack.stop()
-    assert not violations(stack), "nats-server refused a legitimate flow"
+        async def resumed() -> bool:
+            ci = await rig.js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry-p0")
+            assert ci.delivered.stream_seq > before and ci.num_pending < len(NODES), ci
+            return True
+        await eventually(resumed, 20, 0.2, what="partition 0's replica caught up on its consumer")
+        again = next(n for n in NODES if OF[n] == 0 and n not in rig.stopped)
+        rig.stopped.add(again)
+        await eventually(lambda: rig.windows.get(again), 20, 0.1, what=f"a window for {again} after the restart")
+        alive = [n for n in NODES if n not in rig.stopped]
+        assert not [n for n in alive if rig.criticals.get(n)], rig.criticals   # no healthy node declared dead
+        assert len(rig.windows[again]) == 1 and rig.criticals.get(again) == 1
 
 
 @pytest.mark.timeout(180)
 async def test_two_replicas_of_a_partition_share_its_consumer_and_one_carries_on_alone(tmp_path):
-    stack = Stack(tmp_path / "stack", ("monitor",), replicas=2 * K, monitor_partitions=K, secure=True,
-                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false",
-                       "X0TTA6BL4_ACK_WAIT_S": "2"})        # what the killed replica held is redelivered soon
-    stack.start(scaled(90))
-    stopped: set[str] = set()
-    try:
-        stack.add_mesh_host("gen", NODES)
-        gen = await stack.connect(MESH_HOST_PREFIX + "gen")
-        op = await stack.connect()
-        pub = Publisher(gen, "gen")
-        windows: dict[str, list[str]] = {}
-
-        async def on_window(msg) -> None:
-            w = events_pb2.TelemetryWindow.FromString(msg.data)
-            windows.setdefault(w.trigger_node, []).append(w.meta.cycle_id)
-        await op.subscribe(subjects.MAPEK_TELEMETRY, cb=on_window)
-        await op.flush()
-
-        async def generate() -> None:
-            while True:
-                for i, n in enumerate(NODES):
-                    if n not in stopped:
-                        await pub.emit(subjects.telemetry(n), events_pb2.NodeTelemetry(
-                            meta=new_meta(n), node_id=n, reachable=True, neighbours=neighbours(i), cpu_pct=10))
-                await asyncio.sleep(0.25)
-        task = asyncio.create_task(generate())
-        try:
-            async def all_know() -> dict[str, dict] | None:
-                got = await infos(op, 2 * K)
-                return got if all(d["nodes"] == len(NODES) for d in got.values()) else None
-            got = await eventually(all_know, 15, 0.2)
-            assert sorted((d["instance"], d["partition"]) for d in got.values()) == [
-                (f"monitor-{i}", i % K) for i in range(2 * K)]
-            zero = [n for n in NODES if OF[n] == 0]
-            # both replicas of partition 0 up: one cycle for its failed node
-            stopped.add(zero[0])
-            await eventually(lambda: windows.get(zero[0]), 20, 0.1, what=f"a window for {zero[0]}")
-            # one of them killed: the other carries on with the partition's consumer, still one cycle per node
-            stack.stop_service(next(s for s in stack.procs if s.name == "monitor" and s.index == 0), kill=True)
-            stopped.add(zero[1])
-            await eventually(lambda: windows.get(zero[1]), 30, 0.1, what=f"a window for {zero[1]} from monitor-2")
-            one = next(n for n in NODES if OF[n] == 1)
-            stopped.add(one)
-            await eventually(lambda: windows.get(one), 20, 0.1, what=f"a window for {one}")
-            for n in (zero[0], zero[1], one):
-                assert len(windows[n]) == 1, (n, windows[n])
-            assert not [n for n in windows if n not in stopped], windows      # no healthy node declared dead
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await gen.close()
-            await op.close()
-    finally:
-        stack.stop()
-    assert not violations(stack), "nats-server refused a legitimate flow"
+    # X0TTA6BL4_ACK_WAIT_S: what the killed replica held is redelivered soon
+    async with partitioned(tmp_path, 2 * K, 90, X0TTA6BL4_ACK_WAIT_S="2") as rig:
+        async def all_know() -> dict[str, dict] | None:
+            got = await infos(rig.op, 2 * K)
+            return got if all(d["nodes"] == len(NODES) for d in got.values()) else None
+        got = await eventually(all_know, 15, 0.2)
+        assert sorted((d["instance"], d["partition"]) for d in got.values()) == [
+            (f"monitor-{i}", i % K) for i in range(2 * K)]
+        zero = [n for n in NODES if OF[n] == 0]
+        # both replicas of partition 0 up: one cycle for its failed node
+        rig.stopped.add(zero[0])
+        await eventually(lambda: rig.windows.get(zero[0]), 20, 0.1, what=f"a window for {zero[0]}")
+        # one of them killed: the other carries on with the partition's consumer, still one cycle per node
+        rig.stack.stop_service(next(s for s in rig.stack.procs if s.name == "monitor" and s.index == 0), kill=True)
+        rig.stopped.add(zero[1])
+        await eventually(lambda: rig.windows.get(zero[1]), 30, 0.1, what=f"a window for {zero[1]} from monitor-2")
+        one = next(n for n in NODES if OF[n] == 1)
+        rig.stopped.add(one)
+        await eventually(lambda: rig.windows.get(one), 20, 0.1, what=f"a window for {one}")
+        for n in (zero[0], zero[1], one):
+            assert len(rig.windows[n]) == 1, (n, rig.windows[n])
+        assert not [n for n in rig.windows if n not in rig.stopped], rig.windows   # no healthy node declared dead
 
 
 def ready_doc(port: int) -> dict:
@@ -224,79 +213,38 @@ def ready_doc(port: int) -> dict:
 @pytest.mark.timeout(180)
 async def test_a_stream_provisioned_for_another_partition_count_makes_the_monitors_unready_not_trigger_happy(
         tmp_path):
-    stack = Stack(tmp_path / "stack", ("monitor",), replicas=K, monitor_partitions=K, secure=True,
-                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false"})
-    stack.start(scaled(60))
-    stopped: set[str] = set()
-    try:
-        stack.add_mesh_host("gen", NODES)
-        gen = await stack.connect(MESH_HOST_PREFIX + "gen")
-        op = await stack.connect()
-        js = op.jetstream()
-        pub = Publisher(gen, "gen")
-        windows: dict[str, list[str]] = {}
-        criticals: list[str] = []
+    async with partitioned(tmp_path, K) as rig:
+        ports = [sp.health_port for sp in rig.stack.procs if sp.name == "monitor"]
+        async def all_know() -> bool:
+            return all(d["nodes"] == len(NODES) for d in (await infos(rig.op, K)).values())
+        await eventually(all_know, 15, 0.2)
+        # the provisioner run with another setting: MESH stores telemetry unpartitioned again
+        await asyncio.to_thread(rig.stack.nats.provision, telemetry_partitions=1)
 
-        async def on_window(msg) -> None:
-            w = events_pb2.TelemetryWindow.FromString(msg.data)
-            windows.setdefault(w.trigger_node, []).append(w.meta.cycle_id)
+        def unready() -> list[str]:
+            reasons = [ready_doc(p).get("checks", {}).get("telemetry_partitions", {}).get("reason", "")
+                       for p in ports]
+            return reasons if all(reasons) else []
+        reasons = await eventually(unready, 10, 0.2, what="both monitors unready, naming the mismatch")
+        assert all(r.startswith("the MESH stream stores telemetry as published (one partition), this monitor "
+                                "expects it in 2 partitions (X0TTA6BL4_MONITOR_PARTITIONS=2)") for r in reasons)
 
-        async def on_health(msg) -> None:
-            ch = events_pb2.HealthChange.FromString(msg.data)
-            if ch.node_id and ch.current == common_pb2.HEALTH_CRITICAL:
-                criticals.append(ch.node_id)
-        await op.subscribe(subjects.MAPEK_TELEMETRY, cb=on_window)
-        await op.subscribe(subjects.MAPEK_HEALTH, cb=on_health)
-        await op.flush()
+        # reports go on reaching MESH for longer than the liveness timeout (2 s), none reaches the monitors:
+        # no node is declared dead
+        async def unread_rounds() -> bool:
+            ci = await rig.js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry")
+            return ci.num_pending >= 12 * len(NODES)          # 12 rounds of 0.25 s: 3 s
+        await eventually(unread_rounds, 20, 0.2)
+        assert not rig.criticals and not rig.windows
 
-        async def generate() -> None:
-            while True:
-                for i, n in enumerate(NODES):
-                    if n not in stopped:
-                        await pub.emit(subjects.telemetry(n), events_pb2.NodeTelemetry(
-                            meta=new_meta(n), node_id=n, reachable=True, neighbours=neighbours(i), cpu_pct=10))
-                await asyncio.sleep(0.25)
-        task = asyncio.create_task(generate())
-        ports = [sp.health_port for sp in stack.procs if sp.name == "monitor"]
-        try:
-            async def all_know() -> bool:
-                return all(d["nodes"] == len(NODES) for d in (await infos(op, K)).values())
-            await eventually(all_know, 15, 0.2)
-            # the provisioner run with another setting: MESH stores telemetry unpartitioned again
-            await asyncio.to_thread(stack.nats.provision, telemetry_partitions=1)
-
-            def unready() -> list[str]:
-                reasons = [ready_doc(p).get("checks", {}).get("telemetry_partitions", {}).get("reason", "")
-                           for p in ports]
-                return reasons if all(reasons) else []
-            reasons = await eventually(unready, 10, 0.2, what="both monitors unready, naming the mismatch")
-            assert all(r.startswith("the MESH stream stores telemetry as published (one partition), this monitor "
-                                    "expects it in 2 partitions (X0TTA6BL4_MONITOR_PARTITIONS=2)") for r in reasons)
-
-            # reports go on reaching MESH for longer than the liveness timeout (2 s), none reaches the monitors:
-            # no node is declared dead
-            async def unread_rounds() -> bool:
-                ci = await js.consumer_info(subjects.STREAM_MESH, "monitor-telemetry")
-                return ci.num_pending >= 12 * len(NODES)          # 12 rounds of 0.25 s: 3 s
-            await eventually(unread_rounds, 20, 0.2)
-            assert criticals == [] and not windows
-
-            # provisioned right again: ready, judging again
-            await asyncio.to_thread(stack.nats.provision, telemetry_partitions=K)
-            await eventually(lambda: all(ready_doc(p).get("ready") for p in ports), 15, 0.2,
-                             what="both monitors ready again")
-            victim = NODES[5]
-            stopped.add(victim)
-            await eventually(lambda: windows.get(victim), 20, 0.1, what=f"a window for {victim}")
-            assert len(windows[victim]) == 1 and criticals == [victim], (windows, criticals)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await gen.close()
-            await op.close()
-    finally:
-        stack.stop()
-    assert not violations(stack), "nats-server refused a legitimate flow"
+        # provisioned right again: ready, judging again
+        await asyncio.to_thread(rig.stack.nats.provision, telemetry_partitions=K)
+        await eventually(lambda: all(ready_doc(p).get("ready") for p in ports), 15, 0.2,
+                         what="both monitors ready again")
+        victim = NODES[5]
+        rig.stopped.add(victim)
+        await eventually(lambda: rig.windows.get(victim), 20, 0.1, what=f"a window for {victim}")
+        assert len(rig.windows[victim]) == 1 and rig.criticals == {victim: 1}, (rig.windows, rig.criticals)
 
 
 @pytest.mark.parametrize(("env", "expected"), [
