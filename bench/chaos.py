@@ -40,6 +40,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import bench_mttr as mt
+from nats import errors as nats_errors
 
 from x0tta6bl4.audit.chain import trusted_keys, verify_chains
 from x0tta6bl4.bus import subjects
@@ -90,6 +91,7 @@ class Soak:
         self.disruptions: list[dict] = []
         self.unsettled = 0
         self.bus_errors = 0
+        self.not_injected: list[str] = []
 
     # ------------------------------------------------------------------ disruptions (between faults)
     def restart_nats(self) -> None:
@@ -103,6 +105,21 @@ class Soak:
         self.stack.start_service(name, index)
         self.stack.wait_ready(60)
         return f"{name}-{index}"
+
+    @staticmethod
+    async def _retrying(what, *, for_s: float = 15.0) -> BaseException | None:
+        """``what()`` until it succeeds or ``for_s`` passed; the last error, or None. A mesh host has no
+        responder for a moment while its connection is re-established (after the NATS restart) or while the
+        mesh is restarted: a command then fails with no responders or a timeout and is sent again."""
+        deadline = time.monotonic() + for_s
+        while True:
+            try:
+                await what()
+                return None
+            except (TimeoutError, nats_errors.NoRespondersError, nats_errors.TimeoutError) as e:
+                if time.monotonic() >= deadline:
+                    return e
+                await asyncio.sleep(0.5)
 
     # ------------------------------------------------------------------ the soak
     async def run(self) -> dict:
@@ -152,7 +169,12 @@ class Soak:
             victims.add(victim)
             fault = mt.Fault(nc, kind, victim, self.neighbours.get(victim, []), loss_pct=30.0)
             t_on = time.time_ns()
-            await fault.inject()
+            err = await self._retrying(fault.inject)
+            if err is not None:   # its host did not answer: no fault on the mesh; heal what may have been set
+                self.not_injected.append(f"{kind} {victim}: {type(err).__name__}")
+                print(json.dumps({"not_injected": self.not_injected[-1]}), flush=True)
+                await self._retrying(fault.remove)
+                continue
             verified = None
             deadline = time.monotonic() + a.hold
             while time.monotonic() < deadline and verified is None:
@@ -160,7 +182,9 @@ class Soak:
                 verified = next((t for t, s, e in rec.since(t_on) if s == subjects.MAPEK_VERIFIED
                                  and e.action.target_node == victim and e.recovered), None)
             flow_after = await mt.flow_delivery(js, src, mt.AFTER_S)
-            await fault.remove()
+            err = await self._retrying(fault.remove)
+            if err is not None:
+                raise RuntimeError(f"{kind} on {victim} could not be removed: its host does not answer ({err!r})")
             t_off = time.time_ns()
             await asyncio.gather(*(mt.command(nc, n, mt.C.KIND_UNAVOID_NODE, peer=victim)
                                    for n in nodes if n != victim), return_exceptions=True)
@@ -229,6 +253,7 @@ class Soak:
             "unexplained_dead_letters": unexplained,
             "disruptions": [{k: v for k, v in d.items() if k != "at_ns"} for d in self.disruptions],
             "mesh_restarts_unsettled": self.unsettled, "bus_errors_seen": self.bus_errors,
+            "not_injected": self.not_injected,
         }
 
 
