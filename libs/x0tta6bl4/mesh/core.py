@@ -101,6 +101,8 @@ class MeshCore:
         for peer, link in self.neighbours.links.items():   # overdue HELLOs count as lost
             if now - link.last_heard_ns > ival:      # (a link heard since has the cost its HELLO gave it)
                 self._link_cost(peer, link, now)
+        if self.neighbours.probing():    # a lossy link is being re-admitted: gather its evidence faster
+            ival //= self.neighbours.metric.probe_factor
         self.next_hello_ns = now + int(ival * (1.0 - self.config.hello_jitter * self.rng.random()))
         return Output(sends=[Send(None, self.make_hello(now))])
 

@@ -10,9 +10,10 @@ ACKs from n0 to n2 at 50 packets/s, short path n0-n1-n2, detour n0-n5-n4-n3-n2.
   two minutes) and the check is that the packets lost in the window stay within 5 % of what a 30 s window
   sends, with the window's second half delivering fully (so the rest of a 30 s window would add no loss).
   ``bench/bench_routes.py`` runs the full 30 s windows;
-* once the loss is removed the relay's links are re-admitted after 8 clean HELLOs in a row (1.6 s,
-  neighbours.py) and traffic is back on the 2-hop path within a few seconds, not after the 64-HELLO
-  window (12.8 s) it took before.
+* once the loss is removed the relay's links are re-admitted after a clean streak of HELLOs, sent four
+  times as often while a lossy link recovers (neighbours.py), and traffic is back on the 2-hop path
+  (``bench/bench_routes.py`` measures it against the issue's 2 s; here a looser bound holds on a busy
+  machine), not after the 64-HELLO window (12.8 s) it took before.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ pytestmark = [
 
 WINDOW_S = 12.0
 ISSUE_WINDOW_S = 30.0
-BACK_S = 5.0        # loss removed -> DATA over the relay again (the simulator's ring: 2.2-3.7 s)
+BACK_S = 4.0        # loss removed -> DATA over the relay again (measured 1.2-1.9 s; the simulator's ring: < 2 s)
 
 
 @pytest.fixture(scope="module")

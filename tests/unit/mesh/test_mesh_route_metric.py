@@ -135,6 +135,73 @@ def test_a_link_clean_again_is_re_admitted_within_2s_and_a_relapse_doubles_the_s
     assert link.relapses == 0 and nt.recover_need(link) == M.recover_slots and nt.cost("b", t) == M.hop_cost
 
 
+def feed_every(nt: NeighbourTable, peer: str, seqs, step_ns: int, t0: int) -> int:
+    """HELLOs from ``peer`` ``step_ns`` apart from ``t0`` on (a neighbour probing: faster than the interval)."""
+    t = t0
+    for i, s in enumerate(seqs):
+        t = t0 + i * step_ns
+        nt.on_hello(hello(peer, s, t, [HelloNeighbour(nt.self_id, 0)]), t)
+    return t
+
+
+def test_a_recovering_lossy_link_is_probed_at_four_times_the_rate():
+    """A lossy link with a clean streak under way makes the node send HELLOs ``probe_factor`` times as
+    often (its neighbour, seeing the fast HELLOs while it reports loss of ours, does the same), so the
+    re-admission's streak of HELLOs takes a quarter of the time; a loss or the re-admission ends it."""
+    from x0tta6bl4.mesh.core import MeshCore
+
+    c = MeshCore("a", CoreConfig(hello_jitter=0.0), seed=1)
+    nt = c.neighbours
+    t = feed(nt, "b", [s for s in range(1, 30) if s % 5])          # lossy: every 5th lost
+    link = nt.links["b"]
+    assert nt.probing()                                           # 26..29 in a row: may be recovering
+    t = feed(nt, "b", [31])                                       # 30 lost: a new streak of 1
+    assert not nt.probing()
+    t = feed(nt, "b", [32])                                       # 2 in a row: probing
+    assert link.streak() == M.probe_after and nt.probing()
+    c.hello_now(t)
+    assert c.next_hello_ns - t == IVAL // M.probe_factor
+    # the rest of the streak at the fast rate: re-admitted after recover_slots HELLOs, probing stops
+    fast = IVAL // M.probe_factor
+    t = feed_every(nt, "b", range(33, 31 + M.recover_slots), fast, t + fast)
+    assert link.readmitted and nt.cost("b", t) == M.hop_cost and not nt.probing()
+    assert t - (32 - 1) * IVAL < 2 * IVAL + M.recover_slots * fast       # well under the 1.6 s at 0.2 s
+    c.hello_now(t)
+    assert c.next_hello_ns - t == IVAL
+    # the other end: a neighbour that probes while it reports loss of our HELLOs is probed back
+    nt2 = NeighbourTable("a")
+    t = feed(nt2, "c", range(1, 10))
+    nt2.on_hello(hello("c", 10, t + IVAL // 4, [HelloNeighbour("a", 200)]), t + IVAL // 4)
+    assert nt2.links["c"].peer_probing and nt2.probing()
+    nt2.on_hello(hello("c", 11, t + IVAL // 2, [HelloNeighbour("a", 0)]), t + IVAL // 2)
+    assert not nt2.probing()                                      # it no longer reports loss
+    assert not NeighbourTable("a", metric=LinkMetric(probe_factor=1)).probing()
+
+
+def test_probing_does_not_shorten_the_hold_of_a_relapsed_or_timed_out_link():
+    """After a relapse (or a time-out: the link expired and came back) the clean streak must also last
+    ``recover_hold_s``: fast HELLOs gather the evidence, not the time a flapping link stays up."""
+    nt = NeighbourTable("a")
+    t = feed(nt, "b", [s for s in range(1, 30) if s % 5])
+    link = nt.links["b"]
+    link.relapses = 1
+    fast = IVAL // M.probe_factor
+    t0 = 31 * IVAL
+    t = feed_every(nt, "b", range(31, 31 + nt.recover_need(link)), fast, t0)     # 16 in a row in 0.75 s
+    assert link.streak() >= nt.recover_need(link) and t - t0 < M.recover_hold_s * 1e9
+    assert not link.readmitted and nt.cost("b", t) > M.hop_cost
+    t = feed_every(nt, "b", range(31 + nt.recover_need(link), 31 + 30), fast, t + fast)   # 1.45 s in all
+    assert link.readmitted and nt.cost("b", t) == M.hop_cost        # held long enough (and clean)
+    # a link that timed out and came back keeps its history and must hold too
+    nt2 = NeighbourTable("a")
+    t = feed(nt2, "b", [s for s in range(1, 30) if s % 5])
+    assert nt2.expire(t + 4 * IVAL) == ["b"]
+    t1 = t + 6 * IVAL
+    t = feed_every(nt2, "b", range(36, 36 + M.recover_slots + 2), fast, t1)
+    link2 = nt2.links["b"]
+    assert link2.was_lost and not link2.readmitted and nt2.cost("b", t) > M.hop_cost
+
+
 def test_a_flapping_link_is_not_re_admitted():
     """Down 1 s, up 1 s (the bench's flap): an up period (5 HELLOs) never reaches the clean streak; a link
     whose outages outlast the short window comes back on a probation as long as its re-admission streak."""
@@ -405,6 +472,48 @@ def test_ring_lossy_relay_is_left_once_and_never_flaps(loss):
     assert round_trip(net, sent, t0, t1) >= 0.95
     assert switches <= 1 and hops[-1] == "n5"
     assert net.cores["n2"].router.next_hop("n0") == "n3"
+
+
+@pytest.mark.parametrize("loss", [0.1, 0.3, 0.5])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ring_traffic_is_back_on_the_relay_within_2s_of_the_loss_ending(loss, seed):
+    """The relay's links are re-admitted by fast probing once the loss ends: traffic is back on the short
+    path within 2 s (virtual clock, 0.2 s HELLO interval), having left it once during the loss."""
+    net = ring_net(seed)
+    sent: list = []
+    paths: list = []
+    flow(net, 2.0, sent, paths)
+    t0 = net.now
+    net.node_loss["n1"] = loss
+    flow(net, 30.0, sent, paths)
+    t1 = net.now
+    del net.node_loss["n1"]
+    flow(net, 3.0, sent, paths)
+    hops = [nh for t, nh in paths if t0 <= t <= t1 and nh is not None]
+    assert hops[-1] == "n5" and sum(1 for a, b in itertools.pairwise(hops) if a != b) <= 1
+    back = next(t for t, nh in paths if t >= t1 and nh == "n1")
+    assert (back - t1) / 1e9 < 2.0
+    assert round_trip(net, sent, t0, t1) >= 0.95
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ring_flapping_relay_is_left_once(seed):
+    """The relay's links down 1 s, up 1 s for 30 s (the bench's flap): probing does not re-admit them
+    during an up period, so the flow leaves the relay once and stays on the detour."""
+    net = ring_net(seed)
+    sent: list = []
+    paths: list = []
+    flow(net, 2.0, sent, paths)
+    t0 = net.now
+    for _ in range(15):
+        for pair in (("n0", "n1"), ("n1", "n2")):
+            net.cut(*pair)
+        flow(net, 1.0, sent, paths)
+        net.blocked.clear()
+        flow(net, 1.0, sent, paths)
+    hops = [nh for t, nh in paths if t >= t0 and nh is not None]
+    assert sum(1 for a, b in itertools.pairwise(hops) if a != b) <= 1 and hops[-1] == "n5"
+    assert round_trip(net, sent, t0, net.now) >= 0.95
 
 
 def usable_loop_free(net: SimNetwork) -> None:
