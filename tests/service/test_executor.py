@@ -367,11 +367,37 @@ async def test_a_failed_step_fails_the_action_with_the_error_and_the_verificatio
 
 
 async def test_an_agent_that_does_not_answer_fails_its_step(mesh, clock, keys):
-    bus = TestBus(service="executor")           # no responder: the request times out
+    bus = TestBus(service="executor")           # no responder: asked again until the step's timeout, then failed
     await bus.deliver(stage.on_action, approved(keys, clock), deps=make_deps(mesh, clock, keys, step_timeout_s=1.5))
     [result] = bus.messages(subjects.MAPEK_RESULT)
     assert not result.success
-    assert {s.detail for s in result.steps} == {"no reply within 1.5s"}
+    assert {s.detail for s in result.steps} == {
+        "nobody answered on its subject within 1.5s (its responder is down or away)"}
+    per_node = [s for s in clock.sleeps if s == stage.NO_RESPONDERS_RETRY_S]
+    assert len(per_node) >= 5 * len(result.steps)     # each node asked every 0.25 s for 1.5 s
+
+
+async def test_an_agent_away_for_a_moment_is_asked_again(mesh, clock, keys):
+    """Its mesh host reconnecting to another server (the one it used died): no responders for a moment, then
+    each command is delivered once and the action completes."""
+    bus = TestBus(service="executor")
+    agents = Agents(bus, effect=rerouted(mesh))
+    responder = bus.responders.pop()             # the hosts are away ...
+    reports = clock.on_sleep                     # (the mesh reporting as the clock advances)
+
+    async def back() -> None:                    # ... until the executor has waited 0.5 s
+        if sum(clock.sleeps) >= 0.5 and responder not in bus.responders:
+            bus.responders.append(responder)
+        if reports is not None:
+            await reports()
+    clock.on_sleep = back
+    await bus.deliver(stage.on_action, approved(keys, clock), deps=make_deps(mesh, clock, keys))
+    [result] = bus.messages(subjects.MAPEK_RESULT)
+    assert result.success, result.error
+    assert agents.sent(C.KIND_AVOID_NODE) == [("n1", "n3"), ("n2", "n3"), ("n4", "n3")]     # each once
+    assert clock.sleeps[:2] == [stage.NO_RESPONDERS_RETRY_S] * 2
+    [v] = bus.messages(subjects.MAPEK_VERIFIED)
+    assert v.recovered, list(v.checks_failed)
 
 
 async def test_isolate_revokes_through_keyvault_and_reports_its_error(mesh, clock, keys):

@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 
 from x0tta6bl4.bus import subjects
 from x0tta6bl4.bus.codec import InvalidMessage, decode, encode
-from x0tta6bl4.bus.ports import CasConflict, Entry, KeyNotFound, Reject, Reply
+from x0tta6bl4.bus.ports import CasConflict, Entry, KeyNotFound, NoResponders, Reject, Reply
 from x0tta6bl4.ids import SCHEMA_VERSION, derive_id
 
 if TYPE_CHECKING:
@@ -123,10 +123,6 @@ class DeadLettered:
     subject: str
     consumer: str
     reason: str
-
-
-class NoResponders(asyncio.TimeoutError):
-    """Nobody answers requests on that subject (on NATS: no responders, seen as a timeout)."""
 
 
 Responder = Callable[[str, bytes], Awaitable[Reply | bytes]]

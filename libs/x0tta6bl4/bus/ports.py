@@ -75,6 +75,11 @@ class KV(Protocol):
         ...
 
 
+class NoResponders(asyncio.TimeoutError):
+    """Nobody answers requests on that subject now (its responder is away: restarting, or reconnecting to
+    another server). Seen as a timeout by callers that do not tell the two apart."""
+
+
 @dataclass(frozen=True)
 class Reply:
     """The answer to a request: its payload and headers (``X0-Error`` names a failure)."""

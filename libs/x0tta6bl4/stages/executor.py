@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from x0tta6bl4.bus import subjects
-from x0tta6bl4.bus.ports import Context, Entry, Reject, cas_update
+from x0tta6bl4.bus.ports import Context, Entry, NoResponders, Reject, Reply, cas_update
 from x0tta6bl4.execution.actions import (
     SECURITY_FAULTS,
     Step,
@@ -189,7 +189,8 @@ async def run_step(step: Step, ctx: Context, deps: ExecutorDeps,
                                        peer=step.peer, params={**step.params, "generation": generation}
                                        if generation else step.params)
             cmd.command_id = cmd.meta.event_id
-            reply = await ctx.request(subjects.mesh_cmd(step.node), cmd.SerializeToString(), deps.step_timeout_s)
+            reply = await _request(ctx, deps, subjects.mesh_cmd(step.node), cmd.SerializeToString(),
+                                   deps.step_timeout_s)
             ev = mesh_pb2.MeshEvent.FromString(reply.data)
             ok, detail = ev.kind == "command.ok", ev.details.get("detail", ev.kind)
         elif step.kind == "keyvault":
@@ -202,7 +203,7 @@ async def run_step(step: Step, ctx: Context, deps: ExecutorDeps,
                 # that follows performs (or confirms) it at each node, so keyvault need not wait here
                 method, data = "Rotate", keyvault_pb2.RotateRequest(node_ids=nodes, all=not nodes,
                                                                     wait_s=-1).SerializeToString()
-            reply = await ctx.request(subjects.keyvault_rpc(method), data, deps.step_timeout_s)
+            reply = await _request(ctx, deps, subjects.keyvault_rpc(method), data, deps.step_timeout_s)
             err = reply.headers.get(subjects.HEADER_ERROR)
             ok, detail = err is None, err or "ok"
         elif step.kind == "deploy":
@@ -211,11 +212,30 @@ async def run_step(step: Step, ctx: Context, deps: ExecutorDeps,
                     for r in records]
         else:
             detail = f"step kind {step.kind} is not available on this stack"
+    except NoResponders:
+        detail = f"nobody answered on its subject within {deps.step_timeout_s}s (its responder is down or away)"
     except TimeoutError:
         detail = f"no reply within {deps.step_timeout_s}s"
     except Exception as e:  # noqa: BLE001 - reported as a failed step
         detail = f"{type(e).__name__}: {e}"
     return [events_pb2.ActionStep(name=step.name, ok=ok, detail=detail, duration_ms=(time.perf_counter() - t0) * 1000)]
+
+
+NO_RESPONDERS_RETRY_S = 0.25
+
+
+async def _request(ctx: Context, deps: ExecutorDeps, subject: str, data: bytes, timeout: float) -> Reply:
+    """A request answered within ``timeout``. A responder away for a moment -- a mesh host reconnecting to
+    another server after its own died, a restarting keyvault -- is asked again every 0.25 s until then
+    (nothing was delivered, so nothing is done twice)."""
+    deadline = deps.monotonic() + timeout
+    while True:
+        try:
+            return await ctx.request(subject, data, max(0.05, deadline - deps.monotonic()))
+        except NoResponders:
+            if deps.monotonic() + NO_RESPONDERS_RETRY_S >= deadline:
+                raise
+            await deps.sleep(NO_RESPONDERS_RETRY_S)
 
 
 async def execute(req: events_pb2.ActionRequest, phases: list[list[Step]], ctx: Context,
