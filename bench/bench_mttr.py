@@ -459,8 +459,10 @@ class Mesh:
     ``hosts`` processes (contiguous row blocks, each its own bus identity and key directory), a
     50 DATA/s flow from the first node to the last. ``cpu()`` = CPU seconds of every host process."""
 
-    def __init__(self, stack: Stack, topo, nodes: int, hosts: int, keys: bool, workdir: pathlib.Path) -> None:
+    def __init__(self, stack: Stack, topo, nodes: int, hosts: int, keys: bool, workdir: pathlib.Path,
+                 host_args: list[str] | None = None) -> None:
         self.stack, self.topo, self.n, self.hosts, self.keys, self.workdir = stack, topo, nodes, hosts, keys, workdir
+        self.host_args = list(host_args or [])
         self.proc: subprocess.Popen | None = None
         self.cluster = None
         self.env = stack.mesh_host_env("mesh", topo.nodes) if hosts == 1 else None
@@ -470,7 +472,7 @@ class Mesh:
         if self.hosts == 1:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", self.stack.url, "--topology",
-                 f"grid:{self.n}", "--traffic", f"n0:n{self.n - 1}", "--rate", "50", *kv],
+                 f"grid:{self.n}", "--traffic", f"n0:n{self.n - 1}", "--rate", "50", *kv, *self.host_args],
                 cwd=repo_root(), env=self.env, stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL,
                 start_new_session=True)
             assert self.proc.stdout is not None
@@ -481,7 +483,7 @@ class Mesh:
         self.cluster = MeshCluster(self.stack.url, f"grid:{self.n}", hosts=self.hosts,
                                    keyvault=self.stack.grpc_addr("keyvault") if self.keys else "", name="mesh",
                                    env=env, workdir=self.workdir, traffic=[f"n0:n{self.n - 1}"], rate=50,
-                                   host_env=self.stack.add_mesh_host)
+                                   host_env=self.stack.add_mesh_host, host_args=self.host_args)
         self.cluster.start(120)
         return list(self.topo.nodes)
 
@@ -519,7 +521,9 @@ def one_pass(a, keys: bool) -> dict:
             # every mesh host speaks as its own identity, for exactly its nodes
             from x0tta6bl4.mesh.topology import parse_spec
             topo = parse_spec(f"grid:{a.nodes}")
-            mesh = Mesh(stack, topo, a.nodes, a.hosts, keys, pathlib.Path(d) / "mesh")
+            host_args = ([f"--hello-interval={a.hello_interval:g}"] if a.hello_interval else []) + (
+                [f"--telemetry-interval={a.telemetry_interval:g}"] if a.telemetry_interval else [])
+            mesh = Mesh(stack, topo, a.nodes, a.hosts, keys, pathlib.Path(d) / "mesh", host_args)
             box: dict = {"mesh": mesh}
             nodes = mesh.start()
             box["cpu0"] = (time.monotonic(), mesh.cpu())
@@ -551,7 +555,10 @@ def report(a, out: dict) -> str:
     what = SCENARIOS[a.scenario] + (f" ({a.loss_pct:g} % loss)" if a.scenario == "loss" else
                                     f" (links down/up every {a.flap_period:g} s)" if a.scenario == "flap" else "")
     target = "p50 < 2000, p99 < 3000" if a.scenario == "kill" else "p50 < 3000"
+    timers = ", ".join(x for x in (f"HELLO every {a.hello_interval:g} s" if a.hello_interval else "",
+                                    f"reports every {a.telemetry_interval:g} s" if a.telemetry_interval else "") if x)
     return (f"mttr [{a.scenario}]: {out['healed']}/{out['trials']} {what} on a {a.nodes}-node grid "
+            f"{'(' + timers + ') ' if timers else ''}"
             f"(verified recovered {out['recovered']}, healed without an action {out['healed_without_action']}, "
             f"detected {out['detected']}; healed = verified and the flow delivers >= {HEALED_DELIVERY:.0%} "
             f"over {AFTER_S:g} s after, flow after p50 {out['flow_after_p50']}), "
@@ -584,6 +591,11 @@ def main(argv=None):
                          "Medium-confidence findings go to a DAO vote that scripted operators approve at once")
     ap.add_argument("--hosts", type=int, default=2,
                     help="mesh host processes the grid is spread over (mesh.cluster; 1 = one mesh host)")
+    ap.add_argument("--hello-interval", type=float, default=0.0,
+                    help="the agents' HELLO period in s (default: the mesh host's, 0.2; a large mesh on few cores "
+                         "needs a longer one)")
+    ap.add_argument("--telemetry-interval", type=float, default=0.0,
+                    help="how often each agent reports, in s (default: the mesh host's, 0.25)")
     ap.add_argument("--loss-pct", type=float, default=30.0, help="loss scenario: %% of datagrams dropped")
     ap.add_argument("--flap-period", type=float, default=1.0, help="flap scenario: seconds between link changes")
     ap.add_argument("--open-bus", action="store_true",
@@ -598,6 +610,8 @@ def main(argv=None):
         ap.error(f"--loss-pct must be in (0, 100], got {a.loss_pct:g}")
     if a.flap_period <= 0:
         ap.error(f"--flap-period must be positive, got {a.flap_period:g}")
+    if a.hello_interval < 0 or a.telemetry_interval < 0:
+        ap.error("--hello-interval and --telemetry-interval must be positive (or 0: the mesh host's default)")
     if a.nodes < 4 or a.trials < 1 or not 1 <= a.hosts <= a.nodes:
         ap.error("--nodes must be at least 4, --trials at least 1 and --hosts in 1..nodes")
     passes = [False] if a.no_keys else [True] if a.no_compare else [True, False]
