@@ -298,14 +298,14 @@ async def flow_delivery(js, src: str, seconds: float) -> float | None:
 async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_mesh, scenario: str = "kill",
               victims: list[str] | None = None, box: dict | None = None,
               neighbours: dict[str, list[str]] | None = None, loss_pct: float = 30.0,
-              flap_period: float = 1.0) -> dict:
+              flap_period: float = 1.0, dst: str = "") -> dict:
     rng = random.Random(seed)
     nc = await stack.connect(name="bench-mttr")     # the operator: watches MAPE-K, injects the faults
     js = nc.jetstream()
     rec = Recorder()
     await nc.subscribe(subjects.MAPEK_ALL, cb=rec.on_msg)
     await nc.subscribe(subjects.MESH_EVENT_ALL, cb=rec.on_msg)
-    src, dst = nodes[0], nodes[-1]
+    src, dst = nodes[0], dst or nodes[-1]
     stop_voting = asyncio.Event()
     if scenario in GRAY:            # medium-confidence findings go to a vote
         voters = Voters(stack.grpc_addr("governance"), admin_metadata(directory=stack.data_dir),
@@ -460,9 +460,10 @@ class Mesh:
     50 DATA/s flow from the first node to the last. ``cpu()`` = CPU seconds of every host process."""
 
     def __init__(self, stack: Stack, topo, nodes: int, hosts: int, keys: bool, workdir: pathlib.Path,
-                 host_args: list[str] | None = None) -> None:
+                 host_args: list[str] | None = None, dst: str = "") -> None:
         self.stack, self.topo, self.n, self.hosts, self.keys, self.workdir = stack, topo, nodes, hosts, keys, workdir
         self.host_args = list(host_args or [])
+        self.dst = dst or f"n{nodes - 1}"     # the flow's destination (from n0)
         self.proc: subprocess.Popen | None = None
         self.cluster = None
         self.env = stack.mesh_host_env("mesh", topo.nodes) if hosts == 1 else None
@@ -472,7 +473,7 @@ class Mesh:
         if self.hosts == 1:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "x0tta6bl4.mesh.host", "--nats", self.stack.url, "--topology",
-                 f"grid:{self.n}", "--traffic", f"n0:n{self.n - 1}", "--rate", "50", *kv, *self.host_args],
+                 f"grid:{self.n}", "--traffic", f"n0:{self.dst}", "--rate", "50", *kv, *self.host_args],
                 cwd=repo_root(), env=self.env, stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL,
                 start_new_session=True)
             assert self.proc.stdout is not None
@@ -482,7 +483,7 @@ class Mesh:
         env["X0TTA6BL4_DATA_DIR"] = str(self.stack.data_dir)
         self.cluster = MeshCluster(self.stack.url, f"grid:{self.n}", hosts=self.hosts,
                                    keyvault=self.stack.grpc_addr("keyvault") if self.keys else "", name="mesh",
-                                   env=env, workdir=self.workdir, traffic=[f"n0:n{self.n - 1}"], rate=50,
+                                   env=env, workdir=self.workdir, traffic=[f"n0:{self.dst}"], rate=50,
                                    host_env=self.stack.add_mesh_host, host_args=self.host_args)
         self.cluster.start(120)
         return list(self.topo.nodes)
@@ -523,7 +524,9 @@ def one_pass(a, keys: bool) -> dict:
             topo = parse_spec(f"grid:{a.nodes}")
             host_args = ([f"--hello-interval={a.hello_interval:g}"] if a.hello_interval else []) + (
                 [f"--telemetry-interval={a.telemetry_interval:g}"] if a.telemetry_interval else [])
-            mesh = Mesh(stack, topo, a.nodes, a.hosts, keys, pathlib.Path(d) / "mesh", host_args)
+            if a.flow_dst and a.flow_dst not in topo.nodes:
+                raise SystemExit(f"bench_mttr: --flow-dst {a.flow_dst!r} is not a node of grid:{a.nodes}")
+            mesh = Mesh(stack, topo, a.nodes, a.hosts, keys, pathlib.Path(d) / "mesh", host_args, a.flow_dst)
             box: dict = {"mesh": mesh}
             nodes = mesh.start()
             box["cpu0"] = (time.monotonic(), mesh.cpu())
@@ -535,7 +538,8 @@ def one_pass(a, keys: bool) -> dict:
             load0 = os.getloadavg()[0]
             out = asyncio.run(run(stack, nodes, a.trials, a.seed, restart_mesh, a.scenario,
                                   [v for v in a.victims.split(",") if v], box,
-                                  {n: list(topo.neighbours(n)) for n in topo.nodes}, a.loss_pct, a.flap_period))
+                                  {n: list(topo.neighbours(n)) for n in topo.nodes}, a.loss_pct, a.flap_period,
+                                  a.flow_dst))
             t1, (t0, c0) = time.monotonic(), box["cpu0"]
             used = mesh.cpu() - c0
             out["host_cpu_ms_per_node_s"] = round(1000 * used / (t1 - t0) / a.nodes, 2)
@@ -596,6 +600,8 @@ def main(argv=None):
                          "needs a longer one)")
     ap.add_argument("--telemetry-interval", type=float, default=0.0,
                     help="how often each agent reports, in s (default: the mesh host's, 0.25)")
+    ap.add_argument("--flow-dst", default="", help="the DATA flow's destination (from n0; default the grid's last "
+                    "node). Routes live at most 16 hops (the packets' TTL): on a grid over ~16x16 pick a nearer one")
     ap.add_argument("--loss-pct", type=float, default=30.0, help="loss scenario: %% of datagrams dropped")
     ap.add_argument("--flap-period", type=float, default=1.0, help="flap scenario: seconds between link changes")
     ap.add_argument("--open-bus", action="store_true",

@@ -22,6 +22,9 @@ class MonitorOnBus:
     """One monitor replica on its own in-memory bus."""
 
     def __init__(self, tmp_path, **settings) -> None:
+        # staleness is judged at once here; the hold before a silent node is marked (the mass-silence guard)
+        # has tests of its own (test_monitor_mass_silence.py)
+        settings.setdefault("silence_hold_s", 0.0)
         s = MonitorSettings(data_dir=tmp_path, monitor_collector="off", discover_hosts=False, **settings)
         self.clock = Clock()
         self.deps = dependencies(s, clock_ns=self.clock)

@@ -23,6 +23,12 @@ from x0tta6bl4.v1 import events_pb2, mesh_pb2
 class MonitorSettings(CommonSettings):
     stale_after_s: float = Field(2.0, gt=0, le=3600, description="no telemetry for this long -> unreachable")
     window_s: float = Field(0.0, ge=0, le=3600, description="periodic telemetry windows (0 = only on change)")
+    silence_hold_s: float = Field(1.0, ge=0, le=60, description="a stale node no neighbour reported lost is marked "
+                                  "unreachable this long after it went stale, unless many went silent at once")
+    mass_silence_min: int = Field(8, ge=2, le=1_000_000,
+                                  description="this many nodes silent at once (and mass_silence_share of them) is "
+                                              "a failed reporting path, not failed nodes: none is marked")
+    mass_silence_share: float = Field(0.1, gt=0, le=1, description="see mass_silence_min")
     monitor_collector: Literal["auto", "ebpf", "proc", "off"] = Field(
         "auto", description="kernel telemetry: eBPF when possible (auto), forced, /proc + psutil, or none")
     collect_interval_s: float = Field(1.0, ge=0.05, le=60, description="kernel collector interval")
@@ -64,6 +70,8 @@ def dependencies(settings: MonitorSettings, clock_ns: Callable[[], int] = time.t
                              span=lambda name, **kw: tracer().start_as_current_span(name, **kw),
                              max_future_s=settings.report_max_future_s, max_age_s=settings.report_max_age_s,
                              own_report_fresh_s=settings.own_report_fresh_s,
+                             silence_hold_s=settings.silence_hold_s, mass_silence_min=settings.mass_silence_min,
+                             mass_silence_share=settings.mass_silence_share,
                              count_refusal=lambda kind: REFUSED.labels(kind).inc())
 
 

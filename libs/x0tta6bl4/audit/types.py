@@ -173,6 +173,11 @@ TYPES: tuple[EventType, ...] = (
     EventType("cycle.publish_failed", ("monitor",), "the node", "a cycle's telemetry window could not be published",
               (D("cause", STRING, "the event that caused the cycle"), D("attempt", INTEGER, "attempts made"),
                _ERROR)),
+    EventType("health.mass_silence", ("monitor",), "\"mesh\"",
+              "many nodes stopped reporting at once with no neighbour reporting them lost: their reporting path "
+              "failed (a mesh host, its bus connection), not the nodes; none is marked unreachable (once per episode)",
+              (D("nodes", INTEGER, "nodes silent at once"), D("sample", ARRAY, "up to 20 of them"),
+               D("stale_after_s", NUMBER, "the silence that makes a node stale"))),
     EventType("health.mesh_changed", ("monitor",), "\"mesh\"", "the mesh's health changed",
               (D("from", STRING, "HEALTH_* before"), D("to", STRING, "HEALTH_* now"),
                D("reasons", STRING, "why, ; separated"))),

@@ -173,6 +173,15 @@ class MonitorDeps:
     # the service estimates its lag from the broker (monitoring.wiring.attach_lag): no silence is judged before
     # the first estimate (a restarted replica's bucket holds reports older than its consumer's backlog)
     judge_after_first_lag: bool = False
+    # mass silence: nodes whose reports stopped (no neighbour reported losing them) wait ``silence_hold_s`` past
+    # their staleness; when ``mass_silence_min`` or more of them (and ``mass_silence_share`` of this replica's
+    # nodes) are silent at once, it is their reporting path that failed - a mesh host stalled or cut off from
+    # the bus - not the nodes: none is marked (their neighbours still hear them, or would report them lost)
+    silence_hold_s: float = 1.0
+    mass_silence_min: int = 8
+    mass_silence_share: float = 0.1
+    silent: dict[str, int] = field(default_factory=dict)     # node -> since when it is stale (not yet marked)
+    mass_silence_since: int = 0                               # an episode under way since (0: none)
     _owned: dict[str, bool] = field(default_factory=dict)
 
     def owns(self, node: str) -> bool:
@@ -507,6 +516,47 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
                 deps.deadlines.touch(node, last + stale_ns)
             else:
                 deps.track(t)
+            continue
+        deps.silent.setdefault(node, last + stale_ns)     # stale since
+    if deps.silent:
+        marked += await judge_silent(ctx, deps, now, horizon)
+    return marked
+
+
+def mass_silence(deps: MonitorDeps) -> bool:
+    """Whether the nodes silent now (unmarked) are too many to be failures of their own."""
+    owned = sum(1 for n in deps.view.nodes if deps.owns(n)) if deps.partitions > 1 else len(deps.view.nodes)
+    n = len(deps.silent)
+    return n >= deps.mass_silence_min and n >= deps.mass_silence_share * owned
+
+
+async def judge_silent(ctx: Context, deps: MonitorDeps, now: int, horizon: int) -> list[str]:
+    """Mark the silent nodes held for ``silence_hold_s`` unreachable (each starts a cycle), unless their silence
+    is a mass silence: then none is, once per episode an audit event names them, and they are looked at again
+    (the ones that report again leave it; a node its neighbours report lost is declared down by that path)."""
+    stale_ns = int(deps.stale_after_s * 1e9)
+    for node in [n for n in deps.silent if n not in deps.view.nodes or not deps.view.nodes[n].reachable
+                 or max(deps.view.nodes[n].meta.ts_unix_ns, deps.seen_ns.get(n, 0)) > horizon - stale_ns]:
+        del deps.silent[node]          # reported again, or marked by another path
+    if mass_silence(deps):
+        if not deps.mass_silence_since:
+            deps.mass_silence_since = now
+            sample = sorted(deps.silent)[:20]
+            log.warning("monitor: %d nodes went silent at once (%s...): their reporting path, not the nodes - "
+                        "none is marked unreachable", len(deps.silent), ", ".join(sample[:5]))
+            with contextlib.suppress(Exception):      # the audit is a record, not a condition of holding
+                await ctx.audit("health.mass_silence", "mesh", {"nodes": len(deps.silent), "sample": sample,
+                                                             "stale_after_s": deps.stale_after_s})
+        return []
+    deps.mass_silence_since = 0
+    hold = int(deps.silence_hold_s * 1e9)
+    marked = []
+    for node, since in list(deps.silent.items()):
+        if now - since < hold:
+            continue
+        del deps.silent[node]
+        t = deps.view.nodes.get(node)
+        if t is None or not t.reachable:
             continue
         with deps.span("monitor.stale", attributes={"x0.node": node}):
             u = assessing.mark_unreachable(deps.view, node, now)
