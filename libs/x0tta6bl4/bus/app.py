@@ -46,7 +46,6 @@ from x0tta6bl4.bus.codec import InvalidMessage, decode, new_meta
 from x0tta6bl4.bus.connection import connect, consumer_config, ensure_topology, install_event_loop, missing_topology
 from x0tta6bl4.bus.health import HealthServer
 from x0tta6bl4.bus.kv import NatsKV
-from x0tta6bl4.bus.kvwatch import with_heartbeats
 from x0tta6bl4.bus.ports import KeyNotFound, NoResponders, Reject, Reply
 from x0tta6bl4.bus.publisher import Publisher, derive_id
 from x0tta6bl4.config import CommonSettings, ConfigError, load_settings
@@ -62,7 +61,6 @@ from x0tta6bl4.trust import ROLE_AUDIT, TrustError
 from x0tta6bl4.v1 import events_pb2
 
 log = logging.getLogger("x0tta6bl4.service")
-MIRROR_HEARTBEAT_S = 1.0   # a mirror's watch: server heartbeats this often (its consumer re-created after 2 missed)
 M = TypeVar("M", bound=Message)
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
 """A /ready condition: () -> (ok, details shown in /ready's JSON)."""
@@ -224,9 +222,7 @@ class Service:
         cluster) drops it, and nats-py would notice only after two missed heartbeats (10 s) - ten seconds in
         which the planner judged harm, and the executor verified repairs, on a frozen view. So every
         reconnection starts a new watch at once: it replays each key's latest value, and keys deleted
-        meanwhile leave the view. A cluster server that dies while this service stays connected to another
-        is no reconnection: the watch asks for a heartbeat every ``MIRROR_HEARTBEAT_S`` (1 s), so nats-py
-        re-creates its consumer, from the next sequence, about 2 s after the server's loss."""
+        meanwhile leave the view."""
         view: dict[str, Any] = {}
         self.mirrors.setdefault(bucket, []).append((view, decode, on_change))
 
@@ -235,7 +231,7 @@ class Service:
                 reconnected = asyncio.Event()
                 self._reconnect_events.add(reconnected)
                 try:
-                    watcher = await with_heartbeats(await self.raw_kv(bucket), MIRROR_HEARTBEAT_S).watchall()
+                    watcher = await (await self.raw_kv(bucket)).watchall()
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # noqa: BLE001 - the broker is away or JetStream is not ready yet

@@ -99,28 +99,3 @@ def drain_queued(watcher: KeyValue.KeyWatcher, limit: int = 1024) -> list[KeyVal
             out.append(e)
     return out
 
-
-class _Heartbeats:
-    """A JetStream context whose subscriptions ask the server for idle heartbeats every ``interval`` s."""
-
-    def __init__(self, js: Any, interval: float) -> None:
-        self._js_ctx = js
-        self._interval = interval
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._js_ctx, name)
-
-    async def subscribe(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("idle_heartbeat", self._interval)
-        return await self._js_ctx.subscribe(*args, **kwargs)
-
-
-def with_heartbeats(kv: KeyValue, interval: float = 1.0) -> KeyValue:
-    """``kv`` whose watchers' ordered consumers get a server heartbeat every ``interval`` s (nats-py asks
-    for 5 s). nats-py re-creates an ordered consumer, from the next sequence, after two heartbeats are
-    missed: the consumer of a watch lives on one server (the bucket stream's leader), so when that server
-    dies in a cluster the watch resumes after about ``2 * interval`` s instead of 10 s."""
-    if interval <= 0:
-        raise ValueError(f"heartbeat interval must be positive, got {interval!r}")
-    return KeyValue(name=kv._name, stream=kv._stream, pre=kv._pre,
-                    js=_Heartbeats(kv._js, interval), direct=kv._direct)  # type: ignore[arg-type]

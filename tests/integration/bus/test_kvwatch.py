@@ -82,25 +82,3 @@ async def test_missing_bucket_is_a_clear_error(nc):
     with pytest.raises(WatchError, match="'nope' does not exist"):
         await watch_bucket(nc.jetstream(), "nope")
 
-
-async def test_a_watch_with_heartbeats_asks_the_server_for_them_and_still_follows_the_bucket(nc):
-    """``with_heartbeats``: the watch's ordered consumer is created with the shorter idle heartbeat (so nats-py
-    re-creates it about 2 s after its server is lost, not 10 s), and the watch works as nats-py's own."""
-    from x0tta6bl4.bus.kvwatch import with_heartbeats
-
-    js = nc.jetstream()
-    kv = await js.create_key_value(KeyValueConfig(bucket="kvhb", history=1))
-    await kv.put("a", b"1")
-    w = await with_heartbeats(kv, 0.5).watchall()
-    try:
-        first = await next_update(w, timeout=5)
-        assert first is not None and (first.key, first.value) == ("a", b"1")
-        info = await w._sub.consumer_info()
-        assert info.config.idle_heartbeat == pytest.approx(0.5)
-        await kv.put("b", b"2")
-        nxt = await next_update(w, timeout=5)
-        assert nxt is not None and (nxt.key, nxt.value) == ("b", b"2")
-    finally:
-        await w.stop()
-    with pytest.raises(ValueError, match="heartbeat interval"):
-        with_heartbeats(kv, 0)
