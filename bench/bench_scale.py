@@ -8,7 +8,8 @@ For each N (default 1,000 and 10,000):
   grid neighbours and links (the size of a real node's report), like node agents do (no PubAck);
 - the stack runs monitor, analyzer and planner (real processes); after ``--duration`` seconds of load one
   node stops reporting; kill to plan is from its last report to the first ``mapek.plan`` naming it as
-  root cause (the liveness timeout, ``X0TTA6BL4_STALE_AFTER_S`` = 2 s, is part of it: shown apart);
+  root cause (the liveness timeout is part of it, shown apart: ``X0TTA6BL4_STALE_AFTER_S`` = 2 s, plus the
+  1 s ``X0TTA6BL4_SILENCE_HOLD_S`` of a node no neighbour reports lost, as a generated node is);
 - every second: the monitor consumer's backlog (pending messages and their age in seconds at the
   publish rate), what was delivered and acknowledged; at the end, telemetry dropped unread (published,
   never delivered, no longer pending), healthy nodes declared critical (false deaths), windows' sizes;
@@ -45,6 +46,8 @@ import psutil
 
 HERE = pathlib.Path(__file__).resolve().parent
 STALE_AFTER_S = 2.0
+SILENCE_HOLD_S = 1.0     # a silent node no neighbour reported lost is marked this long after its staleness
+LIVENESS_S = STALE_AFTER_S + SILENCE_HOLD_S
 
 
 # ---- child processes ----------------------------------------------------------------------------------
@@ -234,7 +237,8 @@ def stack_for(tmp: pathlib.Path, services: tuple[str, ...], replicas: int = 1, p
     from x0tta6bl4.runtime.stack import Stack
     return Stack(tmp, services, replicas=replicas, secure=True, monitor_partitions=partitions,
                  env={"X0TTA6BL4_MONITOR_COLLECTOR": "off", "X0TTA6BL4_DISCOVER_HOSTS": "false",
-                      "X0TTA6BL4_STALE_AFTER_S": str(STALE_AFTER_S)})
+                      "X0TTA6BL4_STALE_AFTER_S": str(STALE_AFTER_S),
+                      "X0TTA6BL4_SILENCE_HOLD_S": str(SILENCE_HOLD_S)})
 
 
 async def run_scale(n: int, duration: float, tmp: pathlib.Path) -> dict[str, Any]:
@@ -317,7 +321,7 @@ async def run_scale(n: int, duration: float, tmp: pathlib.Path) -> dict[str, Any
             "backlog_growing": len(backlog_s) > 2 and backlog_s[-1] > backlog_s[len(backlog_s) // 2] + 0.5,
             "dropped_unread": max(0, published - final["delivered"] - final["pending"]),
             "kill_to_plan_s": None if plan_at is None else round(plan_at - last_report, 2),
-            "beyond_liveness_s": None if plan_at is None else round(plan_at - last_report - STALE_AFTER_S, 2),
+            "beyond_liveness_s": None if plan_at is None else round(plan_at - last_report - LIVENESS_S, 2),
             "false_criticals": false_deaths, "windows": len(windows),
             "generator_longest_round_s": round(gen_out.get("longest_round_s", 0.0), 2),
             "window_max_bytes": max(windows, default=0), "pending_after_kill": after["pending"],
@@ -437,7 +441,8 @@ def main() -> int:
                       f"{statistics.median(r['backlog_s']) if r['backlog_s'] else 0} s, last "
                       f"{r['backlog_s'][-1] if r['backlog_s'] else 0} s, growing: {r['backlog_growing']}; "
                       f"dropped unread {r['dropped_unread']}; kill to plan {r['kill_to_plan_s']} s "
-                      f"({r['beyond_liveness_s']} s beyond the {STALE_AFTER_S:g} s liveness timeout); "
+                      f"({r['beyond_liveness_s']} s beyond the {LIVENESS_S:g} s liveness timeout: "
+                      f"{STALE_AFTER_S:g} s stale + {SILENCE_HOLD_S:g} s hold); "
                       f"criticals other than the stopped node {len(r['false_criticals'])} (the generator's longest "
                       f"round {r['generator_longest_round_s']} s: above {STALE_AFTER_S:g} s its nodes were really "
                       f"silent that long); largest window {r['window_max_bytes']} B; "
