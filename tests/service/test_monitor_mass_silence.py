@@ -112,3 +112,27 @@ async def test_few_silent_nodes_are_not_a_mass_silence(tmp_path):
         await big.report(*NODES[3:])
         marked += await big.tick()
     assert sorted(marked) == ["n0", "n1", "n2"]    # 3 of 40 is under half of the replica's nodes
+
+
+async def test_nodes_in_maintenance_are_marked_at_once_and_are_no_mass_silence(tmp_path):
+    """``meshctl mesh down``: every node announced in maintenance stops reporting. They are marked unreachable as
+    soon as they are stale (no hold: planned), start no cycle, and are no mass silence."""
+    from x0tta6bl4.v1 import mesh_pb2
+
+    mon = monitor(tmp_path)
+    down = NODES[:12]
+    await mon.report(*NODES)
+    for node in down:
+        ev = mesh_pb2.MeshEvent(meta=new_meta("meshctl"), node_id=node, kind=stage.MAINTENANCE_START,
+                                details={"reason": "mesh down"})
+        ev.meta.ts_unix_ns = mon.clock()
+        await mon.bus.publish(subjects.mesh_event(node), ev)
+    marked: list[str] = []
+    for _ in range(5):
+        mon.clock.advance(0.6)
+        await mon.report(*NODES[12:])
+        marked += await mon.tick()
+    assert sorted(marked) == sorted(down)
+    assert all(not mon.deps.view.nodes[n].reachable for n in down)
+    assert mon.bus.messages(subjects.MAPEK_TELEMETRY) == []           # no cycle
+    assert mon.bus.audited("health.mass_silence") == []

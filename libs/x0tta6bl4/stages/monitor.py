@@ -517,6 +517,10 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
             else:
                 deps.track(t)
             continue
+        if deps.in_maintenance(node):     # planned: marked at once, starts no cycle, counts in no mass silence
+            await mark_stale(node, t, ctx, deps, now)
+            marked.append(node)
+            continue
         deps.silent.setdefault(node, last + stale_ns)     # stale since
     if deps.silent:
         marked += await judge_silent(ctx, deps, now, horizon)
@@ -530,6 +534,17 @@ def mass_silence(deps: MonitorDeps) -> bool:
     return n >= deps.mass_silence_min and n >= deps.mass_silence_share * owned
 
 
+async def mark_stale(node: str, t: events_pb2.NodeTelemetry, ctx: Context, deps: MonitorDeps, now: int) -> None:
+    """``node`` is unreachable from now on: stored, and evaluated (a cycle unless it is in maintenance)."""
+    with deps.span("monitor.stale", attributes={"x0.node": node}):
+        u = assessing.mark_unreachable(deps.view, node, now)
+        await store(u, ctx, deps)
+        try:
+            await evaluate(u, ctx, deps, f"stale:{node}:{t.meta.event_id}")
+        except CasConflict as e:
+            log.warning("monitor: %s stale, its health not recorded: %s", node, e)
+
+
 async def judge_silent(ctx: Context, deps: MonitorDeps, now: int, horizon: int) -> list[str]:
     """Mark the silent nodes held for ``silence_hold_s`` unreachable (each starts a cycle), unless their silence
     is a mass silence: then none is, once per episode an audit event names them, and they are looked at again
@@ -538,6 +553,11 @@ async def judge_silent(ctx: Context, deps: MonitorDeps, now: int, horizon: int) 
     for node in [n for n in deps.silent if n not in deps.view.nodes or not deps.view.nodes[n].reachable
                  or max(deps.view.nodes[n].meta.ts_unix_ns, deps.seen_ns.get(n, 0)) > horizon - stale_ns]:
         del deps.silent[node]          # reported again, or marked by another path
+    marked = []
+    for node in [n for n in deps.silent if deps.in_maintenance(n)]:    # planned since it went silent
+        del deps.silent[node]
+        await mark_stale(node, deps.view.nodes[node], ctx, deps, now)
+        marked.append(node)
     if mass_silence(deps):
         if not deps.mass_silence_since:
             deps.mass_silence_since = now
@@ -547,10 +567,9 @@ async def judge_silent(ctx: Context, deps: MonitorDeps, now: int, horizon: int) 
             with contextlib.suppress(Exception):      # the audit is a record, not a condition of holding
                 await ctx.audit("health.mass_silence", "mesh", {"nodes": len(deps.silent), "sample": sample,
                                                              "stale_after_s": deps.stale_after_s})
-        return []
+        return marked
     deps.mass_silence_since = 0
     hold = int(deps.silence_hold_s * 1e9)
-    marked = []
     for node, since in list(deps.silent.items()):
         if now - since < hold:
             continue
@@ -558,13 +577,7 @@ async def judge_silent(ctx: Context, deps: MonitorDeps, now: int, horizon: int) 
         t = deps.view.nodes.get(node)
         if t is None or not t.reachable:
             continue
-        with deps.span("monitor.stale", attributes={"x0.node": node}):
-            u = assessing.mark_unreachable(deps.view, node, now)
-            await store(u, ctx, deps)
-            try:
-                await evaluate(u, ctx, deps, f"stale:{node}:{t.meta.event_id}")
-            except CasConflict as e:
-                log.warning("monitor: %s stale, its health not recorded: %s", node, e)
+        await mark_stale(node, t, ctx, deps, now)
         marked.append(node)
     return marked
 
