@@ -98,4 +98,3 @@ def drain_queued(watcher: KeyValue.KeyWatcher, limit: int = 1024) -> list[KeyVal
         if e is not None and hasattr(e, "key"):
             out.append(e)
     return out
-

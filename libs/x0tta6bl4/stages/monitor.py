@@ -510,7 +510,7 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
         t = deps.view.nodes.get(node)
         if t is None or not t.reachable:
             continue
-        last = max(t.meta.ts_unix_ns, deps.seen_ns.get(node, 0), deps.judged_since_ns)
+        last = last_heard(t, deps)
         if horizon - last <= stale_ns:   # it reported since (or judging resumed since)
             if deps.judged_since_ns > t.meta.ts_unix_ns:
                 deps.deadlines.touch(node, last + stale_ns)
@@ -525,6 +525,11 @@ async def stale_tick(ctx: Context, deps: MonitorDeps) -> list[str]:
     if deps.silent:
         marked += await judge_silent(ctx, deps, now, horizon)
     return marked
+
+
+def last_heard(t: events_pb2.NodeTelemetry, deps: MonitorDeps) -> int:
+    """When the node last counted as heard: its newest report, or the resumption of judging if later."""
+    return max(t.meta.ts_unix_ns, deps.seen_ns.get(t.node_id, 0), deps.judged_since_ns)
 
 
 def mass_silence(deps: MonitorDeps) -> bool:
@@ -551,8 +556,8 @@ async def judge_silent(ctx: Context, deps: MonitorDeps, now: int, horizon: int) 
     (the ones that report again leave it; a node its neighbours report lost is declared down by that path)."""
     stale_ns = int(deps.stale_after_s * 1e9)
     for node in [n for n in deps.silent if n not in deps.view.nodes or not deps.view.nodes[n].reachable
-                 or max(deps.view.nodes[n].meta.ts_unix_ns, deps.seen_ns.get(n, 0)) > horizon - stale_ns]:
-        del deps.silent[node]          # reported again, or marked by another path
+                 or horizon - last_heard(deps.view.nodes[n], deps) <= stale_ns]:
+        del deps.silent[node]          # reported again (or judging resumed since), or marked by another path
     marked = []
     for node in [n for n in deps.silent if deps.in_maintenance(n)]:    # planned since it went silent
         del deps.silent[node]
