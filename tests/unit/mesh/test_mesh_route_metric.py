@@ -161,11 +161,17 @@ def test_a_recovering_lossy_link_is_probed_at_four_times_the_rate():
     assert link.streak() == M.probe_after and nt.probing()
     c.hello_now(t)
     assert c.next_hello_ns - t == IVAL // M.probe_factor
-    # the rest of the streak at the fast rate: re-admitted after recover_slots HELLOs, probing stops
+    # the rest of the streak at the fast rate: recover_slots HELLOs in a row are not enough before the streak
+    # has lasted recover_hold_s; then it is re-admitted and probing stops
     fast = IVAL // M.probe_factor
     t = feed_every(nt, "b", range(33, 31 + M.recover_slots), fast, t + fast)
+    assert not link.readmitted and nt.probing()
+    start = 31 * IVAL                                                 # the streak's first HELLO
+    more = int((start + M.recover_hold_s * 1e9 - t) // fast) + 1
+    seq = 31 + M.recover_slots
+    t = feed_every(nt, "b", range(seq, seq + more), fast, t + fast)
     assert link.readmitted and nt.cost("b", t) == M.hop_cost and not nt.probing()
-    assert t - (32 - 1) * IVAL < 2 * IVAL + M.recover_slots * fast       # well under the 1.6 s at 0.2 s
+    assert t - start <= M.recover_hold_s * 1e9 + fast < M.recover_slots * IVAL     # under the 1.6 s at 0.2 s
     c.hello_now(t)
     assert c.next_hello_ns - t == IVAL
     # the other end: a neighbour that probes while it reports loss of our HELLOs is probed back
