@@ -169,6 +169,14 @@ STREAMS: tuple[Stream, ...] = (
     Stream(STREAM_GOV, (GOV_EVENTS_ALL,), 0, 4096 * MB, 300, deny_delete=True, discard_new=True,
            doc="governance event log (source of truth for proposals, votes, ledger)"),
 )
+STORE_RESERVED = sum(s.max_bytes for s in STREAMS)
+"""What the streams' byte limits reserve on every server that holds a replica of each."""
+STORE_LIMIT = STORE_RESERVED + 4096 * MB
+"""The JetStream file-store limit every nats-server of ours is configured with (``max_file_store``): the
+streams' reservations plus room for the key-value buckets. Configured, not left to nats-server's default
+(75 % of the disk space free when the server starts), so that declaring the topology does not depend on how
+full the disk happens to be: with that default, a server started on a disk with under 8 GB free refused
+the streams with 'insufficient storage resources available'."""
 
 
 # ---- key-value buckets ------------------------------------------------------
@@ -302,6 +310,9 @@ def describe() -> str:
         age = ("unlimited" if not s.max_age_s else f"{s.max_age_s / 86400:g} d" if s.max_age_s >= 86400
                else f"{s.max_age_s / 3600:g} h")
         lines.append(f"| {s.name} | {', '.join(s.subjects)} | {age}, {s.max_bytes // MB} MiB | {s.doc} |")
+    lines += ["", f"Every nats-server is configured with a JetStream file store of {STORE_LIMIT // MB} MiB "
+                  f"(`max_file_store`): the streams' limits reserve {STORE_RESERVED // MB} MiB of it on each server "
+                  f"that holds their replicas, the rest is room for the key-value buckets."]
     lines += ["", "| key-value bucket | TTL | history | purpose |", "|---|---|---|---|"]
     for b in BUCKETS:
         ttl = "none" if not b.ttl_s else f"{b.ttl_s / 86400:g} d" if b.ttl_s >= 86400 else f"{b.ttl_s:g} s"

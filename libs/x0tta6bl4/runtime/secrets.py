@@ -295,7 +295,7 @@ class Secrets:
         ``cluster``: a cluster block, e.g. :meth:`cluster_block` (routes over mutual TLS)."""
         conf: dict = {
             "host": host, "port": port, "server_name": name or f"x0tta6bl4-{port}",
-            "jetstream": {"store_dir": str(store_dir)},
+            "jetstream": {"store_dir": str(store_dir), "max_file_store": subjects.STORE_LIMIT},
             "tls": {"cert_file": str(self.server_cert), "key_file": str(self.server_key), "timeout": 5},
             "max_payload": 8 * 1024 * 1024,
             **json.loads(self.auth_file.read_text()),

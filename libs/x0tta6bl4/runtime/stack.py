@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from x0tta6bl4.bus.permissions import MESH_HOST_PREFIX, OPERATOR, PROVISIONER
-from x0tta6bl4.bus.subjects import MAX_MONITOR_PARTITIONS, token
+from x0tta6bl4.bus.subjects import MAX_MONITOR_PARTITIONS, STORE_LIMIT, token
 from x0tta6bl4.runtime.secrets import Secrets
 from x0tta6bl4.runtime.secrets import init as init_secrets
 
@@ -177,7 +177,11 @@ class NatsServer:
 
     def _command(self) -> list[str]:
         if self.secrets is None:
-            cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
+            # JetStream's limits exist only in a configuration file; the rest is on the command line
+            self.config_file.parent.mkdir(parents=True, exist_ok=True)
+            self.config_file.write_text(json.dumps({"jetstream": {"store_dir": str(self.store_dir),
+                                                                  "max_file_store": STORE_LIMIT}}) + "\n")
+            cmd = [nats_server_binary(), "-c", str(self.config_file), "-a", "127.0.0.1", "-p", str(self.port),
                    "-n", self.name]
             if self.http_port:
                 cmd += ["-m", str(self.http_port)]
@@ -206,7 +210,7 @@ class NatsServer:
         if self.secrets is None or not self.pid:
             return
         self.write_config()
-        before = self._log_count(RELOADED_LINE)
+        before = self._log_count(RELOADED_LINE) if self.log_file.exists() else -1   # -1: no log to wait on
         os.kill(self.pid, signal.SIGHUP)
         deadline = time.monotonic() + timeout_s
         while before >= 0 and self._log_count(RELOADED_LINE) <= before and time.monotonic() < deadline:
@@ -243,8 +247,8 @@ class NatsServer:
     def _log_count(self, line: bytes) -> int:
         try:
             return self.log_file.read_bytes().count(line)
-        except OSError:
-            return -1
+        except OSError:        # no log yet: nothing said (not -1, or any log at all would count as ready)
+            return 0
 
     def start(self, timeout_s: float = 15.0) -> NatsServer:
         ready_before = self.launch()

@@ -18,6 +18,7 @@ import sys
 import pytest
 import yaml
 
+from x0tta6bl4.bus import subjects
 from x0tta6bl4.config import PREFIX, CommonSettings
 from x0tta6bl4.runtime import deploy
 from x0tta6bl4.runtime.stack import SERVICES
@@ -195,6 +196,7 @@ def test_compose_nats_is_configured_secured_and_services_wait_for_the_provisione
     conf = yaml.safe_load(generated_compose.dep.nats_conf.read_text())
     assert conf["tls"] == {"cert_file": f"{CD}/server.pem", "key_file": f"{CD}/server.key", "timeout": 5}
     assert conf["jetstream"]["store_dir"] == "/data" and conf["port"] == 4222
+    assert conf["jetstream"]["max_file_store"] == subjects.STORE_LIMIT, "not left to the disk space free at start"
     assert "no_auth_user" not in conf and "authorization" not in conf
     users = conf["accounts"]["X0"]["users"]
     assert users and all(u["nkey"].startswith("U") and u["permissions"] for u in users)
