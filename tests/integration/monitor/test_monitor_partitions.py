@@ -60,6 +60,11 @@ class Rig:
         self.op: Any = None                           # the operator's connection (and its JetStream)
         self.js: Any = None
 
+    def dead(self, node: str) -> bool:
+        """Both of what a monitor publishes for a failed node arrived (a window and a critical health change:
+        two subjects, in either order)."""
+        return bool(self.windows.get(node)) and bool(self.criticals.get(node))
+
     async def on_window(self, msg) -> None:
         w = events_pb2.TelemetryWindow.FromString(msg.data)
         self.windows.setdefault(w.trigger_node, []).append(w.meta.cycle_id)
@@ -142,11 +147,11 @@ async def test_each_node_is_judged_by_its_partitions_replica_and_a_restarted_rep
         # a node killed in either partition: exactly one cycle each (and once more later: still one)
         first = {p: next(n for n in NODES if OF[n] == p) for p in range(K)}
         rig.stopped.update(first.values())
-        await eventually(lambda: all(rig.windows.get(n) for n in first.values()), 20, 0.1,
-                         what=f"a window for each of {sorted(first.values())}")
+        await eventually(lambda: all(rig.dead(n) for n in first.values()), 20, 0.1,
+                         what=f"a window and a critical health change for each of {sorted(first.values())}")
         later = next(n for n in NODES if OF[n] == 1 and n not in rig.stopped)
         rig.stopped.add(later)
-        await eventually(lambda: rig.windows.get(later), 20, 0.1, what=f"a window for {later}")
+        await eventually(lambda: rig.dead(later), 20, 0.1, what=f"a window and a critical health change for {later}")
         for n in (*first.values(), later):
             assert len(rig.windows[n]) == 1 and rig.criticals.get(n) == 1, (n, rig.windows[n], rig.criticals)
 
@@ -170,7 +175,8 @@ async def test_each_node_is_judged_by_its_partitions_replica_and_a_restarted_rep
         await eventually(resumed, 20, 0.2, what="partition 0's replica caught up on its consumer")
         again = next(n for n in NODES if OF[n] == 0 and n not in rig.stopped)
         rig.stopped.add(again)
-        await eventually(lambda: rig.windows.get(again), 20, 0.1, what=f"a window for {again} after the restart")
+        await eventually(lambda: rig.dead(again), 20, 0.1,
+                         what=f"a window and a critical health change for {again} after the restart")
         alive = [n for n in NODES if n not in rig.stopped]
         assert not [n for n in alive if rig.criticals.get(n)], rig.criticals   # no healthy node declared dead
         assert len(rig.windows[again]) == 1 and rig.criticals.get(again) == 1
@@ -243,7 +249,7 @@ async def test_a_stream_provisioned_for_another_partition_count_makes_the_monito
                          what="both monitors ready again")
         victim = NODES[5]
         rig.stopped.add(victim)
-        await eventually(lambda: rig.windows.get(victim), 20, 0.1, what=f"a window for {victim}")
+        await eventually(lambda: rig.dead(victim), 20, 0.1, what=f"a window and a critical health change for {victim}")
         assert len(rig.windows[victim]) == 1 and rig.criticals == {victim: 1}, (rig.windows, rig.criticals)
 
 
