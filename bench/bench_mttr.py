@@ -406,6 +406,8 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
                "fault_type": next((e.fault_type for t, s, e in evs if s == subjects.MAPEK_ANOMALY
                                    and e.root_cause == victim), ""),
                "escalations": [e.reason for t, s, e in rec.since(t_kill) if s == subjects.MAPEK_ESCALATION],
+               "escalation_detail": [f"{e.incident_id}: {e.detail}"[:300] for t, s, e in rec.since(t_kill)
+                                     if s == subjects.MAPEK_ESCALATION],
                # how the loop decided on the victim: each plan's decision, confidence and detector's first reason
                "victim_plans": [f"{events_pb2.DecisionKind.Name(e.decision)[14:]} p={e.confidence:.2f} "
                                 f"{e.action.kind and events_pb2.ActionKind.Name(e.action.kind)[12:]}"

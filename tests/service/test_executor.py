@@ -647,6 +647,31 @@ async def test_actions_over_the_node_budget_are_not_run_and_escalated(clock, key
     assert len(agents.commands) == 9
 
 
+async def test_a_reinstatement_spends_no_node_budget(clock, keys):
+    """Two repairs of one node and the reinstatement after the first: the reinstatement (the loop undoing its
+    own reroute after the probation) runs and is not counted, so the node's budget is what the repairs left."""
+    m = Mesh(SQUARE)
+    m.run(960 * S, 1_000 * S)
+    m.follow(clock)
+    bus = TestBus(service="executor")
+    Agents(bus)
+    d = make_deps(m, clock, keys, budget_per_node=2, budget_per_incident=0, verify_timeout_s=0.5)
+    await bus.deliver(stage.on_action, approved(keys, clock, action_id="act-0", eid="e0", fault="f0"), deps=d)
+    await bus.deliver(stage.on_action, approved(keys, clock, K.ACTION_KIND_REINSTATE, action_id="back-0", eid="b0",
+                                                fault="reinstate"), deps=d)
+    await bus.deliver(stage.on_action, approved(keys, clock, action_id="act-1", eid="e1", fault="f1"), deps=d)
+    results = {r.action_id: r for r in bus.messages(subjects.MAPEK_RESULT)}
+    assert [results[a].success for a in ("act-0", "back-0", "act-1")] == [True, True, True], results
+    assert bus.audited("action.over_budget") == []
+    node = json.loads(bus.kv("budget").value(stage.budget_key("node", "n3")))
+    assert [a[0] for a in node["actions"]] == ["act-0", "act-1"]
+    # the budget still holds for what acts on the node: a third repair within the window is not run
+    await bus.deliver(stage.on_action, approved(keys, clock, action_id="act-2", eid="e2", fault="f2"), deps=d)
+    assert not results.get("act-2") and not bus.messages(subjects.MAPEK_RESULT)[-1].success
+    [over] = bus.audited("action.over_budget")
+    assert over.subject_id == "act-2" and "act-0, act-1" in over.details["reason"]
+
+
 async def test_an_incident_has_a_budget_until_it_is_repaired(clock, keys):
     m = Mesh(SQUARE)
     m.run(960 * S, 1_000 * S)

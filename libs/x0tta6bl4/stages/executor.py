@@ -21,8 +21,9 @@ isolated node, avoid a reinstated one again), audited ``action.rolled_back``, an
 ``mapek.escalation`` (audited ``incident.escalated``) and a Verification marked ``rolled_back`` and
 ``escalated`` (the planner then leaves the incident to operators). An action that cannot be undone
 (rotation, restart) is escalated the same way. A budget caps the actions per target node and per incident
-within ``budget_window_s`` (the ``budget`` bucket; a verified repair resets its incident's): an action over
-budget does not run -- its ActionResult says why, it is audited ``action.over_budget`` and escalated.
+within ``budget_window_s`` (the ``budget`` bucket; a verified repair resets its incident's; a REINSTATE, the
+undo of a REROUTE after its probation, spends no node budget): an action over budget does not run -- its
+ActionResult says why, it is audited ``action.over_budget`` and escalated.
 
 The claim is a lease: while another replica holds a live claim, wait for its outcome; a claim older
 than the lease belongs to an executor that died mid-way, so take it over (every step is idempotent);
@@ -332,7 +333,11 @@ async def take_budget(req: events_pb2.ActionRequest, ctx: Context, deps: Executo
     now = deps.clock_ns()
     window_ns = int(deps.budget_window_s * 1e9)
     checks = (("incident", req.incident_id, deps.budget_per_incident),
-              ("node", req.action.target_node or "mesh", deps.budget_per_node))
+              # a REINSTATE undoes the loop's own REROUTE after a probation of clean health: it does not spend
+              # the node's budget (counted, two repairs of one node and their two reinstatements within the
+              # window left a third, real fault of that node over budget; the probation paces reinstatements)
+              ("node", "" if req.action.kind == events_pb2.ACTION_KIND_REINSTATE else req.action.target_node or "mesh",
+               deps.budget_per_node))
     for kind, value, limit in checks:
         if not value or limit <= 0:
             continue
