@@ -406,6 +406,10 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
                "fault_type": next((e.fault_type for t, s, e in evs if s == subjects.MAPEK_ANOMALY
                                    and e.root_cause == victim), ""),
                "escalations": [e.reason for t, s, e in rec.since(t_kill) if s == subjects.MAPEK_ESCALATION],
+               # what acted on the victim in the minute before the fault and since (its action budget's window)
+               "victim_actions": [f"{(t - t_kill) / 1e9:+.1f}s {events_pb2.ActionKind.Name(e.action.kind)[12:]}"
+                                  for t, s, e in rec.since(t_kill - 60 * 10**9)
+                                  if s == subjects.MAPEK_ACTION and e.action.target_node == victim],
                "escalation_detail": [f"{e.incident_id}: {e.detail}"[:300] for t, s, e in rec.since(t_kill)
                                      if s == subjects.MAPEK_ESCALATION],
                # how the loop decided on the victim: each plan's decision, confidence and detector's first reason
