@@ -316,6 +316,7 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
     restarts = 0
     cleared: list = []
     victims_so_far: set[str] = set()
+    windows: list[tuple[int, int]] = []    # each trial's fault to its end (received-time ns)
     startup_actions = None
     attempts = 0
     while len(rows) < trials and attempts < 3 * trials:   # a trial without a relay to fault is tried again
@@ -421,6 +422,7 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
                "delivery_ratio": round(min(1.0, da / ds), 3) if ds else None, "false_actions": false_actions,
                "false_action_detail": false_detail}
         rows.append(row)
+        windows.append((t_kill, time.time_ns()))
         print(json.dumps(row), flush=True)
         # restore: revive, un-avoid everywhere
         await fault.remove()
@@ -430,6 +432,15 @@ async def run(stack: Stack, nodes: list[str], trials: int, seed: int, restart_me
         await asyncio.gather(voting, return_exceptions=True)
     await nc.close()
     out = summarize(rows)
+    # what the loop did while no fault was on (between trials, once the first began): a REROUTE, ISOLATE, ...
+    # of a node then is an action on a healthy mesh -- counted apart from the trials' false actions, which
+    # look only inside each trial's window (a REINSTATE, the loop undoing its own reroute, is not one)
+    between = [(t, e) for t, s, e in rec.events if s == subjects.MAPEK_ACTION and windows and t > windows[0][0]
+               and e.action.kind != events_pb2.ACTION_KIND_REINSTATE and not any(a <= t <= b for a, b in windows)]
+    out["actions_between_trials"] = len(between)
+    out["actions_between_trials_detail"] = [
+        f"{events_pb2.ActionKind.Name(e.action.kind)[12:]} {e.action.target_node}: {e.incident_id} "
+        f"({e.approved_by})" for t, e in between][:40]
     out["mesh_restarts"] = restarts
     out["startup_actions"] = startup_actions or []
     out["unavoid_sent_before_trials"] = len(cleared)   # includes re-sends on telemetry older than an unavoid
@@ -578,7 +589,8 @@ def report(a, out: dict) -> str:
             f"->plan p50 {out['plan_ms']['p50'] if out['plan_ms'] else '-'} ms, "
             f"->acted p50 {out['act_ms']['p50'] if out['act_ms'] else '-'} ms, "
             f"->verified p50 {v.get('p50')} ms / p99 {v.get('p99')} ms (target {target}); "
-            f"delivery during incident p50 {out['delivery_ratio_p50']}; false actions {out['false_actions']}; "
+            f"delivery during incident p50 {out['delivery_ratio_p50']}; false actions {out['false_actions']} "
+            f"(between trials, no fault on: {out['actions_between_trials']}); "
             f"mesh host CPU ({out['hosts']} process{'es' if out['hosts'] > 1 else ''}) {out['host_cpu_pct']} % "
             f"of a core = {out['host_cpu_ms_per_node_s']} ms/s per node; "
             f"mesh restarts {out['mesh_restarts']}, trials whose mesh never settled {out['unsettled']}; "
