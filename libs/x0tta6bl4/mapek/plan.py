@@ -179,6 +179,14 @@ def make_plan(anomaly: events_pb2.Anomaly, policy: DecisionPolicy,
         decision = Decision(DecisionKind.OBSERVE, 0.0, 0.0, 0.0,
                             f"{decision.reason}; refused: {refused}; escalated to operators",
                             decision.confidence, decision.severity)
+    elif chosen == K.ACTION_KIND_REROUTE and mesh is not None and node in mesh.avoided \
+            and decision.kind is not DecisionKind.OBSERVE:
+        # every node routes around it already (an earlier repair, until its probation ends): rerouting again
+        # changes nothing and spends its action budget. A fault of a node on probation - its links coming
+        # back after a flap, the last of a congestion in its latency - is observed, not acted on.
+        decision = Decision(DecisionKind.OBSERVE, 0.0, 0.0, 0.0,
+                            f"{decision.reason}; {node} is already routed around by every node: nothing to do",
+                            decision.confidence, decision.severity)
     specs = [events_pb2.ActionSpec(kind=k, target_node=node, expected=expected_effect(k, node, verdicts[k]))
              for k in actions]
     chosen_spec = specs[actions.index(chosen)]

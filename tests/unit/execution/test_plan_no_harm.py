@@ -72,6 +72,22 @@ def test_a_refused_plan_observes_and_names_the_escalation():
     assert observed.decision == K.DECISION_KIND_OBSERVE and observed.escalation == ""   # nothing would act
 
 
+def test_a_node_everyone_routes_around_already_is_not_rerouted_again():
+    """A fault of a node on probation (its links coming back after a flap: 'flapping' for a few seconds) is
+    observed: rerouting around it again would change nothing and spend its action budget."""
+    p, d = plan.make_plan(anomaly("n4", "flapping"), DecisionPolicy(), mesh=mesh(avoided=("n4",)))
+    assert p.decision == K.DECISION_KIND_OBSERVE and d.kind is DecisionKind.OBSERVE and p.escalation == ""
+    assert p.rationale.endswith("n4 is already routed around by every node: nothing to do")
+    # routed around by some nodes only: still acted on (the others still route through it)
+    some = plan.mesh_facts([tel(n, avoided=["n4"] if n in ("n1", "n3") else [],
+                                flows=[("n8", 0.1)] if n == "n0" else []) for n in GRID])
+    acted, _ = plan.make_plan(anomaly("n4", "flapping"), DecisionPolicy(), mesh=some)
+    assert acted.decision == K.DECISION_KIND_AUTO_EXECUTE and acted.action.kind == K.ACTION_KIND_REROUTE
+    # another action than a reroute (a key compromise is isolated) is not affected
+    iso, _ = plan.make_plan(anomaly("n4", "compromised"), DecisionPolicy(), mesh=mesh(avoided=("n4",)))
+    assert iso.action.kind != K.ACTION_KIND_REROUTE and iso.decision != K.DECISION_KIND_OBSERVE
+
+
 def test_every_action_of_a_plan_states_its_expected_effect():
     twin = lambda kind, node: plan.TwinVerdict(0.8 if kind == K.ACTION_KIND_REROUTE else 1.0)  # noqa: E731
     p, _ = plan.make_plan(anomaly("n4", "node_down"), DecisionPolicy(), twin=twin)
