@@ -9,9 +9,9 @@ fault after another on a random relay of the flow's current path, chosen at rand
   (100 ms queueing delay, 5 % drops) -- the faults of ``bench/bench_mttr.py`` (its ``Fault``),
 
 each held until the loop verified a repair on the victim or ``--hold`` seconds passed, then removed (the
-victim healed and un-avoided) and the mesh let settle. Between two faults, once each: the NATS server is
-restarted (a third into the run) and one service process gets a ``kill -9`` and is started again (two
-thirds in). At the end it checks and prints:
+victim healed; the loop reinstates it after its probation, as in production) and the mesh let settle.
+Between two faults, once each: the NATS server is restarted (a third into the run) and one service
+process gets a ``kill -9`` and is started again (two thirds in). At the end it checks and prints:
 
 * every incident the loop acted on was resolved (a Verification) or escalated (an Escalation);
 * no false action: every action targets the victim of a fault active at the time (or removed less than
@@ -185,9 +185,7 @@ class Soak:
             err = await self._retrying(fault.remove)
             if err is not None:
                 raise RuntimeError(f"{kind} on {victim} could not be removed: its host does not answer ({err!r})")
-            t_off = time.time_ns()
-            await asyncio.gather(*(mt.command(nc, n, mt.C.KIND_UNAVOID_NODE, peer=victim)
-                                   for n in nodes if n != victim), return_exceptions=True)
+            t_off = time.time_ns()     # the loop reinstates the victim after its probation (as in production)
             acted = any(s == subjects.MAPEK_ACTION and e.action.target_node == victim
                         for t, s, e in rec.since(t_on))
             detected = any((s.startswith("mesh.event.") and e.kind == "neighbour_lost" and e.peer == victim)
