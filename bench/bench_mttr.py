@@ -120,13 +120,16 @@ async def fault_command(nc, node, **params) -> None:
         raise RuntimeError(f"FAULT {params} on {node} refused: {ev.kind} {dict(ev.details) if ev.details else ''}")
 
 
-async def settle(js, nodes, src, timeout=30.0, nc=None, cleared: list | None = None, keep: set | None = None):
+async def settle(js, nodes, src, timeout=30.0, nc=None, cleared: list | None = None, keep: set | None = None,
+                 probation_wait: float = 0.0):
     """Wait until every node reports, is reachable and none is critical, and the source's flow delivers.
     With ``nc``: nodes avoided anywhere that are not earlier victims (``keep``: the loop reinstates those
     after their probation) -- the loop's actions on a starting mesh or a trial's false actions -- are
     un-avoided (once per 3 s per entry: telemetry lags the command), so every trial starts on a clean mesh;
-    each (node, avoided) pair so cleared is appended to ``cleared``."""
+    each (node, avoided) pair so cleared is appended to ``cleared``. ``probation_wait``: also wait, up to
+    this long, until the loop has reinstated every earlier victim (faults that do not overlap)."""
     deadline = time.monotonic() + timeout
+    probation_deadline = min(time.monotonic() + probation_wait, deadline - 5.0)
     why = "no telemetry"
     sent: dict[tuple[str, str], float] = {}
     while time.monotonic() < deadline:
@@ -150,8 +153,13 @@ async def settle(js, nodes, src, timeout=30.0, nc=None, cleared: list | None = N
             # the links too: an earlier trial's fault leaves its trace in the link estimates (latency EWMA, loss
             # window) for seconds after it is removed, and a trial started meanwhile overlaps the last one
             slow = sorted({n for n, t in tel.items() for q in t.links if link_clearly_bad(q)})
-            if not bad and not slow:
+            waiting = sorted({a for t in tel.values() for a in t.avoided if a in (keep or ())})
+            if not bad and not slow and (not waiting or time.monotonic() >= probation_deadline):
                 return tel
+            if not bad and not slow:
+                why = f"earlier victims on probation: {', '.join(waiting[:6])}"
+                await asyncio.sleep(0.25)
+                continue
             why = ("critical: " + "; ".join(f"{k[5:]} ({', '.join(classify_node(tel[k[5:]])[1])})"
                                              for k in bad[:4] if k[5:] in tel)) if bad else \
                 f"degraded links at {', '.join(slow[:6])}"

@@ -9,7 +9,9 @@ fault after another on a random relay of the flow's current path, chosen at rand
   (100 ms queueing delay, 5 % drops) -- the faults of ``bench/bench_mttr.py`` (its ``Fault``),
 
 each held until the loop verified a repair on the victim or ``--hold`` seconds passed, then removed (the
-victim healed; the loop reinstates it after its probation, as in production) and the mesh let settle.
+victim healed; the loop reinstates it after its probation, as in production) and the mesh let settle: the
+next fault waits, up to ``--probation-wait`` (30) s, until the loop has reinstated it, so faults do not pile
+up on a small grid.
 Between two faults, once each: the NATS server is restarted (a third into the run) and one service
 process gets a ``kill -9`` and is started again (two thirds in). At the end it checks and prints:
 
@@ -53,6 +55,7 @@ from x0tta6bl4.v1 import events_pb2
 FAULTS = ("kill", "loss", "flap", "congestion")
 FALSE_GRACE_S = 15.0     # an action on a victim this long after its fault was removed is still about it
 SETTLE_S = 60.0
+PROBATION_WAIT_S = 30.0  # the next fault waits (up to this) until the loop has reinstated the earlier victims
 
 
 def why_not(evs, victim: str) -> str:
@@ -155,7 +158,8 @@ class Soak:
                                          "took_s": round((time.time_ns() - t) / 1e9, 2)})
                 print(json.dumps({"disruption": self.disruptions[-1]}), flush=True)
             try:
-                tel = await mt.settle(js, nodes, src, timeout=SETTLE_S, nc=nc, keep=victims)
+                tel = await mt.settle(js, nodes, src, timeout=SETTLE_S, nc=nc, keep=victims,
+                                      probation_wait=a.probation_wait)
             except TimeoutError as e:
                 self.unsettled += 1
                 print(json.dumps({"unsettled": str(e)}), flush=True)
@@ -268,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=16, help="grid size (default 16)")
     ap.add_argument("--hold", type=float, default=25.0, help="longest a fault is held (s)")
     ap.add_argument("--grace", type=float, default=10.0, help="wait for the last verifications (s)")
+    ap.add_argument("--probation-wait", type=float, default=PROBATION_WAIT_S,
+                    help="longest the next fault waits for the loop to reinstate the earlier victims (s; 0: not)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", default="", help="write the result here")
     ap.add_argument("--data-dir", default="", help="keep the stack's files and logs here (default: a temporary "
