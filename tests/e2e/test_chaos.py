@@ -20,7 +20,8 @@ def test_chaos_soak_short(tmp_path):
     out_file = tmp_path / "chaos.json"
     # --probation-wait 0: a short run does not wait for reinstatements between faults
     proc = subprocess.run([sys.executable, "bench/chaos.py", "--minutes", "1.5", "--nodes", "9", "--hold", "20",
-                           "--probation-wait", "0", "--json", str(out_file)], cwd=repo_root(), capture_output=True, text=True, timeout=900)
+                           "--probation-wait", "0", "--json", str(out_file)],
+                          cwd=repo_root(), capture_output=True, text=True, timeout=900)
     print(proc.stdout[-3000:], proc.stderr[-2000:])
     assert out_file.exists(), f"the soak did not finish (exit {proc.returncode}): {proc.stderr[-2000:]}"
     out = json.loads(out_file.read_text())
