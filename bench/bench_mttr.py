@@ -154,15 +154,15 @@ async def settle(js, nodes, src, timeout=30.0, nc=None, cleared: list | None = N
             # window) for seconds after it is removed, and a trial started meanwhile overlaps the last one
             slow = sorted({n for n, t in tel.items() for q in t.links if link_clearly_bad(q)})
             waiting = sorted({a for t in tel.values() for a in t.avoided if a in (keep or ())})
-            if not bad and not slow and (not waiting or time.monotonic() >= probation_deadline):
-                return tel
-            if not bad and not slow:
+            if bad:
+                why = "critical: " + "; ".join(f"{k[5:]} ({', '.join(classify_node(tel[k[5:]])[1])})"
+                                               for k in bad[:4] if k[5:] in tel)
+            elif slow:
+                why = f"degraded links at {', '.join(slow[:6])}"
+            elif waiting and time.monotonic() < probation_deadline:
                 why = f"earlier victims on probation: {', '.join(waiting[:6])}"
-                await asyncio.sleep(0.25)
-                continue
-            why = ("critical: " + "; ".join(f"{k[5:]} ({', '.join(classify_node(tel[k[5:]])[1])})"
-                                             for k in bad[:4] if k[5:] in tel)) if bad else \
-                f"degraded links at {', '.join(slow[:6])}"
+            else:
+                return tel
         elif tel:
             why = (f"{len(tel)}/{len(nodes)} nodes report, unreachable "
                    f"{[n for n, t in tel.items() if not t.reachable][:5]}, src loss "
